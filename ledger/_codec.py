@@ -1,0 +1,135 @@
+"""The ledger's own codec for log records: events to msgpack payload bytes and back.
+
+A payload is a msgpack array ``[CODEC_VERSION, kind, field, ...]`` with the fields in the order
+of the tables below. Every field a version once wrote stays decodable: a new field goes at the
+end with a new version, and ``decode`` keeps the branches for the old ones. ``wal/`` never sees
+inside a payload.
+
+    kind | event                | fields after the kind
+    -----|----------------------|---------------------------------------------------------------
+    1    | AssetCreated         | code, scale, at_us
+    2    | WalletCreated        | wallet_id, owner_id, asset, metadata, at_us, idempotency
+    3    | WalletStatusChanged  | wallet_id, status, at_us
+    4    | Transferred          | transaction_id, type, from, to, asset, amount, description,
+         |                      | metadata, at_us, idempotency
+    5    | TokenCreated         | token_hash, prefix, owner_id, at_us
+    6    | TokenRevoked         | prefix, at_us
+
+``idempotency`` is ``nil`` or ``[scope, key, fingerprint]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from ledger._model import (
+    AssetCreated,
+    Event,
+    Idempotency,
+    TokenCreated,
+    TokenRevoked,
+    TransactionType,
+    Transferred,
+    WalletCreated,
+    WalletStatus,
+    WalletStatusChanged,
+)
+
+CODEC_VERSION = 1
+_ASSET_CREATED = 1
+_WALLET_CREATED = 2
+_WALLET_STATUS_CHANGED = 3
+_TRANSFERRED = 4
+_TOKEN_CREATED = 5
+_TOKEN_REVOKED = 6
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+class CodecError(Exception):
+    """A payload that verified its checksum but does not decode: a bug or a foreign file."""
+
+
+def _idem_out(idempotency: Idempotency | None) -> list[Any] | None:
+    if idempotency is None:
+        return None
+    return [idempotency.scope, idempotency.key, idempotency.fingerprint]
+
+
+def _idem_in(value: Any) -> Idempotency | None:
+    if value is None:
+        return None
+    scope, key, fingerprint = value
+    return Idempotency(scope=scope, key=key, fingerprint=fingerprint)
+
+
+def encode_event(event: Event) -> bytes:
+    if isinstance(event, Transferred):
+        return _packb(
+            [
+                CODEC_VERSION, _TRANSFERRED, event.transaction_id, int(event.type),
+                event.from_wallet_id, event.to_wallet_id, event.asset, event.amount,
+                event.description, event.metadata, event.at_us, _idem_out(event.idempotency),
+            ]
+        )
+    if isinstance(event, WalletCreated):
+        return _packb(
+            [
+                CODEC_VERSION, _WALLET_CREATED, event.wallet_id, event.owner_id, event.asset,
+                event.metadata, event.at_us, _idem_out(event.idempotency),
+            ]
+        )
+    if isinstance(event, WalletStatusChanged):
+        return _packb(
+            [CODEC_VERSION, _WALLET_STATUS_CHANGED, event.wallet_id, int(event.status), event.at_us]
+        )
+    if isinstance(event, AssetCreated):
+        return _packb([CODEC_VERSION, _ASSET_CREATED, event.code, event.scale, event.at_us])
+    if isinstance(event, TokenCreated):
+        return _packb(
+            [CODEC_VERSION, _TOKEN_CREATED, event.token_hash, event.prefix, event.owner_id, event.at_us]
+        )
+    if isinstance(event, TokenRevoked):
+        return _packb([CODEC_VERSION, _TOKEN_REVOKED, event.prefix, event.at_us])
+    raise AssertionError(f"unknown event {event!r}")
+
+
+def decode_event(payload: bytes) -> Event:
+    try:
+        fields = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        version, kind, *rest = fields
+        if version != CODEC_VERSION:
+            raise CodecError(f"unknown record version {version}")
+        if kind == _TRANSFERRED:
+            (transaction_id, type_, from_id, to_id, asset, amount, description, metadata, at_us,
+             idem) = rest
+            return Transferred(
+                transaction_id=transaction_id, type=TransactionType(type_), from_wallet_id=from_id,
+                to_wallet_id=to_id, asset=asset, amount=amount, description=description,
+                metadata=metadata, at_us=at_us, idempotency=_idem_in(idem),
+            )
+        if kind == _WALLET_CREATED:
+            wallet_id, owner_id, asset, metadata, at_us, idem = rest
+            return WalletCreated(
+                wallet_id=wallet_id, owner_id=owner_id, asset=asset, metadata=metadata,
+                at_us=at_us, idempotency=_idem_in(idem),
+            )
+        if kind == _WALLET_STATUS_CHANGED:
+            wallet_id, status, at_us = rest
+            return WalletStatusChanged(wallet_id=wallet_id, status=WalletStatus(status), at_us=at_us)
+        if kind == _ASSET_CREATED:
+            code, scale, at_us = rest
+            return AssetCreated(code=code, scale=scale, at_us=at_us)
+        if kind == _TOKEN_CREATED:
+            token_hash, prefix, owner_id, at_us = rest
+            return TokenCreated(token_hash=token_hash, prefix=prefix, owner_id=owner_id, at_us=at_us)
+        if kind == _TOKEN_REVOKED:
+            prefix, at_us = rest
+            return TokenRevoked(prefix=prefix, at_us=at_us)
+    except CodecError:
+        raise
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
+        raise CodecError(f"undecodable record: {error}") from None
+    raise CodecError(f"unknown record kind {kind}")

@@ -1,0 +1,293 @@
+"""The ledger service: recovery, the shard actors, the WAL writer and the router between them.
+
+This is a shell around the pure state machine. ``open_ledger`` recovers the state from the log
+(scan, decode, ``apply``, check the invariants) and partitions the wallets among the shards;
+``Ledger.run`` runs the WAL writer and one task per shard; the async methods route each request
+to the shard that owns it and wait for the durable answer.
+
+Concurrent requests with the same idempotency key are serialised here (``_in_flight``): the
+second waits until the first is durable and is then answered from the idempotency record by the
+state machine, so a key never executes twice. The wait is shielded from cancellation: a client
+that hangs up does not release the key before its command is decided.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ledger import _state
+from ledger._codec import decode_event
+from ledger._history import History
+from ledger._model import (
+    ChangeWalletStatus,
+    CreateAsset,
+    CreateToken,
+    CreateWallet,
+    RevokeToken,
+    Token,
+    Transfer,
+    Wallet,
+    WalletStatus,
+    treasury_id,
+)
+from ledger._shard import Reply, Shard, shard_of
+from ledger._state import Decision, Directory, State
+from wal import ScanResult, WriteAheadLog, scan
+
+log = logging.getLogger("ledger")
+
+SHARDS_DEFAULT = 4
+
+
+class Clock:
+    """Microseconds since the epoch, never going backwards within a process, so record
+    timestamps are non-decreasing in LSN order (``balance?as_of`` relies on it)."""
+
+    def __init__(self, source: Callable[[], int] = time.time_ns, *, start_us: int = 0) -> None:
+        self._source = source
+        self._last_us = start_us
+
+    def __call__(self) -> int:
+        now_us = self._source() // 1000
+        if now_us <= self._last_us:
+            return self._last_us
+        self._last_us = now_us
+        return now_us
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WalletView:
+    """A copy of a wallet taken inside its actor (the live object keeps changing)."""
+
+    id: str
+    owner_id: str
+    asset: str
+    balance: int
+    held: int
+    status: WalletStatus
+    metadata: dict[str, Any] | None
+    created_at_us: int
+    updated_at_us: int
+    lsn: int
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+    @classmethod
+    def of(cls, wallet: Wallet) -> WalletView:
+        return cls(
+            id=wallet.id, owner_id=wallet.owner_id, asset=wallet.asset, balance=wallet.balance,
+            held=wallet.held, status=wallet.status, metadata=wallet.metadata,
+            created_at_us=wallet.created_at_us, updated_at_us=wallet.updated_at_us, lsn=wallet.lsn,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recovered:
+    state: State
+    history: History
+    scan: ScanResult
+    seconds: float
+
+
+def recover(data_dir: Path, *, truncate_torn_tail: bool = True) -> Recovered:
+    """Rebuilds the whole ledger from ``<data_dir>/wal``. Raises ``wal.LogCorrupt``."""
+    started = time.perf_counter()
+    state = _state.new_state()
+    history = History()
+    result = ScanResult()
+    for frame in scan(data_dir / "wal", result, truncate_torn_tail=truncate_torn_tail):
+        event = decode_event(frame.payload)
+        _state.apply(state, event, frame.lsn)
+        history.apply(event, frame.lsn)
+    _state.check_invariants(state.wallets.values(), state.directory)
+    return Recovered(state=state, history=history, scan=result, seconds=time.perf_counter() - started)
+
+
+def _wallet_view(wallet_id: str) -> Callable[[State], WalletView | None]:
+    def read(state: State) -> WalletView | None:
+        wallet = state.wallets.get(wallet_id)
+        return None if wallet is None else WalletView.of(wallet)
+
+    return read
+
+
+def _views(wallet_ids: list[str]) -> Callable[[State], list[WalletView]]:
+    def read(state: State) -> list[WalletView]:
+        return [WalletView.of(state.wallets[wallet_id]) for wallet_id in wallet_ids]
+
+    return read
+
+
+def _view_lsn(view: WalletView | None) -> int:
+    return 0 if view is None else view.lsn
+
+
+def _views_lsn(views: list[WalletView]) -> int:
+    return max((view.lsn for view in views), default=0)
+
+
+class Ledger:
+    def __init__(
+        self,
+        recovered: Recovered,
+        data_dir: Path,
+        *,
+        shards: int = SHARDS_DEFAULT,
+        clock: Clock | None = None,
+        segment_bytes_max: int | None = None,
+        mailbox_capacity: int | None = None,
+    ) -> None:
+        assert shards >= 1
+        self.data_dir = data_dir
+        self.history = recovered.history
+        self.directory: Directory = recovered.state.directory
+        self.recovered_records = recovered.scan.records
+        self.recovery_seconds = recovered.seconds
+        self.clock = clock or Clock(start_us=self.directory.at_us)
+        result = recovered.scan
+        options: dict[str, Any] = {}
+        if segment_bytes_max is not None:
+            options["segment_bytes_max"] = segment_bytes_max
+        self.wal = WriteAheadLog(
+            data_dir / "wal",
+            next_lsn=result.next_lsn,
+            parent=result.last_checksum,
+            tail_path=result.tail_path,
+            tail_offset=result.tail_offset,
+            on_durable=self.history.feed,
+            **options,
+        )
+        states = [State(directory=self.directory) for _ in range(shards)]
+        for wallet_id, wallet in recovered.state.wallets.items():
+            states[shard_of(wallet_id, shards)].wallets[wallet_id] = wallet
+        self.shards: list[Shard] = []
+        shard_options: dict[str, Any] = {}
+        if mailbox_capacity is not None:
+            shard_options["capacity"] = mailbox_capacity
+        for index in range(shards):
+            self.shards.append(
+                Shard(index, state=states[index], wal=self.wal, clock=self.clock, peers=self.shards,
+                      **shard_options)
+            )
+        self._in_flight: dict[tuple[str, str], anyio.Event] = {}
+        self._actors: anyio.CancelScope | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Runs the WAL writer and the shard actors until ``stop`` (or a crash of any)."""
+        async with anyio.create_task_group() as group:
+            group.start_soon(self.wal.run)
+            with anyio.CancelScope() as self._actors:
+                async with anyio.create_task_group() as actors:
+                    for shard in self.shards:
+                        actors.start_soon(shard.run)
+                    task_status.started()
+            # Actors stopped: everything they appended is queued; the writer drains and returns.
+            self.wal.close()
+        self.wal.release()
+
+    def stop(self) -> None:
+        """Stops the actors; ``run`` returns once the log is flushed. Call when no request
+        is waiting any more (after the HTTP server has drained)."""
+        if self._actors is not None:
+            self._actors.cancel()
+
+    def ready(self) -> str | None:
+        """None when requests can be served, else why not."""
+        failed = self.wal.failed
+        return None if failed is None else f"storage failed: {failed}"
+
+    # -- routing -------------------------------------------------------------------------
+
+    def _shard(self, wallet_id: str) -> Shard:
+        return self.shards[shard_of(wallet_id, len(self.shards))]
+
+    async def _wait(self, reply: Reply) -> Any:
+        # Shielded: once submitted, a command runs to its decision whatever the caller does.
+        with anyio.CancelScope(shield=True):
+            return await reply.wait()
+
+    async def _keyed(self, idempotency: Any, submit: Callable[[], Reply]) -> Any:
+        if idempotency is None:
+            return await self._wait(submit())
+        key = (idempotency.scope, idempotency.key)
+        while (running := self._in_flight.get(key)) is not None:
+            await running.wait()
+        done = self._in_flight[key] = anyio.Event()
+        try:
+            reply = submit()
+            return await self._wait(reply)
+        finally:
+            del self._in_flight[key]
+            done.set()
+
+    async def transfer(self, command: Transfer) -> Decision:
+        shard = self._shard(command.to_wallet_id)
+        return await self._keyed(command.idempotency, lambda: shard.submit_transfer(command))
+
+    async def create_wallet(self, command: CreateWallet) -> Decision:
+        shard = self._shard(command.wallet_id)
+        return await self._keyed(command.idempotency, lambda: shard.submit_command(command))
+
+    async def change_status(self, command: ChangeWalletStatus) -> Decision:
+        return await self._wait(self._shard(command.wallet_id).submit_command(command))
+
+    async def create_asset(self, command: CreateAsset) -> Decision:
+        return await self._wait(self._shard(treasury_id(command.code)).submit_command(command))
+
+    async def create_token(self, command: CreateToken) -> Decision:
+        return await self._wait(self.shards[0].submit_command(command))
+
+    async def revoke_token(self, command: RevokeToken) -> Decision:
+        return await self._wait(self.shards[0].submit_command(command))
+
+    async def wallet(self, wallet_id: str) -> WalletView | None:
+        shard = self._shard(wallet_id)
+        return await self._wait(shard.submit_query(_wallet_view(wallet_id), _view_lsn))  # type: ignore[no-any-return]
+
+    async def wallets(self, wallet_ids: list[str]) -> list[WalletView]:
+        """Views of existing wallets, in the order given."""
+        groups: dict[int, list[str]] = {}
+        for wallet_id in wallet_ids:
+            groups.setdefault(shard_of(wallet_id, len(self.shards)), []).append(wallet_id)
+        replies = [
+            self.shards[index].submit_query(_views(ids), _views_lsn) for index, ids in groups.items()
+        ]
+        found: dict[str, WalletView] = {}
+        for reply in replies:
+            for view in await self._wait(reply):
+                found[view.id] = view
+        return [found[wallet_id] for wallet_id in wallet_ids]
+
+    # -- directory reads (the directory is only mutated inside actor steps) ----------------
+
+    def token(self, token_hash: bytes) -> Token | None:
+        return self.directory.tokens.get(token_hash)
+
+    def assets(self) -> list[Any]:
+        return sorted(self.directory.assets.values(), key=lambda asset: asset.code)
+
+    def asset(self, code: str) -> Any:
+        return self.directory.assets.get(code)
+
+    def all_wallets(self) -> list[Wallet]:
+        """Every wallet, for the invariant checker and tests. Not for request paths."""
+        return [wallet for shard in self.shards for wallet in shard.wallets().values()]
+
+
+def open_ledger(data_dir: Path, **options: Any) -> Ledger:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    recovered = recover(data_dir)
+    for message in recovered.scan.torn:
+        log.warning("recovery: %s", message)
+    return Ledger(recovered, data_dir, **options)

@@ -1,0 +1,322 @@
+"""The ledger's vocabulary: limits, rejection reasons, commands, events and entities.
+
+Plain values only: no I/O, no clock, no randomness (ids and times arrive inside commands or as
+arguments). Money is ``int`` minor units and never leaves int64. Commands are imperative
+(``Transfer``), events are past tense (``Transferred``); events are the facts stored in the log.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Any
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+AMOUNT_MAX = INT64_MAX
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+TREASURY_PREFIX = "treasury:"
+SYSTEM_OWNER = "system"
+# Idempotency records are kept at least this long after the request that made them.
+IDEMPOTENCY_RETENTION_US = 24 * 3600 * 1_000_000
+DESCRIPTION_CHARS_MAX = 1024
+METADATA_BYTES_MAX = 4096
+SCALE_MAX = 18
+
+assert AMOUNT_MAX == 9223372036854775807
+assert INT64_MIN == -AMOUNT_MAX - 1
+
+
+def treasury_id(asset: str) -> str:
+    return TREASURY_PREFIX + asset
+
+
+def is_treasury(wallet_id: str) -> bool:
+    return wallet_id.startswith(TREASURY_PREFIX)
+
+
+class Reason(enum.Enum):
+    """Why a command was rejected. Mapped to HTTP status and ``code`` in one table in server/.
+
+    The members are listed in the order ``decide`` checks them.
+    """
+
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    ASSET_NOT_FOUND = "asset_not_found"
+    ASSET_EXISTS = "asset_exists"
+    WALLET_EXISTS = "wallet_exists"
+    SENDER_NOT_FOUND = "wallet_not_found"  # the debited wallet does not exist
+    RECEIVER_NOT_FOUND = "wallet_not_found:receiver"  # the credited wallet does not exist
+    SAME_WALLET = "same_wallet"
+    ASSET_MISMATCH = "asset_mismatch"
+    SENDER_FROZEN = "wallet_frozen"
+    SENDER_CLOSED = "wallet_closed"
+    RECEIVER_CLOSED = "wallet_closed:receiver"
+    WALLET_FROZEN = "wallet_frozen:status"
+    WALLET_CLOSED = "wallet_closed:status"
+    WALLET_NOT_EMPTY = "wallet_not_empty"
+    BALANCE_OVERFLOW = "balance_overflow"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    TOKEN_NOT_FOUND = "token_not_found"
+    TOKEN_EXISTS = "token_exists"
+
+    @property
+    def code(self) -> str:
+        """The stable machine-readable code (several reasons share one)."""
+        return self.value.split(":", 1)[0]
+
+
+# The order in which a transfer's checks run; a transfer split across two shards combines the
+# failures of both sides by this order, so the answer never depends on the shard layout.
+TRANSFER_CHECK_ORDER = {
+    reason: index
+    for index, reason in enumerate(
+        [
+            Reason.SENDER_NOT_FOUND,
+            Reason.RECEIVER_NOT_FOUND,
+            Reason.SAME_WALLET,
+            Reason.ASSET_MISMATCH,
+            Reason.SENDER_FROZEN,
+            Reason.SENDER_CLOSED,
+            Reason.RECEIVER_CLOSED,
+            Reason.BALANCE_OVERFLOW,
+            Reason.INSUFFICIENT_FUNDS,
+        ]
+    )
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejection:
+    reason: Reason
+    detail: str
+
+
+class WalletStatus(enum.IntEnum):
+    ACTIVE = 0
+    FROZEN = 1
+    CLOSED = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class TransactionType(enum.IntEnum):
+    DEPOSIT = 0
+    TRANSFER = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Idempotency:
+    """Who asked (``scope``), with which key, and a fingerprint of what they asked."""
+
+    scope: str
+    key: str
+    fingerprint: bytes
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateAsset:
+    code: str
+    scale: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateWallet:
+    wallet_id: str
+    owner_id: str
+    asset: str
+    metadata: dict[str, Any] | None
+    idempotency: Idempotency | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeWalletStatus:
+    wallet_id: str
+    status: WalletStatus
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transfer:
+    """Moves ``amount`` from ``from_wallet_id`` to ``to_wallet_id``. For a deposit the sender
+    is the treasury of the receiver's asset and ``from_wallet_id`` is None until the receiving
+    side resolved it."""
+
+    transaction_id: str
+    type: TransactionType
+    from_wallet_id: str | None
+    to_wallet_id: str
+    amount: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    idempotency: Idempotency | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateToken:
+    token_hash: bytes
+    prefix: str
+    owner_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevokeToken:
+    prefix: str
+
+
+Command = CreateAsset | CreateWallet | ChangeWalletStatus | Transfer | CreateToken | RevokeToken
+
+
+# -- events (the facts in the log) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssetCreated:
+    code: str
+    scale: int
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WalletCreated:
+    wallet_id: str
+    owner_id: str
+    asset: str
+    metadata: dict[str, Any] | None
+    at_us: int
+    idempotency: Idempotency | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WalletStatusChanged:
+    wallet_id: str
+    status: WalletStatus
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transferred:
+    transaction_id: str
+    type: TransactionType
+    from_wallet_id: str
+    to_wallet_id: str
+    asset: str
+    amount: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    at_us: int
+    idempotency: Idempotency | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenCreated:
+    token_hash: bytes
+    prefix: str
+    owner_id: str
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenRevoked:
+    prefix: str
+    at_us: int
+
+
+Event = AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TokenCreated | TokenRevoked
+
+
+# -- entities (owned and mutated only by ``apply``) -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Asset:
+    code: str
+    scale: int
+    created_at_us: int
+
+
+class Wallet:
+    """One wallet. Mutable, but only ``apply`` mutates it. ``lsn`` is the last record that
+    changed it: a read must not answer before that LSN is durable."""
+
+    __slots__ = (
+        "asset",
+        "balance",
+        "created_at_us",
+        "held",
+        "id",
+        "lsn",
+        "metadata",
+        "owner_id",
+        "status",
+        "updated_at_us",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        owner_id: str,
+        asset: str,
+        metadata: dict[str, Any] | None,
+        created_at_us: int,
+        lsn: int,
+        balance: int = 0,
+        held: int = 0,
+        status: WalletStatus = WalletStatus.ACTIVE,
+        updated_at_us: int | None = None,
+    ) -> None:
+        self.id = id
+        self.owner_id = owner_id
+        self.asset = asset
+        self.metadata = metadata
+        self.balance = balance
+        self.held = held
+        self.status = status
+        self.created_at_us = created_at_us
+        self.updated_at_us = created_at_us if updated_at_us is None else updated_at_us
+        self.lsn = lsn
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+    def __repr__(self) -> str:
+        return (
+            f"Wallet(id={self.id!r}, owner={self.owner_id!r}, asset={self.asset!r}, "
+            f"balance={self.balance}, held={self.held}, status={self.status.label})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Token:
+    token_hash: bytes
+    prefix: str
+    owner_id: str
+    created_at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdempotencyRecord:
+    """What a key produced: the fingerprint of the request and the event it made, at ``lsn``."""
+
+    fingerprint: bytes
+    lsn: int
+    at_us: int
+    event: Event
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Duplicate:
+    """``decide``'s answer to a key it has seen with the same request: the original outcome."""
+
+    record: IdempotencyRecord

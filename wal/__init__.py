@@ -1,0 +1,63 @@
+"""Write-ahead log: segment files of checksummed, hash-chained frames, group commit, recovery.
+
+Moves bytes only; it never imports the ledger. See ``_frame`` for the record format,
+``_segments`` for the recovery table and ``_writer`` for group commit.
+"""
+
+from wal._frame import (
+    CHECKSUM_BYTES,
+    FRAME_VERSION,
+    HEADER_BYTES,
+    PAYLOAD_BYTES_MAX,
+    ZERO_CHECKSUM,
+    Frame,
+    FrameError,
+    decode,
+    encode,
+)
+from wal._segments import (
+    SEGMENT_HEADER_BYTES,
+    LogCorrupt,
+    ScanResult,
+    decode_segment_header,
+    encode_segment_header,
+    list_segments,
+    scan,
+    segment_name,
+)
+from wal._writer import (
+    BATCH_BYTES_MAX,
+    BATCH_RECORDS_MAX,
+    SEGMENT_BYTES_MAX,
+    Statistics,
+    StorageFailed,
+    WriteAheadLog,
+    fsync_directory,
+)
+
+__all__ = [
+    "BATCH_BYTES_MAX",
+    "BATCH_RECORDS_MAX",
+    "CHECKSUM_BYTES",
+    "FRAME_VERSION",
+    "HEADER_BYTES",
+    "PAYLOAD_BYTES_MAX",
+    "SEGMENT_BYTES_MAX",
+    "SEGMENT_HEADER_BYTES",
+    "ZERO_CHECKSUM",
+    "Frame",
+    "FrameError",
+    "LogCorrupt",
+    "ScanResult",
+    "Statistics",
+    "StorageFailed",
+    "WriteAheadLog",
+    "decode",
+    "decode_segment_header",
+    "encode",
+    "encode_segment_header",
+    "fsync_directory",
+    "list_segments",
+    "scan",
+    "segment_name",
+]
