@@ -47,13 +47,13 @@ class Reason(enum.Enum):
     ASSET_EXISTS = "asset_exists"
     WALLET_EXISTS = "wallet_exists"
     SENDER_NOT_FOUND = "wallet_not_found"  # the debited wallet does not exist
+    FORBIDDEN = "forbidden"  # the caller does not own the debited wallet
     RECEIVER_NOT_FOUND = "wallet_not_found:receiver"  # the credited wallet does not exist
     SAME_WALLET = "same_wallet"
     ASSET_MISMATCH = "asset_mismatch"
     SENDER_FROZEN = "wallet_frozen"
     SENDER_CLOSED = "wallet_closed"
     RECEIVER_CLOSED = "wallet_closed:receiver"
-    WALLET_FROZEN = "wallet_frozen:status"
     WALLET_CLOSED = "wallet_closed:status"
     WALLET_NOT_EMPTY = "wallet_not_empty"
     BALANCE_OVERFLOW = "balance_overflow"
@@ -74,6 +74,7 @@ TRANSFER_CHECK_ORDER = {
     for index, reason in enumerate(
         [
             Reason.SENDER_NOT_FOUND,
+            Reason.FORBIDDEN,
             Reason.RECEIVER_NOT_FOUND,
             Reason.SAME_WALLET,
             Reason.ASSET_MISMATCH,
@@ -149,7 +150,7 @@ class ChangeWalletStatus:
 class Transfer:
     """Moves ``amount`` from ``from_wallet_id`` to ``to_wallet_id``. For a deposit the sender
     is the treasury of the receiver's asset and ``from_wallet_id`` is None until the receiving
-    side resolved it."""
+    side resolved it. ``owner_id`` is who asks: the sender must belong to them (None: admin)."""
 
     transaction_id: str
     type: TransactionType
@@ -159,6 +160,7 @@ class Transfer:
     description: str | None
     metadata: dict[str, Any] | None
     idempotency: Idempotency | None
+    owner_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -313,6 +315,14 @@ class IdempotencyRecord:
     lsn: int
     at_us: int
     event: Event
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Committed:
+    """A transfer that was accepted and appended at ``lsn`` (durable once the caller sees it)."""
+
+    event: Transferred
+    lsn: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

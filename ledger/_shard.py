@@ -41,6 +41,7 @@ from ledger import _state
 from ledger._codec import encode_event
 from ledger._model import (
     ChangeWalletStatus,
+    Committed,
     CreateAsset,
     CreateToken,
     CreateWallet,
@@ -300,7 +301,7 @@ class Shard:
         else:
             assert reserved
             self._peers[credit_shard]._post(_ApplyCredit(event, event.to_wallet_id, event.amount, lsn))
-        self._resolve(reply, event, lsn)
+        self._resolve(reply, Committed(event=event, lsn=lsn), lsn)
 
     def _on_apply_credit(self, message: _ApplyCredit) -> None:
         remaining = self._pending[message.wallet_id] - message.amount

@@ -16,6 +16,7 @@ Rejection order for a transfer (``TRANSFER_CHECK_ORDER``), each row a test in
     | 0 | key seen with the same request          | (replay the original)  | debit    |
     | 0 | key seen with another request           | IDEMPOTENCY_KEY_REUSED | debit    |
     | 1 | debited wallet exists                   | SENDER_NOT_FOUND       | debit    |
+    | 1b| the caller owns the debited wallet       | FORBIDDEN              | debit    |
     | 2 | credited wallet exists                  | RECEIVER_NOT_FOUND     | credit   |
     | 3 | the two differ                          | SAME_WALLET            | either   |
     | 4 | same asset                              | ASSET_MISMATCH         | debit    |
@@ -240,6 +241,8 @@ def decide_transfer(state: State, command: Transfer, now_us: int, credit: Credit
     sender = state.wallets.get(sender_id)
     if sender is None:
         failure = Rejection(reason=Reason.SENDER_NOT_FOUND, detail=f"wallet {sender_id} does not exist")
+    elif command.owner_id is not None and sender.owner_id != command.owner_id:
+        failure = Rejection(reason=Reason.FORBIDDEN, detail=f"wallet {sender_id} belongs to another owner")
     elif sender_id == command.to_wallet_id:
         failure = Rejection(reason=Reason.SAME_WALLET, detail="a transfer needs two different wallets")
     elif credit.asset is not None and sender.asset != credit.asset:

@@ -1,0 +1,555 @@
+"""The HTTP front end: Starlette routes that authenticate, validate, turn requests into commands,
+hand them to the ledger and render what it decided. Rendering of errors lives in ``_errors``.
+
+Nothing here touches a balance: every change goes through the ledger's actors and every 2xx is
+sent only after the record is durable (the ledger's replies wait for the fsync). Reads wait
+until the state they show is durable too.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ledger import (
+    AssetCreated,
+    ChangeWalletStatus,
+    Committed,
+    CreateAsset,
+    CreateToken,
+    CreateWallet,
+    Duplicate,
+    Entry,
+    Idempotency,
+    Ledger,
+    Overloaded,
+    Rejection,
+    RevokeToken,
+    TransactionType,
+    Transfer,
+    Transferred,
+    WalletCreated,
+    WalletStatus,
+    WalletView,
+    treasury_id,
+)
+from server import _validate as v
+from server._errors import ApiError, overloaded, problem, rejected
+from wal import StorageFailed
+
+log = logging.getLogger("server")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ADMIN_SCOPE = "admin"
+TOKEN_PREFIX_CHARS = 12
+
+
+def timestamp(at_us: int) -> str:
+    return (EPOCH + timedelta(microseconds=at_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(name: str, raw: str) -> int:
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise v.invalid_field(name, "must be an RFC 3339 timestamp, e.g. 2026-11-22T10:00:00Z") from None
+    if moment.tzinfo is None:
+        raise v.invalid_field(name, "must carry a time zone (Z or an offset)")
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body).encode(), status_code=status, media_type="application/json")
+
+
+# -- representations ---------------------------------------------------------------------
+
+
+def wallet_body(view: WalletView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "owner_id": view.owner_id,
+        "asset": view.asset,
+        "balance": view.balance,
+        "held": view.held,
+        "available": view.available,
+        "status": view.status.label,
+        "metadata": view.metadata or {},
+        "created_at": timestamp(view.created_at_us),
+        "updated_at": timestamp(view.updated_at_us),
+    }
+
+
+def created_wallet_body(event: WalletCreated) -> dict[str, Any]:
+    """The wallet as it was when created: what an idempotent replay answers."""
+    return {
+        "id": event.wallet_id,
+        "owner_id": event.owner_id,
+        "asset": event.asset,
+        "balance": 0,
+        "held": 0,
+        "available": 0,
+        "status": WalletStatus.ACTIVE.label,
+        "metadata": event.metadata or {},
+        "created_at": timestamp(event.at_us),
+        "updated_at": timestamp(event.at_us),
+    }
+
+
+def transaction_body(event: Transferred, lsn: int) -> dict[str, Any]:
+    return {
+        "id": event.transaction_id,
+        "type": event.type.label,
+        "status": "posted",
+        "from_wallet_id": event.from_wallet_id,
+        "to_wallet_id": event.to_wallet_id,
+        "asset": event.asset,
+        "amount": event.amount,
+        "description": event.description,
+        "metadata": event.metadata or {},
+        "created_at": timestamp(event.at_us),
+        "lsn": lsn,
+    }
+
+
+def entry_body(entry: Entry, event: Transferred) -> dict[str, Any]:
+    return {
+        "transaction_id": entry.transaction_id,
+        "type": event.type.label,
+        "status": "posted",
+        "direction": entry.direction,
+        "amount": entry.amount,
+        "balance_after": entry.balance_after,
+        "counterparty_wallet_id": entry.counterparty_wallet_id,
+        "description": event.description,
+        "created_at": timestamp(entry.at_us),
+        "lsn": entry.lsn,
+    }
+
+
+def encode_cursor(kind: str, lsn: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{lsn}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        prefix, _, number = text.partition(":")
+        if prefix != kind or not number.isdigit():
+            raise ValueError(text)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise v.invalid_field("cursor", "is not a cursor this endpoint gave out") from None
+
+
+# -- authentication ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    owner_id: str | None  # None: the admin
+
+    @property
+    def is_admin(self) -> bool:
+        return self.owner_id is None
+
+    @property
+    def scope(self) -> str:
+        return ADMIN_SCOPE if self.owner_id is None else f"owner:{self.owner_id}"
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def forbidden(detail: str) -> ApiError:
+    return ApiError(403, "forbidden", "Forbidden", detail)
+
+
+class Api:
+    """The routes, bound to one ledger (set once recovery finished) and the admin token."""
+
+    def __init__(self, *, admin_token: str) -> None:
+        self._admin_token = admin_token.encode()
+        self.ledger: Ledger | None = None
+        self.not_ready_reason = "recovering the ledger from its write-ahead log"
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _ledger(self) -> Ledger:
+        if self.ledger is None:
+            raise ApiError(503, "not_ready", "Not ready", self.not_ready_reason, headers={"Retry-After": "1"})
+        return self.ledger
+
+    def authenticate(self, request: Request) -> Caller:
+        header = request.headers.get("authorization")
+        if header is None:
+            raise ApiError(401, "unauthorized", "Unauthorized", "send Authorization: Bearer <token>")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "unauthorized", "Unauthorized", "send Authorization: Bearer <token>")
+        if hmac.compare_digest(token.encode(), self._admin_token):
+            return Caller(None)
+        found = self._ledger().token(hash_token(token))
+        if found is None:
+            raise ApiError(401, "unauthorized", "Unauthorized", "unknown or revoked token")
+        return Caller(found.owner_id)
+
+    def admin(self, request: Request) -> Caller:
+        caller = self.authenticate(request)
+        if not caller.is_admin:
+            raise forbidden("this operation needs the admin token")
+        return caller
+
+    def fingerprint(self, request: Request, body: dict[str, Any]) -> bytes:
+        canonical = json.dumps(v.canonical(body), sort_keys=True, separators=(",", ":"))
+        return hashlib.blake2b(
+            f"{request.method} {request.url.path} {canonical}".encode(), digest_size=16
+        ).digest()
+
+    async def run(self, coroutine: Any) -> Any:
+        try:
+            return await coroutine
+        except Overloaded as error:
+            raise overloaded(str(error)) from None
+        except StorageFailed as error:
+            raise ApiError(
+                503, "storage_unavailable", "Storage unavailable",
+                f"the server cannot make changes durable and refuses writes: {error}",
+            ) from None
+
+    async def wallet_view(self, wallet_id: str) -> WalletView:
+        view = await self.run(self._ledger().wallet(wallet_id))
+        if view is None:
+            raise ApiError(404, "wallet_not_found", "Wallet not found", f"wallet {wallet_id} does not exist")
+        return view  # type: ignore[no-any-return]
+
+    async def owned_wallet(self, caller: Caller, wallet_id: str) -> WalletView:
+        view = await self.wallet_view(wallet_id)
+        if caller.owner_id is not None and view.owner_id != caller.owner_id:
+            raise forbidden(f"wallet {wallet_id} belongs to another owner")
+        return view
+
+    def path_wallet_id(self, request: Request) -> str:
+        try:
+            return v.identifier("wallet_id", request.path_params["wallet_id"])
+        except ApiError:
+            raise ApiError(404, "wallet_not_found", "Wallet not found", "no wallet has that id") from None
+
+    # -- operations ----------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        if self.ledger is None:
+            return json_response({"status": "recovering", "reason": self.not_ready_reason}, 503)
+        reason = self.ledger.ready()
+        if reason is not None:
+            return json_response({"status": "failed", "reason": reason}, 503)
+        return json_response({"status": "ready", "durable_lsn": self.ledger.wal.durable_lsn})
+
+    # -- assets --------------------------------------------------------------------------
+
+    async def create_asset(self, request: Request) -> Response:
+        self.admin(request)
+        body = v.fields(
+            await v.json_object(request),
+            {"code": (True, v.asset_code), "scale": (True, v.scale)},
+        )
+        decision = await self.run(self._ledger().create_asset(CreateAsset(code=body["code"], scale=body["scale"])))
+        if isinstance(decision, Rejection):
+            raise rejected(decision)
+        asset = self._ledger().asset(body["code"])
+        return json_response(self.asset_body(asset), 201 if decision else 200)
+
+    def asset_body(self, asset: Any) -> dict[str, Any]:
+        return {
+            "code": asset.code,
+            "scale": asset.scale,
+            "treasury_wallet_id": treasury_id(asset.code),
+            "created_at": timestamp(asset.created_at_us),
+        }
+
+    async def list_assets(self, request: Request) -> Response:
+        self.authenticate(request)
+        v.query(request, set())
+        return json_response({"items": [self.asset_body(asset) for asset in self._ledger().assets()]})
+
+    # -- tokens --------------------------------------------------------------------------
+
+    async def create_token(self, request: Request) -> Response:
+        self.admin(request)
+        body = v.fields(await v.json_object(request), {"owner_id": (True, v.user_identifier)})
+        for _ in range(3):
+            token = "wt_" + secrets.token_urlsafe(32)
+            prefix = token[:TOKEN_PREFIX_CHARS]
+            command = CreateToken(token_hash=hash_token(token), prefix=prefix, owner_id=body["owner_id"])
+            decision = await self.run(self._ledger().create_token(command))
+            if not isinstance(decision, Rejection):
+                return json_response({"token": token, "prefix": prefix, "owner_id": body["owner_id"]}, 201)
+        raise rejected(decision)
+
+    async def revoke_token(self, request: Request) -> Response:
+        self.admin(request)
+        prefix = request.path_params["prefix"]
+        decision = await self.run(self._ledger().revoke_token(RevokeToken(prefix=prefix)))
+        if isinstance(decision, Rejection):
+            raise rejected(decision)
+        return json_response({"prefix": prefix, "revoked": True})
+
+    # -- wallets -------------------------------------------------------------------------
+
+    async def create_wallet(self, request: Request) -> Response:
+        caller = self.authenticate(request)
+        key = v.idempotency_key(request, required=False)
+        raw = await v.json_object(request)
+        body = v.fields(
+            raw,
+            {
+                "id": (False, v.user_identifier),
+                "owner_id": (True, v.user_identifier),
+                "asset": (True, v.asset_code),
+                "metadata": (False, v.metadata),
+            },
+        )
+        if caller.owner_id is not None and body["owner_id"] != caller.owner_id:
+            raise forbidden(f"this token acts for owner {caller.owner_id} only")
+        idempotency = None
+        if key is not None:
+            idempotency = Idempotency(scope=caller.scope, key=key, fingerprint=self.fingerprint(request, raw))
+        wallet_id = body.get("id") or "w_" + secrets.token_hex(10)
+        command = CreateWallet(
+            wallet_id=wallet_id, owner_id=body["owner_id"], asset=body["asset"],
+            metadata=body.get("metadata"), idempotency=idempotency,
+        )
+        decision = await self.run(self._ledger().create_wallet(command))
+        if isinstance(decision, Rejection):
+            raise rejected(decision)
+        if isinstance(decision, Duplicate):
+            event = decision.record.event
+            assert isinstance(event, WalletCreated)
+            return json_response(created_wallet_body(event), 201)
+        if decision:
+            (event,) = decision
+            assert isinstance(event, WalletCreated)
+            return json_response(created_wallet_body(event), 201)
+        return json_response(wallet_body(await self.wallet_view(wallet_id)), 200)
+
+    async def get_wallet(self, request: Request) -> Response:
+        caller = self.authenticate(request)
+        v.query(request, set())
+        view = await self.owned_wallet(caller, self.path_wallet_id(request))
+        return json_response(wallet_body(view))
+
+    async def list_wallets(self, request: Request) -> Response:
+        caller = self.authenticate(request)
+        v.query(request, {"owner_id", "asset", "limit", "cursor"})
+        params = request.query_params
+        owner_id = params.get("owner_id")
+        if owner_id is not None:
+            owner_id = v.identifier("owner_id", owner_id)
+        asset = params.get("asset")
+        if asset is not None:
+            asset = v.identifier("asset", asset)
+        if caller.owner_id is not None:
+            if owner_id is not None and owner_id != caller.owner_id:
+                raise forbidden(f"this token acts for owner {caller.owner_id} only")
+            owner_id = caller.owner_id
+        limit = v.limit(request)
+        after = decode_cursor("w", params.get("cursor")) or 0
+        ledger = self._ledger()
+        found = ledger.history.wallet_ids(owner_id=owner_id, asset=asset, after_lsn=after, limit=limit + 1)
+        page = found[:limit]
+        views = await self.run(ledger.wallets([wallet_id for _, wallet_id in page]))
+        next_cursor = encode_cursor("w", page[-1][0]) if len(found) > limit else None
+        return json_response({"items": [wallet_body(view) for view in views], "next_cursor": next_cursor})
+
+    async def _change_status(self, request: Request, status: WalletStatus) -> Response:
+        self.admin(request)
+        await v.json_object(request, optional=True)
+        wallet_id = self.path_wallet_id(request)
+        if wallet_id.startswith("treasury:"):
+            raise forbidden("treasury wallets are managed by the system")
+        decision = await self.run(
+            self._ledger().change_status(ChangeWalletStatus(wallet_id=wallet_id, status=status))
+        )
+        if isinstance(decision, Rejection):
+            raise rejected(decision)
+        return json_response(wallet_body(await self.wallet_view(wallet_id)))
+
+    async def freeze(self, request: Request) -> Response:
+        return await self._change_status(request, WalletStatus.FROZEN)
+
+    async def unfreeze(self, request: Request) -> Response:
+        return await self._change_status(request, WalletStatus.ACTIVE)
+
+    async def close(self, request: Request) -> Response:
+        return await self._change_status(request, WalletStatus.CLOSED)
+
+    async def balance(self, request: Request) -> Response:
+        caller = self.authenticate(request)
+        v.query(request, {"as_of"})
+        wallet_id = self.path_wallet_id(request)
+        view = await self.owned_wallet(caller, wallet_id)
+        raw = request.query_params.get("as_of")
+        if raw is None:
+            return json_response({"wallet_id": wallet_id, "balance": view.balance, "as_of": None})
+        at_us = parse_timestamp("as_of", raw)
+        balance = self._ledger().history.balance_at(wallet_id, at_us)
+        return json_response({"wallet_id": wallet_id, "balance": balance, "as_of": timestamp(at_us)})
+
+    async def wallet_transactions(self, request: Request) -> Response:
+        caller = self.authenticate(request)
+        v.query(request, {"limit", "cursor"})
+        wallet_id = self.path_wallet_id(request)
+        await self.owned_wallet(caller, wallet_id)
+        limit = v.limit(request)
+        before = decode_cursor("t", request.query_params.get("cursor"))
+        history = self._ledger().history
+        entries = history.entries(wallet_id, before_lsn=before, limit=limit + 1)
+        page = entries[:limit]
+        items = []
+        for entry in page:
+            found = history.transaction(entry.transaction_id)
+            assert found is not None
+            items.append(entry_body(entry, found[0]))
+        next_cursor = encode_cursor("t", page[-1].lsn) if len(entries) > limit else None
+        return json_response({"items": items, "next_cursor": next_cursor})
+
+    # -- money ---------------------------------------------------------------------------
+
+    async def _move(self, request: Request, caller: Caller, raw: dict[str, Any], body: dict[str, Any],
+                    *, type_: TransactionType, from_wallet_id: str | None) -> Response:
+        key = v.idempotency_key(request, required=True)
+        assert key is not None
+        command = Transfer(
+            transaction_id="tx_" + secrets.token_hex(12),
+            type=type_,
+            from_wallet_id=from_wallet_id,
+            to_wallet_id=body["to_wallet_id"],
+            amount=body["amount"],
+            description=body.get("description"),
+            metadata=body.get("metadata"),
+            idempotency=Idempotency(scope=caller.scope, key=key, fingerprint=self.fingerprint(request, raw)),
+            owner_id=caller.owner_id,
+        )
+        decision = await self.run(self._ledger().transfer(command))
+        if isinstance(decision, Rejection):
+            raise rejected(decision)
+        if isinstance(decision, Duplicate):
+            event, lsn = decision.record.event, decision.record.lsn
+        else:
+            assert isinstance(decision, Committed)
+            event, lsn = decision.event, decision.lsn
+        assert isinstance(event, Transferred)
+        return json_response(transaction_body(event, lsn), 201)
+
+    async def deposit(self, request: Request) -> Response:
+        caller = self.admin(request)
+        v.idempotency_key(request, required=True)
+        raw = await v.json_object(request)
+        body = v.fields(
+            raw,
+            {
+                "wallet_id": (True, v.user_identifier),
+                "amount": (True, v.amount),
+                "description": (False, v.description),
+                "metadata": (False, v.metadata),
+            },
+        )
+        body["to_wallet_id"] = body.pop("wallet_id")
+        return await self._move(request, caller, raw, body, type_=TransactionType.DEPOSIT, from_wallet_id=None)
+
+    async def transfer(self, request: Request) -> Response:
+        caller = self.authenticate(request)
+        v.idempotency_key(request, required=True)
+        raw = await v.json_object(request)
+        body = v.fields(
+            raw,
+            {
+                "from_wallet_id": (True, v.user_identifier),
+                "to_wallet_id": (True, v.user_identifier),
+                "amount": (True, v.amount),
+                "description": (False, v.description),
+                "metadata": (False, v.metadata),
+            },
+        )
+        return await self._move(
+            request, caller, raw, body, type_=TransactionType.TRANSFER, from_wallet_id=body["from_wallet_id"]
+        )
+
+    async def get_transaction(self, request: Request) -> Response:
+        caller = self.authenticate(request)
+        v.query(request, set())
+        transaction_id = request.path_params["transaction_id"]
+        found = self._ledger().history.transaction(transaction_id)
+        if found is None:
+            raise ApiError(404, "transaction_not_found", "Transaction not found", f"no transaction {transaction_id}")
+        event, lsn = found
+        if caller.owner_id is not None:
+            views = await self.run(self._ledger().wallets([event.from_wallet_id, event.to_wallet_id]))
+            if all(view.owner_id != caller.owner_id for view in views):
+                raise forbidden("the transaction does not involve a wallet of this owner")
+        return json_response(transaction_body(event, lsn))
+
+
+def _not_found(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return problem(ApiError(405, "method_not_allowed", "Method not allowed", f"{request.method} is not allowed on {request.url.path}"))
+    return problem(ApiError(exc.status_code, "not_found", "Not found", f"no route {request.method} {request.url.path}"))
+
+
+def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return problem(exc)
+
+
+def _bug(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(ApiError(500, "internal_error", "Internal error", "a bug: the request may or may not have been applied; it was logged"))
+
+
+def build_app(api: Api) -> Starlette:
+    routes = [
+        Route("/health", api.health, methods=["GET"]),
+        Route("/ready", api.ready, methods=["GET"]),
+        Route("/v1/assets", api.create_asset, methods=["POST"]),
+        Route("/v1/assets", api.list_assets, methods=["GET"]),
+        Route("/v1/tokens", api.create_token, methods=["POST"]),
+        Route("/v1/tokens/{prefix}", api.revoke_token, methods=["DELETE"]),
+        Route("/v1/wallets", api.create_wallet, methods=["POST"]),
+        Route("/v1/wallets", api.list_wallets, methods=["GET"]),
+        Route("/v1/wallets/{wallet_id}", api.get_wallet, methods=["GET"]),
+        Route("/v1/wallets/{wallet_id}/freeze", api.freeze, methods=["POST"]),
+        Route("/v1/wallets/{wallet_id}/unfreeze", api.unfreeze, methods=["POST"]),
+        Route("/v1/wallets/{wallet_id}/close", api.close, methods=["POST"]),
+        Route("/v1/wallets/{wallet_id}/balance", api.balance, methods=["GET"]),
+        Route("/v1/wallets/{wallet_id}/transactions", api.wallet_transactions, methods=["GET"]),
+        Route("/v1/deposits", api.deposit, methods=["POST"]),
+        Route("/v1/transfers", api.transfer, methods=["POST"]),
+        Route("/v1/transactions/{transaction_id}", api.get_transaction, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _not_found, ApiError: _api_error, Exception: _bug},
+    )

@@ -1,0 +1,124 @@
+"""Errors as ``application/problem+json`` (RFC 9457), and the one table from rejection reasons to
+HTTP statuses. Every ``code`` here is part of the API contract: never rename one.
+
+    | reason / condition        | status | code                      |
+    |---------------------------|--------|---------------------------|
+    | IDEMPOTENCY_KEY_REUSED    | 409    | idempotency_key_reused    |
+    | ASSET_NOT_FOUND           | 422    | asset_not_found           |
+    | ASSET_EXISTS              | 409    | asset_exists              |
+    | WALLET_EXISTS             | 409    | wallet_exists             |
+    | SENDER/RECEIVER_NOT_FOUND | 404    | wallet_not_found          |
+    | FORBIDDEN                 | 403    | forbidden                 |
+    | SAME_WALLET               | 422    | same_wallet               |
+    | ASSET_MISMATCH            | 422    | asset_mismatch            |
+    | SENDER_FROZEN             | 409    | wallet_frozen             |
+    | *_CLOSED                  | 409    | wallet_closed             |
+    | WALLET_NOT_EMPTY          | 409    | wallet_not_empty          |
+    | BALANCE_OVERFLOW          | 422    | balance_overflow          |
+    | INSUFFICIENT_FUNDS        | 422    | insufficient_funds        |
+    | TOKEN_NOT_FOUND           | 404    | token_not_found           |
+    | TOKEN_EXISTS              | 409    | token_exists              |
+    | bad body, query or header | 400    | invalid_request           |
+    | no Idempotency-Key        | 400    | idempotency_key_missing   |
+    | no or unknown token       | 401    | unauthorized              |
+    | not allowed for the token | 403    | forbidden                 |
+    | unknown route / object    | 404    | not_found / *_not_found   |
+    | wrong method              | 405    | method_not_allowed        |
+    | body too large            | 413    | payload_too_large         |
+    | wrong content type        | 415    | unsupported_media_type    |
+    | mailbox or log backlog    | 503    | overloaded (Retry-After)  |
+    | recovering                | 503    | not_ready (Retry-After)   |
+    | disk refused a write      | 503    | storage_unavailable       |
+    | anything else             | 500    | internal_error (a bug)    |
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import Response
+
+from ledger import Reason, Rejection
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+REASONS: dict[Reason, tuple[int, str]] = {
+    Reason.IDEMPOTENCY_KEY_REUSED: (409, "Idempotency key reused"),
+    Reason.ASSET_NOT_FOUND: (422, "Asset not found"),
+    Reason.ASSET_EXISTS: (409, "Asset exists"),
+    Reason.WALLET_EXISTS: (409, "Wallet exists"),
+    Reason.SENDER_NOT_FOUND: (404, "Wallet not found"),
+    Reason.FORBIDDEN: (403, "Forbidden"),
+    Reason.RECEIVER_NOT_FOUND: (404, "Wallet not found"),
+    Reason.SAME_WALLET: (422, "Same wallet"),
+    Reason.ASSET_MISMATCH: (422, "Asset mismatch"),
+    Reason.SENDER_FROZEN: (409, "Wallet frozen"),
+    Reason.SENDER_CLOSED: (409, "Wallet closed"),
+    Reason.RECEIVER_CLOSED: (409, "Wallet closed"),
+    Reason.WALLET_CLOSED: (409, "Wallet closed"),
+    Reason.WALLET_NOT_EMPTY: (409, "Wallet not empty"),
+    Reason.BALANCE_OVERFLOW: (422, "Balance overflow"),
+    Reason.INSUFFICIENT_FUNDS: (422, "Insufficient funds"),
+    Reason.TOKEN_NOT_FOUND: (404, "Token not found"),
+    Reason.TOKEN_EXISTS: (409, "Token exists"),
+}
+assert set(REASONS) == set(Reason), set(Reason) - set(REASONS)
+
+
+class ApiError(Exception):
+    """An answer that is not a 2xx. Raised anywhere in a route, rendered in one place."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        title: str,
+        detail: str,
+        *,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.title = title
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers
+
+
+def rejected(rejection: Rejection) -> ApiError:
+    status, title = REASONS[rejection.reason]
+    return ApiError(status, rejection.reason.code, title, rejection.detail)
+
+
+def invalid(errors: list[dict[str, str]]) -> ApiError:
+    detail = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
+    return ApiError(400, "invalid_request", "Invalid request", detail, errors=errors)
+
+
+def invalid_field(field: str, message: str) -> ApiError:
+    return invalid([{"field": field, "message": message}])
+
+
+def overloaded(detail: str) -> ApiError:
+    return ApiError(503, "overloaded", "Overloaded", detail, headers={"Retry-After": "1"})
+
+
+def problem(error: ApiError) -> Response:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": error.title,
+        "status": error.status,
+        "code": error.code,
+        "detail": error.detail,
+    }
+    if error.errors is not None:
+        body["errors"] = error.errors
+    return Response(
+        json.dumps(body).encode(),
+        status_code=error.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=error.headers,
+    )

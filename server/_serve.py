@@ -1,0 +1,134 @@
+"""The server's lifecycle: one ``trio.run`` whose nursery holds Hypercorn, the shard actors and
+the WAL writer, so a crashed actor takes the process down with a non-zero status.
+
+    start HTTP (``/health`` 200, ``/ready`` 503) -> recover from the log in a worker thread
+    -> start the WAL writer and the actors -> ``/ready`` 200
+    SIGTERM/SIGINT -> stop accepting, let in-flight requests finish (``--shutdown-timeout``)
+    -> stop the actors -> flush and fsync the log -> exit 0. A second signal exits at once,
+    which is still safe: the log is the truth and nothing unacknowledged was promised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from ledger import SHARDS_DEFAULT, Ledger, recover
+from server._app import Api, build_app
+from wal import LogCorrupt
+
+log = logging.getLogger("server")
+
+ADMIN_TOKEN_ENV = "WALLET_ADMIN_TOKEN"
+HEADER_BYTES_MAX = 16 * 1024
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeOptions:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    shards: int = SHARDS_DEFAULT
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
+    segment_bytes_max: int | None = None
+
+
+def admin_token(data_dir: Path) -> str:
+    """From ``WALLET_ADMIN_TOKEN``, else ``<data>/admin.token`` (made on first start, mode 0600)."""
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    if token:
+        return token
+    path = data_dir / "admin.token"
+    if path.exists():
+        return path.read_text().strip()
+    token = "wa_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    log.info("admin token written to %s", path)
+    return token
+
+
+def hypercorn_config(options: ServeOptions) -> Config:
+    config = Config()
+    config.bind = [f"{options.host}:{options.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = options.shutdown_timeout_s
+    config.h11_max_incomplete_size = HEADER_BYTES_MAX
+    config.keep_alive_timeout = 30
+    config.backlog = 1024
+    return config
+
+
+async def _signals(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        async for signum in received:
+            if not shutdown.is_set():
+                log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
+                shutdown.set()
+            else:
+                log.warning("second signal: exiting at once (the log is the truth)")
+                os._exit(1)
+
+
+async def serve(options: ServeOptions) -> int:
+    data_dir = options.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    api = Api(admin_token=admin_token(data_dir))
+    app = build_app(api)
+    shutdown = trio.Event()
+    http_done = trio.Event()
+
+    async def run_http(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await hypercorn_serve(
+                app, hypercorn_config(options), shutdown_trigger=shutdown.wait, task_status=task_status
+            )
+        finally:
+            http_done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_signals, shutdown)
+        binds = await nursery.start(run_http)
+        log.info("listening on %s; recovering %s", ", ".join(binds), data_dir)
+        try:
+            recovered = await trio.to_thread.run_sync(recover, data_dir)
+        except LogCorrupt as error:
+            log.error("%s", error)
+            print(f"wallet serve: refusing to start: {error}", file=sys.stderr, flush=True)
+            nursery.cancel_scope.cancel()
+            return 2
+        for message in recovered.scan.torn:
+            log.warning("recovery: %s", message)
+        ledger = Ledger(
+            recovered, data_dir, shards=options.shards, segment_bytes_max=options.segment_bytes_max
+        )
+        await nursery.start(ledger.run)
+        api.ledger = ledger
+        log.info(
+            "ready: %d records replayed in %.3f s, next LSN %d, %d shards",
+            recovered.scan.records, recovered.seconds, ledger.wal.next_lsn, options.shards,
+        )
+        await shutdown.wait()
+        await http_done.wait()
+        ledger.stop()
+    log.info("stopped cleanly at LSN %d", ledger.wal.durable_lsn)
+    return 0
+
+
+def run(options: ServeOptions) -> int:
+    return trio.run(partial(serve, options))

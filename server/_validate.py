@@ -1,0 +1,278 @@
+"""Validation at the edge: bytes from outside become typed values or a 400/413/415, never a 500.
+
+Rules (``API.md``): money is a JSON integer 1..int64 max; a float (even ``10.0``), a string, a
+boolean, null, zero or a negative is refused. Ids are 1-64 of ``[A-Za-z0-9_.:-]``; ids starting
+with ``treasury:`` are reserved. Unknown fields, duplicate keys, NaN/Infinity and strings that
+are not valid Unicode (lone surrogates) are refused, because each would otherwise reach the log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+
+from ledger import (
+    AMOUNT_MAX,
+    DESCRIPTION_CHARS_MAX,
+    ID_PATTERN,
+    INT64_MAX,
+    INT64_MIN,
+    METADATA_BYTES_MAX,
+    SCALE_MAX,
+    TREASURY_PREFIX,
+)
+from server._errors import ApiError, invalid, invalid_field
+
+BODY_BYTES_MAX = 1024 * 1024
+IDEMPOTENCY_KEY_CHARS_MAX = 128
+METADATA_DEPTH_MAX = 8
+LIMIT_DEFAULT = 50
+LIMIT_MAX = 1000
+
+
+class _Float:
+    """A JSON number with a fraction or exponent, kept apart from ints so ``10.0`` is refused."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _Constant(Exception):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise invalid_field(key, "duplicate key")
+            seen.add(key)
+    return result
+
+
+_decoder = json.JSONDecoder(
+    parse_float=_Float, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates
+)
+
+
+async def read_body(request: Request, *, limit: int = BODY_BYTES_MAX) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise invalid_field("Content-Length", "must be a non-negative integer")
+        if int(length) > limit:
+            raise ApiError(413, "payload_too_large", "Payload too large", f"the body limit is {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", "Payload too large", f"the body limit is {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_json_content_type(request: Request) -> None:
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(
+            415, "unsupported_media_type", "Unsupported media type",
+            f"send the body as application/json, not {content_type or 'nothing'}",
+        )
+
+
+async def json_object(request: Request, *, optional: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object. ``optional``: an empty body means ``{}``."""
+    body = await read_body(request)
+    if optional and not body.strip():
+        return {}
+    _check_json_content_type(request)
+    try:
+        text = body.decode("utf-8")
+        value = _decoder.decode(text)
+    except UnicodeDecodeError:
+        raise invalid_field("body", "is not valid UTF-8") from None
+    except _Constant as constant:
+        raise invalid_field("body", f"{constant} is not valid JSON") from None
+    except json.JSONDecodeError as error:
+        raise invalid_field("body", f"malformed JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    except RecursionError:
+        raise invalid_field("body", "nested too deeply") from None
+    if not isinstance(value, dict):
+        raise invalid_field("body", "must be a JSON object")
+    return value
+
+
+Validator = Callable[[str, Any], Any]
+
+
+def fields(body: dict[str, Any], spec: dict[str, tuple[bool, Validator]]) -> dict[str, Any]:
+    """Checks ``body`` against ``spec`` (name -> (required, validator)); collects every error."""
+    errors = [
+        {"field": name, "message": "unknown field"} for name in body if name not in spec
+    ]
+    values: dict[str, Any] = {}
+    for name, (required, validate) in spec.items():
+        if name not in body:
+            if required:
+                errors.append({"field": name, "message": "is required"})
+            continue
+        try:
+            values[name] = validate(name, body[name])
+        except ApiError as error:
+            errors.extend(error.errors or [{"field": name, "message": error.detail}])
+    if errors:
+        raise invalid(errors)
+    return values
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, _Float):
+        return f"the number {value.text}"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return f"a {type(value).__name__}" if not isinstance(value, str) else "a string"
+
+
+def amount(name: str, value: Any) -> int:
+    if type(value) is not int:
+        raise invalid_field(name, f"must be an integer number of minor units, not {_describe(value)}")
+    if not 1 <= value <= AMOUNT_MAX:
+        raise invalid_field(name, f"must be between 1 and {AMOUNT_MAX}")
+    return value
+
+
+def identifier(name: str, value: Any) -> str:
+    if type(value) is not str:
+        raise invalid_field(name, f"must be a string, not {_describe(value)}")
+    if not ID_PATTERN.fullmatch(value):
+        raise invalid_field(name, "must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    return value
+
+
+def user_identifier(name: str, value: Any) -> str:
+    """An id a client may name: not one of the system's reserved ``treasury:`` ids."""
+    value = identifier(name, value)
+    if value.startswith(TREASURY_PREFIX):
+        raise invalid_field(name, f"ids starting with {TREASURY_PREFIX!r} are reserved")
+    return value
+
+
+def asset_code(name: str, value: Any) -> str:
+    value = identifier(name, value)
+    if ":" in value:
+        raise invalid_field(name, "an asset code may not contain ':'")
+    return value
+
+
+def scale(name: str, value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= SCALE_MAX:
+        raise invalid_field(name, f"must be an integer from 0 to {SCALE_MAX}")
+    return value
+
+
+def _text(value: str, name: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid_field(name, "is not valid Unicode (lone surrogate)") from None
+    return value
+
+
+def description(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise invalid_field(name, f"must be a string, not {_describe(value)}")
+    if len(value) > DESCRIPTION_CHARS_MAX:
+        raise invalid_field(name, f"must be at most {DESCRIPTION_CHARS_MAX} characters")
+    return _text(value, name)
+
+
+def _plain(name: str, value: Any, depth: int) -> Any:
+    if depth > METADATA_DEPTH_MAX:
+        raise invalid_field(name, f"nests deeper than {METADATA_DEPTH_MAX} levels")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise invalid_field(name, "integers in metadata must fit in 64 bits")
+        return value
+    if isinstance(value, _Float):
+        number = float(value.text)
+        if not math.isfinite(number):
+            raise invalid_field(name, "numbers must be finite")
+        return number
+    if isinstance(value, str):
+        return _text(value, name)
+    if isinstance(value, list):
+        return [_plain(name, item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {_text(key, name): _plain(name, item, depth + 1) for key, item in value.items()}
+    raise invalid_field(name, f"unsupported value {_describe(value)}")
+
+
+def metadata(name: str, value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid_field(name, f"must be an object, not {_describe(value)}")
+    plain = _plain(name, value, 1)
+    if len(json.dumps(plain, ensure_ascii=False).encode()) > METADATA_BYTES_MAX:
+        raise invalid_field(name, f"must encode to at most {METADATA_BYTES_MAX} bytes")
+    return plain  # type: ignore[no-any-return]
+
+
+def canonical(value: Any) -> Any:
+    """The body in a form ``json.dumps`` can serialise, for fingerprints."""
+    if isinstance(value, _Float):
+        return {"$float": value.text}
+    if isinstance(value, dict):
+        return {key: canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
+def idempotency_key(request: Request, *, required: bool) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        if required:
+            raise ApiError(
+                400, "idempotency_key_missing", "Idempotency key missing",
+                "this request moves money: send an Idempotency-Key header (1-128 printable ASCII characters)",
+            )
+        return None
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_CHARS_MAX or not all(" " <= char <= "~" for char in key):
+        raise invalid_field("Idempotency-Key", "must be 1-128 printable ASCII characters")
+    return key
+
+
+def limit(request: Request) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return LIMIT_DEFAULT
+    if not raw.isdigit() or not 1 <= int(raw) <= LIMIT_MAX:
+        raise invalid_field("limit", f"must be an integer from 1 to {LIMIT_MAX}")
+    return int(raw)
+
+
+def query(request: Request, allowed: set[str]) -> None:
+    unknown = [name for name in request.query_params if name not in allowed]
+    if unknown:
+        raise invalid([{"field": name, "message": "unknown query parameter"} for name in unknown])
