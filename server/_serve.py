@@ -101,6 +101,7 @@ async def serve(options: ServeOptions) -> int:
         finally:
             http_done.set()
 
+    ledger: Ledger | None = None
     async with trio.open_nursery() as outer:
         outer.start_soon(_signals, shutdown)
         async with trio.open_nursery() as nursery:
@@ -112,22 +113,25 @@ async def serve(options: ServeOptions) -> int:
                 log.error("%s", error)
                 print(f"wallet serve: refusing to start: {error}", file=sys.stderr, flush=True)
                 outer.cancel_scope.cancel()
-                return 2
-            for message in recovered.scan.torn:
-                log.warning("recovery: %s", message)
-            ledger = Ledger(
-                recovered, data_dir, shards=options.shards, segment_bytes_max=options.segment_bytes_max
-            )
-            await nursery.start(ledger.run)
-            api.ledger = ledger
-            log.info(
-                "ready: %d records replayed in %.3f s, next LSN %d, %d shards",
-                recovered.scan.records, recovered.seconds, ledger.wal.next_lsn, options.shards,
-            )
-            await shutdown.wait()
-            await http_done.wait()
-            ledger.stop()
+            else:
+                for message in recovered.scan.torn:
+                    log.warning("recovery: %s", message)
+                ledger = Ledger(
+                    recovered, data_dir, shards=options.shards,
+                    segment_bytes_max=options.segment_bytes_max,
+                )
+                await nursery.start(ledger.run)
+                api.ledger = ledger
+                log.info(
+                    "ready: %d records replayed in %.3f s, next LSN %d, %d shards",
+                    recovered.scan.records, recovered.seconds, ledger.wal.next_lsn, options.shards,
+                )
+                await shutdown.wait()
+                await http_done.wait()
+                ledger.stop()
         outer.cancel_scope.cancel()
+    if ledger is None:
+        return 2
     log.info("stopped cleanly at LSN %d", ledger.wal.durable_lsn)
     return 0
 
