@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -86,6 +85,8 @@ async def _signals(shutdown: trio.Event) -> None:
 
 
 async def serve(options: ServeOptions) -> int:
+    """Serves until SIGTERM/SIGINT; returns the exit status. Raises ``wal.LogCorrupt`` when
+    the log is damaged (the command line reports it and exits 2)."""
     data_dir = options.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     api = Api(admin_token=admin_token(data_dir))
@@ -102,6 +103,7 @@ async def serve(options: ServeOptions) -> int:
             http_done.set()
 
     ledger: Ledger | None = None
+    refused: LogCorrupt | None = None
     async with trio.open_nursery() as outer:
         outer.start_soon(_signals, shutdown)
         async with trio.open_nursery() as nursery:
@@ -110,8 +112,8 @@ async def serve(options: ServeOptions) -> int:
             try:
                 recovered = await trio.to_thread.run_sync(recover, data_dir)
             except LogCorrupt as error:
-                log.error("%s", error)
-                print(f"wallet serve: refusing to start: {error}", file=sys.stderr, flush=True)
+                log.error("refusing to start: %s", error)
+                refused = error
                 outer.cancel_scope.cancel()
             else:
                 for message in recovered.scan.torn:
@@ -130,8 +132,9 @@ async def serve(options: ServeOptions) -> int:
                 await http_done.wait()
                 ledger.stop()
         outer.cancel_scope.cancel()
-    if ledger is None:
-        return 2
+    if refused is not None:
+        raise refused
+    assert ledger is not None
     log.info("stopped cleanly at LSN %d", ledger.wal.durable_lsn)
     return 0
 

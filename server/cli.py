@@ -140,13 +140,17 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
-        return run(
-            ServeOptions(
-                data_dir=arguments.data, host=arguments.host, port=arguments.port,
-                shards=arguments.shards, shutdown_timeout_s=arguments.shutdown_timeout,
-                segment_bytes_max=arguments.segment_bytes,
+        try:
+            return run(
+                ServeOptions(
+                    data_dir=arguments.data, host=arguments.host, port=arguments.port,
+                    shards=arguments.shards, shutdown_timeout_s=arguments.shutdown_timeout,
+                    segment_bytes_max=arguments.segment_bytes,
+                )
             )
-        )
+        except LogCorrupt as error:
+            print(f"wallet serve: refusing to start: {error}", file=sys.stderr, flush=True)
+            return 2
     if arguments.command == "wal":
         if arguments.wal_command == "verify":
             return wal_verify(arguments.data)

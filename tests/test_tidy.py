@@ -1,0 +1,107 @@
+"""Walks the source ASTs (like TigerBeetle's tidy.zig) and fails when a design line is crossed:
+imports between packages, floats in the ledger, clock/random/uuid in the state machine,
+print() outside the command line and the bench harness, sync routes."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ["ledger", "wal", "snapshots", "server", "bench"]
+# Which top-level packages each package may import (besides the stdlib and third parties).
+ALLOWED = {
+    "ledger": {"ledger", "wal", "snapshots"},
+    "wal": {"wal"},
+    "snapshots": {"snapshots"},
+    "server": {"server", "ledger", "wal", "snapshots", "bench"},
+    "bench": {"bench", "server", "ledger", "wal", "snapshots"},
+}
+# The pure core: stdlib only, and no clock, randomness or I/O.
+PURE = ["ledger/_model.py", "ledger/_state.py"]
+PURE_MODULES_FORBIDDEN = {"time", "datetime", "random", "uuid", "os", "trio", "anyio", "msgpack", "socket", "secrets"}
+THIRD_PARTY = {"trio", "anyio", "msgpack", "starlette", "hypercorn", "aiosqlite", "prometheus_client", "httpx"}
+PRINT_ALLOWED = {"server/cli.py"}
+
+
+def sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def imported_modules(tree: ast.AST) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+    return found
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_imports_respect_package_boundaries(package: str) -> None:
+    offenders = []
+    for path in sources(package):
+        for module in imported_modules(ast.parse(path.read_text())):
+            top = module.split(".")[0]
+            if top in ALLOWED and top not in ALLOWED[package]:
+                offenders.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("relative", PURE)
+def test_the_state_machine_is_pure(relative: str) -> None:
+    tree = ast.parse((ROOT / relative).read_text())
+    offenders = []
+    for module in imported_modules(tree):
+        top = module.split(".")[0]
+        if top in PURE_MODULES_FORBIDDEN or top in THIRD_PARTY or top in {"wal", "snapshots", "server"}:
+            offenders.append(module)
+    assert not offenders, f"{relative} imports {offenders}"
+
+
+def test_no_float_literals_in_the_ledger() -> None:
+    offenders = []
+    for path in sources("ledger"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, float):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "float":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} float()")
+    assert not offenders, offenders
+
+
+def test_print_only_in_the_command_line_and_bench() -> None:
+    offenders = []
+    for package in PACKAGES:
+        for path in sources(package):
+            relative = str(path.relative_to(ROOT))
+            if relative in PRINT_ALLOWED or package == "bench":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                    offenders.append(f"{relative}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_every_route_handler_is_async() -> None:
+    from server import Api
+
+    handlers = [
+        name for name, value in vars(Api).items()
+        if callable(value) and not name.startswith("_")
+    ]
+    import inspect
+
+    routes = [name for name in handlers if "request" in inspect.signature(getattr(Api, name)).parameters]
+    assert routes
+    assert all(inspect.iscoroutinefunction(getattr(Api, name)) for name in routes if name not in {"authenticate", "admin", "fingerprint", "path_wallet_id"})
+
+
+def test_python_hash_is_not_used_for_sharding() -> None:
+    for path in sources("ledger"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id != "hash", f"{path}: salted hash() must not route wallets"
