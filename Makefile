@@ -7,7 +7,7 @@ PORT   ?= 8080
 DATA   ?= ./data
 SHARDS ?=
 
-.PHONY: install run test test-fast lint clean
+.PHONY: install run test test-fast lint bench-transfers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# The foundation's load script: wrk against a real server on a temporary data directory.
+bench-transfers: $(STAMP)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.transfers --wallets 10000 --connections 64 --duration 15
+	$(BIN)/python -m bench.transfers --hot --connections 64 --duration 15
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

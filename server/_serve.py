@@ -135,7 +135,14 @@ async def serve(options: ServeOptions) -> int:
     if refused is not None:
         raise refused
     assert ledger is not None
-    log.info("stopped cleanly at LSN %d", ledger.wal.durable_lsn)
+    stats = ledger.wal.statistics()
+    log.info(
+        "stopped cleanly at LSN %d; this run wrote %d records in %d group commits "
+        "(%.1f records per fsync, mean fsync %.3f ms, max %.3f ms)",
+        stats.durable_lsn, stats.records_written, stats.batches,
+        stats.records_written / max(stats.batches, 1),
+        1000 * stats.fsync_seconds_total / max(stats.batches, 1), 1000 * stats.fsync_seconds_max,
+    )
     return 0
 
 
