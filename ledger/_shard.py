@@ -179,7 +179,6 @@ class Shard:
         if len(self._external) >= self._capacity or self._wal.backlogged():
             self._overloaded += 1
             raise Overloaded(f"shard {self.index} mailbox is full")
-        self._wal.check_writable()
         self._external.append(message)
         if self._sleeping:
             self._sleeping = False
@@ -193,6 +192,7 @@ class Shard:
 
     def submit_transfer(self, command: Transfer) -> Reply:
         """Step 1 of a transfer; call on the receiver's shard."""
+        self._wal.check_writable()
         reply = Reply()
         self._submit(_CreditStep(command, reply))
         return reply
@@ -200,6 +200,7 @@ class Shard:
     def submit_command(
         self, command: CreateWallet | ChangeWalletStatus | CreateAsset | CreateToken | RevokeToken
     ) -> Reply:
+        self._wal.check_writable()
         reply = Reply()
         self._submit(_Command(command, reply))
         return reply

@@ -373,7 +373,9 @@ def apply_debit(state: State, event: Transferred, lsn: int) -> None:
     else:
         assert sender.available >= event.amount
     sender.balance -= event.amount
-    sender.updated_at_us = event.at_us
+    # max(): on a live shard a credit can arrive after later records touched the same wallet
+    # (the cross-shard lag); the result must equal replay in LSN order.
+    sender.updated_at_us = max(sender.updated_at_us, event.at_us)
     sender.lsn = max(sender.lsn, lsn)
 
 
@@ -382,7 +384,7 @@ def apply_credit(state: State, event: Transferred, lsn: int) -> None:
     assert receiver.asset == event.asset
     assert receiver.balance + event.amount <= INT64_MAX
     receiver.balance += event.amount
-    receiver.updated_at_us = event.at_us
+    receiver.updated_at_us = max(receiver.updated_at_us, event.at_us)
     receiver.lsn = max(receiver.lsn, lsn)
 
 
@@ -405,8 +407,8 @@ def apply_wallets(state: State, event: Event, lsn: int) -> None:
             assert wallet.balance == 0
             assert wallet.held == 0
         wallet.status = event.status
-        wallet.updated_at_us = event.at_us
-        wallet.lsn = lsn
+        wallet.updated_at_us = max(wallet.updated_at_us, event.at_us)
+        wallet.lsn = max(wallet.lsn, lsn)
     elif isinstance(event, AssetCreated):
         wallet_id = treasury_id(event.code)
         assert wallet_id not in state.wallets
