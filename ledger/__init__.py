@@ -8,7 +8,15 @@ documented in ``_state`` and ``_shard``.
 
 from ledger._codec import CODEC_VERSION, CodecError, decode_event, encode_event
 from ledger._history import Entry, History
-from ledger._ledger import SHARDS_DEFAULT, Clock, Ledger, Recovered, WalletView, open_ledger, recover
+from ledger._ledger import (
+    SHARDS_DEFAULT,
+    Clock,
+    Ledger,
+    Recovered,
+    WalletView,
+    open_ledger,
+    recover,
+)
 from ledger._model import (
     AMOUNT_MAX,
     DESCRIPTION_CHARS_MAX,

@@ -253,7 +253,7 @@ class Ledger:
 
     async def wallet(self, wallet_id: str) -> WalletView | None:
         shard = self._shard(wallet_id)
-        return await self._wait(shard.submit_query(_wallet_view(wallet_id), _view_lsn))  # type: ignore[no-any-return]
+        return await self._wait(shard.submit_query(_wallet_view(wallet_id), _view_lsn))
 
     async def wallets(self, wallet_ids: list[str]) -> list[WalletView]:
         """Views of existing wallets, in the order given."""

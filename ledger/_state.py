@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ledger._model import (
+    IDEMPOTENCY_RETENTION_US,
     INT64_MAX,
     INT64_MIN,
     SYSTEM_OWNER,
@@ -53,7 +54,6 @@ from ledger._model import (
     Event,
     Idempotency,
     IdempotencyRecord,
-    IDEMPOTENCY_RETENTION_US,
     Reason,
     Rejection,
     RevokeToken,

@@ -26,7 +26,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ledger import (
-    AssetCreated,
     ChangeWalletStatus,
     Committed,
     CreateAsset,
@@ -240,7 +239,7 @@ class Api:
         view = await self.run(self._ledger().wallet(wallet_id))
         if view is None:
             raise ApiError(404, "wallet_not_found", "Wallet not found", f"wallet {wallet_id} does not exist")
-        return view  # type: ignore[no-any-return]
+        return view
 
     async def owned_wallet(self, caller: Caller, wallet_id: str) -> WalletView:
         view = await self.wallet_view(wallet_id)

@@ -235,7 +235,7 @@ def metadata(name: str, value: Any) -> dict[str, Any] | None:
     plain = _plain(name, value, 1)
     if len(json.dumps(plain, ensure_ascii=False).encode()) > METADATA_BYTES_MAX:
         raise invalid_field(name, f"must encode to at most {METADATA_BYTES_MAX} bytes")
-    return plain  # type: ignore[no-any-return]
+    return plain
 
 
 def canonical(value: Any) -> Any:
