@@ -21,7 +21,7 @@ from ledger import (
     state_digest,
 )
 from ledger import apply as apply_event
-from wal import LogCorrupt, ScanResult, scan
+from wal import LogCorrupt, RepairRefused, ScanResult, apply_repair, plan_repair, scan
 
 
 def _positive(text: str) -> int:
@@ -62,7 +62,33 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--from-lsn", type=int, default=1)
     dump.add_argument("--to-lsn", type=int, default=None)
     dump.add_argument("--format", choices=["text", "jsonl"], default="text")
+    repair = wal_commands.add_parser(
+        "repair", help="cut a torn tail; with --truncate-at-lsn, drop everything from that LSN on"
+    )
+    repair.add_argument("--data", type=Path, required=True)
+    repair.add_argument(
+        "--truncate-at-lsn", type=int, default=None,
+        help="drop every record from this LSN on (needed when valid records follow damage)",
+    )
+    repair.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     return parser
+
+
+def wal_repair(data_dir: Path, *, truncate_at_lsn: int | None, dry_run: bool) -> int:
+    directory = data_dir / "wal"
+    try:
+        plan = plan_repair(directory, truncate_at_lsn=truncate_at_lsn)
+    except RepairRefused as error:
+        print(f"REFUSED: {error}")
+        return 1
+    print(plan.describe())
+    if plan.empty or dry_run:
+        return 0
+    aside = apply_repair(directory, plan)
+    if aside is not None:
+        print(f"moved {len(plan.segments_moved)} segment(s) to {aside}")
+    print("repaired; `wallet wal verify` should now pass")
+    return 0
 
 
 def _plain(value: Any) -> Any:
@@ -156,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             return wal_verify(arguments.data)
         if arguments.wal_command == "dump":
             return wal_dump(arguments.data, from_lsn=arguments.from_lsn, to_lsn=arguments.to_lsn, fmt=arguments.format)
+        if arguments.wal_command == "repair":
+            return wal_repair(arguments.data, truncate_at_lsn=arguments.truncate_at_lsn, dry_run=arguments.dry_run)
     raise AssertionError(arguments)
 
 

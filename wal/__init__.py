@@ -15,6 +15,7 @@ from wal._frame import (
     decode,
     encode,
 )
+from wal._repair import RepairPlan, RepairRefused, apply_repair, plan_repair
 from wal._segments import (
     SEGMENT_HEADER_BYTES,
     LogCorrupt,
@@ -42,6 +43,8 @@ __all__ = [
     "FRAME_VERSION",
     "HEADER_BYTES",
     "PAYLOAD_BYTES_MAX",
+    "RepairPlan",
+    "RepairRefused",
     "SEGMENT_BYTES_MAX",
     "SEGMENT_HEADER_BYTES",
     "ZERO_CHECKSUM",
@@ -52,12 +55,14 @@ __all__ = [
     "Statistics",
     "StorageFailed",
     "WriteAheadLog",
+    "apply_repair",
     "decode",
     "decode_segment_header",
     "encode",
     "encode_segment_header",
     "fsync_directory",
     "list_segments",
+    "plan_repair",
     "scan",
     "segment_name",
 ]

@@ -14,9 +14,11 @@ msgpack there). All integers are little-endian.
 
 The checksum covers every byte of the frame except itself, so any single-bit flip anywhere in a
 frame is detected (tests flip every bit). ``parent`` chains the records: a record that verifies
-on its own but does not follow its predecessor is caught. ``batch_lsn`` lets recovery tell a
-torn last write (damage followed only by records of the same, never-acknowledged write) from
-damage in the middle of acknowledged history (damage followed by a later write).
+on its own but does not follow its predecessor is caught. ``batch_lsn`` is diagnostic: when
+damage is followed by valid records, the refusal message (and ``wallet wal repair``) says
+whether they were part of the same group-commit write as the damaged one. Recovery does not act
+on it: a fully fsynced (acknowledged) write hit by bit rot looks the same as a write torn by a
+power cut, and only refusing is safe for both.
 
 This module must never do I/O or know what a payload means.
 """

@@ -174,18 +174,22 @@ def scan(
     result.next_lsn = expected_lsn
     result.last_checksum = expected_parent if expected_parent is not None else ZERO_CHECKSUM
     first_processed = True
+    end_lsn = expected_lsn
     for index, (name_lsn, path) in enumerate(segments):
         is_last = index == len(segments) - 1
         if not is_last and segments[index + 1][0] <= after_lsn + 1:
             continue  # wholly inside the snapshot image
         data = path.read_bytes()
+        # The first LSN this segment should account for: what the previous segment ended at,
+        # or (for the first segment read) the lower of what its name and header claim.
+        in_doubt = expected_lsn if not first_processed else name_lsn
         try:
             first_lsn, parent = decode_segment_header(data)
         except FrameError as error:
-            raise LogCorrupt(path=path, offset=0, lsn=name_lsn, reason=str(error)) from None
+            raise LogCorrupt(path=path, offset=0, lsn=in_doubt, reason=str(error)) from None
         if first_lsn != name_lsn:
             raise LogCorrupt(
-                path=path, offset=0, lsn=name_lsn,
+                path=path, offset=0, lsn=min(in_doubt, first_lsn),
                 reason=f"segment header names first LSN {first_lsn}, file name says {name_lsn}",
             )
         if first_lsn > expected_lsn:
@@ -208,6 +212,8 @@ def scan(
         if result.first_lsn is None:
             result.first_lsn = first_lsn
         offset = SEGMENT_HEADER_BYTES
+        result.tail_path = path
+        result.tail_offset = offset
         lsn_here = first_lsn
         parent_here = parent
         while offset < len(data):
@@ -257,10 +263,16 @@ def scan(
             parent_here = frame.checksum
             lsn_here += 1
             offset += HEADER_BYTES + len(frame.payload)
+            # Where the log would continue after this record (the repair tool cuts there).
+            result.tail_path = path
+            result.tail_offset = offset
             if frame.lsn <= after_lsn:
                 continue  # already in the snapshot image
             result.records += 1
+            result.next_lsn = frame.lsn + 1
+            result.last_checksum = frame.checksum
             yield frame
+        end_lsn = lsn_here
         expected_lsn = max(expected_lsn, lsn_here)
         if lsn_here > after_lsn:
             expected_parent = parent_here
@@ -268,8 +280,8 @@ def scan(
         result.last_checksum = expected_parent if expected_parent is not None else ZERO_CHECKSUM
         result.tail_path = path
         result.tail_offset = offset
-    if segments and expected_lsn <= after_lsn:
+    if segments and end_lsn <= after_lsn:
         raise LogCorrupt(
-            path=segments[-1][1], offset=0, lsn=expected_lsn,
-            reason=f"the log ends at LSN {expected_lsn - 1}, before the snapshot's LSN {after_lsn}",
+            path=segments[-1][1], offset=0, lsn=end_lsn,
+            reason=f"the log ends at LSN {end_lsn - 1}, before the snapshot's LSN {after_lsn}",
         )

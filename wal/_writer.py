@@ -216,9 +216,10 @@ class WriteAheadLog:
         size = 0
         count = 0
         for _, payload, _ in pending:
-            if count >= BATCH_RECORDS_MAX or (count and size + len(payload) > BATCH_BYTES_MAX):
+            frame_bytes = len(payload) + _frame.HEADER_BYTES
+            if count >= BATCH_RECORDS_MAX or (count and size + frame_bytes > BATCH_BYTES_MAX):
                 break
-            size += len(payload) + _frame.HEADER_BYTES
+            size += frame_bytes
             count += 1
         self._pending = pending[count:]
         self._pending_bytes -= size

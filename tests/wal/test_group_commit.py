@@ -328,12 +328,6 @@ async def test_batch_bytes_stay_within_batch_bytes_max(tmp_path: Path,
     assert batch_bytes(directory) == {1: 912, 3: 912, 5: 456, 6: 2056}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: wal/_writer.py _take_batch() compares size + len(payload) (no frame header) "
-    "with BATCH_BYTES_MAX while size counts headers, so a batch can exceed it by < 56 bytes",
-)
 def test_batch_bytes_never_exceed_batch_bytes_max_counting_frame_headers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
