@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ledger._model import Event, Transferred, WalletCreated, is_treasury
+from ledger._model import Event, TransactionType, Transferred, WalletCreated
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -26,6 +26,7 @@ class Entry:
 
     lsn: int
     transaction_id: str
+    type: TransactionType
     direction: str  # "debit" | "credit"
     amount: int
     balance_after: int
@@ -68,12 +69,9 @@ class History:
     ) -> None:
         balance = self._balances.get(wallet_id, 0) + delta
         self._balances[wallet_id] = balance
-        if is_treasury(wallet_id):
-            # The treasury's statement is every deposit of the asset: too hot to keep per entry
-            # in memory; its balance is still tracked. (The SQLite read model keeps it.)
-            return
         entry = Entry(
-            lsn=lsn, transaction_id=event.transaction_id, direction=direction, amount=event.amount,
+            lsn=lsn, transaction_id=event.transaction_id, type=event.type, direction=direction,
+            amount=event.amount,
             balance_after=balance, counterparty_wallet_id=other, at_us=event.at_us,
         )
         self._entries.setdefault(wallet_id, []).append(entry)
@@ -84,16 +82,39 @@ class History:
     def transaction(self, transaction_id: str) -> tuple[Transferred, int] | None:
         return self._transactions.get(transaction_id)
 
-    def entries(self, wallet_id: str, *, before_lsn: int | None, limit: int) -> list[Entry]:
-        """Newest first, strictly older than ``before_lsn`` when given."""
+    def entries(
+        self,
+        wallet_id: str,
+        *,
+        before_lsn: int | None,
+        limit: int,
+        type_: TransactionType | None = None,
+        since_us: int | None = None,
+        until_us: int | None = None,
+    ) -> list[Entry]:
+        """Newest first: entries strictly older than ``before_lsn``, stamped within
+        [``since_us``, ``until_us``] (both inclusive), of ``type_`` when given. Bisects on LSN and time (both
+        ascending in a statement); only a type filter scans, and only over the window."""
         assert limit >= 1
         entries = self._entries.get(wallet_id)
         if not entries:
             return []
         lsns = self._entry_lsns[wallet_id]
         end = len(lsns) if before_lsn is None else bisect.bisect_left(lsns, before_lsn)
-        start = max(0, end - limit)
-        return entries[start:end][::-1]
+        if until_us is not None:
+            end = min(end, bisect.bisect_right(entries, until_us, key=lambda entry: entry.at_us))
+        start = 0
+        if since_us is not None:
+            start = bisect.bisect_left(entries, since_us, hi=end, key=lambda entry: entry.at_us)
+        if type_ is None:
+            return entries[max(start, end - limit) : end][::-1]
+        found = []
+        for index in range(end - 1, start - 1, -1):
+            if entries[index].type == type_:
+                found.append(entries[index])
+                if len(found) == limit:
+                    break
+        return found
 
     def balance_at(self, wallet_id: str, at_us: int) -> int:
         """The posted balance after every entry stamped at or before ``at_us``."""

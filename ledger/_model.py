@@ -56,8 +56,8 @@ class Reason(enum.Enum):
     RECEIVER_CLOSED = "wallet_closed:receiver"
     WALLET_CLOSED = "wallet_closed:status"
     WALLET_NOT_EMPTY = "wallet_not_empty"
-    BALANCE_OVERFLOW = "balance_overflow"
     INSUFFICIENT_FUNDS = "insufficient_funds"
+    BALANCE_OVERFLOW = "balance_overflow"
     TOKEN_NOT_FOUND = "token_not_found"
     TOKEN_EXISTS = "token_exists"
 
@@ -81,8 +81,8 @@ TRANSFER_CHECK_ORDER = {
             Reason.SENDER_FROZEN,
             Reason.SENDER_CLOSED,
             Reason.RECEIVER_CLOSED,
-            Reason.BALANCE_OVERFLOW,
             Reason.INSUFFICIENT_FUNDS,
+            Reason.BALANCE_OVERFLOW,
         ]
     )
 }

@@ -22,8 +22,11 @@ Rejection order for a transfer (``TRANSFER_CHECK_ORDER``), each row a test in
     | 4 | same asset                              | ASSET_MISMATCH         | debit    |
     | 5 | debited wallet not frozen / not closed  | SENDER_FROZEN/_CLOSED  | debit    |
     | 6 | credited wallet not closed              | RECEIVER_CLOSED        | credit   |
-    | 7 | no balance leaves int64                 | BALANCE_OVERFLOW       | both     |
-    | 8 | enough available (treasury exempt)      | INSUFFICIENT_FUNDS     | debit    |
+    | 7 | enough available (treasury exempt)      | INSUFFICIENT_FUNDS     | debit    |
+    | 8 | no balance leaves int64                 | BALANCE_OVERFLOW       | both     |
+
+Funds are checked before overflow so that a sender cannot learn a stranger's balance by
+probing with amounts it does not have (overflow would reveal the receiver's balance).
 
 A transfer between two shards runs the credit side first (``check_credit``, on the receiver's
 shard, which then reserves the incoming amount so the answer stays true), then the debit side
@@ -235,7 +238,10 @@ def decide_transfer(state: State, command: Transfer, now_us: int, credit: Credit
     sender_id = command.from_wallet_id
     if sender_id is None:
         assert command.type == TransactionType.DEPOSIT
-        assert credit.asset is not None
+        if credit.asset is None:
+            # The receiving wallet does not exist, so neither does a treasury to debit.
+            assert credit.failure is not None
+            return credit.failure
         sender_id = treasury_id(credit.asset)
     failure: Rejection | None = None
     sender = state.wallets.get(sender_id)
@@ -254,16 +260,15 @@ def decide_transfer(state: State, command: Transfer, now_us: int, credit: Credit
         failure = Rejection(reason=Reason.SENDER_FROZEN, detail=f"wallet {sender.id} is frozen")
     elif sender.status == WalletStatus.CLOSED:
         failure = Rejection(reason=Reason.SENDER_CLOSED, detail=f"wallet {sender.id} is closed")
-    elif is_treasury(sender.id):
-        if sender.balance - command.amount < INT64_MIN:
-            failure = Rejection(
-                reason=Reason.BALANCE_OVERFLOW,
-                detail=f"debiting {command.amount} would take {sender.id} past int64",
-            )
-    elif sender.available < command.amount:
+    elif not is_treasury(sender.id) and sender.available < command.amount:
         failure = Rejection(
             reason=Reason.INSUFFICIENT_FUNDS,
             detail=f"wallet {sender.id} has {sender.available} available, {command.amount} requested",
+        )
+    elif is_treasury(sender.id) and sender.balance - command.amount < INT64_MIN:
+        failure = Rejection(
+            reason=Reason.BALANCE_OVERFLOW,
+            detail=f"debiting {command.amount} would take {sender.id} past int64",
         )
     failure = _earlier(failure, credit.failure)
     if failure is not None:

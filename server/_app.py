@@ -44,6 +44,7 @@ from ledger import (
     WalletCreated,
     WalletStatus,
     WalletView,
+    is_treasury,
     treasury_id,
 )
 from server import _validate as v
@@ -54,20 +55,29 @@ log = logging.getLogger("server")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ADMIN_SCOPE = "admin"
+TRANSACTION_TYPES = {member.label: member for member in TransactionType}
+TRANSACTION_STATUSES = ("posted", "pending", "voided", "failed")
 TOKEN_PREFIX_CHARS = 12
 
 
 def timestamp(at_us: int) -> str:
-    return (EPOCH + timedelta(microseconds=at_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = EPOCH + timedelta(microseconds=at_us)
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S.%f}Z"
 
 
 def parse_timestamp(name: str, raw: str) -> int:
+    """Microseconds since the epoch (negative before 1970) of an RFC 3339 time whose UTC
+    value lies in years 1-9999."""
     try:
         moment = datetime.fromisoformat(raw)
     except ValueError:
         raise v.invalid_field(name, "must be an RFC 3339 timestamp, e.g. 2026-11-22T10:00:00Z") from None
     if moment.tzinfo is None:
         raise v.invalid_field(name, "must carry a time zone (Z or an offset)")
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise v.invalid_field(name, "must fall within years 1-9999 in UTC") from None
     delta = moment - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
@@ -243,7 +253,7 @@ class Api:
 
     async def owned_wallet(self, caller: Caller, wallet_id: str) -> WalletView:
         view = await self.wallet_view(wallet_id)
-        if caller.owner_id is not None and view.owner_id != caller.owner_id:
+        if caller.owner_id is not None and (view.owner_id != caller.owner_id or is_treasury(view.id)):
             raise forbidden(f"wallet {wallet_id} belongs to another owner")
         return view
 
@@ -297,7 +307,7 @@ class Api:
 
     async def create_token(self, request: Request) -> Response:
         self.admin(request)
-        body = v.fields(await v.json_object(request), {"owner_id": (True, v.user_identifier)})
+        body = v.fields(await v.json_object(request), {"owner_id": (True, v.owner_identifier)})
         for _ in range(3):
             token = "wt_" + secrets.token_urlsafe(32)
             prefix = token[:TOKEN_PREFIX_CHARS]
@@ -325,7 +335,7 @@ class Api:
             raw,
             {
                 "id": (False, v.user_identifier),
-                "owner_id": (True, v.user_identifier),
+                "owner_id": (True, v.owner_identifier),
                 "asset": (True, v.asset_code),
                 "metadata": (False, v.metadata),
             },
@@ -384,7 +394,7 @@ class Api:
 
     async def _change_status(self, request: Request, status: WalletStatus) -> Response:
         self.admin(request)
-        await v.json_object(request, optional=True)
+        v.fields(await v.json_object(request, optional=True), {})
         wallet_id = self.path_wallet_id(request)
         if wallet_id.startswith("treasury:"):
             raise forbidden("treasury wallets are managed by the system")
@@ -418,13 +428,29 @@ class Api:
 
     async def wallet_transactions(self, request: Request) -> Response:
         caller = self.authenticate(request)
-        v.query(request, {"limit", "cursor"})
+        v.query(request, {"limit", "cursor", "type", "status", "since", "until"})
+        params = request.query_params
         wallet_id = self.path_wallet_id(request)
-        await self.owned_wallet(caller, wallet_id)
         limit = v.limit(request)
-        before = decode_cursor("t", request.query_params.get("cursor"))
+        before = decode_cursor("t", params.get("cursor"))
+        type_ = None
+        if (raw_type := params.get("type")) is not None:
+            if raw_type not in TRANSACTION_TYPES:
+                raise v.invalid_field("type", f"must be one of {', '.join(sorted(TRANSACTION_TYPES))}")
+            type_ = TRANSACTION_TYPES[raw_type]
+        status = params.get("status")
+        if status is not None and status not in TRANSACTION_STATUSES:
+            raise v.invalid_field("status", f"must be one of {', '.join(TRANSACTION_STATUSES)}")
+        since = None if (raw := params.get("since")) is None else parse_timestamp("since", raw)
+        until = None if (raw := params.get("until")) is None else parse_timestamp("until", raw)
+        await self.owned_wallet(caller, wallet_id)
         history = self._ledger().history
-        entries = history.entries(wallet_id, before_lsn=before, limit=limit + 1)
+        if status is not None and status != "posted":
+            entries = []  # every transaction is posted until holds exist
+        else:
+            entries = history.entries(
+                wallet_id, before_lsn=before, limit=limit + 1, type_=type_, since_us=since, until_us=until
+            )
         page = entries[:limit]
         items = []
         for entry in page:
@@ -506,7 +532,7 @@ class Api:
         event, lsn = found
         if caller.owner_id is not None:
             views = await self.run(self._ledger().wallets([event.from_wallet_id, event.to_wallet_id]))
-            if all(view.owner_id != caller.owner_id for view in views):
+            if all(view.owner_id != caller.owner_id or is_treasury(view.id) for view in views):
                 raise forbidden("the transaction does not involve a wallet of this owner")
         return json_response(transaction_body(event, lsn))
 
@@ -514,7 +540,12 @@ class Api:
 def _not_found(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return problem(ApiError(405, "method_not_allowed", "Method not allowed", f"{request.method} is not allowed on {request.url.path}"))
+        return problem(
+            ApiError(
+                405, "method_not_allowed", "Method not allowed",
+                f"{request.method} is not allowed on {request.url.path}", headers=dict(exc.headers or {}),
+            )
+        )
     return problem(ApiError(exc.status_code, "not_found", "Not found", f"no route {request.method} {request.url.path}"))
 
 

@@ -84,6 +84,24 @@ async def _signals(shutdown: trio.Event) -> None:
                 os._exit(1)
 
 
+EXIT_SOFTWARE = 70  # an actor or the WAL writer crashed: a bug
+
+
+async def _crash_only(ledger: Ledger, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Runs the actors and the WAL writer; if one of them crashes (a bug), the process exits at
+    once with status 70. Waiting requests cannot be answered any more (their replies belonged
+    to the dead actor), so a graceful stop would hang; the log is the truth and a supervisor's
+    restart recovers everything that was acknowledged."""
+    try:
+        await ledger.run(task_status=task_status)
+    except BaseException as error:
+        if isinstance(error, trio.Cancelled):
+            raise
+        log.critical("ledger task crashed; exiting at once (status %d)", EXIT_SOFTWARE, exc_info=error)
+        logging.shutdown()
+        os._exit(EXIT_SOFTWARE)
+
+
 async def serve(options: ServeOptions) -> int:
     """Serves until SIGTERM/SIGINT; returns the exit status. Raises ``wal.LogCorrupt`` when
     the log is damaged (the command line reports it and exits 2)."""
@@ -123,7 +141,7 @@ async def serve(options: ServeOptions) -> int:
                     recovered, data_dir, shards=options.shards,
                     segment_bytes_max=options.segment_bytes_max,
                 )
-                await nursery.start(ledger.run)
+                await nursery.start(_crash_only, ledger)
                 api.ledger = ledger
                 log.info(
                     "ready: %d records replayed in %.3f s, next LSN %d, %d shards",

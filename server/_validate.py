@@ -23,6 +23,7 @@ from ledger import (
     INT64_MIN,
     METADATA_BYTES_MAX,
     SCALE_MAX,
+    SYSTEM_OWNER,
     TREASURY_PREFIX,
 )
 from server._errors import ApiError, invalid, invalid_field
@@ -41,6 +42,20 @@ class _Float:
 
     def __init__(self, text: str) -> None:
         self.text = text
+
+
+class _BigInt:
+    """An integer literal too long to be an int64 (kept as text: Python refuses to parse
+    integers past 4300 digits, and nothing that long is a valid amount anyway)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _parse_int(text: str) -> int | _BigInt:
+    return int(text) if len(text) <= 20 else _BigInt(text)
 
 
 class _Constant(Exception):
@@ -63,8 +78,17 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _decoder = json.JSONDecoder(
-    parse_float=_Float, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates
+    parse_float=_Float, parse_int=_parse_int, parse_constant=_refuse_constant,
+    object_pairs_hook=_no_duplicates,
 )
+
+
+def _too_large(limit: int) -> ApiError:
+    # The rest of the body is not read, so the connection cannot carry another request: say so.
+    return ApiError(
+        413, "payload_too_large", "Payload too large", f"the body limit is {limit} bytes",
+        headers={"Connection": "close"},
+    )
 
 
 async def read_body(request: Request, *, limit: int = BODY_BYTES_MAX) -> bytes:
@@ -73,13 +97,13 @@ async def read_body(request: Request, *, limit: int = BODY_BYTES_MAX) -> bytes:
         if not length.isdigit():
             raise invalid_field("Content-Length", "must be a non-negative integer")
         if int(length) > limit:
-            raise ApiError(413, "payload_too_large", "Payload too large", f"the body limit is {limit} bytes")
+            raise _too_large(limit)
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "payload_too_large", "Payload too large", f"the body limit is {limit} bytes")
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -111,6 +135,8 @@ async def json_object(request: Request, *, optional: bool = False) -> dict[str, 
         raise invalid_field("body", f"malformed JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
     except RecursionError:
         raise invalid_field("body", "nested too deeply") from None
+    except ValueError as error:  # e.g. an integer literal past Python's digit limit
+        raise invalid_field("body", f"malformed JSON: {error}") from None
     if not isinstance(value, dict):
         raise invalid_field("body", "must be a JSON object")
     return value
@@ -140,7 +166,7 @@ def fields(body: dict[str, Any], spec: dict[str, tuple[bool, Validator]]) -> dic
 
 
 def _describe(value: Any) -> str:
-    if isinstance(value, _Float):
+    if isinstance(value, _Float | _BigInt):
         return f"the number {value.text}"
     if value is None:
         return "null"
@@ -150,6 +176,8 @@ def _describe(value: Any) -> str:
 
 
 def amount(name: str, value: Any) -> int:
+    if isinstance(value, _BigInt):
+        raise invalid_field(name, f"must be between 1 and {AMOUNT_MAX}")
     if type(value) is not int:
         raise invalid_field(name, f"must be an integer number of minor units, not {_describe(value)}")
     if not 1 <= value <= AMOUNT_MAX:
@@ -170,6 +198,14 @@ def user_identifier(name: str, value: Any) -> str:
     value = identifier(name, value)
     if value.startswith(TREASURY_PREFIX):
         raise invalid_field(name, f"ids starting with {TREASURY_PREFIX!r} are reserved")
+    return value
+
+
+def owner_identifier(name: str, value: Any) -> str:
+    """An owner id a client may name: not the system owner of the treasury wallets."""
+    value = user_identifier(name, value)
+    if value == SYSTEM_OWNER:
+        raise invalid_field(name, f"owner id {SYSTEM_OWNER!r} is reserved")
     return value
 
 
@@ -209,6 +245,8 @@ def _plain(name: str, value: Any, depth: int) -> Any:
         raise invalid_field(name, f"nests deeper than {METADATA_DEPTH_MAX} levels")
     if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, _BigInt) or (isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX):
+        raise invalid_field(name, "integers in metadata must fit in 64 bits")
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
             raise invalid_field(name, "integers in metadata must fit in 64 bits")
@@ -239,14 +277,19 @@ def metadata(name: str, value: Any) -> dict[str, Any] | None:
 
 
 def canonical(value: Any) -> Any:
-    """The body in a form ``json.dumps`` can serialise, for fingerprints."""
-    if isinstance(value, _Float):
-        return {"$float": value.text}
+    """The body as a JSON-serialisable value, one-to-one with the parsed body (every value is
+    tagged with its kind), for fingerprints: ``1.5`` and ``"1.5"`` and ``{"n": "1.5"}`` differ."""
     if isinstance(value, dict):
-        return {key: canonical(item) for key, item in value.items()}
+        return {"o": {key: canonical(item) for key, item in value.items()}}
     if isinstance(value, list):
-        return [canonical(item) for item in value]
-    return value
+        return {"a": [canonical(item) for item in value]}
+    if isinstance(value, _Float | _BigInt):
+        return {"n": value.text}
+    if isinstance(value, bool) or value is None:
+        return {"c": value}
+    if isinstance(value, int):
+        return {"i": str(value)}
+    return {"s": value}
 
 
 def idempotency_key(request: Request, *, required: bool) -> str | None:
@@ -267,7 +310,7 @@ def limit(request: Request) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return LIMIT_DEFAULT
-    if not raw.isdigit() or not 1 <= int(raw) <= LIMIT_MAX:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= LIMIT_MAX:
         raise invalid_field("limit", f"must be an integer from 1 to {LIMIT_MAX}")
     return int(raw)
 

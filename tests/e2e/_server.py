@@ -46,7 +46,7 @@ class ServerProcess:
     def start(self, *, wait: bool = True) -> None:
         assert self.process is None or self.process.poll() is not None
         env = dict(os.environ, WALLET_ADMIN_TOKEN=ADMIN_TOKEN, PYTHONUNBUFFERED="1")
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.log_path, "ab")  # closed below: the child keeps its own copy
         self.process = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
             cwd=Path(__file__).resolve().parents[2],

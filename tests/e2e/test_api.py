@@ -648,7 +648,6 @@ def test_statement_newest_first_with_balance_after_and_pages(http: httpx.Client)
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: type/status/since/until filters of API.md are refused as unknown query parameters")
 def test_statement_filters_of_the_contract(http: httpx.Client) -> None:
     mine, peer = new_wallet(http), new_wallet(http)
     deposited = deposit(http, mine, 100)
@@ -699,7 +698,6 @@ def test_balance_as_of_a_past_moment(http: httpx.Client) -> None:
     assert now.json()["balance"] == 70
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: balance?as_of of a treasury wallet is always 0 (history keeps no treasury entries)")
 def test_treasury_balance_as_of_now(http: httpx.Client) -> None:
     asset = "T" + uuid.uuid4().hex[:8].upper()
     assert http.post("/v1/assets", json={"code": asset, "scale": 2}).status_code == 201
@@ -735,7 +733,6 @@ def test_wrong_method_is_405(http: httpx.Client) -> None:
         assert_problem(http.request(method, path), 405, "method_not_allowed")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: 405 answers lack the Allow header RFC 9110 requires (the exception handler drops exc.headers)")
 def test_405_names_the_allowed_methods(http: httpx.Client) -> None:
     response = http.request("DELETE", "/v1/deposits")
     assert response.status_code == 405
