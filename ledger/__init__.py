@@ -7,7 +7,7 @@ documented in ``_state`` and ``_shard``.
 """
 
 from ledger._codec import CODEC_VERSION, CodecError, decode_event, encode_event
-from ledger._history import Entry, History
+from ledger._history import Entry, History, HistoryLagging, TransactionRow
 from ledger._ledger import (
     SHARDS_DEFAULT,
     Clock,
@@ -102,6 +102,7 @@ __all__ = [
     "Entry",
     "Event",
     "History",
+    "HistoryLagging",
     "Idempotency",
     "IdempotencyRecord",
     "Ledger",
@@ -115,6 +116,7 @@ __all__ = [
     "Token",
     "TokenCreated",
     "TokenRevoked",
+    "TransactionRow",
     "TransactionType",
     "Transfer",
     "Transferred",

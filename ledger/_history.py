@@ -1,23 +1,89 @@
-"""The history read model: transactions, per-wallet statements and the wallet index.
+"""The history read model: transactions, per-wallet statements and the wallet index, in SQLite
+(``<data>/history.sqlite3``) through aiosqlite.
 
-Kept outside the state machine and fed only with durable records, in LSN order (the WAL calls
-``History.feed`` after each fsync, before it wakes any waiter), so everything it shows is
-durable and a GET issued after a 2xx sees that write. It computes ``balance_after`` itself, in
+It is a projection of the log, never the truth. The WAL writer hands it every batch of records
+as soon as they are durable (``feed``, synchronous, in LSN order); the projector task writes
+each batch in **one SQLite transaction that also records the last LSN applied**, so a crash can
+neither lose nor duplicate an entry: after a restart the projector resumes after that LSN from
+the log (or rebuilds everything when the file is gone). ``balance_after`` is computed here, in
 log order, which is the order clients can observe.
 
-In this version it lives in memory and is rebuilt from the log at start; the history issue moves
-it to SQLite. Entries are append-only lists in LSN order, so a page is a bisect plus a slice:
-its cost does not depend on how long the wallet's history is.
+Reads are indexed so that a page costs the same on a wallet with 10 entries or 10 million:
+``entries`` is keyed by (wallet_id, lsn); time and type filters have their own indexes, and
+a time bound is turned into an LSN bound before the page is read. Read-your-writes: a reader
+first waits (bounded) until the projector reached the LSN the server had made durable.
+
+All SQL runs on one ``AsyncioThread`` (see ``_sqlite``); nothing here touches ledger state.
 """
 
 from __future__ import annotations
 
-import bisect
+import json
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import aiosqlite
+import anyio
+
 from ledger._model import Event, TransactionType, Transferred, WalletCreated
+from ledger._sqlite import AsyncioThread
+
+log = logging.getLogger("history")
+
+SCHEMA_VERSION = 1
+BATCH_RECORDS_MAX = 5000
+# Durable records waiting for the projector beyond which writers are told to back off.
+PENDING_RECORDS_MAX = 200_000
+READ_WAIT_S = 5.0
+_IN_CHUNK = 500  # SQLite's bound-parameter limit is generous, but keep IN lists short
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS transactions (
+    id TEXT PRIMARY KEY, lsn INTEGER NOT NULL, type INTEGER NOT NULL,
+    from_wallet_id TEXT NOT NULL, to_wallet_id TEXT NOT NULL, asset TEXT NOT NULL,
+    amount INTEGER NOT NULL, description TEXT, metadata TEXT, at_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    wallet_id TEXT NOT NULL, lsn INTEGER NOT NULL, transaction_id TEXT NOT NULL,
+    type INTEGER NOT NULL, direction INTEGER NOT NULL, amount INTEGER NOT NULL,
+    balance_after INTEGER NOT NULL, counterparty_wallet_id TEXT NOT NULL, at_us INTEGER NOT NULL,
+    PRIMARY KEY (wallet_id, lsn)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_by_time ON entries (wallet_id, at_us, lsn);
+CREATE INDEX IF NOT EXISTS entries_by_type ON entries (wallet_id, type, lsn);
+CREATE TABLE IF NOT EXISTS balances (wallet_id TEXT PRIMARY KEY, balance INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS wallets (
+    lsn INTEGER PRIMARY KEY, id TEXT NOT NULL, owner_id TEXT NOT NULL, asset TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS wallets_by_owner ON wallets (owner_id, lsn);
+CREATE INDEX IF NOT EXISTS wallets_by_asset ON wallets (asset, lsn);
+"""
+
+DEBIT = 0
+CREDIT = 1
+
+
+class HistoryLagging(Exception):
+    """The projector did not reach the LSN a read must show within the bound."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransactionRow:
+    id: str
+    lsn: int
+    type: TransactionType
+    from_wallet_id: str
+    to_wallet_id: str
+    asset: str
+    amount: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    at_us: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,58 +97,192 @@ class Entry:
     amount: int
     balance_after: int
     counterparty_wallet_id: str
+    description: str | None
     at_us: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryStatistics:
+    applied_lsn: int
+    pending_records: int
+    batches: int
+    records: int
+    seconds_total: float
+
+
 class History:
-    def __init__(self) -> None:
-        self._transactions: dict[str, tuple[Transferred, int]] = {}
-        self._entries: dict[str, list[Entry]] = {}
-        self._entry_lsns: dict[str, list[int]] = {}
-        self._balances: dict[str, int] = {}
-        # (created lsn, wallet id, asset), in creation order.
-        self._wallets: list[tuple[int, str, str]] = []
-        self._wallets_by_owner: dict[str, list[tuple[int, str, str]]] = {}
-        self._wallets_by_asset: dict[str, list[tuple[int, str, str]]] = {}
-        self.lsn = 0
+    """Open with ``History.open(path)``; feed durable records; run ``run`` as a task."""
+
+    def __init__(self, thread: AsyncioThread, connection: aiosqlite.Connection, applied_lsn: int) -> None:
+        self._thread = thread
+        self._connection = connection
+        self.applied_lsn = applied_lsn
+        self._fed_lsn = applied_lsn
+        self._pending: list[tuple[int, Event]] = []
+        self._wakeup = anyio.Event()
+        self._progress = anyio.Event()
+        self._closed = False
+        self._batches = 0
+        self._records = 0
+        self._seconds = 0.0
+
+    @classmethod
+    def open(cls, path: Path) -> History:
+        """Opens (or creates) the database. Call from a plain thread, not from the event loop."""
+        thread = AsyncioThread("history-sqlite")
+        try:
+            connection, applied = thread.run_blocking(_open(path))
+        except BaseException:
+            thread.stop()
+            raise
+        return cls(thread, connection, applied)
+
+    # -- feeding (recovery, then the WAL writer) -------------------------------------------
+
+    def reset(self) -> None:
+        """Drops every row (the log was cut below what the read model holds). Blocking."""
+        self._thread.run_blocking(_reset(self._connection))
+        self.applied_lsn = self._fed_lsn = 0
+
+    def project_blocking(self, records: list[tuple[int, Event]]) -> None:
+        """Recovery: applies records right away from a non-event-loop thread."""
+        if not records:
+            return
+        assert records[0][0] == self._fed_lsn + 1, (records[0][0], self._fed_lsn)
+        self._fed_lsn = records[-1][0]
+        self._thread.run_blocking(self._project(records))
 
     def feed(self, records: Iterable[tuple[int, bytes, Any]]) -> None:
-        """Applies durable records (lsn, payload, event) in LSN order."""
+        """Called by the WAL writer with records that just became durable, in LSN order."""
+        pending = self._pending
         for lsn, _, event in records:
-            self.apply(event, lsn)
+            assert lsn == self._fed_lsn + 1, (lsn, self._fed_lsn)
+            self._fed_lsn = lsn
+            pending.append((lsn, event))
+        if pending and not self._wakeup.is_set():
+            self._wakeup.set()
 
-    def apply(self, event: Event, lsn: int) -> None:
-        assert lsn > self.lsn, (lsn, self.lsn)
-        self.lsn = lsn
-        if isinstance(event, Transferred):
-            self._transactions[event.transaction_id] = (event, lsn)
-            self._add(event.from_wallet_id, event, lsn, "debit", -event.amount, event.to_wallet_id)
-            self._add(event.to_wallet_id, event, lsn, "credit", event.amount, event.from_wallet_id)
-        elif isinstance(event, WalletCreated):
-            entry = (lsn, event.wallet_id, event.asset)
-            self._wallets.append(entry)
-            self._wallets_by_owner.setdefault(event.owner_id, []).append(entry)
-            self._wallets_by_asset.setdefault(event.asset, []).append(entry)
+    def backlogged(self) -> bool:
+        return len(self._pending) >= PENDING_RECORDS_MAX
 
-    def _add(
-        self, wallet_id: str, event: Transferred, lsn: int, direction: str, delta: int, other: str
-    ) -> None:
-        balance = self._balances.get(wallet_id, 0) + delta
-        self._balances[wallet_id] = balance
-        entry = Entry(
-            lsn=lsn, transaction_id=event.transaction_id, type=event.type, direction=direction,
-            amount=event.amount,
-            balance_after=balance, counterparty_wallet_id=other, at_us=event.at_us,
+    async def run(self) -> None:
+        """The projector: one SQLite transaction per batch, until ``close`` and drained."""
+        while True:
+            if not self._pending:
+                if self._closed:
+                    return
+                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                continue
+            batch = self._pending[:BATCH_RECORDS_MAX]
+            del self._pending[:BATCH_RECORDS_MAX]
+            await self._thread.call(self._project, batch)
+            progress, self._progress = self._progress, anyio.Event()
+            progress.set()
+
+    def close(self) -> None:
+        """``run`` returns once what was fed is applied."""
+        self._closed = True
+        self._wakeup.set()
+
+    def stop_thread(self) -> None:
+        try:
+            self._thread.run_blocking(self._connection.close())
+        finally:
+            self._thread.stop()
+
+    async def wait_projected(self, lsn: int, timeout_s: float = READ_WAIT_S) -> None:
+        """Read-your-writes: waits until everything up to ``lsn`` is queryable."""
+        with anyio.move_on_after(timeout_s):
+            while self.applied_lsn < lsn:
+                await self._progress.wait()
+            return
+        raise HistoryLagging(f"history is at LSN {self.applied_lsn}, {lsn} was asked for")
+
+    async def _project(self, records: list[tuple[int, Event]]) -> None:
+        """Runs on the asyncio thread: rows for a batch, one transaction, applied LSN in it."""
+        started = time.perf_counter()
+        connection = self._connection
+        touched = sorted(
+            {wallet_id for _, event in records if isinstance(event, Transferred)
+             for wallet_id in (event.from_wallet_id, event.to_wallet_id)}
         )
-        self._entries.setdefault(wallet_id, []).append(entry)
-        self._entry_lsns.setdefault(wallet_id, []).append(lsn)
+        balances: dict[str, int] = {}
+        for index in range(0, len(touched), _IN_CHUNK):
+            chunk = touched[index : index + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            async with connection.execute(
+                f"SELECT wallet_id, balance FROM balances WHERE wallet_id IN ({marks})", chunk
+            ) as cursor:
+                async for wallet_id, balance in cursor:
+                    balances[wallet_id] = balance
+        transactions = []
+        entries = []
+        wallets = []
+        for lsn, event in records:
+            if isinstance(event, Transferred):
+                transactions.append(
+                    (event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
+                     event.asset, event.amount, event.description,
+                     None if event.metadata is None else json.dumps(event.metadata), event.at_us)
+                )
+                sender = balances.get(event.from_wallet_id, 0) - event.amount
+                receiver = balances.get(event.to_wallet_id, 0) + event.amount
+                balances[event.from_wallet_id] = sender
+                balances[event.to_wallet_id] = receiver
+                entries.append((event.from_wallet_id, lsn, event.transaction_id, int(event.type), DEBIT,
+                                event.amount, sender, event.to_wallet_id, event.at_us))
+                entries.append((event.to_wallet_id, lsn, event.transaction_id, int(event.type), CREDIT,
+                                event.amount, receiver, event.from_wallet_id, event.at_us))
+            elif isinstance(event, WalletCreated):
+                wallets.append((lsn, event.wallet_id, event.owner_id, event.asset))
+        last = records[-1][0]
+        await connection.execute("BEGIN")
+        try:
+            if transactions:
+                await connection.executemany(
+                    "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?)", transactions
+                )
+                await connection.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?)", entries)
+                await connection.executemany(
+                    "INSERT OR REPLACE INTO balances VALUES (?,?)",
+                    [(wallet_id, balances[wallet_id]) for wallet_id in touched],
+                )
+            if wallets:
+                await connection.executemany("INSERT INTO wallets VALUES (?,?,?,?)", wallets)
+            await connection.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('applied_lsn', ?)", (last,)
+            )
+            await connection.commit()
+        except BaseException:
+            await connection.rollback()
+            raise
+        self.applied_lsn = last
+        self._batches += 1
+        self._records += len(records)
+        self._seconds += time.perf_counter() - started
 
-    # -- queries -------------------------------------------------------------------------
+    # -- queries (from the event loop) -----------------------------------------------------
 
-    def transaction(self, transaction_id: str) -> tuple[Transferred, int] | None:
-        return self._transactions.get(transaction_id)
+    async def _all(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
+        async def query() -> list[Any]:
+            async with self._connection.execute(sql, parameters) as cursor:
+                return list(await cursor.fetchall())
 
-    def entries(
+        return await self._thread.call(query)
+
+    async def transaction(self, transaction_id: str) -> TransactionRow | None:
+        rows = await self._all("SELECT * FROM transactions WHERE id = ?", (transaction_id,))
+        if not rows:
+            return None
+        (id_, lsn, type_, source, target, asset, amount, description, metadata, at_us) = rows[0]
+        return TransactionRow(
+            id=id_, lsn=lsn, type=TransactionType(type_), from_wallet_id=source, to_wallet_id=target,
+            asset=asset, amount=amount, description=description,
+            metadata=None if metadata is None else json.loads(metadata), at_us=at_us,
+        )
+
+    async def entries(
         self,
         wallet_id: str,
         *,
@@ -92,54 +292,106 @@ class History:
         since_us: int | None = None,
         until_us: int | None = None,
     ) -> list[Entry]:
-        """Newest first: entries strictly older than ``before_lsn``, stamped within
-        [``since_us``, ``until_us``] (both inclusive), of ``type_`` when given. Bisects on LSN and time (both
-        ascending in a statement); only a type filter scans, and only over the window."""
+        """Newest first: entries older than ``before_lsn``, stamped within [since, until]
+        (inclusive), of ``type_`` when given."""
         assert limit >= 1
-        entries = self._entries.get(wallet_id)
-        if not entries:
-            return []
-        lsns = self._entry_lsns[wallet_id]
-        end = len(lsns) if before_lsn is None else bisect.bisect_left(lsns, before_lsn)
+        upper = (2**63 - 1) if before_lsn is None else before_lsn
+        lower = 0
         if until_us is not None:
-            end = min(end, bisect.bisect_right(entries, until_us, key=lambda entry: entry.at_us))
-        start = 0
+            rows = await self._all(
+                "SELECT lsn FROM entries WHERE wallet_id = ? AND at_us <= ? ORDER BY at_us DESC, lsn DESC LIMIT 1",
+                (wallet_id, until_us),
+            )
+            if not rows:
+                return []
+            upper = min(upper, rows[0][0] + 1)
         if since_us is not None:
-            start = bisect.bisect_left(entries, since_us, hi=end, key=lambda entry: entry.at_us)
-        if type_ is None:
-            return entries[max(start, end - limit) : end][::-1]
-        found = []
-        for index in range(end - 1, start - 1, -1):
-            if entries[index].type == type_:
-                found.append(entries[index])
-                if len(found) == limit:
-                    break
-        return found
+            rows = await self._all(
+                "SELECT lsn FROM entries WHERE wallet_id = ? AND at_us >= ? ORDER BY at_us, lsn LIMIT 1",
+                (wallet_id, since_us),
+            )
+            if not rows:
+                return []
+            lower = rows[0][0]
+        sql = (
+            "SELECT e.lsn, e.transaction_id, e.type, e.direction, e.amount, e.balance_after, "
+            "e.counterparty_wallet_id, t.description, e.at_us FROM entries e "
+            "JOIN transactions t ON t.id = e.transaction_id "
+            "WHERE e.wallet_id = ? AND e.lsn < ? AND e.lsn >= ?"
+        )
+        parameters: tuple[Any, ...] = (wallet_id, upper, lower)
+        if type_ is not None:
+            sql += " AND e.type = ?"
+            parameters += (int(type_),)
+        sql += " ORDER BY e.lsn DESC LIMIT ?"
+        rows = await self._all(sql, (*parameters, limit))
+        return [
+            Entry(
+                lsn=lsn, transaction_id=transaction_id, type=TransactionType(type_value),
+                direction="debit" if direction == DEBIT else "credit", amount=amount,
+                balance_after=balance_after, counterparty_wallet_id=counterparty,
+                description=description, at_us=at_us,
+            )
+            for (lsn, transaction_id, type_value, direction, amount, balance_after, counterparty,
+                 description, at_us) in rows
+        ]
 
-    def balance_at(self, wallet_id: str, at_us: int) -> int:
+    async def balance_at(self, wallet_id: str, at_us: int) -> int:
         """The posted balance after every entry stamped at or before ``at_us``."""
-        entries = self._entries.get(wallet_id)
-        if not entries:
-            return 0
-        position = bisect.bisect_right(entries, at_us, key=lambda entry: entry.at_us)
-        return entries[position - 1].balance_after if position else 0
+        rows = await self._all(
+            "SELECT balance_after FROM entries WHERE wallet_id = ? AND at_us <= ? "
+            "ORDER BY at_us DESC, lsn DESC LIMIT 1",
+            (wallet_id, at_us),
+        )
+        return rows[0][0] if rows else 0
 
-    def wallet_ids(
+    async def wallet_ids(
         self, *, owner_id: str | None, asset: str | None, after_lsn: int, limit: int
     ) -> list[tuple[int, str]]:
-        """Wallets in creation order, created after ``after_lsn``; (lsn, wallet_id)."""
+        """Wallets in creation order created after ``after_lsn``: (lsn, wallet_id)."""
+        sql = "SELECT lsn, id FROM wallets WHERE lsn > ?"
+        parameters: tuple[Any, ...] = (after_lsn,)
         if owner_id is not None:
-            source = self._wallets_by_owner.get(owner_id, [])
-        elif asset is not None:
-            source = self._wallets_by_asset.get(asset, [])
-        else:
-            source = self._wallets
-        start = bisect.bisect_right(source, after_lsn, key=lambda entry: entry[0])
-        found = []
-        for lsn, wallet_id, wallet_asset in source[start:]:
-            if owner_id is not None and asset is not None and wallet_asset != asset:
-                continue
-            found.append((lsn, wallet_id))
-            if len(found) >= limit:
-                break
-        return found
+            sql += " AND owner_id = ?"
+            parameters += (owner_id,)
+        if asset is not None:
+            sql += " AND asset = ?"
+            parameters += (asset,)
+        sql += " ORDER BY lsn LIMIT ?"
+        return [(lsn, wallet_id) for lsn, wallet_id in await self._all(sql, (*parameters, limit))]
+
+    def statistics(self) -> HistoryStatistics:
+        return HistoryStatistics(
+            applied_lsn=self.applied_lsn, pending_records=len(self._pending), batches=self._batches,
+            records=self._records, seconds_total=self._seconds,
+        )
+
+
+async def _open(path: Path) -> tuple[aiosqlite.Connection, int]:
+    connection = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        # The read model can be rebuilt from the log, so it trades power-loss durability of its
+        # last commits for speed (the projector resumes from whatever LSN survived).
+        await connection.execute("PRAGMA journal_mode=WAL")
+        await connection.execute("PRAGMA synchronous=NORMAL")
+        await connection.executescript(SCHEMA)
+        async with connection.execute("SELECT value FROM meta WHERE key = 'schema'") as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            await connection.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise RuntimeError(f"{path}: history schema {row[0]}, this version reads {SCHEMA_VERSION}")
+        async with connection.execute("SELECT value FROM meta WHERE key = 'applied_lsn'") as cursor:
+            row = await cursor.fetchone()
+    except BaseException:
+        await connection.close()
+        raise
+    return connection, 0 if row is None else int(row[0])
+
+
+async def _reset(connection: aiosqlite.Connection) -> None:
+    await connection.execute("BEGIN")
+    for table in ("transactions", "entries", "balances", "wallets"):
+        await connection.execute(f"DELETE FROM {table}")
+    await connection.execute("INSERT OR REPLACE INTO meta VALUES ('applied_lsn', 0)")
+    await connection.commit()

@@ -24,6 +24,7 @@ import anyio
 
 from ledger import _state
 from ledger._codec import decode_event
+from ledger._history import BATCH_RECORDS_MAX as HISTORY_BATCH_RECORDS
 from ledger._history import History
 from ledger._model import (
     ChangeWalletStatus,
@@ -97,19 +98,54 @@ class Recovered:
     scan: ScanResult
     seconds: float
 
+    def close(self) -> None:
+        """For tools and tests that recover without serving: stops the history thread."""
+        self.history.stop_thread()
+
+
+RECOVERY_PROGRESS_RECORDS = 100_000
+
 
 def recover(data_dir: Path, *, truncate_torn_tail: bool = True) -> Recovered:
-    """Rebuilds the whole ledger from ``<data_dir>/wal``. Raises ``wal.LogCorrupt``."""
+    """Rebuilds the ledger from ``<data_dir>/wal`` and brings the history read model up to the
+    end of the log. Raises ``wal.LogCorrupt``. Blocking: run it in a worker thread."""
     started = time.perf_counter()
+    history = History.open(data_dir / "history.sqlite3")
+    try:
+        state, result = _replay(data_dir, history, truncate_torn_tail=truncate_torn_tail)
+        if history.applied_lsn > result.next_lsn - 1:
+            log.warning(
+                "history is at LSN %d but the log ends at %d (the log was cut): rebuilding it",
+                history.applied_lsn, result.next_lsn - 1,
+            )
+            history.reset()
+            state, result = _replay(data_dir, history, truncate_torn_tail=False)
+        _state.check_invariants(state.wallets.values(), state.directory)
+    except BaseException:
+        history.stop_thread()
+        raise
+    return Recovered(state=state, history=history, scan=result, seconds=time.perf_counter() - started)
+
+
+def _replay(data_dir: Path, history: History, *, truncate_torn_tail: bool) -> tuple[State, ScanResult]:
     state = _state.new_state()
-    history = History()
     result = ScanResult()
+    projected_from = history.applied_lsn
+    if projected_from:
+        log.info("history read model is at LSN %d", projected_from)
+    batch: list[tuple[int, Any]] = []
     for frame in scan(data_dir / "wal", result, truncate_torn_tail=truncate_torn_tail):
         event = decode_event(frame.payload)
         _state.apply(state, event, frame.lsn)
-        history.apply(event, frame.lsn)
-    _state.check_invariants(state.wallets.values(), state.directory)
-    return Recovered(state=state, history=history, scan=result, seconds=time.perf_counter() - started)
+        if frame.lsn > projected_from:
+            batch.append((frame.lsn, event))
+            if len(batch) >= HISTORY_BATCH_RECORDS:
+                history.project_blocking(batch)
+                batch = []
+        if frame.lsn % RECOVERY_PROGRESS_RECORDS == 0:
+            log.info("recovery: replayed up to LSN %d", frame.lsn)
+    history.project_blocking(batch)
+    return state, result
 
 
 def _wallet_view(wallet_id: str) -> Callable[[State], WalletView | None]:
@@ -176,17 +212,22 @@ class Ledger:
         for index in range(shards):
             self.shards.append(
                 Shard(index, state=states[index], wal=self.wal, clock=self.clock, peers=self.shards,
-                      **shard_options)
+                      backlogged=self._backlogged, **shard_options)
             )
         self._in_flight: dict[tuple[str, str], anyio.Event] = {}
         self._actors: anyio.CancelScope | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    def _backlogged(self) -> bool:
+        return self.wal.backlogged() or self.history.backlogged()
+
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        """Runs the WAL writer and the shard actors until ``stop`` (or a crash of any)."""
+        """Runs the WAL writer, the history projector and the shard actors until ``stop`` (or
+        a crash of any). On the way out the log is flushed and the projector drained."""
         async with anyio.create_task_group() as group:
-            group.start_soon(self.wal.run)
+            group.start_soon(self._run_log)
+            group.start_soon(self.history.run)
             with anyio.CancelScope() as self._actors:
                 async with anyio.create_task_group() as actors:
                     for shard in self.shards:
@@ -195,6 +236,13 @@ class Ledger:
             # Actors stopped: everything they appended is queued; the writer drains and returns.
             self.wal.close()
         self.wal.release()
+        await anyio.to_thread.run_sync(self.history.stop_thread)
+
+    async def _run_log(self) -> None:
+        try:
+            await self.wal.run()
+        finally:
+            self.history.close()
 
     def stop(self) -> None:
         """Stops the actors; ``run`` returns once the log is flushed. Call when no request

@@ -149,6 +149,7 @@ class Shard:
         clock: Callable[[], int],
         peers: list[Shard],
         capacity: int = MAILBOX_CAPACITY,
+        backlogged: Callable[[], bool] | None = None,
     ) -> None:
         self.index = index
         self.state = state
@@ -156,6 +157,7 @@ class Shard:
         self._clock = clock
         self._peers = peers
         self._capacity = capacity
+        self._backlogged = backlogged or wal.backlogged
         self._external: deque[Any] = deque()
         self._internal: deque[Any] = deque()
         self._wakeup = anyio.Event()
@@ -176,7 +178,7 @@ class Shard:
     # -- submitting ----------------------------------------------------------------------
 
     def _submit(self, message: Any) -> None:
-        if len(self._external) >= self._capacity or self._wal.backlogged():
+        if len(self._external) >= self._capacity or self._backlogged():
             self._overloaded += 1
             raise Overloaded(f"shard {self.index} mailbox is full")
         self._external.append(message)

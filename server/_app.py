@@ -33,11 +33,14 @@ from ledger import (
     CreateWallet,
     Duplicate,
     Entry,
+    History,
+    HistoryLagging,
     Idempotency,
     Ledger,
     Overloaded,
     Rejection,
     RevokeToken,
+    TransactionRow,
     TransactionType,
     Transfer,
     Transferred,
@@ -136,16 +139,32 @@ def transaction_body(event: Transferred, lsn: int) -> dict[str, Any]:
     }
 
 
-def entry_body(entry: Entry, event: Transferred) -> dict[str, Any]:
+def row_body(row: TransactionRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "type": row.type.label,
+        "status": "posted",
+        "from_wallet_id": row.from_wallet_id,
+        "to_wallet_id": row.to_wallet_id,
+        "asset": row.asset,
+        "amount": row.amount,
+        "description": row.description,
+        "metadata": row.metadata or {},
+        "created_at": timestamp(row.at_us),
+        "lsn": row.lsn,
+    }
+
+
+def entry_body(entry: Entry) -> dict[str, Any]:
     return {
         "transaction_id": entry.transaction_id,
-        "type": event.type.label,
+        "type": entry.type.label,
         "status": "posted",
         "direction": entry.direction,
         "amount": entry.amount,
         "balance_after": entry.balance_after,
         "counterparty_wallet_id": entry.counterparty_wallet_id,
-        "description": event.description,
+        "description": entry.description,
         "created_at": timestamp(entry.at_us),
         "lsn": entry.lsn,
     }
@@ -244,6 +263,16 @@ class Api:
                 503, "storage_unavailable", "Storage unavailable",
                 f"the server cannot make changes durable and refuses writes: {error}",
             ) from None
+
+    async def history(self) -> History:
+        """The read model, once it shows everything this server has made durable (so a read
+        after a write sees it)."""
+        ledger = self._ledger()
+        try:
+            await ledger.history.wait_projected(ledger.wal.durable_lsn)
+        except HistoryLagging as error:
+            raise ApiError(503, "history_lagging", "History lagging", str(error), headers={"Retry-After": "1"}) from None
+        return ledger.history
 
     async def wallet_view(self, wallet_id: str) -> WalletView:
         view = await self.run(self._ledger().wallet(wallet_id))
@@ -386,7 +415,8 @@ class Api:
         limit = v.limit(request)
         after = decode_cursor("w", params.get("cursor")) or 0
         ledger = self._ledger()
-        found = ledger.history.wallet_ids(owner_id=owner_id, asset=asset, after_lsn=after, limit=limit + 1)
+        history = await self.history()
+        found = await history.wallet_ids(owner_id=owner_id, asset=asset, after_lsn=after, limit=limit + 1)
         page = found[:limit]
         views = await self.run(ledger.wallets([wallet_id for _, wallet_id in page]))
         next_cursor = encode_cursor("w", page[-1][0]) if len(found) > limit else None
@@ -423,7 +453,7 @@ class Api:
         if raw is None:
             return json_response({"wallet_id": wallet_id, "balance": view.balance, "as_of": None})
         at_us = parse_timestamp("as_of", raw)
-        balance = self._ledger().history.balance_at(wallet_id, at_us)
+        balance = await (await self.history()).balance_at(wallet_id, at_us)
         return json_response({"wallet_id": wallet_id, "balance": balance, "as_of": timestamp(at_us)})
 
     async def wallet_transactions(self, request: Request) -> Response:
@@ -444,19 +474,15 @@ class Api:
         since = None if (raw := params.get("since")) is None else parse_timestamp("since", raw)
         until = None if (raw := params.get("until")) is None else parse_timestamp("until", raw)
         await self.owned_wallet(caller, wallet_id)
-        history = self._ledger().history
+        history = await self.history()
         if status is not None and status != "posted":
             entries = []  # every transaction is posted until holds exist
         else:
-            entries = history.entries(
+            entries = await history.entries(
                 wallet_id, before_lsn=before, limit=limit + 1, type_=type_, since_us=since, until_us=until
             )
         page = entries[:limit]
-        items = []
-        for entry in page:
-            found = history.transaction(entry.transaction_id)
-            assert found is not None
-            items.append(entry_body(entry, found[0]))
+        items = [entry_body(entry) for entry in page]
         next_cursor = encode_cursor("t", page[-1].lsn) if len(entries) > limit else None
         return json_response({"items": items, "next_cursor": next_cursor})
 
@@ -526,15 +552,14 @@ class Api:
         caller = self.authenticate(request)
         v.query(request, set())
         transaction_id = request.path_params["transaction_id"]
-        found = self._ledger().history.transaction(transaction_id)
+        found = await (await self.history()).transaction(transaction_id)
         if found is None:
             raise ApiError(404, "transaction_not_found", "Transaction not found", f"no transaction {transaction_id}")
-        event, lsn = found
         if caller.owner_id is not None:
-            views = await self.run(self._ledger().wallets([event.from_wallet_id, event.to_wallet_id]))
+            views = await self.run(self._ledger().wallets([found.from_wallet_id, found.to_wallet_id]))
             if all(view.owner_id != caller.owner_id or is_treasury(view.id) for view in views):
                 raise forbidden("the transaction does not involve a wallet of this owner")
-        return json_response(transaction_body(event, lsn))
+        return json_response(row_body(found))
 
 
 def _not_found(request: Request, exc: Exception) -> Response:

@@ -28,6 +28,7 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | wrong content type        | 415    | unsupported_media_type    |
     | mailbox or log backlog    | 503    | overloaded (Retry-After)  |
     | recovering                | 503    | not_ready (Retry-After)   |
+    | history read model behind | 503    | history_lagging           |
     | disk refused a write      | 503    | storage_unavailable       |
     | anything else             | 500    | internal_error (a bug)    |
 """

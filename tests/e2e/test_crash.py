@@ -150,3 +150,25 @@ async def test_flipped_byte_in_an_old_segment_refuses_to_start(tmp_path: Path) -
                 pass
     finally:
         server.kill()
+
+
+async def test_history_resumes_after_sigkill_and_rebuilds_when_deleted(server: ServerProcess) -> None:
+    ids = ["h-a", "h-b"]
+    async with server.async_client() as http:
+        await setup_wallets(http, ids, asset="USD", deposit=1000)
+        book = Ledgerbook()
+        for index in range(30):
+            await send(http, f"h-{index}", {"from_wallet_id": "h-a", "to_wallet_id": "h-b", "amount": index + 1}, book)
+        before = await history_ids(http, "h-a")
+    assert len(before) == 30
+    server.restart()  # SIGKILL, then start: the projector resumes from its last LSN
+    async with server.async_client() as http:
+        assert await history_ids(http, "h-a") == before
+    server.kill()
+    for path in server.data_dir.glob("history.sqlite3*"):
+        path.unlink()
+    server.start()  # rebuilt from the log
+    async with server.async_client() as http:
+        assert await history_ids(http, "h-a") == before
+        statement = (await http.get("/v1/wallets/h-b/transactions", params={"limit": "1"})).json()
+        assert statement["items"][0]["balance_after"] == 1000 + sum(range(1, 31))

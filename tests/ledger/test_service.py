@@ -55,7 +55,7 @@ async def setup(ledger: Ledger, ids: list[str], deposit: int) -> None:
 @pytest.mark.parametrize("shards", [1, 3, 8])
 async def test_concurrent_cross_shard_transfers_replay_to_the_live_state(tmp_path: Path, shards: int) -> None:
     ids = [f"w{index}" for index in range(30)]
-    ledger = Ledger(recover(tmp_path), tmp_path, shards=shards)
+    ledger = Ledger(await trio.to_thread.run_sync(recover, tmp_path), tmp_path, shards=shards)
     outcomes: list[object] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(ledger.run)
@@ -80,15 +80,19 @@ async def test_concurrent_cross_shard_transfers_replay_to_the_live_state(tmp_pat
     committed = [outcome for outcome in outcomes if isinstance(outcome, Committed)]
     rejected = [outcome for outcome in outcomes if isinstance(outcome, Rejection)]
     assert committed and rejected  # the workload exercised both paths
-    replayed = recover(tmp_path)
-    assert state_digest(replayed.state.wallets.values(), replayed.state.directory) == live
-    # Every acknowledged transfer is in the log exactly once.
-    logged = [tx for tx in (replayed.history.transaction(c.event.transaction_id) for c in committed) if tx]
-    assert len(logged) == len(committed)
+    replayed = await trio.to_thread.run_sync(recover, tmp_path)
+    try:
+        assert state_digest(replayed.state.wallets.values(), replayed.state.directory) == live
+        # Every acknowledged transfer is in the history exactly once, with its LSN.
+        for outcome in committed:
+            row = await replayed.history.transaction(outcome.event.transaction_id)
+            assert row is not None and row.lsn == outcome.lsn
+    finally:
+        replayed.close()
 
 
 async def test_a_key_answers_with_the_original_outcome_across_shards(tmp_path: Path) -> None:
-    ledger = Ledger(recover(tmp_path), tmp_path, shards=4)
+    ledger = Ledger(await trio.to_thread.run_sync(recover, tmp_path), tmp_path, shards=4)
     async with trio.open_nursery() as nursery:
         await nursery.start(ledger.run)
         await setup(ledger, ["a", "b", "c"], deposit=100)
@@ -107,7 +111,7 @@ async def test_a_key_answers_with_the_original_outcome_across_shards(tmp_path: P
 
 
 async def test_a_full_mailbox_refuses_at_once(tmp_path: Path) -> None:
-    ledger = Ledger(recover(tmp_path), tmp_path, shards=1, mailbox_capacity=4)
+    ledger = Ledger(await trio.to_thread.run_sync(recover, tmp_path), tmp_path, shards=1, mailbox_capacity=4)
     async with trio.open_nursery() as nursery:
         await nursery.start(ledger.run)
         await setup(ledger, ["a", "b"], deposit=100)
@@ -123,7 +127,7 @@ async def test_a_full_mailbox_refuses_at_once(tmp_path: Path) -> None:
 
 
 async def test_a_failed_fsync_is_never_acknowledged_and_stops_writes(tmp_path: Path) -> None:
-    ledger = Ledger(recover(tmp_path), tmp_path, shards=2)
+    ledger = Ledger(await trio.to_thread.run_sync(recover, tmp_path), tmp_path, shards=2)
     calls = []
 
     def failing_sync(fd: int) -> None:
@@ -146,4 +150,5 @@ async def test_a_failed_fsync_is_never_acknowledged_and_stops_writes(tmp_path: P
         ledger.stop()
     # What was acknowledged is on disk; the failed deposit was never acknowledged.
     replayed = recover(tmp_path)
+    replayed.close()
     assert replayed.state.wallets["a"].balance in (0, 5)
