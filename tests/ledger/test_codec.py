@@ -1,0 +1,287 @@
+"""The log record codec: every event type survives encode/decode with its exact field layout
+(the table in ``ledger/_codec.py``), and anything else fed to ``decode_event`` raises
+``CodecError``, never another exception."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hypothesis.strategies as st
+import msgpack
+import pytest
+from hypothesis import given, settings
+
+from ledger import (
+    CODEC_VERSION,
+    INT64_MAX,
+    INT64_MIN,
+    AssetCreated,
+    CodecError,
+    Event,
+    Idempotency,
+    TokenCreated,
+    TokenRevoked,
+    TransactionType,
+    Transferred,
+    WalletCreated,
+    WalletStatus,
+    WalletStatusChanged,
+    decode_event,
+    encode_event,
+)
+
+int64s = st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
+texts = st.text(max_size=24)  # any unicode, surrogates excluded (they are not UTF-8)
+json_values = st.recursive(
+    st.none() | st.booleans() | int64s | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=12,
+)
+metadatas = st.none() | st.dictionaries(st.text(max_size=12), json_values, max_size=5)
+idempotencies = st.none() | st.builds(
+    Idempotency, scope=texts, key=texts, fingerprint=st.binary(max_size=32)
+)
+
+asset_created = st.builds(AssetCreated, code=texts, scale=int64s, at_us=int64s)
+wallet_created = st.builds(
+    WalletCreated, wallet_id=texts, owner_id=texts, asset=texts, metadata=metadatas, at_us=int64s,
+    idempotency=idempotencies,
+)
+wallet_status_changed = st.builds(
+    WalletStatusChanged, wallet_id=texts, status=st.sampled_from(list(WalletStatus)), at_us=int64s
+)
+transferred = st.builds(
+    Transferred, transaction_id=texts, type=st.sampled_from(list(TransactionType)), from_wallet_id=texts,
+    to_wallet_id=texts, asset=texts, amount=int64s, description=st.none() | texts, metadata=metadatas,
+    at_us=int64s, idempotency=idempotencies,
+)
+token_created = st.builds(TokenCreated, token_hash=st.binary(max_size=40), prefix=texts, owner_id=texts, at_us=int64s)
+token_revoked = st.builds(TokenRevoked, prefix=texts, at_us=int64s)
+events: st.SearchStrategy[Event] = st.one_of(
+    asset_created, wallet_created, wallet_status_changed, transferred, token_created, token_revoked
+)
+
+
+def _idem(idempotency: Idempotency | None) -> list[Any] | None:
+    return None if idempotency is None else [idempotency.scope, idempotency.key, idempotency.fingerprint]
+
+
+def layout(event: Event) -> list[Any]:
+    """The payload the module docstring's table describes, field by field."""
+    if isinstance(event, AssetCreated):
+        return [CODEC_VERSION, 1, event.code, event.scale, event.at_us]
+    if isinstance(event, WalletCreated):
+        return [CODEC_VERSION, 2, event.wallet_id, event.owner_id, event.asset, event.metadata, event.at_us,
+                _idem(event.idempotency)]
+    if isinstance(event, WalletStatusChanged):
+        return [CODEC_VERSION, 3, event.wallet_id, int(event.status), event.at_us]
+    if isinstance(event, Transferred):
+        return [CODEC_VERSION, 4, event.transaction_id, int(event.type), event.from_wallet_id, event.to_wallet_id,
+                event.asset, event.amount, event.description, event.metadata, event.at_us,
+                _idem(event.idempotency)]
+    if isinstance(event, TokenCreated):
+        return [CODEC_VERSION, 5, event.token_hash, event.prefix, event.owner_id, event.at_us]
+    assert isinstance(event, TokenRevoked)
+    return [CODEC_VERSION, 6, event.prefix, event.at_us]
+
+
+def decodes_or_refuses(payload: bytes) -> None:
+    """``decode_event`` returns an event or raises CodecError; any other exception escapes."""
+    try:
+        event = decode_event(payload)
+    except CodecError:
+        return
+    assert isinstance(
+        event, AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TokenCreated | TokenRevoked
+    )
+
+
+def refuses(payload: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode_event(payload)
+
+
+# -- round trips ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [asset_created, wallet_created, wallet_status_changed, transferred, token_created, token_revoked],
+    ids=["AssetCreated", "WalletCreated", "WalletStatusChanged", "Transferred", "TokenCreated", "TokenRevoked"],
+)
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_round_trip(strategy: st.SearchStrategy[Event], data: st.DataObject) -> None:
+    event = data.draw(strategy)
+    payload = encode_event(event)
+    decoded = decode_event(payload)
+    assert decoded == event
+    assert type(decoded) is type(event)
+    if isinstance(decoded, WalletStatusChanged):
+        assert type(decoded.status) is WalletStatus  # not a bare int that merely compares equal
+    if isinstance(decoded, Transferred):
+        assert type(decoded.type) is TransactionType
+    assert encode_event(decoded) == payload  # byte-stable: a re-encoded record is the same record
+
+
+@settings(max_examples=200, deadline=None)
+@given(event=events)
+def test_payload_layout_matches_the_table(event: Event) -> None:
+    assert msgpack.unpackb(encode_event(event), raw=False) == layout(event)
+
+
+def test_int64_edges_round_trip() -> None:
+    for value in (INT64_MIN, INT64_MIN + 1, -1, 0, 1, 2**32, INT64_MAX - 1, INT64_MAX):
+        event = Transferred(
+            transaction_id="t", type=TransactionType.TRANSFER, from_wallet_id="a", to_wallet_id="b",
+            asset="USD", amount=value, description=None, metadata={"n": value}, at_us=value, idempotency=None,
+        )
+        assert decode_event(encode_event(event)) == event
+
+
+# -- garbage -------------------------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(payload=st.binary(max_size=64))
+def test_random_bytes_never_raise_anything_but_codec_error(payload: bytes) -> None:
+    decodes_or_refuses(payload)
+
+
+@settings(max_examples=200, deadline=None)
+@given(event=events, data=st.data())
+def test_damaged_records_never_raise_anything_but_codec_error(event: Event, data: st.DataObject) -> None:
+    payload = bytearray(encode_event(event))
+    index = data.draw(st.integers(0, len(payload) - 1), label="index")
+    payload[index] = data.draw(st.integers(0, 255), label="byte")
+    decodes_or_refuses(bytes(payload))
+
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=INT64_MIN, max_value=2**64 - 1) | st.floats()
+    | st.text(max_size=8) | st.binary(max_size=8)
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=4)),
+    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=4), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=msgpack_values)
+def test_valid_msgpack_of_any_shape_never_raises_anything_but_codec_error(value: Any) -> None:
+    decodes_or_refuses(msgpack.packb(value, use_bin_type=True))
+
+
+FIELD_COUNTS = {1: 3, 2: 6, 3: 3, 4: 10, 5: 4, 6: 2}  # per kind, from the table
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(sorted(FIELD_COUNTS)), data=st.data())
+def test_any_fields_under_a_known_kind_never_raise_anything_but_codec_error(
+    kind: int, data: st.DataObject
+) -> None:
+    count = FIELD_COUNTS[kind]
+    fields = data.draw(st.lists(msgpack_values, min_size=count - 1, max_size=count + 1), label="fields")
+    decodes_or_refuses(msgpack.packb([CODEC_VERSION, kind, *fields], use_bin_type=True))
+
+
+SAMPLES: list[Event] = [
+    AssetCreated(code="USD", scale=2, at_us=1),
+    WalletCreated(wallet_id="w", owner_id="o", asset="USD", metadata=None, at_us=1,
+                  idempotency=Idempotency(scope="s", key="k", fingerprint=b"f")),
+    WalletStatusChanged(wallet_id="w", status=WalletStatus.FROZEN, at_us=1),
+    Transferred(transaction_id="t", type=TransactionType.TRANSFER, from_wallet_id="a", to_wallet_id="b",
+                asset="USD", amount=5, description="d", metadata={"k": 1}, at_us=1,
+                idempotency=Idempotency(scope="s", key="k", fingerprint=b"f")),
+    TokenCreated(token_hash=b"h", prefix="p", owner_id="o", at_us=1),
+    TokenRevoked(prefix="p", at_us=1),
+]
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda event: type(event).__name__)
+def test_wrong_arity_is_refused(event: Event) -> None:
+    fields = layout(event)
+    refuses(msgpack.packb(fields[:-1], use_bin_type=True))
+    refuses(msgpack.packb([*fields, None], use_bin_type=True))
+    refuses(msgpack.packb(fields[:2], use_bin_type=True))
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda event: type(event).__name__)
+def test_truncated_and_extended_records_are_refused(event: Event) -> None:
+    payload = encode_event(event)
+    for end in range(len(payload)):
+        refuses(payload[:end])
+    refuses(payload + b"\xc0")
+    refuses(payload + payload)
+
+
+@pytest.mark.parametrize("version", [0, 2, CODEC_VERSION + 100, -1, "1", None, [1], b"\x01"])
+def test_unknown_version_is_refused(version: Any) -> None:
+    fields = layout(SAMPLES[0])
+    refuses(msgpack.packb([version, *fields[1:]], use_bin_type=True))
+
+
+@pytest.mark.parametrize("kind", [0, 7, 255, -1, "1", None, [4]])
+def test_unknown_kind_is_refused(kind: Any) -> None:
+    refuses(msgpack.packb([CODEC_VERSION, kind, "USD", 2, 1], use_bin_type=True))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, 0, 1, "text", b"bytes", {}, {"a": 1, "b": 2}, [], [CODEC_VERSION], msgpack.ExtType(1, b"xy")],
+    ids=repr,
+)
+def test_wrong_top_level_shapes_are_refused(value: Any) -> None:
+    refuses(msgpack.packb(value, use_bin_type=True))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [CODEC_VERSION, 3, "w", 9, 1],  # no such status
+        [CODEC_VERSION, 3, "w", [1], 1],
+        [CODEC_VERSION, 4, "t", 7, "a", "b", "USD", 5, None, None, 1, None],  # no such type
+        [CODEC_VERSION, 4, "t", 1, "a", "b", "USD", 5, None, None, 1, ["s", "k"]],  # idempotency of 2
+        [CODEC_VERSION, 2, "w", "o", "USD", None, 1, 5],  # idempotency not a list
+        [CODEC_VERSION, 2, "w", "o", "USD", None, 1, ["s", "k", b"f", b"g"]],
+    ],
+    ids=["status", "status-list", "type", "idempotency-short", "idempotency-int", "idempotency-long"],
+)
+def test_bad_enums_and_idempotency_are_refused(fields: list[Any]) -> None:
+    refuses(msgpack.packb(fields, use_bin_type=True))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",  # never used in msgpack
+        b"\x91" * 5000 + b"\xc0",  # nested past the unpacker's stack
+        b"\xdd\xff\xff\xff\xff",  # an array claiming 2**32 - 1 items
+        b"\xd4\xff\x00",  # a timestamp ext of the wrong length
+        b"\x81\x01\x02",  # a map with an int key (strict_map_key)
+    ],
+    ids=["empty", "c1", "deep", "huge-array", "bad-timestamp", "int-key"],
+)
+def test_malformed_msgpack_is_refused(payload: bytes) -> None:
+    refuses(payload)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: decode_event checks arity and enums but not field types, so well-formed msgpack "
+    "with a wrong-typed field decodes into an event (e.g. TokenRevoked(prefix=123, at_us='x')) "
+    "that apply then stores or trips over (KeyError/TypeError) instead of a CodecError",
+)
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [CODEC_VERSION, 6, 123, "x"],  # TokenRevoked: prefix an int, at_us a str
+        [CODEC_VERSION, 1, "USD", "2", 1],  # AssetCreated: scale a str
+        [CODEC_VERSION, 4, "t", 1, "a", "b", "USD", "5", None, None, 1, None],  # amount a str
+        [True, True, "USD", 2, 1],  # version and kind booleans (True == 1)
+    ],
+    ids=["prefix-int", "scale-str", "amount-str", "bool-version"],
+)
+def test_wrong_field_types_are_refused(fields: list[Any]) -> None:
+    refuses(msgpack.packb(fields, use_bin_type=True))

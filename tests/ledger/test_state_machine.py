@@ -1,0 +1,480 @@
+"""The ledger state machine (``decide`` + ``apply``) against a boringly simple reference model.
+
+The model is a few dicts and one function per command that runs the checks of the rejection
+table in ``ledger/_state.py`` top to bottom. After every step the real state must agree with the
+model (wallets, assets, tokens, idempotency keys), satisfy ``check_invariants``, and equal a
+fresh replay of every accepted event through the codec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from ledger import (
+    IDEMPOTENCY_RETENTION_US,
+    INT64_MAX,
+    INT64_MIN,
+    SCALE_MAX,
+    AssetCreated,
+    ChangeWalletStatus,
+    Command,
+    CreateAsset,
+    CreateToken,
+    CreateWallet,
+    Decision,
+    Duplicate,
+    Event,
+    Idempotency,
+    Reason,
+    Rejection,
+    RevokeToken,
+    TokenCreated,
+    TokenRevoked,
+    TransactionType,
+    Transfer,
+    Transferred,
+    WalletCreated,
+    WalletStatus,
+    WalletStatusChanged,
+    apply,
+    check_invariants,
+    decide,
+    encode_event,
+    is_treasury,
+    new_state,
+    treasury_id,
+)
+from tests.ledger._support import amounts, digest, replay
+
+START_US = 1_700_000_000_000_000
+ASSET_CODES = ["USD", "EUR"]
+WALLET_ASSETS = [*ASSET_CODES, "GBP"]  # GBP is never created
+WALLET_IDS = ["alice", "bob", "erin", "frank"]
+# Senders and receivers of transfers: client wallets, the treasuries and one never created.
+TRANSFER_IDS = [*WALLET_IDS, *(treasury_id(code) for code in ASSET_CODES), "ghost"]
+OWNERS = ["o1", "o2"]
+# Who asks for a transfer: the admin (owner_id None), the sender's owner, or someone else.
+CALLERS = ["admin", "owner", "owner", "other"]
+SYSTEM_OWNER = "system"
+
+idempotencies = st.one_of(
+    st.none(),
+    st.builds(
+        Idempotency,
+        scope=st.sampled_from(["admin", "owner:o1"]),
+        key=st.sampled_from(["k1", "k2", "k3"]),
+        fingerprint=st.sampled_from([b"f1", b"f2"]),
+    ),
+)
+metadatas = st.sampled_from([None, {}, {"note": "x", "n": 1}])
+descriptions = st.sampled_from([None, "", "rent", "ünïcødé ✓"])
+
+
+@dataclass
+class ModelWallet:
+    owner_id: str
+    asset: str
+    balance: int = 0
+    status: WalletStatus = WalletStatus.ACTIVE
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    fingerprint: bytes
+    lsn: int
+    at_us: int
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """The model's expectation that ``decide`` answers with the record made at ``lsn``."""
+
+    lsn: int
+
+
+Expected = list[Event] | Reason | Replayed
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = new_state()
+        self.now_us = START_US
+        self.events: list[Event] = []
+        self.transactions = 0
+        # The reference model.
+        self.assets: dict[str, int] = {}
+        self.wallets: dict[str, ModelWallet] = {}
+        self.tokens: dict[str, bytes] = {}  # prefix -> token hash
+        self.keys: dict[tuple[str, str], ModelKey] = {}
+        self.latest_us = 0
+
+    # -- running a command on the real state machine -------------------------------------
+
+    def execute(self, command: Command, expected: Expected) -> None:
+        before = digest(self.state)
+        decision = decide(self.state, command, self.now_us)
+        assert digest(self.state) == before, "decide mutated the state"
+        self.check_outcome(decision, expected)
+        if isinstance(decision, list):
+            for event in decision:
+                lsn = len(self.events) + 1
+                apply(self.state, event, lsn)
+                self.events.append(event)
+                encode_event(event)  # every accepted event must be encodable
+
+    def check_outcome(self, decision: Decision, expected: Expected) -> None:
+        if isinstance(expected, Reason):
+            assert isinstance(decision, Rejection), (decision, expected)
+            assert decision.reason == expected, (decision, expected)
+            assert decision.detail
+        elif isinstance(expected, Replayed):
+            assert isinstance(decision, Duplicate), (decision, expected)
+            assert decision.record.lsn == expected.lsn
+            assert decision.record.event == self.events[expected.lsn - 1]
+        else:
+            assert decision == expected, (decision, expected)
+
+    # -- the model's bookkeeping ---------------------------------------------------------
+
+    def model_accepted(self, events: list[Event]) -> None:
+        """Records ``events``, just appended at the end of the log, in the model."""
+        first_lsn = len(self.events) - len(events) + 1
+        for lsn, event in enumerate(events, start=first_lsn):
+            self.latest_us = max(self.latest_us, event.at_us)
+            idempotency = getattr(event, "idempotency", None)
+            if idempotency is None:
+                continue
+            self.keys[(idempotency.scope, idempotency.key)] = ModelKey(
+                fingerprint=idempotency.fingerprint, lsn=lsn, at_us=event.at_us
+            )
+            horizon = self.latest_us - IDEMPOTENCY_RETENTION_US
+            self.keys = {key: record for key, record in self.keys.items() if record.at_us >= horizon}
+
+    def model_key(self, idempotency: Idempotency | None) -> Expected | None:
+        if idempotency is None:
+            return None
+        record = self.keys.get((idempotency.scope, idempotency.key))
+        if record is None:
+            return None
+        if record.fingerprint != idempotency.fingerprint:
+            return Reason.IDEMPOTENCY_KEY_REUSED
+        return Replayed(record.lsn)
+
+    def some_wallet_id(self, data: st.DataObject, label: str) -> str:
+        """Mostly a wallet that exists (so deep rows of the table are reached), else any id."""
+        existing = sorted(self.wallets)
+        choices = st.sampled_from(TRANSFER_IDS)
+        if existing:
+            choices = st.sampled_from(existing) | st.sampled_from(existing) | choices
+        return data.draw(choices, label=label)
+
+    # -- rules ---------------------------------------------------------------------------
+
+    @initialize(
+        usd_scale=st.integers(0, SCALE_MAX),
+        with_eur=st.booleans(),
+        wallets=st.lists(
+            st.tuples(st.sampled_from(WALLET_IDS), st.sampled_from(OWNERS), st.sampled_from(ASSET_CODES)),
+            min_size=1,
+            max_size=4,
+        ),
+    )
+    def start(self, usd_scale: int, with_eur: bool, wallets: list[tuple[str, str, str]]) -> None:
+        """Usually begins with assets and wallets, through the same checked path as the rules."""
+        self.create_asset("USD", usd_scale)
+        if with_eur:
+            self.create_asset("EUR", 2)
+        for wallet_id, owner_id, asset in wallets:
+            self.create_wallet(wallet_id, owner_id, asset, None, None)
+
+    @rule(
+        delta_us=st.sampled_from(
+            [0, 1, 1_000_000, IDEMPOTENCY_RETENTION_US - 1, IDEMPOTENCY_RETENTION_US,
+             IDEMPOTENCY_RETENTION_US + 1]
+        )
+    )
+    def advance_clock(self, delta_us: int) -> None:
+        self.now_us += delta_us
+
+    @rule(code=st.sampled_from(ASSET_CODES), scale=st.sampled_from([0, 2, SCALE_MAX]) | st.integers(0, SCALE_MAX))
+    def create_asset(self, code: str, scale: int) -> None:
+        expected: Expected
+        if code in self.assets:
+            expected = [] if self.assets[code] == scale else Reason.ASSET_EXISTS
+        else:
+            expected = [AssetCreated(code=code, scale=scale, at_us=self.now_us)]
+        self.execute(CreateAsset(code=code, scale=scale), expected)
+        if isinstance(expected, list) and expected:
+            self.model_accepted(expected)
+            self.assets[code] = scale
+            self.wallets[treasury_id(code)] = ModelWallet(owner_id=SYSTEM_OWNER, asset=code)
+
+    @rule(
+        wallet_id=st.sampled_from(WALLET_IDS),
+        owner_id=st.sampled_from(OWNERS),
+        asset=st.sampled_from(WALLET_ASSETS),
+        metadata=metadatas,
+        idempotency=idempotencies,
+    )
+    def create_wallet(
+        self, wallet_id: str, owner_id: str, asset: str, metadata: dict[str, Any] | None,
+        idempotency: Idempotency | None,
+    ) -> None:
+        expected = self.model_key(idempotency)
+        if expected is None:
+            existing = self.wallets.get(wallet_id)
+            if asset not in self.assets:
+                expected = Reason.ASSET_NOT_FOUND
+            elif existing is not None:
+                same = existing.owner_id == owner_id and existing.asset == asset
+                expected = [] if same else Reason.WALLET_EXISTS
+            else:
+                expected = [
+                    WalletCreated(
+                        wallet_id=wallet_id, owner_id=owner_id, asset=asset, metadata=metadata,
+                        at_us=self.now_us, idempotency=idempotency,
+                    )
+                ]
+        command = CreateWallet(
+            wallet_id=wallet_id, owner_id=owner_id, asset=asset, metadata=metadata,
+            idempotency=idempotency,
+        )
+        self.execute(command, expected)
+        if isinstance(expected, list) and expected:
+            self.model_accepted(expected)
+            self.wallets[wallet_id] = ModelWallet(owner_id=owner_id, asset=asset)
+
+    def model_transfer(self, command: Transfer) -> Expected:
+        """The whole rejection table, top to bottom, on one boring dict."""
+        replayed = self.model_key(command.idempotency)
+        if replayed is not None:
+            return replayed
+        receiver = self.wallets.get(command.to_wallet_id)
+        if command.from_wallet_id is None:
+            if receiver is None:
+                return Reason.RECEIVER_NOT_FOUND  # and so no treasury to debit either
+            sender_id = treasury_id(receiver.asset)
+        else:
+            sender_id = command.from_wallet_id
+        sender = self.wallets.get(sender_id)
+        if sender is None:
+            return Reason.SENDER_NOT_FOUND
+        if command.owner_id is not None and sender.owner_id != command.owner_id:
+            return Reason.FORBIDDEN
+        if receiver is None:
+            return Reason.RECEIVER_NOT_FOUND
+        if sender_id == command.to_wallet_id:
+            return Reason.SAME_WALLET
+        if sender.asset != receiver.asset:
+            return Reason.ASSET_MISMATCH
+        if sender.status == WalletStatus.FROZEN:
+            return Reason.SENDER_FROZEN
+        if sender.status == WalletStatus.CLOSED:
+            return Reason.SENDER_CLOSED
+        if receiver.status == WalletStatus.CLOSED:
+            return Reason.RECEIVER_CLOSED
+        if not is_treasury(sender_id) and sender.balance < command.amount:
+            return Reason.INSUFFICIENT_FUNDS
+        if receiver.balance + command.amount > INT64_MAX:
+            return Reason.BALANCE_OVERFLOW
+        if is_treasury(sender_id) and sender.balance - command.amount < INT64_MIN:
+            return Reason.BALANCE_OVERFLOW
+        return [
+            Transferred(
+                transaction_id=command.transaction_id, type=command.type, from_wallet_id=sender_id,
+                to_wallet_id=command.to_wallet_id, asset=sender.asset, amount=command.amount,
+                description=command.description, metadata=command.metadata, at_us=self.now_us,
+                idempotency=command.idempotency,
+            )
+        ]
+
+    def move(self, command: Transfer) -> None:
+        expected = self.model_transfer(command)
+        self.execute(command, expected)
+        if isinstance(expected, list):
+            self.model_accepted(expected)
+            (event,) = expected
+            assert isinstance(event, Transferred)
+            self.wallets[event.from_wallet_id].balance -= event.amount
+            self.wallets[event.to_wallet_id].balance += event.amount
+
+    def owner_for(self, caller: str, wallet_id: str) -> str | None:
+        """The ``owner_id`` a transfer from ``wallet_id`` carries when ``caller`` asks."""
+        if caller == "admin":
+            return None
+        wallet = self.wallets.get(wallet_id)
+        owner_id = "o1" if wallet is None else wallet.owner_id
+        if caller == "owner":
+            return owner_id
+        return "o2" if owner_id == "o1" else "o1"
+
+    def next_transaction_id(self) -> str:
+        self.transactions += 1
+        return f"tx{self.transactions}"
+
+    @rule(
+        data=st.data(),
+        amount=amounts(),
+        caller=st.sampled_from(CALLERS),
+        metadata=metadatas,
+        idempotency=idempotencies,
+    )
+    def deposit(
+        self, data: st.DataObject, amount: int, caller: str,
+        metadata: dict[str, Any] | None, idempotency: Idempotency | None,
+    ) -> None:
+        # Mostly an existing client wallet; else any id (a treasury: SAME_WALLET; a missing
+        # wallet: RECEIVER_NOT_FOUND).
+        clients = sorted(wallet_id for wallet_id in self.wallets if not is_treasury(wallet_id))
+        receivers = st.sampled_from(TRANSFER_IDS)
+        if clients:
+            receivers = st.sampled_from(clients) | st.sampled_from(clients) | receivers
+        to_wallet_id = data.draw(receivers, label="to_wallet_id")
+        receiver = self.wallets.get(to_wallet_id)
+        treasury = treasury_id(receiver.asset) if receiver is not None else treasury_id("USD")
+        owner_id = self.owner_for(caller, treasury)
+        command = Transfer(
+            transaction_id=self.next_transaction_id(), type=TransactionType.DEPOSIT,
+            from_wallet_id=None, to_wallet_id=to_wallet_id, amount=amount, description=None,
+            metadata=metadata, idempotency=idempotency, owner_id=owner_id,
+        )
+        self.move(command)
+
+    @rule(
+        data=st.data(),
+        amount=amounts(),
+        caller=st.sampled_from(CALLERS),
+        description=descriptions,
+        idempotency=idempotencies,
+    )
+    def transfer(
+        self, data: st.DataObject, amount: int, caller: str,
+        description: str | None, idempotency: Idempotency | None,
+    ) -> None:
+        from_wallet_id = self.some_wallet_id(data, "from_wallet_id")
+        to_wallet_id = self.some_wallet_id(data, "to_wallet_id")
+        owner_id = self.owner_for(caller, from_wallet_id)
+        command = Transfer(
+            transaction_id=self.next_transaction_id(), type=TransactionType.TRANSFER,
+            from_wallet_id=from_wallet_id, to_wallet_id=to_wallet_id, amount=amount,
+            description=description, metadata=None, idempotency=idempotency, owner_id=owner_id,
+        )
+        self.move(command)
+
+    @precondition(lambda self: any(w.balance > 0 for i, w in self.wallets.items() if not is_treasury(i)))
+    @rule(data=st.data(), caller=st.sampled_from(CALLERS))
+    def transfer_everything(self, data: st.DataObject, caller: str) -> None:
+        """Empties a funded wallet into another, so closes and exact-balance edges happen."""
+        funded = sorted(i for i, w in self.wallets.items() if w.balance > 0 and not is_treasury(i))
+        from_wallet_id = data.draw(st.sampled_from(funded), label="from_wallet_id")
+        to_wallet_id = self.some_wallet_id(data, "to_wallet_id")
+        sender = self.wallets[from_wallet_id]
+        command = Transfer(
+            transaction_id=self.next_transaction_id(), type=TransactionType.TRANSFER,
+            from_wallet_id=from_wallet_id, to_wallet_id=to_wallet_id, amount=sender.balance,
+            description=None, metadata=None, idempotency=None,
+            owner_id=self.owner_for(caller, from_wallet_id),
+        )
+        self.move(command)
+
+    @rule(data=st.data(), status=st.sampled_from(list(WalletStatus)))
+    def change_status(self, data: st.DataObject, status: WalletStatus) -> None:
+        wallet_id = self.some_wallet_id(data, "wallet_id")
+        wallet = self.wallets.get(wallet_id)
+        expected: Expected
+        if wallet is None:
+            expected = Reason.SENDER_NOT_FOUND
+        elif wallet.status == status:
+            expected = []
+        elif wallet.status == WalletStatus.CLOSED:
+            expected = Reason.WALLET_CLOSED
+        elif status == WalletStatus.CLOSED and wallet.balance != 0:
+            expected = Reason.WALLET_NOT_EMPTY
+        else:
+            expected = [WalletStatusChanged(wallet_id=wallet_id, status=status, at_us=self.now_us)]
+        self.execute(ChangeWalletStatus(wallet_id=wallet_id, status=status), expected)
+        if isinstance(expected, list) and expected:
+            assert wallet is not None
+            self.model_accepted(expected)
+            wallet.status = status
+
+    @rule(
+        create=st.booleans(),
+        token_hash=st.sampled_from([b"h1", b"h2", b"h3"]),
+        prefix=st.sampled_from(["p1", "p2", "p3"]),
+        owner_id=st.sampled_from(OWNERS),
+    )
+    def token(self, create: bool, token_hash: bytes, prefix: str, owner_id: str) -> None:
+        if create:
+            self.create_token(token_hash, prefix, owner_id)
+        else:
+            self.revoke_token(prefix)
+
+    def create_token(self, token_hash: bytes, prefix: str, owner_id: str) -> None:
+        expected: Expected
+        if token_hash in self.tokens.values() or prefix in self.tokens:
+            expected = Reason.TOKEN_EXISTS
+        else:
+            expected = [
+                TokenCreated(token_hash=token_hash, prefix=prefix, owner_id=owner_id, at_us=self.now_us)
+            ]
+        self.execute(CreateToken(token_hash=token_hash, prefix=prefix, owner_id=owner_id), expected)
+        if isinstance(expected, list):
+            self.model_accepted(expected)
+            self.tokens[prefix] = token_hash
+
+    def revoke_token(self, prefix: str) -> None:
+        expected: Expected
+        if prefix in self.tokens:
+            expected = [TokenRevoked(prefix=prefix, at_us=self.now_us)]
+        else:
+            expected = Reason.TOKEN_NOT_FOUND
+        self.execute(RevokeToken(prefix=prefix), expected)
+        if isinstance(expected, list):
+            self.model_accepted(expected)
+            del self.tokens[prefix]
+
+    # -- invariants ----------------------------------------------------------------------
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        check_invariants(self.state.wallets.values(), self.state.directory)
+        assert self.state.directory.lsn == len(self.events)
+
+    @invariant()
+    def state_matches_model(self) -> None:
+        wallets = self.state.wallets
+        assert sorted(wallets) == sorted(self.wallets)
+        for wallet_id, model in self.wallets.items():
+            wallet = wallets[wallet_id]
+            assert wallet.balance == model.balance, (wallet, model)
+            assert wallet.status == model.status, (wallet, model)
+            assert wallet.owner_id == model.owner_id, (wallet, model)
+            assert wallet.asset == model.asset, (wallet, model)
+            assert wallet.held == 0, wallet
+        directory = self.state.directory
+        assert {code: asset.scale for code, asset in directory.assets.items()} == self.assets
+        assert dict(directory.token_prefixes) == self.tokens
+        assert {
+            key: (record.fingerprint, record.lsn, record.at_us)
+            for key, record in directory.idempotency.items()
+        } == {key: (record.fingerprint, record.lsn, record.at_us) for key, record in self.keys.items()}
+
+    @invariant()
+    def replay_of_the_log_gives_the_same_state(self) -> None:
+        assert digest(replay(self.events)) == digest(self.state)
+
+
+LedgerMachine.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestLedgerMachine = LedgerMachine.TestCase
