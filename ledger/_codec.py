@@ -58,11 +58,41 @@ def _idem_out(idempotency: Idempotency | None) -> list[Any] | None:
     return [idempotency.scope, idempotency.key, idempotency.fingerprint]
 
 
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise CodecError(f"expected an integer, found {type(value).__name__}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise CodecError(f"expected a string, found {type(value).__name__}")
+    return value
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    if type(value) is not bytes:
+        raise CodecError(f"expected bytes, found {type(value).__name__}")
+    return value
+
+
+def _metadata(value: Any) -> dict[str, Any] | None:
+    if value is not None and type(value) is not dict:
+        raise CodecError(f"expected a map or nil, found {type(value).__name__}")
+    return value
+
+
 def _idem_in(value: Any) -> Idempotency | None:
     if value is None:
         return None
+    if type(value) is not list or len(value) != 3:
+        raise CodecError("idempotency must be nil or [scope, key, fingerprint]")
     scope, key, fingerprint = value
-    return Idempotency(scope=scope, key=key, fingerprint=fingerprint)
+    return Idempotency(scope=_str(scope), key=_str(key), fingerprint=_bytes(fingerprint))
 
 
 def encode_event(event: Event) -> bytes:
@@ -97,37 +127,48 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(payload: bytes) -> Event:
+    """Decodes a payload, checking every field's type: a record that decodes is one ``apply``
+    can take. Anything else raises CodecError (never another exception)."""
     try:
         fields = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        if type(fields) is not list or len(fields) < 2:
+            raise CodecError("a record is an array [version, kind, ...]")
         version, kind, *rest = fields
-        if version != CODEC_VERSION:
+        if _int(version) != CODEC_VERSION:
             raise CodecError(f"unknown record version {version}")
+        kind = _int(kind)
         if kind == _TRANSFERRED:
             (transaction_id, type_, from_id, to_id, asset, amount, description, metadata, at_us,
              idem) = rest
             return Transferred(
-                transaction_id=transaction_id, type=TransactionType(type_), from_wallet_id=from_id,
-                to_wallet_id=to_id, asset=asset, amount=amount, description=description,
-                metadata=metadata, at_us=at_us, idempotency=_idem_in(idem),
+                transaction_id=_str(transaction_id), type=TransactionType(_int(type_)),
+                from_wallet_id=_str(from_id), to_wallet_id=_str(to_id), asset=_str(asset),
+                amount=_int(amount), description=_optional_str(description),
+                metadata=_metadata(metadata), at_us=_int(at_us), idempotency=_idem_in(idem),
             )
         if kind == _WALLET_CREATED:
             wallet_id, owner_id, asset, metadata, at_us, idem = rest
             return WalletCreated(
-                wallet_id=wallet_id, owner_id=owner_id, asset=asset, metadata=metadata,
-                at_us=at_us, idempotency=_idem_in(idem),
+                wallet_id=_str(wallet_id), owner_id=_str(owner_id), asset=_str(asset),
+                metadata=_metadata(metadata), at_us=_int(at_us), idempotency=_idem_in(idem),
             )
         if kind == _WALLET_STATUS_CHANGED:
             wallet_id, status, at_us = rest
-            return WalletStatusChanged(wallet_id=wallet_id, status=WalletStatus(status), at_us=at_us)
+            return WalletStatusChanged(
+                wallet_id=_str(wallet_id), status=WalletStatus(_int(status)), at_us=_int(at_us)
+            )
         if kind == _ASSET_CREATED:
             code, scale, at_us = rest
-            return AssetCreated(code=code, scale=scale, at_us=at_us)
+            return AssetCreated(code=_str(code), scale=_int(scale), at_us=_int(at_us))
         if kind == _TOKEN_CREATED:
             token_hash, prefix, owner_id, at_us = rest
-            return TokenCreated(token_hash=token_hash, prefix=prefix, owner_id=owner_id, at_us=at_us)
+            return TokenCreated(
+                token_hash=_bytes(token_hash), prefix=_str(prefix), owner_id=_str(owner_id),
+                at_us=_int(at_us),
+            )
         if kind == _TOKEN_REVOKED:
             prefix, at_us = rest
-            return TokenRevoked(prefix=prefix, at_us=at_us)
+            return TokenRevoked(prefix=_str(prefix), at_us=_int(at_us))
     except CodecError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:

@@ -215,7 +215,6 @@ class Ledger:
                       backlogged=self._backlogged, **shard_options)
             )
         self._in_flight: dict[tuple[str, str], anyio.Event] = {}
-        self._actors: anyio.CancelScope | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -228,11 +227,10 @@ class Ledger:
         async with anyio.create_task_group() as group:
             group.start_soon(self._run_log)
             group.start_soon(self.history.run)
-            with anyio.CancelScope() as self._actors:
-                async with anyio.create_task_group() as actors:
-                    for shard in self.shards:
-                        actors.start_soon(shard.run)
-                    task_status.started()
+            async with anyio.create_task_group() as actors:
+                for shard in self.shards:
+                    actors.start_soon(shard.run)
+                task_status.started()
             # Actors stopped: everything they appended is queued; the writer drains and returns.
             self.wal.close()
         self.wal.release()
@@ -244,11 +242,15 @@ class Ledger:
         finally:
             self.history.close()
 
-    def stop(self) -> None:
-        """Stops the actors; ``run`` returns once the log is flushed. Call when no request
-        is waiting any more (after the HTTP server has drained)."""
-        if self._actors is not None:
-            self._actors.cancel()
+    async def stop(self) -> None:
+        """Stops the actors once every mailbox is empty, so no transfer is left half way and the
+        live state equals the log; ``run`` then flushes the log and drains the projector. Call
+        when no request can arrive any more (after the HTTP server has drained)."""
+        while not all(shard.idle() for shard in self.shards):
+            await anyio.sleep(0.001)
+        # All idle at one instant of a single-threaded loop: no message is in flight anywhere.
+        for shard in self.shards:
+            shard.stop()
 
     def ready(self) -> str | None:
         """None when requests can be served, else why not."""

@@ -46,6 +46,7 @@ class Reason(enum.Enum):
     ASSET_NOT_FOUND = "asset_not_found"
     ASSET_EXISTS = "asset_exists"
     WALLET_EXISTS = "wallet_exists"
+    RESERVED_ID = "invalid_request:reserved_id"  # treasury ids belong to the system
     SENDER_NOT_FOUND = "wallet_not_found"  # the debited wallet does not exist
     FORBIDDEN = "forbidden"  # the caller does not own the debited wallet
     RECEIVER_NOT_FOUND = "wallet_not_found:receiver"  # the credited wallet does not exist

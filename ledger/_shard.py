@@ -162,6 +162,7 @@ class Shard:
         self._internal: deque[Any] = deque()
         self._wakeup = anyio.Event()
         self._sleeping = False
+        self._stopping = False
         # Incoming amounts reserved by step 1 of cross-shard transfers, per wallet.
         self._pending: dict[str, int] = {}
         self._messages = 0
@@ -216,12 +217,24 @@ class Shard:
 
     # -- the actor -----------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """``run`` returns once both mailboxes are empty (in-flight transfers finished)."""
+        self._stopping = True
+        if self._sleeping:
+            self._sleeping = False
+            self._wakeup.set()
+
+    def idle(self) -> bool:
+        return not self._internal and not self._external
+
     async def run(self) -> None:
         handlers = self._handlers
         internal = self._internal
         external = self._external
         while True:
             if not internal and not external:
+                if self._stopping:
+                    return
                 self._wakeup = anyio.Event()
                 self._sleeping = True
                 await self._wakeup.wait()

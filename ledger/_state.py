@@ -47,6 +47,7 @@ from ledger._model import (
     INT64_MIN,
     SYSTEM_OWNER,
     TRANSFER_CHECK_ORDER,
+    TREASURY_PREFIX,
     Asset,
     AssetCreated,
     ChangeWalletStatus,
@@ -136,6 +137,11 @@ def decide_create_wallet(state: State, command: CreateWallet, now_us: int) -> De
     replay = check_idempotency(state.directory, command.idempotency)
     if replay is not None:
         return replay
+    if is_treasury(command.wallet_id) or command.owner_id == SYSTEM_OWNER:
+        return Rejection(
+            reason=Reason.RESERVED_ID,
+            detail=f"ids starting with {TREASURY_PREFIX!r} and owner {SYSTEM_OWNER!r} belong to the system",
+        )
     if command.asset not in state.directory.assets:
         return Rejection(reason=Reason.ASSET_NOT_FOUND, detail=f"asset {command.asset} does not exist")
     existing = state.wallets.get(command.wallet_id)
@@ -447,8 +453,11 @@ def check_invariants(wallets: Iterable[Wallet], directory: Directory) -> None:
         assert wallet.lsn <= directory.lsn, wallet
         if is_treasury(wallet.id):
             treasuries.add(wallet.asset)
+            assert wallet.id == treasury_id(wallet.asset), wallet
+            assert wallet.owner_id == SYSTEM_OWNER, wallet
             assert wallet.held == 0, wallet
         else:
+            assert wallet.owner_id != SYSTEM_OWNER, wallet
             assert wallet.held <= wallet.balance, wallet
             assert wallet.available >= 0, wallet
         if wallet.status == WalletStatus.CLOSED:

@@ -49,6 +49,7 @@ REASONS: dict[Reason, tuple[int, str]] = {
     Reason.ASSET_NOT_FOUND: (422, "Asset not found"),
     Reason.ASSET_EXISTS: (409, "Asset exists"),
     Reason.WALLET_EXISTS: (409, "Wallet exists"),
+    Reason.RESERVED_ID: (400, "Invalid request"),
     Reason.SENDER_NOT_FOUND: (404, "Wallet not found"),
     Reason.FORBIDDEN: (403, "Forbidden"),
     Reason.RECEIVER_NOT_FOUND: (404, "Wallet not found"),

@@ -149,7 +149,7 @@ async def serve(options: ServeOptions) -> int:
                 )
                 await shutdown.wait()
                 await http_done.wait()
-                ledger.stop()
+                await ledger.stop()
         outer.cancel_scope.cancel()
     if refused is not None:
         raise refused

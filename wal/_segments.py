@@ -161,12 +161,15 @@ def scan(
     after_lsn: int = 0,
     after_checksum: bytes | None = None,
     truncate_torn_tail: bool = False,
+    until_lsn: int | None = None,
 ) -> Iterator[Frame]:
     """Yields every valid record with LSN > ``after_lsn`` in order, filling ``result``.
 
     ``after_lsn``/``after_checksum`` describe the snapshot recovery starts from (0 and None for
     none). Raises LogCorrupt per the table above. With ``truncate_torn_tail`` a torn tail is cut
     off the last segment (and fsynced); without it, it is only reported in ``result.torn``.
+    ``until_lsn`` stops after that record without reading further: a reader of a log that is
+    still being written (the snapshot builder) must stop at what it knows to be durable.
     """
     segments = list_segments(directory)
     expected_lsn = after_lsn + 1
@@ -217,6 +220,8 @@ def scan(
         lsn_here = first_lsn
         parent_here = parent
         while offset < len(data):
+            if until_lsn is not None and lsn_here > until_lsn:
+                return
             try:
                 frame = _frame.decode(data, offset)
             except FrameError as error:

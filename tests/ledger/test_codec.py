@@ -267,12 +267,6 @@ def test_malformed_msgpack_is_refused(payload: bytes) -> None:
     refuses(payload)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_event checks arity and enums but not field types, so well-formed msgpack "
-    "with a wrong-typed field decodes into an event (e.g. TokenRevoked(prefix=123, at_us='x')) "
-    "that apply then stores or trips over (KeyError/TypeError) instead of a CodecError",
-)
 @pytest.mark.parametrize(
     "fields",
     [

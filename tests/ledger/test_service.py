@@ -76,7 +76,7 @@ async def test_concurrent_cross_shard_transfers_replay_to_the_live_state(tmp_pat
         await trio.testing.wait_all_tasks_blocked()  # let the last credits land
         live = state_digest(ledger.all_wallets(), ledger.directory)
         check_invariants(ledger.all_wallets(), ledger.directory)
-        ledger.stop()
+        await ledger.stop()
     committed = [outcome for outcome in outcomes if isinstance(outcome, Committed)]
     rejected = [outcome for outcome in outcomes if isinstance(outcome, Rejection)]
     assert committed and rejected  # the workload exercised both paths
@@ -107,7 +107,7 @@ async def test_a_key_answers_with_the_original_outcome_across_shards(tmp_path: P
         )
         reused = await ledger.transfer(other)
         assert isinstance(reused, Rejection) and reused.reason.code == "idempotency_key_reused"
-        ledger.stop()
+        await ledger.stop()
 
 
 async def test_a_full_mailbox_refuses_at_once(tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ async def test_a_full_mailbox_refuses_at_once(tmp_path: Path) -> None:
         for reply in replies:
             assert isinstance(await reply.wait(), Committed)
         assert shard.statistics().overloaded == 1
-        ledger.stop()
+        await ledger.stop()
 
 
 async def test_a_failed_fsync_is_never_acknowledged_and_stops_writes(tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ async def test_a_failed_fsync_is_never_acknowledged_and_stops_writes(tmp_path: P
         with pytest.raises(StorageFailed):
             await ledger.transfer(transfer(2, None, "a", 5))
         assert len(calls) == 4
-        ledger.stop()
+        await ledger.stop()
     # What was acknowledged is on disk; the failed deposit was never acknowledged.
     replayed = recover(tmp_path)
     replayed.close()
