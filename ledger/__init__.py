@@ -57,6 +57,7 @@ from ledger._model import (
     treasury_id,
 )
 from ledger._shard import MAILBOX_CAPACITY, Overloaded, Shard, shard_of
+from ledger._snapshot import SNAPSHOT_CODEC_VERSION, count_records, decode_state, encode_state
 from ledger._state import (
     CreditCheck,
     Decision,
@@ -83,6 +84,7 @@ __all__ = [
     "METADATA_BYTES_MAX",
     "SCALE_MAX",
     "SHARDS_DEFAULT",
+    "SNAPSHOT_CODEC_VERSION",
     "SYSTEM_OWNER",
     "TREASURY_PREFIX",
     "Asset",
@@ -128,10 +130,13 @@ __all__ = [
     "apply",
     "check_credit",
     "check_invariants",
+    "count_records",
     "decide",
     "decide_transfer",
     "decode_event",
+    "decode_state",
     "encode_event",
+    "encode_state",
     "is_treasury",
     "new_state",
     "open_ledger",

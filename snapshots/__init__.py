@@ -1,5 +1,55 @@
-"""Snapshots of the ledger state at an LSN (the snapshots issue fills this package in).
+"""Snapshots of the ledger state at an LSN: atomic writes, listing, loading the newest valid
+one, pruning. Stores bytes the ledger encoded; never imports ``ledger`` or ``wal``. The file
+format and the table of failures are in ``_store``'s docstring."""
 
-Stores bytes the ledger encoded; never imports ``ledger``."""
+from snapshots._store import (
+    BODY_BYTES_MAX,
+    CHECKSUM_BYTES,
+    FORMAT_VERSION,
+    HEADER_BYTES,
+    KEEP_DEFAULT,
+    MAGIC,
+    STEPS,
+    SUFFIX,
+    TEMP_SUFFIX,
+    ZERO_CHECKSUM,
+    Header,
+    Loaded,
+    Snapshot,
+    SnapshotCorrupt,
+    SnapshotInfo,
+    SnapshotTooLarge,
+    list_snapshots,
+    load_newest,
+    prune,
+    read_header,
+    read_snapshot,
+    snapshot_name,
+    write_snapshot,
+)
 
-__all__: list[str] = []
+__all__ = [
+    "BODY_BYTES_MAX",
+    "CHECKSUM_BYTES",
+    "FORMAT_VERSION",
+    "HEADER_BYTES",
+    "KEEP_DEFAULT",
+    "MAGIC",
+    "STEPS",
+    "SUFFIX",
+    "TEMP_SUFFIX",
+    "ZERO_CHECKSUM",
+    "Header",
+    "Loaded",
+    "Snapshot",
+    "SnapshotCorrupt",
+    "SnapshotInfo",
+    "SnapshotTooLarge",
+    "list_snapshots",
+    "load_newest",
+    "prune",
+    "read_header",
+    "read_snapshot",
+    "snapshot_name",
+    "write_snapshot",
+]

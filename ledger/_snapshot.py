@@ -1,0 +1,247 @@
+"""The ledger's snapshot codec: a whole ``State`` to a stream of msgpack chunks and back.
+
+``snapshots/`` stores the bytes and never looks inside; this module owns what they mean. It must
+never do I/O, and ``decode_state`` must never raise anything but ``CodecError`` (a body reaches
+it only after its checksum verified, so garbage here is a bug or a foreign file). The image is
+exact: everything ``apply`` can set is stored, including what ``state_digest`` leaves out
+(wallet ``lsn``, the idempotency records' ``at_us`` and events, the directory's ``at_us``, dict
+order of assets, tokens and idempotency records). Pair it with the digest: the caller stores
+``state_digest`` in the snapshot header and compares it after decoding, then runs
+``check_invariants``.
+
+The body is a sequence of msgpack objects, one per entity, so decoding holds one entity's bytes
+at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` entities.
+
+    object       | fields (a msgpack array)                                         | count
+    -------------|------------------------------------------------------------------|-----------
+    header       | version, directory lsn, directory at_us, assets, tokens,         | 1
+                 | idempotency records, wallets (the four counts)                   |
+    asset        | code, scale, created_at_us                                       | assets
+    token        | token_hash, prefix, owner_id, created_at_us                      | tokens
+    idempotency  | scope, key, fingerprint, lsn, at_us, event (``encode_event``)    | records
+    wallet       | id, owner_id, asset, metadata, balance, held, status,            | wallets
+                 | created_at_us, updated_at_us, lsn                                |
+
+Assets, tokens and idempotency records keep their dict order (log order, which replay
+reproduces; idempotency expiry depends on it). Wallets are sorted by id: their dict order
+depends on the shard layout, and a snapshot must not. ``token_prefixes`` is rebuilt from the
+tokens. A new field goes at the end of its array with a new ``SNAPSHOT_CODEC_VERSION``, and the
+decoder keeps the branches for the old versions.
+
+The state must not change while the ``encode_state`` iterator is being consumed (it is lazy);
+the caller encodes from a copy or from inside the owning actor's step.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+
+from ledger._codec import CodecError, decode_event, encode_event
+from ledger._model import (
+    INT64_MAX,
+    INT64_MIN,
+    Asset,
+    IdempotencyRecord,
+    Token,
+    Transferred,
+    Wallet,
+    WalletCreated,
+    WalletStatus,
+)
+from ledger._state import Directory, State
+
+SNAPSHOT_CODEC_VERSION = 1
+# Entities per chunk: bounds the memory a chunk takes while it is written, at a cost of one
+# list join per chunk (one chunk per entity would be a write call per entity).
+CHUNK_RECORDS = 10_000
+# No entity may pack larger than this, or the decoder's buffer refuses it. The largest is an
+# idempotency record: an event (itself within the WAL's 16 MiB payload limit) plus its key.
+ENTITY_BYTES_MAX = 17 * 1024 * 1024
+
+_HEADER_FIELDS = 7
+
+assert CHUNK_RECORDS >= 1
+assert ENTITY_BYTES_MAX > 16 * 1024 * 1024
+
+
+def count_records(state: State) -> int:
+    """How many entities ``encode_state`` writes (the snapshot header's record count)."""
+    directory = state.directory
+    return len(directory.assets) + len(directory.tokens) + len(directory.idempotency) + len(state.wallets)
+
+
+def encode_state(state: State) -> Iterator[bytes]:
+    """The snapshot body of ``state``, lazily, in chunks of at most ``CHUNK_RECORDS`` entities
+    (the first chunk is the header alone)."""
+    directory = state.directory
+    assert len(directory.tokens) == len(directory.token_prefixes)
+    lsn = directory.lsn
+    counts = (len(directory.assets), len(directory.tokens), len(directory.idempotency), len(state.wallets))
+    packer = msgpack.Packer(use_bin_type=True)
+    yield packer.pack([SNAPSHOT_CODEC_VERSION, lsn, directory.at_us, *counts])
+
+    def entities() -> Iterator[list[Any]]:
+        for asset in directory.assets.values():
+            yield [asset.code, asset.scale, asset.created_at_us]
+        for token in directory.tokens.values():
+            yield [token.token_hash, token.prefix, token.owner_id, token.created_at_us]
+        for (scope, key), record in directory.idempotency.items():
+            yield [scope, key, record.fingerprint, record.lsn, record.at_us, encode_event(record.event)]
+        # Only the ids are copied and sorted (a reference each), not the wallets.
+        for wallet_id in sorted(state.wallets):
+            wallet = state.wallets[wallet_id]
+            yield [
+                wallet.id, wallet.owner_id, wallet.asset, wallet.metadata, wallet.balance,
+                wallet.held, int(wallet.status), wallet.created_at_us, wallet.updated_at_us, wallet.lsn,
+            ]
+
+    chunk: list[bytes] = []
+    written = 0
+    for entity in entities():
+        packed = packer.pack(entity)
+        assert len(packed) <= ENTITY_BYTES_MAX, (entity[0], len(packed))
+        chunk.append(packed)
+        written += 1
+        if len(chunk) == CHUNK_RECORDS:
+            yield b"".join(chunk)
+            chunk = []
+    if chunk:
+        yield b"".join(chunk)
+    assert written == sum(counts)
+    # The state changed under a lazy consumer: the image would mix two LSNs.
+    assert directory.lsn == lsn, (directory.lsn, lsn)
+
+
+# -- decode --------------------------------------------------------------------------------
+
+
+def _int(value: Any, what: str, low: int = INT64_MIN, high: int = INT64_MAX) -> int:
+    # type() and not isinstance(): msgpack decodes true/false as bool, a subclass of int.
+    if type(value) is not int or not low <= value <= high:
+        raise CodecError(f"{what}: expected an integer in [{low}, {high}], got {value!r:.80}")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if type(value) is not str:
+        raise CodecError(f"{what}: expected a string, got {value!r:.80}")
+    return value
+
+
+def _bytes(value: Any, what: str) -> bytes:
+    if type(value) is not bytes:
+        raise CodecError(f"{what}: expected bytes, got {value!r:.80}")
+    return value
+
+
+def _fields(value: Any, size: int, what: str) -> list[Any]:
+    if type(value) is not list or len(value) != size:
+        raise CodecError(f"{what}: expected an array of {size}, got {value!r:.80}")
+    return value
+
+
+def decode_state(body: bytes) -> State:
+    """The state whose snapshot body is ``body``. Raises ``CodecError`` if it does not decode."""
+    try:
+        return _decode(body)
+    except CodecError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, msgpack.UnpackException) as error:
+        # msgpack's own errors (OutOfData: truncated), bad UTF-8 (a ValueError), unknown enums.
+        raise CodecError(f"undecodable snapshot: {type(error).__name__}: {error}") from None
+
+
+def _decode(body: bytes) -> State:
+    unpacker = msgpack.Unpacker(
+        io.BytesIO(body), raw=False, strict_map_key=True, use_list=True,
+        max_buffer_size=ENTITY_BYTES_MAX,
+    )
+    header = unpacker.unpack()
+    if type(header) is not list or not header:
+        raise CodecError(f"snapshot header: expected an array, got {header!r:.80}")
+    version = header[0]
+    if type(version) is not int or version != SNAPSHOT_CODEC_VERSION:
+        raise CodecError(f"unknown snapshot codec version {version!r:.80}")
+    _, lsn, at_us, assets_count, tokens_count, records_count, wallets_count = _fields(
+        header, _HEADER_FIELDS, "snapshot header"
+    )
+    directory = Directory(lsn=_int(lsn, "lsn", 0), at_us=_int(at_us, "at_us"))
+    for value, what in (
+        (assets_count, "asset count"),
+        (tokens_count, "token count"),
+        (records_count, "idempotency count"),
+        (wallets_count, "wallet count"),
+    ):
+        # A count past the body's length is garbage, and would only fail later, slowly.
+        _int(value, what, 0, len(body))
+
+    for _ in range(assets_count):
+        code, scale, created_at_us = _fields(unpacker.unpack(), 3, "asset")
+        asset = Asset(code=_str(code, "asset code"), scale=_int(scale, "scale"),
+                      created_at_us=_int(created_at_us, "asset created_at_us"))
+        if asset.code in directory.assets:
+            raise CodecError(f"asset {asset.code!r} appears twice")
+        directory.assets[asset.code] = asset
+
+    for _ in range(tokens_count):
+        token_hash, prefix, owner_id, created_at_us = _fields(unpacker.unpack(), 4, "token")
+        token = Token(token_hash=_bytes(token_hash, "token hash"), prefix=_str(prefix, "token prefix"),
+                      owner_id=_str(owner_id, "token owner"),
+                      created_at_us=_int(created_at_us, "token created_at_us"))
+        if token.token_hash in directory.tokens or token.prefix in directory.token_prefixes:
+            raise CodecError(f"token {token.prefix!r} appears twice")
+        directory.tokens[token.token_hash] = token
+        directory.token_prefixes[token.prefix] = token.token_hash
+
+    previous_lsn = 0
+    for _ in range(records_count):
+        scope, key, fingerprint, record_lsn, record_at_us, payload = _fields(
+            unpacker.unpack(), 6, "idempotency record"
+        )
+        event = decode_event(_bytes(payload, "idempotency event"))
+        if not isinstance(event, Transferred | WalletCreated):
+            raise CodecError(f"idempotency record holds a {type(event).__name__}")
+        record = IdempotencyRecord(
+            fingerprint=_bytes(fingerprint, "fingerprint"),
+            lsn=_int(record_lsn, "idempotency lsn", previous_lsn + 1, directory.lsn),
+            at_us=_int(record_at_us, "idempotency at_us"),
+            event=event,
+        )
+        previous_lsn = record.lsn
+        idempotency_key = (_str(scope, "idempotency scope"), _str(key, "idempotency key"))
+        if idempotency_key in directory.idempotency:
+            raise CodecError(f"idempotency key {idempotency_key!r} appears twice")
+        directory.idempotency[idempotency_key] = record
+
+    wallets: dict[str, Wallet] = {}
+    previous_id: str | None = None
+    for _ in range(wallets_count):
+        (wallet_id, owner_id, asset_code, metadata, balance, held, status, created_at_us,
+         updated_at_us, wallet_lsn) = _fields(unpacker.unpack(), 10, "wallet")
+        wallet_id = _str(wallet_id, "wallet id")
+        # Sorted and unique by construction; anything else was not written by encode_state.
+        if previous_id is not None and wallet_id <= previous_id:
+            raise CodecError(f"wallet {wallet_id!r} out of order after {previous_id!r}")
+        previous_id = wallet_id
+        if metadata is not None and type(metadata) is not dict:
+            raise CodecError(f"wallet {wallet_id!r} metadata: expected a map, got {metadata!r:.80}")
+        wallets[wallet_id] = Wallet(
+            id=wallet_id,
+            owner_id=_str(owner_id, "wallet owner"),
+            asset=_str(asset_code, "wallet asset"),
+            metadata=metadata,
+            balance=_int(balance, "balance"),
+            held=_int(held, "held", 0),
+            status=WalletStatus(_int(status, "status")),
+            created_at_us=_int(created_at_us, "wallet created_at_us"),
+            updated_at_us=_int(updated_at_us, "wallet updated_at_us"),
+            lsn=_int(wallet_lsn, "wallet lsn", 0, directory.lsn),
+        )
+
+    if unpacker.tell() != len(body):
+        raise CodecError(f"{len(body) - unpacker.tell()} bytes after the last wallet")
+    return State(directory=directory, wallets=wallets)

@@ -1,0 +1,394 @@
+"""The snapshot codec: states built by applying random valid events round-trip exactly (the
+digest, and everything the digest leaves out), decoded states keep evolving like the originals,
+the body layout matches the table in ``ledger/_snapshot.py``, and anything else fed to
+``decode_state`` raises ``CodecError``, never another exception."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hypothesis.strategies as st
+import msgpack
+import pytest
+from hypothesis import given, settings
+
+import ledger._snapshot
+from ledger import (
+    IDEMPOTENCY_RETENTION_US,
+    INT64_MAX,
+    SNAPSHOT_CODEC_VERSION,
+    ChangeWalletStatus,
+    CodecError,
+    Command,
+    CreateAsset,
+    CreateToken,
+    CreateWallet,
+    Idempotency,
+    Reason,
+    Rejection,
+    RevokeToken,
+    State,
+    TokenRevoked,
+    TransactionType,
+    Transfer,
+    WalletCreated,
+    WalletStatus,
+    apply,
+    check_invariants,
+    count_records,
+    decide,
+    decode_state,
+    encode_event,
+    encode_state,
+    is_treasury,
+    new_state,
+    state_digest,
+    treasury_id,
+)
+from snapshots import load_newest, write_snapshot
+
+ASSETS = ["USD", "EUR"]
+WALLETS = [f"w{index}" for index in range(5)]
+OWNERS = ["alice", "bob"]
+PREFIXES = ["tk_a", "tk_b", "tk_c"]
+KEYS = ["k1", "k2", "k3", "k4"]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)
+metadatas = st.none() | st.dictionaries(st.text(max_size=8), json_values, max_size=3)
+# Few keys and two fingerprints: keys get reused, with the same request and with another one.
+idempotencies = st.none() | st.builds(
+    Idempotency, scope=st.sampled_from(OWNERS), key=st.sampled_from(KEYS),
+    fingerprint=st.sampled_from([b"\x01" * 16, b"\x02" * 16]),
+)
+amounts = st.one_of(
+    st.integers(min_value=1, max_value=1000),
+    st.sampled_from([1, 2, 2**31, 2**62, INT64_MAX - 1, INT64_MAX]),
+)
+create_assets = st.builds(CreateAsset, code=st.sampled_from(ASSETS), scale=st.integers(min_value=0, max_value=18))
+create_wallets = st.builds(
+    CreateWallet, wallet_id=st.sampled_from(WALLETS), owner_id=st.sampled_from(OWNERS),
+    asset=st.sampled_from(ASSETS), metadata=metadatas, idempotency=idempotencies,
+)
+deposits = st.builds(
+    Transfer, transaction_id=st.text(min_size=1, max_size=8), type=st.just(TransactionType.DEPOSIT),
+    from_wallet_id=st.none(), to_wallet_id=st.sampled_from(WALLETS), amount=amounts,
+    description=st.none() | st.text(max_size=10), metadata=metadatas, idempotency=idempotencies,
+)
+transfers = st.builds(
+    Transfer, transaction_id=st.text(min_size=1, max_size=8), type=st.just(TransactionType.TRANSFER),
+    from_wallet_id=st.sampled_from(WALLETS), to_wallet_id=st.sampled_from(WALLETS), amount=amounts,
+    description=st.none() | st.text(max_size=10), metadata=metadatas, idempotency=idempotencies,
+)
+commands: st.SearchStrategy[Command] = st.one_of(
+    create_assets,
+    create_wallets,
+    deposits,
+    transfers,
+    transfers,  # twice: most of a real ledger's records are transfers
+    st.builds(
+        ChangeWalletStatus, wallet_id=st.sampled_from(WALLETS),
+        status=st.sampled_from([WalletStatus.ACTIVE, WalletStatus.FROZEN, WalletStatus.FROZEN, WalletStatus.CLOSED]),
+    ),
+    st.builds(
+        CreateToken, token_hash=st.sampled_from([bytes([n]) * 32 for n in range(4)]),
+        prefix=st.sampled_from(PREFIXES), owner_id=st.sampled_from(OWNERS),
+    ),
+    st.builds(RevokeToken, prefix=st.sampled_from(PREFIXES)),
+)
+# Time steps: mostly small, sometimes past the idempotency retention so records expire.
+steps_us = st.one_of(st.integers(min_value=0, max_value=10**6), st.just(IDEMPOTENCY_RETENTION_US + 1))
+
+
+def run(state: State, command: Command, now_us: int) -> None:
+    """Decides ``command`` and applies whatever it accepted, with the next LSNs."""
+    decision = decide(state, command, now_us)
+    if isinstance(decision, list):
+        for event in decision:
+            apply(state, event, state.directory.lsn + 1)
+
+
+@st.composite
+def states(draw: st.DrawFn) -> State:
+    state = new_state()
+    now_us = draw(st.integers(min_value=0, max_value=2**50))
+    # A prelude of assets, wallets and deposits, so that most of the random commands that
+    # follow find something to act on instead of being rejected.
+    prelude: list[Command] = [
+        CreateAsset(code=code, scale=draw(st.integers(min_value=0, max_value=18))) for code in ASSETS
+    ]
+    for wallet_id in draw(st.lists(st.sampled_from(WALLETS), min_size=2, unique=True)):
+        prelude.append(draw(st.builds(
+            CreateWallet, wallet_id=st.just(wallet_id), owner_id=st.sampled_from(OWNERS),
+            asset=st.sampled_from(ASSETS), metadata=metadatas, idempotency=idempotencies,
+        )))
+    prelude += draw(st.lists(deposits, min_size=1, max_size=6))
+    for command in [*prelude, *draw(st.lists(commands, min_size=4, max_size=30))]:
+        now_us += draw(steps_us)
+        run(state, command, now_us)
+    if draw(st.booleans()):
+        # ``apply`` never holds money today, but a snapshot must keep whatever it finds.
+        for wallet in state.wallets.values():
+            if not is_treasury(wallet.id):
+                wallet.held = wallet.balance // 2
+    check_invariants(state.wallets.values(), state.directory)
+    return state
+
+
+def body_of(state: State) -> bytes:
+    return b"".join(encode_state(state))
+
+
+def digest(state: State) -> str:
+    return state_digest(state.wallets.values(), state.directory)
+
+
+def everything(state: State) -> Any:
+    """All a state holds, ordered dicts as lists: stricter than ``state_digest``, which leaves
+    out wallet lsn, idempotency events and at_us, the directory's at_us and dict order."""
+    directory = state.directory
+    wallets = [
+        (w.id, w.owner_id, w.asset, w.metadata, w.balance, w.held, w.status, type(w.status),
+         w.created_at_us, w.updated_at_us, w.lsn)
+        for w in sorted(state.wallets.values(), key=lambda w: w.id)
+    ]
+    return (
+        list(directory.assets.items()), list(directory.tokens.items()),
+        list(directory.token_prefixes.items()), list(directory.idempotency.items()),
+        directory.lsn, directory.at_us, wallets,
+    )
+
+
+def assert_same(decoded: State, original: State) -> None:
+    assert digest(decoded) == digest(original)
+    assert everything(decoded) == everything(original)
+
+
+# -- round trips ---------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(state=states(), more=commands, step_us=steps_us)
+def test_round_trip_is_exact_and_keeps_evolving_alike(state: State, more: Command, step_us: int) -> None:
+    body = body_of(state)
+    decoded = decode_state(body)
+    assert_same(decoded, state)
+    check_invariants(decoded.wallets.values(), decoded.directory)
+    assert count_records(decoded) == count_records(state)
+    assert body_of(decoded) == body  # deterministic: the image depends on the state alone
+
+    # One more command: both decide alike, and the results stay identical.
+    now_us = state.directory.at_us + step_us
+    assert decide(decoded, more, now_us) == decide(state, more, now_us)
+    run(state, more, now_us)
+    run(decoded, more, now_us)
+    assert_same(decoded, state)
+
+
+def test_the_empty_state_round_trips() -> None:
+    state = new_state()
+    assert count_records(state) == 0
+    chunks = list(encode_state(state))
+    assert len(chunks) == 1
+    assert msgpack.unpackb(chunks[0]) == [SNAPSHOT_CODEC_VERSION, 0, 0, 0, 0, 0, 0]
+    assert_same(decode_state(b"".join(chunks)), state)
+
+
+def built(wallets: int) -> State:
+    """A state with one asset, ``wallets`` wallets, a token, an idempotency record and money."""
+    state = new_state()
+    run(state, CreateAsset(code="USD", scale=2), 1)
+    run(state, CreateToken(token_hash=b"h" * 32, prefix="tk_a", owner_id="alice"), 2)
+    for index in range(wallets):
+        state_id = f"w{index:06d}"
+        idempotency = Idempotency(scope="alice", key="k", fingerprint=b"f") if index == 0 else None
+        run(state, CreateWallet(wallet_id=state_id, owner_id="alice", asset="USD",
+                                metadata={"n": index}, idempotency=idempotency), 3)
+    run(state, Transfer(transaction_id="t", type=TransactionType.DEPOSIT, from_wallet_id=None,
+                        to_wallet_id="w000000", amount=5, description=None, metadata=None,
+                        idempotency=None), 4)
+    return state
+
+
+def test_the_body_layout_matches_the_docstring() -> None:
+    state = built(2)
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(body_of(state))
+    objects = list(unpacker)
+    record = state.directory.idempotency[("alice", "k")]
+    assert isinstance(record.event, WalletCreated)
+    assert objects == [
+        [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 1, 1, 3],
+        ["USD", 2, 1],
+        [b"h" * 32, "tk_a", "alice", 2],
+        ["alice", "k", b"f", 3, 3, encode_event(record.event)],
+        [treasury_id("USD"), "system", "USD", None, -5, 0, 0, 1, 4, 5],
+        ["w000000", "alice", "USD", {"n": 0}, 5, 0, 0, 3, 4, 5],
+        ["w000001", "alice", "USD", {"n": 1}, 0, 0, 0, 3, 3, 4],
+    ]
+
+
+def test_chunks_hold_at_most_chunk_records_entities() -> None:
+    state = built(2 * ledger._snapshot.CHUNK_RECORDS + 5)
+    records = count_records(state)
+    assert records == 1 + 1 + 1 + 2 * ledger._snapshot.CHUNK_RECORDS + 5 + 1
+    chunks = list(encode_state(state))
+    sizes = []
+    for chunk in chunks:
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(chunk)
+        sizes.append(sum(1 for _ in unpacker))
+    assert sizes[0] == 1  # the header alone
+    assert sizes[1:] == [ledger._snapshot.CHUNK_RECORDS, ledger._snapshot.CHUNK_RECORDS, 9]
+    assert_same(decode_state(b"".join(chunks)), state)
+
+
+def test_the_token_prefixes_are_rebuilt_and_revoked_tokens_stay_gone() -> None:
+    state = built(0)
+    run(state, CreateToken(token_hash=b"g" * 32, prefix="tk_b", owner_id="bob"), 5)
+    run(state, RevokeToken(prefix="tk_a"), 6)
+    decoded = decode_state(body_of(state))
+    assert decoded.directory.token_prefixes == {"tk_b": b"g" * 32}
+    assert_same(decoded, state)
+    assert decide(decoded, RevokeToken(prefix="tk_b"), 7) == [TokenRevoked(prefix="tk_b", at_us=7)]
+    rejection = decide(decoded, RevokeToken(prefix="tk_a"), 7)
+    assert isinstance(rejection, Rejection)
+    assert rejection.reason == Reason.TOKEN_NOT_FOUND
+
+
+def test_through_the_snapshot_store(tmp_path: Path) -> None:
+    """The pairing the server does: digest in the header on write, compared after decoding."""
+    state = built(3)
+    write_snapshot(
+        tmp_path, lsn=state.directory.lsn, records=count_records(state), log_checksum=b"\x07" * 16,
+        state_digest=bytes.fromhex(digest(state)), created_at_us=state.directory.at_us,
+        chunks=encode_state(state),
+    )
+    loaded = load_newest(tmp_path)
+    assert loaded.snapshot is not None
+    decoded = decode_state(loaded.snapshot.body)
+    assert bytes.fromhex(digest(decoded)) == loaded.snapshot.header.state_digest
+    assert count_records(decoded) == loaded.snapshot.header.records
+    assert decoded.directory.lsn == loaded.snapshot.header.lsn
+    assert_same(decoded, state)
+
+
+# -- garbage -------------------------------------------------------------------------------
+
+
+def packed(*objects: Any) -> bytes:
+    return b"".join(msgpack.packb(item, use_bin_type=True) for item in objects)
+
+
+GOOD_HEADER = [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 0, 0, 1]
+GOOD_ASSET = ["USD", 2, 1]
+GOOD_WALLET = [treasury_id("USD"), "system", "USD", None, 0, 0, 0, 1, 1, 1]
+WALLET_CREATED = encode_event(
+    WalletCreated(wallet_id="w", owner_id="o", asset="USD", metadata=None, at_us=0,
+                  idempotency=Idempotency(scope="s", key="k", fingerprint=b"f"))
+)
+
+
+def test_the_garbage_fixtures_decode_when_intact() -> None:
+    decode_state(packed(GOOD_HEADER, GOOD_ASSET, GOOD_WALLET))
+
+
+def _with(base: list[Any], index: int, value: Any) -> list[Any]:
+    return [*base[:index], value, *base[index + 1 :]]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"", "undecodable"),
+        (packed([]), "expected an array"),
+        (packed({"version": 1}), "expected an array"),
+        (packed(_with(GOOD_HEADER, 0, 2)), "unknown snapshot codec version 2"),
+        (packed(_with(GOOD_HEADER, 0, True)), "unknown snapshot codec version True"),
+        (packed(GOOD_HEADER[:-1]), "expected an array of 7"),
+        (packed(_with(GOOD_HEADER, 1, -1)), "lsn"),
+        (packed(_with(GOOD_HEADER, 3, 10**6)), "asset count"),
+        (packed(GOOD_HEADER, GOOD_ASSET), "undecodable"),  # truncated: the wallet is missing
+        (packed(GOOD_HEADER, GOOD_ASSET, GOOD_WALLET, 0), "1 bytes after the last wallet"),
+        (packed(GOOD_HEADER, _with(GOOD_ASSET, 1, "2"), GOOD_WALLET), "scale"),
+        (packed(_with(GOOD_HEADER, 3, 2), GOOD_ASSET, GOOD_ASSET, GOOD_WALLET), "appears twice"),
+        (packed(GOOD_HEADER, GOOD_ASSET, _with(GOOD_WALLET, 6, 7)), "undecodable"),  # no such status
+        (packed(GOOD_HEADER, GOOD_ASSET, _with(GOOD_WALLET, 4, 2**63)), "balance"),
+        (packed(GOOD_HEADER, GOOD_ASSET, _with(GOOD_WALLET, 5, -1)), "held"),
+        (packed(GOOD_HEADER, GOOD_ASSET, _with(GOOD_WALLET, 9, 6)), "wallet lsn"),
+        (packed(GOOD_HEADER, GOOD_ASSET, _with(GOOD_WALLET, 3, [1])), "metadata"),
+        (packed(GOOD_HEADER, GOOD_ASSET, _with(GOOD_WALLET, 0, b"id")), "wallet id"),
+        (packed(_with(GOOD_HEADER, 6, 2), GOOD_ASSET, GOOD_WALLET, GOOD_WALLET), "out of order"),
+        (packed(GOOD_HEADER, GOOD_ASSET, _with(GOOD_WALLET, 3, {1: 2})), "undecodable"),  # int map key
+        # An asset code that is not UTF-8.
+        (packed(GOOD_HEADER) + b"\x93\xa2\xff\xfe\x02\x01" + packed(GOOD_WALLET), "undecodable"),
+        (packed(_with(GOOD_HEADER, 5, 1), GOOD_ASSET, ["s", "k", b"f", 2, 0, b"\x00"], GOOD_WALLET),
+         None),  # the event codec's own message
+        (packed(_with(GOOD_HEADER, 5, 1), GOOD_ASSET,
+                ["s", "k", b"f", 2, 0, encode_event(TokenRevoked(prefix="p", at_us=0))], GOOD_WALLET),
+         "holds a TokenRevoked"),
+        (packed(_with(GOOD_HEADER, 5, 1), GOOD_ASSET, ["s", "k", b"f", 9, 0, WALLET_CREATED], GOOD_WALLET),
+         "idempotency lsn"),
+    ],
+    ids=[
+        "empty", "header-empty", "header-map", "version", "version-bool", "header-short", "lsn",
+        "count-past-body", "truncated", "trailing", "scale-type", "asset-twice", "status", "balance",
+        "held", "wallet-lsn", "metadata", "wallet-id-type", "wallet-order", "map-key", "utf8",
+        "event-garbage", "event-kind", "idempotency-lsn",
+    ],
+)
+def test_garbage_is_refused_with_codec_error(body: bytes, expected: str | None) -> None:
+    with pytest.raises(CodecError, match=expected):
+        decode_state(body)
+
+
+def test_idempotency_records_must_be_in_lsn_order() -> None:
+    event = WALLET_CREATED
+    header = _with(GOOD_HEADER, 5, 2)
+    in_order = packed(header, GOOD_ASSET, ["s", "k", b"f", 2, 0, event], ["s", "l", b"f", 3, 0, event], GOOD_WALLET)
+    decode_state(in_order)
+    backwards = packed(header, GOOD_ASSET, ["s", "k", b"f", 3, 0, event], ["s", "l", b"f", 2, 0, event], GOOD_WALLET)
+    with pytest.raises(CodecError, match="idempotency lsn"):
+        decode_state(backwards)
+    twice = packed(header, GOOD_ASSET, ["s", "k", b"f", 2, 0, event], ["s", "k", b"f", 3, 0, event], GOOD_WALLET)
+    with pytest.raises(CodecError, match="appears twice"):
+        decode_state(twice)
+
+
+def decodes_or_refuses(body: bytes) -> None:
+    """``decode_state`` returns a state or raises CodecError; any other exception escapes."""
+    try:
+        decoded = decode_state(body)
+    except CodecError:
+        return
+    assert isinstance(decoded, State)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=300))
+def test_random_bytes_raise_codec_error_only(body: bytes) -> None:
+    decodes_or_refuses(body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(objects=st.lists(json_values | st.binary(max_size=4), max_size=6))
+def test_random_msgpack_raises_codec_error_only(objects: list[Any]) -> None:
+    decodes_or_refuses(packed(*objects))
+    decodes_or_refuses(packed(GOOD_HEADER, *objects))
+
+
+@settings(max_examples=100, deadline=None)
+@given(state=states(), data=st.data())
+def test_damaged_bodies_raise_codec_error_only(state: State, data: st.DataObject) -> None:
+    body = body_of(state)
+    cut = data.draw(st.integers(min_value=0, max_value=len(body) - 1))
+    with pytest.raises(CodecError):
+        decode_state(body[:cut])  # every prefix is missing something the counts promise
+    offset = data.draw(st.integers(min_value=0, max_value=len(body) - 1))
+    replacement = data.draw(st.binary(min_size=1, max_size=4))
+    decodes_or_refuses(body[:offset] + replacement + body[offset + len(replacement) :])
