@@ -6,6 +6,17 @@ The state machine (``_model``, ``_state``) is stdlib-only and deterministic; the
 documented in ``_state`` and ``_shard``.
 """
 
+from ledger._checkpoint import (
+    SNAPSHOT_EVERY_DEFAULT,
+    Base,
+    build_snapshot,
+    kept_floor,
+    load_base,
+    remove_covered,
+    replay_until,
+    snapshots_dir,
+    write_state,
+)
 from ledger._codec import CODEC_VERSION, CodecError, decode_event, encode_event
 from ledger._history import Entry, History, HistoryLagging, TransactionRow
 from ledger._ledger import (
@@ -85,10 +96,12 @@ __all__ = [
     "SCALE_MAX",
     "SHARDS_DEFAULT",
     "SNAPSHOT_CODEC_VERSION",
+    "SNAPSHOT_EVERY_DEFAULT",
     "SYSTEM_OWNER",
     "TREASURY_PREFIX",
     "Asset",
     "AssetCreated",
+    "Base",
     "ChangeWalletStatus",
     "Clock",
     "CodecError",
@@ -128,6 +141,7 @@ __all__ = [
     "WalletStatusChanged",
     "WalletView",
     "apply",
+    "build_snapshot",
     "check_credit",
     "check_invariants",
     "count_records",
@@ -138,10 +152,16 @@ __all__ = [
     "encode_event",
     "encode_state",
     "is_treasury",
+    "kept_floor",
+    "load_base",
     "new_state",
     "open_ledger",
     "recover",
+    "remove_covered",
+    "replay_until",
     "shard_of",
+    "snapshots_dir",
     "state_digest",
     "treasury_id",
+    "write_state",
 ]

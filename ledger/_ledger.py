@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 
 from ledger import _state
+from ledger._checkpoint import Base, load_base
 from ledger._codec import decode_event
 from ledger._history import BATCH_RECORDS_MAX as HISTORY_BATCH_RECORDS
 from ledger._history import History
@@ -40,7 +41,7 @@ from ledger._model import (
 )
 from ledger._shard import Reply, Shard, shard_of
 from ledger._state import Decision, Directory, State
-from wal import ScanResult, WriteAheadLog, scan
+from wal import LogCorrupt, ScanResult, WriteAheadLog, list_segments, scan
 
 log = logging.getLogger("ledger")
 
@@ -107,19 +108,25 @@ RECOVERY_PROGRESS_RECORDS = 100_000
 
 
 def recover(data_dir: Path, *, truncate_torn_tail: bool = True) -> Recovered:
-    """Rebuilds the ledger from ``<data_dir>/wal`` and brings the history read model up to the
-    end of the log. Raises ``wal.LogCorrupt``. Blocking: run it in a worker thread."""
+    """Rebuilds the ledger from the newest valid snapshot and the log after it, and brings the
+    history read model up to the end of the log. Raises ``wal.LogCorrupt``. Blocking: run it in
+    a worker thread."""
     started = time.perf_counter()
     history = History.open(data_dir / "history.sqlite3")
     try:
-        state, result = _replay(data_dir, history, truncate_torn_tail=truncate_torn_tail)
+        base = load_base(data_dir)
+        for path, reason in base.skipped:
+            log.warning("snapshot %s is damaged (%s): using an older one and a longer log suffix", path, reason)
+        if base.path is not None:
+            log.info("recovery: snapshot %s at LSN %d", base.path.name, base.lsn)
+        state, result = _replay(data_dir, base, history, truncate_torn_tail=truncate_torn_tail)
         if history.applied_lsn > result.next_lsn - 1:
             log.warning(
                 "history is at LSN %d but the log ends at %d (the log was cut): rebuilding it",
                 history.applied_lsn, result.next_lsn - 1,
             )
             history.reset()
-            state, result = _replay(data_dir, history, truncate_torn_tail=False)
+            state, result = _replay(data_dir, load_base(data_dir), history, truncate_torn_tail=False)
         _state.check_invariants(state.wallets.values(), state.directory)
     except BaseException:
         history.stop_thread()
@@ -127,24 +134,54 @@ def recover(data_dir: Path, *, truncate_torn_tail: bool = True) -> Recovered:
     return Recovered(state=state, history=history, scan=result, seconds=time.perf_counter() - started)
 
 
-def _replay(data_dir: Path, history: History, *, truncate_torn_tail: bool) -> tuple[State, ScanResult]:
-    state = _state.new_state()
+def _replay(data_dir: Path, base: Base, history: History, *, truncate_torn_tail: bool) -> tuple[State, ScanResult]:
+    state = base.state
+    snapshot_lsn = base.lsn
+    projected = history.applied_lsn
+    segments = list_segments(data_dir / "wal")
+    oldest = segments[0][0] if segments else snapshot_lsn + 1
+    if projected < snapshot_lsn and projected < oldest - 1:
+        # The log no longer holds what the read model misses (it was deleted after segments were
+        # removed): keep going from the snapshot's balances; older statements are lost.
+        log.warning(
+            "history read model is at LSN %d but the log starts at %d: history before LSN %d "
+            "cannot be rebuilt; continuing from the snapshot's balances", projected, oldest, snapshot_lsn,
+        )
+        history.seed(state, snapshot_lsn)
+        projected = snapshot_lsn
+    start = min(projected, snapshot_lsn)
+    if projected:
+        log.info("history read model is at LSN %d", projected)
     result = ScanResult()
-    projected_from = history.applied_lsn
-    if projected_from:
-        log.info("history read model is at LSN %d", projected_from)
     batch: list[tuple[int, Any]] = []
-    for frame in scan(data_dir / "wal", result, truncate_torn_tail=truncate_torn_tail):
+    replayed = 0
+    for frame in scan(
+        data_dir / "wal", result, after_lsn=start,
+        after_checksum=base.log_checksum if start == snapshot_lsn else None,
+        truncate_torn_tail=truncate_torn_tail,
+    ):
+        if frame.lsn == snapshot_lsn and base.log_checksum is not None and frame.checksum != base.log_checksum:
+            raise LogCorrupt(
+                path=data_dir / "wal", offset=0, lsn=frame.lsn,
+                reason="the snapshot's last record does not match the log at its LSN",
+            )
         event = decode_event(frame.payload)
-        _state.apply(state, event, frame.lsn)
-        if frame.lsn > projected_from:
+        if frame.lsn > snapshot_lsn:
+            _state.apply(state, event, frame.lsn)
+            replayed += 1
+        if frame.lsn > projected:
             batch.append((frame.lsn, event))
             if len(batch) >= HISTORY_BATCH_RECORDS:
                 history.project_blocking(batch)
                 batch = []
         if frame.lsn % RECOVERY_PROGRESS_RECORDS == 0:
-            log.info("recovery: replayed up to LSN %d", frame.lsn)
+            log.info("recovery: read up to LSN %d", frame.lsn)
     history.project_blocking(batch)
+    result.records = replayed
+    if result.next_lsn <= snapshot_lsn:
+        # Nothing after the snapshot in the log (or no log at all): continue the chain from it.
+        result.next_lsn = snapshot_lsn + 1
+        result.last_checksum = base.log_checksum or result.last_checksum
     return state, result
 
 

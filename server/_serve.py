@@ -17,13 +17,16 @@ import signal
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from ledger import SHARDS_DEFAULT, Ledger, recover
+from ledger import SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT, Ledger, recover
 from server._app import Api, build_app
+from server._lock import lock_data_dir
+from server._snapshotter import Snapshotter
 from wal import LogCorrupt
 
 log = logging.getLogger("server")
@@ -41,6 +44,8 @@ class ServeOptions:
     shards: int = SHARDS_DEFAULT
     shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
     segment_bytes_max: int | None = None
+    snapshot_every: int = SNAPSHOT_EVERY_DEFAULT
+    archive: bool = False
 
 
 def admin_token(data_dir: Path) -> str:
@@ -102,11 +107,17 @@ async def _crash_only(ledger: Ledger, task_status: trio.TaskStatus[None] = trio.
         os._exit(EXIT_SOFTWARE)
 
 
+async def _until_cancelled(scope: trio.CancelScope, function: Any) -> None:
+    with scope:
+        await function()
+
+
 async def serve(options: ServeOptions) -> int:
     """Serves until SIGTERM/SIGINT; returns the exit status. Raises ``wal.LogCorrupt`` when
     the log is damaged (the command line reports it and exits 2)."""
     data_dir = options.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_data_dir(data_dir)  # held until the process exits; raises DataDirLocked
     api = Api(admin_token=admin_token(data_dir))
     app = build_app(api)
     shutdown = trio.Event()
@@ -142,18 +153,31 @@ async def serve(options: ServeOptions) -> int:
                     segment_bytes_max=options.segment_bytes_max,
                 )
                 await nursery.start(_crash_only, ledger)
+                snapshotter = Snapshotter(
+                    data_dir, ledger, every=options.snapshot_every, archive=options.archive
+                )
                 api.ledger = ledger
+                api.snapshotter = snapshotter
                 log.info(
                     "ready: %d records replayed in %.3f s, next LSN %d, %d shards",
                     recovered.scan.records, recovered.seconds, ledger.wal.next_lsn, options.shards,
                 )
+                periodic = trio.CancelScope()
+                nursery.start_soon(_until_cancelled, periodic, snapshotter.run)
                 await shutdown.wait()
+                deadline = trio.current_time() + options.shutdown_timeout_s
+                periodic.cancel()
                 await http_done.wait()
                 await ledger.stop()
         outer.cancel_scope.cancel()
     if refused is not None:
         raise refused
     assert ledger is not None
+    with trio.move_on_at(deadline) as bounded:
+        await trio.to_thread.run_sync(snapshotter.final, abandon_on_cancel=True)
+    if bounded.cancelled_caught:
+        log.warning("shutdown timeout reached before the final snapshot was written; the log is complete")
+    del lock
     stats = ledger.wal.statistics()
     log.info(
         "stopped cleanly at LSN %d; this run wrote %d records in %d group commits "

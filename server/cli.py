@@ -1,4 +1,4 @@
-"""The ``wallet`` command line: ``serve``, and the log tools under ``wal``.
+"""The ``wallet`` command line: ``serve``, the log tools under ``wal`` and ``snapshot``.
 
 Exit codes: 0 success, 1 a check failed or a bug, 2 refused (damaged data or bad arguments).
 """
@@ -6,22 +6,15 @@ Exit codes: 0 success, 1 a check failed or a bug, 2 refused (damaged data or bad
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from ledger import (
-    SHARDS_DEFAULT,
-    CodecError,
-    check_invariants,
-    decode_event,
-    new_state,
-    state_digest,
-)
-from ledger import apply as apply_event
-from wal import LogCorrupt, RepairRefused, ScanResult, apply_repair, plan_repair, scan
+from ledger import SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT
+from server import _tools as tools
+from server._lock import DataDirLocked
+from wal import LogCorrupt
 
 
 def _positive(text: str) -> int:
@@ -51,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--segment-bytes", type=_positive, default=None,
         help="roll WAL segments at this size (default 64 MiB)",
     )
+    serve.add_argument(
+        "--snapshot-every", type=_positive, default=SNAPSHOT_EVERY_DEFAULT,
+        help=f"records between periodic snapshots (default {SNAPSHOT_EVERY_DEFAULT:,})",
+    )
+    serve.add_argument(
+        "--archive", action="store_true",
+        help="move WAL segments covered by snapshots to <data>/archive/ instead of deleting them",
+    )
     serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
     wal = commands.add_parser("wal", help="inspect and check the write-ahead log")
@@ -71,89 +72,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop every record from this LSN on (needed when valid records follow damage)",
     )
     repair.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+    replay = wal_commands.add_parser(
+        "replay", help="point-in-time recovery: a new data directory as the ledger was at an LSN or time"
+    )
+    replay.add_argument("--data", type=Path, required=True)
+    until = replay.add_mutually_exclusive_group(required=True)
+    until.add_argument("--until-lsn", type=_positive)
+    until.add_argument("--until-time", help="RFC 3339, e.g. 2026-11-22T10:00:00Z")
+    replay.add_argument("--out", type=Path, required=True, help="the new data directory (must be empty)")
+
+    snapshot = commands.add_parser("snapshot", help="create, list and verify snapshots")
+    snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", required=True)
+    create = snapshot_commands.add_parser("create", help="snapshot the data directory (server stopped)")
+    create.add_argument("--data", type=Path, required=True)
+    create.add_argument("--until-lsn", type=_positive, default=None, help="default: the end of the log")
+    create.add_argument("--server-child", action="store_true", help=argparse.SUPPRESS)
+    for name, text in (("list", "list snapshots"), ("verify", "check every snapshot fully")):
+        sub = snapshot_commands.add_parser(name, help=text)
+        sub.add_argument("--data", type=Path, required=True)
     return parser
 
 
-def wal_repair(data_dir: Path, *, truncate_at_lsn: int | None, dry_run: bool) -> int:
-    directory = data_dir / "wal"
-    try:
-        plan = plan_repair(directory, truncate_at_lsn=truncate_at_lsn)
-    except RepairRefused as error:
-        print(f"REFUSED: {error}")
-        return 1
-    print(plan.describe())
-    if plan.empty or dry_run:
-        return 0
-    aside = apply_repair(directory, plan)
-    if aside is not None:
-        print(f"moved {len(plan.segments_moved)} segment(s) to {aside}")
-    print("repaired; `wallet wal verify` should now pass")
-    return 0
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return {name: _plain(getattr(value, name)) for name in value.__dataclass_fields__}
-    if hasattr(value, "label"):
-        return value.label
-    return value
-
-
-def wal_verify(data_dir: Path) -> int:
-    result = ScanResult()
-    state = new_state()
-    try:
-        for frame in scan(data_dir / "wal", result, truncate_torn_tail=False):
-            apply_event(state, decode_event(frame.payload), frame.lsn)
-    except LogCorrupt as error:
-        print(f"FAILED: {error}")
-        return 1
-    except CodecError as error:
-        print(f"FAILED: record LSN {result.next_lsn} does not decode: {error}")
-        return 1
-    try:
-        check_invariants(state.wallets.values(), state.directory)
-    except AssertionError as error:
-        print(f"FAILED: invariant violated after replay: {error}")
-        return 1
-    last = result.next_lsn - 1
-    print(f"segments: {result.segments}")
-    print(f"records:  {result.records}")
-    print(f"LSNs:     {result.first_lsn or '-'}..{last}")
-    print(f"wallets:  {len(state.wallets)}; assets: {len(state.directory.assets)}")
-    print(f"digest:   {state_digest(state.wallets.values(), state.directory)}")
-    for message in result.torn:
-        print(f"WARNING: {message} (the server cuts it on start)")
-    print("OK")
-    return 0
-
-
-def wal_dump(data_dir: Path, *, from_lsn: int, to_lsn: int | None, fmt: str) -> int:
-    result = ScanResult()
-    try:
-        for frame in scan(data_dir / "wal", result, truncate_torn_tail=False):
-            if frame.lsn < from_lsn:
-                continue
-            if to_lsn is not None and frame.lsn > to_lsn:
-                break
-            event = decode_event(frame.payload)
-            if fmt == "jsonl":
-                record = {"lsn": frame.lsn, "type": type(event).__name__, **_plain(event)}
-                print(json.dumps(record))
-            else:
-                print(f"{frame.lsn:>10} {type(event).__name__} {_plain(event)}")
-    except LogCorrupt as error:
-        print(f"wallet wal dump: {error}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
-    return 0
+def _parse_time(raw: str) -> int:
+    moment = datetime.fromisoformat(raw)
+    if moment.tzinfo is None:
+        raise SystemExit("--until-time needs a time zone (Z or an offset)")
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,18 +117,34 @@ def main(argv: list[str] | None = None) -> int:
                     data_dir=arguments.data, host=arguments.host, port=arguments.port,
                     shards=arguments.shards, shutdown_timeout_s=arguments.shutdown_timeout,
                     segment_bytes_max=arguments.segment_bytes,
+                    snapshot_every=arguments.snapshot_every, archive=arguments.archive,
                 )
             )
         except LogCorrupt as error:
             print(f"wallet serve: refusing to start: {error}", file=sys.stderr, flush=True)
             return 2
+        except DataDirLocked as error:
+            print(f"wallet serve: {error}", file=sys.stderr, flush=True)
+            return 2
     if arguments.command == "wal":
         if arguments.wal_command == "verify":
-            return wal_verify(arguments.data)
+            return tools.wal_verify(arguments.data)
         if arguments.wal_command == "dump":
-            return wal_dump(arguments.data, from_lsn=arguments.from_lsn, to_lsn=arguments.to_lsn, fmt=arguments.format)
+            return tools.wal_dump(arguments.data, from_lsn=arguments.from_lsn, to_lsn=arguments.to_lsn, fmt=arguments.format)
         if arguments.wal_command == "repair":
-            return wal_repair(arguments.data, truncate_at_lsn=arguments.truncate_at_lsn, dry_run=arguments.dry_run)
+            return tools.wal_repair(arguments.data, truncate_at_lsn=arguments.truncate_at_lsn, dry_run=arguments.dry_run)
+        if arguments.wal_command == "replay":
+            until_us = None
+            if arguments.until_time is not None:
+                until_us = _parse_time(arguments.until_time)
+            return tools.wal_replay(arguments.data, until_lsn=arguments.until_lsn, until_us=until_us, out=arguments.out)
+    if arguments.command == "snapshot":
+        if arguments.snapshot_command == "create":
+            return tools.snapshot_create(arguments.data, until_lsn=arguments.until_lsn, server_child=arguments.server_child)
+        if arguments.snapshot_command == "list":
+            return tools.snapshot_list(arguments.data)
+        if arguments.snapshot_command == "verify":
+            return tools.snapshot_verify(arguments.data)
     raise AssertionError(arguments)
 
 

@@ -43,6 +43,7 @@ treated as one (TigerBeetle resolves the same ambiguity with replicas; we have n
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import struct
@@ -290,3 +291,16 @@ def scan(
             path=segments[-1][1], offset=0, lsn=end_lsn,
             reason=f"the log ends at LSN {end_lsn - 1}, before the snapshot's LSN {after_lsn}",
         )
+
+
+def covered_segments(directory: Path, floor_lsn: int) -> list[Path]:
+    """Segments whose every record has an LSN <= ``floor_lsn`` (so a snapshot and every other
+    reader of the log have moved past them). Never the last segment: it is the one being
+    written, and its existence is what tells recovery where the log continues."""
+    segments = list_segments(directory)
+    covered = []
+    for (first_lsn, path), (next_first_lsn, _) in itertools.pairwise(segments):
+        assert first_lsn < next_first_lsn
+        if next_first_lsn - 1 <= floor_lsn:
+            covered.append(path)
+    return covered

@@ -131,6 +131,12 @@ class WriteAheadLog:
         return self._durable_lsn
 
     @property
+    def durable_checksum(self) -> bytes:
+        """The checksum of the record at ``durable_lsn`` (what a snapshot at that LSN records so
+        the hash chain continues). Only meaningful while no write is in progress."""
+        return self._parent
+
+    @property
     def failed(self) -> str | None:
         return self._failed
 
