@@ -118,12 +118,16 @@ def main(argv: list[str] | None = None) -> int:
             server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+            while True:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    print(f"the server did not become ready:\n{log_path.read_text()[-3000:]}", file=sys.stderr)
+                    return 2
                 try:
                     if httpx.get(url + "/ready").status_code == 200:
                         break
                 except httpx.HTTPError:
-                    time.sleep(0.1)
+                    pass
+                time.sleep(0.1)
             started = time.monotonic()
             trio.run(_seed, url, token, wallets)
             print(f"seeded {wallets} wallets in {time.monotonic() - started:.1f} s")

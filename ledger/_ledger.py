@@ -112,6 +112,7 @@ def recover(data_dir: Path, *, truncate_torn_tail: bool = True) -> Recovered:
     history read model up to the end of the log. Raises ``wal.LogCorrupt``. Blocking: run it in
     a worker thread."""
     started = time.perf_counter()
+    data_dir.mkdir(parents=True, exist_ok=True)
     history = History.open(data_dir / "history.sqlite3")
     try:
         base = load_base(data_dir)
