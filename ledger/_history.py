@@ -39,6 +39,7 @@ BATCH_RECORDS_MAX = 5000
 # Durable records waiting for the projector beyond which writers are told to back off.
 PENDING_RECORDS_MAX = 200_000
 READ_WAIT_S = 5
+CACHE_KIB = 256 * 1024  # SQLite page cache of the read model
 _IN_CHUNK = 500  # SQLite's bound-parameter limit is generous, but keep IN lists short
 
 SCHEMA = """
@@ -125,6 +126,7 @@ class History:
         self._batches = 0
         self._records = 0
         self._nanoseconds = 0
+        self._balances: dict[str, int] = {}
 
     @classmethod
     def open(cls, path: Path) -> History:
@@ -142,6 +144,7 @@ class History:
     def reset(self) -> None:
         """Drops every row (the log was cut below what the read model holds). Blocking."""
         self._thread.run_blocking(_reset(self._connection))
+        self._balances.clear()
         self.applied_lsn = self._fed_lsn = 0
 
     def seed(self, state: Any, lsn: int) -> None:
@@ -149,6 +152,7 @@ class History:
         are gone). Wallets get negative creation keys in creation-time order. Blocking."""
         wallets = sorted(state.wallets.values(), key=lambda wallet: (wallet.created_at_us, wallet.id))
         self._thread.run_blocking(_seed(self._connection, wallets, lsn))
+        self._balances.clear()
         self.applied_lsn = self._fed_lsn = lsn
 
     def project_blocking(self, records: list[tuple[int, Event]]) -> None:
@@ -214,9 +218,12 @@ class History:
             {wallet_id for _, event in records if isinstance(event, Transferred)
              for wallet_id in (event.from_wallet_id, event.to_wallet_id)}
         )
-        balances: dict[str, int] = {}
-        for index in range(0, len(touched), _IN_CHUNK):
-            chunk = touched[index : index + _IN_CHUNK]
+        # Running balances: a cache in front of the balances table (one entry per wallet that
+        # moved money since start), so a batch rarely has to read them back.
+        balances = self._balances
+        missing = [wallet_id for wallet_id in touched if wallet_id not in balances]
+        for index in range(0, len(missing), _IN_CHUNK):
+            chunk = missing[index : index + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
             async with connection.execute(
                 f"SELECT wallet_id, balance FROM balances WHERE wallet_id IN ({marks})", chunk
@@ -263,6 +270,7 @@ class History:
             await connection.commit()
         except BaseException:
             await connection.rollback()
+            self._balances.clear()  # the cache may hold this batch's uncommitted values
             raise
         self.applied_lsn = last
         self._batches += 1
@@ -381,6 +389,8 @@ async def _open(path: Path) -> tuple[aiosqlite.Connection, int]:
         # last commits for speed (the projector resumes from whatever LSN survived).
         await connection.execute("PRAGMA journal_mode=WAL")
         await connection.execute("PRAGMA synchronous=NORMAL")
+        # Statement inserts land all over the (wallet_id, lsn) B-tree: keep it in memory.
+        await connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         await connection.executescript(SCHEMA)
         async with connection.execute("SELECT value FROM meta WHERE key = 'schema'") as cursor:
             row = await cursor.fetchone()

@@ -155,6 +155,18 @@ def _find_valid_frame_after(data: bytes, offset: int, lsn: int) -> tuple[int, Fr
     return None
 
 
+def _skip_frame(data: bytes, offset: int, lsn: int) -> tuple[int, bytes] | None:
+    """(offset after, stored checksum) of the frame at ``offset`` if its header is plausible for
+    ``lsn``; None to fall back to a full decode (which then reports whatever is wrong)."""
+    if offset + HEADER_BYTES > len(data):
+        return None
+    digest, _, found_lsn, _, size, version, flags = _frame.HEADER.unpack_from(data, offset)
+    end = offset + HEADER_BYTES + size
+    if found_lsn != lsn or version != _frame.FRAME_VERSION or flags or end > len(data):
+        return None
+    return end, digest
+
+
 def scan(
     directory: Path,
     result: ScanResult,
@@ -223,6 +235,17 @@ def scan(
         while offset < len(data):
             if until_lsn is not None and lsn_here > until_lsn:
                 return
+            if lsn_here < after_lsn:
+                # Inside the snapshot image: walk the headers without verifying payloads (the
+                # image already holds their effect). The record at ``after_lsn`` is verified in
+                # full and must match the snapshot's checksum, which anchors the chain again.
+                skipped = _skip_frame(data, offset, lsn_here)
+                if skipped is not None:
+                    offset, parent_here = skipped
+                    lsn_here += 1
+                    result.tail_path = path
+                    result.tail_offset = offset
+                    continue
             try:
                 frame = _frame.decode(data, offset)
             except FrameError as error:
