@@ -183,6 +183,8 @@ def scan(
     off the last segment (and fsynced); without it, it is only reported in ``result.torn``.
     ``until_lsn`` stops after that record without reading further: a reader of a log that is
     still being written (the snapshot builder) must stop at what it knows to be durable.
+    Records inside the snapshot image are walked by header only (``wallet wal verify`` scans
+    from the start of the kept log to check them all).
     """
     segments = list_segments(directory)
     expected_lsn = after_lsn + 1
