@@ -691,5 +691,6 @@ async def test_damage_inside_the_snapshot_image_is_found_only_when_asked(built: 
     flip(built, 5, 60)
     frames, result = scan_all(built.directory, after_lsn=10, after_checksum=built.checksum(10))
     assert frames == built.frames[10:]
+    assert not result.torn
     _, error = scan_until_error(built.directory)
     assert error.lsn == 5
