@@ -7,7 +7,7 @@ PORT   ?= 8080
 DATA   ?= ./data
 SHARDS ?=
 
-.PHONY: install run test test-fast lint bench-transfers clean
+.PHONY: install run test test-fast lint sim bench-transfers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# Deterministic simulation: random seeds for SECONDS (default 60); SIM_SEED=n replays one seed.
+SECONDS ?= 60
+sim: $(STAMP)
+	SECONDS_BUDGET=$(SECONDS) $(BIN)/python -m tests.sim.run
 
 # The foundation's load script: wrk against a real server on a temporary data directory.
 bench-transfers: $(STAMP)

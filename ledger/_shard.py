@@ -228,25 +228,31 @@ class Shard:
         return not self._internal and not self._external
 
     async def run(self) -> None:
-        handlers = self._handlers
-        internal = self._internal
-        external = self._external
         while True:
-            if not internal and not external:
+            if not self._internal and not self._external:
                 if self._stopping:
                     return
                 self._wakeup = anyio.Event()
                 self._sleeping = True
                 await self._wakeup.wait()
                 continue
-            self._drains += 1
-            handled = 0
-            while (internal or external) and handled < DRAIN_MAX:
-                message = internal.popleft() if internal else external.popleft()
-                handlers[type(message)](message)
-                handled += 1
-            self._messages += handled
+            self.drain(DRAIN_MAX)
             await anyio.lowlevel.checkpoint()
+
+    def drain(self, limit: int) -> int:
+        """Handles up to ``limit`` waiting messages, internal ones first, in one synchronous
+        step; returns how many. (``run`` calls it; the simulation calls it directly.)"""
+        handlers = self._handlers
+        internal = self._internal
+        external = self._external
+        handled = 0
+        while (internal or external) and handled < limit:
+            message = internal.popleft() if internal else external.popleft()
+            handlers[type(message)](message)
+            handled += 1
+        self._drains += 1
+        self._messages += handled
+        return handled
 
     def _resolve(self, reply: Reply, value: Any, lsn: int) -> None:
         reply.value = value

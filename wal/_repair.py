@@ -53,15 +53,17 @@ def plan_repair(directory: Path, *, truncate_at_lsn: int | None = None) -> Repai
         return RepairPlan()
     result = ScanResult()
     cut: tuple[Path, int] | None = None
+    # A compacted log starts after LSN 1: check it from its first kept segment.
+    first_lsn = segments[0][0]
     if truncate_at_lsn is not None:
-        if truncate_at_lsn < 1:
-            raise RepairRefused("--truncate-at-lsn must be at least 1")
-        if truncate_at_lsn == 1:
+        if truncate_at_lsn < first_lsn:
+            raise RepairRefused(f"--truncate-at-lsn must be at least {first_lsn}, where the kept log starts")
+        if truncate_at_lsn == first_lsn:
             cut = (segments[0][1], SEGMENT_HEADER_BYTES)
-    last_lsn = 0
+    last_lsn = first_lsn - 1
     damage: LogCorrupt | None = None
     try:
-        for frame in scan(directory, result, truncate_torn_tail=False):
+        for frame in scan(directory, result, after_lsn=first_lsn - 1, truncate_torn_tail=False):
             last_lsn = frame.lsn
             if truncate_at_lsn is not None and frame.lsn == truncate_at_lsn - 1:
                 assert result.tail_path is not None

@@ -85,6 +85,7 @@ class WriteAheadLog:
         segment_bytes_max: int = SEGMENT_BYTES_MAX,
         on_durable: Callable[[list[tuple[int, bytes, Any]]], None] | None = None,
         sync: Callable[[int], None] = os.fdatasync,
+        write: Callable[[int, memoryview], int] = os.write,
     ) -> None:
         assert next_lsn >= 1
         assert len(parent) == _frame.CHECKSUM_BYTES
@@ -93,6 +94,7 @@ class WriteAheadLog:
         self._segment_bytes_max = segment_bytes_max
         self._on_durable = on_durable
         self._sync = sync
+        self._write = write  # injectable, like ``sync``, for fault injection
         self._next_lsn = next_lsn
         self._durable_lsn = next_lsn - 1
         self._parent = parent
@@ -213,6 +215,20 @@ class WriteAheadLog:
                 return
             self._advance(batch)
 
+    def commit_pending(self) -> bool:
+        """One group commit in the calling thread: what ``run`` does per batch, for the
+        deterministic simulation. Returns False when there was nothing to do or it failed."""
+        if not self._pending or self._failed is not None:
+            return False
+        batch = self._take_batch()
+        try:
+            self._write_batch(batch)
+        except OSError as error:
+            self._fail(f"write-ahead log write/fsync failed: {error}")
+            return False
+        self._advance(batch)
+        return True
+
     def _take_batch(self) -> list[tuple[int, bytes, Any]]:
         pending = self._pending
         if len(pending) <= BATCH_RECORDS_MAX and self._pending_bytes <= BATCH_BYTES_MAX:
@@ -246,7 +262,7 @@ class WriteAheadLog:
         data = b"".join(chunks)
         view = memoryview(data)
         while view:
-            written = os.write(self._fd, view)
+            written = self._write(self._fd, view)
             view = view[written:]
         started = time.perf_counter()
         self._sync(self._fd)

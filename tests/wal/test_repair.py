@@ -100,3 +100,20 @@ async def test_truncate_at_lsn_on_a_healthy_log_drops_only_what_was_asked(tmp_pa
     apply_repair(directory, plan)
     frames, _ = scan_all(directory)
     assert [f.lsn for f in frames] == list(range(1, 11))
+
+
+async def test_a_compacted_log_is_repaired_from_its_first_kept_segment(tmp_path: Path) -> None:
+    directory = await build(tmp_path)
+    segments = segment_paths(directory)
+    segments[0].unlink()  # compacted away below a snapshot
+    second = segments[1]
+    offset, frame = frames_in(second)[1]
+    flip_byte(second, offset + 60)
+    with pytest.raises(RepairRefused, match=f"--truncate-at-lsn {frame.lsn}"):
+        plan_repair(directory)
+    with pytest.raises(RepairRefused, match="where the kept log starts"):
+        plan_repair(directory, truncate_at_lsn=1)
+    apply_repair(directory, plan_repair(directory, truncate_at_lsn=frame.lsn))
+    first_kept = int(second.stem)
+    frames, _ = scan_all(directory, after_lsn=first_kept - 1)
+    assert [f.lsn for f in frames] == list(range(first_kept, frame.lsn))

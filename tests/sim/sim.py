@@ -1,0 +1,442 @@
+"""A deterministic simulation of the ledger on a faulty disk (in the spirit of TigerBeetle's VOPR).
+
+One seed drives everything: the workload (every command type, retries with idempotency keys,
+bad ids, edge amounts), the interleaving (which shard drains how much, when the log commits),
+the clock, snapshots with log compaction, and the faults:
+
+- torn last write: after a crash, a random prefix of the bytes written since the last fsync
+  survives;
+- lost unsynced suffix: everything after the last fsync is gone;
+- bit flips in the unsynced bytes that survive;
+- fsync errors and a full disk (ENOSPC) on write: the log must fail, never acknowledge, and
+  the server must refuse writes until restart.
+
+No trio task runs: the actors' steps (``Shard.drain``) and the group commit
+(``WriteAheadLog.commit_pending``) are called directly in an order the seed chooses, so a run
+is exactly reproducible (``SIM_SEED=n make sim``). After every crash the real recovery
+(``ledger.recover``) rebuilds the ledger, and the oracle checks:
+
+1. every acknowledged command is in the log, at the LSN it was acknowledged with;
+2. no transaction id and no idempotency key appears twice in the log;
+3. the recovered state (snapshot + suffix) equals a fresh replay of the whole log from LSN 1
+   (compacted segments are archived so the whole log stays readable), and the invariants hold;
+4. if recovery refuses a damaged log, the damage lies in bytes that were never fsynced, and
+   cutting the log there (what ``wallet wal repair --truncate-at-lsn`` does) loses nothing
+   that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger import (
+    AMOUNT_MAX,
+    IDEMPOTENCY_RETENTION_US,
+    ChangeWalletStatus,
+    Clock,
+    Committed,
+    CreateAsset,
+    CreateToken,
+    CreateWallet,
+    Duplicate,
+    Idempotency,
+    Ledger,
+    Overloaded,
+    Rejection,
+    TransactionType,
+    Transfer,
+    Transferred,
+    WalletCreated,
+    WalletStatus,
+    build_snapshot,
+    check_invariants,
+    decode_event,
+    new_state,
+    recover,
+    remove_covered,
+    shard_of,
+    state_digest,
+)
+from ledger import apply as apply_event
+from wal import (
+    SEGMENT_HEADER_BYTES,
+    LogCorrupt,
+    ScanResult,
+    StorageFailed,
+    apply_repair,
+    plan_repair,
+    scan,
+)
+
+
+class SimulationFailed(AssertionError):
+    pass
+
+
+@dataclass
+class Faults:
+    crash: float = 0.01
+    torn: float = 0.5
+    flip: float = 0.3
+    sync_error: float = 0.002
+    disk_full: float = 0.002
+    partial_write: float = 0.05
+
+
+class Storage:
+    """Wraps the WAL's write and sync: remembers how much of each file is durable, injects
+    errors, and at a crash throws away (or tears, or flips bits in) what was not synced."""
+
+    def __init__(self, rng: random.Random, faults: Faults) -> None:
+        self.rng = rng
+        self.faults = faults
+        self.durable: dict[int, int] = {}  # inode -> bytes known durable
+
+    def adopt(self, wal_dir: Path) -> None:
+        """After recovery, everything on disk is durable (it survived)."""
+        self.durable = {}
+        for path in wal_dir.glob("*.wal"):
+            self.durable[path.stat().st_ino] = path.stat().st_size
+
+    def write(self, fd: int, data: memoryview) -> int:
+        if self.rng.random() < self.faults.disk_full:
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+        if len(data) > 1 and self.rng.random() < self.faults.partial_write:
+            data = data[: self.rng.randint(1, len(data) - 1)]
+        return os.write(fd, data)
+
+    def sync(self, fd: int) -> None:
+        if self.rng.random() < self.faults.sync_error:
+            raise OSError(errno.EIO, "Input/output error (simulated fsync failure)")
+        os.fdatasync(fd)
+        info = os.fstat(fd)
+        self.durable[info.st_ino] = info.st_size
+
+    def crash(self, wal_dir: Path) -> list[tuple[Path, int]]:
+        """Returns (segment, durable size) for each segment, after mangling what was not."""
+        kept = []
+        for path in sorted(wal_dir.glob("*.wal")):
+            data = path.read_bytes()
+            durable = self.durable.get(path.stat().st_ino, SEGMENT_HEADER_BYTES)
+            lost = bytearray(data[durable:])
+            survived = b""
+            if lost and self.rng.random() < self.faults.torn:
+                survived_bytes = lost[: self.rng.randint(0, len(lost))]
+                if survived_bytes and self.rng.random() < self.faults.flip:
+                    bit = self.rng.randrange(len(survived_bytes) * 8)
+                    survived_bytes[bit // 8] ^= 1 << (bit % 8)
+                survived = bytes(survived_bytes)
+            path.write_bytes(data[:durable] + survived)
+            kept.append((path, durable))
+        return kept
+
+
+@dataclass
+class Ack:
+    lsn: int
+    transaction_id: str | None  # None for a wallet creation
+    key: tuple[str, str] | None
+
+
+@dataclass
+class Pending:
+    reply: Any
+    command: Any
+    retry: bool = False
+
+
+@dataclass
+class Stats:
+    steps: int = 0
+    crashes: int = 0
+    refused_and_repaired: int = 0
+    storage_failures: int = 0
+    snapshots: int = 0
+    acknowledged: int = 0
+    rejected: int = 0
+    overloaded: int = 0
+    records: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+EDGE_AMOUNTS = [1, 2, 3, 7, 255, 256, 1000, 2**31, 2**32 + 1, AMOUNT_MAX - 1, AMOUNT_MAX]
+
+
+class Simulation:
+    def __init__(self, seed: int, *, steps: int, faults: Faults | None = None, shards: int | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.steps = steps
+        self.faults = faults or Faults()
+        self.shards = shards or self.rng.choice([1, 2, 3, 4])
+        self.storage = Storage(self.rng, self.faults)
+        self.root = Path(tempfile.mkdtemp(prefix=f"sim-{seed}-"))
+        self.data = self.root / "data"
+        self.now_ns = 1_790_000_000 * 10**9
+        self.acks: dict[int, Ack] = {}  # by LSN
+        self.first_ack_by_key: dict[tuple[str, str], str] = {}
+        self.pending: list[Pending] = []
+        self.unanswered: list[Any] = []  # commands whose reply was lost in a crash
+        self.stats = Stats()
+        self.wallets = [f"w{index}" for index in range(12)]
+        self.assets = ["USD", "EUR"]
+        self.counter = 0
+        self.ledger: Ledger | None = None
+        self.recovered: Any = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def fail(self, message: str) -> SimulationFailed:
+        return SimulationFailed(f"seed {self.seed}: {message} (replay with SIM_SEED={self.seed} make sim)")
+
+    def start(self) -> None:
+        try:
+            self.recovered = recover(self.data)
+        except LogCorrupt as error:
+            self.repair_after_refusal(error)
+            self.recovered = recover(self.data)
+        ledger = Ledger(self.recovered, self.data, shards=self.shards,
+                        clock=Clock(lambda: self.now_ns, start_us=self.recovered.state.directory.at_us),
+                        segment_bytes_max=self.rng.choice([2048, 8192, 1 << 20]),
+                        mailbox_capacity=self.rng.choice([4, 64, 8192]))
+        ledger.wal._sync = self.storage.sync
+        ledger.wal._write = self.storage.write
+        ledger.wal._on_durable = None  # the history projector is not part of the simulation
+        self.ledger = ledger
+        self.storage.adopt(self.data / "wal")
+        self.check_recovered()
+
+    def stop_process(self) -> None:
+        if self.recovered is not None:
+            self.recovered.close()
+            self.recovered = None
+        if self.ledger is not None:
+            self.ledger.wal.release()
+            self.ledger = None
+
+    def crash(self) -> None:
+        self.stats.crashes += 1
+        assert self.ledger is not None
+        # Replies not yet durable are lost with the process; their clients retry later.
+        self.unanswered.extend(p.command for p in self.pending if p.reply.error is None and not p.reply._done.is_set())
+        self.pending = []
+        self.stop_process()
+        self.storage.crash(self.data / "wal")
+        self.start()
+
+    def repair_after_refusal(self, error: LogCorrupt) -> None:
+        """Recovery refused: the damage must be in bytes that were never acknowledged."""
+        acknowledged_max = max(self.acks, default=0)
+        if error.lsn <= acknowledged_max:
+            raise self.fail(f"recovery refused at LSN {error.lsn} but LSN {acknowledged_max} was acknowledged: {error}")
+        plan = plan_repair(self.data / "wal", truncate_at_lsn=error.lsn)
+        aside = apply_repair(self.data / "wal", plan)
+        if aside is not None:
+            shutil.rmtree(aside)
+        self.stats.refused_and_repaired += 1
+
+    # -- the oracle ------------------------------------------------------------------------
+
+    def whole_log(self) -> list[tuple[int, Any, bytes]]:
+        """Every record from LSN 1: archived segments plus the live ones."""
+        merged = self.root / "merged"
+        shutil.rmtree(merged, ignore_errors=True)
+        merged.mkdir()
+        for folder in (self.data / "archive", self.data / "wal"):
+            for path in folder.glob("*.wal") if folder.exists() else []:
+                shutil.copy(path, merged / path.name)
+        result = ScanResult()
+        return [(frame.lsn, decode_event(frame.payload), frame.checksum) for frame in scan(merged, result)]
+
+    def check_recovered(self) -> None:
+        assert self.ledger is not None
+        records = self.whole_log()
+        self.stats.records = len(records)
+        by_lsn = {lsn: event for lsn, event, _ in records}
+        for lsn, ack in self.acks.items():
+            event = by_lsn.get(lsn)
+            if event is None:
+                raise self.fail(f"acknowledged LSN {lsn} is missing after recovery")
+            if ack.transaction_id is not None and (not isinstance(event, Transferred) or event.transaction_id != ack.transaction_id):
+                raise self.fail(f"LSN {lsn} holds {event!r}, acknowledged as {ack.transaction_id}")
+        seen_ids: set[str] = set()
+        seen_keys: dict[tuple[str, str], int] = {}
+        fresh = new_state()
+        for lsn, event, _ in records:
+            if isinstance(event, Transferred):
+                if event.transaction_id in seen_ids:
+                    raise self.fail(f"transaction {event.transaction_id} appears twice")
+                seen_ids.add(event.transaction_id)
+            idempotency = getattr(event, "idempotency", None)
+            if idempotency is not None:
+                key = (idempotency.scope, idempotency.key)
+                previous = seen_keys.get(key)
+                # A key may execute again only once its record expired (24 h of simulated time).
+                if previous is not None and event.at_us - previous < IDEMPOTENCY_RETENTION_US:
+                    raise self.fail(f"idempotency key {key} executed twice within its retention")
+                seen_keys[key] = event.at_us
+            apply_event(fresh, event, lsn)
+        live = self.ledger.all_wallets()
+        check_invariants(live, self.ledger.directory)
+        if state_digest(fresh.wallets.values(), fresh.directory) != state_digest(live, self.ledger.directory):
+            raise self.fail("recovered state differs from a fresh replay of the whole log")
+
+    # -- the workload ----------------------------------------------------------------------
+
+    def amount(self) -> int:
+        if self.rng.random() < 0.2:
+            return self.rng.choice(EDGE_AMOUNTS)
+        return self.rng.randint(1, 5000)
+
+    def key(self) -> Idempotency:
+        self.counter += 1
+        scope = self.rng.choice(["admin", "owner:o1", "owner:o2"])
+        key = f"k{self.rng.randint(0, self.counter)}" if self.rng.random() < 0.1 else f"k{self.counter}"
+        return Idempotency(scope=scope, key=key, fingerprint=self.rng.choice([b"a", b"b"]) + key.encode())
+
+    def command(self) -> Any:
+        roll = self.rng.random()
+        wallet = self.rng.choice(self.wallets)
+        if roll < 0.05:
+            return CreateAsset(code=self.rng.choice(self.assets), scale=self.rng.choice([2, 2, 3]))
+        if roll < 0.15:
+            return CreateWallet(wallet_id=wallet, owner_id=self.rng.choice(["o1", "o2"]),
+                                asset=self.rng.choice(self.assets), metadata=None,
+                                idempotency=self.key() if self.rng.random() < 0.3 else None)
+        if roll < 0.20:
+            status = self.rng.choice([WalletStatus.FROZEN, WalletStatus.ACTIVE, WalletStatus.ACTIVE, WalletStatus.CLOSED])
+            return ChangeWalletStatus(wallet_id=wallet, status=status)
+        if roll < 0.22:
+            self.counter += 1
+            return CreateToken(token_hash=self.rng.randbytes(32), prefix=f"p{self.counter}", owner_id="o1")
+        self.counter += 1
+        deposit = roll < 0.4
+        return Transfer(
+            transaction_id=f"tx{self.counter}",
+            type=TransactionType.DEPOSIT if deposit else TransactionType.TRANSFER,
+            from_wallet_id=None if deposit else self.rng.choice(self.wallets),
+            to_wallet_id=wallet, amount=self.amount(), description=None, metadata=None,
+            idempotency=self.key(), owner_id=None if deposit or self.rng.random() < 0.7 else self.rng.choice(["o1", "o2"]),
+        )
+
+    def submit(self, command: Any) -> None:
+        assert self.ledger is not None
+        ledger = self.ledger
+        try:
+            if isinstance(command, Transfer):
+                reply = ledger.shards[shard_of(command.to_wallet_id, len(ledger.shards))].submit_transfer(command)
+            elif isinstance(command, CreateWallet | ChangeWalletStatus):
+                reply = ledger.shards[shard_of(command.wallet_id, len(ledger.shards))].submit_command(command)
+            elif isinstance(command, CreateAsset):
+                reply = ledger.shards[shard_of("treasury:" + command.code, len(ledger.shards))].submit_command(command)
+            else:
+                reply = ledger.shards[0].submit_command(command)
+        except Overloaded:
+            self.stats.overloaded += 1
+            self.unanswered.append(command)
+            return
+        except StorageFailed:
+            self.unanswered.append(command)
+            return
+        self.pending.append(Pending(reply=reply, command=command))
+
+    def settle(self) -> None:
+        """Collects every reply that is now answered."""
+        still = []
+        for item in self.pending:
+            reply = item.reply
+            if not reply._done.is_set():
+                still.append(item)
+                continue
+            if reply.error is not None:
+                self.unanswered.append(item.command)  # never acknowledged
+                continue
+            value = reply.value
+            idem = getattr(item.command, "idempotency", None)
+            if isinstance(value, Committed):
+                self.record_ack(value.lsn, value.event.transaction_id, idem)
+            elif isinstance(value, Duplicate):
+                event = value.record.event
+                expected = self.first_ack_by_key.get((idem.scope, idem.key)) if idem else None
+                transaction = event.transaction_id if isinstance(event, Transferred) else None
+                if expected is not None and transaction is not None and expected != transaction:
+                    raise self.fail(f"key {idem} replayed {transaction}, first answered {expected}")
+                self.stats.acknowledged += 1
+            elif isinstance(value, list):
+                for event in value:
+                    if isinstance(event, WalletCreated):
+                        self.record_ack(reply.lsn, None, idem)
+                    else:
+                        self.record_ack(reply.lsn, None, None)
+            else:
+                assert isinstance(value, Rejection)
+                self.stats.rejected += 1
+                self.stats.reasons[value.reason.code] = self.stats.reasons.get(value.reason.code, 0) + 1
+        self.pending = still
+
+    def record_ack(self, lsn: int, transaction_id: str | None, idem: Idempotency | None) -> None:
+        self.stats.acknowledged += 1
+        key = (idem.scope, idem.key) if idem is not None else None
+        if key is not None and transaction_id is not None:
+            self.first_ack_by_key.setdefault(key, transaction_id)
+        if lsn not in self.acks or transaction_id is not None:
+            self.acks[lsn] = Ack(lsn=lsn, transaction_id=transaction_id, key=key)
+
+    def snapshot(self) -> None:
+        assert self.ledger is not None
+        durable = self.ledger.wal.durable_lsn
+        if durable and build_snapshot(self.data, until_lsn=durable, created_at_us=self.now_ns // 1000):
+            self.stats.snapshots += 1
+            remove_covered(self.data, history_lsn=durable, archive=True)
+
+    def step(self) -> None:
+        assert self.ledger is not None
+        ledger = self.ledger
+        roll = self.rng.random()
+        if roll < 0.45:
+            for _ in range(self.rng.randint(1, 8)):
+                self.submit(self.command())
+        elif roll < 0.50 and self.unanswered:
+            # A client retry: the same body and key; the server makes a new transaction id.
+            command = self.unanswered.pop(self.rng.randrange(len(self.unanswered)))
+            if isinstance(command, Transfer):
+                self.counter += 1
+                command = dataclasses.replace(command, transaction_id=f"tx{self.counter}")
+            self.submit(command)
+        elif roll < 0.75:
+            ledger.shards[self.rng.randrange(len(ledger.shards))].drain(self.rng.choice([1, 3, 100]))
+        elif roll < 0.93:
+            before = ledger.wal.failed
+            ledger.wal.commit_pending()
+            if before is None and ledger.wal.failed is not None:
+                self.stats.storage_failures += 1
+        elif roll < 0.95:
+            self.now_ns += self.rng.choice([10**6, 10**9, 25 * 3600 * 10**9])
+        elif roll < 0.96:
+            self.snapshot()
+        self.now_ns += self.rng.randint(0, 10**6)
+        self.settle()
+        if ledger.wal.failed is not None and self.rng.random() < 0.2:
+            self.crash()  # an operator restarts a server that stopped accepting writes
+        elif self.rng.random() < self.faults.crash:
+            self.crash()
+
+    def run(self) -> Stats:
+        try:
+            self.start()
+            for _ in range(self.steps):
+                self.stats.steps += 1
+                self.step()
+            self.crash()
+            return self.stats
+        finally:
+            self.stop_process()
+            shutil.rmtree(self.root, ignore_errors=True)
