@@ -7,7 +7,7 @@ PORT   ?= 8080
 DATA   ?= ./data
 SHARDS ?=
 
-.PHONY: install run test test-fast lint sim bench-transfers clean
+.PHONY: install run test test-fast lint sim crashloop bench-transfers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ lint: $(STAMP)
 SECONDS ?= 60
 sim: $(STAMP)
 	SECONDS_BUDGET=$(SECONDS) $(BIN)/python -m tests.sim.run
+
+# Crash loop: the real server SIGKILLed under load ITERATIONS times (CRASHLOOP_SEED=n to repeat one).
+ITERATIONS ?= 30
+crashloop: $(STAMP)
+	ITERATIONS=$(ITERATIONS) $(BIN)/python -m tests.e2e.crashloop
 
 # The foundation's load script: wrk against a real server on a temporary data directory.
 bench-transfers: $(STAMP)

@@ -17,6 +17,7 @@ This module knows nothing of the ledger: payloads are bytes and callbacks are op
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ import anyio
 
 from wal import _frame
 from wal._segments import SEGMENT_HEADER_BYTES, encode_segment_header, segment_name
+
+log = logging.getLogger("wal")
 
 SEGMENT_BYTES_MAX = 64 * 1024 * 1024
 BATCH_RECORDS_MAX = 16_384
@@ -311,6 +314,7 @@ class WriteAheadLog:
                         callback(None)
 
     def _fail(self, reason: str) -> None:
+        log.error("%s; no further writes are accepted until restart", reason)
         self._failed = reason
         waiters, self._waiters = self._waiters, {}
         for callbacks in waiters.values():
