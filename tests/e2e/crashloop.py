@@ -13,8 +13,8 @@ import random
 import sys
 import tempfile
 from collections import Counter
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -53,8 +53,8 @@ async def crash_loop(data_dir: Path, *, iterations: int, seed: int, clients: int
             stop = trio.Event()
             async with server.async_client() as http, trio.open_nursery() as nursery:
                 nursery.start_soon(
-                    lambda: run_clients(http, clients=clients, requests_each=10_000, pick=pick, book=book,
-                                        seed=seed * 1000 + iteration, prefix=f"i{iteration}", stop=stop)
+                    partial(run_clients, http, clients=clients, requests_each=10_000, pick=pick, book=book,
+                            seed=seed * 1000 + iteration, prefix=f"i{iteration}", stop=stop)
                 )
                 await trio.sleep(rng.uniform(0.2, 1.5))
                 server.kill()
@@ -97,5 +97,3 @@ def main() -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-__all__: list[Any] = ["crash_loop"]
