@@ -1,0 +1,98 @@
+"""Hypothesis-generated bodies, headers and paths against every route of the real server: no
+answer is ever a 5xx, every error is problem+json with a code, and money is still conserved."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.e2e._server import ADMIN_TOKEN, ServerProcess
+
+ROUTES = [
+    ("POST", "/v1/assets"), ("GET", "/v1/assets"), ("POST", "/v1/tokens"), ("DELETE", "/v1/tokens/{id}"),
+    ("POST", "/v1/wallets"), ("GET", "/v1/wallets"), ("GET", "/v1/wallets/{id}"),
+    ("POST", "/v1/wallets/{id}/freeze"), ("POST", "/v1/wallets/{id}/unfreeze"), ("POST", "/v1/wallets/{id}/close"),
+    ("GET", "/v1/wallets/{id}/balance"), ("GET", "/v1/wallets/{id}/transactions"),
+    ("POST", "/v1/deposits"), ("POST", "/v1/transfers"), ("GET", "/v1/transactions/{id}"),
+    ("POST", "/v1/admin/snapshots"), ("GET", "/health"), ("GET", "/ready"),
+]
+FIELDS = ["code", "scale", "owner_id", "id", "asset", "metadata", "wallet_id", "amount", "description",
+          "from_wallet_id", "to_wallet_id", "hold", "x"]
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False), st.text(max_size=70),
+    st.sampled_from(["fz-a", "fz-b", "USD", "treasury:USD", "system", "", "a" * 65]),
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+bodies = st.one_of(
+    st.dictionaries(st.sampled_from(FIELDS), values, max_size=6).map(lambda body: json.dumps(body).encode()),
+    st.binary(max_size=200),
+    values.map(lambda value: json.dumps(value).encode()),
+)
+path_ids = st.one_of(st.sampled_from(["fz-a", "fz-b", "treasury:USD", "nope", "%00", "..", "a" * 70]),
+                     st.text(alphabet="abc:_-.%", min_size=1, max_size=10))
+tokens = st.sampled_from([ADMIN_TOKEN, ADMIN_TOKEN, "nope", ""])
+content_types = st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain", None,
+                                 "application/msgpack", "application/json;;"])
+keys = st.one_of(st.none(), st.text(max_size=20).filter(lambda key: key.isprintable() and key.isascii()),
+                 st.sampled_from(["k1", "k2", "k" * 129]))
+queries = st.dictionaries(st.sampled_from(["limit", "cursor", "owner_id", "asset", "as_of", "type", "status",
+                                           "since", "until", "zzz"]), st.text(max_size=12), max_size=3)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(Path(tmp_path_factory.mktemp("fuzz")) / "data")
+    server.start()
+    with server.client() as http:
+        assert http.post("/v1/assets", json={"code": "USD", "scale": 2}).status_code == 201
+        for wallet_id in ("fz-a", "fz-b"):
+            assert http.post("/v1/wallets", json={"id": wallet_id, "owner_id": wallet_id, "asset": "USD"}).status_code == 201
+            response = http.post("/v1/deposits", json={"wallet_id": wallet_id, "amount": 1000},
+                                 headers={"Idempotency-Key": f"seed-{wallet_id}"})
+            assert response.status_code == 201
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def check(response: httpx.Response) -> None:
+    assert response.status_code < 500, (response.status_code, response.text)
+    if response.status_code >= 400:
+        assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+        body: Any = response.json()
+        assert body["status"] == response.status_code and body["code"], body
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(route=st.sampled_from(ROUTES), path_id=path_ids, body=bodies, token=tokens, content_type=content_types,
+       key=keys, query=queries)
+def test_no_input_makes_a_5xx(fuzz_server: ServerProcess, route: tuple[str, str], path_id: str, body: bytes,
+                              token: str, content_type: str | None, key: str | None, query: dict[str, str]) -> None:
+    method, template = route
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    path = template.replace("{id}", path_id)
+    with httpx.Client(base_url=fuzz_server.url, timeout=30) as http:
+        check(http.request(method, path, content=body if method != "GET" else None, headers=headers, params=query))
+
+
+def test_money_is_conserved_after_the_fuzzing(fuzz_server: ServerProcess) -> None:
+    with fuzz_server.client() as http:
+        wallets = http.get("/v1/wallets", params={"limit": "1000"}).json()["items"]
+        treasury = http.get("/v1/wallets/treasury:USD").json()["balance"]
+        usd = sum(wallet["balance"] for wallet in wallets if wallet["asset"] == "USD")
+        assert usd + treasury == 0
+        assert all(wallet["balance"] >= 0 for wallet in wallets)
