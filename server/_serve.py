@@ -23,7 +23,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
-from ledger import SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT, Ledger, recover
+from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT, Ledger, recover
 from server._app import Api, build_app
 from server._lock import lock_data_dir
 from server._snapshotter import Snapshotter
@@ -46,6 +46,7 @@ class ServeOptions:
     segment_bytes_max: int | None = None
     snapshot_every: int = SNAPSHOT_EVERY_DEFAULT
     archive: bool = False
+    mailbox_capacity: int = MAILBOX_CAPACITY
 
 
 def admin_token(data_dir: Path) -> str:
@@ -151,6 +152,7 @@ async def serve(options: ServeOptions) -> int:
                 ledger = Ledger(
                     recovered, data_dir, shards=options.shards,
                     segment_bytes_max=options.segment_bytes_max,
+                    mailbox_capacity=options.mailbox_capacity,
                 )
                 await nursery.start(_crash_only, ledger)
                 snapshotter = Snapshotter(

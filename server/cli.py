@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ledger import SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT
+from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT
 from server import _tools as tools
 from server._lock import DataDirLocked
 from wal import LogCorrupt
@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--archive", action="store_true",
         help="move WAL segments covered by snapshots to <data>/archive/ instead of deleting them",
+    )
+    serve.add_argument(
+        "--mailbox-capacity", type=_positive, default=MAILBOX_CAPACITY,
+        help=f"commands waiting per shard before 503 overloaded (default {MAILBOX_CAPACITY})",
     )
     serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     shards=arguments.shards, shutdown_timeout_s=arguments.shutdown_timeout,
                     segment_bytes_max=arguments.segment_bytes,
                     snapshot_every=arguments.snapshot_every, archive=arguments.archive,
+                    mailbox_capacity=arguments.mailbox_capacity,
                 )
             )
         except LogCorrupt as error:

@@ -1,0 +1,64 @@
+"""A burst far above capacity: the server answers 503 overloaded (with Retry-After) instead of
+queueing without bound, acknowledges nothing it did not make durable, keeps its memory bounded,
+and serves normally once the burst is over."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.e2e._load import Ledgerbook, balances, expected_balances, send, setup_wallets
+from tests.e2e._server import ServerProcess
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_burst_gets_503_overloaded_and_the_server_recovers(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", shards=1, extra_args=["--mailbox-capacity", "4"])
+    server.start()
+    try:
+        ids = ["o-a", "o-b"]
+        async with server.async_client() as http:
+            await setup_wallets(http, ids, asset="USD", deposit=10**9)
+        assert server.process is not None
+        before_kib = rss_kib(server.process.pid)
+        statuses: list[int] = []
+        retry_after: set[str] = set()
+        book = Ledgerbook()
+        async with server.async_client(limits=httpx.Limits(max_connections=400)) as http:
+
+            async def one(index: int) -> None:
+                body = {"from_wallet_id": ids[index % 2], "to_wallet_id": ids[1 - index % 2], "amount": 1}
+                response = await http.post("/v1/transfers", json=body, headers={"Idempotency-Key": f"b{index}"})
+                statuses.append(response.status_code)
+                if response.status_code == 201:
+                    book.acknowledged[f"b{index}"] = response.json()
+                elif response.status_code == 503:
+                    assert response.json()["code"] == "overloaded"
+                    retry_after.add(response.headers["retry-after"])
+                    book.unanswered[f"b{index}"] = body
+
+            for burst in range(3):
+                async with trio.open_nursery() as nursery:
+                    for index in range(300):
+                        nursery.start_soon(one, index + 10_000 * burst)
+        assert set(statuses) <= {201, 503}, set(statuses)
+        assert statuses.count(503) > 0, "the burst never filled the mailbox"
+        assert statuses.count(201) > 0
+        assert retry_after == {"1"}
+        assert rss_kib(server.process.pid) - before_kib < 200 * 1024  # bounded: no unbounded queue
+        async with server.async_client() as http:
+            # After the burst: the refused ones go through on retry, and the books balance.
+            for key, body in list(book.unanswered.items()):
+                await send(http, key, body, book)
+            assert not book.unanswered and not book.rejected
+            assert await balances(http, ids) == expected_balances(ids, 10**9, book.acknowledged)
+    finally:
+        server.kill()
