@@ -34,6 +34,9 @@ log = logging.getLogger("server")
 ADMIN_TOKEN_ENV = "WALLET_ADMIN_TOKEN"
 HEADER_BYTES_MAX = 16 * 1024
 SHUTDOWN_TIMEOUT_S = 10.0
+# A connection that sends nothing for this long is closed, so slow or stalled clients cannot
+# pile up and hold connections (and file descriptors) for everyone else.
+READ_TIMEOUT_S = 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,6 +50,7 @@ class ServeOptions:
     snapshot_every: int = SNAPSHOT_EVERY_DEFAULT
     archive: bool = False
     mailbox_capacity: int = MAILBOX_CAPACITY
+    read_timeout_s: int = READ_TIMEOUT_S
 
 
 def admin_token(data_dir: Path) -> str:
@@ -74,7 +78,9 @@ def hypercorn_config(options: ServeOptions) -> Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = options.shutdown_timeout_s
     config.h11_max_incomplete_size = HEADER_BYTES_MAX
-    config.keep_alive_timeout = 30
+    # Silent mid-request or idle between requests: the same bound closes the connection.
+    config.keep_alive_timeout = options.read_timeout_s
+    config.read_timeout = options.read_timeout_s
     config.backlog = 1024
     return config
 

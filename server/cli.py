@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--mailbox-capacity", type=_positive, default=MAILBOX_CAPACITY,
         help=f"commands waiting per shard before 503 overloaded (default {MAILBOX_CAPACITY})",
     )
+    serve.add_argument(
+        "--read-timeout", type=_positive, default=10,
+        help="seconds a connection may stay silent (mid-request or idle between requests) before it is closed (default 10)",
+    )
     serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
     wal = commands.add_parser("wal", help="inspect and check the write-ahead log")
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     shards=arguments.shards, shutdown_timeout_s=arguments.shutdown_timeout,
                     segment_bytes_max=arguments.segment_bytes,
                     snapshot_every=arguments.snapshot_every, archive=arguments.archive,
-                    mailbox_capacity=arguments.mailbox_capacity,
+                    mailbox_capacity=arguments.mailbox_capacity, read_timeout_s=arguments.read_timeout,
                 )
             )
         except LogCorrupt as error:

@@ -62,3 +62,26 @@ async def test_a_burst_gets_503_overloaded_and_the_server_recovers(tmp_path: Pat
             assert await balances(http, ids) == expected_balances(ids, 10**9, book.acknowledged)
     finally:
         server.kill()
+
+
+async def test_slow_clients_do_not_hold_connections_for_everyone(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", extra_args=["--read-timeout", "1"])
+    server.start()
+    try:
+        slow = []
+        for _ in range(300):
+            sock = trio.socket.socket()
+            await sock.connect(("127.0.0.1", server.port))
+            await sock.send(b"POST /v1/transfers HTTP/1.1\r\nHost: x\r\nContent-Le")  # and then nothing
+            slow.append(sock)
+        with server.client() as http:
+            assert http.get("/health").status_code == 200  # everyone else is still served
+        with trio.fail_after(10):
+            for sock in slow:
+                # The server closes each stalled connection after the read timeout.
+                while await sock.recv(4096):
+                    pass
+        for sock in slow:
+            sock.close()
+    finally:
+        server.kill()
