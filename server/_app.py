@@ -50,6 +50,7 @@ from ledger import (
     is_treasury,
     treasury_id,
 )
+from server import _openapi
 from server import _validate as v
 from server._errors import ApiError, overloaded, problem, rejected
 from wal import StorageFailed
@@ -219,6 +220,7 @@ class Api:
         self._admin_token = admin_token.encode()
         self.ledger: Ledger | None = None
         self.snapshotter: Any = None  # server._snapshotter.Snapshotter once ready
+        self._openapi: bytes | None = None
         self.not_ready_reason = "recovering the ledger from its write-ahead log"
 
     # -- plumbing ------------------------------------------------------------------------
@@ -295,6 +297,11 @@ class Api:
             raise ApiError(404, "wallet_not_found", "Wallet not found", "no wallet has that id") from None
 
     # -- operations ----------------------------------------------------------------------
+
+    async def openapi(self, request: Request) -> Response:
+        if self._openapi is None:
+            self._openapi = json.dumps(_openapi.build()).encode()
+        return Response(self._openapi, media_type="application/json")
 
     async def health(self, request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -600,6 +607,7 @@ def _bug(request: Request, exc: Exception) -> Response:
 
 def build_app(api: Api) -> Starlette:
     routes = [
+        Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/health", api.health, methods=["GET"]),
         Route("/ready", api.ready, methods=["GET"]),
         Route("/v1/admin/snapshots", api.take_snapshot, methods=["POST"]),

@@ -1,0 +1,259 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json``.
+
+Written by hand next to the routes, not generated: the schemas state the contract (integer
+money in int64, id patterns, closed objects), and the schemathesis and response-validation
+tests hold the routes to it. Keep it in step with ``_app.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ledger import AMOUNT_MAX, DESCRIPTION_CHARS_MAX, SCALE_MAX
+
+ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"}
+USER_ID = {"type": "string", "pattern": r"^(?!treasury:)[A-Za-z0-9_.:-]{1,64}$"}
+ASSET_CODE = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"}
+AMOUNT = {"type": "integer", "minimum": 1, "maximum": AMOUNT_MAX}
+BALANCE = {"type": "integer", "minimum": -(2**63), "maximum": AMOUNT_MAX}
+TIMESTAMP = {"type": "string", "description": "RFC 3339, UTC"}
+METADATA = {"type": "object", "description": "free-form JSON object, at most 4 KiB"}
+DESCRIPTION = {"type": ["string", "null"], "maxLength": DESCRIPTION_CHARS_MAX}
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "required": ["type", "title", "status", "code", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "code": {"type": "string"},
+            "detail": {"type": "string"},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "Asset": {
+        "type": "object",
+        "required": ["code", "scale", "treasury_wallet_id", "created_at"],
+        "properties": {
+            "code": {"type": "string"}, "scale": {"type": "integer"},
+            "treasury_wallet_id": {"type": "string"}, "created_at": TIMESTAMP,
+        },
+    },
+    "Wallet": {
+        "type": "object",
+        "required": ["id", "owner_id", "asset", "balance", "held", "available", "status", "metadata",
+                     "created_at", "updated_at"],
+        "properties": {
+            "id": {"type": "string"}, "owner_id": {"type": "string"}, "asset": {"type": "string"},
+            "balance": BALANCE, "held": {"type": "integer", "minimum": 0}, "available": BALANCE,
+            "status": {"enum": ["active", "frozen", "closed"]}, "metadata": {"type": "object"},
+            "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+        },
+    },
+    "Transaction": {
+        "type": "object",
+        "required": ["id", "type", "status", "from_wallet_id", "to_wallet_id", "asset", "amount",
+                     "description", "metadata", "created_at", "lsn"],
+        "properties": {
+            "id": {"type": "string"}, "type": {"enum": ["deposit", "transfer"]},
+            "status": {"enum": ["posted", "pending", "voided", "failed"]},
+            "from_wallet_id": {"type": "string"}, "to_wallet_id": {"type": "string"},
+            "asset": {"type": "string"}, "amount": AMOUNT, "description": {"type": ["string", "null"]},
+            "metadata": {"type": "object"}, "created_at": TIMESTAMP, "lsn": {"type": "integer", "minimum": 1},
+        },
+    },
+    "Entry": {
+        "type": "object",
+        "required": ["transaction_id", "type", "status", "direction", "amount", "balance_after",
+                     "counterparty_wallet_id", "description", "created_at", "lsn"],
+        "properties": {
+            "transaction_id": {"type": "string"}, "type": {"enum": ["deposit", "transfer"]},
+            "status": {"enum": ["posted", "pending", "voided", "failed"]},
+            "direction": {"enum": ["debit", "credit"]}, "amount": AMOUNT, "balance_after": BALANCE,
+            "counterparty_wallet_id": {"type": "string"}, "description": {"type": ["string", "null"]},
+            "created_at": TIMESTAMP, "lsn": {"type": "integer", "minimum": 1},
+        },
+    },
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    responses = {}
+    for status in sorted({400, 401, 503, *statuses}):
+        responses[str(status)] = {
+            "description": "problem",
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
+    return responses
+
+
+def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": properties, "required": required,
+                           "additionalProperties": False}
+            }
+        },
+    }
+
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[ -~]+$"},
+}
+OPTIONAL_KEY = {**IDEMPOTENCY_KEY, "required": False}
+
+
+def _path_id(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def _page(item: str) -> dict[str, Any]:
+    return {
+        "type": "object", "required": ["items", "next_cursor"],
+        "properties": {"items": {"type": "array", "items": _ref(item)}, "next_cursor": {"type": ["string", "null"]}},
+    }
+
+
+LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
+CURSOR = _query("cursor", {"type": "string"})
+
+
+def build() -> dict[str, Any]:
+    wallet_status = {
+        "parameters": [_path_id("wallet_id")],
+        "responses": {"200": _json(_ref("Wallet"), "the wallet"), **_problems(403, 404, 409)},
+    }
+    paths: dict[str, Any] = {
+        "/health": {"get": {"operationId": "health", "security": [],
+                            "responses": {"200": _json({"type": "object"}, "the process runs")}}},
+        "/ready": {"get": {"operationId": "ready", "security": [],
+                           "responses": {"200": _json({"type": "object"}, "serving"),
+                                         "503": _json({"type": "object"}, "recovering or failed")}}},
+        "/v1/assets": {
+            "post": {
+                "operationId": "createAsset", "summary": "Create an asset (admin)",
+                "requestBody": _body({"code": ASSET_CODE, "scale": {"type": "integer", "minimum": 0, "maximum": SCALE_MAX}},
+                                     ["code", "scale"]),
+                "responses": {"201": _json(_ref("Asset"), "created"), "200": _json(_ref("Asset"), "already there"),
+                              **_problems(403, 409, 413, 415)},
+            },
+            "get": {"operationId": "listAssets",
+                    "responses": {"200": _json({"type": "object", "required": ["items"],
+                                                "properties": {"items": {"type": "array", "items": _ref("Asset")}}},
+                                               "assets"), **_problems()}},
+        },
+        "/v1/tokens": {
+            "post": {
+                "operationId": "createToken", "summary": "Create a user token (admin); shown once",
+                "requestBody": _body({"owner_id": USER_ID}, ["owner_id"]),
+                "responses": {"201": _json({"type": "object", "required": ["token", "prefix", "owner_id"],
+                                            "properties": {"token": {"type": "string"}, "prefix": {"type": "string"},
+                                                           "owner_id": {"type": "string"}}}, "the token"),
+                              **_problems(403, 409, 413, 415)},
+            }
+        },
+        "/v1/tokens/{prefix}": {
+            "delete": {"operationId": "revokeToken", "parameters": [_path_id("prefix")],
+                       "responses": {"200": _json({"type": "object"}, "revoked"), **_problems(403, 404)}}
+        },
+        "/v1/wallets": {
+            "post": {
+                "operationId": "createWallet", "parameters": [OPTIONAL_KEY],
+                "requestBody": _body({"id": USER_ID, "owner_id": USER_ID, "asset": ASSET_CODE, "metadata": METADATA},
+                                     ["owner_id", "asset"]),
+                "responses": {"201": _json(_ref("Wallet"), "created"), "200": _json(_ref("Wallet"), "the same wallet again"),
+                              **_problems(403, 409, 413, 415, 422)},
+            },
+            "get": {
+                "operationId": "listWallets",
+                "parameters": [_query("owner_id", ID), _query("asset", ID), LIMIT, CURSOR],
+                "responses": {"200": _json(_page("Wallet"), "a page, in creation order"), **_problems(403)},
+            },
+        },
+        "/v1/wallets/{wallet_id}": {
+            "get": {"operationId": "getWallet", "parameters": [_path_id("wallet_id")],
+                    "responses": {"200": _json(_ref("Wallet"), "the wallet"), **_problems(403, 404)}}
+        },
+        "/v1/wallets/{wallet_id}/freeze": {"post": {"operationId": "freezeWallet", **wallet_status}},
+        "/v1/wallets/{wallet_id}/unfreeze": {"post": {"operationId": "unfreezeWallet", **wallet_status}},
+        "/v1/wallets/{wallet_id}/close": {"post": {"operationId": "closeWallet", **wallet_status}},
+        "/v1/wallets/{wallet_id}/balance": {
+            "get": {
+                "operationId": "walletBalance", "parameters": [_path_id("wallet_id"), _query("as_of", TIMESTAMP)],
+                "responses": {"200": _json({"type": "object", "required": ["wallet_id", "balance", "as_of"],
+                                            "properties": {"wallet_id": {"type": "string"}, "balance": BALANCE,
+                                                           "as_of": {"type": ["string", "null"]}}}, "the balance"),
+                              **_problems(403, 404)},
+            }
+        },
+        "/v1/wallets/{wallet_id}/transactions": {
+            "get": {
+                "operationId": "walletTransactions",
+                "parameters": [_path_id("wallet_id"), _query("type", {"enum": ["deposit", "transfer"]}),
+                               _query("status", {"enum": ["posted", "pending", "voided", "failed"]}),
+                               _query("since", TIMESTAMP), _query("until", TIMESTAMP), LIMIT, CURSOR],
+                "responses": {"200": _json(_page("Entry"), "newest first"), **_problems(403, 404)},
+            }
+        },
+        "/v1/deposits": {
+            "post": {
+                "operationId": "deposit", "summary": "Deposit from the asset's treasury (admin)",
+                "parameters": [IDEMPOTENCY_KEY],
+                "requestBody": _body({"wallet_id": USER_ID, "amount": AMOUNT, "description": DESCRIPTION,
+                                      "metadata": METADATA}, ["wallet_id", "amount"]),
+                "responses": {"201": _json(_ref("Transaction"), "posted"), **_problems(403, 404, 409, 413, 415, 422)},
+            }
+        },
+        "/v1/transfers": {
+            "post": {
+                "operationId": "transfer", "parameters": [IDEMPOTENCY_KEY],
+                "requestBody": _body({"from_wallet_id": USER_ID, "to_wallet_id": USER_ID, "amount": AMOUNT,
+                                      "description": DESCRIPTION, "metadata": METADATA},
+                                     ["from_wallet_id", "to_wallet_id", "amount"]),
+                "responses": {"201": _json(_ref("Transaction"), "posted"), **_problems(403, 404, 409, 413, 415, 422)},
+            }
+        },
+        "/v1/transactions/{transaction_id}": {
+            "get": {"operationId": "getTransaction", "parameters": [_path_id("transaction_id")],
+                    "responses": {"200": _json(_ref("Transaction"), "the transaction"), **_problems(403, 404)}}
+        },
+        "/v1/admin/snapshots": {
+            "post": {"operationId": "takeSnapshot", "summary": "Snapshot the durable ledger now (admin)",
+                     "responses": {"201": _json({"type": "object"}, "taken"), "200": _json({"type": "object"}, "nothing new"),
+                                   **_problems(403, 413, 415)}}
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Wallet ledger", "version": "1", "description": "Durable, sharded wallet ledger."},
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
