@@ -16,7 +16,7 @@ from tests.sim.sim import Faults, Simulation, SimulationFailed
 
 
 def main() -> int:
-    logging.disable(logging.WARNING)
+    logging.disable(logging.ERROR)  # the simulated faults log errors by design
     steps = int(os.environ.get("SIM_STEPS", "2000"))
     heavy = Faults(crash=0.02, sync_error=0.01, disk_full=0.01, flip=0.8)
     if os.environ.get("SIM_SEED"):
