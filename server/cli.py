@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"commands waiting per shard before 503 overloaded (default {MAILBOX_CAPACITY})",
     )
     serve.add_argument(
-        "--read-timeout", type=_positive, default=10,
-        help="seconds a connection may stay silent (mid-request or idle between requests) before it is closed (default 10)",
+        "--read-timeout", type=_positive, default=30,
+        help="seconds a connection may stay silent (mid-request or idle between requests) before it is closed (default 30)",
     )
     serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
