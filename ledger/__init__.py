@@ -18,6 +18,8 @@ from ledger._checkpoint import (
     write_state,
 )
 from ledger._codec import CODEC_VERSION, CodecError, decode_event, encode_event
+from ledger._events import PAGE_MAX as EVENTS_PAGE_MAX
+from ledger._events import EventFeed, Gone
 from ledger._history import Entry, History, HistoryLagging, TransactionRow
 from ledger._ledger import (
     SHARDS_DEFAULT,
@@ -87,6 +89,7 @@ __all__ = [
     "AMOUNT_MAX",
     "CODEC_VERSION",
     "DESCRIPTION_CHARS_MAX",
+    "EVENTS_PAGE_MAX",
     "IDEMPOTENCY_RETENTION_US",
     "ID_PATTERN",
     "INT64_MAX",
@@ -116,6 +119,8 @@ __all__ = [
     "Duplicate",
     "Entry",
     "Event",
+    "EventFeed",
+    "Gone",
     "History",
     "HistoryLagging",
     "Idempotency",

@@ -25,6 +25,7 @@ import anyio
 from ledger import _state
 from ledger._checkpoint import Base, load_base
 from ledger._codec import decode_event
+from ledger._events import EventFeed
 from ledger._history import BATCH_RECORDS_MAX as HISTORY_BATCH_RECORDS
 from ledger._history import History
 from ledger._model import (
@@ -237,9 +238,10 @@ class Ledger:
             parent=result.last_checksum,
             tail_path=result.tail_path,
             tail_offset=result.tail_offset,
-            on_durable=self.history.feed,
+            on_durable=self._durable,
             **options,
         )
+        self.events = EventFeed(data_dir / "wal", durable_lsn=result.next_lsn - 1)
         states = [State(directory=self.directory) for _ in range(shards)]
         for wallet_id, wallet in recovered.state.wallets.items():
             states[shard_of(wallet_id, shards)].wallets[wallet_id] = wallet
@@ -255,6 +257,10 @@ class Ledger:
         self._in_flight: dict[tuple[str, str], anyio.Event] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    def _durable(self, records: list[tuple[int, bytes, Any]]) -> None:
+        self.history.feed(records)
+        self.events.feed(records)
 
     def _backlogged(self) -> bool:
         return self.wal.backlogged() or self.history.backlogged()

@@ -22,10 +22,12 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ledger import (
+    EVENTS_PAGE_MAX,
+    AssetCreated,
     ChangeWalletStatus,
     Committed,
     CreateAsset,
@@ -33,6 +35,7 @@ from ledger import (
     CreateWallet,
     Duplicate,
     Entry,
+    Gone,
     History,
     HistoryLagging,
     Idempotency,
@@ -40,12 +43,15 @@ from ledger import (
     Overloaded,
     Rejection,
     RevokeToken,
+    TokenCreated,
+    TokenRevoked,
     TransactionRow,
     TransactionType,
     Transfer,
     Transferred,
     WalletCreated,
     WalletStatus,
+    WalletStatusChanged,
     WalletView,
     is_treasury,
     treasury_id,
@@ -169,6 +175,36 @@ def entry_body(entry: Entry) -> dict[str, Any]:
         "created_at": timestamp(entry.at_us),
         "lsn": entry.lsn,
     }
+
+
+STATUS_EVENT = {WalletStatus.FROZEN: "wallet.frozen", WalletStatus.ACTIVE: "wallet.unfrozen",
+                WalletStatus.CLOSED: "wallet.closed"}
+
+
+def event_body(lsn: int, event: Any) -> dict[str, Any]:
+    """The stable JSON shape of one committed event in the feed (documented in the README)."""
+    data: dict[str, Any]
+    if isinstance(event, Transferred):
+        kind = f"{event.type.label}.posted"
+        data = transaction_body(event, lsn)
+    elif isinstance(event, WalletCreated):
+        kind = "wallet.created"
+        data = {"wallet_id": event.wallet_id, "owner_id": event.owner_id, "asset": event.asset,
+                "metadata": event.metadata or {}}
+    elif isinstance(event, WalletStatusChanged):
+        kind = STATUS_EVENT[event.status]
+        data = {"wallet_id": event.wallet_id, "status": event.status.label}
+    elif isinstance(event, AssetCreated):
+        kind = "asset.created"
+        data = {"code": event.code, "scale": event.scale}
+    elif isinstance(event, TokenCreated):
+        kind = "token.created"  # never the token or its hash
+        data = {"prefix": event.prefix, "owner_id": event.owner_id}
+    else:
+        assert isinstance(event, TokenRevoked)
+        kind = "token.revoked"
+        data = {"prefix": event.prefix}
+    return {"lsn": lsn, "type": kind, "created_at": timestamp(event.at_us), "data": data}
 
 
 def encode_cursor(kind: str, lsn: int) -> str:
@@ -507,6 +543,73 @@ class Api:
         next_cursor = encode_cursor("t", page[-1].lsn) if len(entries) > limit else None
         return json_response({"items": items, "next_cursor": next_cursor})
 
+    # -- events --------------------------------------------------------------------------
+
+    def _after(self, raw: str | None) -> int:
+        if raw is None:
+            return 0
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 19):
+            raise v.invalid_field("after", "must be an LSN (a non-negative integer)")
+        return int(raw)
+
+    def _gone(self, error: Gone) -> ApiError:
+        failure = ApiError(410, "gone", "Gone", f"{error}; start again from after={error.oldest_lsn - 1}")
+        failure.extra = {"oldest_lsn": error.oldest_lsn}
+        return failure
+
+    async def events(self, request: Request) -> Response:
+        self.admin(request)
+        v.query(request, {"after", "limit", "wait"})
+        params = request.query_params
+        after = self._after(params.get("after"))
+        limit = v.limit(request, default=100, maximum=EVENTS_PAGE_MAX)
+        wait_s = 0.0
+        if (raw := params.get("wait")) is not None:
+            try:
+                wait_s = float(raw) if len(raw) <= 10 else -1.0
+            except ValueError:
+                wait_s = -1.0
+            if not 0 <= wait_s <= 30:
+                raise v.invalid_field("wait", "must be a number of seconds from 0 to 30")
+        try:
+            found = await self._ledger().events.read(after, limit=limit, wait_s=wait_s)
+        except Gone as error:
+            raise self._gone(error) from None
+        items = [event_body(lsn, event) for lsn, event in found]
+        return json_response({"items": items, "next_after": found[-1][0] if found else after})
+
+    async def event_stream(self, request: Request) -> Response:
+        self.admin(request)
+        v.query(request, {"after"})
+        resume = request.headers.get("last-event-id")
+        after = self._after(resume if resume is not None else request.query_params.get("after"))
+        feed = self._ledger().events
+        try:
+            first = await feed.read(after, limit=EVENTS_PAGE_MAX)
+        except Gone as error:
+            raise self._gone(error) from None
+
+        async def stream() -> Any:
+            position = after
+            batch = first
+            while True:
+                if not batch:
+                    yield b": keep-alive\n\n"
+                for lsn, event in batch:
+                    body = event_body(lsn, event)
+                    yield f"id: {lsn}\nevent: {body['type']}\ndata: {json.dumps(body)}\n\n".encode()
+                    position = lsn
+                try:
+                    batch = await feed.read(position, limit=EVENTS_PAGE_MAX, wait_s=15)
+                except Gone as error:
+                    yield f"event: gone\ndata: {json.dumps({'oldest_lsn': error.oldest_lsn})}\n\n".encode()
+                    return
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
     # -- money ---------------------------------------------------------------------------
 
     async def _move(self, request: Request, caller: Caller, raw: dict[str, Any], body: dict[str, Any],
@@ -626,6 +729,8 @@ def build_app(api: Api) -> Starlette:
         Route("/v1/deposits", api.deposit, methods=["POST"]),
         Route("/v1/transfers", api.transfer, methods=["POST"]),
         Route("/v1/transactions/{transaction_id}", api.get_transaction, methods=["GET"]),
+        Route("/v1/events", api.events, methods=["GET"]),
+        Route("/v1/events/stream", api.event_stream, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,

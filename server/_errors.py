@@ -23,6 +23,7 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | no or unknown token       | 401    | unauthorized              |
     | not allowed for the token | 403    | forbidden                 |
     | unknown route / object    | 404    | not_found / *_not_found   |
+    | events compacted away     | 410    | gone (with oldest_lsn)    |
     | wrong method              | 405    | method_not_allowed        |
     | body too large            | 413    | payload_too_large         |
     | wrong content type        | 415    | unsupported_media_type    |
@@ -88,6 +89,7 @@ class ApiError(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = headers
+        self.extra: dict[str, Any] = {}
 
 
 def rejected(rejection: Rejection) -> ApiError:
@@ -118,6 +120,7 @@ def problem(error: ApiError) -> Response:
     }
     if error.errors is not None:
         body["errors"] = error.errors
+    body.update(error.extra)
     return Response(
         json.dumps(body).encode(),
         status_code=error.status,

@@ -71,6 +71,18 @@ SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object"}, "created_at": TIMESTAMP, "lsn": {"type": "integer", "minimum": 1},
         },
     },
+    "Event": {
+        "type": "object",
+        "required": ["lsn", "type", "created_at", "data"],
+        "properties": {
+            "lsn": {"type": "integer", "minimum": 1},
+            "type": {"enum": ["asset.created", "wallet.created", "wallet.frozen", "wallet.unfrozen",
+                              "wallet.closed", "deposit.posted", "transfer.posted", "token.created",
+                              "token.revoked"]},
+            "created_at": TIMESTAMP,
+            "data": {"type": "object"},
+        },
+    },
     "Entry": {
         "type": "object",
         "required": ["transaction_id", "type", "status", "direction", "amount", "balance_after",
@@ -240,6 +252,29 @@ def build() -> dict[str, Any]:
         "/v1/transactions/{transaction_id}": {
             "get": {"operationId": "getTransaction", "parameters": [_path_id("transaction_id")],
                     "responses": {"200": _json(_ref("Transaction"), "the transaction"), **_problems(403, 404)}}
+        },
+        "/v1/events": {
+            "get": {
+                "operationId": "events", "summary": "Committed events in LSN order, long-polling (admin)",
+                "parameters": [_query("after", {"type": "integer", "minimum": 0}),
+                               _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                               _query("wait", {"type": "number", "minimum": 0, "maximum": 30})],
+                "responses": {"200": _json({"type": "object", "required": ["items", "next_after"],
+                                            "properties": {"items": {"type": "array", "items": _ref("Event")},
+                                                           "next_after": {"type": "integer"}}}, "events"),
+                              **_problems(403, 410)},
+            }
+        },
+        "/v1/events/stream": {
+            "get": {
+                "operationId": "eventStream", "summary": "The same as Server-Sent Events; id is the LSN (admin)",
+                "parameters": [_query("after", {"type": "integer", "minimum": 0}),
+                               {"name": "Last-Event-ID", "in": "header", "required": False,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "an endless event stream",
+                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              **_problems(403, 410)},
+            }
         },
         "/v1/admin/snapshots": {
             "post": {"operationId": "takeSnapshot", "summary": "Snapshot the durable ledger now (admin)",

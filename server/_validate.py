@@ -306,12 +306,12 @@ def idempotency_key(request: Request, *, required: bool) -> str | None:
     return key
 
 
-def limit(request: Request) -> int:
+def limit(request: Request, *, default: int = LIMIT_DEFAULT, maximum: int = LIMIT_MAX) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
-        return LIMIT_DEFAULT
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= LIMIT_MAX:
-        raise invalid_field("limit", f"must be an integer from 1 to {LIMIT_MAX}")
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= maximum:
+        raise invalid_field("limit", f"must be an integer from 1 to {maximum}")
     return int(raw)
 
 
