@@ -263,13 +263,13 @@ class Shard:
         """Appends the event; the caller applies it in the same step."""
         return self._wal.append(encode_event(event), event)
 
-    def _answer(self, reply: Reply, decision: _state.Decision) -> Event | None:
-        """Resolves a reply for a decision that was not accepted (or accepted nothing new)."""
+    def _answer(self, reply: Reply, decision: _state.Decision) -> None:
+        """Resolves a reply for a decision that appended nothing: a replay answers once its
+        original is durable; a rejection once the log it was judged against is durable."""
         if isinstance(decision, Duplicate):
             self._resolve(reply, decision, decision.record.lsn)
         else:
             self._resolve(reply, decision, self._wal.last_lsn)
-        return None
 
     def _on_credit_step(self, message: _CreditStep) -> None:
         command = message.command
