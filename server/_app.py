@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -59,6 +60,7 @@ from ledger import (
 from server import _openapi
 from server import _validate as v
 from server._errors import ApiError, overloaded, problem, rejected
+from server._observe import Metrics, Observe
 from wal import StorageFailed
 
 log = logging.getLogger("server")
@@ -607,7 +609,7 @@ class Api:
 
         return StreamingResponse(
             stream(), media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            headers={"X-Accel-Buffering": "no"},  # Observe adds Cache-Control: no-store
         )
 
     # -- money ---------------------------------------------------------------------------
@@ -686,30 +688,42 @@ class Api:
         return json_response(row_body(found))
 
 
-def _not_found(request: Request, exc: Exception) -> Response:
+def _not_found(request: Request, exc: Exception) -> ApiError:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return problem(
-            ApiError(
-                405, "method_not_allowed", "Method not allowed",
-                f"{request.method} is not allowed on {request.url.path}", headers=dict(exc.headers or {}),
-            )
+        return ApiError(
+            405, "method_not_allowed", "Method not allowed",
+            f"{request.method} is not allowed on {request.url.path}", headers=dict(exc.headers or {}),
         )
-    return problem(ApiError(exc.status_code, "not_found", "Not found", f"no route {request.method} {request.url.path}"))
+    return ApiError(exc.status_code, "not_found", "Not found", f"no route {request.method} {request.url.path}")
 
 
-def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return problem(exc)
+def build_app(api: Api) -> Any:
+    """The ASGI application: the routes inside the observing middleware (metrics, logs, ids)."""
+    metrics = Metrics()
+    metrics.api = api
 
+    def render(error: ApiError) -> Response:
+        metrics.rejections.labels(error.code).inc()
+        return problem(error)
 
-def _bug(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(ApiError(500, "internal_error", "Internal error", "a bug: the request may or may not have been applied; it was logged"))
+    def http_error(request: Request, exc: Exception) -> Response:
+        return render(_not_found(request, exc))
 
+    def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return render(exc)
 
-def build_app(api: Api) -> Starlette:
+    def bug(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return render(ApiError(500, "internal_error", "Internal error",
+                               "a bug: the request may or may not have been applied; it was logged"))
+
+    async def scrape(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     routes = [
+        Route("/metrics", scrape, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/health", api.health, methods=["GET"]),
         Route("/ready", api.ready, methods=["GET"]),
@@ -732,7 +746,8 @@ def build_app(api: Api) -> Starlette:
         Route("/v1/events", api.events, methods=["GET"]),
         Route("/v1/events/stream", api.event_stream, methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: _not_found, ApiError: _api_error, Exception: _bug},
+        exception_handlers={HTTPException: http_error, ApiError: api_error, Exception: bug},
     )
+    return Observe(app, metrics)

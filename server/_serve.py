@@ -135,7 +135,7 @@ async def serve(options: ServeOptions) -> int:
     async def run_http(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await hypercorn_serve(
-                app,  # type: ignore[arg-type]  # Starlette is an ASGI app; the stubs disagree
+                app,
                 hypercorn_config(options), shutdown_trigger=shutdown.wait, task_status=task_status
             )
         finally:

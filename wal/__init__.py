@@ -28,8 +28,10 @@ from wal._segments import (
     segment_name,
 )
 from wal._writer import (
+    BATCH_BUCKETS,
     BATCH_BYTES_MAX,
     BATCH_RECORDS_MAX,
+    FSYNC_BUCKETS_S,
     SEGMENT_BYTES_MAX,
     Statistics,
     StorageFailed,
@@ -38,10 +40,12 @@ from wal._writer import (
 )
 
 __all__ = [
+    "BATCH_BUCKETS",
     "BATCH_BYTES_MAX",
     "BATCH_RECORDS_MAX",
     "CHECKSUM_BYTES",
     "FRAME_VERSION",
+    "FSYNC_BUCKETS_S",
     "HEADER_BYTES",
     "PAYLOAD_BYTES_MAX",
     "SEGMENT_BYTES_MAX",

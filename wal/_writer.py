@@ -17,6 +17,7 @@ This module knows nothing of the ledger: payloads are bytes and callbacks are op
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import time
@@ -39,6 +40,10 @@ BATCH_BYTES_MAX = 32 * 1024 * 1024
 PENDING_BYTES_MAX = 64 * 1024 * 1024
 
 DurableCallback = Callable[[str | None], None]
+# Histogram bounds kept by the writer itself (wal/ has no metrics library): fsync seconds and
+# records per group commit. The server exposes them as Prometheus histograms.
+FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384)
 
 
 class StorageFailed(Exception):
@@ -66,6 +71,8 @@ class Statistics:
     fsync_seconds_max: float
     segments_created: int
     failed: str | None
+    fsync_bucket_counts: tuple[int, ...]  # per FSYNC_BUCKETS_S bound, then +Inf (not cumulative)
+    batch_bucket_counts: tuple[int, ...]  # per BATCH_BUCKETS bound, then +Inf (not cumulative)
 
 
 class WriteAheadLog:
@@ -119,6 +126,8 @@ class WriteAheadLog:
         self._fsync_seconds_total = 0.0
         self._fsync_seconds_max = 0.0
         self._segments_created = 0
+        self._fsync_counts = [0] * (len(FSYNC_BUCKETS_S) + 1)
+        self._batch_counts = [0] * (len(BATCH_BUCKETS) + 1)
 
     # -- the producer side: called from actors, synchronous --------------------------------
 
@@ -277,6 +286,8 @@ class WriteAheadLog:
         self._bytes_written += len(data)
         self._fsync_seconds_total += elapsed
         self._fsync_seconds_max = max(self._fsync_seconds_max, elapsed)
+        self._fsync_counts[bisect.bisect_left(FSYNC_BUCKETS_S, elapsed)] += 1
+        self._batch_counts[bisect.bisect_left(BATCH_BUCKETS, len(batch))] += 1
 
     def _start_segment(self, first_lsn: int) -> None:
         """Creates the next segment atomically: temp file, fsync, rename, fsync directory."""
@@ -352,4 +363,6 @@ class WriteAheadLog:
             fsync_seconds_max=self._fsync_seconds_max,
             segments_created=self._segments_created,
             failed=self._failed,
+            fsync_bucket_counts=tuple(self._fsync_counts),
+            batch_bucket_counts=tuple(self._batch_counts),
         )

@@ -1,0 +1,159 @@
+"""What operators see: Prometheus metrics, one structured log line per request, request ids and
+the response headers a JSON API should send.
+
+``Observe`` is a plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task and a
+stream per request): it times the request, takes the route template Starlette matched, echoes
+``X-Request-ID`` (the caller's, if it is sane, else a new one), adds the security headers, counts
+and logs. Gauges and the WAL's histograms are read from the components' ``statistics()`` only
+when ``/metrics`` is scraped, so the hot path pays one counter and one histogram observation.
+Logs never contain a token, a body or a query string.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from wal import BATCH_BUCKETS, FSYNC_BUCKETS_S
+
+log = logging.getLogger("server.access")
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+REQUEST_ID_CHARS_MAX = 128
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.requests = Counter(
+            "wallet_http_requests", "HTTP requests by route and status", ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "wallet_http_request_duration_seconds", "HTTP request latency by route", ["method", "route"],
+            buckets=LATENCY_BUCKETS_S, registry=self.registry,
+        )
+        self.rejections = Counter(
+            "wallet_rejections", "Answers that are not 2xx, by problem code", ["code"], registry=self.registry,
+        )
+        self.api: Any = None  # the Api, for the ledger's statistics at scrape time
+        self.registry.register(_LedgerCollector(self))
+
+
+class _LedgerCollector:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        api = self._metrics.api
+        ledger = None if api is None else api.ledger
+        if ledger is None:
+            return
+        depth = GaugeMetricFamily("wallet_shard_mailbox_depth", "Commands waiting per shard", labels=["shard", "mailbox"])
+        for shard in ledger.shards:
+            stats = shard.statistics()
+            depth.add_metric([str(stats.index), "external"], stats.mailbox_depth)
+            depth.add_metric([str(stats.index), "internal"], stats.internal_depth)
+        yield depth
+        wal = ledger.wal.statistics()
+        yield CounterMetricFamily("wallet_wal_records", "WAL records written", value=wal.records_written)
+        yield CounterMetricFamily("wallet_wal_bytes", "WAL bytes written", value=wal.bytes_written)
+        yield CounterMetricFamily("wallet_wal_group_commits", "WAL group commits (fsyncs)", value=wal.batches)
+        yield GaugeMetricFamily("wallet_wal_durable_lsn", "Last durable LSN", value=wal.durable_lsn)
+        yield GaugeMetricFamily("wallet_wal_failed", "1 once a write or fsync failed", value=int(wal.failed is not None))
+        yield _histogram("wallet_wal_fsync_seconds", "fsync latency", FSYNC_BUCKETS_S, wal.fsync_bucket_counts,
+                         wal.fsync_seconds_total)
+        yield _histogram("wallet_wal_records_per_commit", "Records per group commit", BATCH_BUCKETS,
+                         wal.batch_bucket_counts, wal.records_written)
+        history = ledger.history.statistics()
+        yield GaugeMetricFamily("wallet_history_lsn", "LSN the history read model reached", value=history.applied_lsn)
+        yield GaugeMetricFamily("wallet_history_lag_records", "Durable records not yet in the history",
+                                value=max(wal.durable_lsn - history.applied_lsn, 0))
+        snapshotter = api.snapshotter
+        if snapshotter is not None:
+            stats = snapshotter.statistics()
+            yield GaugeMetricFamily("wallet_snapshot_lsn", "LSN of the newest snapshot", value=stats.last_lsn)
+            yield GaugeMetricFamily("wallet_snapshot_duration_seconds", "Duration of the last snapshot",
+                                    value=stats.last_seconds)
+            age = -1.0 if stats.last_finished_monotonic is None else time.monotonic() - stats.last_finished_monotonic
+            yield GaugeMetricFamily("wallet_snapshot_age_seconds", "Seconds since the last snapshot (-1: none yet)",
+                                    value=age)
+            yield CounterMetricFamily("wallet_snapshots", "Snapshots taken by this process", value=stats.taken)
+            yield CounterMetricFamily("wallet_snapshot_failures", "Snapshots that failed", value=stats.failed)
+
+
+def _histogram(name: str, documentation: str, bounds: tuple[float, ...], counts: tuple[int, ...],
+               total: float) -> HistogramMetricFamily:
+    cumulative = 0
+    buckets = []
+    for bound, count in zip([*map(str, bounds), "+Inf"], counts, strict=True):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=total)
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if 0 < len(text) <= REQUEST_ID_CHARS_MAX and text.isascii() and text.isprintable():
+                return text
+            break
+    return secrets.token_hex(8)
+
+
+class Observe:
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self._app = app
+        self._metrics = metrics
+        self._json = not sys.stderr.isatty()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope.get("headers", []))
+        echoed = request_id.encode()
+        status = 500
+
+        async def observed_send(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", echoed), *SECURITY_HEADERS]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, observed_send)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = route.path if route is not None else "unmatched"
+            method = scope["method"]
+            self._metrics.requests.labels(method, template, str(status)).inc()
+            self._metrics.latency.labels(method, template).observe(elapsed)
+            if log.isEnabledFor(logging.INFO):
+                self._log(method, scope["path"], template, status, elapsed, request_id)
+
+    def _log(self, method: str, path: str, route: str, status: int, elapsed: float, request_id: str) -> None:
+        if self._json:
+            log.info(json.dumps({"event": "request", "method": method, "path": path, "route": route,
+                                 "status": status, "latency_ms": round(elapsed * 1000, 3), "request_id": request_id}))
+        else:
+            log.info("%s %s %d %.1f ms request_id=%s", method, path, status, elapsed * 1000, request_id)

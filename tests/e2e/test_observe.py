@@ -1,0 +1,37 @@
+"""Metrics, request ids and response headers on the real server."""
+
+from __future__ import annotations
+
+import re
+
+from tests.e2e._server import ServerProcess
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    assert found, f"{name} not in /metrics"
+    return float(found.group(1))
+
+
+def test_metrics_request_ids_and_headers(server: ServerProcess) -> None:
+    with server.client() as http:
+        created = http.post("/v1/assets", json={"code": "USD", "scale": 2}, headers={"X-Request-ID": "req-42"})
+        assert created.headers["x-request-id"] == "req-42"
+        assert created.headers["x-content-type-options"] == "nosniff"
+        generated = http.get("/v1/assets")
+        assert re.fullmatch(r"[0-9a-f]{16}", generated.headers["x-request-id"])
+        assert http.get("/v1/wallets/nope").status_code == 404
+        for wallet_id in ("m-a", "m-b"):
+            http.post("/v1/wallets", json={"id": wallet_id, "owner_id": wallet_id, "asset": "USD"})
+        http.post("/v1/deposits", json={"wallet_id": "m-a", "amount": 5}, headers={"Idempotency-Key": "m1"})
+        text = http.get("/metrics").text
+    assert metric(text, 'wallet_http_requests_total{method="POST",route="/v1/assets",status="201"}') == 1
+    assert metric(text, 'wallet_http_requests_total{method="GET",route="/v1/wallets/{wallet_id}",status="404"}') == 1
+    assert metric(text, 'wallet_rejections_total{code="wallet_not_found"}') == 1
+    assert metric(text, "wallet_wal_durable_lsn") == 4
+    assert metric(text, "wallet_wal_records_total") == 4
+    assert metric(text, "wallet_wal_fsync_seconds_count") == metric(text, "wallet_wal_group_commits_total")
+    assert metric(text, "wallet_wal_records_per_commit_sum") == 4
+    assert metric(text, 'wallet_shard_mailbox_depth{mailbox="external",shard="0"}') == 0
+    assert metric(text, "process_resident_memory_bytes") > 0
+    assert "req-42" in server.log() and "authorization" not in server.log().lower()
