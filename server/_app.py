@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -67,6 +68,7 @@ log = logging.getLogger("server")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ADMIN_SCOPE = "admin"
+GZIP_MIN_BYTES = 1024
 TRANSACTION_TYPES = {member.label: member for member in TransactionType}
 TRANSACTION_STATUSES = ("posted", "pending", "voided", "failed")
 TOKEN_PREFIX_CHARS = 12
@@ -750,4 +752,5 @@ def build_app(api: Api) -> Any:
         routes=routes,
         exception_handlers={HTTPException: http_error, ApiError: api_error, Exception: bug},
     )
-    return Observe(app, metrics)
+    # gzip for large responses when the client accepts it (SSE is excluded by Starlette).
+    return Observe(GZipMiddleware(app, minimum_size=GZIP_MIN_BYTES), metrics)

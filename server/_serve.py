@@ -54,6 +54,8 @@ class ServeOptions:
     archive: bool = False
     mailbox_capacity: int = MAILBOX_CAPACITY
     read_timeout_s: int = READ_TIMEOUT_S
+    certfile: Path | None = None
+    keyfile: Path | None = None
 
 
 def admin_token(data_dir: Path) -> str:
@@ -81,6 +83,9 @@ def hypercorn_config(options: ServeOptions) -> Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = options.shutdown_timeout_s
     config.h11_max_incomplete_size = HEADER_BYTES_MAX
+    if options.certfile is not None:
+        config.certfile = str(options.certfile)
+        config.keyfile = str(options.keyfile) if options.keyfile is not None else None
     config.keep_alive_timeout = options.read_timeout_s
     config.read_timeout = options.read_timeout_s
     config.backlog = 1024

@@ -11,8 +11,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT
 from server import _tools as tools
+from server._config import add_serve_arguments, resolve
 from server._lock import DataDirLocked
 from wal import LogCorrupt
 
@@ -28,39 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wallet", description="Durable, sharded wallet ledger.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the HTTP API")
-    serve.add_argument("--data", type=Path, default=Path("./data"), help="data directory (default ./data)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
-    serve.add_argument(
-        "--shards", type=_positive, default=SHARDS_DEFAULT,
-        help=f"number of shard actors (default {SHARDS_DEFAULT}); may change between restarts",
+    serve = commands.add_parser(
+        "serve", help="run the HTTP API",
+        description="Options also come from WALLET_<OPTION> environment variables and a TOML file, "
+        "in that order of precedence after the command line.",
     )
-    serve.add_argument(
-        "--shutdown-timeout", type=float, default=10.0,
-        help="seconds in-flight requests get to finish after SIGTERM (default 10)",
-    )
-    serve.add_argument(
-        "--segment-bytes", type=_positive, default=None,
-        help="roll WAL segments at this size (default 64 MiB)",
-    )
-    serve.add_argument(
-        "--snapshot-every", type=_positive, default=SNAPSHOT_EVERY_DEFAULT,
-        help=f"records between periodic snapshots (default {SNAPSHOT_EVERY_DEFAULT:,})",
-    )
-    serve.add_argument(
-        "--archive", action="store_true",
-        help="move WAL segments covered by snapshots to <data>/archive/ instead of deleting them",
-    )
-    serve.add_argument(
-        "--mailbox-capacity", type=_positive, default=MAILBOX_CAPACITY,
-        help=f"commands waiting per shard before 503 overloaded (default {MAILBOX_CAPACITY})",
-    )
-    serve.add_argument(
-        "--read-timeout", type=_positive, default=30,
-        help="seconds a connection may stay silent (mid-request or idle between requests) before it is closed (default 30)",
-    )
-    serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    add_serve_arguments(serve)
 
     wal = commands.add_parser("wal", help="inspect and check the write-ahead log")
     wal_commands = wal.add_subparsers(dest="wal_command", required=True)
@@ -114,19 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.command == "serve":
         from server._serve import ServeOptions, run
 
+        values = resolve(arguments)
         logging.basicConfig(
-            level=arguments.log_level.upper(),
+            level=str(values["log_level"]).upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        if (values["certfile"] is None) != (values["keyfile"] is None):
+            print("wallet serve: --certfile and --keyfile go together", file=sys.stderr)
+            return 2
         try:
             return run(
                 ServeOptions(
-                    data_dir=arguments.data, host=arguments.host, port=arguments.port,
-                    shards=arguments.shards, shutdown_timeout_s=arguments.shutdown_timeout,
-                    segment_bytes_max=arguments.segment_bytes,
-                    snapshot_every=arguments.snapshot_every, archive=arguments.archive,
-                    mailbox_capacity=arguments.mailbox_capacity, read_timeout_s=arguments.read_timeout,
+                    data_dir=values["data"], host=values["host"], port=values["port"],
+                    shards=values["shards"], shutdown_timeout_s=values["shutdown_timeout"],
+                    segment_bytes_max=values["segment_bytes"], snapshot_every=values["snapshot_every"],
+                    archive=values["archive"], mailbox_capacity=values["mailbox_capacity"],
+                    read_timeout_s=values["read_timeout"], certfile=values["certfile"],
+                    keyfile=values["keyfile"],
                 )
             )
         except LogCorrupt as error:

@@ -1,0 +1,109 @@
+"""``wallet serve`` options from three places, in this order of precedence: the command line, the
+environment (``WALLET_<OPTION>``, e.g. ``WALLET_PORT``), a TOML file (``--config FILE`` or
+``WALLET_CONFIG``; keys are the option names with underscores, e.g. ``snapshot_every = 500000``),
+then the defaults. One table (``SERVE_OPTIONS``) drives the parser, the lookup and the README."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def flag(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError("must be true or false")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Option:
+    name: str  # the flag without dashes, underscores for dashes
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+
+SERVE_OPTIONS = [
+    Option(name="data", parse=Path, default=Path("./data"), help="data directory"),
+    Option(name="host", parse=str, default="127.0.0.1", help="address to listen on"),
+    Option(name="port", parse=int, default=8080, help="port to listen on"),
+    Option(name="shards", parse=positive, default=SHARDS_DEFAULT, help="shard actors; may change between restarts"),
+    Option(name="snapshot_every", parse=positive, default=SNAPSHOT_EVERY_DEFAULT,
+           help="durable records between periodic snapshots"),
+    Option(name="archive", parse=flag, default=False,
+           help="move compacted WAL segments to <data>/archive/ instead of deleting them"),
+    Option(name="shutdown_timeout", parse=float, default=10.0,
+           help="seconds the graceful shutdown may take (in-flight requests, then the final snapshot)"),
+    Option(name="segment_bytes", parse=positive, default=64 * 1024 * 1024, help="WAL segment size before rolling"),
+    Option(name="mailbox_capacity", parse=positive, default=MAILBOX_CAPACITY,
+           help="commands waiting per shard before 503 overloaded"),
+    Option(name="read_timeout", parse=positive, default=30,
+           help="seconds a connection may stay silent (mid-request or idle) before it is closed"),
+    Option(name="certfile", parse=Path, default=None, help="TLS certificate (PEM); serves HTTPS with --keyfile"),
+    Option(name="keyfile", parse=Path, default=None, help="TLS private key (PEM)"),
+    Option(name="log_level", parse=str, default="INFO", help="logging level"),
+]
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="TOML file of options (also WALLET_CONFIG)")
+    for option in SERVE_OPTIONS:
+        flag_name = "--" + option.name.replace("_", "-")
+        env = "WALLET_" + option.name.upper()
+        default = option.default if option.default is not None else "none"
+        extra: dict[str, Any] = {"nargs": "?", "const": True} if option.parse is flag else {}
+        parser.add_argument(flag_name, type=option.parse, default=None,
+                            help=f"{option.help} (env {env}; default {default})", **extra)
+
+
+def resolve(arguments: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Each option from the command line, else the environment, else the TOML file, else the
+    default. Raises SystemExit with a clear message on a bad value."""
+    config_path = arguments.config or (Path(environ["WALLET_CONFIG"]) if environ.get("WALLET_CONFIG") else None)
+    file_values: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            file_values = tomllib.loads(config_path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise SystemExit(f"wallet serve: cannot read {config_path}: {error}") from None
+        unknown = set(file_values) - {option.name for option in SERVE_OPTIONS}
+        if unknown:
+            raise SystemExit(f"wallet serve: unknown option(s) in {config_path}: {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for option in SERVE_OPTIONS:
+        value = getattr(arguments, option.name)
+        source = "command line"
+        if value is None and ("WALLET_" + option.name.upper()) in environ:
+            source = "WALLET_" + option.name.upper()
+            value = _parse(option, environ[source], source)
+        elif value is None and option.name in file_values:
+            source = str(config_path)
+            value = _parse(option, str(file_values[option.name]), source)
+        if value is None:
+            value = option.default
+        values[option.name] = value
+    return values
+
+
+def _parse(option: Option, raw: str, source: str) -> Any:
+    try:
+        return option.parse(raw)
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        raise SystemExit(f"wallet serve: {option.name} from {source}: {error}") from None
