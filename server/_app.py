@@ -14,7 +14,9 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -253,11 +255,36 @@ def forbidden(detail: str) -> ApiError:
     return ApiError(403, "forbidden", "Forbidden", detail)
 
 
+class RateLimiter:
+    """A token bucket per API token: ``rate`` requests/s refill, ``burst`` at most. Buckets are
+    keyed by the token's hash, so memory is bounded by the number of tokens that exist."""
+
+    def __init__(self, *, rate: float, burst: int, clock: Any = time.monotonic) -> None:
+        assert rate > 0 and burst >= 1
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._buckets: dict[bytes, tuple[float, float]] = {}
+
+    def check(self, key: bytes) -> float:
+        """0 when the request may go; else the seconds until it could."""
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (float(self._burst), now))
+        tokens = min(float(self._burst), tokens + (now - last) * self._rate)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self._rate
+        self._buckets[key] = (tokens - 1, now)
+        return 0.0
+
+
 class Api:
     """The routes, bound to one ledger (set once recovery finished) and the admin token."""
 
-    def __init__(self, *, admin_token: str) -> None:
+    def __init__(self, *, admin_token: str, limiter: RateLimiter | None = None, limit_admin: bool = False) -> None:
         self._admin_token = admin_token.encode()
+        self._limiter = limiter
+        self._limit_admin = limit_admin
         self.ledger: Ledger | None = None
         self.snapshotter: Any = None  # server._snapshotter.Snapshotter once ready
         self._openapi: bytes | None = None
@@ -279,11 +306,25 @@ class Api:
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "unauthorized", "Unauthorized", "send Authorization: Bearer <token>")
         if hmac.compare_digest(token.encode(), self._admin_token):
+            if self._limit_admin:
+                self._throttle(b"admin")
             return Caller(None)
-        found = self._ledger().token(hash_token(token))
+        token_hash = hash_token(token)
+        found = self._ledger().token(token_hash)
         if found is None:
             raise ApiError(401, "unauthorized", "Unauthorized", "unknown or revoked token")
+        self._throttle(token_hash)
         return Caller(found.owner_id)
+
+    def _throttle(self, key: bytes) -> None:
+        if self._limiter is None:
+            return
+        wait_s = self._limiter.check(key)
+        if wait_s:
+            raise ApiError(
+                429, "rate_limited", "Too many requests", "this token sent more requests than its rate allows",
+                headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+            )
 
     def admin(self, request: Request) -> Caller:
         caller = self.authenticate(request)

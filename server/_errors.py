@@ -27,6 +27,7 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | wrong method              | 405    | method_not_allowed        |
     | body too large            | 413    | payload_too_large         |
     | wrong content type        | 415    | unsupported_media_type    |
+    | token over its rate       | 429    | rate_limited (Retry-After)|
     | mailbox or log backlog    | 503    | overloaded (Retry-After)  |
     | recovering                | 503    | not_ready (Retry-After)   |
     | history read model behind | 503    | history_lagging           |

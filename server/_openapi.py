@@ -108,7 +108,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _problems(*statuses: int) -> dict[str, Any]:
     responses = {}
-    for status in sorted({400, 401, 503, *statuses}):
+    for status in sorted({400, 401, 429, 503, *statuses}):
         responses[str(status)] = {
             "description": "problem",
             "content": {"application/problem+json": {"schema": _ref("Problem")}},

@@ -24,7 +24,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT, Ledger, recover
-from server._app import Api, build_app
+from server._app import Api, RateLimiter, build_app
 from server._lock import lock_data_dir
 from server._snapshotter import Snapshotter
 from wal import LogCorrupt
@@ -54,6 +54,9 @@ class ServeOptions:
     archive: bool = False
     mailbox_capacity: int = MAILBOX_CAPACITY
     read_timeout_s: int = READ_TIMEOUT_S
+    rate_limit: float = 0.0
+    rate_burst: int = 100
+    rate_limit_admin: bool = False
     certfile: Path | None = None
     keyfile: Path | None = None
 
@@ -132,7 +135,10 @@ async def serve(options: ServeOptions) -> int:
     data_dir = options.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_data_dir(data_dir)  # held until the process exits; raises DataDirLocked
-    api = Api(admin_token=admin_token(data_dir))
+    limiter = None
+    if options.rate_limit > 0:
+        limiter = RateLimiter(rate=options.rate_limit, burst=options.rate_burst)
+    api = Api(admin_token=admin_token(data_dir), limiter=limiter, limit_admin=options.rate_limit_admin)
     app = build_app(api)
     shutdown = trio.Event()
     http_done = trio.Event()

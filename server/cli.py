@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                     shards=values["shards"], shutdown_timeout_s=values["shutdown_timeout"],
                     segment_bytes_max=values["segment_bytes"], snapshot_every=values["snapshot_every"],
                     archive=values["archive"], mailbox_capacity=values["mailbox_capacity"],
-                    read_timeout_s=values["read_timeout"], certfile=values["certfile"],
+                    read_timeout_s=values["read_timeout"], rate_limit=values["rate_limit"],
+                    rate_burst=values["rate_burst"], rate_limit_admin=values["rate_limit_admin"],
+                    certfile=values["certfile"],
                     keyfile=values["keyfile"],
                 )
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from tests.e2e._server import ServerProcess
 
@@ -35,3 +36,20 @@ def test_metrics_request_ids_and_headers(server: ServerProcess) -> None:
     assert metric(text, 'wallet_shard_mailbox_depth{mailbox="external",shard="0"}') == 0
     assert metric(text, "process_resident_memory_bytes") > 0
     assert "req-42" in server.log() and "authorization" not in server.log().lower()
+
+
+def test_a_user_token_over_its_rate_gets_429_and_admin_is_exempt(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", extra_args=["--rate-limit", "1", "--rate-burst", "3"])
+    server.start()
+    try:
+        with server.client() as admin:
+            token = admin.post("/v1/tokens", json={"owner_id": "rl"}).json()["token"]
+            assert all(admin.get("/v1/assets").status_code == 200 for _ in range(10))  # admin exempt
+        with server.client(token) as user:
+            statuses = [user.get("/v1/assets") for _ in range(6)]
+        assert [response.status_code for response in statuses[:3]] == [200, 200, 200]
+        limited = [response for response in statuses if response.status_code == 429]
+        assert limited and limited[0].json()["code"] == "rate_limited"
+        assert int(limited[0].headers["retry-after"]) >= 1
+    finally:
+        server.kill()
