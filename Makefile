@@ -7,7 +7,7 @@ PORT   ?= 8080
 DATA   ?= ./data
 SHARDS ?=
 
-.PHONY: install run test test-fast lint sim crashloop bench-transfers clean
+.PHONY: install run demo test test-fast lint sim crashloop bench-transfers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/wallet serve --data $(DATA) --port $(PORT) $(if $(SHARDS),--shards $(SHARDS))
+
+# The server on $(DATA) with demo data: owners, wallets, tokens, money; curl commands printed.
+demo: $(STAMP)
+	$(BIN)/wallet serve --data $(DATA) --port $(PORT) & \
+	server=$$!; trap 'kill $$server' INT TERM; \
+	for i in $$(seq 1 100); do curl -sf http://127.0.0.1:$(PORT)/ready >/dev/null && break; sleep 0.2; done; \
+	$(BIN)/wallet seed --url http://127.0.0.1:$(PORT) --data $(DATA); \
+	wait $$server
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     until.add_argument("--until-lsn", type=_positive)
     until.add_argument("--until-time", help="RFC 3339, e.g. 2026-11-22T10:00:00Z")
     replay.add_argument("--out", type=Path, required=True, help="the new data directory (must be empty)")
+
+    seed = commands.add_parser("seed", help="demo data on a running server (admin token needed)")
+    seed.add_argument("--url", default="http://127.0.0.1:8080")
+    seed.add_argument("--token", default=None, help="admin token (default: WALLET_ADMIN_TOKEN, else DATA/admin.token)")
+    seed.add_argument("--data", type=Path, default=Path("./data"))
 
     snapshot = commands.add_parser("snapshot", help="create, list and verify snapshots")
     snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", required=True)
@@ -127,6 +133,17 @@ def main(argv: list[str] | None = None) -> int:
             if arguments.until_time is not None:
                 until_us = _parse_time(arguments.until_time)
             return tools.wal_replay(arguments.data, until_lsn=arguments.until_lsn, until_us=until_us, out=arguments.out)
+    if arguments.command == "seed":
+        from server._seed import seed
+
+        token = arguments.token or os.environ.get("WALLET_ADMIN_TOKEN")
+        if token is None:
+            path = arguments.data / "admin.token"
+            if not path.exists():
+                print(f"wallet seed: no --token, no WALLET_ADMIN_TOKEN and no {path}", file=sys.stderr)
+                return 2
+            token = path.read_text().strip()
+        return seed(arguments.url, token)
     if arguments.command == "snapshot":
         if arguments.snapshot_command == "create":
             return tools.snapshot_create(arguments.data, until_lsn=arguments.until_lsn, server_child=arguments.server_child)
