@@ -19,15 +19,18 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import swagger_ui
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from ledger import (
     EVENTS_PAGE_MAX,
@@ -71,6 +74,15 @@ log = logging.getLogger("server")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ADMIN_SCOPE = "admin"
 GZIP_MIN_BYTES = 1024
+# Swagger UI 5 (it reads OpenAPI 3.1) from the swagger-ui-py package's static files: no CDN.
+SWAGGER_UI_STATIC = Path(swagger_ui.__file__).parent / "static"
+DOCS_PAGE = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Wallet ledger API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});</script>
+</body></html>"""
 TRANSACTION_TYPES = {member.label: member for member in TransactionType}
 TRANSACTION_STATUSES = ("posted", "pending", "voided", "failed")
 TOKEN_PREFIX_CHARS = 12
@@ -762,12 +774,17 @@ def build_app(api: Api) -> Any:
         return render(ApiError(500, "internal_error", "Internal error",
                                "a bug: the request may or may not have been applied; it was logged"))
 
+    async def docs(request: Request) -> Response:
+        return Response(DOCS_PAGE, media_type="text/html")
+
     async def scrape(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     routes = [
         Route("/metrics", scrape, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
+        Mount("/docs/static", app=StaticFiles(directory=SWAGGER_UI_STATIC), name="swagger-ui"),
         Route("/health", api.health, methods=["GET"]),
         Route("/ready", api.ready, methods=["GET"]),
         Route("/v1/admin/snapshots", api.take_snapshot, methods=["POST"]),
