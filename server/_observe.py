@@ -6,7 +6,8 @@ stream per request): it times the request, takes the route template Starlette ma
 ``X-Request-ID`` (the caller's, if it is sane, else a new one), adds the security headers, counts
 and logs. Gauges and the WAL's histograms are read from the components' ``statistics()`` only
 when ``/metrics`` is scraped, so the hot path pays one counter and one histogram observation.
-Logs never contain a token, a body or a query string.
+Logs never contain a token, a body or a query string. They are JSON lines when stderr is not a
+terminal (``configure_logging``).
 """
 
 from __future__ import annotations
@@ -121,7 +122,6 @@ class Observe:
     def __init__(self, app: Any, metrics: Metrics) -> None:
         self._app = app
         self._metrics = metrics
-        self._json = not sys.stderr.isatty()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -152,8 +152,35 @@ class Observe:
                 self._log(method, scope["path"], template, status, elapsed, request_id)
 
     def _log(self, method: str, path: str, route: str, status: int, elapsed: float, request_id: str) -> None:
-        if self._json:
-            log.info(json.dumps({"event": "request", "method": method, "path": path, "route": route,
-                                 "status": status, "latency_ms": round(elapsed * 1000, 3), "request_id": request_id}))
-        else:
-            log.info("%s %s %d %.1f ms request_id=%s", method, path, status, elapsed * 1000, request_id)
+        fields = {"event": "request", "method": method, "path": path, "route": route, "status": status,
+                  "latency_ms": round(elapsed * 1000, 3), "request_id": request_id}
+        log.info("%s %s %d %.1f ms request_id=%s", method, path, status, elapsed * 1000, request_id,
+                 extra={"fields": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (used when stderr is not a terminal): time, level, logger,
+    message, and the record's structured ``fields`` when it has them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if sys.stderr.isatty():
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -55,12 +55,20 @@ class Snapshotter:
         self._taken = 0
         self._failed = 0
         self._removed = 0
+        self._compacted_at = 0  # the history LSN the last compaction used
 
     async def run(self) -> None:
         while True:
             await anyio.sleep(CHECK_INTERVAL_S)
-            if self._ledger.wal.durable_lsn - self.last_lsn >= self._every and not self._lock.locked():
+            if self._lock.locked():
+                continue
+            if self._ledger.wal.durable_lsn - self.last_lsn >= self._every:
                 await self.take()
+            elif self.last_lsn and self._ledger.history.applied_lsn > self._compacted_at:
+                # The projector may have been behind when the snapshot was taken: compact once it
+                # has caught up, not only at the next snapshot.
+                async with self._lock:
+                    await self.compact()
 
     async def take(self) -> int | None:
         """Snapshots the durable log now; returns the LSN, or None if nothing new / it failed."""
@@ -90,11 +98,11 @@ class Snapshotter:
             return target
 
     async def compact(self) -> None:
+        history_lsn = self._ledger.history.applied_lsn
         removed = await anyio.to_thread.run_sync(
-            lambda: remove_covered(
-                self._data_dir, history_lsn=self._ledger.history.applied_lsn, archive=self._archive
-            )
+            lambda: remove_covered(self._data_dir, history_lsn=history_lsn, archive=self._archive)
         )
+        self._compacted_at = history_lsn
         self._removed += len(removed)
 
     def final(self) -> None:

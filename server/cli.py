@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 a check failed or a bug, 2 refused (damaged data or bad
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from pathlib import Path
 from server import _tools as tools
 from server._config import add_serve_arguments, resolve
 from server._lock import DataDirLocked
+from server._observe import configure_logging
 from wal import LogCorrupt
 
 
@@ -94,11 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         from server._serve import ServeOptions, run
 
         values = resolve(arguments)
-        logging.basicConfig(
-            level=str(values["log_level"]).upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        configure_logging(str(values["log_level"]))
         if (values["certfile"] is None) != (values["keyfile"] is None):
             print("wallet serve: --certfile and --keyfile go together", file=sys.stderr)
             return 2

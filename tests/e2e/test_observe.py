@@ -53,3 +53,19 @@ def test_a_user_token_over_its_rate_gets_429_and_admin_is_exempt(tmp_path: Path)
         assert int(limited[0].headers["retry-after"]) >= 1
     finally:
         server.kill()
+
+
+def test_the_grafana_dashboard_uses_only_metrics_the_server_exports(server: ServerProcess) -> None:
+    import json
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json").read_text())
+    used = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used |= set(re.findall(r"\b(?:wallet|process)_[a-z_]+\b", target["expr"]))
+    with server.client() as http:
+        http.post("/v1/assets", json={"code": "USD", "scale": 2})
+        http.get("/v1/wallets/nope")
+        exported = {line.split("{")[0].split(" ")[0] for line in http.get("/metrics").text.splitlines()
+                    if line and not line.startswith("#")}
+    assert used and used <= exported, used - exported
