@@ -60,14 +60,14 @@ class ServerProcess:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(self.url + "/ready", timeout=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        raise TimeoutError(f"server not ready after {timeout_s}s:\n{self.log()}")
+        raise TimeoutError(f"server not ready after {timeout_s}s:\n{self.log_tail()}")
 
     def wait_exit(self, timeout_s: float = 20.0) -> int:
         assert self.process is not None
@@ -89,10 +89,14 @@ class ServerProcess:
         self.start()
 
     def log(self) -> str:
+        """The whole server log so far (every start of this process object appends to it)."""
         try:
-            return self.log_path.read_text(errors="replace")[-5000:]
+            return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def log_tail(self) -> str:
+        return self.log()[-5000:]
 
     def client(self, token: str = ADMIN_TOKEN, **options: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0, **options)
