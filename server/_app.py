@@ -753,7 +753,7 @@ def _not_found(request: Request, exc: Exception) -> ApiError:
     return ApiError(exc.status_code, "not_found", "Not found", f"no route {request.method} {request.url.path}")
 
 
-def build_app(api: Api) -> Any:
+def build_app(api: Api, *, in_flight_max: int = 4096) -> Any:
     """The ASGI application: the routes inside the observing middleware (metrics, logs, ids)."""
     metrics = Metrics()
     metrics.api = api
@@ -811,4 +811,4 @@ def build_app(api: Api) -> Any:
         exception_handlers={HTTPException: http_error, ApiError: api_error, Exception: bug},
     )
     # gzip for large responses when the client accepts it (SSE is excluded by Starlette).
-    return Observe(GZipMiddleware(app, minimum_size=GZIP_MIN_BYTES), metrics)
+    return Observe(GZipMiddleware(app, minimum_size=GZIP_MIN_BYTES), metrics, in_flight_max=in_flight_max)

@@ -56,6 +56,8 @@ SERVE_OPTIONS = [
            help="commands waiting per shard before 503 overloaded"),
     Option(name="read_timeout", parse=positive, default=30,
            help="seconds a connection may stay silent (mid-request or idle) before it is closed"),
+    Option(name="max_in_flight", parse=positive, default=4096,
+           help="HTTP requests handled at once; past it, 503 overloaded at once"),
     Option(name="rate_limit", parse=float, default=0.0,
            help="requests per second allowed per user token (token bucket; 0: no limit)"),
     Option(name="rate_burst", parse=positive, default=100, help="bucket size: requests a token may send at once"),

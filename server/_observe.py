@@ -118,10 +118,18 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return secrets.token_hex(8)
 
 
+OVERLOADED_BODY = json.dumps({
+    "type": "about:blank", "title": "Overloaded", "status": 503, "code": "overloaded",
+    "detail": "too many requests in flight; retry shortly",
+}).encode()
+
+
 class Observe:
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: Any, metrics: Metrics, *, in_flight_max: int = 4096) -> None:
         self._app = app
         self._metrics = metrics
+        self._in_flight = 0
+        self._in_flight_max = in_flight_max
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -140,7 +148,19 @@ class Observe:
             await send(message)
 
         try:
-            await self._app(scope, receive, observed_send)
+            if self._in_flight >= self._in_flight_max:
+                # Bounded work in progress: past the cap, answer at once instead of queueing.
+                await observed_send({"type": "http.response.start", "status": 503, "headers": [
+                    (b"content-type", b"application/problem+json"), (b"retry-after", b"1"),
+                    (b"content-length", str(len(OVERLOADED_BODY)).encode())]})
+                await send({"type": "http.response.body", "body": OVERLOADED_BODY})
+                self._metrics.rejections.labels("overloaded").inc()
+                return
+            self._in_flight += 1
+            try:
+                await self._app(scope, receive, observed_send)
+            finally:
+                self._in_flight -= 1
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")

@@ -54,6 +54,7 @@ class ServeOptions:
     archive: bool = False
     mailbox_capacity: int = MAILBOX_CAPACITY
     read_timeout_s: int = READ_TIMEOUT_S
+    max_in_flight: int = 4096
     rate_limit: float = 0.0
     rate_burst: int = 100
     rate_limit_admin: bool = False
@@ -139,7 +140,7 @@ async def serve(options: ServeOptions) -> int:
     if options.rate_limit > 0:
         limiter = RateLimiter(rate=options.rate_limit, burst=options.rate_burst)
     api = Api(admin_token=admin_token(data_dir), limiter=limiter, limit_admin=options.rate_limit_admin)
-    app = build_app(api)
+    app = build_app(api, in_flight_max=options.max_in_flight)
     shutdown = trio.Event()
     http_done = trio.Event()
 

@@ -85,3 +85,25 @@ async def test_slow_clients_do_not_hold_connections_for_everyone(tmp_path: Path)
             sock.close()
     finally:
         server.kill()
+
+
+async def test_requests_past_the_in_flight_cap_get_503_at_once(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", extra_args=["--max-in-flight", "5"])
+    server.start()
+    try:
+        statuses: list[int] = []
+        async with server.async_client(limits=httpx.Limits(max_connections=50)) as http:
+
+            async def long_poll() -> None:  # each holds its slot for up to 2 s
+                response = await http.get("/v1/events", params={"after": "0", "wait": "2"})
+                statuses.append(response.status_code)
+                if response.status_code == 503:
+                    assert response.json()["code"] == "overloaded"
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    nursery.start_soon(long_poll)
+            assert statuses.count(200) == 5 and statuses.count(503) == 15
+            assert (await http.get("/health")).status_code == 200  # slots come back
+    finally:
+        server.kill()
