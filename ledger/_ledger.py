@@ -225,8 +225,6 @@ class Ledger:
         self.data_dir = data_dir
         self.history = recovered.history
         self.directory: Directory = recovered.state.directory
-        self.recovered_records = recovered.scan.records
-        self.recovery_seconds = recovered.seconds
         self.clock = clock or Clock(start_us=self.directory.at_us)
         result = recovered.scan
         options: dict[str, Any] = {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from server import _tools as tools
@@ -81,11 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse_time(raw: str) -> int:
-    moment = datetime.fromisoformat(raw)
-    if moment.tzinfo is None:
-        raise SystemExit("--until-time needs a time zone (Z or an offset)")
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    """The same RFC 3339 rules as the API's ``as_of``/``since``/``until``."""
+    from server._app import parse_timestamp
+    from server._errors import ApiError
+
+    try:
+        return parse_timestamp("--until-time", raw)
+    except ApiError as error:
+        raise SystemExit(f"wallet wal replay: {error.detail}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
