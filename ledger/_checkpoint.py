@@ -77,7 +77,7 @@ def load_base(data_dir: Path, *, at_most_lsn: int | None = None) -> Base:
         except Exception as error:  # CodecError: a body that verified but does not decode
             skipped.append((info.path, f"does not decode: {error}"))
             continue
-        digest = _state.state_digest(state.wallets.values(), state.directory)
+        digest = _state.digest_state(state)
         if bytes.fromhex(digest) != header.state_digest:
             skipped.append((info.path, "state digest after loading differs from the one written"))
             continue
@@ -91,8 +91,8 @@ def write_state(data_dir: Path, state: State, *, lsn: int, log_checksum: bytes, 
     """Writes ``state`` (which must not change meanwhile) as the snapshot at ``lsn`` and prunes
     to the newest two. Blocking."""
     assert state.directory.lsn == lsn, (state.directory.lsn, lsn)
-    _state.check_invariants(state.wallets.values(), state.directory)
-    digest = _state.state_digest(state.wallets.values(), state.directory)
+    _state.check_state(state)
+    digest = _state.digest_state(state)
     directory = snapshots_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

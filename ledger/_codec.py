@@ -14,6 +14,15 @@ inside a payload.
          |                      | metadata, at_us, idempotency
     5    | TokenCreated         | token_hash, prefix, owner_id, at_us
     6    | TokenRevoked         | prefix, at_us
+    11   | HoldCreated          | transaction_id, type, from, to, asset, amount, description,
+         |                      | metadata, at_us, deadline_us, destination, idempotency
+    12   | HoldCaptured         | transaction_id, type, from, to, asset, amount, held_amount,
+         |                      | description, metadata, created_at_us, at_us, reference,
+         |                      | idempotency
+    13   | HoldVoided           | transaction_id, type, from, to, asset, amount, description,
+         |                      | metadata, created_at_us, at_us, reason, detail, idempotency
+    14   | WithdrawalUpdated    | withdrawal_id, wallet_id, status, attempts, last_error,
+         |                      | next_attempt_at_us, at_us
 
 ``idempotency`` is ``nil`` or ``[scope, key, fingerprint]``.
 """
@@ -27,14 +36,20 @@ import msgpack
 from ledger._model import (
     AssetCreated,
     Event,
+    HoldCaptured,
+    HoldCreated,
+    HoldVoided,
     Idempotency,
     TokenCreated,
     TokenRevoked,
     TransactionType,
     Transferred,
+    VoidReason,
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
+    WithdrawalStatus,
+    WithdrawalUpdated,
 )
 
 CODEC_VERSION = 1
@@ -44,6 +59,10 @@ _WALLET_STATUS_CHANGED = 3
 _TRANSFERRED = 4
 _TOKEN_CREATED = 5
 _TOKEN_REVOKED = 6
+_HOLD_CREATED = 11
+_HOLD_CAPTURED = 12
+_HOLD_VOIDED = 13
+_WITHDRAWAL_UPDATED = 14
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -123,6 +142,41 @@ def encode_event(event: Event) -> bytes:
         )
     if isinstance(event, TokenRevoked):
         return _packb([CODEC_VERSION, _TOKEN_REVOKED, event.prefix, event.at_us])
+    if isinstance(event, HoldCreated):
+        return _packb(
+            [
+                CODEC_VERSION, _HOLD_CREATED, event.transaction_id, int(event.type),
+                event.from_wallet_id, event.to_wallet_id, event.asset, event.amount,
+                event.description, event.metadata, event.at_us, event.deadline_us,
+                event.destination, _idem_out(event.idempotency),
+            ]
+        )
+    if isinstance(event, HoldCaptured):
+        return _packb(
+            [
+                CODEC_VERSION, _HOLD_CAPTURED, event.transaction_id, int(event.type),
+                event.from_wallet_id, event.to_wallet_id, event.asset, event.amount,
+                event.held_amount, event.description, event.metadata, event.created_at_us,
+                event.at_us, event.reference, _idem_out(event.idempotency),
+            ]
+        )
+    if isinstance(event, HoldVoided):
+        return _packb(
+            [
+                CODEC_VERSION, _HOLD_VOIDED, event.transaction_id, int(event.type),
+                event.from_wallet_id, event.to_wallet_id, event.asset, event.amount,
+                event.description, event.metadata, event.created_at_us, event.at_us,
+                int(event.reason), event.detail, _idem_out(event.idempotency),
+            ]
+        )
+    if isinstance(event, WithdrawalUpdated):
+        return _packb(
+            [
+                CODEC_VERSION, _WITHDRAWAL_UPDATED, event.withdrawal_id, event.wallet_id,
+                int(event.status), event.attempts, event.last_error, event.next_attempt_at_us,
+                event.at_us,
+            ]
+        )
     raise AssertionError(f"unknown event {event!r}")
 
 
@@ -169,6 +223,47 @@ def decode_event(payload: bytes) -> Event:
         if kind == _TOKEN_REVOKED:
             prefix, at_us = rest
             return TokenRevoked(prefix=_str(prefix), at_us=_int(at_us))
+        if kind == _HOLD_CREATED:
+            (transaction_id, type_, from_id, to_id, asset, amount, description, metadata, at_us,
+             deadline_us, destination, idem) = rest
+            return HoldCreated(
+                transaction_id=_str(transaction_id), type=TransactionType(_int(type_)),
+                from_wallet_id=_str(from_id), to_wallet_id=_str(to_id), asset=_str(asset),
+                amount=_int(amount), description=_optional_str(description),
+                metadata=_metadata(metadata), at_us=_int(at_us), deadline_us=_int(deadline_us),
+                destination=_metadata(destination), idempotency=_idem_in(idem),
+            )
+        if kind == _HOLD_CAPTURED:
+            (transaction_id, type_, from_id, to_id, asset, amount, held_amount, description,
+             metadata, created_at_us, at_us, reference, idem) = rest
+            return HoldCaptured(
+                transaction_id=_str(transaction_id), type=TransactionType(_int(type_)),
+                from_wallet_id=_str(from_id), to_wallet_id=_str(to_id), asset=_str(asset),
+                amount=_int(amount), held_amount=_int(held_amount),
+                description=_optional_str(description), metadata=_metadata(metadata),
+                created_at_us=_int(created_at_us), at_us=_int(at_us),
+                reference=_optional_str(reference), idempotency=_idem_in(idem),
+            )
+        if kind == _HOLD_VOIDED:
+            (transaction_id, type_, from_id, to_id, asset, amount, description, metadata,
+             created_at_us, at_us, reason, detail, idem) = rest
+            return HoldVoided(
+                transaction_id=_str(transaction_id), type=TransactionType(_int(type_)),
+                from_wallet_id=_str(from_id), to_wallet_id=_str(to_id), asset=_str(asset),
+                amount=_int(amount), description=_optional_str(description),
+                metadata=_metadata(metadata), created_at_us=_int(created_at_us), at_us=_int(at_us),
+                reason=VoidReason(_int(reason)), detail=_optional_str(detail),
+                idempotency=_idem_in(idem),
+            )
+        if kind == _WITHDRAWAL_UPDATED:
+            (withdrawal_id, wallet_id, status, attempts, last_error, next_attempt_at_us,
+             at_us) = rest
+            return WithdrawalUpdated(
+                withdrawal_id=_str(withdrawal_id), wallet_id=_str(wallet_id),
+                status=WithdrawalStatus(_int(status)), attempts=_int(attempts),
+                last_error=_optional_str(last_error), next_attempt_at_us=_int(next_attempt_at_us),
+                at_us=_int(at_us),
+            )
     except CodecError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:

@@ -129,7 +129,7 @@ def recover(data_dir: Path, *, truncate_torn_tail: bool = True) -> Recovered:
             )
             history.reset()
             state, result = _replay(data_dir, load_base(data_dir), history, truncate_torn_tail=False)
-        _state.check_invariants(state.wallets.values(), state.directory)
+        _state.check_state(state)
     except BaseException:
         history.stop_thread()
         raise

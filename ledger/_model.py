@@ -61,6 +61,12 @@ class Reason(enum.Enum):
     BALANCE_OVERFLOW = "balance_overflow"
     TOKEN_NOT_FOUND = "token_not_found"
     TOKEN_EXISTS = "token_exists"
+    # Holds and withdrawals (checked in the order listed in ``HOLD_CHECK_ORDER``).
+    NOT_PENDING = "transfer_not_pending"  # no pending hold with that id (the shell tells 404 apart)
+    AMOUNT_EXCEEDS_HOLD = "amount_exceeds_hold"
+    WITHDRAWAL_NOT_FOUND = "withdrawal_not_found"
+    WITHDRAWAL_NOT_DEAD = "withdrawal_not_dead"  # only a dead withdrawal can be retried
+    WITHDRAWAL_NOT_PAYABLE = "withdrawal_not_payable"  # internal: a payout step out of order
 
     @property
     def code(self) -> str:
@@ -108,10 +114,58 @@ class WalletStatus(enum.IntEnum):
 class TransactionType(enum.IntEnum):
     DEPOSIT = 0
     TRANSFER = 1
+    WITHDRAWAL = 2
 
     @property
     def label(self) -> str:
         return self.name.lower()
+
+
+class TransactionStatus(enum.IntEnum):
+    POSTED = 0
+    PENDING = 1
+    VOIDED = 2
+    FAILED = 3  # a withdrawal the bank refused
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class WithdrawalStatus(enum.IntEnum):
+    """``PENDING -> PROCESSING -> COMPLETED | FAILED | DEAD``; ``DEAD -> PENDING`` on retry."""
+
+    PENDING = 0
+    PROCESSING = 1
+    COMPLETED = 2
+    FAILED = 3
+    DEAD = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class VoidReason(enum.IntEnum):
+    """Why a hold was released without posting."""
+
+    VOIDED = 0  # its owner asked
+    EXPIRED = 1  # its deadline passed
+    REFUSED = 2  # the bank refused the withdrawal it held
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class PayoutStep(enum.IntEnum):
+    """What a payout worker reports about a withdrawal (``AdvanceWithdrawal``)."""
+
+    BEGIN = 0  # an attempt starts: pending/processing -> processing, attempts + 1
+    TRANSIENT = 1  # the attempt failed and will be retried at ``retry_at_us``
+    DEAD = 2  # retries exhausted: dead, the hold stays
+    REFUSED = 3  # the bank refused: failed, the hold is voided
+    RETRY = 4  # an operator re-queues a dead withdrawal: pending, attempts back to 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,6 +216,59 @@ class Transfer:
     metadata: dict[str, Any] | None
     idempotency: Idempotency | None
     owner_id: str | None = None
+    # A pending transfer (hold) when set: the deadline is the stamped time plus this.
+    hold_timeout_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResolveHold:
+    """Capture (all, or ``amount`` of it) or void a pending transfer. ``from_wallet_id`` and
+    ``to_wallet_id`` are the router's view of the hold (``Directory.hold_routes``); ``decide``
+    checks the hold itself."""
+
+    transaction_id: str
+    capture: bool
+    amount: int | None
+    from_wallet_id: str
+    to_wallet_id: str
+    owner_id: str | None
+    idempotency: Idempotency | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExpireHolds:
+    """Void the listed holds whose deadline has passed (the shell's timer sends it)."""
+
+    transaction_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestWithdrawal:
+    withdrawal_id: str
+    wallet_id: str
+    amount: int
+    destination: dict[str, Any]
+    owner_id: str | None
+    idempotency: Idempotency | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdvanceWithdrawal:
+    withdrawal_id: str
+    step: PayoutStep
+    detail: str | None = None
+    retry_at_us: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompleteWithdrawal:
+    """The bank paid: capture the hold into the treasury."""
+
+    withdrawal_id: str
+    wallet_id: str
+    asset: str
+    amount: int
+    reference: str | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,7 +283,10 @@ class RevokeToken:
     prefix: str
 
 
-Command = CreateAsset | CreateWallet | ChangeWalletStatus | Transfer | CreateToken | RevokeToken
+Command = (
+    CreateAsset | CreateWallet | ChangeWalletStatus | Transfer | CreateToken | RevokeToken
+    | ResolveHold | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal | CompleteWithdrawal
+)
 
 
 # -- events (the facts in the log) ---------------------------------------------------------
@@ -234,7 +344,83 @@ class TokenRevoked:
     at_us: int
 
 
-Event = AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TokenCreated | TokenRevoked
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoldCreated:
+    """A pending transfer or a withdrawal: ``amount`` moves from the sender's available into
+    its held; nothing reaches ``to_wallet_id`` (the treasury for a withdrawal) yet.
+    ``deadline_us`` is 0 when the hold never expires (withdrawals)."""
+
+    transaction_id: str
+    type: TransactionType
+    from_wallet_id: str
+    to_wallet_id: str
+    asset: str
+    amount: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    at_us: int
+    deadline_us: int
+    destination: dict[str, Any] | None  # withdrawals only
+    idempotency: Idempotency | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoldCaptured:
+    """The hold is posted: ``amount`` (at most ``held_amount``) leaves the sender and reaches
+    the receiver; the rest of the hold is released. Self-contained, like every event."""
+
+    transaction_id: str
+    type: TransactionType
+    from_wallet_id: str
+    to_wallet_id: str
+    asset: str
+    amount: int
+    held_amount: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    created_at_us: int
+    at_us: int
+    reference: str | None  # the bank's reference, for withdrawals
+    idempotency: Idempotency | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoldVoided:
+    """The hold is released in full; nothing moves."""
+
+    transaction_id: str
+    type: TransactionType
+    from_wallet_id: str
+    to_wallet_id: str
+    asset: str
+    amount: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    created_at_us: int
+    at_us: int
+    reason: VoidReason
+    detail: str | None
+    idempotency: Idempotency | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WithdrawalUpdated:
+    """A payout step that moves no money (an attempt began or failed, dead, re-queued)."""
+
+    withdrawal_id: str
+    wallet_id: str
+    status: WithdrawalStatus
+    attempts: int
+    last_error: str | None
+    next_attempt_at_us: int
+    at_us: int
+
+
+HoldEvent = HoldCreated | HoldCaptured | HoldVoided
+Event = (
+    AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TokenCreated | TokenRevoked
+    | HoldCreated | HoldCaptured | HoldVoided | WithdrawalUpdated
+)
 
 
 # -- entities (owned and mutated only by ``apply``) -----------------------------------------
@@ -301,6 +487,85 @@ class Wallet:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Hold:
+    """A pending transfer or withdrawal, owned by the sender's shard until resolved."""
+
+    transaction_id: str
+    type: TransactionType
+    from_wallet_id: str
+    to_wallet_id: str
+    asset: str
+    amount: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    created_at_us: int
+    deadline_us: int  # 0: never expires
+    lsn: int
+
+
+class Withdrawal:
+    """A withdrawal and its payout state, owned by its wallet's shard. Kept after it ends
+    (completed or failed) so that it can still be read. Only ``apply`` mutates it."""
+
+    __slots__ = (
+        "amount",
+        "asset",
+        "attempts",
+        "created_at_us",
+        "destination",
+        "id",
+        "last_error",
+        "lsn",
+        "next_attempt_at_us",
+        "reference",
+        "status",
+        "updated_at_us",
+        "wallet_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        wallet_id: str,
+        asset: str,
+        amount: int,
+        destination: dict[str, Any],
+        created_at_us: int,
+        lsn: int,
+        status: WithdrawalStatus = WithdrawalStatus.PENDING,
+        attempts: int = 0,
+        last_error: str | None = None,
+        next_attempt_at_us: int = 0,
+        reference: str | None = None,
+        updated_at_us: int | None = None,
+    ) -> None:
+        self.id = id
+        self.wallet_id = wallet_id
+        self.asset = asset
+        self.amount = amount
+        self.destination = destination
+        self.status = status
+        self.attempts = attempts
+        self.last_error = last_error
+        self.next_attempt_at_us = next_attempt_at_us
+        self.reference = reference
+        self.created_at_us = created_at_us
+        self.updated_at_us = created_at_us if updated_at_us is None else updated_at_us
+        self.lsn = lsn
+
+    def key(self) -> tuple[Any, ...]:
+        """Every field, for digests and equality in tests."""
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        return (
+            f"Withdrawal(id={self.id!r}, wallet={self.wallet_id!r}, amount={self.amount}, "
+            f"status={self.status.label}, attempts={self.attempts})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Token:
     token_hash: bytes
     prefix: str
@@ -320,9 +585,10 @@ class IdempotencyRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Committed:
-    """A transfer that was accepted and appended at ``lsn`` (durable once the caller sees it)."""
+    """A money movement that was accepted and appended at ``lsn`` (durable once the caller
+    sees it)."""
 
-    event: Transferred
+    event: Transferred | HoldCreated | HoldCaptured | HoldVoided
     lsn: int
 
 

@@ -15,12 +15,20 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
     object       | fields (a msgpack array)                                         | count
     -------------|------------------------------------------------------------------|-----------
     header       | version, directory lsn, directory at_us, assets, tokens,         | 1
-                 | idempotency records, wallets (the four counts)                   |
+                 | idempotency records, wallets, holds, withdrawals (the counts)    |
     asset        | code, scale, created_at_us                                       | assets
     token        | token_hash, prefix, owner_id, created_at_us                      | tokens
     idempotency  | scope, key, fingerprint, lsn, at_us, event (``encode_event``)    | records
     wallet       | id, owner_id, asset, metadata, balance, held, status,            | wallets
                  | created_at_us, updated_at_us, lsn                                |
+    hold         | transaction_id, type, from, to, asset, amount, description,      | holds
+                 | metadata, created_at_us, deadline_us, lsn                        |
+    withdrawal   | id, wallet_id, asset, amount, destination, status, attempts,     | withdrawals
+                 | last_error, next_attempt_at_us, reference, created_at_us,        |
+                 | updated_at_us, lsn                                               |
+
+Version 1 (before holds) had no hold or withdrawal counts or entities; it still decodes.
+Holds and withdrawals are sorted by id; the directory's routing indexes are rebuilt from them.
 
 Assets, tokens and idempotency records keep their dict order (log order, which replay
 reproduces; idempotency expiry depends on it). Wallets are sorted by id: their dict order
@@ -45,16 +53,23 @@ from ledger._model import (
     INT64_MAX,
     INT64_MIN,
     Asset,
+    Hold,
+    HoldCaptured,
+    HoldCreated,
+    HoldVoided,
     IdempotencyRecord,
     Token,
+    TransactionType,
     Transferred,
     Wallet,
     WalletCreated,
     WalletStatus,
+    Withdrawal,
+    WithdrawalStatus,
 )
-from ledger._state import Directory, State
+from ledger._state import Directory, State, index_holds
 
-SNAPSHOT_CODEC_VERSION = 1
+SNAPSHOT_CODEC_VERSION = 2
 # Entities per chunk: bounds the memory a chunk takes while it is written, at a cost of one
 # list join per chunk (one chunk per entity would be a write call per entity).
 CHUNK_RECORDS = 10_000
@@ -62,7 +77,8 @@ CHUNK_RECORDS = 10_000
 # idempotency record: an event (itself within the WAL's 16 MiB payload limit) plus its key.
 ENTITY_BYTES_MAX = 17 * 1024 * 1024
 
-_HEADER_FIELDS = 7
+_HEADER_FIELDS = {1: 7, 2: 9}
+_KEYED_EVENTS = Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided
 
 assert CHUNK_RECORDS >= 1
 assert ENTITY_BYTES_MAX > 16 * 1024 * 1024
@@ -71,7 +87,8 @@ assert ENTITY_BYTES_MAX > 16 * 1024 * 1024
 def count_records(state: State) -> int:
     """How many entities ``encode_state`` writes (the snapshot header's record count)."""
     directory = state.directory
-    return len(directory.assets) + len(directory.tokens) + len(directory.idempotency) + len(state.wallets)
+    return (len(directory.assets) + len(directory.tokens) + len(directory.idempotency) + len(state.wallets)
+            + len(state.holds) + len(state.withdrawals))
 
 
 def encode_state(state: State) -> Iterator[bytes]:
@@ -80,7 +97,8 @@ def encode_state(state: State) -> Iterator[bytes]:
     directory = state.directory
     assert len(directory.tokens) == len(directory.token_prefixes)
     lsn = directory.lsn
-    counts = (len(directory.assets), len(directory.tokens), len(directory.idempotency), len(state.wallets))
+    counts = (len(directory.assets), len(directory.tokens), len(directory.idempotency), len(state.wallets),
+              len(state.holds), len(state.withdrawals))
     packer = msgpack.Packer(use_bin_type=True)
     yield packer.pack([SNAPSHOT_CODEC_VERSION, lsn, directory.at_us, *counts])
 
@@ -97,6 +115,20 @@ def encode_state(state: State) -> Iterator[bytes]:
             yield [
                 wallet.id, wallet.owner_id, wallet.asset, wallet.metadata, wallet.balance,
                 wallet.held, int(wallet.status), wallet.created_at_us, wallet.updated_at_us, wallet.lsn,
+            ]
+        for transaction_id in sorted(state.holds):
+            hold = state.holds[transaction_id]
+            yield [
+                hold.transaction_id, int(hold.type), hold.from_wallet_id, hold.to_wallet_id, hold.asset,
+                hold.amount, hold.description, hold.metadata, hold.created_at_us, hold.deadline_us, hold.lsn,
+            ]
+        for withdrawal_id in sorted(state.withdrawals):
+            withdrawal = state.withdrawals[withdrawal_id]
+            yield [
+                withdrawal.id, withdrawal.wallet_id, withdrawal.asset, withdrawal.amount,
+                withdrawal.destination, int(withdrawal.status), withdrawal.attempts,
+                withdrawal.last_error, withdrawal.next_attempt_at_us, withdrawal.reference,
+                withdrawal.created_at_us, withdrawal.updated_at_us, withdrawal.lsn,
             ]
 
     chunk: list[bytes] = []
@@ -164,10 +196,13 @@ def _decode(body: bytes) -> State:
     if type(header) is not list or not header:
         raise CodecError(f"snapshot header: expected an array, got {header!r:.80}")
     version = header[0]
-    if type(version) is not int or version != SNAPSHOT_CODEC_VERSION:
+    if type(version) is not int or version not in _HEADER_FIELDS:
         raise CodecError(f"unknown snapshot codec version {version!r:.80}")
-    _, lsn, at_us, assets_count, tokens_count, records_count, wallets_count = _fields(
-        header, _HEADER_FIELDS, "snapshot header"
+    fields = _fields(header, _HEADER_FIELDS[version], "snapshot header")
+    if version == 1:
+        fields += [0, 0]
+    _, lsn, at_us, assets_count, tokens_count, records_count, wallets_count, holds_count, withdrawals_count = (
+        fields
     )
     directory = Directory(lsn=_int(lsn, "lsn", 0), at_us=_int(at_us, "at_us"))
     for value, what in (
@@ -175,6 +210,8 @@ def _decode(body: bytes) -> State:
         (tokens_count, "token count"),
         (records_count, "idempotency count"),
         (wallets_count, "wallet count"),
+        (holds_count, "hold count"),
+        (withdrawals_count, "withdrawal count"),
     ):
         # A count past the body's length is garbage, and would only fail later, slowly.
         _int(value, what, 0, len(body))
@@ -203,7 +240,7 @@ def _decode(body: bytes) -> State:
             unpacker.unpack(), 6, "idempotency record"
         )
         event = decode_event(_bytes(payload, "idempotency event"))
-        if not isinstance(event, Transferred | WalletCreated):
+        if not isinstance(event, _KEYED_EVENTS):
             raise CodecError(f"idempotency record holds a {type(event).__name__}")
         record = IdempotencyRecord(
             fingerprint=_bytes(fingerprint, "fingerprint"),
@@ -242,6 +279,54 @@ def _decode(body: bytes) -> State:
             lsn=_int(wallet_lsn, "wallet lsn", 0, directory.lsn),
         )
 
+    holds: dict[str, Hold] = {}
+    for _ in range(holds_count):
+        (transaction_id, type_, from_id, to_id, asset_code, amount, description, metadata, created_at_us,
+         deadline_us, hold_lsn) = _fields(unpacker.unpack(), 11, "hold")
+        transaction_id = _str(transaction_id, "hold id")
+        if holds and transaction_id <= next(reversed(holds)):
+            raise CodecError(f"hold {transaction_id!r} out of order")
+        if description is not None:
+            _str(description, "hold description")
+        if metadata is not None and type(metadata) is not dict:
+            raise CodecError(f"hold {transaction_id!r} metadata: expected a map")
+        holds[transaction_id] = Hold(
+            transaction_id=transaction_id, type=TransactionType(_int(type_, "hold type")),
+            from_wallet_id=_str(from_id, "hold sender"), to_wallet_id=_str(to_id, "hold receiver"),
+            asset=_str(asset_code, "hold asset"), amount=_int(amount, "hold amount", 1),
+            description=description, metadata=metadata,
+            created_at_us=_int(created_at_us, "hold created_at_us"),
+            deadline_us=_int(deadline_us, "hold deadline_us"),
+            lsn=_int(hold_lsn, "hold lsn", 1, directory.lsn),
+        )
+
+    withdrawals: dict[str, Withdrawal] = {}
+    for _ in range(withdrawals_count):
+        (withdrawal_id, wallet_id, asset_code, amount, destination, status, attempts, last_error,
+         next_attempt_at_us, reference, created_at_us, updated_at_us, withdrawal_lsn) = _fields(
+            unpacker.unpack(), 13, "withdrawal"
+        )
+        withdrawal_id = _str(withdrawal_id, "withdrawal id")
+        if withdrawals and withdrawal_id <= next(reversed(withdrawals)):
+            raise CodecError(f"withdrawal {withdrawal_id!r} out of order")
+        if type(destination) is not dict:
+            raise CodecError(f"withdrawal {withdrawal_id!r} destination: expected a map")
+        for optional, what in ((last_error, "last_error"), (reference, "reference")):
+            if optional is not None:
+                _str(optional, f"withdrawal {what}")
+        withdrawals[withdrawal_id] = Withdrawal(
+            id=withdrawal_id, wallet_id=_str(wallet_id, "withdrawal wallet"),
+            asset=_str(asset_code, "withdrawal asset"), amount=_int(amount, "withdrawal amount", 1),
+            destination=destination, status=WithdrawalStatus(_int(status, "withdrawal status")),
+            attempts=_int(attempts, "attempts", 0), last_error=last_error,
+            next_attempt_at_us=_int(next_attempt_at_us, "next_attempt_at_us"), reference=reference,
+            created_at_us=_int(created_at_us, "withdrawal created_at_us"),
+            updated_at_us=_int(updated_at_us, "withdrawal updated_at_us"),
+            lsn=_int(withdrawal_lsn, "withdrawal lsn", 1, directory.lsn),
+        )
+
     if unpacker.tell() != len(body):
-        raise CodecError(f"{len(body) - unpacker.tell()} bytes after the last wallet")
-    return State(directory=directory, wallets=wallets)
+        raise CodecError(f"{len(body) - unpacker.tell()} bytes after the last entity")
+    state = State(directory=directory, wallets=wallets, holds=holds, withdrawals=withdrawals)
+    index_holds(directory, [state])
+    return state

@@ -38,6 +38,7 @@ wins, so the answer does not depend on where the wallets live.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -48,18 +49,28 @@ from ledger._model import (
     SYSTEM_OWNER,
     TRANSFER_CHECK_ORDER,
     TREASURY_PREFIX,
+    AdvanceWithdrawal,
     Asset,
     AssetCreated,
     ChangeWalletStatus,
+    CompleteWithdrawal,
     CreateAsset,
     CreateToken,
     CreateWallet,
     Duplicate,
     Event,
+    ExpireHolds,
+    Hold,
+    HoldCaptured,
+    HoldCreated,
+    HoldVoided,
     Idempotency,
     IdempotencyRecord,
+    PayoutStep,
     Reason,
     Rejection,
+    RequestWithdrawal,
+    ResolveHold,
     RevokeToken,
     Token,
     TokenCreated,
@@ -67,10 +78,14 @@ from ledger._model import (
     TransactionType,
     Transfer,
     Transferred,
+    VoidReason,
     Wallet,
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
+    Withdrawal,
+    WithdrawalStatus,
+    WithdrawalUpdated,
     is_treasury,
     treasury_id,
 )
@@ -85,6 +100,10 @@ class Directory:
     token_prefixes: dict[str, bytes] = field(default_factory=dict)
     # Insertion order is LSN order, so expiry pops from the front.
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
+    # Routing indexes, derived from the shards' holds and withdrawals (rebuilt on load):
+    # pending hold -> (sender, receiver, amount); withdrawal -> its wallet.
+    hold_routes: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    withdrawal_wallets: dict[str, str] = field(default_factory=dict)
     lsn: int = 0
     at_us: int = 0
 
@@ -93,6 +112,20 @@ class Directory:
 class State:
     directory: Directory
     wallets: dict[str, Wallet] = field(default_factory=dict)
+    # Pending holds whose sender this state owns, and withdrawals of its wallets.
+    holds: dict[str, Hold] = field(default_factory=dict)
+    withdrawals: dict[str, Withdrawal] = field(default_factory=dict)
+
+
+def index_holds(directory: Directory, states: Iterable[State]) -> None:
+    """Rebuilds the directory's routing indexes from the states' holds and withdrawals."""
+    directory.hold_routes.clear()
+    directory.withdrawal_wallets.clear()
+    for state in states:
+        for hold in state.holds.values():
+            directory.hold_routes[hold.transaction_id] = (hold.from_wallet_id, hold.to_wallet_id, hold.amount)
+        for withdrawal in state.withdrawals.values():
+            directory.withdrawal_wallets[withdrawal.id] = withdrawal.wallet_id
 
 
 def new_state() -> State:
@@ -201,12 +234,17 @@ def check_credit(state: State, command: Transfer, *, pending: int = 0) -> Credit
 
     ``pending`` is what this shard already reserved for other transfers in flight into the
     same wallet, so that together they cannot overflow it."""
-    wallet = state.wallets.get(command.to_wallet_id)
+    return check_credit_to(state, command.to_wallet_id, command.amount, pending=pending)
+
+
+def check_credit_to(state: State, wallet_id: str, amount: int, *, pending: int = 0) -> CreditCheck:
+    """``check_credit`` for any movement that credits ``amount`` to ``wallet_id``."""
+    wallet = state.wallets.get(wallet_id)
     if wallet is None:
         return CreditCheck(
             asset=None,
             failure=Rejection(
-                reason=Reason.RECEIVER_NOT_FOUND, detail=f"wallet {command.to_wallet_id} does not exist"
+                reason=Reason.RECEIVER_NOT_FOUND, detail=f"wallet {wallet_id} does not exist"
             ),
         )
     if wallet.status == WalletStatus.CLOSED:
@@ -214,12 +252,12 @@ def check_credit(state: State, command: Transfer, *, pending: int = 0) -> Credit
             asset=wallet.asset,
             failure=Rejection(reason=Reason.RECEIVER_CLOSED, detail=f"wallet {wallet.id} is closed"),
         )
-    if wallet.balance + pending + command.amount > INT64_MAX:
+    if wallet.balance + pending + amount > INT64_MAX:
         return CreditCheck(
             asset=wallet.asset,
             failure=Rejection(
                 reason=Reason.BALANCE_OVERFLOW,
-                detail=f"crediting {command.amount} would take wallet {wallet.id} past int64",
+                detail=f"crediting {amount} would take wallet {wallet.id} past int64",
             ),
         )
     return CreditCheck(asset=wallet.asset, failure=None)
@@ -282,6 +320,25 @@ def decide_transfer(state: State, command: Transfer, now_us: int, credit: Credit
     assert sender is not None
     assert credit.asset == sender.asset
     # After this point the command must be accepted.
+    if command.hold_timeout_s is not None:
+        assert command.type == TransactionType.TRANSFER
+        assert command.hold_timeout_s >= 1
+        return [
+            HoldCreated(
+                transaction_id=command.transaction_id,
+                type=command.type,
+                from_wallet_id=sender.id,
+                to_wallet_id=command.to_wallet_id,
+                asset=sender.asset,
+                amount=command.amount,
+                description=command.description,
+                metadata=command.metadata,
+                at_us=now_us,
+                deadline_us=now_us + command.hold_timeout_s * 1_000_000,
+                destination=None,
+                idempotency=command.idempotency,
+            )
+        ]
     return [
         Transferred(
             transaction_id=command.transaction_id,
@@ -317,6 +374,207 @@ def decide_revoke_token(state: State, command: RevokeToken, now_us: int) -> Deci
     return [TokenRevoked(prefix=command.prefix, at_us=now_us)]
 
 
+# -- holds and withdrawals ----------------------------------------------------------------
+#
+# A hold lives in its sender's shard (``State.holds``) from ``HoldCreated`` until one
+# ``HoldCaptured`` or ``HoldVoided``: it is resolved at most once because resolving removes
+# it. Checks, in order (each row a test in ``tests/ledger/test_holds.py``):
+#
+#     | # | check                                     | reason                   |
+#     |---|-------------------------------------------|--------------------------|
+#     | 0 | key seen (same / other request)           | replay / KEY_REUSED      |
+#     | 1 | a pending hold with that id exists        | NOT_PENDING              |
+#     | 2 | it is a transfer (withdrawals: the bank)  | NOT_PENDING              |
+#     | 3 | the caller owns the sender                | FORBIDDEN                |
+#     | 4 | capture amount <= held amount             | AMOUNT_EXCEEDS_HOLD      |
+#     | 5 | capture: sender not frozen                | SENDER_FROZEN            |
+#     | 6 | capture: receiver exists, open, no overflow | (credit side, as transfers) |
+#
+# Voiding is always allowed to the owner (releasing money is safe, also when frozen).
+# Completing a withdrawal skips 3-5: the bank has paid, the ledger must record it.
+
+
+def _hold_for(state: State, transaction_id: str, owner_id: str | None) -> Hold | Rejection:
+    hold = state.holds.get(transaction_id)
+    if hold is None or hold.type != TransactionType.TRANSFER:
+        return Rejection(reason=Reason.NOT_PENDING, detail=f"transfer {transaction_id} is not pending")
+    if owner_id is not None and state.wallets[hold.from_wallet_id].owner_id != owner_id:
+        return Rejection(reason=Reason.FORBIDDEN, detail=f"transfer {transaction_id} belongs to another owner")
+    return hold
+
+
+def _captured(hold: Hold, amount: int, now_us: int, reference: str | None,
+              idempotency: Idempotency | None) -> HoldCaptured:
+    return HoldCaptured(
+        transaction_id=hold.transaction_id, type=hold.type, from_wallet_id=hold.from_wallet_id,
+        to_wallet_id=hold.to_wallet_id, asset=hold.asset, amount=amount, held_amount=hold.amount,
+        description=hold.description, metadata=hold.metadata, created_at_us=hold.created_at_us,
+        at_us=now_us, reference=reference, idempotency=idempotency,
+    )
+
+
+def _voided(hold: Hold, now_us: int, reason: VoidReason, detail: str | None,
+            idempotency: Idempotency | None) -> HoldVoided:
+    return HoldVoided(
+        transaction_id=hold.transaction_id, type=hold.type, from_wallet_id=hold.from_wallet_id,
+        to_wallet_id=hold.to_wallet_id, asset=hold.asset, amount=hold.amount,
+        description=hold.description, metadata=hold.metadata, created_at_us=hold.created_at_us,
+        at_us=now_us, reason=reason, detail=detail, idempotency=idempotency,
+    )
+
+
+def capture_amount(command: ResolveHold, held_amount: int) -> int:
+    return held_amount if command.amount is None else command.amount
+
+
+def decide_capture(state: State, command: ResolveHold, now_us: int, credit: CreditCheck) -> Decision:
+    """On the sender's shard, given the receiver's verdict for the captured amount."""
+    assert command.capture
+    replay = check_idempotency(state.directory, command.idempotency)
+    if replay is not None:
+        return replay
+    hold = _hold_for(state, command.transaction_id, command.owner_id)
+    if isinstance(hold, Rejection):
+        return hold
+    assert (command.from_wallet_id, command.to_wallet_id) == (hold.from_wallet_id, hold.to_wallet_id)
+    amount = capture_amount(command, hold.amount)
+    assert amount >= 1
+    if amount > hold.amount:
+        return Rejection(
+            reason=Reason.AMOUNT_EXCEEDS_HOLD,
+            detail=f"transfer {hold.transaction_id} holds {hold.amount}, {amount} cannot be captured",
+        )
+    if state.wallets[hold.from_wallet_id].status == WalletStatus.FROZEN:
+        return Rejection(reason=Reason.SENDER_FROZEN, detail=f"wallet {hold.from_wallet_id} is frozen")
+    if credit.failure is not None:
+        return credit.failure
+    assert credit.asset == hold.asset
+    # After this point the command must be accepted.
+    return [_captured(hold, amount, now_us, None, command.idempotency)]
+
+
+def decide_void(state: State, command: ResolveHold, now_us: int) -> Decision:
+    assert not command.capture
+    replay = check_idempotency(state.directory, command.idempotency)
+    if replay is not None:
+        return replay
+    hold = _hold_for(state, command.transaction_id, command.owner_id)
+    if isinstance(hold, Rejection):
+        return hold
+    # After this point the command must be accepted.
+    return [_voided(hold, now_us, VoidReason.VOIDED, None, command.idempotency)]
+
+
+def decide_expire(state: State, command: ExpireHolds, now_us: int) -> Decision:
+    """Voids the listed transfer holds whose deadline is at or before ``now_us``; ids that
+    are gone or not yet due are skipped (the timer's list may be stale)."""
+    due = []
+    for transaction_id in command.transaction_ids:
+        hold = state.holds.get(transaction_id)
+        if hold is not None and hold.type == TransactionType.TRANSFER and 0 < hold.deadline_us <= now_us:
+            due.append(hold)
+    due.sort(key=lambda hold: (hold.deadline_us, hold.transaction_id))
+    # After this point the command must be accepted.
+    return [_voided(hold, now_us, VoidReason.EXPIRED, None, None) for hold in due]
+
+
+def decide_request_withdrawal(state: State, command: RequestWithdrawal, now_us: int) -> Decision:
+    """Rows 0, 1, 1b, 5, 7 of the transfer table, on the wallet's shard."""
+    assert command.amount >= 1
+    replay = check_idempotency(state.directory, command.idempotency)
+    if replay is not None:
+        return replay
+    wallet = state.wallets.get(command.wallet_id)
+    if wallet is None or is_treasury(command.wallet_id):
+        return Rejection(reason=Reason.SENDER_NOT_FOUND, detail=f"wallet {command.wallet_id} does not exist")
+    if command.owner_id is not None and wallet.owner_id != command.owner_id:
+        return Rejection(reason=Reason.FORBIDDEN, detail=f"wallet {wallet.id} belongs to another owner")
+    if wallet.status == WalletStatus.FROZEN:
+        return Rejection(reason=Reason.SENDER_FROZEN, detail=f"wallet {wallet.id} is frozen")
+    if wallet.status == WalletStatus.CLOSED:
+        return Rejection(reason=Reason.SENDER_CLOSED, detail=f"wallet {wallet.id} is closed")
+    if wallet.available < command.amount:
+        return Rejection(
+            reason=Reason.INSUFFICIENT_FUNDS,
+            detail=f"wallet {wallet.id} has {wallet.available} available, {command.amount} requested",
+        )
+    assert command.withdrawal_id not in state.withdrawals
+    # After this point the command must be accepted.
+    return [
+        HoldCreated(
+            transaction_id=command.withdrawal_id, type=TransactionType.WITHDRAWAL,
+            from_wallet_id=wallet.id, to_wallet_id=treasury_id(wallet.asset), asset=wallet.asset,
+            amount=command.amount, description=None, metadata=None, at_us=now_us, deadline_us=0,
+            destination=command.destination, idempotency=command.idempotency,
+        )
+    ]
+
+
+# Payout steps a withdrawal accepts, by its status.
+_STEP_FROM = {
+    PayoutStep.BEGIN: (WithdrawalStatus.PENDING, WithdrawalStatus.PROCESSING),
+    PayoutStep.TRANSIENT: (WithdrawalStatus.PROCESSING,),
+    PayoutStep.DEAD: (WithdrawalStatus.PROCESSING,),
+    PayoutStep.REFUSED: (WithdrawalStatus.PROCESSING,),
+    PayoutStep.RETRY: (WithdrawalStatus.DEAD,),
+}
+assert set(_STEP_FROM) == set(PayoutStep)
+
+
+def decide_advance_withdrawal(state: State, command: AdvanceWithdrawal, now_us: int) -> Decision:
+    withdrawal = state.withdrawals.get(command.withdrawal_id)
+    if withdrawal is None:
+        return Rejection(
+            reason=Reason.WITHDRAWAL_NOT_FOUND, detail=f"withdrawal {command.withdrawal_id} does not exist"
+        )
+    if withdrawal.status not in _STEP_FROM[command.step]:
+        reason = Reason.WITHDRAWAL_NOT_DEAD if command.step == PayoutStep.RETRY else Reason.WITHDRAWAL_NOT_PAYABLE
+        return Rejection(reason=reason, detail=f"withdrawal {withdrawal.id} is {withdrawal.status.label}")
+    # After this point the command must be accepted.
+    step = command.step
+    if step == PayoutStep.REFUSED:
+        hold = state.holds[withdrawal.id]
+        return [_voided(hold, now_us, VoidReason.REFUSED, command.detail, None)]
+    status, attempts, error, next_at = withdrawal.status, withdrawal.attempts, withdrawal.last_error, 0
+    if step == PayoutStep.BEGIN:
+        status, attempts = WithdrawalStatus.PROCESSING, attempts + 1
+    elif step == PayoutStep.TRANSIENT:
+        error, next_at = command.detail, command.retry_at_us
+    elif step == PayoutStep.DEAD:
+        status, error = WithdrawalStatus.DEAD, command.detail
+    else:
+        assert step == PayoutStep.RETRY
+        status, attempts = WithdrawalStatus.PENDING, 0
+    return [
+        WithdrawalUpdated(
+            withdrawal_id=withdrawal.id, wallet_id=withdrawal.wallet_id, status=status,
+            attempts=attempts, last_error=error, next_attempt_at_us=next_at, at_us=now_us,
+        )
+    ]
+
+
+def decide_complete_withdrawal(
+    state: State, command: CompleteWithdrawal, now_us: int, credit: CreditCheck
+) -> Decision:
+    """The bank paid: only an attempt in progress can complete. A treasury that would
+    overflow int64 refuses (the worker keeps retrying; see the README's limits)."""
+    withdrawal = state.withdrawals.get(command.withdrawal_id)
+    if withdrawal is None:
+        return Rejection(
+            reason=Reason.WITHDRAWAL_NOT_FOUND, detail=f"withdrawal {command.withdrawal_id} does not exist"
+        )
+    if withdrawal.status != WithdrawalStatus.PROCESSING:
+        return Rejection(
+            reason=Reason.WITHDRAWAL_NOT_PAYABLE, detail=f"withdrawal {withdrawal.id} is {withdrawal.status.label}"
+        )
+    if credit.failure is not None:
+        return credit.failure
+    hold = state.holds[withdrawal.id]
+    assert hold.amount == withdrawal.amount == command.amount
+    # After this point the command must be accepted.
+    return [_captured(hold, hold.amount, now_us, command.reference, None)]
+
+
 def decide(state: State, command: object, now_us: int) -> Decision:
     """Decides any command against a state that holds every wallet it names (one shard, or
     the whole ledger). The shard actors call the per-command functions directly."""
@@ -332,6 +590,21 @@ def decide(state: State, command: object, now_us: int) -> Decision:
         return decide_create_token(state, command, now_us)
     if isinstance(command, RevokeToken):
         return decide_revoke_token(state, command, now_us)
+    if isinstance(command, ResolveHold):
+        if not command.capture:
+            return decide_void(state, command, now_us)
+        hold = state.holds.get(command.transaction_id)
+        amount = capture_amount(command, hold.amount if hold is not None else 1)
+        return decide_capture(state, command, now_us, check_credit_to(state, command.to_wallet_id, amount))
+    if isinstance(command, ExpireHolds):
+        return decide_expire(state, command, now_us)
+    if isinstance(command, RequestWithdrawal):
+        return decide_request_withdrawal(state, command, now_us)
+    if isinstance(command, AdvanceWithdrawal):
+        return decide_advance_withdrawal(state, command, now_us)
+    if isinstance(command, CompleteWithdrawal):
+        credit = check_credit_to(state, treasury_id(command.asset), command.amount)
+        return decide_complete_withdrawal(state, command, now_us, credit)
     raise AssertionError(f"unknown command {command!r}")
 
 
@@ -345,13 +618,22 @@ def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
     directory.lsn = lsn
     if event.at_us > directory.at_us:
         directory.at_us = event.at_us
-    if isinstance(event, Transferred | WalletCreated) and event.idempotency is not None:
-        key = (event.idempotency.scope, event.idempotency.key)
-        assert key not in directory.idempotency
-        directory.idempotency[key] = IdempotencyRecord(
-            fingerprint=event.idempotency.fingerprint, lsn=lsn, at_us=event.at_us, event=event
-        )
-        _expire_idempotency(directory)
+    if isinstance(event, Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided):
+        if event.idempotency is not None:
+            key = (event.idempotency.scope, event.idempotency.key)
+            assert key not in directory.idempotency
+            directory.idempotency[key] = IdempotencyRecord(
+                fingerprint=event.idempotency.fingerprint, lsn=lsn, at_us=event.at_us, event=event
+            )
+            _expire_idempotency(directory)
+        if isinstance(event, HoldCreated):
+            assert event.transaction_id not in directory.hold_routes
+            directory.hold_routes[event.transaction_id] = (event.from_wallet_id, event.to_wallet_id, event.amount)
+            if event.type == TransactionType.WITHDRAWAL:
+                assert event.transaction_id not in directory.withdrawal_wallets
+                directory.withdrawal_wallets[event.transaction_id] = event.from_wallet_id
+        elif isinstance(event, HoldCaptured | HoldVoided):
+            del directory.hold_routes[event.transaction_id]
     elif isinstance(event, AssetCreated):
         assert event.code not in directory.assets
         directory.assets[event.code] = Asset(code=event.code, scale=event.scale, created_at_us=event.at_us)
@@ -390,7 +672,73 @@ def apply_debit(state: State, event: Transferred, lsn: int) -> None:
     sender.lsn = max(sender.lsn, lsn)
 
 
-def apply_credit(state: State, event: Transferred, lsn: int) -> None:
+def _touch(wallet: Wallet, at_us: int, lsn: int) -> None:
+    wallet.updated_at_us = max(wallet.updated_at_us, at_us)
+    wallet.lsn = max(wallet.lsn, lsn)
+
+
+def apply_sender(state: State, event: Event, lsn: int) -> None:
+    """The part of a hold or withdrawal event that lands on the sender's shard."""
+    if isinstance(event, HoldCreated):
+        sender = state.wallets[event.from_wallet_id]
+        assert not is_treasury(sender.id)
+        assert sender.asset == event.asset
+        assert sender.available >= event.amount
+        assert event.transaction_id not in state.holds
+        sender.held += event.amount
+        _touch(sender, event.at_us, lsn)
+        state.holds[event.transaction_id] = Hold(
+            transaction_id=event.transaction_id, type=event.type, from_wallet_id=event.from_wallet_id,
+            to_wallet_id=event.to_wallet_id, asset=event.asset, amount=event.amount,
+            description=event.description, metadata=event.metadata, created_at_us=event.at_us,
+            deadline_us=event.deadline_us, lsn=lsn,
+        )
+        if event.type == TransactionType.WITHDRAWAL:
+            assert event.destination is not None
+            assert event.transaction_id not in state.withdrawals
+            state.withdrawals[event.transaction_id] = Withdrawal(
+                id=event.transaction_id, wallet_id=event.from_wallet_id, asset=event.asset,
+                amount=event.amount, destination=event.destination, created_at_us=event.at_us, lsn=lsn,
+            )
+    elif isinstance(event, HoldCaptured | HoldVoided):
+        hold = state.holds.pop(event.transaction_id)
+        sender = state.wallets[hold.from_wallet_id]
+        assert sender.held >= hold.amount
+        sender.held -= hold.amount
+        if isinstance(event, HoldCaptured):
+            assert 1 <= event.amount <= hold.amount
+            assert event.held_amount == hold.amount
+            sender.balance -= event.amount
+            assert sender.balance >= sender.held
+        else:
+            assert event.amount == hold.amount
+        _touch(sender, event.at_us, lsn)
+        if hold.type == TransactionType.WITHDRAWAL:
+            withdrawal = state.withdrawals[hold.transaction_id]
+            if isinstance(event, HoldCaptured):
+                assert withdrawal.status == WithdrawalStatus.PROCESSING
+                withdrawal.status = WithdrawalStatus.COMPLETED
+                withdrawal.reference = event.reference
+            else:
+                assert event.reason == VoidReason.REFUSED
+                withdrawal.status = WithdrawalStatus.FAILED
+                withdrawal.last_error = event.detail
+            withdrawal.next_attempt_at_us = 0
+            withdrawal.updated_at_us = event.at_us
+            withdrawal.lsn = lsn
+    else:
+        assert isinstance(event, WithdrawalUpdated)
+        withdrawal = state.withdrawals[event.withdrawal_id]
+        assert withdrawal.status not in (WithdrawalStatus.COMPLETED, WithdrawalStatus.FAILED)
+        withdrawal.status = event.status
+        withdrawal.attempts = event.attempts
+        withdrawal.last_error = event.last_error
+        withdrawal.next_attempt_at_us = event.next_attempt_at_us
+        withdrawal.updated_at_us = event.at_us
+        withdrawal.lsn = lsn
+
+
+def apply_credit(state: State, event: Transferred | HoldCaptured, lsn: int) -> None:
     receiver = state.wallets[event.to_wallet_id]
     assert receiver.asset == event.asset
     assert receiver.balance + event.amount <= INT64_MAX
@@ -435,6 +783,11 @@ def apply(state: State, event: Event, lsn: int) -> None:
     if isinstance(event, Transferred):
         apply_debit(state, event, lsn)
         apply_credit(state, event, lsn)
+    elif isinstance(event, HoldCreated | HoldVoided | WithdrawalUpdated):
+        apply_sender(state, event, lsn)
+    elif isinstance(event, HoldCaptured):
+        apply_sender(state, event, lsn)
+        apply_credit(state, event, lsn)
     else:
         apply_wallets(state, event, lsn)
 
@@ -442,11 +795,48 @@ def apply(state: State, event: Event, lsn: int) -> None:
 # -- invariants --------------------------------------------------------------------------
 
 
-def check_invariants(wallets: Iterable[Wallet], directory: Directory) -> None:
-    """O(N) check of the ledger's invariants over every wallet. Raises AssertionError."""
+def check_invariants(
+    wallets: Iterable[Wallet],
+    directory: Directory,
+    holds: Iterable[Hold] = (),
+    withdrawals: Iterable[Withdrawal] = (),
+) -> None:
+    """O(N) check of the ledger's invariants over every wallet, hold and withdrawal (pass all
+    of them: a wallet's ``held`` must equal the sum of its holds). Raises AssertionError."""
     totals: dict[str, int] = {}
     treasuries = set()
+    held: dict[str, int] = {}
+    hold_count = 0
+    withdrawal_holds: set[str] = set()
+    for hold in holds:
+        hold_count += 1
+        assert hold.amount >= 1, hold
+        assert directory.hold_routes.get(hold.transaction_id) == (
+            hold.from_wallet_id, hold.to_wallet_id, hold.amount
+        ), hold
+        held[hold.from_wallet_id] = held.get(hold.from_wallet_id, 0) + hold.amount
+        if hold.type == TransactionType.WITHDRAWAL:
+            assert hold.deadline_us == 0, hold
+            assert hold.to_wallet_id == treasury_id(hold.asset), hold
+            withdrawal_holds.add(hold.transaction_id)
+        else:
+            assert hold.type == TransactionType.TRANSFER, hold
+            assert hold.deadline_us > hold.created_at_us, hold
+    assert hold_count == len(directory.hold_routes)
+    withdrawal_count = 0
+    for withdrawal in withdrawals:
+        withdrawal_count += 1
+        assert directory.withdrawal_wallets.get(withdrawal.id) == withdrawal.wallet_id, withdrawal
+        open_ = withdrawal.status not in (WithdrawalStatus.COMPLETED, WithdrawalStatus.FAILED)
+        # A withdrawal holds its amount exactly while it is not over.
+        assert (withdrawal.id in withdrawal_holds) == open_, withdrawal
+        assert withdrawal.attempts >= 0, withdrawal
+        if withdrawal.status == WithdrawalStatus.PENDING:
+            assert withdrawal.attempts == 0, withdrawal
+    assert withdrawal_count == len(directory.withdrawal_wallets)
+    assert withdrawal_holds <= set(directory.withdrawal_wallets)
     for wallet in wallets:
+        assert wallet.held == held.pop(wallet.id, 0), wallet
         assert wallet.asset in directory.assets, wallet
         assert INT64_MIN <= wallet.balance <= INT64_MAX, wallet
         assert 0 <= wallet.held, wallet
@@ -463,6 +853,7 @@ def check_invariants(wallets: Iterable[Wallet], directory: Directory) -> None:
         if wallet.status == WalletStatus.CLOSED:
             assert wallet.balance == 0, wallet
         totals[wallet.asset] = totals.get(wallet.asset, 0) + wallet.balance
+    assert not held, f"holds on unknown wallets: {sorted(held)}"
     for asset in directory.assets:
         assert asset in treasuries, f"asset {asset} has no treasury wallet"
         assert totals.get(asset, 0) == 0, f"asset {asset} sums to {totals.get(asset)}, not 0"
@@ -476,8 +867,14 @@ def check_invariants(wallets: Iterable[Wallet], directory: Directory) -> None:
         assert record.lsn <= directory.lsn
 
 
-def state_digest(wallets: Iterable[Wallet], directory: Directory) -> str:
-    """A digest of everything the state holds, independent of dict order and shard layout."""
+def state_digest(
+    wallets: Iterable[Wallet],
+    directory: Directory,
+    holds: Iterable[Hold] = (),
+    withdrawals: Iterable[Withdrawal] = (),
+) -> str:
+    """A digest of everything the state holds, independent of dict order and shard layout.
+    (No holds and no withdrawals digest exactly as before they existed.)"""
     digest = hashlib.blake2b(digest_size=16)
     for wallet in sorted(wallets, key=lambda w: w.id):
         digest.update(
@@ -493,5 +890,23 @@ def state_digest(wallets: Iterable[Wallet], directory: Directory) -> str:
         digest.update(repr(directory.tokens[directory.token_prefixes[prefix]]).encode())
     for key, record in sorted(directory.idempotency.items()):
         digest.update(repr((key, record.fingerprint, record.lsn)).encode())
+    for hold in sorted(holds, key=lambda hold: hold.transaction_id):
+        digest.update(
+            repr((hold.transaction_id, int(hold.type), hold.from_wallet_id, hold.to_wallet_id, hold.asset,
+                  hold.amount, hold.description, json.dumps(hold.metadata, sort_keys=True),
+                  hold.created_at_us, hold.deadline_us)).encode()
+        )
+    for withdrawal in sorted(withdrawals, key=lambda withdrawal: withdrawal.id):
+        fields = [json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+                  for value in withdrawal.key()]
+        digest.update(repr(fields).encode())
     digest.update(repr(directory.lsn).encode())
     return digest.hexdigest()
+
+
+def check_state(state: State) -> None:
+    check_invariants(state.wallets.values(), state.directory, state.holds.values(), state.withdrawals.values())
+
+
+def digest_state(state: State) -> str:
+    return state_digest(state.wallets.values(), state.directory, state.holds.values(), state.withdrawals.values())

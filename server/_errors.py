@@ -18,6 +18,12 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | INSUFFICIENT_FUNDS        | 422    | insufficient_funds        |
     | TOKEN_NOT_FOUND           | 404    | token_not_found           |
     | TOKEN_EXISTS              | 409    | token_exists              |
+    | NOT_PENDING               | 409    | transfer_not_pending      |
+    |   (no such transaction)   | 404    | transaction_not_found     |
+    | AMOUNT_EXCEEDS_HOLD       | 422    | amount_exceeds_hold       |
+    | WITHDRAWAL_NOT_FOUND      | 404    | withdrawal_not_found      |
+    | WITHDRAWAL_NOT_DEAD       | 409    | withdrawal_not_dead       |
+    | WITHDRAWAL_NOT_PAYABLE    | 409    | withdrawal_not_payable    |
     | bad body, query or header | 400    | invalid_request           |
     | no Idempotency-Key        | 400    | idempotency_key_missing   |
     | no or unknown token       | 401    | unauthorized              |
@@ -66,6 +72,11 @@ REASONS: dict[Reason, tuple[int, str]] = {
     Reason.INSUFFICIENT_FUNDS: (422, "Insufficient funds"),
     Reason.TOKEN_NOT_FOUND: (404, "Token not found"),
     Reason.TOKEN_EXISTS: (409, "Token exists"),
+    Reason.NOT_PENDING: (409, "Transfer not pending"),
+    Reason.AMOUNT_EXCEEDS_HOLD: (422, "Amount exceeds hold"),
+    Reason.WITHDRAWAL_NOT_FOUND: (404, "Withdrawal not found"),
+    Reason.WITHDRAWAL_NOT_DEAD: (409, "Withdrawal not dead"),
+    Reason.WITHDRAWAL_NOT_PAYABLE: (409, "Withdrawal not payable"),
 }
 assert set(REASONS) == set(Reason), set(Reason) - set(REASONS)
 

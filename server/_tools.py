@@ -18,14 +18,14 @@ from typing import Any
 from ledger import (
     CodecError,
     build_snapshot,
-    check_invariants,
+    check_state,
     decode_event,
     decode_state,
+    digest_state,
     load_base,
     new_state,
     replay_until,
     snapshots_dir,
-    state_digest,
     write_state,
 )
 from ledger import apply as apply_event
@@ -129,7 +129,7 @@ def wal_verify(data_dir: Path) -> int:
             apply_event(state, decode_event(frame.payload), frame.lsn)
             if frame.lsn in images:
                 path, digest = images[frame.lsn]
-                if bytes.fromhex(state_digest(state.wallets.values(), state.directory)) != digest:
+                if bytes.fromhex(digest_state(state)) != digest:
                     problems.append(f"snapshot {path} does not match the replayed log at LSN {frame.lsn}")
     except LogCorrupt as error:
         problems.append(f"{error.path} offset {error.offset} LSN {error.lsn}: {error.reason}")
@@ -138,7 +138,7 @@ def wal_verify(data_dir: Path) -> int:
     progress.done()
     if not problems:
         try:
-            check_invariants(state.wallets.values(), state.directory)
+            check_state(state)
         except AssertionError as error:
             problems.append(f"invariant violated after replay: {error}")
     return _report(problems, result, state, data_dir, start=start)
@@ -156,7 +156,7 @@ def _report(problems: list[str], result: ScanResult | None, state: Any, data_dir
             problems.append(f"{message} (`wallet wal repair` cuts it; the server does on start)")
     if state is not None:
         print(f"wallets:   {len(state.wallets)}; assets: {len(state.directory.assets)}")
-        print(f"digest:    {state_digest(state.wallets.values(), state.directory)}")
+        print(f"digest:    {digest_state(state)}")
     if problems:
         print(f"FAILED: {problems[0]}")
         for problem in problems[1:]:
@@ -270,7 +270,7 @@ def wal_replay(data_dir: Path, *, until_lsn: int | None, until_us: int | None, o
     if reached:
         write_state(out, state, lsn=reached, log_checksum=checksum, created_at_us=int(time.time() * 1_000_000))
     print(f"replayed to LSN {reached} into {out}")
-    print(f"wallets: {len(state.wallets)}; balances digest: {state_digest(state.wallets.values(), state.directory)}")
+    print(f"wallets: {len(state.wallets)}; balances digest: {digest_state(state)}")
     return 0
 
 
@@ -310,8 +310,8 @@ def snapshot_verify(data_dir: Path) -> int:
         try:
             header, body = read_snapshot(info.path)
             state = decode_state(body)
-            check_invariants(state.wallets.values(), state.directory)
-            digest = bytes.fromhex(state_digest(state.wallets.values(), state.directory))
+            check_state(state)
+            digest = bytes.fromhex(digest_state(state))
             if digest != header.state_digest:
                 raise AssertionError("state digest differs from the header's")
         except (SnapshotCorrupt, CodecError, AssertionError) as error:

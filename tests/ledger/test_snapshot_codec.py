@@ -34,16 +34,22 @@ from ledger import (
     Transfer,
     WalletCreated,
     WalletStatus,
+    AdvanceWithdrawal,
+    CompleteWithdrawal,
+    ExpireHolds,
+    PayoutStep,
+    RequestWithdrawal,
+    ResolveHold,
     apply,
-    check_invariants,
+    check_state,
     count_records,
     decide,
     decode_state,
     encode_event,
     encode_state,
     is_treasury,
+    digest_state,
     new_state,
-    state_digest,
     treasury_id,
 )
 from snapshots import load_newest, write_snapshot
@@ -100,6 +106,9 @@ commands: st.SearchStrategy[Command] = st.one_of(
         prefix=st.sampled_from(PREFIXES), owner_id=st.sampled_from(OWNERS),
     ),
     st.builds(RevokeToken, prefix=st.sampled_from(PREFIXES)),
+    # Holds and withdrawals: markers that ``states`` turns into commands on what exists.
+    st.just("hold"), st.just("hold"), st.just("resolve"), st.just("withdraw"), st.just("payout"),
+    st.just("expire"),
 )
 # Time steps: mostly small, sometimes past the idempotency retention so records expire.
 steps_us = st.one_of(st.integers(min_value=0, max_value=10**6), st.just(IDEMPOTENCY_RETENTION_US + 1))
@@ -130,14 +139,53 @@ def states(draw: st.DrawFn) -> State:
     prelude += draw(st.lists(deposits, min_size=1, max_size=6))
     for command in [*prelude, *draw(st.lists(commands, min_size=4, max_size=30))]:
         now_us += draw(steps_us)
-        run(state, command, now_us)
-    if draw(st.booleans()):
-        # ``apply`` never holds money today, but a snapshot must keep whatever it finds.
-        for wallet in state.wallets.values():
-            if not is_treasury(wallet.id):
-                wallet.held = wallet.balance // 2
-    check_invariants(state.wallets.values(), state.directory)
+        run(state, _concrete(draw, state, command), now_us)
+    check_state(state)
     return state
+
+
+def _concrete(draw: st.DrawFn, state: State, command: Any) -> Any:
+    """Turns a marker into a command on the holds and withdrawals ``state`` has."""
+    if not isinstance(command, str):
+        return command
+    number = len(state.holds) + len(state.withdrawals) + state.directory.lsn
+    wallets = sorted(w for w in state.wallets if not is_treasury(w)) or ["w0"]
+    if command == "hold":
+        return draw(st.builds(
+            Transfer, transaction_id=st.just(f"h{number}"), type=st.just(TransactionType.TRANSFER),
+            from_wallet_id=st.sampled_from(wallets), to_wallet_id=st.sampled_from(WALLETS),
+            amount=amounts, description=st.none() | st.text(max_size=10), metadata=metadatas,
+            idempotency=idempotencies, hold_timeout_s=st.sampled_from([1, 60, 3600]),
+        ))
+    if command == "withdraw":
+        return draw(st.builds(
+            RequestWithdrawal, withdrawal_id=st.just(f"wd{number}"), wallet_id=st.sampled_from(wallets),
+            amount=amounts, destination=st.dictionaries(st.text(max_size=5), json_values, max_size=2),
+            owner_id=st.none(), idempotency=idempotencies,
+        ))
+    holds = sorted(state.holds)
+    if command == "expire":
+        return ExpireHolds(transaction_ids=tuple(holds))
+    if command == "resolve" and holds:
+        transaction_id = draw(st.sampled_from(holds))
+        from_id, to_id, amount = state.directory.hold_routes[transaction_id]
+        return ResolveHold(
+            transaction_id=transaction_id, capture=draw(st.booleans()),
+            amount=draw(st.none() | st.integers(min_value=1, max_value=amount)),
+            from_wallet_id=from_id, to_wallet_id=to_id, owner_id=None, idempotency=draw(idempotencies),
+        )
+    if command == "payout" and state.withdrawals:
+        withdrawal = state.withdrawals[draw(st.sampled_from(sorted(state.withdrawals)))]
+        if draw(st.booleans()):
+            return CompleteWithdrawal(
+                withdrawal_id=withdrawal.id, wallet_id=withdrawal.wallet_id, asset=withdrawal.asset,
+                amount=withdrawal.amount, reference=draw(st.none() | st.text(max_size=5)),
+            )
+        return AdvanceWithdrawal(
+            withdrawal_id=withdrawal.id, step=draw(st.sampled_from(PayoutStep)),
+            detail=draw(st.none() | st.text(max_size=5)), retry_at_us=draw(st.integers(0, 2**50)),
+        )
+    return ExpireHolds(transaction_ids=())
 
 
 def body_of(state: State) -> bytes:
@@ -145,7 +193,7 @@ def body_of(state: State) -> bytes:
 
 
 def digest(state: State) -> str:
-    return state_digest(state.wallets.values(), state.directory)
+    return digest_state(state)
 
 
 def everything(state: State) -> Any:
@@ -161,6 +209,8 @@ def everything(state: State) -> Any:
         list(directory.assets.items()), list(directory.tokens.items()),
         list(directory.token_prefixes.items()), list(directory.idempotency.items()),
         directory.lsn, directory.at_us, wallets,
+        sorted(state.holds.items()), sorted(w.key() for w in state.withdrawals.values()),
+        sorted(directory.hold_routes.items()), sorted(directory.withdrawal_wallets.items()),
     )
 
 
@@ -173,12 +223,12 @@ def assert_same(decoded: State, original: State) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(state=states(), more=commands, step_us=steps_us)
+@given(state=states(), more=commands.filter(lambda command: not isinstance(command, str)), step_us=steps_us)
 def test_round_trip_is_exact_and_keeps_evolving_alike(state: State, more: Command, step_us: int) -> None:
     body = body_of(state)
     decoded = decode_state(body)
     assert_same(decoded, state)
-    check_invariants(decoded.wallets.values(), decoded.directory)
+    check_state(decoded)
     assert count_records(decoded) == count_records(state)
     assert body_of(decoded) == body  # deterministic: the image depends on the state alone
 
@@ -195,7 +245,7 @@ def test_the_empty_state_round_trips() -> None:
     assert count_records(state) == 0
     chunks = list(encode_state(state))
     assert len(chunks) == 1
-    assert msgpack.unpackb(chunks[0]) == [SNAPSHOT_CODEC_VERSION, 0, 0, 0, 0, 0, 0]
+    assert msgpack.unpackb(chunks[0]) == [SNAPSHOT_CODEC_VERSION, 0, 0, 0, 0, 0, 0, 0, 0]
     assert_same(decode_state(b"".join(chunks)), state)
 
 
@@ -223,7 +273,7 @@ def test_the_body_layout_matches_the_docstring() -> None:
     record = state.directory.idempotency[("alice", "k")]
     assert isinstance(record.event, WalletCreated)
     assert objects == [
-        [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 1, 1, 3],
+        [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 1, 1, 3, 0, 0],
         ["USD", 2, 1],
         [b"h" * 32, "tk_a", "alice", 2],
         ["alice", "k", b"f", 3, 3, encode_event(record.event)],
@@ -231,6 +281,34 @@ def test_the_body_layout_matches_the_docstring() -> None:
         ["w000000", "alice", "USD", {"n": 0}, 5, 0, 0, 3, 4, 5],
         ["w000001", "alice", "USD", {"n": 1}, 0, 0, 0, 3, 3, 4],
     ]
+
+
+def test_a_version_1_body_still_decodes() -> None:
+    """Bodies written before holds existed: a 7-field header and no holds or withdrawals."""
+    state = built(2)
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(body_of(state))
+    objects = list(unpacker)
+    objects[0] = [1, *objects[0][1:7]]
+    decoded = decode_state(packed(*objects))
+    assert_same(decoded, state)
+
+
+def test_holds_and_withdrawals_round_trip_and_rebuild_the_routes() -> None:
+    state = built(2)
+    run(state, Transfer(transaction_id="tx_h", type=TransactionType.TRANSFER, from_wallet_id="w000000",
+                        to_wallet_id="w000001", amount=2, description="d", metadata={"a": 1},
+                        idempotency=None, hold_timeout_s=30), 5)
+    run(state, RequestWithdrawal(withdrawal_id="wd_1", wallet_id="w000000", amount=1,
+                                 destination={"iban": "X"}, owner_id=None, idempotency=None), 6)
+    run(state, AdvanceWithdrawal(withdrawal_id="wd_1", step=PayoutStep.BEGIN), 7)
+    assert state.wallets["w000000"].held == 3
+    decoded = decode_state(body_of(state))
+    assert_same(decoded, state)
+    assert decoded.directory.hold_routes == {"tx_h": ("w000000", "w000001", 2),
+                                             "wd_1": ("w000000", treasury_id("USD"), 1)}
+    assert decoded.directory.withdrawal_wallets == {"wd_1": "w000000"}
+    check_state(decoded)
 
 
 def test_chunks_hold_at_most_chunk_records_entities() -> None:
@@ -285,7 +363,7 @@ def packed(*objects: Any) -> bytes:
     return b"".join(msgpack.packb(item, use_bin_type=True) for item in objects)
 
 
-GOOD_HEADER = [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 0, 0, 1]
+GOOD_HEADER = [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 0, 0, 1, 0, 0]
 GOOD_ASSET = ["USD", 2, 1]
 GOOD_WALLET = [treasury_id("USD"), "system", "USD", None, 0, 0, 0, 1, 1, 1]
 WALLET_CREATED = encode_event(
@@ -308,13 +386,13 @@ def _with(base: list[Any], index: int, value: Any) -> list[Any]:
         (b"", "undecodable"),
         (packed([]), "expected an array"),
         (packed({"version": 1}), "expected an array"),
-        (packed(_with(GOOD_HEADER, 0, 2)), "unknown snapshot codec version 2"),
+        (packed(_with(GOOD_HEADER, 0, 3)), "unknown snapshot codec version 3"),
         (packed(_with(GOOD_HEADER, 0, True)), "unknown snapshot codec version True"),
-        (packed(GOOD_HEADER[:-1]), "expected an array of 7"),
+        (packed(GOOD_HEADER[:-1]), "expected an array of 9"),
         (packed(_with(GOOD_HEADER, 1, -1)), "lsn"),
         (packed(_with(GOOD_HEADER, 3, 10**6)), "asset count"),
         (packed(GOOD_HEADER, GOOD_ASSET), "undecodable"),  # truncated: the wallet is missing
-        (packed(GOOD_HEADER, GOOD_ASSET, GOOD_WALLET, 0), "1 bytes after the last wallet"),
+        (packed(GOOD_HEADER, GOOD_ASSET, GOOD_WALLET, 0), "1 bytes after the last entity"),
         (packed(GOOD_HEADER, _with(GOOD_ASSET, 1, "2"), GOOD_WALLET), "scale"),
         (packed(_with(GOOD_HEADER, 3, 2), GOOD_ASSET, GOOD_ASSET, GOOD_WALLET), "appears twice"),
         (packed(GOOD_HEADER, GOOD_ASSET, _with(GOOD_WALLET, 6, 7)), "undecodable"),  # no such status
