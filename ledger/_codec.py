@@ -17,10 +17,11 @@ inside a payload.
     11   | HoldCreated          | transaction_id, type, from, to, asset, amount, description,
          |                      | metadata, at_us, deadline_us, destination, idempotency
     12   | HoldCaptured         | transaction_id, type, from, to, asset, amount, held_amount,
-         |                      | description, metadata, created_at_us, at_us, reference,
-         |                      | idempotency
+         |                      | description, metadata, created_at_us, created_lsn, at_us,
+         |                      | reference, idempotency
     13   | HoldVoided           | transaction_id, type, from, to, asset, amount, description,
-         |                      | metadata, created_at_us, at_us, reason, detail, idempotency
+         |                      | metadata, created_at_us, created_lsn, at_us, reason, detail,
+         |                      | idempotency
     14   | WithdrawalUpdated    | withdrawal_id, wallet_id, status, attempts, last_error,
          |                      | next_attempt_at_us, at_us
 
@@ -157,7 +158,7 @@ def encode_event(event: Event) -> bytes:
                 CODEC_VERSION, _HOLD_CAPTURED, event.transaction_id, int(event.type),
                 event.from_wallet_id, event.to_wallet_id, event.asset, event.amount,
                 event.held_amount, event.description, event.metadata, event.created_at_us,
-                event.at_us, event.reference, _idem_out(event.idempotency),
+                event.created_lsn, event.at_us, event.reference, _idem_out(event.idempotency),
             ]
         )
     if isinstance(event, HoldVoided):
@@ -165,8 +166,8 @@ def encode_event(event: Event) -> bytes:
             [
                 CODEC_VERSION, _HOLD_VOIDED, event.transaction_id, int(event.type),
                 event.from_wallet_id, event.to_wallet_id, event.asset, event.amount,
-                event.description, event.metadata, event.created_at_us, event.at_us,
-                int(event.reason), event.detail, _idem_out(event.idempotency),
+                event.description, event.metadata, event.created_at_us, event.created_lsn,
+                event.at_us, int(event.reason), event.detail, _idem_out(event.idempotency),
             ]
         )
     if isinstance(event, WithdrawalUpdated):
@@ -235,24 +236,24 @@ def decode_event(payload: bytes) -> Event:
             )
         if kind == _HOLD_CAPTURED:
             (transaction_id, type_, from_id, to_id, asset, amount, held_amount, description,
-             metadata, created_at_us, at_us, reference, idem) = rest
+             metadata, created_at_us, created_lsn, at_us, reference, idem) = rest
             return HoldCaptured(
                 transaction_id=_str(transaction_id), type=TransactionType(_int(type_)),
                 from_wallet_id=_str(from_id), to_wallet_id=_str(to_id), asset=_str(asset),
                 amount=_int(amount), held_amount=_int(held_amount),
                 description=_optional_str(description), metadata=_metadata(metadata),
-                created_at_us=_int(created_at_us), at_us=_int(at_us),
+                created_at_us=_int(created_at_us), created_lsn=_int(created_lsn), at_us=_int(at_us),
                 reference=_optional_str(reference), idempotency=_idem_in(idem),
             )
         if kind == _HOLD_VOIDED:
             (transaction_id, type_, from_id, to_id, asset, amount, description, metadata,
-             created_at_us, at_us, reason, detail, idem) = rest
+             created_at_us, created_lsn, at_us, reason, detail, idem) = rest
             return HoldVoided(
                 transaction_id=_str(transaction_id), type=TransactionType(_int(type_)),
                 from_wallet_id=_str(from_id), to_wallet_id=_str(to_id), asset=_str(asset),
                 amount=_int(amount), description=_optional_str(description),
-                metadata=_metadata(metadata), created_at_us=_int(created_at_us), at_us=_int(at_us),
-                reason=VoidReason(_int(reason)), detail=_optional_str(detail),
+                metadata=_metadata(metadata), created_at_us=_int(created_at_us),
+                created_lsn=_int(created_lsn), at_us=_int(at_us), reason=VoidReason(_int(reason)), detail=_optional_str(detail),
                 idempotency=_idem_in(idem),
             )
         if kind == _WITHDRAWAL_UPDATED:

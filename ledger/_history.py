@@ -29,12 +29,22 @@ from typing import Any
 import aiosqlite
 import anyio
 
-from ledger._model import Event, TransactionType, Transferred, WalletCreated
+from ledger._model import (
+    Event,
+    HoldCaptured,
+    HoldCreated,
+    HoldVoided,
+    TransactionStatus,
+    TransactionType,
+    Transferred,
+    VoidReason,
+    WalletCreated,
+)
 from ledger._sqlite import AsyncioThread
 
 log = logging.getLogger("history")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BATCH_RECORDS_MAX = 5000
 # Durable records waiting for the projector beyond which writers are told to back off.
 PENDING_RECORDS_MAX = 200_000
@@ -47,12 +57,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS transactions (
     id TEXT PRIMARY KEY, lsn INTEGER NOT NULL, type INTEGER NOT NULL,
     from_wallet_id TEXT NOT NULL, to_wallet_id TEXT NOT NULL, asset TEXT NOT NULL,
-    amount INTEGER NOT NULL, description TEXT, metadata TEXT, at_us INTEGER NOT NULL
+    amount INTEGER NOT NULL, description TEXT, metadata TEXT, at_us INTEGER NOT NULL,
+    status INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS entries (
     wallet_id TEXT NOT NULL, lsn INTEGER NOT NULL, transaction_id TEXT NOT NULL,
     type INTEGER NOT NULL, direction INTEGER NOT NULL, amount INTEGER NOT NULL,
     balance_after INTEGER NOT NULL, counterparty_wallet_id TEXT NOT NULL, at_us INTEGER NOT NULL,
+    status INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (wallet_id, lsn)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_by_time ON entries (wallet_id, at_us, lsn);
@@ -63,6 +75,12 @@ CREATE TABLE IF NOT EXISTS wallets (
 );
 CREATE INDEX IF NOT EXISTS wallets_by_owner ON wallets (owner_id, lsn);
 CREATE INDEX IF NOT EXISTS wallets_by_asset ON wallets (asset, lsn);
+"""
+# Schema 1 had no status columns (every row was posted): adding them is the whole migration.
+MIGRATE_1_TO_2 = """
+ALTER TABLE transactions ADD COLUMN status INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE entries ADD COLUMN status INTEGER NOT NULL DEFAULT 0;
+UPDATE meta SET value = 2 WHERE key = 'schema';
 """
 
 DEBIT = 0
@@ -85,6 +103,7 @@ class TransactionRow:
     description: str | None
     metadata: dict[str, Any] | None
     at_us: int
+    status: TransactionStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +119,7 @@ class Entry:
     counterparty_wallet_id: str
     description: str | None
     at_us: int
+    status: TransactionStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,8 +235,9 @@ class History:
         started = time.perf_counter_ns()
         connection = self._connection
         touched = sorted(
-            {wallet_id for _, event in records if isinstance(event, Transferred)
+            {wallet_id for _, event in records if isinstance(event, Transferred | HoldCaptured)
              for wallet_id in (event.from_wallet_id, event.to_wallet_id)}
+            | {event.from_wallet_id for _, event in records if isinstance(event, HoldCreated)}
         )
         # Running balances: a cache in front of the balances table (one entry per wallet that
         # moved money since start), so a batch rarely has to read them back.
@@ -233,21 +254,46 @@ class History:
         transactions = []
         entries = []
         wallets = []
+        # Holds: rows inserted above are updated below, in this order, in the same transaction.
+        resolved = []  # (status, amount, lsn, transaction id)
+        dropped = []  # pending entries a capture replaces: (wallet id, creation lsn)
+        voided = []  # pending entries a void marks: (status, wallet id, creation lsn)
+        posted = int(TransactionStatus.POSTED)
         for lsn, event in records:
-            if isinstance(event, Transferred):
-                transactions.append(
-                    (event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
-                     event.asset, event.amount, event.description,
-                     None if event.metadata is None else json.dumps(event.metadata), event.at_us)
-                )
+            if isinstance(event, Transferred | HoldCaptured):
+                if isinstance(event, Transferred):
+                    transactions.append(
+                        (event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
+                         event.asset, event.amount, event.description,
+                         None if event.metadata is None else json.dumps(event.metadata), event.at_us, posted)
+                    )
+                else:
+                    resolved.append((posted, event.amount, lsn, event.transaction_id))
+                    dropped.append((event.from_wallet_id, event.created_lsn))
                 sender = balances.get(event.from_wallet_id, 0) - event.amount
                 receiver = balances.get(event.to_wallet_id, 0) + event.amount
                 balances[event.from_wallet_id] = sender
                 balances[event.to_wallet_id] = receiver
                 entries.append((event.from_wallet_id, lsn, event.transaction_id, int(event.type), DEBIT,
-                                event.amount, sender, event.to_wallet_id, event.at_us))
+                                event.amount, sender, event.to_wallet_id, event.at_us, posted))
                 entries.append((event.to_wallet_id, lsn, event.transaction_id, int(event.type), CREDIT,
-                                event.amount, receiver, event.from_wallet_id, event.at_us))
+                                event.amount, receiver, event.from_wallet_id, event.at_us, posted))
+            elif isinstance(event, HoldCreated):
+                pending = int(TransactionStatus.PENDING)
+                transactions.append(
+                    (event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
+                     event.asset, event.amount, event.description,
+                     None if event.metadata is None else json.dumps(event.metadata), event.at_us, pending)
+                )
+                # The sender's statement shows the hold; its balance does not move yet.
+                balance = balances[event.from_wallet_id] = balances.get(event.from_wallet_id, 0)
+                entries.append((event.from_wallet_id, lsn, event.transaction_id, int(event.type), DEBIT,
+                                event.amount, balance, event.to_wallet_id, event.at_us, pending))
+            elif isinstance(event, HoldVoided):
+                status = int(TransactionStatus.FAILED if event.reason == VoidReason.REFUSED
+                             else TransactionStatus.VOIDED)
+                resolved.append((status, event.amount, lsn, event.transaction_id))
+                voided.append((status, event.from_wallet_id, event.created_lsn))
             elif isinstance(event, WalletCreated):
                 wallets.append((lsn, event.wallet_id, event.owner_id, event.asset))
         last = records[-1][0]
@@ -255,12 +301,24 @@ class History:
         try:
             if transactions:
                 await connection.executemany(
-                    "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?)", transactions
+                    "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?)", transactions
                 )
-                await connection.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?)", entries)
+            if entries:
+                await connection.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?)", entries)
+            if touched:
                 await connection.executemany(
                     "INSERT OR REPLACE INTO balances VALUES (?,?)",
                     [(wallet_id, balances[wallet_id]) for wallet_id in touched],
+                )
+            if resolved:
+                await connection.executemany(
+                    "UPDATE transactions SET status = ?, amount = ?, lsn = ? WHERE id = ?", resolved
+                )
+            if dropped:
+                await connection.executemany("DELETE FROM entries WHERE wallet_id = ? AND lsn = ?", dropped)
+            if voided:
+                await connection.executemany(
+                    "UPDATE entries SET status = ? WHERE wallet_id = ? AND lsn = ?", voided
                 )
             if wallets:
                 await connection.executemany("INSERT INTO wallets VALUES (?,?,?,?)", wallets)
@@ -290,11 +348,12 @@ class History:
         rows = await self._all("SELECT * FROM transactions WHERE id = ?", (transaction_id,))
         if not rows:
             return None
-        (id_, lsn, type_, source, target, asset, amount, description, metadata, at_us) = rows[0]
+        (id_, lsn, type_, source, target, asset, amount, description, metadata, at_us, status) = rows[0]
         return TransactionRow(
             id=id_, lsn=lsn, type=TransactionType(type_), from_wallet_id=source, to_wallet_id=target,
             asset=asset, amount=amount, description=description,
             metadata=None if metadata is None else json.loads(metadata), at_us=at_us,
+            status=TransactionStatus(status),
         )
 
     async def entries(
@@ -304,11 +363,12 @@ class History:
         before_lsn: int | None,
         limit: int,
         type_: TransactionType | None = None,
+        status: TransactionStatus | None = None,
         since_us: int | None = None,
         until_us: int | None = None,
     ) -> list[Entry]:
         """Newest first: entries older than ``before_lsn``, stamped within [since, until]
-        (inclusive), of ``type_`` when given."""
+        (inclusive), of ``type_`` and ``status`` when given."""
         assert limit >= 1
         upper = (2**63 - 1) if before_lsn is None else before_lsn
         lower = 0
@@ -330,7 +390,7 @@ class History:
             lower = rows[0][0]
         sql = (
             "SELECT e.lsn, e.transaction_id, e.type, e.direction, e.amount, e.balance_after, "
-            "e.counterparty_wallet_id, t.description, e.at_us FROM entries e "
+            "e.counterparty_wallet_id, t.description, e.at_us, e.status FROM entries e "
             "JOIN transactions t ON t.id = e.transaction_id "
             "WHERE e.wallet_id = ? AND e.lsn < ? AND e.lsn >= ?"
         )
@@ -338,6 +398,9 @@ class History:
         if type_ is not None:
             sql += " AND e.type = ?"
             parameters += (int(type_),)
+        if status is not None:
+            sql += " AND e.status = ?"
+            parameters += (int(status),)
         sql += " ORDER BY e.lsn DESC LIMIT ?"
         rows = await self._all(sql, (*parameters, limit))
         return [
@@ -345,10 +408,10 @@ class History:
                 lsn=lsn, transaction_id=transaction_id, type=TransactionType(type_value),
                 direction="debit" if direction == DEBIT else "credit", amount=amount,
                 balance_after=balance_after, counterparty_wallet_id=counterparty,
-                description=description, at_us=at_us,
+                description=description, at_us=at_us, status=TransactionStatus(status_value),
             )
             for (lsn, transaction_id, type_value, direction, amount, balance_after, counterparty,
-                 description, at_us) in rows
+                 description, at_us, status_value) in rows
         ]
 
     async def balance_at(self, wallet_id: str, at_us: int) -> int:
@@ -396,6 +459,8 @@ async def _open(path: Path) -> tuple[aiosqlite.Connection, int]:
             row = await cursor.fetchone()
         if row is None:
             await connection.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] == 1:
+            await connection.executescript("BEGIN;" + MIGRATE_1_TO_2 + "COMMIT;")
         elif row[0] != SCHEMA_VERSION:
             raise RuntimeError(f"{path}: history schema {row[0]}, this version reads {SCHEMA_VERSION}")
         async with connection.execute("SELECT value FROM meta WHERE key = 'applied_lsn'") as cursor:

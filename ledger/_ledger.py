@@ -29,15 +29,26 @@ from ledger._events import EventFeed
 from ledger._history import BATCH_RECORDS_MAX as HISTORY_BATCH_RECORDS
 from ledger._history import History
 from ledger._model import (
+    AdvanceWithdrawal,
     ChangeWalletStatus,
+    CompleteWithdrawal,
     CreateAsset,
     CreateToken,
     CreateWallet,
+    Duplicate,
+    Hold,
+    Idempotency,
+    Reason,
+    Rejection,
+    RequestWithdrawal,
+    ResolveHold,
     RevokeToken,
     Token,
     Transfer,
     Wallet,
     WalletStatus,
+    Withdrawal,
+    WithdrawalStatus,
     treasury_id,
 )
 from ledger._shard import Reply, Shard, shard_of
@@ -91,6 +102,75 @@ class WalletView:
             held=wallet.held, status=wallet.status, metadata=wallet.metadata,
             created_at_us=wallet.created_at_us, updated_at_us=wallet.updated_at_us, lsn=wallet.lsn,
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WithdrawalView:
+    """A copy of a withdrawal taken inside its actor."""
+
+    id: str
+    wallet_id: str
+    owner_id: str
+    asset: str
+    amount: int
+    destination: dict[str, Any]
+    status: WithdrawalStatus
+    attempts: int
+    last_error: str | None
+    next_attempt_at_us: int
+    reference: str | None
+    created_at_us: int
+    updated_at_us: int
+    lsn: int
+
+    @classmethod
+    def of(cls, withdrawal: Withdrawal, owner_id: str) -> WithdrawalView:
+        return cls(
+            id=withdrawal.id, wallet_id=withdrawal.wallet_id, owner_id=owner_id, asset=withdrawal.asset,
+            amount=withdrawal.amount, destination=withdrawal.destination, status=withdrawal.status,
+            attempts=withdrawal.attempts, last_error=withdrawal.last_error,
+            next_attempt_at_us=withdrawal.next_attempt_at_us, reference=withdrawal.reference,
+            created_at_us=withdrawal.created_at_us, updated_at_us=withdrawal.updated_at_us,
+            lsn=withdrawal.lsn,
+        )
+
+
+def _withdrawal_view(withdrawal_id: str) -> Callable[[State], WithdrawalView | None]:
+    def read(state: State) -> WithdrawalView | None:
+        withdrawal = state.withdrawals.get(withdrawal_id)
+        if withdrawal is None:
+            return None
+        return WithdrawalView.of(withdrawal, state.wallets[withdrawal.wallet_id].owner_id)
+
+    return read
+
+
+def _withdrawal_views(
+    statuses: frozenset[WithdrawalStatus] | None, owner_id: str | None
+) -> Callable[[State], list[WithdrawalView]]:
+    def read(state: State) -> list[WithdrawalView]:
+        views = []
+        for withdrawal in state.withdrawals.values():
+            if statuses is not None and withdrawal.status not in statuses:
+                continue
+            owner = state.wallets[withdrawal.wallet_id].owner_id
+            if owner_id is not None and owner != owner_id:
+                continue
+            views.append(WithdrawalView.of(withdrawal, owner))
+        return views
+
+    return read
+
+
+def _withdrawal_lsn(view: WithdrawalView | None) -> int:
+    return 0 if view is None else view.lsn
+
+
+def _withdrawals_lsn(views: list[WithdrawalView]) -> int:
+    return max((view.lsn for view in views), default=0)
+
+
+HOLD_TIMER_S = 0.2  # how often the timer looks for holds past their deadline
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -243,6 +323,11 @@ class Ledger:
         states = [State(directory=self.directory) for _ in range(shards)]
         for wallet_id, wallet in recovered.state.wallets.items():
             states[shard_of(wallet_id, shards)].wallets[wallet_id] = wallet
+        for transaction_id, hold in recovered.state.holds.items():
+            states[shard_of(hold.from_wallet_id, shards)].holds[transaction_id] = hold
+        for withdrawal_id, withdrawal in recovered.state.withdrawals.items():
+            states[shard_of(withdrawal.wallet_id, shards)].withdrawals[withdrawal_id] = withdrawal
+        _state.index_holds(self.directory, states)
         self.shards: list[Shard] = []
         shard_options: dict[str, Any] = {}
         if mailbox_capacity is not None:
@@ -272,11 +357,27 @@ class Ledger:
             async with anyio.create_task_group() as actors:
                 for shard in self.shards:
                     actors.start_soon(shard.run)
+                timer = anyio.CancelScope()
+                group.start_soon(self._expire_holds, timer)
                 task_status.started()
+            timer.cancel()
             # Actors stopped: everything they appended is queued; the writer drains and returns.
             self.wal.close()
         self.wal.release()
         await anyio.to_thread.run_sync(self.history.stop_thread)
+
+    async def _expire_holds(self, scope: anyio.CancelScope) -> None:
+        """Wakes the shards whose earliest hold deadline has passed. The deadlines are state
+        (restored by recovery), so a hold expires also when its deadline fell while the server
+        was down: the first tick after the restart voids it."""
+        with scope:
+            while True:
+                now_us = self.clock()
+                for shard in self.shards:
+                    deadline = shard.next_deadline_us()
+                    if deadline is not None and deadline <= now_us:
+                        shard.tick()
+                await anyio.sleep(HOLD_TIMER_S)
 
     async def _run_log(self) -> None:
         try:
@@ -343,6 +444,86 @@ class Ledger:
     async def revoke_token(self, command: RevokeToken) -> Decision:
         return await self._wait(self.shards[0].submit_command(command))
 
+    async def resolve_hold(
+        self, transaction_id: str, *, capture: bool, amount: int | None, owner_id: str | None,
+        idempotency: Idempotency | None,
+    ) -> Decision:
+        """Captures or voids a pending transfer. ``Rejection(NOT_PENDING)`` when no pending
+        hold has that id (the caller tells "not pending" from "no such transaction")."""
+
+        def submit() -> Reply:
+            route = self.directory.hold_routes.get(transaction_id)
+            if route is None:
+                # No pending hold: a replay of a resolution that happened, or not pending.
+                decision = _state.check_idempotency(self.directory, idempotency) or Rejection(
+                    reason=Reason.NOT_PENDING, detail=f"transfer {transaction_id} is not pending"
+                )
+                reply = Reply()
+                lsn = decision.record.lsn if isinstance(decision, Duplicate) else self.wal.last_lsn
+                reply.value = decision
+                self.wal.check_writable()
+                self.wal.call_when_durable(lsn, reply._wake)
+                return reply
+            from_wallet_id, to_wallet_id, held = route
+            command = ResolveHold(
+                transaction_id=transaction_id, capture=capture, amount=amount,
+                from_wallet_id=from_wallet_id, to_wallet_id=to_wallet_id, owner_id=owner_id,
+                idempotency=idempotency,
+            )
+            if capture:
+                return self._shard(to_wallet_id).submit_transfer(command, route_amount=held)
+            return self._shard(from_wallet_id).submit_command(command)
+
+        return await self._keyed(idempotency, submit)
+
+    async def request_withdrawal(self, command: RequestWithdrawal) -> Decision:
+        shard = self._shard(command.wallet_id)
+        return await self._keyed(command.idempotency, lambda: shard.submit_command(command))
+
+    async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Decision:
+        wallet_id = self.directory.withdrawal_wallets.get(command.withdrawal_id)
+        if wallet_id is None:
+            return Rejection(
+                reason=Reason.WITHDRAWAL_NOT_FOUND, detail=f"withdrawal {command.withdrawal_id} does not exist"
+            )
+        return await self._wait(self._shard(wallet_id).submit_command(command))
+
+    async def complete_withdrawal(self, withdrawal_id: str, reference: str | None) -> Decision:
+        """The bank paid: capture the hold into the treasury (credit-first, like a transfer)."""
+        wallet_id = self.directory.withdrawal_wallets.get(withdrawal_id)
+        route = self.directory.hold_routes.get(withdrawal_id)
+        if wallet_id is None or route is None:
+            return Rejection(
+                reason=Reason.WITHDRAWAL_NOT_PAYABLE, detail=f"withdrawal {withdrawal_id} holds nothing"
+            )
+        _, treasury, amount = route
+        asset = treasury.removeprefix("treasury:")
+        command = CompleteWithdrawal(
+            withdrawal_id=withdrawal_id, wallet_id=wallet_id, asset=asset, amount=amount, reference=reference
+        )
+        assert treasury_id(asset) == treasury
+        return await self._wait(self._shard(treasury).submit_transfer(command))
+
+    async def withdrawal(self, withdrawal_id: str) -> WithdrawalView | None:
+        wallet_id = self.directory.withdrawal_wallets.get(withdrawal_id)
+        if wallet_id is None:
+            return None
+        shard = self._shard(wallet_id)
+        return await self._wait(shard.submit_query(_withdrawal_view(withdrawal_id), _withdrawal_lsn))
+
+    async def withdrawals(
+        self, *, statuses: frozenset[WithdrawalStatus] | None = None, owner_id: str | None = None
+    ) -> list[WithdrawalView]:
+        """Every withdrawal with one of ``statuses`` (all when None), oldest first."""
+        replies = [
+            shard.submit_query(_withdrawal_views(statuses, owner_id), _withdrawals_lsn) for shard in self.shards
+        ]
+        found: list[WithdrawalView] = []
+        for reply in replies:
+            found.extend(await self._wait(reply))
+        found.sort(key=lambda view: (view.created_at_us, view.id))
+        return found
+
     async def wallet(self, wallet_id: str) -> WalletView | None:
         shard = self._shard(wallet_id)
         return await self._wait(shard.submit_query(_wallet_view(wallet_id), _view_lsn))
@@ -375,6 +556,20 @@ class Ledger:
     def all_wallets(self) -> list[Wallet]:
         """Every wallet, for the invariant checker and tests. Not for request paths."""
         return [wallet for shard in self.shards for wallet in shard.wallets().values()]
+
+    def all_holds(self) -> list[Hold]:
+        """Every pending hold, for the invariant checker and tests. Not for request paths."""
+        return [hold for shard in self.shards for hold in shard.state.holds.values()]
+
+    def all_withdrawals(self) -> list[Withdrawal]:
+        return [withdrawal for shard in self.shards for withdrawal in shard.state.withdrawals.values()]
+
+    def check_invariants(self) -> None:
+        """``check_invariants`` over the live shards (call when they are idle)."""
+        _state.check_invariants(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
+
+    def digest(self) -> str:
+        return _state.state_digest(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
 
 
 def open_ledger(data_dir: Path, **options: Any) -> Ledger:

@@ -379,6 +379,7 @@ class HoldCaptured:
     description: str | None
     metadata: dict[str, Any] | None
     created_at_us: int
+    created_lsn: int  # the HoldCreated record's (the read model finds the pending entry by it)
     at_us: int
     reference: str | None  # the bank's reference, for withdrawals
     idempotency: Idempotency | None
@@ -397,6 +398,7 @@ class HoldVoided:
     description: str | None
     metadata: dict[str, Any] | None
     created_at_us: int
+    created_lsn: int
     at_us: int
     reason: VoidReason
     detail: str | None

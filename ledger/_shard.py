@@ -24,10 +24,19 @@ Transfers across shards, without locks (``ledger._state`` has the check order):
 Between 2 and 3 the receiver's balance lags the log by one mailbox hop; the money is not
 spendable there before step 3, and step 3's effects come after the record in the log, so the
 log stays a valid serial order. A refused transfer leaves no record.
+
+Holds follow the same three steps. Creating one (``Transfer`` with ``hold_timeout_s``) checks
+the receiver in step 1 but reserves nothing, since nothing reaches it yet; the hold then lives
+in the sender's shard. Capturing it (``ResolveHold``) and completing a withdrawal
+(``CompleteWithdrawal``, whose receiver is the treasury) are steps 1-3 again, with the
+captured amount. Voiding, expiring and the other payout steps touch only the sender's shard.
+Each shard keeps a heap of its holds' deadlines; the ledger's timer posts ``_Tick`` to a
+shard whose earliest deadline has passed, and the shard voids what is due at its own clock.
 """
 
 from __future__ import annotations
 
+import heapq
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -40,17 +49,26 @@ import anyio.lowlevel
 from ledger import _state
 from ledger._codec import encode_event
 from ledger._model import (
+    AdvanceWithdrawal,
     ChangeWalletStatus,
     Committed,
+    CompleteWithdrawal,
     CreateAsset,
     CreateToken,
     CreateWallet,
     Duplicate,
     Event,
+    ExpireHolds,
+    HoldCaptured,
+    HoldCreated,
+    HoldVoided,
+    RequestWithdrawal,
+    ResolveHold,
     RevokeToken,
     Transfer,
     Transferred,
     Wallet,
+    WithdrawalUpdated,
     treasury_id,
 )
 from ledger._state import CreditCheck, State
@@ -91,27 +109,52 @@ class Reply:
         return self.value
 
 
+# Commands that run the credit-first protocol.
+Movement = Transfer | ResolveHold | CompleteWithdrawal
+# Commands decided on one shard alone.
+LocalCommand = (
+    CreateWallet | ChangeWalletStatus | CreateAsset | CreateToken | RevokeToken | ResolveHold
+    | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal
+)
+
+
+def credit_target(command: Movement, route_amount: int = 0) -> tuple[str, int, bool]:
+    """(wallet credited, amount, whether step 1 reserves it) for a movement."""
+    if isinstance(command, Transfer):
+        return command.to_wallet_id, command.amount, command.hold_timeout_s is None
+    if isinstance(command, ResolveHold):
+        assert command.capture
+        return command.to_wallet_id, command.amount or route_amount, True
+    return treasury_id(command.asset), command.amount, True
+
+
 @dataclass(slots=True)
 class _CreditStep:
-    command: Transfer
+    command: Movement
     reply: Reply
+    route_amount: int = 0  # a capture without an amount captures the hold's (router's view)
 
 
 @dataclass(slots=True)
 class _DebitStep:
-    command: Transfer
+    command: Movement
     credit: CreditCheck
     credit_shard: int
-    reserved: bool
+    reserved: int  # the amount step 1 reserved on the credit shard (0: none)
     reply: Reply
 
 
 @dataclass(slots=True)
 class _ApplyCredit:
-    event: Transferred | None  # None: step 2 refused, only release
+    event: Transferred | HoldCaptured | None  # None: step 2 refused, only release
     wallet_id: str
-    amount: int
+    amount: int  # the amount reserved in step 1
     lsn: int
+
+
+@dataclass(slots=True)
+class _Tick:
+    """Void the holds whose deadline passed (posted by the ledger's timer)."""
 
 
 @dataclass(slots=True)
@@ -123,7 +166,7 @@ class _Query:
 
 @dataclass(slots=True)
 class _Command:
-    command: CreateWallet | ChangeWalletStatus | CreateAsset | CreateToken | RevokeToken
+    command: LocalCommand
     reply: Reply
 
 
@@ -165,6 +208,11 @@ class Shard:
         self._stopping = False
         # Incoming amounts reserved by step 1 of cross-shard transfers, per wallet.
         self._pending: dict[str, int] = {}
+        # (deadline_us, transaction id) of this shard's expiring holds; entries of holds that
+        # were resolved meanwhile are dropped when they reach the top.
+        self._deadlines = [(hold.deadline_us, hold.transaction_id)
+                           for hold in state.holds.values() if hold.deadline_us]
+        heapq.heapify(self._deadlines)
         self._messages = 0
         self._drains = 0
         self._overloaded = 0
@@ -174,6 +222,7 @@ class Shard:
             _ApplyCredit: self._on_apply_credit,
             _Query: self._on_query,
             _Command: self._on_command,
+            _Tick: self._on_tick,
         }
 
     # -- submitting ----------------------------------------------------------------------
@@ -193,16 +242,22 @@ class Shard:
             self._sleeping = False
             self._wakeup.set()
 
-    def submit_transfer(self, command: Transfer) -> Reply:
-        """Step 1 of a transfer; call on the receiver's shard."""
+    def submit_transfer(self, command: Movement, *, route_amount: int = 0) -> Reply:
+        """Step 1 of a movement; call on the shard of the wallet it credits."""
         self._wal.check_writable()
         reply = Reply()
-        self._submit(_CreditStep(command, reply))
+        self._submit(_CreditStep(command, reply, route_amount))
         return reply
 
-    def submit_command(
-        self, command: CreateWallet | ChangeWalletStatus | CreateAsset | CreateToken | RevokeToken
-    ) -> Reply:
+    def next_deadline_us(self) -> int | None:
+        """The earliest deadline among this shard's holds (possibly of one already resolved)."""
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def tick(self) -> None:
+        """Asks the actor to void its holds that are due (never refused: internal mailbox)."""
+        self._post(_Tick())
+
+    def submit_command(self, command: LocalCommand) -> Reply:
         self._wal.check_writable()
         reply = Reply()
         self._submit(_Command(command, reply))
@@ -273,19 +328,26 @@ class Shard:
 
     def _on_credit_step(self, message: _CreditStep) -> None:
         command = message.command
-        pending = self._pending.get(command.to_wallet_id, 0)
-        credit = _state.check_credit(self.state, command, pending=pending)
-        sender_id = command.from_wallet_id
-        if sender_id is None and credit.asset is not None:
-            sender_id = treasury_id(credit.asset)
+        wallet_id, amount, reserves = credit_target(command, message.route_amount)
+        pending = self._pending.get(wallet_id, 0)
+        credit = _state.check_credit_to(self.state, wallet_id, amount, pending=pending)
+        sender_id: str | None
+        if isinstance(command, Transfer):
+            sender_id = command.from_wallet_id
+            if sender_id is None and credit.asset is not None:
+                sender_id = treasury_id(credit.asset)
+        elif isinstance(command, ResolveHold):
+            sender_id = command.from_wallet_id
+        else:
+            sender_id = command.wallet_id
         shards = len(self._peers)
         target = self.index if sender_id is None else shard_of(sender_id, shards)
         if target == self.index:
-            self._decide_debit(command, credit, message.reply, credit_shard=self.index, reserved=False)
+            self._decide_debit(command, credit, message.reply, credit_shard=self.index, reserved=0)
             return
-        reserved = credit.failure is None
+        reserved = amount if reserves and credit.failure is None else 0
         if reserved:
-            self._pending[command.to_wallet_id] = pending + command.amount
+            self._pending[wallet_id] = pending + reserved
         self._peers[target]._post(_DebitStep(command, credit, self.index, reserved, message.reply))
 
     def _on_debit_step(self, message: _DebitStep) -> None:
@@ -295,37 +357,75 @@ class Shard:
         )
 
     def _decide_debit(
-        self, command: Transfer, credit: CreditCheck, reply: Reply, *, credit_shard: int, reserved: bool
+        self, command: Movement, credit: CreditCheck, reply: Reply, *, credit_shard: int, reserved: int
     ) -> None:
+        credited = credit_target(command)[0]
         failed = self._wal.failed
         if failed is not None:
             if reserved:
-                self._peers[credit_shard]._post(
-                    _ApplyCredit(None, command.to_wallet_id, command.amount, 0)
-                )
+                self._peers[credit_shard]._post(_ApplyCredit(None, credited, reserved, 0))
             reply._wake(failed)
             return
-        decision = _state.decide_transfer(self.state, command, self._clock(), credit)
+        now_us = self._clock()
+        decision: _state.Decision
+        if isinstance(command, Transfer):
+            decision = _state.decide_transfer(self.state, command, now_us, credit)
+        elif isinstance(command, ResolveHold):
+            decision = _state.decide_capture(self.state, command, now_us, credit)
+        else:
+            decision = _state.decide_complete_withdrawal(self.state, command, now_us, credit)
         if not isinstance(decision, list):
             if reserved:
-                self._peers[credit_shard]._post(
-                    _ApplyCredit(None, command.to_wallet_id, command.amount, 0)
-                )
+                self._peers[credit_shard]._post(_ApplyCredit(None, credited, reserved, 0))
             self._answer(reply, decision)
             return
         (event,) = decision
-        assert isinstance(event, Transferred)
         lsn = self._commit(event)
         _state.apply_directory(self.state.directory, event, lsn)
-        _state.apply_debit(self.state, event, lsn)
-        if credit_shard == self.index:
-            _state.apply_credit(self.state, event, lsn)
+        if isinstance(event, Transferred):
+            _state.apply_debit(self.state, event, lsn)
         else:
-            assert reserved
-            self._peers[credit_shard]._post(_ApplyCredit(event, event.to_wallet_id, event.amount, lsn))
+            self._apply_sender(event, lsn)
+        if isinstance(event, HoldCreated):
+            # Nothing reaches the receiver yet, and step 1 reserved nothing.
+            assert not reserved
+        else:
+            assert isinstance(event, Transferred | HoldCaptured)
+            if credit_shard == self.index:
+                _state.apply_credit(self.state, event, lsn)
+            else:
+                # A capture may take less than step 1 reserved (the router's view was stale
+                # only if the hold is gone, and then the capture was refused above).
+                assert reserved == event.amount, (reserved, event.amount)
+                self._peers[credit_shard]._post(_ApplyCredit(event, event.to_wallet_id, reserved, lsn))
         self._resolve(reply, Committed(event=event, lsn=lsn), lsn)
 
+    def _apply_sender(self, event: HoldCreated | HoldCaptured | HoldVoided | WithdrawalUpdated, lsn: int) -> None:
+        _state.apply_sender(self.state, event, lsn)
+        if isinstance(event, HoldCreated) and event.deadline_us:
+            heapq.heappush(self._deadlines, (event.deadline_us, event.transaction_id))
+
+    def _on_tick(self, message: _Tick) -> None:
+        if self._wal.failed is not None:
+            return
+        now_us = self._clock()
+        deadlines = self._deadlines
+        due = []
+        while deadlines and deadlines[0][0] <= now_us:
+            _, transaction_id = heapq.heappop(deadlines)
+            if transaction_id in self.state.holds:
+                due.append(transaction_id)
+        if not due:
+            return
+        decision = _state.decide_expire(self.state, ExpireHolds(transaction_ids=tuple(due)), now_us)
+        assert isinstance(decision, list)
+        for event in decision:
+            lsn = self._commit(event)
+            _state.apply_directory(self.state.directory, event, lsn)
+            self._apply_sender(event, lsn)
+
     def _on_apply_credit(self, message: _ApplyCredit) -> None:
+        assert message.event is None or message.event.amount == message.amount
         remaining = self._pending[message.wallet_id] - message.amount
         assert remaining >= 0
         if remaining:
@@ -357,8 +457,16 @@ class Shard:
             decision = _state.decide_create_asset(state, command, now_us)
         elif isinstance(command, CreateToken):
             decision = _state.decide_create_token(state, command, now_us)
-        else:
+        elif isinstance(command, RevokeToken):
             decision = _state.decide_revoke_token(state, command, now_us)
+        elif isinstance(command, ResolveHold):
+            decision = _state.decide_void(state, command, now_us)
+        elif isinstance(command, ExpireHolds):
+            decision = _state.decide_expire(state, command, now_us)
+        elif isinstance(command, RequestWithdrawal):
+            decision = _state.decide_request_withdrawal(state, command, now_us)
+        else:
+            decision = _state.decide_advance_withdrawal(state, command, now_us)
         if not isinstance(decision, list) or not decision:
             self._answer(message.reply, decision)
             return
@@ -366,8 +474,14 @@ class Shard:
         for event in decision:
             lsn = self._commit(event)
             _state.apply_directory(state.directory, event, lsn)
-            _state.apply_wallets(state, event, lsn)
-        self._resolve(message.reply, decision, lsn)
+            if isinstance(event, HoldCreated | HoldVoided | WithdrawalUpdated):
+                self._apply_sender(event, lsn)
+            else:
+                _state.apply_wallets(state, event, lsn)
+        if len(decision) == 1 and isinstance(decision[0], HoldCreated | HoldVoided):
+            self._resolve(message.reply, Committed(event=decision[0], lsn=lsn), lsn)
+        else:
+            self._resolve(message.reply, decision, lsn)
 
     def wallets(self) -> dict[str, Wallet]:
         return self.state.wallets

@@ -409,7 +409,7 @@ def _captured(hold: Hold, amount: int, now_us: int, reference: str | None,
         transaction_id=hold.transaction_id, type=hold.type, from_wallet_id=hold.from_wallet_id,
         to_wallet_id=hold.to_wallet_id, asset=hold.asset, amount=amount, held_amount=hold.amount,
         description=hold.description, metadata=hold.metadata, created_at_us=hold.created_at_us,
-        at_us=now_us, reference=reference, idempotency=idempotency,
+        created_lsn=hold.lsn, at_us=now_us, reference=reference, idempotency=idempotency,
     )
 
 
@@ -419,7 +419,7 @@ def _voided(hold: Hold, now_us: int, reason: VoidReason, detail: str | None,
         transaction_id=hold.transaction_id, type=hold.type, from_wallet_id=hold.from_wallet_id,
         to_wallet_id=hold.to_wallet_id, asset=hold.asset, amount=hold.amount,
         description=hold.description, metadata=hold.metadata, created_at_us=hold.created_at_us,
-        at_us=now_us, reason=reason, detail=detail, idempotency=idempotency,
+        created_lsn=hold.lsn, at_us=now_us, reason=reason, detail=detail, idempotency=idempotency,
     )
 
 
@@ -702,6 +702,7 @@ def apply_sender(state: State, event: Event, lsn: int) -> None:
             )
     elif isinstance(event, HoldCaptured | HoldVoided):
         hold = state.holds.pop(event.transaction_id)
+        assert event.created_lsn == hold.lsn
         sender = state.wallets[hold.from_wallet_id]
         assert sender.held >= hold.amount
         sender.held -= hold.amount

@@ -11,11 +11,11 @@ from ledger import (
     Event,
     State,
     apply,
-    check_invariants,
+    check_state,
     decode_event,
+    digest_state,
     encode_event,
     new_state,
-    state_digest,
 )
 
 EDGE_AMOUNTS: list[int] = sorted(
@@ -46,10 +46,10 @@ def replay(events: Iterable[Event]) -> State:
         decoded = decode_event(encode_event(event))
         assert decoded == event
         apply(state, decoded, lsn)
-    check_invariants(state.wallets.values(), state.directory)
+    check_state(state)
     return state
 
 
 def digest(state: State) -> str:
-    return state_digest(state.wallets.values(), state.directory)
+    return digest_state(state)
 
