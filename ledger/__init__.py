@@ -27,6 +27,7 @@ from ledger._ledger import (
     Ledger,
     Recovered,
     WalletView,
+    WithdrawalView,
     open_ledger,
     recover,
 )
@@ -178,6 +179,7 @@ __all__ = [
     "Withdrawal",
     "WithdrawalStatus",
     "WithdrawalUpdated",
+    "WithdrawalView",
     "apply",
     "build_snapshot",
     "check_credit",

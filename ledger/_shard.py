@@ -400,7 +400,8 @@ class Shard:
                 self._peers[credit_shard]._post(_ApplyCredit(event, event.to_wallet_id, reserved, lsn))
         self._resolve(reply, Committed(event=event, lsn=lsn), lsn)
 
-    def _apply_sender(self, event: HoldCreated | HoldCaptured | HoldVoided | WithdrawalUpdated, lsn: int) -> None:
+    def _apply_sender(self, event: Event, lsn: int) -> None:
+        """``apply_sender`` plus this shard's deadline heap."""
         _state.apply_sender(self.state, event, lsn)
         if isinstance(event, HoldCreated) and event.deadline_us:
             heapq.heappush(self._deadlines, (event.deadline_us, event.transaction_id))

@@ -34,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 
 from ledger import (
     EVENTS_PAGE_MAX,
+    AdvanceWithdrawal,
     AssetCreated,
     ChangeWalletStatus,
     Committed,
@@ -45,21 +46,32 @@ from ledger import (
     Gone,
     History,
     HistoryLagging,
+    HoldCaptured,
+    HoldCreated,
+    HoldVoided,
     Idempotency,
     Ledger,
     Overloaded,
+    PayoutStep,
+    Reason,
     Rejection,
+    RequestWithdrawal,
     RevokeToken,
     TokenCreated,
     TokenRevoked,
     TransactionRow,
+    TransactionStatus,
     TransactionType,
     Transfer,
     Transferred,
+    VoidReason,
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
     WalletView,
+    WithdrawalStatus,
+    WithdrawalUpdated,
+    WithdrawalView,
     is_treasury,
     treasury_id,
 )
@@ -148,19 +160,69 @@ def created_wallet_body(event: WalletCreated) -> dict[str, Any]:
     }
 
 
-def transaction_body(event: Transferred, lsn: int) -> dict[str, Any]:
+MoneyEvent = Transferred | HoldCreated | HoldCaptured | HoldVoided
+
+
+def event_status(event: MoneyEvent) -> TransactionStatus:
+    if isinstance(event, HoldCreated):
+        return TransactionStatus.PENDING
+    if isinstance(event, HoldVoided):
+        return TransactionStatus.FAILED if event.reason == VoidReason.REFUSED else TransactionStatus.VOIDED
+    return TransactionStatus.POSTED
+
+
+def transaction_body(event: MoneyEvent, lsn: int) -> dict[str, Any]:
+    """The transaction as of ``event`` (a capture shows the amount posted, and the time the
+    transfer was created, like ``GET /v1/transactions/{id}``)."""
+    created_us = event.at_us if isinstance(event, Transferred | HoldCreated) else event.created_at_us
     return {
         "id": event.transaction_id,
         "type": event.type.label,
-        "status": "posted",
+        "status": event_status(event).label,
         "from_wallet_id": event.from_wallet_id,
         "to_wallet_id": event.to_wallet_id,
         "asset": event.asset,
         "amount": event.amount,
         "description": event.description,
         "metadata": event.metadata or {},
-        "created_at": timestamp(event.at_us),
+        "created_at": timestamp(created_us),
         "lsn": lsn,
+    }
+
+
+def withdrawal_body(view: WithdrawalView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "wallet_id": view.wallet_id,
+        "amount": view.amount,
+        "asset": view.asset,
+        "status": view.status.label,
+        "attempts": view.attempts,
+        "destination": view.destination,
+        "last_error": view.last_error,
+        "bank_reference": view.reference,
+        "next_attempt_at": timestamp(view.next_attempt_at_us) if view.next_attempt_at_us else None,
+        "created_at": timestamp(view.created_at_us),
+        "updated_at": timestamp(view.updated_at_us),
+    }
+
+
+def requested_withdrawal_body(event: HoldCreated) -> dict[str, Any]:
+    """The withdrawal as its request left it (also what a retried request replays)."""
+    assert event.destination is not None
+    return {
+        "id": event.transaction_id,
+        "wallet_id": event.from_wallet_id,
+        "amount": event.amount,
+        "asset": event.asset,
+        "status": WithdrawalStatus.PENDING.label,
+        "attempts": 0,
+        "destination": event.destination,
+        "last_error": None,
+        "bank_reference": None,
+        "next_attempt_at": None,
+        "created_at": timestamp(event.at_us),
+        "updated_at": timestamp(event.at_us),
     }
 
 
@@ -168,7 +230,7 @@ def row_body(row: TransactionRow) -> dict[str, Any]:
     return {
         "id": row.id,
         "type": row.type.label,
-        "status": "posted",
+        "status": row.status.label,
         "from_wallet_id": row.from_wallet_id,
         "to_wallet_id": row.to_wallet_id,
         "asset": row.asset,
@@ -184,7 +246,7 @@ def entry_body(entry: Entry) -> dict[str, Any]:
     return {
         "transaction_id": entry.transaction_id,
         "type": entry.type.label,
-        "status": "posted",
+        "status": entry.status.label,
         "direction": entry.direction,
         "amount": entry.amount,
         "balance_after": entry.balance_after,
@@ -205,6 +267,23 @@ def event_body(lsn: int, event: Any) -> dict[str, Any]:
     if isinstance(event, Transferred):
         kind = f"{event.type.label}.posted"
         data = transaction_body(event, lsn)
+    elif isinstance(event, HoldCreated | HoldCaptured | HoldVoided):
+        if isinstance(event, HoldCaptured):
+            verb = "completed" if event.type == TransactionType.WITHDRAWAL else "posted"
+        elif isinstance(event, HoldVoided):
+            verb = event.reason.label if event.type == TransactionType.TRANSFER else "failed"
+        else:
+            verb = "pending"
+        kind = f"{event.type.label}.{verb}"
+        data = transaction_body(event, lsn)
+        if isinstance(event, HoldCreated) and event.deadline_us:
+            data["expires_at"] = timestamp(event.deadline_us)
+        if isinstance(event, HoldVoided) and event.detail is not None:
+            data["reason"] = event.detail
+    elif isinstance(event, WithdrawalUpdated):
+        kind = f"withdrawal.{event.status.label}"
+        data = {"id": event.withdrawal_id, "wallet_id": event.wallet_id, "status": event.status.label,
+                "attempts": event.attempts, "last_error": event.last_error}
     elif isinstance(event, WalletCreated):
         kind = "wallet.created"
         data = {"wallet_id": event.wallet_id, "owner_id": event.owner_id, "asset": event.asset,
@@ -299,6 +378,7 @@ class Api:
         self._limit_admin = limit_admin
         self.ledger: Ledger | None = None
         self.snapshotter: Any = None  # server._snapshotter.Snapshotter once ready
+        self.payouts: Any = None  # server._payouts.Payouts once ready (told of new withdrawals)
         self._openapi: bytes | None = None
         self.not_ready_reason = "recovering the ledger from its write-ahead log"
 
@@ -388,6 +468,12 @@ class Api:
             return v.identifier("wallet_id", request.path_params["wallet_id"])
         except ApiError:
             raise ApiError(404, "wallet_not_found", "Wallet not found", "no wallet has that id") from None
+
+    def path_id(self, request: Request, name: str, code: str, what: str) -> str:
+        try:
+            return v.identifier(name, request.path_params[name])
+        except ApiError:
+            raise ApiError(404, code, f"{what} not found", f"no {what.lower()} has that id") from None
 
     # -- operations ----------------------------------------------------------------------
 
@@ -589,12 +675,11 @@ class Api:
         until = None if (raw := params.get("until")) is None else parse_timestamp("until", raw)
         await self.owned_wallet(caller, wallet_id)
         history = await self.history()
-        if status is not None and status != "posted":
-            entries = []  # every transaction is posted until holds exist
-        else:
-            entries = await history.entries(
-                wallet_id, before_lsn=before, limit=limit + 1, type_=type_, since_us=since, until_us=until
-            )
+        entries = await history.entries(
+            wallet_id, before_lsn=before, limit=limit + 1, type_=type_,
+            status=None if status is None else TransactionStatus[status.upper()],
+            since_us=since, until_us=until,
+        )
         page = entries[:limit]
         items = [entry_body(entry) for entry in page]
         next_cursor = encode_cursor("t", page[-1].lsn) if len(entries) > limit else None
@@ -671,6 +756,7 @@ class Api:
 
     async def _move(self, request: Request, caller: Caller, raw: dict[str, Any], body: dict[str, Any],
                     *, type_: TransactionType, from_wallet_id: str | None) -> Response:
+        """A deposit or a transfer (pending when ``body`` has a hold timeout)."""
         key = v.idempotency_key(request, required=True)
         assert key is not None
         command = Transfer(
@@ -683,6 +769,7 @@ class Api:
             metadata=body.get("metadata"),
             idempotency=Idempotency(scope=caller.scope, key=key, fingerprint=self.fingerprint(request, raw)),
             owner_id=caller.owner_id,
+            hold_timeout_s=body.get("hold"),
         )
         decision = await self.run(self._ledger().transfer(command))
         if isinstance(decision, Rejection):
@@ -692,7 +779,7 @@ class Api:
         else:
             assert isinstance(decision, Committed)
             event, lsn = decision.event, decision.lsn
-        assert isinstance(event, Transferred)
+        assert isinstance(event, Transferred | HoldCreated)
         return json_response(transaction_body(event, lsn), 201)
 
     async def deposit(self, request: Request) -> Response:
@@ -723,11 +810,145 @@ class Api:
                 "amount": (True, v.amount),
                 "description": (False, v.description),
                 "metadata": (False, v.metadata),
+                "hold": (False, v.hold),
             },
         )
         return await self._move(
             request, caller, raw, body, type_=TransactionType.TRANSFER, from_wallet_id=body["from_wallet_id"]
         )
+
+    async def _resolve(self, request: Request, *, capture: bool) -> Response:
+        caller = self.authenticate(request)
+        key = v.idempotency_key(request, required=True)
+        assert key is not None
+        raw = await v.json_object(request, optional=True)
+        body = v.fields(raw, {"amount": (False, v.amount)} if capture else {})
+        transaction_id = self.path_id(request, "transaction_id", "transaction_not_found", "Transaction")
+        idempotency = Idempotency(scope=caller.scope, key=key, fingerprint=self.fingerprint(request, raw))
+        decision = await self.run(self._ledger().resolve_hold(
+            transaction_id, capture=capture, amount=body.get("amount"), owner_id=caller.owner_id,
+            idempotency=idempotency,
+        ))
+        if isinstance(decision, Rejection):
+            if decision.reason == Reason.NOT_PENDING:
+                await self._not_pending(caller, transaction_id)
+            raise rejected(decision)
+        if isinstance(decision, Duplicate):
+            event, lsn = decision.record.event, decision.record.lsn
+        else:
+            assert isinstance(decision, Committed)
+            event, lsn = decision.event, decision.lsn
+        assert isinstance(event, HoldCaptured | HoldVoided)
+        return json_response(transaction_body(event, lsn), 200)
+
+    async def _not_pending(self, caller: Caller, transaction_id: str) -> None:
+        """Raises 404 for a transaction that does not exist, 403 for another owner's; returns
+        (for a 409 transfer_not_pending) otherwise."""
+        found = await (await self.history()).transaction(transaction_id)
+        if found is None:
+            raise ApiError(404, "transaction_not_found", "Transaction not found", f"no transaction {transaction_id}")
+        if caller.owner_id is not None:
+            (view,) = await self.run(self._ledger().wallets([found.from_wallet_id]))
+            if view.owner_id != caller.owner_id:
+                raise forbidden("the transfer was sent from a wallet of another owner")
+
+    async def capture(self, request: Request) -> Response:
+        return await self._resolve(request, capture=True)
+
+    async def void(self, request: Request) -> Response:
+        return await self._resolve(request, capture=False)
+
+    # -- withdrawals ---------------------------------------------------------------------
+
+    async def create_withdrawal(self, request: Request) -> Response:
+        caller = self.authenticate(request)
+        key = v.idempotency_key(request, required=True)
+        assert key is not None
+        raw = await v.json_object(request)
+        body = v.fields(
+            raw,
+            {
+                "wallet_id": (True, v.user_identifier),
+                "amount": (True, v.amount),
+                "destination": (True, v.destination),
+            },
+        )
+        command = RequestWithdrawal(
+            withdrawal_id="wd_" + secrets.token_hex(12),
+            wallet_id=body["wallet_id"],
+            amount=body["amount"],
+            destination=body["destination"],
+            owner_id=caller.owner_id,
+            idempotency=Idempotency(scope=caller.scope, key=key, fingerprint=self.fingerprint(request, raw)),
+        )
+        decision = await self.run(self._ledger().request_withdrawal(command))
+        if isinstance(decision, Rejection):
+            raise rejected(decision)
+        if isinstance(decision, Duplicate):
+            event = decision.record.event
+        else:
+            assert isinstance(decision, Committed)
+            event = decision.event
+            if self.payouts is not None:
+                self.payouts.submit(event.transaction_id)
+        assert isinstance(event, HoldCreated)
+        return json_response(requested_withdrawal_body(event), 202)
+
+    async def _owned_withdrawal(self, caller: Caller, withdrawal_id: str) -> WithdrawalView:
+        view = await self.run(self._ledger().withdrawal(withdrawal_id))
+        if view is None:
+            raise ApiError(404, "withdrawal_not_found", "Withdrawal not found", f"no withdrawal {withdrawal_id}")
+        if caller.owner_id is not None and view.owner_id != caller.owner_id:
+            raise forbidden("the withdrawal is from a wallet of another owner")
+        return view
+
+    async def get_withdrawal(self, request: Request) -> Response:
+        caller = self.authenticate(request)
+        v.query(request, set())
+        withdrawal_id = self.path_id(request, "withdrawal_id", "withdrawal_not_found", "Withdrawal")
+        return json_response(withdrawal_body(await self._owned_withdrawal(caller, withdrawal_id)))
+
+    async def list_withdrawals(self, request: Request) -> Response:
+        caller = self.authenticate(request)
+        v.query(request, {"status", "limit", "cursor"})
+        params = request.query_params
+        statuses = None
+        if (raw := params.get("status")) is not None:
+            labels = {status.label: status for status in WithdrawalStatus}
+            if raw not in labels:
+                raise v.invalid_field("status", f"must be one of {', '.join(labels)}")
+            statuses = frozenset({labels[raw]})
+        limit = v.limit(request)
+        cursor = params.get("cursor")
+        after = None
+        if cursor is not None:
+            try:
+                created, _, after_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+                after = (int(created), v.identifier("cursor", after_id))
+            except (ValueError, binascii.Error, UnicodeDecodeError, ApiError):
+                raise v.invalid_field("cursor", "is not a cursor this server issued") from None
+        views = await self.run(self._ledger().withdrawals(statuses=statuses, owner_id=caller.owner_id))
+        if after is not None:
+            views = [view for view in views if (view.created_at_us, view.id) > after]
+        page = views[:limit]
+        next_cursor = None
+        if len(views) > limit:
+            last = page[-1]
+            next_cursor = base64.urlsafe_b64encode(f"{last.created_at_us}:{last.id}".encode()).decode().rstrip("=")
+        return json_response({"items": [withdrawal_body(view) for view in page], "next_cursor": next_cursor})
+
+    async def retry_withdrawal(self, request: Request) -> Response:
+        self.admin(request)
+        v.fields(await v.json_object(request, optional=True), {})
+        withdrawal_id = self.path_id(request, "withdrawal_id", "withdrawal_not_found", "Withdrawal")
+        decision = await self.run(self._ledger().advance_withdrawal(
+            AdvanceWithdrawal(withdrawal_id=withdrawal_id, step=PayoutStep.RETRY)
+        ))
+        if isinstance(decision, Rejection):
+            raise rejected(decision)
+        if self.payouts is not None:
+            self.payouts.submit(withdrawal_id)
+        return json_response(withdrawal_body(await self._owned_withdrawal(Caller(None), withdrawal_id)))
 
     async def get_transaction(self, request: Request) -> Response:
         caller = self.authenticate(request)
@@ -802,6 +1023,12 @@ def build_app(api: Api, *, in_flight_max: int = 4096) -> Any:
         Route("/v1/wallets/{wallet_id}/transactions", api.wallet_transactions, methods=["GET"]),
         Route("/v1/deposits", api.deposit, methods=["POST"]),
         Route("/v1/transfers", api.transfer, methods=["POST"]),
+        Route("/v1/transfers/{transaction_id}/capture", api.capture, methods=["POST"]),
+        Route("/v1/transfers/{transaction_id}/void", api.void, methods=["POST"]),
+        Route("/v1/withdrawals", api.create_withdrawal, methods=["POST"]),
+        Route("/v1/withdrawals", api.list_withdrawals, methods=["GET"]),
+        Route("/v1/withdrawals/{withdrawal_id}", api.get_withdrawal, methods=["GET"]),
+        Route("/v1/withdrawals/{withdrawal_id}/retry", api.retry_withdrawal, methods=["POST"]),
         Route("/v1/transactions/{transaction_id}", api.get_transaction, methods=["GET"]),
         Route("/v1/events", api.events, methods=["GET"]),
         Route("/v1/events/stream", api.event_stream, methods=["GET"]),

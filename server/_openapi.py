@@ -64,7 +64,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["id", "type", "status", "from_wallet_id", "to_wallet_id", "asset", "amount",
                      "description", "metadata", "created_at", "lsn"],
         "properties": {
-            "id": {"type": "string"}, "type": {"enum": ["deposit", "transfer"]},
+            "id": {"type": "string"}, "type": {"enum": ["deposit", "transfer", "withdrawal"]},
             "status": {"enum": ["posted", "pending", "voided", "failed"]},
             "from_wallet_id": {"type": "string"}, "to_wallet_id": {"type": "string"},
             "asset": {"type": "string"}, "amount": AMOUNT, "description": {"type": ["string", "null"]},
@@ -78,9 +78,24 @@ SCHEMAS: dict[str, Any] = {
             "lsn": {"type": "integer", "minimum": 1},
             "type": {"enum": ["asset.created", "wallet.created", "wallet.frozen", "wallet.unfrozen",
                               "wallet.closed", "deposit.posted", "transfer.posted", "token.created",
-                              "token.revoked"]},
+                              "token.revoked", "transfer.pending", "transfer.voided", "transfer.expired",
+                              "withdrawal.pending", "withdrawal.processing", "withdrawal.dead",
+                              "withdrawal.completed", "withdrawal.failed"]},
             "created_at": TIMESTAMP,
             "data": {"type": "object"},
+        },
+    },
+    "Withdrawal": {
+        "type": "object",
+        "required": ["id", "wallet_id", "amount", "asset", "status", "attempts", "destination", "last_error",
+                     "bank_reference", "next_attempt_at", "created_at", "updated_at"],
+        "properties": {
+            "id": {"type": "string"}, "wallet_id": {"type": "string"}, "amount": AMOUNT,
+            "asset": {"type": "string"},
+            "status": {"enum": ["pending", "processing", "completed", "failed", "dead"]},
+            "attempts": {"type": "integer", "minimum": 0}, "destination": {"type": "object"},
+            "last_error": {"type": ["string", "null"]}, "bank_reference": {"type": ["string", "null"]},
+            "next_attempt_at": {"type": ["string", "null"]}, "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
         },
     },
     "Entry": {
@@ -88,7 +103,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["transaction_id", "type", "status", "direction", "amount", "balance_after",
                      "counterparty_wallet_id", "description", "created_at", "lsn"],
         "properties": {
-            "transaction_id": {"type": "string"}, "type": {"enum": ["deposit", "transfer"]},
+            "transaction_id": {"type": "string"}, "type": {"enum": ["deposit", "transfer", "withdrawal"]},
             "status": {"enum": ["posted", "pending", "voided", "failed"]},
             "direction": {"enum": ["debit", "credit"]}, "amount": AMOUNT, "balance_after": BALANCE,
             "counterparty_wallet_id": {"type": "string"}, "description": {"type": ["string", "null"]},
@@ -150,6 +165,8 @@ def _page(item: str) -> dict[str, Any]:
     }
 
 
+HOLD = {"type": "object", "properties": {"timeout_s": {"type": "integer", "minimum": 1, "maximum": 7 * 24 * 3600}},
+        "required": ["timeout_s"], "additionalProperties": False}
 LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
 CURSOR = _query("cursor", {"type": "string"})
 
@@ -243,10 +260,59 @@ def build() -> dict[str, Any]:
         "/v1/transfers": {
             "post": {
                 "operationId": "transfer", "parameters": [IDEMPOTENCY_KEY],
+                "summary": "Transfer between wallets; with hold, a pending transfer to capture or void",
                 "requestBody": _body({"from_wallet_id": USER_ID, "to_wallet_id": USER_ID, "amount": AMOUNT,
-                                      "description": DESCRIPTION, "metadata": METADATA},
+                                      "description": DESCRIPTION, "metadata": METADATA, "hold": HOLD},
                                      ["from_wallet_id", "to_wallet_id", "amount"]),
-                "responses": {"201": _json(_ref("Transaction"), "posted"), **_problems(403, 404, 409, 413, 415, 422)},
+                "responses": {"201": _json(_ref("Transaction"), "posted (pending with hold)"),
+                              **_problems(403, 404, 409, 413, 415, 422)},
+            }
+        },
+        "/v1/transfers/{transaction_id}/capture": {
+            "post": {
+                "operationId": "captureTransfer", "parameters": [_path_id("transaction_id"), IDEMPOTENCY_KEY],
+                "summary": "Post a pending transfer (all of it, or amount; the rest is released)",
+                "requestBody": {**_body({"amount": AMOUNT}, []), "required": False},
+                "responses": {"200": _json(_ref("Transaction"), "posted"),
+                              **_problems(403, 404, 409, 413, 415, 422)},
+            }
+        },
+        "/v1/transfers/{transaction_id}/void": {
+            "post": {
+                "operationId": "voidTransfer", "parameters": [_path_id("transaction_id"), IDEMPOTENCY_KEY],
+                "summary": "Release a pending transfer",
+                "requestBody": {**_body({}, []), "required": False},
+                "responses": {"200": _json(_ref("Transaction"), "voided"), **_problems(403, 404, 409, 413, 415)},
+            }
+        },
+        "/v1/withdrawals": {
+            "post": {
+                "operationId": "createWithdrawal", "parameters": [IDEMPOTENCY_KEY],
+                "summary": "Hold the amount now and pay it out to the bank asynchronously",
+                "requestBody": _body({"wallet_id": USER_ID, "amount": AMOUNT,
+                                      "destination": {"type": "object", "minProperties": 1}},
+                                     ["wallet_id", "amount", "destination"]),
+                "responses": {"202": _json(_ref("Withdrawal"), "accepted, pending"),
+                              **_problems(403, 404, 409, 413, 415, 422)},
+            },
+            "get": {
+                "operationId": "listWithdrawals",
+                "parameters": [_query("status", {"enum": ["pending", "processing", "completed", "failed", "dead"]}),
+                               LIMIT, CURSOR],
+                "responses": {"200": _json(_page("Withdrawal"), "withdrawals, oldest first"), **_problems()},
+            },
+        },
+        "/v1/withdrawals/{withdrawal_id}": {
+            "get": {"operationId": "getWithdrawal", "parameters": [_path_id("withdrawal_id")],
+                    "responses": {"200": _json(_ref("Withdrawal"), "the withdrawal"), **_problems(403, 404)}}
+        },
+        "/v1/withdrawals/{withdrawal_id}/retry": {
+            "post": {
+                "operationId": "retryWithdrawal", "parameters": [_path_id("withdrawal_id")],
+                "summary": "Re-queue a dead withdrawal (admin)",
+                "requestBody": {**_body({}, []), "required": False},
+                "responses": {"200": _json(_ref("Withdrawal"), "pending again"),
+                              **_problems(403, 404, 409, 413, 415)},
             }
         },
         "/v1/transactions/{transaction_id}": {

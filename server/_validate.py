@@ -276,6 +276,33 @@ def metadata(name: str, value: Any) -> dict[str, Any] | None:
     return plain
 
 
+HOLD_TIMEOUT_S_MAX = 7 * 24 * 3600
+
+
+def destination(name: str, value: Any) -> dict[str, Any]:
+    """A withdrawal's destination: a non-empty JSON object, bounded like metadata."""
+    if not isinstance(value, dict) or not value:
+        raise invalid_field(name, f"must be a non-empty object, not {_describe(value)}")
+    plain = metadata(name, value)
+    assert plain is not None
+    return plain
+
+
+def hold(name: str, value: Any) -> int:
+    """``{"timeout_s": N}`` with 1 <= N <= a week; returns N."""
+    if not isinstance(value, dict):
+        raise invalid_field(name, f"must be an object, not {_describe(value)}")
+    unknown = sorted(set(value) - {"timeout_s"})
+    if unknown:
+        raise invalid_field(f"{name}.{unknown[0]}", "is not a known field")
+    if "timeout_s" not in value:
+        raise invalid_field(f"{name}.timeout_s", "is required")
+    timeout_s = value["timeout_s"]
+    if type(timeout_s) is not int or not 1 <= timeout_s <= HOLD_TIMEOUT_S_MAX:
+        raise invalid_field(f"{name}.timeout_s", f"must be an integer from 1 to {HOLD_TIMEOUT_S_MAX}")
+    return timeout_s
+
+
 def canonical(value: Any) -> Any:
     """The body as a JSON-serialisable value, one-to-one with the parsed body (every value is
     tagged with its kind), for fingerprints: ``1.5`` and ``"1.5"`` and ``{"n": "1.5"}`` differ."""
