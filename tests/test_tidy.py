@@ -103,7 +103,7 @@ def test_every_route_handler_is_async() -> None:
 
     routes = [name for name in handlers if "request" in inspect.signature(getattr(Api, name)).parameters]
     assert routes
-    assert all(inspect.iscoroutinefunction(getattr(Api, name)) for name in routes if name not in {"authenticate", "admin", "fingerprint", "path_wallet_id"})
+    assert all(inspect.iscoroutinefunction(getattr(Api, name)) for name in routes if name not in {"authenticate", "admin", "fingerprint", "path_wallet_id", "path_id"})
 
 
 def test_python_hash_is_not_used_for_sharding() -> None:
