@@ -40,30 +40,38 @@ from typing import Any
 from ledger import (
     AMOUNT_MAX,
     IDEMPOTENCY_RETENTION_US,
+    AdvanceWithdrawal,
     ChangeWalletStatus,
     Clock,
     Committed,
+    CompleteWithdrawal,
     CreateAsset,
     CreateToken,
     CreateWallet,
     Duplicate,
+    HoldCaptured,
+    HoldCreated,
+    HoldVoided,
     Idempotency,
     Ledger,
     Overloaded,
+    PayoutStep,
     Rejection,
+    RequestWithdrawal,
+    ResolveHold,
     TransactionType,
     Transfer,
     Transferred,
     WalletCreated,
     WalletStatus,
     build_snapshot,
-    check_invariants,
     decode_event,
+    digest_state,
     new_state,
     recover,
     remove_covered,
     shard_of,
-    state_digest,
+    treasury_id,
 )
 from ledger import apply as apply_event
 from wal import (
@@ -165,6 +173,7 @@ class Stats:
     overloaded: int = 0
     records: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)  # records in the whole log, by kind
 
 
 EDGE_AMOUNTS = [1, 2, 3, 7, 255, 256, 1000, 2**31, 2**32 + 1, AMOUNT_MAX - 1, AMOUNT_MAX]
@@ -265,16 +274,29 @@ class Simulation:
             event = by_lsn.get(lsn)
             if event is None:
                 raise self.fail(f"acknowledged LSN {lsn} is missing after recovery")
-            if ack.transaction_id is not None and (not isinstance(event, Transferred) or event.transaction_id != ack.transaction_id):
+            if ack.transaction_id is not None and (
+                not isinstance(event, Transferred | HoldCreated | HoldCaptured | HoldVoided)
+                or event.transaction_id != ack.transaction_id
+            ):
                 raise self.fail(f"LSN {lsn} holds {event!r}, acknowledged as {ack.transaction_id}")
         seen_ids: set[str] = set()
         seen_keys: dict[tuple[str, str], int] = {}
         fresh = new_state()
+        resolved: set[str] = set()
+        kinds: dict[str, int] = {}
         for lsn, event, _ in records:
-            if isinstance(event, Transferred):
+            kind = type(event).__name__
+            if isinstance(event, HoldVoided):
+                kind += "." + event.reason.label
+            kinds[kind] = kinds.get(kind, 0) + 1
+            if isinstance(event, Transferred | HoldCreated):
                 if event.transaction_id in seen_ids:
                     raise self.fail(f"transaction {event.transaction_id} appears twice")
                 seen_ids.add(event.transaction_id)
+            elif isinstance(event, HoldCaptured | HoldVoided):
+                if event.transaction_id in resolved or event.transaction_id not in seen_ids:
+                    raise self.fail(f"hold {event.transaction_id} resolved twice or never created")
+                resolved.add(event.transaction_id)
             idempotency = getattr(event, "idempotency", None)
             if idempotency is not None:
                 key = (idempotency.scope, idempotency.key)
@@ -284,9 +306,9 @@ class Simulation:
                     raise self.fail(f"idempotency key {key} executed twice within its retention")
                 seen_keys[key] = event.at_us
             apply_event(fresh, event, lsn)
-        live = self.ledger.all_wallets()
-        check_invariants(live, self.ledger.directory)
-        if state_digest(fresh.wallets.values(), fresh.directory) != state_digest(live, self.ledger.directory):
+        self.stats.kinds = kinds
+        self.ledger.check_invariants()
+        if digest_state(fresh) != self.ledger.digest():
             raise self.fail("recovered state differs from a fresh replay of the whole log")
 
     # -- the workload ----------------------------------------------------------------------
@@ -317,6 +339,8 @@ class Simulation:
         if roll < 0.22:
             self.counter += 1
             return CreateToken(token_hash=self.rng.randbytes(32), prefix=f"p{self.counter}", owner_id="o1")
+        if roll < 0.30:
+            return self.hold_command()
         self.counter += 1
         deposit = roll < 0.4
         return Transfer(
@@ -327,12 +351,70 @@ class Simulation:
             idempotency=self.key(), owner_id=None if deposit or self.rng.random() < 0.7 else self.rng.choice(["o1", "o2"]),
         )
 
+    def hold_command(self) -> Any:
+        """Holds, their resolution and the payout steps of withdrawals (no bank: the steps
+        are what the payout workers would send, in any order the seed picks)."""
+        assert self.ledger is not None
+        directory = self.ledger.directory
+        roll = self.rng.random()
+        self.counter += 1
+        if roll < 0.35:
+            return Transfer(
+                transaction_id=f"h{self.counter}", type=TransactionType.TRANSFER,
+                from_wallet_id=self.rng.choice(self.wallets), to_wallet_id=self.rng.choice(self.wallets),
+                amount=self.amount(), description=None, metadata=None, idempotency=self.key(),
+                hold_timeout_s=self.rng.choice([1, 2, 3600]),
+            )
+        if roll < 0.55 and directory.hold_routes:
+            transaction_id = self.rng.choice(sorted(directory.hold_routes))
+            source, target, held = directory.hold_routes[transaction_id]
+            return ResolveHold(
+                transaction_id=transaction_id, capture=self.rng.random() < 0.6,
+                amount=self.rng.choice([None, self.rng.randint(1, held)]), from_wallet_id=source,
+                to_wallet_id=target, owner_id=None, idempotency=self.key(),
+            )
+        if roll < 0.70:
+            return RequestWithdrawal(
+                withdrawal_id=f"wd{self.counter}", wallet_id=self.rng.choice(self.wallets), amount=self.amount(),
+                destination={"n": self.counter}, owner_id=None, idempotency=self.key(),
+            )
+        if directory.withdrawal_wallets:
+            withdrawal_id = self.rng.choice(sorted(directory.withdrawal_wallets))
+            route = directory.hold_routes.get(withdrawal_id)
+            if route is not None and self.rng.random() < 0.3:
+                return CompleteWithdrawal(
+                    withdrawal_id=withdrawal_id, wallet_id=route[0], asset=route[1].removeprefix("treasury:"),
+                    amount=route[2], reference=f"r{self.counter}",
+                )
+            return AdvanceWithdrawal(withdrawal_id=withdrawal_id, step=self.rng.choice(list(PayoutStep)),
+                                     detail="sim", retry_at_us=self.now_ns // 1000)
+        return ChangeWalletStatus(wallet_id=self.rng.choice(self.wallets), status=WalletStatus.ACTIVE)
+
     def submit(self, command: Any) -> None:
         assert self.ledger is not None
         ledger = self.ledger
+        shards = len(ledger.shards)
         try:
             if isinstance(command, Transfer):
                 reply = ledger.shards[shard_of(command.to_wallet_id, len(ledger.shards))].submit_transfer(command)
+            elif isinstance(command, ResolveHold):
+                route = ledger.directory.hold_routes.get(command.transaction_id)
+                if route is None:
+                    self.stats.rejected += 1  # resolved meanwhile: the router answers, no actor
+                    return
+                if command.capture:
+                    reply = ledger.shards[shard_of(command.to_wallet_id, shards)].submit_transfer(
+                        command, route_amount=route[2]
+                    )
+                else:
+                    reply = ledger.shards[shard_of(command.from_wallet_id, shards)].submit_command(command)
+            elif isinstance(command, CompleteWithdrawal):
+                reply = ledger.shards[shard_of(treasury_id(command.asset), shards)].submit_transfer(command)
+            elif isinstance(command, RequestWithdrawal):
+                reply = ledger.shards[shard_of(command.wallet_id, shards)].submit_command(command)
+            elif isinstance(command, AdvanceWithdrawal):
+                wallet_id = ledger.directory.withdrawal_wallets[command.withdrawal_id]
+                reply = ledger.shards[shard_of(wallet_id, shards)].submit_command(command)
             elif isinstance(command, CreateWallet | ChangeWalletStatus):
                 reply = ledger.shards[shard_of(command.wallet_id, len(ledger.shards))].submit_command(command)
             elif isinstance(command, CreateAsset):
@@ -366,7 +448,8 @@ class Simulation:
             elif isinstance(value, Duplicate):
                 event = value.record.event
                 expected = self.first_ack_by_key.get((idem.scope, idem.key)) if idem else None
-                transaction = event.transaction_id if isinstance(event, Transferred) else None
+                transaction = (event.transaction_id
+                               if isinstance(event, Transferred | HoldCreated | HoldCaptured | HoldVoided) else None)
                 if expected is not None and transaction is not None and expected != transaction:
                     raise self.fail(f"key {idem} replayed {transaction}, first answered {expected}")
                 self.stats.acknowledged += 1
@@ -410,6 +493,9 @@ class Simulation:
             if isinstance(command, Transfer):
                 self.counter += 1
                 command = dataclasses.replace(command, transaction_id=f"tx{self.counter}")
+            elif isinstance(command, RequestWithdrawal):
+                self.counter += 1
+                command = dataclasses.replace(command, withdrawal_id=f"wd{self.counter}")
             self.submit(command)
         elif roll < 0.75:
             ledger.shards[self.rng.randrange(len(ledger.shards))].drain(self.rng.choice([1, 3, 100]))
@@ -422,6 +508,13 @@ class Simulation:
             self.now_ns += self.rng.choice([10**6, 10**9, 25 * 3600 * 10**9])
         elif roll < 0.96:
             self.snapshot()
+        elif roll < 0.97:
+            # The ledger's hold timer: wake the shards whose earliest deadline passed.
+            now_us = ledger.clock()
+            for shard in ledger.shards:
+                deadline = shard.next_deadline_us()
+                if deadline is not None and deadline <= now_us:
+                    shard.tick()
         self.now_ns += self.rng.randint(0, 10**6)
         self.settle()
         if ledger.wal.failed is not None and self.rng.random() < 0.2:
