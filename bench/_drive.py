@@ -28,7 +28,16 @@ import trio
 from bench._http import Connection, HttpError, render, split_url
 from bench._loop import Execute, Outcome, Recorder, Schedule, closed_loop, open_loop
 from bench._scenario import Op, Read, Scenario, Transfers, Workload, wallet_ids
-from ledger import Committed, Duplicate, Idempotency, Ledger, Overloaded, Rejection, TransactionType, Transfer
+from ledger import (
+    Committed,
+    Duplicate,
+    Idempotency,
+    Ledger,
+    Overloaded,
+    Rejection,
+    TransactionType,
+    Transfer,
+)
 
 OVERLOADED_PAUSE_S = 0.001  # a core client told "overloaded" yields this long before its next try
 MSGPACK = "application/msgpack"

@@ -124,7 +124,7 @@ class Connection:
         return body
 
     async def _chunked(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             line_end = await self._fill_until(b"\r\n")
             size = int(bytes(self._buffer[:line_end]).split(b";")[0], 16)

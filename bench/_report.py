@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def server_figures(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
         "records_per_fsync": records / commits if records is not None and commits else None,
         "server_cpu": None if cpu is None else {
             "seconds": cpu, "wall_s": wall, "share_of_one_core": cpu / wall if wall > 0 else None,
-            "what": after.get("cpu_of", "server process"),
+            "what": after.get("cpu_of"),
         },
     }
 
@@ -274,20 +275,21 @@ def chart(path: Path, result: dict[str, Any]) -> str | None:
     series = service["timeseries"]
     seconds = [row["second"] for row in series]
     figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 7))
-    top.plot(seconds, [row["transfers_ok"] for row in series], label="service transfers/s")
-    top.plot(seconds, [row["requests"] for row in series], label="service requests/s", linestyle="--")
+    top.plot(seconds, [row["transfers_ok"] for row in series], label="service transfers/s", marker=".")
+    top.plot(seconds, [row["requests"] for row in series], label="service requests/s", linestyle="--", marker=".")
     echo = result.get("baseline_echo")
     if echo:
         top.plot([row["second"] for row in echo["timeseries"]], [row["requests"] for row in echo["timeseries"]],
                  label="echo requests/s", linestyle=":")
     top.set_ylabel("per second")
+    top.set_ylim(bottom=0)
     top.legend(loc="lower right")
-    top.set_title(result["title"], fontsize=9)
+    top.set_title(textwrap.fill(result["title"], 120), fontsize=8)
     plotted = False
     for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("max_ms", "max")):
         values = [row[key] for row in series]
         if any(value is not None for value in values):
-            bottom.plot(seconds, [math.nan if value is None else value for value in values], label=label)
+            bottom.plot(seconds, [math.nan if value is None else value for value in values], label=label, marker=".")
             plotted = True
     if plotted:
         bottom.set_yscale("log")

@@ -53,14 +53,14 @@ from bench._report import (
     server_figures,
     show,
     table,
-    wrk_figures,
     write_json,
+    wrk_figures,
 )
 from bench._scenario import Scenario, Workload, wallet_ids
 from bench._service import (
     DEPOSIT,
-    SetupError,
     ServerProcess,
+    SetupError,
     conservation_http,
     conservation_ledger,
     cpu_seconds,
@@ -426,6 +426,8 @@ async def http_main(plan: Plan, work: Path) -> dict[str, Any]:
             status = await trio.to_thread.run_sync(server.stop)
             if status not in (0, None):
                 notes.append(f"wallet serve exited with status {status}; log tail:\n{server.log_tail()}")
+    if plan.batch_endpoint and any(key.startswith("404 ") for key in service["errors"]):
+        notes.append("POST /v1/transfers/batch answered 404: this server has no batch endpoint yet")
     echo = None
     if plan.baseline_echo:
         echo = await _measure_echo(plan, work)
