@@ -77,6 +77,8 @@ from bench._service import (
 from ledger import Ledger, open_ledger
 
 START_SLACK_S = 0.5  # between "everyone is ready" and the first request
+# A generator process busier than this may be what limits the run (the note says so).
+GENERATOR_BUSY_SHARE = 0.8
 WORKER_READY_TIMEOUT_S = 60.0
 EXIT_NOT_CONSERVED = 1
 EXIT_REFUSED = 2
@@ -525,6 +527,15 @@ def run(arguments: argparse.Namespace, *, wrap: Callable[[Ledger], Any] | None =
     finally:
         shutil.rmtree(work, ignore_errors=True)
     service, echo = outcome["service"], outcome["baseline_echo"]
+    notes = outcome["notes"]
+    for name, figures in (("service", service), ("echo", echo)):
+        for cpu in (figures or {}).get("generator_cpu", []):
+            share = cpu.get("share_of_one_core")
+            if plan.driver != "core" and share is not None and share > GENERATOR_BUSY_SHARE:
+                notes.append(
+                    f"{name} run: generator process {cpu['process']} used {share:.0%} of a core and may be "
+                    "the bottleneck (add --processes, or use the wrk driver)"
+                )
     ratio = None
     if echo is not None:
         ratio = {
@@ -550,7 +561,7 @@ def run(arguments: argparse.Namespace, *, wrap: Callable[[Ledger], Any] | None =
         "baseline_echo": echo,
         "ratio_to_echo": ratio,
         "conservation": outcome["conservation"],
-        "notes": outcome["notes"],
+        "notes": notes,
         "chart": None,
     }
     chart_path = arguments.chart or (arguments.out.with_suffix(".png") if arguments.out else None)

@@ -39,6 +39,7 @@ from ledger import (
 
 DEPOSIT = 10**12  # per wallet: far more than any run moves, so no transfer fails for funds
 SETUP_CONNECTIONS = 16
+LIST_PAGE = 1000  # the API's largest page
 READY_TIMEOUT_S = 60.0
 QUIET_TIMEOUT_S = 30.0
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -297,31 +298,39 @@ def verdict(*, balances: dict[str, int], treasury: int, deposited: int) -> dict[
 
 
 async def conservation_http(url: str, token: str, asset: str, ids: list[str], deposit: int = DEPOSIT) -> dict[str, Any]:
-    """Reads every benchmark wallet and the asset's treasury through the API."""
+    """Reads every benchmark wallet and the asset's treasury through the API: the wallet listing
+    of the run's asset, 1000 a page (the ids come from the history read model, the balances
+    from the live ledger), then ``GET /v1/wallets/{id}`` for any wallet the listing lacks (a
+    read model still catching up) and for the treasury."""
+    wanted = set(ids)
     balances: dict[str, int] = {}
-    failures: list[str] = []
-
-    async def worker(start: int) -> None:
-        client = Client(url, token)
-        try:
-            for wallet_id in ids[start::SETUP_CONNECTIONS]:
-                response = await client.call("GET", f"/v1/wallets/{wallet_id}")
-                if response.status != 200:
-                    failures.append(f"GET /v1/wallets/{wallet_id}: {response.status}")
-                    continue
-                balances[wallet_id] = int(response.json()["balance"])
-        finally:
-            await client.aclose()
-
-    async with trio.open_nursery() as nursery:
-        for start in range(SETUP_CONNECTIONS):
-            nursery.start_soon(worker, start)
     client = Client(url, token)
-    response = await client.call("GET", f"/v1/wallets/{treasury_id(asset)}")
-    await client.aclose()
-    if failures or response.status != 200:
-        raise SetupError(f"could not read the balances: {failures[:3]} treasury {response.status}")
-    return verdict(balances=balances, treasury=int(response.json()["balance"]), deposited=deposit * len(ids))
+    try:
+        cursor: str | None = None
+        while True:
+            path = f"/v1/wallets?asset={asset}&limit={LIST_PAGE}" + (f"&cursor={cursor}" if cursor else "")
+            response = await client.call("GET", path)
+            if response.status != 200:
+                raise SetupError(f"GET {path}: {response.status} {response.body[:300]!r}")
+            page = response.json()
+            for item in page["items"]:
+                if item["id"] in wanted:
+                    balances[item["id"]] = int(item["balance"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        for wallet_id in sorted(wanted - set(balances)):
+            response = await client.call("GET", f"/v1/wallets/{wallet_id}")
+            if response.status != 200:
+                raise SetupError(f"GET /v1/wallets/{wallet_id}: {response.status} {response.body[:300]!r}")
+            balances[wallet_id] = int(response.json()["balance"])
+        response = await client.call("GET", f"/v1/wallets/{treasury_id(asset)}")
+        if response.status != 200:
+            raise SetupError(f"GET /v1/wallets/{treasury_id(asset)}: {response.status} {response.body[:300]!r}")
+        treasury = int(response.json()["balance"])
+    finally:
+        await client.aclose()
+    return verdict(balances=balances, treasury=treasury, deposited=deposit * len(ids))
 
 
 async def conservation_ledger(ledger: Ledger, asset: str, ids: list[str], deposit: int = DEPOSIT) -> dict[str, Any]:
