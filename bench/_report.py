@@ -234,11 +234,12 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"server CPU is {service['server_cpu']['what']}")
     ratio = result.get("ratio_to_echo")
     if ratio is not None:
-        lines.append(
-            f"service / echo: {ratio['requests_per_s']:.2f} of the echo route's requests/s "
-            f"({_rate(service['throughput']['requests_per_s'])} / "
-            f"{_rate(result['baseline_echo']['throughput']['requests_per_s'])})"
-        )
+        echo = result["baseline_echo"]["throughput"]
+        parts = []
+        for key, label in (("transfers_per_s", "transfers/s"), ("requests_per_s", "requests/s")):
+            if ratio[key] is not None:
+                parts.append(f"{label} {ratio[key]:.2f} ({_rate(service['throughput'][key])} / {_rate(echo[key])})")
+        lines.append("service / echo route: " + (", ".join(parts) or "-"))
     for note in result.get("notes", []):
         lines.append(f"note: {note}")
     lines.append(conservation_line(result["conservation"]))

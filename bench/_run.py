@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import secrets
 import shutil
@@ -40,7 +41,7 @@ from bench._drive import (
     run_http_worker,
     workload_rng,
 )
-from bench._http import Client, split_url
+from bench._http import Client, HttpError, split_url
 from bench._loop import Recorder
 from bench._options import SHARDS_DEFAULT
 from bench._report import (
@@ -317,8 +318,6 @@ async def _run_children(plan: Plan, spec: WorkerSpec, probe: Probe, samples: dic
         window = (start + plan.warmup_s, start + plan.warmup_s + plan.duration_s)
 
         async def collect(index: int) -> None:
-            import json
-
             line = await readers[index].line()
             if not line:
                 raise SetupError(f"generator process {index} ended without a result (exit {await processes[index].wait()})")
@@ -503,6 +502,13 @@ async def core_main(plan: Plan, work: Path, *, wrap: Callable[[Ledger], Any] | N
 # -- entry ----------------------------------------------------------------------------------
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (possibly nested) exception groups, as raised by trio's nurseries."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
 def run(arguments: argparse.Namespace, *, wrap: Callable[[Ledger], Any] | None = None) -> int:
     """``wallet bench``; ``wrap`` lets tests put a fake around the core ledger."""
     started_at = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
@@ -521,8 +527,13 @@ def run(arguments: argparse.Namespace, *, wrap: Callable[[Ledger], Any] | None =
             outcome = trio.run(lambda: core_main(plan, work, wrap=wrap))
         else:
             outcome = trio.run(http_main, plan, work)
-    except (Refused, SetupError) as error:
-        say(f"wallet bench: {error}")
+    except BaseException as error:
+        leaves = list(_leaves(error))
+        if not all(isinstance(leaf, Refused | SetupError | HttpError) for leaf in leaves):
+            raise
+        for leaf in leaves:
+            reason = f"could not talk to the server: {leaf}" if isinstance(leaf, HttpError) else str(leaf)
+            say(f"wallet bench: {reason}")
         return EXIT_REFUSED
     finally:
         shutil.rmtree(work, ignore_errors=True)
