@@ -154,6 +154,8 @@ def make_plan(arguments: argparse.Namespace, *, ledger_class: Any = Ledger) -> P
                 problems.append("--driver wrk sends single transfers: use --driver python with --batch")
             if arguments.rate is not None:
                 problems.append("--driver wrk is a closed loop: use --driver python with --rate")
+    if http and driver == "python" and arguments.processes > arguments.connections:
+        problems.append("--processes may not exceed --connections (each process needs a connection)")
     token = arguments.token or os.environ.get("WALLET_ADMIN_TOKEN")
     if http and arguments.url is not None:
         if token is None:

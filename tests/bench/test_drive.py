@@ -135,6 +135,8 @@ def arguments(*flags: str) -> argparse.Namespace:
         (["--url", "https://x:1", "--token", "t"], "only http://"),
         (["--hot-share", "0.5", "--hot-wallets", "1"], "--hot-wallets"),
         (["--shards", "1", "--cross-shard", "0.5"], "2 shards"),
+        (["--driver", "python", "--processes", "3", "--connections", "2"], "--processes may not exceed"),
+        (["--mode", "core", "--processes", "2"], "--processes is for --mode http"),
     ],
 )
 def test_contradictory_flags_are_refused(flags: list[str], message: str) -> None:
