@@ -74,6 +74,7 @@ def recorder_figures(recorder: Recorder, *, duration_s: float) -> dict[str, Any]
             "requests": 0 if bucket is None else bucket.requests,
             "transfers_ok": 0 if bucket is None else bucket.transfers_ok,
             "p50_ms": latency["p50"], "p90_ms": latency["p90"], "p99_ms": latency["p99"], "max_ms": latency["max"],
+            "partial": index + 1 > duration_s + 1e-9,  # the last second of a window that is not whole
         })
     return {
         "duration_s": duration_s,
@@ -114,10 +115,13 @@ def wrk_figures(figures: dict[str, Any], *, started_epoch_s: float) -> dict[str,
         per_second[int(key) - first] = per_second.get(int(key) - first, 0) + count
     for key, count in figures["created_per_second"].items():
         created_per_second[int(key) - first] = created_per_second.get(int(key) - first, 0) + count
+    # wrk's buckets are wall-clock seconds: the first and the last are cut by the run's edges.
+    first_index, last_index = min(per_second, default=0), max(per_second, default=-1)
     timeseries = [
         {"second": index, "requests": per_second.get(index, 0), "transfers_ok": created_per_second.get(index, 0),
-         "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
-        for index in range(min(per_second, default=0), max(per_second, default=-1) + 1)
+         "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None,
+         "partial": index in (first_index, last_index)}
+        for index in range(first_index, last_index + 1)
     ]
     return {
         "duration_s": duration_s,
@@ -273,15 +277,16 @@ def chart(path: Path, result: dict[str, Any]) -> str | None:
     except ImportError:
         return "matplotlib is not installed (pip install 'wallet-ledger[plot]'): no chart"
     service = result["service"]
-    series = service["timeseries"]
+    series = [row for row in service["timeseries"] if not row.get("partial")] or service["timeseries"]
     seconds = [row["second"] for row in series]
     figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 7))
     top.plot(seconds, [row["transfers_ok"] for row in series], label="service transfers/s", marker=".")
     top.plot(seconds, [row["requests"] for row in series], label="service requests/s", linestyle="--", marker=".")
     echo = result.get("baseline_echo")
     if echo:
-        top.plot([row["second"] for row in echo["timeseries"]], [row["requests"] for row in echo["timeseries"]],
-                 label="echo requests/s", linestyle=":")
+        rows = [row for row in echo["timeseries"] if not row.get("partial")] or echo["timeseries"]
+        top.plot([row["second"] for row in rows], [row["requests"] for row in rows],
+                 label="echo requests/s", linestyle=":", marker=".")
     top.set_ylabel("per second")
     top.set_ylim(bottom=0)
     top.legend(loc="lower right")
@@ -299,7 +304,7 @@ def chart(path: Path, result: dict[str, Any]) -> str | None:
         bottom.text(0.5, 0.5, "latency over time is not available with the wrk driver",
                     ha="center", va="center", transform=bottom.transAxes)
     bottom.set_ylabel("latency ms (requests started that second)")
-    bottom.set_xlabel("second of the measured window")
+    bottom.set_xlabel("second of the measured window (seconds cut by the window's edges left out)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

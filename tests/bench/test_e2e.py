@@ -31,7 +31,7 @@ RUN = {"duration_s", "requests", "reads", "transfers", "transfers_ok", "throughp
        "statuses", "errors", "missed_sends", "warmup_requests", "timeseries", "histogram", "wal_records",
        "wal_group_commits", "records_per_fsync", "server_cpu", "generator_cpu", "driver"}
 LATENCY = {"p50", "p90", "p99", "p99.9", "max", "mean"}
-SECOND = {"second", "requests", "transfers_ok", "p50_ms", "p90_ms", "p99_ms", "max_ms"}
+SECOND = {"second", "requests", "transfers_ok", "p50_ms", "p90_ms", "p99_ms", "max_ms", "partial"}
 CONSERVATION = {"checked", "conserved", "wallets", "wallets_sum", "treasury", "deposited", "negative_wallets"}
 SHORT = ["--duration", "1", "--warmup", "0.5"]
 
