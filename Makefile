@@ -7,7 +7,8 @@ PORT   ?= 8080
 DATA   ?= ./data
 SHARDS ?=
 
-.PHONY: install run demo test test-fast lint sim crashloop bench-transfers clean
+.PHONY: install run demo test test-fast lint sim crashloop bench bench-core-batch bench-core-single \
+	bench-http-batch bench-http-single bench-hot bench-transfers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,11 +51,52 @@ ITERATIONS ?= 30
 crashloop: $(STAMP)
 	ITERATIONS=$(ITERATIONS) $(BIN)/python -m tests.e2e.crashloop
 
-# The foundation's load script: wrk against a real server on a temporary data directory.
+# `wallet bench`, the benchmark harness (README, *Benchmarks*). `make bench` runs the standard
+# set below, one after the other (a few minutes), each writing JSON (and a PNG chart when
+# matplotlib is installed: `pip install -e '.[plot]'`) to $(BENCH_OUT); it carries on past a run
+# that fails and names the failed ones at the end. BENCH_SECONDS and BENCH_WARMUP set each run's
+# measured window and warm-up.
+BENCH_OUT     ?= bench-results
+BENCH_SECONDS ?= 20
+BENCH_WARMUP  ?= 5
+BENCH_RUNS    := bench-core-batch bench-core-single bench-http-batch bench-http-single bench-hot
+WALLET_BENCH  = $(BIN)/wallet bench --duration $(BENCH_SECONDS) --warmup $(BENCH_WARMUP) --wallets 10000
+
+bench: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| echo "wrk could not be installed: single-request HTTP runs use the Python driver"
+	@failed=""; for run in $(BENCH_RUNS); do \
+		$(MAKE) --no-print-directory $$run || failed="$$failed $$run"; done; \
+	if [ -n "$$failed" ]; then echo "make bench: failed:$$failed"; exit 1; fi
+
+# The core without HTTP: 1000 transfers per message (Ledger.transfer_batch), 8 concurrent callers.
+bench-core-batch: $(STAMP)
+	$(WALLET_BENCH) --mode core --batch 1000 --connections 8 --out $(BENCH_OUT)/core-batch-1000.json
+
+# The core without HTTP: one transfer per message (Ledger.transfer), 64 concurrent callers.
+bench-core-single: $(STAMP)
+	$(WALLET_BENCH) --mode core --connections 64 --out $(BENCH_OUT)/core-single.json
+
+# HTTP batches: POST /v1/transfers/batch, 1000 transfers each, MessagePack, 8 connections.
+bench-http-batch: $(STAMP)
+	$(WALLET_BENCH) --mode http --batch 1000 --msgpack --connections 8 --out $(BENCH_OUT)/http-batch-1000-msgpack.json
+
+# HTTP single transfers, uniform over 10,000 wallets, 64 connections (wrk), with the echo
+# route's ceiling measured the same way in the same invocation.
+bench-http-single: $(STAMP)
+	$(WALLET_BENCH) --mode http --connections 64 --baseline-echo --out $(BENCH_OUT)/http-single-uniform.json
+
+# The same single-transfer load with every transfer between the same 2 wallets (compare with
+# bench-http-single: hot vs uniform).
+bench-hot: $(STAMP)
+	$(WALLET_BENCH) --mode http --connections 64 --hot-share 1.0 --hot-wallets 2 --out $(BENCH_OUT)/http-single-hot.json
+
+# The foundation's two wrk runs (uniform over 10,000 wallets, then 2 hot wallets), now through
+# `wallet bench`.
 bench-transfers: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/python -m bench.transfers --wallets 10000 --connections 64 --duration 15
-	$(BIN)/python -m bench.transfers --hot --connections 64 --duration 15
+	$(BIN)/wallet bench --mode http --driver wrk --wallets 10000 --connections 64 --duration 15
+	$(BIN)/wallet bench --mode http --driver wrk --wallets 10000 --hot-share 1.0 --hot-wallets 2 --connections 64 --duration 15
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

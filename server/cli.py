@@ -1,4 +1,5 @@
-"""The ``wallet`` command line: ``serve``, the log tools under ``wal`` and ``snapshot``.
+"""The ``wallet`` command line: ``serve``, the log tools under ``wal`` and ``snapshot``, ``seed``
+and ``bench`` (the benchmark harness, in ``bench/``).
 
 Exit codes: 0 success, 1 a check failed or a bug, 2 refused (damaged data or bad arguments).
 """
@@ -10,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+import bench
 from server import _tools as tools
 from server._config import add_serve_arguments, resolve
 from server._lock import DataDirLocked
@@ -66,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--url", default="http://127.0.0.1:8080")
     seed.add_argument("--token", default=None, help="admin token (default: WALLET_ADMIN_TOKEN, else DATA/admin.token)")
     seed.add_argument("--data", type=Path, default=Path("./data"))
+
+    bench_parser = commands.add_parser(
+        "bench", help="the benchmark harness",
+        description="Load the service (HTTP, or the ledger in process) with a chosen workload and report "
+        "throughput, latency percentiles, errors, records per fsync, CPU, and whether money was conserved. "
+        "See the README's Benchmarks section.",
+    )
+    bench.add_arguments(bench_parser)
 
     snapshot = commands.add_parser("snapshot", help="create, list and verify snapshots")
     snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", required=True)
@@ -143,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             token = path.read_text().strip()
         return seed(arguments.url, token)
+    if arguments.command == "bench":
+        configure_logging("WARNING")
+        return bench.run(arguments)
     if arguments.command == "snapshot":
         if arguments.snapshot_command == "create":
             return tools.snapshot_create(arguments.data, until_lsn=arguments.until_lsn, server_child=arguments.server_child)

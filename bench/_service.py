@@ -1,0 +1,339 @@
+"""The harness's side of the server: starting ``wallet serve`` (or the echo server) on a
+temporary data directory, reading ``/metrics`` and ``/proc/<pid>/stat``, creating and funding
+the benchmark's wallets before the measured window, and checking at the end that money was
+conserved.
+
+Setup and checks go through the same small HTTP client as the Python driver. For a server the
+harness starts itself, the wallets are created and funded in process through the ledger before
+the server starts on that data directory (tens of thousands of wallets in seconds instead of a
+minute of HTTP requests); against ``--url`` they are made through the API. Either way they are
+in the log before the first measured request.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench._http import Client, HttpError
+from ledger import (
+    Committed,
+    CreateAsset,
+    CreateWallet,
+    Ledger,
+    Overloaded,
+    TransactionType,
+    Transfer,
+    open_ledger,
+    treasury_id,
+)
+
+DEPOSIT = 10**12  # per wallet: far more than any run moves, so no transfer fails for funds
+SETUP_CONNECTIONS = 16
+LIST_PAGE = 1000  # the API's largest page
+READY_TIMEOUT_S = 60.0
+QUIET_TIMEOUT_S = 30.0
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class SetupError(Exception):
+    """The benchmark could not be set up (server did not start, seeding failed...)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(slots=True, kw_only=True)
+class ServerProcess:
+    """A server subprocess the harness started (``wallet serve`` or ``bench.echo``)."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time. Returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+
+def start_process(command: list[str], *, log_path: Path, url: str, env: dict[str, str] | None = None) -> ServerProcess:
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+        )
+    return ServerProcess(process=process, url=url, log_path=log_path)
+
+
+def serve_command(*, data_dir: Path, port: int, shards: int, loop: str | None) -> list[str]:
+    command = [
+        sys.executable, "-m", "server.cli", "serve", "--data", str(data_dir), "--host", "127.0.0.1",
+        "--port", str(port), "--shards", str(shards),
+    ]
+    if loop is not None:
+        command += ["--loop", loop]  # the service's own flag; passed through as given
+    return command
+
+
+def echo_command(*, port: int, loop: str | None) -> list[str]:
+    return [sys.executable, "-m", "bench.echo", "--port", str(port), "--loop", loop or "trio"]
+
+
+async def wait_ready(server: ServerProcess, path: str = "/ready", timeout_s: float = READY_TIMEOUT_S) -> None:
+    client = Client(server.url, None)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise SetupError(f"the server exited with status {server.process.returncode}:\n{server.log_tail()}")
+            try:
+                if (await client.call("GET", path)).status == 200:
+                    return
+            except HttpError:
+                pass
+            await trio.sleep(0.05)
+    finally:
+        await client.aclose()
+    raise SetupError(f"the server was not ready after {timeout_s:.0f} s:\n{server.log_tail()}")
+
+
+# -- /metrics ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsSample:
+    wal_records: float | None
+    wal_group_commits: float | None
+    durable_lsn: float | None
+    mailbox_depth: float
+    shards: int
+
+
+def parse_metrics(text: str) -> MetricsSample:
+    """The few figures the harness reads from the Prometheus text of ``/metrics``."""
+    values: dict[str, float] = {}
+    depth = 0.0
+    shards: set[str] = set()
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_part, _, value = line.rpartition(" ")
+        name, _, labels = name_part.partition("{")
+        if name == "wallet_shard_mailbox_depth":
+            depth += float(value)
+            for label in labels.rstrip("}").split(","):
+                key, _, raw = label.partition("=")
+                if key == "shard":
+                    shards.add(raw.strip('"'))
+        elif not labels:
+            values[name] = float(value)
+
+    def first(*names: str) -> float | None:
+        return next((values[n] for n in names if n in values), None)
+
+    return MetricsSample(
+        wal_records=first("wallet_wal_records_total", "wallet_wal_records"),
+        wal_group_commits=first("wallet_wal_group_commits_total", "wallet_wal_group_commits"),
+        durable_lsn=first("wallet_wal_durable_lsn"),
+        mailbox_depth=depth,
+        shards=len(shards),
+    )
+
+
+async def scrape(client: Client) -> MetricsSample | None:
+    try:
+        response = await client.call("GET", "/metrics")
+    except HttpError:
+        return None
+    if response.status != 200:
+        return None
+    return parse_metrics(response.body.decode(errors="replace"))
+
+
+async def wait_quiet(client: Client, timeout_s: float = QUIET_TIMEOUT_S) -> bool:
+    """Until the durable LSN stops moving and every mailbox is empty (twice in a row), so the
+    conservation check reads a ledger at rest (a cross-shard transfer credits its receiver just
+    after its commit record). False when that did not happen in time."""
+    deadline = time.monotonic() + timeout_s
+    previous: MetricsSample | None = None
+    calm = 0
+    while time.monotonic() < deadline:
+        sample = await scrape(client)
+        if sample is None:
+            return False
+        if previous is not None and sample.durable_lsn == previous.durable_lsn and sample.mailbox_depth == 0:
+            calm += 1
+            if calm >= 2:
+                return True
+        else:
+            calm = 0
+        previous = sample
+        await trio.sleep(0.2)
+    return False
+
+
+# -- seeding and conservation -----------------------------------------------------------
+
+
+async def seed_http(url: str, token: str, asset: str, ids: list[str], deposit: int = DEPOSIT) -> None:
+    """Creates the asset and the wallets and funds each through the API (idempotent)."""
+    setup = Client(url, token)
+    response = await setup.call("POST", "/v1/assets", {"code": asset, "scale": 2})
+    await setup.aclose()
+    if response.status not in (200, 201):
+        raise SetupError(f"POST /v1/assets: {response.status} {response.body[:300]!r}")
+
+    async def worker(start: int) -> None:
+        client = Client(url, token)
+        try:
+            for wallet_id in ids[start::SETUP_CONNECTIONS]:
+                r = await client.call("POST", "/v1/wallets", {"id": wallet_id, "owner_id": "bench", "asset": asset})
+                if r.status not in (200, 201):
+                    raise SetupError(f"POST /v1/wallets {wallet_id}: {r.status} {r.body[:300]!r}")
+                r = await client.call(
+                    "POST", "/v1/deposits", {"wallet_id": wallet_id, "amount": deposit},
+                    headers={"Idempotency-Key": f"bench-seed-{wallet_id}"},
+                )
+                if r.status != 201:
+                    raise SetupError(f"POST /v1/deposits {wallet_id}: {r.status} {r.body[:300]!r}")
+        finally:
+            await client.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for start in range(SETUP_CONNECTIONS):
+            nursery.start_soon(worker, start)
+
+
+async def seed_ledger(ledger: Ledger, asset: str, ids: list[str], deposit: int = DEPOSIT) -> None:
+    """The same, in process, through a running ``Ledger``."""
+    decision = await ledger.create_asset(CreateAsset(code=asset, scale=2))
+    if not isinstance(decision, list):
+        raise SetupError(f"create asset {asset}: {decision}")
+    chunk = 1000
+
+    async def create(wallet_id: str) -> None:
+        result = await ledger.create_wallet(
+            CreateWallet(wallet_id=wallet_id, owner_id="bench", asset=asset, metadata=None, idempotency=None)
+        )
+        if not isinstance(result, list):
+            raise SetupError(f"create wallet {wallet_id}: {result}")
+
+    async def fund(wallet_id: str) -> None:
+        command = Transfer(
+            transaction_id=f"seed-{wallet_id}", type=TransactionType.DEPOSIT, from_wallet_id=None,
+            to_wallet_id=wallet_id, amount=deposit, description=None, metadata=None, idempotency=None,
+        )
+        while True:
+            try:
+                result = await ledger.transfer(command)
+                break
+            except Overloaded:  # the history projector is behind: back off as a client would
+                await trio.sleep(0.05)
+        if not isinstance(result, Committed):
+            raise SetupError(f"deposit to {wallet_id}: {result}")
+
+    for step in (create, fund):
+        for start in range(0, len(ids), chunk):
+            async with trio.open_nursery() as nursery:
+                for wallet_id in ids[start:start + chunk]:
+                    nursery.start_soon(step, wallet_id)
+
+
+def seed_data_dir(data_dir: Path, shards: int, asset: str, ids: list[str], deposit: int = DEPOSIT) -> None:
+    """Seeds a fresh data directory in process, before ``wallet serve`` starts on it."""
+
+    async def main() -> None:
+        ledger = open_ledger(data_dir, shards=shards)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ledger.run)
+            await seed_ledger(ledger, asset, ids, deposit)
+            await ledger.stop()
+
+    trio.run(main)
+
+
+def verdict(*, balances: dict[str, int], treasury: int, deposited: int) -> dict[str, Any]:
+    wallets_sum = sum(balances.values())
+    conserved = wallets_sum + treasury == 0 and wallets_sum == deposited
+    return {
+        "checked": True, "conserved": conserved, "wallets": len(balances), "wallets_sum": wallets_sum,
+        "treasury": treasury, "deposited": deposited,
+        "negative_wallets": sum(1 for value in balances.values() if value < 0),
+    }
+
+
+async def conservation_http(url: str, token: str, asset: str, ids: list[str], deposit: int = DEPOSIT) -> dict[str, Any]:
+    """Reads every benchmark wallet and the asset's treasury through the API: the wallet listing
+    of the run's asset, 1000 a page (the ids come from the history read model, the balances
+    from the live ledger), then ``GET /v1/wallets/{id}`` for any wallet the listing lacks (a
+    read model still catching up) and for the treasury."""
+    wanted = set(ids)
+    balances: dict[str, int] = {}
+    client = Client(url, token)
+    try:
+        cursor: str | None = None
+        while True:
+            path = f"/v1/wallets?asset={asset}&limit={LIST_PAGE}" + (f"&cursor={cursor}" if cursor else "")
+            response = await client.call("GET", path)
+            if response.status != 200:
+                raise SetupError(f"GET {path}: {response.status} {response.body[:300]!r}")
+            page = response.json()
+            for item in page["items"]:
+                if item["id"] in wanted:
+                    balances[item["id"]] = int(item["balance"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        for wallet_id in sorted(wanted - set(balances)):
+            response = await client.call("GET", f"/v1/wallets/{wallet_id}")
+            if response.status != 200:
+                raise SetupError(f"GET /v1/wallets/{wallet_id}: {response.status} {response.body[:300]!r}")
+            balances[wallet_id] = int(response.json()["balance"])
+        response = await client.call("GET", f"/v1/wallets/{treasury_id(asset)}")
+        if response.status != 200:
+            raise SetupError(f"GET /v1/wallets/{treasury_id(asset)}: {response.status} {response.body[:300]!r}")
+        treasury = int(response.json()["balance"])
+    finally:
+        await client.aclose()
+    return verdict(balances=balances, treasury=treasury, deposited=deposit * len(ids))
+
+
+async def conservation_ledger(ledger: Ledger, asset: str, ids: list[str], deposit: int = DEPOSIT) -> dict[str, Any]:
+    views = await ledger.wallets([*ids, treasury_id(asset)])
+    balances = {view.id: view.balance for view in views[:-1]}
+    return verdict(balances=balances, treasury=views[-1].balance, deposited=deposit * len(ids))
