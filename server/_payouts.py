@@ -195,7 +195,7 @@ class Payouts:
         self._ready_wakeup: anyio.Event | None = None
         self._timer_wakeup: anyio.Event | None = None
         self._bank_in_flight = 0
-        self._attempts = dict.fromkeys(OUTCOMES, 0)
+        self._attempts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self._completed = 0
         self._failed = 0
         self._dead = 0
