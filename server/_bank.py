@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import random
+from http import HTTPStatus
 from typing import Any
 
 import anyio
@@ -73,6 +74,11 @@ def classify(status: int, body: Any, *, reason_phrase: str = "", retry_after: st
         elif len(reference) > REFERENCE_CHARS_MAX:
             reference = reference[:REFERENCE_CHARS_MAX]
         return BankResult(outcome="paid", detail="", reference=reference)
+    if not reason_phrase:
+        try:
+            reason_phrase = HTTPStatus(status).phrase
+        except ValueError:
+            reason_phrase = ""
     status_line = f"{status} {reason_phrase}".strip()
     if 400 <= status <= 499 and status not in TRANSIENT_4XX:
         return BankResult(outcome="refused", detail=_reason(status, body) or status_line)
@@ -128,11 +134,12 @@ class HttpBank:
                 async with self._client.stream("POST", self.url, content=content, headers=headers) as response:
                     raw = bytearray()
                     too_large = False
+                    # Read to the end (bounded in time by the timeout) but keep only the first
+                    # RESPONSE_BYTES_MAX: leaving the stream half read would waste the connection.
                     async for chunk in response.aiter_bytes():
-                        raw += chunk
-                        if len(raw) > RESPONSE_BYTES_MAX:
-                            too_large = True
-                            break
+                        if not too_large:
+                            raw += chunk
+                            too_large = len(raw) > RESPONSE_BYTES_MAX
         except (TimeoutError, httpx.TimeoutException) as error:
             return BankResult(outcome="transient", detail=f"timeout after {self._timeout_s:g} s calling the bank"
                                                           f" ({type(error).__name__})")
