@@ -66,14 +66,7 @@ def classify(status: int, body: Any, *, reason_phrase: str = "", retry_after: st
         if not isinstance(body, dict):
             return BankResult(outcome="transient", detail=f"{status} from the bank with a body that is not a "
                                                           "JSON object: not taken as paid")
-        reference = body.get("id", body.get("reference"))
-        if isinstance(reference, int) and not isinstance(reference, bool):
-            reference = str(reference)
-        if not isinstance(reference, str) or not reference:
-            reference = None
-        elif len(reference) > REFERENCE_CHARS_MAX:
-            reference = reference[:REFERENCE_CHARS_MAX]
-        return BankResult(outcome="paid", detail="", reference=reference)
+        return BankResult(outcome="paid", detail="", reference=_reference(body))
     if not reason_phrase:
         try:
             reason_phrase = HTTPStatus(status).phrase
@@ -86,6 +79,17 @@ def classify(status: int, body: Any, *, reason_phrase: str = "", retry_after: st
     if isinstance(body, dict):
         detail = _reason(status, body) or status_line
     return BankResult(outcome="transient", detail=detail, retry_after_s=_retry_after_s(retry_after))
+
+
+def _reference(body: dict[str, Any]) -> str | None:
+    """The first of ``id``, ``reference`` that is a non-empty string or an integer."""
+    for name in ("id", "reference"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str) and value:
+            return value[:REFERENCE_CHARS_MAX]
+    return None
 
 
 def _reason(status: int, body: Any) -> str | None:
@@ -167,7 +171,9 @@ class SimulatedBank:
                                        drop_response_rate=drop_response_rate, rng=rng, clock=clock)
 
     async def pay(self, order: PayoutOrder) -> BankResult:
-        answer = await self.simulator.handle(order.withdrawal_id, request_body(order))
+        # Through JSON, as over HTTP: the simulator keeps a copy, not the order's own dict.
+        body = json.loads(json.dumps(request_body(order)))
+        answer = await self.simulator.handle(order.withdrawal_id, body)
         if answer.drop:
             return BankResult(outcome="transient", detail="the bank's answer was lost (simulated)")
         retry_after = None if answer.retry_after_s is None else str(answer.retry_after_s)

@@ -194,6 +194,7 @@ class Payouts:
         # Made in run(): anyio primitives need the event loop. Until then submit() only queues.
         self._ready_wakeup: anyio.Event | None = None
         self._timer_wakeup: anyio.Event | None = None
+        self._in_flight = 0  # ids a worker holds
         self._bank_in_flight = 0
         self._attempts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self._completed = 0
@@ -225,10 +226,9 @@ class Payouts:
         self._push_ready(withdrawal_id)
 
     def statistics(self) -> PayoutsStatistics:
-        in_flight = sum(1 for where in self._where.values() if where == "in_flight")
         return PayoutsStatistics(
             workers=self._workers, queued=len(self._ready), delayed=len(self._due),
-            in_flight=in_flight, bank_in_flight=self._bank_in_flight, attempts=dict(self._attempts),
+            in_flight=self._in_flight, bank_in_flight=self._bank_in_flight, attempts=dict(self._attempts),
             completed=self._completed, failed=self._failed, dead=self._dead,
             rescheduled=self._rescheduled, skipped=self._skipped, timeouts=self._timeouts,
             ledger_errors=self._ledger_errors,
@@ -239,7 +239,9 @@ class Payouts:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Runs the workers until cancelled. Reports started as soon as ``submit`` wakes workers;
         then loads ``payable()`` (retried while the ledger raises) and schedules each order at
-        its ``next_attempt_at_us``."""
+        its ``next_attempt_at_us``. Once per ``Payouts``: after a cancellation, make a new one
+        (as a restart does), since abandoned attempts are only found again through ``payable``."""
+        assert self._ready_wakeup is None, "run() once per Payouts"
         self._ready_wakeup = anyio.Event()
         self._timer_wakeup = anyio.Event()
         async with anyio.create_task_group() as group:
@@ -293,6 +295,8 @@ class Payouts:
         withdrawal_id = self._ready.popleft()
         assert self._where[withdrawal_id] == "ready"
         self._where[withdrawal_id] = "in_flight"
+        self._in_flight += 1
+        assert self._in_flight <= self._workers
         return withdrawal_id
 
     async def _timer(self) -> None:
@@ -320,6 +324,7 @@ class Payouts:
             retry_at_us = await self._attempt(withdrawal_id)
             assert self._where[withdrawal_id] == "in_flight"
             del self._where[withdrawal_id]
+            self._in_flight -= 1
             if retry_at_us is not None:
                 self._schedule(withdrawal_id, retry_at_us)
             if withdrawal_id in self._again:

@@ -37,6 +37,8 @@ def test_2xx_with_a_json_object_is_paid_with_the_banks_reference() -> None:
     assert classify(200, {"reference": "r-1"}).reference == "r-1"
     assert classify(200, {"id": 42}).reference == "42"
     assert classify(200, {}).reference is None
+    assert classify(200, {"id": None, "reference": "r-2"}).reference == "r-2"
+    assert classify(200, {"id": True}).reference is None
     assert classify(200, {"id": "x" * 1000}).reference == "x" * 128
 
 
