@@ -6,8 +6,10 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8080
 DATA   ?= ./data
 SHARDS ?=
+BANK_URL ?=
+BANK_PORT ?= 8081
 
-.PHONY: install run demo test test-fast lint sim crashloop bench bench-core-batch bench-core-single \
+.PHONY: install run bank-sim demo test test-fast lint sim crashloop bench bench-core-batch bench-core-single \
 	bench-http-batch bench-http-single bench-hot bench-transfers clean
 
 $(STAMP): pyproject.toml
@@ -19,7 +21,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/wallet serve --data $(DATA) --port $(PORT) $(if $(SHARDS),--shards $(SHARDS))
+	$(BIN)/wallet serve --data $(DATA) --port $(PORT) $(if $(SHARDS),--shards $(SHARDS)) $(if $(BANK_URL),--bank-url $(BANK_URL))
+
+# A simulated bank gateway for `BANK_URL=http://127.0.0.1:$(BANK_PORT)/payouts make run`.
+bank-sim: $(STAMP)
+	$(BIN)/wallet bank-sim --port $(BANK_PORT)
 
 # The server on $(DATA) with demo data: owners, wallets, tokens, money; curl commands printed.
 demo: $(STAMP)

@@ -6,8 +6,10 @@ then the defaults. One table (``SERVE_OPTIONS``) drives the parser, the lookup a
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,52 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("must be a finite number")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def probability(text: str) -> float:
+    value = _finite(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def http_url(text: str) -> str:
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError("must be an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"bad port: {error}") from None
+    return text
 
 
 def flag(text: str) -> bool:
@@ -65,6 +113,18 @@ SERVE_OPTIONS = [
     Option(name="certfile", parse=Path, default=None, help="TLS certificate (PEM); serves HTTPS with --keyfile"),
     Option(name="keyfile", parse=Path, default=None, help="TLS private key (PEM)"),
     Option(name="log_level", parse=str, default="INFO", help="logging level"),
+    Option(name="payout_workers", parse=positive, default=16,
+           help="payout workers: bank calls in flight at once, at most"),
+    Option(name="payout_max_attempts", parse=positive, default=8,
+           help="bank attempts per withdrawal before it is dead (hold kept, for an operator)"),
+    Option(name="bank_url", parse=http_url, default=None,
+           help="the bank gateway's payout endpoint (POST); none: the built-in simulated bank"),
+    Option(name="bank_latency_ms", parse=non_negative_float, default=50.0,
+           help="simulated bank only: milliseconds per call"),
+    Option(name="bank_failure_rate", parse=probability, default=0.0,
+           help="simulated bank only: probability that a call fails with 503"),
+    Option(name="bank_timeout_s", parse=positive_float, default=10.0,
+           help="seconds a bank call may take before it counts as a transient failure"),
 ]
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from server._payouts import BANK_LATENCY_BUCKETS_S, PayoutsStatistics
 from wal import BATCH_BUCKETS, FSYNC_BUCKETS_S
 
 log = logging.getLogger("server.access")
@@ -54,6 +55,7 @@ class Metrics:
         )
         self.api: Any = None  # the Api, for the ledger's statistics at scrape time
         self.registry.register(_LedgerCollector(self))
+        self.registry.register(_PayoutsCollector(self))
 
 
 class _LedgerCollector:
@@ -96,6 +98,47 @@ class _LedgerCollector:
                                     value=age)
             yield CounterMetricFamily("wallet_snapshots", "Snapshots taken by this process", value=stats.taken)
             yield CounterMetricFamily("wallet_snapshot_failures", "Snapshots that failed", value=stats.failed)
+
+
+class _PayoutsCollector:
+    """The payout workers' ``statistics()``, read at scrape time from ``api.payouts`` (absent
+    until the server starts them)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        payouts = getattr(self._metrics.api, "payouts", None)
+        if payouts is None:
+            return
+        yield from payout_metrics(payouts.statistics())
+
+
+def payout_metrics(stats: PayoutsStatistics) -> Iterator[Any]:
+    attempts = CounterMetricFamily("wallet_payout_attempts", "Bank calls by outcome (paid, refused, transient)",
+                                   labels=["outcome"])
+    for outcome, count in sorted(stats.attempts.items()):
+        attempts.add_metric([outcome], count)
+    yield attempts
+    results = CounterMetricFamily("wallet_payout_results", "Withdrawal state changes the payout workers recorded",
+                                  labels=["status"])
+    for status, count in (("completed", stats.completed), ("failed", stats.failed), ("dead", stats.dead),
+                          ("retry_scheduled", stats.rescheduled), ("skipped", stats.skipped)):
+        results.add_metric([status], count)
+    yield results
+    yield CounterMetricFamily("wallet_payout_bank_timeouts", "Bank calls cut off by --bank-timeout-s",
+                              value=stats.timeouts)
+    yield CounterMetricFamily("wallet_payout_ledger_errors", "Ledger calls from the payout workers that raised "
+                              "and were retried", value=stats.ledger_errors)
+    yield _histogram("wallet_payout_bank_seconds", "Bank call latency", BANK_LATENCY_BUCKETS_S,
+                     stats.bank_latency_bucket_counts, stats.bank_latency_s_total)
+    yield GaugeMetricFamily("wallet_payout_workers", "Payout workers", value=stats.workers)
+    yield GaugeMetricFamily("wallet_payouts_in_flight", "Bank calls under way", value=stats.bank_in_flight)
+    depth = GaugeMetricFamily("wallet_payout_queue_depth", "Withdrawals waiting: for a worker (ready) or "
+                              "for their backoff to end (delayed)", labels=["queue"])
+    depth.add_metric(["ready"], stats.queued)
+    depth.add_metric(["delayed"], stats.delayed)
+    yield depth
 
 
 def _histogram(name: str, documentation: str, bounds: tuple[float, ...], counts: tuple[int, ...],

@@ -9,11 +9,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import bench
 from server import _tools as tools
-from server._config import add_serve_arguments, resolve
+from server._config import (
+    add_serve_arguments,
+    non_negative,
+    non_negative_float,
+    probability,
+    resolve,
+)
 from server._lock import DataDirLocked
 from server._observe import configure_logging
 from wal import LogCorrupt
@@ -76,6 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
         "See the README's Benchmarks section.",
     )
     bench.add_arguments(bench_parser)
+    bank_sim = commands.add_parser(
+        "bank-sim", help="a simulated bank gateway over HTTP (idempotent POST /payouts, GET /payouts)",
+        description="Honours Idempotency-Key (same key and body: the original answer, paid once; "
+        "different body: 422); refuses destinations whose account starts with 'refuse' (422); "
+        "fails with 503 at --failure-rate and on the first --fail-first calls per key; "
+        "with --drop-response-rate, pays and then closes the connection before the answer is complete.",
+    )
+    bank_sim.add_argument("--host", default="127.0.0.1")
+    bank_sim.add_argument("--port", type=int, default=8081)
+    bank_sim.add_argument("--latency-ms", type=non_negative_float, default=0.0, help="delay before each answer")
+    bank_sim.add_argument("--failure-rate", type=probability, default=0.0, help="probability of a 503 per call")
+    bank_sim.add_argument("--fail-first", type=non_negative, default=0,
+                          help="the first N calls for each idempotency key get 503")
+    bank_sim.add_argument("--drop-response-rate", type=probability, default=0.0,
+                          help="probability that a call which paid loses its answer (connection closed)")
+    bank_sim.add_argument("--seed", type=int, default=None, help="seed for failures and drops")
+    bank_sim.add_argument("--log-level", default="INFO")
 
     snapshot = commands.add_parser("snapshot", help="create, list and verify snapshots")
     snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", required=True)
@@ -156,6 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.command == "bench":
         configure_logging("WARNING")
         return bench.run(arguments)
+    if arguments.command == "bank-sim":
+        import random
+
+        import trio
+
+        from server._banksim import BankSimulator, serve_bank_sim
+
+        configure_logging(arguments.log_level)
+        simulator = BankSimulator(
+            latency_ms=arguments.latency_ms, failure_rate=arguments.failure_rate, fail_first=arguments.fail_first,
+            drop_response_rate=arguments.drop_response_rate, rng=random.Random(arguments.seed),
+        )
+        trio.run(partial(serve_bank_sim, simulator, host=arguments.host, port=arguments.port))
+        return 0
     if arguments.command == "snapshot":
         if arguments.snapshot_command == "create":
             return tools.snapshot_create(arguments.data, until_lsn=arguments.until_lsn, server_child=arguments.server_child)

@@ -53,3 +53,65 @@ def test_bad_values_are_refused_with_their_source(tmp_path: Path, argv: list[str
     argv = [str(config) if item == "CONFIG" else item for item in argv]
     with pytest.raises(SystemExit, match=re.escape(message)):
         resolve(parse(argv), environ)
+
+
+def test_payout_and_bank_options_have_their_defaults_and_sources(tmp_path: Path) -> None:
+    values = resolve(parse([]), {})
+    assert (values["payout_workers"], values["payout_max_attempts"], values["bank_url"]) == (16, 8, None)
+    assert (values["bank_latency_ms"], values["bank_failure_rate"], values["bank_timeout_s"]) == (50.0, 0.0, 10.0)
+    config = tmp_path / "wallet.toml"
+    config.write_text('bank_timeout_s = 2.5\npayout_max_attempts = 3\nbank_url = "https://bank.example/v1/payouts"\n')
+    values = resolve(parse(["--config", str(config), "--payout-workers", "4", "--bank-latency-ms", "0"]),
+                     {"WALLET_BANK_FAILURE_RATE": "0.25"})
+    assert values["payout_workers"] == 4 and values["bank_latency_ms"] == 0.0  # command line
+    assert values["bank_failure_rate"] == 0.25  # environment
+    assert values["bank_timeout_s"] == 2.5 and values["payout_max_attempts"] == 3  # file
+    assert values["bank_url"] == "https://bank.example/v1/payouts"
+    assert resolve(parse(["--bank-url", "http://127.0.0.1:8081/payouts"]), {})["bank_url"] == (
+        "http://127.0.0.1:8081/payouts")
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "message"),
+    [
+        ("WALLET_PAYOUT_WORKERS", "0", "at least 1"),
+        ("WALLET_PAYOUT_MAX_ATTEMPTS", "-2", "at least 1"),
+        ("WALLET_BANK_URL", "ftp://bank.example/payouts", "http:// or https://"),
+        ("WALLET_BANK_URL", "bank.example/payouts", "http:// or https://"),
+        ("WALLET_BANK_URL", "http:///payouts", "with a host"),
+        ("WALLET_BANK_URL", "http://bank.example:99999/payouts", "bad port"),
+        ("WALLET_BANK_LATENCY_MS", "-1", "at least 0"),
+        ("WALLET_BANK_LATENCY_MS", "inf", "finite"),
+        ("WALLET_BANK_FAILURE_RATE", "1.5", "between 0 and 1"),
+        ("WALLET_BANK_FAILURE_RATE", "nan", "finite"),
+        ("WALLET_BANK_FAILURE_RATE", "often", "could not convert"),
+        ("WALLET_BANK_TIMEOUT_S", "0", "more than 0"),
+    ],
+)
+def test_bad_payout_and_bank_values_are_refused(variable: str, raw: str, message: str) -> None:
+    name = variable.removeprefix("WALLET_").lower()
+    with pytest.raises(SystemExit, match=f"{name} from {variable}: .*{re.escape(message)}"):
+        resolve(parse([]), {variable: raw})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--failure-rate", "1.5"], "between 0 and 1"),
+        (["--drop-response-rate", "-0.1"], "between 0 and 1"),
+        (["--fail-first", "-1"], "at least 0"),
+        (["--latency-ms", "nan"], "finite"),
+    ],
+)
+def test_bank_sim_refuses_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["bank-sim", *argv])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bank_sim_arguments_have_their_defaults() -> None:
+    arguments = build_parser().parse_args(["bank-sim", "--port", "0", "--seed", "3"])
+    assert (arguments.host, arguments.port, arguments.seed) == ("127.0.0.1", 0, 3)
+    assert (arguments.latency_ms, arguments.failure_rate, arguments.fail_first, arguments.drop_response_rate) == (
+        0.0, 0.0, 0, 0.0)
