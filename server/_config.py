@@ -23,6 +23,19 @@ def positive(text: str) -> int:
     return value
 
 
+# The event loops ``wallet serve --loop`` offers; the server runs the same code on each
+# (``server._serve.backend_of``). trio stays the default.
+LOOPS = ("trio", "asyncio", "uvloop")
+LOOP_DEFAULT = "trio"
+
+
+def event_loop(text: str) -> str:
+    lowered = str(text).strip().lower()
+    if lowered not in LOOPS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOOPS)}, not {text!r}")
+    return lowered
+
+
 def flag(text: str) -> bool:
     lowered = str(text).lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -65,6 +78,8 @@ SERVE_OPTIONS = [
     Option(name="certfile", parse=Path, default=None, help="TLS certificate (PEM); serves HTTPS with --keyfile"),
     Option(name="keyfile", parse=Path, default=None, help="TLS private key (PEM)"),
     Option(name="log_level", parse=str, default="INFO", help="logging level"),
+    Option(name="loop", parse=event_loop, default=LOOP_DEFAULT,
+           help="event loop: trio, asyncio or uvloop (the same code on each; see the README's figures)"),
 ]
 
 
