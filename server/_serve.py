@@ -261,11 +261,13 @@ async def serve(options: ServeOptions) -> int:
                 deadline = anyio.current_time() + options.shutdown_timeout_s
                 periodic.cancel()
                 await http_done.wait()
+                log.info("HTTP drained in %.3f s; stopping the actors", _elapsed(deadline, options))
                 await ledger.stop()
         outer.cancel_scope.cancel()
     if refused is not None:
         raise refused
     assert ledger is not None
+    log.info("ledger stopped (log flushed, history drained) %.3f s after the signal", _elapsed(deadline, options))
     with anyio.CancelScope(deadline=deadline) as bounded:
         await _in_daemon_thread(snapshotter.final)
     if bounded.cancelled_caught:
@@ -280,6 +282,11 @@ async def serve(options: ServeOptions) -> int:
         1000 * stats.fsync_seconds_total / max(stats.batches, 1), 1000 * stats.fsync_seconds_max,
     )
     return 0
+
+
+def _elapsed(deadline: float, options: ServeOptions) -> float:
+    """Seconds since the shutdown signal (the deadline is that moment + the timeout)."""
+    return anyio.current_time() - (deadline - options.shutdown_timeout_s)
 
 
 def _loop_name() -> str:
