@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8080
 DATA   ?= ./data
 SHARDS ?=
+LOOP   ?=
 
 .PHONY: install run demo test test-fast lint sim crashloop bench-transfers clean
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/wallet serve --data $(DATA) --port $(PORT) $(if $(SHARDS),--shards $(SHARDS))
+	$(BIN)/wallet serve --data $(DATA) --port $(PORT) $(if $(SHARDS),--shards $(SHARDS)) $(if $(LOOP),--loop $(LOOP))
 
 # The server on $(DATA) with demo data: owners, wallets, tokens, money; curl commands printed.
 demo: $(STAMP)
@@ -53,8 +54,8 @@ crashloop: $(STAMP)
 # The foundation's load script: wrk against a real server on a temporary data directory.
 bench-transfers: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/python -m bench.transfers --wallets 10000 --connections 64 --duration 15
-	$(BIN)/python -m bench.transfers --hot --connections 64 --duration 15
+	$(BIN)/python -m bench.transfers --wallets 10000 --connections 64 --duration 15 $(if $(LOOP),--loop $(LOOP))
+	$(BIN)/python -m bench.transfers --hot --connections 64 --duration 15 $(if $(LOOP),--loop $(LOOP))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

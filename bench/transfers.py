@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--shards", type=int, default=None)
     parser.add_argument("--port", type=int, default=18181)
+    parser.add_argument("--loop", choices=["trio", "asyncio", "uvloop"], default=None,
+                        help="the server's event loop (wallet serve --loop; default: its own, trio)")
     arguments = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(temp) / "data"
         log_path = Path(temp) / "server.log"
         command = [sys.executable, "-m", "server.cli", "serve", "--data", str(data), "--port", str(arguments.port)]
+        if arguments.loop:
+            command += ["--loop", arguments.loop]
         if arguments.shards:
             command += ["--shards", str(arguments.shards)]
         env = dict(os.environ, WALLET_ADMIN_TOKEN=token)
