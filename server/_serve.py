@@ -182,6 +182,7 @@ async def _in_daemon_thread(function: Callable[[], None]) -> None:
     abandoned, and it dies with the process. (anyio's worker threads are not daemons on
     asyncio, so ``to_thread.run_sync(..., abandon_on_cancel=True)`` would keep the process
     alive past ``--shutdown-timeout`` there until the abandoned call returned.)"""
+    await anyio.lowlevel.checkpoint_if_cancelled()  # out of time already: do not start it
     token = anyio.lowlevel.current_token()
     done = anyio.Event()
     failure: list[BaseException] = []
@@ -258,16 +259,17 @@ async def serve(options: ServeOptions) -> int:
                 periodic = anyio.CancelScope()
                 group.start_soon(_until_cancelled, periodic, snapshotter.run)
                 await shutdown.wait()
-                deadline = anyio.current_time() + options.shutdown_timeout_s
+                signalled = anyio.current_time()
+                deadline = signalled + options.shutdown_timeout_s
                 periodic.cancel()
                 await http_done.wait()
-                log.info("HTTP drained in %.3f s; stopping the actors", _elapsed(deadline, options))
+                log.info("HTTP drained in %.3f s; stopping the actors", anyio.current_time() - signalled)
                 await ledger.stop()
         outer.cancel_scope.cancel()
     if refused is not None:
         raise refused
     assert ledger is not None
-    log.info("ledger stopped (log flushed, history drained) %.3f s after the signal", _elapsed(deadline, options))
+    log.info("ledger stopped (log flushed, history drained) %.3f s after the signal", anyio.current_time() - signalled)
     with anyio.CancelScope(deadline=deadline) as bounded:
         await _in_daemon_thread(snapshotter.final)
     if bounded.cancelled_caught:
@@ -282,11 +284,6 @@ async def serve(options: ServeOptions) -> int:
         1000 * stats.fsync_seconds_total / max(stats.batches, 1), 1000 * stats.fsync_seconds_max,
     )
     return 0
-
-
-def _elapsed(deadline: float, options: ServeOptions) -> float:
-    """Seconds since the shutdown signal (the deadline is that moment + the timeout)."""
-    return anyio.current_time() - (deadline - options.shutdown_timeout_s)
 
 
 def _loop_name() -> str:
