@@ -8,6 +8,7 @@ DATA   ?= ./data
 SHARDS ?=
 BANK_URL ?=
 BANK_PORT ?= 8081
+LOOP   ?=
 
 .PHONY: install run bank-sim demo test test-fast lint sim crashloop bench bench-core-batch bench-core-single \
 	bench-http-batch bench-http-single bench-hot bench-transfers clean
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/wallet serve --data $(DATA) --port $(PORT) $(if $(SHARDS),--shards $(SHARDS)) $(if $(BANK_URL),--bank-url $(BANK_URL))
+	$(BIN)/wallet serve --data $(DATA) --port $(PORT) $(if $(SHARDS),--shards $(SHARDS)) $(if $(BANK_URL),--bank-url $(BANK_URL)) $(if $(LOOP),--loop $(LOOP))
 
 # A simulated bank gateway for `BANK_URL=http://127.0.0.1:$(BANK_PORT)/payouts make run`.
 bank-sim: $(STAMP)
@@ -101,8 +102,8 @@ bench-hot: $(STAMP)
 # `wallet bench`.
 bench-transfers: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/wallet bench --mode http --driver wrk --wallets 10000 --connections 64 --duration 15
-	$(BIN)/wallet bench --mode http --driver wrk --wallets 10000 --hot-share 1.0 --hot-wallets 2 --connections 64 --duration 15
+	$(BIN)/wallet bench --mode http --driver wrk --wallets 10000 --connections 64 --duration 15 $(if $(LOOP),--loop $(LOOP))
+	$(BIN)/wallet bench --mode http --driver wrk --wallets 10000 --hot-share 1.0 --hot-wallets 2 --connections 64 --duration 15 $(if $(LOOP),--loop $(LOOP))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--shards", type=int, default=None)
     parser.add_argument("--port", type=int, default=None, help="ignored (the harness picks a free port)")
+    parser.add_argument("--loop", choices=["trio", "asyncio", "uvloop"], default=None,
+                        help="the server's event loop (wallet serve --loop; default: its own, trio)")
     arguments = parser.parse_args(argv)
     flags = [
         "bench", "--mode", "http", "--driver", "wrk", "--wallets", str(arguments.wallets),
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         flags += ["--hot-share", "1.0", "--hot-wallets", "2"]
     if arguments.shards:
         flags += ["--shards", str(arguments.shards)]
+    if arguments.loop:
+        flags += ["--loop", arguments.loop]
     return wallet(flags)
 
 

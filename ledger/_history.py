@@ -13,7 +13,9 @@ Reads are indexed so that a page costs the same on a wallet with 10 entries or 1
 a time bound is turned into an LSN bound before the page is read. Read-your-writes: a reader
 first waits (bounded) until the projector reached the LSN the server had made durable.
 
-All SQL runs on one ``AsyncioThread`` (see ``_sqlite``); nothing here touches ledger state.
+All SQL runs through one runner (see ``_sqlite``): a dedicated ``AsyncioThread`` under trio
+and in recovery and the tools; the server's own loop on asyncio/uvloop after ``attach``.
+Nothing here touches ledger state.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from ledger._model import (
     VoidReason,
     WalletCreated,
 )
-from ledger._sqlite import AsyncioThread
+from ledger._sqlite import AsyncioThread, Native, running_asyncio_loop
 
 log = logging.getLogger("history")
 
@@ -135,7 +137,10 @@ class History:
     """Open with ``History.open(path)``; feed durable records; run ``run`` as a task."""
 
     def __init__(self, thread: AsyncioThread, connection: aiosqlite.Connection, applied_lsn: int) -> None:
-        self._thread = thread
+        # The thread serves the blocking calls (recovery, tools); ``_runner`` the event loop's.
+        # After ``attach`` on asyncio both are the native runner and the thread is gone (None).
+        self._thread: AsyncioThread | None = thread
+        self._runner: AsyncioThread | Native = thread
         self._connection = connection
         self.applied_lsn = applied_lsn
         self._fed_lsn = applied_lsn
@@ -163,7 +168,7 @@ class History:
 
     def reset(self) -> None:
         """Drops every row (the log was cut below what the read model holds). Blocking."""
-        self._thread.run_blocking(_reset(self._connection))
+        self._blocking().run_blocking(_reset(self._connection))
         self._balances.clear()
         self.applied_lsn = self._fed_lsn = 0
 
@@ -171,7 +176,7 @@ class History:
         """Starts the read model over from a snapshot's balances at ``lsn`` (older statements
         are gone). Wallets get negative creation keys in creation-time order. Blocking."""
         wallets = sorted(state.wallets.values(), key=lambda wallet: (wallet.created_at_us, wallet.id))
-        self._thread.run_blocking(_seed(self._connection, wallets, lsn))
+        self._blocking().run_blocking(_seed(self._connection, wallets, lsn))
         self._balances.clear()
         self.applied_lsn = self._fed_lsn = lsn
 
@@ -181,7 +186,7 @@ class History:
             return
         assert records[0][0] == self._fed_lsn + 1, (records[0][0], self._fed_lsn)
         self._fed_lsn = records[-1][0]
-        self._thread.run_blocking(self._project(records))
+        self._blocking().run_blocking(self._project(records))
 
     def feed(self, records: Iterable[tuple[int, bytes, Any]]) -> None:
         """Called by the WAL writer with records that just became durable, in LSN order."""
@@ -207,7 +212,7 @@ class History:
                 continue
             batch = self._pending[:BATCH_RECORDS_MAX]
             del self._pending[:BATCH_RECORDS_MAX]
-            await self._thread.call(self._project, batch)
+            await self._runner.call(self._project, batch)
             progress, self._progress = self._progress, anyio.Event()
             progress.set()
 
@@ -216,11 +221,34 @@ class History:
         self._closed = True
         self._wakeup.set()
 
+    def _blocking(self) -> AsyncioThread:
+        assert self._thread is not None, "blocking calls are for recovery and tools, before attach"
+        return self._thread
+
+    async def attach(self) -> None:
+        """Called by the ledger when it starts serving: on an asyncio loop (asyncio, uvloop),
+        aiosqlite runs on that loop from now on and the dedicated thread is stopped; under trio
+        nothing changes. No call may be in flight (recovery is over, the projector not started)."""
+        if running_asyncio_loop() is None or self._thread is None:
+            return
+        thread, self._thread = self._thread, None
+        self._runner = Native()
+        await anyio.to_thread.run_sync(thread.stop)
+
+    async def aclose(self) -> None:
+        """Closes the connection (and the thread, if any) from the event loop."""
+        if self._thread is None:
+            await self._connection.close()
+        else:
+            await anyio.to_thread.run_sync(self.stop_thread)
+
     def stop_thread(self) -> None:
+        """Closes the connection and the thread. Blocking: recovery and tools, before attach."""
+        thread = self._blocking()
         try:
-            self._thread.run_blocking(self._connection.close())
+            thread.run_blocking(self._connection.close())
         finally:
-            self._thread.stop()
+            thread.stop()
 
     async def wait_projected(self, lsn: int, timeout_s: int = READ_WAIT_S) -> None:
         """Read-your-writes: waits until everything up to ``lsn`` is queryable."""
@@ -231,7 +259,8 @@ class History:
         raise HistoryLagging(f"history is at LSN {self.applied_lsn}, {lsn} was asked for")
 
     async def _project(self, records: list[tuple[int, Event]]) -> None:
-        """Runs on the asyncio thread: rows for a batch, one transaction, applied LSN in it."""
+        """Runs on the asyncio loop (the thread's or the server's): rows for a batch, one
+        transaction, applied LSN in it."""
         started = time.perf_counter_ns()
         connection = self._connection
         touched = sorted(
@@ -342,7 +371,7 @@ class History:
             async with self._connection.execute(sql, parameters) as cursor:
                 return list(await cursor.fetchall())
 
-        return await self._thread.call(query)
+        return await self._runner.call(query)
 
     async def transaction(self, transaction_id: str) -> TransactionRow | None:
         rows = await self._all("SELECT * FROM transactions WHERE id = ?", (transaction_id,))

@@ -351,6 +351,7 @@ class Ledger:
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Runs the WAL writer, the history projector and the shard actors until ``stop`` (or
         a crash of any). On the way out the log is flushed and the projector drained."""
+        await self.history.attach()
         async with anyio.create_task_group() as group:
             group.start_soon(self._run_log)
             group.start_soon(self.history.run)
@@ -364,7 +365,7 @@ class Ledger:
             # Actors stopped: everything they appended is queued; the writer drains and returns.
             self.wal.close()
         self.wal.release()
-        await anyio.to_thread.run_sync(self.history.stop_thread)
+        await self.history.aclose()
 
     async def _expire_holds(self, scope: anyio.CancelScope) -> None:
         """Wakes the shards whose earliest hold deadline has passed. The deadlines are state

@@ -1,12 +1,22 @@
-"""A dedicated thread running its own asyncio loop, so aiosqlite can serve a trio program.
+"""Where the history read model's aiosqlite coroutines run: on the server's own asyncio loop when
+there is one, else on a dedicated thread running an asyncio loop of its own.
 
-aiosqlite delivers results through asyncio futures; awaited directly under trio it fails on the
-first await. Rather than run the whole server on trio-asyncio, the history read model's asyncio
-code lives on one thread with its own loop (``AsyncioThread``); trio awaits a call by submitting
-the coroutine with ``run_coroutine_threadsafe`` and being woken through its own token when the
-future completes. ADR 0003 records the choice and the alternatives measured.
+aiosqlite delivers results through asyncio futures created on the awaiting thread's running
+loop; awaited directly under trio (which has none) it fails on the first await. So:
 
-Only coroutines that touch the database run on that loop; nothing on it touches ledger state.
+- ``AsyncioThread`` runs one asyncio loop on a daemon thread. The caller (trio, or any plain
+  thread) submits a coroutine with ``run_coroutine_threadsafe`` and is woken through its own
+  event loop's token (anyio's, so the same code serves trio and asyncio) when the future
+  completes. Recovery and the command-line tools always use it: they are blocking code.
+- ``Native`` awaits the coroutine in place. ``History.attach`` switches to it when the server
+  runs on asyncio or uvloop (``wallet serve --loop``), so a query costs aiosqlite's own hop to
+  its connection thread and back, not two more through the extra loop; the thread is stopped.
+
+An aiosqlite connection is not bound to a loop (each call makes its future on the caller's
+running loop), so a connection opened on the thread during recovery carries on natively. ADR
+0003 records the choice and the measurements.
+
+Only coroutines that touch the database run here; nothing on them touches ledger state.
 """
 
 from __future__ import annotations
@@ -18,9 +28,17 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import anyio
-import trio
+import anyio.lowlevel
 
 T = TypeVar("T")
+
+
+def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop running in this thread (asyncio or uvloop), None under trio."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class AsyncioThread:
@@ -48,20 +66,23 @@ class AsyncioThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
 
     def run_blocking(self, coroutine: Awaitable[T]) -> T:
-        """For start-up and tools: block the calling (non-asyncio) thread until done."""
+        """For start-up and tools: block the calling (non-event-loop) thread until done."""
         return self.submit(coroutine).result()
 
     async def call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Runs ``function(*args)`` on the asyncio loop and waits for it from trio without
-        occupying a worker thread. If the caller is cancelled, the coroutine is cancelled too."""
+        """Runs ``function(*args)`` on the thread's loop and waits for it from the caller's event
+        loop (trio or asyncio) without occupying a worker thread. If the caller is cancelled,
+        the coroutine is cancelled too."""
         future = self.submit(function(*args))
         done = anyio.Event()
-        token = trio.lowlevel.current_trio_token()
+        token = anyio.lowlevel.current_token()
 
         def wake(_: Future[T]) -> None:
+            # Runs on this thread; must not block it, so schedule rather than run the wake-up
+            # (the backend's ``run_sync_soon`` is what anyio's own blocking portal uses).
             try:
-                token.run_sync_soon(done.set)
-            except trio.RunFinishedError:
+                token.backend_class.run_sync_soon(done.set, (), token.native_token)
+            except anyio.RunFinishedError:
                 pass
 
         future.add_done_callback(wake)
@@ -76,3 +97,10 @@ class AsyncioThread:
         if self._loop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+
+
+class Native:
+    """aiosqlite on the caller's own asyncio loop: the coroutine is awaited in place."""
+
+    async def call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return await function(*args)

@@ -69,6 +69,17 @@ def http_url(text: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"bad port: {error}") from None
     return text
+# The event loops ``wallet serve --loop`` offers; the server runs the same code on each
+# (``server._serve.backend_of``). trio stays the default.
+LOOPS = ("trio", "asyncio", "uvloop")
+LOOP_DEFAULT = "trio"
+
+
+def event_loop(text: str) -> str:
+    lowered = str(text).strip().lower()
+    if lowered not in LOOPS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOOPS)}, not {text!r}")
+    return lowered
 
 
 def flag(text: str) -> bool:
@@ -125,6 +136,8 @@ SERVE_OPTIONS = [
            help="simulated bank only: probability that a call fails with 503"),
     Option(name="bank_timeout_s", parse=positive_float, default=10.0,
            help="seconds a bank call may take before it counts as a transient failure"),
+    Option(name="loop", parse=event_loop, default=LOOP_DEFAULT,
+           help="event loop: trio, asyncio or uvloop (the same code on each; see the README's figures)"),
 ]
 
 

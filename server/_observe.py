@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from server._payouts import BANK_LATENCY_BUCKETS_S, PayoutsStatistics
+from server._validate import BODY_BYTES_MAX
 from wal import BATCH_BUCKETS, FSYNC_BUCKETS_S
 
 log = logging.getLogger("server.access")
@@ -167,6 +168,19 @@ OVERLOADED_BODY = json.dumps({
 }).encode()
 
 
+def _has_body(scope: Any) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+def _closes(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name.lower() == b"connection" and b"close" in value.lower() for name, value in headers)
+
+
 class Observe:
     def __init__(self, app: Any, metrics: Metrics, *, in_flight_max: int = 4096) -> None:
         self._app = app
@@ -182,12 +196,46 @@ class Observe:
         request_id = _request_id(scope.get("headers", []))
         echoed = request_id.encode()
         status = 500
+        # A response that starts before the request body was read (401, 403, 415, 429, 503, ...)
+        # would leave the body in the connection: Hypercorn then closes it after the response,
+        # without saying so, and a keep-alive client's next request on it fails ("server
+        # disconnected"), on any loop when the body arrives after the headers, and often on
+        # asyncio/uvloop. So the rest of the body is read and dropped first, up to the body
+        # limit; past it (or if the app is itself waiting in ``receive``) the response says
+        # ``Connection: close``. Requests without a body, and bodies the app read, cost nothing.
+        body_done = not _has_body(scope)
+        receiving = 0
+
+        async def tracked_receive() -> Any:
+            nonlocal body_done, receiving
+            receiving += 1
+            try:
+                message = await receive()
+            finally:
+                receiving -= 1
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def drain_body() -> bool:
+            """True when the request body is now fully read (and dropped)."""
+            if receiving:
+                return False  # the app waits in receive(): a second reader could hang
+            size = 0
+            while not body_done:
+                size += len((await tracked_receive()).get("body", b""))
+                if size > BODY_BYTES_MAX:
+                    return False
+            return True
 
         async def observed_send(message: Any) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", echoed), *SECURITY_HEADERS]
+                headers = [*message.get("headers", []), (b"x-request-id", echoed), *SECURITY_HEADERS]
+                if not body_done and not _closes(headers) and not await drain_body():
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -201,7 +249,7 @@ class Observe:
                 return
             self._in_flight += 1
             try:
-                await self._app(scope, receive, observed_send)
+                await self._app(scope, tracked_receive, observed_send)
             finally:
                 self._in_flight -= 1
         finally:

@@ -1,30 +1,38 @@
-"""The server's lifecycle: one ``trio.run`` whose nursery holds Hypercorn, the shard actors and
-the WAL writer, so a crashed actor takes the process down with a non-zero status.
+"""The server's lifecycle: one ``anyio.run`` whose task group holds Hypercorn, the shard actors
+and the WAL writer, so a crashed actor takes the process down with a non-zero status. The same
+code runs on trio (the default), asyncio or uvloop (``--loop``): everything below is anyio, and
+only the choice of Hypercorn's worker differs per backend (``_serve_http``).
 
     start HTTP (``/health`` 200, ``/ready`` 503) -> recover from the log in a worker thread
     -> start the WAL writer and the actors -> ``/ready`` 200
     SIGTERM/SIGINT -> stop accepting, let in-flight requests finish (``--shutdown-timeout``)
-    -> stop the actors -> flush and fsync the log -> exit 0. A second signal exits at once,
-    which is still safe: the log is the truth and nothing unacknowledged was promised.
+    -> stop the actors -> flush and fsync the log -> final snapshot -> exit 0. A second signal
+    exits at once, which is still safe: the log is the truth and nothing unacknowledged was
+    promised.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
 import signal
+import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import trio
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskStatus
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 
 from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT, Ledger, recover
 from server._app import Api, RateLimiter, build_app
+from server._config import LOOP_DEFAULT, LOOPS
 from server._lock import lock_data_dir
 from server._snapshotter import Snapshotter
 from wal import LogCorrupt
@@ -60,6 +68,7 @@ class ServeOptions:
     rate_limit_admin: bool = False
     certfile: Path | None = None
     keyfile: Path | None = None
+    loop: str = LOOP_DEFAULT
 
 
 def admin_token(data_dir: Path) -> str:
@@ -96,8 +105,8 @@ def hypercorn_config(options: ServeOptions) -> Config:
     return config
 
 
-async def _signals(shutdown: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+async def _signals(shutdown: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
         async for signum in received:
             if not shutdown.is_set():
                 log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
@@ -110,24 +119,89 @@ async def _signals(shutdown: trio.Event) -> None:
 EXIT_SOFTWARE = 70  # an actor or the WAL writer crashed: a bug
 
 
-async def _crash_only(ledger: Ledger, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _crash_only(ledger: Ledger, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     """Runs the actors and the WAL writer; if one of them crashes (a bug), the process exits at
     once with status 70. Waiting requests cannot be answered any more (their replies belonged
     to the dead actor), so a graceful stop would hang; the log is the truth and a supervisor's
     restart recovers everything that was acknowledged."""
     try:
         await ledger.run(task_status=task_status)
+    except anyio.get_cancelled_exc_class():
+        raise
     except BaseException as error:
-        if isinstance(error, trio.Cancelled):
-            raise
         log.critical("ledger task crashed; exiting at once (status %d)", EXIT_SOFTWARE, exc_info=error)
         logging.shutdown()
         os._exit(EXIT_SOFTWARE)
 
 
-async def _until_cancelled(scope: trio.CancelScope, function: Any) -> None:
+async def _until_cancelled(scope: anyio.CancelScope, function: Any) -> None:
     with scope:
         await function()
+
+
+async def _serve_http(
+    app: Any, config: Config, loop: str, shutdown_trigger: Callable[[], Awaitable[Any]],
+    *, task_status: TaskStatus[list[str]],
+) -> None:
+    """Hypercorn's worker for the running backend; reports the bound addresses through
+    ``task_status`` once the sockets listen, so recovery starts with ``/health`` answering.
+
+    ``hypercorn.trio.serve`` takes a ``task_status``; ``hypercorn.asyncio.serve`` takes
+    neither a ``task_status`` nor sockets and binds inside. So on asyncio the sockets are bound
+    and listening here first (a busy port fails before recovery starts, as on trio) and handed
+    to ``hypercorn.asyncio.run.worker_serve``, the function ``serve`` is a thin wrapper of."""
+    if loop == "trio":
+        from hypercorn.trio import serve as trio_serve
+
+        # On trio, anyio's ``TaskGroup.start`` is trio's ``nursery.start``: this is trio's own
+        # task status, which is what Hypercorn expects.
+        await trio_serve(
+            app, config, shutdown_trigger=shutdown_trigger, task_status=task_status  # type: ignore[arg-type]
+        )
+        return
+    from hypercorn.asyncio.run import worker_serve
+    from hypercorn.utils import repr_socket_addr, wrap_app
+
+    if config.ssl_enabled:
+        config.create_ssl_context()  # a bad certificate fails now, not after recovery
+    sockets = config.create_sockets()
+    binds = []
+    for scheme, group in (("https", sockets.secure_sockets), ("http", sockets.insecure_sockets)):
+        for sock in group:
+            sock.listen(config.backlog)
+            binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
+    task_status.started(binds)
+    await worker_serve(
+        wrap_app(app, config.wsgi_max_body_size, None), config, sockets=sockets,
+        shutdown_trigger=shutdown_trigger,
+    )
+
+
+async def _in_daemon_thread(function: Callable[[], None]) -> None:
+    """``function()`` in a new daemon thread; if the caller is cancelled the thread is
+    abandoned, and it dies with the process. (anyio's worker threads are not daemons on
+    asyncio, so ``to_thread.run_sync(..., abandon_on_cancel=True)`` would keep the process
+    alive past ``--shutdown-timeout`` there until the abandoned call returned.)"""
+    await anyio.lowlevel.checkpoint_if_cancelled()  # out of time already: do not start it
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    failure: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            function()
+        except BaseException as error:
+            failure.append(error)
+        finally:
+            try:  # scheduled, not waited for: the loop may be gone when it was abandoned
+                token.backend_class.run_sync_soon(done.set, (), token.native_token)
+            except anyio.RunFinishedError:
+                pass
+
+    threading.Thread(target=main, name="final-snapshot", daemon=True).start()
+    await done.wait()
+    if failure:
+        raise failure[0]
 
 
 async def serve(options: ServeOptions) -> int:
@@ -141,27 +215,25 @@ async def serve(options: ServeOptions) -> int:
         limiter = RateLimiter(rate=options.rate_limit, burst=options.rate_burst)
     api = Api(admin_token=admin_token(data_dir), limiter=limiter, limit_admin=options.rate_limit_admin)
     app = build_app(api, in_flight_max=options.max_in_flight)
-    shutdown = trio.Event()
-    http_done = trio.Event()
+    shutdown = anyio.Event()
+    http_done = anyio.Event()
+    config = hypercorn_config(options)
 
-    async def run_http(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_http(*, task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
-            await hypercorn_serve(
-                app,
-                hypercorn_config(options), shutdown_trigger=shutdown.wait, task_status=task_status
-            )
+            await _serve_http(app, config, options.loop, shutdown.wait, task_status=task_status)
         finally:
             http_done.set()
 
     ledger: Ledger | None = None
     refused: LogCorrupt | None = None
-    async with trio.open_nursery() as outer:
+    async with anyio.create_task_group() as outer:
         outer.start_soon(_signals, shutdown)
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(run_http)
-            log.info("listening on %s; recovering %s", ", ".join(binds), data_dir)
+        async with anyio.create_task_group() as group:
+            binds = await group.start(run_http)
+            log.info("listening on %s (event loop: %s); recovering %s", ", ".join(binds), _loop_name(), data_dir)
             try:
-                recovered = await trio.to_thread.run_sync(recover, data_dir)
+                recovered = await anyio.to_thread.run_sync(recover, data_dir)
             except LogCorrupt as error:
                 log.error("refusing to start: %s", error)
                 refused = error
@@ -174,7 +246,7 @@ async def serve(options: ServeOptions) -> int:
                     segment_bytes_max=options.segment_bytes_max,
                     mailbox_capacity=options.mailbox_capacity,
                 )
-                await nursery.start(_crash_only, ledger)
+                await group.start(_crash_only, ledger)
                 snapshotter = Snapshotter(
                     data_dir, ledger, every=options.snapshot_every, archive=options.archive
                 )
@@ -184,19 +256,22 @@ async def serve(options: ServeOptions) -> int:
                     "ready: %d records replayed in %.3f s, next LSN %d, %d shards",
                     recovered.scan.records, recovered.seconds, ledger.wal.next_lsn, options.shards,
                 )
-                periodic = trio.CancelScope()
-                nursery.start_soon(_until_cancelled, periodic, snapshotter.run)
+                periodic = anyio.CancelScope()
+                group.start_soon(_until_cancelled, periodic, snapshotter.run)
                 await shutdown.wait()
-                deadline = trio.current_time() + options.shutdown_timeout_s
+                signalled = anyio.current_time()
+                deadline = signalled + options.shutdown_timeout_s
                 periodic.cancel()
                 await http_done.wait()
+                log.info("HTTP drained in %.3f s; stopping the actors", anyio.current_time() - signalled)
                 await ledger.stop()
         outer.cancel_scope.cancel()
     if refused is not None:
         raise refused
     assert ledger is not None
-    with trio.move_on_at(deadline) as bounded:
-        await trio.to_thread.run_sync(snapshotter.final, abandon_on_cancel=True)
+    log.info("ledger stopped (log flushed, history drained) %.3f s after the signal", anyio.current_time() - signalled)
+    with anyio.CancelScope(deadline=deadline) as bounded:
+        await _in_daemon_thread(snapshotter.final)
     if bounded.cancelled_caught:
         log.warning("shutdown timeout reached before the final snapshot was written; the log is complete")
     del lock
@@ -211,5 +286,30 @@ async def serve(options: ServeOptions) -> int:
     return 0
 
 
+def _loop_name() -> str:
+    """What actually runs the server, for the log: ``trio``, or the asyncio loop's module."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return "trio"
+    module = type(loop).__module__.split(".")[0]
+    return "asyncio" if module == "asyncio" else module
+
+
+def backend_of(loop: str) -> tuple[str, dict[str, Any]]:
+    """``anyio.run``'s backend and options for a ``--loop`` value."""
+    assert loop in LOOPS, loop
+    if loop == "trio":
+        return "trio", {}
+    if loop == "asyncio":
+        return "asyncio", {}
+    # Explicit rather than ``use_uvloop=True``, which falls back to plain asyncio in silence
+    # when uvloop cannot be imported.
+    import uvloop
+
+    return "asyncio", {"loop_factory": uvloop.new_event_loop}
+
+
 def run(options: ServeOptions) -> int:
-    return trio.run(partial(serve, options))
+    backend, backend_options = backend_of(options.loop)
+    return anyio.run(partial(serve, options), backend=backend, backend_options=backend_options)

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                     rate_limit=values["rate_limit"],
                     rate_burst=values["rate_burst"], rate_limit_admin=values["rate_limit_admin"],
                     certfile=values["certfile"],
-                    keyfile=values["keyfile"],
+                    keyfile=values["keyfile"], loop=values["loop"],
                 )
             )
         except LogCorrupt as error:

@@ -5,13 +5,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e._server import ServerProcess
+from tests.e2e._server import DEFAULT_LOOP, ServerProcess
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
+def loop() -> str:
+    """The event loop of the ``server`` fixture; ``tests.e2e._server.on_each_loop`` (a
+    ``parametrize("loop", ...)``) overrides it."""
+    return DEFAULT_LOOP
+
+
+@pytest.fixture
+def server(tmp_path: Path, loop: str) -> Iterator[ServerProcess]:
     """A running ``wallet serve`` on a fresh data directory; killed after the test."""
-    process = ServerProcess(tmp_path / "data")
+    process = ServerProcess(tmp_path / "data", loop=loop)
     process.start()
     try:
         yield process

@@ -1,6 +1,7 @@
 """Walks the source ASTs (like TigerBeetle's tidy.zig) and fails when a design line is crossed:
 imports between packages, floats in the ledger, clock/random/uuid in the state machine,
-print() outside the command line, the bench harness's report and bench's scripts, sync routes."""
+trio in the shells (they run on any anyio backend), print() outside the command line, the bench
+harness's report and bench's scripts, sync routes."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ ALLOWED = {
 # The pure core: stdlib only, and no clock, randomness or I/O.
 PURE = ["ledger/_model.py", "ledger/_state.py"]
 PURE_MODULES_FORBIDDEN = {"time", "datetime", "random", "uuid", "os", "trio", "anyio", "msgpack", "socket", "secrets"}
-THIRD_PARTY = {"trio", "anyio", "msgpack", "starlette", "hypercorn", "aiosqlite", "prometheus_client", "httpx"}
+THIRD_PARTY = {"trio", "anyio", "uvloop", "msgpack", "starlette", "hypercorn", "aiosqlite", "prometheus_client", "httpx"}
 PRINT_ALLOWED = {
     "server/cli.py", "server/_tools.py", "server/_seed.py",  # the command line
     "bench/_report.py",  # what `wallet bench` tells (its other modules report through it)
@@ -63,6 +64,27 @@ def test_the_state_machine_is_pure(relative: str) -> None:
         if top in PURE_MODULES_FORBIDDEN or top in THIRD_PARTY or top in {"wal", "snapshots", "server"}:
             offenders.append(module)
     assert not offenders, f"{relative} imports {offenders}"
+
+
+# ``wallet serve --loop trio|asyncio|uvloop`` runs the same shells on every backend, so they are
+# written against anyio and never import trio (nor asyncio's loop policies): the choice of loop
+# lives in server/_serve.py, which picks Hypercorn's worker by name (``hypercorn.trio`` or
+# ``hypercorn.asyncio``) and ``anyio.run``'s backend. bench/ keeps trio: client-side harnesses.
+BACKEND_NEUTRAL = ["ledger", "wal", "snapshots", "server"]
+BACKEND_MODULES = {"trio", "trio_asyncio", "uvloop"}
+BACKEND_ALLOWED = {"server/_serve.py": {"uvloop"}}  # the --loop uvloop loop factory
+
+
+@pytest.mark.parametrize("package", BACKEND_NEUTRAL)
+def test_the_shells_do_not_import_trio(package: str) -> None:
+    offenders = []
+    for path in sources(package):
+        relative = str(path.relative_to(ROOT))
+        for module in imported_modules(ast.parse(path.read_text())):
+            top = module.split(".")[0]
+            if top in BACKEND_MODULES and top not in BACKEND_ALLOWED.get(relative, set()):
+                offenders.append(f"{relative} imports {module}")
+    assert not offenders, offenders
 
 
 # Event-loop shells measure time in seconds; money never passes through them.

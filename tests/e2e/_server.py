@@ -1,5 +1,11 @@
 """A real ``wallet serve`` in a subprocess, for end-to-end tests: start, wait until ready,
-SIGKILL, SIGTERM, restart on the same data directory."""
+SIGKILL, SIGTERM, restart on the same data directory.
+
+Each server runs on an event loop (``wallet serve --loop``): trio unless the test asks for
+another, or ``WALLET_TEST_LOOP`` names one for the whole run (``WALLET_TEST_LOOP=uvloop pytest
+tests/e2e`` runs every end-to-end test on uvloop). ``on_each_loop`` runs a test that uses the
+``server`` fixture on each of ``TEST_LOOPS``: the crash, conservation, graceful-shutdown and
+happy-path tests, not the whole suite, to keep its time down."""
 
 from __future__ import annotations
 
@@ -13,9 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 ADMIN_TOKEN = "test-admin-token"
 READY_TIMEOUT_S = 30.0
+DEFAULT_LOOP = os.environ.get("WALLET_TEST_LOOP", "trio")
+# trio is the default; uvloop is the fast alternative (plain asyncio shares its code path in
+# Hypercorn and anyio, so it is left to ``WALLET_TEST_LOOP=asyncio``).
+TEST_LOOPS = ["trio", "uvloop"]
+on_each_loop = pytest.mark.parametrize("loop", TEST_LOOPS)
 
 
 def free_port() -> int:
@@ -25,9 +37,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, *, shards: int = 4, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, shards: int = 4, extra_args: list[str] | None = None, loop: str | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.shards = shards
+        self.loop = loop or DEFAULT_LOOP
         self.extra_args = extra_args or []
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -40,7 +55,7 @@ class ServerProcess:
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "server.cli", "serve", "--data", str(self.data_dir),
-            "--port", str(self.port), "--shards", str(self.shards), *self.extra_args,
+            "--port", str(self.port), "--shards", str(self.shards), "--loop", self.loop, *self.extra_args,
         ]
 
     def start(self, *, wait: bool = True) -> None:
@@ -63,6 +78,8 @@ class ServerProcess:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(self.url + "/ready", timeout=1.0).status_code == 200:
+                    # The server names the loop it really runs on (not just the flag it got).
+                    assert f"(event loop: {self.loop})" in self.log(), self.log_tail()
                     return
             except httpx.HTTPError:
                 pass

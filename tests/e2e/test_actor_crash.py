@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e._server import ADMIN_TOKEN, ServerProcess
+from tests.e2e._server import ADMIN_TOKEN, ServerProcess, on_each_loop
 
 BREAK_ASSET_CREATION = """
 import ledger._state as state
@@ -22,8 +22,8 @@ state.decide_create_asset = broken
 
 
 class BrokenServer(ServerProcess):
-    def __init__(self, data_dir: Path, inject: Path) -> None:
-        super().__init__(data_dir)
+    def __init__(self, data_dir: Path, inject: Path, *, loop: str) -> None:
+        super().__init__(data_dir, loop=loop)
         self.inject = inject
 
     def start(self, *, wait: bool = True) -> None:
@@ -38,11 +38,12 @@ class BrokenServer(ServerProcess):
                 os.environ["PYTHONPATH"] = previous
 
 
-def test_a_crashed_actor_exits_the_process_with_status_70(tmp_path: Path) -> None:
+@on_each_loop
+def test_a_crashed_actor_exits_the_process_with_status_70(tmp_path: Path, loop: str) -> None:
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(BREAK_ASSET_CREATION)
-    server = BrokenServer(tmp_path / "data", inject)
+    server = BrokenServer(tmp_path / "data", inject, loop=loop)
     server.start()
     try:
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:

@@ -14,7 +14,7 @@ from tests.e2e._load import (
     run_clients,
     setup_wallets,
 )
-from tests.e2e._server import ServerProcess
+from tests.e2e._server import ServerProcess, on_each_loop
 
 DEPOSIT = 10**12
 
@@ -36,6 +36,7 @@ async def _check(server: ServerProcess, ids: list[str], book: Ledgerbook) -> Non
             assert response.json()["amount"] == transaction["amount"]
 
 
+@on_each_loop
 async def test_64_clients_over_200_wallets_conserve_money(server: ServerProcess) -> None:
     ids = [f"u{index}" for index in range(200)]
 
@@ -67,6 +68,7 @@ async def test_64_clients_on_two_hot_wallets_conserve_money(server: ServerProces
     await _check(server, ids, book)
 
 
+@on_each_loop
 async def test_concurrent_duplicates_of_one_key_execute_once(server: ServerProcess) -> None:
     import trio
 

@@ -22,7 +22,7 @@ from tests.e2e._load import (
     send,
     setup_wallets,
 )
-from tests.e2e._server import ServerProcess
+from tests.e2e._server import ServerProcess, on_each_loop
 
 DEPOSIT = 10**12
 
@@ -76,6 +76,7 @@ async def _verify_after_restart(server: ServerProcess, ids: list[str], book: Led
         assert set(seen) == acknowledged_ids, "the history holds transfers no client was told about"
 
 
+@on_each_loop
 async def test_sigkill_under_load_loses_and_duplicates_nothing(server: ServerProcess) -> None:
     ids = [f"c{index}" for index in range(40)]
     async with server.async_client() as http:
@@ -117,8 +118,9 @@ async def test_torn_tail_after_sigkill_is_cut_and_the_server_starts(server: Serv
         assert await balances(http, ids) == {"t-a": 975, "t-b": 1025}
 
 
-async def test_flipped_byte_in_an_old_segment_refuses_to_start(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", extra_args=["--segment-bytes", "4096"])
+@on_each_loop
+async def test_flipped_byte_in_an_old_segment_refuses_to_start(tmp_path: Path, loop: str) -> None:
+    server = ServerProcess(tmp_path / "data", extra_args=["--segment-bytes", "4096"], loop=loop)
     server.start()
     try:
         ids = ["f-a", "f-b"]

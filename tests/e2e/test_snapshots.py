@@ -16,7 +16,7 @@ from tests.e2e._load import (
     send,
     setup_wallets,
 )
-from tests.e2e._server import ServerProcess
+from tests.e2e._server import ServerProcess, on_each_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPOSIT = 10**9
@@ -41,6 +41,7 @@ async def load(server: ServerProcess, ids: list[str], count: int, prefix: str, b
             await send(http, f"{prefix}-{index}", {"from_wallet_id": source, "to_wallet_id": target, "amount": 1 + index % 7}, book)
 
 
+@on_each_loop
 async def test_sigterm_exits_0_writes_a_snapshot_and_restart_replays_nothing(server: ServerProcess) -> None:
     import trio
 

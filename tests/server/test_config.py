@@ -43,6 +43,8 @@ def test_every_option_has_a_flag_an_environment_variable_and_help() -> None:
         (["--config", "CONFIG"], {}, "portt = 1\n", "unknown option(s)"),
         (["--config", "CONFIG"], {}, "port = [\n", "cannot read"),
         (["--config", "CONFIG"], {}, "archive = 'maybe'\n", "archive from"),
+        ([], {"WALLET_LOOP": "tokio"}, None, "loop from WALLET_LOOP: must be one of trio, asyncio, uvloop"),
+        (["--config", "CONFIG"], {}, "loop = 'gevent'\n", "loop from"),
     ],
 )
 def test_bad_values_are_refused_with_their_source(tmp_path: Path, argv: list[str], environ: dict[str, str],
@@ -115,3 +117,32 @@ def test_bank_sim_arguments_have_their_defaults() -> None:
     assert (arguments.host, arguments.port, arguments.seed) == ("127.0.0.1", 0, 3)
     assert (arguments.latency_ms, arguments.failure_rate, arguments.fail_first, arguments.drop_response_rate) == (
         0.0, 0.0, 0, 0.0)
+def test_the_event_loop_is_trio_unless_asked_from_any_source(tmp_path: Path) -> None:
+    config = tmp_path / "wallet.toml"
+    config.write_text('loop = "asyncio"\n')
+    assert resolve(parse([]), {})["loop"] == "trio"
+    assert resolve(parse(["--loop", "uvloop"]), {})["loop"] == "uvloop"
+    assert resolve(parse([]), {"WALLET_LOOP": "UVLOOP"})["loop"] == "uvloop"  # case does not matter
+    assert resolve(parse(["--config", str(config)]), {})["loop"] == "asyncio"
+    assert resolve(parse(["--config", str(config)]), {"WALLET_LOOP": "uvloop"})["loop"] == "uvloop"
+    assert resolve(parse(["--config", str(config), "--loop", "trio"]), {"WALLET_LOOP": "uvloop"})["loop"] == "trio"
+
+
+def test_a_bad_loop_on_the_command_line_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(["--loop", "tokio"])
+    assert exited.value.code == 2
+    assert "must be one of trio, asyncio, uvloop" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("loop", "backend", "factory_module"),
+    [("trio", "trio", None), ("asyncio", "asyncio", None), ("uvloop", "asyncio", "uvloop")],
+)
+def test_each_loop_maps_to_an_anyio_backend(loop: str, backend: str, factory_module: str | None) -> None:
+    from server._serve import backend_of
+
+    chosen, options = backend_of(loop)
+    assert chosen == backend
+    factory = options.get("loop_factory")
+    assert (None if factory is None else factory.__module__.split(".")[0]) == factory_module
