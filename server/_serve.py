@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import secrets
 import signal
 import threading
@@ -32,8 +33,11 @@ from hypercorn.config import Config
 
 from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT, Ledger, recover
 from server._app import Api, RateLimiter, build_app
+from server._bank import HttpBank, SimulatedBank
 from server._config import LOOP_DEFAULT, LOOPS
 from server._lock import lock_data_dir
+from server._payout_ledger import LedgerPayouts
+from server._payouts import Payouts
 from server._snapshotter import Snapshotter
 from wal import LogCorrupt
 
@@ -69,6 +73,21 @@ class ServeOptions:
     certfile: Path | None = None
     keyfile: Path | None = None
     loop: str = LOOP_DEFAULT
+    payout_workers: int = 16
+    payout_max_attempts: int = 8
+    bank_url: str | None = None
+    bank_latency_ms: float = 50.0
+    bank_failure_rate: float = 0.0
+    bank_timeout_s: float = 10.0
+
+
+def _bank(options: ServeOptions) -> Any:
+    """The bank gateway over HTTP (``--bank-url``), else the built-in simulated bank."""
+    if options.bank_url:
+        return HttpBank(options.bank_url, timeout_s=options.bank_timeout_s, connections_max=options.payout_workers)
+    return SimulatedBank(
+        latency_ms=options.bank_latency_ms, failure_rate=options.bank_failure_rate, rng=random.Random()
+    )
 
 
 def admin_token(data_dir: Path) -> str:
@@ -137,6 +156,14 @@ async def _crash_only(ledger: Ledger, *, task_status: TaskStatus[None] = anyio.T
 async def _until_cancelled(scope: anyio.CancelScope, function: Any) -> None:
     with scope:
         await function()
+
+
+async def _until_cancelled_started(
+    scope: anyio.CancelScope, function: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """``_until_cancelled`` for a function that reports ``task_status.started()``."""
+    with scope:
+        await function(task_status=task_status)
 
 
 async def _serve_http(
@@ -258,10 +285,28 @@ async def serve(options: ServeOptions) -> int:
                 )
                 periodic = anyio.CancelScope()
                 group.start_soon(_until_cancelled, periodic, snapshotter.run)
+                # Payouts: workers that only issue ledger commands. Withdrawals left pending
+                # or processing by a crash are loaded from the ledger and sent again under the
+                # same idempotency key.
+                bank = _bank(options)
+                payouts = Payouts(
+                    LedgerPayouts(ledger), bank, workers=options.payout_workers,
+                    max_attempts=options.payout_max_attempts,
+                    bank_timeout_s=options.bank_timeout_s + 1,  # a backstop: the bank's own timeout fires first
+                    rng=random.Random(),
+                )
+                payouts_scope = anyio.CancelScope()
+                await group.start(_until_cancelled_started, payouts_scope, payouts.run)
+                api.payouts = payouts
                 await shutdown.wait()
                 signalled = anyio.current_time()
                 deadline = signalled + options.shutdown_timeout_s
                 periodic.cancel()
+                # Payouts stop first: a bank call cut short leaves its withdrawal processing,
+                # and the next start sends it again with the same key.
+                payouts_scope.cancel()
+                if isinstance(bank, HttpBank):
+                    await bank.aclose()
                 await http_done.wait()
                 log.info("HTTP drained in %.3f s; stopping the actors", anyio.current_time() - signalled)
                 await ledger.stop()

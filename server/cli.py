@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                     rate_burst=values["rate_burst"], rate_limit_admin=values["rate_limit_admin"],
                     certfile=values["certfile"],
                     keyfile=values["keyfile"], loop=values["loop"],
+                    payout_workers=values["payout_workers"], payout_max_attempts=values["payout_max_attempts"],
+                    bank_url=values["bank_url"], bank_latency_ms=values["bank_latency_ms"],
+                    bank_failure_rate=values["bank_failure_rate"], bank_timeout_s=values["bank_timeout_s"],
                 )
             )
         except LogCorrupt as error:

@@ -208,7 +208,10 @@ def test_sigkill_with_200_withdrawals_in_flight_pays_each_at_most_once(tmp_path:
                 account = "refuse-x" if index % 10 == 0 else f"acct-{index}"
                 body = accepted(http, wallets[index % 20], 1 + index, account)
                 ids[body["id"]] = 1 + index
+            open_ = [item for status in ("pending", "processing")
+                     for item in http.get("/v1/withdrawals", params={"status": status, "limit": 1000}).json()["items"]]
         server.kill()  # SIGKILL while payouts are in flight
+        assert len(open_) >= 20, "the kill must catch withdrawals on their way to the bank"
         server.start()
         with server.client() as http:
             def settled() -> bool:
