@@ -194,7 +194,7 @@ def test_the_built_in_simulated_bank_pays(tmp_path: Path) -> None:
 
 
 def test_sigkill_with_200_withdrawals_in_flight_pays_each_at_most_once(tmp_path: Path) -> None:
-    bank = BankSim(tmp_path / "bank.log", "--latency-ms", "200", "--drop-response-rate", "0.1",
+    bank = BankSim(tmp_path / "bank.log", "--latency-ms", "1000", "--drop-response-rate", "0.1",
                    "--failure-rate", "0.1", "--seed", "7")
     server = start(tmp_path, "data", "--bank-url", bank.url + "/payouts", "--payout-max-attempts", "50")
     try:
