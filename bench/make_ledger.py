@@ -11,6 +11,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -44,22 +45,29 @@ async def build(data: Path, wallets: int, transfers: int, seed: int) -> None:
                 outcome = await reply.wait()
                 assert outcome is not None
 
+        async def submitted(submit: Any) -> Any:
+            while True:
+                try:
+                    return submit()
+                except Overloaded:  # the history projector is behind: back off, as a client would
+                    await trio.sleep(0.05)
+
         for start in range(0, wallets, CHUNK):
-            replies = [
-                ledger.shards[shard_of(wallet_id, len(ledger.shards))].submit_command(
-                    CreateWallet(wallet_id=wallet_id, owner_id=f"o{wallet_id}", asset="BEN", metadata=None, idempotency=None)
-                )
-                for wallet_id in ids[start : start + CHUNK]
-            ]
+            replies = []
+            for wallet_id in ids[start : start + CHUNK]:
+                shard = ledger.shards[shard_of(wallet_id, len(ledger.shards))]
+                command = CreateWallet(wallet_id=wallet_id, owner_id=f"o{wallet_id}", asset="BEN", metadata=None,
+                                       idempotency=None)
+                replies.append(await submitted(lambda shard=shard, command=command: shard.submit_command(command)))
             await run_chunk(replies)
         for start in range(0, wallets, CHUNK):
-            replies = [
-                ledger.shards[shard_of(wallet_id, len(ledger.shards))].submit_transfer(
-                    Transfer(transaction_id=f"d{wallet_id}", type=TransactionType.DEPOSIT, from_wallet_id=None,
-                             to_wallet_id=wallet_id, amount=10**9, description=None, metadata=None, idempotency=None)
-                )
-                for wallet_id in ids[start : start + CHUNK]
-            ]
+            replies = []
+            for wallet_id in ids[start : start + CHUNK]:
+                shard = ledger.shards[shard_of(wallet_id, len(ledger.shards))]
+                deposit = Transfer(transaction_id=f"d{wallet_id}", type=TransactionType.DEPOSIT, from_wallet_id=None,
+                                   to_wallet_id=wallet_id, amount=10**9, description=None, metadata=None,
+                                   idempotency=None)
+                replies.append(await submitted(lambda shard=shard, deposit=deposit: shard.submit_transfer(deposit)))
             await run_chunk(replies)
         print(f"{wallets} wallets funded in {time.monotonic() - started:.1f} s", flush=True)
         done = 0
