@@ -32,6 +32,7 @@ from ledger._ledger import (
 )
 from ledger._model import (
     AMOUNT_MAX,
+    BATCH_ITEMS_MAX,
     DESCRIPTION_CHARS_MAX,
     ID_PATTERN,
     IDEMPOTENCY_RETENTION_US,
@@ -43,6 +44,7 @@ from ledger._model import (
     TREASURY_PREFIX,
     Asset,
     AssetCreated,
+    BatchFailed,
     ChangeWalletStatus,
     Command,
     Committed,
@@ -53,6 +55,7 @@ from ledger._model import (
     Event,
     Idempotency,
     IdempotencyRecord,
+    ItemOutcome,
     Reason,
     Rejection,
     RevokeToken,
@@ -62,6 +65,7 @@ from ledger._model import (
     TransactionType,
     Transfer,
     Transferred,
+    TransfersPosted,
     Wallet,
     WalletCreated,
     WalletStatus,
@@ -69,7 +73,14 @@ from ledger._model import (
     is_treasury,
     treasury_id,
 )
-from ledger._shard import MAILBOX_CAPACITY, Overloaded, Shard, shard_of
+from ledger._shard import (
+    MAILBOX_CAPACITY,
+    RECORD_BYTES_MAX,
+    BatchReply,
+    Overloaded,
+    Shard,
+    shard_of,
+)
 from ledger._snapshot import SNAPSHOT_CODEC_VERSION, count_records, decode_state, encode_state
 from ledger._state import (
     CreditCheck,
@@ -81,12 +92,14 @@ from ledger._state import (
     check_invariants,
     decide,
     decide_transfer,
+    decide_transfers,
     new_state,
     state_digest,
 )
 
 __all__ = [
     "AMOUNT_MAX",
+    "BATCH_ITEMS_MAX",
     "CODEC_VERSION",
     "DESCRIPTION_CHARS_MAX",
     "EVENTS_PAGE_MAX",
@@ -96,6 +109,7 @@ __all__ = [
     "INT64_MIN",
     "MAILBOX_CAPACITY",
     "METADATA_BYTES_MAX",
+    "RECORD_BYTES_MAX",
     "SCALE_MAX",
     "SHARDS_DEFAULT",
     "SNAPSHOT_CODEC_VERSION",
@@ -105,6 +119,8 @@ __all__ = [
     "Asset",
     "AssetCreated",
     "Base",
+    "BatchFailed",
+    "BatchReply",
     "ChangeWalletStatus",
     "Clock",
     "CodecError",
@@ -125,6 +141,7 @@ __all__ = [
     "HistoryLagging",
     "Idempotency",
     "IdempotencyRecord",
+    "ItemOutcome",
     "Ledger",
     "Overloaded",
     "Reason",
@@ -140,6 +157,7 @@ __all__ = [
     "TransactionType",
     "Transfer",
     "Transferred",
+    "TransfersPosted",
     "Wallet",
     "WalletCreated",
     "WalletStatus",
@@ -152,6 +170,7 @@ __all__ = [
     "count_records",
     "decide",
     "decide_transfer",
+    "decide_transfers",
     "decode_event",
     "decode_state",
     "encode_event",

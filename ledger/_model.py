@@ -23,6 +23,9 @@ IDEMPOTENCY_RETENTION_US = 24 * 3600 * 1_000_000
 DESCRIPTION_CHARS_MAX = 1024
 METADATA_BYTES_MAX = 4096
 SCALE_MAX = 18
+# Transfers in one batch request (POST /v1/transfers/batch) and so in one batch record: a record
+# position (lsn, index) fits in lsn * 2**13 + index (the history read model keys entries so).
+BATCH_ITEMS_MAX = 8190
 
 assert AMOUNT_MAX == 9223372036854775807
 assert INT64_MIN == -AMOUNT_MAX - 1
@@ -61,6 +64,7 @@ class Reason(enum.Enum):
     BALANCE_OVERFLOW = "balance_overflow"
     TOKEN_NOT_FOUND = "token_not_found"
     TOKEN_EXISTS = "token_exists"
+    RECORD_TOO_LARGE = "payload_too_large:record"  # an atomic batch must fit in one log record
 
     @property
     def code(self) -> str:
@@ -234,7 +238,21 @@ class TokenRevoked:
     at_us: int
 
 
-Event = AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TokenCreated | TokenRevoked
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransfersPosted:
+    """Several transfers made durable by one record: the accepted items of a batch group on one
+    shard, or a whole atomic batch. Each transfer is a complete ``Transferred`` stamped with the
+    record's ``at_us``; they take effect in order, all at the record's LSN (so a torn tail
+    drops all of them or none)."""
+
+    transfers: tuple[Transferred, ...]
+    at_us: int
+
+
+Event = (
+    AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TransfersPosted | TokenCreated
+    | TokenRevoked
+)
 
 
 # -- entities (owned and mutated only by ``apply``) -----------------------------------------
@@ -331,3 +349,19 @@ class Duplicate:
     """``decide``'s answer to a key it has seen with the same request: the original outcome."""
 
     record: IdempotencyRecord
+
+
+# What a batch answers per item, in request order (``Ledger.transfer_batch``): ``Committed``
+# (posted by this batch, at the LSN of its record), ``Duplicate`` (the key was used before
+# with the same item: the original outcome) or ``Rejection`` (nothing recorded).
+ItemOutcome = Committed | Duplicate | Rejection
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchFailed:
+    """An atomic batch that posted nothing. ``index`` is the first item that failed (judged
+    after the effects of the items before it) and ``rejection`` why; ``index`` is None when the
+    batch as a whole was refused (``RECORD_TOO_LARGE``)."""
+
+    index: int | None
+    rejection: Rejection

@@ -33,15 +33,21 @@ shard, which then reserves the incoming amount so the answer stays true), then t
 (``decide_transfer`` on the sender's shard, which appends the record and debits in one step),
 then the receiver applies the credit (``apply_credit``). When both sides fail, the earlier row
 wins, so the answer does not depend on where the wallets live.
+
+Batches (``decide_transfers``) decide their items in order, each exactly as ``decide_transfer``
+would after the accepted items before it were applied (their balance effects are carried in a
+``moved`` map, so nothing is mutated), and the accepted ones become one ``TransfersPosted``
+record: ``apply`` posts its transfers in order, all at the record's LSN.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ledger._model import (
+    BATCH_ITEMS_MAX,
     IDEMPOTENCY_RETENTION_US,
     INT64_MAX,
     INT64_MIN,
@@ -67,6 +73,7 @@ from ledger._model import (
     TransactionType,
     Transfer,
     Transferred,
+    TransfersPosted,
     Wallet,
     WalletCreated,
     WalletStatus,
@@ -233,9 +240,14 @@ def _earlier(first: Rejection | None, second: Rejection | None) -> Rejection | N
     return first if TRANSFER_CHECK_ORDER[first.reason] <= TRANSFER_CHECK_ORDER[second.reason] else second
 
 
-def decide_transfer(state: State, command: Transfer, now_us: int, credit: CreditCheck) -> Decision:
+def decide_transfer(
+    state: State, command: Transfer, now_us: int, credit: CreditCheck, *, moved: int = 0
+) -> Decision:
     """Debit-side checks (rows 0, 1, 3, 4, 5, 7, 8) on the shard that owns the sender, given
-    the credit side's verdict. Pure; the accepted event is the whole transfer."""
+    the credit side's verdict. Pure; the accepted event is the whole transfer.
+
+    ``moved`` is what earlier transfers of the same step changed the sender's balance by without
+    being applied yet (``decide_transfers``); the funds and overflow rows count it."""
     assert command.amount >= 1
     assert command.amount <= INT64_MAX
     replay = check_idempotency(state.directory, command.idempotency)
@@ -266,12 +278,12 @@ def decide_transfer(state: State, command: Transfer, now_us: int, credit: Credit
         failure = Rejection(reason=Reason.SENDER_FROZEN, detail=f"wallet {sender.id} is frozen")
     elif sender.status == WalletStatus.CLOSED:
         failure = Rejection(reason=Reason.SENDER_CLOSED, detail=f"wallet {sender.id} is closed")
-    elif not is_treasury(sender.id) and sender.available < command.amount:
+    elif not is_treasury(sender.id) and sender.available + moved < command.amount:
         failure = Rejection(
             reason=Reason.INSUFFICIENT_FUNDS,
-            detail=f"wallet {sender.id} has {sender.available} available, {command.amount} requested",
+            detail=f"wallet {sender.id} has {sender.available + moved} available, {command.amount} requested",
         )
-    elif is_treasury(sender.id) and sender.balance - command.amount < INT64_MIN:
+    elif is_treasury(sender.id) and sender.balance + moved - command.amount < INT64_MIN:
         failure = Rejection(
             reason=Reason.BALANCE_OVERFLOW,
             detail=f"debiting {command.amount} would take {sender.id} past int64",
@@ -296,6 +308,47 @@ def decide_transfer(state: State, command: Transfer, now_us: int, credit: Credit
             idempotency=command.idempotency,
         )
     ]
+
+
+def decide_transfers(
+    state: State,
+    items: Sequence[tuple[Transfer, CreditCheck | None]],
+    now_us: int,
+    pending: Mapping[str, int],
+    *,
+    atomic: bool = False,
+) -> list[Decision]:
+    """Decides a batch of transfers in order, each as ``decide_transfer`` would after every
+    accepted one before it had been applied. Pure: the effects of the accepted ones are
+    carried in ``moved`` (balance change per wallet), never written to the state.
+
+    An item's ``CreditCheck`` is the receiving shard's verdict when the receiver lives
+    elsewhere; None means the receiver lives in ``state`` and is checked here, counting what
+    ``pending`` reserves for it (transfers in flight into it) and what earlier items credited.
+    Items must carry distinct idempotency keys (the caller checks): an item never sees an
+    earlier item's key. With ``atomic`` the decisions stop after the first rejection.
+    """
+    moved: dict[str, int] = {}
+    decisions: list[Decision] = []
+    for command, credit in items:
+        assert command.from_wallet_id is not None  # batches carry no deposits
+        receiver_here = credit is None
+        if credit is None:
+            to_wallet_id = command.to_wallet_id
+            credit = check_credit(
+                state, command, pending=pending.get(to_wallet_id, 0) + moved.get(to_wallet_id, 0)
+            )
+        sender_id = command.from_wallet_id
+        decision = decide_transfer(state, command, now_us, credit, moved=moved.get(sender_id, 0))
+        decisions.append(decision)
+        if isinstance(decision, list):
+            amount = command.amount
+            moved[sender_id] = moved.get(sender_id, 0) - amount
+            if receiver_here:
+                moved[command.to_wallet_id] = moved.get(command.to_wallet_id, 0) + amount
+        elif atomic and isinstance(decision, Rejection):
+            break
+    return decisions
 
 
 def decide_create_token(state: State, command: CreateToken, now_us: int) -> Decision:
@@ -345,7 +398,20 @@ def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
     directory.lsn = lsn
     if event.at_us > directory.at_us:
         directory.at_us = event.at_us
-    if isinstance(event, Transferred | WalletCreated) and event.idempotency is not None:
+    if isinstance(event, TransfersPosted):
+        assert 1 <= len(event.transfers) <= BATCH_ITEMS_MAX, len(event.transfers)
+        records = directory.idempotency
+        for transfer in event.transfers:
+            assert transfer.at_us == event.at_us
+            idempotency = transfer.idempotency
+            if idempotency is not None:
+                key = (idempotency.scope, idempotency.key)
+                assert key not in records
+                records[key] = IdempotencyRecord(
+                    fingerprint=idempotency.fingerprint, lsn=lsn, at_us=transfer.at_us, event=transfer
+                )
+        _expire_idempotency(directory)
+    elif isinstance(event, Transferred | WalletCreated) and event.idempotency is not None:
         key = (event.idempotency.scope, event.idempotency.key)
         assert key not in directory.idempotency
         directory.idempotency[key] = IdempotencyRecord(
@@ -435,6 +501,10 @@ def apply(state: State, event: Event, lsn: int) -> None:
     if isinstance(event, Transferred):
         apply_debit(state, event, lsn)
         apply_credit(state, event, lsn)
+    elif isinstance(event, TransfersPosted):
+        for transfer in event.transfers:
+            apply_debit(state, transfer, lsn)
+            apply_credit(state, transfer, lsn)
     else:
         apply_wallets(state, event, lsn)
 
@@ -471,7 +541,7 @@ def check_invariants(wallets: Iterable[Wallet], directory: Directory) -> None:
     assert len(directory.tokens) == len(directory.token_prefixes)
     previous = 0
     for record in directory.idempotency.values():
-        assert record.lsn > previous
+        assert record.lsn >= previous  # the items of one batch record share its LSN
         previous = record.lsn
         assert record.lsn <= directory.lsn
 
