@@ -20,6 +20,7 @@ from ledger._checkpoint import (
 from ledger._codec import CODEC_VERSION, CodecError, decode_event, encode_event
 from ledger._events import PAGE_MAX as EVENTS_PAGE_MAX
 from ledger._events import EventFeed, Gone
+from ledger._history import POSITION_BITS as ENTRY_POSITION_BITS
 from ledger._history import Entry, History, HistoryLagging, TransactionRow
 from ledger._ledger import (
     SHARDS_DEFAULT,
@@ -102,6 +103,7 @@ __all__ = [
     "BATCH_ITEMS_MAX",
     "CODEC_VERSION",
     "DESCRIPTION_CHARS_MAX",
+    "ENTRY_POSITION_BITS",
     "EVENTS_PAGE_MAX",
     "IDEMPOTENCY_RETENTION_US",
     "ID_PATTERN",

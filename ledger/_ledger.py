@@ -39,7 +39,7 @@ from ledger._checkpoint import Base, load_base
 from ledger._codec import decode_event
 from ledger._events import EventFeed
 from ledger._history import BATCH_RECORDS_MAX as HISTORY_BATCH_RECORDS
-from ledger._history import History
+from ledger._history import History, weight
 from ledger._model import (
     BATCH_ITEMS_MAX,
     BatchFailed,
@@ -180,6 +180,7 @@ def _replay(data_dir: Path, base: Base, history: History, *, truncate_torn_tail:
         log.info("history read model is at LSN %d", projected)
     result = ScanResult()
     batch: list[tuple[int, Any]] = []
+    batch_weight = 0
     replayed = 0
     for frame in scan(
         data_dir / "wal", result, after_lsn=start,
@@ -197,9 +198,11 @@ def _replay(data_dir: Path, base: Base, history: History, *, truncate_torn_tail:
             replayed += 1
         if frame.lsn > projected:
             batch.append((frame.lsn, event))
-            if len(batch) >= HISTORY_BATCH_RECORDS:
+            batch_weight += weight(event)
+            if batch_weight >= HISTORY_BATCH_RECORDS:
                 history.project_blocking(batch)
                 batch = []
+                batch_weight = 0
         if frame.lsn % RECOVERY_PROGRESS_RECORDS == 0:
             log.info("recovery: read up to LSN %d", frame.lsn)
     history.project_blocking(batch)

@@ -18,6 +18,9 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | INSUFFICIENT_FUNDS        | 422    | insufficient_funds        |
     | TOKEN_NOT_FOUND           | 404    | token_not_found           |
     | TOKEN_EXISTS              | 409    | token_exists              |
+    | RECORD_TOO_LARGE          | 413    | payload_too_large         |
+    | an atomic batch's item    | 422    | batch_failed (with index  |
+    |   failed: nothing posted  |        |   and the item's error)   |
     | bad body, query or header | 400    | invalid_request           |
     | no Idempotency-Key        | 400    | idempotency_key_missing   |
     | no or unknown token       | 401    | unauthorized              |
@@ -42,7 +45,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ledger import Reason, Rejection
+from ledger import BatchFailed, Reason, Rejection
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -66,6 +69,7 @@ REASONS: dict[Reason, tuple[int, str]] = {
     Reason.INSUFFICIENT_FUNDS: (422, "Insufficient funds"),
     Reason.TOKEN_NOT_FOUND: (404, "Token not found"),
     Reason.TOKEN_EXISTS: (409, "Token exists"),
+    Reason.RECORD_TOO_LARGE: (413, "Payload too large"),
 }
 assert set(REASONS) == set(Reason), set(Reason) - set(REASONS)
 
@@ -98,6 +102,20 @@ def rejected(rejection: Rejection) -> ApiError:
     return ApiError(status, rejection.reason.code, title, rejection.detail)
 
 
+def batch_failed(failure: BatchFailed) -> ApiError:
+    """An atomic batch that posted nothing: 422 naming the first failing item, with that item's
+    own problem nested (or the item's own status when the batch as a whole was refused)."""
+    if failure.index is None:
+        return rejected(failure.rejection)
+    item = rejected(failure.rejection)
+    error = ApiError(
+        422, "batch_failed", "Batch failed",
+        f"transfers[{failure.index}] failed ({item.code}: {item.detail}); nothing was posted",
+    )
+    error.extra = {"index": failure.index, "error": problem_body(item)}
+    return error
+
+
 def invalid(errors: list[dict[str, str]]) -> ApiError:
     detail = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
     return ApiError(400, "invalid_request", "Invalid request", detail, errors=errors)
@@ -111,7 +129,7 @@ def overloaded(detail: str) -> ApiError:
     return ApiError(503, "overloaded", "Overloaded", detail, headers={"Retry-After": "1"})
 
 
-def problem(error: ApiError) -> Response:
+def problem_body(error: ApiError) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": error.title,
@@ -122,8 +140,12 @@ def problem(error: ApiError) -> Response:
     if error.errors is not None:
         body["errors"] = error.errors
     body.update(error.extra)
+    return body
+
+
+def problem(error: ApiError) -> Response:
     return Response(
-        json.dumps(body).encode(),
+        json.dumps(problem_body(error)).encode(),
         status_code=error.status,
         media_type=PROBLEM_MEDIA_TYPE,
         headers=error.headers,

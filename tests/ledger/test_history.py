@@ -29,7 +29,7 @@ def statement(history: History, wallet_id: str) -> list[tuple[int, int]]:
     import trio
 
     async def read() -> list[tuple[int, int]]:
-        entries = await history.entries(wallet_id, before_lsn=None, limit=1000)
+        entries = await history.entries(wallet_id, before=None, limit=1000)
         return [(entry.lsn, entry.balance_after) for entry in entries]
 
     return trio.run(read)
