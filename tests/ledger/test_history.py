@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from ledger import ENTRY_POSITION_BITS, History, TransactionType, Transferred, TransfersPosted, WalletCreated
+from ledger import (
+    ENTRY_POSITION_BITS,
+    History,
+    TransactionType,
+    Transferred,
+    TransfersPosted,
+    WalletCreated,
+)
 
 
 def events() -> list[tuple[int, Any]]:
