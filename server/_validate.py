@@ -325,9 +325,14 @@ def idempotency_key(request: Request, *, required: bool) -> str | None:
                 "this request moves money: send an Idempotency-Key header (1-128 printable ASCII characters)",
             )
         return None
-    if not 1 <= len(key) <= IDEMPOTENCY_KEY_CHARS_MAX or not all(" " <= char <= "~" for char in key):
+    if not _key_chars(key):
         raise invalid_field("Idempotency-Key", "must be 1-128 printable ASCII characters")
     return key
+
+
+def _key_chars(key: str) -> bool:
+    """The rule for idempotency keys: 1-128 printable ASCII characters."""
+    return 1 <= len(key) <= IDEMPOTENCY_KEY_CHARS_MAX and all(" " <= char <= "~" for char in key)
 
 
 def limit(request: Request, *, default: int = LIMIT_DEFAULT, maximum: int = LIMIT_MAX) -> int:
@@ -420,13 +425,13 @@ def batch_request(value: Any) -> tuple[bool, list[Any]]:
 def item_key(name: str, value: Any) -> str:
     if type(value) is not str:
         raise invalid_field(name, f"must be a string, not {_describe(value)}")
-    if not _printable_key(value):
+    if not _key_chars(value):
         raise invalid_field(name, f"must be 1-{IDEMPOTENCY_KEY_CHARS_MAX} printable ASCII characters")
     return value
 
 
 def _printable_key(key: str) -> bool:
-    # ASCII and printable <=> every character is in " ".."~".
+    """``_key_chars`` at C speed: ASCII and printable <=> every character is in " ".."~"."""
     return 0 < len(key) <= IDEMPOTENCY_KEY_CHARS_MAX and key.isascii() and key.isprintable()
 
 

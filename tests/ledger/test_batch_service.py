@@ -27,8 +27,8 @@ from ledger import (
     Rejection,
     TransactionType,
     Transfer,
-    TransfersPosted,
     Transferred,
+    TransfersPosted,
     check_invariants,
     decode_event,
     recover,
@@ -167,7 +167,7 @@ async def test_stop_waits_for_an_atomic_batch_that_holds_shards(tmp_path: Path, 
             assert stopping and seen == [[False, False]]  # held shards are not idle: stop waits
             assert isinstance(result, list) and all(isinstance(r, Committed) for r in result)
         # ``run`` returned: stop completed after the batch released the shards.
-        with pytest.raises(StorageFailed, match="stopping|closed"):
+        with pytest.raises(StorageFailed, match=r"stopping|closed"):
             await ledger.transfer_batch([transfer(3, source, target, 1, "k3")], atomic=True)
     records = log_records(tmp_path)
     assert isinstance(records[-1][1], TransfersPosted)
