@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import random
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -381,6 +383,59 @@ def test_a_body_over_16_mib_is_413(batch_server: ServerProcess, http: httpx.Clie
     response = http.post("/v1/transfers/batch", content=content, headers={"Content-Type": "application/json"})
     body = problem(response, 400, "invalid_request")
     assert body["errors"][0]["field"] == "transfers"
+
+
+# -- tools and restarts ---------------------------------------------------------------------
+
+
+def wallet_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=120)
+
+
+def test_batch_records_through_the_tools_a_snapshot_and_a_restart(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", shards=SHARDS, extra_args=["--snapshot-every", "3"])
+    server.start()
+    try:
+        with server.client() as http:
+            http.post("/v1/assets", json={"code": "USD", "scale": 2})
+            ids = wallets(http, 8)
+            rng = random.Random(9)
+            answers = []
+            for atomic in (True, False, True, False):
+                items = [item(*rng.sample(ids, 2), rng.randint(1, 99)) for _ in range(25)]
+                answers.append(batch(http, items, atomic=atomic).json())
+            before = balances(http, ids)
+            statement = http.get(f"/v1/wallets/{ids[0]}/transactions", params={"limit": 1000}).json()
+            lsn = answers[0]["results"][0]["transaction"]["lsn"]
+        assert server.terminate() == 0  # graceful: a final snapshot
+        data = server.data_dir
+        verify = wallet_cli("wal", "verify", "--data", str(data))
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert wallet_cli("snapshot", "verify", "--data", str(data)).returncode == 0
+        dump = wallet_cli("wal", "dump", "--data", str(data), "--format", "jsonl", "--from-lsn", str(lsn),
+                          "--to-lsn", str(lsn))
+        assert dump.returncode == 0, dump.stderr
+        (line,) = dump.stdout.splitlines()
+        record = json.loads(line)
+        assert record["lsn"] == lsn and record["type"] == "TransfersPosted"
+        assert [t["transaction_id"] for t in record["transfers"]] == [
+            r["transaction"]["id"] for r in answers[0]["results"]]
+        out = tmp_path / "at-batch"
+        replay = wallet_cli("wal", "replay", "--data", str(data), "--until-lsn", str(lsn), "--out", str(out))
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        (data / "history.sqlite3").unlink()  # rebuilt from the log on start
+        server.start()
+        with server.client() as http:
+            assert balances(http, ids) == before
+            assert http.get(f"/v1/wallets/{ids[0]}/transactions", params={"limit": 1000}).json() == statement
+            for answer in answers:
+                for result in answer["results"]:
+                    if result["status"] == 201:
+                        transaction = result["transaction"]
+                        assert http.get(f"/v1/transactions/{transaction['id']}").json() == transaction
+    finally:
+        server.kill()
 
 
 # -- crash -----------------------------------------------------------------------------------
