@@ -42,6 +42,7 @@ from ledger._model import (
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
+    new_transferred,
 )
 
 CODEC_VERSION = 1
@@ -112,11 +113,9 @@ def _transfers_posted(at_us: int, items: Any) -> TransfersPosted:
             raise CodecError("a transfer in a transfers record is an array")
         (transaction_id, type_, from_id, to_id, asset, amount, description, metadata, idem) = item
         transfers.append(
-            Transferred(
-                transaction_id=_str(transaction_id), type=TransactionType(_int(type_)),
-                from_wallet_id=_str(from_id), to_wallet_id=_str(to_id), asset=_str(asset),
-                amount=_int(amount), description=_optional_str(description),
-                metadata=_metadata(metadata), at_us=at_us, idempotency=_idem_in(idem),
+            new_transferred(
+                _str(transaction_id), TransactionType(_int(type_)), _str(from_id), _str(to_id), _str(asset),
+                _int(amount), _optional_str(description), _metadata(metadata), at_us, _idem_in(idem),
             )
         )
     return TransfersPosted(transfers=tuple(transfers), at_us=at_us)

@@ -7,10 +7,12 @@ arguments). Money is ``int`` minor units and never leaves int64. Commands are im
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
@@ -365,3 +367,43 @@ class BatchFailed:
 
     index: int | None
     rejection: Rejection
+
+
+# -- fast construction on the hot paths ------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def frozen_builder(cls: type[_T]) -> Callable[..., _T]:
+    """A positional constructor (fields in declaration order, none optional) for a frozen,
+    slotted dataclass that builds the same object as ``cls(**fields)``.
+
+    Why: the generated ``__init__`` of a frozen dataclass sets each field through
+    ``object.__setattr__`` (measured here: 4.5 us for a ``Transferred``); setting the slots
+    through their member descriptors bound as locals takes 2.0 us. Batches build several such
+    objects per item. Only for classes without ``__post_init__`` or validation in ``__init__``
+    (none of the value objects here has any); ``tests/ledger/test_model.py`` checks every
+    builder against its class."""
+    assert dataclasses.is_dataclass(cls)
+    assert "__post_init__" not in cls.__dict__
+    names = [field.name for field in dataclasses.fields(cls)]
+    assert all(name.isidentifier() and not name.startswith("_") for name in names)
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    for name in names:
+        namespace[f"_set_{name}"] = cls.__dict__[name].__set__  # the slot's member descriptor
+    defaults = "".join(f", _set_{name}=_set_{name}" for name in names)
+    body = "".join(f"    _set_{name}(self, {name})\n" for name in names)
+    source = (
+        f"def build_{cls.__name__}({', '.join(names)}, *, _new=_new, _cls=_cls{defaults}):\n"
+        f"    self = _new(_cls)\n{body}    return self\n"
+    )
+    exec(source, namespace)
+    build: Callable[..., _T] = namespace[f"build_{cls.__name__}"]
+    return build
+
+
+new_transferred = frozen_builder(Transferred)
+new_committed = frozen_builder(Committed)
+new_idempotency_record = frozen_builder(IdempotencyRecord)
+new_transfer = frozen_builder(Transfer)
+new_idempotency = frozen_builder(Idempotency)

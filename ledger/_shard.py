@@ -79,6 +79,7 @@ from ledger._model import (
     Transferred,
     TransfersPosted,
     Wallet,
+    new_committed,
     treasury_id,
 )
 from ledger._state import CreditCheck, State
@@ -598,7 +599,7 @@ class Shard:
                 else:
                     assert item[3]
                     credits.setdefault(credit_shard, []).append((event, lsn))
-                results[item[0]] = Committed(event=event, lsn=lsn)
+                results[item[0]] = new_committed(event, lsn)
             start += count
         assert start == len(events)
         self._send_credits(credits, releases)
@@ -790,7 +791,7 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
         if isinstance(decision, list):
             event = decision[0]
             assert isinstance(event, Transferred)
-            results[position] = Committed(event=event, lsn=lsn)
+            results[position] = new_committed(event, lsn)
         else:
             assert isinstance(decision, Duplicate)
             results[position] = decision

@@ -78,7 +78,10 @@ from ledger._model import (
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
+    frozen_builder,
     is_treasury,
+    new_idempotency_record,
+    new_transferred,
     treasury_id,
 )
 
@@ -229,7 +232,10 @@ def check_credit(state: State, command: Transfer, *, pending: int = 0) -> Credit
                 detail=f"crediting {command.amount} would take wallet {wallet.id} past int64",
             ),
         )
-    return CreditCheck(asset=wallet.asset, failure=None)
+    return _new_credit_check(wallet.asset, None)
+
+
+_new_credit_check = frozen_builder(CreditCheck)
 
 
 def _earlier(first: Rejection | None, second: Rejection | None) -> Rejection | None:
@@ -278,12 +284,12 @@ def decide_transfer(
         failure = Rejection(reason=Reason.SENDER_FROZEN, detail=f"wallet {sender.id} is frozen")
     elif sender.status == WalletStatus.CLOSED:
         failure = Rejection(reason=Reason.SENDER_CLOSED, detail=f"wallet {sender.id} is closed")
-    elif not is_treasury(sender.id) and sender.available + moved < command.amount:
+    elif not (treasury := is_treasury(sender_id)) and sender.available + moved < command.amount:
         failure = Rejection(
             reason=Reason.INSUFFICIENT_FUNDS,
             detail=f"wallet {sender.id} has {sender.available + moved} available, {command.amount} requested",
         )
-    elif is_treasury(sender.id) and sender.balance + moved - command.amount < INT64_MIN:
+    elif treasury and sender.balance + moved - command.amount < INT64_MIN:
         failure = Rejection(
             reason=Reason.BALANCE_OVERFLOW,
             detail=f"debiting {command.amount} would take {sender.id} past int64",
@@ -295,17 +301,9 @@ def decide_transfer(
     assert credit.asset == sender.asset
     # After this point the command must be accepted.
     return [
-        Transferred(
-            transaction_id=command.transaction_id,
-            type=command.type,
-            from_wallet_id=sender.id,
-            to_wallet_id=command.to_wallet_id,
-            asset=sender.asset,
-            amount=command.amount,
-            description=command.description,
-            metadata=command.metadata,
-            at_us=now_us,
-            idempotency=command.idempotency,
+        new_transferred(
+            command.transaction_id, command.type, sender_id, command.to_wallet_id, sender.asset,
+            command.amount, command.description, command.metadata, now_us, command.idempotency,
         )
     ]
 
@@ -407,9 +405,7 @@ def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
             if idempotency is not None:
                 key = (idempotency.scope, idempotency.key)
                 assert key not in records
-                records[key] = IdempotencyRecord(
-                    fingerprint=idempotency.fingerprint, lsn=lsn, at_us=transfer.at_us, event=transfer
-                )
+                records[key] = new_idempotency_record(idempotency.fingerprint, lsn, transfer.at_us, transfer)
         _expire_idempotency(directory)
     elif isinstance(event, Transferred | WalletCreated) and event.idempotency is not None:
         key = (event.idempotency.scope, event.idempotency.key)

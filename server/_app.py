@@ -65,6 +65,8 @@ from ledger import (
     WalletStatusChanged,
     WalletView,
     is_treasury,
+    new_idempotency,
+    new_transfer,
     treasury_id,
 )
 from server import _openapi
@@ -824,15 +826,15 @@ class Api:
         base = "tx_" + secrets.token_hex(10)  # + 4 hex digits of the index: 24 like a single one
         commands = []
         positions = []
+        transfer_type = TransactionType.TRANSFER
         for index, item in enumerate(items):
             if type(item) is tuple:
                 key, source, target, amount, description, metadata = item
-                commands.append(Transfer(
-                    transaction_id=f"{base}{index:04x}", type=TransactionType.TRANSFER,
-                    from_wallet_id=source, to_wallet_id=target, amount=amount,
-                    description=description, metadata=metadata,
-                    idempotency=Idempotency(scope=scope, key=key, fingerprint=item_fingerprint(item)),
-                    owner_id=owner_id,
+                # The builders make the same frozen values as Transfer(...) and
+                # Idempotency(...), at half the cost (ledger._model.frozen_builder).
+                commands.append(new_transfer(
+                    f"{base}{index:04x}", transfer_type, source, target, amount, description, metadata,
+                    new_idempotency(scope, key, item_fingerprint(item)), owner_id,
                 ))
                 positions.append(index)
         results: list[Any] = [None] * len(items)
