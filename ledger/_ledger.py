@@ -401,7 +401,7 @@ class Ledger:
             else:
                 group.append((position, command, debit_shard))
             senders.setdefault(debit_shard, set()).add(credit_shard)
-        self.wal.check_writable()
+        self._check_running()
         for index in groups:
             self.shards[index].check_room()
         # Nothing below can refuse: every mailbox has room and nothing runs in between.
@@ -420,13 +420,12 @@ class Ledger:
         )
         reply = BatchReply(len(commands), waiting=1)
         if len(involved) == 1:
+            self._check_running()
             self.shards[involved[0]].submit_atomic(commands, reply)
             return await self._wait(reply)
         held = [self.shards[index] for index in involved]
         async with self._atomic_lock:
-            if self._stopped:
-                raise StorageFailed("the ledger is stopping")
-            self.wal.check_writable()
+            self._check_running()
             for shard in held:
                 shard.check_room()
             # Once the shards are asked to pause, see it through whatever the caller does.
@@ -438,6 +437,13 @@ class Ledger:
                 lead.lead(_AtomicLead(commands, held, pause, reply))
                 await pause.released.wait()
         return await self._wait(reply)
+
+    def _check_running(self) -> None:
+        """Raises StorageFailed when nothing may be submitted: the log failed or closed, or the
+        actors were stopped (a message to a stopped actor would never be answered)."""
+        if self._stopped:
+            raise StorageFailed("the ledger is stopping")
+        self.wal.check_writable()
 
     def commit_atomic_now(self, commands: list[Transfer]) -> BatchReply:
         """An atomic batch decided and committed at once, for callers that know no shard is in
