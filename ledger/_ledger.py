@@ -281,12 +281,15 @@ class Ledger:
             )
         self._in_flight: dict[tuple[str, str], anyio.Event] = {}
         self._batch_ids = itertools.count(1)
+        # Records made durable by this process, a batch record counting one per transfer.
+        self.durable_transactions = 0
         self._atomic_lock = anyio.Lock()
         self._stopped = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def _durable(self, records: list[tuple[int, bytes, Any]]) -> None:
+        self.durable_transactions += sum(weight(tag) for _, _, tag in records)
         self.history.feed(records)
         self.events.feed(records)
 

@@ -46,7 +46,7 @@ SERVE_OPTIONS = [
     Option(name="port", parse=int, default=8080, help="port to listen on"),
     Option(name="shards", parse=positive, default=SHARDS_DEFAULT, help="shard actors; may change between restarts"),
     Option(name="snapshot_every", parse=positive, default=SNAPSHOT_EVERY_DEFAULT,
-           help="durable records between periodic snapshots"),
+           help="durable records between periodic snapshots (a batch record counts one per transfer)"),
     Option(name="archive", parse=flag, default=False,
            help="move compacted WAL segments to <data>/archive/ instead of deleting them"),
     Option(name="shutdown_timeout", parse=float, default=10.0,
