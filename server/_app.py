@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -100,6 +101,9 @@ DOCS_PAGE = b"""<!doctype html>
 TRANSACTION_TYPES = {member.label: member for member in TransactionType}
 TRANSACTION_STATUSES = ("posted", "pending", "voided", "failed")
 TOKEN_PREFIX_CHARS = 12
+# Batch requests handled at once: each may hold a 16 MiB body and what it decodes to (several
+# times that for bodies of many small values), so they get their own bound below --max-in-flight.
+BATCHES_IN_FLIGHT_MAX = 16
 
 
 def timestamp(at_us: int) -> str:
@@ -363,8 +367,12 @@ class RateLimiter:
 class Api:
     """The routes, bound to one ledger (set once recovery finished) and the admin token."""
 
-    def __init__(self, *, admin_token: str, limiter: RateLimiter | None = None, limit_admin: bool = False) -> None:
+    def __init__(self, *, admin_token: str, limiter: RateLimiter | None = None, limit_admin: bool = False,
+                 batches_in_flight_max: int = BATCHES_IN_FLIGHT_MAX) -> None:
+        assert batches_in_flight_max >= 1
         self._admin_token = admin_token.encode()
+        self._batches_in_flight = 0
+        self._batches_in_flight_max = batches_in_flight_max
         self._limiter = limiter
         self._limit_admin = limit_admin
         self.ledger: Ledger | None = None
@@ -812,6 +820,15 @@ class Api:
         # Accepted and checked like everywhere else, but each item's own key is what makes a
         # batch safe to retry; the header has no further effect.
         v.idempotency_key(request, required=False)
+        if self._batches_in_flight >= self._batches_in_flight_max:
+            raise overloaded(f"{self._batches_in_flight} batch requests are being handled; retry shortly")
+        self._batches_in_flight += 1
+        try:
+            return await self._transfer_batch(request, caller)
+        finally:
+            self._batches_in_flight -= 1
+
+    async def _transfer_batch(self, request: Request, caller: Caller) -> Response:
         atomic, values = v.batch_request(await v.batch_body(request))
         repeated = v.repeated_keys(values)
         if repeated:
@@ -843,6 +860,8 @@ class Api:
             outcome = await self.run(self._ledger().transfer_batch(commands, atomic=atomic))
             if isinstance(outcome, BatchFailed):
                 self._count_batch(atomic, {422: len(items)})
+                if outcome.index is not None:  # the item's place in the request
+                    outcome = dataclasses.replace(outcome, index=positions[outcome.index])
                 raise batch_failed(outcome)
             for index, result in zip(positions, outcome, strict=True):
                 rendered = item_result(result)

@@ -180,3 +180,21 @@ def test_an_item_fingerprint_is_the_item_as_validated_whatever_the_wire() -> Non
         (changed,) = v.batch_items([{**GOOD, **change}])
         assert isinstance(changed, tuple)
         assert item_fingerprint(changed) != item_fingerprint(plain), change
+
+
+async def test_batch_requests_past_their_bound_are_503_at_once() -> None:
+    import httpx
+
+    from server._app import Api, build_app
+
+    api = Api(admin_token="admin", batches_in_flight_max=2)
+    transport = httpx.ASGITransport(app=build_app(api))
+    headers = {"Authorization": "Bearer admin"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as http:
+        response = await http.post("/v1/transfers/batch", json={"atomic": False})  # 400, before the ledger
+        assert response.status_code == 400
+        assert api._batches_in_flight == 0  # released on the way out, whatever the answer
+        api._batches_in_flight = 2  # two others are being handled
+        response = await http.post("/v1/transfers/batch", json={"atomic": False, "transfers": [GOOD]})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert response.json()["code"] == "overloaded"
