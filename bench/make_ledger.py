@@ -77,7 +77,7 @@ async def build(data: Path, wallets: int, transfers: int, seed: int) -> None:
             replies = []
             for number in range(done, done + batch):
                 source, target = rng.sample(ids, 2)
-                command = Transfer(
+                transfer = Transfer(
                     transaction_id=f"t{number}", type=TransactionType.TRANSFER, from_wallet_id=source,
                     to_wallet_id=target, amount=rng.randint(1, 1000), description=None, metadata=None,
                     idempotency=None,
@@ -85,7 +85,7 @@ async def build(data: Path, wallets: int, transfers: int, seed: int) -> None:
                 shard = ledger.shards[shard_of(target, len(ledger.shards))]
                 while True:
                     try:
-                        replies.append(shard.submit_transfer(command))
+                        replies.append(shard.submit_transfer(transfer))
                         break
                     except Overloaded:  # the history projector is behind: back off, as a client would
                         await trio.sleep(0.05)

@@ -40,7 +40,7 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], path: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
         try:
             if httpx.get(url + path, timeout=1).status_code == 200:
                 return

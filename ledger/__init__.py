@@ -20,6 +20,7 @@ from ledger._checkpoint import (
 from ledger._codec import CODEC_VERSION, CodecError, decode_event, encode_event
 from ledger._events import PAGE_MAX as EVENTS_PAGE_MAX
 from ledger._events import EventFeed, Gone
+from ledger._history import POSITION_BITS as ENTRY_POSITION_BITS
 from ledger._history import Entry, History, HistoryLagging, TransactionRow
 from ledger._ledger import (
     SHARDS_DEFAULT,
@@ -33,6 +34,7 @@ from ledger._ledger import (
 )
 from ledger._model import (
     AMOUNT_MAX,
+    BATCH_ITEMS_MAX,
     DESCRIPTION_CHARS_MAX,
     ID_PATTERN,
     IDEMPOTENCY_RETENTION_US,
@@ -45,6 +47,7 @@ from ledger._model import (
     AdvanceWithdrawal,
     Asset,
     AssetCreated,
+    BatchFailed,
     ChangeWalletStatus,
     Command,
     Committed,
@@ -61,6 +64,7 @@ from ledger._model import (
     HoldVoided,
     Idempotency,
     IdempotencyRecord,
+    ItemOutcome,
     PayoutStep,
     Reason,
     Rejection,
@@ -74,6 +78,7 @@ from ledger._model import (
     TransactionType,
     Transfer,
     Transferred,
+    TransfersPosted,
     VoidReason,
     Wallet,
     WalletCreated,
@@ -82,10 +87,23 @@ from ledger._model import (
     Withdrawal,
     WithdrawalStatus,
     WithdrawalUpdated,
+    frozen_builder,
     is_treasury,
+    new_committed,
+    new_idempotency,
+    new_idempotency_record,
+    new_transfer,
+    new_transferred,
     treasury_id,
 )
-from ledger._shard import MAILBOX_CAPACITY, Overloaded, Shard, shard_of
+from ledger._shard import (
+    MAILBOX_CAPACITY,
+    RECORD_BYTES_MAX,
+    BatchReply,
+    Overloaded,
+    Shard,
+    shard_of,
+)
 from ledger._snapshot import SNAPSHOT_CODEC_VERSION, count_records, decode_state, encode_state
 from ledger._state import (
     CreditCheck,
@@ -98,6 +116,7 @@ from ledger._state import (
     check_state,
     decide,
     decide_transfer,
+    decide_transfers,
     digest_state,
     index_holds,
     new_state,
@@ -106,8 +125,10 @@ from ledger._state import (
 
 __all__ = [
     "AMOUNT_MAX",
+    "BATCH_ITEMS_MAX",
     "CODEC_VERSION",
     "DESCRIPTION_CHARS_MAX",
+    "ENTRY_POSITION_BITS",
     "EVENTS_PAGE_MAX",
     "IDEMPOTENCY_RETENTION_US",
     "ID_PATTERN",
@@ -115,6 +136,7 @@ __all__ = [
     "INT64_MIN",
     "MAILBOX_CAPACITY",
     "METADATA_BYTES_MAX",
+    "RECORD_BYTES_MAX",
     "SCALE_MAX",
     "SHARDS_DEFAULT",
     "SNAPSHOT_CODEC_VERSION",
@@ -125,6 +147,8 @@ __all__ = [
     "Asset",
     "AssetCreated",
     "Base",
+    "BatchFailed",
+    "BatchReply",
     "ChangeWalletStatus",
     "Clock",
     "CodecError",
@@ -151,6 +175,7 @@ __all__ = [
     "HoldVoided",
     "Idempotency",
     "IdempotencyRecord",
+    "ItemOutcome",
     "Ledger",
     "Overloaded",
     "PayoutStep",
@@ -170,6 +195,7 @@ __all__ = [
     "TransactionType",
     "Transfer",
     "Transferred",
+    "TransfersPosted",
     "VoidReason",
     "Wallet",
     "WalletCreated",
@@ -188,16 +214,23 @@ __all__ = [
     "count_records",
     "decide",
     "decide_transfer",
+    "decide_transfers",
     "decode_event",
     "decode_state",
     "digest_state",
     "encode_event",
     "encode_state",
+    "frozen_builder",
     "index_holds",
     "is_treasury",
     "kept_floor",
     "load_base",
+    "new_committed",
+    "new_idempotency",
+    "new_idempotency_record",
     "new_state",
+    "new_transfer",
+    "new_transferred",
     "open_ledger",
     "recover",
     "remove_covered",

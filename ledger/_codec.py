@@ -14,6 +14,8 @@ inside a payload.
          |                      | metadata, at_us, idempotency
     5    | TokenCreated         | token_hash, prefix, owner_id, at_us
     6    | TokenRevoked         | prefix, at_us
+    7    | TransfersPosted      | at_us, [[transaction_id, type, from, to, asset, amount,
+         |                      |          description, metadata, idempotency], ...]
     11   | HoldCreated          | transaction_id, type, from, to, asset, amount, description,
          |                      | metadata, at_us, deadline_us, destination, idempotency
     12   | HoldCaptured         | transaction_id, type, from, to, asset, amount, held_amount,
@@ -25,7 +27,10 @@ inside a payload.
     14   | WithdrawalUpdated    | withdrawal_id, wallet_id, status, attempts, last_error,
          |                      | next_attempt_at_us, at_us
 
-``idempotency`` is ``nil`` or ``[scope, key, fingerprint]``.
+``idempotency`` is ``nil`` or ``[scope, key, fingerprint]``. A ``TransfersPosted`` record holds
+1 to ``BATCH_ITEMS_MAX`` transfers, each a ``Transferred`` without its ``at_us`` (the record's);
+the time is written once and the whole record is one msgpack array, so a batch pays for one
+encode call and one frame checksum.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 import msgpack
 
 from ledger._model import (
+    BATCH_ITEMS_MAX,
     AssetCreated,
     Event,
     HoldCaptured,
@@ -45,12 +51,14 @@ from ledger._model import (
     TokenRevoked,
     TransactionType,
     Transferred,
+    TransfersPosted,
     VoidReason,
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
     WithdrawalStatus,
     WithdrawalUpdated,
+    new_transferred,
 )
 
 CODEC_VERSION = 1
@@ -60,6 +68,7 @@ _WALLET_STATUS_CHANGED = 3
 _TRANSFERRED = 4
 _TOKEN_CREATED = 5
 _TOKEN_REVOKED = 6
+_TRANSFERS_POSTED = 7
 _HOLD_CREATED = 11
 _HOLD_CAPTURED = 12
 _HOLD_VOIDED = 13
@@ -115,6 +124,23 @@ def _idem_in(value: Any) -> Idempotency | None:
     return Idempotency(scope=_str(scope), key=_str(key), fingerprint=_bytes(fingerprint))
 
 
+def _transfers_posted(at_us: int, items: Any) -> TransfersPosted:
+    if type(items) is not list or not 1 <= len(items) <= BATCH_ITEMS_MAX:
+        raise CodecError(f"a transfers record holds 1 to {BATCH_ITEMS_MAX} transfers")
+    transfers = []
+    for item in items:
+        if type(item) is not list:
+            raise CodecError("a transfer in a transfers record is an array")
+        (transaction_id, type_, from_id, to_id, asset, amount, description, metadata, idem) = item
+        transfers.append(
+            new_transferred(
+                _str(transaction_id), TransactionType(_int(type_)), _str(from_id), _str(to_id), _str(asset),
+                _int(amount), _optional_str(description), _metadata(metadata), at_us, _idem_in(idem),
+            )
+        )
+    return TransfersPosted(transfers=tuple(transfers), at_us=at_us)
+
+
 def encode_event(event: Event) -> bytes:
     if isinstance(event, Transferred):
         return _packb(
@@ -141,6 +167,21 @@ def encode_event(event: Event) -> bytes:
         return _packb(
             [CODEC_VERSION, _TOKEN_CREATED, event.token_hash, event.prefix, event.owner_id, event.at_us]
         )
+    if isinstance(event, TransfersPosted):
+        at_us = event.at_us
+        items = []
+        for transfer in event.transfers:
+            assert transfer.at_us == at_us
+            idempotency = transfer.idempotency
+            items.append([
+                transfer.transaction_id, int(transfer.type), transfer.from_wallet_id,
+                transfer.to_wallet_id, transfer.asset, transfer.amount, transfer.description,
+                transfer.metadata,
+                None if idempotency is None
+                else [idempotency.scope, idempotency.key, idempotency.fingerprint],
+            ])
+        assert 1 <= len(items) <= BATCH_ITEMS_MAX, len(items)
+        return _packb([CODEC_VERSION, _TRANSFERS_POSTED, at_us, items])
     if isinstance(event, TokenRevoked):
         return _packb([CODEC_VERSION, _TOKEN_REVOKED, event.prefix, event.at_us])
     if isinstance(event, HoldCreated):
@@ -265,6 +306,9 @@ def decode_event(payload: bytes) -> Event:
                 last_error=_optional_str(last_error), next_attempt_at_us=_int(next_attempt_at_us),
                 at_us=_int(at_us),
             )
+        if kind == _TRANSFERS_POSTED:
+            at_us, items = rest
+            return _transfers_posted(_int(at_us), items)
     except CodecError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:

@@ -9,9 +9,18 @@ the log (or rebuilds everything when the file is gone). ``balance_after`` is com
 log order, which is the order clients can observe.
 
 Reads are indexed so that a page costs the same on a wallet with 10 entries or 10 million:
-``entries`` is keyed by (wallet_id, lsn); time and type filters have their own indexes, and
-a time bound is turned into an LSN bound before the page is read. Read-your-writes: a reader
+``entries`` is keyed by (wallet_id, pos); time and type filters have their own indexes, and
+a time bound is turned into a position bound before the page is read. Read-your-writes: a reader
 first waits (bounded) until the projector reached the LSN the server had made durable.
+
+An entry's ``pos`` is its place in the log: ``lsn << POSITION_BITS | index``, where ``index`` is
+the transfer's place in a ``TransfersPosted`` record (0 for a single ``Transferred``), so the
+transfers of one batch record share its LSN but never a key. Schema 1 (keyed by LSN alone) is
+migrated in place on open (``pos = lsn << POSITION_BITS``).
+
+The backlog is counted in transactions (a batch record counts one per transfer, any other record
+one), both for ``backlogged`` and for the size of a projector transaction, so a batch-heavy load
+holds no more in memory than a single-transfer one.
 
 All SQL runs through one runner (see ``_sqlite``): a dedicated ``AsyncioThread`` under trio
 and in recovery and the tools; the server's own loop on asyncio/uvloop after ``attach``.
@@ -32,6 +41,7 @@ import aiosqlite
 import anyio
 
 from ledger._model import (
+    BATCH_ITEMS_MAX,
     Event,
     HoldCaptured,
     HoldCreated,
@@ -39,6 +49,7 @@ from ledger._model import (
     TransactionStatus,
     TransactionType,
     Transferred,
+    TransfersPosted,
     VoidReason,
     WalletCreated,
 )
@@ -47,9 +58,12 @@ from ledger._sqlite import AsyncioThread, Native, running_asyncio_loop
 log = logging.getLogger("history")
 
 SCHEMA_VERSION = 2
+# Transactions (see ``weight``) per projector transaction, at least one record.
 BATCH_RECORDS_MAX = 5000
-# Durable records waiting for the projector beyond which writers are told to back off.
+# Durable transactions waiting for the projector beyond which writers are told to back off.
 PENDING_RECORDS_MAX = 200_000
+POSITION_BITS = 13
+assert BATCH_ITEMS_MAX < 1 << POSITION_BITS
 READ_WAIT_S = 5
 CACHE_KIB = 256 * 1024  # SQLite page cache of the read model
 _IN_CHUNK = 500  # SQLite's bound-parameter limit is generous, but keep IN lists short
@@ -63,14 +77,14 @@ CREATE TABLE IF NOT EXISTS transactions (
     status INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS entries (
-    wallet_id TEXT NOT NULL, lsn INTEGER NOT NULL, transaction_id TEXT NOT NULL,
+    wallet_id TEXT NOT NULL, pos INTEGER NOT NULL, transaction_id TEXT NOT NULL,
     type INTEGER NOT NULL, direction INTEGER NOT NULL, amount INTEGER NOT NULL,
     balance_after INTEGER NOT NULL, counterparty_wallet_id TEXT NOT NULL, at_us INTEGER NOT NULL,
     status INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (wallet_id, lsn)
+    PRIMARY KEY (wallet_id, pos)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entries_by_time ON entries (wallet_id, at_us, lsn);
-CREATE INDEX IF NOT EXISTS entries_by_type ON entries (wallet_id, type, lsn);
+CREATE INDEX IF NOT EXISTS entries_by_time ON entries (wallet_id, at_us, pos);
+CREATE INDEX IF NOT EXISTS entries_by_type ON entries (wallet_id, type, pos);
 CREATE TABLE IF NOT EXISTS balances (wallet_id TEXT PRIMARY KEY, balance INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS wallets (
     lsn INTEGER PRIMARY KEY, id TEXT NOT NULL, owner_id TEXT NOT NULL, asset TEXT NOT NULL
@@ -78,15 +92,47 @@ CREATE TABLE IF NOT EXISTS wallets (
 CREATE INDEX IF NOT EXISTS wallets_by_owner ON wallets (owner_id, lsn);
 CREATE INDEX IF NOT EXISTS wallets_by_asset ON wallets (asset, lsn);
 """
-# Schema 1 had no status columns (every row was posted): adding them is the whole migration.
-MIGRATE_1_TO_2 = """
+# Schema 1 -> 2 (one transaction, on open): entries keyed by position instead of LSN, and a
+# status on transactions and entries (schema 1 rows were all posted).
+MIGRATE_1_TO_2 = f"""
 ALTER TABLE transactions ADD COLUMN status INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE entries ADD COLUMN status INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE entries_v2 (
+    wallet_id TEXT NOT NULL, pos INTEGER NOT NULL, transaction_id TEXT NOT NULL,
+    type INTEGER NOT NULL, direction INTEGER NOT NULL, amount INTEGER NOT NULL,
+    balance_after INTEGER NOT NULL, counterparty_wallet_id TEXT NOT NULL, at_us INTEGER NOT NULL,
+    status INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (wallet_id, pos)
+) WITHOUT ROWID;
+INSERT INTO entries_v2 SELECT wallet_id, lsn << {POSITION_BITS}, transaction_id, type, direction, amount,
+    balance_after, counterparty_wallet_id, at_us, 0 FROM entries;
+DROP TABLE entries;
+ALTER TABLE entries_v2 RENAME TO entries;
 UPDATE meta SET value = 2 WHERE key = 'schema';
 """
 
 DEBIT = 0
 CREDIT = 1
+
+
+def take(records: list[tuple[int, Event]], transactions_max: int) -> int:
+    """How many of ``records`` (at least one) make a batch of about ``transactions_max``."""
+    total = 0
+    for count, (_, event) in enumerate(records, start=1):
+        total += weight(event)
+        if total >= transactions_max:
+            return count
+    return len(records)
+
+
+def weight(event: Event) -> int:
+    """What a record counts for in backlogs: its transactions (at least one)."""
+    return len(event.transfers) if isinstance(event, TransfersPosted) else 1
+
+
+def position(lsn: int, index: int = 0) -> int:
+    """An entry's place in the log: the ``index``-th transfer of the record at ``lsn``."""
+    assert 0 <= index < 1 << POSITION_BITS
+    return lsn << POSITION_BITS | index
 
 
 class HistoryLagging(Exception):
@@ -110,8 +156,10 @@ class TransactionRow:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Entry:
-    """One line of a wallet's statement."""
+    """One line of a wallet's statement. ``position`` orders entries (and pages them);
+    ``lsn`` is the record's, shared by the transfers of one batch record."""
 
+    position: int
     lsn: int
     transaction_id: str
     type: TransactionType
@@ -145,6 +193,7 @@ class History:
         self.applied_lsn = applied_lsn
         self._fed_lsn = applied_lsn
         self._pending: list[tuple[int, Event]] = []
+        self._pending_weight = 0  # transactions in _pending (see ``weight``)
         self._wakeup = anyio.Event()
         self._progress = anyio.Event()
         self._closed = False
@@ -191,15 +240,18 @@ class History:
     def feed(self, records: Iterable[tuple[int, bytes, Any]]) -> None:
         """Called by the WAL writer with records that just became durable, in LSN order."""
         pending = self._pending
+        added = 0
         for lsn, _, event in records:
             assert lsn == self._fed_lsn + 1, (lsn, self._fed_lsn)
             self._fed_lsn = lsn
             pending.append((lsn, event))
+            added += weight(event)
+        self._pending_weight += added
         if pending and not self._wakeup.is_set():
             self._wakeup.set()
 
     def backlogged(self) -> bool:
-        return len(self._pending) >= PENDING_RECORDS_MAX
+        return self._pending_weight >= PENDING_RECORDS_MAX
 
     async def run(self) -> None:
         """The projector: one SQLite transaction per batch, until ``close`` and drained."""
@@ -210,8 +262,10 @@ class History:
                 await self._wakeup.wait()
                 self._wakeup = anyio.Event()
                 continue
-            batch = self._pending[:BATCH_RECORDS_MAX]
-            del self._pending[:BATCH_RECORDS_MAX]
+            count = take(self._pending, BATCH_RECORDS_MAX)
+            batch = self._pending[:count]
+            del self._pending[:count]
+            self._pending_weight -= sum(weight(event) for _, event in batch)
             await self._runner.call(self._project, batch)
             progress, self._progress = self._progress, anyio.Event()
             progress.set()
@@ -259,14 +313,23 @@ class History:
         raise HistoryLagging(f"history is at LSN {self.applied_lsn}, {lsn} was asked for")
 
     async def _project(self, records: list[tuple[int, Event]]) -> None:
-        """Runs on the asyncio loop (the thread's or the server's): rows for a batch, one
-        transaction, applied LSN in it."""
+        """Runs on the runner: rows for a batch, one transaction, applied LSN in it."""
         started = time.perf_counter_ns()
         connection = self._connection
+        # Every money event with its entry position, in log order.
+        moves: list[tuple[int, int, Transferred | HoldCreated | HoldCaptured | HoldVoided]] = []
+        wallets = []
+        for lsn, event in records:
+            if isinstance(event, Transferred | HoldCreated | HoldCaptured | HoldVoided):
+                moves.append((lsn, lsn << POSITION_BITS, event))
+            elif isinstance(event, TransfersPosted):
+                base = lsn << POSITION_BITS
+                moves.extend((lsn, base + index, transfer) for index, transfer in enumerate(event.transfers))
+            elif isinstance(event, WalletCreated):
+                wallets.append((lsn, event.wallet_id, event.owner_id, event.asset))
         touched = sorted(
-            {wallet_id for _, event in records if isinstance(event, Transferred | HoldCaptured)
+            {wallet_id for _, _, event in moves if not isinstance(event, HoldVoided)
              for wallet_id in (event.from_wallet_id, event.to_wallet_id)}
-            | {event.from_wallet_id for _, event in records if isinstance(event, HoldCreated)}
         )
         # Running balances: a cache in front of the balances table (one entry per wallet that
         # moved money since start), so a batch rarely has to read them back.
@@ -282,33 +345,20 @@ class History:
                     balances[wallet_id] = balance
         transactions = []
         entries = []
-        wallets = []
         # Holds: rows inserted above are updated below, in this order, in the same transaction.
         resolved = []  # (status, amount, lsn, transaction id)
-        dropped = []  # pending entries a capture replaces: (wallet id, creation lsn)
-        voided = []  # pending entries a void marks: (status, wallet id, creation lsn)
+        dropped = []  # pending entries a capture replaces: (wallet id, creation position)
+        voided = []  # pending entries a void marks: (status, wallet id, creation position)
         posted = int(TransactionStatus.POSTED)
-        for lsn, event in records:
-            if isinstance(event, Transferred | HoldCaptured):
-                if isinstance(event, Transferred):
-                    transactions.append(
-                        (event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
-                         event.asset, event.amount, event.description,
-                         None if event.metadata is None else json.dumps(event.metadata), event.at_us, posted)
-                    )
-                else:
-                    resolved.append((posted, event.amount, lsn, event.transaction_id))
-                    dropped.append((event.from_wallet_id, event.created_lsn))
-                sender = balances.get(event.from_wallet_id, 0) - event.amount
-                receiver = balances.get(event.to_wallet_id, 0) + event.amount
-                balances[event.from_wallet_id] = sender
-                balances[event.to_wallet_id] = receiver
-                entries.append((event.from_wallet_id, lsn, event.transaction_id, int(event.type), DEBIT,
-                                event.amount, sender, event.to_wallet_id, event.at_us, posted))
-                entries.append((event.to_wallet_id, lsn, event.transaction_id, int(event.type), CREDIT,
-                                event.amount, receiver, event.from_wallet_id, event.at_us, posted))
-            elif isinstance(event, HoldCreated):
-                pending = int(TransactionStatus.PENDING)
+        pending = int(TransactionStatus.PENDING)
+        for lsn, pos, event in moves:
+            if isinstance(event, HoldVoided):
+                status = int(TransactionStatus.FAILED if event.reason == VoidReason.REFUSED
+                             else TransactionStatus.VOIDED)
+                resolved.append((status, event.amount, lsn, event.transaction_id))
+                voided.append((status, event.from_wallet_id, event.created_lsn << POSITION_BITS))
+                continue
+            if isinstance(event, HoldCreated):
                 transactions.append(
                     (event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
                      event.asset, event.amount, event.description,
@@ -316,15 +366,26 @@ class History:
                 )
                 # The sender's statement shows the hold; its balance does not move yet.
                 balance = balances[event.from_wallet_id] = balances.get(event.from_wallet_id, 0)
-                entries.append((event.from_wallet_id, lsn, event.transaction_id, int(event.type), DEBIT,
+                entries.append((event.from_wallet_id, pos, event.transaction_id, int(event.type), DEBIT,
                                 event.amount, balance, event.to_wallet_id, event.at_us, pending))
-            elif isinstance(event, HoldVoided):
-                status = int(TransactionStatus.FAILED if event.reason == VoidReason.REFUSED
-                             else TransactionStatus.VOIDED)
-                resolved.append((status, event.amount, lsn, event.transaction_id))
-                voided.append((status, event.from_wallet_id, event.created_lsn))
-            elif isinstance(event, WalletCreated):
-                wallets.append((lsn, event.wallet_id, event.owner_id, event.asset))
+                continue
+            if isinstance(event, HoldCaptured):
+                resolved.append((posted, event.amount, lsn, event.transaction_id))
+                dropped.append((event.from_wallet_id, event.created_lsn << POSITION_BITS))
+            else:
+                transactions.append(
+                    (event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
+                     event.asset, event.amount, event.description,
+                     None if event.metadata is None else json.dumps(event.metadata), event.at_us, posted)
+                )
+            sender = balances.get(event.from_wallet_id, 0) - event.amount
+            receiver = balances.get(event.to_wallet_id, 0) + event.amount
+            balances[event.from_wallet_id] = sender
+            balances[event.to_wallet_id] = receiver
+            entries.append((event.from_wallet_id, pos, event.transaction_id, int(event.type), DEBIT,
+                            event.amount, sender, event.to_wallet_id, event.at_us, posted))
+            entries.append((event.to_wallet_id, pos, event.transaction_id, int(event.type), CREDIT,
+                            event.amount, receiver, event.from_wallet_id, event.at_us, posted))
         last = records[-1][0]
         await connection.execute("BEGIN")
         try:
@@ -344,10 +405,10 @@ class History:
                     "UPDATE transactions SET status = ?, amount = ?, lsn = ? WHERE id = ?", resolved
                 )
             if dropped:
-                await connection.executemany("DELETE FROM entries WHERE wallet_id = ? AND lsn = ?", dropped)
+                await connection.executemany("DELETE FROM entries WHERE wallet_id = ? AND pos = ?", dropped)
             if voided:
                 await connection.executemany(
-                    "UPDATE entries SET status = ? WHERE wallet_id = ? AND lsn = ?", voided
+                    "UPDATE entries SET status = ? WHERE wallet_id = ? AND pos = ?", voided
                 )
             if wallets:
                 await connection.executemany("INSERT INTO wallets VALUES (?,?,?,?)", wallets)
@@ -389,21 +450,21 @@ class History:
         self,
         wallet_id: str,
         *,
-        before_lsn: int | None,
+        before: int | None,
         limit: int,
         type_: TransactionType | None = None,
         status: TransactionStatus | None = None,
         since_us: int | None = None,
         until_us: int | None = None,
     ) -> list[Entry]:
-        """Newest first: entries older than ``before_lsn``, stamped within [since, until]
+        """Newest first: entries at positions below ``before``, stamped within [since, until]
         (inclusive), of ``type_`` and ``status`` when given."""
         assert limit >= 1
-        upper = (2**63 - 1) if before_lsn is None else before_lsn
+        upper = (2**63 - 1) if before is None else before
         lower = 0
         if until_us is not None:
             rows = await self._all(
-                "SELECT lsn FROM entries WHERE wallet_id = ? AND at_us <= ? ORDER BY at_us DESC, lsn DESC LIMIT 1",
+                "SELECT pos FROM entries WHERE wallet_id = ? AND at_us <= ? ORDER BY at_us DESC, pos DESC LIMIT 1",
                 (wallet_id, until_us),
             )
             if not rows:
@@ -411,17 +472,17 @@ class History:
             upper = min(upper, rows[0][0] + 1)
         if since_us is not None:
             rows = await self._all(
-                "SELECT lsn FROM entries WHERE wallet_id = ? AND at_us >= ? ORDER BY at_us, lsn LIMIT 1",
+                "SELECT pos FROM entries WHERE wallet_id = ? AND at_us >= ? ORDER BY at_us, pos LIMIT 1",
                 (wallet_id, since_us),
             )
             if not rows:
                 return []
             lower = rows[0][0]
         sql = (
-            "SELECT e.lsn, e.transaction_id, e.type, e.direction, e.amount, e.balance_after, "
+            "SELECT e.pos, e.transaction_id, e.type, e.direction, e.amount, e.balance_after, "
             "e.counterparty_wallet_id, t.description, e.at_us, e.status FROM entries e "
             "JOIN transactions t ON t.id = e.transaction_id "
-            "WHERE e.wallet_id = ? AND e.lsn < ? AND e.lsn >= ?"
+            "WHERE e.wallet_id = ? AND e.pos < ? AND e.pos >= ?"
         )
         parameters: tuple[Any, ...] = (wallet_id, upper, lower)
         if type_ is not None:
@@ -430,16 +491,17 @@ class History:
         if status is not None:
             sql += " AND e.status = ?"
             parameters += (int(status),)
-        sql += " ORDER BY e.lsn DESC LIMIT ?"
+        sql += " ORDER BY e.pos DESC LIMIT ?"
         rows = await self._all(sql, (*parameters, limit))
         return [
             Entry(
-                lsn=lsn, transaction_id=transaction_id, type=TransactionType(type_value),
+                position=pos, lsn=pos >> POSITION_BITS, transaction_id=transaction_id,
+                type=TransactionType(type_value),
                 direction="debit" if direction == DEBIT else "credit", amount=amount,
                 balance_after=balance_after, counterparty_wallet_id=counterparty,
                 description=description, at_us=at_us, status=TransactionStatus(status_value),
             )
-            for (lsn, transaction_id, type_value, direction, amount, balance_after, counterparty,
+            for (pos, transaction_id, type_value, direction, amount, balance_after, counterparty,
                  description, at_us, status_value) in rows
         ]
 
@@ -447,7 +509,7 @@ class History:
         """The posted balance after every entry stamped at or before ``at_us``."""
         rows = await self._all(
             "SELECT balance_after FROM entries WHERE wallet_id = ? AND at_us <= ? "
-            "ORDER BY at_us DESC, lsn DESC LIMIT 1",
+            "ORDER BY at_us DESC, pos DESC LIMIT 1",
             (wallet_id, at_us),
         )
         return rows[0][0] if rows else 0
@@ -481,17 +543,21 @@ async def _open(path: Path) -> tuple[aiosqlite.Connection, int]:
         # last commits for speed (the projector resumes from whatever LSN survived).
         await connection.execute("PRAGMA journal_mode=WAL")
         await connection.execute("PRAGMA synchronous=NORMAL")
-        # Statement inserts land all over the (wallet_id, lsn) B-tree: keep it in memory.
+        # Statement inserts land all over the (wallet_id, pos) B-tree: keep it in memory.
         await connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        await connection.executescript(SCHEMA)
+        await connection.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         async with connection.execute("SELECT value FROM meta WHERE key = 'schema'") as cursor:
             row = await cursor.fetchone()
-        if row is None:
-            await connection.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-        elif row[0] == 1:
+        schema = None if row is None else int(row[0])
+        if schema == 1:
+            log.warning("%s: migrating the history read model from schema 1 to 2 (entry positions, statuses)", path)
             await connection.executescript("BEGIN;" + MIGRATE_1_TO_2 + "COMMIT;")
-        elif row[0] != SCHEMA_VERSION:
-            raise RuntimeError(f"{path}: history schema {row[0]}, this version reads {SCHEMA_VERSION}")
+            schema = 2
+        await connection.executescript(SCHEMA)
+        if schema is None:
+            await connection.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif schema != SCHEMA_VERSION:
+            raise RuntimeError(f"{path}: history schema {schema}, this version reads {SCHEMA_VERSION}")
         async with connection.execute("SELECT value FROM meta WHERE key = 'applied_lsn'") as cursor:
             row = await cursor.fetchone()
     except BaseException:

@@ -9,10 +9,22 @@ Concurrent requests with the same idempotency key are serialised here (``_in_fli
 second waits until the first is durable and is then answered from the idempotency record by the
 state machine, so a key never executes twice. The wait is shielded from cancellation: a client
 that hangs up does not release the key before its command is decided.
+
+Batch items do not go through ``_in_flight``. What makes a key execute at most once is the
+commit-point check: ``decide_transfer`` consults the directory's idempotency records and
+``apply_directory`` adds the new one in the same synchronous step, on whichever shard commits
+(and a duplicate is answered only once its original record is durable). The guard only makes a
+concurrent second request wait instead of being decided against the first's record; for
+batches it would cost an event per item, and two batches taking overlapping keys in different
+orders could wait on each other forever.
+
+Atomic batches that span shards are serialised by ``_atomic_lock``: only one at a time holds
+(pauses) shards, so two can never wait on each other (``ledger._shard``, ADR 0004).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -27,9 +39,11 @@ from ledger._checkpoint import Base, load_base
 from ledger._codec import decode_event
 from ledger._events import EventFeed
 from ledger._history import BATCH_RECORDS_MAX as HISTORY_BATCH_RECORDS
-from ledger._history import History
+from ledger._history import History, weight
 from ledger._model import (
+    BATCH_ITEMS_MAX,
     AdvanceWithdrawal,
+    BatchFailed,
     ChangeWalletStatus,
     CompleteWithdrawal,
     CreateAsset,
@@ -38,6 +52,7 @@ from ledger._model import (
     Duplicate,
     Hold,
     Idempotency,
+    ItemOutcome,
     Reason,
     Rejection,
     RequestWithdrawal,
@@ -51,9 +66,18 @@ from ledger._model import (
     WithdrawalStatus,
     treasury_id,
 )
-from ledger._shard import Reply, Shard, shard_of
+from ledger._shard import (
+    BatchReply,
+    Reply,
+    Shard,
+    _AtomicLead,
+    _CreditGroup,
+    _Pause,
+    commit_atomic,
+    shard_of,
+)
 from ledger._state import Decision, Directory, State
-from wal import LogCorrupt, ScanResult, WriteAheadLog, list_segments, scan
+from wal import LogCorrupt, ScanResult, StorageFailed, WriteAheadLog, list_segments, scan
 
 log = logging.getLogger("ledger")
 
@@ -236,6 +260,7 @@ def _replay(data_dir: Path, base: Base, history: History, *, truncate_torn_tail:
         log.info("history read model is at LSN %d", projected)
     result = ScanResult()
     batch: list[tuple[int, Any]] = []
+    batch_weight = 0
     replayed = 0
     for frame in scan(
         data_dir / "wal", result, after_lsn=start,
@@ -253,9 +278,11 @@ def _replay(data_dir: Path, base: Base, history: History, *, truncate_torn_tail:
             replayed += 1
         if frame.lsn > projected:
             batch.append((frame.lsn, event))
-            if len(batch) >= HISTORY_BATCH_RECORDS:
+            batch_weight += weight(event)
+            if batch_weight >= HISTORY_BATCH_RECORDS:
                 history.project_blocking(batch)
                 batch = []
+                batch_weight = 0
         if frame.lsn % RECOVERY_PROGRESS_RECORDS == 0:
             log.info("recovery: read up to LSN %d", frame.lsn)
     history.project_blocking(batch)
@@ -338,10 +365,16 @@ class Ledger:
                       backlogged=self._backlogged, **shard_options)
             )
         self._in_flight: dict[tuple[str, str], anyio.Event] = {}
+        self._batch_ids = itertools.count(1)
+        # Records made durable by this process, a batch record counting one per transfer.
+        self.durable_transactions = 0
+        self._atomic_lock = anyio.Lock()
+        self._stopped = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def _durable(self, records: list[tuple[int, bytes, Any]]) -> None:
+        self.durable_transactions += sum(weight(tag) for _, _, tag in records)
         self.history.feed(records)
         self.events.feed(records)
 
@@ -392,7 +425,9 @@ class Ledger:
         when no request can arrive any more (after the HTTP server has drained)."""
         while not all(shard.idle() for shard in self.shards):
             await anyio.sleep(0.001)
-        # All idle at one instant of a single-threaded loop: no message is in flight anywhere.
+        # All idle at one instant of a single-threaded loop: no message is in flight anywhere
+        # (a shard held by an atomic batch is not idle).
+        self._stopped = True
         for shard in self.shards:
             shard.stop()
 
@@ -406,7 +441,7 @@ class Ledger:
     def _shard(self, wallet_id: str) -> Shard:
         return self.shards[shard_of(wallet_id, len(self.shards))]
 
-    async def _wait(self, reply: Reply) -> Any:
+    async def _wait(self, reply: Reply | BatchReply) -> Any:
         # Shielded: once submitted, a command runs to its decision whatever the caller does.
         with anyio.CancelScope(shield=True):
             return await reply.wait()
@@ -432,6 +467,95 @@ class Ledger:
     async def create_wallet(self, command: CreateWallet) -> Decision:
         shard = self._shard(command.wallet_id)
         return await self._keyed(command.idempotency, lambda: shard.submit_command(command))
+
+    async def transfer_batch(self, commands: list[Transfer], *, atomic: bool) -> list[ItemOutcome] | BatchFailed:
+        """Posts a batch of transfers (1 to ``BATCH_ITEMS_MAX``, each with a sender, idempotency
+        keys distinct within the batch). Raises Overloaded (at once, nothing done) or
+        StorageFailed.
+
+        Not atomic: one outcome per item in request order, ``Committed`` / ``Duplicate`` /
+        ``Rejection``. Items that share a sender are decided in request order, each after the
+        effects of the accepted ones before it; items of different senders are decided as
+        concurrent single transfers would be (one may or may not see another's credit).
+
+        Atomic: every item is decided in request order after the effects of the ones before it,
+        and either all pass (a list of ``Committed`` / ``Duplicate``: the new ones are one
+        record, so a crash keeps all of them or none) or nothing is posted and the answer is
+        ``BatchFailed`` with the first failing item.
+        """
+        assert 1 <= len(commands) <= BATCH_ITEMS_MAX, len(commands)
+        keys = [(c.idempotency.scope, c.idempotency.key) for c in commands if c.idempotency is not None]
+        assert len(set(keys)) == len(keys), "idempotency keys repeat within the batch"
+        if atomic:
+            return await self._atomic(commands)
+        return await self._wait(self.submit_batch(commands))
+
+    def submit_batch(self, commands: list[Transfer]) -> BatchReply:
+        """The synchronous half of a non-atomic batch: one message per receiving shard, or
+        Overloaded for the whole batch before anything is sent. (The simulation calls it.)"""
+        shards = len(self.shards)
+        groups: dict[int, list[tuple[int, Transfer, int]]] = {}
+        senders: dict[int, set[int]] = {}  # sending shard -> the receiving shards that forward to it
+        for position, command in enumerate(commands):
+            assert command.from_wallet_id is not None  # no deposits in batches
+            credit_shard = shard_of(command.to_wallet_id, shards)
+            debit_shard = shard_of(command.from_wallet_id, shards)
+            group = groups.get(credit_shard)
+            if group is None:
+                groups[credit_shard] = [(position, command, debit_shard)]
+            else:
+                group.append((position, command, debit_shard))
+            senders.setdefault(debit_shard, set()).add(credit_shard)
+        self._check_running()
+        for index in groups:
+            self.shards[index].check_room()
+        # Nothing below can refuse: every mailbox has room and nothing runs in between.
+        parts = {debit_shard: len(credit_shards) for debit_shard, credit_shards in senders.items()}
+        reply = BatchReply(len(commands), waiting=len(parts))
+        batch = next(self._batch_ids)
+        for index, items in groups.items():
+            self.shards[index].submit_group(_CreditGroup(batch, items, parts, reply))
+        return reply
+
+    async def _atomic(self, commands: list[Transfer]) -> list[ItemOutcome] | BatchFailed:
+        shards = len(self.shards)
+        involved = sorted(
+            {shard_of(wallet_id, shards) for command in commands
+             for wallet_id in (command.from_wallet_id, command.to_wallet_id) if wallet_id is not None}
+        )
+        reply = BatchReply(len(commands), waiting=1)
+        if len(involved) == 1:
+            self._check_running()
+            self.shards[involved[0]].submit_atomic(commands, reply)
+            return await self._wait(reply)
+        held = [self.shards[index] for index in involved]
+        async with self._atomic_lock:
+            self._check_running()
+            for shard in held:
+                shard.check_room()
+            # Once the shards are asked to pause, see it through whatever the caller does.
+            with anyio.CancelScope(shield=True):
+                pause = _Pause(waiting=len(held) - 1, paused=anyio.Event(), released=anyio.Event())
+                lead, *others = held
+                for shard in others:
+                    shard.pause(pause)
+                lead.lead(_AtomicLead(commands, held, pause, reply))
+                await pause.released.wait()
+        return await self._wait(reply)
+
+    def _check_running(self) -> None:
+        """Raises StorageFailed when nothing may be submitted: the log failed or closed, or the
+        actors were stopped (a message to a stopped actor would never be answered)."""
+        if self._stopped:
+            raise StorageFailed("the ledger is stopping")
+        self.wal.check_writable()
+
+    def commit_atomic_now(self, commands: list[Transfer]) -> BatchReply:
+        """An atomic batch decided and committed at once, for callers that know no shard is in
+        the middle of a step (the simulation, which runs no tasks)."""
+        reply = BatchReply(len(commands), waiting=1)
+        commit_atomic(self.shards, commands, reply)
+        return reply
 
     async def change_status(self, command: ChangeWalletStatus) -> Decision:
         return await self._wait(self._shard(command.wallet_id).submit_command(command))

@@ -32,11 +32,35 @@ in the sender's shard. Capturing it (``ResolveHold``) and completing a withdrawa
 captured amount. Voiding, expiring and the other payout steps touch only the sender's shard.
 Each shard keeps a heap of its holds' deadlines; the ledger's timer posts ``_Tick`` to a
 shard whose earliest deadline has passed, and the shard voids what is due at its own clock.
+
+Batches (``Ledger.transfer_batch``; ``docs/adr/0004-atomic-batches.md``):
+
+- Not atomic: one ``_CreditGroup`` per receiving shard with the items whose receivers it owns,
+  in request order. It runs step 1 for the items whose sender lives on another shard and
+  forwards one ``_DebitPart`` per sending shard. A sending shard keeps the parts of a batch
+  until it has all of them (their number travels with them), merges them back into request
+  order and decides them in one step (``decide_transfers``): items that share a sender are
+  decided in request order, each after the effects of the accepted ones before it. The accepted
+  ones become one ``TransfersPosted`` record (halved only if it would not fit in a frame); step
+  3 goes back as one ``_ApplyCredits`` per receiving shard. One reply per sending shard, once
+  the log it wrote or judged against is durable.
+- Atomic, every wallet on one shard: one ``_AtomicBatch``, decided and committed in one step.
+- Atomic, several shards: the ledger (holding its atomic lock, so only one such batch holds
+  shards at a time) posts ``_Pause`` to every involved shard but the lead, which gets
+  ``_AtomicLead``. A paused shard acknowledges and stops draining until released; the lead
+  stops too, waits until the others have paused, runs ``commit_atomic`` over all their wallets
+  in its own task (a bug there crashes an actor, as anywhere else) and releases them. Only the
+  lead waits, and only for shards that are not waiting for anyone, so this cannot deadlock.
+
+``commit_atomic`` decides every item in order against the involved wallets (counting each
+shard's reservations and the effects of the items before it) and appends one record for the
+whole batch, or nothing: a torn tail drops a batch whole.
 """
 
 from __future__ import annotations
 
 import heapq
+import operator
 import zlib
 from collections import deque
 from collections.abc import Callable
@@ -50,6 +74,7 @@ from ledger import _state
 from ledger._codec import encode_event
 from ledger._model import (
     AdvanceWithdrawal,
+    BatchFailed,
     ChangeWalletStatus,
     Committed,
     CompleteWithdrawal,
@@ -62,20 +87,27 @@ from ledger._model import (
     HoldCaptured,
     HoldCreated,
     HoldVoided,
+    Reason,
+    Rejection,
     RequestWithdrawal,
     ResolveHold,
     RevokeToken,
     Transfer,
     Transferred,
+    TransfersPosted,
     Wallet,
     WithdrawalUpdated,
+    new_committed,
     treasury_id,
 )
 from ledger._state import CreditCheck, State
-from wal import StorageFailed, WriteAheadLog
+from wal import PAYLOAD_BYTES_MAX, StorageFailed, WriteAheadLog
 
 MAILBOX_CAPACITY = 8192
 DRAIN_MAX = 1024  # messages handled before the actor yields to the event loop
+# A batch record's payload at most (a frame's limit): a non-atomic group that would pass it is
+# split into several records; an atomic batch that would is refused (RECORD_TOO_LARGE).
+RECORD_BYTES_MAX = PAYLOAD_BYTES_MAX
 
 
 def shard_of(wallet_id: str, shards: int) -> int:
@@ -126,6 +158,42 @@ def credit_target(command: Movement, route_amount: int = 0) -> tuple[str, int, b
         assert command.capture
         return command.to_wallet_id, command.amount or route_amount, True
     return treasury_id(command.asset), command.amount, True
+class BatchReply:
+    """Where the shards leave a batch's outcomes: ``results[i]`` for item i, or ``failed`` for
+    an atomic batch that posted nothing. ``waiting`` counts the reports still to come (one per
+    sending shard, or one for an atomic batch), each made once what it wrote or judged against
+    is durable; ``wait`` returns after the last."""
+
+    __slots__ = ("_done", "error", "failed", "results", "waiting")
+
+    def __init__(self, size: int, *, waiting: int) -> None:
+        assert size >= 1
+        assert waiting >= 1
+        self._done = anyio.Event()
+        self.results: list[Any] = [None] * size
+        self.failed: BatchFailed | None = None
+        self.waiting = waiting
+        self.error: str | None = None
+
+    def _report(self, error: str | None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        self.waiting -= 1
+        assert self.waiting >= 0
+        if self.waiting == 0:
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait(self) -> list[Any] | BatchFailed:
+        await self._done.wait()
+        if self.error is not None:
+            raise StorageFailed(self.error)
+        if self.failed is not None:
+            return self.failed
+        assert all(result is not None for result in self.results)
+        return self.results
 
 
 @dataclass(slots=True)
@@ -158,6 +226,68 @@ class _Tick:
 
 
 @dataclass(slots=True)
+class _CreditGroup:
+    """Step 1 for the items of a batch whose receivers this shard owns, in request order:
+    (index in the batch, command, the sender's shard). ``parts`` tells each sending shard how
+    many ``_DebitPart`` messages of this batch it gets."""
+
+    batch: int
+    items: list[tuple[int, Transfer, int]]
+    parts: dict[int, int]
+    reply: BatchReply
+
+
+# An item of a ``_DebitPart``: index in the batch, command, the receiving shard's verdict (None:
+# the receiver lives on the sending shard and is checked there), whether step 1 reserved the
+# amount, the receiving shard.
+_PartItem = tuple[int, Transfer, CreditCheck | None, bool, int]
+_position = operator.itemgetter(0)
+
+
+@dataclass(slots=True)
+class _DebitPart:
+    batch: int
+    items: list[_PartItem]
+    parts: int
+    reply: BatchReply
+
+
+@dataclass(slots=True)
+class _ApplyCredits:
+    """Step 3 for the items of a batch part: credits to apply (event, LSN) and reservations of
+    refused items to drop (wallet id, amount)."""
+
+    credits: list[tuple[Transferred, int]]
+    releases: list[tuple[str, int]]
+
+
+@dataclass(slots=True)
+class _AtomicBatch:
+    """An atomic batch whose wallets all live on this shard."""
+
+    commands: list[Transfer]
+    reply: BatchReply
+
+
+@dataclass(slots=True)
+class _Pause:
+    """A multi-shard atomic batch's hold on the shards it involves (the lead's own hold is the
+    ``_AtomicLead``). ``waiting`` counts the shards that have not paused yet."""
+
+    waiting: int
+    paused: anyio.Event
+    released: anyio.Event
+
+
+@dataclass(slots=True)
+class _AtomicLead:
+    commands: list[Transfer]
+    involved: list[Shard]
+    pause: _Pause
+    reply: BatchReply
+
+
+@dataclass(slots=True)
 class _Query:
     function: Callable[[State], Any]
     wait_lsn: Callable[[Any], int]
@@ -177,6 +307,7 @@ class ShardStatistics:
     mailbox_depth: int
     internal_depth: int
     pending_credits: int
+    batches_gathering: int
     messages: int
     drains: int
     overloaded: int
@@ -213,6 +344,10 @@ class Shard:
         self._deadlines = [(hold.deadline_us, hold.transaction_id)
                            for hold in state.holds.values() if hold.deadline_us]
         heapq.heapify(self._deadlines)
+        # Batch parts received while others of the same batch are still on their way.
+        self._gathering: dict[int, list[list[_PartItem]]] = {}
+        # Set while a multi-shard atomic batch holds this shard: it does not drain.
+        self._hold: _Pause | _AtomicLead | None = None
         self._messages = 0
         self._drains = 0
         self._overloaded = 0
@@ -223,14 +358,24 @@ class Shard:
             _Query: self._on_query,
             _Command: self._on_command,
             _Tick: self._on_tick,
+            _CreditGroup: self._on_credit_group,
+            _DebitPart: self._on_debit_part,
+            _ApplyCredits: self._on_apply_credits,
+            _AtomicBatch: self._on_atomic_batch,
+            _Pause: self._on_pause,
+            _AtomicLead: self._on_atomic_lead,
         }
 
     # -- submitting ----------------------------------------------------------------------
 
-    def _submit(self, message: Any) -> None:
+    def check_room(self) -> None:
+        """Raises Overloaded when the mailbox is full or the log (or a projection) is behind."""
         if len(self._external) >= self._capacity or self._backlogged():
             self._overloaded += 1
             raise Overloaded(f"shard {self.index} mailbox is full")
+
+    def _submit(self, message: Any) -> None:
+        self.check_room()
         self._external.append(message)
         if self._sleeping:
             self._sleeping = False
@@ -263,6 +408,24 @@ class Shard:
         self._submit(_Command(command, reply))
         return reply
 
+    def submit_group(self, group: _CreditGroup) -> None:
+        """Step 1 of a non-atomic batch for the items this shard receives."""
+        self._wal.check_writable()
+        self._submit(group)
+
+    def submit_atomic(self, commands: list[Transfer], reply: BatchReply) -> None:
+        """An atomic batch whose every wallet lives on this shard."""
+        self._wal.check_writable()
+        self._submit(_AtomicBatch(commands, reply))
+
+    def pause(self, pause: _Pause) -> None:
+        """Asks the shard to stop after what it is doing until ``pause.released``."""
+        self._post(pause)
+
+    def lead(self, message: _AtomicLead) -> None:
+        """Asks the shard to stop, wait until the other involved shards have, and commit."""
+        self._post(message)
+
     def submit_query(self, function: Callable[[State], Any], wait_lsn: Callable[[Any], int]) -> Reply:
         """Runs ``function(state)`` in the actor; the reply waits until ``wait_lsn(result)``
         is durable so a read never shows what a crash could take back."""
@@ -280,10 +443,15 @@ class Shard:
             self._wakeup.set()
 
     def idle(self) -> bool:
-        return not self._internal and not self._external
+        return not self._internal and not self._external and self._hold is None
 
     async def run(self) -> None:
         while True:
+            hold = self._hold
+            if hold is not None:
+                await self._held(hold)
+                self._hold = None
+                continue
             if not self._internal and not self._external:
                 if self._stopping:
                     return
@@ -301,7 +469,7 @@ class Shard:
         internal = self._internal
         external = self._external
         handled = 0
-        while (internal or external) and handled < limit:
+        while (internal or external) and handled < limit and self._hold is None:
             message = internal.popleft() if internal else external.popleft()
             handlers[type(message)](message)
             handled += 1
@@ -425,16 +593,157 @@ class Shard:
             _state.apply_directory(self.state.directory, event, lsn)
             self._apply_sender(event, lsn)
 
-    def _on_apply_credit(self, message: _ApplyCredit) -> None:
-        assert message.event is None or message.event.amount == message.amount
-        remaining = self._pending[message.wallet_id] - message.amount
+    def _release(self, wallet_id: str, amount: int) -> None:
+        remaining = self._pending[wallet_id] - amount
         assert remaining >= 0
         if remaining:
-            self._pending[message.wallet_id] = remaining
+            self._pending[wallet_id] = remaining
         else:
-            del self._pending[message.wallet_id]
+            del self._pending[wallet_id]
+
+    def _on_apply_credit(self, message: _ApplyCredit) -> None:
+        assert message.event is None or message.event.amount == message.amount
+        self._release(message.wallet_id, message.amount)
         if message.event is not None:
             _state.apply_credit(self.state, message.event, message.lsn)
+
+    # -- batches -------------------------------------------------------------------------
+
+    def _on_credit_group(self, message: _CreditGroup) -> None:
+        state = self.state
+        pending = self._pending
+        index = self.index
+        parts: dict[int, list[_PartItem]] = {}
+        for position, command, debit_shard in message.items:
+            item: _PartItem
+            if debit_shard == index:
+                item = (position, command, None, False, index)
+            else:
+                to_wallet_id = command.to_wallet_id
+                reserved_before = pending.get(to_wallet_id, 0)
+                credit = _state.check_credit(state, command, pending=reserved_before)
+                reserved = credit.failure is None
+                if reserved:
+                    pending[to_wallet_id] = reserved_before + command.amount
+                item = (position, command, credit, reserved, index)
+            part = parts.get(debit_shard)
+            if part is None:
+                parts[debit_shard] = [item]
+            else:
+                part.append(item)
+        for debit_shard, items in parts.items():
+            self._peers[debit_shard]._post(
+                _DebitPart(message.batch, items, message.parts[debit_shard], message.reply)
+            )
+
+    def _on_debit_part(self, message: _DebitPart) -> None:
+        items = message.items
+        if message.parts > 1:
+            gathered = self._gathering.get(message.batch)
+            if gathered is None:
+                self._gathering[message.batch] = [items]
+                return
+            gathered.append(items)
+            if len(gathered) < message.parts:
+                return
+            del self._gathering[message.batch]
+            items = sorted((item for part in gathered for item in part), key=_position)
+        self._decide_part(items, message.reply)
+
+    def _decide_part(self, items: list[_PartItem], reply: BatchReply) -> None:
+        """Steps 2 of every item of a batch whose sender lives here, in request order."""
+        wal = self._wal
+        credits: dict[int, list[tuple[Transferred, int]]] = {}
+        releases: dict[int, list[tuple[str, int]]] = {}
+        failed = wal.failed
+        if failed is not None:
+            for _, command, _, reserved, credit_shard in items:
+                if reserved:
+                    releases.setdefault(credit_shard, []).append((command.to_wallet_id, command.amount))
+            self._send_credits(credits, releases)
+            reply._report(failed)
+            return
+        state = self.state
+        now_us = self._clock()
+        decisions = _state.decide_transfers(
+            state, [(item[1], item[2]) for item in items], now_us, self._pending
+        )
+        results = reply.results
+        accepted: list[_PartItem] = []
+        events: list[Transferred] = []
+        for item, decision in zip(items, decisions, strict=True):
+            if isinstance(decision, list):
+                (event,) = decision
+                assert isinstance(event, Transferred)
+                accepted.append(item)
+                events.append(event)
+                continue
+            results[item[0]] = decision
+            if item[3]:
+                releases.setdefault(item[4], []).append((item[1].to_wallet_id, item[1].amount))
+        # After this point every accepted item is appended and applied in this same step.
+        start = 0
+        index = self.index
+        directory = state.directory
+        for payload, record, count in _records(events, now_us):
+            lsn = wal.append(payload, record)
+            _state.apply_directory(directory, record, lsn)
+            for offset in range(start, start + count):
+                event = events[offset]
+                item = accepted[offset]
+                _state.apply_debit(state, event, lsn)
+                credit_shard = item[4]
+                if credit_shard == index:
+                    _state.apply_credit(state, event, lsn)
+                else:
+                    assert item[3]
+                    credits.setdefault(credit_shard, []).append((event, lsn))
+                results[item[0]] = new_committed(event, lsn)
+            start += count
+        assert start == len(events)
+        self._send_credits(credits, releases)
+        # Rejections were judged against the log as it is now; duplicates' originals are in it.
+        wal.call_when_durable(wal.last_lsn, reply._report)
+
+    def _send_credits(
+        self, credits: dict[int, list[tuple[Transferred, int]]], releases: dict[int, list[tuple[str, int]]]
+    ) -> None:
+        for shard in sorted(credits.keys() | releases.keys()):
+            self._peers[shard]._post(_ApplyCredits(credits.get(shard, []), releases.get(shard, [])))
+
+    def _on_apply_credits(self, message: _ApplyCredits) -> None:
+        for wallet_id, amount in message.releases:
+            self._release(wallet_id, amount)
+        state = self.state
+        for event, lsn in message.credits:
+            self._release(event.to_wallet_id, event.amount)
+            _state.apply_credit(state, event, lsn)
+
+    def _on_atomic_batch(self, message: _AtomicBatch) -> None:
+        commit_atomic([self], message.commands, message.reply)
+
+    def _on_pause(self, message: _Pause) -> None:
+        assert self._hold is None
+        self._hold = message
+        message.waiting -= 1
+        assert message.waiting >= 0
+        if message.waiting == 0:
+            message.paused.set()
+
+    def _on_atomic_lead(self, message: _AtomicLead) -> None:
+        assert self._hold is None
+        self._hold = message
+
+    async def _held(self, hold: _Pause | _AtomicLead) -> None:
+        if isinstance(hold, _Pause):
+            await hold.released.wait()
+            return
+        if hold.pause.waiting:
+            await hold.pause.paused.wait()
+        # Should this raise (a bug), the others stay paused while the crash takes the process
+        # down: nothing may act on a half-applied batch.
+        commit_atomic(hold.involved, hold.commands, hold.reply)
+        hold.pause.released.set()
 
     def _on_query(self, message: _Query) -> None:
         value = message.function(self.state)
@@ -494,8 +803,109 @@ class Shard:
             mailbox_depth=len(self._external),
             internal_depth=len(self._internal),
             pending_credits=len(self._pending),
+            batches_gathering=len(self._gathering),
             messages=self._messages,
             drains=self._drains,
             overloaded=self._overloaded,
         )
 
+
+
+def _records(events: list[Transferred], at_us: int) -> list[tuple[bytes, Event, int]]:
+    """The records for a batch part's accepted transfers: (payload, record, how many
+    transfers). One record, a lone transfer being a plain ``Transferred``; halved until each
+    fits in a frame (only metadata-heavy batches near the 16 MiB body limit come close)."""
+    if not events:
+        return []
+    record: Event = events[0] if len(events) == 1 else TransfersPosted(transfers=tuple(events), at_us=at_us)
+    payload = encode_event(record)
+    if len(payload) <= RECORD_BYTES_MAX or len(events) == 1:
+        return [(payload, record, len(events))]
+    half = len(events) // 2
+    return _records(events[:half], at_us) + _records(events[half:], at_us)
+
+
+def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchReply) -> None:
+    """Decides an atomic batch and, if every item passes, commits it as one record.
+
+    ``involved`` must own every wallet the batch names, and none of them may be in the middle of
+    a step: this runs inside the step of the only one (``_AtomicBatch``), or in the lead's task
+    while the others are paused, or between steps (the simulation). Items are decided in
+    request order against the live wallets without touching them (``decide_transfers``): each
+    after the effects of the ones before it, counting what each shard reserved for transfers in
+    flight. The first rejection ends it: nothing is appended and ``reply.failed`` names the
+    item, answered once the log it was judged against is durable. Otherwise the new items become
+    one record, applied to the wallets of every involved shard in the same step, and duplicates
+    answer their original outcome.
+    """
+    lead = involved[0]
+    wal = lead._wal
+    failed = wal.failed
+    if failed is not None:
+        reply._report(failed)
+        return
+    peers = lead._peers
+    shards = len(peers)
+    owned = {shard.index for shard in involved}
+    wallets: dict[str, Wallet] = {}
+    pending: dict[str, int] = {}
+    for command in commands:
+        sender_id = command.from_wallet_id
+        assert sender_id is not None
+        receiver_id = command.to_wallet_id
+        sender_shard = shard_of(sender_id, shards)
+        receiver_shard = shard_of(receiver_id, shards)
+        assert sender_shard in owned
+        assert receiver_shard in owned
+        sender = peers[sender_shard].state.wallets.get(sender_id)
+        if sender is not None:
+            wallets[sender_id] = sender
+        receiver = peers[receiver_shard].state.wallets.get(receiver_id)
+        if receiver is not None:
+            wallets[receiver_id] = receiver
+        reserved = peers[receiver_shard]._pending.get(receiver_id)
+        if reserved:
+            pending[receiver_id] = reserved
+    view = State(directory=lead.state.directory, wallets=wallets)
+    now_us = lead._clock()
+    decisions = _state.decide_transfers(view, [(command, None) for command in commands], now_us, pending, atomic=True)
+    last = decisions[-1]
+    if isinstance(last, Rejection):
+        reply.failed = BatchFailed(index=len(decisions) - 1, rejection=last)
+        wal.call_when_durable(wal.last_lsn, reply._report)
+        return
+    assert len(decisions) == len(commands)
+    events: list[Transferred] = []
+    for decision in decisions:
+        if isinstance(decision, list):
+            (event,) = decision
+            assert isinstance(event, Transferred)
+            events.append(event)
+    lsn = 0
+    if events:
+        record: Event = events[0] if len(events) == 1 else TransfersPosted(transfers=tuple(events), at_us=now_us)
+        payload = encode_event(record)
+        if len(payload) > RECORD_BYTES_MAX:
+            reply.failed = BatchFailed(index=None, rejection=Rejection(
+                reason=Reason.RECORD_TOO_LARGE,
+                detail=f"the batch encodes to {len(payload)} bytes; an atomic batch must fit in one "
+                       f"log record of at most {RECORD_BYTES_MAX} bytes (send fewer items or less metadata)",
+            ))
+            wal.call_when_durable(wal.last_lsn, reply._report)
+            return
+        # After this point the batch must be committed.
+        lsn = wal.append(payload, record)
+        _state.apply_directory(view.directory, record, lsn)
+        for event in events:
+            _state.apply_debit(view, event, lsn)
+            _state.apply_credit(view, event, lsn)
+    results = reply.results
+    for position, decision in enumerate(decisions):
+        if isinstance(decision, list):
+            event = decision[0]
+            assert isinstance(event, Transferred)
+            results[position] = new_committed(event, lsn)
+        else:
+            assert isinstance(decision, Duplicate)
+            results[position] = decision
+    wal.call_when_durable(wal.last_lsn, reply._report)

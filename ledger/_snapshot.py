@@ -244,7 +244,8 @@ def _decode(body: bytes) -> State:
             raise CodecError(f"idempotency record holds a {type(event).__name__}")
         record = IdempotencyRecord(
             fingerprint=_bytes(fingerprint, "fingerprint"),
-            lsn=_int(record_lsn, "idempotency lsn", previous_lsn + 1, directory.lsn),
+            # Non-decreasing: the items of one batch record share its LSN.
+            lsn=_int(record_lsn, "idempotency lsn", max(previous_lsn, 1), directory.lsn),
             at_us=_int(record_at_us, "idempotency at_us"),
             event=event,
         )

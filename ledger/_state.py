@@ -33,16 +33,22 @@ shard, which then reserves the incoming amount so the answer stays true), then t
 (``decide_transfer`` on the sender's shard, which appends the record and debits in one step),
 then the receiver applies the credit (``apply_credit``). When both sides fail, the earlier row
 wins, so the answer does not depend on where the wallets live.
+
+Batches (``decide_transfers``) decide their items in order, each exactly as ``decide_transfer``
+would after the accepted items before it were applied (their balance effects are carried in a
+``moved`` map, so nothing is mutated), and the accepted ones become one ``TransfersPosted``
+record: ``apply`` posts its transfers in order, all at the record's LSN.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ledger._model import (
+    BATCH_ITEMS_MAX,
     IDEMPOTENCY_RETENTION_US,
     INT64_MAX,
     INT64_MIN,
@@ -78,6 +84,7 @@ from ledger._model import (
     TransactionType,
     Transfer,
     Transferred,
+    TransfersPosted,
     VoidReason,
     Wallet,
     WalletCreated,
@@ -86,7 +93,10 @@ from ledger._model import (
     Withdrawal,
     WithdrawalStatus,
     WithdrawalUpdated,
+    frozen_builder,
     is_treasury,
+    new_idempotency_record,
+    new_transferred,
     treasury_id,
 )
 
@@ -260,7 +270,10 @@ def check_credit_to(state: State, wallet_id: str, amount: int, *, pending: int =
                 detail=f"crediting {amount} would take wallet {wallet.id} past int64",
             ),
         )
-    return CreditCheck(asset=wallet.asset, failure=None)
+    return _new_credit_check(wallet.asset, None)
+
+
+_new_credit_check = frozen_builder(CreditCheck)
 
 
 def _earlier(first: Rejection | None, second: Rejection | None) -> Rejection | None:
@@ -271,9 +284,14 @@ def _earlier(first: Rejection | None, second: Rejection | None) -> Rejection | N
     return first if TRANSFER_CHECK_ORDER[first.reason] <= TRANSFER_CHECK_ORDER[second.reason] else second
 
 
-def decide_transfer(state: State, command: Transfer, now_us: int, credit: CreditCheck) -> Decision:
+def decide_transfer(
+    state: State, command: Transfer, now_us: int, credit: CreditCheck, *, moved: int = 0
+) -> Decision:
     """Debit-side checks (rows 0, 1, 3, 4, 5, 7, 8) on the shard that owns the sender, given
-    the credit side's verdict. Pure; the accepted event is the whole transfer."""
+    the credit side's verdict. Pure; the accepted event is the whole transfer.
+
+    ``moved`` is what earlier transfers of the same step changed the sender's balance by without
+    being applied yet (``decide_transfers``); the funds and overflow rows count it."""
     assert command.amount >= 1
     assert command.amount <= INT64_MAX
     replay = check_idempotency(state.directory, command.idempotency)
@@ -304,12 +322,12 @@ def decide_transfer(state: State, command: Transfer, now_us: int, credit: Credit
         failure = Rejection(reason=Reason.SENDER_FROZEN, detail=f"wallet {sender.id} is frozen")
     elif sender.status == WalletStatus.CLOSED:
         failure = Rejection(reason=Reason.SENDER_CLOSED, detail=f"wallet {sender.id} is closed")
-    elif not is_treasury(sender.id) and sender.available < command.amount:
+    elif not (treasury := is_treasury(sender_id)) and sender.available + moved < command.amount:
         failure = Rejection(
             reason=Reason.INSUFFICIENT_FUNDS,
-            detail=f"wallet {sender.id} has {sender.available} available, {command.amount} requested",
+            detail=f"wallet {sender.id} has {sender.available + moved} available, {command.amount} requested",
         )
-    elif is_treasury(sender.id) and sender.balance - command.amount < INT64_MIN:
+    elif treasury and sender.balance + moved - command.amount < INT64_MIN:
         failure = Rejection(
             reason=Reason.BALANCE_OVERFLOW,
             detail=f"debiting {command.amount} would take {sender.id} past int64",
@@ -340,19 +358,52 @@ def decide_transfer(state: State, command: Transfer, now_us: int, credit: Credit
             )
         ]
     return [
-        Transferred(
-            transaction_id=command.transaction_id,
-            type=command.type,
-            from_wallet_id=sender.id,
-            to_wallet_id=command.to_wallet_id,
-            asset=sender.asset,
-            amount=command.amount,
-            description=command.description,
-            metadata=command.metadata,
-            at_us=now_us,
-            idempotency=command.idempotency,
+        new_transferred(
+            command.transaction_id, command.type, sender_id, command.to_wallet_id, sender.asset,
+            command.amount, command.description, command.metadata, now_us, command.idempotency,
         )
     ]
+
+
+def decide_transfers(
+    state: State,
+    items: Sequence[tuple[Transfer, CreditCheck | None]],
+    now_us: int,
+    pending: Mapping[str, int],
+    *,
+    atomic: bool = False,
+) -> list[Decision]:
+    """Decides a batch of transfers in order, each as ``decide_transfer`` would after every
+    accepted one before it had been applied. Pure: the effects of the accepted ones are
+    carried in ``moved`` (balance change per wallet), never written to the state.
+
+    An item's ``CreditCheck`` is the receiving shard's verdict when the receiver lives
+    elsewhere; None means the receiver lives in ``state`` and is checked here, counting what
+    ``pending`` reserves for it (transfers in flight into it) and what earlier items credited.
+    Items must carry distinct idempotency keys (the caller checks): an item never sees an
+    earlier item's key. With ``atomic`` the decisions stop after the first rejection.
+    """
+    moved: dict[str, int] = {}
+    decisions: list[Decision] = []
+    for command, credit in items:
+        assert command.from_wallet_id is not None  # batches carry no deposits
+        receiver_here = credit is None
+        if credit is None:
+            to_wallet_id = command.to_wallet_id
+            credit = check_credit(
+                state, command, pending=pending.get(to_wallet_id, 0) + moved.get(to_wallet_id, 0)
+            )
+        sender_id = command.from_wallet_id
+        decision = decide_transfer(state, command, now_us, credit, moved=moved.get(sender_id, 0))
+        decisions.append(decision)
+        if isinstance(decision, list):
+            amount = command.amount
+            moved[sender_id] = moved.get(sender_id, 0) - amount
+            if receiver_here:
+                moved[command.to_wallet_id] = moved.get(command.to_wallet_id, 0) + amount
+        elif atomic and isinstance(decision, Rejection):
+            break
+    return decisions
 
 
 def decide_create_token(state: State, command: CreateToken, now_us: int) -> Decision:
@@ -618,7 +669,18 @@ def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
     directory.lsn = lsn
     if event.at_us > directory.at_us:
         directory.at_us = event.at_us
-    if isinstance(event, Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided):
+    if isinstance(event, TransfersPosted):
+        assert 1 <= len(event.transfers) <= BATCH_ITEMS_MAX, len(event.transfers)
+        records = directory.idempotency
+        for transfer in event.transfers:
+            assert transfer.at_us == event.at_us
+            idempotency = transfer.idempotency
+            if idempotency is not None:
+                key = (idempotency.scope, idempotency.key)
+                assert key not in records
+                records[key] = new_idempotency_record(idempotency.fingerprint, lsn, transfer.at_us, transfer)
+        _expire_idempotency(directory)
+    elif isinstance(event, Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided):
         if event.idempotency is not None:
             key = (event.idempotency.scope, event.idempotency.key)
             assert key not in directory.idempotency
@@ -784,6 +846,10 @@ def apply(state: State, event: Event, lsn: int) -> None:
     if isinstance(event, Transferred):
         apply_debit(state, event, lsn)
         apply_credit(state, event, lsn)
+    elif isinstance(event, TransfersPosted):
+        for transfer in event.transfers:
+            apply_debit(state, transfer, lsn)
+            apply_credit(state, transfer, lsn)
     elif isinstance(event, HoldCreated | HoldVoided | WithdrawalUpdated):
         apply_sender(state, event, lsn)
     elif isinstance(event, HoldCaptured):
@@ -863,7 +929,7 @@ def check_invariants(
     assert len(directory.tokens) == len(directory.token_prefixes)
     previous = 0
     for record in directory.idempotency.values():
-        assert record.lsn > previous
+        assert record.lsn >= previous  # the items of one batch record share its LSN
         previous = record.lsn
         assert record.lsn <= directory.lsn
 

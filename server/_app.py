@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -22,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import swagger_ui
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -33,9 +35,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ledger import (
+    ENTRY_POSITION_BITS,
     EVENTS_PAGE_MAX,
     AdvanceWithdrawal,
     AssetCreated,
+    BatchFailed,
     ChangeWalletStatus,
     Committed,
     CreateAsset,
@@ -64,6 +68,7 @@ from ledger import (
     TransactionType,
     Transfer,
     Transferred,
+    TransfersPosted,
     VoidReason,
     WalletCreated,
     WalletStatus,
@@ -73,11 +78,21 @@ from ledger import (
     WithdrawalUpdated,
     WithdrawalView,
     is_treasury,
+    new_idempotency,
+    new_transfer,
     treasury_id,
 )
 from server import _openapi
 from server import _validate as v
-from server._errors import ApiError, overloaded, problem, rejected
+from server._errors import (
+    ApiError,
+    batch_failed,
+    invalid,
+    overloaded,
+    problem,
+    problem_body,
+    rejected,
+)
 from server._observe import Metrics, Observe
 from wal import StorageFailed
 
@@ -98,6 +113,9 @@ DOCS_PAGE = b"""<!doctype html>
 TRANSACTION_TYPES = {member.label: member for member in TransactionType}
 TRANSACTION_STATUSES = ("posted", "pending", "voided", "failed")
 TOKEN_PREFIX_CHARS = 12
+# Batch requests handled at once: each may hold a 16 MiB body and what it decodes to (several
+# times that for bodies of many small values), so they get their own bound below --max-in-flight.
+BATCHES_IN_FLIGHT_MAX = 16
 
 
 def timestamp(at_us: int) -> str:
@@ -304,6 +322,14 @@ def event_body(lsn: int, event: Any) -> dict[str, Any]:
     return {"lsn": lsn, "type": kind, "created_at": timestamp(event.at_us), "data": data}
 
 
+def event_items(lsn: int, event: Any) -> list[dict[str, Any]]:
+    """A record's items in the feed: one per transfer of a batch record (sharing its LSN), one
+    for any other record."""
+    if isinstance(event, TransfersPosted):
+        return [event_body(lsn, transfer) for transfer in event.transfers]
+    return [event_body(lsn, event)]
+
+
 def encode_cursor(kind: str, lsn: int) -> str:
     return base64.urlsafe_b64encode(f"{kind}:{lsn}".encode()).decode().rstrip("=")
 
@@ -320,6 +346,54 @@ def decode_cursor(kind: str, raw: str | None) -> int | None:
         return int(number)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise v.invalid_field("cursor", "is not a cursor this endpoint gave out") from None
+
+
+def statement_cursor(raw: str | None) -> int | None:
+    """The entry position a statement page continues below. Cursors are ``e:<position>``; the
+    ``t:<lsn>`` ones given out before entries had positions (schema 1) still work."""
+    if raw is None:
+        return None
+    try:
+        return decode_cursor("e", raw)
+    except ApiError:
+        lsn = decode_cursor("t", raw)
+        assert lsn is not None
+        return lsn << ENTRY_POSITION_BITS if lsn > 0 else lsn
+
+
+def item_fingerprint(item: v.BatchItem) -> bytes:
+    """What a batch item asked for, for its idempotency record: sender, receiver, amount,
+    description and metadata as validated (a missing optional field and null are the same;
+    metadata key order does not matter). Its own domain: a key used for a single transfer and
+    then for a batch item is two different requests."""
+    _, source, target, amount, description, metadata = item
+    canonical = None if metadata is None else json.dumps(metadata, sort_keys=True, separators=(",", ":"))
+    packed = msgpack.packb(["batch-item", source, target, amount, description, canonical])
+    return hashlib.blake2b(packed, digest_size=16).digest()
+
+
+def item_result(result: Any) -> dict[str, Any]:
+    """One item's answer in a batch: its status and its transaction or problem."""
+    if isinstance(result, Rejection):
+        error = rejected(result)
+        return {"status": error.status, "error": problem_body(error)}
+    if isinstance(result, Duplicate):
+        event, lsn = result.record.event, result.record.lsn
+    else:
+        assert isinstance(result, Committed)
+        event, lsn = result.event, result.lsn
+    assert isinstance(event, Transferred)
+    return {"status": 201, "transaction": transaction_body(event, lsn)}
+
+
+def accepts_msgpack(request: Request) -> bool:
+    """Whether the client asked for MessagePack (``Accept: application/msgpack``, q > 0)."""
+    for part in request.headers.get("accept", "").split(","):
+        media, *parameters = (piece.strip() for piece in part.split(";"))
+        if media.lower() == v.MSGPACK_MEDIA_TYPE:
+            return not any(parameter.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+                           for parameter in parameters)
+    return False
 
 
 # -- authentication ------------------------------------------------------------------------
@@ -372,13 +446,18 @@ class RateLimiter:
 class Api:
     """The routes, bound to one ledger (set once recovery finished) and the admin token."""
 
-    def __init__(self, *, admin_token: str, limiter: RateLimiter | None = None, limit_admin: bool = False) -> None:
+    def __init__(self, *, admin_token: str, limiter: RateLimiter | None = None, limit_admin: bool = False,
+                 batches_in_flight_max: int = BATCHES_IN_FLIGHT_MAX) -> None:
+        assert batches_in_flight_max >= 1
         self._admin_token = admin_token.encode()
+        self._batches_in_flight = 0
+        self._batches_in_flight_max = batches_in_flight_max
         self._limiter = limiter
         self._limit_admin = limit_admin
         self.ledger: Ledger | None = None
         self.snapshotter: Any = None  # server._snapshotter.Snapshotter once ready
         self.payouts: Any = None  # server._payouts.Payouts once ready (told of new withdrawals)
+        self.metrics: Metrics | None = None  # set by build_app
         self._openapi: bytes | None = None
         self.not_ready_reason = "recovering the ledger from its write-ahead log"
 
@@ -662,7 +741,7 @@ class Api:
         params = request.query_params
         wallet_id = self.path_wallet_id(request)
         limit = v.limit(request)
-        before = decode_cursor("t", params.get("cursor"))
+        before = statement_cursor(params.get("cursor"))
         type_ = None
         if (raw_type := params.get("type")) is not None:
             if raw_type not in TRANSACTION_TYPES:
@@ -676,13 +755,13 @@ class Api:
         await self.owned_wallet(caller, wallet_id)
         history = await self.history()
         entries = await history.entries(
-            wallet_id, before_lsn=before, limit=limit + 1, type_=type_,
+            wallet_id, before=before, limit=limit + 1, type_=type_,
             status=None if status is None else TransactionStatus[status.upper()],
             since_us=since, until_us=until,
         )
         page = entries[:limit]
         items = [entry_body(entry) for entry in page]
-        next_cursor = encode_cursor("t", page[-1].lsn) if len(entries) > limit else None
+        next_cursor = encode_cursor("e", page[-1].position) if len(entries) > limit else None
         return json_response({"items": items, "next_cursor": next_cursor})
 
     # -- events --------------------------------------------------------------------------
@@ -717,7 +796,7 @@ class Api:
             found = await self._ledger().events.read(after, limit=limit, wait_s=wait_s)
         except Gone as error:
             raise self._gone(error) from None
-        items = [event_body(lsn, event) for lsn, event in found]
+        items = [item for lsn, event in found for item in event_items(lsn, event)]
         return json_response({"items": items, "next_after": found[-1][0] if found else after})
 
     async def event_stream(self, request: Request) -> Response:
@@ -738,8 +817,12 @@ class Api:
                 if not batch:
                     yield b": keep-alive\n\n"
                 for lsn, event in batch:
-                    body = event_body(lsn, event)
-                    yield f"id: {lsn}\nevent: {body['type']}\ndata: {json.dumps(body)}\n\n".encode()
+                    items = event_items(lsn, event)
+                    for number, body in enumerate(items, start=1):
+                        # The id only on a record's last item: a client that reconnects after
+                        # part of a batch record gets the whole record again (at least once).
+                        marker = f"id: {lsn}\n" if number == len(items) else ""
+                        yield f"{marker}event: {body['type']}\ndata: {json.dumps(body)}\n\n".encode()
                     position = lsn
                 try:
                     batch = await feed.read(position, limit=EVENTS_PAGE_MAX, wait_s=15)
@@ -950,6 +1033,77 @@ class Api:
             self.payouts.submit(withdrawal_id)
         return json_response(withdrawal_body(await self._owned_withdrawal(Caller(None), withdrawal_id)))
 
+    async def transfer_batch(self, request: Request) -> Response:
+        """``POST /v1/transfers/batch``: see the README. Items are validated here (a bad item is
+        its own 400 in a non-atomic batch, the whole request's in an atomic one), the valid ones
+        go to the ledger as one batch, and every item's answer comes back in request order."""
+        caller = self.authenticate(request)
+        # Accepted and checked like everywhere else, but each item's own key is what makes a
+        # batch safe to retry; the header has no further effect.
+        v.idempotency_key(request, required=False)
+        if self._batches_in_flight >= self._batches_in_flight_max:
+            raise overloaded(f"{self._batches_in_flight} batch requests are being handled; retry shortly")
+        self._batches_in_flight += 1
+        try:
+            return await self._transfer_batch(request, caller)
+        finally:
+            self._batches_in_flight -= 1
+
+    async def _transfer_batch(self, request: Request, caller: Caller) -> Response:
+        atomic, values = v.batch_request(await v.batch_body(request))
+        repeated = v.repeated_keys(values)
+        if repeated:
+            raise invalid(repeated)
+        items = v.batch_items(values)
+        if atomic:
+            errors = [error for item in items if type(item) is list for error in item]
+            if errors:
+                raise invalid(errors)
+        scope = caller.scope
+        owner_id = caller.owner_id
+        base = "tx_" + secrets.token_hex(10)  # + 4 hex digits of the index: 24 like a single one
+        commands = []
+        positions = []
+        transfer_type = TransactionType.TRANSFER
+        for index, item in enumerate(items):
+            if type(item) is tuple:
+                key, source, target, amount, description, metadata = item
+                # The builders make the same frozen values as Transfer(...) and
+                # Idempotency(...), at half the cost (ledger._model.frozen_builder).
+                commands.append(new_transfer(
+                    f"{base}{index:04x}", transfer_type, source, target, amount, description, metadata,
+                    new_idempotency(scope, key, item_fingerprint(item)), owner_id,
+                ))
+                positions.append(index)
+        results: list[Any] = [None] * len(items)
+        counts: dict[int, int] = {}
+        if commands:
+            outcome = await self.run(self._ledger().transfer_batch(commands, atomic=atomic))
+            if isinstance(outcome, BatchFailed):
+                self._count_batch(atomic, {422: len(items)})
+                if outcome.index is not None:  # the item's place in the request
+                    outcome = dataclasses.replace(outcome, index=positions[outcome.index])
+                raise batch_failed(outcome)
+            for index, result in zip(positions, outcome, strict=True):
+                rendered = item_result(result)
+                results[index] = rendered
+                counts[rendered["status"]] = counts.get(rendered["status"], 0) + 1
+        for index, item in enumerate(items):
+            if type(item) is list:
+                results[index] = {"status": 400, "error": problem_body(invalid(item))}
+                counts[400] = counts.get(400, 0) + 1
+        self._count_batch(atomic, counts)
+        body = {"results": results}
+        if accepts_msgpack(request):
+            return Response(msgpack.packb(body, use_bin_type=True), media_type=v.MSGPACK_MEDIA_TYPE)
+        return json_response(body)
+
+    def _count_batch(self, atomic: bool, counts: dict[int, int]) -> None:
+        if self.metrics is not None:
+            label = "true" if atomic else "false"
+            for status, count in counts.items():
+                self.metrics.batch_transfers.labels(label, str(status)).inc(count)
+
     async def get_transaction(self, request: Request) -> Response:
         caller = self.authenticate(request)
         v.query(request, set())
@@ -978,6 +1132,7 @@ def build_app(api: Api, *, in_flight_max: int = 4096) -> Any:
     """The ASGI application: the routes inside the observing middleware (metrics, logs, ids)."""
     metrics = Metrics()
     metrics.api = api
+    api.metrics = metrics
 
     def render(error: ApiError) -> Response:
         metrics.rejections.labels(error.code).inc()
@@ -1023,6 +1178,7 @@ def build_app(api: Api, *, in_flight_max: int = 4096) -> Any:
         Route("/v1/wallets/{wallet_id}/transactions", api.wallet_transactions, methods=["GET"]),
         Route("/v1/deposits", api.deposit, methods=["POST"]),
         Route("/v1/transfers", api.transfer, methods=["POST"]),
+        Route("/v1/transfers/batch", api.transfer_batch, methods=["POST"]),
         Route("/v1/transfers/{transaction_id}/capture", api.capture, methods=["POST"]),
         Route("/v1/transfers/{transaction_id}/void", api.void, methods=["POST"]),
         Route("/v1/withdrawals", api.create_withdrawal, methods=["POST"]),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT
+from server._app import BATCHES_IN_FLIGHT_MAX
 
 
 def positive(text: str) -> int:
@@ -105,7 +106,7 @@ SERVE_OPTIONS = [
     Option(name="port", parse=int, default=8080, help="port to listen on"),
     Option(name="shards", parse=positive, default=SHARDS_DEFAULT, help="shard actors; may change between restarts"),
     Option(name="snapshot_every", parse=positive, default=SNAPSHOT_EVERY_DEFAULT,
-           help="durable records between periodic snapshots"),
+           help="durable records between periodic snapshots (a batch record counts one per transfer)"),
     Option(name="archive", parse=flag, default=False,
            help="move compacted WAL segments to <data>/archive/ instead of deleting them"),
     Option(name="shutdown_timeout", parse=float, default=10.0,
@@ -117,6 +118,9 @@ SERVE_OPTIONS = [
            help="seconds a connection may stay silent (mid-request or idle) before it is closed"),
     Option(name="max_in_flight", parse=positive, default=4096,
            help="HTTP requests handled at once; past it, 503 overloaded at once"),
+    Option(name="max_batches_in_flight", parse=positive, default=BATCHES_IN_FLIGHT_MAX,
+           help="POST /v1/transfers/batch requests handled at once (each may hold a 16 MiB body); "
+                "past it, 503 overloaded at once"),
     Option(name="rate_limit", parse=float, default=0.0,
            help="requests per second allowed per user token (token bucket; 0: no limit)"),
     Option(name="rate_burst", parse=positive, default=100, help="bucket size: requests a token may send at once"),

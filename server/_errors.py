@@ -24,6 +24,9 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | WITHDRAWAL_NOT_FOUND      | 404    | withdrawal_not_found      |
     | WITHDRAWAL_NOT_DEAD       | 409    | withdrawal_not_dead       |
     | WITHDRAWAL_NOT_PAYABLE    | 409    | withdrawal_not_payable    |
+    | RECORD_TOO_LARGE          | 413    | payload_too_large         |
+    | an atomic batch's item    | 422    | batch_failed (with index  |
+    |   failed: nothing posted  |        |   and the item's error)   |
     | bad body, query or header | 400    | invalid_request           |
     | no Idempotency-Key        | 400    | idempotency_key_missing   |
     | no or unknown token       | 401    | unauthorized              |
@@ -48,7 +51,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ledger import Reason, Rejection
+from ledger import BatchFailed, Reason, Rejection
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -77,6 +80,7 @@ REASONS: dict[Reason, tuple[int, str]] = {
     Reason.WITHDRAWAL_NOT_FOUND: (404, "Withdrawal not found"),
     Reason.WITHDRAWAL_NOT_DEAD: (409, "Withdrawal not dead"),
     Reason.WITHDRAWAL_NOT_PAYABLE: (409, "Withdrawal not payable"),
+    Reason.RECORD_TOO_LARGE: (413, "Payload too large"),
 }
 assert set(REASONS) == set(Reason), set(Reason) - set(REASONS)
 
@@ -109,6 +113,20 @@ def rejected(rejection: Rejection) -> ApiError:
     return ApiError(status, rejection.reason.code, title, rejection.detail)
 
 
+def batch_failed(failure: BatchFailed) -> ApiError:
+    """An atomic batch that posted nothing: 422 naming the first failing item, with that item's
+    own problem nested (or the item's own status when the batch as a whole was refused)."""
+    if failure.index is None:
+        return rejected(failure.rejection)
+    item = rejected(failure.rejection)
+    error = ApiError(
+        422, "batch_failed", "Batch failed",
+        f"transfers[{failure.index}] failed ({item.code}: {item.detail}); nothing was posted",
+    )
+    error.extra = {"index": failure.index, "error": problem_body(item)}
+    return error
+
+
 def invalid(errors: list[dict[str, str]]) -> ApiError:
     detail = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
     return ApiError(400, "invalid_request", "Invalid request", detail, errors=errors)
@@ -122,7 +140,7 @@ def overloaded(detail: str) -> ApiError:
     return ApiError(503, "overloaded", "Overloaded", detail, headers={"Retry-After": "1"})
 
 
-def problem(error: ApiError) -> Response:
+def problem_body(error: ApiError) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": error.title,
@@ -133,8 +151,12 @@ def problem(error: ApiError) -> Response:
     if error.errors is not None:
         body["errors"] = error.errors
     body.update(error.extra)
+    return body
+
+
+def problem(error: ApiError) -> Response:
     return Response(
-        json.dumps(body).encode(),
+        json.dumps(problem_body(error)).encode(),
         status_code=error.status,
         media_type=PROBLEM_MEDIA_TYPE,
         headers=error.headers,

@@ -54,6 +54,12 @@ class Metrics:
         self.rejections = Counter(
             "wallet_rejections", "Answers that are not 2xx, by problem code", ["code"], registry=self.registry,
         )
+        self.batch_transfers = Counter(
+            "wallet_batch_transfers",
+            "Items of POST /v1/transfers/batch by atomic and item status (every item of a failed "
+            "atomic batch counts as 422)",
+            ["atomic", "status"], registry=self.registry,
+        )
         self.api: Any = None  # the Api, for the ledger's statistics at scrape time
         self.registry.register(_LedgerCollector(self))
         self.registry.register(_PayoutsCollector(self))

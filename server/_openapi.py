@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ledger import AMOUNT_MAX, DESCRIPTION_CHARS_MAX, SCALE_MAX
+from ledger import AMOUNT_MAX, BATCH_ITEMS_MAX, DESCRIPTION_CHARS_MAX, SCALE_MAX
 
 ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"}
 USER_ID = {"type": "string", "pattern": r"^(?!treasury:)[A-Za-z0-9_.:-]{1,64}$"}
@@ -97,6 +97,55 @@ SCHEMAS: dict[str, Any] = {
             "last_error": {"type": ["string", "null"]}, "bank_reference": {"type": ["string", "null"]},
             "next_attempt_at": {"type": ["string", "null"]}, "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
         },
+    },
+    "BatchTransfer": {
+        "type": "object",
+        "required": ["idempotency_key", "from_wallet_id", "to_wallet_id", "amount"],
+        "additionalProperties": False,
+        "properties": {
+            "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[ -~]+$",
+                                "description": "this item's own key (distinct within the batch)"},
+            "from_wallet_id": USER_ID, "to_wallet_id": USER_ID, "amount": AMOUNT,
+            "description": DESCRIPTION, "metadata": METADATA,
+        },
+    },
+    "BatchRequest": {
+        "type": "object",
+        "required": ["atomic", "transfers"],
+        "additionalProperties": False,
+        "properties": {
+            "atomic": {"type": "boolean", "description": "all items posted, or none (422 batch_failed)"},
+            "transfers": {"type": "array", "minItems": 1, "maxItems": BATCH_ITEMS_MAX,
+                          "items": {"$ref": "#/components/schemas/BatchTransfer"}},
+        },
+    },
+    "BatchResults": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "description": "one per item, in request order",
+                "items": {
+                    "oneOf": [
+                        {"type": "object", "required": ["status", "transaction"],
+                         "properties": {"status": {"const": 201},
+                                        "transaction": {"$ref": "#/components/schemas/Transaction"}}},
+                        {"type": "object", "required": ["status", "error"],
+                         "properties": {"status": {"type": "integer", "minimum": 400, "maximum": 499},
+                                        "error": {"$ref": "#/components/schemas/Problem"}}},
+                    ]
+                },
+            }
+        },
+    },
+    "BatchFailed": {
+        "allOf": [
+            {"$ref": "#/components/schemas/Problem"},
+            {"type": "object", "required": ["index", "error"],
+             "properties": {"code": {"const": "batch_failed"}, "index": {"type": "integer", "minimum": 0},
+                            "error": {"$ref": "#/components/schemas/Problem"}}},
+        ],
     },
     "Entry": {
         "type": "object",
@@ -313,6 +362,34 @@ def build() -> dict[str, Any]:
                 "requestBody": {**_body({}, []), "required": False},
                 "responses": {"200": _json(_ref("Withdrawal"), "pending again"),
                               **_problems(403, 404, 409, 413, 415)},
+            }
+        },
+        "/v1/transfers/batch": {
+            "post": {
+                "operationId": "transferBatch",
+                "summary": f"Up to {BATCH_ITEMS_MAX} transfers in one request, each with its own idempotency key",
+                "description": (
+                    "JSON or MessagePack (Content-Type: application/msgpack; Accept: application/msgpack "
+                    "for a MessagePack answer), body at most 16 MiB. Not atomic: every item is answered "
+                    "in order with its own status (201 and the transaction, or its problem; a shape error "
+                    "is that item's 400). Atomic: all items are posted, or none and 422 batch_failed names "
+                    "the first failing item; a shape error anywhere is 400 for the request. An "
+                    "Idempotency-Key header is accepted but not needed: each item's key makes a retry safe."
+                ),
+                "parameters": [OPTIONAL_KEY],
+                "requestBody": {
+                    "required": True,
+                    "content": {media: {"schema": _ref("BatchRequest")}
+                                for media in ("application/json", "application/msgpack")},
+                },
+                "responses": {
+                    "200": {"description": "every item's answer, in request order",
+                            "content": {media: {"schema": _ref("BatchResults")}
+                                        for media in ("application/json", "application/msgpack")}},
+                    **_problems(413, 415),
+                    "422": {"description": "an atomic batch failed: nothing was posted",
+                            "content": {"application/problem+json": {"schema": _ref("BatchFailed")}}},
+                },
             }
         },
         "/v1/transactions/{transaction_id}": {

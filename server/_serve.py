@@ -32,7 +32,7 @@ from anyio.abc import TaskStatus
 from hypercorn.config import Config
 
 from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT, Ledger, recover
-from server._app import Api, RateLimiter, build_app
+from server._app import BATCHES_IN_FLIGHT_MAX, Api, RateLimiter, build_app
 from server._bank import HttpBank, SimulatedBank
 from server._config import LOOP_DEFAULT, LOOPS
 from server._lock import lock_data_dir
@@ -67,6 +67,7 @@ class ServeOptions:
     mailbox_capacity: int = MAILBOX_CAPACITY
     read_timeout_s: int = READ_TIMEOUT_S
     max_in_flight: int = 4096
+    max_batches_in_flight: int = BATCHES_IN_FLIGHT_MAX
     rate_limit: float = 0.0
     rate_burst: int = 100
     rate_limit_admin: bool = False
@@ -240,7 +241,8 @@ async def serve(options: ServeOptions) -> int:
     limiter = None
     if options.rate_limit > 0:
         limiter = RateLimiter(rate=options.rate_limit, burst=options.rate_burst)
-    api = Api(admin_token=admin_token(data_dir), limiter=limiter, limit_admin=options.rate_limit_admin)
+    api = Api(admin_token=admin_token(data_dir), limiter=limiter, limit_admin=options.rate_limit_admin,
+              batches_in_flight_max=options.max_batches_in_flight)
     app = build_app(api, in_flight_max=options.max_in_flight)
     shutdown = anyio.Event()
     http_done = anyio.Event()

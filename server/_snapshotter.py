@@ -1,6 +1,7 @@
 """Periodic and on-demand snapshots of a running server, without stalling it.
 
-Every ``--snapshot-every`` durable records (and when an admin asks), the server starts
+Every ``--snapshot-every`` durable records (a batch record counting one per transfer, so the
+bound on what a restart replays holds for batches too) and when an admin asks, the server starts
 ``wallet snapshot create --until-lsn X`` as a child process: it loads the previous image, replays
 the durable log up to X on the other core and writes the new image atomically; the event loop
 only waits for the child to exit. Then the WAL segments that both kept snapshots and the
@@ -56,13 +57,14 @@ class Snapshotter:
         self._failed = 0
         self._removed = 0
         self._compacted_at = 0  # the history LSN the last compaction used
+        self._transactions_at = 0  # ledger.durable_transactions at the last snapshot taken here
 
     async def run(self) -> None:
         while True:
             await anyio.sleep(CHECK_INTERVAL_S)
             if self._lock.locked():
                 continue
-            if self._ledger.wal.durable_lsn - self.last_lsn >= self._every:
+            if self.due():
                 await self.take()
             elif self.last_lsn and self._ledger.history.applied_lsn > self._compacted_at:
                 # The projector may have been behind when the snapshot was taken: compact once it
@@ -70,10 +72,19 @@ class Snapshotter:
                 async with self._lock:
                     await self.compact()
 
+    def due(self) -> bool:
+        """Whether ``--snapshot-every`` records passed since the last snapshot: by LSN, or by
+        transactions made durable since the last one this process took (a batch record holds up
+        to 8,190 of them, and replaying costs per transaction)."""
+        ledger = self._ledger
+        return (ledger.wal.durable_lsn - self.last_lsn >= self._every
+                or ledger.durable_transactions - self._transactions_at >= self._every)
+
     async def take(self) -> int | None:
         """Snapshots the durable log now; returns the LSN, or None if nothing new / it failed."""
         async with self._lock:
             target = self._ledger.wal.durable_lsn
+            transactions = self._ledger.durable_transactions
             if target <= self.last_lsn:
                 return None
             started = time.monotonic()
@@ -90,6 +101,7 @@ class Snapshotter:
                 )
                 return None
             self.last_lsn = target
+            self._transactions_at = transactions
             self._taken += 1
             self._last_seconds = time.monotonic() - started
             self._last_finished = time.monotonic()

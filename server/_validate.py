@@ -4,6 +4,15 @@ Rules (``API.md``): money is a JSON integer 1..int64 max; a float (even ``10.0``
 boolean, null, zero or a negative is refused. Ids are 1-64 of ``[A-Za-z0-9_.:-]``; ids starting
 with ``treasury:`` are reserved. Unknown fields, duplicate keys, NaN/Infinity and strings that
 are not valid Unicode (lone surrogates) are refused, because each would otherwise reach the log.
+
+The batch route (``batch_body``, ``batch_request``, ``batch_items``) takes JSON or MessagePack
+under the same rules: MessagePack is decoded strictly (``raw=False``: strings must be UTF-8 and
+bin is never a string; map keys must be strings; duplicate keys, trailing bytes and anything
+that does not decode are refused) and its values then meet the same checks as JSON's, so a
+float amount is refused whichever way it came. An item is first checked by a tight predicate
+(type and range tests, one regex per id, no allocation); only an item that fails it, or carries
+metadata, goes through ``fields`` with the single-transfer route's validators, which produce the
+same messages and codes, under field paths ``transfers[i].name``.
 """
 
 from __future__ import annotations
@@ -13,10 +22,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 from starlette.requests import Request
 
 from ledger import (
     AMOUNT_MAX,
+    BATCH_ITEMS_MAX,
     DESCRIPTION_CHARS_MAX,
     ID_PATTERN,
     INT64_MAX,
@@ -29,6 +40,9 @@ from ledger import (
 from server._errors import ApiError, invalid, invalid_field
 
 BODY_BYTES_MAX = 1024 * 1024
+BATCH_BODY_BYTES_MAX = 16 * 1024 * 1024
+JSON_MEDIA_TYPE = "application/json"
+MSGPACK_MEDIA_TYPE = "application/msgpack"
 IDEMPOTENCY_KEY_CHARS_MAX = 128
 METADATA_DEPTH_MAX = 8
 LIMIT_DEFAULT = 50
@@ -108,10 +122,13 @@ async def read_body(request: Request, *, limit: int = BODY_BYTES_MAX) -> bytes:
     return b"".join(chunks)
 
 
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
 def _check_json_content_type(request: Request) -> None:
-    content_type = request.headers.get("content-type", "")
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
+    if media_type(request) != JSON_MEDIA_TYPE:
+        content_type = request.headers.get("content-type", "")
         raise ApiError(
             415, "unsupported_media_type", "Unsupported media type",
             f"send the body as application/json, not {content_type or 'nothing'}",
@@ -124,6 +141,13 @@ async def json_object(request: Request, *, optional: bool = False) -> dict[str, 
     if optional and not body.strip():
         return {}
     _check_json_content_type(request)
+    value = _decode_json(body)
+    if not isinstance(value, dict):
+        raise invalid_field("body", "must be a JSON object")
+    return value
+
+
+def _decode_json(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
         value = _decoder.decode(text)
@@ -137,8 +161,6 @@ async def json_object(request: Request, *, optional: bool = False) -> dict[str, 
         raise invalid_field("body", "nested too deeply") from None
     except ValueError as error:  # e.g. an integer literal past Python's digit limit
         raise invalid_field("body", f"malformed JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise invalid_field("body", "must be a JSON object")
     return value
 
 
@@ -251,8 +273,8 @@ def _plain(name: str, value: Any, depth: int) -> Any:
         if not INT64_MIN <= value <= INT64_MAX:
             raise invalid_field(name, "integers in metadata must fit in 64 bits")
         return value
-    if isinstance(value, _Float):
-        number = float(value.text)
+    if isinstance(value, _Float) or type(value) is float:  # JSON text, or a MessagePack float
+        number = float(value.text) if isinstance(value, _Float) else value
         if not math.isfinite(number):
             raise invalid_field(name, "numbers must be finite")
         return number
@@ -261,6 +283,8 @@ def _plain(name: str, value: Any, depth: int) -> Any:
     if isinstance(value, list):
         return [_plain(name, item, depth + 1) for item in value]
     if isinstance(value, dict):
+        if not all(type(key) is str for key in value):
+            raise invalid_field(name, "keys must be strings")
         return {_text(key, name): _plain(name, item, depth + 1) for key, item in value.items()}
     raise invalid_field(name, f"unsupported value {_describe(value)}")
 
@@ -328,9 +352,14 @@ def idempotency_key(request: Request, *, required: bool) -> str | None:
                 "this request moves money: send an Idempotency-Key header (1-128 printable ASCII characters)",
             )
         return None
-    if not 1 <= len(key) <= IDEMPOTENCY_KEY_CHARS_MAX or not all(" " <= char <= "~" for char in key):
+    if not _key_chars(key):
         raise invalid_field("Idempotency-Key", "must be 1-128 printable ASCII characters")
     return key
+
+
+def _key_chars(key: str) -> bool:
+    """The rule for idempotency keys: 1-128 printable ASCII characters."""
+    return 1 <= len(key) <= IDEMPOTENCY_KEY_CHARS_MAX and all(" " <= char <= "~" for char in key)
 
 
 def limit(request: Request, *, default: int = LIMIT_DEFAULT, maximum: int = LIMIT_MAX) -> int:
@@ -346,3 +375,169 @@ def query(request: Request, allowed: set[str]) -> None:
     unknown = [name for name in request.query_params if name not in allowed]
     if unknown:
         raise invalid([{"field": name, "message": "unknown query parameter"} for name in unknown])
+
+
+# -- the batch route -------------------------------------------------------------------------
+
+
+def _msgpack_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise invalid_field(key if type(key) is str else "body", "duplicate key")
+            seen.add(key)
+    return result
+
+
+def _decode_msgpack(body: bytes) -> Any:
+    try:
+        return msgpack.unpackb(
+            body, raw=False, strict_map_key=True, use_list=True, object_pairs_hook=_msgpack_map
+        )
+    except ApiError:
+        raise
+    except msgpack.ExtraData:
+        raise invalid_field("body", "bytes after the MessagePack object") from None
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as error:
+        # Truncated or malformed data, invalid UTF-8 in a string, a map key that is not a
+        # string, nesting past the unpacker's stack.
+        raise invalid_field("body", f"malformed MessagePack: {type(error).__name__}: {error}") from None
+
+
+async def batch_body(request: Request) -> Any:
+    """The decoded body of a batch request: JSON or MessagePack by Content-Type (415 for
+    anything else), at most ``BATCH_BODY_BYTES_MAX`` bytes (413)."""
+    body = await read_body(request, limit=BATCH_BODY_BYTES_MAX)
+    kind = media_type(request)
+    if kind == JSON_MEDIA_TYPE:
+        return _decode_json(body)
+    if kind == MSGPACK_MEDIA_TYPE:
+        return _decode_msgpack(body)
+    content_type = request.headers.get("content-type", "")
+    raise ApiError(
+        415, "unsupported_media_type", "Unsupported media type",
+        f"send the body as application/json or application/msgpack, not {content_type or 'nothing'}",
+    )
+
+
+def batch_request(value: Any) -> tuple[bool, list[Any]]:
+    """The whole request's shape: ``{"atomic": bool, "transfers": [1..BATCH_ITEMS_MAX items]}``.
+    Returns (atomic, the raw items); anything else is 400 for the whole request."""
+    if not isinstance(value, dict):
+        raise invalid_field("body", f"must be an object, not {_describe(value)}")
+    errors = [
+        {"field": name if type(name) is str else repr(name), "message": "unknown field"}
+        for name in value if name not in ("atomic", "transfers")
+    ]
+    atomic = value.get("atomic")
+    if "atomic" not in value:
+        errors.append({"field": "atomic", "message": "is required"})
+    elif type(atomic) is not bool:
+        errors.append({"field": "atomic", "message": f"must be true or false, not {_describe(atomic)}"})
+    transfers = value.get("transfers")
+    if "transfers" not in value:
+        errors.append({"field": "transfers", "message": "is required"})
+    elif type(transfers) is not list:
+        errors.append({"field": "transfers", "message": f"must be an array, not {_describe(transfers)}"})
+    elif not 1 <= len(transfers) <= BATCH_ITEMS_MAX:
+        errors.append({"field": "transfers", "message": f"must hold 1 to {BATCH_ITEMS_MAX} transfers, not {len(transfers)}"})
+    if errors:
+        raise invalid(errors)
+    assert type(atomic) is bool and type(transfers) is list
+    return atomic, transfers
+
+
+def item_key(name: str, value: Any) -> str:
+    if type(value) is not str:
+        raise invalid_field(name, f"must be a string, not {_describe(value)}")
+    if not _key_chars(value):
+        raise invalid_field(name, f"must be 1-{IDEMPOTENCY_KEY_CHARS_MAX} printable ASCII characters")
+    return value
+
+
+def _printable_key(key: str) -> bool:
+    """``_key_chars`` at C speed: ASCII and printable <=> every character is in " ".."~"."""
+    return 0 < len(key) <= IDEMPOTENCY_KEY_CHARS_MAX and key.isascii() and key.isprintable()
+
+
+ITEM_SPEC: dict[str, tuple[bool, Validator]] = {
+    "idempotency_key": (True, item_key),
+    "from_wallet_id": (True, user_identifier),
+    "to_wallet_id": (True, user_identifier),
+    "amount": (True, amount),
+    "description": (False, description),
+    "metadata": (False, metadata),
+}
+_ITEM_FIELDS = frozenset(ITEM_SPEC)
+_ITEM_REQUIRED = frozenset(name for name, (required, _) in ITEM_SPEC.items() if required)
+_id = ID_PATTERN.fullmatch
+
+# A valid item: (idempotency_key, from_wallet_id, to_wallet_id, amount, description, metadata).
+BatchItem = tuple[str, str, str, int, str | None, dict[str, Any] | None]
+
+
+def batch_items(values: list[Any]) -> list[BatchItem | list[dict[str, str]]]:
+    """Each item as a ``BatchItem``, or as its errors (field paths ``transfers[i].name``)."""
+    items: list[BatchItem | list[dict[str, str]]] = []
+    for index, value in enumerate(values):
+        if type(value) is dict and value.keys() <= _ITEM_FIELDS and value.keys() >= _ITEM_REQUIRED:
+            key = value["idempotency_key"]
+            source = value["from_wallet_id"]
+            target = value["to_wallet_id"]
+            amount_ = value["amount"]
+            description_ = value.get("description")
+            if (
+                type(key) is str and _printable_key(key)
+                and type(source) is str and _id(source) is not None and not source.startswith(TREASURY_PREFIX)
+                and type(target) is str and _id(target) is not None and not target.startswith(TREASURY_PREFIX)
+                and type(amount_) is int and 0 < amount_ <= AMOUNT_MAX
+                and (description_ is None or (
+                    type(description_) is str and len(description_) <= DESCRIPTION_CHARS_MAX
+                    and (description_.isascii() or _encodes(description_))))
+                and value.get("metadata") is None
+            ):
+                items.append((key, source, target, amount_, description_, None))
+                continue
+        items.append(_batch_item(index, value))
+    return items
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _batch_item(index: int, value: Any) -> BatchItem | list[dict[str, str]]:
+    """The slow path: the single-transfer route's validators, their messages and codes."""
+    prefix = f"transfers[{index}]"
+    if not isinstance(value, dict):
+        return [{"field": prefix, "message": f"must be an object, not {_describe(value)}"}]
+    if not all(type(name) is str for name in value):
+        return [{"field": prefix, "message": "keys must be strings"}]
+    try:
+        body = fields(value, ITEM_SPEC)
+    except ApiError as error:
+        assert error.errors is not None
+        return [{"field": f"{prefix}.{item['field']}", "message": item["message"]} for item in error.errors]
+    return (body["idempotency_key"], body["from_wallet_id"], body["to_wallet_id"], body["amount"],
+            body.get("description"), body.get("metadata"))
+
+
+def repeated_keys(values: list[Any]) -> list[dict[str, str]]:
+    """Errors for idempotency keys that appear twice in one batch (each item needs its own)."""
+    first: dict[str, int] = {}
+    errors = []
+    for index, value in enumerate(values):
+        key = value.get("idempotency_key") if type(value) is dict else None
+        if type(key) is not str:
+            continue
+        seen = first.setdefault(key, index)
+        if seen != index:
+            errors.append({"field": f"transfers[{index}].idempotency_key",
+                           "message": f"repeats transfers[{seen}].idempotency_key: every item needs its own key"})
+    return errors

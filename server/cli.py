@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                     segment_bytes_max=values["segment_bytes"], snapshot_every=values["snapshot_every"],
                     archive=values["archive"], mailbox_capacity=values["mailbox_capacity"],
                     read_timeout_s=values["read_timeout"], max_in_flight=values["max_in_flight"],
+                    max_batches_in_flight=values["max_batches_in_flight"],
                     rate_limit=values["rate_limit"],
                     rate_burst=values["rate_burst"], rate_limit_admin=values["rate_limit_admin"],
                     certfile=values["certfile"],

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.e2e._server import ADMIN_TOKEN, ServerProcess
@@ -20,14 +21,16 @@ ROUTES = [
     ("POST", "/v1/wallets"), ("GET", "/v1/wallets"), ("GET", "/v1/wallets/{id}"),
     ("POST", "/v1/wallets/{id}/freeze"), ("POST", "/v1/wallets/{id}/unfreeze"), ("POST", "/v1/wallets/{id}/close"),
     ("GET", "/v1/wallets/{id}/balance"), ("GET", "/v1/wallets/{id}/transactions"),
-    ("POST", "/v1/deposits"), ("POST", "/v1/transfers"), ("GET", "/v1/transactions/{id}"),
+    ("POST", "/v1/deposits"), ("POST", "/v1/transfers"), ("POST", "/v1/transfers/batch"),
+    ("GET", "/v1/transactions/{id}"),
     ("POST", "/v1/admin/snapshots"), ("GET", "/health"), ("GET", "/ready"),
     ("POST", "/v1/transfers/{id}/capture"), ("POST", "/v1/transfers/{id}/void"),
     ("POST", "/v1/withdrawals"), ("GET", "/v1/withdrawals"), ("GET", "/v1/withdrawals/{id}"),
     ("POST", "/v1/withdrawals/{id}/retry"),
 ]
 FIELDS = ["code", "scale", "owner_id", "id", "asset", "metadata", "wallet_id", "amount", "description",
-          "from_wallet_id", "to_wallet_id", "hold", "timeout_s", "destination", "x"]
+          "from_wallet_id", "to_wallet_id", "hold", "timeout_s", "destination", "x", "atomic", "transfers",
+          "idempotency_key"]
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
@@ -92,6 +95,54 @@ def test_no_input_makes_a_5xx(fuzz_server: ServerProcess, route: tuple[str, str]
     path = template.replace("{id}", path_id)
     with httpx.Client(base_url=fuzz_server.url, timeout=30) as http:
         check(http.request(method, path, content=body if method != "GET" else None, headers=headers, params=query))
+
+
+# Batch-shaped bodies: mostly valid items around the two funded wallets, some of every kind of
+# wrong, in JSON or MessagePack (whose values include bin, floats and ext types).
+batch_values = st.one_of(values, st.binary(max_size=4), st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=3)))
+batch_items = st.one_of(
+    st.fixed_dictionaries(
+        {"idempotency_key": st.text(max_size=10) | st.sampled_from(["k1", "k2"]),
+         "from_wallet_id": st.sampled_from(["fz-a", "fz-b", "nope", "treasury:USD"]),
+         "to_wallet_id": st.sampled_from(["fz-a", "fz-b", "nope"]),
+         "amount": st.integers(min_value=-5, max_value=2**64) | st.sampled_from([1, 2, 3, 1.0])},
+        optional={"description": batch_values, "metadata": batch_values, "x": batch_values},
+    ),
+    batch_values,
+)
+batch_bodies = st.fixed_dictionaries(
+    {"atomic": st.booleans() | batch_values, "transfers": st.lists(batch_items, max_size=6) | batch_values},
+    optional={"x": batch_values},
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=batch_bodies, as_msgpack=st.booleans(), accept=st.sampled_from([None, "application/msgpack", "*/*"]),
+       token=tokens)
+def test_no_batch_makes_a_5xx(fuzz_server: ServerProcess, body: Any, as_msgpack: bool, accept: str | None,
+                             token: str) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if accept is not None:
+        headers["Accept"] = accept
+    encoders = [("application/msgpack", lambda: msgpack.packb(body, use_bin_type=True)),
+                ("application/json", lambda: json.dumps(body).encode())]
+    content = None
+    for media_type, encode in encoders if as_msgpack else encoders[::-1]:
+        try:  # bin has no JSON form, integers past 64 bits no MessagePack one
+            content = encode()
+        except (TypeError, ValueError, OverflowError):
+            continue
+        headers["Content-Type"] = media_type
+        break
+    assume(content is not None)
+    with httpx.Client(base_url=fuzz_server.url, timeout=30) as http:
+        response = http.post("/v1/transfers/batch", content=content, headers=headers)
+    check(response)
+    if response.status_code == 200:
+        results = (msgpack.unpackb(response.content, raw=False)
+                   if response.headers["content-type"] == "application/msgpack" else response.json())["results"]
+        assert len(results) == len(body["transfers"])
+        assert all(result["status"] == 201 or 400 <= result["status"] < 500 for result in results)
 
 
 def test_money_is_conserved_after_the_fuzzing(fuzz_server: ServerProcess) -> None:

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import httpx
+import msgpack
 from jsonschema import Draft202012Validator
 
 from tests.e2e._server import ServerProcess
@@ -28,7 +29,8 @@ def validate(document: dict[str, Any], response: httpx.Response) -> None:
     media_type = response.headers["content-type"].split(";")[0]
     schema = documented["content"][media_type]["schema"]
     root = {**schema, "components": document["components"]}
-    Draft202012Validator(root).validate(response.json())
+    body = msgpack.unpackb(response.content, raw=False) if media_type == "application/msgpack" else response.json()
+    Draft202012Validator(root).validate(body)
 
 
 def test_every_answer_of_a_full_flow_matches_the_document(server: ServerProcess) -> None:
@@ -71,5 +73,18 @@ def test_every_answer_of_a_full_flow_matches_the_document(server: ServerProcess)
         call("POST", "/v1/wallets/ob/close")
         token = call("POST", "/v1/tokens", json={"owner_id": "oa"}).json()
         call("DELETE", f"/v1/tokens/{token['prefix']}")
+        call("POST", "/v1/wallets", json={"id": "od", "owner_id": "od", "asset": "USD"})
+        batch = {"atomic": False, "transfers": [
+            {"idempotency_key": "b1", "from_wallet_id": "oa", "to_wallet_id": "zz", "amount": 1},
+            {"idempotency_key": "b2", "from_wallet_id": "oa", "to_wallet_id": "od", "amount": 1.5},
+            {"idempotency_key": "b3", "from_wallet_id": "oa", "to_wallet_id": "od", "amount": 1},
+        ]}
+        call("POST", "/v1/transfers/batch", json=batch)
+        call("POST", "/v1/transfers/batch", json={**batch, "atomic": True})
+        call("POST", "/v1/transfers/batch", json={"atomic": True, "transfers": [
+            {"idempotency_key": "b4", "from_wallet_id": "oa", "to_wallet_id": "zz", "amount": 1}]})
+        call("POST", "/v1/transfers/batch", content=msgpack.packb({**batch, "atomic": False}),
+             headers={"Content-Type": "application/msgpack", "Accept": "application/msgpack"})
+        call("POST", "/v1/transfers/batch", content=b"x", headers={"Content-Type": "text/plain"})
         call("POST", "/v1/admin/snapshots")
         validate(document, http.get("/v1/wallets/oa", headers={"Authorization": "Bearer wrong"}))

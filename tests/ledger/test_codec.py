@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 
 from ledger import (
+    BATCH_ITEMS_MAX,
     CODEC_VERSION,
     INT64_MAX,
     INT64_MIN,
@@ -23,6 +24,7 @@ from ledger import (
     TokenRevoked,
     TransactionType,
     Transferred,
+    TransfersPosted,
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
@@ -55,11 +57,22 @@ transferred = st.builds(
     to_wallet_id=texts, asset=texts, amount=int64s, description=st.none() | texts, metadata=metadatas,
     at_us=int64s, idempotency=idempotencies,
 )
+transfers_posted = st.builds(
+    lambda at_us, transfers: TransfersPosted(
+        transfers=tuple(Transferred(**{**_fields(t), "at_us": at_us}) for t in transfers), at_us=at_us
+    ),
+    int64s, st.lists(transferred, min_size=1, max_size=6),
+)
 token_created = st.builds(TokenCreated, token_hash=st.binary(max_size=40), prefix=texts, owner_id=texts, at_us=int64s)
 token_revoked = st.builds(TokenRevoked, prefix=texts, at_us=int64s)
 events: st.SearchStrategy[Event] = st.one_of(
-    asset_created, wallet_created, wallet_status_changed, transferred, token_created, token_revoked
+    asset_created, wallet_created, wallet_status_changed, transferred, transfers_posted, token_created,
+    token_revoked,
 )
+
+
+def _fields(event: Any) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in event.__dataclass_fields__}
 
 
 def _idem(idempotency: Idempotency | None) -> list[Any] | None:
@@ -79,6 +92,11 @@ def layout(event: Event) -> list[Any]:
         return [CODEC_VERSION, 4, event.transaction_id, int(event.type), event.from_wallet_id, event.to_wallet_id,
                 event.asset, event.amount, event.description, event.metadata, event.at_us,
                 _idem(event.idempotency)]
+    if isinstance(event, TransfersPosted):
+        return [CODEC_VERSION, 7, event.at_us, [
+            [t.transaction_id, int(t.type), t.from_wallet_id, t.to_wallet_id, t.asset, t.amount, t.description,
+             t.metadata, _idem(t.idempotency)] for t in event.transfers
+        ]]
     if isinstance(event, TokenCreated):
         return [CODEC_VERSION, 5, event.token_hash, event.prefix, event.owner_id, event.at_us]
     assert isinstance(event, TokenRevoked)
@@ -92,8 +110,13 @@ def decodes_or_refuses(payload: bytes) -> None:
     except CodecError:
         return
     assert isinstance(
-        event, AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TokenCreated | TokenRevoked
+        event,
+        AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TransfersPosted | TokenCreated
+        | TokenRevoked,
     )
+    if isinstance(event, TransfersPosted):
+        assert 1 <= len(event.transfers) <= BATCH_ITEMS_MAX
+        assert all(type(t) is Transferred and t.at_us == event.at_us for t in event.transfers)
 
 
 def refuses(payload: bytes) -> None:
@@ -106,8 +129,10 @@ def refuses(payload: bytes) -> None:
 
 @pytest.mark.parametrize(
     "strategy",
-    [asset_created, wallet_created, wallet_status_changed, transferred, token_created, token_revoked],
-    ids=["AssetCreated", "WalletCreated", "WalletStatusChanged", "Transferred", "TokenCreated", "TokenRevoked"],
+    [asset_created, wallet_created, wallet_status_changed, transferred, transfers_posted, token_created,
+     token_revoked],
+    ids=["AssetCreated", "WalletCreated", "WalletStatusChanged", "Transferred", "TransfersPosted", "TokenCreated",
+         "TokenRevoked"],
 )
 @settings(max_examples=100, deadline=None)
 @given(data=st.data())
@@ -121,6 +146,9 @@ def test_round_trip(strategy: st.SearchStrategy[Event], data: st.DataObject) -> 
         assert type(decoded.status) is WalletStatus  # not a bare int that merely compares equal
     if isinstance(decoded, Transferred):
         assert type(decoded.type) is TransactionType
+    if isinstance(decoded, TransfersPosted):
+        assert type(decoded.transfers) is tuple
+        assert all(type(t.type) is TransactionType for t in decoded.transfers)
     assert encode_event(decoded) == payload  # byte-stable: a re-encoded record is the same record
 
 
@@ -172,7 +200,7 @@ def test_valid_msgpack_of_any_shape_never_raises_anything_but_codec_error(value:
     decodes_or_refuses(msgpack.packb(value, use_bin_type=True))
 
 
-FIELD_COUNTS = {1: 3, 2: 6, 3: 3, 4: 10, 5: 4, 6: 2}  # per kind, from the table
+FIELD_COUNTS = {1: 3, 2: 6, 3: 3, 4: 10, 5: 4, 6: 2, 7: 2}  # per kind, from the table
 
 
 @settings(max_examples=300, deadline=None)
@@ -195,6 +223,13 @@ SAMPLES: list[Event] = [
                 idempotency=Idempotency(scope="s", key="k", fingerprint=b"f")),
     TokenCreated(token_hash=b"h", prefix="p", owner_id="o", at_us=1),
     TokenRevoked(prefix="p", at_us=1),
+    TransfersPosted(at_us=1, transfers=(
+        Transferred(transaction_id="t1", type=TransactionType.TRANSFER, from_wallet_id="a", to_wallet_id="b",
+                    asset="USD", amount=5, description=None, metadata=None, at_us=1, idempotency=None),
+        Transferred(transaction_id="t2", type=TransactionType.TRANSFER, from_wallet_id="b", to_wallet_id="c",
+                    asset="USD", amount=3, description="d", metadata={"k": [1]}, at_us=1,
+                    idempotency=Idempotency(scope="s", key="k", fingerprint=b"f")),
+    )),
 ]
 
 
@@ -221,7 +256,7 @@ def test_unknown_version_is_refused(version: Any) -> None:
     refuses(msgpack.packb([version, *fields[1:]], use_bin_type=True))
 
 
-@pytest.mark.parametrize("kind", [0, 7, 255, -1, "1", None, [4]])
+@pytest.mark.parametrize("kind", [0, 8, 255, -1, "1", None, [4]])
 def test_unknown_kind_is_refused(kind: Any) -> None:
     refuses(msgpack.packb([CODEC_VERSION, kind, "USD", 2, 1], use_bin_type=True))
 
@@ -279,3 +314,38 @@ def test_malformed_msgpack_is_refused(payload: bytes) -> None:
 )
 def test_wrong_field_types_are_refused(fields: list[Any]) -> None:
     refuses(msgpack.packb(fields, use_bin_type=True))
+
+
+GOOD_ITEM = ["t", 1, "a", "b", "USD", 5, None, None, None]
+
+
+def _with_item(index: int, value: Any) -> list[Any]:
+    return [*GOOD_ITEM[:index], value, *GOOD_ITEM[index + 1 :]]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [CODEC_VERSION, 7, 1, []],  # no transfers
+        [CODEC_VERSION, 7, 1, [GOOD_ITEM] * (BATCH_ITEMS_MAX + 1)],  # more than a batch holds
+        [CODEC_VERSION, 7, 1, GOOD_ITEM],  # a transfer where the list should be
+        [CODEC_VERSION, 7, 1, {"t": GOOD_ITEM}],
+        [CODEC_VERSION, 7, 1, [GOOD_ITEM[:-1]]],  # a transfer missing its idempotency
+        [CODEC_VERSION, 7, 1, [[*GOOD_ITEM, 1]]],  # a transfer with one field too many
+        [CODEC_VERSION, 7, 1, [GOOD_ITEM, "t"]],
+        [CODEC_VERSION, 7, "1", [GOOD_ITEM]],  # at_us a string
+        [CODEC_VERSION, 7, 1, [_with_item(5, "5")]],  # amount a string
+        [CODEC_VERSION, 7, 1, [_with_item(1, 9)]],  # no such type
+    ],
+    ids=["empty", "too-many", "flat", "map", "short-item", "long-item", "item-str", "at-str", "amount-str",
+         "type"],
+)
+def test_bad_transfers_records_are_refused(fields: list[Any]) -> None:
+    refuses(msgpack.packb(fields, use_bin_type=True))
+
+
+def test_a_full_batch_record_round_trips() -> None:
+    item = SAMPLES[-1]
+    assert isinstance(item, TransfersPosted)
+    full = TransfersPosted(at_us=1, transfers=item.transfers[:1] * BATCH_ITEMS_MAX)
+    assert decode_event(encode_event(full)) == full

@@ -38,12 +38,14 @@ from ledger import (
     TokenRevoked,
     TransactionType,
     Transfer,
+    TransfersPosted,
     WalletCreated,
     WalletStatus,
     apply,
     check_state,
     count_records,
     decide,
+    decide_transfers,
     decode_state,
     digest_state,
     encode_event,
@@ -114,8 +116,21 @@ commands: st.SearchStrategy[Command] = st.one_of(
 steps_us = st.one_of(st.integers(min_value=0, max_value=10**6), st.just(IDEMPOTENCY_RETENTION_US + 1))
 
 
-def run(state: State, command: Command, now_us: int) -> None:
+# A batch: its accepted transfers become one record, so their idempotency records share an LSN.
+batches = st.lists(
+    transfers, min_size=2, max_size=5,
+    unique_by=lambda t: None if t.idempotency is None else (t.idempotency.scope, t.idempotency.key),
+).map(tuple)
+
+
+def run(state: State, command: Command | tuple[Transfer, ...], now_us: int) -> None:
     """Decides ``command`` and applies whatever it accepted, with the next LSNs."""
+    if isinstance(command, tuple):
+        decisions = decide_transfers(state, [(item, None) for item in command], now_us, {})
+        events = tuple(d[0] for d in decisions if isinstance(d, list))
+        if events:
+            apply(state, TransfersPosted(transfers=events, at_us=now_us), state.directory.lsn + 1)
+        return
     decision = decide(state, command, now_us)
     if isinstance(decision, list):
         for event in decision:
@@ -137,7 +152,7 @@ def states(draw: st.DrawFn) -> State:
             asset=st.sampled_from(ASSETS), metadata=metadatas, idempotency=idempotencies,
         )))
     prelude += draw(st.lists(deposits, min_size=1, max_size=6))
-    for command in [*prelude, *draw(st.lists(commands, min_size=4, max_size=30))]:
+    for command in [*prelude, *draw(st.lists(commands | batches, min_size=4, max_size=30))]:
         now_us += draw(steps_us)
         run(state, _concrete(draw, state, command), now_us)
     check_state(state)
@@ -436,6 +451,9 @@ def test_idempotency_records_must_be_in_lsn_order() -> None:
     twice = packed(header, GOOD_ASSET, ["s", "k", b"f", 2, 0, event], ["s", "k", b"f", 3, 0, event], GOOD_WALLET)
     with pytest.raises(CodecError, match="appears twice"):
         decode_state(twice)
+    # The items of one batch record share its LSN.
+    shared = packed(header, GOOD_ASSET, ["s", "k", b"f", 3, 0, event], ["s", "l", b"f", 3, 0, event], GOOD_WALLET)
+    assert [record.lsn for record in decode_state(shared).directory.idempotency.values()] == [3, 3]
 
 
 def decodes_or_refuses(body: bytes) -> None:

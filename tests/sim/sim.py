@@ -16,8 +16,10 @@ No trio task runs: the actors' steps (``Shard.drain``) and the group commit
 is exactly reproducible (``SIM_SEED=n make sim``). After every crash the real recovery
 (``ledger.recover``) rebuilds the ledger, and the oracle checks:
 
-1. every acknowledged command is in the log, at the LSN it was acknowledged with;
-2. no transaction id and no idempotency key appears twice in the log;
+1. every acknowledged command is in the log, at the LSN it was acknowledged with (a batch item
+   inside the batch record at that LSN);
+2. no transaction id and no idempotency key appears twice in the log, and the transfers of an
+   atomic batch are all in one record, alone, or nowhere;
 3. the recovered state (snapshot + suffix) equals a fresh replay of the whole log from LSN 1
    (compacted segments are archived so the whole log stays readable), and the invariants hold;
 4. if recovery refuses a damaged log, the damage lies in bytes that were never fsynced, and
@@ -41,6 +43,7 @@ from ledger import (
     AMOUNT_MAX,
     IDEMPOTENCY_RETENTION_US,
     AdvanceWithdrawal,
+    BatchReply,
     ChangeWalletStatus,
     Clock,
     Committed,
@@ -62,6 +65,7 @@ from ledger import (
     TransactionType,
     Transfer,
     Transferred,
+    TransfersPosted,
     WalletCreated,
     WalletStatus,
     build_snapshot,
@@ -155,6 +159,22 @@ class Ack:
 
 
 @dataclass
+class Batch:
+    """A batch of transfers as a client sends it (``Ledger.transfer_batch``)."""
+
+    commands: list[Transfer]
+    atomic: bool
+
+
+def transfers_of(event: Any) -> tuple[Transferred, ...]:
+    if isinstance(event, Transferred):
+        return (event,)
+    if isinstance(event, TransfersPosted):
+        return event.transfers
+    return ()
+
+
+@dataclass
 class Pending:
     reply: Any
     command: Any
@@ -172,6 +192,8 @@ class Stats:
     rejected: int = 0
     overloaded: int = 0
     records: int = 0
+    batches: int = 0
+    atomic_failed: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)  # records in the whole log, by kind
 
@@ -190,7 +212,8 @@ class Simulation:
         self.root = Path(tempfile.mkdtemp(prefix=f"sim-{seed}-"))
         self.data = self.root / "data"
         self.now_ns = 1_790_000_000 * 10**9
-        self.acks: dict[int, Ack] = {}  # by LSN
+        self.acks: dict[tuple[int, str | None], Ack] = {}  # by LSN and transaction id
+        self.atomic_batches: list[set[str]] = []  # the transaction ids of every atomic batch sent
         self.first_ack_by_key: dict[tuple[str, str], str] = {}
         self.pending: list[Pending] = []
         self.unanswered: list[Any] = []  # commands whose reply was lost in a crash
@@ -243,7 +266,7 @@ class Simulation:
 
     def repair_after_refusal(self, error: LogCorrupt) -> None:
         """Recovery refused: the damage must be in bytes that were never acknowledged."""
-        acknowledged_max = max(self.acks, default=0)
+        acknowledged_max = max((lsn for lsn, _ in self.acks), default=0)
         if error.lsn <= acknowledged_max:
             raise self.fail(f"recovery refused at LSN {error.lsn} but LSN {acknowledged_max} was acknowledged: {error}")
         plan = plan_repair(self.data / "wal", truncate_at_lsn=error.lsn)
@@ -270,16 +293,15 @@ class Simulation:
         records = self.whole_log()
         self.stats.records = len(records)
         by_lsn = {lsn: event for lsn, event, _ in records}
-        for lsn, ack in self.acks.items():
+        for (lsn, transaction_id), _ack in self.acks.items():
             event = by_lsn.get(lsn)
             if event is None:
                 raise self.fail(f"acknowledged LSN {lsn} is missing after recovery")
-            if ack.transaction_id is not None and (
-                not isinstance(event, Transferred | HoldCreated | HoldCaptured | HoldVoided)
-                or event.transaction_id != ack.transaction_id
+            if transaction_id is not None and transaction_id not in {t.transaction_id for t in transfers_of(event)} | (
+                {event.transaction_id} if isinstance(event, HoldCreated | HoldCaptured | HoldVoided) else set()
             ):
-                raise self.fail(f"LSN {lsn} holds {event!r}, acknowledged as {ack.transaction_id}")
-        seen_ids: set[str] = set()
+                raise self.fail(f"LSN {lsn} holds {event!r}, acknowledged as {transaction_id}")
+        seen_ids: dict[str, int] = {}
         seen_keys: dict[tuple[str, str], int] = {}
         fresh = new_state()
         resolved: set[str] = set()
@@ -289,24 +311,34 @@ class Simulation:
             if isinstance(event, HoldVoided):
                 kind += "." + event.reason.label
             kinds[kind] = kinds.get(kind, 0) + 1
-            if isinstance(event, Transferred | HoldCreated):
-                if event.transaction_id in seen_ids:
-                    raise self.fail(f"transaction {event.transaction_id} appears twice")
-                seen_ids.add(event.transaction_id)
-            elif isinstance(event, HoldCaptured | HoldVoided):
+            created = [*transfers_of(event), *((event,) if isinstance(event, HoldCreated) else ())]
+            for transfer in created:
+                if transfer.transaction_id in seen_ids:
+                    raise self.fail(f"transaction {transfer.transaction_id} appears twice")
+                seen_ids[transfer.transaction_id] = lsn
+            if isinstance(event, HoldCaptured | HoldVoided):
                 if event.transaction_id in resolved or event.transaction_id not in seen_ids:
                     raise self.fail(f"hold {event.transaction_id} resolved twice or never created")
                 resolved.add(event.transaction_id)
-            idempotency = getattr(event, "idempotency", None)
-            if idempotency is not None:
-                key = (idempotency.scope, idempotency.key)
-                previous = seen_keys.get(key)
-                # A key may execute again only once its record expired (24 h of simulated time).
-                if previous is not None and event.at_us - previous < IDEMPOTENCY_RETENTION_US:
-                    raise self.fail(f"idempotency key {key} executed twice within its retention")
-                seen_keys[key] = event.at_us
+            for item in transfers_of(event) or (event,):
+                idempotency = getattr(item, "idempotency", None)
+                if idempotency is not None:
+                    key = (idempotency.scope, idempotency.key)
+                    previous = seen_keys.get(key)
+                    # A key may execute again only once its record expired (24 h of simulated time).
+                    if previous is not None and item.at_us - previous < IDEMPOTENCY_RETENTION_US:
+                        raise self.fail(f"idempotency key {key} executed twice within its retention")
+                    seen_keys[key] = item.at_us
             apply_event(fresh, event, lsn)
         self.stats.kinds = kinds
+        for batch in self.atomic_batches:
+            places = {seen_ids[transaction_id] for transaction_id in batch if transaction_id in seen_ids}
+            if len(places) > 1:
+                raise self.fail(f"an atomic batch is spread over records {sorted(places)}")
+            for lsn in places:
+                alone = {t.transaction_id for t in transfers_of(by_lsn[lsn])}
+                if not alone <= batch:
+                    raise self.fail(f"the record at LSN {lsn} mixes an atomic batch with other transfers")
         self.ledger.check_invariants()
         if digest_state(fresh) != self.ledger.digest():
             raise self.fail("recovered state differs from a fresh replay of the whole log")
@@ -324,7 +356,30 @@ class Simulation:
         key = f"k{self.rng.randint(0, self.counter)}" if self.rng.random() < 0.1 else f"k{self.counter}"
         return Idempotency(scope=scope, key=key, fingerprint=self.rng.choice([b"a", b"b"]) + key.encode())
 
+    def transfer(self) -> Transfer:
+        self.counter += 1
+        return Transfer(
+            transaction_id=f"tx{self.counter}", type=TransactionType.TRANSFER,
+            from_wallet_id=self.rng.choice(self.wallets), to_wallet_id=self.rng.choice(self.wallets),
+            amount=self.amount(), description=None, metadata=None, idempotency=self.key(),
+            owner_id=None if self.rng.random() < 0.7 else self.rng.choice(["o1", "o2"]),
+        )
+
+    def batch(self) -> Batch:
+        commands: list[Transfer] = []
+        keys: set[tuple[str, str]] = set()
+        for _ in range(self.rng.choice([1, 2, 3, 5, 8, 20])):
+            command = self.transfer()
+            assert command.idempotency is not None
+            key = (command.idempotency.scope, command.idempotency.key)
+            if key not in keys:  # every item of a batch has its own key
+                keys.add(key)
+                commands.append(command)
+        return Batch(commands=commands, atomic=self.rng.random() < 0.5)
+
     def command(self) -> Any:
+        if self.rng.random() < 0.08:
+            return self.batch()
         roll = self.rng.random()
         wallet = self.rng.choice(self.wallets)
         if roll < 0.05:
@@ -395,7 +450,17 @@ class Simulation:
         ledger = self.ledger
         shards = len(ledger.shards)
         try:
-            if isinstance(command, Transfer):
+            if isinstance(command, Batch):
+                self.stats.batches += 1
+                if command.atomic:
+                    # No shard is in the middle of a step between two simulation steps: exactly
+                    # what the pause gives the lead shard in the real server.
+                    ledger.wal.check_writable()
+                    reply = ledger.commit_atomic_now(command.commands)
+                    self.atomic_batches.append({c.transaction_id for c in command.commands})
+                else:
+                    reply = ledger.submit_batch(command.commands)
+            elif isinstance(command, Transfer):
                 reply = ledger.shards[shard_of(command.to_wallet_id, len(ledger.shards))].submit_transfer(command)
             elif isinstance(command, ResolveHold):
                 route = ledger.directory.hold_routes.get(command.transaction_id)
@@ -441,6 +506,9 @@ class Simulation:
             if reply.error is not None:
                 self.unanswered.append(item.command)  # never acknowledged
                 continue
+            if isinstance(reply, BatchReply):
+                self.settle_batch(item.command, reply)
+                continue
             value = reply.value
             idem = getattr(item.command, "idempotency", None)
             if isinstance(value, Committed):
@@ -465,13 +533,42 @@ class Simulation:
                 self.stats.reasons[value.reason.code] = self.stats.reasons.get(value.reason.code, 0) + 1
         self.pending = still
 
+    def settle_batch(self, batch: Batch, reply: BatchReply) -> None:
+        if reply.failed is not None:
+            assert batch.atomic
+            self.stats.atomic_failed += 1
+            self.stats.rejected += 1
+            return
+        lsns = set()
+        for command, value in zip(batch.commands, reply.results, strict=True):
+            idem = command.idempotency
+            assert idem is not None
+            if isinstance(value, Committed):
+                assert value.event.transaction_id == command.transaction_id
+                self.record_ack(value.lsn, value.event.transaction_id, idem)
+                lsns.add(value.lsn)
+            elif isinstance(value, Duplicate):
+                event = value.record.event
+                expected = self.first_ack_by_key.get((idem.scope, idem.key))
+                transaction = event.transaction_id if isinstance(event, Transferred) else None
+                if expected is not None and transaction is not None and expected != transaction:
+                    raise self.fail(f"key {idem} replayed {transaction}, first answered {expected}")
+                self.stats.acknowledged += 1
+            else:
+                assert isinstance(value, Rejection)
+                if batch.atomic:
+                    raise self.fail(f"an atomic batch was answered with a rejected item: {value}")
+                self.stats.rejected += 1
+                self.stats.reasons[value.reason.code] = self.stats.reasons.get(value.reason.code, 0) + 1
+        if batch.atomic and len(lsns) > 1:
+            raise self.fail(f"an atomic batch was committed at LSNs {sorted(lsns)}")
+
     def record_ack(self, lsn: int, transaction_id: str | None, idem: Idempotency | None) -> None:
         self.stats.acknowledged += 1
         key = (idem.scope, idem.key) if idem is not None else None
         if key is not None and transaction_id is not None:
             self.first_ack_by_key.setdefault(key, transaction_id)
-        if lsn not in self.acks or transaction_id is not None:
-            self.acks[lsn] = Ack(lsn=lsn, transaction_id=transaction_id, key=key)
+        self.acks[(lsn, transaction_id)] = Ack(lsn=lsn, transaction_id=transaction_id, key=key)
 
     def snapshot(self) -> None:
         assert self.ledger is not None
@@ -496,6 +593,12 @@ class Simulation:
             elif isinstance(command, RequestWithdrawal):
                 self.counter += 1
                 command = dataclasses.replace(command, withdrawal_id=f"wd{self.counter}")
+            elif isinstance(command, Batch):
+                renamed = []
+                for item in command.commands:
+                    self.counter += 1
+                    renamed.append(dataclasses.replace(item, transaction_id=f"tx{self.counter}"))
+                command = Batch(commands=renamed, atomic=command.atomic)
             self.submit(command)
         elif roll < 0.75:
             ledger.shards[self.rng.randrange(len(ledger.shards))].drain(self.rng.choice([1, 3, 100]))

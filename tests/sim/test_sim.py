@@ -20,10 +20,16 @@ def test_simulation_seed(seed: int) -> None:
     assert stats.crashes >= 1
 
 
+# A refusal to start (damage followed by valid records in the unsynced tail) needs a bit flip in
+# the middle of the torn bytes: about one seed in sixteen with these faults. 28 is one (found by
+# scanning seeds 1-80 after batches joined the workload); the others cover the rest.
+
+
 def test_the_faults_are_exercised_across_the_ci_seeds() -> None:
     # A refusal needs a failed sync that left several unsynced records, one of them flipped:
     # rare, so the rates are raised here and the seeds run until every fault was seen.
-    totals = {"crashes": 0, "storage_failures": 0, "refused_and_repaired": 0, "snapshots": 0}
+    totals = {"crashes": 0, "storage_failures": 0, "refused_and_repaired": 0, "snapshots": 0,
+              "batches": 0, "atomic_failed": 0}
     faults = Faults(crash=0.02, sync_error=0.05, disk_full=0.01, flip=0.8, partial_write=0.2)
     for seed in CI_SEEDS:
         stats = Simulation(seed, steps=STEPS, faults=faults).run()
