@@ -328,8 +328,9 @@ class History:
             elif isinstance(event, WalletCreated):
                 wallets.append((lsn, event.wallet_id, event.owner_id, event.asset))
         touched = sorted(
-            {wallet_id for _, _, event in moves if not isinstance(event, HoldVoided)
+            {wallet_id for _, _, event in moves if not isinstance(event, HoldVoided | HoldCreated)
              for wallet_id in (event.from_wallet_id, event.to_wallet_id)}
+            | {event.from_wallet_id for _, _, event in moves if isinstance(event, HoldCreated)}
         )
         # Running balances: a cache in front of the balances table (one entry per wallet that
         # moved money since start), so a batch rarely has to read them back.

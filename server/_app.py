@@ -1072,7 +1072,7 @@ class Api:
                 # Idempotency(...), at half the cost (ledger._model.frozen_builder).
                 commands.append(new_transfer(
                     f"{base}{index:04x}", transfer_type, source, target, amount, description, metadata,
-                    new_idempotency(scope, key, item_fingerprint(item)), owner_id,
+                    new_idempotency(scope, key, item_fingerprint(item)), owner_id, None,
                 ))
                 positions.append(index)
         results: list[Any] = [None] * len(items)

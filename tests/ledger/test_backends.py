@@ -53,10 +53,10 @@ def test_the_ledger_runs_serves_history_and_stops_on_every_loop(tmp_path: Path, 
             assert committed and any(isinstance(outcome, Rejection) for outcome in outcomes)
             # History reads while serving: read-your-writes, then the rows themselves.
             await ledger.history.wait_projected(ledger.wal.durable_lsn)
-            last = committed[-1]
+            last = max(committed, key=lambda outcome: outcome.lsn)  # replies arrive in any order
             row = await ledger.history.transaction(last.event.transaction_id)
             assert row is not None and row.lsn == last.lsn
-            entries = await ledger.history.entries(last.event.to_wallet_id, before_lsn=None, limit=1)
+            entries = await ledger.history.entries(last.event.to_wallet_id, before=None, limit=1)
             assert entries[0].lsn == last.lsn
             # A cancelled query leaves the connection usable.
             with anyio.move_on_after(0):

@@ -61,7 +61,7 @@ def records() -> list[tuple[int, Any]]:
 
 def read(history: History, wallet_id: str, **filters: Any) -> list[tuple[Any, ...]]:
     async def go() -> list[tuple[Any, ...]]:
-        entries = await history.entries(wallet_id, before_lsn=None, limit=100, **filters)
+        entries = await history.entries(wallet_id, before=None, limit=100, **filters)
         return [(e.lsn, e.transaction_id, e.direction, e.amount, e.balance_after, e.status) for e in entries]
 
     return trio.run(go)
