@@ -256,6 +256,7 @@ def _decode(body: bytes) -> State:
         directory.idempotency[idempotency_key] = record
 
     wallets: dict[str, Wallet] = {}
+    owners: dict[str, str] = {}
     previous_id: str | None = None
     for _ in range(wallets_count):
         (wallet_id, owner_id, asset_code, metadata, balance, held, status, created_at_us,
@@ -267,16 +268,24 @@ def _decode(body: bytes) -> State:
         previous_id = wallet_id
         if metadata is not None and type(metadata) is not dict:
             raise CodecError(f"wallet {wallet_id!r} metadata: expected a map, got {metadata!r:.80}")
+        # Memory: a million wallets share a few asset codes and fewer owners than wallets, and
+        # most were never updated: share equal strings and ints instead of one copy each.
+        asset_code = _str(asset_code, "wallet asset")
+        known = directory.assets.get(asset_code)
+        owner_id = _str(owner_id, "wallet owner")
+        owner_id = owners.setdefault(owner_id, owner_id)
+        created_at_us = _int(created_at_us, "wallet created_at_us")
+        updated_at_us = _int(updated_at_us, "wallet updated_at_us")
         wallets[wallet_id] = Wallet(
             id=wallet_id,
-            owner_id=_str(owner_id, "wallet owner"),
-            asset=_str(asset_code, "wallet asset"),
+            owner_id=owner_id,
+            asset=asset_code if known is None else known.code,
             metadata=metadata,
             balance=_int(balance, "balance"),
             held=_int(held, "held", 0),
             status=WalletStatus(_int(status, "status")),
-            created_at_us=_int(created_at_us, "wallet created_at_us"),
-            updated_at_us=_int(updated_at_us, "wallet updated_at_us"),
+            created_at_us=created_at_us,
+            updated_at_us=created_at_us if updated_at_us == created_at_us else updated_at_us,
             lsn=_int(wallet_lsn, "wallet lsn", 0, directory.lsn),
         )
 

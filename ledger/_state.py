@@ -817,7 +817,7 @@ def apply_wallets(state: State, event: Event, lsn: int) -> None:
         state.wallets[event.wallet_id] = Wallet(
             id=event.wallet_id,
             owner_id=event.owner_id,
-            asset=event.asset,
+            asset=state.directory.assets[event.asset].code,  # one string per asset, not per wallet
             metadata=event.metadata,
             created_at_us=event.at_us,
             lsn=lsn,
