@@ -69,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="N transfers per request (POST /v1/transfers/batch) or per message "
                           "(Ledger.transfer_batch) (default: single transfers)")
     workload.add_argument("--msgpack", action="store_true", help="batches as MessagePack (http mode)")
+    workload.add_argument("--no-history", action="store_true",
+                          help="core mode: do not feed the history read model (measures the ledger alone)")
     workload.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
 
     load = parser.add_argument_group("load")

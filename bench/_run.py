@@ -110,6 +110,7 @@ class Plan:
     seed: int
     run_id: str
     baseline_echo: bool
+    history: bool = True  # core mode: feed the history read model (off: the ledger alone)
 
     @property
     def asset(self) -> str:
@@ -194,6 +195,7 @@ def make_plan(arguments: argparse.Namespace, *, ledger_class: Any = Ledger) -> P
         rate=arguments.rate, processes=arguments.processes, warmup_s=arguments.warmup,
         duration_s=arguments.duration, batch_endpoint=arguments.batch is not None, packed=arguments.msgpack,
         seed=arguments.seed, run_id=secrets.token_hex(4), baseline_echo=arguments.baseline_echo,
+        history=not arguments.no_history,
     )
 
 
@@ -220,7 +222,7 @@ def describe(plan: Plan) -> str:
         spread += f", {s.read_share:.0%} reads"
     if plan.mode == "core":
         unit = f"{s.batch} per message (transfer_batch)" if plan.batch_endpoint else "1 per message"
-        what = f"core (shards + WAL in process), {unit}"
+        what = f"core (shards + WAL in process{'' if plan.history else ', no history read model'}), {unit}"
     else:
         unit = (f"batches of {s.batch} ({'msgpack' if plan.packed else 'json'})" if plan.batch_endpoint
                 else "single transfers")
@@ -464,6 +466,10 @@ async def core_main(plan: Plan, work: Path, *, wrap: Callable[[Ledger], Any] | N
     ids = plan.ids()
     data = work / "data"
     ledger = await trio.to_thread.run_sync(lambda: open_ledger(data, shards=plan.scenario.shards))
+    if not plan.history:
+        # The ledger alone: durable records go to the event feed only, not to the SQLite read
+        # model (whose projector would otherwise bound the rate and push back with overloaded).
+        ledger.wal._on_durable = ledger.events.feed
     target_ledger = ledger if wrap is None else wrap(ledger)
     if plan.batch_endpoint and not has_transfer_batch(target_ledger):
         raise Refused("Ledger.transfer_batch does not exist in this build: core mode with --batch cannot run yet")
