@@ -297,6 +297,9 @@ def verdict(*, balances: dict[str, int], treasury: int, deposited: int) -> dict[
     }
 
 
+HISTORY_CATCH_UP_S = 300
+
+
 async def conservation_http(url: str, token: str, asset: str, ids: list[str], deposit: int = DEPOSIT) -> dict[str, Any]:
     """Reads every benchmark wallet and the asset's treasury through the API: the wallet listing
     of the run's asset, 1000 a page (the ids come from the history read model, the balances
@@ -310,6 +313,13 @@ async def conservation_http(url: str, token: str, asset: str, ids: list[str], de
         while True:
             path = f"/v1/wallets?asset={asset}&limit={LIST_PAGE}" + (f"&cursor={cursor}" if cursor else "")
             response = await client.call("GET", path)
+            waited_s = 0.0
+            # After a heavy batch load the history read model may still be catching up (503
+            # history_lagging, Retry-After): wait for it, as a client would, up to a bound.
+            while response.status == 503 and waited_s < HISTORY_CATCH_UP_S:
+                await trio.sleep(1)
+                waited_s += 1
+                response = await client.call("GET", path)
             if response.status != 200:
                 raise SetupError(f"GET {path}: {response.status} {response.body[:300]!r}")
             page = response.json()
