@@ -11,7 +11,7 @@ BANK_PORT ?= 8081
 LOOP   ?=
 
 .PHONY: install run bank-sim demo test test-fast lint sim crashloop bench bench-core-batch bench-core-single \
-	bench-http-batch bench-http-single bench-hot bench-transfers clean
+	bench-http-batch bench-http-single bench-hot bench-transfers bench-withdrawals clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -104,6 +104,10 @@ bench-transfers: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/wallet bench --mode http --driver wrk --wallets 10000 --connections 64 --duration 15 $(if $(LOOP),--loop $(LOOP))
 	$(BIN)/wallet bench --mode http --driver wrk --wallets 10000 --hot-share 1.0 --hot-wallets 2 --connections 64 --duration 15 $(if $(LOOP),--loop $(LOOP))
+
+# Payout throughput: withdrawals through wallet bank-sim (50 ms per call), 16 payout workers.
+bench-withdrawals: $(STAMP)
+	$(BIN)/python -m bench.withdrawals --withdrawals 2000 --bank-latency-ms 50 --workers 16
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
