@@ -48,6 +48,7 @@ log = logging.getLogger("server")
 ADMIN_TOKEN_ENV = "WALLET_ADMIN_TOKEN"
 HEADER_BYTES_MAX = 16 * 1024
 SHUTDOWN_TIMEOUT_S = 10.0
+HTTP_DRAIN_SHARE = 0.5  # of --shutdown-timeout, at most, for the HTTP drain
 # A connection that sends nothing for this long is closed, so slow or stalled clients cannot
 # pile up and hold connections (and file descriptors) for everyone else.
 # Hypercorn's read timeout also bounds the idle time between requests, so it doubles as the
@@ -131,7 +132,10 @@ def hypercorn_config(options: ServeOptions) -> Config:
     config.bind = [f"{options.host}:{options.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = options.shutdown_timeout_s
+    # Half of the shutdown budget for in-flight requests, so that a connection Hypercorn keeps
+    # waiting on (a keep-alive client that sent its next request as the signal came) cannot
+    # use up the time of the final snapshot.
+    config.graceful_timeout = options.shutdown_timeout_s * HTTP_DRAIN_SHARE
     config.h11_max_incomplete_size = HEADER_BYTES_MAX
     if options.certfile is not None:
         config.certfile = str(options.certfile)
