@@ -14,7 +14,7 @@ from bench import add_arguments
 from bench._drive import CoreTarget, HttpTarget, classify, interpret
 from bench._run import Refused, make_plan
 from bench._scenario import Read, Transfers
-from ledger import Idempotency, Ledger, Overloaded, Reason, Rejection
+from ledger import Idempotency, Overloaded, Reason, Rejection
 
 PAIRS = (("w1", "w2"), ("w3", "w4"), ("w5", "w6"))
 
@@ -142,13 +142,6 @@ def arguments(*flags: str) -> argparse.Namespace:
 def test_contradictory_flags_are_refused(flags: list[str], message: str) -> None:
     with pytest.raises(Refused, match=message):
         make_plan(arguments(*flags))
-
-
-def test_core_batches_are_refused_clearly_while_the_ledger_has_no_transfer_batch() -> None:
-    if hasattr(Ledger, "transfer_batch"):
-        pytest.skip("Ledger.transfer_batch exists in this build")
-    with pytest.raises(Refused, match=r"Ledger.transfer_batch does not exist"):
-        make_plan(arguments("--mode", "core", "--batch", "10"))
 
 
 def test_the_default_driver_is_wrk_for_single_closed_loops_when_installed() -> None:
