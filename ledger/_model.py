@@ -107,38 +107,34 @@ class Rejection:
     detail: str
 
 
-class WalletStatus(enum.IntEnum):
+class Labelled(enum.IntEnum):
+    """An int enum whose ``label`` (its lower-case name) is what the API shows."""
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class WalletStatus(Labelled):
     ACTIVE = 0
     FROZEN = 1
     CLOSED = 2
 
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
-
-class TransactionType(enum.IntEnum):
+class TransactionType(Labelled):
     DEPOSIT = 0
     TRANSFER = 1
     WITHDRAWAL = 2
 
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
-
-class TransactionStatus(enum.IntEnum):
+class TransactionStatus(Labelled):
     POSTED = 0
     PENDING = 1
     VOIDED = 2
     FAILED = 3  # a withdrawal the bank refused
 
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
-
-class WithdrawalStatus(enum.IntEnum):
+class WithdrawalStatus(Labelled):
     """``PENDING -> PROCESSING -> COMPLETED | FAILED | DEAD``; ``DEAD -> PENDING`` on retry."""
 
     PENDING = 0
@@ -147,21 +143,13 @@ class WithdrawalStatus(enum.IntEnum):
     FAILED = 3
     DEAD = 4
 
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
-
-class VoidReason(enum.IntEnum):
+class VoidReason(Labelled):
     """Why a hold was released without posting."""
 
     VOIDED = 0  # its owner asked
     EXPIRED = 1  # its deadline passed
     REFUSED = 2  # the bank refused the withdrawal it held
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
 
 class PayoutStep(enum.IntEnum):

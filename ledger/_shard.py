@@ -574,6 +574,19 @@ class Shard:
         if isinstance(event, HoldCreated) and event.deadline_us:
             heapq.heappush(self._deadlines, (event.deadline_us, event.transaction_id))
 
+    def _commit_local(self, events: list[Event]) -> int:
+        """Appends and applies the events of a decision that touches this shard alone (wallet,
+        asset, token, void, expiry and payout steps); returns the last LSN."""
+        lsn = 0
+        for event in events:
+            lsn = self._commit(event)
+            _state.apply_directory(self.state.directory, event, lsn)
+            if isinstance(event, HoldCreated | HoldVoided | WithdrawalUpdated):
+                self._apply_sender(event, lsn)
+            else:
+                _state.apply_wallets(self.state, event, lsn)
+        return lsn
+
     def _on_tick(self, message: _Tick) -> None:
         if self._wal.failed is not None:
             return
@@ -588,10 +601,7 @@ class Shard:
             return
         decision = _state.decide_expire(self.state, ExpireHolds(transaction_ids=tuple(due)), now_us)
         assert isinstance(decision, list)
-        for event in decision:
-            lsn = self._commit(event)
-            _state.apply_directory(self.state.directory, event, lsn)
-            self._apply_sender(event, lsn)
+        self._commit_local(decision)
 
     def _release(self, wallet_id: str, amount: int) -> None:
         remaining = self._pending[wallet_id] - amount
@@ -758,36 +768,17 @@ class Shard:
             return
         now_us = self._clock()
         decision: _state.Decision
-        if isinstance(command, CreateWallet):
-            decision = _state.decide_create_wallet(state, command, now_us)
-        elif isinstance(command, ChangeWalletStatus):
+        if isinstance(command, ChangeWalletStatus):
+            # The one local command that needs this shard's reservations too.
             pending = self._pending.get(command.wallet_id, 0)
             decision = _state.decide_change_status(state, command, now_us, pending=pending)
-        elif isinstance(command, CreateAsset):
-            decision = _state.decide_create_asset(state, command, now_us)
-        elif isinstance(command, CreateToken):
-            decision = _state.decide_create_token(state, command, now_us)
-        elif isinstance(command, RevokeToken):
-            decision = _state.decide_revoke_token(state, command, now_us)
-        elif isinstance(command, ResolveHold):
-            decision = _state.decide_void(state, command, now_us)
-        elif isinstance(command, ExpireHolds):
-            decision = _state.decide_expire(state, command, now_us)
-        elif isinstance(command, RequestWithdrawal):
-            decision = _state.decide_request_withdrawal(state, command, now_us)
         else:
-            decision = _state.decide_advance_withdrawal(state, command, now_us)
+            assert not isinstance(command, ResolveHold) or not command.capture  # captures move money
+            decision = _state.decide(state, command, now_us)
         if not isinstance(decision, list) or not decision:
             self._answer(message.reply, decision)
             return
-        lsn = 0
-        for event in decision:
-            lsn = self._commit(event)
-            _state.apply_directory(state.directory, event, lsn)
-            if isinstance(event, HoldCreated | HoldVoided | WithdrawalUpdated):
-                self._apply_sender(event, lsn)
-            else:
-                _state.apply_wallets(state, event, lsn)
+        lsn = self._commit_local(decision)
         if len(decision) == 1 and isinstance(decision[0], HoldCreated | HoldVoided):
             self._resolve(message.reply, Committed(event=decision[0], lsn=lsn), lsn)
         else:

@@ -372,16 +372,21 @@ def item_fingerprint(item: v.BatchItem) -> bytes:
     return hashlib.blake2b(packed, digest_size=16).digest()
 
 
+def recorded(decision: Committed | Duplicate) -> tuple[Any, int]:
+    """The event and LSN behind an answer: what was just committed, or what a replayed key
+    committed the first time (the same answer again)."""
+    if isinstance(decision, Duplicate):
+        return decision.record.event, decision.record.lsn
+    assert isinstance(decision, Committed)
+    return decision.event, decision.lsn
+
+
 def item_result(result: Any) -> dict[str, Any]:
     """One item's answer in a batch: its status and its transaction or problem."""
     if isinstance(result, Rejection):
         error = rejected(result)
         return {"status": error.status, "error": problem_body(error)}
-    if isinstance(result, Duplicate):
-        event, lsn = result.record.event, result.record.lsn
-    else:
-        assert isinstance(result, Committed)
-        event, lsn = result.event, result.lsn
+    event, lsn = recorded(result)
     assert isinstance(event, Transferred)
     return {"status": 201, "transaction": transaction_body(event, lsn)}
 
@@ -857,11 +862,7 @@ class Api:
         decision = await self.run(self._ledger().transfer(command))
         if isinstance(decision, Rejection):
             raise rejected(decision)
-        if isinstance(decision, Duplicate):
-            event, lsn = decision.record.event, decision.record.lsn
-        else:
-            assert isinstance(decision, Committed)
-            event, lsn = decision.event, decision.lsn
+        event, lsn = recorded(decision)
         assert isinstance(event, Transferred | HoldCreated)
         return json_response(transaction_body(event, lsn), 201)
 
@@ -916,11 +917,7 @@ class Api:
             if decision.reason == Reason.NOT_PENDING:
                 await self._not_pending(caller, transaction_id)
             raise rejected(decision)
-        if isinstance(decision, Duplicate):
-            event, lsn = decision.record.event, decision.record.lsn
-        else:
-            assert isinstance(decision, Committed)
-            event, lsn = decision.event, decision.lsn
+        event, lsn = recorded(decision)
         assert isinstance(event, HoldCaptured | HoldVoided)
         return json_response(transaction_body(event, lsn), 200)
 
@@ -967,14 +964,10 @@ class Api:
         decision = await self.run(self._ledger().request_withdrawal(command))
         if isinstance(decision, Rejection):
             raise rejected(decision)
-        if isinstance(decision, Duplicate):
-            event = decision.record.event
-        else:
-            assert isinstance(decision, Committed)
-            event = decision.event
-            if self.payouts is not None:
-                self.payouts.submit(event.transaction_id)
+        event, _ = recorded(decision)
         assert isinstance(event, HoldCreated)
+        if isinstance(decision, Committed) and self.payouts is not None:
+            self.payouts.submit(event.transaction_id)
         return json_response(requested_withdrawal_body(event), 202)
 
     async def _owned_withdrawal(self, caller: Caller, withdrawal_id: str) -> WithdrawalView:

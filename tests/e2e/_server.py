@@ -122,3 +122,17 @@ class ServerProcess:
         return httpx.AsyncClient(
             base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=60.0, **options
         )
+
+
+def started_with_assets(data_dir: Path, *codes: str, **options: Any) -> ServerProcess:
+    """A started server on ``data_dir`` with the assets ``codes`` (scale 2) created."""
+    process = ServerProcess(data_dir, **options)
+    process.start()
+    try:
+        with process.client() as http:
+            for code in codes:
+                assert http.post("/v1/assets", json={"code": code, "scale": 2}).status_code in (200, 201)
+    except BaseException:
+        process.kill()
+        raise
+    return process

@@ -22,7 +22,7 @@ import pytest
 import trio
 
 from ledger import shard_of
-from tests.e2e._server import ADMIN_TOKEN, ServerProcess
+from tests.e2e._server import ADMIN_TOKEN, ServerProcess, started_with_assets
 
 SHARDS = 4
 DEPOSIT = 1_000_000
@@ -31,12 +31,8 @@ MSGPACK = "application/msgpack"
 
 @pytest.fixture(scope="module")
 def batch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(Path(tmp_path_factory.mktemp("batch")) / "data", shards=SHARDS)
-    process.start()
+    process = started_with_assets(Path(tmp_path_factory.mktemp("batch")) / "data", "USD", "EUR", shards=SHARDS)
     try:
-        with process.client() as http:
-            for code in ("USD", "EUR"):
-                assert http.post("/v1/assets", json={"code": code, "scale": 2}).status_code in (200, 201)
         yield process
     finally:
         process.kill()

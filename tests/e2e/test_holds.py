@@ -13,18 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e._server import ServerProcess
+from tests.e2e._server import ServerProcess, started_with_assets
 from tests.e2e.test_api import assert_problem, deposit, key, new_wallet, uid, wallet
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(Path(tmp_path_factory.mktemp("holds")) / "data")
-    process.start()
+    process = started_with_assets(Path(tmp_path_factory.mktemp("holds")) / "data", "USD", "EUR")
     try:
-        with process.client() as http:
-            for code in ("USD", "EUR"):
-                assert http.post("/v1/assets", json={"code": code, "scale": 2}).status_code in (200, 201)
         yield process
     finally:
         process.kill()
@@ -206,11 +202,9 @@ def test_the_server_voids_an_expired_hold(http: httpx.Client) -> None:
 
 
 def test_holds_survive_snapshot_and_restart_and_expire_after_downtime(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", shards=3)
-    server.start()
+    server = started_with_assets(tmp_path / "data", "USD", shards=3)
     try:
         with server.client() as http:
-            assert http.post("/v1/assets", json={"code": "USD", "scale": 2}).status_code == 201
             source, target = funded(http)
             keep = pending(http, source, target, 100, timeout_s=3600)
             short = pending(http, source, target, 200, timeout_s=3)

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e._server import ServerProcess
+from tests.e2e._server import ServerProcess, started_with_assets
 from tests.e2e.test_api import assert_problem, deposit, key, new_wallet, uid, wallet
 from tests.e2e.test_bank_sim import BankSim
 
@@ -29,11 +29,7 @@ def wait_for(predicate: Any, timeout_s: float = 30.0) -> None:
 
 
 def start(tmp_path: Path, name: str, *extra: str) -> ServerProcess:
-    server = ServerProcess(tmp_path / name, extra_args=list(extra))
-    server.start()
-    with server.client() as http:
-        assert http.post("/v1/assets", json={"code": "USD", "scale": 2}).status_code in (200, 201)
-    return server
+    return started_with_assets(tmp_path / name, "USD", extra_args=list(extra))
 
 
 def withdraw(http: httpx.Client, wallet_id: str, amount: int, account: str = "acct-1",
