@@ -1,0 +1,552 @@
+"""What the HTTP routes may ask of the ledger: one interface, two implementations.
+
+- ``LocalPort`` runs in the ledger's own process, over the live ``Ledger`` (the one-process
+  mode, ``--workers 0``, and the ledger side of the multi-process mode).
+- ``RemotePort`` runs in an HTTP worker and carries every call over the local transport
+  (``server._wire`` frames on a Unix socket) to ``serve_port`` in the ledger process, which
+  calls the ``LocalPort`` there.
+
+Both raise the same exceptions (``Overloaded``, ``StorageFailed``, ``HistoryLagging``,
+``Gone``, ``Unavailable``, ``Unauthorized``), so a route reads the same in both modes.
+
+Reads of the history read model wait, in the ledger process, until it shows everything that
+was durable when the call arrived there, which is after the caller saw any write it made: a
+read after a write sees it (read-your-writes holds across workers).
+
+Revocation is immediate across workers: a call made for a user token carries the token's hash
+(``current_auth``), and the ledger process checks it against the live token table before the
+method runs.
+
+Coalescing, both ways: a ``RemotePort`` queues calls and its sender writes everything queued
+since its last write as one frame (one syscall for a burst of requests); ``serve_port`` does the
+same with replies, which are sent only once what they report is durable (the ledger's own
+replies wait for the fsync).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ledger import (
+    AdvanceWithdrawal,
+    Asset,
+    ChangeWalletStatus,
+    Committed,
+    CreateAsset,
+    CreateToken,
+    CreateWallet,
+    Entry,
+    Gone,
+    HistoryLagging,
+    Idempotency,
+    Ledger,
+    Overloaded,
+    PayoutStep,
+    Rejection,
+    RequestWithdrawal,
+    RevokeToken,
+    Token,
+    TransactionRow,
+    TransactionStatus,
+    TransactionType,
+    Transfer,
+    WalletView,
+    WithdrawalStatus,
+    WithdrawalView,
+)
+from server import _wire as w
+from wal import StorageFailed
+
+log = logging.getLogger("server.port")
+
+# The SHA-256 of the user token the current request acts for (None: the admin, or no caller).
+current_auth: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("current_auth", default=None)
+
+CALLS_IN_FLIGHT_MAX = 16_384  # per worker connection, in the ledger process
+RECEIVE_BYTES = 1 << 20
+
+
+class Unavailable(Exception):
+    """The ledger process cannot be reached (it is down, restarting or recovering)."""
+
+
+class Unauthorized(Exception):
+    """The token a call was made for is no longer valid."""
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """``/ready``'s view of the ledger: None when it serves, else why not."""
+
+    reason: str | None
+    durable_lsn: int
+
+
+w.register(Status)
+
+class LocalPort:
+    """The port over a ``Ledger`` in this process. ``snapshotter`` and ``payouts`` are the
+    server's components around it (absent in tools and tests that run the ledger alone)."""
+
+    def __init__(self, ledger: Ledger, *, snapshotter: Any = None, payouts: Any = None) -> None:
+        self.ledger = ledger
+        self.snapshotter = snapshotter
+        self.payouts = payouts
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def transfer(self, command: Transfer) -> Any:
+        return await self.ledger.transfer(command)
+
+    async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> Any:
+        return await self.ledger.transfer_batch(commands, atomic=atomic)
+
+    async def create_wallet(self, command: CreateWallet) -> Any:
+        return await self.ledger.create_wallet(command)
+
+    async def change_status(self, command: ChangeWalletStatus) -> Any:
+        return await self.ledger.change_status(command)
+
+    async def create_asset(self, command: CreateAsset) -> Any:
+        return await self.ledger.create_asset(command)
+
+    async def create_token(self, command: CreateToken) -> Any:
+        return await self.ledger.create_token(command)
+
+    async def revoke_token(self, command: RevokeToken) -> Any:
+        return await self.ledger.revoke_token(command)
+
+    async def resolve_hold(self, transaction_id: str, capture: bool, amount: int | None,
+                           owner_id: str | None, idempotency: Idempotency | None) -> Any:
+        return await self.ledger.resolve_hold(
+            transaction_id, capture=capture, amount=amount, owner_id=owner_id, idempotency=idempotency
+        )
+
+    async def request_withdrawal(self, command: RequestWithdrawal) -> Any:
+        """A new withdrawal goes to the payout workers at once (a replayed key does not: its
+        withdrawal was submitted when it was new)."""
+        decision = await self.ledger.request_withdrawal(command)
+        if isinstance(decision, Committed) and self.payouts is not None:
+            self.payouts.submit(decision.event.transaction_id)
+        return decision
+
+    async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Any:
+        """An admin's step on a withdrawal; a re-queued one goes to the payout workers."""
+        decision = await self.ledger.advance_withdrawal(command)
+        if (command.step == PayoutStep.RETRY and not isinstance(decision, Rejection)
+                and self.payouts is not None):
+            self.payouts.submit(command.withdrawal_id)
+        return decision
+
+    # -- state reads -------------------------------------------------------------------------
+
+    async def wallet(self, wallet_id: str) -> WalletView | None:
+        return await self.ledger.wallet(wallet_id)
+
+    async def wallets(self, wallet_ids: list[str]) -> list[WalletView]:
+        return await self.ledger.wallets(wallet_ids)
+
+    async def withdrawal(self, withdrawal_id: str) -> WithdrawalView | None:
+        return await self.ledger.withdrawal(withdrawal_id)
+
+    async def withdrawals(self, statuses: frozenset[WithdrawalStatus] | None,
+                          owner_id: str | None) -> list[WithdrawalView]:
+        return await self.ledger.withdrawals(statuses=statuses, owner_id=owner_id)
+
+    async def token(self, token_hash: bytes) -> Token | None:
+        return self.ledger.token(token_hash)
+
+    async def asset(self, code: str) -> Asset | None:
+        return self.ledger.asset(code)
+
+    async def assets(self) -> list[Asset]:
+        return self.ledger.assets()
+
+    # -- the history read model (each waits until it shows what was durable on arrival) ------
+
+    async def _projected(self) -> Any:
+        history = self.ledger.history
+        await history.wait_projected(self.ledger.wal.durable_lsn)
+        return history
+
+    async def transaction(self, transaction_id: str) -> TransactionRow | None:
+        return await (await self._projected()).transaction(transaction_id)
+
+    async def entries(self, wallet_id: str, before: int | None, limit: int, type_: TransactionType | None,
+                      status: TransactionStatus | None, since_us: int | None,
+                      until_us: int | None) -> list[Entry]:
+        history = await self._projected()
+        return await history.entries(
+            wallet_id, before=before, limit=limit, type_=type_, status=status, since_us=since_us,
+            until_us=until_us,
+        )
+
+    async def balance_at(self, wallet_id: str, at_us: int) -> int:
+        return await (await self._projected()).balance_at(wallet_id, at_us)
+
+    async def wallet_ids(self, owner_id: str | None, asset: str | None, after_lsn: int,
+                         limit: int) -> list[tuple[int, str]]:
+        history = await self._projected()
+        return await history.wallet_ids(owner_id=owner_id, asset=asset, after_lsn=after_lsn, limit=limit)
+
+    # -- events, operations ------------------------------------------------------------------
+
+    async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Any]]:
+        return await self.ledger.events.read(after, limit=limit, wait_s=wait_s)
+
+    async def status(self) -> Status:
+        return Status(self.ledger.ready(), self.ledger.wal.durable_lsn)
+
+    async def take_snapshot(self) -> tuple[int | None, int]:
+        """(the LSN of a new snapshot or None when none was due, the newest snapshot's LSN)."""
+        lsn = await self.snapshotter.take()
+        return lsn, self.snapshotter.last_lsn
+
+
+# The methods a worker may call, by name: the LocalPort's public coroutines and functions.
+METHODS = (
+    "transfer", "transfer_batch", "create_wallet", "change_status", "create_asset", "create_token",
+    "revoke_token", "resolve_hold", "request_withdrawal", "advance_withdrawal",
+    "wallet", "wallets", "withdrawal", "withdrawals", "token", "asset", "assets", "transaction",
+    "entries", "balance_at", "wallet_ids", "events", "status", "take_snapshot",
+)
+assert all(callable(getattr(LocalPort, name, None)) for name in METHODS)
+
+# Exceptions that cross as FAILED, and back.
+_FAILURE_OF: list[tuple[type[BaseException], str]] = [
+    (Overloaded, "overloaded"),
+    (StorageFailed, "storage_failed"),
+    (HistoryLagging, "history_lagging"),
+    (Unauthorized, "unauthorized"),
+    (Unavailable, "not_ready"),
+]
+
+
+def _failure(error: BaseException) -> tuple[str, str]:
+    if isinstance(error, Gone):
+        return "gone", str(error.oldest_lsn)
+    for kind, code in _FAILURE_OF:
+        if isinstance(error, kind):
+            return code, str(error)
+    raise error
+
+
+def _exception(code: str, detail: str) -> BaseException:
+    if code == "gone":
+        return Gone(int(detail))
+    for kind, known in _FAILURE_OF:
+        if known == code:
+            return kind(detail)
+    return RuntimeError(f"the ledger process failed a call: {code}: {detail}")
+
+
+# -- the ledger side -----------------------------------------------------------------------------
+
+
+async def serve_port(port_of: Callable[[], LocalPort | None], listener: anyio.abc.Listener[Any]) -> None:
+    """Serves every worker connection of ``listener`` until cancelled. ``port_of`` gives the
+    port once the ledger has recovered (None before: calls fail ``not_ready``)."""
+
+    async def handle(stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            await _Connection(port_of, stream).run()
+
+    async with listener:
+        await listener.serve(handle)
+
+
+class _Connection:
+    def __init__(self, port_of: Callable[[], LocalPort | None], stream: anyio.abc.ByteStream) -> None:
+        self._port_of = port_of
+        self._stream = stream
+        self._outbox: list[list[Any]] = []
+        self._ready = anyio.Event()
+        self._in_flight = 0
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._send_loop)
+            decoder = w.Decoder()
+            try:
+                while True:
+                    data = await self._stream.receive(RECEIVE_BYTES)
+                    decoder.feed(data)
+                    for message in decoder.messages():
+                        self._dispatch(group, message)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+            except w.ProtocolError as error:
+                log.error("a worker sent bytes that are not the protocol (%s): closing its connection", error)
+            # The worker is gone: its calls still run to their decisions (the ledger shields
+            # them), but nobody waits for the answers.
+            group.cancel_scope.cancel()
+
+    def _dispatch(self, group: anyio.abc.TaskGroup, message: list[Any]) -> None:
+        if message[0] != w.REQUEST:
+            raise w.ProtocolError("only requests travel to the ledger")
+        _, correlation, method, args, auth = message
+        if method not in METHODS:
+            self._send(w.failed(correlation, "bad_request", f"no method {method!r}"))
+            return
+        if self._in_flight >= CALLS_IN_FLIGHT_MAX:
+            self._send(w.failed(correlation, "overloaded", f"{self._in_flight} calls in flight from this worker"))
+            return
+        self._in_flight += 1
+        group.start_soon(self._call, correlation, method, args, auth)
+
+    async def _call(self, correlation: int, method: str, args: list[Any], auth: bytes | None) -> None:
+        try:
+            port = self._port_of()
+            if port is None:
+                raise Unavailable("the ledger is recovering")
+            if auth is not None and port.ledger.token(auth) is None:
+                raise Unauthorized("unknown or revoked token")
+            result = getattr(port, method)(*args)
+            if isinstance(result, Awaitable):
+                result = await result
+            self._send(w.reply(correlation, result))
+        except anyio.get_cancelled_exc_class():
+            raise
+        except TypeError as error:
+            log.exception("a worker called %s with arguments it does not take", method)
+            self._send(w.failed(correlation, "bad_request", str(error)))
+        except Exception as error:
+            try:
+                code, detail = _failure(error)
+            except Exception:
+                log.exception("the call %s failed", method)
+                code, detail = "internal", f"{type(error).__name__} in the ledger process (logged there)"
+            self._send(w.failed(correlation, code, detail))
+        finally:
+            self._in_flight -= 1
+
+    def _send(self, message: list[Any]) -> None:
+        self._outbox.append(message)
+        self._ready.set()
+
+    async def _send_loop(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready = anyio.Event()
+                # Let every call that finishes in this same moment join the frame.
+                await anyio.lowlevel.checkpoint()
+                messages, self._outbox = self._outbox, []
+                if messages:
+                    await self._stream.send(w.frame(messages))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+
+# -- the worker side -----------------------------------------------------------------------------
+
+
+class RemotePort:
+    """The port in an HTTP worker: every method is a call to the ledger process over the Unix
+    socket at ``path``. ``run`` keeps the connection (reconnecting while the ledger process
+    restarts); a call made while it is down, or in flight when it dropped, raises
+    ``Unavailable`` (a money movement's outcome is then unknown to this worker: the client
+    retries with its idempotency key, which is what keys are for)."""
+
+    def __init__(self, path: str, *, reconnect_s: float = 0.1) -> None:
+        self._path = path
+        self._reconnect_s = reconnect_s
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, _Call] = {}
+        self._outbox: list[list[Any]] = []
+        self._ready = anyio.Event()
+        self._stream: anyio.abc.ByteStream | None = None
+        self.connected = anyio.Event()
+        self.connections = 0
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        while True:
+            try:
+                stream = await anyio.connect_unix(self._path)
+            except OSError:
+                if not started:
+                    task_status.started()
+                    started = True
+                await anyio.sleep(self._reconnect_s)
+                continue
+            self._stream = stream
+            self.connections += 1
+            self.connected.set()
+            if not started:
+                task_status.started()
+                started = True
+            try:
+                async with stream, anyio.create_task_group() as group:
+                    group.start_soon(self._send_loop, stream)
+                    await self._receive_loop(stream)
+                    group.cancel_scope.cancel()
+            finally:
+                self._stream = None
+                self.connected = anyio.Event()
+                self._outbox.clear()
+                waiting, self._waiting = self._waiting, {}
+                for call in waiting.values():
+                    call.fail(Unavailable("the connection to the ledger process dropped"))
+            log.warning("the ledger process closed the connection; reconnecting")
+
+    async def _receive_loop(self, stream: anyio.abc.ByteStream) -> None:
+        decoder = w.Decoder()
+        try:
+            while True:
+                decoder.feed(await stream.receive(RECEIVE_BYTES))
+                for message in decoder.messages():
+                    kind = message[0]
+                    if kind == w.REPLY:
+                        call = self._waiting.pop(message[1], None)
+                        if call is not None:
+                            call.succeed(message[2])
+                    elif kind == w.FAILED:
+                        call = self._waiting.pop(message[1], None)
+                        if call is not None:
+                            call.fail(_exception(message[2], message[3]))
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return
+        except w.ProtocolError as error:
+            log.error("the ledger process sent bytes that are not the protocol (%s)", error)
+
+    async def _send_loop(self, stream: anyio.abc.ByteStream) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready = anyio.Event()
+            await anyio.lowlevel.checkpoint()
+            messages, self._outbox = self._outbox, []
+            if messages:
+                await stream.send(w.frame(messages))
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        if self._stream is None:
+            raise Unavailable("the ledger process is not reachable")
+        correlation = next(self._ids)
+        call = _Call()
+        self._waiting[correlation] = call
+        self._outbox.append(w.request(correlation, method, list(args), current_auth.get()))
+        self._ready.set()
+        try:
+            return await call.wait()
+        finally:
+            self._waiting.pop(correlation, None)
+
+    # The methods of LocalPort, one call each.
+
+    async def transfer(self, command: Transfer) -> Any:
+        return await self._call("transfer", command)
+
+    async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> Any:
+        return await self._call("transfer_batch", commands, atomic)
+
+    async def create_wallet(self, command: CreateWallet) -> Any:
+        return await self._call("create_wallet", command)
+
+    async def change_status(self, command: ChangeWalletStatus) -> Any:
+        return await self._call("change_status", command)
+
+    async def create_asset(self, command: CreateAsset) -> Any:
+        return await self._call("create_asset", command)
+
+    async def create_token(self, command: CreateToken) -> Any:
+        return await self._call("create_token", command)
+
+    async def revoke_token(self, command: RevokeToken) -> Any:
+        return await self._call("revoke_token", command)
+
+    async def resolve_hold(self, transaction_id: str, capture: bool, amount: int | None,
+                           owner_id: str | None, idempotency: Idempotency | None) -> Any:
+        return await self._call("resolve_hold", transaction_id, capture, amount, owner_id, idempotency)
+
+    async def request_withdrawal(self, command: RequestWithdrawal) -> Any:
+        return await self._call("request_withdrawal", command)
+
+    async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Any:
+        return await self._call("advance_withdrawal", command)
+
+    async def wallet(self, wallet_id: str) -> WalletView | None:
+        return await self._call("wallet", wallet_id)
+
+    async def wallets(self, wallet_ids: list[str]) -> list[WalletView]:
+        return await self._call("wallets", wallet_ids)
+
+    async def withdrawal(self, withdrawal_id: str) -> WithdrawalView | None:
+        return await self._call("withdrawal", withdrawal_id)
+
+    async def withdrawals(self, statuses: frozenset[WithdrawalStatus] | None,
+                          owner_id: str | None) -> list[WithdrawalView]:
+        return await self._call("withdrawals", statuses, owner_id)
+
+    async def token(self, token_hash: bytes) -> Token | None:
+        return await self._call("token", token_hash)
+
+    async def asset(self, code: str) -> Asset | None:
+        return await self._call("asset", code)
+
+    async def assets(self) -> list[Asset]:
+        return await self._call("assets")
+
+    async def transaction(self, transaction_id: str) -> TransactionRow | None:
+        return await self._call("transaction", transaction_id)
+
+    async def entries(self, wallet_id: str, before: int | None, limit: int, type_: TransactionType | None,
+                      status: TransactionStatus | None, since_us: int | None,
+                      until_us: int | None) -> list[Entry]:
+        return await self._call("entries", wallet_id, before, limit, type_, status, since_us, until_us)
+
+    async def balance_at(self, wallet_id: str, at_us: int) -> int:
+        return await self._call("balance_at", wallet_id, at_us)
+
+    async def wallet_ids(self, owner_id: str | None, asset: str | None, after_lsn: int,
+                         limit: int) -> list[tuple[int, str]]:
+        return [(lsn, wallet_id) for lsn, wallet_id in await self._call("wallet_ids", owner_id, asset, after_lsn, limit)]
+
+    async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Any]]:
+        return [(lsn, event) for lsn, event in await self._call("events", after, limit, wait_s)]
+
+    async def status(self) -> Status:
+        if self._stream is None:
+            return Status("the ledger process is not reachable", 0)
+        status: Status = await self._call("status")
+        return status
+
+    async def take_snapshot(self) -> tuple[int | None, int]:
+        lsn, last = await self._call("take_snapshot")
+        return lsn, last
+
+
+class _Call:
+    __slots__ = ("_done", "_error", "_value")
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def succeed(self, value: Any) -> None:
+        self._value = value
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> Any:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def retry_after(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))

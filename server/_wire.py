@@ -1,0 +1,287 @@
+"""The messages between HTTP workers and the ledger process, as bytes: a sans-IO module (no
+sockets, no event loop), tested on bytes the way h11 is, so the same messages can travel over
+a Unix socket today and another transport later.
+
+A **frame** is a 4-byte big-endian length followed by that many bytes of MessagePack: an array
+of messages. A sender puts every message that is waiting into one frame (one ``write`` per
+burst, not per request); a receiver feeds whatever bytes arrived and takes out every complete
+message.
+
+    message                         fields
+    ------------------------------  ----------------------------------------------------------
+    [REQUEST, id, method, args, auth]  ``id`` a correlation number unique per connection and
+                                       direction; ``method`` a name the ledger serves; ``args``
+                                       a list; ``auth`` the SHA-256 of the caller's user token
+                                       (checked against the live token table before the
+                                       method runs, so a revoked token stops at once), or nil
+    [REPLY, id, value]                 the method's result
+    [FAILED, id, code, detail]         the method refused or failed: ``code`` from ``FAILURES``
+    [PUSH, topic, value]               unsolicited news from the ledger (no reply)
+
+Values are MessagePack with four extension types, so the ledger's frozen value objects cross
+whole: 1 a registered dataclass (its registry name, then its fields in declaration order),
+2 a registered enum member (name, value), 3 a tuple, 4 a frozenset. Only the types registered
+here decode: anything else is a ``ProtocolError``, never an arbitrary object.
+
+Bounds: a frame is at most ``FRAME_BYTES_MAX``; a longer length prefix is a protocol error
+(the connection is closed, nothing is guessed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgpack
+
+from ledger import Entry, TransactionRow, WalletView, WithdrawalView, _model
+
+REQUEST = 0
+REPLY = 1
+FAILED = 2
+PUSH = 3
+
+LENGTH = struct.Struct(">I")
+# A batch of 8190 transfers with metadata encodes to a few MiB; the bound is far above that
+# and far below what would hurt.
+FRAME_BYTES_MAX = 64 * 1024 * 1024
+
+# Why a request failed, as codes both sides agree on (the worker maps them to HTTP).
+FAILURES = (
+    "overloaded",        # a mailbox was full: nothing was done
+    "storage_failed",    # the log cannot be written: nothing was done, or the outcome is unknown
+    "unauthorized",      # the token was revoked or never existed
+    "history_lagging",   # the read model did not reach the durable LSN in time
+    "gone",              # events older than the log keeps (detail: the oldest LSN available)
+    "not_ready",         # the ledger is still recovering or stopping
+    "bad_request",       # a method or arguments the ledger does not serve (a bug in the caller)
+    "internal",          # a bug in the ledger process (logged there)
+)
+
+_EXT_DATACLASS = 1
+_EXT_ENUM = 2
+_EXT_TUPLE = 3
+_EXT_FROZENSET = 4
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that are not this protocol: close the connection."""
+
+
+class Failed(Exception):
+    """A request the ledger answered with FAILED."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+# -- the registry of types that may cross ----------------------------------------------------
+
+
+def _registered_dataclasses() -> list[type]:
+    found = [
+        value for value in vars(_model).values()
+        if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__module__ == _model.__name__
+    ]
+    found += [WalletView, WithdrawalView, TransactionRow, Entry]
+    return sorted(found, key=lambda cls: cls.__name__)
+
+
+def _registered_enums() -> list[type[enum.Enum]]:
+    found = [
+        value for value in vars(_model).values()
+        if isinstance(value, type) and issubclass(value, enum.Enum) and value.__module__ == _model.__name__
+        and len(value) > 0
+    ]
+    return sorted(found, key=lambda cls: cls.__name__)
+
+
+_DATACLASSES: dict[str, tuple[type, tuple[str, ...]]] = {
+    cls.__name__: (cls, tuple(field.name for field in dataclasses.fields(cls)))
+    for cls in _registered_dataclasses()
+}
+_DATACLASS_NAMES = {cls: name for name, (cls, _) in _DATACLASSES.items()}
+_BUILDERS: dict[str, Callable[..., Any]] = {}
+_ENUMS: dict[str, type[enum.Enum]] = {cls.__name__: cls for cls in _registered_enums()}
+_ENUM_NAMES = {cls: name for name, cls in _ENUMS.items()}
+assert len(_DATACLASS_NAMES) == len(_DATACLASSES), "two registered dataclasses share a name"
+assert len(_ENUM_NAMES) == len(_ENUMS), "two registered enums share a name"
+
+
+def register(cls: type) -> None:
+    """Lets another dataclass cross (a type of the transport's own, such as a status)."""
+    assert dataclasses.is_dataclass(cls)
+    name = cls.__name__
+    assert _DATACLASSES.get(name, (cls,))[0] is cls, f"another {name} is registered"
+    _DATACLASSES[name] = (cls, tuple(field.name for field in dataclasses.fields(cls)))
+    _DATACLASS_NAMES[cls] = name
+
+
+def _builder(name: str) -> Callable[..., Any]:
+    build = _BUILDERS.get(name)
+    if build is None:
+        cls, names = _DATACLASSES[name]
+        params = cls.__dataclass_params__  # type: ignore[attr-defined]
+        if params.frozen and "__slots__" in cls.__dict__ and "__post_init__" not in cls.__dict__:
+            build = _model.frozen_builder(cls)
+        else:
+            def build(*values: Any, _cls: Any = cls, _names: tuple[str, ...] = names) -> Any:
+                return _cls(**dict(zip(_names, values, strict=True)))
+        _BUILDERS[name] = build
+    return build
+
+
+def _default(value: Any) -> Any:
+    kind = type(value)
+    name = _DATACLASS_NAMES.get(kind)
+    if name is not None:
+        _, names = _DATACLASSES[name]
+        fields = [name, *(getattr(value, field) for field in names)]
+        return msgpack.ExtType(_EXT_DATACLASS, _pack(fields))
+    enum_name = _ENUM_NAMES.get(kind)
+    if enum_name is not None:
+        return msgpack.ExtType(_EXT_ENUM, _pack([enum_name, value.value]))
+    if kind is tuple:
+        return msgpack.ExtType(_EXT_TUPLE, _pack(list(value)))
+    if kind is frozenset:
+        return msgpack.ExtType(_EXT_FROZENSET, _pack(sorted(value, key=repr)))
+    raise TypeError(f"{kind.__name__} cannot cross the wire")
+
+
+def _ext(code: int, data: bytes) -> Any:
+    values = _unpack(data)
+    if code == _EXT_DATACLASS:
+        if not isinstance(values, list) or not values or values[0] not in _DATACLASSES:
+            raise ProtocolError("an unknown value type")
+        name, *fields = values
+        if len(fields) != len(_DATACLASSES[name][1]):
+            raise ProtocolError(f"{name} with {len(fields)} fields")
+        return _builder(name)(*fields)
+    if code == _EXT_ENUM:
+        if not isinstance(values, list) or len(values) != 2 or values[0] not in _ENUMS:
+            raise ProtocolError("an unknown enum")
+        try:
+            return _ENUMS[values[0]](values[1])
+        except ValueError:
+            raise ProtocolError(f"no {values[0]} {values[1]!r}") from None
+    if code == _EXT_TUPLE and isinstance(values, list):
+        return tuple(values)
+    if code == _EXT_FROZENSET and isinstance(values, list):
+        return frozenset(values)
+    raise ProtocolError(f"extension type {code}")
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, default=_default, use_bin_type=True, strict_types=True)
+
+
+def _unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext, raw=False, strict_map_key=False)
+    except ProtocolError:
+        raise
+    except Exception as error:  # msgpack's own errors and what a builder refuses
+        raise ProtocolError(f"undecodable: {error}") from None
+
+
+def encode_value(value: Any) -> bytes:
+    """One value as the wire carries it (for tests and other transports)."""
+    return _pack(value)
+
+
+def decode_value(data: bytes) -> Any:
+    return _unpack(data)
+
+
+# -- frames ------------------------------------------------------------------------------------
+
+
+def frame(messages: Iterable[list[Any]]) -> bytes:
+    """The bytes of one frame carrying ``messages`` (each already a list as in the table)."""
+    payload = _pack(list(messages))
+    if len(payload) > FRAME_BYTES_MAX:
+        raise ValueError(f"a frame of {len(payload)} bytes is over {FRAME_BYTES_MAX}")
+    return LENGTH.pack(len(payload)) + payload
+
+
+def request(correlation: int, method: str, args: list[Any], auth: bytes | None = None) -> list[Any]:
+    return [REQUEST, correlation, method, args, auth]
+
+
+def reply(correlation: int, value: Any) -> list[Any]:
+    return [REPLY, correlation, value]
+
+
+def failed(correlation: int, code: str, detail: str) -> list[Any]:
+    assert code in FAILURES, code
+    return [FAILED, correlation, code, detail]
+
+
+def push(topic: str, value: Any) -> list[Any]:
+    return [PUSH, topic, value]
+
+
+class Decoder:
+    """Bytes in, messages out. ``feed`` what the transport delivered; ``messages`` returns every
+    message of every complete frame so far, in order. Raises ``ProtocolError`` on bytes that
+    are not frames of this protocol (the connection is beyond repair then)."""
+
+    def __init__(self, *, frame_bytes_max: int = FRAME_BYTES_MAX) -> None:
+        self._buffer = bytearray()
+        self._frame_bytes_max = frame_bytes_max
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def messages(self) -> list[list[Any]]:
+        found: list[list[Any]] = []
+        buffer = self._buffer
+        offset = 0
+        while len(buffer) - offset >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(buffer, offset)
+            if length > self._frame_bytes_max:
+                raise ProtocolError(f"a frame of {length} bytes is over {self._frame_bytes_max}")
+            end = offset + LENGTH.size + length
+            if len(buffer) < end:
+                break
+            batch = _unpack(bytes(buffer[offset + LENGTH.size:end]))
+            if not isinstance(batch, list):
+                raise ProtocolError("a frame is not an array of messages")
+            for message in batch:
+                found.append(_checked(message))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return found
+
+
+def _checked(message: Any) -> list[Any]:
+    if not isinstance(message, list) or not message:
+        raise ProtocolError("a message is not an array")
+    kind = message[0]
+    if kind == REQUEST:
+        if (len(message) != 5 or type(message[1]) is not int or type(message[2]) is not str
+                or type(message[3]) is not list or not (message[4] is None or type(message[4]) is bytes)):
+            raise ProtocolError("a malformed request")
+    elif kind == REPLY:
+        if len(message) != 3 or type(message[1]) is not int:
+            raise ProtocolError("a malformed reply")
+    elif kind == FAILED:
+        if (len(message) != 4 or type(message[1]) is not int or message[2] not in FAILURES
+                or type(message[3]) is not str):
+            raise ProtocolError("a malformed failure")
+    elif kind == PUSH:
+        if len(message) != 3 or type(message[1]) is not str:
+            raise ProtocolError("a malformed push")
+    else:
+        raise ProtocolError(f"message kind {kind!r}")
+    return message

@@ -1,0 +1,162 @@
+"""The worker <-> ledger protocol on bytes: frames, message shapes, the value codec, bounds."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger import (
+    BatchFailed,
+    Committed,
+    Duplicate,
+    Idempotency,
+    IdempotencyRecord,
+    Reason,
+    Rejection,
+    TransactionType,
+    Transfer,
+    Transferred,
+    WalletStatus,
+    WalletView,
+    WithdrawalStatus,
+)
+from server import _wire as w
+
+
+def _transfer(index: int = 0) -> Transfer:
+    return Transfer(
+        transaction_id=f"tx_{index}", type=TransactionType.TRANSFER, from_wallet_id="a",
+        to_wallet_id="b", amount=2**63 - 1, description=None, metadata={"k": [1, "x", None]},
+        idempotency=Idempotency(scope="admin", key=f"k{index}", fingerprint=b"\x00" * 16),
+        owner_id=None, hold_timeout_s=None,
+    )
+
+
+def _transferred() -> Transferred:
+    return Transferred(
+        transaction_id="tx_1", type=TransactionType.DEPOSIT, from_wallet_id="treasury:USD",
+        to_wallet_id="w", asset="USD", amount=5, description="d", metadata=None, at_us=1,
+        idempotency=None,
+    )
+
+
+VALUES = [
+    _transfer(),
+    Rejection(reason=Reason.INSUFFICIENT_FUNDS, detail="no"),
+    Committed(event=_transferred(), lsn=7),
+    Duplicate(record=IdempotencyRecord(fingerprint=b"f", lsn=3, at_us=4, event=_transferred())),
+    BatchFailed(index=None, rejection=Rejection(reason=Reason.SAME_WALLET, detail="x")),
+    WalletView(id="w", owner_id="o", asset="USD", balance=-(2**63), held=0, status=WalletStatus.FROZEN,
+               metadata={"a": {"b": True}}, created_at_us=1, updated_at_us=2, lsn=3),
+    frozenset({WithdrawalStatus.DEAD, WithdrawalStatus.PENDING}),
+    ("a", 1, None),
+    [None, True, b"bytes", "text", {"nested": [1, 2]}],
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda value: type(value).__name__)
+def test_values_cross_whole(value: object) -> None:
+    decoded = w.decode_value(w.encode_value(value))
+    assert decoded == value
+    assert type(decoded) is type(value)
+
+
+def test_a_type_that_is_not_registered_does_not_cross() -> None:
+    class Secret:
+        pass
+
+    with pytest.raises(TypeError):
+        w.encode_value(Secret())
+
+
+def test_unknown_dataclass_and_enum_names_are_refused() -> None:
+    forged = msgpack.packb(msgpack.ExtType(1, msgpack.packb(["os.system", "rm"])))
+    with pytest.raises(w.ProtocolError):
+        w.decode_value(forged)
+    forged_enum = msgpack.packb(msgpack.ExtType(2, msgpack.packb(["Reason", 10_000])))
+    with pytest.raises(w.ProtocolError):
+        w.decode_value(forged_enum)
+    wrong_arity = msgpack.packb(msgpack.ExtType(1, msgpack.packb(["Rejection", 1])))
+    with pytest.raises(w.ProtocolError):
+        w.decode_value(wrong_arity)
+
+
+def test_one_frame_carries_many_messages_in_order() -> None:
+    messages = [w.request(i, "transfer", [_transfer(i)], b"h" * 32) for i in range(100)]
+    messages.append(w.reply(5, None))
+    messages.append(w.failed(6, "overloaded", "full"))
+    messages.append(w.push("tokens", [b"x"]))
+    data = w.frame(messages)
+    decoder = w.Decoder()
+    decoder.feed(data)
+    assert decoder.messages() == messages
+    assert decoder.buffered == 0
+
+
+@given(st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=20))
+def test_frames_split_anywhere_decode_the_same(cuts: list[int]) -> None:
+    frames = [w.frame([w.request(i, "wallet", [f"w{i}"])]) for i in range(5)]
+    data = b"".join(frames)
+    decoder = w.Decoder()
+    got = []
+    offset = 0
+    for cut in cuts:
+        decoder.feed(data[offset:offset + cut])
+        offset += cut
+        got += decoder.messages()
+    decoder.feed(data[offset:])
+    got += decoder.messages()
+    assert got == [w.request(i, "wallet", [f"w{i}"]) for i in range(5)]
+
+
+def test_an_incomplete_frame_waits_for_the_rest() -> None:
+    data = w.frame([w.reply(1, "x")])
+    decoder = w.Decoder()
+    decoder.feed(data[:-1])
+    assert decoder.messages() == []
+    decoder.feed(data[-1:])
+    assert decoder.messages() == [w.reply(1, "x")]
+
+
+def test_a_length_over_the_bound_is_refused_before_the_bytes_arrive() -> None:
+    decoder = w.Decoder(frame_bytes_max=1024)
+    decoder.feed(w.LENGTH.pack(1025))
+    with pytest.raises(w.ProtocolError):
+        decoder.messages()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"not": "a list"},
+        [["not a message"]],
+        [[w.REQUEST, 1, "m"]],                     # too short
+        [[w.REQUEST, "1", "m", [], None]],         # id not an int
+        [[w.REQUEST, 1, "m", [], "not bytes"]],    # auth not bytes
+        [[w.FAILED, 1, "invented_code", "x"]],
+        [[w.REPLY, 1]],
+        [[9, 1, 2]],
+    ],
+)
+def test_malformed_messages_are_protocol_errors(payload: object) -> None:
+    body = msgpack.packb(payload)
+    decoder = w.Decoder()
+    decoder.feed(w.LENGTH.pack(len(body)) + body)
+    with pytest.raises(w.ProtocolError):
+        decoder.messages()
+
+
+def test_garbage_is_a_protocol_error() -> None:
+    decoder = w.Decoder()
+    decoder.feed(w.LENGTH.pack(3) + b"\xc1\xc1\xc1")
+    with pytest.raises(w.ProtocolError):
+        decoder.messages()
+
+
+def test_int_enums_keep_their_type_inside_values() -> None:
+    view = VALUES[5]
+    decoded = w.decode_value(w.encode_value(view))
+    assert type(decoded.status) is WalletStatus
+    assert type(w.decode_value(w.encode_value([TransactionType.TRANSFER]))[0]) is TransactionType
