@@ -689,6 +689,22 @@ class Ledger:
     def all_withdrawals(self) -> list[Withdrawal]:
         return [withdrawal for shard in self.shards for withdrawal in shard.state.withdrawals.values()]
 
+    def merged_state(self) -> State:
+        """One ``State`` holding every shard's wallets, pending holds and withdrawals over the
+        shared directory: the inverse of the partition in ``__init__``, and what a snapshot of
+        the live ledger must encode. It shares the live objects, so use it only while the actors
+        are stopped (or idle with nothing running in between). Not for request paths."""
+        state = State(directory=self.directory)
+        for shard in self.shards:
+            assert shard.state.directory is self.directory
+            assert state.wallets.keys().isdisjoint(shard.state.wallets)
+            assert state.holds.keys().isdisjoint(shard.state.holds)
+            assert state.withdrawals.keys().isdisjoint(shard.state.withdrawals)
+            state.wallets.update(shard.state.wallets)
+            state.holds.update(shard.state.holds)
+            state.withdrawals.update(shard.state.withdrawals)
+        return state
+
     def check_invariants(self) -> None:
         """``check_invariants`` over the live shards (call when they are idle)."""
         _state.check_invariants(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
