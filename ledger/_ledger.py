@@ -37,6 +37,7 @@ import anyio
 from ledger import _state
 from ledger._checkpoint import Base, load_base
 from ledger._codec import decode_event
+from ledger._data_dir import prepare_data_dir
 from ledger._events import EventFeed
 from ledger._history import BATCH_RECORDS_MAX as HISTORY_BATCH_RECORDS
 from ledger._history import History, weight
@@ -217,7 +218,7 @@ def recover(data_dir: Path, *, truncate_torn_tail: bool = True) -> Recovered:
     history read model up to the end of the log. Raises ``wal.LogCorrupt``. Blocking: run it in
     a worker thread."""
     started = time.perf_counter()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(data_dir)
     history = History.open(data_dir / "history.sqlite3")
     try:
         base = load_base(data_dir)
@@ -714,7 +715,6 @@ class Ledger:
 
 
 def open_ledger(data_dir: Path, **options: Any) -> Ledger:
-    data_dir.mkdir(parents=True, exist_ok=True)
     recovered = recover(data_dir)
     for message in recovered.scan.torn:
         log.warning("recovery: %s", message)
