@@ -44,7 +44,7 @@ def test_a_new_data_directory_is_created_private(tmp_path: Path, caplog: pytest.
     assert not caplog.records
 
 
-@pytest.mark.parametrize("wider", [0o755, 0o750, 0o701, 0o777])
+@pytest.mark.parametrize("wider", [0o755, 0o750, 0o701, 0o777], ids=oct)
 def test_an_existing_wider_data_directory_is_tightened_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, wider: int
 ) -> None:
