@@ -18,6 +18,7 @@ from ledger._checkpoint import (
     write_state,
 )
 from ledger._codec import CODEC_VERSION, CodecError, decode_event, encode_event
+from ledger._data_dir import DATA_DIR_MODE, FILE_MODE, prepare_data_dir
 from ledger._events import PAGE_MAX as EVENTS_PAGE_MAX
 from ledger._events import EventFeed, Gone
 from ledger._history import POSITION_BITS as ENTRY_POSITION_BITS
@@ -127,9 +128,11 @@ __all__ = [
     "AMOUNT_MAX",
     "BATCH_ITEMS_MAX",
     "CODEC_VERSION",
+    "DATA_DIR_MODE",
     "DESCRIPTION_CHARS_MAX",
     "ENTRY_POSITION_BITS",
     "EVENTS_PAGE_MAX",
+    "FILE_MODE",
     "IDEMPOTENCY_RETENTION_US",
     "ID_PATTERN",
     "INT64_MAX",
@@ -232,6 +235,7 @@ __all__ = [
     "new_transfer",
     "new_transferred",
     "open_ledger",
+    "prepare_data_dir",
     "recover",
     "remove_covered",
     "replay_until",

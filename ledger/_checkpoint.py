@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ledger import _state
 from ledger._codec import decode_event
+from ledger._data_dir import DATA_DIR_MODE
 from ledger._snapshot import count_records, decode_state, encode_state
 from ledger._state import State
 from snapshots import (
@@ -94,7 +95,7 @@ def write_state(data_dir: Path, state: State, *, lsn: int, log_checksum: bytes, 
     _state.check_state(state)
     digest = _state.digest_state(state)
     directory = snapshots_dir(data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
     started = time.perf_counter()
     info = write_snapshot(
         directory, lsn=lsn, records=count_records(state), log_checksum=log_checksum,
@@ -157,7 +158,7 @@ def remove_covered(data_dir: Path, *, history_lsn: int, archive: bool) -> list[P
         return []
     target = data_dir / "archive"
     if archive:
-        target.mkdir(exist_ok=True)
+        target.mkdir(mode=DATA_DIR_MODE, exist_ok=True)  # archived segments keep their 0600
     for path in removed:
         if archive:
             os.replace(path, target / path.name)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from typing import Any
 import aiosqlite
 import anyio
 
+from ledger._data_dir import FILE_MODE
 from ledger._model import (
     BATCH_ITEMS_MAX,
     Event,
@@ -205,6 +207,9 @@ class History:
     @classmethod
     def open(cls, path: Path) -> History:
         """Opens (or creates) the database. Call from a plain thread, not from the event loop."""
+        # Created 0600 before SQLite opens it: SQLite creates the -wal and -shm files with the
+        # database file's mode, so the read model's three files are the service user's alone.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
         thread = AsyncioThread("history-sqlite")
         try:
             connection, applied = thread.run_blocking(_open(path))

@@ -37,6 +37,7 @@ import anyio
 from ledger import _state
 from ledger._checkpoint import Base, load_base
 from ledger._codec import decode_event
+from ledger._data_dir import prepare_data_dir
 from ledger._events import EventFeed
 from ledger._history import BATCH_RECORDS_MAX as HISTORY_BATCH_RECORDS
 from ledger._history import History, weight
@@ -217,7 +218,7 @@ def recover(data_dir: Path, *, truncate_torn_tail: bool = True) -> Recovered:
     history read model up to the end of the log. Raises ``wal.LogCorrupt``. Blocking: run it in
     a worker thread."""
     started = time.perf_counter()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(data_dir)
     history = History.open(data_dir / "history.sqlite3")
     try:
         base = load_base(data_dir)
@@ -689,6 +690,22 @@ class Ledger:
     def all_withdrawals(self) -> list[Withdrawal]:
         return [withdrawal for shard in self.shards for withdrawal in shard.state.withdrawals.values()]
 
+    def merged_state(self) -> State:
+        """One ``State`` holding every shard's wallets, pending holds and withdrawals over the
+        shared directory: the inverse of the partition in ``__init__``, and what a snapshot of
+        the live ledger must encode. It shares the live objects, so use it only while the actors
+        are stopped (or idle with nothing running in between). Not for request paths."""
+        state = State(directory=self.directory)
+        for shard in self.shards:
+            assert shard.state.directory is self.directory
+            assert state.wallets.keys().isdisjoint(shard.state.wallets)
+            assert state.holds.keys().isdisjoint(shard.state.holds)
+            assert state.withdrawals.keys().isdisjoint(shard.state.withdrawals)
+            state.wallets.update(shard.state.wallets)
+            state.holds.update(shard.state.holds)
+            state.withdrawals.update(shard.state.withdrawals)
+        return state
+
     def check_invariants(self) -> None:
         """``check_invariants`` over the live shards (call when they are idle)."""
         _state.check_invariants(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
@@ -698,7 +715,6 @@ class Ledger:
 
 
 def open_ledger(data_dir: Path, **options: Any) -> Ledger:
-    data_dir.mkdir(parents=True, exist_ok=True)
     recovered = recover(data_dir)
     for message in recovered.scan.torn:
         log.warning("recovery: %s", message)

@@ -1,12 +1,16 @@
 """One writer per data directory: ``wallet serve`` holds an exclusive ``flock`` on ``<data>/LOCK``
 for its whole life; offline tools that change the directory take it too, so they cannot run
-under a live server. The kernel drops the lock when the process dies, even by SIGKILL."""
+under a live server. The kernel drops the lock when the process dies, even by SIGKILL. Taking
+the lock first makes the data directory private (``ledger.prepare_data_dir``: 0700, tightened
+if it exists with wider permissions), so everything after it writes into a private directory."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 from pathlib import Path
+
+from ledger import FILE_MODE, prepare_data_dir
 
 
 class DataDirLocked(Exception):
@@ -22,8 +26,8 @@ class DataDirLock:
 
 
 def lock_data_dir(data_dir: Path) -> DataDirLock:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    prepare_data_dir(data_dir)
+    fd = os.open(data_dir / "LOCK", os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -257,8 +257,9 @@ async def serve(options: ServeOptions) -> int:
     """Serves until SIGTERM/SIGINT; returns the exit status. Raises ``wal.LogCorrupt`` when
     the log is damaged (the command line reports it and exits 2)."""
     data_dir = options.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    lock = lock_data_dir(data_dir)  # held until the process exits; raises DataDirLocked
+    # Creates the data directory 0700 (or tightens it); held until the process exits; raises
+    # DataDirLocked.
+    lock = lock_data_dir(data_dir)
     limiter = None
     if options.rate_limit > 0:
         limiter = RateLimiter(rate=options.rate_limit, burst=options.rate_burst)

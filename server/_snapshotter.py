@@ -22,7 +22,7 @@ from pathlib import Path
 
 import anyio
 
-from ledger import Ledger, State, remove_covered, snapshots_dir, write_state
+from ledger import Ledger, remove_covered, snapshots_dir, write_state
 from snapshots import list_snapshots
 
 log = logging.getLogger("server.snapshots")
@@ -124,7 +124,9 @@ class Snapshotter:
         lsn = ledger.wal.durable_lsn
         if ledger.wal.failed is not None or lsn <= self.last_lsn:
             return
-        state = State(directory=ledger.directory, wallets={w.id: w for w in ledger.all_wallets()})
+        # Everything the shards own: wallets, and the pending holds and withdrawals too (an image
+        # of the wallets alone fails check_invariants as soon as one hold exists).
+        state = ledger.merged_state()
         write_state(self._data_dir, state, lsn=lsn, log_checksum=ledger.wal.durable_checksum,
                     created_at_us=ledger.clock())
         self.last_lsn = lsn

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ledger import (
+    DATA_DIR_MODE,
+    FILE_MODE,
     CodecError,
     build_snapshot,
     check_state,
@@ -24,6 +26,7 @@ from ledger import (
     digest_state,
     load_base,
     new_state,
+    prepare_data_dir,
     replay_until,
     snapshots_dir,
     write_state,
@@ -259,9 +262,11 @@ def wal_replay(data_dir: Path, *, until_lsn: int | None, until_us: int | None, o
     except LogCorrupt as error:
         print(f"REFUSED: {error}")
         return 1
-    (out / "wal").mkdir(parents=True)
+    prepare_data_dir(out)  # a new data directory: 0700, its files 0600 (copies included)
+    (out / "wal").mkdir(mode=DATA_DIR_MODE)
     for _, path in list_segments(data_dir / "wal"):
         shutil.copy2(path, out / "wal" / path.name)
+        (out / "wal" / path.name).chmod(FILE_MODE)
     plan = plan_repair(out / "wal", truncate_at_lsn=reached + 1) if reached else None
     if plan is not None and not plan.empty:
         aside = apply_repair(out / "wal", plan)

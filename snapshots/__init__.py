@@ -5,6 +5,8 @@ format and the table of failures are in ``_store``'s docstring."""
 from snapshots._store import (
     BODY_BYTES_MAX,
     CHECKSUM_BYTES,
+    DIRECTORY_MODE,
+    FILE_MODE,
     FORMAT_VERSION,
     HEADER_BYTES,
     KEEP_DEFAULT,
@@ -31,6 +33,8 @@ from snapshots._store import (
 __all__ = [
     "BODY_BYTES_MAX",
     "CHECKSUM_BYTES",
+    "DIRECTORY_MODE",
+    "FILE_MODE",
     "FORMAT_VERSION",
     "HEADER_BYTES",
     "KEEP_DEFAULT",

@@ -72,6 +72,10 @@ BODY_BYTES_MAX = 16 * 1024**3
 SUFFIX = ".snap"
 TEMP_SUFFIX = ".snap.tmp"
 KEEP_DEFAULT = 2
+# Snapshots are the service user's alone: files 0600 (``tempfile.mkstemp`` creates the temp file
+# with exactly that mode, and the rename keeps it), directories 0700 (the caller creates them).
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
 # The steps after which ``write_snapshot`` calls its crash hook, in order.
 STEPS = ("temp-written", "file-synced", "renamed")
 # Block size for streaming a body through the checksum without loading it whole.
@@ -247,6 +251,7 @@ def write_snapshot(
     # A unique temp name: a leftover from a crash never collides with this write.
     fd, temp_name = tempfile.mkstemp(prefix=f"{lsn:020d}.", suffix=TEMP_SUFFIX, dir=directory)
     temp = Path(temp_name)
+    assert os.stat(fd).st_mode & 0o777 == FILE_MODE, oct(os.stat(fd).st_mode)
     try:
         with open(fd, "wb") as file:
             # Reserve the header and fill it in once the body's size and checksum are known:

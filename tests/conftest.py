@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,3 +25,15 @@ def server(tmp_path: Path, loop: str) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.kill()
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The usual umask (022) while the test runs, and in the processes it starts: under it, a file
+    created with the default modes is world-readable, so a test of the data directory's modes
+    cannot pass by the grace of a stricter umask in the environment that runs it."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)

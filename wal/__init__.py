@@ -17,6 +17,8 @@ from wal._frame import (
 )
 from wal._repair import RepairPlan, RepairRefused, apply_repair, plan_repair
 from wal._segments import (
+    DIRECTORY_MODE,
+    FILE_MODE,
     SEGMENT_HEADER_BYTES,
     LogCorrupt,
     ScanResult,
@@ -44,6 +46,8 @@ __all__ = [
     "BATCH_BYTES_MAX",
     "BATCH_RECORDS_MAX",
     "CHECKSUM_BYTES",
+    "DIRECTORY_MODE",
+    "FILE_MODE",
     "FRAME_VERSION",
     "FSYNC_BUCKETS_S",
     "HEADER_BYTES",

@@ -13,7 +13,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wal._segments import SEGMENT_HEADER_BYTES, LogCorrupt, ScanResult, list_segments, scan
+from wal._segments import (
+    DIRECTORY_MODE,
+    SEGMENT_HEADER_BYTES,
+    LogCorrupt,
+    ScanResult,
+    list_segments,
+    scan,
+)
 from wal._writer import fsync_directory
 
 
@@ -113,7 +120,7 @@ def apply_repair(directory: Path, plan: RepairPlan) -> Path | None:
     aside = None
     if plan.segments_moved:
         aside = directory / f"dropped-{int(time.time())}"
-        aside.mkdir(exist_ok=True)
+        aside.mkdir(mode=DIRECTORY_MODE, exist_ok=True)
         for path in plan.segments_moved:
             os.replace(path, aside / path.name)
         fsync_directory(aside)

@@ -34,6 +34,8 @@ Recovery decisions, in the order the scan meets them (one test per row in
     | a segment header is damaged or names the wrong first LSN      | refuse: bad segment      |
     | the first kept segment starts after the snapshot's LSN + 1    | refuse: LSN gap          |
 
+Segments are created with mode ``FILE_MODE`` (0600) in a directory of ``DIRECTORY_MODE`` (0700).
+
 A torn tail is what an interrupted write leaves; it was never acknowledged (acknowledgement
 follows the fsync), so cutting it loses nothing. Anything else means acknowledged history is
 damaged: the scan raises ``LogCorrupt`` naming the file, offset and LSN, and never guesses.
@@ -62,6 +64,10 @@ SEGMENT_HEADER = struct.Struct("<8sH6sQ16s16s")
 SEGMENT_HEADER_BYTES = 56
 SEGMENT_SUFFIX = ".wal"
 assert SEGMENT_HEADER.size == SEGMENT_HEADER_BYTES
+# The log is the service user's alone: segments (and their temp files) are created 0600, the
+# log's directory and a repair's folder of dropped segments 0700.
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
 
 
 class LogCorrupt(Exception):

@@ -29,7 +29,13 @@ from typing import Any
 import anyio
 
 from wal import _frame
-from wal._segments import SEGMENT_HEADER_BYTES, encode_segment_header, segment_name
+from wal._segments import (
+    DIRECTORY_MODE,
+    FILE_MODE,
+    SEGMENT_HEADER_BYTES,
+    encode_segment_header,
+    segment_name,
+)
 
 log = logging.getLogger("wal")
 
@@ -100,7 +106,7 @@ class WriteAheadLog:
         assert next_lsn >= 1
         assert len(parent) == _frame.CHECKSUM_BYTES
         self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
         self._segment_bytes_max = segment_bytes_max
         self._on_durable = on_durable
         self._sync = sync
@@ -297,7 +303,7 @@ class WriteAheadLog:
         path = self.directory / segment_name(first_lsn)
         temp = path.with_suffix(".tmp")
         header = encode_segment_header(first_lsn=first_lsn, parent=self._parent)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             os.write(fd, header)
             os.fsync(fd)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import stat
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -445,3 +446,17 @@ def test_edited_snapshots_are_refused_or_unchanged(edits: list[tuple[int, bytes]
         assert body == original[HEADER_BYTES:]
         assert header.body_bytes == len(body)
         assert len(header.body_checksum) == CHECKSUM_BYTES
+
+
+@pytest.mark.usefixtures("usual_umask")
+def test_a_snapshot_and_its_temp_file_are_private(tmp_path: Path) -> None:
+    modes: list[int] = []
+
+    def look(step: str) -> None:
+        if step == "temp-written":
+            (temp,) = [path for path in tmp_path.iterdir() if path.name.endswith(TEMP_SUFFIX)]
+            modes.append(stat.S_IMODE(temp.stat().st_mode))
+
+    path = write(tmp_path, 3, _crash_hook=look)
+    assert modes == [snapshots.FILE_MODE] == [0o600]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import stat
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -27,6 +28,7 @@ from tests.wal._logs import (
     payload_for,
     scan_all,
     segment_paths,
+    write_log,
 )
 from wal import (
     HEADER_BYTES,
@@ -477,3 +479,15 @@ async def test_close_with_nothing_queued_returns_without_creating_a_segment(
     assert list(directory.iterdir()) == []
     with pytest.raises(StorageFailed):
         log.append(b"x")
+
+
+@pytest.mark.usefixtures("usual_umask")
+async def test_the_log_directory_and_its_segments_are_private(tmp_path: Path) -> None:
+    directory = tmp_path / "data" / "wal"
+    batches = [[payload_for(lsn) for lsn in range(first, first + 3)] for first in range(1, 31, 3)]
+    await write_log(directory, batches, segment_bytes_max=400)
+    assert len(segment_paths(directory)) >= 3  # segments rolled: each was created by the writer
+    assert stat.S_IMODE(directory.stat().st_mode) == wal.DIRECTORY_MODE == 0o700
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in directory.iterdir()}
+    assert modes == {path.name: wal.FILE_MODE for path in segment_paths(directory)}
+    assert wal.FILE_MODE == 0o600

@@ -3,6 +3,7 @@ when told the LSN; moves dropped segments aside; a dry run changes nothing."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,15 @@ async def test_a_compacted_log_is_repaired_from_its_first_kept_segment(tmp_path:
     first_kept = int(second.stem)
     frames, _ = scan_all(directory, after_lsn=first_kept - 1)
     assert [f.lsn for f in frames] == list(range(first_kept, frame.lsn))
+
+
+@pytest.mark.usefixtures("usual_umask")
+async def test_segments_moved_aside_go_into_a_private_folder(tmp_path: Path) -> None:
+    directory = await build(tmp_path)
+    assert main(["wal", "repair", "--data", str(directory.parent), "--truncate-at-lsn", "11"]) == 0
+    (aside,) = directory.glob("dropped-*")
+    assert stat.S_IMODE(aside.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(path.stat().st_mode) for path in aside.iterdir()} == {0o600}
+    # The command took the data directory's lock, which makes the directory private too.
+    assert stat.S_IMODE(directory.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((directory.parent / "LOCK").stat().st_mode) == 0o600
