@@ -22,7 +22,7 @@ message):
     | limit                     | value  | a valid request holds at most                    |
     |---------------------------|--------|--------------------------------------------------|
     | DECODE_MAP_ENTRIES_MAX    | 1024   | 6 fields; metadata of 4 KiB: 512 entries         |
-    | DECODE_ARRAY_ITEMS_MAX    | 8190   | a batch's transfers (BATCH_ITEMS_MAX)            |
+    | DECODE_ARRAY_ITEMS_MAX    | 16384  | a batch's 8190 transfers (BATCH_ITEMS_MAX)       |
     | DECODE_STRING_BYTES_MAX   | 16 KiB | 4 KiB (metadata; a description: 1024 characters) |
     | DECODE_DEPTH_MAX          | 32     | 10 levels (batch, item, metadata's 8 levels)     |
 
@@ -73,11 +73,12 @@ METADATA_DEPTH_MAX = 8
 LIMIT_DEFAULT = 50
 LIMIT_MAX = 1000
 DECODE_MAP_ENTRIES_MAX = 1024
-DECODE_ARRAY_ITEMS_MAX = BATCH_ITEMS_MAX
+DECODE_ARRAY_ITEMS_MAX = 16 * 1024
 DECODE_STRING_BYTES_MAX = 16 * 1024
 DECODE_DEPTH_MAX = 32
 BATCH_ERRORS_MAX = 1000  # errors listed in all the items of one non-atomic batch
 assert DECODE_MAP_ENTRIES_MAX >= METADATA_BYTES_MAX // 8  # an entry of metadata encodes to 8+ bytes
+assert DECODE_ARRAY_ITEMS_MAX >= 2 * BATCH_ITEMS_MAX  # an over-full batch still gets its transfers error
 assert DECODE_STRING_BYTES_MAX >= max(4 * DESCRIPTION_CHARS_MAX, METADATA_BYTES_MAX)
 assert DECODE_DEPTH_MAX >= 3 + METADATA_DEPTH_MAX
 assert BATCH_ERRORS_MAX >= ERRORS_MAX
