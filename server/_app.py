@@ -37,6 +37,9 @@ from starlette.staticfiles import StaticFiles
 from ledger import (
     ENTRY_POSITION_BITS,
     EVENTS_PAGE_MAX,
+    ID_PATTERN,
+    INT64_MAX,
+    INT64_MIN,
     AdvanceWithdrawal,
     AssetCreated,
     BatchFailed,
@@ -87,13 +90,14 @@ from server import _validate as v
 from server._errors import (
     ApiError,
     batch_failed,
+    code_label,
     invalid,
     overloaded,
     problem,
     problem_body,
     rejected,
 )
-from server._observe import Metrics, Observe
+from server._observe import TOKEN_CHARS_SHOWN, Metrics, Observe, shown_path
 from wal import StorageFailed
 
 log = logging.getLogger("server")
@@ -113,6 +117,7 @@ DOCS_PAGE = b"""<!doctype html>
 TRANSACTION_TYPES = {member.label: member for member in TransactionType}
 TRANSACTION_STATUSES = ("posted", "pending", "voided", "failed")
 TOKEN_PREFIX_CHARS = 12
+assert TOKEN_CHARS_SHOWN == TOKEN_PREFIX_CHARS  # logs and answers show a token's prefix at most
 # Batch requests handled at once: each may hold a 16 MiB body and what it decodes to (several
 # times that for bodies of many small values), so they get their own bound below --max-in-flight.
 BATCHES_IN_FLIGHT_MAX = 16
@@ -334,31 +339,57 @@ def encode_cursor(kind: str, lsn: int) -> str:
     return base64.urlsafe_b64encode(f"{kind}:{lsn}".encode()).decode().rstrip("=")
 
 
-def decode_cursor(kind: str, raw: str | None) -> int | None:
+def _cursor_text(raw: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise _bad_cursor() from None
+
+
+def _bad_cursor() -> ApiError:
+    return v.invalid_field("cursor", "is not a cursor this endpoint gave out")
+
+
+def decode_cursor(kind: str, raw: str | None, *, low: int = INT64_MIN, high: int = INT64_MAX) -> int | None:
+    """The number in a ``<kind>:<number>`` cursor, from ``low`` to ``high`` (the range of the
+    keys it was made from, within int64 for SQLite); anything else is ``400`` (field cursor)."""
     if raw is None:
         return None
-    try:
-        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
-        prefix, _, number = text.partition(":")
-        digits = number.removeprefix("-")
-        if prefix != kind or not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
-            raise ValueError(text)
-        return int(number)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise v.invalid_field("cursor", "is not a cursor this endpoint gave out") from None
+    prefix, _, number = _cursor_text(raw).partition(":")
+    found = v.integer_in(number, low, high) if prefix == kind else None
+    if found is None:
+        raise _bad_cursor()
+    return found
+
+
+# A statement cursor's ``t:<lsn>`` (schema 1) becomes the position ``lsn << ENTRY_POSITION_BITS``,
+# which must stay within int64 too.
+STATEMENT_LSN_MAX = INT64_MAX >> ENTRY_POSITION_BITS
 
 
 def statement_cursor(raw: str | None) -> int | None:
     """The entry position a statement page continues below. Cursors are ``e:<position>``; the
-    ``t:<lsn>`` ones given out before entries had positions (schema 1) still work."""
+    ``t:<lsn>`` ones given out before entries had positions (schema 1) still work. Positions
+    and LSNs are never negative."""
     if raw is None:
         return None
     try:
-        return decode_cursor("e", raw)
+        return decode_cursor("e", raw, low=0)
     except ApiError:
-        lsn = decode_cursor("t", raw)
+        lsn = decode_cursor("t", raw, low=0, high=STATEMENT_LSN_MAX)
         assert lsn is not None
-        return lsn << ENTRY_POSITION_BITS if lsn > 0 else lsn
+        return lsn << ENTRY_POSITION_BITS
+
+
+def withdrawal_cursor(raw: str | None) -> tuple[int, str] | None:
+    """``<created_at_us>:<withdrawal id>`` of the last withdrawal of the previous page."""
+    if raw is None:
+        return None
+    created, _, after_id = _cursor_text(raw).partition(":")
+    at_us = v.integer_in(created, 0, INT64_MAX)
+    if at_us is None or not ID_PATTERN.fullmatch(after_id):
+        raise _bad_cursor()
+    return at_us, after_id
 
 
 def item_fingerprint(item: v.BatchItem) -> bytes:
@@ -629,8 +660,18 @@ class Api:
         raise rejected(decision)
 
     async def revoke_token(self, request: Request) -> Response:
+        """``DELETE /v1/tokens/{prefix}``. Something longer than a prefix is taken for a whole
+        token (sent by mistake, or all the caller has of a leaked one): revoked when it is one
+        (looked up by its hash), else 404. The answer and the log never repeat more than a
+        prefix of what was sent (the ledger's rejection names the prefix it was given)."""
         self.admin(request)
         prefix = request.path_params["prefix"]
+        if len(prefix) > TOKEN_PREFIX_CHARS:
+            found = self._ledger().token(hash_token(prefix))
+            if found is None:
+                raise ApiError(404, "token_not_found", "Token not found",
+                               f"no token has that prefix (a prefix is a token's first {TOKEN_PREFIX_CHARS} characters)")
+            prefix = found.prefix
         decision = await self.run(self._ledger().revoke_token(RevokeToken(prefix=prefix)))
         if isinstance(decision, Rejection):
             raise rejected(decision)
@@ -774,9 +815,10 @@ class Api:
     def _after(self, raw: str | None) -> int:
         if raw is None:
             return 0
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 19):
-            raise v.invalid_field("after", "must be an LSN (a non-negative integer)")
-        return int(raw)
+        after = None if raw.startswith("-") else v.integer_in(raw, 0, INT64_MAX)
+        if after is None:
+            raise v.invalid_field("after", f"must be an LSN (an integer from 0 to {INT64_MAX})")
+        return after
 
     def _gone(self, error: Gone) -> ApiError:
         failure = ApiError(410, "gone", "Gone", f"{error}; start again from after={error.oldest_lsn - 1}")
@@ -995,14 +1037,7 @@ class Api:
                 raise v.invalid_field("status", f"must be one of {', '.join(labels)}")
             statuses = frozenset({labels[raw]})
         limit = v.limit(request)
-        cursor = params.get("cursor")
-        after = None
-        if cursor is not None:
-            try:
-                created, _, after_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-                after = (int(created), v.identifier("cursor", after_id))
-            except (ValueError, binascii.Error, UnicodeDecodeError, ApiError):
-                raise v.invalid_field("cursor", "is not a cursor this server issued") from None
+        after = withdrawal_cursor(params.get("cursor"))
         views = await self.run(self._ledger().withdrawals(statuses=statuses, owner_id=caller.owner_id))
         if after is not None:
             views = [view for view in views if (view.created_at_us, view.id) > after]
@@ -1116,9 +1151,9 @@ def _not_found(request: Request, exc: Exception) -> ApiError:
     if exc.status_code == 405:
         return ApiError(
             405, "method_not_allowed", "Method not allowed",
-            f"{request.method} is not allowed on {request.url.path}", headers=dict(exc.headers or {}),
+            f"{request.method} is not allowed on {shown_path(request.url.path)}", headers=dict(exc.headers or {}),
         )
-    return ApiError(exc.status_code, "not_found", "Not found", f"no route {request.method} {request.url.path}")
+    return ApiError(exc.status_code, "not_found", "Not found", f"no route {request.method} {shown_path(request.url.path)}")
 
 
 def build_app(api: Api, *, in_flight_max: int = 4096) -> Any:
@@ -1128,7 +1163,7 @@ def build_app(api: Api, *, in_flight_max: int = 4096) -> Any:
     api.metrics = metrics
 
     def render(error: ApiError) -> Response:
-        metrics.rejections.labels(error.code).inc()
+        metrics.rejections.labels(code_label(error.code)).inc()
         return problem(error)
 
     def http_error(request: Request, exc: Exception) -> Response:

@@ -42,11 +42,18 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | history read model behind | 503    | history_lagging           |
     | disk refused a write      | 503    | storage_unavailable       |
     | anything else             | 500    | internal_error (a bug)    |
+
+A 400 lists at most ``ERRORS_MAX`` errors; when there were more, a last entry (field
+``errors``) says so. Collectors stop looking after ``ERRORS_MAX + 1`` (``first_errors``), so a
+body with a million unknown fields costs no more to answer than one with twenty-one.
+``CODES`` is every code above: the metrics label rejections with a code from it, or ``other``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.responses import Response
@@ -83,6 +90,21 @@ REASONS: dict[Reason, tuple[int, str]] = {
     Reason.RECORD_TOO_LARGE: (413, "Payload too large"),
 }
 assert set(REASONS) == set(Reason), set(Reason) - set(REASONS)
+
+# Every code an answer can carry (the table above). Closed, so that a metric labelled with a
+# code has a bounded number of series.
+CODES = frozenset({
+    *(reason.code for reason in Reason),
+    "transaction_not_found", "batch_failed", "invalid_request", "idempotency_key_missing",
+    "unauthorized", "forbidden", "not_found", "wallet_not_found", "withdrawal_not_found", "gone",
+    "method_not_allowed", "payload_too_large", "unsupported_media_type", "rate_limited", "overloaded",
+    "not_ready", "history_lagging", "storage_unavailable", "internal_error",
+})
+CODE_OTHER = "other"
+assert CODE_OTHER not in CODES
+
+ERRORS_MAX = 20  # errors listed in one 400 (and for one item of a batch)
+OMITTED_FIELD = "errors"
 
 
 class ApiError(Exception):
@@ -127,7 +149,26 @@ def batch_failed(failure: BatchFailed) -> ApiError:
     return error
 
 
+def code_label(code: str) -> str:
+    """``code`` as a metric label: one of ``CODES``, else ``other``."""
+    return code if code in CODES else CODE_OTHER
+
+
+def first_errors(errors: Iterable[dict[str, str]]) -> list[dict[str, str]]:
+    """At most ``ERRORS_MAX + 1`` of ``errors`` (one more than ``invalid`` lists, so that it can
+    tell there were more): stops consuming ``errors`` there."""
+    return list(itertools.islice(errors, ERRORS_MAX + 1))
+
+
+def capped(errors: list[dict[str, str]], limit: int = ERRORS_MAX) -> list[dict[str, str]]:
+    """The first ``limit`` errors, and when there were more, an entry that says so."""
+    if len(errors) <= limit:
+        return errors
+    return [*errors[:limit], {"field": OMITTED_FIELD, "message": f"more errors omitted (at most {limit} are listed)"}]
+
+
 def invalid(errors: list[dict[str, str]]) -> ApiError:
+    errors = capped(errors)
     detail = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
     return ApiError(400, "invalid_request", "Invalid request", detail, errors=errors)
 

@@ -6,14 +6,20 @@ stream per request): it times the request, takes the route template Starlette ma
 ``X-Request-ID`` (the caller's, if it is sane, else a new one), adds the security headers, counts
 and logs. Gauges and the WAL's histograms are read from the components' ``statistics()`` only
 when ``/metrics`` is scraped, so the hot path pays one counter and one histogram observation.
-Logs never contain a token, a body or a query string. They are JSON lines when stderr is not a
-terminal (``configure_logging``).
+Logs never contain a token, a body or a query string (the path of ``DELETE /v1/tokens/...`` is
+logged with at most a token's prefix). They are JSON lines when stderr is not a terminal
+(``configure_logging``).
+
+Every label value comes from a closed set, so no request can add series: the method is one of
+``METHODS`` or ``other``, the route is a template of the app's routes or ``unmatched``, the
+status is an HTTP status, and a rejection's code is one of ``_errors.CODES`` or ``other``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import sys
 import time
@@ -23,6 +29,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from server._errors import code_label
 from server._payouts import BANK_LATENCY_BUCKETS_S, PayoutsStatistics
 from server._validate import BODY_BYTES_MAX
 from wal import BATCH_BUCKETS, FSYNC_BUCKETS_S
@@ -31,6 +38,13 @@ log = logging.getLogger("server.access")
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 REQUEST_ID_CHARS_MAX = 128
+METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
+METHOD_OTHER = "other"
+ROUTE_UNMATCHED = "unmatched"
+# A token sent where its prefix belongs (DELETE /v1/tokens/{prefix}) keeps only a prefix's
+# length in logs and answers (``server._app.TOKEN_PREFIX_CHARS``, checked there).
+TOKEN_CHARS_SHOWN = 12
+_TOKEN_PATH = re.compile(rf"(/v1/tokens/[^/]{{{TOKEN_CHARS_SHOWN}}})[^/]+")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -158,6 +172,11 @@ def _histogram(name: str, documentation: str, bounds: tuple[float, ...], counts:
     return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=total)
 
 
+def shown_path(path: str) -> str:
+    """``path`` as logs and answers may show it: a token in it cut to a prefix."""
+    return _TOKEN_PATH.sub(r"\1...", path)
+
+
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name == b"x-request-id":
@@ -251,7 +270,7 @@ class Observe:
                     (b"content-type", b"application/problem+json"), (b"retry-after", b"1"),
                     (b"content-length", str(len(OVERLOADED_BODY)).encode())]})
                 await send({"type": "http.response.body", "body": OVERLOADED_BODY})
-                self._metrics.rejections.labels("overloaded").inc()
+                self._metrics.rejections.labels(code_label("overloaded")).inc()
                 return
             self._in_flight += 1
             try:
@@ -261,14 +280,16 @@ class Observe:
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
-            template = route.path if route is not None else "unmatched"
+            template = route.path if route is not None else ROUTE_UNMATCHED
             method = scope["method"]
-            self._metrics.requests.labels(method, template, str(status)).inc()
-            self._metrics.latency.labels(method, template).observe(elapsed)
+            label = method if method in METHODS else METHOD_OTHER
+            self._metrics.requests.labels(label, template, str(status)).inc()
+            self._metrics.latency.labels(label, template).observe(elapsed)
             if log.isEnabledFor(logging.INFO):
                 self._log(method, scope["path"], template, status, elapsed, request_id)
 
     def _log(self, method: str, path: str, route: str, status: int, elapsed: float, request_id: str) -> None:
+        path = shown_path(path)
         fields = {"event": "request", "method": method, "path": path, "route": route, "status": status,
                   "latency_ms": round(elapsed * 1000, 3), "request_id": request_id}
         log.info("%s %s %d %.1f ms request_id=%s", method, path, status, elapsed * 1000, request_id,

@@ -13,13 +13,38 @@ float amount is refused whichever way it came. An item is first checked by a tig
 (type and range tests, one regex per id, no allocation); only an item that fails it, or carries
 metadata, goes through ``fields`` with the single-transfer route's validators, which produce the
 same messages and codes, under field paths ``transfers[i].name``.
+
+Limits on what the decoders accept, checked while decoding so that a hostile body is refused
+before it becomes a large structure or a long list of errors (each is above what any valid
+request holds, so a valid request never meets one, and a near miss still gets its field's own
+message):
+
+    | limit                     | value  | a valid request holds at most                    |
+    |---------------------------|--------|--------------------------------------------------|
+    | DECODE_MAP_ENTRIES_MAX    | 1024   | 6 fields; metadata of 4 KiB: 512 entries         |
+    | DECODE_ARRAY_ITEMS_MAX    | 16384  | a batch's 8190 transfers (BATCH_ITEMS_MAX)       |
+    | DECODE_STRING_BYTES_MAX   | 16 KiB | 4 KiB (metadata; a description: 1024 characters) |
+    | DECODE_DEPTH_MAX          | 32     | 10 levels (batch, item, metadata's 8 levels)     |
+
+MessagePack: the unpacker checks the lengths from each header before reading what follows
+(``max_map_len`` and friends), so a map that claims two million entries costs nothing; depth
+is counted by the hooks as each container is finished (about 0.5 us per map: 5 ms on a full
+batch of 8,190 items; trusting the unpacker's own 1,024-level stack instead was rejected, as it
+would leave every later walker of the value to bound its own recursion). JSON: Python's scanner has no hook for
+strings or arrays and calls ``object_pairs_hook`` when an object ends, so an object's members
+are counted there (before they become a dict or errors), arrays are measured by the object that
+holds them, and strings are bounded by the body size alone. Past a limit, the whole request is
+``400`` with one ``body`` error naming it. Error lists stop at ``ERRORS_MAX`` (``_errors``);
+a non-atomic batch lists at most ``BATCH_ERRORS_MAX`` errors in all before each further bad
+item lists only its first.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -37,7 +62,7 @@ from ledger import (
     SYSTEM_OWNER,
     TREASURY_PREFIX,
 )
-from server._errors import ApiError, invalid, invalid_field
+from server._errors import ERRORS_MAX, ApiError, capped, first_errors, invalid, invalid_field
 
 BODY_BYTES_MAX = 1024 * 1024
 BATCH_BODY_BYTES_MAX = 16 * 1024 * 1024
@@ -47,6 +72,16 @@ IDEMPOTENCY_KEY_CHARS_MAX = 128
 METADATA_DEPTH_MAX = 8
 LIMIT_DEFAULT = 50
 LIMIT_MAX = 1000
+DECODE_MAP_ENTRIES_MAX = 1024
+DECODE_ARRAY_ITEMS_MAX = 16 * 1024
+DECODE_STRING_BYTES_MAX = 16 * 1024
+DECODE_DEPTH_MAX = 32
+BATCH_ERRORS_MAX = 1000  # errors listed in all the items of one non-atomic batch
+assert DECODE_MAP_ENTRIES_MAX >= METADATA_BYTES_MAX // 8  # an entry of metadata encodes to 8+ bytes
+assert DECODE_ARRAY_ITEMS_MAX >= 2 * BATCH_ITEMS_MAX  # an over-full batch still gets its transfers error
+assert DECODE_STRING_BYTES_MAX >= max(4 * DESCRIPTION_CHARS_MAX, METADATA_BYTES_MAX)
+assert DECODE_DEPTH_MAX >= 3 + METADATA_DEPTH_MAX
+assert BATCH_ERRORS_MAX >= ERRORS_MAX
 
 
 class _Float:
@@ -91,10 +126,89 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-_decoder = json.JSONDecoder(
-    parse_float=_Float, parse_int=_parse_int, parse_constant=_refuse_constant,
-    object_pairs_hook=_no_duplicates,
-)
+def _too_many(what: str, count: int, limit: int) -> ApiError:
+    return invalid_field("body", f"{what} holds {count}; at most {limit} are accepted")
+
+
+def _too_deep() -> ApiError:
+    return invalid_field("body", f"nests deeper than {DECODE_DEPTH_MAX} levels")
+
+
+class _Shape:
+    """The decode limits for one body, checked by the decoders' hooks. Hooks see a container
+    when it is finished, so depth is counted upwards: a container of scalars has depth 1, and
+    one that holds containers 1 more than the deepest of them. Only the depth of containers
+    that hold containers is kept (by id: they are all alive until the decode ends)."""
+
+    __slots__ = ("_depths",)
+
+    def __init__(self) -> None:
+        self._depths: dict[int, int] = {}
+
+    def _record(self, container: Any, depth: int) -> None:
+        if depth > DECODE_DEPTH_MAX:
+            raise _too_deep()
+        if depth > 1:
+            self._depths[id(container)] = depth
+
+    def json_object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len(pairs) > DECODE_MAP_ENTRIES_MAX:
+            raise _too_many("an object's members", len(pairs), DECODE_MAP_ENTRIES_MAX)
+        result = _no_duplicates(pairs)
+        kinds = set(map(type, result.values()))  # at C speed: most objects hold only scalars
+        if dict in kinds or list in kinds:
+            depth = 1
+            depths = self._depths
+            for value in result.values():
+                kind = type(value)
+                if kind is dict:
+                    depth = max(depth, depths.get(id(value), 1) + 1)
+                elif kind is list:
+                    depth = max(depth, self.json_array(value, DECODE_DEPTH_MAX - 1) + 1)
+            self._record(result, depth)
+        return result
+
+    def json_array(self, values: list[Any], room: int) -> int:
+        """The depth of a JSON array (measured by whoever holds it: JSON has no array hook),
+        refusing it past the limits; ``room`` is the depth it may have at most."""
+        if len(values) > DECODE_ARRAY_ITEMS_MAX:
+            raise _too_many("an array's items", len(values), DECODE_ARRAY_ITEMS_MAX)
+        if room < 1:
+            raise _too_deep()
+        depth = 1
+        depths = self._depths
+        for value in values:
+            kind = type(value)
+            if kind is dict:
+                depth = max(depth, depths.get(id(value), 1) + 1)
+            elif kind is list:
+                depth = max(depth, self.json_array(value, room - 1) + 1)
+        if depth > room:
+            raise _too_deep()
+        return depth
+
+    def msgpack_map(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        result = _msgpack_map(pairs)
+        kinds = set(map(type, result.values()))
+        if dict in kinds or list in kinds:
+            self._record(result, self._held_depth(result.values()))
+        return result
+
+    def msgpack_array(self, values: list[Any]) -> list[Any]:
+        kinds = set(map(type, values))
+        if dict in kinds or list in kinds:
+            self._record(values, self._held_depth(values))
+        return values
+
+    def _held_depth(self, values: Any) -> int:
+        """The depth of a container holding ``values`` (whose containers the hooks have seen)."""
+        depth = 1
+        depths = self._depths
+        for value in values:
+            kind = type(value)
+            if kind is dict or kind is list:
+                depth = max(depth, depths.get(id(value), 1) + 1)
+        return depth
 
 
 def _too_large(limit: int) -> ApiError:
@@ -148,17 +262,24 @@ async def json_object(request: Request, *, optional: bool = False) -> dict[str, 
 
 
 def _decode_json(body: bytes) -> Any:
+    shape = _Shape()
+    decoder = json.JSONDecoder(
+        parse_float=_Float, parse_int=_parse_int, parse_constant=_refuse_constant,
+        object_pairs_hook=shape.json_object,
+    )
     try:
         text = body.decode("utf-8")
-        value = _decoder.decode(text)
+        value = decoder.decode(text)
+        if type(value) is list:  # an array at the top: nothing held it to measure it
+            shape.json_array(value, DECODE_DEPTH_MAX)
     except UnicodeDecodeError:
         raise invalid_field("body", "is not valid UTF-8") from None
     except _Constant as constant:
         raise invalid_field("body", f"{constant} is not valid JSON") from None
     except json.JSONDecodeError as error:
         raise invalid_field("body", f"malformed JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
-    except RecursionError:
-        raise invalid_field("body", "nested too deeply") from None
+    except RecursionError:  # deeper than the scanner goes, before any hook could count
+        raise _too_deep() from None
     except ValueError as error:  # e.g. an integer literal past Python's digit limit
         raise invalid_field("body", f"malformed JSON: {error}") from None
     return value
@@ -168,23 +289,36 @@ Validator = Callable[[str, Any], Any]
 
 
 def fields(body: dict[str, Any], spec: dict[str, tuple[bool, Validator]]) -> dict[str, Any]:
-    """Checks ``body`` against ``spec`` (name -> (required, validator)); collects every error."""
-    errors = [
-        {"field": name, "message": "unknown field"} for name in body if name not in spec
-    ]
-    values: dict[str, Any] = {}
-    for name, (required, validate) in spec.items():
-        if name not in body:
-            if required:
-                errors.append({"field": name, "message": "is required"})
-            continue
-        try:
-            values[name] = validate(name, body[name])
-        except ApiError as error:
-            errors.extend(error.errors or [{"field": name, "message": error.detail}])
+    """Checks ``body`` against ``spec`` (name -> (required, validator)); collects the errors,
+    up to the first ``ERRORS_MAX`` (and says when there were more)."""
+    values, errors = field_errors(body, spec)
     if errors:
         raise invalid(errors)
     return values
+
+
+def field_errors(
+    body: dict[str, Any], spec: dict[str, tuple[bool, Validator]]
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The values of ``body`` by ``spec``, and its first ``ERRORS_MAX + 1`` errors (checking
+    stops there: a body of a thousand unknown fields is not walked to its end)."""
+    values: dict[str, Any] = {}
+
+    def errors() -> Iterator[dict[str, str]]:
+        for name in body:
+            if name not in spec:
+                yield {"field": name, "message": "unknown field"}
+        for name, (required, validate) in spec.items():
+            if name not in body:
+                if required:
+                    yield {"field": name, "message": "is required"}
+                continue
+            try:
+                values[name] = validate(name, body[name])
+            except ApiError as error:
+                yield from error.errors or [{"field": name, "message": error.detail}]
+
+    return values, first_errors(errors())
 
 
 def _describe(value: Any) -> str:
@@ -262,9 +396,26 @@ def description(name: str, value: Any) -> str | None:
     return _text(value, name)
 
 
-def _plain(name: str, value: Any, depth: int) -> Any:
+class _Budget:
+    """How many more values metadata may hold: each encodes to at least one byte, so past
+    ``METADATA_BYTES_MAX`` values it is too large, and the rest need not be walked."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = METADATA_BYTES_MAX
+
+
+def _too_large_metadata(name: str) -> ApiError:
+    return invalid_field(name, f"must encode to at most {METADATA_BYTES_MAX} bytes")
+
+
+def _plain(name: str, value: Any, depth: int, budget: _Budget) -> Any:
     if depth > METADATA_DEPTH_MAX:
         raise invalid_field(name, f"nests deeper than {METADATA_DEPTH_MAX} levels")
+    budget.left -= 1
+    if budget.left < 0:
+        raise _too_large_metadata(name)
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, _BigInt) or (isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX):
@@ -281,11 +432,11 @@ def _plain(name: str, value: Any, depth: int) -> Any:
     if isinstance(value, str):
         return _text(value, name)
     if isinstance(value, list):
-        return [_plain(name, item, depth + 1) for item in value]
+        return [_plain(name, item, depth + 1, budget) for item in value]
     if isinstance(value, dict):
         if not all(type(key) is str for key in value):
             raise invalid_field(name, "keys must be strings")
-        return {_text(key, name): _plain(name, item, depth + 1) for key, item in value.items()}
+        return {_text(key, name): _plain(name, item, depth + 1, budget) for key, item in value.items()}
     raise invalid_field(name, f"unsupported value {_describe(value)}")
 
 
@@ -294,9 +445,9 @@ def metadata(name: str, value: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(value, dict):
         raise invalid_field(name, f"must be an object, not {_describe(value)}")
-    plain = _plain(name, value, 1)
+    plain = _plain(name, value, 1, _Budget())
     if len(json.dumps(plain, ensure_ascii=False).encode()) > METADATA_BYTES_MAX:
-        raise invalid_field(name, f"must encode to at most {METADATA_BYTES_MAX} bytes")
+        raise _too_large_metadata(name)
     return plain
 
 
@@ -371,10 +522,24 @@ def limit(request: Request, *, default: int = LIMIT_DEFAULT, maximum: int = LIMI
     return int(raw)
 
 
+def integer_in(text: str, low: int, high: int) -> int | None:
+    """``text`` as an integer from ``low`` to ``high`` when it is written plainly (an optional
+    ``-``, then 1-19 ASCII digits: no sign ``+``, spaces, ``_`` or other scripts' digits, which
+    ``int()`` would take), else None. The bounds keep it inside what SQLite stores (int64)."""
+    assert INT64_MIN <= low <= high <= INT64_MAX
+    digits = text[1:] if text.startswith("-") else text
+    if not (0 < len(digits) <= 19 and digits.isascii() and digits.isdigit()):
+        return None
+    number = int(text)
+    return number if low <= number <= high else None
+
+
 def query(request: Request, allowed: set[str]) -> None:
-    unknown = [name for name in request.query_params if name not in allowed]
+    unknown = first_errors(
+        {"field": name, "message": "unknown query parameter"} for name in request.query_params if name not in allowed
+    )
     if unknown:
-        raise invalid([{"field": name, "message": "unknown query parameter"} for name in unknown])
+        raise invalid(unknown)
 
 
 # -- the batch route -------------------------------------------------------------------------
@@ -391,18 +556,37 @@ def _msgpack_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return result
 
 
+_MSGPACK_LIMIT = re.compile(r"(\d+) exceeds max_(map|array|str|bin|ext)_len\((\d+)\)")
+_MSGPACK_LIMITED = {"map": "a map's entries", "array": "an array's items", "str": "a string's bytes",
+                    "bin": "a byte string's bytes", "ext": "an extension value's bytes"}
+
+
 def _decode_msgpack(body: bytes) -> Any:
+    shape = _Shape()
     try:
         return msgpack.unpackb(
-            body, raw=False, strict_map_key=True, use_list=True, object_pairs_hook=_msgpack_map
+            body, raw=False, strict_map_key=True, use_list=True,
+            object_pairs_hook=shape.msgpack_map, list_hook=shape.msgpack_array,
+            max_map_len=DECODE_MAP_ENTRIES_MAX, max_array_len=DECODE_ARRAY_ITEMS_MAX,
+            max_str_len=DECODE_STRING_BYTES_MAX, max_bin_len=DECODE_STRING_BYTES_MAX,
+            max_ext_len=DECODE_STRING_BYTES_MAX,
         )
     except ApiError:
         raise
     except msgpack.ExtraData:
         raise invalid_field("body", "bytes after the MessagePack object") from None
-    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as error:
-        # Truncated or malformed data, invalid UTF-8 in a string, a map key that is not a
-        # string, nesting past the unpacker's stack.
+    except msgpack.StackError:  # deeper than the unpacker's stack, before any hook could count
+        raise _too_deep() from None
+    except ValueError as error:
+        # Truncated or malformed data, invalid UTF-8 in a string, or a length past a limit
+        # (checked from the header, before what follows is read).
+        limited = _MSGPACK_LIMIT.fullmatch(str(error))
+        if limited is None:
+            raise invalid_field("body", f"malformed MessagePack: {type(error).__name__}: {error}") from None
+        count, kind, limit = limited.groups()
+        raise _too_many(_MSGPACK_LIMITED[kind], int(count), int(limit)) from None
+    except (TypeError, msgpack.UnpackException, RecursionError) as error:
+        # A map key that is not a string, malformed data.
         raise invalid_field("body", f"malformed MessagePack: {type(error).__name__}: {error}") from None
 
 
@@ -427,10 +611,10 @@ def batch_request(value: Any) -> tuple[bool, list[Any]]:
     Returns (atomic, the raw items); anything else is 400 for the whole request."""
     if not isinstance(value, dict):
         raise invalid_field("body", f"must be an object, not {_describe(value)}")
-    errors = [
+    errors = first_errors(
         {"field": name if type(name) is str else repr(name), "message": "unknown field"}
         for name in value if name not in ("atomic", "transfers")
-    ]
+    )
     atomic = value.get("atomic")
     if "atomic" not in value:
         errors.append({"field": "atomic", "message": "is required"})
@@ -479,8 +663,11 @@ BatchItem = tuple[str, str, str, int, str | None, dict[str, Any] | None]
 
 
 def batch_items(values: list[Any]) -> list[BatchItem | list[dict[str, str]]]:
-    """Each item as a ``BatchItem``, or as its errors (field paths ``transfers[i].name``)."""
+    """Each item as a ``BatchItem``, or as its errors (field paths ``transfers[i].name``): at
+    most ``ERRORS_MAX`` per item, and once ``BATCH_ERRORS_MAX`` are listed, only each further
+    bad item's first (with a note when it has more)."""
     items: list[BatchItem | list[dict[str, str]]] = []
+    listed = 0
     for index, value in enumerate(values):
         if type(value) is dict and value.keys() <= _ITEM_FIELDS and value.keys() >= _ITEM_REQUIRED:
             key = value["idempotency_key"]
@@ -500,7 +687,11 @@ def batch_items(values: list[Any]) -> list[BatchItem | list[dict[str, str]]]:
             ):
                 items.append((key, source, target, amount_, description_, None))
                 continue
-        items.append(_batch_item(index, value))
+        item = _batch_item(index, value)
+        if type(item) is list:
+            item = capped(item, ERRORS_MAX if listed < BATCH_ERRORS_MAX else 1)
+            listed += len(item)
+        items.append(item)
     return items
 
 
@@ -519,25 +710,26 @@ def _batch_item(index: int, value: Any) -> BatchItem | list[dict[str, str]]:
         return [{"field": prefix, "message": f"must be an object, not {_describe(value)}"}]
     if not all(type(name) is str for name in value):
         return [{"field": prefix, "message": "keys must be strings"}]
-    try:
-        body = fields(value, ITEM_SPEC)
-    except ApiError as error:
-        assert error.errors is not None
-        return [{"field": f"{prefix}.{item['field']}", "message": item["message"]} for item in error.errors]
+    body, errors = field_errors(value, ITEM_SPEC)
+    if errors:
+        return [{"field": f"{prefix}.{item['field']}", "message": item["message"]} for item in errors]
     return (body["idempotency_key"], body["from_wallet_id"], body["to_wallet_id"], body["amount"],
             body.get("description"), body.get("metadata"))
 
 
 def repeated_keys(values: list[Any]) -> list[dict[str, str]]:
-    """Errors for idempotency keys that appear twice in one batch (each item needs its own)."""
-    first: dict[str, int] = {}
-    errors = []
-    for index, value in enumerate(values):
-        key = value.get("idempotency_key") if type(value) is dict else None
-        if type(key) is not str:
-            continue
-        seen = first.setdefault(key, index)
-        if seen != index:
-            errors.append({"field": f"transfers[{index}].idempotency_key",
-                           "message": f"repeats transfers[{seen}].idempotency_key: every item needs its own key"})
-    return errors
+    """Errors for idempotency keys that appear twice in one batch (each item needs its own):
+    the first ``ERRORS_MAX + 1``."""
+
+    def errors() -> Iterator[dict[str, str]]:
+        first: dict[str, int] = {}
+        for index, value in enumerate(values):
+            key = value.get("idempotency_key") if type(value) is dict else None
+            if type(key) is not str:
+                continue
+            seen = first.setdefault(key, index)
+            if seen != index:
+                yield {"field": f"transfers[{index}].idempotency_key",
+                       "message": f"repeats transfers[{seen}].idempotency_key: every item needs its own key"}
+
+    return first_errors(errors())
