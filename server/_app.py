@@ -51,7 +51,6 @@ from ledger import (
     Duplicate,
     Entry,
     Gone,
-    History,
     HistoryLagging,
     HoldCaptured,
     HoldCreated,
@@ -98,6 +97,7 @@ from server._errors import (
     rejected,
 )
 from server._observe import TOKEN_CHARS_SHOWN, Metrics, Observe, shown_path
+from server._port import LocalPort, RemotePort, Unauthorized, Unavailable, current_auth
 from wal import StorageFailed
 
 log = logging.getLogger("server")
@@ -490,21 +490,27 @@ class Api:
         self._batches_in_flight_max = batches_in_flight_max
         self._limiter = limiter
         self._limit_admin = limit_admin
-        self.ledger: Ledger | None = None
-        self.snapshotter: Any = None  # server._snapshotter.Snapshotter once ready
-        self.payouts: Any = None  # server._payouts.Payouts once ready (told of new withdrawals)
+        # The ledger, once it can serve: a LocalPort in its own process, a RemotePort in an HTTP
+        # worker (server._port). None while recovering.
+        self.port: LocalPort | RemotePort | None = None
+        self.data_dir: Path | None = None  # where the supervisor's table of processes lives
         self.metrics: Metrics | None = None  # set by build_app
         self._openapi: bytes | None = None
         self.not_ready_reason = "recovering the ledger from its write-ahead log"
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _ledger(self) -> Ledger:
-        if self.ledger is None:
+    def _port(self) -> LocalPort | RemotePort:
+        if self.port is None:
             raise ApiError(503, "not_ready", "Not ready", self.not_ready_reason, headers={"Retry-After": "1"})
-        return self.ledger
+        return self.port
 
-    def authenticate(self, request: Request) -> Caller:
+    @property
+    def ledger(self) -> Ledger | None:
+        """The live ledger when it runs in this process (for metrics), else None."""
+        return self.port.ledger if isinstance(self.port, LocalPort) else None
+
+    async def authenticate(self, request: Request) -> Caller:
         header = request.headers.get("authorization")
         if header is None:
             raise ApiError(401, "unauthorized", "Unauthorized", "send Authorization: Bearer <token>")
@@ -517,10 +523,13 @@ class Api:
                 self._throttle(b"admin")
             return Caller(None)
         token_hash = hash_token(token)
-        found = self._ledger().token(token_hash)
+        found = await self.run(self._port().token(token_hash))
         if found is None:
             raise ApiError(401, "unauthorized", "Unauthorized", "unknown or revoked token")
         self._throttle(token_hash)
+        # Every call this request makes to the ledger carries the token's hash: a token revoked
+        # meanwhile (through any worker) fails that call (server._port).
+        current_auth.set(token_hash)
         return Caller(found.owner_id)
 
     def _throttle(self, key: bytes) -> None:
@@ -533,8 +542,8 @@ class Api:
                 headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
             )
 
-    def admin(self, request: Request) -> Caller:
-        caller = self.authenticate(request)
+    async def admin(self, request: Request) -> Caller:
+        caller = await self.authenticate(request)
         if not caller.is_admin:
             raise forbidden("this operation needs the admin token")
         return caller
@@ -555,19 +564,19 @@ class Api:
                 503, "storage_unavailable", "Storage unavailable",
                 f"the server cannot make changes durable and refuses writes: {error}",
             ) from None
-
-    async def history(self) -> History:
-        """The read model, once it shows everything this server has made durable (so a read
-        after a write sees it)."""
-        ledger = self._ledger()
-        try:
-            await ledger.history.wait_projected(ledger.wal.durable_lsn)
+        except Unavailable as error:
+            raise ApiError(
+                503, "ledger_unavailable", "Ledger unavailable",
+                f"{error}; a change sent just now may or may not have been made: retry with the same "
+                "Idempotency-Key", headers={"Retry-After": "1"},
+            ) from None
+        except Unauthorized:
+            raise ApiError(401, "unauthorized", "Unauthorized", "unknown or revoked token") from None
         except HistoryLagging as error:
             raise ApiError(503, "history_lagging", "History lagging", str(error), headers={"Retry-After": "1"}) from None
-        return ledger.history
 
     async def wallet_view(self, wallet_id: str) -> WalletView:
-        view = await self.run(self._ledger().wallet(wallet_id))
+        view = await self.run(self._port().wallet(wallet_id))
         if view is None:
             raise ApiError(404, "wallet_not_found", "Wallet not found", f"wallet {wallet_id} does not exist")
         return view
@@ -601,35 +610,38 @@ class Api:
         return json_response({"status": "ok"})
 
     async def ready(self, request: Request) -> Response:
-        if self.ledger is None:
+        if self.port is None:
             return json_response({"status": "recovering", "reason": self.not_ready_reason}, 503)
-        reason = self.ledger.ready()
-        if reason is not None:
-            return json_response({"status": "failed", "reason": reason}, 503)
-        return json_response({"status": "ready", "durable_lsn": self.ledger.wal.durable_lsn})
+        try:
+            status = await self.port.status()
+        except (Unavailable, Unauthorized) as error:
+            return json_response({"status": "unavailable", "reason": str(error)}, 503)
+        if status.reason is not None:
+            state = "unavailable" if isinstance(self.port, RemotePort) else "failed"
+            return json_response({"status": state, "reason": status.reason}, 503)
+        return json_response({"status": "ready", "durable_lsn": status.durable_lsn})
 
     async def take_snapshot(self, request: Request) -> Response:
         """Admin: snapshot the durable ledger now (in a child process) and compact the log."""
-        self.admin(request)
+        await self.admin(request)
         v.fields(await v.json_object(request, optional=True), {})
-        self._ledger()
-        lsn = await self.snapshotter.take()
+        lsn, last_lsn = await self.run(self._port().take_snapshot())
         if lsn is None:
-            return json_response({"lsn": self.snapshotter.last_lsn, "taken": False})
+            return json_response({"lsn": last_lsn, "taken": False})
         return json_response({"lsn": lsn, "taken": True}, 201)
 
     # -- assets --------------------------------------------------------------------------
 
     async def create_asset(self, request: Request) -> Response:
-        self.admin(request)
+        await self.admin(request)
         body = v.fields(
             await v.json_object(request),
             {"code": (True, v.asset_code), "scale": (True, v.scale)},
         )
-        decision = await self.run(self._ledger().create_asset(CreateAsset(code=body["code"], scale=body["scale"])))
+        decision = await self.run(self._port().create_asset(CreateAsset(code=body["code"], scale=body["scale"])))
         if isinstance(decision, Rejection):
             raise rejected(decision)
-        asset = self._ledger().asset(body["code"])
+        asset = await self.run(self._port().asset(body["code"]))
         return json_response(self.asset_body(asset), 201 if decision else 200)
 
     def asset_body(self, asset: Any) -> dict[str, Any]:
@@ -641,20 +653,20 @@ class Api:
         }
 
     async def list_assets(self, request: Request) -> Response:
-        self.authenticate(request)
+        await self.authenticate(request)
         v.query(request, set())
-        return json_response({"items": [self.asset_body(asset) for asset in self._ledger().assets()]})
+        return json_response({"items": [self.asset_body(asset) for asset in await self.run(self._port().assets())]})
 
     # -- tokens --------------------------------------------------------------------------
 
     async def create_token(self, request: Request) -> Response:
-        self.admin(request)
+        await self.admin(request)
         body = v.fields(await v.json_object(request), {"owner_id": (True, v.owner_identifier)})
         for _ in range(3):
             token = "wt_" + secrets.token_urlsafe(32)
             prefix = token[:TOKEN_PREFIX_CHARS]
             command = CreateToken(token_hash=hash_token(token), prefix=prefix, owner_id=body["owner_id"])
-            decision = await self.run(self._ledger().create_token(command))
+            decision = await self.run(self._port().create_token(command))
             if not isinstance(decision, Rejection):
                 return json_response({"token": token, "prefix": prefix, "owner_id": body["owner_id"]}, 201)
         raise rejected(decision)
@@ -664,15 +676,15 @@ class Api:
         token (sent by mistake, or all the caller has of a leaked one): revoked when it is one
         (looked up by its hash), else 404. The answer and the log never repeat more than a
         prefix of what was sent (the ledger's rejection names the prefix it was given)."""
-        self.admin(request)
+        await self.admin(request)
         prefix = request.path_params["prefix"]
         if len(prefix) > TOKEN_PREFIX_CHARS:
-            found = self._ledger().token(hash_token(prefix))
+            found = await self.run(self._port().token(hash_token(prefix)))
             if found is None:
                 raise ApiError(404, "token_not_found", "Token not found",
                                f"no token has that prefix (a prefix is a token's first {TOKEN_PREFIX_CHARS} characters)")
             prefix = found.prefix
-        decision = await self.run(self._ledger().revoke_token(RevokeToken(prefix=prefix)))
+        decision = await self.run(self._port().revoke_token(RevokeToken(prefix=prefix)))
         if isinstance(decision, Rejection):
             raise rejected(decision)
         return json_response({"prefix": prefix, "revoked": True})
@@ -680,7 +692,7 @@ class Api:
     # -- wallets -------------------------------------------------------------------------
 
     async def create_wallet(self, request: Request) -> Response:
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         key = v.idempotency_key(request, required=False)
         raw = await v.json_object(request)
         body = v.fields(
@@ -702,7 +714,7 @@ class Api:
             wallet_id=wallet_id, owner_id=body["owner_id"], asset=body["asset"],
             metadata=body.get("metadata"), idempotency=idempotency,
         )
-        decision = await self.run(self._ledger().create_wallet(command))
+        decision = await self.run(self._port().create_wallet(command))
         if isinstance(decision, Rejection):
             raise rejected(decision)
         if isinstance(decision, Duplicate):
@@ -716,13 +728,13 @@ class Api:
         return json_response(wallet_body(await self.wallet_view(wallet_id)), 200)
 
     async def get_wallet(self, request: Request) -> Response:
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         v.query(request, set())
         view = await self.owned_wallet(caller, self.path_wallet_id(request))
         return json_response(wallet_body(view))
 
     async def list_wallets(self, request: Request) -> Response:
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         v.query(request, {"owner_id", "asset", "limit", "cursor"})
         params = request.query_params
         owner_id = params.get("owner_id")
@@ -739,22 +751,21 @@ class Api:
         # Wallets seeded from a snapshot (history rebuilt without its log) have negative keys.
         after = decode_cursor("w", params.get("cursor"))
         after = -(2**62) if after is None else after
-        ledger = self._ledger()
-        history = await self.history()
-        found = await history.wallet_ids(owner_id=owner_id, asset=asset, after_lsn=after, limit=limit + 1)
+        port = self._port()
+        found = await self.run(port.wallet_ids(owner_id, asset, after, limit + 1))
         page = found[:limit]
-        views = await self.run(ledger.wallets([wallet_id for _, wallet_id in page]))
+        views = await self.run(port.wallets([wallet_id for _, wallet_id in page]))
         next_cursor = encode_cursor("w", page[-1][0]) if len(found) > limit else None
         return json_response({"items": [wallet_body(view) for view in views], "next_cursor": next_cursor})
 
     async def _change_status(self, request: Request, status: WalletStatus) -> Response:
-        self.admin(request)
+        await self.admin(request)
         v.fields(await v.json_object(request, optional=True), {})
         wallet_id = self.path_wallet_id(request)
         if wallet_id.startswith("treasury:"):
             raise forbidden("treasury wallets are managed by the system")
         decision = await self.run(
-            self._ledger().change_status(ChangeWalletStatus(wallet_id=wallet_id, status=status))
+            self._port().change_status(ChangeWalletStatus(wallet_id=wallet_id, status=status))
         )
         if isinstance(decision, Rejection):
             raise rejected(decision)
@@ -770,7 +781,7 @@ class Api:
         return await self._change_status(request, WalletStatus.CLOSED)
 
     async def balance(self, request: Request) -> Response:
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         v.query(request, {"as_of"})
         wallet_id = self.path_wallet_id(request)
         view = await self.owned_wallet(caller, wallet_id)
@@ -778,11 +789,11 @@ class Api:
         if raw is None:
             return json_response({"wallet_id": wallet_id, "balance": view.balance, "as_of": None})
         at_us = parse_timestamp("as_of", raw)
-        balance = await (await self.history()).balance_at(wallet_id, at_us)
+        balance = await self.run(self._port().balance_at(wallet_id, at_us))
         return json_response({"wallet_id": wallet_id, "balance": balance, "as_of": timestamp(at_us)})
 
     async def wallet_transactions(self, request: Request) -> Response:
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         v.query(request, {"limit", "cursor", "type", "status", "since", "until"})
         params = request.query_params
         wallet_id = self.path_wallet_id(request)
@@ -799,12 +810,10 @@ class Api:
         since = None if (raw := params.get("since")) is None else parse_timestamp("since", raw)
         until = None if (raw := params.get("until")) is None else parse_timestamp("until", raw)
         await self.owned_wallet(caller, wallet_id)
-        history = await self.history()
-        entries = await history.entries(
-            wallet_id, before=before, limit=limit + 1, type_=type_,
-            status=None if status is None else TransactionStatus[status.upper()],
-            since_us=since, until_us=until,
-        )
+        entries = await self.run(self._port().entries(
+            wallet_id, before, limit + 1, type_,
+            None if status is None else TransactionStatus[status.upper()], since, until,
+        ))
         page = entries[:limit]
         items = [entry_body(entry) for entry in page]
         next_cursor = encode_cursor("e", page[-1].position) if len(entries) > limit else None
@@ -826,7 +835,7 @@ class Api:
         return failure
 
     async def events(self, request: Request) -> Response:
-        self.admin(request)
+        await self.admin(request)
         v.query(request, {"after", "limit", "wait"})
         params = request.query_params
         after = self._after(params.get("after"))
@@ -840,20 +849,20 @@ class Api:
             if not 0 <= wait_s <= 30:
                 raise v.invalid_field("wait", "must be a number of seconds from 0 to 30")
         try:
-            found = await self._ledger().events.read(after, limit=limit, wait_s=wait_s)
+            found = await self.run(self._port().events(after, limit, wait_s))
         except Gone as error:
             raise self._gone(error) from None
         items = [item for lsn, event in found for item in event_items(lsn, event)]
         return json_response({"items": items, "next_after": found[-1][0] if found else after})
 
     async def event_stream(self, request: Request) -> Response:
-        self.admin(request)
+        await self.admin(request)
         v.query(request, {"after"})
         resume = request.headers.get("last-event-id")
         after = self._after(resume if resume is not None else request.query_params.get("after"))
-        feed = self._ledger().events
+        port = self._port()
         try:
-            first = await feed.read(after, limit=EVENTS_PAGE_MAX)
+            first = await self.run(port.events(after, EVENTS_PAGE_MAX, 0.0))
         except Gone as error:
             raise self._gone(error) from None
 
@@ -872,7 +881,9 @@ class Api:
                         yield f"{marker}event: {body['type']}\ndata: {json.dumps(body)}\n\n".encode()
                     position = lsn
                 try:
-                    batch = await feed.read(position, limit=EVENTS_PAGE_MAX, wait_s=15)
+                    batch = await port.events(position, EVENTS_PAGE_MAX, 15.0)
+                except (Unavailable, Unauthorized):
+                    return  # the client reconnects with Last-Event-ID
                 except Gone as error:
                     yield f"event: gone\ndata: {json.dumps({'oldest_lsn': error.oldest_lsn})}\n\n".encode()
                     return
@@ -901,7 +912,7 @@ class Api:
             owner_id=caller.owner_id,
             hold_timeout_s=body.get("hold"),
         )
-        decision = await self.run(self._ledger().transfer(command))
+        decision = await self.run(self._port().transfer(command))
         if isinstance(decision, Rejection):
             raise rejected(decision)
         event, lsn = recorded(decision)
@@ -909,7 +920,7 @@ class Api:
         return json_response(transaction_body(event, lsn), 201)
 
     async def deposit(self, request: Request) -> Response:
-        caller = self.admin(request)
+        caller = await self.admin(request)
         v.idempotency_key(request, required=True)
         raw = await v.json_object(request)
         body = v.fields(
@@ -925,7 +936,7 @@ class Api:
         return await self._move(request, caller, raw, body, type_=TransactionType.DEPOSIT, from_wallet_id=None)
 
     async def transfer(self, request: Request) -> Response:
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         v.idempotency_key(request, required=True)
         raw = await v.json_object(request)
         body = v.fields(
@@ -944,16 +955,15 @@ class Api:
         )
 
     async def _resolve(self, request: Request, *, capture: bool) -> Response:
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         key = v.idempotency_key(request, required=True)
         assert key is not None
         raw = await v.json_object(request, optional=True)
         body = v.fields(raw, {"amount": (False, v.amount)} if capture else {})
         transaction_id = self.path_id(request, "transaction_id", "transaction_not_found", "Transaction")
         idempotency = Idempotency(scope=caller.scope, key=key, fingerprint=self.fingerprint(request, raw))
-        decision = await self.run(self._ledger().resolve_hold(
-            transaction_id, capture=capture, amount=body.get("amount"), owner_id=caller.owner_id,
-            idempotency=idempotency,
+        decision = await self.run(self._port().resolve_hold(
+            transaction_id, capture, body.get("amount"), caller.owner_id, idempotency,
         ))
         if isinstance(decision, Rejection):
             if decision.reason == Reason.NOT_PENDING:
@@ -966,11 +976,11 @@ class Api:
     async def _not_pending(self, caller: Caller, transaction_id: str) -> None:
         """Raises 404 for a transaction that does not exist, 403 for another owner's; returns
         (for a 409 transfer_not_pending) otherwise."""
-        found = await (await self.history()).transaction(transaction_id)
+        found = await self.run(self._port().transaction(transaction_id))
         if found is None:
             raise ApiError(404, "transaction_not_found", "Transaction not found", f"no transaction {transaction_id}")
         if caller.owner_id is not None:
-            (view,) = await self.run(self._ledger().wallets([found.from_wallet_id]))
+            (view,) = await self.run(self._port().wallets([found.from_wallet_id]))
             if view.owner_id != caller.owner_id:
                 raise forbidden("the transfer was sent from a wallet of another owner")
 
@@ -983,7 +993,7 @@ class Api:
     # -- withdrawals ---------------------------------------------------------------------
 
     async def create_withdrawal(self, request: Request) -> Response:
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         key = v.idempotency_key(request, required=True)
         assert key is not None
         raw = await v.json_object(request)
@@ -1003,17 +1013,15 @@ class Api:
             owner_id=caller.owner_id,
             idempotency=Idempotency(scope=caller.scope, key=key, fingerprint=self.fingerprint(request, raw)),
         )
-        decision = await self.run(self._ledger().request_withdrawal(command))
+        decision = await self.run(self._port().request_withdrawal(command))
         if isinstance(decision, Rejection):
             raise rejected(decision)
         event, _ = recorded(decision)
         assert isinstance(event, HoldCreated)
-        if isinstance(decision, Committed) and self.payouts is not None:
-            self.payouts.submit(event.transaction_id)
         return json_response(requested_withdrawal_body(event), 202)
 
     async def _owned_withdrawal(self, caller: Caller, withdrawal_id: str) -> WithdrawalView:
-        view = await self.run(self._ledger().withdrawal(withdrawal_id))
+        view = await self.run(self._port().withdrawal(withdrawal_id))
         if view is None:
             raise ApiError(404, "withdrawal_not_found", "Withdrawal not found", f"no withdrawal {withdrawal_id}")
         if caller.owner_id is not None and view.owner_id != caller.owner_id:
@@ -1021,13 +1029,13 @@ class Api:
         return view
 
     async def get_withdrawal(self, request: Request) -> Response:
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         v.query(request, set())
         withdrawal_id = self.path_id(request, "withdrawal_id", "withdrawal_not_found", "Withdrawal")
         return json_response(withdrawal_body(await self._owned_withdrawal(caller, withdrawal_id)))
 
     async def list_withdrawals(self, request: Request) -> Response:
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         v.query(request, {"status", "limit", "cursor"})
         params = request.query_params
         statuses = None
@@ -1038,7 +1046,7 @@ class Api:
             statuses = frozenset({labels[raw]})
         limit = v.limit(request)
         after = withdrawal_cursor(params.get("cursor"))
-        views = await self.run(self._ledger().withdrawals(statuses=statuses, owner_id=caller.owner_id))
+        views = await self.run(self._port().withdrawals(statuses, caller.owner_id))
         if after is not None:
             views = [view for view in views if (view.created_at_us, view.id) > after]
         page = views[:limit]
@@ -1049,23 +1057,21 @@ class Api:
         return json_response({"items": [withdrawal_body(view) for view in page], "next_cursor": next_cursor})
 
     async def retry_withdrawal(self, request: Request) -> Response:
-        self.admin(request)
+        await self.admin(request)
         v.fields(await v.json_object(request, optional=True), {})
         withdrawal_id = self.path_id(request, "withdrawal_id", "withdrawal_not_found", "Withdrawal")
-        decision = await self.run(self._ledger().advance_withdrawal(
+        decision = await self.run(self._port().advance_withdrawal(
             AdvanceWithdrawal(withdrawal_id=withdrawal_id, step=PayoutStep.RETRY)
         ))
         if isinstance(decision, Rejection):
             raise rejected(decision)
-        if self.payouts is not None:
-            self.payouts.submit(withdrawal_id)
         return json_response(withdrawal_body(await self._owned_withdrawal(Caller(None), withdrawal_id)))
 
     async def transfer_batch(self, request: Request) -> Response:
         """``POST /v1/transfers/batch``: see the README. Items are validated here (a bad item is
         its own 400 in a non-atomic batch, the whole request's in an atomic one), the valid ones
         go to the ledger as one batch, and every item's answer comes back in request order."""
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         # Accepted and checked like everywhere else, but each item's own key is what makes a
         # batch safe to retry; the header has no further effect.
         v.idempotency_key(request, required=False)
@@ -1106,7 +1112,7 @@ class Api:
         results: list[Any] = [None] * len(items)
         counts: dict[int, int] = {}
         if commands:
-            outcome = await self.run(self._ledger().transfer_batch(commands, atomic=atomic))
+            outcome = await self.run(self._port().transfer_batch(commands, atomic))
             if isinstance(outcome, BatchFailed):
                 self._count_batch(atomic, {422: len(items)})
                 if outcome.index is not None:  # the item's place in the request
@@ -1133,14 +1139,14 @@ class Api:
                 self.metrics.batch_transfers.labels(label, str(status)).inc(count)
 
     async def get_transaction(self, request: Request) -> Response:
-        caller = self.authenticate(request)
+        caller = await self.authenticate(request)
         v.query(request, set())
         transaction_id = request.path_params["transaction_id"]
-        found = await (await self.history()).transaction(transaction_id)
+        found = await self.run(self._port().transaction(transaction_id))
         if found is None:
             raise ApiError(404, "transaction_not_found", "Transaction not found", f"no transaction {transaction_id}")
         if caller.owner_id is not None:
-            views = await self.run(self._ledger().wallets([found.from_wallet_id, found.to_wallet_id]))
+            views = await self.run(self._port().wallets([found.from_wallet_id, found.to_wallet_id]))
             if all(view.owner_id != caller.owner_id or is_treasury(view.id) for view in views):
                 raise forbidden("the transaction does not involve a wallet of this owner")
         return json_response(row_body(found))

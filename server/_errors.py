@@ -98,7 +98,7 @@ CODES = frozenset({
     "transaction_not_found", "batch_failed", "invalid_request", "idempotency_key_missing",
     "unauthorized", "forbidden", "not_found", "wallet_not_found", "withdrawal_not_found", "gone",
     "method_not_allowed", "payload_too_large", "unsupported_media_type", "rate_limited", "overloaded",
-    "not_ready", "history_lagging", "storage_unavailable", "internal_error",
+    "not_ready", "history_lagging", "storage_unavailable", "ledger_unavailable", "internal_error",
 })
 CODE_OTHER = "other"
 assert CODE_OTHER not in CODES

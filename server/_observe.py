@@ -108,7 +108,7 @@ class _LedgerCollector:
         yield GaugeMetricFamily("wallet_history_lsn", "LSN the history read model reached", value=history.applied_lsn)
         yield GaugeMetricFamily("wallet_history_lag_records", "Durable records not yet in the history",
                                 value=max(wal.durable_lsn - history.applied_lsn, 0))
-        snapshotter = api.snapshotter
+        snapshotter = api.port.snapshotter
         if snapshotter is not None:
             stats = snapshotter.statistics()
             yield GaugeMetricFamily("wallet_snapshot_lsn", "LSN of the newest snapshot", value=stats.last_lsn)
@@ -122,14 +122,15 @@ class _LedgerCollector:
 
 
 class _PayoutsCollector:
-    """The payout workers' ``statistics()``, read at scrape time from ``api.payouts`` (absent
+    """The payout workers' ``statistics()``, read at scrape time from ``api.port.payouts`` (absent
     until the server starts them)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
     def collect(self) -> Iterator[Any]:
-        payouts = getattr(self._metrics.api, "payouts", None)
+        port = getattr(self._metrics.api, "port", None)
+        payouts = getattr(port, "payouts", None)
         if payouts is None:
             return
         yield from payout_metrics(payouts.statistics())

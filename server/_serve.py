@@ -40,6 +40,7 @@ from server._config import LOOP_DEFAULT, LOOPS
 from server._lock import lock_data_dir
 from server._payout_ledger import LedgerPayouts
 from server._payouts import Payouts
+from server._port import LocalPort
 from server._snapshotter import Snapshotter
 from wal import LogCorrupt
 
@@ -306,8 +307,8 @@ async def serve(options: ServeOptions) -> int:
                 snapshotter = Snapshotter(
                     data_dir, ledger, every=options.snapshot_every, archive=options.archive
                 )
-                api.ledger = ledger
-                api.snapshotter = snapshotter
+                port = LocalPort(ledger, snapshotter=snapshotter)
+                api.port = port
                 log.info(
                     "ready: %d records replayed in %.3f s, next LSN %d, %d shards",
                     replayed, recovery_s, ledger.wal.next_lsn, options.shards,
@@ -326,7 +327,7 @@ async def serve(options: ServeOptions) -> int:
                 )
                 payouts_scope = anyio.CancelScope()
                 await group.start(_until_cancelled_started, payouts_scope, payouts.run)
-                api.payouts = payouts
+                port.payouts = payouts
                 await shutdown.wait()
                 signalled = anyio.current_time()
                 deadline = signalled + options.shutdown_timeout_s

@@ -371,14 +371,17 @@ async def test_metrics_expose_the_statistics(autojump_clock: trio.testing.MockCl
     payouts, ledger, _ = make([order("r"), order("s")], {"s": [REFUSED]})
     await run_until_settled(payouts, ledger)
 
+    class PortStub:
+        payouts = None
+
     class ApiStub:
         ledger = None
-        payouts = None
+        port = PortStub()
 
     metrics = Metrics()
     metrics.api = ApiStub()
     assert b"wallet_payout" not in generate_latest(metrics.registry)
-    metrics.api.payouts = payouts
+    metrics.api.port.payouts = payouts
     text = generate_latest(metrics.registry).decode()
     assert 'wallet_payout_attempts_total{outcome="paid"} 1.0' in text
     assert 'wallet_payout_attempts_total{outcome="refused"} 1.0' in text
