@@ -4,6 +4,7 @@ damage), and the long-running tools show a progress bar with a total and an ETA.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -158,3 +159,29 @@ def test_long_tools_show_a_progress_bar_with_a_total_and_an_eta_when_asked(
         snapshot.unlink()
     quiet = wallet(*args[:2], "--data", str(directory), *args[2:])  # stderr is a pipe here
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+# -- wal dump ------------------------------------------------------------------------------------
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "text"])
+def test_dump_prints_json_with_rfc3339_times(data: tuple[Path, int], fmt: str) -> None:
+    directory, last = data
+    result = wallet("wal", "dump", "--data", str(directory), "--format", fmt)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == last
+    for number, line in enumerate(lines, start=1):
+        if fmt == "text":
+            lsn, kind, fields = line.split(maxsplit=2)
+            record = {"lsn": int(lsn), "type": kind, **json.loads(fields)}
+        else:
+            record = json.loads(line)
+        assert record["lsn"] == number
+        assert RFC3339.match(record["at"]), record
+        assert "at_us" not in record
+    assert "None" not in result.stdout  # JSON null, not a Python repr
+    created = json.loads(wallet("wal", "dump", "--data", str(directory), "--to-lsn", "2").stdout.splitlines()[1])
+    assert created["type"] == "WalletCreated" and created["metadata"] is None  # the default is jsonl
