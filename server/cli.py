@@ -9,13 +9,13 @@ status; also a ``--data`` with no log, an LSN past the end of the log), a direct
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from functools import partial
 from pathlib import Path
 
 import bench
 from server import _tools as tools
+from server._admin_token import find_admin_token, where_to_look
 from server._config import (
     add_serve_arguments,
     non_negative,
@@ -194,13 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.command == "seed":
         from server._seed import seed
 
-        token = arguments.token or os.environ.get("WALLET_ADMIN_TOKEN")
+        token = find_admin_token(explicit=arguments.token, data_dir=arguments.data)
         if token is None:
-            path = arguments.data / "admin.token"
-            if not path.exists():
-                print(f"wallet seed: no --token, no WALLET_ADMIN_TOKEN and no {path}", file=sys.stderr)
-                return 2
-            token = path.read_text().strip()
+            print(f"wallet seed: {where_to_look(arguments.data)}", file=sys.stderr)
+            return 2
         return seed(arguments.url, token)
     if arguments.command == "bench":
         configure_logging("WARNING")
