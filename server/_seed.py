@@ -11,9 +11,18 @@ before the oldest kept log segment are no longer in the feed and are not found.)
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from server._admin_token import find_admin_token
 
 OWNERS = ["alice", "bob", "carol"]
 EVENTS_PAGE = 1000
@@ -84,3 +93,114 @@ def seed(url: str, admin_token: str) -> int:
               f"       {url}/v1/transfers")
         print(f"  curl -s -H 'Authorization: Bearer {admin_token}' '{url}/v1/events?after=0'")
     return 0
+
+
+# -- wallet demo (make demo) ---------------------------------------------------------------------
+
+DEMO_READY_TIMEOUT_S = 60.0
+DEMO_STOP_TIMEOUT_S = 60.0  # the server's own --shutdown-timeout (10 s) plus a margin
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def demo(*, data_dir: Path, host: str, port: int, log_path: Path | None) -> int:
+    """``wallet demo``: ``wallet serve`` on ``data_dir`` with its logs in a file, ``wallet seed``
+    once it is ready, then wait; SIGTERM or SIGINT stops the server gracefully and exits 0.
+
+    It checks first that the port and the data directory are free (so it never seeds someone
+    else's server), and while waiting that its own child is alive. The server runs in its own
+    session, so a terminal's Ctrl-C reaches only this process, which forwards a SIGTERM."""
+    from server._lock import DataDirLocked, lock_data_dir
+
+    url = f"http://{host}:{port}"
+    if _port_taken(host, port):
+        print(f"wallet demo: port {port} on {host} is in use (another server?); pick another: "
+              f"PORT=9000 make demo", file=sys.stderr)
+        return 2
+    try:
+        probe = lock_data_dir(data_dir)
+        del probe  # released at once (CPython closes its descriptor): only a probe
+    except DataDirLocked as error:
+        print(f"wallet demo: {error}; pick another: DATA=/tmp/demo make demo", file=sys.stderr)
+        return 2
+    log_path = log_path or data_dir / "demo-server.log"
+    stop = False
+
+    def request_stop(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--data", str(data_dir), "--host", host,
+             "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        if not _wait_ready(server, url, lambda: stop):
+            if stop:
+                return _stop(server)
+            print(f"wallet demo: the server did not get ready (exit status {server.poll()}); "
+                  f"see {log_path}", file=sys.stderr)
+            return 1
+        token = find_admin_token(explicit=None, data_dir=data_dir)
+        assert token is not None  # the server wrote DATA/admin.token, or took WALLET_ADMIN_TOKEN
+        try:
+            seed(url, token)
+        except SystemExit as error:
+            print(error, file=sys.stderr)
+            return _stop(server) or 1
+        print(f"\nServing {url} (data {data_dir}, server log {log_path}). Stop with Ctrl-C.", flush=True)
+        while not stop and server.poll() is None:
+            try:
+                server.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        if not stop:
+            print(f"wallet demo: the server exited with {server.returncode}; see {log_path}", file=sys.stderr)
+            return 1
+        return _stop(server)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait_ready(server: subprocess.Popen[bytes], url: str, stopping: Callable[[], bool]) -> bool:
+    """True once *our* server answers /ready: its process must still be alive when it does."""
+    deadline = time.monotonic() + DEMO_READY_TIMEOUT_S
+    while time.monotonic() < deadline and not stopping():
+        if server.poll() is not None:
+            return False
+        try:
+            if httpx.get(url + "/ready", timeout=1.0).status_code == 200:
+                return server.poll() is None
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def _stop(server: subprocess.Popen[bytes]) -> int:
+    """SIGTERM (a graceful shutdown with a final snapshot) and wait: 0 when it exited cleanly."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=DEMO_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+            print("wallet demo: the server did not stop in time; killed", file=sys.stderr)
+            return 1
+    print("stopped", flush=True)
+    return 0 if server.returncode == 0 else 1

@@ -83,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--data", type=Path, default=Path("./data"),
                       help="the server's data directory, for its admin.token (default ./data)")
 
+    demo = commands.add_parser(
+        "demo", help="serve with demo data (make demo): seed once ready, stop cleanly on Ctrl-C or SIGTERM",
+        description="Checks that the port and the data directory are free, starts `wallet serve` with its "
+        "logs in a file, runs `wallet seed` once it is ready, and waits; SIGTERM or SIGINT stops the "
+        "server gracefully and exits 0.",
+    )
+    demo.add_argument("--data", type=Path, default=Path("./data"), help="data directory (default ./data)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    demo.add_argument("--log", type=Path, default=None,
+                      help="the server's log file (default DATA/demo-server.log)")
+
     bench_parser = commands.add_parser(
         "bench", help="the benchmark harness",
         description="Load the service (HTTP, or the ledger in process) with a chosen workload and report "
@@ -199,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wallet seed: {where_to_look(arguments.data)}", file=sys.stderr)
             return 2
         return seed(arguments.url, token)
+    if arguments.command == "demo":
+        from server._seed import demo as run_demo
+
+        return run_demo(data_dir=arguments.data, host=arguments.host, port=arguments.port, log_path=arguments.log)
     if arguments.command == "bench":
         configure_logging("WARNING")
         return bench.run(arguments)
