@@ -57,8 +57,10 @@ def test_make_demo_prints_a_clean_table_and_exits_0_on_sigterm(tmp_path: Path) -
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
     reader.join(10)
-    assert demo.stderr is not None
+    assert demo.stderr is not None and demo.stdout is not None
     stderr = demo.stderr.read()
+    demo.stderr.close()
+    demo.stdout.close()
     assert status == 0, stderr
     assert "Error" not in stderr and "Terminated" not in stderr
     rows = [line for line in lines if TABLE_ROW.match(line)]
