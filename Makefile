@@ -29,12 +29,10 @@ bank-sim: $(STAMP)
 	$(BIN)/wallet bank-sim --port $(BANK_PORT)
 
 # The server on $(DATA) with demo data: owners, wallets, tokens, money; curl commands printed.
+# `wallet demo` checks the port and the directory first, keeps the server's logs in
+# $(DATA)/demo-server.log, and exits 0 when stopped (SIGTERM, or Ctrl-C).
 demo: $(STAMP)
-	$(BIN)/wallet serve --data $(DATA) --port $(PORT) & \
-	server=$$!; trap 'kill $$server' INT TERM; \
-	for i in $$(seq 1 100); do curl -sf http://127.0.0.1:$(PORT)/ready >/dev/null && break; sleep 0.2; done; \
-	$(BIN)/wallet seed --url http://127.0.0.1:$(PORT) --data $(DATA); \
-	wait $$server
+	$(BIN)/wallet demo --data $(DATA) --port $(PORT)
 
 test: $(STAMP)
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \

@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--url", default=None,
                         help="a running server (default: start `wallet serve` on a temporary data directory)")
     target.add_argument("--token", default=None,
-                        help="admin token for --url (default: WALLET_ADMIN_TOKEN)")
+                        help="admin token for --url (default: WALLET_ADMIN_TOKEN, else DATA/admin.token)")
+    target.add_argument("--data", type=Path, default=Path("./data"),
+                        help="the --url server's data directory, for its admin.token (default ./data)")
     target.add_argument("--server-pid", type=int, default=None,
                         help="pid of the --url server, to report its CPU (read from /proc/<pid>/stat)")
     target.add_argument("--shards", type=_positive_int, default=None,
@@ -93,4 +95,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--out", type=Path, default=None, help="write every parameter and figure as JSON here")
     output.add_argument("--chart", type=Path, default=None,
                         help="PNG of throughput and latency over time (default: --out with .png; "
-                        "needs matplotlib: pip install 'wallet-ledger[plot]')")
+                        "needs matplotlib: pip install -e '.[plot]')")

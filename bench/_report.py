@@ -275,7 +275,7 @@ def chart(path: Path, result: dict[str, Any]) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib is not installed (pip install 'wallet-ledger[plot]'): no chart"
+        return "matplotlib is not installed (pip install -e '.[plot]'): no chart"
     service = result["service"]
     series = [row for row in service["timeseries"] if not row.get("partial")] or service["timeseries"]
     seconds = [row["second"] for row in series]

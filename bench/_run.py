@@ -76,6 +76,7 @@ from bench._service import (
     wait_ready,
 )
 from ledger import Ledger, open_ledger
+from server._admin_token import find_admin_token, where_to_look
 
 START_SLACK_S = 0.5  # between "everyone is ready" and the first request
 # A generator process busier than this may be what limits the run (the note says so).
@@ -157,10 +158,12 @@ def make_plan(arguments: argparse.Namespace, *, ledger_class: Any = Ledger) -> P
                 problems.append("--driver wrk is a closed loop: use --driver python with --rate")
     if http and driver == "python" and arguments.processes > arguments.connections:
         problems.append("--processes may not exceed --connections (each process needs a connection)")
-    token = arguments.token or os.environ.get("WALLET_ADMIN_TOKEN")
+    # The same places as `wallet seed`; DATA/admin.token only for a server it did not start.
+    token = find_admin_token(explicit=arguments.token, data_dir=arguments.data if arguments.url else None)
     if http and arguments.url is not None:
         if token is None:
-            problems.append("--url needs --token (or WALLET_ADMIN_TOKEN): the setup creates wallets and deposits")
+            problems.append(f"--url needs the admin token ({where_to_look(arguments.data)}): "
+                            "the setup creates wallets and deposits")
         try:
             split_url(arguments.url)
         except ValueError as error:

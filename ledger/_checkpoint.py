@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,15 @@ from snapshots import (
     read_snapshot,
     write_snapshot,
 )
-from wal import ZERO_CHECKSUM, LogCorrupt, ScanResult, covered_segments, fsync_directory, scan
+from wal import (
+    ZERO_CHECKSUM,
+    Frame,
+    LogCorrupt,
+    ScanResult,
+    covered_segments,
+    fsync_directory,
+    scan,
+)
 
 log = logging.getLogger("ledger.checkpoint")
 
@@ -117,10 +126,13 @@ def kept_floor(data_dir: Path) -> int:
     return min(valid) if valid else 0
 
 
-def replay_until(data_dir: Path, base: Base, *, until_lsn: int | None) -> tuple[State, int, bytes]:
+def replay_until(
+    data_dir: Path, base: Base, *, until_lsn: int | None, on_frame: Callable[[Frame], None] | None = None
+) -> tuple[State, int, bytes]:
     """Applies the log after ``base`` up to ``until_lsn`` (the end when None), reading a log
     that may still be written (it stops at ``until_lsn`` and never truncates). Returns the state,
-    the LSN reached and that record's checksum."""
+    the LSN reached and that record's checksum. ``on_frame`` sees each record once applied (the
+    command line's progress bar)."""
     state = base.state
     result = ScanResult()
     reached = base.lsn
@@ -130,6 +142,8 @@ def replay_until(data_dir: Path, base: Base, *, until_lsn: int | None) -> tuple[
         _state.apply(state, decode_event(frame.payload), frame.lsn)
         reached = frame.lsn
         checksum = frame.checksum
+        if on_frame is not None:
+            on_frame(frame)
     if until_lsn is not None and reached < until_lsn:
         raise LogCorrupt(
             path=data_dir / "wal", offset=0, lsn=reached + 1,
@@ -138,12 +152,14 @@ def replay_until(data_dir: Path, base: Base, *, until_lsn: int | None) -> tuple[
     return state, reached, checksum
 
 
-def build_snapshot(data_dir: Path, *, until_lsn: int | None, created_at_us: int) -> SnapshotInfo | None:
+def build_snapshot(
+    data_dir: Path, *, until_lsn: int | None, created_at_us: int, on_frame: Callable[[Frame], None] | None = None
+) -> SnapshotInfo | None:
     """Previous image + log up to ``until_lsn`` -> a new image. None if there is nothing new."""
     base = load_base(data_dir)
     for path, reason in base.skipped:
         log.warning("snapshot %s skipped: %s", path, reason)
-    state, reached, checksum = replay_until(data_dir, base, until_lsn=until_lsn)
+    state, reached, checksum = replay_until(data_dir, base, until_lsn=until_lsn, on_frame=on_frame)
     if reached == base.lsn:
         return None
     return write_state(data_dir, state, lsn=reached, log_checksum=checksum, created_at_us=created_at_us)

@@ -1191,6 +1191,7 @@ def build_app(api: Api, *, in_flight_max: int = 4096) -> Any:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     routes = [
+        Route("/", _openapi.index, methods=["GET"]),
         Route("/metrics", scrape, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),

@@ -151,9 +151,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         flag_name = "--" + option.name.replace("_", "-")
         env = "WALLET_" + option.name.upper()
         default = option.default if option.default is not None else "none"
-        extra: dict[str, Any] = {"nargs": "?", "const": True} if option.parse is flag else {}
-        parser.add_argument(flag_name, type=option.parse, default=None,
-                            help=f"{option.help} (env {env}; default {default})", **extra)
+        help_text = f"{option.help} (env {env}; default {default})"
+        if option.parse is flag:
+            # On/off: --archive / --no-archive, never a value (the environment and the file
+            # still take true/false, through ``flag``). None means "not given" to ``resolve``.
+            default = "on" if option.default else "off"
+            parser.add_argument(flag_name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{option.help} (env {env}; default {default})")
+            continue
+        parser.add_argument(flag_name, type=option.parse, default=None, help=help_text)
 
 
 def resolve(arguments: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:

@@ -114,9 +114,13 @@ class _LedgerCollector:
             yield GaugeMetricFamily("wallet_snapshot_lsn", "LSN of the newest snapshot", value=stats.last_lsn)
             yield GaugeMetricFamily("wallet_snapshot_duration_seconds", "Duration of the last snapshot",
                                     value=stats.last_seconds)
-            age = -1.0 if stats.last_finished_monotonic is None else time.monotonic() - stats.last_finished_monotonic
-            yield GaugeMetricFamily("wallet_snapshot_age_seconds", "Seconds since the last snapshot (-1: none yet)",
-                                    value=age)
+            # Absent until this process finished a snapshot: a -1 would read as "fresh" to an
+            # alert on age > N, and averaging it into a graph lies. (The alternative, the age of
+            # the image recovery started from, needs its header's time here: left for later.)
+            if stats.last_finished_monotonic is not None:
+                yield GaugeMetricFamily("wallet_snapshot_age_seconds",
+                                        "Seconds since this process last finished a snapshot (absent before the first)",
+                                        value=time.monotonic() - stats.last_finished_monotonic)
             yield CounterMetricFamily("wallet_snapshots", "Snapshots taken by this process", value=stats.taken)
             yield CounterMetricFamily("wallet_snapshot_failures", "Snapshots that failed", value=stats.failed)
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
 from ledger import AMOUNT_MAX, BATCH_ITEMS_MAX, DESCRIPTION_CHARS_MAX, SCALE_MAX
 
 ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"}
@@ -220,12 +223,73 @@ LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
 CURSOR = _query("cursor", {"type": "string"})
 
 
+# Every operation's tag, by the resource its path names (the first match wins), and the tags'
+# order and descriptions in the document (Swagger UI groups operations by them).
+TAGS = [
+    ("/v1/assets", "assets", "Currencies and their treasury wallets"),
+    ("/v1/tokens", "tokens", "User tokens (admin)"),
+    ("/v1/wallets", "wallets", "Wallets, balances and statements"),
+    ("/v1/deposits", "deposits", "Money in from an asset's treasury (admin)"),
+    ("/v1/transfers", "transfers", "Transfers, holds and batches"),
+    ("/v1/withdrawals", "withdrawals", "Money out to a bank, paid asynchronously"),
+    ("/v1/transactions", "transactions", "Transactions by id"),
+    ("/v1/events", "events", "The committed event feed (admin)"),
+    ("/v1/admin", "admin", "Operator actions (admin)"),
+    ("/", "service", "Health, readiness and where the documentation is"),
+]
+
+
+def _tag(path: str) -> str:
+    for prefix, name, _ in TAGS:
+        if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+            return name
+    raise AssertionError(f"no tag for {path}")
+
+
+# The summaries not written next to their operation in ``build`` (shared shapes, short ones).
+SUMMARIES = {
+    "index": "Where the documentation is: /docs and /openapi.json",
+    "health": "The process runs (no authentication)",
+    "ready": "Recovery finished and the ledger serves (no authentication)",
+    "listAssets": "List assets",
+    "revokeToken": "Revoke a user token by its prefix (admin)",
+    "createWallet": "Create a wallet for an owner in an asset",
+    "listWallets": "List wallets, by owner or asset, in creation order",
+    "getWallet": "Get a wallet: balance, held, available, status",
+    "freezeWallet": "Freeze a wallet: it can receive but not send (admin)",
+    "unfreezeWallet": "Unfreeze a frozen wallet (admin)",
+    "closeWallet": "Close a wallet with zero balance and no holds (admin)",
+    "walletBalance": "A wallet's balance, now or as of a past time",
+    "walletTransactions": "A wallet's statement: its entries, newest first",
+    "listWithdrawals": "List withdrawals, by status",
+    "getWithdrawal": "Get a withdrawal: status, attempts, bank reference",
+    "getTransaction": "Get a transaction by id",
+}
+
+
+async def index(request: Request) -> Response:
+    """``GET /``: no API lives here, so say where the documentation is instead of a bare 404."""
+    return JSONResponse({
+        "name": "Wallet ledger",
+        "docs": "/docs",
+        "openapi": "/openapi.json",
+        "health": "/health",
+        "ready": "/ready",
+        "detail": "The HTTP API lives under /v1/ (Bearer token); /docs describes every operation.",
+    })
+
+
 def build() -> dict[str, Any]:
     wallet_status = {
         "parameters": [_path_id("wallet_id")],
         "responses": {"200": _json(_ref("Wallet"), "the wallet"), **_problems(403, 404, 409)},
     }
     paths: dict[str, Any] = {
+        "/": {"get": {"operationId": "index", "security": [],
+                      "responses": {"200": _json({"type": "object", "required": ["docs", "openapi"],
+                                                  "properties": {"docs": {"type": "string"},
+                                                                 "openapi": {"type": "string"}}},
+                                                 "where the documentation is")}}},
         "/health": {"get": {"operationId": "health", "security": [],
                             "responses": {"200": _json({"type": "object"}, "the process runs")}}},
         "/ready": {"get": {"operationId": "ready", "security": [],
@@ -425,8 +489,14 @@ def build() -> dict[str, Any]:
                                    **_problems(403, 413, 415)}}
         },
     }
+    for path, item in paths.items():
+        for operation in item.values():
+            operation.setdefault("tags", [_tag(path)])
+            if "summary" not in operation:
+                operation["summary"] = SUMMARIES[operation["operationId"]]
     return {
         "openapi": "3.1.0",
+        "tags": [{"name": name, "description": description} for _, name, description in TAGS],
         "info": {"title": "Wallet ledger", "version": "1", "description": "Durable, sharded wallet ledger."},
         "paths": paths,
         "components": {

@@ -1,14 +1,54 @@
 """``wallet seed``: demo data through the public API of a running server (with the admin token):
 an asset, a few owners with wallets and their own tokens, deposits and transfers. It prints what
-it made and curl commands to try. Safe to run twice: fixed ids and idempotency keys."""
+it made and curl commands to try.
+
+Safe to run again: fixed ids and idempotency keys make the money moves once. Tokens are
+revoke-and-replace: a token is shown only once (the server keeps its hash), so a new run cannot
+print the old ones; it revokes every live token of the demo owners it finds in the event feed
+(``token.created`` without a later ``token.revoked``), then makes one new token each. So after any
+number of runs each demo owner has exactly one live token, the one printed last. (Tokens made
+before the oldest kept log segment are no longer in the feed and are not found.)"""
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from server._admin_token import find_admin_token
+
 OWNERS = ["alice", "bob", "carol"]
+EVENTS_PAGE = 1000
+
+
+def live_tokens(http: httpx.Client, owners: list[str]) -> dict[str, str]:
+    """Prefix -> owner of every token of ``owners`` created and not revoked, from the event feed."""
+    live: dict[str, str] = {}
+    after = 0
+    while True:
+        response = http.get("/v1/events", params={"after": after, "limit": EVENTS_PAGE})
+        if response.status_code == 410:  # the feed starts later (compacted log): from there
+            after = int(response.json()["oldest_lsn"]) - 1
+            continue
+        if response.status_code >= 400:
+            raise SystemExit(f"wallet seed: GET /v1/events -> {response.status_code} {response.text}")
+        page = response.json()
+        for item in page["items"]:
+            data = item["data"]
+            if item["type"] == "token.created" and data["owner_id"] in owners:
+                live[data["prefix"]] = data["owner_id"]
+            elif item["type"] == "token.revoked":
+                live.pop(data["prefix"], None)
+        if not page["items"] or page["next_after"] <= after:
+            return live
+        after = page["next_after"]
 
 
 def seed(url: str, admin_token: str) -> int:
@@ -22,6 +62,11 @@ def seed(url: str, admin_token: str) -> int:
             return response.json()
 
         call("POST", "/v1/assets", json={"code": "USD", "scale": 2})
+        earlier = live_tokens(http, OWNERS)
+        for prefix in sorted(earlier):
+            response = http.delete(f"/v1/tokens/{prefix}")
+            if response.status_code not in (200, 404):  # 404: revoked meanwhile
+                raise SystemExit(f"wallet seed: DELETE /v1/tokens/{prefix} -> {response.status_code} {response.text}")
         tokens = {}
         for owner in OWNERS:
             call("POST", "/v1/wallets", json={"id": f"{owner}-usd", "owner_id": owner, "asset": "USD"})
@@ -34,6 +79,8 @@ def seed(url: str, admin_token: str) -> int:
                  json={"from_wallet_id": f"{source}-usd", "to_wallet_id": f"{target}-usd", "amount": amount,
                        "description": f"{source} pays {target}"})
         print(f"Seeded {url}: asset USD (scale 2); wallets " + ", ".join(f"{o}-usd" for o in OWNERS) + ".")
+        if earlier:
+            print(f"Revoked {len(earlier)} earlier demo token(s); the tokens below replace them.")
         for owner in OWNERS:
             wallet = call("GET", f"/v1/wallets/{owner}-usd")
             print(f"  {owner:6} {wallet['id']:10} balance {wallet['balance']:>6}  token {tokens[owner]}")
@@ -46,3 +93,114 @@ def seed(url: str, admin_token: str) -> int:
               f"       {url}/v1/transfers")
         print(f"  curl -s -H 'Authorization: Bearer {admin_token}' '{url}/v1/events?after=0'")
     return 0
+
+
+# -- wallet demo (make demo) ---------------------------------------------------------------------
+
+DEMO_READY_TIMEOUT_S = 60.0
+DEMO_STOP_TIMEOUT_S = 60.0  # the server's own --shutdown-timeout (10 s) plus a margin
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def demo(*, data_dir: Path, host: str, port: int, log_path: Path | None) -> int:
+    """``wallet demo``: ``wallet serve`` on ``data_dir`` with its logs in a file, ``wallet seed``
+    once it is ready, then wait; SIGTERM or SIGINT stops the server gracefully and exits 0.
+
+    It checks first that the port and the data directory are free (so it never seeds someone
+    else's server), and while waiting that its own child is alive. The server runs in its own
+    session, so a terminal's Ctrl-C reaches only this process, which forwards a SIGTERM."""
+    from server._lock import DataDirLocked, lock_data_dir
+
+    url = f"http://{host}:{port}"
+    if _port_taken(host, port):
+        print(f"wallet demo: port {port} on {host} is in use (another server?); pick another: "
+              f"PORT=9000 make demo", file=sys.stderr)
+        return 2
+    try:
+        probe = lock_data_dir(data_dir)
+        del probe  # released at once (CPython closes its descriptor): only a probe
+    except DataDirLocked as error:
+        print(f"wallet demo: {error}; pick another: DATA=/tmp/demo make demo", file=sys.stderr)
+        return 2
+    log_path = log_path or data_dir / "demo-server.log"
+    stop = False
+
+    def request_stop(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--data", str(data_dir), "--host", host,
+             "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        if not _wait_ready(server, url, lambda: stop):
+            if stop:
+                return _stop(server)
+            print(f"wallet demo: the server did not get ready (exit status {server.poll()}); "
+                  f"see {log_path}", file=sys.stderr)
+            return 1
+        token = find_admin_token(explicit=None, data_dir=data_dir)
+        assert token is not None  # the server wrote DATA/admin.token, or took WALLET_ADMIN_TOKEN
+        try:
+            seed(url, token)
+        except SystemExit as error:
+            print(error, file=sys.stderr)
+            return _stop(server) or 1
+        print(f"\nServing {url} (data {data_dir}, server log {log_path}). Stop with Ctrl-C.", flush=True)
+        while not stop and server.poll() is None:
+            try:
+                server.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+        if not stop:
+            print(f"wallet demo: the server exited with {server.returncode}; see {log_path}", file=sys.stderr)
+            return 1
+        return _stop(server)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait_ready(server: subprocess.Popen[bytes], url: str, stopping: Callable[[], bool]) -> bool:
+    """True once *our* server answers /ready: its process must still be alive when it does."""
+    deadline = time.monotonic() + DEMO_READY_TIMEOUT_S
+    while time.monotonic() < deadline and not stopping():
+        if server.poll() is not None:
+            return False
+        try:
+            if httpx.get(url + "/ready", timeout=1.0).status_code == 200:
+                return server.poll() is None
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def _stop(server: subprocess.Popen[bytes]) -> int:
+    """SIGTERM (a graceful shutdown with a final snapshot) and wait: 0 when it exited cleanly."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=DEMO_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+            print("wallet demo: the server did not stop in time; killed", file=sys.stderr)
+            return 1
+    print("stopped", flush=True)
+    return 0 if server.returncode == 0 else 1

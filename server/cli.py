@@ -1,19 +1,21 @@
 """The ``wallet`` command line: ``serve``, the log tools under ``wal`` and ``snapshot``, ``seed``
 and ``bench`` (the benchmark harness, in ``bench/``).
 
-Exit codes: 0 success, 1 a check failed or a bug, 2 refused (damaged data or bad arguments).
+Exit codes: 0 success; 1 a check failed, damaged data, or a bug; 2 bad arguments (argparse's own
+status; also a ``--data`` with no log, an LSN past the end of the log), a directory in use, or
+``serve`` refusing to start (see ``server._tools`` and the README's *Command line*).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from functools import partial
 from pathlib import Path
 
 import bench
 from server import _tools as tools
+from server._admin_token import find_admin_token, where_to_look
 from server._config import (
     add_serve_arguments,
     non_negative,
@@ -47,34 +49,51 @@ def build_parser() -> argparse.ArgumentParser:
     wal = commands.add_parser("wal", help="inspect and check the write-ahead log")
     wal_commands = wal.add_subparsers(dest="wal_command", required=True)
     verify = wal_commands.add_parser("verify", help="check every record, replay, check invariants")
-    verify.add_argument("--data", type=Path, required=True)
-    dump = wal_commands.add_parser("dump", help="print the records, decoded, one per line")
-    dump.add_argument("--data", type=Path, required=True)
-    dump.add_argument("--from-lsn", type=int, default=1)
-    dump.add_argument("--to-lsn", type=int, default=None)
-    dump.add_argument("--format", choices=["text", "jsonl"], default="text")
+    _data_argument(verify)
+    _progress_argument(verify)
+    dump = wal_commands.add_parser("dump", help="print the records, decoded, one per line (JSON)")
+    _data_argument(dump)
+    dump.add_argument("--from-lsn", type=_positive, default=1, help="first LSN to print (default 1)")
+    dump.add_argument("--to-lsn", type=_positive, default=None, help="last LSN to print (default: the end)")
+    dump.add_argument("--format", choices=["jsonl", "text"], default="jsonl",
+                      help="jsonl: one JSON object per record (default); text: LSN, type, then the fields as JSON")
     repair = wal_commands.add_parser(
         "repair", help="cut a torn tail; with --truncate-at-lsn, drop everything from that LSN on"
     )
-    repair.add_argument("--data", type=Path, required=True)
+    _data_argument(repair)
     repair.add_argument(
-        "--truncate-at-lsn", type=int, default=None,
+        "--truncate-at-lsn", type=_positive, default=None,
         help="drop every record from this LSN on (needed when valid records follow damage)",
     )
     repair.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     replay = wal_commands.add_parser(
         "replay", help="point-in-time recovery: a new data directory as the ledger was at an LSN or time"
     )
-    replay.add_argument("--data", type=Path, required=True)
+    _data_argument(replay)
     until = replay.add_mutually_exclusive_group(required=True)
-    until.add_argument("--until-lsn", type=_positive)
-    until.add_argument("--until-time", help="RFC 3339, e.g. 2026-11-22T10:00:00Z")
+    until.add_argument("--until-lsn", type=_positive, help="the last LSN to keep")
+    until.add_argument("--until-time", help="keep every record stamped at or before this RFC 3339 time, "
+                       "e.g. 2026-11-22T10:00:00Z")
     replay.add_argument("--out", type=Path, required=True, help="the new data directory (must be empty)")
+    _progress_argument(replay)
 
     seed = commands.add_parser("seed", help="demo data on a running server (admin token needed)")
-    seed.add_argument("--url", default="http://127.0.0.1:8080")
+    seed.add_argument("--url", default="http://127.0.0.1:8080", help="the server (default http://127.0.0.1:8080)")
     seed.add_argument("--token", default=None, help="admin token (default: WALLET_ADMIN_TOKEN, else DATA/admin.token)")
-    seed.add_argument("--data", type=Path, default=Path("./data"))
+    seed.add_argument("--data", type=Path, default=Path("./data"),
+                      help="the server's data directory, for its admin.token (default ./data)")
+
+    demo = commands.add_parser(
+        "demo", help="serve with demo data (make demo): seed once ready, stop cleanly on Ctrl-C or SIGTERM",
+        description="Checks that the port and the data directory are free, starts `wallet serve` with its "
+        "logs in a file, runs `wallet seed` once it is ready, and waits; SIGTERM or SIGINT stops the "
+        "server gracefully and exits 0.",
+    )
+    demo.add_argument("--data", type=Path, default=Path("./data"), help="data directory (default ./data)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    demo.add_argument("--log", type=Path, default=None,
+                      help="the server's log file (default DATA/demo-server.log)")
 
     bench_parser = commands.add_parser(
         "bench", help="the benchmark harness",
@@ -90,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fails with 503 at --failure-rate and on the first --fail-first calls per key; "
         "with --drop-response-rate, pays and then closes the connection before the answer is complete.",
     )
-    bank_sim.add_argument("--host", default="127.0.0.1")
-    bank_sim.add_argument("--port", type=int, default=8081)
+    bank_sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    bank_sim.add_argument("--port", type=int, default=8081, help="port to listen on (default 8081)")
     bank_sim.add_argument("--latency-ms", type=non_negative_float, default=0.0, help="delay before each answer")
     bank_sim.add_argument("--failure-rate", type=probability, default=0.0, help="probability of a 503 per call")
     bank_sim.add_argument("--fail-first", type=non_negative, default=0,
@@ -99,18 +118,31 @@ def build_parser() -> argparse.ArgumentParser:
     bank_sim.add_argument("--drop-response-rate", type=probability, default=0.0,
                           help="probability that a call which paid loses its answer (connection closed)")
     bank_sim.add_argument("--seed", type=int, default=None, help="seed for failures and drops")
-    bank_sim.add_argument("--log-level", default="INFO")
+    bank_sim.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
     snapshot = commands.add_parser("snapshot", help="create, list and verify snapshots")
     snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", required=True)
     create = snapshot_commands.add_parser("create", help="snapshot the data directory (server stopped)")
-    create.add_argument("--data", type=Path, required=True)
-    create.add_argument("--until-lsn", type=_positive, default=None, help="default: the end of the log")
+    _data_argument(create)
+    create.add_argument("--until-lsn", type=_positive, default=None,
+                        help="the LSN of the snapshot (default: the end of the log)")
     create.add_argument("--server-child", action="store_true", help=argparse.SUPPRESS)
-    for name, text in (("list", "list snapshots"), ("verify", "check every snapshot fully")):
+    _progress_argument(create)
+    for name, text in (("list", "list snapshots: LSN, size, records, file, status"),
+                       ("verify", "check every snapshot fully")):
         sub = snapshot_commands.add_parser(name, help=text)
-        sub.add_argument("--data", type=Path, required=True)
+        _data_argument(sub)
     return parser
+
+
+def _data_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True,
+                        help="the data directory (a missing one, or one without a log, is exit 2)")
+
+
+def _progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="a progress bar with an ETA on stderr (default: only when stderr is a terminal)")
 
 
 def _parse_time(raw: str) -> int:
@@ -160,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if arguments.command == "wal":
         if arguments.wal_command == "verify":
-            return tools.wal_verify(arguments.data)
+            return tools.wal_verify(arguments.data, progress=arguments.progress)
         if arguments.wal_command == "dump":
             return tools.wal_dump(arguments.data, from_lsn=arguments.from_lsn, to_lsn=arguments.to_lsn, fmt=arguments.format)
         if arguments.wal_command == "repair":
@@ -169,18 +201,20 @@ def main(argv: list[str] | None = None) -> int:
             until_us = None
             if arguments.until_time is not None:
                 until_us = _parse_time(arguments.until_time)
-            return tools.wal_replay(arguments.data, until_lsn=arguments.until_lsn, until_us=until_us, out=arguments.out)
+            return tools.wal_replay(arguments.data, until_lsn=arguments.until_lsn, until_us=until_us, out=arguments.out,
+                                    progress=arguments.progress)
     if arguments.command == "seed":
         from server._seed import seed
 
-        token = arguments.token or os.environ.get("WALLET_ADMIN_TOKEN")
+        token = find_admin_token(explicit=arguments.token, data_dir=arguments.data)
         if token is None:
-            path = arguments.data / "admin.token"
-            if not path.exists():
-                print(f"wallet seed: no --token, no WALLET_ADMIN_TOKEN and no {path}", file=sys.stderr)
-                return 2
-            token = path.read_text().strip()
+            print(f"wallet seed: {where_to_look(arguments.data)}", file=sys.stderr)
+            return 2
         return seed(arguments.url, token)
+    if arguments.command == "demo":
+        from server._seed import demo as run_demo
+
+        return run_demo(data_dir=arguments.data, host=arguments.host, port=arguments.port, log_path=arguments.log)
     if arguments.command == "bench":
         configure_logging("WARNING")
         return bench.run(arguments)
@@ -200,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if arguments.command == "snapshot":
         if arguments.snapshot_command == "create":
-            return tools.snapshot_create(arguments.data, until_lsn=arguments.until_lsn, server_child=arguments.server_child)
+            return tools.snapshot_create(arguments.data, until_lsn=arguments.until_lsn, server_child=arguments.server_child,
+                                         progress=arguments.progress)
         if arguments.snapshot_command == "list":
             return tools.snapshot_list(arguments.data)
         if arguments.snapshot_command == "verify":

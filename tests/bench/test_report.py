@@ -16,7 +16,8 @@ def test_the_chart_is_skipped_with_a_reason_when_matplotlib_is_missing(
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     why_not = chart(tmp_path / "c.png", {"service": {"timeseries": []}, "title": "t"})
-    assert why_not is not None and "pip install 'wallet-ledger[plot]'" in why_not
+    # The project is installed from its checkout (make install), not from a registry.
+    assert why_not is not None and "pip install -e '.[plot]'" in why_not
     assert not (tmp_path / "c.png").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from tests.e2e._server import ServerProcess
@@ -66,6 +67,20 @@ def test_the_grafana_dashboard_uses_only_metrics_the_server_exports(server: Serv
     with server.client() as http:
         http.post("/v1/assets", json={"code": "USD", "scale": 2})
         http.get("/v1/wallets/nope")
-        exported = {line.split("{")[0].split(" ")[0] for line in http.get("/metrics").text.splitlines()
+        # A sample in each family the dashboard graphs: a snapshot (its age is absent before
+        # one), a batch item and a withdrawal (labelled payout and batch counters).
+        http.post("/v1/wallets", json={"id": "o1", "owner_id": "o", "asset": "USD"})
+        http.post("/v1/deposits", headers={"Idempotency-Key": "od"}, json={"wallet_id": "o1", "amount": 5})
+        http.post("/v1/transfers/batch", json={"atomic": False, "transfers": [
+            {"idempotency_key": "ob", "from_wallet_id": "o1", "to_wallet_id": "o1", "amount": 1}]})
+        http.post("/v1/withdrawals", headers={"Idempotency-Key": "ow"},
+                  json={"wallet_id": "o1", "amount": 1, "destination": {"account": "x"}})
+        http.post("/v1/admin/snapshots")
+        for _ in range(200):  # the bank call takes its simulated latency: wait for its outcome
+            text = http.get("/metrics").text
+            if "wallet_payout_attempts_total{" in text:
+                break
+            time.sleep(0.05)
+        exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
                     if line and not line.startswith("#")}
     assert used and used <= exported, used - exported
