@@ -56,7 +56,7 @@ log = logging.getLogger("server.edge")
 
 HEADER_BYTES_MAX = 16 * 1024  # the request line and every header line, as received
 CONNECTIONS_MAX = 1000
-CONNECTIONS_PER_ADDRESS_MAX = 256
+CONNECTIONS_PER_ADDRESS_MAX = 500  # half of the total: one address never takes every connection
 BODY_TIMEOUT_S = 10.0
 HTTP_VERSIONS = (b"1.0", b"1.1")
 
@@ -264,6 +264,11 @@ class EdgeProtocol(hypercorn.protocol.ProtocolWrapper):
         protocol = self.protocol
         assert isinstance(protocol, _Http11)
         try:
+            if isinstance(event, Closed):
+                # Whoever closes (the client, a failed send, the idle timer on shutdown), a
+                # reader paused on the next request's bytes must leave, not wait for a recycle.
+                protocol.gate.closing = True
+                await protocol.gate.set()
             await protocol.handle(event)
         except _Closing:
             pass

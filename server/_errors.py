@@ -34,6 +34,7 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | unknown route / object    | 404    | not_found / *_not_found   |
     | events compacted away     | 410    | gone (with oldest_lsn)    |
     | wrong method              | 405    | method_not_allowed        |
+    | body not whole in time    | 408    | request_timeout           |
     | body too large            | 413    | payload_too_large         |
     | wrong content type        | 415    | unsupported_media_type    |
     | token over its rate       | 429    | rate_limited (Retry-After)|
@@ -42,6 +43,10 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | history read model behind | 503    | history_lagging           |
     | disk refused a write      | 503    | storage_unavailable       |
     | anything else             | 500    | internal_error (a bug)    |
+
+The HTTP edge (``server._edge``) answers a few requests before they reach the app, with the
+same problem shape: ``431 headers_too_large``, ``505 http_version_not_supported``, ``503
+too_many_connections`` and ``503 shutting_down`` (both with ``Retry-After: 1``).
 """
 
 from __future__ import annotations
