@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -86,6 +86,7 @@ from ledger import (
 )
 from server import _openapi
 from server import _validate as v
+from server._edge import BodyTimeout
 from server._errors import (
     ApiError,
     batch_failed,
@@ -121,6 +122,7 @@ assert TOKEN_CHARS_SHOWN == TOKEN_PREFIX_CHARS  # logs and answers show a token'
 # Batch requests handled at once: each may hold a 16 MiB body and what it decodes to (several
 # times that for bodies of many small values), so they get their own bound below --max-in-flight.
 BATCHES_IN_FLIGHT_MAX = 16
+CLIENT_CLOSED_REQUEST = 499  # the status logged and counted for a client that left (nginx's)
 
 
 def timestamp(at_us: int) -> str:
@@ -488,6 +490,10 @@ class Api:
         self._admin_token = admin_token.encode()
         self._batches_in_flight = 0
         self._batches_in_flight_max = batches_in_flight_max
+        # Batch bodies still arriving, per caller scope: each caller has its own share, so one
+        # caller's slow uploads cannot take the slots (``_batches_in_flight``) of everyone else.
+        self._batches_receiving: dict[str, int] = {}
+        self._batches_receiving_max = max(1, batches_in_flight_max // 2)
         self._limiter = limiter
         self._limit_admin = limit_admin
         # The ledger, once it can serve: a LocalPort in its own process, a RemotePort in an HTTP
@@ -1075,16 +1081,32 @@ class Api:
         # Accepted and checked like everywhere else, but each item's own key is what makes a
         # batch safe to retry; the header has no further effect.
         v.idempotency_key(request, required=False)
+        # A batch counts against the in-flight limit once its body has arrived (decoding and
+        # posting it is the work the limit bounds); while it arrives, it counts against its
+        # caller's share only (each body is bounded in size and, by --body-timeout, in time).
+        scope = caller.scope
+        receiving = self._batches_receiving.get(scope, 0)
+        if receiving >= self._batches_receiving_max:
+            raise overloaded(f"this caller already sends {receiving} batch requests; retry shortly")
+        self._batches_receiving[scope] = receiving + 1
+        try:
+            payload = await v.read_body(request, limit=v.BATCH_BODY_BYTES_MAX)
+        finally:
+            left = self._batches_receiving[scope] - 1
+            if left:
+                self._batches_receiving[scope] = left
+            else:
+                del self._batches_receiving[scope]
         if self._batches_in_flight >= self._batches_in_flight_max:
             raise overloaded(f"{self._batches_in_flight} batch requests are being handled; retry shortly")
         self._batches_in_flight += 1
         try:
-            return await self._transfer_batch(request, caller)
+            return await self._transfer_batch(request, caller, payload)
         finally:
             self._batches_in_flight -= 1
 
-    async def _transfer_batch(self, request: Request, caller: Caller) -> Response:
-        atomic, values = v.batch_request(await v.batch_body(request))
+    async def _transfer_batch(self, request: Request, caller: Caller, payload: bytes) -> Response:
+        atomic, values = v.batch_request(await v.batch_body(request, payload))
         repeated = v.repeated_keys(values)
         if repeated:
             raise invalid(repeated)
@@ -1179,6 +1201,18 @@ def build_app(api: Api, *, in_flight_max: int = 4096) -> Any:
         assert isinstance(exc, ApiError)
         return render(exc)
 
+    def client_left(request: Request, exc: Exception) -> Response:
+        # The client's doing (it closed the connection mid-request, or Hypercorn closed it on a
+        # malformed body): one line, no traceback, and 499 in the metrics, never a 500. The
+        # response goes nowhere.
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+    def body_late(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BodyTimeout)
+        return render(ApiError(408, "request_timeout", "Request timeout", str(exc),
+                               headers={"Connection": "close"}))
+
     def bug(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return render(ApiError(500, "internal_error", "Internal error",
@@ -1226,8 +1260,12 @@ def build_app(api: Api, *, in_flight_max: int = 4096) -> Any:
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: http_error, ApiError: api_error, Exception: bug},
+        exception_handlers={HTTPException: http_error, ApiError: api_error, ClientDisconnect: client_left,
+                            BodyTimeout: body_late, Exception: bug},
     )
+    # ``/v1/wallets/`` is 404, not a redirect: Starlette's redirect would build its Location
+    # from the request's Host header.
+    app.router.redirect_slashes = False
     # gzip for large responses when the client accepts it (SSE is excluded by Starlette).
     return Observe(_GzipWhenAccepted(app), metrics, in_flight_max=in_flight_max)
 

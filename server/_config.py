@@ -17,6 +17,7 @@ from typing import Any
 
 from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT
 from server._app import BATCHES_IN_FLIGHT_MAX
+from server._edge import BODY_TIMEOUT_S, CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX
 
 
 def positive(text: str) -> int:
@@ -118,6 +119,14 @@ SERVE_OPTIONS = [
            help="seconds a connection may stay silent (mid-request or idle) before it is closed"),
     Option(name="max_in_flight", parse=positive, default=4096,
            help="HTTP requests handled at once; past it, 503 overloaded at once"),
+    Option(name="max_connections", parse=positive, default=CONNECTIONS_MAX,
+           help="open connections at once, in total; past it, a new connection gets 503 and is closed "
+                "(keep it under --max-in-flight and the open-file limit)"),
+    Option(name="max_connections_per_ip", parse=positive, default=CONNECTIONS_PER_ADDRESS_MAX,
+           help="open connections at once from one client address; past it, 503 and closed"),
+    Option(name="body_timeout", parse=positive_float, default=BODY_TIMEOUT_S,
+           help="seconds a request body may take to arrive whole (from the end of its headers); "
+                "past it, 408 request_timeout and the connection is closed"),
     Option(name="max_batches_in_flight", parse=positive, default=BATCHES_IN_FLIGHT_MAX,
            help="POST /v1/transfers/batch requests handled at once (each may hold a 16 MiB body); "
                 "past it, 503 overloaded at once"),

@@ -34,6 +34,7 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | unknown route / object    | 404    | not_found / *_not_found   |
     | events compacted away     | 410    | gone (with oldest_lsn)    |
     | wrong method              | 405    | method_not_allowed        |
+    | body not whole in time    | 408    | request_timeout           |
     | body too large            | 413    | payload_too_large         |
     | wrong content type        | 415    | unsupported_media_type    |
     | token over its rate       | 429    | rate_limited (Retry-After)|
@@ -47,6 +48,10 @@ A 400 lists at most ``ERRORS_MAX`` errors; when there were more, a last entry (f
 ``errors``) says so. Collectors stop looking after ``ERRORS_MAX + 1`` (``first_errors``), so a
 body with a million unknown fields costs no more to answer than one with twenty-one.
 ``CODES`` is every code above: the metrics label rejections with a code from it, or ``other``.
+
+The HTTP edge (``server._edge``) answers a few requests before they reach the app, with the
+same problem shape: ``431 headers_too_large``, ``505 http_version_not_supported``, ``503
+too_many_connections`` and ``503 shutting_down`` (both with ``Retry-After: 1``).
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ CODES = frozenset({
     "unauthorized", "forbidden", "not_found", "wallet_not_found", "withdrawal_not_found", "gone",
     "method_not_allowed", "payload_too_large", "unsupported_media_type", "rate_limited", "overloaded",
     "not_ready", "history_lagging", "storage_unavailable", "ledger_unavailable", "internal_error",
+    "request_timeout",
 })
 CODE_OTHER = "other"
 assert CODE_OTHER not in CODES

@@ -29,6 +29,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from server._edge import BodyTimeout
 from server._errors import code_label
 from server._payouts import BANK_LATENCY_BUCKETS_S, PayoutsStatistics
 from server._validate import BODY_BYTES_MAX
@@ -198,6 +199,11 @@ OVERLOADED_BODY = json.dumps({
 }).encode()
 
 
+# Answered even past the in-flight cap: what a load balancer and an operator ask first, cheap and
+# without a body, so a flood of requests cannot make a healthy server look dead.
+ADMISSION_EXEMPT = frozenset({"/health", "/ready"})
+
+
 def _has_body(scope: Any) -> bool:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
@@ -252,10 +258,13 @@ class Observe:
             if receiving:
                 return False  # the app waits in receive(): a second reader could hang
             size = 0
-            while not body_done:
-                size += len((await tracked_receive()).get("body", b""))
-                if size > BODY_BYTES_MAX:
-                    return False
+            try:
+                while not body_done:
+                    size += len((await tracked_receive()).get("body", b""))
+                    if size > BODY_BYTES_MAX:
+                        return False
+            except BodyTimeout:
+                return False
             return True
 
         async def observed_send(message: Any) -> None:
@@ -269,7 +278,7 @@ class Observe:
             await send(message)
 
         try:
-            if self._in_flight >= self._in_flight_max:
+            if self._in_flight >= self._in_flight_max and scope["path"] not in ADMISSION_EXEMPT:
                 # Bounded work in progress: past the cap, answer at once instead of queueing.
                 await observed_send({"type": "http.response.start", "status": 503, "headers": [
                     (b"content-type", b"application/problem+json"), (b"retry-after", b"1"),

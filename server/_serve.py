@@ -37,6 +37,15 @@ from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT, Led
 from server._app import BATCHES_IN_FLIGHT_MAX, Api, RateLimiter, build_app
 from server._bank import HttpBank, SimulatedBank
 from server._config import LOOP_DEFAULT, LOOPS
+from server._edge import (
+    BODY_TIMEOUT_S,
+    CONNECTIONS_MAX,
+    CONNECTIONS_PER_ADDRESS_MAX,
+    BodyDeadline,
+    ConnectionLimits,
+    edge_config,
+    install,
+)
 from server._lock import lock_data_dir
 from server._payout_ledger import LedgerPayouts
 from server._payouts import Payouts
@@ -47,7 +56,6 @@ from wal import LogCorrupt
 log = logging.getLogger("server")
 
 ADMIN_TOKEN_ENV = "WALLET_ADMIN_TOKEN"
-HEADER_BYTES_MAX = 16 * 1024
 SHUTDOWN_TIMEOUT_S = 10.0
 HTTP_DRAIN_SHARE = 0.5  # of --shutdown-timeout, at most, for the HTTP drain
 # A connection that sends nothing for this long is closed, so slow or stalled clients cannot
@@ -71,6 +79,9 @@ class ServeOptions:
     mailbox_capacity: int = MAILBOX_CAPACITY
     read_timeout_s: int = READ_TIMEOUT_S
     max_in_flight: int = 4096
+    max_connections: int = CONNECTIONS_MAX
+    max_connections_per_ip: int = CONNECTIONS_PER_ADDRESS_MAX
+    body_timeout_s: float = BODY_TIMEOUT_S
     max_batches_in_flight: int = BATCHES_IN_FLIGHT_MAX
     rate_limit: float = 0.0
     rate_burst: int = 100
@@ -128,8 +139,9 @@ def admin_token(data_dir: Path) -> str:
     return token
 
 
-def hypercorn_config(options: ServeOptions) -> Config:
-    config = Config()
+def hypercorn_config(options: ServeOptions, limits: ConnectionLimits) -> Config:
+    """Hypercorn's config: HTTP/1.1 only, the connection caps (``server._edge``), timeouts."""
+    config = edge_config(limits)
     config.bind = [f"{options.host}:{options.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -137,7 +149,6 @@ def hypercorn_config(options: ServeOptions) -> Config:
     # waiting on (a keep-alive client that sent its next request as the signal came) cannot
     # use up the time of the final snapshot.
     config.graceful_timeout = options.shutdown_timeout_s * HTTP_DRAIN_SHARE
-    config.h11_max_incomplete_size = HEADER_BYTES_MAX
     if options.certfile is not None:
         config.certfile = str(options.certfile)
         config.keyfile = str(options.keyfile) if options.keyfile is not None else None
@@ -266,10 +277,13 @@ async def serve(options: ServeOptions) -> int:
         limiter = RateLimiter(rate=options.rate_limit, burst=options.rate_burst)
     api = Api(admin_token=admin_token(data_dir), limiter=limiter, limit_admin=options.rate_limit_admin,
               batches_in_flight_max=options.max_batches_in_flight)
-    app = build_app(api, in_flight_max=options.max_in_flight)
+    install()  # HTTP/1.1 only, connection caps, per-connection failures (server._edge)
+    limits = ConnectionLimits(total_max=options.max_connections, per_address_max=options.max_connections_per_ip)
+    _check_file_limit(options.max_connections)
+    app = BodyDeadline(build_app(api, in_flight_max=options.max_in_flight), timeout_s=options.body_timeout_s)
     shutdown = anyio.Event()
     http_done = anyio.Event()
-    config = hypercorn_config(options)
+    config = hypercorn_config(options, limits)
 
     async def run_http(*, task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -359,6 +373,24 @@ async def serve(options: ServeOptions) -> int:
         1000 * stats.fsync_seconds_total / max(stats.batches, 1), 1000 * stats.fsync_seconds_max,
     )
     return 0
+
+
+# File descriptors the server needs besides its connections: WAL segments, snapshots, SQLite,
+# the listening sockets, the log.
+FILES_OWN_MAX = 64
+
+
+def _check_file_limit(connections_max: int) -> None:
+    """Warns when the process may run out of file descriptors before ``--max-connections``."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return
+    if soft != resource.RLIM_INFINITY and connections_max + FILES_OWN_MAX > soft:
+        log.warning("--max-connections %d is close to the open-file limit %d (ulimit -n): accepting may "
+                    "stall before the cap is reached", connections_max, soft)
 
 
 def _loop_name() -> str:

@@ -590,10 +590,12 @@ def _decode_msgpack(body: bytes) -> Any:
         raise invalid_field("body", f"malformed MessagePack: {type(error).__name__}: {error}") from None
 
 
-async def batch_body(request: Request) -> Any:
+async def batch_body(request: Request, body: bytes | None = None) -> Any:
     """The decoded body of a batch request: JSON or MessagePack by Content-Type (415 for
-    anything else), at most ``BATCH_BODY_BYTES_MAX`` bytes (413)."""
-    body = await read_body(request, limit=BATCH_BODY_BYTES_MAX)
+    anything else), at most ``BATCH_BODY_BYTES_MAX`` bytes (413). ``body``: its bytes, when
+    the caller read them already (``read_body(request, limit=BATCH_BODY_BYTES_MAX)``)."""
+    if body is None:
+        body = await read_body(request, limit=BATCH_BODY_BYTES_MAX)
     kind = media_type(request)
     if kind == JSON_MEDIA_TYPE:
         return _decode_json(body)
