@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -99,11 +100,13 @@ from server._errors import (
 )
 from server._observe import TOKEN_CHARS_SHOWN, Metrics, Observe, shown_path
 from server._port import LocalPort, RemotePort, Unauthorized, Unavailable, current_auth
+from server._supervisor import processes as supervised_processes
 from wal import StorageFailed
 
 log = logging.getLogger("server")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PROCESS_STARTED_US = time.time_ns() // 1000
 ADMIN_SCOPE = "admin"
 GZIP_MIN_BYTES = 1024
 # Swagger UI 5 (it reads OpenAPI 3.1) from the swagger-ui-py package's static files: no CDN.
@@ -626,6 +629,19 @@ class Api:
             state = "unavailable" if isinstance(self.port, RemotePort) else "failed"
             return json_response({"status": state, "reason": status.reason}, 503)
         return json_response({"status": "ready", "durable_lsn": status.durable_lsn})
+
+    async def processes(self, request: Request) -> Response:
+        """Admin: the supervisor's table of processes (``--workers N``), or this one process."""
+        await self.admin(request)
+        v.query(request, set())
+        items = [] if self.data_dir is None else supervised_processes(self.data_dir)
+        if not items:
+            items = [{"role": "ledger", "pid": os.getpid(), "started_at": timestamp(PROCESS_STARTED_US),
+                      "restarts": 0}]
+        return json_response({"items": [
+            {"role": item["role"], "pid": item["pid"], "started_at": item["started_at"],
+             "restarts": item["restarts"]} for item in items
+        ]})
 
     async def take_snapshot(self, request: Request) -> Response:
         """Admin: snapshot the durable ledger now (in a child process) and compact the log."""
@@ -1233,6 +1249,7 @@ def build_app(api: Api, *, in_flight_max: int = 4096) -> Any:
         Route("/health", api.health, methods=["GET"]),
         Route("/ready", api.ready, methods=["GET"]),
         Route("/v1/admin/snapshots", api.take_snapshot, methods=["POST"]),
+        Route("/v1/admin/processes", api.processes, methods=["GET"]),
         Route("/v1/assets", api.create_asset, methods=["POST"]),
         Route("/v1/assets", api.list_assets, methods=["GET"]),
         Route("/v1/tokens", api.create_token, methods=["POST"]),

@@ -488,6 +488,18 @@ def build() -> dict[str, Any]:
                      "responses": {"201": _json({"type": "object"}, "taken"), "200": _json({"type": "object"}, "nothing new"),
                                    **_problems(403, 413, 415)}}
         },
+        "/v1/admin/processes": {
+            "get": {"operationId": "listProcesses",
+                    "summary": "The server's processes: supervisor, ledger and HTTP workers (admin)",
+                    "responses": {"200": _json({
+                        "type": "object", "required": ["items"],
+                        "properties": {"items": {"type": "array", "items": {
+                            "type": "object", "required": ["role", "pid", "started_at", "restarts"],
+                            "properties": {"role": {"type": "string"}, "pid": {"type": "integer"},
+                                           "started_at": {"type": "string"}, "restarts": {"type": "integer"}},
+                        }}},
+                    }, "every process of this server"), **_problems(403)}}
+        },
     }
     for path, item in paths.items():
         for operation in item.values():

@@ -14,6 +14,7 @@ only the choice of Hypercorn's worker differs per backend (``_serve_http``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import logging
@@ -46,10 +47,10 @@ from server._edge import (
     edge_config,
     install,
 )
-from server._lock import lock_data_dir
+from server._lock import DataDirLocked, lock_data_dir
 from server._payout_ledger import LedgerPayouts
 from server._payouts import Payouts
-from server._port import LocalPort
+from server._port import LocalPort, RemotePort, serve_port
 from server._snapshotter import Snapshotter
 from wal import LogCorrupt
 
@@ -95,6 +96,7 @@ class ServeOptions:
     bank_latency_ms: float = 50.0
     bank_failure_rate: float = 0.0
     bank_timeout_s: float = 10.0
+    log_level: str = "INFO"
 
 
 def _bank(options: ServeOptions) -> Any:
@@ -265,31 +267,58 @@ async def _in_daemon_thread(function: Callable[[], None]) -> None:
         raise failure[0]
 
 
-async def serve(options: ServeOptions) -> int:
-    """Serves until SIGTERM/SIGINT; returns the exit status. Raises ``wal.LogCorrupt`` when
-    the log is damaged (the command line reports it and exits 2)."""
-    data_dir = options.data_dir
-    # Creates the data directory 0700 (or tightens it); held until the process exits; raises
-    # DataDirLocked.
-    lock = lock_data_dir(data_dir)
-    limiter = None
-    if options.rate_limit > 0:
-        limiter = RateLimiter(rate=options.rate_limit, burst=options.rate_burst)
-    api = Api(admin_token=admin_token(data_dir), limiter=limiter, limit_admin=options.rate_limit_admin,
-              batches_in_flight_max=options.max_batches_in_flight)
+def _http_app(options: ServeOptions, api: Api) -> tuple[Any, Config]:
+    """The ASGI app around ``api`` and Hypercorn's config for it (both modes' HTTP)."""
     install()  # HTTP/1.1 only, connection caps, per-connection failures (server._edge)
     limits = ConnectionLimits(total_max=options.max_connections, per_address_max=options.max_connections_per_ip)
     _check_file_limit(options.max_connections)
     app = BodyDeadline(build_app(api, in_flight_max=options.max_in_flight), timeout_s=options.body_timeout_s)
+    return app, hypercorn_config(options, limits)
+
+
+def _api(options: ServeOptions) -> Api:
+    limiter = None
+    if options.rate_limit > 0:
+        limiter = RateLimiter(rate=options.rate_limit, burst=options.rate_burst)
+    api = Api(admin_token=admin_token(options.data_dir), limiter=limiter, limit_admin=options.rate_limit_admin,
+              batches_in_flight_max=options.max_batches_in_flight)
+    api.data_dir = options.data_dir
+    return api
+
+
+async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int:
+    """Serves until SIGTERM/SIGINT; returns the exit status. Raises ``wal.LogCorrupt`` when
+    the log is damaged (the command line reports it and exits 2).
+
+    The front that starts before recovery and drains first on the way out is HTTP (one
+    process), or with ``port_socket`` the ledger port for the HTTP workers (the ledger process
+    of ``--workers N``: ``server._supervisor``)."""
+    data_dir = options.data_dir
+    # Creates the data directory 0700 (or tightens it); held until the process exits; raises
+    # DataDirLocked.
+    lock = lock_data_dir(data_dir)
     shutdown = anyio.Event()
     http_done = anyio.Event()
-    config = hypercorn_config(options, limits)
+    api: Api | None = None
+    published: list[LocalPort] = []
+    if port_socket is None:
+        api = _api(options)
+        app, config = _http_app(options, api)
 
-    async def run_http(*, task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await _serve_http(app, config, options.loop, shutdown.wait, task_status=task_status)
-        finally:
-            http_done.set()
+        async def run_http(*, task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await _serve_http(app, config, options.loop, shutdown.wait, task_status=task_status)
+            finally:
+                http_done.set()
+    else:
+        socket_path = port_socket
+
+        async def run_http(*, task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await _serve_port(socket_path, lambda: published[0] if published else None, shutdown,
+                                  task_status=task_status)
+            finally:
+                http_done.set()
 
     ledger: Ledger | None = None
     refused: LogCorrupt | None = None
@@ -322,7 +351,9 @@ async def serve(options: ServeOptions) -> int:
                     data_dir, ledger, every=options.snapshot_every, archive=options.archive
                 )
                 port = LocalPort(ledger, snapshotter=snapshotter)
-                api.port = port
+                if api is not None:
+                    api.port = port
+                published.append(port)
                 log.info(
                     "ready: %d records replayed in %.3f s, next LSN %d, %d shards",
                     replayed, recovery_s, ledger.wal.next_lsn, options.shards,
@@ -352,7 +383,7 @@ async def serve(options: ServeOptions) -> int:
                 if isinstance(bank, HttpBank):
                     await bank.aclose()
                 await http_done.wait()
-                log.info("HTTP drained in %.3f s; stopping the actors", anyio.current_time() - signalled)
+                log.info("front drained in %.3f s; stopping the actors", anyio.current_time() - signalled)
                 await ledger.stop()
         outer.cancel_scope.cancel()
     if refused is not None:
@@ -372,6 +403,48 @@ async def serve(options: ServeOptions) -> int:
         stats.records_written / max(stats.batches, 1),
         1000 * stats.fsync_seconds_total / max(stats.batches, 1), 1000 * stats.fsync_seconds_max,
     )
+    return 0
+
+
+async def _serve_port(path: str, port_of: Callable[[], LocalPort | None], shutdown: anyio.Event,
+                      *, task_status: TaskStatus[list[str]]) -> None:
+    """The ledger port on a Unix socket (mode 0600) until ``shutdown``: the HTTP workers were
+    stopped before the ledger process is asked to stop, so nothing is in flight by then."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # left by a ledger process that was killed
+    listener = await anyio.create_unix_listener(path)
+    os.chmod(path, 0o600)
+    task_status.started([f"unix:{path}"])
+    async with anyio.create_task_group() as group:
+        group.start_soon(serve_port, port_of, listener)
+        await shutdown.wait()
+        group.cancel_scope.cancel()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int) -> int:
+    """One HTTP worker of ``--workers N``: Hypercorn on the inherited listening socket ``fd``,
+    the routes over a ``RemotePort`` to the ledger process. SIGTERM: stop accepting, answer
+    what was accepted, exit 0."""
+    api = _api(options)
+    app, config = _http_app(options, api)
+    config.bind = [f"fd://{fd}"]
+    remote = RemotePort(socket_path)
+    api.port = remote
+    shutdown = anyio.Event()
+    async with anyio.create_task_group() as group:
+
+        async def http(*, task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await _serve_http(app, config, options.loop, shutdown.wait, task_status=task_status)
+            finally:
+                group.cancel_scope.cancel()  # drained: the signal handler and the port go too
+
+        group.start_soon(_signals, shutdown)
+        await group.start(remote.run)
+        binds = await group.start(http)
+        log.info("HTTP worker %d serving %s (event loop: %s)", os.getpid(), ", ".join(binds), _loop_name())
     return 0
 
 
@@ -415,6 +488,24 @@ def backend_of(loop: str) -> tuple[str, dict[str, Any]]:
     import uvloop
 
     return "asyncio", {"loop_factory": uvloop.new_event_loop}
+
+
+def serve_ledger_process(options: ServeOptions, socket_path: str) -> int:
+    """The ledger process of ``--workers N`` (``server._child``); 2 when it refuses to start."""
+    backend, backend_options = backend_of(options.loop)
+    try:
+        return anyio.run(partial(serve, options, port_socket=socket_path), backend=backend,
+                         backend_options=backend_options)
+    except (LogCorrupt, DataDirLocked) as error:
+        log.error("refusing to start: %s", error)
+        return 2
+
+
+def serve_worker_process(options: ServeOptions, socket_path: str, *, fd: int, slot: int) -> int:
+    """An HTTP worker of ``--workers N`` (``server._child``)."""
+    backend, backend_options = backend_of(options.loop)
+    return anyio.run(partial(serve_worker, options, socket_path, fd=fd), backend=backend,
+                     backend_options=backend_options)
 
 
 def run(options: ServeOptions) -> int:

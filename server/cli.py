@@ -167,26 +167,34 @@ def main(argv: list[str] | None = None) -> int:
             print("wallet serve: --certfile and --keyfile go together", file=sys.stderr)
             return 2
         try:
-            return run(
-                ServeOptions(
-                    data_dir=values["data"], host=values["host"], port=values["port"],
-                    shards=values["shards"], shutdown_timeout_s=values["shutdown_timeout"],
-                    segment_bytes_max=values["segment_bytes"], snapshot_every=values["snapshot_every"],
-                    archive=values["archive"], mailbox_capacity=values["mailbox_capacity"],
-                    read_timeout_s=values["read_timeout"], max_in_flight=values["max_in_flight"],
-                    max_connections=values["max_connections"],
-                    max_connections_per_ip=values["max_connections_per_ip"],
-                    body_timeout_s=values["body_timeout"],
-                    max_batches_in_flight=values["max_batches_in_flight"],
-                    rate_limit=values["rate_limit"],
-                    rate_burst=values["rate_burst"], rate_limit_admin=values["rate_limit_admin"],
-                    certfile=values["certfile"],
-                    keyfile=values["keyfile"], loop=values["loop"],
-                    payout_workers=values["payout_workers"], payout_max_attempts=values["payout_max_attempts"],
-                    bank_url=values["bank_url"], bank_latency_ms=values["bank_latency_ms"],
-                    bank_failure_rate=values["bank_failure_rate"], bank_timeout_s=values["bank_timeout_s"],
-                )
+            options = ServeOptions(
+                data_dir=values["data"], host=values["host"], port=values["port"],
+                shards=values["shards"], shutdown_timeout_s=values["shutdown_timeout"],
+                segment_bytes_max=values["segment_bytes"], snapshot_every=values["snapshot_every"],
+                archive=values["archive"], mailbox_capacity=values["mailbox_capacity"],
+                read_timeout_s=values["read_timeout"], max_in_flight=values["max_in_flight"],
+                max_connections=values["max_connections"],
+                max_connections_per_ip=values["max_connections_per_ip"],
+                body_timeout_s=values["body_timeout"],
+                max_batches_in_flight=values["max_batches_in_flight"],
+                rate_limit=values["rate_limit"],
+                rate_burst=values["rate_burst"], rate_limit_admin=values["rate_limit_admin"],
+                certfile=values["certfile"],
+                keyfile=values["keyfile"], loop=values["loop"],
+                payout_workers=values["payout_workers"], payout_max_attempts=values["payout_max_attempts"],
+                bank_url=values["bank_url"], bank_latency_ms=values["bank_latency_ms"],
+                bank_failure_rate=values["bank_failure_rate"], bank_timeout_s=values["bank_timeout_s"],
+                log_level=str(values["log_level"]),
             )
+            if values["workers"] > 0:
+                from server._supervisor import run as supervise
+
+                try:
+                    return supervise(options, workers=values["workers"])
+                except OSError as error:  # the port could not be bound
+                    print(f"wallet serve: {error}", file=sys.stderr, flush=True)
+                    return 2
+            return run(options)
         except LogCorrupt as error:
             print(f"wallet serve: refusing to start: {error}", file=sys.stderr, flush=True)
             return 2

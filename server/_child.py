@@ -1,0 +1,58 @@
+"""The entry point of the supervisor's children: ``python -m server._child ledger|http OPTIONS``.
+
+Each child first asks the kernel to kill it when the supervisor dies (``PR_SET_PDEATHSIG``), then
+checks the supervisor is still its parent (it may have died before the request took effect),
+then runs its role:
+
+- ``ledger``: ``server._serve.serve_ledger``: recovery, the actors, the WAL, snapshots, payouts,
+  and the ledger port on the Unix socket.
+- ``http``: ``server._serve.serve_worker``: Hypercorn on the inherited listening socket, the
+  routes over a ``RemotePort``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(supervisor_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the supervisor's stop path still applies
+        pass
+    if os.getppid() != supervisor_pid:
+        os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server._child")
+    parser.add_argument("role", choices=["ledger", "http"])
+    parser.add_argument("options")
+    parser.add_argument("--supervisor", type=int, required=True)
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--fd", type=int, default=None)
+    parser.add_argument("--slot", type=int, default=0)
+    arguments = parser.parse_args(argv)
+    _die_with_parent(arguments.supervisor)
+
+    from server._observe import configure_logging
+    from server._serve import serve_ledger_process, serve_worker_process
+    from server._supervisor import options_from_json
+
+    options = options_from_json(arguments.options)
+    configure_logging(options.log_level if hasattr(options, "log_level") else "INFO")
+    if arguments.role == "ledger":
+        return serve_ledger_process(options, arguments.socket)
+    assert arguments.fd is not None
+    return serve_worker_process(options, arguments.socket, fd=arguments.fd, slot=arguments.slot)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""``wallet serve --workers N`` (N >= 1): the supervisor process. It owns no state and runs no
+event loop; it starts the children, watches them and stops them.
+
+    supervisor ─┬─ ledger process   shard actors, WAL group commit, snapshots, hold timer,
+                │                   payout workers, the history projector; serves the ledger
+                │                   port on a Unix socket (``server._port``)
+                └─ HTTP worker x N  Hypercorn + Starlette on the one listening socket the
+                                    supervisor bound and handed down; no money state
+
+What it promises (the README's *Processes*):
+- The listening socket is bound here, before any child starts: a busy port fails at once, and
+  a worker that dies and comes back serves the same socket (no connection is refused while
+  the others keep accepting).
+- An HTTP worker that exits is started again within ``RESTART_DELAY_S`` (the others keep
+  serving). The ledger process likewise; until it has recovered, workers answer ``503``
+  with ``Retry-After`` (their port raises ``Unavailable``).
+- SIGTERM or SIGINT: the workers are stopped first (they stop accepting and answer what they
+  accepted), then the ledger (it drains, flushes the log and writes its final snapshot); the
+  supervisor exits 0 when the ledger did. A second signal kills everything at once (safe: the
+  log is the truth).
+- Children die with the supervisor: each sets ``PR_SET_PDEATHSIG`` to SIGKILL as it starts
+  (``server._child``), so a SIGKILLed supervisor leaves no orphan holding the data directory.
+
+The table of processes (``GET /v1/admin/processes``) is written atomically to
+``<data>/run/processes.json`` whenever it changes; workers read it from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("server.supervisor")
+
+RESTART_DELAY_S = 0.5
+POLL_S = 0.05
+SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, with room for the terminator
+PROCESSES_FILE = "processes.json"
+EXIT_CHILD_FAILED = 1
+
+
+def run_dir(data_dir: Path) -> Path:
+    return data_dir / "run"
+
+
+def ledger_socket_path(data_dir: Path) -> str:
+    """Where the ledger process listens: ``<data>/run/ledger.sock``, or a short path in the
+    temporary directory named after the data directory when that path is too long for a Unix
+    socket address."""
+    path = str((run_dir(data_dir) / "ledger.sock").resolve())
+    if len(path.encode()) <= SOCKET_PATH_MAX:
+        return path
+    import hashlib
+
+    digest = hashlib.blake2b(str(data_dir.resolve()).encode(), digest_size=8).hexdigest()
+    return os.path.join(tempfile.gettempdir(), f"wallet-{digest}.sock")
+
+
+def options_to_json(options: Any) -> str:
+    values = {}
+    for item in dataclasses.fields(options):
+        value = getattr(options, item.name)
+        values[item.name] = str(value) if isinstance(value, Path) else value
+    return json.dumps(values)
+
+
+def options_from_json(text: str) -> Any:
+    from server._serve import ServeOptions
+
+    values = json.loads(text)
+    for item in dataclasses.fields(ServeOptions):
+        if item.name in values and isinstance(values[item.name], str) and "Path" in str(item.type):
+            values[item.name] = Path(values[item.name])
+    return ServeOptions(**values)
+
+
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Child:
+    role: str  # "ledger" or "http"
+    slot: int
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    exited_at: float | None = None
+    stopping: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def bind(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """The listening socket every worker serves, inheritable by the children."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, options: Any, *, workers: int) -> None:
+        assert workers >= 1
+        self.options = options
+        self.workers = workers
+        self.data_dir: Path = options.data_dir
+        self.socket_path = ledger_socket_path(self.data_dir)
+        self.ledger = Child("ledger", 0)
+        self.http = [Child("http", slot) for slot in range(workers)]
+        self._signalled = 0
+        self._listener: socket.socket | None = None
+
+    # -- children ------------------------------------------------------------------------
+
+    def _spawn(self, child: Child) -> None:
+        command = [sys.executable, "-m", "server._child", child.role, options_to_json(self.options),
+                   "--supervisor", str(os.getpid()), "--socket", self.socket_path]
+        pass_fds: tuple[int, ...] = ()
+        if child.role == "http":
+            assert self._listener is not None
+            command += ["--fd", str(self._listener.fileno()), "--slot", str(child.slot)]
+            pass_fds = (self._listener.fileno(),)
+        if child.process is not None:
+            child.restarts += 1
+        child.process = subprocess.Popen(command, pass_fds=pass_fds, stdin=subprocess.DEVNULL)
+        child.started_at = time.time()
+        child.exited_at = None
+        log.info("started %s process %d (pid %d)", child.role, child.slot, child.process.pid)
+        self._write_table()
+
+    def _write_table(self) -> None:
+        items = []
+        for child in [self.ledger, *self.http]:
+            if child.process is None:
+                continue
+            items.append({
+                "role": child.role, "pid": child.process.pid, "started_at": _timestamp(child.started_at),
+                "restarts": child.restarts, "alive": child.alive,
+            })
+        items.insert(0, {"role": "supervisor", "pid": os.getpid(), "started_at": _timestamp(self._started),
+                         "restarts": 0, "alive": True})
+        directory = run_dir(self.data_dir)
+        temporary = directory / (PROCESSES_FILE + ".tmp")
+        temporary.write_text(json.dumps({"items": items}))
+        os.replace(temporary, directory / PROCESSES_FILE)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signalled += 1
+        if self._signalled > 1:
+            log.warning("second signal: killing every child at once (the log is the truth)")
+            for child in [self.ledger, *self.http]:
+                if child.alive:
+                    assert child.process is not None
+                    child.process.kill()
+            os._exit(1)
+        log.info("received %s: stopping the HTTP workers, then the ledger", signal.Signals(signum).name)
+
+    def run(self) -> int:
+        from ledger import DATA_DIR_MODE, prepare_data_dir
+        from server._serve import admin_token
+
+        self._started = time.time()
+        prepare_data_dir(self.data_dir)
+        run_dir(self.data_dir).mkdir(mode=DATA_DIR_MODE, exist_ok=True)
+        admin_token(self.data_dir)  # made now, so that every worker reads the same one
+        self._listener = bind(self.options.host, self.options.port)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self._spawn(self.ledger)
+        for child in self.http:
+            self._spawn(child)
+        while not self._signalled:
+            changed = False
+            for child in [self.ledger, *self.http]:
+                assert child.process is not None
+                status = child.process.poll()
+                if status is None:
+                    continue
+                now = time.time()
+                if child.exited_at is None:
+                    child.exited_at = now
+                    changed = True
+                    log.error("%s process %d (pid %d) exited with status %s; starting another",
+                              child.role, child.slot, child.process.pid, status)
+                    if child.role == "ledger" and status == 2:
+                        # The ledger refused to start (a damaged log, a locked data directory):
+                        # starting it again would refuse again.
+                        return self._stop(refused=True)
+                if now - child.exited_at >= RESTART_DELAY_S and not self._signalled:
+                    self._spawn(child)
+            if changed:
+                self._write_table()
+            time.sleep(POLL_S)
+        return self._stop()
+
+    def _stop(self, *, refused: bool = False) -> int:
+        budget = self.options.shutdown_timeout_s
+        deadline = time.monotonic() + budget
+        for child in self.http:
+            if child.alive:
+                assert child.process is not None
+                child.process.send_signal(signal.SIGTERM)
+        http_deadline = time.monotonic() + budget / 2
+        for child in self.http:
+            _wait(child, http_deadline)
+        if self._listener is not None:
+            self._listener.close()
+        status = 2 if refused else 0
+        if self.ledger.alive:
+            assert self.ledger.process is not None
+            self.ledger.process.send_signal(signal.SIGTERM)
+            code = _wait(self.ledger, deadline + 1.0)
+            if code != 0:
+                log.error("the ledger process stopped with status %s", code)
+                status = EXIT_CHILD_FAILED if code is None or code != 2 else 2
+        elif self.ledger.process is not None and self.ledger.process.returncode not in (0, None) and not refused:
+            status = EXIT_CHILD_FAILED
+        try:
+            (run_dir(self.data_dir) / PROCESSES_FILE).unlink()
+        except FileNotFoundError:
+            pass
+        log.info("stopped (status %d)", status)
+        return status
+
+
+def _wait(child: Child, deadline: float) -> int | None:
+    """The child's exit status, killing it once ``deadline`` (monotonic) has passed."""
+    process = child.process
+    if process is None:
+        return None
+    try:
+        return process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+    except subprocess.TimeoutExpired:
+        log.warning("%s process %d (pid %d) did not stop in time: killing it", child.role, child.slot, process.pid)
+        process.kill()
+        return process.wait()
+
+
+def processes(data_dir: Path) -> list[dict[str, Any]]:
+    """The supervisor's table of processes (empty when there is none: one-process mode)."""
+    try:
+        table = json.loads((run_dir(data_dir) / PROCESSES_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    items: list[dict[str, Any]] = table.get("items", [])
+    return items
+
+
+def run(options: Any, *, workers: int) -> int:
+    return Supervisor(options, workers=workers).run()
