@@ -157,6 +157,25 @@ SERVE_OPTIONS = [
 ]
 
 
+# Where an option's value goes in ``server._serve.ServeOptions`` when the names differ (the
+# fields carry their unit). Every other option has a field of its own name.
+FIELD_OF = {
+    "data": "data_dir",
+    "shutdown_timeout": "shutdown_timeout_s",
+    "segment_bytes": "segment_bytes_max",
+    "read_timeout": "read_timeout_s",
+    "body_timeout": "body_timeout_s",
+}
+
+
+def serve_options(values: Mapping[str, Any]) -> Any:
+    """The ``ServeOptions`` of resolved option values (``resolve``): the table above is the one
+    place an option is defined."""
+    from server._serve import ServeOptions
+
+    return ServeOptions(**{FIELD_OF.get(name, name): value for name, value in values.items()})
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="TOML file of options (also WALLET_CONFIG)")
     for option in SERVE_OPTIONS:

@@ -97,6 +97,7 @@ class ServeOptions:
     bank_failure_rate: float = 0.0
     bank_timeout_s: float = 10.0
     log_level: str = "INFO"
+    workers: int = 0  # the supervisor's; a child ignores it
 
 
 def _bank(options: ServeOptions) -> Any:

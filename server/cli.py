@@ -22,6 +22,7 @@ from server._config import (
     non_negative_float,
     probability,
     resolve,
+    serve_options,
 )
 from server._lock import DataDirLocked
 from server._observe import configure_logging
@@ -159,7 +160,7 @@ def _parse_time(raw: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.command == "serve":
-        from server._serve import ServeOptions, run
+        from server._serve import run
 
         values = resolve(arguments)
         configure_logging(str(values["log_level"]))
@@ -167,25 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             print("wallet serve: --certfile and --keyfile go together", file=sys.stderr)
             return 2
         try:
-            options = ServeOptions(
-                data_dir=values["data"], host=values["host"], port=values["port"],
-                shards=values["shards"], shutdown_timeout_s=values["shutdown_timeout"],
-                segment_bytes_max=values["segment_bytes"], snapshot_every=values["snapshot_every"],
-                archive=values["archive"], mailbox_capacity=values["mailbox_capacity"],
-                read_timeout_s=values["read_timeout"], max_in_flight=values["max_in_flight"],
-                max_connections=values["max_connections"],
-                max_connections_per_ip=values["max_connections_per_ip"],
-                body_timeout_s=values["body_timeout"],
-                max_batches_in_flight=values["max_batches_in_flight"],
-                rate_limit=values["rate_limit"],
-                rate_burst=values["rate_burst"], rate_limit_admin=values["rate_limit_admin"],
-                certfile=values["certfile"],
-                keyfile=values["keyfile"], loop=values["loop"],
-                payout_workers=values["payout_workers"], payout_max_attempts=values["payout_max_attempts"],
-                bank_url=values["bank_url"], bank_latency_ms=values["bank_latency_ms"],
-                bank_failure_rate=values["bank_failure_rate"], bank_timeout_s=values["bank_timeout_s"],
-                log_level=str(values["log_level"]),
-            )
+            options = serve_options(values)
             if values["workers"] > 0:
                 from server._supervisor import run as supervise
 

@@ -146,3 +146,16 @@ def test_each_loop_maps_to_an_anyio_backend(loop: str, backend: str, factory_mod
     assert chosen == backend
     factory = options.get("loop_factory")
     assert (None if factory is None else factory.__module__.split(".")[0]) == factory_module
+
+
+def test_every_option_has_its_field_and_every_field_its_option() -> None:
+    import dataclasses
+
+    from server._config import FIELD_OF, SERVE_OPTIONS, resolve, serve_options
+    from server._serve import ServeOptions
+
+    fields = {field.name for field in dataclasses.fields(ServeOptions)}
+    assert {FIELD_OF.get(option.name, option.name) for option in SERVE_OPTIONS} == fields
+    arguments = build_parser().parse_args(["serve", "--port", "9", "--body-timeout", "3"])
+    options = serve_options(resolve(arguments, environ={}))
+    assert options.port == 9 and options.body_timeout_s == 3.0
