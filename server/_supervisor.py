@@ -21,13 +21,14 @@ What it promises (the README's *Processes*):
 - Children die with the supervisor: each sets ``PR_SET_PDEATHSIG`` to SIGKILL as it starts
   (``server._child``), so a SIGKILLed supervisor leaves no orphan holding the data directory.
 
-The table of processes (``GET /v1/admin/processes``) is written atomically to
-``<data>/run/processes.json`` whenever it changes; workers read it from there.
+The table of processes (``GET /v1/admin/processes``) is written atomically (0600) to
+``processes.json`` in the run folder (``run_dir``) whenever it changes; workers read it there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -52,20 +53,29 @@ EXIT_CHILD_FAILED = 1
 
 
 def run_dir(data_dir: Path) -> Path:
-    return data_dir / "run"
+    """Where the processes of one data directory meet: the ledger's Unix socket and the table of
+    processes. A private folder in the temporary directory named after the data directory, not
+    inside it: a socket file left by a killed process would break a plain copy of the data
+    directory (a backup), and Unix socket paths are short (``SOCKET_PATH_MAX``)."""
+    digest = hashlib.blake2b(str(data_dir.resolve()).encode(), digest_size=10).hexdigest()
+    return Path(tempfile.gettempdir()) / f"wallet-{digest}"
 
 
 def ledger_socket_path(data_dir: Path) -> str:
-    """Where the ledger process listens: ``<data>/run/ledger.sock``, or a short path in the
-    temporary directory named after the data directory when that path is too long for a Unix
-    socket address."""
-    path = str((run_dir(data_dir) / "ledger.sock").resolve())
-    if len(path.encode()) <= SOCKET_PATH_MAX:
-        return path
-    import hashlib
+    path = str(run_dir(data_dir) / "ledger.sock")
+    assert len(path.encode()) <= SOCKET_PATH_MAX, path
+    return path
 
-    digest = hashlib.blake2b(str(data_dir.resolve()).encode(), digest_size=8).hexdigest()
-    return os.path.join(tempfile.gettempdir(), f"wallet-{digest}.sock")
+
+def prepare_run_dir(data_dir: Path) -> Path:
+    """Creates the run folder 0700, or checks that an existing one is this user's alone."""
+    directory = run_dir(data_dir)
+    directory.mkdir(mode=0o700, exist_ok=True)
+    info = directory.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{directory} belongs to another user or is not private (mode "
+                              f"{oct(info.st_mode & 0o777)}): refusing to put the ledger's socket there")
+    return directory
 
 
 def options_to_json(options: Any) -> str:
@@ -167,7 +177,9 @@ class Supervisor:
                          "restarts": 0, "alive": True})
         directory = run_dir(self.data_dir)
         temporary = directory / (PROCESSES_FILE + ".tmp")
-        temporary.write_text(json.dumps({"items": items}))
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps({"items": items}))
         os.replace(temporary, directory / PROCESSES_FILE)
 
     # -- the loop ------------------------------------------------------------------------
@@ -184,12 +196,12 @@ class Supervisor:
         log.info("received %s: stopping the HTTP workers, then the ledger", signal.Signals(signum).name)
 
     def run(self) -> int:
-        from ledger import DATA_DIR_MODE, prepare_data_dir
+        from ledger import prepare_data_dir
         from server._serve import admin_token
 
         self._started = time.time()
         prepare_data_dir(self.data_dir)
-        run_dir(self.data_dir).mkdir(mode=DATA_DIR_MODE, exist_ok=True)
+        prepare_run_dir(self.data_dir)
         admin_token(self.data_dir)  # made now, so that every worker reads the same one
         self._listener = bind(self.options.host, self.options.port)
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -271,6 +283,10 @@ def processes(data_dir: Path) -> list[dict[str, Any]]:
     except (FileNotFoundError, ValueError):
         return []
     items: list[dict[str, Any]] = table.get("items", [])
+    # Only the table of the supervisor this process runs under (a SIGKILLed supervisor leaves
+    # its table behind; one-process mode has no supervisor).
+    if not any(item.get("role") == "supervisor" and item.get("pid") == os.getppid() for item in items):
+        return []
     return items
 
 
