@@ -48,9 +48,11 @@ from server._edge import (
     install,
 )
 from server._lock import DataDirLocked, lock_data_dir
+from server._loop_lag import LoopLag, loop_lag, loop_lag_histogram
 from server._payout_ledger import LedgerPayouts
 from server._payouts import Payouts
 from server._port import LocalPort, RemotePort, serve_port
+from server._scrape import MULTIPROC_DIR_ENV, MultiProcessScrape
 from server._snapshotter import Snapshotter
 from wal import LogCorrupt
 
@@ -323,8 +325,13 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
 
     ledger: Ledger | None = None
     refused: LogCorrupt | None = None
+    role = "one" if port_socket is None else "ledger"
+    # The ledger process's histogram goes to the shared files only (server._scrape).
+    lag = loop_lag(api.metrics.loop_lag if api is not None and api.metrics is not None
+                   else loop_lag_histogram(None), role)
     async with anyio.create_task_group() as outer:
         outer.start_soon(_signals, shutdown)
+        outer.start_soon(lag.run)
         async with anyio.create_task_group() as group:
             binds = await group.start(run_http)
             log.info("listening on %s (event loop: %s); recovering %s", ", ".join(binds), _loop_name(), data_dir)
@@ -390,6 +397,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
     if refused is not None:
         raise refused
     assert ledger is not None
+    lag.log_summary(role)
     log.info("ledger stopped (log flushed, history drained) %.3f s after the signal", anyio.current_time() - signalled)
     with anyio.CancelScope(deadline=deadline) as bounded:
         await _in_daemon_thread(snapshotter.final)
@@ -433,6 +441,13 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int) -> i
     config.bind = [f"fd://{fd}"]
     remote = RemotePort(socket_path)
     api.port = remote
+    assert api.metrics is not None
+    multiproc_dir = os.environ.get(MULTIPROC_DIR_ENV)
+    if multiproc_dir is not None:
+        api.metrics.exposition = MultiProcessScrape(remote, options.data_dir, multiproc_dir)
+    else:  # not under the supervisor (which always sets it): this worker's own series only
+        log.warning("%s is not set: /metrics shows this worker's series only", MULTIPROC_DIR_ENV)
+    lag: LoopLag = loop_lag(api.metrics.loop_lag, "http")
     shutdown = anyio.Event()
     async with anyio.create_task_group() as group:
 
@@ -443,9 +458,11 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int) -> i
                 group.cancel_scope.cancel()  # drained: the signal handler and the port go too
 
         group.start_soon(_signals, shutdown)
+        group.start_soon(lag.run)
         await group.start(remote.run)
         binds = await group.start(http)
         log.info("HTTP worker %d serving %s (event loop: %s)", os.getpid(), ", ".join(binds), _loop_name())
+    lag.log_summary("http")
     return 0
 
 

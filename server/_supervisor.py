@@ -23,6 +23,11 @@ What it promises (the README's *Processes*):
 
 The table of processes (``GET /v1/admin/processes``) is written atomically (0600) to
 ``processes.json`` in the run folder (``run_dir``) whenever it changes; workers read it there.
+
+Metrics: every child gets ``PROMETHEUS_MULTIPROC_DIR=<run folder>/metrics`` in its environment,
+so prometheus-client writes its values there from its first import; the directory is emptied
+here at each start (a previous run's counters must not add to this one's), and a child that
+exits is marked dead there (``server._scrape`` says what that means for each kind of series).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,6 +65,11 @@ def run_dir(data_dir: Path) -> Path:
     directory (a backup), and Unix socket paths are short (``SOCKET_PATH_MAX``)."""
     digest = hashlib.blake2b(str(data_dir.resolve()).encode(), digest_size=10).hexdigest()
     return Path(tempfile.gettempdir()) / f"wallet-{digest}"
+
+
+def metrics_dir(data_dir: Path) -> Path:
+    """prometheus-client's multiprocess directory: one set of files per child process."""
+    return run_dir(data_dir) / "metrics"
 
 
 def ledger_socket_path(data_dir: Path) -> str:
@@ -158,11 +169,28 @@ class Supervisor:
             pass_fds = (self._listener.fileno(),)
         if child.process is not None:
             child.restarts += 1
-        child.process = subprocess.Popen(command, pass_fds=pass_fds, stdin=subprocess.DEVNULL)
+        child.process = subprocess.Popen(command, pass_fds=pass_fds, stdin=subprocess.DEVNULL,
+                                         env=self._child_env())
         child.started_at = time.time()
         child.exited_at = None
         log.info("started %s process %d (pid %d)", child.role, child.slot, child.process.pid)
         self._write_table()
+
+    def _child_env(self) -> dict[str, str]:
+        return dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir(self.data_dir)))
+
+    def _fresh_metrics_dir(self) -> None:
+        from ledger import DATA_DIR_MODE
+
+        directory = metrics_dir(self.data_dir)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(mode=DATA_DIR_MODE)
+
+    def _mark_dead(self, child: Child) -> None:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        assert child.process is not None
+        mark_process_dead(child.process.pid, str(metrics_dir(self.data_dir)))
 
     def _write_table(self) -> None:
         items = []
@@ -203,6 +231,7 @@ class Supervisor:
         prepare_data_dir(self.data_dir)
         prepare_run_dir(self.data_dir)
         admin_token(self.data_dir)  # made now, so that every worker reads the same one
+        self._fresh_metrics_dir()
         self._listener = bind(self.options.host, self.options.port)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -220,6 +249,7 @@ class Supervisor:
                 if child.exited_at is None:
                     child.exited_at = now
                     changed = True
+                    self._mark_dead(child)
                     log.error("%s process %d (pid %d) exited with status %s; starting another",
                               child.role, child.slot, child.process.pid, status)
                     if child.role == "ledger" and status == 2:
