@@ -18,6 +18,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from server._supervisor import metrics_dir
 from tests.e2e._server import ServerProcess
 
 WORKERS = 2
@@ -35,7 +36,7 @@ def supervised(tmp_path: Path) -> Any:
 
 
 def _metrics_dir(server: ServerProcess) -> Path:
-    return server.data_dir / "run" / "metrics"
+    return metrics_dir(server.data_dir)
 
 
 def _samples(text: str) -> list[Sample]:
