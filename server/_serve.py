@@ -23,6 +23,7 @@ import random
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -60,6 +61,7 @@ log = logging.getLogger("server")
 
 ADMIN_TOKEN_ENV = "WALLET_ADMIN_TOKEN"
 SHUTDOWN_TIMEOUT_S = 10.0
+LOCK_WAIT_S = 10.0  # how long a ledger process under a supervisor waits for the data directory
 HTTP_DRAIN_SHARE = 0.5  # of --shutdown-timeout, at most, for the HTTP drain
 # A connection that sends nothing for this long is closed, so slow or stalled clients cannot
 # pile up and hold connections (and file descriptors) for everyone else.
@@ -391,7 +393,8 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
                 if isinstance(bank, HttpBank):
                     await bank.aclose()
                 await http_done.wait()
-                log.info("front drained in %.3f s; stopping the actors", anyio.current_time() - signalled)
+                log.info("%s drained in %.3f s; stopping the actors", "HTTP" if api is not None else "port",
+                         anyio.current_time() - signalled)
                 await ledger.stop()
         outer.cancel_scope.cancel()
     if refused is not None:
@@ -455,7 +458,17 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int) -> i
             try:
                 await _serve_http(app, config, options.loop, shutdown.wait, task_status=task_status)
             finally:
+                if shutdown.is_set():
+                    log.info("HTTP drained in %.3f s", anyio.current_time() - signalled[0])
                 group.cancel_scope.cancel()  # drained: the signal handler and the port go too
+
+        signalled = [0.0]
+
+        async def mark() -> None:
+            await shutdown.wait()
+            signalled[0] = anyio.current_time()
+
+        group.start_soon(mark)
 
         group.start_soon(_signals, shutdown)
         group.start_soon(lag.run)
@@ -511,12 +524,21 @@ def backend_of(loop: str) -> tuple[str, dict[str, Any]]:
 def serve_ledger_process(options: ServeOptions, socket_path: str) -> int:
     """The ledger process of ``--workers N`` (``server._child``); 2 when it refuses to start."""
     backend, backend_options = backend_of(options.loop)
-    try:
-        return anyio.run(partial(serve, options, port_socket=socket_path), backend=backend,
-                         backend_options=backend_options)
-    except (LogCorrupt, DataDirLocked) as error:
-        log.error("refusing to start: %s", error)
-        return 2
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return anyio.run(partial(serve, options, port_socket=socket_path), backend=backend,
+                             backend_options=backend_options)
+        except DataDirLocked as error:
+            # The ledger process of a supervisor that was just SIGKILLed dies a moment after
+            # it (PR_SET_PDEATHSIG): wait for its lock rather than refuse at once.
+            if time.monotonic() >= deadline:
+                log.error("refusing to start: %s", error)
+                return 2
+            time.sleep(0.05)
+        except LogCorrupt as error:
+            log.error("refusing to start: %s", error)
+            return 2
 
 
 def serve_worker_process(options: ServeOptions, socket_path: str, *, fd: int, slot: int) -> int:

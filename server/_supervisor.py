@@ -33,6 +33,7 @@ exits is marked dead there (``server._scrape`` says what that means for each kin
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -127,8 +128,24 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
 
-def bind(host: str, port: int, backlog: int = 1024) -> socket.socket:
-    """The listening socket every worker serves, inheritable by the children."""
+BIND_WAIT_S = 5.0
+
+
+def bind(host: str, port: int, backlog: int = 1024, *, wait_s: float = BIND_WAIT_S) -> socket.socket:
+    """The listening socket every worker serves, inheritable by the children. A port in use is
+    tried again for ``wait_s``: the workers of a supervisor that was just SIGKILLed hold it
+    until they die a moment later (PR_SET_PDEATHSIG)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _bind(host, port, backlog)
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _bind(host: str, port: int, backlog: int) -> socket.socket:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
