@@ -11,7 +11,8 @@ BANK_PORT ?= 8081
 LOOP   ?=
 
 .PHONY: install run bank-sim demo test test-fast lint sim crashloop bench bench-core-batch bench-core-single \
-	bench-http-batch bench-http-single bench-hot bench-transfers bench-withdrawals clean
+	bench-http-batch bench-http-single bench-hot bench-transfers bench-withdrawals bench-every-core \
+	bench-http-single-mp bench-hot-mp bench-http-batch-mp bench-http-single-mp-uvloop clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,12 +61,17 @@ crashloop: $(STAMP)
 # set below, one after the other (a few minutes), each writing JSON (and a PNG chart when
 # matplotlib is installed: `pip install -e '.[plot]'`) to $(BENCH_OUT); it carries on past a run
 # that fails and names the failed ones at the end. BENCH_SECONDS and BENCH_WARMUP set each run's
-# measured window and warm-up.
+# measured window and warm-up. WORKERS=N runs the HTTP targets against `wallet serve --workers N`
+# (N HTTP worker processes and a ledger process; the echo baseline then has N processes too);
+# unset, the server's own default. LOOP=uvloop likewise for the HTTP targets.
 BENCH_OUT     ?= bench-results
 BENCH_SECONDS ?= 20
 BENCH_WARMUP  ?= 5
+WORKERS       ?=
 BENCH_RUNS    := bench-core-batch bench-core-single bench-http-batch bench-http-single bench-hot
 WALLET_BENCH  = $(BIN)/wallet bench --duration $(BENCH_SECONDS) --warmup $(BENCH_WARMUP) --wallets 10000
+HTTP_FLAGS    = $(if $(WORKERS),--workers $(WORKERS)) $(if $(LOOP),--loop $(LOOP))
+HTTP_SUFFIX   = $(if $(WORKERS),-w$(WORKERS))$(if $(LOOP),-$(LOOP))
 
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
@@ -84,17 +90,20 @@ bench-core-single: $(STAMP)
 
 # HTTP batches: POST /v1/transfers/batch, 1000 transfers each, MessagePack, 8 connections.
 bench-http-batch: $(STAMP)
-	$(WALLET_BENCH) --mode http --batch 1000 --msgpack --connections 8 --out $(BENCH_OUT)/http-batch-1000-msgpack.json
+	$(WALLET_BENCH) --mode http --batch 1000 --msgpack --connections 8 $(HTTP_FLAGS) \
+		--out $(BENCH_OUT)/http-batch-1000-msgpack$(HTTP_SUFFIX).json
 
 # HTTP single transfers, uniform over 10,000 wallets, 64 connections (wrk), with the echo
 # route's ceiling measured the same way in the same invocation.
 bench-http-single: $(STAMP)
-	$(WALLET_BENCH) --mode http --connections 64 --baseline-echo --out $(BENCH_OUT)/http-single-uniform.json
+	$(WALLET_BENCH) --mode http --connections 64 --baseline-echo $(HTTP_FLAGS) \
+		--out $(BENCH_OUT)/http-single-uniform$(HTTP_SUFFIX).json
 
 # The same single-transfer load with every transfer between the same 2 wallets (compare with
 # bench-http-single: hot vs uniform).
 bench-hot: $(STAMP)
-	$(WALLET_BENCH) --mode http --connections 64 --hot-share 1.0 --hot-wallets 2 --out $(BENCH_OUT)/http-single-hot.json
+	$(WALLET_BENCH) --mode http --connections 64 --hot-share 1.0 --hot-wallets 2 $(HTTP_FLAGS) \
+		--out $(BENCH_OUT)/http-single-hot$(HTTP_SUFFIX).json
 
 # The foundation's two wrk runs (uniform over 10,000 wallets, then 2 hot wallets), now through
 # `wallet bench`.
@@ -102,6 +111,41 @@ bench-transfers: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/wallet bench --mode http --driver wrk --wallets 10000 --connections 64 --duration 15 $(if $(LOOP),--loop $(LOOP))
 	$(BIN)/wallet bench --mode http --driver wrk --wallets 10000 --hot-share 1.0 --hot-wallets 2 --connections 64 --duration 15 $(if $(LOOP),--loop $(LOOP))
+
+# The *Every core* issue's runs (docs/performance.md, "Every core: multi-process figures"):
+# `wallet serve --workers $(MP_WORKERS)` (default: every core) against the echo route with as
+# many worker processes and against `--workers 0`, all in the same invocation; then the hot
+# load, MessagePack batches, and the uniform load on uvloop. Run it three times for medians.
+MP_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+MP_BENCH    = $(WALLET_BENCH) --mode http --workers $(MP_WORKERS)
+MP_RUNS    := bench-http-single-mp bench-hot-mp bench-http-batch-mp bench-http-single-mp-uvloop
+
+bench-every-core: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| echo "wrk could not be installed: single-request HTTP runs use the Python driver"
+	@failed=""; for run in $(MP_RUNS); do \
+		$(MAKE) --no-print-directory $$run || failed="$$failed $$run"; done; \
+	if [ -n "$$failed" ]; then echo "make bench-every-core: failed:$$failed"; exit 1; fi
+
+# Single transfers, uniform, 64 connections: --workers N vs the echo route on N processes vs
+# --workers 0, in one invocation (the ratios are printed).
+bench-http-single-mp: $(STAMP)
+	$(MP_BENCH) --connections 64 --baseline-echo --baseline-one-process \
+		--out $(BENCH_OUT)/http-single-uniform-mp$(MP_WORKERS).json
+
+# The same with every transfer between 2 wallets (hot vs uniform), and --workers 0 alongside.
+bench-hot-mp: $(STAMP)
+	$(MP_BENCH) --connections 64 --hot-share 1.0 --hot-wallets 2 --baseline-one-process \
+		--out $(BENCH_OUT)/http-single-hot-mp$(MP_WORKERS).json
+
+# Batches of 1000, MessagePack, 8 connections (items refused show as `item 503 ...` errors).
+bench-http-batch-mp: $(STAMP)
+	$(MP_BENCH) --batch 1000 --msgpack --connections 8 --baseline-one-process \
+		--out $(BENCH_OUT)/http-batch-1000-msgpack-mp$(MP_WORKERS).json
+
+bench-http-single-mp-uvloop: $(STAMP)
+	$(MP_BENCH) --connections 64 --loop uvloop --baseline-echo --baseline-one-process \
+		--out $(BENCH_OUT)/http-single-uniform-mp$(MP_WORKERS)-uvloop.json
 
 # Payout throughput: withdrawals through wallet bank-sim (50 ms per call), 16 payout workers.
 bench-withdrawals: $(STAMP)

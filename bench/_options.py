@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 SHARDS_DEFAULT = 4  # the service's default (ledger.SHARDS_DEFAULT; asserted in the tests)
+# `wallet serve --workers`'s default (server._config; asserted in the tests). Without --workers
+# the harness passes no flag, so the server's own default applies; this is what the echo
+# baseline matches then.
+WORKERS_DEFAULT = os.cpu_count() or 1
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
+    return value
 
 
 def _fraction(text: str) -> float:
@@ -53,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {SHARDS_DEFAULT}; with --url, read from /metrics)")
     target.add_argument("--loop", default=None,
                         help="passed to `wallet serve --loop` (trio|asyncio|uvloop) and used by the echo server")
+    target.add_argument("--workers", type=_non_negative_int, default=None, metavar="N",
+                        help="passed to `wallet serve --workers N` (N HTTP worker processes and one ledger "
+                        "process; 0: one process); the echo baseline runs N worker processes too "
+                        f"(default: the server's own default, {WORKERS_DEFAULT})")
 
     workload = parser.add_argument_group("workload")
     workload.add_argument("--wallets", type=_positive_int, default=10_000, help="wallets (default 10000)")
@@ -89,7 +105,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--duration", type=_positive_float, default=10.0, help="seconds measured (default 10)")
     load.add_argument("--baseline-echo", action="store_true",
                       help="also run the same load against a bare Starlette echo route on Hypercorn "
-                      "and report the service's throughput as a ratio of it")
+                      "and report the service's throughput as a ratio of it (with --workers N: N echo "
+                      "worker processes on one port)")
+    load.add_argument("--baseline-one-process", action="store_true",
+                      help="also run the same load against `wallet serve --workers 0` (one process) and "
+                      "report the service's throughput as a ratio of it")
 
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, default=None, help="write every parameter and figure as JSON here")

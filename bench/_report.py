@@ -46,20 +46,45 @@ def _delta(before: dict[str, Any], after: dict[str, Any], key: str) -> float | N
 
 
 def server_figures(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """WAL and server CPU over the window, from two probes (see ``bench._run``)."""
+    """WAL and server CPU over the window, from two probes (see ``bench._run``). With
+    ``cpu_by_pid`` in both probes (a server and its child processes), ``server_cpu`` is their sum
+    and ``processes`` has each one's share."""
     wall = after["at"] - before["at"]
     records = _delta(before, after, "wal_records")
     commits = _delta(before, after, "wal_group_commits")
     cpu = _delta(before, after, "server_cpu_s")
+    by_pid_before, by_pid_after = before.get("cpu_by_pid"), after.get("cpu_by_pid")
+    processes = None
+    if by_pid_before is not None and by_pid_after is not None:
+        processes = process_cpu(by_pid_before, by_pid_after, after.get("roles") or {}, wall,
+                                child_role=after.get("child_role") or "child")
+        cpu = sum(item["seconds"] for item in processes)
     return {
         "wal_records": records,
         "wal_group_commits": commits,
         "records_per_fsync": records / commits if records is not None and commits else None,
         "server_cpu": None if cpu is None else {
             "seconds": cpu, "wall_s": wall, "share_of_one_core": cpu / wall if wall > 0 else None,
-            "what": after.get("cpu_of"),
+            "what": after.get("cpu_of"), "processes": processes,
         },
     }
+
+
+def process_cpu(before: dict[int, float], after: dict[int, float], roles: dict[int, str],
+                wall_s: float, *, child_role: str = "child") -> list[dict[str, Any]]:
+    """Per process, the CPU used between two readings of ``bench._service.tree_cpu_seconds``
+    (``{pid: seconds}``): one item per pid seen at the end (a process that started inside the
+    window counts from 0; one that exited is lost, and says so by its absence), the busiest
+    first."""
+    items: list[dict[str, Any]] = []
+    for pid, seconds in after.items():
+        used = seconds - before.get(pid, 0.0)
+        items.append({
+            "pid": pid, "role": roles.get(pid, child_role), "seconds": used,
+            "share_of_one_core": used / wall_s if wall_s > 0 else None, "whole_window": pid in before,
+        })
+    items.sort(key=lambda item: -item["seconds"])
+    return items
 
 
 def recorder_figures(recorder: Recorder, *, duration_s: float) -> dict[str, Any]:
@@ -206,6 +231,8 @@ def _errors(errors: dict[str, int]) -> str:
 def table(result: dict[str, Any]) -> str:
     parameters = result["parameters"]
     runs = [("service", result["service"])]
+    if result.get("baseline_one_process"):
+        runs.append(("one process", result["baseline_one_process"]))
     if result.get("baseline_echo"):
         runs.append(("echo", result["baseline_echo"]))
     rows: list[tuple[str, list[str]]] = [
@@ -236,14 +263,23 @@ def table(result: dict[str, Any]) -> str:
     service = result["service"]
     if service["server_cpu"] and service["server_cpu"].get("what"):
         lines.append(f"server CPU is {service['server_cpu']['what']}")
-    ratio = result.get("ratio_to_echo")
-    if ratio is not None:
-        echo = result["baseline_echo"]["throughput"]
+    for name, run in runs:
+        processes = (run["server_cpu"] or {}).get("processes")
+        if processes and len(processes) > 1:
+            lines.append(f"server CPU by process ({name}): " + ", ".join(
+                f"{item['role']} {item['pid']} {_share(item)}" for item in processes))
+    for key_ratio, key_run, label in (("ratio_to_echo", "baseline_echo", "service / echo route"),
+                                      ("ratio_to_one_process", "baseline_one_process",
+                                       "service / one process (--workers 0)")):
+        ratio = result.get(key_ratio)
+        if ratio is None:
+            continue
+        baseline = result[key_run]["throughput"]
         parts = []
-        for key, label in (("transfers_per_s", "transfers/s"), ("requests_per_s", "requests/s")):
+        for key, unit in (("transfers_per_s", "transfers/s"), ("requests_per_s", "requests/s")):
             if ratio[key] is not None:
-                parts.append(f"{label} {ratio[key]:.2f} ({_rate(service['throughput'][key])} / {_rate(echo[key])})")
-        lines.append("service / echo route: " + (", ".join(parts) or "-"))
+                parts.append(f"{unit} {ratio[key]:.2f} ({_rate(service['throughput'][key])} / {_rate(baseline[key])})")
+        lines.append(f"{label}: " + (", ".join(parts) or "-"))
     for note in result.get("notes", []):
         lines.append(f"note: {note}")
     lines.append(conservation_line(result["conservation"]))

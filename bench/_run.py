@@ -43,7 +43,7 @@ from bench._drive import (
 )
 from bench._http import Client, HttpError, split_url
 from bench._loop import Recorder
-from bench._options import SHARDS_DEFAULT
+from bench._options import SHARDS_DEFAULT, WORKERS_DEFAULT
 from bench._report import (
     chart,
     conservation_line,
@@ -64,7 +64,6 @@ from bench._service import (
     SetupError,
     conservation_http,
     conservation_ledger,
-    cpu_seconds,
     echo_command,
     free_port,
     scrape,
@@ -72,6 +71,7 @@ from bench._service import (
     seed_ledger,
     serve_command,
     start_process,
+    tree_cpu_seconds,
     wait_quiet,
     wait_ready,
 )
@@ -111,6 +111,8 @@ class Plan:
     seed: int
     run_id: str
     baseline_echo: bool
+    workers: int | None = None  # `wallet serve --workers`; None: the server's default (no flag)
+    baseline_one_process: bool = False  # also the same load on `wallet serve --workers 0`
     history: bool = True  # core mode: feed the history read model (off: the ledger alone)
 
     @property
@@ -137,12 +139,19 @@ def make_plan(arguments: argparse.Namespace, *, ledger_class: Any = Ledger) -> P
         for flag, given in (("--url", arguments.url), ("--token", arguments.token),
                             ("--server-pid", arguments.server_pid), ("--loop", arguments.loop),
                             ("--msgpack", arguments.msgpack), ("--baseline-echo", arguments.baseline_echo),
-                            ("--driver", arguments.driver), ("--processes", arguments.processes != 1)):
+                            ("--driver", arguments.driver), ("--processes", arguments.processes != 1),
+                            ("--workers", arguments.workers is not None),
+                            ("--baseline-one-process", arguments.baseline_one_process)):
             if given:
                 problems.append(f"{flag} is for --mode http (core mode runs the ledger and the clients "
                                 "in this process)")
     if arguments.msgpack and arguments.batch is None:
         problems.append("--msgpack needs --batch (only the batch endpoint speaks MessagePack)")
+    if http and arguments.url is not None:
+        for flag, given in (("--workers", arguments.workers is not None),
+                            ("--baseline-one-process", arguments.baseline_one_process)):
+            if given:
+                problems.append(f"{flag} is for a server the harness starts (not --url)")
     if arguments.server_pid is not None and arguments.url is None:
         problems.append("--server-pid is for --url (a server the harness starts is measured anyway)")
     driver = "core"
@@ -198,6 +207,7 @@ def make_plan(arguments: argparse.Namespace, *, ledger_class: Any = Ledger) -> P
         rate=arguments.rate, processes=arguments.processes, warmup_s=arguments.warmup,
         duration_s=arguments.duration, batch_endpoint=arguments.batch is not None, packed=arguments.msgpack,
         seed=arguments.seed, run_id=secrets.token_hex(4), baseline_echo=arguments.baseline_echo,
+        workers=arguments.workers, baseline_one_process=arguments.baseline_one_process,
         history=not arguments.no_history,
     )
 
@@ -230,34 +240,66 @@ def describe(plan: Plan) -> str:
         unit = (f"batches of {s.batch} ({'msgpack' if plan.packed else 'json'})" if plan.batch_endpoint
                 else "single transfers")
         what = f"http {unit}, driver {plan.driver}" + (f", {plan.processes} processes" if plan.processes > 1 else "")
+        if plan.url is None:
+            what += f", wallet serve --workers {workers_of(plan)}"
     loop = f"open loop at {plan.rate:g}/s" if plan.rate is not None else "closed loop"
     return (f"wallet bench: {what}; {plan.connections} clients, {loop}; {spread}; {s.shards} shards; "
             f"{plan.duration_s:g} s measured after {plan.warmup_s:g} s warm-up")
 
 
+def workers_of(plan: Plan) -> int:
+    """The HTTP worker processes of the server the harness starts (0: one process)."""
+    return WORKERS_DEFAULT if plan.workers is None else plan.workers
+
+
 # -- probes and windows -----------------------------------------------------------------
 
 
-def http_probe(url: str, pid: int | None) -> Probe:
+def http_probe(url: str, pid: int | None, roles: dict[int, str] | None = None, child_role: str = "child") -> Probe:
+    """``/metrics`` and the CPU of ``pid`` and every process below it (the supervisor, the
+    ledger process and the HTTP workers of ``--workers N``), by pid, named by ``roles`` (any
+    other by ``child_role``)."""
+
     async def probe() -> dict[str, Any]:
         client = Client(url, None)
         try:
             sample = await scrape(client)
         finally:
             await client.aclose()
-        cpu = None
+        cpu = by_pid = None
         if pid is not None:
             try:
-                cpu = cpu_seconds(pid)
+                by_pid = tree_cpu_seconds(pid)
+                cpu = sum(by_pid.values())
             except OSError:
-                cpu = None
+                cpu = by_pid = None
         return {
-            "at": time.monotonic(), "server_cpu_s": cpu,
+            "at": time.monotonic(), "server_cpu_s": cpu, "cpu_by_pid": by_pid, "roles": roles, "child_role": child_role,
+            "cpu_of": None if by_pid is None else "the server's processes, summed",
             "wal_records": None if sample is None else sample.wal_records,
             "wal_group_commits": None if sample is None else sample.wal_group_commits,
         }
 
     return probe
+
+
+async def process_roles(url: str, token: str) -> dict[int, str]:
+    """``{pid: role}`` from ``GET /v1/admin/processes`` (empty when the server has no such
+    route or refuses): ``supervisor``, ``ledger``, ``http``; one process is ``ledger`` there."""
+    client = Client(url, token)
+    try:
+        response = await client.call("GET", "/v1/admin/processes")
+        if response.status != 200:
+            return {}
+        items = response.json().get("items", [])
+    except (HttpError, ValueError, AttributeError):
+        return {}
+    finally:
+        await client.aclose()
+    roles = {int(item["pid"]): str(item["role"]) for item in items}
+    if len(roles) == 1:  # one process: it serves HTTP and runs the ledger
+        roles = {pid: "server (one process)" for pid in roles}
+    return roles
 
 
 async def sample_window(probe: Probe, window_start: float, window_end: float, into: dict[str, Any]) -> None:
@@ -270,9 +312,10 @@ async def sample_window(probe: Probe, window_start: float, window_end: float, in
 # -- http ---------------------------------------------------------------------------------
 
 
-async def measure_http(plan: Plan, url: str, pid: int | None, work: Path, label: str) -> dict[str, Any]:
+async def measure_http(plan: Plan, url: str, pid: int | None, work: Path, label: str,
+                       roles: dict[int, str] | None = None, child_role: str = "child") -> dict[str, Any]:
     """The warm-up and the measured window against ``url``; the run's figures."""
-    probe = http_probe(url, pid)
+    probe = http_probe(url, pid, roles, child_role)
     if plan.driver == "wrk":
         return await _measure_wrk(plan, url, probe, work, label)
     spec = WorkerSpec(
@@ -397,13 +440,37 @@ async def _measure_wrk(plan: Plan, url: str, probe: Probe, work: Path, label: st
 
 
 async def http_main(plan: Plan, work: Path) -> dict[str, Any]:
-    ids = plan.ids()
     notes: list[str] = []
+    service, conservation = await _measure_service(plan, work, plan.workers, "service", notes)
+    one_process = None
+    if plan.baseline_one_process:
+        say("baseline: the same load against wallet serve --workers 0 (one process)")
+        one_process, conserved_too = await _measure_service(plan, work, 0, "one-process", notes)
+        if conserved_too.get("conserved") is not True:
+            notes.append(f"one-process baseline: {conservation_line(conserved_too)}")
+            conservation = conservation | {"conserved": False, "one_process": conserved_too}
+    if plan.batch_endpoint and any(key.startswith("404 ") for key in service["errors"]):
+        notes.append("POST /v1/transfers/batch answered 404: this server has no batch endpoint yet")
+    if service["wal_records"] is None and plan.url is None and workers_of(plan) > 0:
+        notes.append("records per fsync: an HTTP worker's /metrics has no WAL series (--workers N)")
+    echo = None
+    if plan.baseline_echo:
+        echo = await _measure_echo(plan, work)
+    return {"service": service, "baseline_echo": echo, "baseline_one_process": one_process,
+            "conservation": conservation, "notes": notes}
+
+
+async def _measure_service(plan: Plan, work: Path, workers: int | None, label: str,
+                           notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sets up (a server it starts on a fresh data directory, or ``--url``), loads, measures
+    and checks conservation; the figures and the verdict."""
+    ids = plan.ids()
     server: ServerProcess | None = None
     url = plan.url
+    roles: dict[int, str] | None = None
     try:
         if url is None:
-            data = work / "data"
+            data = work / f"{label}-data"
             say(f"setting up: {len(ids):,} wallets created and funded in process on {data}")
             started = time.monotonic()
             await _seed_data_dir(data, plan.scenario.shards, plan.asset, ids)
@@ -411,16 +478,18 @@ async def http_main(plan: Plan, work: Path) -> dict[str, Any]:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             server = start_process(
-                serve_command(data_dir=data, port=port, shards=plan.scenario.shards, loop=plan.loop),
-                log_path=work / "server.log", url=url, env={"WALLET_ADMIN_TOKEN": plan.token},
+                serve_command(data_dir=data, port=port, shards=plan.scenario.shards, loop=plan.loop,
+                              workers=workers),
+                log_path=work / f"{label}-server.log", url=url, env={"WALLET_ADMIN_TOKEN": plan.token},
             )
             await wait_ready(server)
+            roles = await process_roles(url, plan.token)
         else:
             say(f"setting up: {len(ids):,} wallets created and funded through {url}")
             await seed_http(url, plan.token, plan.asset, ids)
         pid = server.pid if server is not None else plan.server_pid
         say(f"load: {plan.warmup_s:g} s warm-up, then {plan.duration_s:g} s measured")
-        service = await measure_http(plan, url, pid, work, "service")
+        figures = await measure_http(plan, url, pid, work, label, roles)
         say("checking that money is conserved")
         client = Client(url, None)
         try:
@@ -433,13 +502,8 @@ async def http_main(plan: Plan, work: Path) -> dict[str, Any]:
         if server is not None:
             status = await trio.to_thread.run_sync(server.stop)
             if status not in (0, None):
-                notes.append(f"wallet serve exited with status {status}; log tail:\n{server.log_tail()}")
-    if plan.batch_endpoint and any(key.startswith("404 ") for key in service["errors"]):
-        notes.append("POST /v1/transfers/batch answered 404: this server has no batch endpoint yet")
-    echo = None
-    if plan.baseline_echo:
-        echo = await _measure_echo(plan, work)
-    return {"service": service, "baseline_echo": echo, "conservation": conservation, "notes": notes}
+                notes.append(f"wallet serve ({label}) exited with status {status}; log tail:\n{server.log_tail()}")
+    return figures, conservation
 
 
 async def _seed_data_dir(data: Path, shards: int, asset: str, ids: list[str]) -> None:
@@ -453,11 +517,16 @@ async def _seed_data_dir(data: Path, shards: int, asset: str, ids: list[str]) ->
 async def _measure_echo(plan: Plan, work: Path) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    echo = start_process(echo_command(port=port, loop=plan.loop), log_path=work / "echo.log", url=url)
+    # As many Hypercorn processes as the service has HTTP workers (one process for --workers 0).
+    workers = workers_of(plan) if plan.url is None else 0
+    echo = start_process(echo_command(port=port, loop=plan.loop, workers=workers), log_path=work / "echo.log",
+                         url=url)
     try:
         await wait_ready(echo, "/health")
-        say(f"baseline: the same load against the echo route ({url})")
-        return await measure_http(plan, url, echo.pid, work, "echo")
+        say(f"baseline: the same load against the echo route ({url}, "
+            f"{f'{workers} worker processes' if workers else 'one process'})")
+        roles = {echo.pid: "echo" if workers == 0 else "echo parent"}
+        return await measure_http(plan, url, echo.pid, work, "echo", roles, "echo worker")
     finally:
         await trio.to_thread.run_sync(echo.stop)
 
@@ -507,7 +576,8 @@ async def core_main(plan: Plan, work: Path, *, wrap: Callable[[Ledger], Any] | N
     figures.update(server_figures(samples["before"], samples["after"]))
     figures["generator_cpu"] = [cpu.to_json(0) | {"what": "the same process as the ledger"}]
     figures["driver"] = "core"
-    return {"service": figures, "baseline_echo": None, "conservation": conservation, "notes": []}
+    return {"service": figures, "baseline_echo": None, "baseline_one_process": None, "conservation": conservation,
+            "notes": []}
 
 
 # -- entry ----------------------------------------------------------------------------------
@@ -518,6 +588,14 @@ def _leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
     return [error]
+
+
+def throughput_ratio(service: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float | None]:
+    """The service's throughput over a baseline's, per figure (None when the baseline is 0)."""
+    return {
+        key: (service["throughput"][key] / baseline["throughput"][key]) if baseline["throughput"][key] else None
+        for key in ("transfers_per_s", "requests_per_s")
+    }
 
 
 def run(arguments: argparse.Namespace, *, wrap: Callable[[Ledger], Any] | None = None) -> int:
@@ -548,9 +626,9 @@ def run(arguments: argparse.Namespace, *, wrap: Callable[[Ledger], Any] | None =
         return EXIT_REFUSED
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    service, echo = outcome["service"], outcome["baseline_echo"]
+    service, echo, one_process = outcome["service"], outcome["baseline_echo"], outcome["baseline_one_process"]
     notes = outcome["notes"]
-    for name, figures in (("service", service), ("echo", echo)):
+    for name, figures in (("service", service), ("echo", echo), ("one-process", one_process)):
         for cpu in (figures or {}).get("generator_cpu", []):
             share = cpu.get("share_of_one_core")
             if plan.driver != "core" and share is not None and share > GENERATOR_BUSY_SHARE:
@@ -558,12 +636,8 @@ def run(arguments: argparse.Namespace, *, wrap: Callable[[Ledger], Any] | None =
                     f"{name} run: generator process {cpu['process']} used {share:.0%} of a core and may be "
                     "the bottleneck (add --processes, or use the wrk driver)"
                 )
-    ratio = None
-    if echo is not None:
-        ratio = {
-            key: (service["throughput"][key] / echo["throughput"][key]) if echo["throughput"][key] else None
-            for key in ("transfers_per_s", "requests_per_s")
-        }
+    ratio = None if echo is None else throughput_ratio(service, echo)
+    ratio_one = None if one_process is None else throughput_ratio(service, one_process)
     result: dict[str, Any] = {
         "schema": 1,
         "title": title,
@@ -582,6 +656,8 @@ def run(arguments: argparse.Namespace, *, wrap: Callable[[Ledger], Any] | None =
         "service": service,
         "baseline_echo": echo,
         "ratio_to_echo": ratio,
+        "baseline_one_process": one_process,
+        "ratio_to_one_process": ratio_one,
         "conservation": outcome["conservation"],
         "notes": notes,
         "chart": None,

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +55,54 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def parse_stat(text: str) -> tuple[int, int]:
+    """The parent pid and the user + system CPU ticks in the text of ``/proc/<pid>/stat``.
+    The command name (field 2) is in parentheses and may hold spaces or ``)``: split after the
+    last one."""
+    fields = text.rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3 of proc(5)); ppid is field 4, utime 14, stime 15.
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far, from ``/proc/<pid>/stat``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return parse_stat(Path(f"/proc/{pid}/stat").read_text())[1] / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(root: int, parents: dict[int, int]) -> list[int]:
+    """``root`` and every process below it, root first, from a ``{pid: parent pid}`` map."""
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    found = [root]
+    index = 0
+    while index < len(found):
+        found.extend(sorted(children.get(found[index], [])))
+        index += 1
+    return found
+
+
+def tree_cpu_seconds(root: int) -> dict[int, float]:
+    """CPU seconds so far of ``root`` and of every process below it (``wallet serve --workers N``:
+    the supervisor, the ledger process, the HTTP workers, and whatever they run, such as a
+    snapshot child), by pid. Found by parent pid in ``/proc/*/stat``, which needs no kernel
+    option (``/proc/<pid>/task/<tid>/children`` does). Raises ``OSError`` when ``root`` is
+    gone; a child that exits during the scan is left out."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent, used = parse_stat(Path(entry.path, "stat").read_text())
+        except (OSError, IndexError, ValueError):
+            continue
+        parents[int(entry.name)] = parent
+        ticks[int(entry.name)] = used
+    if root not in ticks:
+        raise OSError(f"no process {root}")
+    tick = os.sysconf("SC_CLK_TCK")
+    return {pid: ticks[pid] / tick for pid in descendants(root, parents) if pid in ticks}
 
 
 @dataclass(slots=True, kw_only=True)
@@ -100,18 +144,23 @@ def start_process(command: list[str], *, log_path: Path, url: str, env: dict[str
     return ServerProcess(process=process, url=url, log_path=log_path)
 
 
-def serve_command(*, data_dir: Path, port: int, shards: int, loop: str | None) -> list[str]:
+def serve_command(*, data_dir: Path, port: int, shards: int, loop: str | None, workers: int | None = None) -> list[str]:
     command = [
         sys.executable, "-m", "server.cli", "serve", "--data", str(data_dir), "--host", "127.0.0.1",
         "--port", str(port), "--shards", str(shards),
     ]
     if loop is not None:
         command += ["--loop", loop]  # the service's own flag; passed through as given
+    if workers is not None:
+        command += ["--workers", str(workers)]  # absent: the server's own default
     return command
 
 
-def echo_command(*, port: int, loop: str | None) -> list[str]:
-    return [sys.executable, "-m", "bench.echo", "--port", str(port), "--loop", loop or "trio"]
+def echo_command(*, port: int, loop: str | None, workers: int = 0) -> list[str]:
+    command = [sys.executable, "-m", "bench.echo", "--port", str(port), "--loop", loop or "trio"]
+    if workers > 0:
+        command += ["--workers", str(workers)]
+    return command
 
 
 async def wait_ready(server: ServerProcess, path: str = "/ready", timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -196,6 +245,10 @@ async def wait_quiet(client: Client, timeout_s: float = QUIET_TIMEOUT_S) -> bool
         sample = await scrape(client)
         if sample is None:
             return False
+        if sample.durable_lsn is None:
+            # An HTTP worker of ``--workers N`` shows no ledger series on /metrics; its /ready
+            # carries the durable LSN (the mailboxes are not visible from there).
+            sample = replace(sample, durable_lsn=await _ready_lsn(client))
         if previous is not None and sample.durable_lsn == previous.durable_lsn and sample.mailbox_depth == 0:
             calm += 1
             if calm >= 2:
@@ -205,6 +258,17 @@ async def wait_quiet(client: Client, timeout_s: float = QUIET_TIMEOUT_S) -> bool
         previous = sample
         await trio.sleep(0.2)
     return False
+
+
+async def _ready_lsn(client: Client) -> float | None:
+    try:
+        response = await client.call("GET", "/ready")
+        if response.status != 200:
+            return None
+        lsn = response.json().get("durable_lsn")
+    except (HttpError, ValueError, AttributeError):
+        return None
+    return float(lsn) if isinstance(lsn, int) else None
 
 
 # -- seeding and conservation -----------------------------------------------------------

@@ -137,6 +137,10 @@ def arguments(*flags: str) -> argparse.Namespace:
         (["--shards", "1", "--cross-shard", "0.5"], "2 shards"),
         (["--driver", "python", "--processes", "3", "--connections", "2"], "--processes may not exceed"),
         (["--mode", "core", "--processes", "2"], "--processes is for --mode http"),
+        (["--mode", "core", "--workers", "2"], "--workers is for --mode http"),
+        (["--mode", "core", "--baseline-one-process"], "--baseline-one-process is for --mode http"),
+        (["--url", "http://x:1", "--token", "t", "--workers", "2"], "--workers is for a server the harness starts"),
+        (["--url", "http://x:1", "--token", "t", "--baseline-one-process"], "--baseline-one-process is for a server"),
     ],
 )
 def test_contradictory_flags_are_refused(flags: list[str], message: str) -> None:

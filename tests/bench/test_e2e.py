@@ -103,6 +103,30 @@ def test_http_with_the_default_driver_and_the_echo_baseline(tmp_path: Path) -> N
     assert result["parameters"]["shards"] == 4
 
 
+def test_http_workers_with_both_baselines(tmp_path: Path) -> None:
+    out = tmp_path / "workers.json"
+    status, stdout, stderr = wallet_bench(
+        "--mode", "http", *SHORT, "--wallets", "200", "--connections", "4", "--workers", "1", "--baseline-echo",
+        "--baseline-one-process", "--out", str(out))
+    assert status == 0, stderr
+    assert "money conserved: yes" in stdout
+    result = check_result(out)
+    driver = "wrk" if _wrk.available() else "python"
+    for key in ("service", "baseline_one_process", "baseline_echo"):
+        check_run(result[key], driver=driver)
+    assert result["parameters"]["workers"] == 1
+    assert result["service"]["errors"] == {}
+    roles = [item["role"] for item in result["service"]["server_cpu"]["processes"]]
+    assert {"http", "ledger", "supervisor"} <= set(roles)  # and any child they run (a snapshot)
+    assert roles.count("http") == 1
+    one = result["baseline_one_process"]["server_cpu"]["processes"]
+    assert one[0]["role"] == "server (one process)"
+    echo_roles = sorted(item["role"] for item in result["baseline_echo"]["server_cpu"]["processes"])
+    assert echo_roles == ["echo parent", "echo worker"]
+    assert set(result["ratio_to_one_process"]) == {"transfers_per_s", "requests_per_s"}
+    assert set(result["ratio_to_echo"]) == {"transfers_per_s", "requests_per_s"}
+
+
 @pytest.fixture
 def running_server(tmp_path: Path) -> Iterator[ServerProcess]:
     server = ServerProcess(tmp_path / "data", shards=3)
