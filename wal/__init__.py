@@ -29,6 +29,7 @@ from wal._segments import (
     scan,
     segment_name,
 )
+from wal._tail import Compacted, Tailer
 from wal._writer import (
     BATCH_BUCKETS,
     BATCH_BYTES_MAX,
@@ -46,6 +47,7 @@ __all__ = [
     "BATCH_BYTES_MAX",
     "BATCH_RECORDS_MAX",
     "CHECKSUM_BYTES",
+    "Compacted",
     "DIRECTORY_MODE",
     "FILE_MODE",
     "FRAME_VERSION",
@@ -62,6 +64,7 @@ __all__ = [
     "RepairRefused",
     "ScanResult",
     "Statistics",
+    "Tailer",
     "StorageFailed",
     "WriteAheadLog",
     "apply_repair",
