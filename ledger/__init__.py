@@ -97,6 +97,7 @@ from ledger._model import (
     new_transferred,
     treasury_id,
 )
+from ledger._projector import Projector, RemoteProjection
 from ledger._shard import (
     MAILBOX_CAPACITY,
     RECORD_BYTES_MAX,
@@ -182,9 +183,11 @@ __all__ = [
     "Ledger",
     "Overloaded",
     "PayoutStep",
+    "Projector",
     "Reason",
     "Recovered",
     "Rejection",
+    "RemoteProjection",
     "RequestWithdrawal",
     "ResolveHold",
     "RevokeToken",
