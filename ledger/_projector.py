@@ -55,8 +55,8 @@ log = logging.getLogger("history.projector")
 # projector process. Larger than the in-process batch: nothing else runs on its loop, and each
 # commit has a fixed cost (measured: 5,000 gave about half the rate of 50,000).
 PROJECTOR_BATCH_MAX = 50_000
-SYNC_WAIT_MAX_S = 5.0  # how long a sync waits for the log to move before answering anyway
-SYNC_IDLE_S = 1.0  # what the projector asks for when it has caught up
+SYNC_WAIT_MAX_S = 5  # how long a sync waits for the log to move before answering anyway
+SYNC_IDLE_S = 1  # what the projector asks for when it has caught up
 
 
 class RemoteProjection:
@@ -108,7 +108,7 @@ class RemoteProjection:
     def statistics(self) -> HistoryStatistics:
         return HistoryStatistics(
             applied_lsn=self.applied_lsn, pending_records=max(self.durable_lsn - self.applied_lsn, 0),
-            batches=self._reports, records=0, seconds_total=0.0,
+            batches=self._reports, records=0, seconds_total=0,
         )
 
     # -- what the projector calls ----------------------------------------------------------
@@ -143,7 +143,7 @@ class Projector:
         self._batch_max = batch_max
         self.history: History | None = None
         self.transactions = 0  # projected by this process
-        self.seconds = 0.0  # spent reading, decoding and writing them
+        self.seconds: float = 0  # spent reading, decoding and writing them
 
     async def run(self) -> None:
         history = self.history = await anyio.to_thread.run_sync(History.open, self._data_dir / "history.sqlite3")
