@@ -53,7 +53,8 @@ log = logging.getLogger("history.projector")
 
 # Transactions (a batch record counting one per transfer) per SQLite transaction of the
 # projector process. Larger than the in-process batch: nothing else runs on its loop, and each
-# commit has a fixed cost (measured: 5,000 gave about half the rate of 50,000).
+# commit has a fixed cost (measured with bench.projector: 5,000 gave about two thirds of the
+# rate of 50,000).
 PROJECTOR_BATCH_MAX = 50_000
 SYNC_WAIT_MAX_S = 5  # how long a sync waits for the log to move before answering anyway
 SYNC_IDLE_S = 1  # what the projector asks for when it has caught up
