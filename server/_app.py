@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 import swagger_ui
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipMiddleware
@@ -1238,7 +1238,7 @@ def build_app(api: Api, *, in_flight_max: int = 4096) -> Any:
         return Response(DOCS_PAGE, media_type="text/html")
 
     async def scrape(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     routes = [
         Route("/", _openapi.index, methods=["GET"]),

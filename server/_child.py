@@ -11,6 +11,10 @@ then runs its role:
   SQLite and syncing with the ledger process over the same Unix socket.
 - ``http``: ``server._serve.serve_worker``: Hypercorn on the inherited listening socket, the
   routes over a ``RemotePort``.
+
+``PROMETHEUS_MULTIPROC_DIR`` comes in the environment the supervisor starts the child with, not
+from here: prometheus-client picks where its values live when first imported, which is already
+done by the time ``main`` runs (``server/__init__.py`` imports it).
 """
 
 from __future__ import annotations

@@ -149,9 +149,9 @@ SERVE_OPTIONS = [
            help="simulated bank only: probability that a call fails with 503"),
     Option(name="bank_timeout_s", parse=positive_float, default=10.0,
            help="seconds a bank call may take before it counts as a transient failure"),
-    Option(name="workers", parse=non_negative, default=0,
-           help="HTTP worker processes in front of one ledger process (0: one process serves HTTP "
-                "and the ledger)"),
+    Option(name="workers", parse=non_negative, default=os.cpu_count() or 1,
+           help="HTTP worker processes in front of one ledger process (default: the number of "
+                "CPUs; 0: one process serves HTTP and the ledger)"),
     Option(name="loop", parse=event_loop, default=LOOP_DEFAULT,
            help="event loop: trio, asyncio or uvloop (the same code on each; see the README's figures)"),
 ]

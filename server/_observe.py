@@ -23,14 +23,21 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from server._edge import BodyTimeout
 from server._errors import code_label
+from server._loop_lag import loop_lag_histogram
 from server._payouts import BANK_LATENCY_BUCKETS_S, PayoutsStatistics
 from server._validate import BODY_BYTES_MAX
 from wal import BATCH_BUCKETS, FSYNC_BUCKETS_S
@@ -75,18 +82,37 @@ class Metrics:
             "atomic batch counts as 422)",
             ["atomic", "status"], registry=self.registry,
         )
+        self.loop_lag = loop_lag_histogram(self.registry)
         self.api: Any = None  # the Api, for the ledger's statistics at scrape time
-        self.registry.register(_LedgerCollector(self))
-        self.registry.register(_PayoutsCollector(self))
+        register_ledger_collectors(self.registry, self._local_port)
+        # What ``GET /metrics`` answers: this registry, in one process; in an HTTP worker of
+        # ``--workers N``, every process's series (``server._scrape``).
+        self.exposition: Callable[[], Awaitable[bytes]] = self._own_exposition
+
+    def _local_port(self) -> Any:
+        """The ``Api``'s port: a ``LocalPort`` when the ledger runs in this process (a
+        ``RemotePort`` has no ``ledger`` nor ``payouts``, so the collectors show nothing)."""
+        return getattr(self.api, "port", None)
+
+    async def _own_exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def register_ledger_collectors(registry: CollectorRegistry, port_of: Callable[[], Any]) -> None:
+    """The ledger's series (mailboxes, WAL, history, snapshots, payouts), read from the
+    components' ``statistics()`` at scrape time through ``port_of()``: the ``LocalPort`` of
+    the ledger in this process; nothing while it is None (recovering) or remote (a worker)."""
+    registry.register(_LedgerCollector(port_of))
+    registry.register(_PayoutsCollector(port_of))
 
 
 class _LedgerCollector:
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
+    def __init__(self, port_of: Callable[[], Any]) -> None:
+        self._port_of = port_of
 
     def collect(self) -> Iterator[Any]:
-        api = self._metrics.api
-        ledger = None if api is None else api.ledger
+        port = self._port_of()
+        ledger = getattr(port, "ledger", None)
         if ledger is None:
             return
         depth = GaugeMetricFamily("wallet_shard_mailbox_depth", "Commands waiting per shard", labels=["shard", "mailbox"])
@@ -109,7 +135,7 @@ class _LedgerCollector:
         yield GaugeMetricFamily("wallet_history_lsn", "LSN the history read model reached", value=history.applied_lsn)
         yield GaugeMetricFamily("wallet_history_lag_records", "Durable records not yet in the history",
                                 value=max(wal.durable_lsn - history.applied_lsn, 0))
-        snapshotter = api.port.snapshotter
+        snapshotter = port.snapshotter
         if snapshotter is not None:
             stats = snapshotter.statistics()
             yield GaugeMetricFamily("wallet_snapshot_lsn", "LSN of the newest snapshot", value=stats.last_lsn)
@@ -127,15 +153,14 @@ class _LedgerCollector:
 
 
 class _PayoutsCollector:
-    """The payout workers' ``statistics()``, read at scrape time from ``api.port.payouts`` (absent
+    """The payout workers' ``statistics()``, read at scrape time from ``port.payouts`` (absent
     until the server starts them)."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
+    def __init__(self, port_of: Callable[[], Any]) -> None:
+        self._port_of = port_of
 
     def collect(self) -> Iterator[Any]:
-        port = getattr(self._metrics.api, "port", None)
-        payouts = getattr(port, "payouts", None)
+        payouts = getattr(self._port_of(), "payouts", None)
         if payouts is None:
             return
         yield from payout_metrics(payouts.statistics())

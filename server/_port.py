@@ -41,6 +41,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+from prometheus_client import CollectorRegistry, generate_latest
 
 from ledger import (
     AdvanceWithdrawal,
@@ -72,6 +73,7 @@ from ledger import (
     WithdrawalView,
 )
 from server import _wire as w
+from server._observe import register_ledger_collectors
 from wal import StorageFailed
 
 log = logging.getLogger("server.port")
@@ -109,6 +111,7 @@ class LocalPort:
         self.ledger = ledger
         self.snapshotter = snapshotter
         self.payouts = payouts
+        self._registry: CollectorRegistry | None = None
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -236,6 +239,15 @@ class LocalPort:
         lsn = await self.snapshotter.take()
         return lsn, self.snapshotter.last_lsn
 
+    def metrics(self) -> str:
+        """The ledger's own series (mailboxes, WAL, history, snapshots, payouts) as Prometheus
+        text, read from ``statistics()`` now: what an HTTP worker's ``/metrics`` adds to the
+        series the processes share through files (``server._scrape``)."""
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            register_ledger_collectors(self._registry, lambda: self)
+        return generate_latest(self._registry).decode()
+
 
 # The methods a worker may call, by name: the LocalPort's public coroutines and functions.
 METHODS = (
@@ -243,7 +255,7 @@ METHODS = (
     "revoke_token", "resolve_hold", "request_withdrawal", "advance_withdrawal",
     "wallet", "wallets", "withdrawal", "withdrawals", "token", "asset", "assets", "transaction",
     "entries", "balance_at", "wallet_ids", "events", "status", "take_snapshot",
-    "wait_projected", "sync_projection",
+    "metrics", "wait_projected", "sync_projection",
 )
 assert all(callable(getattr(LocalPort, name, None)) for name in METHODS)
 
@@ -590,6 +602,10 @@ class RemotePort:
     async def take_snapshot(self) -> tuple[int | None, int]:
         lsn, last = await self._call("take_snapshot")
         return lsn, last
+
+    async def metrics(self) -> str:
+        text: str = await self._call("metrics")
+        return text
 
 
 class _Call:

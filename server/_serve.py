@@ -23,6 +23,7 @@ import random
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -55,9 +56,11 @@ from server._edge import (
     install,
 )
 from server._lock import DataDirLocked, lock_data_dir
+from server._loop_lag import LoopLag, loop_lag, loop_lag_histogram
 from server._payout_ledger import LedgerPayouts
 from server._payouts import Payouts
 from server._port import LocalPort, RemotePort, Unavailable, serve_port
+from server._scrape import MULTIPROC_DIR_ENV, MultiProcessScrape
 from server._snapshotter import Snapshotter
 from wal import LogCorrupt, StorageFailed
 
@@ -65,6 +68,7 @@ log = logging.getLogger("server")
 
 ADMIN_TOKEN_ENV = "WALLET_ADMIN_TOKEN"
 SHUTDOWN_TIMEOUT_S = 10.0
+LOCK_WAIT_S = 10.0  # how long a ledger process under a supervisor waits for the data directory
 HTTP_DRAIN_SHARE = 0.5  # of --shutdown-timeout, at most, for the HTTP drain
 # A connection that sends nothing for this long is closed, so slow or stalled clients cannot
 # pile up and hold connections (and file descriptors) for everyone else.
@@ -331,8 +335,13 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
 
     ledger: Ledger | None = None
     refused: LogCorrupt | None = None
+    role = "one" if port_socket is None else "ledger"
+    # The ledger process's histogram goes to the shared files only (server._scrape).
+    lag = loop_lag(api.metrics.loop_lag if api is not None and api.metrics is not None
+                   else loop_lag_histogram(None), role)
     async with anyio.create_task_group() as outer:
         outer.start_soon(_signals, shutdown)
+        outer.start_soon(lag.run)
         async with anyio.create_task_group() as group:
             binds = await group.start(run_http)
             log.info("listening on %s (event loop: %s); recovering %s", ", ".join(binds), _loop_name(), data_dir)
@@ -395,12 +404,14 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
                 if isinstance(bank, HttpBank):
                     await bank.aclose()
                 await http_done.wait()
-                log.info("front drained in %.3f s; stopping the actors", anyio.current_time() - signalled)
+                log.info("%s drained in %.3f s; stopping the actors", "HTTP" if api is not None else "port",
+                         anyio.current_time() - signalled)
                 await ledger.stop()
         outer.cancel_scope.cancel()
     if refused is not None:
         raise refused
     assert ledger is not None
+    lag.log_summary(role)
     log.info("ledger stopped (log flushed, history drained) %.3f s after the signal", anyio.current_time() - signalled)
     with anyio.CancelScope(deadline=deadline) as bounded:
         await _in_daemon_thread(snapshotter.final)
@@ -445,6 +456,13 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int) -> i
     # History reads query the projector process's SQLite file here, read-only.
     remote = RemotePort(socket_path, history_path=options.data_dir / HISTORY_FILE)
     api.port = remote
+    assert api.metrics is not None
+    multiproc_dir = os.environ.get(MULTIPROC_DIR_ENV)
+    if multiproc_dir is not None:
+        api.metrics.exposition = MultiProcessScrape(remote, options.data_dir, multiproc_dir)
+    else:  # not under the supervisor (which always sets it): this worker's own series only
+        log.warning("%s is not set: /metrics shows this worker's series only", MULTIPROC_DIR_ENV)
+    lag: LoopLag = loop_lag(api.metrics.loop_lag, "http")
     shutdown = anyio.Event()
     async with anyio.create_task_group() as group:
 
@@ -452,12 +470,24 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int) -> i
             try:
                 await _serve_http(app, config, options.loop, shutdown.wait, task_status=task_status)
             finally:
+                if shutdown.is_set():
+                    log.info("HTTP drained in %.3f s", anyio.current_time() - signalled[0])
                 group.cancel_scope.cancel()  # drained: the signal handler and the port go too
 
+        signalled = [0.0]
+
+        async def mark() -> None:
+            await shutdown.wait()
+            signalled[0] = anyio.current_time()
+
+        group.start_soon(mark)
+
         group.start_soon(_signals, shutdown)
+        group.start_soon(lag.run)
         await group.start(remote.run)
         binds = await group.start(http)
         log.info("HTTP worker %d serving %s (event loop: %s)", os.getpid(), ", ".join(binds), _loop_name())
+    lag.log_summary("http")
     await remote.aclose()
     return 0
 
@@ -538,12 +568,21 @@ def backend_of(loop: str) -> tuple[str, dict[str, Any]]:
 def serve_ledger_process(options: ServeOptions, socket_path: str) -> int:
     """The ledger process of ``--workers N`` (``server._child``); 2 when it refuses to start."""
     backend, backend_options = backend_of(options.loop)
-    try:
-        return anyio.run(partial(serve, options, port_socket=socket_path), backend=backend,
-                         backend_options=backend_options)
-    except (LogCorrupt, DataDirLocked) as error:
-        log.error("refusing to start: %s", error)
-        return 2
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return anyio.run(partial(serve, options, port_socket=socket_path), backend=backend,
+                             backend_options=backend_options)
+        except DataDirLocked as error:
+            # The ledger process of a supervisor that was just SIGKILLed dies a moment after
+            # it (PR_SET_PDEATHSIG): wait for its lock rather than refuse at once.
+            if time.monotonic() >= deadline:
+                log.error("refusing to start: %s", error)
+                return 2
+            time.sleep(0.05)
+        except LogCorrupt as error:
+            log.error("refusing to start: %s", error)
+            return 2
 
 
 def serve_projector_process(options: ServeOptions, socket_path: str) -> int:

@@ -26,16 +26,24 @@ What it promises (the README's *Processes*):
 - Children die with the supervisor: each sets ``PR_SET_PDEATHSIG`` to SIGKILL as it starts
   (``server._child``), so a SIGKILLed supervisor leaves no orphan holding the data directory.
 
-The table of processes (``GET /v1/admin/processes``) is written atomically to
-``<data>/run/processes.json`` whenever it changes; workers read it from there.
+The table of processes (``GET /v1/admin/processes``) is written atomically (0600) to
+``processes.json`` in the run folder (``run_dir``) whenever it changes; workers read it there.
+
+Metrics: every child gets ``PROMETHEUS_MULTIPROC_DIR=<run folder>/metrics`` in its environment,
+so prometheus-client writes its values there from its first import; the directory is emptied
+here at each start (a previous run's counters must not add to this one's), and a child that
+exits is marked dead there (``server._scrape`` says what that means for each kind of series).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -58,20 +66,34 @@ PROJECTOR_STOP_S = 5.0  # then it is killed (safe: it is crash-only)
 
 
 def run_dir(data_dir: Path) -> Path:
-    return data_dir / "run"
+    """Where the processes of one data directory meet: the ledger's Unix socket and the table of
+    processes. A private folder in the temporary directory named after the data directory, not
+    inside it: a socket file left by a killed process would break a plain copy of the data
+    directory (a backup), and Unix socket paths are short (``SOCKET_PATH_MAX``)."""
+    digest = hashlib.blake2b(str(data_dir.resolve()).encode(), digest_size=10).hexdigest()
+    return Path(tempfile.gettempdir()) / f"wallet-{digest}"
+
+
+def metrics_dir(data_dir: Path) -> Path:
+    """prometheus-client's multiprocess directory: one set of files per child process."""
+    return run_dir(data_dir) / "metrics"
 
 
 def ledger_socket_path(data_dir: Path) -> str:
-    """Where the ledger process listens: ``<data>/run/ledger.sock``, or a short path in the
-    temporary directory named after the data directory when that path is too long for a Unix
-    socket address."""
-    path = str((run_dir(data_dir) / "ledger.sock").resolve())
-    if len(path.encode()) <= SOCKET_PATH_MAX:
-        return path
-    import hashlib
+    path = str(run_dir(data_dir) / "ledger.sock")
+    assert len(path.encode()) <= SOCKET_PATH_MAX, path
+    return path
 
-    digest = hashlib.blake2b(str(data_dir.resolve()).encode(), digest_size=8).hexdigest()
-    return os.path.join(tempfile.gettempdir(), f"wallet-{digest}.sock")
+
+def prepare_run_dir(data_dir: Path) -> Path:
+    """Creates the run folder 0700, or checks that an existing one is this user's alone."""
+    directory = run_dir(data_dir)
+    directory.mkdir(mode=0o700, exist_ok=True)
+    info = directory.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{directory} belongs to another user or is not private (mode "
+                              f"{oct(info.st_mode & 0o777)}): refusing to put the ledger's socket there")
+    return directory
 
 
 def options_to_json(options: Any) -> str:
@@ -112,8 +134,24 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
 
-def bind(host: str, port: int, backlog: int = 1024) -> socket.socket:
-    """The listening socket every worker serves, inheritable by the children."""
+BIND_WAIT_S = 5.0
+
+
+def bind(host: str, port: int, backlog: int = 1024, *, wait_s: float = BIND_WAIT_S) -> socket.socket:
+    """The listening socket every worker serves, inheritable by the children. A port in use is
+    tried again for ``wait_s``: the workers of a supervisor that was just SIGKILLed hold it
+    until they die a moment later (PR_SET_PDEATHSIG)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _bind(host, port, backlog)
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _bind(host: str, port: int, backlog: int) -> socket.socket:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
@@ -158,11 +196,28 @@ class Supervisor:
             pass_fds = (self._listener.fileno(),)
         if child.process is not None:
             child.restarts += 1
-        child.process = subprocess.Popen(command, pass_fds=pass_fds, stdin=subprocess.DEVNULL)
+        child.process = subprocess.Popen(command, pass_fds=pass_fds, stdin=subprocess.DEVNULL,
+                                         env=self._child_env())
         child.started_at = time.time()
         child.exited_at = None
         log.info("started %s process %d (pid %d)", child.role, child.slot, child.process.pid)
         self._write_table()
+
+    def _child_env(self) -> dict[str, str]:
+        return dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir(self.data_dir)))
+
+    def _fresh_metrics_dir(self) -> None:
+        from ledger import DATA_DIR_MODE
+
+        directory = metrics_dir(self.data_dir)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(mode=DATA_DIR_MODE)
+
+    def _mark_dead(self, child: Child) -> None:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        assert child.process is not None
+        mark_process_dead(child.process.pid, str(metrics_dir(self.data_dir)))
 
     def _write_table(self) -> None:
         items = []
@@ -177,7 +232,9 @@ class Supervisor:
                          "restarts": 0, "alive": True})
         directory = run_dir(self.data_dir)
         temporary = directory / (PROCESSES_FILE + ".tmp")
-        temporary.write_text(json.dumps({"items": items}))
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps({"items": items}))
         os.replace(temporary, directory / PROCESSES_FILE)
 
     # -- the loop ------------------------------------------------------------------------
@@ -194,13 +251,14 @@ class Supervisor:
         log.info("received %s: stopping the HTTP workers, then the ledger", signal.Signals(signum).name)
 
     def run(self) -> int:
-        from ledger import DATA_DIR_MODE, prepare_data_dir
+        from ledger import prepare_data_dir
         from server._serve import admin_token
 
         self._started = time.time()
         prepare_data_dir(self.data_dir)
-        run_dir(self.data_dir).mkdir(mode=DATA_DIR_MODE, exist_ok=True)
+        prepare_run_dir(self.data_dir)
         admin_token(self.data_dir)  # made now, so that every worker reads the same one
+        self._fresh_metrics_dir()
         self._listener = bind(self.options.host, self.options.port)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -219,6 +277,7 @@ class Supervisor:
                 if child.exited_at is None:
                     child.exited_at = now
                     changed = True
+                    self._mark_dead(child)
                     log.error("%s process %d (pid %d) exited with status %s; starting another",
                               child.role, child.slot, child.process.pid, status)
                     if child.role == "ledger" and status == 2:
@@ -288,6 +347,10 @@ def processes(data_dir: Path) -> list[dict[str, Any]]:
     except (FileNotFoundError, ValueError):
         return []
     items: list[dict[str, Any]] = table.get("items", [])
+    # Only the table of the supervisor this process runs under (a SIGKILLed supervisor leaves
+    # its table behind; one-process mode has no supervisor).
+    if not any(item.get("role") == "supervisor" and item.get("pid") == os.getppid() for item in items):
+        return []
     return items
 
 

@@ -70,8 +70,9 @@ def _alive(server: ServerProcess) -> None:
 
 @pytest.fixture
 def small_caps(tmp_path: Path) -> Iterator[ServerProcess]:
+    # The caps are per HTTP worker: one worker, so the test's counts are the server's.
     process = ServerProcess(tmp_path / "data", extra_args=[
-        "--max-connections", "50", "--max-connections-per-ip", "20", "--body-timeout", "2",
+        "--max-connections", "50", "--max-connections-per-ip", "20", "--body-timeout", "2", "--workers", "1",
     ])
     process.start()
     try:
@@ -216,7 +217,8 @@ def test_a_trickled_body_is_cut_after_the_body_timeout(small_caps: ServerProcess
 
 
 async def test_health_and_ready_answer_past_the_in_flight_cap(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", extra_args=["--max-in-flight", "3"])
+    # --max-in-flight is per HTTP worker: one worker, so the three long polls fill its cap.
+    server = ServerProcess(tmp_path / "data", extra_args=["--max-in-flight", "3", "--workers", "1"])
     server.start()
     try:
         async with server.async_client(limits=httpx.Limits(max_connections=10)) as http:

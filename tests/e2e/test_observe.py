@@ -35,7 +35,9 @@ def test_metrics_request_ids_and_headers(server: ServerProcess) -> None:
     assert metric(text, "wallet_wal_fsync_seconds_count") == metric(text, "wallet_wal_group_commits_total")
     assert metric(text, "wallet_wal_records_per_commit_sum") == 4
     assert metric(text, 'wallet_shard_mailbox_depth{mailbox="external",shard="0"}') == 0
-    assert metric(text, "process_resident_memory_bytes") > 0
+    # One process: unlabelled; under a supervisor: one series per process (role, slot).
+    resident = re.findall(r"^process_resident_memory_bytes(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
+    assert resident and all(float(value) > 0 for value in resident)
     assert "req-42" in server.log() and "authorization" not in server.log().lower()
 
 

@@ -69,6 +69,7 @@ def test_every_dashboard_panel_queries_exported_metrics(server: ServerProcess) -
         http.post("/v1/withdrawals", headers={"Idempotency-Key": "w"},
                   json={"wallet_id": "a", "amount": 1, "destination": {"account": "x"}}).raise_for_status()
         assert http.post("/v1/admin/snapshots").status_code == 201  # the snapshot age shows after one
+        assert http.get("/v1/wallets/nobody").status_code == 404  # a rejection, for its counter
         text = http.get("/metrics").text
     names = exported_names(text)
     dashboard = json.loads(DASHBOARD.read_text())

@@ -181,10 +181,15 @@ async def test_sigterm_answers_what_was_accepted_and_exits_zero(supervised: Serv
     await _verify(supervised, ids, book)
 
 
-def test_one_process_mode_lists_itself(server: ServerProcess) -> None:
-    items = _processes(server)
-    assert [item["role"] for item in items] == ["ledger"]
-    assert items[0]["pid"] == server.process.pid
+def test_one_process_mode_lists_itself(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", extra_args=["--workers", "0"])
+    server.start()
+    try:
+        items = _processes(server)
+        assert [item["role"] for item in items] == ["ledger"]
+        assert server.process is not None and items[0]["pid"] == server.process.pid
+    finally:
+        server.kill()
 
 
 def test_a_busy_port_is_refused_before_any_child_starts(tmp_path: Path) -> None:

@@ -84,7 +84,8 @@ def assert_snapshot_at(server: ServerProcess, lsn: int) -> None:
     every image (digest and invariants)."""
     listed = wallet("snapshot", "list", "--data", str(server.data_dir))
     assert listed.returncode == 0, listed.stderr
-    assert lsn in [int(line.split()[0]) for line in listed.stdout.splitlines()], listed.stdout
+    rows = listed.stdout.splitlines()[1:]  # below the header line
+    assert lsn in [int(line.split()[0]) for line in rows], listed.stdout
     verified = wallet("snapshot", "verify", "--data", str(server.data_dir))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert f"OK (LSN {lsn}," in verified.stdout, verified.stdout
