@@ -97,6 +97,7 @@ from ledger._model import (
     new_transferred,
     treasury_id,
 )
+from ledger._projector import PROJECTOR_BATCH_MAX, Projector, RemoteProjection
 from ledger._shard import (
     MAILBOX_CAPACITY,
     RECORD_BYTES_MAX,
@@ -139,6 +140,7 @@ __all__ = [
     "INT64_MIN",
     "MAILBOX_CAPACITY",
     "METADATA_BYTES_MAX",
+    "PROJECTOR_BATCH_MAX",
     "RECORD_BYTES_MAX",
     "SCALE_MAX",
     "SHARDS_DEFAULT",
@@ -182,9 +184,11 @@ __all__ = [
     "Ledger",
     "Overloaded",
     "PayoutStep",
+    "Projector",
     "Reason",
     "Recovered",
     "Rejection",
+    "RemoteProjection",
     "RequestWithdrawal",
     "ResolveHold",
     "RevokeToken",

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ POSITION_BITS = 13
 assert BATCH_ITEMS_MAX < 1 << POSITION_BITS
 READ_WAIT_S = 5
 CACHE_KIB = 256 * 1024  # SQLite page cache of the read model
+READER_CACHE_KIB = 32 * 1024  # per read-only connection of an HTTP worker
 _IN_CHUNK = 500  # SQLite's bound-parameter limit is generous, but keep IN lists short
 
 SCHEMA = """
@@ -218,6 +220,19 @@ class History:
             raise
         return cls(thread, connection, applied)
 
+    @classmethod
+    def open_readonly(cls, path: Path) -> History:
+        """A read-only connection (``mode=ro``) for the queries of an HTTP worker of
+        ``--workers N``; SQLite's WAL mode lets it read while the projector process writes.
+        Raises ``HistoryLagging`` when there is no read model yet. Blocking."""
+        thread = AsyncioThread("history-sqlite-ro")
+        try:
+            connection, applied = thread.run_blocking(_open_readonly(path))
+        except BaseException:
+            thread.stop()
+            raise
+        return cls(thread, connection, applied)
+
     # -- feeding (recovery, then the WAL writer) -------------------------------------------
 
     def reset(self) -> None:
@@ -271,9 +286,20 @@ class History:
             batch = self._pending[:count]
             del self._pending[:count]
             self._pending_weight -= sum(weight(event) for _, event in batch)
-            await self._runner.call(self._project, batch)
-            progress, self._progress = self._progress, anyio.Event()
-            progress.set()
+            await self._apply(batch)
+
+    async def project(self, records: list[tuple[int, Event]]) -> None:
+        """The projector process (``ledger._projector``): applies records it read from the log
+        itself, in one SQLite transaction, from its event loop."""
+        assert records
+        assert records[0][0] == self._fed_lsn + 1, (records[0][0], self._fed_lsn)
+        self._fed_lsn = records[-1][0]
+        await self._apply(records)
+
+    async def _apply(self, records: list[tuple[int, Event]]) -> None:
+        await self._runner.call(self._project, records)
+        progress, self._progress = self._progress, anyio.Event()
+        progress.set()
 
     def close(self) -> None:
         """``run`` returns once what was fed is applied."""
@@ -570,6 +596,26 @@ async def _open(path: Path) -> tuple[aiosqlite.Connection, int]:
         await connection.close()
         raise
     return connection, 0 if row is None else int(row[0])
+
+
+async def _open_readonly(path: Path) -> tuple[aiosqlite.Connection, int]:
+    if not path.exists():
+        raise HistoryLagging(f"{path} does not exist yet (the projector has not started)")
+    connection = await aiosqlite.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        await connection.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
+        async with connection.execute("SELECT key, value FROM meta WHERE key IN ('schema', 'applied_lsn')") as cursor:
+            meta: dict[str, int] = {key: value for key, value in await cursor.fetchall()}
+    except sqlite3.Error as error:
+        await connection.close()
+        raise HistoryLagging(f"{path} cannot be read yet: {error}") from None
+    except BaseException:
+        await connection.close()
+        raise
+    if meta.get("schema") != SCHEMA_VERSION:
+        await connection.close()
+        raise HistoryLagging(f"{path}: history schema {meta.get('schema')}, this version reads {SCHEMA_VERSION}")
+    return connection, int(meta.get("applied_lsn", 0))
 
 
 async def _reset(connection: aiosqlite.Connection) -> None:

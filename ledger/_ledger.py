@@ -67,6 +67,7 @@ from ledger._model import (
     WithdrawalStatus,
     treasury_id,
 )
+from ledger._projector import RemoteProjection
 from ledger._shard import (
     BatchReply,
     Reply,
@@ -201,24 +202,35 @@ HOLD_TIMER_S = 0.2  # how often the timer looks for holds past their deadline
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Recovered:
     state: State
-    history: History
+    history: History | None  # None: a projector process keeps the read model (``ledger._projector``)
     scan: ScanResult
     seconds: float
 
     def close(self) -> None:
         """For tools and tests that recover without serving: stops the history thread."""
-        self.history.stop_thread()
+        if self.history is not None:
+            self.history.stop_thread()
 
 
 RECOVERY_PROGRESS_RECORDS = 100_000
 
 
-def recover(data_dir: Path, *, truncate_torn_tail: bool = True) -> Recovered:
+def recover(data_dir: Path, *, truncate_torn_tail: bool = True, project_history: bool = True) -> Recovered:
     """Rebuilds the ledger from the newest valid snapshot and the log after it, and brings the
-    history read model up to the end of the log. Raises ``wal.LogCorrupt``. Blocking: run it in
-    a worker thread."""
+    history read model up to the end of the log (without ``project_history``, the ledger of
+    ``--workers N``, it leaves the read model to the projector process and never opens it).
+    Raises ``wal.LogCorrupt``. Blocking: run it in a worker thread."""
     started = time.perf_counter()
     prepare_data_dir(data_dir)
+    if not project_history:
+        base = load_base(data_dir)
+        for path, reason in base.skipped:
+            log.warning("snapshot %s is damaged (%s): using an older one and a longer log suffix", path, reason)
+        if base.path is not None:
+            log.info("recovery: snapshot %s at LSN %d", base.path.name, base.lsn)
+        state, result = _replay(data_dir, base, None, truncate_torn_tail=truncate_torn_tail)
+        _state.check_state(state)
+        return Recovered(state=state, history=None, scan=result, seconds=time.perf_counter() - started)
     history = History.open(data_dir / "history.sqlite3")
     try:
         base = load_base(data_dir)
@@ -241,13 +253,17 @@ def recover(data_dir: Path, *, truncate_torn_tail: bool = True) -> Recovered:
     return Recovered(state=state, history=history, scan=result, seconds=time.perf_counter() - started)
 
 
-def _replay(data_dir: Path, base: Base, history: History, *, truncate_torn_tail: bool) -> tuple[State, ScanResult]:
+def _replay(
+    data_dir: Path, base: Base, history: History | None, *, truncate_torn_tail: bool
+) -> tuple[State, ScanResult]:
+    """Applies the log after ``base``; projects what ``history`` (when given) misses."""
     state = base.state
     snapshot_lsn = base.lsn
-    projected = history.applied_lsn
+    # Without a history, nothing is projected: as if it were at the snapshot's LSN already.
+    projected = history.applied_lsn if history is not None else snapshot_lsn
     segments = list_segments(data_dir / "wal")
     oldest = segments[0][0] if segments else snapshot_lsn + 1
-    if projected < snapshot_lsn and projected < oldest - 1:
+    if history is not None and projected < snapshot_lsn and projected < oldest - 1:
         # The log no longer holds what the read model misses (it was deleted after segments were
         # removed): keep going from the snapshot's balances; older statements are lost.
         log.warning(
@@ -277,7 +293,7 @@ def _replay(data_dir: Path, base: Base, history: History, *, truncate_torn_tail:
         if frame.lsn > snapshot_lsn:
             _state.apply(state, event, frame.lsn)
             replayed += 1
-        if frame.lsn > projected:
+        if history is not None and frame.lsn > projected:
             batch.append((frame.lsn, event))
             batch_weight += weight(event)
             if batch_weight >= HISTORY_BATCH_RECORDS:
@@ -286,7 +302,8 @@ def _replay(data_dir: Path, base: Base, history: History, *, truncate_torn_tail:
                 batch_weight = 0
         if frame.lsn % RECOVERY_PROGRESS_RECORDS == 0:
             log.info("recovery: read up to LSN %d", frame.lsn)
-    history.project_blocking(batch)
+    if history is not None:
+        history.project_blocking(batch)
     result.records = replayed
     if result.next_lsn <= snapshot_lsn:
         # Nothing after the snapshot in the log (or no log at all): continue the chain from it.
@@ -331,10 +348,15 @@ class Ledger:
     ) -> None:
         assert shards >= 1
         self.data_dir = data_dir
-        self.history = recovered.history
+        result = recovered.scan
+        # The read model: projected here (one process), or by the projector process, whose
+        # progress ``RemoteProjection`` tracks (``--workers N``).
+        self.history: History | RemoteProjection = (
+            recovered.history if recovered.history is not None
+            else RemoteProjection(durable_lsn=result.next_lsn - 1)
+        )
         self.directory: Directory = recovered.state.directory
         self.clock = clock or Clock(start_us=self.directory.at_us)
-        result = recovered.scan
         options: dict[str, Any] = {}
         if segment_bytes_max is not None:
             options["segment_bytes_max"] = segment_bytes_max

@@ -1,4 +1,5 @@
-"""The entry point of the supervisor's children: ``python -m server._child ledger|http OPTIONS``.
+"""The entry point of the supervisor's children: ``python -m server._child ledger|projector|http
+OPTIONS``.
 
 Each child first asks the kernel to kill it when the supervisor dies (``PR_SET_PDEATHSIG``), then
 checks the supervisor is still its parent (it may have died before the request took effect),
@@ -6,6 +7,8 @@ then runs its role:
 
 - ``ledger``: ``server._serve.serve_ledger``: recovery, the actors, the WAL, snapshots, payouts,
   and the ledger port on the Unix socket.
+- ``projector``: ``server._serve.serve_projector``: the history projector, tailing the log into
+  SQLite and syncing with the ledger process over the same Unix socket.
 - ``http``: ``server._serve.serve_worker``: Hypercorn on the inherited listening socket, the
   routes over a ``RemotePort``.
 
@@ -37,7 +40,7 @@ def _die_with_parent(supervisor_pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server._child")
-    parser.add_argument("role", choices=["ledger", "http"])
+    parser.add_argument("role", choices=["ledger", "projector", "http"])
     parser.add_argument("options")
     parser.add_argument("--supervisor", type=int, required=True)
     parser.add_argument("--socket", required=True)
@@ -47,13 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent(arguments.supervisor)
 
     from server._observe import configure_logging
-    from server._serve import serve_ledger_process, serve_worker_process
+    from server._serve import serve_ledger_process, serve_projector_process, serve_worker_process
     from server._supervisor import options_from_json
 
     options = options_from_json(arguments.options)
     configure_logging(options.log_level if hasattr(options, "log_level") else "INFO")
     if arguments.role == "ledger":
         return serve_ledger_process(options, arguments.socket)
+    if arguments.role == "projector":
+        return serve_projector_process(options, arguments.socket)
     assert arguments.fd is not None
     return serve_worker_process(options, arguments.socket, fd=arguments.fd, slot=arguments.slot)
 

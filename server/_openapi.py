@@ -490,7 +490,7 @@ def build() -> dict[str, Any]:
         },
         "/v1/admin/processes": {
             "get": {"operationId": "listProcesses",
-                    "summary": "The server's processes: supervisor, ledger and HTTP workers (admin)",
+                    "summary": "The server's processes: supervisor, ledger, history projector and HTTP workers (admin)",
                     "responses": {"200": _json({
                         "type": "object", "required": ["items"],
                         "properties": {"items": {"type": "array", "items": {

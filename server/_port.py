@@ -9,9 +9,14 @@
 Both raise the same exceptions (``Overloaded``, ``StorageFailed``, ``HistoryLagging``,
 ``Gone``, ``Unavailable``, ``Unauthorized``), so a route reads the same in both modes.
 
-Reads of the history read model wait, in the ledger process, until it shows everything that
-was durable when the call arrived there, which is after the caller saw any write it made: a
-read after a write sees it (read-your-writes holds across workers).
+Reads of the history read model wait until it shows everything that was durable when the
+call arrived in the ledger process, which is after the caller saw any write it made: a read
+after a write sees it (read-your-writes holds across workers). In one process the wait and the
+query run there. With workers, a worker reads SQLite itself through a read-only connection
+(``RemotePort(history_path=...)``), after one call, ``wait_projected``, which the ledger process
+answers once the projector process has committed the durable LSN of its arrival
+(``ledger._projector``); the projector reports its progress and learns the durable LSN through
+``sync_projection``.
 
 Revocation is immediate across workers: a call made for a user token carries the token's hash
 (``current_auth``), and the ledger process checks it against the live token table before the
@@ -31,6 +36,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -47,12 +53,14 @@ from ledger import (
     CreateWallet,
     Entry,
     Gone,
+    History,
     HistoryLagging,
     Idempotency,
     Ledger,
     Overloaded,
     PayoutStep,
     Rejection,
+    RemoteProjection,
     RequestWithdrawal,
     RevokeToken,
     Token,
@@ -176,8 +184,25 @@ class LocalPort:
 
     # -- the history read model (each waits until it shows what was durable on arrival) ------
 
-    async def _projected(self) -> Any:
+    async def wait_projected(self) -> int:
+        """Waits until the read model shows everything durable now; returns that LSN. What a
+        worker of ``--workers N`` calls before it reads SQLite itself. Raises HistoryLagging."""
+        lsn = self.ledger.wal.durable_lsn
+        await self.ledger.history.wait_projected(lsn)
+        return lsn
+
+    async def sync_projection(self, applied_lsn: int, wait_s: float) -> int:
+        """The projector process reports the LSN it committed; returns the durable LSN (see
+        ``ledger.RemoteProjection.sync``)."""
+        projection = self.ledger.history
+        if not isinstance(projection, RemoteProjection):
+            raise RuntimeError("this ledger projects its own history: there is no projector process to sync")
+        return await projection.sync(applied_lsn, wait_s)
+
+    async def _projected(self) -> History:
         history = self.ledger.history
+        if not isinstance(history, History):
+            raise RuntimeError("the history read model is read by the workers, not through the ledger process")
         await history.wait_projected(self.ledger.wal.durable_lsn)
         return history
 
@@ -230,7 +255,7 @@ METHODS = (
     "revoke_token", "resolve_hold", "request_withdrawal", "advance_withdrawal",
     "wallet", "wallets", "withdrawal", "withdrawals", "token", "asset", "assets", "transaction",
     "entries", "balance_at", "wallet_ids", "events", "status", "take_snapshot",
-    "metrics",
+    "metrics", "wait_projected", "sync_projection",
 )
 assert all(callable(getattr(LocalPort, name, None)) for name in METHODS)
 
@@ -370,8 +395,12 @@ class RemotePort:
     ``Unavailable`` (a money movement's outcome is then unknown to this worker: the client
     retries with its idempotency key, which is what keys are for)."""
 
-    def __init__(self, path: str, *, reconnect_s: float = 0.1) -> None:
+    def __init__(self, path: str, *, reconnect_s: float = 0.1, history_path: Path | None = None) -> None:
         self._path = path
+        # With a path, history reads query SQLite here, read-only, after ``wait_projected``.
+        self._history_path = history_path
+        self._history: History | None = None
+        self._history_lock = anyio.Lock()
         self._reconnect_s = reconnect_s
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Call] = {}
@@ -509,19 +538,56 @@ class RemotePort:
     async def assets(self) -> list[Asset]:
         return await self._call("assets")
 
+    async def wait_projected(self) -> int:
+        lsn: int = await self._call("wait_projected")
+        return lsn
+
+    async def sync_projection(self, applied_lsn: int, wait_s: float) -> int:
+        lsn: int = await self._call("sync_projection", applied_lsn, wait_s)
+        return lsn
+
+    async def _read_model(self) -> History:
+        """The local read-only read model, once it shows what was durable on arrival."""
+        assert self._history_path is not None
+        await self.wait_projected()
+        if self._history is None:
+            async with self._history_lock:
+                if self._history is None:
+                    history = await anyio.to_thread.run_sync(History.open_readonly, self._history_path)
+                    await history.attach()
+                    self._history = history
+        return self._history
+
+    async def aclose(self) -> None:
+        """Closes the read-only read model, if it was opened."""
+        history, self._history = self._history, None
+        if history is not None:
+            await history.aclose()
+
     async def transaction(self, transaction_id: str) -> TransactionRow | None:
+        if self._history_path is not None:
+            return await (await self._read_model()).transaction(transaction_id)
         return await self._call("transaction", transaction_id)
 
     async def entries(self, wallet_id: str, before: int | None, limit: int, type_: TransactionType | None,
                       status: TransactionStatus | None, since_us: int | None,
                       until_us: int | None) -> list[Entry]:
+        if self._history_path is not None:
+            history = await self._read_model()
+            return await history.entries(wallet_id, before=before, limit=limit, type_=type_, status=status,
+                                         since_us=since_us, until_us=until_us)
         return await self._call("entries", wallet_id, before, limit, type_, status, since_us, until_us)
 
     async def balance_at(self, wallet_id: str, at_us: int) -> int:
+        if self._history_path is not None:
+            return await (await self._read_model()).balance_at(wallet_id, at_us)
         return await self._call("balance_at", wallet_id, at_us)
 
     async def wallet_ids(self, owner_id: str | None, asset: str | None, after_lsn: int,
                          limit: int) -> list[tuple[int, str]]:
+        if self._history_path is not None:
+            history = await self._read_model()
+            return await history.wallet_ids(owner_id=owner_id, asset=asset, after_lsn=after_lsn, limit=limit)
         return [(lsn, wallet_id) for lsn, wallet_id in await self._call("wallet_ids", owner_id, asset, after_lsn, limit)]
 
     async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Any]]:

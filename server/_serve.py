@@ -35,7 +35,14 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 from hypercorn.config import Config
 
-from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT, Ledger, recover
+from ledger import (
+    MAILBOX_CAPACITY,
+    SHARDS_DEFAULT,
+    SNAPSHOT_EVERY_DEFAULT,
+    Ledger,
+    Projector,
+    recover,
+)
 from server._app import BATCHES_IN_FLIGHT_MAX, Api, RateLimiter, build_app
 from server._bank import HttpBank, SimulatedBank
 from server._config import LOOP_DEFAULT, LOOPS
@@ -52,10 +59,10 @@ from server._lock import DataDirLocked, lock_data_dir
 from server._loop_lag import LoopLag, loop_lag, loop_lag_histogram
 from server._payout_ledger import LedgerPayouts
 from server._payouts import Payouts
-from server._port import LocalPort, RemotePort, serve_port
+from server._port import LocalPort, RemotePort, Unavailable, serve_port
 from server._scrape import MULTIPROC_DIR_ENV, MultiProcessScrape
 from server._snapshotter import Snapshotter
-from wal import LogCorrupt
+from wal import LogCorrupt, StorageFailed
 
 log = logging.getLogger("server")
 
@@ -69,6 +76,7 @@ HTTP_DRAIN_SHARE = 0.5  # of --shutdown-timeout, at most, for the HTTP drain
 # keep-alive timeout; much shorter would close pooled connections just as clients reuse them
 # (a reset the client sees, measured at 10 s under a burst).
 READ_TIMEOUT_S = 30
+HISTORY_FILE = "history.sqlite3"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -338,7 +346,10 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
             binds = await group.start(run_http)
             log.info("listening on %s (event loop: %s); recovering %s", ", ".join(binds), _loop_name(), data_dir)
             try:
-                recovered = await anyio.to_thread.run_sync(recover, data_dir)
+                # With workers, the projector process keeps the read model: recovery leaves it be.
+                recovered = await anyio.to_thread.run_sync(
+                    partial(recover, data_dir, project_history=port_socket is None)
+                )
             except LogCorrupt as error:
                 log.error("refusing to start: %s", error)
                 refused = error
@@ -442,7 +453,8 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int) -> i
     api = _api(options)
     app, config = _http_app(options, api)
     config.bind = [f"fd://{fd}"]
-    remote = RemotePort(socket_path)
+    # History reads query the projector process's SQLite file here, read-only.
+    remote = RemotePort(socket_path, history_path=options.data_dir / HISTORY_FILE)
     api.port = remote
     assert api.metrics is not None
     multiproc_dir = os.environ.get(MULTIPROC_DIR_ENV)
@@ -476,6 +488,38 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int) -> i
         binds = await group.start(http)
         log.info("HTTP worker %d serving %s (event loop: %s)", os.getpid(), ", ".join(binds), _loop_name())
     lag.log_summary("http")
+    await remote.aclose()
+    return 0
+
+
+SYNC_RETRY_S = 0.1  # the projector's pause between attempts to reach the ledger process
+
+
+async def serve_projector(options: ServeOptions, socket_path: str) -> int:
+    """The history projector process of ``--workers N`` (``ledger._projector``): tails the log,
+    writes SQLite, learns the durable LSN from and reports its progress to the ledger process.
+    It is crash-only (each SQLite transaction carries its LSN): SIGTERM stops it at once."""
+    remote = RemotePort(socket_path, reconnect_s=SYNC_RETRY_S)
+
+    async def sync(applied_lsn: int, wait_s: float) -> int:
+        while True:
+            try:
+                return await remote.sync_projection(applied_lsn, wait_s)
+            except (Unavailable, StorageFailed):
+                await anyio.sleep(SYNC_RETRY_S)  # the ledger is restarting or recovering
+
+    projector = Projector(options.data_dir, sync)
+    shutdown = anyio.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(_signals, shutdown)
+        await group.start(remote.run)
+        group.start_soon(projector.run)
+        log.info("history projector %d following %s (event loop: %s)", os.getpid(), options.data_dir / "wal",
+                 _loop_name())
+        await shutdown.wait()
+        group.cancel_scope.cancel()
+    log.info("history projector stopped: %d transactions projected in %.3f s of work",
+             projector.transactions, projector.seconds)
     return 0
 
 
@@ -539,6 +583,13 @@ def serve_ledger_process(options: ServeOptions, socket_path: str) -> int:
         except LogCorrupt as error:
             log.error("refusing to start: %s", error)
             return 2
+
+
+def serve_projector_process(options: ServeOptions, socket_path: str) -> int:
+    """The history projector of ``--workers N`` (``server._child``)."""
+    backend, backend_options = backend_of(options.loop)
+    return anyio.run(partial(serve_projector, options, socket_path), backend=backend,
+                     backend_options=backend_options)
 
 
 def serve_worker_process(options: ServeOptions, socket_path: str, *, fd: int, slot: int) -> int:

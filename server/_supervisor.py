@@ -2,10 +2,13 @@
 event loop; it starts the children, watches them and stops them.
 
     supervisor ─┬─ ledger process   shard actors, WAL group commit, snapshots, hold timer,
-                │                   payout workers, the history projector; serves the ledger
-                │                   port on a Unix socket (``server._port``)
+                │                   payout workers; serves the ledger port on a Unix socket
+                │                   (``server._port``)
+                ├─ projector        the history read model: tails the log into SQLite, syncs
+                │                   with the ledger over the port (``ledger._projector``)
                 └─ HTTP worker x N  Hypercorn + Starlette on the one listening socket the
-                                    supervisor bound and handed down; no money state
+                                    supervisor bound and handed down; no money state; history
+                                    reads straight from SQLite, read-only
 
 What it promises (the README's *Processes*):
 - The listening socket is bound here, before any child starts: a busy port fails at once, and
@@ -13,10 +16,12 @@ What it promises (the README's *Processes*):
   the others keep accepting).
 - An HTTP worker that exits is started again within ``RESTART_DELAY_S`` (the others keep
   serving). The ledger process likewise; until it has recovered, workers answer ``503``
-  with ``Retry-After`` (their port raises ``Unavailable``).
+  with ``Retry-After`` (their port raises ``Unavailable``). The projector likewise; while it is
+  down, history reads wait for it (bounded, then ``503 history_lagging``) and writes go on.
 - SIGTERM or SIGINT: the workers are stopped first (they stop accepting and answer what they
-  accepted), then the ledger (it drains, flushes the log and writes its final snapshot); the
-  supervisor exits 0 when the ledger did. A second signal kills everything at once (safe: the
+  accepted), then the ledger (it drains, flushes the log and writes its final snapshot), then
+  the projector (crash-only: it resumes from its stored LSN); the supervisor exits 0 when the
+  ledger did. A second signal kills everything at once (safe: the
   log is the truth).
 - Children die with the supervisor: each sets ``PR_SET_PDEATHSIG`` to SIGKILL as it starts
   (``server._child``), so a SIGKILLed supervisor leaves no orphan holding the data directory.
@@ -57,6 +62,7 @@ POLL_S = 0.05
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, with room for the terminator
 PROCESSES_FILE = "processes.json"
 EXIT_CHILD_FAILED = 1
+PROJECTOR_STOP_S = 5.0  # then it is killed (safe: it is crash-only)
 
 
 def run_dir(data_dir: Path) -> Path:
@@ -114,7 +120,7 @@ def _timestamp(seconds: float) -> str:
 
 @dataclass
 class Child:
-    role: str  # "ledger" or "http"
+    role: str  # "ledger", "projector" or "http"
     slot: int
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
@@ -170,11 +176,15 @@ class Supervisor:
         self.data_dir: Path = options.data_dir
         self.socket_path = ledger_socket_path(self.data_dir)
         self.ledger = Child("ledger", 0)
+        self.projector = Child("projector", 0)
         self.http = [Child("http", slot) for slot in range(workers)]
         self._signalled = 0
         self._listener: socket.socket | None = None
 
     # -- children ------------------------------------------------------------------------
+
+    def _children(self) -> list[Child]:
+        return [self.ledger, self.projector, *self.http]
 
     def _spawn(self, child: Child) -> None:
         command = [sys.executable, "-m", "server._child", child.role, options_to_json(self.options),
@@ -211,7 +221,7 @@ class Supervisor:
 
     def _write_table(self) -> None:
         items = []
-        for child in [self.ledger, *self.http]:
+        for child in self._children():
             if child.process is None:
                 continue
             items.append({
@@ -233,7 +243,7 @@ class Supervisor:
         self._signalled += 1
         if self._signalled > 1:
             log.warning("second signal: killing every child at once (the log is the truth)")
-            for child in [self.ledger, *self.http]:
+            for child in self._children():
                 if child.alive:
                     assert child.process is not None
                     child.process.kill()
@@ -253,11 +263,12 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self._spawn(self.ledger)
+        self._spawn(self.projector)
         for child in self.http:
             self._spawn(child)
         while not self._signalled:
             changed = False
-            for child in [self.ledger, *self.http]:
+            for child in self._children():
                 assert child.process is not None
                 status = child.process.poll()
                 if status is None:
@@ -302,6 +313,12 @@ class Supervisor:
                 status = EXIT_CHILD_FAILED if code is None or code != 2 else 2
         elif self.ledger.process is not None and self.ledger.process.returncode not in (0, None) and not refused:
             status = EXIT_CHILD_FAILED
+        # The projector last: it follows the ledger's final records if it can; it needs no
+        # graceful stop (each SQLite transaction carries its LSN).
+        if self.projector.alive:
+            assert self.projector.process is not None
+            self.projector.process.send_signal(signal.SIGTERM)
+            _wait(self.projector, time.monotonic() + PROJECTOR_STOP_S)
         try:
             (run_dir(self.data_dir) / PROCESSES_FILE).unlink()
         except FileNotFoundError:

@@ -29,6 +29,7 @@ from wal._segments import (
     scan,
     segment_name,
 )
+from wal._tail import Compacted, Tailer
 from wal._writer import (
     BATCH_BUCKETS,
     BATCH_BYTES_MAX,
@@ -55,6 +56,7 @@ __all__ = [
     "SEGMENT_BYTES_MAX",
     "SEGMENT_HEADER_BYTES",
     "ZERO_CHECKSUM",
+    "Compacted",
     "Frame",
     "FrameError",
     "LogCorrupt",
@@ -63,6 +65,7 @@ __all__ = [
     "ScanResult",
     "Statistics",
     "StorageFailed",
+    "Tailer",
     "WriteAheadLog",
     "apply_repair",
     "covered_segments",
