@@ -170,13 +170,18 @@ def test_a_restarted_server_counts_from_zero(supervised: ServerProcess) -> None:
     assert _value(samples, "wallet_wal_durable_lsn") == 2  # the log is what persists
 
 
-def test_one_process_mode_shows_its_loop_lag(server: ServerProcess) -> None:
-    with server.client() as http:
-        for _ in range(SCRAPES_MAX):
-            samples = _samples(http.get("/metrics").text)
-            if _value(samples, "wallet_event_loop_lag_seconds_count", role="one") > 0:
-                break
-            time.sleep(0.05)
+def test_one_process_mode_shows_its_loop_lag(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", extra_args=["--workers", "0"])
+    server.start()
+    try:
+        with server.client() as http:
+            for _ in range(SCRAPES_MAX):
+                samples = _samples(http.get("/metrics").text)
+                if _value(samples, "wallet_event_loop_lag_seconds_count", role="one") > 0:
+                    break
+                time.sleep(0.05)
+    finally:
+        server.kill()
     assert _value(samples, "wallet_event_loop_lag_seconds_count", role="one") > 0
     assert {sample.labels.get("role") for sample in samples if sample.name.startswith("wallet_event_loop")} == {"one"}
     assert any(sample.name == "process_resident_memory_bytes" and not sample.labels for sample in samples)
