@@ -88,7 +88,8 @@ async def test_slow_clients_do_not_hold_connections_for_everyone(tmp_path: Path)
 
 
 async def test_requests_past_the_in_flight_cap_get_503_at_once(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", extra_args=["--max-in-flight", "5"])
+    # --max-in-flight is per HTTP worker: one worker, so the count below is the server's.
+    server = ServerProcess(tmp_path / "data", extra_args=["--max-in-flight", "5", "--workers", "1"])
     server.start()
     try:
         statuses: list[int] = []
