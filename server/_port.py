@@ -121,6 +121,14 @@ class LocalPort:
     async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> Any:
         return await self.ledger.transfer_batch(commands, atomic=atomic)
 
+    async def transfer_batch_rows(self, rows: list[Any], atomic: bool) -> Any:
+        """``transfer_batch`` with its commands and outcomes as packed rows (``server._wire``):
+        what a worker calls."""
+        outcome = await self.ledger.transfer_batch(w.unpack_transfers(rows), atomic=atomic)
+        if isinstance(outcome, list):
+            return w.pack_outcomes(outcome)
+        return outcome  # BatchFailed: one small value
+
     async def create_wallet(self, command: CreateWallet) -> Any:
         return await self.ledger.create_wallet(command)
 
@@ -251,7 +259,7 @@ class LocalPort:
 
 # The methods a worker may call, by name: the LocalPort's public coroutines and functions.
 METHODS = (
-    "transfer", "transfer_batch", "create_wallet", "change_status", "create_asset", "create_token",
+    "transfer", "transfer_batch", "transfer_batch_rows", "create_wallet", "change_status", "create_asset", "create_token",
     "revoke_token", "resolve_hold", "request_withdrawal", "advance_withdrawal",
     "wallet", "wallets", "withdrawal", "withdrawals", "token", "asset", "assets", "transaction",
     "entries", "balance_at", "wallet_ids", "events", "status", "take_snapshot",
@@ -489,7 +497,10 @@ class RemotePort:
         return await self._call("transfer", command)
 
     async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> Any:
-        return await self._call("transfer_batch", commands, atomic)
+        outcome = await self._call("transfer_batch_rows", w.pack_transfers(commands), atomic)
+        if isinstance(outcome, list):
+            return w.unpack_outcomes(outcome)
+        return outcome
 
     async def create_wallet(self, command: CreateWallet) -> Any:
         return await self._call("create_wallet", command)

@@ -285,3 +285,105 @@ def _checked(message: Any) -> list[Any]:
     else:
         raise ProtocolError(f"message kind {kind!r}")
     return message
+
+
+# -- batches, packed --------------------------------------------------------------------------
+#
+# A batch of transfers crosses as rows of plain values rather than one extension value per
+# object: a batch of 1000 items is 3,000 nested objects the generic codec would pack and build
+# one by one (measured: encoding and decoding them was 38% of the ledger process's CPU under
+# batch load). The rows carry the same fields, and the same objects are rebuilt on the other
+# side with the ledger's fast builders.
+#
+#   transfer row  [transaction_id, type, from, to, amount, description, metadata,
+#                  scope, key, fingerprint, owner_id, hold_timeout_s]   (scope None: no key)
+#   outcome row   [0, lsn, *transferred]                 Committed
+#                 [1, fingerprint, lsn, at_us, *transferred]  Duplicate of a transfer
+#                 [2, reason name, detail]               Rejection
+#                 [3, value]                             anything else, generically encoded
+#   transferred   [transaction_id, type, from, to, asset, amount, description, metadata, at_us,
+#                  scope, key, fingerprint]
+
+
+def pack_transfers(commands: list[Any]) -> list[list[Any]]:
+    rows = []
+    for c in commands:
+        key = c.idempotency
+        rows.append([
+            c.transaction_id, int(c.type), c.from_wallet_id, c.to_wallet_id, c.amount, c.description,
+            c.metadata, None if key is None else key.scope, None if key is None else key.key,
+            None if key is None else key.fingerprint, c.owner_id, c.hold_timeout_s,
+        ])
+    return rows
+
+
+def unpack_transfers(rows: list[Any]) -> list[Any]:
+    if type(rows) is not list:
+        raise ProtocolError("transfer rows are not a list")
+    build, key_of, kind = _model.new_transfer, _model.new_idempotency, _model.TransactionType
+    commands = []
+    try:
+        for row in rows:
+            tid, type_, source, target, amount, description, metadata, scope, key, fingerprint, owner, hold = row
+            idempotency = None if scope is None else key_of(scope, key, fingerprint)
+            commands.append(build(tid, kind(type_), source, target, amount, description, metadata,
+                                  idempotency, owner, hold))
+    except (TypeError, ValueError) as error:
+        raise ProtocolError(f"a malformed transfer row: {error}") from None
+    return commands
+
+
+def _transferred_row(event: Any) -> list[Any]:
+    key = event.idempotency
+    return [
+        event.transaction_id, int(event.type), event.from_wallet_id, event.to_wallet_id, event.asset,
+        event.amount, event.description, event.metadata, event.at_us,
+        None if key is None else key.scope, None if key is None else key.key,
+        None if key is None else key.fingerprint,
+    ]
+
+
+def _transferred(row: list[Any]) -> Any:
+    tid, type_, source, target, asset, amount, description, metadata, at_us, scope, key, fingerprint = row
+    idempotency = None if scope is None else _model.new_idempotency(scope, key, fingerprint)
+    return _model.new_transferred(tid, _model.TransactionType(type_), source, target, asset, amount,
+                                  description, metadata, at_us, idempotency)
+
+
+def pack_outcomes(outcomes: list[Any]) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for outcome in outcomes:
+        kind = type(outcome)
+        if kind is _model.Committed and type(outcome.event) is _model.Transferred:
+            rows.append([0, outcome.lsn, *_transferred_row(outcome.event)])
+        elif kind is _model.Duplicate and type(outcome.record.event) is _model.Transferred:
+            record = outcome.record
+            rows.append([1, record.fingerprint, record.lsn, record.at_us, *_transferred_row(record.event)])
+        elif kind is _model.Rejection:
+            rows.append([2, outcome.reason.name, outcome.detail])
+        else:
+            rows.append([3, outcome])
+    return rows
+
+
+def unpack_outcomes(rows: list[Any]) -> list[Any]:
+    if type(rows) is not list:
+        raise ProtocolError("outcome rows are not a list")
+    outcomes: list[Any] = []
+    try:
+        for row in rows:
+            tag = row[0]
+            if tag == 0:
+                outcomes.append(_model.new_committed(_transferred(row[2:]), row[1]))
+            elif tag == 1:
+                record = _model.new_idempotency_record(row[1], row[2], row[3], _transferred(row[4:]))
+                outcomes.append(_model.Duplicate(record=record))
+            elif tag == 2:
+                outcomes.append(_model.Rejection(reason=_model.Reason[row[1]], detail=row[2]))
+            elif tag == 3:
+                outcomes.append(row[1])
+            else:
+                raise ProtocolError(f"outcome tag {tag!r}")
+    except (TypeError, ValueError, KeyError, IndexError) as error:
+        raise ProtocolError(f"a malformed outcome row: {error}") from None
+    return outcomes

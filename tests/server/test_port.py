@@ -164,3 +164,25 @@ async def test_calls_fail_unavailable_when_the_ledger_side_goes_away(tmp_path: P
             await pair.remote.assets()
         assert (await pair.remote.status()).reason is not None
         await pair.stop()
+
+
+async def test_batches_cross_packed_and_answer_as_in_process(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        pair = await _start(nursery, tmp_path)
+        remote = pair.remote
+        assert await remote.create_asset(CreateAsset(code="USD", scale=2))
+        for wallet_id in ("a", "b"):
+            await remote.create_wallet(
+                CreateWallet(wallet_id=wallet_id, owner_id="o", asset="USD", metadata=None, idempotency=None)
+            )
+        assert isinstance(await remote.transfer(_transfer(1, None, "a", 10, "d")), Committed)
+        items = [_transfer(100 + n, "a", "b", 3, f"b{n}") for n in range(5)]  # the 4th has no funds
+        outcome = await remote.transfer_batch(items, False)
+        assert [type(result) for result in outcome] == [Committed] * 3 + [Rejection] * 2
+        assert outcome[3].reason == Reason.INSUFFICIENT_FUNDS
+        again = await remote.transfer_batch(items[:3], False)
+        assert [type(result) for result in again] == [Duplicate] * 3
+        assert [result.record.event for result in again] == [result.event for result in outcome[:3]]
+        failed = await remote.transfer_batch([_transfer(200, "a", "b", 999, "x")], True)
+        assert type(failed).__name__ == "BatchFailed"
+        await pair.stop()

@@ -160,3 +160,51 @@ def test_int_enums_keep_their_type_inside_values() -> None:
     decoded = w.decode_value(w.encode_value(view))
     assert type(decoded.status) is WalletStatus
     assert type(w.decode_value(w.encode_value([TransactionType.TRANSFER]))[0]) is TransactionType
+
+
+# -- batches, packed ---------------------------------------------------------------------------
+
+
+def _outcomes() -> list[object]:
+    keyed = Transferred(
+        transaction_id="tx_2", type=TransactionType.TRANSFER, from_wallet_id="a", to_wallet_id="b",
+        asset="USD", amount=2**63 - 1, description=None, metadata={"m": [1]}, at_us=-5,
+        idempotency=Idempotency(scope="owner:o", key="k", fingerprint=b"\x01" * 16),
+    )
+    return [
+        Committed(event=keyed, lsn=9),
+        Committed(event=_transferred(), lsn=10),
+        Duplicate(record=IdempotencyRecord(fingerprint=b"f" * 16, lsn=3, at_us=4, event=keyed)),
+        Rejection(reason=Reason.INSUFFICIENT_FUNDS, detail="w has 1 available, 5 requested"),
+        Rejection(reason=Reason.IDEMPOTENCY_KEY_REUSED, detail="x"),
+        # Not a shape the rows know: crosses generically, whole.
+        Duplicate(record=IdempotencyRecord(fingerprint=b"g", lsn=1, at_us=2, event=Rejection(
+            reason=Reason.SAME_WALLET, detail="odd"))),
+    ]
+
+
+def test_packed_transfers_and_outcomes_cross_whole() -> None:
+    commands = [_transfer(index) for index in range(3)]
+    commands.append(Transfer(
+        transaction_id="tx_h", type=TransactionType.TRANSFER, from_wallet_id="a", to_wallet_id="b", amount=1,
+        description="d", metadata=None, idempotency=None, owner_id="o", hold_timeout_s=30,
+    ))
+    rows = w.decode_value(w.encode_value(w.pack_transfers(commands)))
+    assert w.unpack_transfers(rows) == commands
+    outcomes = _outcomes()
+    decoded = w.unpack_outcomes(w.decode_value(w.encode_value(w.pack_outcomes(outcomes))))
+    assert decoded == outcomes
+    assert [type(outcome) for outcome in decoded] == [type(outcome) for outcome in outcomes]
+    assert type(decoded[0].event.type) is TransactionType
+
+
+@pytest.mark.parametrize("rows", [{"a": 1}, [[1, 2]], [[0]], [[2, "NO_SUCH_REASON", "x"]], [[7, 1]],
+                                  [[0, 1, *([None] * 12)]]])
+def test_malformed_rows_are_protocol_errors(rows: object) -> None:
+    with pytest.raises(w.ProtocolError):
+        if rows and isinstance(rows, list) and len(rows[0]) == 2 and rows[0][0] == 1:
+            w.unpack_transfers(rows)
+        else:
+            w.unpack_outcomes(rows)  # type: ignore[arg-type]
+    with pytest.raises(w.ProtocolError):
+        w.unpack_transfers([[1, 2]])
