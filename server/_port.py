@@ -121,6 +121,12 @@ class LocalPort:
     async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> Any:
         return await self.ledger.transfer_batch(commands, atomic=atomic)
 
+    async def transfer_row(self, row: list[Any]) -> list[Any]:
+        """``transfer`` with its command and outcome as packed rows (``server._wire``)."""
+        (command,) = w.unpack_transfers([row])
+        (packed,) = w.pack_outcomes([await self.ledger.transfer(command)])
+        return packed
+
     async def transfer_batch_rows(self, rows: list[Any], atomic: bool) -> Any:
         """``transfer_batch`` with its commands and outcomes as packed rows (``server._wire``):
         what a worker calls."""
@@ -259,7 +265,8 @@ class LocalPort:
 
 # The methods a worker may call, by name: the LocalPort's public coroutines and functions.
 METHODS = (
-    "transfer", "transfer_batch", "transfer_batch_rows", "create_wallet", "change_status", "create_asset", "create_token",
+    "transfer", "transfer_batch", "transfer_batch_rows", "transfer_row",
+    "create_wallet", "change_status", "create_asset", "create_token",
     "revoke_token", "resolve_hold", "request_withdrawal", "advance_withdrawal",
     "wallet", "wallets", "withdrawal", "withdrawals", "token", "asset", "assets", "transaction",
     "entries", "balance_at", "wallet_ids", "events", "status", "take_snapshot",
@@ -494,7 +501,9 @@ class RemotePort:
     # The methods of LocalPort, one call each.
 
     async def transfer(self, command: Transfer) -> Any:
-        return await self._call("transfer", command)
+        (row,) = w.pack_transfers([command])
+        (outcome,) = w.unpack_outcomes([await self._call("transfer_row", row)])
+        return outcome
 
     async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> Any:
         outcome = await self._call("transfer_batch_rows", w.pack_transfers(commands), atomic)
