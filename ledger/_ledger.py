@@ -445,7 +445,10 @@ class Ledger:
     async def stop(self) -> None:
         """Stops the actors once every mailbox is empty, so no transfer is left half way and the
         live state equals the log; ``run`` then flushes the log and drains the projector. Call
-        when no request can arrive any more (after the HTTP server has drained)."""
+        when no request can arrive any more (after the HTTP server has drained and the payout
+        workers have ended). A call that comes anyway is refused with StorageFailed: idle
+        mailboxes do not mean idle callers (one may be waiting for the log to answer its last
+        command and make its next call when it wakes), and a stopped actor would never answer."""
         while not all(shard.idle() for shard in self.shards):
             await anyio.sleep(0.001)
         # All idle at one instant of a single-threaded loop: no message is in flight anywhere

@@ -375,6 +375,12 @@ class Shard:
             raise Overloaded(f"shard {self.index} mailbox is full")
 
     def _submit(self, message: Any) -> None:
+        if self._stopping:
+            # ``run`` returns once the mailboxes are empty and never looks again: a message
+            # queued now would never be answered and its caller (waiting shielded) would wait
+            # forever. Callers may still come: a payout worker whose shielded wait for the log
+            # ended after ``Ledger.stop`` makes its next call with no checkpoint in between.
+            raise StorageFailed("the ledger is stopping")
         self.check_room()
         self._external.append(message)
         if self._sleeping:
@@ -436,7 +442,9 @@ class Shard:
     # -- the actor -----------------------------------------------------------------------
 
     def stop(self) -> None:
-        """``run`` returns once both mailboxes are empty (in-flight transfers finished)."""
+        """``run`` returns once both mailboxes are empty (in-flight transfers finished); from
+        now on ``submit_*`` raises StorageFailed instead of queueing what would never be
+        answered."""
         self._stopping = True
         if self._sleeping:
             self._sleeping = False

@@ -208,11 +208,17 @@ async def _until_cancelled(scope: anyio.CancelScope, function: Any) -> None:
 
 
 async def _until_cancelled_started(
-    scope: anyio.CancelScope, function: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    scope: anyio.CancelScope, function: Any, ended: anyio.Event,
+    *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """``_until_cancelled`` for a function that reports ``task_status.started()``."""
-    with scope:
-        await function(task_status=task_status)
+    """``_until_cancelled`` for a function that reports ``task_status.started()``; sets
+    ``ended`` when it has returned (cancelling ``scope`` does not mean that it has: a task in a
+    shielded wait goes on until the wait ends)."""
+    try:
+        with scope:
+            await function(task_status=task_status)
+    finally:
+        ended.set()
 
 
 async def _serve_http(
@@ -392,7 +398,8 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
                     rng=random.Random(),
                 )
                 payouts_scope = anyio.CancelScope()
-                await group.start(_until_cancelled_started, payouts_scope, payouts.run)
+                payouts_ended = anyio.Event()
+                await group.start(_until_cancelled_started, payouts_scope, payouts.run, payouts_ended)
                 port.payouts = payouts
                 await shutdown.wait()
                 signalled = anyio.current_time()
@@ -403,6 +410,10 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
                 payouts_scope.cancel()
                 if isinstance(bank, HttpBank):
                     await bank.aclose()
+                # The actors stop only once the workers have ended: a worker cancelled while
+                # its ledger call waits (shielded) for the log makes its next call when it
+                # wakes, and that call must still be answered (Ledger.stop would refuse it).
+                await payouts_ended.wait()
                 await http_done.wait()
                 log.info("%s drained in %.3f s; stopping the actors", "HTTP" if api is not None else "port",
                          anyio.current_time() - signalled)

@@ -126,6 +126,25 @@ async def test_a_full_mailbox_refuses_at_once(tmp_path: Path) -> None:
         await ledger.stop()
 
 
+async def test_a_call_after_stop_is_refused_at_once_not_queued_to_a_stopped_actor(tmp_path: Path) -> None:
+    # Idle mailboxes are not idle callers: a caller whose reply was still waiting for the log
+    # when stop() ran calls again when it wakes. Queued, that call would never be answered (its
+    # shielded wait, and the graceful stop, would hang): every submit must refuse at once.
+    ledger = Ledger(await trio.to_thread.run_sync(recover, tmp_path), tmp_path, shards=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        await setup(ledger, ["a", "b"], deposit=100)
+        await ledger.stop()
+        for shard in ledger.shards:
+            with pytest.raises(StorageFailed, match="stopping"):
+                shard.submit_query(lambda state: None, lambda value: 0)
+            with pytest.raises(StorageFailed, match="stopping"):
+                shard.submit_command(ChangeWalletStatus(wallet_id="a", status=WalletStatus.FROZEN))
+            with pytest.raises(StorageFailed, match="stopping"):
+                shard.submit_transfer(transfer(1, "a", "b", 10))
+            assert shard.idle()
+
+
 async def test_a_failed_fsync_is_never_acknowledged_and_stops_writes(tmp_path: Path) -> None:
     ledger = Ledger(await trio.to_thread.run_sync(recover, tmp_path), tmp_path, shards=2)
     calls = []
