@@ -16,21 +16,19 @@ import pytest
 
 from tests.e2e._load import Ledgerbook, history_ids, setup_wallets
 from tests.e2e._server import ServerProcess
-from tests.e2e.test_processes import DEPOSIT, WORKERS, _load_until, _pid_alive, _processes, _verify
+from tests.e2e._supervised import (
+    DEPOSIT,
+    load_until,
+    pid_alive,
+    processes,
+    verify,
+)
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def supervised(tmp_path: Path) -> Any:
-    server = ServerProcess(tmp_path / "data", extra_args=["--workers", str(WORKERS)])
-    server.start()
-    yield server
-    server.kill()
-
-
 def _projector_pid(server: ServerProcess) -> int:
-    (pid,) = [item["pid"] for item in _processes(server) if item["role"] == "projector"]
+    (pid,) = [item["pid"] for item in processes(server) if item["role"] == "projector"]
     return int(pid)
 
 
@@ -62,20 +60,20 @@ async def test_a_killed_projector_is_restarted_and_history_is_whole(supervised: 
         await setup_wallets(http, ids, asset="USD", deposit=DEPOSIT)
     victim = _projector_pid(supervised)
     book = Ledgerbook()
-    await _load_until(supervised, ids, book, seed=5, action=lambda: os.kill(victim, signal.SIGKILL))
+    await load_until(supervised, ids, book, seed=5, action=lambda: os.kill(victim, signal.SIGKILL))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        (projector,) = [item for item in _processes(supervised) if item["role"] == "projector"]
-        if projector["pid"] != victim and _pid_alive(projector["pid"]):
+        (projector,) = [item for item in processes(supervised) if item["role"] == "projector"]
+        if projector["pid"] != victim and pid_alive(projector["pid"]):
             break
         time.sleep(0.1)
     else:
-        raise AssertionError(f"the projector was not restarted: {_processes(supervised)}")
+        raise AssertionError(f"the projector was not restarted: {processes(supervised)}")
     assert projector["restarts"] == 1
-    assert not _pid_alive(victim)
+    assert not pid_alive(victim)
     # Writes never waited for the projector: nothing was refused while it was down.
     assert not book.unanswered, len(book.unanswered)
-    await _verify(supervised, ids, book)  # every acknowledged transfer in history exactly once per side
+    await verify(supervised, ids, book)  # every acknowledged transfer in history exactly once per side
     assert supervised.terminate() == 0
 
 
