@@ -83,6 +83,7 @@ current_auth: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("cur
 
 CALLS_IN_FLIGHT_MAX = 16_384  # per worker connection, in the ledger process
 RECEIVE_BYTES = 1 << 20
+CONNECT_WAIT_S = 2.0  # how long a call waits for the worker's connection to the ledger
 
 
 class Unavailable(Exception):
@@ -486,6 +487,11 @@ class RemotePort:
                 await stream.send(w.frame(messages))
 
     async def _call(self, method: str, *args: Any) -> Any:
+        if self._stream is None:
+            # A worker that just started (or whose ledger is restarting) connects within a few
+            # tenths of a second: a request that arrives meanwhile waits for that, not a 503.
+            with anyio.move_on_after(CONNECT_WAIT_S):
+                await self.connected.wait()
         if self._stream is None:
             raise Unavailable("the ledger process is not reachable")
         correlation = next(self._ids)

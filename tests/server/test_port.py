@@ -186,3 +186,37 @@ async def test_batches_cross_packed_and_answer_as_in_process(tmp_path: Path) -> 
         failed = await remote.transfer_batch([_transfer(200, "a", "b", 999, "x")], True)
         assert type(failed).__name__ == "BatchFailed"
         await pair.stop()
+
+
+async def test_a_call_made_before_the_connection_is_up_waits_for_it(tmp_path: Path) -> None:
+    """A worker just started (or whose ledger restarts) gets a request before its connection is
+    up: the call waits for the connection rather than answering 503 at once."""
+    ledger = Ledger(await trio.to_thread.run_sync(recover, tmp_path), tmp_path, shards=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        path = str(tmp_path / "late.sock")
+        remote = RemotePort(path, reconnect_s=0.05)
+        transport = trio.CancelScope()
+        answers: list[object] = []
+
+        async def run() -> None:
+            with transport:
+                async with trio.open_nursery() as inner:
+                    await inner.start(remote.run)
+
+                    async def ask() -> None:
+                        answers.append(await remote.assets())
+
+                    inner.start_soon(ask)
+                    await trio.sleep(0.3)  # the call is waiting; now the ledger side listens
+                    listener = await anyio.create_unix_listener(path)
+                    port = LocalPort(ledger)
+                    inner.start_soon(serve_port, lambda: port, listener)
+                    with trio.fail_after(5):
+                        while not answers:
+                            await trio.sleep(0.01)
+                    inner.cancel_scope.cancel()
+
+        await run()
+        assert answers == [[]]
+        await ledger.stop()
