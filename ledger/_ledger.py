@@ -44,8 +44,10 @@ from ledger._history import History, weight
 from ledger._model import (
     BATCH_ITEMS_MAX,
     AdvanceWithdrawal,
+    Asset,
     BatchFailed,
     ChangeWalletStatus,
+    Committed,
     CompleteWithdrawal,
     CreateAsset,
     CreateToken,
@@ -486,7 +488,7 @@ class Ledger:
             del self._in_flight[key]
             done.set()
 
-    async def transfer(self, command: Transfer) -> Decision:
+    async def transfer(self, command: Transfer) -> ItemOutcome:
         shard = self._shard(command.to_wallet_id)
         return await self._keyed(command.idempotency, lambda: shard.submit_transfer(command))
 
@@ -598,7 +600,7 @@ class Ledger:
     async def resolve_hold(
         self, transaction_id: str, *, capture: bool, amount: int | None, owner_id: str | None,
         idempotency: Idempotency | None,
-    ) -> Decision:
+    ) -> ItemOutcome:
         """Captures or voids a pending transfer. ``Rejection(NOT_PENDING)`` when no pending
         hold has that id (the caller tells "not pending" from "no such transaction")."""
 
@@ -627,11 +629,13 @@ class Ledger:
 
         return await self._keyed(idempotency, submit)
 
-    async def request_withdrawal(self, command: RequestWithdrawal) -> Decision:
+    async def request_withdrawal(self, command: RequestWithdrawal) -> ItemOutcome:
         shard = self._shard(command.wallet_id)
         return await self._keyed(command.idempotency, lambda: shard.submit_command(command))
 
-    async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Decision:
+    async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Decision | Committed:
+        """An admin's or a payout worker's step: the events it appended, or ``Committed`` when
+        the step voided the hold alone (a refusal)."""
         wallet_id = self.directory.withdrawal_wallets.get(command.withdrawal_id)
         if wallet_id is None:
             return Rejection(
@@ -698,10 +702,10 @@ class Ledger:
     def token(self, token_hash: bytes) -> Token | None:
         return self.directory.tokens.get(token_hash)
 
-    def assets(self) -> list[Any]:
+    def assets(self) -> list[Asset]:
         return sorted(self.directory.assets.values(), key=lambda asset: asset.code)
 
-    def asset(self, code: str) -> Any:
+    def asset(self, code: str) -> Asset | None:
         return self.directory.assets.get(code)
 
     def all_wallets(self) -> list[Wallet]:

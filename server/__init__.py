@@ -1,8 +1,23 @@
-"""The composition root: the Starlette app, validation, auth, problem+json errors, the server's
-lifecycle and the ``wallet`` command line."""
+"""The composition root: the HTTP front, validation, problem+json errors, the ledger port, the
+server's lifecycle and the ``wallet`` command line.
 
-from server._app import Api, build_app
+Which code runs in which process (``docs/ARCHITECTURE.md``, Processes; ADR 0006):
+
+- supervisor (``wallet serve --workers N``): ``_supervisor`` only; no event loop.
+- every child: ``_child`` (its entry), ``_loop_lag``, ``_scrape``'s shared metric files.
+- ledger process (and the one process of ``--workers 0``): ``_serve.serve``, ``_port.LocalPort``
+  and ``_port.serve_port``, ``_snapshotter``, ``_payouts`` with ``_payout_ledger`` and
+  ``_bank``, ``_lock``; the ledger itself (``ledger/``, ``wal/``, ``snapshots/``).
+- projector process: ``_serve.serve_projector`` -> ``ledger/_projector.py``.
+- HTTP workers (and the one process of ``--workers 0``): ``http/`` (routes, auth, rendering)
+  over ``_port.RemotePort`` (``_port.LocalPort`` in one process), with ``_validate``,
+  ``_errors``, ``_openapi``, ``_observe`` and ``_edge``; ``_serve.serve_worker`` starts them.
+- command line and tools, in the operator's shell: ``cli``, ``_config``, ``_tools``, ``_seed``,
+  ``_banksim``.
+"""
+
 from server._errors import REASONS, ApiError
 from server._serve import ServeOptions, serve
+from server.http import Deps, build_app
 
-__all__ = ["REASONS", "Api", "ApiError", "ServeOptions", "build_app", "serve"]
+__all__ = ["REASONS", "ApiError", "Deps", "ServeOptions", "build_app", "serve"]

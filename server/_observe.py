@@ -50,7 +50,7 @@ METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"}
 METHOD_OTHER = "other"
 ROUTE_UNMATCHED = "unmatched"
 # A token sent where its prefix belongs (DELETE /v1/tokens/{prefix}) keeps only a prefix's
-# length in logs and answers (``server._app.TOKEN_PREFIX_CHARS``, checked there).
+# length in logs and answers (``server.http._tokens.TOKEN_PREFIX_CHARS``, checked there).
 TOKEN_CHARS_SHOWN = 12
 _TOKEN_PATH = re.compile(rf"(/v1/tokens/[^/]{{{TOKEN_CHARS_SHOWN}}})[^/]+")
 SECURITY_HEADERS = [
@@ -62,7 +62,13 @@ SECURITY_HEADERS = [
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """This process's registry. ``port_of`` gives the ledger's port for its statistics at scrape
+    time (a ``LocalPort`` when the ledger runs in this process; a ``RemotePort`` has no
+    ``ledger`` nor ``payouts``, so those collectors show nothing); ``exposition`` is what
+    ``GET /metrics`` answers when not this registry (``server._scrape`` in an HTTP worker)."""
+
+    def __init__(self, *, port_of: Callable[[], object] = lambda: None,
+                 exposition: Callable[[], Awaitable[bytes]] | None = None) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.requests = Counter(
@@ -83,16 +89,10 @@ class Metrics:
             ["atomic", "status"], registry=self.registry,
         )
         self.loop_lag = loop_lag_histogram(self.registry)
-        self.api: Any = None  # the Api, for the ledger's statistics at scrape time
-        register_ledger_collectors(self.registry, self._local_port)
+        register_ledger_collectors(self.registry, port_of)
         # What ``GET /metrics`` answers: this registry, in one process; in an HTTP worker of
         # ``--workers N``, every process's series (``server._scrape``).
-        self.exposition: Callable[[], Awaitable[bytes]] = self._own_exposition
-
-    def _local_port(self) -> Any:
-        """The ``Api``'s port: a ``LocalPort`` when the ledger runs in this process (a
-        ``RemotePort`` has no ``ledger`` nor ``payouts``, so the collectors show nothing)."""
-        return getattr(self.api, "port", None)
+        self.exposition: Callable[[], Awaitable[bytes]] = exposition or self._own_exposition
 
     async def _own_exposition(self) -> bytes:
         return generate_latest(self.registry)

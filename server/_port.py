@@ -22,6 +22,9 @@ Revocation is immediate across workers: a call made for a user token carries the
 (``current_auth``), and the ledger process checks it against the live token table before the
 method runs.
 
+``LedgerPort`` is what the routes see of either: a Protocol both classes satisfy (mypy checks it
+below), with the ledger's own result types, so no ``Any`` reaches a route.
+
 Coalescing, both ways: a ``RemotePort`` queues calls and its sender writes everything queued
 since its last write as one frame (one syscall for a burst of requests); ``serve_port`` does the
 same with replies, which are sent only once what they report is durable (the ledger's own
@@ -37,7 +40,7 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
@@ -46,16 +49,20 @@ from prometheus_client import CollectorRegistry, generate_latest
 from ledger import (
     AdvanceWithdrawal,
     Asset,
+    BatchFailed,
     ChangeWalletStatus,
     Committed,
     CreateAsset,
     CreateToken,
     CreateWallet,
+    Decision,
     Entry,
+    Event,
     Gone,
     History,
     HistoryLagging,
     Idempotency,
+    ItemOutcome,
     Ledger,
     Overloaded,
     PayoutStep,
@@ -104,6 +111,47 @@ class Status:
 
 w.register(Status)
 
+
+class LedgerPort(Protocol):
+    """What a route may ask of the ledger, in either mode, and what it gets back.
+
+    A money movement (transfer, capture or void, withdrawal request) answers an ``ItemOutcome``:
+    ``Committed`` with its event and LSN, ``Duplicate`` for a replayed key, or ``Rejection``. A
+    command decided on one shard answers a ``Decision``: the events it appended (none when
+    there was nothing to do), ``Duplicate`` or ``Rejection``; a withdrawal step that voided the
+    hold alone answers ``Committed``. Every reply comes once what it reports is durable."""
+
+    async def transfer(self, command: Transfer) -> ItemOutcome: ...
+    async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> list[ItemOutcome] | BatchFailed: ...
+    async def create_wallet(self, command: CreateWallet) -> Decision: ...
+    async def change_status(self, command: ChangeWalletStatus) -> Decision: ...
+    async def create_asset(self, command: CreateAsset) -> Decision: ...
+    async def create_token(self, command: CreateToken) -> Decision: ...
+    async def revoke_token(self, command: RevokeToken) -> Decision: ...
+    async def resolve_hold(self, transaction_id: str, capture: bool, amount: int | None,
+                           owner_id: str | None, idempotency: Idempotency | None) -> ItemOutcome: ...
+    async def request_withdrawal(self, command: RequestWithdrawal) -> ItemOutcome: ...
+    async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Decision | Committed: ...
+    async def wallet(self, wallet_id: str) -> WalletView | None: ...
+    async def wallets(self, wallet_ids: list[str]) -> list[WalletView]: ...
+    async def withdrawal(self, withdrawal_id: str) -> WithdrawalView | None: ...
+    async def withdrawals(self, statuses: frozenset[WithdrawalStatus] | None,
+                          owner_id: str | None) -> list[WithdrawalView]: ...
+    async def token(self, token_hash: bytes) -> Token | None: ...
+    async def asset(self, code: str) -> Asset | None: ...
+    async def assets(self) -> list[Asset]: ...
+    async def transaction(self, transaction_id: str) -> TransactionRow | None: ...
+    async def entries(self, wallet_id: str, before: int | None, limit: int, type_: TransactionType | None,
+                      status: TransactionStatus | None, since_us: int | None,
+                      until_us: int | None) -> list[Entry]: ...
+    async def balance_at(self, wallet_id: str, at_us: int) -> int: ...
+    async def wallet_ids(self, owner_id: str | None, asset: str | None, after_lsn: int,
+                         limit: int) -> list[tuple[int, str]]: ...
+    async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Event]]: ...
+    async def status(self) -> Status: ...
+    async def take_snapshot(self) -> tuple[int | None, int]: ...
+
+
 class LocalPort:
     """The port over a ``Ledger`` in this process. ``snapshotter`` and ``payouts`` are the
     server's components around it (absent in tools and tests that run the ledger alone)."""
@@ -116,10 +164,10 @@ class LocalPort:
 
     # -- commands ----------------------------------------------------------------------------
 
-    async def transfer(self, command: Transfer) -> Any:
+    async def transfer(self, command: Transfer) -> ItemOutcome:
         return await self.ledger.transfer(command)
 
-    async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> Any:
+    async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> list[ItemOutcome] | BatchFailed:
         return await self.ledger.transfer_batch(commands, atomic=atomic)
 
     async def transfer_row(self, row: list[Any]) -> list[Any]:
@@ -136,28 +184,28 @@ class LocalPort:
             return w.pack_outcomes(outcome)
         return outcome  # BatchFailed: one small value
 
-    async def create_wallet(self, command: CreateWallet) -> Any:
+    async def create_wallet(self, command: CreateWallet) -> Decision:
         return await self.ledger.create_wallet(command)
 
-    async def change_status(self, command: ChangeWalletStatus) -> Any:
+    async def change_status(self, command: ChangeWalletStatus) -> Decision:
         return await self.ledger.change_status(command)
 
-    async def create_asset(self, command: CreateAsset) -> Any:
+    async def create_asset(self, command: CreateAsset) -> Decision:
         return await self.ledger.create_asset(command)
 
-    async def create_token(self, command: CreateToken) -> Any:
+    async def create_token(self, command: CreateToken) -> Decision:
         return await self.ledger.create_token(command)
 
-    async def revoke_token(self, command: RevokeToken) -> Any:
+    async def revoke_token(self, command: RevokeToken) -> Decision:
         return await self.ledger.revoke_token(command)
 
     async def resolve_hold(self, transaction_id: str, capture: bool, amount: int | None,
-                           owner_id: str | None, idempotency: Idempotency | None) -> Any:
+                           owner_id: str | None, idempotency: Idempotency | None) -> ItemOutcome:
         return await self.ledger.resolve_hold(
             transaction_id, capture=capture, amount=amount, owner_id=owner_id, idempotency=idempotency
         )
 
-    async def request_withdrawal(self, command: RequestWithdrawal) -> Any:
+    async def request_withdrawal(self, command: RequestWithdrawal) -> ItemOutcome:
         """A new withdrawal goes to the payout workers at once (a replayed key does not: its
         withdrawal was submitted when it was new)."""
         decision = await self.ledger.request_withdrawal(command)
@@ -165,7 +213,7 @@ class LocalPort:
             self.payouts.submit(decision.event.transaction_id)
         return decision
 
-    async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Any:
+    async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Decision | Committed:
         """An admin's step on a withdrawal; a re-queued one goes to the payout workers."""
         decision = await self.ledger.advance_withdrawal(command)
         if (command.step == PayoutStep.RETRY and not isinstance(decision, Rejection)
@@ -243,7 +291,7 @@ class LocalPort:
 
     # -- events, operations ------------------------------------------------------------------
 
-    async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Any]]:
+    async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Event]]:
         return await self.ledger.events.read(after, limit=limit, wait_s=wait_s)
 
     async def status(self) -> Status:
@@ -506,40 +554,41 @@ class RemotePort:
 
     # The methods of LocalPort, one call each.
 
-    async def transfer(self, command: Transfer) -> Any:
+    async def transfer(self, command: Transfer) -> ItemOutcome:
         (row,) = w.pack_transfers([command])
         (outcome,) = w.unpack_outcomes([await self._call("transfer_row", row)])
         return outcome
 
-    async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> Any:
+    async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> list[ItemOutcome] | BatchFailed:
         outcome = await self._call("transfer_batch_rows", w.pack_transfers(commands), atomic)
         if isinstance(outcome, list):
             return w.unpack_outcomes(outcome)
+        assert isinstance(outcome, BatchFailed)
         return outcome
 
-    async def create_wallet(self, command: CreateWallet) -> Any:
+    async def create_wallet(self, command: CreateWallet) -> Decision:
         return await self._call("create_wallet", command)
 
-    async def change_status(self, command: ChangeWalletStatus) -> Any:
+    async def change_status(self, command: ChangeWalletStatus) -> Decision:
         return await self._call("change_status", command)
 
-    async def create_asset(self, command: CreateAsset) -> Any:
+    async def create_asset(self, command: CreateAsset) -> Decision:
         return await self._call("create_asset", command)
 
-    async def create_token(self, command: CreateToken) -> Any:
+    async def create_token(self, command: CreateToken) -> Decision:
         return await self._call("create_token", command)
 
-    async def revoke_token(self, command: RevokeToken) -> Any:
+    async def revoke_token(self, command: RevokeToken) -> Decision:
         return await self._call("revoke_token", command)
 
     async def resolve_hold(self, transaction_id: str, capture: bool, amount: int | None,
-                           owner_id: str | None, idempotency: Idempotency | None) -> Any:
+                           owner_id: str | None, idempotency: Idempotency | None) -> ItemOutcome:
         return await self._call("resolve_hold", transaction_id, capture, amount, owner_id, idempotency)
 
-    async def request_withdrawal(self, command: RequestWithdrawal) -> Any:
+    async def request_withdrawal(self, command: RequestWithdrawal) -> ItemOutcome:
         return await self._call("request_withdrawal", command)
 
-    async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Any:
+    async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Decision | Committed:
         return await self._call("advance_withdrawal", command)
 
     async def wallet(self, wallet_id: str) -> WalletView | None:
@@ -616,7 +665,7 @@ class RemotePort:
             return await history.wallet_ids(owner_id=owner_id, asset=asset, after_lsn=after_lsn, limit=limit)
         return [(lsn, wallet_id) for lsn, wallet_id in await self._call("wallet_ids", owner_id, asset, after_lsn, limit)]
 
-    async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Any]]:
+    async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Event]]:
         return [(lsn, event) for lsn, event in await self._call("events", after, limit, wait_s)]
 
     async def status(self) -> Status:
@@ -632,6 +681,11 @@ class RemotePort:
     async def metrics(self) -> str:
         text: str = await self._call("metrics")
         return text
+
+
+if TYPE_CHECKING:  # both halves are the port the routes use (checked by mypy, never run)
+    _LOCAL: type[LedgerPort] = LocalPort
+    _REMOTE: type[LedgerPort] = RemotePort
 
 
 class _Call:

@@ -43,7 +43,6 @@ from ledger import (
     Projector,
     recover,
 )
-from server._app import BATCHES_IN_FLIGHT_MAX, Api, RateLimiter, build_app
 from server._bank import HttpBank, SimulatedBank
 from server._config import LOOP_DEFAULT, LOOPS
 from server._edge import (
@@ -62,6 +61,7 @@ from server._payouts import Payouts
 from server._port import LocalPort, RemotePort, Unavailable, serve_port
 from server._scrape import MULTIPROC_DIR_ENV, MultiProcessScrape
 from server._snapshotter import Snapshotter
+from server.http import BATCHES_IN_FLIGHT_MAX, Deps, RateLimiter, build_app
 from wal import LogCorrupt, StorageFailed
 
 log = logging.getLogger("server")
@@ -286,23 +286,26 @@ async def _in_daemon_thread(function: Callable[[], None]) -> None:
         raise failure[0]
 
 
-def _http_app(options: ServeOptions, api: Api) -> tuple[Any, Config]:
-    """The ASGI app around ``api`` and Hypercorn's config for it (both modes' HTTP)."""
+def _http_app(options: ServeOptions, deps: Deps) -> tuple[Any, Config]:
+    """The ASGI app over ``deps`` and Hypercorn's config for it (both modes' HTTP)."""
     install()  # HTTP/1.1 only, connection caps, per-connection failures (server._edge)
     limits = ConnectionLimits(total_max=options.max_connections, per_address_max=options.max_connections_per_ip)
     _check_file_limit(options.max_connections)
-    app = BodyDeadline(build_app(api, in_flight_max=options.max_in_flight), timeout_s=options.body_timeout_s)
+    app = BodyDeadline(build_app(deps, in_flight_max=options.max_in_flight), timeout_s=options.body_timeout_s)
     return app, hypercorn_config(options, limits)
 
 
-def _api(options: ServeOptions) -> Api:
+def _deps(options: ServeOptions, *, port: RemotePort | None = None,
+          exposition: Callable[[], Awaitable[bytes]] | None = None) -> Deps:
+    """What the routes are built from. ``port`` is None in one process: its ``LocalPort`` is
+    set once recovery has finished."""
     limiter = None
     if options.rate_limit > 0:
         limiter = RateLimiter(rate=options.rate_limit, burst=options.rate_burst)
-    api = Api(admin_token=admin_token(options.data_dir), limiter=limiter, limit_admin=options.rate_limit_admin,
-              batches_in_flight_max=options.max_batches_in_flight)
-    api.data_dir = options.data_dir
-    return api
+    return Deps.build(
+        admin_token=admin_token(options.data_dir), port=port, limiter=limiter, limit_admin=options.rate_limit_admin,
+        batches_in_flight_max=options.max_batches_in_flight, data_dir=options.data_dir, exposition=exposition,
+    )
 
 
 async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int:
@@ -318,11 +321,11 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
     lock = lock_data_dir(data_dir)
     shutdown = anyio.Event()
     http_done = anyio.Event()
-    api: Api | None = None
+    deps: Deps | None = None
     published: list[LocalPort] = []
     if port_socket is None:
-        api = _api(options)
-        app, config = _http_app(options, api)
+        deps = _deps(options)
+        app, config = _http_app(options, deps)
 
         async def run_http(*, task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
             try:
@@ -343,8 +346,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
     refused: LogCorrupt | None = None
     role = "one" if port_socket is None else "ledger"
     # The ledger process's histogram goes to the shared files only (server._scrape).
-    lag = loop_lag(api.metrics.loop_lag if api is not None and api.metrics is not None
-                   else loop_lag_histogram(None), role)
+    lag = loop_lag(deps.metrics.loop_lag if deps is not None else loop_lag_histogram(None), role)
     async with anyio.create_task_group() as outer:
         outer.start_soon(_signals, shutdown)
         outer.start_soon(lag.run)
@@ -378,8 +380,8 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
                     data_dir, ledger, every=options.snapshot_every, archive=options.archive
                 )
                 port = LocalPort(ledger, snapshotter=snapshotter)
-                if api is not None:
-                    api.port = port
+                if deps is not None:
+                    deps.ledger.fill(port)
                 published.append(port)
                 log.info(
                     "ready: %d records replayed in %.3f s, next LSN %d, %d shards",
@@ -415,7 +417,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
                 # wakes, and that call must still be answered (Ledger.stop would refuse it).
                 await payouts_ended.wait()
                 await http_done.wait()
-                log.info("%s drained in %.3f s; stopping the actors", "HTTP" if api is not None else "port",
+                log.info("%s drained in %.3f s; stopping the actors", "HTTP" if deps is not None else "port",
                          anyio.current_time() - signalled)
                 await ledger.stop()
         outer.cancel_scope.cancel()
@@ -461,19 +463,18 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int) -> i
     """One HTTP worker of ``--workers N``: Hypercorn on the inherited listening socket ``fd``,
     the routes over a ``RemotePort`` to the ledger process. SIGTERM: stop accepting, answer
     what was accepted, exit 0."""
-    api = _api(options)
-    app, config = _http_app(options, api)
-    config.bind = [f"fd://{fd}"]
     # History reads query the projector process's SQLite file here, read-only.
     remote = RemotePort(socket_path, history_path=options.data_dir / HISTORY_FILE)
-    api.port = remote
-    assert api.metrics is not None
+    exposition = None
     multiproc_dir = os.environ.get(MULTIPROC_DIR_ENV)
     if multiproc_dir is not None:
-        api.metrics.exposition = MultiProcessScrape(remote, options.data_dir, multiproc_dir)
+        exposition = MultiProcessScrape(remote, options.data_dir, multiproc_dir)
     else:  # not under the supervisor (which always sets it): this worker's own series only
         log.warning("%s is not set: /metrics shows this worker's series only", MULTIPROC_DIR_ENV)
-    lag: LoopLag = loop_lag(api.metrics.loop_lag, "http")
+    deps = _deps(options, port=remote, exposition=exposition)
+    app, config = _http_app(options, deps)
+    config.bind = [f"fd://{fd}"]
+    lag: LoopLag = loop_lag(deps.metrics.loop_lag, "http")
     shutdown = anyio.Event()
     async with anyio.create_task_group() as group:
 

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 
 from ledger import AMOUNT_MAX, BATCH_ITEMS_MAX
 from server import _validate as v
-from server._app import item_fingerprint
 from server._errors import ApiError
+from server.http._batches import item_fingerprint
 
 GOOD = {"idempotency_key": "k-1", "from_wallet_id": "alice", "to_wallet_id": "bob", "amount": 250}
 
@@ -185,16 +185,16 @@ def test_an_item_fingerprint_is_the_item_as_validated_whatever_the_wire() -> Non
 async def test_batch_requests_past_their_bound_are_503_at_once() -> None:
     import httpx
 
-    from server._app import Api, build_app
+    from server.http import Deps, build_app
 
-    api = Api(admin_token="admin", batches_in_flight_max=2)
-    transport = httpx.ASGITransport(app=build_app(api))
+    deps = Deps.build(admin_token="admin", batches_in_flight_max=2)
+    transport = httpx.ASGITransport(app=build_app(deps))
     headers = {"Authorization": "Bearer admin"}
     async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as http:
         response = await http.post("/v1/transfers/batch", json={"atomic": False})  # 400, before the ledger
         assert response.status_code == 400
-        assert api._batches_in_flight == 0  # released on the way out, whatever the answer
-        api._batches_in_flight = 2  # two others are being handled
+        assert deps.batches.in_flight == 0  # released on the way out, whatever the answer
+        deps.batches.in_flight = 2  # two others are being handled
         response = await http.post("/v1/transfers/batch", json={"atomic": False, "transfers": [GOOD]})
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert response.json()["code"] == "overloaded"

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import httpx
 
-from server._app import Api, build_app
 from server._errors import CODES, code_label
+from server.http import Deps, build_app
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
 
 
 def test_every_code_the_server_answers_with_is_in_codes() -> None:
     used = set()
-    for path in SERVER.glob("*.py"):
+    for path in SERVER.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Call):
                 continue
@@ -33,7 +33,7 @@ def test_every_code_the_server_answers_with_is_in_codes() -> None:
 
 
 async def test_invented_methods_and_paths_add_no_series() -> None:
-    transport = httpx.ASGITransport(app=build_app(Api(admin_token="admin")))
+    transport = httpx.ASGITransport(app=build_app(Deps.build(admin_token="admin")))
 
     async def series(count: int, start: int) -> set[str]:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:

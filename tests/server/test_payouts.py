@@ -372,16 +372,13 @@ async def test_metrics_expose_the_statistics(autojump_clock: trio.testing.MockCl
     await run_until_settled(payouts, ledger)
 
     class PortStub:
-        payouts = None
-
-    class ApiStub:
         ledger = None
-        port = PortStub()
+        payouts: Payouts | None = None
 
-    metrics = Metrics()
-    metrics.api = ApiStub()
+    port = PortStub()
+    metrics = Metrics(port_of=lambda: port)
     assert b"wallet_payout" not in generate_latest(metrics.registry)
-    metrics.api.port.payouts = payouts
+    port.payouts = payouts
     text = generate_latest(metrics.registry).decode()
     assert 'wallet_payout_attempts_total{outcome="paid"} 1.0' in text
     assert 'wallet_payout_attempts_total{outcome="refused"} 1.0' in text

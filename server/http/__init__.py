@@ -1,0 +1,24 @@
+"""The HTTP front: Starlette routes that authenticate, validate, turn requests into commands,
+hand them to the ledger through its port and render what it decided.
+
+Runs in every HTTP worker (``--workers N``: ``server._serve.serve_worker``, over a
+``RemotePort``), and in the one process of ``--workers 0`` (``server._serve.serve``, over a
+``LocalPort``). It never touches a balance and holds no money state: the port is its only way
+to the ledger.
+
+``_app`` (the route table, error handlers, middleware) is built from one ``Deps`` (``_deps``);
+one module per resource holds its routes (``_assets``, ``_tokens``, ``_wallets``,
+``_transfers``, ``_batches``, ``_withdrawals``, ``_transactions``, ``_events``,
+``_operations``), over shared concerns: who is calling (``_auth``), admission limits
+(``_limits``), reading paths and queries (``_requests``), cursors (``_cursors``) and the JSON
+representations (``_render``).
+"""
+
+from server.http._app import build_app, routes
+from server.http._deps import Deps, PortSlot
+from server.http._limits import BATCHES_IN_FLIGHT_MAX, RateLimiter
+from server.http._render import timestamp
+from server.http._requests import parse_timestamp
+
+__all__ = ["BATCHES_IN_FLIGHT_MAX", "Deps", "PortSlot", "RateLimiter", "build_app", "parse_timestamp", "routes",
+           "timestamp"]

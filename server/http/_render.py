@@ -1,0 +1,278 @@
+"""How the API shows things: the JSON bodies of wallets, transactions, withdrawals, statement
+entries, assets and feed events, timestamps, and a batch item's answer. Pure functions over the
+ledger's values; they never call the ledger. Runs in every HTTP worker, and in the one process
+of ``--workers 0``. (Problems are rendered by ``server._errors``.)
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ledger import (
+    Asset,
+    AssetCreated,
+    Committed,
+    Duplicate,
+    Entry,
+    Event,
+    HoldCaptured,
+    HoldCreated,
+    HoldVoided,
+    ItemOutcome,
+    Rejection,
+    TokenCreated,
+    TokenRevoked,
+    TransactionRow,
+    TransactionStatus,
+    TransactionType,
+    Transferred,
+    TransfersPosted,
+    VoidReason,
+    WalletCreated,
+    WalletStatus,
+    WalletStatusChanged,
+    WalletView,
+    WithdrawalStatus,
+    WithdrawalUpdated,
+    WithdrawalView,
+    treasury_id,
+)
+from server import _validate as v
+from server._errors import problem_body, rejected
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp(at_us: int) -> str:
+    moment = EPOCH + timedelta(microseconds=at_us)
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S.%f}Z"
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body).encode(), status_code=status, media_type="application/json")
+
+
+def accepts_msgpack(request: Request) -> bool:
+    """Whether the client asked for MessagePack (``Accept: application/msgpack``, q > 0)."""
+    for part in request.headers.get("accept", "").split(","):
+        media, *parameters = (piece.strip() for piece in part.split(";"))
+        if media.lower() == v.MSGPACK_MEDIA_TYPE:
+            return not any(parameter.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+                           for parameter in parameters)
+    return False
+
+
+def wallet_body(view: WalletView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "owner_id": view.owner_id,
+        "asset": view.asset,
+        "balance": view.balance,
+        "held": view.held,
+        "available": view.available,
+        "status": view.status.label,
+        "metadata": view.metadata or {},
+        "created_at": timestamp(view.created_at_us),
+        "updated_at": timestamp(view.updated_at_us),
+    }
+
+
+def created_wallet_body(event: WalletCreated) -> dict[str, Any]:
+    """The wallet as it was when created: what an idempotent replay answers."""
+    return {
+        "id": event.wallet_id,
+        "owner_id": event.owner_id,
+        "asset": event.asset,
+        "balance": 0,
+        "held": 0,
+        "available": 0,
+        "status": WalletStatus.ACTIVE.label,
+        "metadata": event.metadata or {},
+        "created_at": timestamp(event.at_us),
+        "updated_at": timestamp(event.at_us),
+    }
+
+
+def asset_body(asset: Asset) -> dict[str, Any]:
+    return {
+        "code": asset.code,
+        "scale": asset.scale,
+        "treasury_wallet_id": treasury_id(asset.code),
+        "created_at": timestamp(asset.created_at_us),
+    }
+
+
+MoneyEvent = Transferred | HoldCreated | HoldCaptured | HoldVoided
+
+
+def event_status(event: MoneyEvent) -> TransactionStatus:
+    if isinstance(event, HoldCreated):
+        return TransactionStatus.PENDING
+    if isinstance(event, HoldVoided):
+        return TransactionStatus.FAILED if event.reason == VoidReason.REFUSED else TransactionStatus.VOIDED
+    return TransactionStatus.POSTED
+
+
+def transaction_body(event: MoneyEvent, lsn: int) -> dict[str, Any]:
+    """The transaction as of ``event`` (a capture shows the amount posted, and the time the
+    transfer was created, like ``GET /v1/transactions/{id}``)."""
+    created_us = event.at_us if isinstance(event, Transferred | HoldCreated) else event.created_at_us
+    return {
+        "id": event.transaction_id,
+        "type": event.type.label,
+        "status": event_status(event).label,
+        "from_wallet_id": event.from_wallet_id,
+        "to_wallet_id": event.to_wallet_id,
+        "asset": event.asset,
+        "amount": event.amount,
+        "description": event.description,
+        "metadata": event.metadata or {},
+        "created_at": timestamp(created_us),
+        "lsn": lsn,
+    }
+
+
+def withdrawal_body(view: WithdrawalView) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "wallet_id": view.wallet_id,
+        "amount": view.amount,
+        "asset": view.asset,
+        "status": view.status.label,
+        "attempts": view.attempts,
+        "destination": view.destination,
+        "last_error": view.last_error,
+        "bank_reference": view.reference,
+        "next_attempt_at": timestamp(view.next_attempt_at_us) if view.next_attempt_at_us else None,
+        "created_at": timestamp(view.created_at_us),
+        "updated_at": timestamp(view.updated_at_us),
+    }
+
+
+def requested_withdrawal_body(event: HoldCreated) -> dict[str, Any]:
+    """The withdrawal as its request left it (also what a retried request replays)."""
+    assert event.destination is not None
+    return {
+        "id": event.transaction_id,
+        "wallet_id": event.from_wallet_id,
+        "amount": event.amount,
+        "asset": event.asset,
+        "status": WithdrawalStatus.PENDING.label,
+        "attempts": 0,
+        "destination": event.destination,
+        "last_error": None,
+        "bank_reference": None,
+        "next_attempt_at": None,
+        "created_at": timestamp(event.at_us),
+        "updated_at": timestamp(event.at_us),
+    }
+
+
+def row_body(row: TransactionRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "type": row.type.label,
+        "status": row.status.label,
+        "from_wallet_id": row.from_wallet_id,
+        "to_wallet_id": row.to_wallet_id,
+        "asset": row.asset,
+        "amount": row.amount,
+        "description": row.description,
+        "metadata": row.metadata or {},
+        "created_at": timestamp(row.at_us),
+        "lsn": row.lsn,
+    }
+
+
+def entry_body(entry: Entry) -> dict[str, Any]:
+    return {
+        "transaction_id": entry.transaction_id,
+        "type": entry.type.label,
+        "status": entry.status.label,
+        "direction": entry.direction,
+        "amount": entry.amount,
+        "balance_after": entry.balance_after,
+        "counterparty_wallet_id": entry.counterparty_wallet_id,
+        "description": entry.description,
+        "created_at": timestamp(entry.at_us),
+        "lsn": entry.lsn,
+    }
+
+
+STATUS_EVENT = {WalletStatus.FROZEN: "wallet.frozen", WalletStatus.ACTIVE: "wallet.unfrozen",
+                WalletStatus.CLOSED: "wallet.closed"}
+
+
+def event_body(lsn: int, event: Event) -> dict[str, Any]:
+    """The stable JSON shape of one committed event in the feed (documented in the README)."""
+    data: dict[str, Any]
+    if isinstance(event, Transferred):
+        kind = f"{event.type.label}.posted"
+        data = transaction_body(event, lsn)
+    elif isinstance(event, HoldCreated | HoldCaptured | HoldVoided):
+        if isinstance(event, HoldCaptured):
+            verb = "completed" if event.type == TransactionType.WITHDRAWAL else "posted"
+        elif isinstance(event, HoldVoided):
+            verb = event.reason.label if event.type == TransactionType.TRANSFER else "failed"
+        else:
+            verb = "pending"
+        kind = f"{event.type.label}.{verb}"
+        data = transaction_body(event, lsn)
+        if isinstance(event, HoldCreated) and event.deadline_us:
+            data["expires_at"] = timestamp(event.deadline_us)
+        if isinstance(event, HoldVoided) and event.detail is not None:
+            data["reason"] = event.detail
+    elif isinstance(event, WithdrawalUpdated):
+        kind = f"withdrawal.{event.status.label}"
+        data = {"id": event.withdrawal_id, "wallet_id": event.wallet_id, "status": event.status.label,
+                "attempts": event.attempts, "last_error": event.last_error}
+    elif isinstance(event, WalletCreated):
+        kind = "wallet.created"
+        data = {"wallet_id": event.wallet_id, "owner_id": event.owner_id, "asset": event.asset,
+                "metadata": event.metadata or {}}
+    elif isinstance(event, WalletStatusChanged):
+        kind = STATUS_EVENT[event.status]
+        data = {"wallet_id": event.wallet_id, "status": event.status.label}
+    elif isinstance(event, AssetCreated):
+        kind = "asset.created"
+        data = {"code": event.code, "scale": event.scale}
+    elif isinstance(event, TokenCreated):
+        kind = "token.created"  # never the token or its hash
+        data = {"prefix": event.prefix, "owner_id": event.owner_id}
+    else:
+        assert isinstance(event, TokenRevoked)
+        kind = "token.revoked"
+        data = {"prefix": event.prefix}
+    return {"lsn": lsn, "type": kind, "created_at": timestamp(event.at_us), "data": data}
+
+
+def event_items(lsn: int, event: Event) -> list[dict[str, Any]]:
+    """A record's items in the feed: one per transfer of a batch record (sharing its LSN), one
+    for any other record."""
+    if isinstance(event, TransfersPosted):
+        return [event_body(lsn, transfer) for transfer in event.transfers]
+    return [event_body(lsn, event)]
+
+
+def recorded(decision: Committed | Duplicate) -> tuple[Event, int]:
+    """The event and LSN behind an answer: what was just committed, or what a replayed key
+    committed the first time (the same answer again)."""
+    if isinstance(decision, Duplicate):
+        return decision.record.event, decision.record.lsn
+    assert isinstance(decision, Committed)
+    return decision.event, decision.lsn
+
+
+def item_result(result: ItemOutcome) -> dict[str, Any]:
+    """One item's answer in a batch: its status and its transaction or problem."""
+    if isinstance(result, Rejection):
+        error = rejected(result)
+        return {"status": error.status, "error": problem_body(error)}
+    event, lsn = recorded(result)
+    assert isinstance(event, Transferred)
+    return {"status": 201, "transaction": transaction_body(event, lsn)}
