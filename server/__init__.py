@@ -18,6 +18,6 @@ Which code runs in which process (``docs/ARCHITECTURE.md``, Processes; ADR 0006)
 
 from server._errors import REASONS, ApiError
 from server._serve import ServeOptions, serve
-from server.http import Deps, build_app
+from server.api import Deps, build_app
 
 __all__ = ["REASONS", "ApiError", "Deps", "ServeOptions", "build_app", "serve"]

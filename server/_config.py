@@ -17,7 +17,7 @@ from typing import Any
 
 from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT
 from server._edge import BODY_TIMEOUT_S, CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX
-from server.http import BATCHES_IN_FLIGHT_MAX
+from server.api import BATCHES_IN_FLIGHT_MAX
 
 
 def positive(text: str) -> int:

@@ -50,7 +50,7 @@ METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"}
 METHOD_OTHER = "other"
 ROUTE_UNMATCHED = "unmatched"
 # A token sent where its prefix belongs (DELETE /v1/tokens/{prefix}) keeps only a prefix's
-# length in logs and answers (``server.http._tokens.TOKEN_PREFIX_CHARS``, checked there).
+# length in logs and answers (``server.api._tokens.TOKEN_PREFIX_CHARS``, checked there).
 TOKEN_CHARS_SHOWN = 12
 _TOKEN_PATH = re.compile(rf"(/v1/tokens/[^/]{{{TOKEN_CHARS_SHOWN}}})[^/]+")
 SECURITY_HEADERS = [

@@ -2,7 +2,7 @@
 
 Written by hand next to the routes, not generated: the schemas state the contract (integer
 money in int64, id patterns, closed objects), and the schemathesis and response-validation
-tests hold the routes to it. Keep it in step with ``server/http/_app.py``.
+tests hold the routes to it. Keep it in step with ``server/api/_app.py``.
 """
 
 from __future__ import annotations

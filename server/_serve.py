@@ -61,7 +61,7 @@ from server._payouts import Payouts
 from server._port import LocalPort, RemotePort, Unavailable, serve_port
 from server._scrape import MULTIPROC_DIR_ENV, MultiProcessScrape
 from server._snapshotter import Snapshotter
-from server.http import BATCHES_IN_FLIGHT_MAX, Deps, RateLimiter, build_app
+from server.api import BATCHES_IN_FLIGHT_MAX, Deps, RateLimiter, build_app
 from wal import LogCorrupt, StorageFailed
 
 log = logging.getLogger("server")

@@ -226,7 +226,7 @@ _TIMES = {"at_us": False, "created_at_us": False, "updated_at_us": False, "deadl
 
 def _plain(value: Any) -> Any:
     """An event as JSON values: bytes as hex, enums by label, times as RFC 3339."""
-    from server.http import timestamp
+    from server.api import timestamp
 
     if isinstance(value, bytes):
         return value.hex()

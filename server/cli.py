@@ -149,7 +149,7 @@ def _progress_argument(parser: argparse.ArgumentParser) -> None:
 def _parse_time(raw: str) -> int:
     """The same RFC 3339 rules as the API's ``as_of``/``since``/``until``."""
     from server._errors import ApiError
-    from server.http import parse_timestamp
+    from server.api import parse_timestamp
 
     try:
         return parse_timestamp("--until-time", raw)

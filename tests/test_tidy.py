@@ -128,7 +128,7 @@ def test_every_route_handler_is_async() -> None:
 
     from starlette.routing import Route
 
-    from server.http import Deps, routes
+    from server.api import Deps, routes
 
     endpoints = [route.endpoint for route in routes(Deps.build(admin_token="admin")) if isinstance(route, Route)]
     assert len(endpoints) > 30

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from ledger import AMOUNT_MAX, BATCH_ITEMS_MAX
 from server import _validate as v
 from server._errors import ApiError
-from server.http._batches import item_fingerprint
+from server.api._batches import item_fingerprint
 
 GOOD = {"idempotency_key": "k-1", "from_wallet_id": "alice", "to_wallet_id": "bob", "amount": 250}
 
@@ -185,7 +185,7 @@ def test_an_item_fingerprint_is_the_item_as_validated_whatever_the_wire() -> Non
 async def test_batch_requests_past_their_bound_are_503_at_once() -> None:
     import httpx
 
-    from server.http import Deps, build_app
+    from server.api import Deps, build_app
 
     deps = Deps.build(admin_token="admin", batches_in_flight_max=2)
     transport = httpx.ASGITransport(app=build_app(deps))

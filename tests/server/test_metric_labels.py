@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from server._errors import CODES, code_label
-from server.http import Deps, build_app
+from server.api import Deps, build_app
 
 SERVER = Path(__file__).resolve().parents[2] / "server"
 

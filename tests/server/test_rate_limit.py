@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.http import RateLimiter
+from server.api import RateLimiter
 
 
 def test_bucket_allows_a_burst_then_refills_at_the_rate() -> None:

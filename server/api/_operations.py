@@ -19,9 +19,9 @@ from server import _openapi
 from server import _validate as v
 from server._port import RemotePort, Unauthorized, Unavailable
 from server._supervisor import processes as supervised_processes
-from server.http._auth import admin
-from server.http._deps import NOT_READY_REASON, Deps, call
-from server.http._render import json_response, timestamp
+from server.api._auth import admin
+from server.api._deps import NOT_READY_REASON, Deps, call
+from server.api._render import json_response, timestamp
 
 PROCESS_STARTED_US = time.time_ns() // 1000
 # Swagger UI 5 (it reads OpenAPI 3.1) from the swagger-ui-py package's static files: no CDN.

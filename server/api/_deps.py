@@ -17,7 +17,7 @@ from ledger import HistoryLagging, Overloaded
 from server._errors import ApiError, overloaded
 from server._observe import Metrics
 from server._port import LedgerPort, Unauthorized, Unavailable
-from server.http._limits import BATCHES_IN_FLIGHT_MAX, BatchGate, RateLimiter
+from server.api._limits import BATCHES_IN_FLIGHT_MAX, BatchGate, RateLimiter
 from wal import StorageFailed
 
 T = TypeVar("T")

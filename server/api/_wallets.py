@@ -25,17 +25,17 @@ from ledger import (
 )
 from server import _validate as v
 from server._errors import ApiError, rejected
-from server.http._auth import Caller, admin, authenticate, forbidden
-from server.http._cursors import decode_cursor, encode_cursor, statement_cursor
-from server.http._deps import Deps, call
-from server.http._render import (
+from server.api._auth import Caller, admin, authenticate, forbidden
+from server.api._cursors import decode_cursor, encode_cursor, statement_cursor
+from server.api._deps import Deps, call
+from server.api._render import (
     created_wallet_body,
     entry_body,
     json_response,
     timestamp,
     wallet_body,
 )
-from server.http._requests import fingerprint, parse_timestamp, path_wallet_id
+from server.api._requests import fingerprint, parse_timestamp, path_wallet_id
 
 TRANSACTION_TYPES = {member.label: member for member in TransactionType}
 TRANSACTION_STATUSES = ("posted", "pending", "voided", "failed")

@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from server import _validate as v
 from server._errors import ApiError
-from server.http._render import EPOCH
+from server.api._render import EPOCH
 
 
 def parse_timestamp(name: str, raw: str) -> int:

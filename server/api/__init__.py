@@ -14,11 +14,11 @@ one module per resource holds its routes (``_assets``, ``_tokens``, ``_wallets``
 representations (``_render``).
 """
 
-from server.http._app import build_app, routes
-from server.http._deps import Deps, PortSlot
-from server.http._limits import BATCHES_IN_FLIGHT_MAX, RateLimiter
-from server.http._render import timestamp
-from server.http._requests import parse_timestamp
+from server.api._app import build_app, routes
+from server.api._deps import Deps, PortSlot
+from server.api._limits import BATCHES_IN_FLIGHT_MAX, RateLimiter
+from server.api._render import timestamp
+from server.api._requests import parse_timestamp
 
 __all__ = ["BATCHES_IN_FLIGHT_MAX", "Deps", "PortSlot", "RateLimiter", "build_app", "parse_timestamp", "routes",
            "timestamp"]

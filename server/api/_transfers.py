@@ -25,11 +25,11 @@ from ledger import (
 )
 from server import _validate as v
 from server._errors import rejected
-from server.http._auth import Caller, admin, authenticate, forbidden
-from server.http._deps import Deps, call
-from server.http._render import json_response, recorded, transaction_body
-from server.http._requests import fingerprint, path_id
-from server.http._transactions import find_transaction
+from server.api._auth import Caller, admin, authenticate, forbidden
+from server.api._deps import Deps, call
+from server.api._render import json_response, recorded, transaction_body
+from server.api._requests import fingerprint, path_id
+from server.api._transactions import find_transaction
 
 
 class Transfers:

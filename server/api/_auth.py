@@ -16,7 +16,7 @@ from starlette.requests import Request
 
 from server._errors import ApiError
 from server._port import current_auth
-from server.http._deps import Deps, call
+from server.api._deps import Deps, call
 
 ADMIN_SCOPE = "admin"
 

@@ -14,9 +14,9 @@ from ledger import CreateToken, Rejection, RevokeToken
 from server import _validate as v
 from server._errors import ApiError, rejected
 from server._observe import TOKEN_CHARS_SHOWN
-from server.http._auth import admin, hash_token
-from server.http._deps import Deps, call
-from server.http._render import json_response
+from server.api._auth import admin, hash_token
+from server.api._deps import Deps, call
+from server.api._render import json_response
 
 TOKEN_PREFIX_CHARS = 12
 assert TOKEN_CHARS_SHOWN == TOKEN_PREFIX_CHARS  # logs and answers show a token's prefix at most

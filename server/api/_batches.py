@@ -20,9 +20,9 @@ from starlette.responses import Response
 from ledger import BatchFailed, TransactionType, Transfer, new_idempotency, new_transfer
 from server import _validate as v
 from server._errors import batch_failed, invalid, problem_body
-from server.http._auth import Caller, authenticate
-from server.http._deps import Deps, call
-from server.http._render import accepts_msgpack, item_result, json_response
+from server.api._auth import Caller, authenticate
+from server.api._deps import Deps, call
+from server.api._render import accepts_msgpack, item_result, json_response
 
 
 def item_fingerprint(item: v.BatchItem) -> bytes:

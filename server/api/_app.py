@@ -25,16 +25,16 @@ from server import _openapi
 from server._edge import BodyTimeout
 from server._errors import ApiError, code_label, problem
 from server._observe import Observe, shown_path
-from server.http._assets import Assets
-from server.http._batches import Batches
-from server.http._deps import Deps
-from server.http._events import Events
-from server.http._operations import SWAGGER_UI_STATIC, Operations
-from server.http._tokens import Tokens
-from server.http._transactions import Transactions
-from server.http._transfers import Transfers
-from server.http._wallets import Wallets
-from server.http._withdrawals import Withdrawals
+from server.api._assets import Assets
+from server.api._batches import Batches
+from server.api._deps import Deps
+from server.api._events import Events
+from server.api._operations import SWAGGER_UI_STATIC, Operations
+from server.api._tokens import Tokens
+from server.api._transactions import Transactions
+from server.api._transfers import Transfers
+from server.api._wallets import Wallets
+from server.api._withdrawals import Withdrawals
 
 log = logging.getLogger("server")
 

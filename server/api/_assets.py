@@ -10,9 +10,9 @@ from starlette.responses import Response
 from ledger import CreateAsset, Rejection
 from server import _validate as v
 from server._errors import rejected
-from server.http._auth import admin, authenticate
-from server.http._deps import Deps, call
-from server.http._render import asset_body, json_response
+from server.api._auth import admin, authenticate
+from server.api._deps import Deps, call
+from server.api._render import asset_body, json_response
 
 
 class Assets:

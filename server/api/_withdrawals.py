@@ -22,11 +22,11 @@ from ledger import (
 )
 from server import _validate as v
 from server._errors import ApiError, rejected
-from server.http._auth import ADMIN, Caller, admin, authenticate, forbidden
-from server.http._cursors import encode_withdrawal_cursor, withdrawal_cursor
-from server.http._deps import Deps, call
-from server.http._render import json_response, recorded, requested_withdrawal_body, withdrawal_body
-from server.http._requests import fingerprint, path_id
+from server.api._auth import ADMIN, Caller, admin, authenticate, forbidden
+from server.api._cursors import encode_withdrawal_cursor, withdrawal_cursor
+from server.api._deps import Deps, call
+from server.api._render import json_response, recorded, requested_withdrawal_body, withdrawal_body
+from server.api._requests import fingerprint, path_id
 
 
 class Withdrawals:

@@ -12,9 +12,9 @@ from starlette.responses import Response
 from ledger import TransactionRow, is_treasury
 from server import _validate as v
 from server._errors import ApiError
-from server.http._auth import authenticate, forbidden
-from server.http._deps import Deps, call
-from server.http._render import json_response, row_body
+from server.api._auth import authenticate, forbidden
+from server.api._deps import Deps, call
+from server.api._render import json_response, row_body
 
 
 async def find_transaction(deps: Deps, transaction_id: str) -> TransactionRow:

@@ -16,9 +16,9 @@ from ledger import EVENTS_PAGE_MAX, INT64_MAX, Gone
 from server import _validate as v
 from server._errors import ApiError
 from server._port import Unauthorized, Unavailable
-from server.http._auth import admin
-from server.http._deps import Deps, call
-from server.http._render import event_items, json_response
+from server.api._auth import admin
+from server.api._deps import Deps, call
+from server.api._render import event_items, json_response
 
 
 def _after(raw: str | None) -> int:
