@@ -9,7 +9,7 @@ Which code runs in which process (``docs/ARCHITECTURE.md``, Processes; ADR 0006)
   and ``_port.serve_port``, ``_snapshotter``, ``_payouts`` with ``_payout_ledger`` and
   ``_bank``, ``_lock``; the ledger itself (``ledger/``, ``wal/``, ``snapshots/``).
 - projector process: ``_serve.serve_projector`` -> ``ledger/_projector.py``.
-- HTTP workers (and the one process of ``--workers 0``): ``http/`` (routes, auth, rendering)
+- HTTP workers (and the one process of ``--workers 0``): ``api/`` (routes, auth, rendering)
   over ``_port.RemotePort`` (``_port.LocalPort`` in one process), with ``_validate``,
   ``_errors``, ``_openapi``, ``_observe`` and ``_edge``; ``_serve.serve_worker`` starts them.
 - command line and tools, in the operator's shell: ``cli``, ``_config``, ``_tools``, ``_seed``,
