@@ -351,6 +351,33 @@ def _exception(code: str, detail: str) -> BaseException:
     return RuntimeError(f"the ledger process failed a call: {code}: {detail}")
 
 
+class _Outbox:
+    """Messages waiting to be sent on one connection, written as one frame per wake-up: every
+    message queued while the sender was busy, or in the same moment, shares a frame (one
+    syscall for a burst, not one per message)."""
+
+    def __init__(self) -> None:
+        self._messages: list[list[Any]] = []
+        self._ready = anyio.Event()
+
+    def put(self, message: list[Any]) -> None:
+        self._messages.append(message)
+        self._ready.set()
+
+    def clear(self) -> None:
+        self._messages.clear()
+
+    async def send_forever(self, stream: anyio.abc.ByteStream) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready = anyio.Event()
+            # Let everything that is ready in this same moment join the frame.
+            await anyio.lowlevel.checkpoint()
+            messages, self._messages = self._messages, []
+            if messages:
+                await stream.send(w.frame(messages))
+
+
 # -- the ledger side -----------------------------------------------------------------------------
 
 
@@ -370,8 +397,7 @@ class _Connection:
     def __init__(self, port_of: Callable[[], LocalPort | None], stream: anyio.abc.ByteStream) -> None:
         self._port_of = port_of
         self._stream = stream
-        self._outbox: list[list[Any]] = []
-        self._ready = anyio.Event()
+        self._outbox = _Outbox()
         self._in_flight = 0
 
     async def run(self) -> None:
@@ -432,19 +458,11 @@ class _Connection:
             self._in_flight -= 1
 
     def _send(self, message: list[Any]) -> None:
-        self._outbox.append(message)
-        self._ready.set()
+        self._outbox.put(message)
 
     async def _send_loop(self) -> None:
         try:
-            while True:
-                await self._ready.wait()
-                self._ready = anyio.Event()
-                # Let every call that finishes in this same moment join the frame.
-                await anyio.lowlevel.checkpoint()
-                messages, self._outbox = self._outbox, []
-                if messages:
-                    await self._stream.send(w.frame(messages))
+            await self._outbox.send_forever(self._stream)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
 
@@ -468,8 +486,7 @@ class RemotePort:
         self._reconnect_s = reconnect_s
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Call] = {}
-        self._outbox: list[list[Any]] = []
-        self._ready = anyio.Event()
+        self._outbox = _Outbox()
         self._stream: anyio.abc.ByteStream | None = None
         self.connected = anyio.Event()
         self.connections = 0
@@ -493,7 +510,7 @@ class RemotePort:
                 started = True
             try:
                 async with stream, anyio.create_task_group() as group:
-                    group.start_soon(self._send_loop, stream)
+                    group.start_soon(self._outbox.send_forever, stream)
                     await self._receive_loop(stream)
                     group.cancel_scope.cancel()
             finally:
@@ -525,15 +542,6 @@ class RemotePort:
         except w.ProtocolError as error:
             log.error("the ledger process sent bytes that are not the protocol (%s)", error)
 
-    async def _send_loop(self, stream: anyio.abc.ByteStream) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready = anyio.Event()
-            await anyio.lowlevel.checkpoint()
-            messages, self._outbox = self._outbox, []
-            if messages:
-                await stream.send(w.frame(messages))
-
     async def _call(self, method: str, *args: Any) -> Any:
         if self._stream is None:
             # A worker that just started (or whose ledger is restarting) connects within a few
@@ -545,8 +553,7 @@ class RemotePort:
         correlation = next(self._ids)
         call = _Call()
         self._waiting[correlation] = call
-        self._outbox.append(w.request(correlation, method, list(args), current_auth.get()))
-        self._ready.set()
+        self._outbox.put(w.request(correlation, method, list(args), current_auth.get()))
         try:
             return await call.wait()
         finally:
