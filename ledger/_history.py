@@ -212,22 +212,21 @@ class History:
         # Created 0600 before SQLite opens it: SQLite creates the -wal and -shm files with the
         # database file's mode, so the read model's three files are the service user's alone.
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
-        thread = AsyncioThread("history-sqlite")
-        try:
-            connection, applied = thread.run_blocking(_open(path))
-        except BaseException:
-            thread.stop()
-            raise
-        return cls(thread, connection, applied)
+        return cls._on_thread("history-sqlite", _open, path)
 
     @classmethod
     def open_readonly(cls, path: Path) -> History:
         """A read-only connection (``mode=ro``) for the queries of an HTTP worker of
         ``--workers N``; SQLite's WAL mode lets it read while the projector process writes.
         Raises ``HistoryLagging`` when there is no read model yet. Blocking."""
-        thread = AsyncioThread("history-sqlite-ro")
+        return cls._on_thread("history-sqlite-ro", _open_readonly, path)
+
+    @classmethod
+    def _on_thread(cls, name: str, opener: Any, path: Path) -> History:
+        """The History over ``opener(path)``'s connection on a new asyncio thread (ADR 0003)."""
+        thread = AsyncioThread(name)
         try:
-            connection, applied = thread.run_blocking(_open_readonly(path))
+            connection, applied = thread.run_blocking(opener(path))
         except BaseException:
             thread.stop()
             raise
