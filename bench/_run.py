@@ -34,10 +34,12 @@ from bench import _wrk
 from bench._drive import (
     CoreTarget,
     CpuWindow,
+    PrebuiltOps,
     WorkerSpec,
     connections_share,
     drive,
     has_transfer_batch,
+    prebuilt_default,
     run_http_worker,
     workload_rng,
 )
@@ -114,6 +116,7 @@ class Plan:
     workers: int | None = None  # `wallet serve --workers`; None: the server's default (no flag)
     baseline_one_process: bool = False  # also the same load on `wallet serve --workers 0`
     history: bool = True  # core mode: feed the history read model (off: the ledger alone)
+    prebuilt: int = 0  # core mode: transfers built before the run
 
     @property
     def asset(self) -> str:
@@ -145,6 +148,14 @@ def make_plan(arguments: argparse.Namespace, *, ledger_class: Any = Ledger) -> P
             if given:
                 problems.append(f"{flag} is for --mode http (core mode runs the ledger and the clients "
                                 "in this process)")
+    prebuilt = getattr(arguments, "prebuilt", None)
+    if prebuilt is not None and http:
+        problems.append("--prebuilt is for --mode core (http load is built in the generator processes)")
+    if prebuilt is not None and prebuilt < 0:
+        problems.append("--prebuilt must be 0 or more")
+    if prebuilt is None:
+        prebuilt = 0 if http else prebuilt_default(batch=arguments.batch is not None, warmup_s=arguments.warmup,
+                                                   duration_s=arguments.duration)
     if arguments.msgpack and arguments.batch is None:
         problems.append("--msgpack needs --batch (only the batch endpoint speaks MessagePack)")
     if http and arguments.url is not None:
@@ -209,6 +220,7 @@ def make_plan(arguments: argparse.Namespace, *, ledger_class: Any = Ledger) -> P
         seed=arguments.seed, run_id=secrets.token_hex(4), baseline_echo=arguments.baseline_echo,
         workers=arguments.workers, baseline_one_process=arguments.baseline_one_process,
         history=not arguments.no_history,
+        prebuilt=prebuilt,
     )
 
 
@@ -552,6 +564,8 @@ async def core_main(plan: Plan, work: Path, *, wrap: Callable[[Ledger], Any] | N
         target = CoreTarget(target_ledger, key_prefix=plan.key_prefix, amount=plan.scenario.amount,
                             batch=plan.batch_endpoint)
         workload = Workload(plan.scenario, ids, workload_rng(plan.seed, 0))
+        say(f"input: building {plan.prebuilt:,} transfers before the run")
+        ops = PrebuiltOps(target, workload, plan.prebuilt)
         start = time.monotonic() + START_SLACK_S
         window = (start + plan.warmup_s, start + plan.warmup_s + plan.duration_s)
         recorder = Recorder(*window)
@@ -567,7 +581,7 @@ async def core_main(plan: Plan, work: Path, *, wrap: Callable[[Ledger], Any] | N
         async with trio.open_nursery() as inner:
             inner.start_soon(sample_window, probe, *window, samples)
             inner.start_soon(cpu.run, *window)
-            await drive([target.execute] * plan.connections, workload, recorder, start=start,
+            await drive([target.execute] * plan.connections, ops, recorder, start=start,
                         warmup_s=plan.warmup_s, duration_s=plan.duration_s, rate=plan.rate, processes=1, process=0)
         say("checking that money is conserved")
         conservation = await conservation_ledger(ledger, plan.asset, ids)
@@ -576,8 +590,11 @@ async def core_main(plan: Plan, work: Path, *, wrap: Callable[[Ledger], Any] | N
     figures.update(server_figures(samples["before"], samples["after"]))
     figures["generator_cpu"] = [cpu.to_json(0) | {"what": "the same process as the ledger"}]
     figures["driver"] = "core"
+    figures["input"] = ops.to_json()
+    notes = [f"input: {ops.prebuilt:,} transfers built before the run ({ops.build_s:.1f} s), "
+             f"{ops.built_inline:,} built during it (in the measured process)"]
     return {"service": figures, "baseline_echo": None, "baseline_one_process": None, "conservation": conservation,
-            "notes": []}
+            "notes": notes}
 
 
 # -- entry ----------------------------------------------------------------------------------

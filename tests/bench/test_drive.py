@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from collections import Counter
 
 import msgpack
 import pytest
 
 from bench import add_arguments
-from bench._drive import CoreTarget, HttpTarget, classify, interpret
+from bench._drive import CoreTarget, HttpTarget, Prepared, PrebuiltOps, classify, interpret
 from bench._run import Refused, make_plan
-from bench._scenario import Read, Transfers
+from bench._scenario import Read, Scenario, Transfers, Workload, wallet_ids
 from ledger import Idempotency, Overloaded, Reason, Rejection
 
 PAIRS = (("w1", "w2"), ("w3", "w4"), ("w5", "w6"))
@@ -119,6 +120,36 @@ async def test_core_target_sends_batches_through_transfer_batch() -> None:
     assert outcome.errors == Counter({"rejected same_wallet": 3})
 
 
+async def test_prebuilt_input_is_the_workload_built_ahead_then_inline() -> None:
+    class FakeLedger:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, str | None, str]] = []
+
+        async def transfer_batch(self, commands: list, *, atomic: bool) -> list:
+            self.seen.extend((c.transaction_id, c.from_wallet_id, c.to_wallet_id) for c in commands)
+            return [Rejection(reason=Reason.SAME_WALLET, detail="-") for _ in commands]
+
+    def workload() -> Workload:
+        return Workload(Scenario(wallets=50, shards=2, batch=4), wallet_ids("w", 50), random.Random(7))
+
+    fake, plain = FakeLedger(), FakeLedger()
+    core = CoreTarget(fake, key_prefix="k-", amount=3, batch=True)
+    ops = PrebuiltOps(core, workload(), transfers=10)  # three batches of 4 cover 10
+    assert ops.prebuilt == 12
+    first = ops()
+    assert isinstance(first, Prepared) and len(first.commands) == 4
+    await core.execute(first)
+    for _ in range(3):
+        await core.execute(ops())
+    assert ops.built_inline == 4 and ops.to_json()["left_unused"] == 0
+    # The same draws, in the same order, as building every one inline.
+    reference = workload()
+    inline = CoreTarget(plain, key_prefix="k-", amount=3, batch=True)
+    for _ in range(4):
+        await inline.execute(reference.op())
+    assert fake.seen == plain.seen and len(fake.seen) == 16
+
+
 def arguments(*flags: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -138,6 +169,8 @@ def arguments(*flags: str) -> argparse.Namespace:
         (["--driver", "python", "--processes", "3", "--connections", "2"], "--processes may not exceed"),
         (["--mode", "core", "--processes", "2"], "--processes is for --mode http"),
         (["--mode", "core", "--workers", "2"], "--workers is for --mode http"),
+        (["--prebuilt", "10"], "--prebuilt is for --mode core"),
+        (["--mode", "core", "--prebuilt", "-1"], "--prebuilt must be 0 or more"),
         (["--mode", "core", "--baseline-one-process"], "--baseline-one-process is for --mode http"),
         (["--url", "http://x:1", "--token", "t", "--workers", "2"], "--workers is for a server the harness starts"),
         (["--url", "http://x:1", "--token", "t", "--baseline-one-process"], "--baseline-one-process is for a server"),

@@ -165,6 +165,10 @@ def test_core_mode(tmp_path: Path) -> None:
     check_run(result["service"], driver="core")
     assert result["service"]["transfers_ok"] > 0
     assert result["service"]["records_per_fsync"] is not None
+    # The default builds the input before the run; this short run cannot use it all up.
+    made = result["service"]["input"]
+    assert made["prebuilt_transfers"] == int(40_000 * 1.5) and made["built_inline_transfers"] == 0
+    assert 0 < made["left_unused"] < made["prebuilt_transfers"] - result["service"]["transfers"]
 
 
 class FakeBatchLedger:
