@@ -1,8 +1,8 @@
 """The write-ahead log writer: dense LSNs, group commit, durability notifications.
 
 ``append`` is synchronous and cheap: it assigns the next LSN and queues the payload. One writer
-task takes everything queued (up to ``BATCH_RECORDS_MAX`` / ``BATCH_BYTES_MAX``), and in a
-worker thread frames it, writes it with one ``write`` and makes it durable with one
+task takes everything queued (up to ``BATCH_RECORDS_MAX`` / ``BATCH_BYTES_MAX``), and in its
+own long-lived thread (``wal/_thread.py``) frames it, writes it with one ``write`` and makes it durable with one
 ``fdatasync``; then it advances ``durable_lsn`` and calls every callback registered for an LSN
 that is now durable. While one batch is being synced the next one accumulates: that is group
 commit, and it is why the number of fsyncs per second is bounded by the disk, not by the load.
@@ -36,6 +36,7 @@ from wal._segments import (
     encode_segment_header,
     segment_name,
 )
+from wal._thread import BlockingThread
 
 log = logging.getLogger("wal")
 
@@ -218,20 +219,24 @@ class WriteAheadLog:
 
     async def run(self) -> None:
         """The group-commit loop. Returns after ``close()`` once everything queued is durable."""
-        while True:
-            if not self._pending:
-                if self._closed:
+        thread = BlockingThread("wal-writer")
+        try:
+            while True:
+                if not self._pending:
+                    if self._closed:
+                        return
+                    await self._wakeup.wait()
+                    self._wakeup = anyio.Event()
+                    continue
+                batch = self._take_batch()
+                try:
+                    await thread.run_sync(self._write_batch, batch)
+                except OSError as error:
+                    self._fail(f"write-ahead log write/fsync failed: {error}")
                     return
-                await self._wakeup.wait()
-                self._wakeup = anyio.Event()
-                continue
-            batch = self._take_batch()
-            try:
-                await anyio.to_thread.run_sync(self._write_batch, batch)
-            except OSError as error:
-                self._fail(f"write-ahead log write/fsync failed: {error}")
-                return
-            self._advance(batch)
+                self._advance(batch)
+        finally:
+            thread.close()
 
     def commit_pending(self) -> bool:
         """One group commit in the calling thread: what ``run`` does per batch, for the
@@ -266,7 +271,7 @@ class WriteAheadLog:
         return pending[:count]
 
     def _write_batch(self, batch: list[tuple[int, bytes, Any]]) -> None:
-        """Runs in a worker thread: frame, write, fsync. Touches only writer-owned fields."""
+        """Runs in the writer thread: frame, write, fsync. Touches only writer-owned fields."""
         batch_lsn = batch[0][0]
         if self._fd < 0 or self._segment_bytes >= self._segment_bytes_max:
             self._start_segment(batch_lsn)
