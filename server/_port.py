@@ -254,13 +254,13 @@ class LocalPort:
         await self.ledger.history.wait_projected(lsn)
         return lsn
 
-    async def sync_projection(self, applied_lsn: int, wait_s: float) -> int:
+    async def sync_projection(self, applied_lsn: int, wait_s: float, linger_s: float = 0) -> int:
         """The projector process reports the LSN it committed; returns the durable LSN (see
         ``ledger.RemoteProjection.sync``)."""
         projection = self.ledger.history
         if not isinstance(projection, RemoteProjection):
             raise RuntimeError("this ledger projects its own history: there is no projector process to sync")
-        return await projection.sync(applied_lsn, wait_s)
+        return await projection.sync(applied_lsn, wait_s, linger_s)
 
     async def _projected(self) -> History:
         history = self.ledger.history
@@ -624,8 +624,8 @@ class RemotePort:
         lsn: int = await self._call("wait_projected")
         return lsn
 
-    async def sync_projection(self, applied_lsn: int, wait_s: float) -> int:
-        lsn: int = await self._call("sync_projection", applied_lsn, wait_s)
+    async def sync_projection(self, applied_lsn: int, wait_s: float, linger_s: float = 0) -> int:
+        lsn: int = await self._call("sync_projection", applied_lsn, wait_s, linger_s)
         return lsn
 
     async def _read_model(self) -> History:

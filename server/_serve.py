@@ -513,10 +513,10 @@ async def serve_projector(options: ServeOptions, socket_path: str) -> int:
     It is crash-only (each SQLite transaction carries its LSN): SIGTERM stops it at once."""
     remote = RemotePort(socket_path, reconnect_s=SYNC_RETRY_S)
 
-    async def sync(applied_lsn: int, wait_s: float) -> int:
+    async def sync(applied_lsn: int, wait_s: float, linger_s: float) -> int:
         while True:
             try:
-                return await remote.sync_projection(applied_lsn, wait_s)
+                return await remote.sync_projection(applied_lsn, wait_s, linger_s)
             except (Unavailable, StorageFailed):
                 await anyio.sleep(SYNC_RETRY_S)  # the ledger is restarting or recovering
 

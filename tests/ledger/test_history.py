@@ -6,6 +6,7 @@ migrated in place; the backlog counts transactions."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +52,16 @@ def test_a_failed_batch_leaves_nothing_behind_and_a_retry_is_exact(tmp_path: Pat
         history.project_blocking(records[:10])
         assert history.applied_lsn == 10
         before = statement(history, "a")
+        # A failure after the transactions went in, before the entries: a trigger on this
+        # connection refuses the entries' insert.
         connection = history._connection
-        original = connection.executemany
-        calls = {"n": 0}
-
-        async def failing(sql: str, rows: Any) -> Any:
-            calls["n"] += 1
-            if calls["n"] == 2:  # after the transactions went in, before the entries
-                raise OSError("disk went away (simulated)")
-            return await original(sql, rows)
-
-        monkeypatch.setattr(connection, "executemany", failing)
-        with pytest.raises(OSError):
+        run = history._blocking().run_blocking
+        run(connection.execute(
+            "CREATE TEMP TRIGGER refuse BEFORE INSERT ON entries BEGIN SELECT RAISE(ABORT, 'disk went away'); END"
+        ))
+        with pytest.raises(sqlite3.DatabaseError, match="disk went away"):
             history.project_blocking(records[10:])
-        monkeypatch.setattr(connection, "executemany", original)
+        run(connection.execute("DROP TRIGGER refuse"))
         assert history.applied_lsn == 10
         assert statement(history, "a") == before  # nothing of the failed batch is visible
         history._fed_lsn = 10  # the projector resumes from the LSN the database holds

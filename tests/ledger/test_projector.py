@@ -29,6 +29,7 @@ from ledger import (
     recover,
     remove_covered,
 )
+from ledger._projector import LINGER_RECORDS_MAX
 from tests.ledger.test_service import setup, transfer
 from wal import list_segments
 
@@ -239,3 +240,42 @@ async def test_remote_projection_sync_waits_until_the_log_moves(autojump_clock: 
     assert await projection.sync(5, 2.0) == 5  # nothing new: answers after the wait
     assert trio.current_time() >= 2.0
 
+
+
+async def test_remote_projection_sync_lingers_until_more_gathers_or_a_reader_waits(autojump_clock: Any) -> None:
+    projection = RemoteProjection(durable_lsn=10)
+    # Past the applied LSN, nobody reading: it lingers the whole time asked for.
+    started = trio.current_time()
+    assert await projection.sync(5, 0, 0.05) == 10
+    assert trio.current_time() - started == pytest.approx(0.05)
+    # A reader arriving ends the linger at once, and gets its answer from the next commit.
+    answers: list[int] = []
+    read: list[int] = []
+
+    async def projector() -> None:
+        answers.append(await projection.sync(10, 1.0, 30.0))
+
+    async def reader() -> None:
+        await projection.wait_projected(11)
+        read.append(projection.applied_lsn)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(projector)
+        await trio.testing.wait_all_tasks_blocked()
+        projection.feed([(11, b"", None)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers == []  # lingering: one record is not worth a commit
+        lingering_since = trio.current_time()
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers == [11] and trio.current_time() == lingering_since
+        assert read == []
+        assert await projection.sync(11, 0, 30.0) == 11  # caught up: nothing to linger for
+    assert read == [11]
+    # A large backlog ends it too.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(projector)
+        await trio.testing.wait_all_tasks_blocked()
+        projection.feed([(lsn, b"", None) for lsn in range(12, 12 + LINGER_RECORDS_MAX)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers[-1] == 11 + LINGER_RECORDS_MAX
