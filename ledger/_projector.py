@@ -64,7 +64,7 @@ SYNC_IDLE_S = 1  # what the projector asks for when it has caught up
 # under single transfers (wallet bench, --workers 2, 64 connections) a commit per group commit
 # (10-20 records) cost the projector 154 µs of CPU per transaction, more than the ledger; 50 ms
 # of linger 92 µs, 200 ms 60 µs. A reader never waits for it (its arrival ends the linger).
-SYNC_LINGER_S = 0.2
+SYNC_LINGER_MS = 200
 LINGER_RECORDS_MAX = 5_000
 
 
@@ -225,8 +225,8 @@ class Projector:
                 self.seconds += time.perf_counter() - started
                 # Report each commit at once (readers wait for it); go on once more has
                 # gathered or a reader waits.
-                durable = await self._sync(history.applied_lsn, 0, SYNC_LINGER_S)
-            durable = await self._sync(history.applied_lsn, SYNC_IDLE_S, SYNC_LINGER_S)
+                durable = await self._sync(history.applied_lsn, 0, SYNC_LINGER_MS / 1000)
+            durable = await self._sync(history.applied_lsn, SYNC_IDLE_S, SYNC_LINGER_MS / 1000)
             if durable < history.applied_lsn:
                 raise _LogWasCut(durable, history.applied_lsn)
 

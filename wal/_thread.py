@@ -28,7 +28,7 @@ def _call_soon_threadsafe() -> Callable[[Callable[[], object]], object]:
         import trio
 
         return trio.lowlevel.current_trio_token().run_sync_soon
-    except (ImportError, RuntimeError):
+    except RuntimeError:  # not inside trio
         return asyncio.get_running_loop().call_soon_threadsafe
 
 
