@@ -6,6 +6,7 @@ The state machine (``_model``, ``_state``) is stdlib-only and deterministic; the
 documented in ``_state`` and ``_shard``.
 """
 
+from ledger._apply import apply
 from ledger._checkpoint import (
     SNAPSHOT_EVERY_DEFAULT,
     Base,
@@ -19,10 +20,19 @@ from ledger._checkpoint import (
 )
 from ledger._codec import CODEC_VERSION, CodecError, decode_event, encode_event
 from ledger._data_dir import DATA_DIR_MODE, FILE_MODE, prepare_data_dir
+from ledger._decide import (
+    CreditCheck,
+    Decision,
+    check_credit,
+    decide,
+    decide_transfer,
+    decide_transfers,
+)
 from ledger._events import PAGE_MAX as EVENTS_PAGE_MAX
 from ledger._events import EventFeed, Gone
 from ledger._history import POSITION_BITS as ENTRY_POSITION_BITS
 from ledger._history import Entry, History, HistoryLagging, TransactionRow
+from ledger._invariants import check_invariants, check_state, digest_state, state_digest
 from ledger._ledger import (
     SHARDS_DEFAULT,
     Clock,
@@ -107,23 +117,7 @@ from ledger._shard import (
     shard_of,
 )
 from ledger._snapshot import SNAPSHOT_CODEC_VERSION, count_records, decode_state, encode_state
-from ledger._state import (
-    CreditCheck,
-    Decision,
-    Directory,
-    State,
-    apply,
-    check_credit,
-    check_invariants,
-    check_state,
-    decide,
-    decide_transfer,
-    decide_transfers,
-    digest_state,
-    index_holds,
-    new_state,
-    state_digest,
-)
+from ledger._state import Directory, State, index_holds, new_state
 
 __all__ = [
     "AMOUNT_MAX",

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger import _state
+from ledger import _apply, _invariants, _state
 from ledger._codec import decode_event
 from ledger._data_dir import DATA_DIR_MODE
 from ledger._snapshot import count_records, decode_state, encode_state
@@ -87,7 +87,7 @@ def load_base(data_dir: Path, *, at_most_lsn: int | None = None) -> Base:
         except Exception as error:  # CodecError: a body that verified but does not decode
             skipped.append((info.path, f"does not decode: {error}"))
             continue
-        digest = _state.digest_state(state)
+        digest = _invariants.digest_state(state)
         if bytes.fromhex(digest) != header.state_digest:
             skipped.append((info.path, "state digest after loading differs from the one written"))
             continue
@@ -101,8 +101,8 @@ def write_state(data_dir: Path, state: State, *, lsn: int, log_checksum: bytes, 
     """Writes ``state`` (which must not change meanwhile) as the snapshot at ``lsn`` and prunes
     to the newest two. Blocking."""
     assert state.directory.lsn == lsn, (state.directory.lsn, lsn)
-    _state.check_state(state)
-    digest = _state.digest_state(state)
+    _invariants.check_state(state)
+    digest = _invariants.digest_state(state)
     directory = snapshots_dir(data_dir)
     directory.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -139,7 +139,7 @@ def replay_until(
     checksum = base.log_checksum or ZERO_CHECKSUM
     for frame in scan(data_dir / "wal", result, after_lsn=base.lsn, after_checksum=base.log_checksum,
                       until_lsn=until_lsn):
-        _state.apply(state, decode_event(frame.payload), frame.lsn)
+        _apply.apply(state, decode_event(frame.payload), frame.lsn)
         reached = frame.lsn
         checksum = frame.checksum
         if on_frame is not None:

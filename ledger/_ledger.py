@@ -34,10 +34,11 @@ from typing import Any
 
 import anyio
 
-from ledger import _state
+from ledger import _apply, _decide, _invariants, _state
 from ledger._checkpoint import Base, load_base
 from ledger._codec import decode_event
 from ledger._data_dir import prepare_data_dir
+from ledger._decide import Decision
 from ledger._events import EventFeed
 from ledger._history import BATCH_RECORDS_MAX as HISTORY_BATCH_RECORDS
 from ledger._history import History, weight
@@ -80,7 +81,7 @@ from ledger._shard import (
     commit_atomic,
     shard_of,
 )
-from ledger._state import Decision, Directory, State
+from ledger._state import Directory, State
 from wal import LogCorrupt, ScanResult, StorageFailed, WriteAheadLog, list_segments, scan
 
 log = logging.getLogger("ledger")
@@ -231,7 +232,7 @@ def recover(data_dir: Path, *, truncate_torn_tail: bool = True, project_history:
         if base.path is not None:
             log.info("recovery: snapshot %s at LSN %d", base.path.name, base.lsn)
         state, result = _replay(data_dir, base, None, truncate_torn_tail=truncate_torn_tail)
-        _state.check_state(state)
+        _invariants.check_state(state)
         return Recovered(state=state, history=None, scan=result, seconds=time.perf_counter() - started)
     history = History.open(data_dir / "history.sqlite3")
     try:
@@ -248,7 +249,7 @@ def recover(data_dir: Path, *, truncate_torn_tail: bool = True, project_history:
             )
             history.reset()
             state, result = _replay(data_dir, load_base(data_dir), history, truncate_torn_tail=False)
-        _state.check_state(state)
+        _invariants.check_state(state)
     except BaseException:
         history.stop_thread()
         raise
@@ -293,7 +294,7 @@ def _replay(
             )
         event = decode_event(frame.payload)
         if frame.lsn > snapshot_lsn:
-            _state.apply(state, event, frame.lsn)
+            _apply.apply(state, event, frame.lsn)
             replayed += 1
         if history is not None and frame.lsn > projected:
             batch.append((frame.lsn, event))
@@ -608,7 +609,7 @@ class Ledger:
             route = self.directory.hold_routes.get(transaction_id)
             if route is None:
                 # No pending hold: a replay of a resolution that happened, or not pending.
-                decision = _state.check_idempotency(self.directory, idempotency) or Rejection(
+                decision = _decide.check_idempotency(self.directory, idempotency) or Rejection(
                     reason=Reason.NOT_PENDING, detail=f"transfer {transaction_id} is not pending"
                 )
                 reply = Reply()
@@ -737,10 +738,10 @@ class Ledger:
 
     def check_invariants(self) -> None:
         """``check_invariants`` over the live shards (call when they are idle)."""
-        _state.check_invariants(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
+        _invariants.check_invariants(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
 
     def digest(self) -> str:
-        return _state.state_digest(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
+        return _invariants.state_digest(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
 
 
 def open_ledger(data_dir: Path, **options: Any) -> Ledger:

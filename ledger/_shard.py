@@ -13,7 +13,7 @@ log order is therefore a serial order of everything any client can observe. Repl
 released by the WAL writer once the record is durable; a rejection waits for the log as it was
 when it was decided, so it never reveals state that a crash could still take back.
 
-Transfers across shards, without locks (``ledger._state`` has the check order):
+Transfers across shards, without locks (``ledger._decide`` has the check order):
 
     1. receiver's shard: ``check_credit``; if it passes, reserve the incoming amount
        (``pending``) so no overflow or close can invalidate the verdict.
@@ -70,8 +70,9 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from ledger import _state
+from ledger import _apply, _decide
 from ledger._codec import encode_event
+from ledger._decide import CreditCheck
 from ledger._model import (
     AdvanceWithdrawal,
     BatchFailed,
@@ -100,7 +101,7 @@ from ledger._model import (
     new_committed,
     treasury_id,
 )
-from ledger._state import CreditCheck, State
+from ledger._state import State
 from wal import PAYLOAD_BYTES_MAX, StorageFailed, WriteAheadLog
 
 MAILBOX_CAPACITY = 8192
@@ -494,7 +495,7 @@ class Shard:
         """Appends the event; the caller applies it in the same step."""
         return self._wal.append(encode_event(event), event)
 
-    def _answer(self, reply: Reply, decision: _state.Decision) -> None:
+    def _answer(self, reply: Reply, decision: _decide.Decision) -> None:
         """Resolves a reply for a decision that appended nothing: a replay answers once its
         original is durable; a rejection once the log it was judged against is durable."""
         if isinstance(decision, Duplicate):
@@ -506,7 +507,7 @@ class Shard:
         command = message.command
         wallet_id, amount, reserves = credit_target(command, message.route_amount)
         pending = self._pending.get(wallet_id, 0)
-        credit = _state.check_credit_to(self.state, wallet_id, amount, pending=pending)
+        credit = _decide.check_credit_to(self.state, wallet_id, amount, pending=pending)
         sender_id: str | None
         if isinstance(command, Transfer):
             sender_id = command.from_wallet_id
@@ -543,13 +544,13 @@ class Shard:
             reply._wake(failed)
             return
         now_us = self._clock()
-        decision: _state.Decision
+        decision: _decide.Decision
         if isinstance(command, Transfer):
-            decision = _state.decide_transfer(self.state, command, now_us, credit)
+            decision = _decide.decide_transfer(self.state, command, now_us, credit)
         elif isinstance(command, ResolveHold):
-            decision = _state.decide_capture(self.state, command, now_us, credit)
+            decision = _decide.decide_capture(self.state, command, now_us, credit)
         else:
-            decision = _state.decide_complete_withdrawal(self.state, command, now_us, credit)
+            decision = _decide.decide_complete_withdrawal(self.state, command, now_us, credit)
         if not isinstance(decision, list):
             if reserved:
                 self._peers[credit_shard]._post(_ApplyCredit(None, credited, reserved, 0))
@@ -557,9 +558,9 @@ class Shard:
             return
         (event,) = decision
         lsn = self._commit(event)
-        _state.apply_directory(self.state.directory, event, lsn)
+        _apply.apply_directory(self.state.directory, event, lsn)
         if isinstance(event, Transferred):
-            _state.apply_debit(self.state, event, lsn)
+            _apply.apply_debit(self.state, event, lsn)
         else:
             self._apply_sender(event, lsn)
         if isinstance(event, HoldCreated):
@@ -568,7 +569,7 @@ class Shard:
         else:
             assert isinstance(event, Transferred | HoldCaptured)
             if credit_shard == self.index:
-                _state.apply_credit(self.state, event, lsn)
+                _apply.apply_credit(self.state, event, lsn)
             else:
                 # A capture may take less than step 1 reserved (the router's view was stale
                 # only if the hold is gone, and then the capture was refused above).
@@ -578,7 +579,7 @@ class Shard:
 
     def _apply_sender(self, event: Event, lsn: int) -> None:
         """``apply_sender`` plus this shard's deadline heap."""
-        _state.apply_sender(self.state, event, lsn)
+        _apply.apply_sender(self.state, event, lsn)
         if isinstance(event, HoldCreated) and event.deadline_us:
             heapq.heappush(self._deadlines, (event.deadline_us, event.transaction_id))
 
@@ -588,11 +589,11 @@ class Shard:
         lsn = 0
         for event in events:
             lsn = self._commit(event)
-            _state.apply_directory(self.state.directory, event, lsn)
+            _apply.apply_directory(self.state.directory, event, lsn)
             if isinstance(event, HoldCreated | HoldVoided | WithdrawalUpdated):
                 self._apply_sender(event, lsn)
             else:
-                _state.apply_wallets(self.state, event, lsn)
+                _apply.apply_wallets(self.state, event, lsn)
         return lsn
 
     def _on_tick(self, message: _Tick) -> None:
@@ -607,7 +608,7 @@ class Shard:
                 due.append(transaction_id)
         if not due:
             return
-        decision = _state.decide_expire(self.state, ExpireHolds(transaction_ids=tuple(due)), now_us)
+        decision = _decide.decide_expire(self.state, ExpireHolds(transaction_ids=tuple(due)), now_us)
         assert isinstance(decision, list)
         self._commit_local(decision)
 
@@ -623,7 +624,7 @@ class Shard:
         assert message.event is None or message.event.amount == message.amount
         self._release(message.wallet_id, message.amount)
         if message.event is not None:
-            _state.apply_credit(self.state, message.event, message.lsn)
+            _apply.apply_credit(self.state, message.event, message.lsn)
 
     # -- batches -------------------------------------------------------------------------
 
@@ -639,7 +640,7 @@ class Shard:
             else:
                 to_wallet_id = command.to_wallet_id
                 reserved_before = pending.get(to_wallet_id, 0)
-                credit = _state.check_credit(state, command, pending=reserved_before)
+                credit = _decide.check_credit(state, command, pending=reserved_before)
                 reserved = credit.failure is None
                 if reserved:
                     pending[to_wallet_id] = reserved_before + command.amount
@@ -683,7 +684,7 @@ class Shard:
             return
         state = self.state
         now_us = self._clock()
-        decisions = _state.decide_transfers(
+        decisions = _decide.decide_transfers(
             state, [(item[1], item[2]) for item in items], now_us, self._pending
         )
         results = reply.results
@@ -705,14 +706,14 @@ class Shard:
         directory = state.directory
         for payload, record, count in _records(events, now_us):
             lsn = wal.append(payload, record)
-            _state.apply_directory(directory, record, lsn)
+            _apply.apply_directory(directory, record, lsn)
             for offset in range(start, start + count):
                 event = events[offset]
                 item = accepted[offset]
-                _state.apply_debit(state, event, lsn)
+                _apply.apply_debit(state, event, lsn)
                 credit_shard = item[4]
                 if credit_shard == index:
-                    _state.apply_credit(state, event, lsn)
+                    _apply.apply_credit(state, event, lsn)
                 else:
                     assert item[3]
                     credits.setdefault(credit_shard, []).append((event, lsn))
@@ -735,7 +736,7 @@ class Shard:
         state = self.state
         for event, lsn in message.credits:
             self._release(event.to_wallet_id, event.amount)
-            _state.apply_credit(state, event, lsn)
+            _apply.apply_credit(state, event, lsn)
 
     def _on_atomic_batch(self, message: _AtomicBatch) -> None:
         commit_atomic([self], message.commands, message.reply)
@@ -775,14 +776,14 @@ class Shard:
             message.reply._wake(self._wal.failed)
             return
         now_us = self._clock()
-        decision: _state.Decision
+        decision: _decide.Decision
         if isinstance(command, ChangeWalletStatus):
             # The one local command that needs this shard's reservations too.
             pending = self._pending.get(command.wallet_id, 0)
-            decision = _state.decide_change_status(state, command, now_us, pending=pending)
+            decision = _decide.decide_change_status(state, command, now_us, pending=pending)
         else:
             assert not isinstance(command, ResolveHold) or not command.capture  # captures move money
-            decision = _state.decide(state, command, now_us)
+            decision = _decide.decide(state, command, now_us)
         if not isinstance(decision, list) or not decision:
             self._answer(message.reply, decision)
             return
@@ -867,7 +868,7 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
             pending[receiver_id] = reserved
     view = State(directory=lead.state.directory, wallets=wallets)
     now_us = lead._clock()
-    decisions = _state.decide_transfers(view, [(command, None) for command in commands], now_us, pending, atomic=True)
+    decisions = _decide.decide_transfers(view, [(command, None) for command in commands], now_us, pending, atomic=True)
     last = decisions[-1]
     if isinstance(last, Rejection):
         reply.failed = BatchFailed(index=len(decisions) - 1, rejection=last)
@@ -894,10 +895,10 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
             return
         # After this point the batch must be committed.
         lsn = wal.append(payload, record)
-        _state.apply_directory(view.directory, record, lsn)
+        _apply.apply_directory(view.directory, record, lsn)
         for event in events:
-            _state.apply_debit(view, event, lsn)
-            _state.apply_credit(view, event, lsn)
+            _apply.apply_debit(view, event, lsn)
+            _apply.apply_credit(view, event, lsn)
     results = reply.results
     for position, decision in enumerate(decisions):
         if isinstance(decision, list):

@@ -57,12 +57,8 @@ from ledger import (
     state_digest,
     treasury_id,
 )
-from ledger._state import (
-    apply,
-    apply_credit,
-    apply_debit,
-    apply_directory,
-    apply_wallets,
+from ledger._apply import apply, apply_credit, apply_debit, apply_directory, apply_wallets
+from ledger._decide import (
     decide_change_status,
     decide_create_asset,
     decide_create_token,
