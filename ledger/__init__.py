@@ -7,6 +7,7 @@ documented in ``_state`` and ``_shard``.
 """
 
 from ledger._apply import apply
+from ledger._batch import RECORD_BYTES_MAX
 from ledger._checkpoint import (
     SNAPSHOT_EVERY_DEFAULT,
     Base,
@@ -43,6 +44,7 @@ from ledger._ledger import (
     open_ledger,
     recover,
 )
+from ledger._messages import BatchReply, Overloaded, shard_of
 from ledger._model import (
     AMOUNT_MAX,
     BATCH_ITEMS_MAX,
@@ -108,14 +110,7 @@ from ledger._model import (
     treasury_id,
 )
 from ledger._projector import PROJECTOR_BATCH_MAX, Projector, RemoteProjection
-from ledger._shard import (
-    MAILBOX_CAPACITY,
-    RECORD_BYTES_MAX,
-    BatchReply,
-    Overloaded,
-    Shard,
-    shard_of,
-)
+from ledger._shard import MAILBOX_CAPACITY, Shard
 from ledger._snapshot import SNAPSHOT_CODEC_VERSION, count_records, decode_state, encode_state
 from ledger._state import Directory, State, index_holds, new_state
 

@@ -19,7 +19,7 @@ batches it would cost an event per item, and two batches taking overlapping keys
 orders could wait on each other forever.
 
 Atomic batches that span shards are serialised by ``_atomic_lock``: only one at a time holds
-(pauses) shards, so two can never wait on each other (``ledger._shard``, ADR 0004).
+(pauses) shards, so two can never wait on each other (``ledger._batch``, ADR 0004).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 import anyio
 
 from ledger import _apply, _decide, _invariants, _state
+from ledger._batch import _AtomicLead, _CreditGroup, _Pause, commit_atomic
 from ledger._checkpoint import Base, load_base
 from ledger._codec import decode_event
 from ledger._data_dir import prepare_data_dir
@@ -42,6 +43,7 @@ from ledger._decide import Decision
 from ledger._events import EventFeed
 from ledger._history import BATCH_RECORDS_MAX as HISTORY_BATCH_RECORDS
 from ledger._history import History, weight
+from ledger._messages import BatchReply, Reply, shard_of
 from ledger._model import (
     BATCH_ITEMS_MAX,
     AdvanceWithdrawal,
@@ -71,16 +73,7 @@ from ledger._model import (
     treasury_id,
 )
 from ledger._projector import RemoteProjection
-from ledger._shard import (
-    BatchReply,
-    Reply,
-    Shard,
-    _AtomicLead,
-    _CreditGroup,
-    _Pause,
-    commit_atomic,
-    shard_of,
-)
+from ledger._shard import Shard
 from ledger._state import Directory, State
 from wal import LogCorrupt, ScanResult, StorageFailed, WriteAheadLog, list_segments, scan
 
