@@ -11,11 +11,9 @@ from ledger._batch import RECORD_BYTES_MAX
 from ledger._checkpoint import (
     SNAPSHOT_EVERY_DEFAULT,
     Base,
-    build_snapshot,
     kept_floor,
     load_base,
     remove_covered,
-    replay_until,
     snapshots_dir,
     write_state,
 )
@@ -38,11 +36,9 @@ from ledger._ledger import (
     SHARDS_DEFAULT,
     Clock,
     Ledger,
-    Recovered,
     WalletView,
     WithdrawalView,
     open_ledger,
-    recover,
 )
 from ledger._messages import BatchReply, Overloaded, shard_of
 from ledger._model import (
@@ -110,6 +106,15 @@ from ledger._model import (
     treasury_id,
 )
 from ledger._projector import PROJECTOR_BATCH_MAX, Projector, RemoteProjection
+from ledger._recovery import (
+    Recovered,
+    build_snapshot,
+    read_records,
+    recover,
+    replay_log,
+    replay_until,
+    take_transactions,
+)
 from ledger._shard import MAILBOX_CAPACITY, Shard
 from ledger._snapshot import SNAPSHOT_CODEC_VERSION, count_records, decode_state, encode_state
 from ledger._state import Directory, State, index_holds, new_state
@@ -229,12 +234,15 @@ __all__ = [
     "new_transferred",
     "open_ledger",
     "prepare_data_dir",
+    "read_records",
     "recover",
     "remove_covered",
+    "replay_log",
     "replay_until",
     "shard_of",
     "snapshots_dir",
     "state_digest",
+    "take_transactions",
     "treasury_id",
     "write_state",
 ]
