@@ -1,9 +1,12 @@
 """The wallet ledger: the pure state machine, its codec, the shard actors and the router.
 
-The state machine (``_model``, ``_state``) is stdlib-only and deterministic; the shells
-(``_shard``, ``_ledger``) run it under anyio and talk to ``wal``. Invariants live in
-``_state.check_invariants``; the transfer check order and the cross-shard protocol are
-documented in ``_state`` and ``_shard``.
+The state machine is stdlib-only and deterministic: ``_model`` (the vocabulary), ``_state``
+(``Directory``, ``State``), ``_decide`` (the decisions), ``_apply`` (the only mutators) and
+``_invariants`` (``check_invariants``, ``state_digest``). The shells run it under anyio and talk
+to ``wal``: ``_shard`` (the actor), ``_messages`` (what it is sent and replies), ``_batch``
+(batches and the atomic commit), ``_ledger`` (the router) and ``_recovery`` (every replay of the
+log into a ``State``). The transfer check order and the cross-shard protocol are documented in
+``_decide`` and ``_shard``. ``ledger.testing`` holds helpers for tests.
 """
 
 from ledger._apply import apply

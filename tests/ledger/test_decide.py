@@ -51,7 +51,7 @@ from ledger import (
 from ledger import _decide as ledger_decide
 from ledger._decide import decide_change_status
 from ledger._model import TRANSFER_CHECK_ORDER
-from tests.ledger._support import digest
+from ledger.testing import digest
 
 START_US = 1_000_000
 

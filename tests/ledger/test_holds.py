@@ -41,7 +41,7 @@ from ledger import (
     new_state,
     treasury_id,
 )
-from tests.ledger._support import amounts, replay
+from ledger.testing import amounts, replay
 
 T0 = 1_000_000_000
 

@@ -65,7 +65,7 @@ from ledger._decide import (
     decide_create_wallet,
     decide_revoke_token,
 )
-from tests.ledger._support import amounts, digest, replay
+from ledger.testing import amounts, digest, replay
 
 START_US = 1_000_000
 # Spread over every shard for 2, 3 and 4 shards (checked by test_wallet_ids_cover_every_shard).

@@ -49,7 +49,7 @@ from ledger import (
     new_state,
     treasury_id,
 )
-from tests.ledger._support import amounts, digest, replay
+from ledger.testing import amounts, digest, replay
 
 START_US = 1_700_000_000_000_000
 ASSET_CODES = ["USD", "EUR"]
