@@ -1,38 +1,49 @@
 """The wallet ledger: the pure state machine, its codec, the shard actors and the router.
 
-The state machine (``_model``, ``_state``) is stdlib-only and deterministic; the shells
-(``_shard``, ``_ledger``) run it under anyio and talk to ``wal``. Invariants live in
-``_state.check_invariants``; the transfer check order and the cross-shard protocol are
-documented in ``_state`` and ``_shard``.
+The state machine is stdlib-only and deterministic: ``_model`` (the vocabulary), ``_state``
+(``Directory``, ``State``), ``_decide`` (the decisions), ``_apply`` (the only mutators) and
+``_invariants`` (``check_invariants``, ``state_digest``). The shells run it under anyio and talk
+to ``wal``: ``_shard`` (the actor), ``_messages`` (what it is sent and replies), ``_batch``
+(batches and the atomic commit), ``_ledger`` (the router) and ``_recovery`` (every replay of the
+log into a ``State``). The transfer check order and the cross-shard protocol are documented in
+``_decide`` and ``_shard``. ``ledger.testing`` holds helpers for tests.
 """
 
+from ledger._apply import apply
+from ledger._batch import RECORD_BYTES_MAX
 from ledger._checkpoint import (
     SNAPSHOT_EVERY_DEFAULT,
     Base,
-    build_snapshot,
     kept_floor,
     load_base,
     remove_covered,
-    replay_until,
     snapshots_dir,
     write_state,
 )
 from ledger._codec import CODEC_VERSION, CodecError, decode_event, encode_event
 from ledger._data_dir import DATA_DIR_MODE, FILE_MODE, prepare_data_dir
+from ledger._decide import (
+    CreditCheck,
+    Decision,
+    check_credit,
+    decide,
+    decide_transfer,
+    decide_transfers,
+)
 from ledger._events import PAGE_MAX as EVENTS_PAGE_MAX
 from ledger._events import EventFeed, Gone
 from ledger._history import POSITION_BITS as ENTRY_POSITION_BITS
 from ledger._history import Entry, History, HistoryLagging, TransactionRow
+from ledger._invariants import check_invariants, check_state, digest_state, state_digest
 from ledger._ledger import (
     SHARDS_DEFAULT,
     Clock,
     Ledger,
-    Recovered,
     WalletView,
     WithdrawalView,
     open_ledger,
-    recover,
 )
+from ledger._messages import BatchReply, Overloaded, shard_of
 from ledger._model import (
     AMOUNT_MAX,
     BATCH_ITEMS_MAX,
@@ -98,32 +109,18 @@ from ledger._model import (
     treasury_id,
 )
 from ledger._projector import PROJECTOR_BATCH_MAX, Projector, RemoteProjection
-from ledger._shard import (
-    MAILBOX_CAPACITY,
-    RECORD_BYTES_MAX,
-    BatchReply,
-    Overloaded,
-    Shard,
-    shard_of,
+from ledger._recovery import (
+    Recovered,
+    build_snapshot,
+    read_records,
+    recover,
+    replay_log,
+    replay_until,
+    take_transactions,
 )
+from ledger._shard import MAILBOX_CAPACITY, Shard
 from ledger._snapshot import SNAPSHOT_CODEC_VERSION, count_records, decode_state, encode_state
-from ledger._state import (
-    CreditCheck,
-    Decision,
-    Directory,
-    State,
-    apply,
-    check_credit,
-    check_invariants,
-    check_state,
-    decide,
-    decide_transfer,
-    decide_transfers,
-    digest_state,
-    index_holds,
-    new_state,
-    state_digest,
-)
+from ledger._state import Directory, State, index_holds, new_state
 
 __all__ = [
     "AMOUNT_MAX",
@@ -240,12 +237,15 @@ __all__ = [
     "new_transferred",
     "open_ledger",
     "prepare_data_dir",
+    "read_records",
     "recover",
     "remove_covered",
+    "replay_log",
     "replay_until",
     "shard_of",
     "snapshots_dir",
     "state_digest",
+    "take_transactions",
     "treasury_id",
     "write_state",
 ]

@@ -1,5 +1,6 @@
-"""Checkpoints: snapshot images of the whole ledger, loading them back, and building a new one
-from the previous image plus the log.
+"""Checkpoints: snapshot images of the whole ledger, loading them back (``load_base``), writing
+them (``write_state``) and removing the log they cover. Building a new one from the previous
+image plus the log (``build_snapshot``) is in ``ledger._recovery``, with every other replay.
 
 A snapshot at LSN S is the state after applying records 1..S. It carries the checksum of record S
 so the log's hash chain continues across it, and the state's digest, compared after every load
@@ -20,12 +21,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger import _state
-from ledger._codec import decode_event
+from ledger import _invariants, _state
 from ledger._data_dir import DATA_DIR_MODE
 from ledger._snapshot import count_records, decode_state, encode_state
 from ledger._state import State
@@ -38,13 +37,8 @@ from snapshots import (
     write_snapshot,
 )
 from wal import (
-    ZERO_CHECKSUM,
-    Frame,
-    LogCorrupt,
-    ScanResult,
     covered_segments,
     fsync_directory,
-    scan,
 )
 
 log = logging.getLogger("ledger.checkpoint")
@@ -87,7 +81,7 @@ def load_base(data_dir: Path, *, at_most_lsn: int | None = None) -> Base:
         except Exception as error:  # CodecError: a body that verified but does not decode
             skipped.append((info.path, f"does not decode: {error}"))
             continue
-        digest = _state.digest_state(state)
+        digest = _invariants.digest_state(state)
         if bytes.fromhex(digest) != header.state_digest:
             skipped.append((info.path, "state digest after loading differs from the one written"))
             continue
@@ -101,8 +95,8 @@ def write_state(data_dir: Path, state: State, *, lsn: int, log_checksum: bytes, 
     """Writes ``state`` (which must not change meanwhile) as the snapshot at ``lsn`` and prunes
     to the newest two. Blocking."""
     assert state.directory.lsn == lsn, (state.directory.lsn, lsn)
-    _state.check_state(state)
-    digest = _state.digest_state(state)
+    _invariants.check_state(state)
+    digest = _invariants.digest_state(state)
     directory = snapshots_dir(data_dir)
     directory.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -124,45 +118,6 @@ def kept_floor(data_dir: Path) -> int:
     directory = snapshots_dir(data_dir)
     valid = [info.lsn for info in list_snapshots(directory) if info.valid] if directory.exists() else []
     return min(valid) if valid else 0
-
-
-def replay_until(
-    data_dir: Path, base: Base, *, until_lsn: int | None, on_frame: Callable[[Frame], None] | None = None
-) -> tuple[State, int, bytes]:
-    """Applies the log after ``base`` up to ``until_lsn`` (the end when None), reading a log
-    that may still be written (it stops at ``until_lsn`` and never truncates). Returns the state,
-    the LSN reached and that record's checksum. ``on_frame`` sees each record once applied (the
-    command line's progress bar)."""
-    state = base.state
-    result = ScanResult()
-    reached = base.lsn
-    checksum = base.log_checksum or ZERO_CHECKSUM
-    for frame in scan(data_dir / "wal", result, after_lsn=base.lsn, after_checksum=base.log_checksum,
-                      until_lsn=until_lsn):
-        _state.apply(state, decode_event(frame.payload), frame.lsn)
-        reached = frame.lsn
-        checksum = frame.checksum
-        if on_frame is not None:
-            on_frame(frame)
-    if until_lsn is not None and reached < until_lsn:
-        raise LogCorrupt(
-            path=data_dir / "wal", offset=0, lsn=reached + 1,
-            reason=f"the log ends at LSN {reached}, before the requested LSN {until_lsn}",
-        )
-    return state, reached, checksum
-
-
-def build_snapshot(
-    data_dir: Path, *, until_lsn: int | None, created_at_us: int, on_frame: Callable[[Frame], None] | None = None
-) -> SnapshotInfo | None:
-    """Previous image + log up to ``until_lsn`` -> a new image. None if there is nothing new."""
-    base = load_base(data_dir)
-    for path, reason in base.skipped:
-        log.warning("snapshot %s skipped: %s", path, reason)
-    state, reached, checksum = replay_until(data_dir, base, until_lsn=until_lsn, on_frame=on_frame)
-    if reached == base.lsn:
-        return None
-    return write_state(data_dir, state, lsn=reached, log_checksum=checksum, created_at_us=created_at_us)
 
 
 def remove_covered(data_dir: Path, *, history_lsn: int, archive: bool) -> list[Path]:

@@ -26,9 +26,9 @@ from typing import Any
 
 import anyio
 
-from ledger._codec import decode_event
 from ledger._history import weight
 from ledger._model import Event
+from ledger._recovery import take_transactions
 from wal import LogCorrupt, ScanResult, list_segments, scan
 
 RECENT_MAX = 20_000
@@ -101,17 +101,9 @@ class EventFeed:
         return await anyio.to_thread.run_sync(self._read_log, after, until, limit)
 
     def _read_log(self, after: int, until: int, limit: int) -> list[tuple[int, Event]]:
-        found: list[tuple[int, Event]] = []
-        count = 0
         try:
             # Stopping early leaves nothing open: ``scan`` reads each segment whole.
-            for frame in scan(self._wal_dir, ScanResult(), after_lsn=after, until_lsn=until):
-                event = decode_event(frame.payload)
-                found.append((frame.lsn, event))
-                count += weight(event)
-                if count >= limit:
-                    break
+            return take_transactions(scan(self._wal_dir, ScanResult(), after_lsn=after, until_lsn=until), limit)
         except (FileNotFoundError, LogCorrupt):
             # A segment was compacted away while we read (or the scan raced its removal).
             raise Gone(self.oldest_available_lsn()) from None
-        return found

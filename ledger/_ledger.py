@@ -1,9 +1,9 @@
-"""The ledger service: recovery, the shard actors, the WAL writer and the router between them.
+"""The ledger service: the shard actors, the WAL writer and the router between them.
 
 This is a shell around the pure state machine. ``open_ledger`` recovers the state from the log
-(scan, decode, ``apply``, check the invariants) and partitions the wallets among the shards;
-``Ledger.run`` runs the WAL writer and one task per shard; the async methods route each request
-to the shard that owns it and wait for the durable answer.
+(``ledger._recovery``: scan, decode, ``apply``, check the invariants) and partitions the wallets
+among the shards; ``Ledger.run`` runs the WAL writer and one task per shard; the async methods
+route each request to the shard that owns it and wait for the durable answer.
 
 Concurrent requests with the same idempotency key are serialised here (``_in_flight``): the
 second waits until the first is durable and is then answered from the idempotency record by the
@@ -19,7 +19,7 @@ batches it would cost an event per item, and two batches taking overlapping keys
 orders could wait on each other forever.
 
 Atomic batches that span shards are serialised by ``_atomic_lock``: only one at a time holds
-(pauses) shards, so two can never wait on each other (``ledger._shard``, ADR 0004).
+(pauses) shards, so two can never wait on each other (``ledger._batch``, ADR 0004).
 """
 
 from __future__ import annotations
@@ -34,13 +34,12 @@ from typing import Any
 
 import anyio
 
-from ledger import _state
-from ledger._checkpoint import Base, load_base
-from ledger._codec import decode_event
-from ledger._data_dir import prepare_data_dir
+from ledger import _decide, _invariants, _state
+from ledger._batch import _AtomicLead, _CreditGroup, _Pause, commit_atomic
+from ledger._decide import Decision
 from ledger._events import EventFeed
-from ledger._history import BATCH_RECORDS_MAX as HISTORY_BATCH_RECORDS
 from ledger._history import History, weight
+from ledger._messages import BatchReply, Reply, shard_of
 from ledger._model import (
     BATCH_ITEMS_MAX,
     AdvanceWithdrawal,
@@ -70,18 +69,10 @@ from ledger._model import (
     treasury_id,
 )
 from ledger._projector import RemoteProjection
-from ledger._shard import (
-    BatchReply,
-    Reply,
-    Shard,
-    _AtomicLead,
-    _CreditGroup,
-    _Pause,
-    commit_atomic,
-    shard_of,
-)
-from ledger._state import Decision, Directory, State
-from wal import LogCorrupt, ScanResult, StorageFailed, WriteAheadLog, list_segments, scan
+from ledger._recovery import Recovered, recover
+from ledger._shard import Shard
+from ledger._state import Directory, State
+from wal import StorageFailed, WriteAheadLog
 
 log = logging.getLogger("ledger")
 
@@ -199,119 +190,6 @@ def _withdrawals_lsn(views: list[WithdrawalView]) -> int:
 
 
 HOLD_TIMER_S = 0.2  # how often the timer looks for holds past their deadline
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Recovered:
-    state: State
-    history: History | None  # None: a projector process keeps the read model (``ledger._projector``)
-    scan: ScanResult
-    seconds: float
-
-    def close(self) -> None:
-        """For tools and tests that recover without serving: stops the history thread."""
-        if self.history is not None:
-            self.history.stop_thread()
-
-
-RECOVERY_PROGRESS_RECORDS = 100_000
-
-
-def recover(data_dir: Path, *, truncate_torn_tail: bool = True, project_history: bool = True) -> Recovered:
-    """Rebuilds the ledger from the newest valid snapshot and the log after it, and brings the
-    history read model up to the end of the log (without ``project_history``, the ledger of
-    ``--workers N``, it leaves the read model to the projector process and never opens it).
-    Raises ``wal.LogCorrupt``. Blocking: run it in a worker thread."""
-    started = time.perf_counter()
-    prepare_data_dir(data_dir)
-    if not project_history:
-        base = load_base(data_dir)
-        for path, reason in base.skipped:
-            log.warning("snapshot %s is damaged (%s): using an older one and a longer log suffix", path, reason)
-        if base.path is not None:
-            log.info("recovery: snapshot %s at LSN %d", base.path.name, base.lsn)
-        state, result = _replay(data_dir, base, None, truncate_torn_tail=truncate_torn_tail)
-        _state.check_state(state)
-        return Recovered(state=state, history=None, scan=result, seconds=time.perf_counter() - started)
-    history = History.open(data_dir / "history.sqlite3")
-    try:
-        base = load_base(data_dir)
-        for path, reason in base.skipped:
-            log.warning("snapshot %s is damaged (%s): using an older one and a longer log suffix", path, reason)
-        if base.path is not None:
-            log.info("recovery: snapshot %s at LSN %d", base.path.name, base.lsn)
-        state, result = _replay(data_dir, base, history, truncate_torn_tail=truncate_torn_tail)
-        if history.applied_lsn > result.next_lsn - 1:
-            log.warning(
-                "history is at LSN %d but the log ends at %d (the log was cut): rebuilding it",
-                history.applied_lsn, result.next_lsn - 1,
-            )
-            history.reset()
-            state, result = _replay(data_dir, load_base(data_dir), history, truncate_torn_tail=False)
-        _state.check_state(state)
-    except BaseException:
-        history.stop_thread()
-        raise
-    return Recovered(state=state, history=history, scan=result, seconds=time.perf_counter() - started)
-
-
-def _replay(
-    data_dir: Path, base: Base, history: History | None, *, truncate_torn_tail: bool
-) -> tuple[State, ScanResult]:
-    """Applies the log after ``base``; projects what ``history`` (when given) misses."""
-    state = base.state
-    snapshot_lsn = base.lsn
-    # Without a history, nothing is projected: as if it were at the snapshot's LSN already.
-    projected = history.applied_lsn if history is not None else snapshot_lsn
-    segments = list_segments(data_dir / "wal")
-    oldest = segments[0][0] if segments else snapshot_lsn + 1
-    if history is not None and projected < snapshot_lsn and projected < oldest - 1:
-        # The log no longer holds what the read model misses (it was deleted after segments were
-        # removed): keep going from the snapshot's balances; older statements are lost.
-        log.warning(
-            "history read model is at LSN %d but the log starts at %d: history before LSN %d "
-            "cannot be rebuilt; continuing from the snapshot's balances", projected, oldest, snapshot_lsn,
-        )
-        history.seed(state, snapshot_lsn)
-        projected = snapshot_lsn
-    start = min(projected, snapshot_lsn)
-    if projected:
-        log.info("history read model is at LSN %d", projected)
-    result = ScanResult()
-    batch: list[tuple[int, Any]] = []
-    batch_weight = 0
-    replayed = 0
-    for frame in scan(
-        data_dir / "wal", result, after_lsn=start,
-        after_checksum=base.log_checksum if start == snapshot_lsn else None,
-        truncate_torn_tail=truncate_torn_tail,
-    ):
-        if frame.lsn == snapshot_lsn and base.log_checksum is not None and frame.checksum != base.log_checksum:
-            raise LogCorrupt(
-                path=data_dir / "wal", offset=0, lsn=frame.lsn,
-                reason="the snapshot's last record does not match the log at its LSN",
-            )
-        event = decode_event(frame.payload)
-        if frame.lsn > snapshot_lsn:
-            _state.apply(state, event, frame.lsn)
-            replayed += 1
-        if history is not None and frame.lsn > projected:
-            batch.append((frame.lsn, event))
-            batch_weight += weight(event)
-            if batch_weight >= HISTORY_BATCH_RECORDS:
-                history.project_blocking(batch)
-                batch = []
-                batch_weight = 0
-        if frame.lsn % RECOVERY_PROGRESS_RECORDS == 0:
-            log.info("recovery: read up to LSN %d", frame.lsn)
-    if history is not None:
-        history.project_blocking(batch)
-    result.records = replayed
-    if result.next_lsn <= snapshot_lsn:
-        # Nothing after the snapshot in the log (or no log at all): continue the chain from it.
-        result.next_lsn = snapshot_lsn + 1
-        result.last_checksum = base.log_checksum or result.last_checksum
-    return state, result
 
 
 def _wallet_view(wallet_id: str) -> Callable[[State], WalletView | None]:
@@ -608,7 +486,7 @@ class Ledger:
             route = self.directory.hold_routes.get(transaction_id)
             if route is None:
                 # No pending hold: a replay of a resolution that happened, or not pending.
-                decision = _state.check_idempotency(self.directory, idempotency) or Rejection(
+                decision = _decide.check_idempotency(self.directory, idempotency) or Rejection(
                     reason=Reason.NOT_PENDING, detail=f"transfer {transaction_id} is not pending"
                 )
                 reply = Reply()
@@ -737,10 +615,10 @@ class Ledger:
 
     def check_invariants(self) -> None:
         """``check_invariants`` over the live shards (call when they are idle)."""
-        _state.check_invariants(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
+        _invariants.check_invariants(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
 
     def digest(self) -> str:
-        return _state.state_digest(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
+        return _invariants.state_digest(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
 
 
 def open_ledger(data_dir: Path, **options: Any) -> Ledger:

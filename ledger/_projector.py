@@ -35,6 +35,7 @@ Nothing here mutates ledger state.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -44,9 +45,9 @@ from typing import Any
 import anyio
 
 from ledger._checkpoint import load_base
-from ledger._codec import decode_event
 from ledger._history import READ_WAIT_S, History, HistoryLagging, HistoryStatistics, weight
 from ledger._model import Event
+from ledger._recovery import take_transactions
 from wal import Compacted, LogCorrupt, Tailer, list_segments
 
 log = logging.getLogger("history.projector")
@@ -233,12 +234,7 @@ class Projector:
     def read(self, tailer: Tailer, until_lsn: int) -> list[tuple[int, Event]]:
         """Decoded records after the tailer's LSN, up to ``until_lsn``, about ``batch_max``
         transactions (at least one record)."""
-        records: list[tuple[int, Event]] = []
-        total = 0
-        while total < self._batch_max and (frame := tailer.next(until_lsn)) is not None:
-            event = decode_event(frame.payload)
-            records.append((frame.lsn, event))
-            total += weight(event)
+        records = take_transactions(iter(functools.partial(tailer.next, until_lsn), None), self._batch_max)
         assert records, (tailer.lsn, until_lsn)
         return records
 

@@ -13,7 +13,7 @@ log order is therefore a serial order of everything any client can observe. Repl
 released by the WAL writer once the record is durable; a rejection waits for the log as it was
 when it was decided, so it never reveals state that a crash could still take back.
 
-Transfers across shards, without locks (``ledger._state`` has the check order):
+Transfers across shards, without locks (``ledger._decide`` has the check order):
 
     1. receiver's shard: ``check_credit``; if it passes, reserve the incoming amount
        (``pending``) so no overflow or close can invalidate the verdict.
@@ -33,35 +33,14 @@ captured amount. Voiding, expiring and the other payout steps touch only the sen
 Each shard keeps a heap of its holds' deadlines; the ledger's timer posts ``_Tick`` to a
 shard whose earliest deadline has passed, and the shard voids what is due at its own clock.
 
-Batches (``Ledger.transfer_batch``; ``docs/adr/0004-atomic-batches.md``):
-
-- Not atomic: one ``_CreditGroup`` per receiving shard with the items whose receivers it owns,
-  in request order. It runs step 1 for the items whose sender lives on another shard and
-  forwards one ``_DebitPart`` per sending shard. A sending shard keeps the parts of a batch
-  until it has all of them (their number travels with them), merges them back into request
-  order and decides them in one step (``decide_transfers``): items that share a sender are
-  decided in request order, each after the effects of the accepted ones before it. The accepted
-  ones become one ``TransfersPosted`` record (halved only if it would not fit in a frame); step
-  3 goes back as one ``_ApplyCredits`` per receiving shard. One reply per sending shard, once
-  the log it wrote or judged against is durable.
-- Atomic, every wallet on one shard: one ``_AtomicBatch``, decided and committed in one step.
-- Atomic, several shards: the ledger (holding its atomic lock, so only one such batch holds
-  shards at a time) posts ``_Pause`` to every involved shard but the lead, which gets
-  ``_AtomicLead``. A paused shard acknowledges and stops draining until released; the lead
-  stops too, waits until the others have paused, runs ``commit_atomic`` over all their wallets
-  in its own task (a bug there crashes an actor, as anywhere else) and releases them. Only the
-  lead waits, and only for shards that are not waiting for anyone, so this cannot deadlock.
-
-``commit_atomic`` decides every item in order against the involved wallets (counting each
-shard's reservations and the effects of the items before it) and appends one record for the
-whole batch, or nothing: a torn tail drops a batch whole.
+Batches (``Ledger.transfer_batch``) go through the same mailboxes; their messages, how their
+records are cut and the atomic commit are in ``ledger._batch``. The message types and replies
+are in ``ledger._messages``.
 """
 
 from __future__ import annotations
 
 import heapq
-import operator
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,234 +49,58 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from ledger import _state
+from ledger import _apply, _decide
+from ledger._batch import (
+    _ApplyCredits,
+    _AtomicBatch,
+    _AtomicLead,
+    _CreditGroup,
+    _DebitPart,
+    _PartItem,
+    _Pause,
+    _position,
+    _records,
+    commit_atomic,
+)
 from ledger._codec import encode_event
+from ledger._decide import CreditCheck
+from ledger._messages import (
+    BatchReply,
+    LocalCommand,
+    Movement,
+    Overloaded,
+    Reply,
+    _ApplyCredit,
+    _Command,
+    _CreditStep,
+    _DebitStep,
+    _Query,
+    _Tick,
+    credit_target,
+    shard_of,
+)
 from ledger._model import (
-    AdvanceWithdrawal,
-    BatchFailed,
     ChangeWalletStatus,
     Committed,
-    CompleteWithdrawal,
-    CreateAsset,
-    CreateToken,
-    CreateWallet,
     Duplicate,
     Event,
     ExpireHolds,
     HoldCaptured,
     HoldCreated,
     HoldVoided,
-    Reason,
-    Rejection,
-    RequestWithdrawal,
     ResolveHold,
-    RevokeToken,
     Transfer,
     Transferred,
-    TransfersPosted,
     Wallet,
     WithdrawalUpdated,
     new_committed,
     treasury_id,
 )
-from ledger._state import CreditCheck, State
-from wal import PAYLOAD_BYTES_MAX, StorageFailed, WriteAheadLog
+from ledger._state import State
+from wal import StorageFailed, WriteAheadLog
 
 MAILBOX_CAPACITY = 8192
 DRAIN_MAX = 1024  # messages handled before the actor yields to the event loop
-# A batch record's payload at most (a frame's limit): a non-atomic group that would pass it is
-# split into several records; an atomic batch that would is refused (RECORD_TOO_LARGE).
-RECORD_BYTES_MAX = PAYLOAD_BYTES_MAX
-
-
-def shard_of(wallet_id: str, shards: int) -> int:
-    """Stable across processes and restarts (unlike the salted built-in ``hash``)."""
-    return zlib.crc32(wallet_id.encode()) % shards
-
-
-class Overloaded(Exception):
-    """The shard's mailbox (or the log's backlog) is full; try again shortly."""
-
-
-class Reply:
-    """Where an actor leaves the outcome of one command; the caller awaits ``wait``."""
-
-    __slots__ = ("_done", "error", "lsn", "value")
-
-    def __init__(self) -> None:
-        self._done = anyio.Event()
-        self.value: Any = None
-        self.lsn = 0
-        self.error: str | None = None
-
-    def _wake(self, error: str | None) -> None:
-        self.error = error
-        self._done.set()
-
-    async def wait(self) -> Any:
-        await self._done.wait()
-        if self.error is not None:
-            raise StorageFailed(self.error)
-        return self.value
-
-
-# Commands that run the credit-first protocol.
-Movement = Transfer | ResolveHold | CompleteWithdrawal
-# Commands decided on one shard alone.
-LocalCommand = (
-    CreateWallet | ChangeWalletStatus | CreateAsset | CreateToken | RevokeToken | ResolveHold
-    | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal
-)
-
-
-def credit_target(command: Movement, route_amount: int = 0) -> tuple[str, int, bool]:
-    """(wallet credited, amount, whether step 1 reserves it) for a movement."""
-    if isinstance(command, Transfer):
-        return command.to_wallet_id, command.amount, command.hold_timeout_s is None
-    if isinstance(command, ResolveHold):
-        assert command.capture
-        return command.to_wallet_id, command.amount or route_amount, True
-    return treasury_id(command.asset), command.amount, True
-class BatchReply:
-    """Where the shards leave a batch's outcomes: ``results[i]`` for item i, or ``failed`` for
-    an atomic batch that posted nothing. ``waiting`` counts the reports still to come (one per
-    sending shard, or one for an atomic batch), each made once what it wrote or judged against
-    is durable; ``wait`` returns after the last."""
-
-    __slots__ = ("_done", "error", "failed", "results", "waiting")
-
-    def __init__(self, size: int, *, waiting: int) -> None:
-        assert size >= 1
-        assert waiting >= 1
-        self._done = anyio.Event()
-        self.results: list[Any] = [None] * size
-        self.failed: BatchFailed | None = None
-        self.waiting = waiting
-        self.error: str | None = None
-
-    def _report(self, error: str | None) -> None:
-        if error is not None and self.error is None:
-            self.error = error
-        self.waiting -= 1
-        assert self.waiting >= 0
-        if self.waiting == 0:
-            self._done.set()
-
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    async def wait(self) -> list[Any] | BatchFailed:
-        await self._done.wait()
-        if self.error is not None:
-            raise StorageFailed(self.error)
-        if self.failed is not None:
-            return self.failed
-        assert all(result is not None for result in self.results)
-        return self.results
-
-
-@dataclass(slots=True)
-class _CreditStep:
-    command: Movement
-    reply: Reply
-    route_amount: int = 0  # a capture without an amount captures the hold's (router's view)
-
-
-@dataclass(slots=True)
-class _DebitStep:
-    command: Movement
-    credit: CreditCheck
-    credit_shard: int
-    reserved: int  # the amount step 1 reserved on the credit shard (0: none)
-    reply: Reply
-
-
-@dataclass(slots=True)
-class _ApplyCredit:
-    event: Transferred | HoldCaptured | None  # None: step 2 refused, only release
-    wallet_id: str
-    amount: int  # the amount reserved in step 1
-    lsn: int
-
-
-@dataclass(slots=True)
-class _Tick:
-    """Void the holds whose deadline passed (posted by the ledger's timer)."""
-
-
-@dataclass(slots=True)
-class _CreditGroup:
-    """Step 1 for the items of a batch whose receivers this shard owns, in request order:
-    (index in the batch, command, the sender's shard). ``parts`` tells each sending shard how
-    many ``_DebitPart`` messages of this batch it gets."""
-
-    batch: int
-    items: list[tuple[int, Transfer, int]]
-    parts: dict[int, int]
-    reply: BatchReply
-
-
-# An item of a ``_DebitPart``: index in the batch, command, the receiving shard's verdict (None:
-# the receiver lives on the sending shard and is checked there), whether step 1 reserved the
-# amount, the receiving shard.
-_PartItem = tuple[int, Transfer, CreditCheck | None, bool, int]
-_position = operator.itemgetter(0)
-
-
-@dataclass(slots=True)
-class _DebitPart:
-    batch: int
-    items: list[_PartItem]
-    parts: int
-    reply: BatchReply
-
-
-@dataclass(slots=True)
-class _ApplyCredits:
-    """Step 3 for the items of a batch part: credits to apply (event, LSN) and reservations of
-    refused items to drop (wallet id, amount)."""
-
-    credits: list[tuple[Transferred, int]]
-    releases: list[tuple[str, int]]
-
-
-@dataclass(slots=True)
-class _AtomicBatch:
-    """An atomic batch whose wallets all live on this shard."""
-
-    commands: list[Transfer]
-    reply: BatchReply
-
-
-@dataclass(slots=True)
-class _Pause:
-    """A multi-shard atomic batch's hold on the shards it involves (the lead's own hold is the
-    ``_AtomicLead``). ``waiting`` counts the shards that have not paused yet."""
-
-    waiting: int
-    paused: anyio.Event
-    released: anyio.Event
-
-
-@dataclass(slots=True)
-class _AtomicLead:
-    commands: list[Transfer]
-    involved: list[Shard]
-    pause: _Pause
-    reply: BatchReply
-
-
-@dataclass(slots=True)
-class _Query:
-    function: Callable[[State], Any]
-    wait_lsn: Callable[[Any], int]
-    reply: Reply
-
-
-@dataclass(slots=True)
-class _Command:
-    command: LocalCommand
-    reply: Reply
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -494,7 +297,7 @@ class Shard:
         """Appends the event; the caller applies it in the same step."""
         return self._wal.append(encode_event(event), event)
 
-    def _answer(self, reply: Reply, decision: _state.Decision) -> None:
+    def _answer(self, reply: Reply, decision: _decide.Decision) -> None:
         """Resolves a reply for a decision that appended nothing: a replay answers once its
         original is durable; a rejection once the log it was judged against is durable."""
         if isinstance(decision, Duplicate):
@@ -506,7 +309,7 @@ class Shard:
         command = message.command
         wallet_id, amount, reserves = credit_target(command, message.route_amount)
         pending = self._pending.get(wallet_id, 0)
-        credit = _state.check_credit_to(self.state, wallet_id, amount, pending=pending)
+        credit = _decide.check_credit_to(self.state, wallet_id, amount, pending=pending)
         sender_id: str | None
         if isinstance(command, Transfer):
             sender_id = command.from_wallet_id
@@ -543,13 +346,13 @@ class Shard:
             reply._wake(failed)
             return
         now_us = self._clock()
-        decision: _state.Decision
+        decision: _decide.Decision
         if isinstance(command, Transfer):
-            decision = _state.decide_transfer(self.state, command, now_us, credit)
+            decision = _decide.decide_transfer(self.state, command, now_us, credit)
         elif isinstance(command, ResolveHold):
-            decision = _state.decide_capture(self.state, command, now_us, credit)
+            decision = _decide.decide_capture(self.state, command, now_us, credit)
         else:
-            decision = _state.decide_complete_withdrawal(self.state, command, now_us, credit)
+            decision = _decide.decide_complete_withdrawal(self.state, command, now_us, credit)
         if not isinstance(decision, list):
             if reserved:
                 self._peers[credit_shard]._post(_ApplyCredit(None, credited, reserved, 0))
@@ -557,9 +360,9 @@ class Shard:
             return
         (event,) = decision
         lsn = self._commit(event)
-        _state.apply_directory(self.state.directory, event, lsn)
+        _apply.apply_directory(self.state.directory, event, lsn)
         if isinstance(event, Transferred):
-            _state.apply_debit(self.state, event, lsn)
+            _apply.apply_debit(self.state, event, lsn)
         else:
             self._apply_sender(event, lsn)
         if isinstance(event, HoldCreated):
@@ -568,7 +371,7 @@ class Shard:
         else:
             assert isinstance(event, Transferred | HoldCaptured)
             if credit_shard == self.index:
-                _state.apply_credit(self.state, event, lsn)
+                _apply.apply_credit(self.state, event, lsn)
             else:
                 # A capture may take less than step 1 reserved (the router's view was stale
                 # only if the hold is gone, and then the capture was refused above).
@@ -578,7 +381,7 @@ class Shard:
 
     def _apply_sender(self, event: Event, lsn: int) -> None:
         """``apply_sender`` plus this shard's deadline heap."""
-        _state.apply_sender(self.state, event, lsn)
+        _apply.apply_sender(self.state, event, lsn)
         if isinstance(event, HoldCreated) and event.deadline_us:
             heapq.heappush(self._deadlines, (event.deadline_us, event.transaction_id))
 
@@ -588,11 +391,11 @@ class Shard:
         lsn = 0
         for event in events:
             lsn = self._commit(event)
-            _state.apply_directory(self.state.directory, event, lsn)
+            _apply.apply_directory(self.state.directory, event, lsn)
             if isinstance(event, HoldCreated | HoldVoided | WithdrawalUpdated):
                 self._apply_sender(event, lsn)
             else:
-                _state.apply_wallets(self.state, event, lsn)
+                _apply.apply_wallets(self.state, event, lsn)
         return lsn
 
     def _on_tick(self, message: _Tick) -> None:
@@ -607,7 +410,7 @@ class Shard:
                 due.append(transaction_id)
         if not due:
             return
-        decision = _state.decide_expire(self.state, ExpireHolds(transaction_ids=tuple(due)), now_us)
+        decision = _decide.decide_expire(self.state, ExpireHolds(transaction_ids=tuple(due)), now_us)
         assert isinstance(decision, list)
         self._commit_local(decision)
 
@@ -623,7 +426,7 @@ class Shard:
         assert message.event is None or message.event.amount == message.amount
         self._release(message.wallet_id, message.amount)
         if message.event is not None:
-            _state.apply_credit(self.state, message.event, message.lsn)
+            _apply.apply_credit(self.state, message.event, message.lsn)
 
     # -- batches -------------------------------------------------------------------------
 
@@ -639,7 +442,7 @@ class Shard:
             else:
                 to_wallet_id = command.to_wallet_id
                 reserved_before = pending.get(to_wallet_id, 0)
-                credit = _state.check_credit(state, command, pending=reserved_before)
+                credit = _decide.check_credit(state, command, pending=reserved_before)
                 reserved = credit.failure is None
                 if reserved:
                     pending[to_wallet_id] = reserved_before + command.amount
@@ -683,7 +486,7 @@ class Shard:
             return
         state = self.state
         now_us = self._clock()
-        decisions = _state.decide_transfers(
+        decisions = _decide.decide_transfers(
             state, [(item[1], item[2]) for item in items], now_us, self._pending
         )
         results = reply.results
@@ -705,14 +508,14 @@ class Shard:
         directory = state.directory
         for payload, record, count in _records(events, now_us):
             lsn = wal.append(payload, record)
-            _state.apply_directory(directory, record, lsn)
+            _apply.apply_directory(directory, record, lsn)
             for offset in range(start, start + count):
                 event = events[offset]
                 item = accepted[offset]
-                _state.apply_debit(state, event, lsn)
+                _apply.apply_debit(state, event, lsn)
                 credit_shard = item[4]
                 if credit_shard == index:
-                    _state.apply_credit(state, event, lsn)
+                    _apply.apply_credit(state, event, lsn)
                 else:
                     assert item[3]
                     credits.setdefault(credit_shard, []).append((event, lsn))
@@ -735,7 +538,7 @@ class Shard:
         state = self.state
         for event, lsn in message.credits:
             self._release(event.to_wallet_id, event.amount)
-            _state.apply_credit(state, event, lsn)
+            _apply.apply_credit(state, event, lsn)
 
     def _on_atomic_batch(self, message: _AtomicBatch) -> None:
         commit_atomic([self], message.commands, message.reply)
@@ -775,14 +578,14 @@ class Shard:
             message.reply._wake(self._wal.failed)
             return
         now_us = self._clock()
-        decision: _state.Decision
+        decision: _decide.Decision
         if isinstance(command, ChangeWalletStatus):
             # The one local command that needs this shard's reservations too.
             pending = self._pending.get(command.wallet_id, 0)
-            decision = _state.decide_change_status(state, command, now_us, pending=pending)
+            decision = _decide.decide_change_status(state, command, now_us, pending=pending)
         else:
             assert not isinstance(command, ResolveHold) or not command.capture  # captures move money
-            decision = _state.decide(state, command, now_us)
+            decision = _decide.decide(state, command, now_us)
         if not isinstance(decision, list) or not decision:
             self._answer(message.reply, decision)
             return
@@ -807,104 +610,3 @@ class Shard:
             drains=self._drains,
             overloaded=self._overloaded,
         )
-
-
-
-def _records(events: list[Transferred], at_us: int) -> list[tuple[bytes, Event, int]]:
-    """The records for a batch part's accepted transfers: (payload, record, how many
-    transfers). One record, a lone transfer being a plain ``Transferred``; halved until each
-    fits in a frame (only metadata-heavy batches near the 16 MiB body limit come close)."""
-    if not events:
-        return []
-    record: Event = events[0] if len(events) == 1 else TransfersPosted(transfers=tuple(events), at_us=at_us)
-    payload = encode_event(record)
-    if len(payload) <= RECORD_BYTES_MAX or len(events) == 1:
-        return [(payload, record, len(events))]
-    half = len(events) // 2
-    return _records(events[:half], at_us) + _records(events[half:], at_us)
-
-
-def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchReply) -> None:
-    """Decides an atomic batch and, if every item passes, commits it as one record.
-
-    ``involved`` must own every wallet the batch names, and none of them may be in the middle of
-    a step: this runs inside the step of the only one (``_AtomicBatch``), or in the lead's task
-    while the others are paused, or between steps (the simulation). Items are decided in
-    request order against the live wallets without touching them (``decide_transfers``): each
-    after the effects of the ones before it, counting what each shard reserved for transfers in
-    flight. The first rejection ends it: nothing is appended and ``reply.failed`` names the
-    item, answered once the log it was judged against is durable. Otherwise the new items become
-    one record, applied to the wallets of every involved shard in the same step, and duplicates
-    answer their original outcome.
-    """
-    lead = involved[0]
-    wal = lead._wal
-    failed = wal.failed
-    if failed is not None:
-        reply._report(failed)
-        return
-    peers = lead._peers
-    shards = len(peers)
-    owned = {shard.index for shard in involved}
-    wallets: dict[str, Wallet] = {}
-    pending: dict[str, int] = {}
-    for command in commands:
-        sender_id = command.from_wallet_id
-        assert sender_id is not None
-        receiver_id = command.to_wallet_id
-        sender_shard = shard_of(sender_id, shards)
-        receiver_shard = shard_of(receiver_id, shards)
-        assert sender_shard in owned
-        assert receiver_shard in owned
-        sender = peers[sender_shard].state.wallets.get(sender_id)
-        if sender is not None:
-            wallets[sender_id] = sender
-        receiver = peers[receiver_shard].state.wallets.get(receiver_id)
-        if receiver is not None:
-            wallets[receiver_id] = receiver
-        reserved = peers[receiver_shard]._pending.get(receiver_id)
-        if reserved:
-            pending[receiver_id] = reserved
-    view = State(directory=lead.state.directory, wallets=wallets)
-    now_us = lead._clock()
-    decisions = _state.decide_transfers(view, [(command, None) for command in commands], now_us, pending, atomic=True)
-    last = decisions[-1]
-    if isinstance(last, Rejection):
-        reply.failed = BatchFailed(index=len(decisions) - 1, rejection=last)
-        wal.call_when_durable(wal.last_lsn, reply._report)
-        return
-    assert len(decisions) == len(commands)
-    events: list[Transferred] = []
-    for decision in decisions:
-        if isinstance(decision, list):
-            (event,) = decision
-            assert isinstance(event, Transferred)
-            events.append(event)
-    lsn = 0
-    if events:
-        record: Event = events[0] if len(events) == 1 else TransfersPosted(transfers=tuple(events), at_us=now_us)
-        payload = encode_event(record)
-        if len(payload) > RECORD_BYTES_MAX:
-            reply.failed = BatchFailed(index=None, rejection=Rejection(
-                reason=Reason.RECORD_TOO_LARGE,
-                detail=f"the batch encodes to {len(payload)} bytes; an atomic batch must fit in one "
-                       f"log record of at most {RECORD_BYTES_MAX} bytes (send fewer items or less metadata)",
-            ))
-            wal.call_when_durable(wal.last_lsn, reply._report)
-            return
-        # After this point the batch must be committed.
-        lsn = wal.append(payload, record)
-        _state.apply_directory(view.directory, record, lsn)
-        for event in events:
-            _state.apply_debit(view, event, lsn)
-            _state.apply_credit(view, event, lsn)
-    results = reply.results
-    for position, decision in enumerate(decisions):
-        if isinstance(decision, list):
-            event = decision[0]
-            assert isinstance(event, Transferred)
-            results[position] = new_committed(event, lsn)
-        else:
-            assert isinstance(decision, Duplicate)
-            results[position] = decision
-    wal.call_when_durable(wal.last_lsn, reply._report)

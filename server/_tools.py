@@ -28,6 +28,7 @@ from ledger import (
     DATA_DIR_MODE,
     FILE_MODE,
     CodecError,
+    Event,
     build_snapshot,
     check_state,
     decode_event,
@@ -36,11 +37,12 @@ from ledger import (
     load_base,
     new_state,
     prepare_data_dir,
+    read_records,
+    replay_log,
     replay_until,
     snapshots_dir,
     write_state,
 )
-from ledger import apply as apply_event
 from server._lock import DataDirLocked, lock_data_dir
 from snapshots import SnapshotCorrupt, list_snapshots, read_snapshot
 from wal import (
@@ -168,20 +170,24 @@ def wal_verify(data_dir: Path, *, progress: bool | None = None) -> int:
         problems.append(f"snapshot at LSN {start} does not load")
         return _report(problems, None, None, data_dir)
     result = ScanResult()
+
+    def mismatch(frame: Frame) -> None:
+        problems.append(f"the snapshot at LSN {start} does not match the log's record there")
+
+    def compare(frame: Frame, event: Event) -> None:
+        if frame.lsn in images:
+            path, digest = images[frame.lsn]
+            if bytes.fromhex(digest_state(state)) != digest:
+                problems.append(f"snapshot {path} does not match the replayed log at LSN {frame.lsn}")
+
     with progress_bar("wal verify", total=_log_bytes(data_dir), unit="B", show=progress) as bar:
         try:
             # From the start of the kept log, so every record is checked, even those in the image.
-            for frame in scan(data_dir / "wal", result, after_lsn=first - 1):
-                bar.update(frame.size)
-                if frame.lsn == start and base is not None and frame.checksum != base.log_checksum:
-                    problems.append(f"the snapshot at LSN {start} does not match the log's record there")
-                if frame.lsn <= start:
-                    continue
-                apply_event(state, decode_event(frame.payload), frame.lsn)
-                if frame.lsn in images:
-                    path, digest = images[frame.lsn]
-                    if bytes.fromhex(digest_state(state)) != digest:
-                        problems.append(f"snapshot {path} does not match the replayed log at LSN {frame.lsn}")
+            replay_log(
+                state, data_dir / "wal", result, after_lsn=first - 1, base_lsn=start,
+                base_checksum=base.log_checksum if base is not None else None,
+                on_frame=lambda frame: bar.update(frame.size), on_base_mismatch=mismatch, on_record=compare,
+            )
         except LogCorrupt as error:
             problems.append(f"{error.path} offset {error.offset} LSN {error.lsn}: {error.reason}")
         except CodecError as error:
@@ -305,9 +311,9 @@ def _lsn_at_time(data_dir: Path, until_us: int, *, progress: bool | None) -> int
     found = 0
     result = ScanResult()
     with progress_bar("find time", total=_log_bytes(data_dir), unit="B", show=progress) as bar:
-        for frame in scan(data_dir / "wal", result, after_lsn=_first_lsn(data_dir) - 1):
+        for frame, event in read_records(data_dir / "wal", result, after_lsn=_first_lsn(data_dir) - 1):
             bar.update(frame.size)
-            if decode_event(frame.payload).at_us > until_us:
+            if event.at_us > until_us:
                 break
             found = frame.lsn
     return found

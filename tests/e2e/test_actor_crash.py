@@ -12,7 +12,7 @@ import httpx
 from tests.e2e._server import ADMIN_TOKEN, ServerProcess, on_each_loop
 
 BREAK_ASSET_CREATION = """
-import ledger._state as state
+import ledger._decide as state
 
 def broken(*args, **kwargs):
     raise RuntimeError("injected bug in decide_create_asset")

@@ -18,8 +18,8 @@ import pytest
 
 from server._bank import HttpBank
 from server._payouts import Payouts
+from server.testing import FakeLedger, order
 from tests.e2e._server import free_port
-from tests.server._payout_fakes import FakeLedger, order
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY = {"withdrawal_id": "w-1", "wallet_id": "alice", "amount": 250, "asset": "USD",

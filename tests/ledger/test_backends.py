@@ -14,9 +14,9 @@ import anyio
 import pytest
 
 from ledger import Committed, Ledger, Rejection, check_invariants, recover, state_digest
+from ledger.testing import setup, transfer
 from server._config import LOOPS
 from server._serve import backend_of
-from tests.ledger.test_service import setup, transfer
 
 
 def running_loop_name() -> str:

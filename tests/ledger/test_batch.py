@@ -61,7 +61,7 @@ from ledger import (
     shard_of,
     state_digest,
 )
-from tests.ledger._support import amounts, digest, replay
+from ledger.testing import amounts, digest, replay
 from wal import ScanResult
 
 NOW_NS = 1_790_000_000 * 10**9

@@ -10,7 +10,7 @@ import trio
 
 from ledger import State, kept_floor, remove_covered, write_state
 from ledger._state import new_state
-from tests.wal._logs import payload_for, segment_paths, write_log
+from wal.testing import payload_for, segment_paths, write_log
 
 
 async def build(data: Path) -> list[Path]:

@@ -22,7 +22,7 @@ from ledger import (
     write_state,
 )
 from ledger._state import new_state
-from tests.wal._logs import payload_for, write_log
+from wal.testing import payload_for, write_log
 
 pytestmark = pytest.mark.usefixtures("usual_umask")
 

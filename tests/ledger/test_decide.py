@@ -1,4 +1,4 @@
-"""``decide`` row by row: the transfer rejection table in ``ledger/_state.py`` (one test per row,
+"""``decide`` row by row: the transfer rejection table in ``ledger/_decide.py`` (one test per row,
 each also showing that the row beats a later one, whichever side that later one is on), then
 status changes, wallet and asset creation, tokens and idempotency expiry.
 
@@ -48,10 +48,10 @@ from ledger import (
     new_state,
     treasury_id,
 )
-from ledger import _state as ledger_state
+from ledger import _decide as ledger_decide
+from ledger._decide import decide_change_status
 from ledger._model import TRANSFER_CHECK_ORDER
-from ledger._state import decide_change_status
-from tests.ledger._support import digest
+from ledger.testing import digest
 
 START_US = 1_000_000
 
@@ -163,9 +163,9 @@ TABLE_ROW = re.compile(r"^\s*\|\s*(\d+b?)\s*\|[^|]*\|\s*([A-Z_/]+)\s*\|")
 
 
 def table_reasons() -> list[Reason]:
-    """The reasons of the docstring table in ``ledger/_state.py``, top to bottom (row 0 aside)."""
+    """The reasons of the docstring table in ``ledger/_decide.py``, top to bottom (row 0 aside)."""
     reasons: list[Reason] = []
-    for line in (ledger_state.__doc__ or "").splitlines():
+    for line in (ledger_decide.__doc__ or "").splitlines():
         match = TABLE_ROW.match(line)
         if match is None or match.group(1) == "0":
             continue

@@ -1,5 +1,5 @@
 """Holds (pending transfers) and withdrawals in the pure state machine: one test per row of the
-check table in ``ledger/_state.py``, the payout step table, and a property test that random
+check table in ``ledger/_decide.py``, the payout step table, and a property test that random
 programs keep ``held == sum(holds)``, conservation including pending amounts, at-most-once
 resolution and expiry, and replay through the codec to the same state."""
 
@@ -41,7 +41,7 @@ from ledger import (
     new_state,
     treasury_id,
 )
-from tests.ledger._support import amounts, replay
+from ledger.testing import amounts, replay
 
 T0 = 1_000_000_000
 

@@ -27,29 +27,13 @@ from ledger import (
     Reason,
     Rejection,
     RequestWithdrawal,
-    TransactionType,
-    Transfer,
     VoidReason,
     WithdrawalStatus,
     digest_state,
     recover,
     treasury_id,
 )
-from tests.ledger.test_service import setup
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.ns = 1_700_000_000 * 10**9
-
-    def __call__(self) -> int:
-        return self.ns
-
-
-def hold(number: int, source: str, target: str, amount: int, timeout_s: int = 3600) -> Transfer:
-    return Transfer(transaction_id=f"h{number}", type=TransactionType.TRANSFER, from_wallet_id=source,
-                    to_wallet_id=target, amount=amount, description=None, metadata=None, idempotency=None,
-                    hold_timeout_s=timeout_s)
+from ledger.testing import FakeTime, hold, setup
 
 
 async def open_ledger(path: Path, shards: int, clock: Clock | None = None) -> Ledger:

@@ -26,7 +26,7 @@ from ledger import (
     new_transfer,
     new_transferred,
 )
-from ledger._state import _new_credit_check
+from ledger._decide import _new_credit_check
 
 BUILDERS = [
     (new_transferred, Transferred), (new_committed, Committed), (new_idempotency_record, IdempotencyRecord),

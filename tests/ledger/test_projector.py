@@ -30,7 +30,7 @@ from ledger import (
     remove_covered,
 )
 from ledger._projector import LINGER_RECORDS_MAX
-from tests.ledger.test_service import setup, transfer
+from ledger.testing import setup, transfer
 from wal import list_segments
 
 IDS = [f"w{index}" for index in range(6)]

@@ -15,8 +15,6 @@ import trio.testing
 from ledger import (
     ChangeWalletStatus,
     Committed,
-    CreateAsset,
-    CreateWallet,
     Duplicate,
     Idempotency,
     Ledger,
@@ -29,27 +27,8 @@ from ledger import (
     recover,
     state_digest,
 )
+from ledger.testing import setup, transfer
 from wal import StorageFailed
-
-
-def transfer(number: int, source: str | None, target: str, amount: int, *, key: str | None = None) -> Transfer:
-    return Transfer(
-        transaction_id=f"tx{number}",
-        type=TransactionType.DEPOSIT if source is None else TransactionType.TRANSFER,
-        from_wallet_id=source, to_wallet_id=target, amount=amount, description=None, metadata=None,
-        idempotency=None if key is None else Idempotency(scope="s", key=key, fingerprint=key.encode()),
-    )
-
-
-async def setup(ledger: Ledger, ids: list[str], deposit: int) -> None:
-    assert await ledger.create_asset(CreateAsset(code="USD", scale=2))
-    for number, wallet_id in enumerate(ids):
-        created = await ledger.create_wallet(
-            CreateWallet(wallet_id=wallet_id, owner_id="o", asset="USD", metadata=None, idempotency=None)
-        )
-        assert isinstance(created, list) and created
-        if deposit:
-            assert isinstance(await ledger.transfer(transfer(-1 - number, None, wallet_id, deposit)), Committed)
 
 
 @pytest.mark.parametrize("shards", [1, 3, 8])

@@ -57,19 +57,15 @@ from ledger import (
     state_digest,
     treasury_id,
 )
-from ledger._state import (
-    apply,
-    apply_credit,
-    apply_debit,
-    apply_directory,
-    apply_wallets,
+from ledger._apply import apply, apply_credit, apply_debit, apply_directory, apply_wallets
+from ledger._decide import (
     decide_change_status,
     decide_create_asset,
     decide_create_token,
     decide_create_wallet,
     decide_revoke_token,
 )
-from tests.ledger._support import amounts, digest, replay
+from ledger.testing import amounts, digest, replay
 
 START_US = 1_000_000
 # Spread over every shard for 2, 3 and 4 shards (checked by test_wallet_ids_cover_every_shard).

@@ -1,7 +1,7 @@
 """The ledger state machine (``decide`` + ``apply``) against a boringly simple reference model.
 
 The model is a few dicts and one function per command that runs the checks of the rejection
-table in ``ledger/_state.py`` top to bottom. After every step the real state must agree with the
+table in ``ledger/_decide.py`` top to bottom. After every step the real state must agree with the
 model (wallets, assets, tokens, idempotency keys), satisfy ``check_invariants``, and equal a
 fresh replay of every accepted event through the codec.
 """
@@ -49,7 +49,7 @@ from ledger import (
     new_state,
     treasury_id,
 )
-from tests.ledger._support import amounts, digest, replay
+from ledger.testing import amounts, digest, replay
 
 START_US = 1_700_000_000_000_000
 ASSET_CODES = ["USD", "EUR"]

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from server._bank import RESPONSE_BYTES_MAX, HttpBank, SimulatedBank, classify, request_body
 from server._banksim import BankSimulator
-from tests.server._payout_fakes import order
+from server.testing import order
 
 BODY = {"withdrawal_id": "w-1", "wallet_id": "alice", "amount": 250, "asset": "USD",
         "destination": {"account": "acct-1"}}

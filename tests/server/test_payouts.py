@@ -19,7 +19,7 @@ from ledger import Overloaded
 from server._bank import SimulatedBank
 from server._observe import Metrics
 from server._payouts import BankResult, PayoutOrder, Payouts, backoff_s
-from tests.server._payout_fakes import (
+from server.testing import (
     HANG,
     PAID,
     RAISE,

@@ -26,9 +26,8 @@ from ledger import (
     load_base,
     recover,
 )
+from ledger.testing import FakeTime, hold, setup
 from server._snapshotter import Snapshotter
-from tests.ledger.test_holds_service import FakeTime, hold
-from tests.ledger.test_service import setup
 
 
 def snapshotter(tmp_path: Path, *, durable_lsn: int, transactions: int) -> tuple[Snapshotter, Any]:

@@ -21,15 +21,6 @@ import pytest
 import trio
 
 import wal
-from tests.wal._logs import (
-    all_frames,
-    frames_in,
-    last_lsn_on_disk,
-    payload_for,
-    scan_all,
-    segment_paths,
-    write_log,
-)
 from wal import (
     HEADER_BYTES,
     SEGMENT_HEADER_BYTES,
@@ -38,6 +29,15 @@ from wal import (
     WriteAheadLog,
     decode_segment_header,
     segment_name,
+)
+from wal.testing import (
+    all_frames,
+    frames_in,
+    last_lsn_on_disk,
+    payload_for,
+    scan_all,
+    segment_paths,
+    write_log,
 )
 
 TIMEOUT_S = 20

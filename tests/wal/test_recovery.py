@@ -22,18 +22,6 @@ import pytest
 import trio
 
 import wal
-from tests.wal._logs import (
-    all_frames,
-    continue_log,
-    frames_in,
-    payload_for,
-    replace_bytes,
-    scan_all,
-    scan_until_error,
-    segment_paths,
-    truncate,
-    write_log,
-)
 from wal import (
     HEADER_BYTES,
     SEGMENT_HEADER_BYTES,
@@ -44,6 +32,18 @@ from wal import (
     encode,
     encode_segment_header,
     segment_name,
+)
+from wal.testing import (
+    all_frames,
+    continue_log,
+    frames_in,
+    payload_for,
+    replace_bytes,
+    scan_all,
+    scan_until_error,
+    segment_paths,
+    truncate,
+    write_log,
 )
 
 BATCH_SIZES = [3, 1, 2, 1, 3, 1, 2, 1]

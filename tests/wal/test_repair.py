@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from server.cli import main
-from tests.wal._logs import (
+from wal import RepairRefused, apply_repair, plan_repair
+from wal.testing import (
     flip_byte,
     frames_in,
     payload_for,
@@ -17,7 +18,6 @@ from tests.wal._logs import (
     segment_paths,
     write_log,
 )
-from wal import RepairRefused, apply_repair, plan_repair
 
 
 async def build(tmp_path: Path) -> Path:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.wal._logs import payload_for, write_log
 from wal import (
     HEADER_BYTES,
     Compacted,
@@ -22,6 +21,7 @@ from wal import (
     list_segments,
     scan,
 )
+from wal.testing import payload_for, write_log
 
 
 def _write(directory: Path, batches: list[list[bytes]], **options: object) -> list[int]:

@@ -1,5 +1,6 @@
-"""An in-memory ``PayoutLedger`` that records every call, and a scripted, instrumented ``Bank``,
-for the payout worker tests (unit and end to end)."""
+"""Helpers for testing the payout workers (shipped, like ``trio.testing``): an in-memory
+``PayoutLedger`` that records every call, and a scripted, instrumented ``Bank`` (unit and end to
+end tests). Nothing here is used by the server itself."""
 
 from __future__ import annotations
 

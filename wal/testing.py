@@ -1,7 +1,9 @@
-"""Helpers shared by the WAL tests: write real logs with a real ``WriteAheadLog`` under trio,
-read segment files back frame by frame, and damage them in precise places.
+"""Helpers for testing code that reads or writes the log (shipped, like ``trio.testing``): write
+real logs with a real ``WriteAheadLog`` (under any anyio backend), read segment files back frame
+by frame, and damage them in precise places.
 
-Nothing here knows what a payload means; payloads are made-up bytes.
+Nothing here knows what a payload means; payloads are made-up bytes. Nothing here is used by
+the log itself.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import trio
+import anyio
 
 import wal
 from wal import SEGMENT_HEADER_BYTES, ZERO_CHECKSUM, Frame, ScanResult, WriteAheadLog
@@ -50,8 +52,8 @@ async def write_log(
     )
     lsns: list[int] = []
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(log.run)
+        async with anyio.create_task_group() as group:
+            group.start_soon(log.run)
             for batch in batches:
                 for payload in batch:
                     lsns.append(log.append(payload))

@@ -1,0 +1,243 @@
+"""The ledger state machine's mutators: ``apply`` and its parts (the only code that changes a
+``State`` or the ``Directory``).
+
+Stdlib only: no trio, no I/O, no clock, no randomness. Replay calls ``apply`` alone, so history
+never depends on today's rules (``ledger._decide``). The shard actors call the parts that land
+on their side of a record: ``apply_directory`` once per record in LSN order, ``apply_debit`` /
+``apply_sender`` on the sender's shard, ``apply_credit`` on the receiver's, ``apply_wallets``
+for the rest. Each asserts what must hold; ``ledger._invariants`` checks the whole.
+"""
+
+from __future__ import annotations
+
+from ledger._model import (
+    BATCH_ITEMS_MAX,
+    IDEMPOTENCY_RETENTION_US,
+    INT64_MAX,
+    INT64_MIN,
+    SYSTEM_OWNER,
+    Asset,
+    AssetCreated,
+    Event,
+    Hold,
+    HoldCaptured,
+    HoldCreated,
+    HoldVoided,
+    IdempotencyRecord,
+    Token,
+    TokenCreated,
+    TokenRevoked,
+    TransactionType,
+    Transferred,
+    TransfersPosted,
+    VoidReason,
+    Wallet,
+    WalletCreated,
+    WalletStatus,
+    WalletStatusChanged,
+    Withdrawal,
+    WithdrawalStatus,
+    WithdrawalUpdated,
+    is_treasury,
+    new_idempotency_record,
+    treasury_id,
+)
+from ledger._state import Directory, State
+
+
+def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
+    """The part of an event that lands in the directory. Called once per record, in LSN
+    order, by whichever actor appended it."""
+    assert lsn == directory.lsn + 1, (lsn, directory.lsn)
+    directory.lsn = lsn
+    if event.at_us > directory.at_us:
+        directory.at_us = event.at_us
+    if isinstance(event, TransfersPosted):
+        assert 1 <= len(event.transfers) <= BATCH_ITEMS_MAX, len(event.transfers)
+        records = directory.idempotency
+        for transfer in event.transfers:
+            assert transfer.at_us == event.at_us
+            idempotency = transfer.idempotency
+            if idempotency is not None:
+                key = (idempotency.scope, idempotency.key)
+                assert key not in records
+                records[key] = new_idempotency_record(idempotency.fingerprint, lsn, transfer.at_us, transfer)
+        _expire_idempotency(directory)
+    elif isinstance(event, Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided):
+        if event.idempotency is not None:
+            key = (event.idempotency.scope, event.idempotency.key)
+            assert key not in directory.idempotency
+            directory.idempotency[key] = IdempotencyRecord(
+                fingerprint=event.idempotency.fingerprint, lsn=lsn, at_us=event.at_us, event=event
+            )
+            _expire_idempotency(directory)
+        if isinstance(event, HoldCreated):
+            assert event.transaction_id not in directory.hold_routes
+            directory.hold_routes[event.transaction_id] = (event.from_wallet_id, event.to_wallet_id, event.amount)
+            if event.type == TransactionType.WITHDRAWAL:
+                assert event.transaction_id not in directory.withdrawal_wallets
+                directory.withdrawal_wallets[event.transaction_id] = event.from_wallet_id
+        elif isinstance(event, HoldCaptured | HoldVoided):
+            del directory.hold_routes[event.transaction_id]
+    elif isinstance(event, AssetCreated):
+        assert event.code not in directory.assets
+        directory.assets[event.code] = Asset(code=event.code, scale=event.scale, created_at_us=event.at_us)
+    elif isinstance(event, TokenCreated):
+        assert event.token_hash not in directory.tokens
+        directory.tokens[event.token_hash] = Token(
+            token_hash=event.token_hash, prefix=event.prefix, owner_id=event.owner_id, created_at_us=event.at_us
+        )
+        directory.token_prefixes[event.prefix] = event.token_hash
+    elif isinstance(event, TokenRevoked):
+        token_hash = directory.token_prefixes.pop(event.prefix)
+        del directory.tokens[token_hash]
+
+
+def _expire_idempotency(directory: Directory) -> None:
+    horizon = directory.at_us - IDEMPOTENCY_RETENTION_US
+    records = directory.idempotency
+    while records:
+        key = next(iter(records))
+        if records[key].at_us >= horizon:
+            break
+        del records[key]
+
+
+def apply_debit(state: State, event: Transferred, lsn: int) -> None:
+    sender = state.wallets[event.from_wallet_id]
+    assert sender.asset == event.asset
+    if is_treasury(sender.id):
+        assert sender.balance - event.amount >= INT64_MIN
+    else:
+        assert sender.available >= event.amount
+    sender.balance -= event.amount
+    # max(): on a live shard a credit can arrive after later records touched the same wallet
+    # (the cross-shard lag); the result must equal replay in LSN order.
+    sender.updated_at_us = max(sender.updated_at_us, event.at_us)
+    sender.lsn = max(sender.lsn, lsn)
+
+
+def _touch(wallet: Wallet, at_us: int, lsn: int) -> None:
+    wallet.updated_at_us = max(wallet.updated_at_us, at_us)
+    wallet.lsn = max(wallet.lsn, lsn)
+
+
+def apply_sender(state: State, event: Event, lsn: int) -> None:
+    """The part of a hold or withdrawal event that lands on the sender's shard."""
+    if isinstance(event, HoldCreated):
+        sender = state.wallets[event.from_wallet_id]
+        assert not is_treasury(sender.id)
+        assert sender.asset == event.asset
+        assert sender.available >= event.amount
+        assert event.transaction_id not in state.holds
+        sender.held += event.amount
+        _touch(sender, event.at_us, lsn)
+        state.holds[event.transaction_id] = Hold(
+            transaction_id=event.transaction_id, type=event.type, from_wallet_id=event.from_wallet_id,
+            to_wallet_id=event.to_wallet_id, asset=event.asset, amount=event.amount,
+            description=event.description, metadata=event.metadata, created_at_us=event.at_us,
+            deadline_us=event.deadline_us, lsn=lsn,
+        )
+        if event.type == TransactionType.WITHDRAWAL:
+            assert event.destination is not None
+            assert event.transaction_id not in state.withdrawals
+            state.withdrawals[event.transaction_id] = Withdrawal(
+                id=event.transaction_id, wallet_id=event.from_wallet_id, asset=event.asset,
+                amount=event.amount, destination=event.destination, created_at_us=event.at_us, lsn=lsn,
+            )
+    elif isinstance(event, HoldCaptured | HoldVoided):
+        hold = state.holds.pop(event.transaction_id)
+        assert event.created_lsn == hold.lsn
+        sender = state.wallets[hold.from_wallet_id]
+        assert sender.held >= hold.amount
+        sender.held -= hold.amount
+        if isinstance(event, HoldCaptured):
+            assert 1 <= event.amount <= hold.amount
+            assert event.held_amount == hold.amount
+            sender.balance -= event.amount
+            assert sender.balance >= sender.held
+        else:
+            assert event.amount == hold.amount
+        _touch(sender, event.at_us, lsn)
+        if hold.type == TransactionType.WITHDRAWAL:
+            withdrawal = state.withdrawals[hold.transaction_id]
+            if isinstance(event, HoldCaptured):
+                assert withdrawal.status == WithdrawalStatus.PROCESSING
+                withdrawal.status = WithdrawalStatus.COMPLETED
+                withdrawal.reference = event.reference
+            else:
+                assert event.reason == VoidReason.REFUSED
+                withdrawal.status = WithdrawalStatus.FAILED
+                withdrawal.last_error = event.detail
+            withdrawal.next_attempt_at_us = 0
+            withdrawal.updated_at_us = event.at_us
+            withdrawal.lsn = lsn
+    else:
+        assert isinstance(event, WithdrawalUpdated)
+        withdrawal = state.withdrawals[event.withdrawal_id]
+        assert withdrawal.status not in (WithdrawalStatus.COMPLETED, WithdrawalStatus.FAILED)
+        withdrawal.status = event.status
+        withdrawal.attempts = event.attempts
+        withdrawal.last_error = event.last_error
+        withdrawal.next_attempt_at_us = event.next_attempt_at_us
+        withdrawal.updated_at_us = event.at_us
+        withdrawal.lsn = lsn
+
+
+def apply_credit(state: State, event: Transferred | HoldCaptured, lsn: int) -> None:
+    receiver = state.wallets[event.to_wallet_id]
+    assert receiver.asset == event.asset
+    assert receiver.balance + event.amount <= INT64_MAX
+    receiver.balance += event.amount
+    receiver.updated_at_us = max(receiver.updated_at_us, event.at_us)
+    receiver.lsn = max(receiver.lsn, lsn)
+
+
+def apply_wallets(state: State, event: Event, lsn: int) -> None:
+    """The part of a non-transfer event that lands on wallets (all on the same shard)."""
+    if isinstance(event, WalletCreated):
+        assert event.wallet_id not in state.wallets
+        state.wallets[event.wallet_id] = Wallet(
+            id=event.wallet_id,
+            owner_id=event.owner_id,
+            asset=state.directory.assets[event.asset].code,  # one string per asset, not per wallet
+            metadata=event.metadata,
+            created_at_us=event.at_us,
+            lsn=lsn,
+        )
+    elif isinstance(event, WalletStatusChanged):
+        wallet = state.wallets[event.wallet_id]
+        assert wallet.status != WalletStatus.CLOSED
+        if event.status == WalletStatus.CLOSED:
+            assert wallet.balance == 0
+            assert wallet.held == 0
+        wallet.status = event.status
+        wallet.updated_at_us = max(wallet.updated_at_us, event.at_us)
+        wallet.lsn = max(wallet.lsn, lsn)
+    elif isinstance(event, AssetCreated):
+        wallet_id = treasury_id(event.code)
+        assert wallet_id not in state.wallets
+        state.wallets[wallet_id] = Wallet(
+            id=wallet_id, owner_id=SYSTEM_OWNER, asset=event.code, metadata=None,
+            created_at_us=event.at_us, lsn=lsn,
+        )
+
+
+def apply(state: State, event: Event, lsn: int) -> None:
+    """Applies a whole record to a state that owns every wallet it touches (replay)."""
+    apply_directory(state.directory, event, lsn)
+    if isinstance(event, Transferred):
+        apply_debit(state, event, lsn)
+        apply_credit(state, event, lsn)
+    elif isinstance(event, TransfersPosted):
+        for transfer in event.transfers:
+            apply_debit(state, transfer, lsn)
+            apply_credit(state, transfer, lsn)
+    elif isinstance(event, HoldCreated | HoldVoided | WithdrawalUpdated):
+        apply_sender(state, event, lsn)
+    elif isinstance(event, HoldCaptured):
+        apply_sender(state, event, lsn)
+        apply_credit(state, event, lsn)
+    else:
+        apply_wallets(state, event, lsn)
+

@@ -1,0 +1,224 @@
+"""Batches on the shard actors: their messages, how a batch part's accepted transfers become
+records (``_records``), and the atomic commit (``commit_atomic``).
+
+Batches (``Ledger.transfer_batch``; ``docs/adr/0004-atomic-batches.md``):
+
+- Not atomic: one ``_CreditGroup`` per receiving shard with the items whose receivers it owns,
+  in request order. It runs step 1 for the items whose sender lives on another shard and
+  forwards one ``_DebitPart`` per sending shard. A sending shard keeps the parts of a batch
+  until it has all of them (their number travels with them), merges them back into request
+  order and decides them in one step (``decide_transfers``): items that share a sender are
+  decided in request order, each after the effects of the accepted ones before it. The accepted
+  ones become one ``TransfersPosted`` record (halved only if it would not fit in a frame); step
+  3 goes back as one ``_ApplyCredits`` per receiving shard. One reply per sending shard, once
+  the log it wrote or judged against is durable.
+- Atomic, every wallet on one shard: one ``_AtomicBatch``, decided and committed in one step.
+- Atomic, several shards: the ledger (holding its atomic lock, so only one such batch holds
+  shards at a time) posts ``_Pause`` to every involved shard but the lead, which gets
+  ``_AtomicLead``. A paused shard acknowledges and stops draining until released; the lead
+  stops too, waits until the others have paused, runs ``commit_atomic`` over all their wallets
+  in its own task (a bug there crashes an actor, as anywhere else) and releases them. Only the
+  lead waits, and only for shards that are not waiting for anyone, so this cannot deadlock.
+
+``commit_atomic`` decides every item in order against the involved wallets (counting each
+shard's reservations and the effects of the items before it) and appends one record for the
+whole batch, or nothing: a torn tail drops a batch whole.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ledger import _apply, _decide
+from ledger._codec import encode_event
+from ledger._decide import CreditCheck
+from ledger._messages import BatchReply, shard_of
+from ledger._model import (
+    BatchFailed,
+    Duplicate,
+    Event,
+    Reason,
+    Rejection,
+    Transfer,
+    Transferred,
+    TransfersPosted,
+    Wallet,
+    new_committed,
+)
+from ledger._state import State
+from wal import PAYLOAD_BYTES_MAX
+
+if TYPE_CHECKING:
+    from ledger._shard import Shard
+
+# A batch record's payload at most (a frame's limit): a non-atomic group that would pass it is
+# split into several records; an atomic batch that would is refused (RECORD_TOO_LARGE).
+RECORD_BYTES_MAX = PAYLOAD_BYTES_MAX
+
+
+@dataclass(slots=True)
+class _CreditGroup:
+    """Step 1 for the items of a batch whose receivers this shard owns, in request order:
+    (index in the batch, command, the sender's shard). ``parts`` tells each sending shard how
+    many ``_DebitPart`` messages of this batch it gets."""
+
+    batch: int
+    items: list[tuple[int, Transfer, int]]
+    parts: dict[int, int]
+    reply: BatchReply
+
+
+# An item of a ``_DebitPart``: index in the batch, command, the receiving shard's verdict (None:
+# the receiver lives on the sending shard and is checked there), whether step 1 reserved the
+# amount, the receiving shard.
+_PartItem = tuple[int, Transfer, CreditCheck | None, bool, int]
+_position = operator.itemgetter(0)
+
+
+@dataclass(slots=True)
+class _DebitPart:
+    batch: int
+    items: list[_PartItem]
+    parts: int
+    reply: BatchReply
+
+
+@dataclass(slots=True)
+class _ApplyCredits:
+    """Step 3 for the items of a batch part: credits to apply (event, LSN) and reservations of
+    refused items to drop (wallet id, amount)."""
+
+    credits: list[tuple[Transferred, int]]
+    releases: list[tuple[str, int]]
+
+
+@dataclass(slots=True)
+class _AtomicBatch:
+    """An atomic batch whose wallets all live on this shard."""
+
+    commands: list[Transfer]
+    reply: BatchReply
+
+
+@dataclass(slots=True)
+class _Pause:
+    """A multi-shard atomic batch's hold on the shards it involves (the lead's own hold is the
+    ``_AtomicLead``). ``waiting`` counts the shards that have not paused yet."""
+
+    waiting: int
+    paused: anyio.Event
+    released: anyio.Event
+
+
+@dataclass(slots=True)
+class _AtomicLead:
+    commands: list[Transfer]
+    involved: list[Shard]
+    pause: _Pause
+    reply: BatchReply
+
+
+
+
+def _records(events: list[Transferred], at_us: int) -> list[tuple[bytes, Event, int]]:
+    """The records for a batch part's accepted transfers: (payload, record, how many
+    transfers). One record, a lone transfer being a plain ``Transferred``; halved until each
+    fits in a frame (only metadata-heavy batches near the 16 MiB body limit come close)."""
+    if not events:
+        return []
+    record: Event = events[0] if len(events) == 1 else TransfersPosted(transfers=tuple(events), at_us=at_us)
+    payload = encode_event(record)
+    if len(payload) <= RECORD_BYTES_MAX or len(events) == 1:
+        return [(payload, record, len(events))]
+    half = len(events) // 2
+    return _records(events[:half], at_us) + _records(events[half:], at_us)
+
+
+def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchReply) -> None:
+    """Decides an atomic batch and, if every item passes, commits it as one record.
+
+    ``involved`` must own every wallet the batch names, and none of them may be in the middle of
+    a step: this runs inside the step of the only one (``_AtomicBatch``), or in the lead's task
+    while the others are paused, or between steps (the simulation). Items are decided in
+    request order against the live wallets without touching them (``decide_transfers``): each
+    after the effects of the ones before it, counting what each shard reserved for transfers in
+    flight. The first rejection ends it: nothing is appended and ``reply.failed`` names the
+    item, answered once the log it was judged against is durable. Otherwise the new items become
+    one record, applied to the wallets of every involved shard in the same step, and duplicates
+    answer their original outcome.
+    """
+    lead = involved[0]
+    wal = lead._wal
+    failed = wal.failed
+    if failed is not None:
+        reply._report(failed)
+        return
+    peers = lead._peers
+    shards = len(peers)
+    owned = {shard.index for shard in involved}
+    wallets: dict[str, Wallet] = {}
+    pending: dict[str, int] = {}
+    for command in commands:
+        sender_id = command.from_wallet_id
+        assert sender_id is not None
+        receiver_id = command.to_wallet_id
+        sender_shard = shard_of(sender_id, shards)
+        receiver_shard = shard_of(receiver_id, shards)
+        assert sender_shard in owned
+        assert receiver_shard in owned
+        sender = peers[sender_shard].state.wallets.get(sender_id)
+        if sender is not None:
+            wallets[sender_id] = sender
+        receiver = peers[receiver_shard].state.wallets.get(receiver_id)
+        if receiver is not None:
+            wallets[receiver_id] = receiver
+        reserved = peers[receiver_shard]._pending.get(receiver_id)
+        if reserved:
+            pending[receiver_id] = reserved
+    view = State(directory=lead.state.directory, wallets=wallets)
+    now_us = lead._clock()
+    decisions = _decide.decide_transfers(view, [(command, None) for command in commands], now_us, pending, atomic=True)
+    last = decisions[-1]
+    if isinstance(last, Rejection):
+        reply.failed = BatchFailed(index=len(decisions) - 1, rejection=last)
+        wal.call_when_durable(wal.last_lsn, reply._report)
+        return
+    assert len(decisions) == len(commands)
+    events: list[Transferred] = []
+    for decision in decisions:
+        if isinstance(decision, list):
+            (event,) = decision
+            assert isinstance(event, Transferred)
+            events.append(event)
+    lsn = 0
+    if events:
+        record: Event = events[0] if len(events) == 1 else TransfersPosted(transfers=tuple(events), at_us=now_us)
+        payload = encode_event(record)
+        if len(payload) > RECORD_BYTES_MAX:
+            reply.failed = BatchFailed(index=None, rejection=Rejection(
+                reason=Reason.RECORD_TOO_LARGE,
+                detail=f"the batch encodes to {len(payload)} bytes; an atomic batch must fit in one "
+                       f"log record of at most {RECORD_BYTES_MAX} bytes (send fewer items or less metadata)",
+            ))
+            wal.call_when_durable(wal.last_lsn, reply._report)
+            return
+        # After this point the batch must be committed.
+        lsn = wal.append(payload, record)
+        _apply.apply_directory(view.directory, record, lsn)
+        for event in events:
+            _apply.apply_debit(view, event, lsn)
+            _apply.apply_credit(view, event, lsn)
+    results = reply.results
+    for position, decision in enumerate(decisions):
+        if isinstance(decision, list):
+            event = decision[0]
+            assert isinstance(event, Transferred)
+            results[position] = new_committed(event, lsn)
+        else:
+            assert isinstance(decision, Duplicate)
+            results[position] = decision
+    wal.call_when_durable(wal.last_lsn, reply._report)

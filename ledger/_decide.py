@@ -1,0 +1,601 @@
+"""The ledger state machine's decisions: ``decide`` and the per-command ``decide_*`` (pure, total).
+
+Stdlib only: no trio, no I/O, no clock, no randomness. Time arrives as ``now_us``; ids arrive
+inside commands. Nothing here mutates the state: the accepted events are applied by
+``ledger._apply`` (``apply``, the only mutator). Replay calls ``apply`` alone, so history never
+depends on today's rules.
+
+Rejection order for a transfer (``TRANSFER_CHECK_ORDER``), each row a test in
+``tests/ledger/test_decide.py``:
+
+    | # | check                                   | reason                 | side     |
+    |---|-----------------------------------------|------------------------|----------|
+    | 0 | key seen with the same request          | (replay the original)  | debit    |
+    | 0 | key seen with another request           | IDEMPOTENCY_KEY_REUSED | debit    |
+    | 1 | debited wallet exists                   | SENDER_NOT_FOUND       | debit    |
+    | 1b| the caller owns the debited wallet       | FORBIDDEN              | debit    |
+    | 2 | credited wallet exists                  | RECEIVER_NOT_FOUND     | credit   |
+    | 3 | the two differ                          | SAME_WALLET            | either   |
+    | 4 | same asset                              | ASSET_MISMATCH         | debit    |
+    | 5 | debited wallet not frozen / not closed  | SENDER_FROZEN/_CLOSED  | debit    |
+    | 6 | credited wallet not closed              | RECEIVER_CLOSED        | credit   |
+    | 7 | enough available (treasury exempt)      | INSUFFICIENT_FUNDS     | debit    |
+    | 8 | no balance leaves int64                 | BALANCE_OVERFLOW       | both     |
+
+Funds are checked before overflow so that a sender cannot learn a stranger's balance by
+probing with amounts it does not have (overflow would reveal the receiver's balance).
+
+A transfer between two shards runs the credit side first (``check_credit``, on the receiver's
+shard, which then reserves the incoming amount so the answer stays true), then the debit side
+(``decide_transfer`` on the sender's shard, which appends the record and debits in one step),
+then the receiver applies the credit (``apply_credit``). When both sides fail, the earlier row
+wins, so the answer does not depend on where the wallets live.
+
+Batches (``decide_transfers``) decide their items in order, each exactly as ``decide_transfer``
+would after the accepted items before it were applied (their balance effects are carried in a
+``moved`` map, so nothing is mutated), and the accepted ones become one ``TransfersPosted``
+record: ``apply`` posts its transfers in order, all at the record's LSN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ledger._model import (
+    INT64_MAX,
+    INT64_MIN,
+    SYSTEM_OWNER,
+    TRANSFER_CHECK_ORDER,
+    TREASURY_PREFIX,
+    AdvanceWithdrawal,
+    AssetCreated,
+    ChangeWalletStatus,
+    CompleteWithdrawal,
+    CreateAsset,
+    CreateToken,
+    CreateWallet,
+    Duplicate,
+    Event,
+    ExpireHolds,
+    Hold,
+    HoldCaptured,
+    HoldCreated,
+    HoldVoided,
+    Idempotency,
+    PayoutStep,
+    Reason,
+    Rejection,
+    RequestWithdrawal,
+    ResolveHold,
+    RevokeToken,
+    TokenCreated,
+    TokenRevoked,
+    TransactionType,
+    Transfer,
+    VoidReason,
+    WalletCreated,
+    WalletStatus,
+    WalletStatusChanged,
+    WithdrawalStatus,
+    WithdrawalUpdated,
+    frozen_builder,
+    is_treasury,
+    new_transferred,
+    treasury_id,
+)
+from ledger._state import Directory, State
+
+Decision = list[Event] | Rejection | Duplicate
+
+
+def check_idempotency(directory: Directory, idempotency: Idempotency | None) -> Decision | None:
+    """Returns the replay or the rejection for a key already used, None for a fresh key."""
+    if idempotency is None:
+        return None
+    record = directory.idempotency.get((idempotency.scope, idempotency.key))
+    if record is None:
+        return None
+    if record.fingerprint != idempotency.fingerprint:
+        return Rejection(
+            reason=Reason.IDEMPOTENCY_KEY_REUSED,
+            detail=f"idempotency key {idempotency.key!r} was used for a different request",
+        )
+    return Duplicate(record=record)
+
+
+def decide_create_asset(state: State, command: CreateAsset, now_us: int) -> Decision:
+    existing = state.directory.assets.get(command.code)
+    if existing is not None:
+        if existing.scale == command.scale:
+            return []  # already there: nothing to record
+        return Rejection(
+            reason=Reason.ASSET_EXISTS,
+            detail=f"asset {command.code} exists with scale {existing.scale}",
+        )
+    # After this point the command must be accepted.
+    return [AssetCreated(code=command.code, scale=command.scale, at_us=now_us)]
+
+
+def decide_create_wallet(state: State, command: CreateWallet, now_us: int) -> Decision:
+    replay = check_idempotency(state.directory, command.idempotency)
+    if replay is not None:
+        return replay
+    if is_treasury(command.wallet_id) or command.owner_id == SYSTEM_OWNER:
+        return Rejection(
+            reason=Reason.RESERVED_ID,
+            detail=f"ids starting with {TREASURY_PREFIX!r} and owner {SYSTEM_OWNER!r} belong to the system",
+        )
+    if command.asset not in state.directory.assets:
+        return Rejection(reason=Reason.ASSET_NOT_FOUND, detail=f"asset {command.asset} does not exist")
+    existing = state.wallets.get(command.wallet_id)
+    if existing is not None:
+        if existing.owner_id == command.owner_id and existing.asset == command.asset:
+            return []  # the same wallet again: the caller gets the existing one
+        return Rejection(
+            reason=Reason.WALLET_EXISTS,
+            detail=f"wallet {command.wallet_id} exists with another owner or asset",
+        )
+    # After this point the command must be accepted.
+    return [
+        WalletCreated(
+            wallet_id=command.wallet_id,
+            owner_id=command.owner_id,
+            asset=command.asset,
+            metadata=command.metadata,
+            at_us=now_us,
+            idempotency=command.idempotency,
+        )
+    ]
+
+
+def decide_change_status(
+    state: State, command: ChangeWalletStatus, now_us: int, *, pending: int = 0
+) -> Decision:
+    """``pending`` is the amount of transfers in flight into this wallet (a reservation the
+    shard holds): a wallet with money on its way cannot be closed."""
+    wallet = state.wallets.get(command.wallet_id)
+    if wallet is None:
+        return Rejection(reason=Reason.SENDER_NOT_FOUND, detail=f"wallet {command.wallet_id} does not exist")
+    if wallet.status == command.status:
+        return []  # already so
+    if wallet.status == WalletStatus.CLOSED:
+        return Rejection(reason=Reason.WALLET_CLOSED, detail=f"wallet {wallet.id} is closed")
+    if command.status == WalletStatus.CLOSED and (wallet.balance != 0 or wallet.held != 0 or pending):
+        return Rejection(
+            reason=Reason.WALLET_NOT_EMPTY,
+            detail=f"wallet {wallet.id} has balance {wallet.balance}, held {wallet.held}"
+            + (", and transfers in flight" if pending else ""),
+        )
+    # After this point the command must be accepted.
+    return [WalletStatusChanged(wallet_id=wallet.id, status=command.status, at_us=now_us)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreditCheck:
+    """The receiving side's verdict on a transfer: its asset (None if the wallet is missing)
+    and the first credit-side failure, if any."""
+
+    asset: str | None
+    failure: Rejection | None
+
+
+def check_credit(state: State, command: Transfer, *, pending: int = 0) -> CreditCheck:
+    """Credit-side checks (rows 2, 6, 7) on the shard that owns ``to_wallet_id``. Pure.
+
+    ``pending`` is what this shard already reserved for other transfers in flight into the
+    same wallet, so that together they cannot overflow it."""
+    return check_credit_to(state, command.to_wallet_id, command.amount, pending=pending)
+
+
+def check_credit_to(state: State, wallet_id: str, amount: int, *, pending: int = 0) -> CreditCheck:
+    """``check_credit`` for any movement that credits ``amount`` to ``wallet_id``."""
+    wallet = state.wallets.get(wallet_id)
+    if wallet is None:
+        return CreditCheck(
+            asset=None,
+            failure=Rejection(
+                reason=Reason.RECEIVER_NOT_FOUND, detail=f"wallet {wallet_id} does not exist"
+            ),
+        )
+    if wallet.status == WalletStatus.CLOSED:
+        return CreditCheck(
+            asset=wallet.asset,
+            failure=Rejection(reason=Reason.RECEIVER_CLOSED, detail=f"wallet {wallet.id} is closed"),
+        )
+    if wallet.balance + pending + amount > INT64_MAX:
+        return CreditCheck(
+            asset=wallet.asset,
+            failure=Rejection(
+                reason=Reason.BALANCE_OVERFLOW,
+                detail=f"crediting {amount} would take wallet {wallet.id} past int64",
+            ),
+        )
+    return _new_credit_check(wallet.asset, None)
+
+
+_new_credit_check = frozen_builder(CreditCheck)
+
+
+def _earlier(first: Rejection | None, second: Rejection | None) -> Rejection | None:
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return first if TRANSFER_CHECK_ORDER[first.reason] <= TRANSFER_CHECK_ORDER[second.reason] else second
+
+
+def decide_transfer(
+    state: State, command: Transfer, now_us: int, credit: CreditCheck, *, moved: int = 0
+) -> Decision:
+    """Debit-side checks (rows 0, 1, 3, 4, 5, 7, 8) on the shard that owns the sender, given
+    the credit side's verdict. Pure; the accepted event is the whole transfer.
+
+    ``moved`` is what earlier transfers of the same step changed the sender's balance by without
+    being applied yet (``decide_transfers``); the funds and overflow rows count it."""
+    assert command.amount >= 1
+    assert command.amount <= INT64_MAX
+    replay = check_idempotency(state.directory, command.idempotency)
+    if replay is not None:
+        return replay
+    sender_id = command.from_wallet_id
+    if sender_id is None:
+        assert command.type == TransactionType.DEPOSIT
+        if credit.asset is None:
+            # The receiving wallet does not exist, so neither does a treasury to debit.
+            assert credit.failure is not None
+            return credit.failure
+        sender_id = treasury_id(credit.asset)
+    failure: Rejection | None = None
+    sender = state.wallets.get(sender_id)
+    if sender is None:
+        failure = Rejection(reason=Reason.SENDER_NOT_FOUND, detail=f"wallet {sender_id} does not exist")
+    elif command.owner_id is not None and sender.owner_id != command.owner_id:
+        failure = Rejection(reason=Reason.FORBIDDEN, detail=f"wallet {sender_id} belongs to another owner")
+    elif sender_id == command.to_wallet_id:
+        failure = Rejection(reason=Reason.SAME_WALLET, detail="a transfer needs two different wallets")
+    elif credit.asset is not None and sender.asset != credit.asset:
+        failure = Rejection(
+            reason=Reason.ASSET_MISMATCH,
+            detail=f"wallet {sender.id} holds {sender.asset}, wallet {command.to_wallet_id} holds {credit.asset}",
+        )
+    elif sender.status == WalletStatus.FROZEN:
+        failure = Rejection(reason=Reason.SENDER_FROZEN, detail=f"wallet {sender.id} is frozen")
+    elif sender.status == WalletStatus.CLOSED:
+        failure = Rejection(reason=Reason.SENDER_CLOSED, detail=f"wallet {sender.id} is closed")
+    elif not (treasury := is_treasury(sender_id)) and sender.available + moved < command.amount:
+        failure = Rejection(
+            reason=Reason.INSUFFICIENT_FUNDS,
+            detail=f"wallet {sender.id} has {sender.available + moved} available, {command.amount} requested",
+        )
+    elif treasury and sender.balance + moved - command.amount < INT64_MIN:
+        failure = Rejection(
+            reason=Reason.BALANCE_OVERFLOW,
+            detail=f"debiting {command.amount} would take {sender.id} past int64",
+        )
+    failure = _earlier(failure, credit.failure)
+    if failure is not None:
+        return failure
+    assert sender is not None
+    assert credit.asset == sender.asset
+    # After this point the command must be accepted.
+    if command.hold_timeout_s is not None:
+        assert command.type == TransactionType.TRANSFER
+        assert command.hold_timeout_s >= 1
+        return [
+            HoldCreated(
+                transaction_id=command.transaction_id,
+                type=command.type,
+                from_wallet_id=sender.id,
+                to_wallet_id=command.to_wallet_id,
+                asset=sender.asset,
+                amount=command.amount,
+                description=command.description,
+                metadata=command.metadata,
+                at_us=now_us,
+                deadline_us=now_us + command.hold_timeout_s * 1_000_000,
+                destination=None,
+                idempotency=command.idempotency,
+            )
+        ]
+    return [
+        new_transferred(
+            command.transaction_id, command.type, sender_id, command.to_wallet_id, sender.asset,
+            command.amount, command.description, command.metadata, now_us, command.idempotency,
+        )
+    ]
+
+
+def decide_transfers(
+    state: State,
+    items: Sequence[tuple[Transfer, CreditCheck | None]],
+    now_us: int,
+    pending: Mapping[str, int],
+    *,
+    atomic: bool = False,
+) -> list[Decision]:
+    """Decides a batch of transfers in order, each as ``decide_transfer`` would after every
+    accepted one before it had been applied. Pure: the effects of the accepted ones are
+    carried in ``moved`` (balance change per wallet), never written to the state.
+
+    An item's ``CreditCheck`` is the receiving shard's verdict when the receiver lives
+    elsewhere; None means the receiver lives in ``state`` and is checked here, counting what
+    ``pending`` reserves for it (transfers in flight into it) and what earlier items credited.
+    Items must carry distinct idempotency keys (the caller checks): an item never sees an
+    earlier item's key. With ``atomic`` the decisions stop after the first rejection.
+    """
+    moved: dict[str, int] = {}
+    decisions: list[Decision] = []
+    for command, credit in items:
+        assert command.from_wallet_id is not None  # batches carry no deposits
+        receiver_here = credit is None
+        if credit is None:
+            to_wallet_id = command.to_wallet_id
+            credit = check_credit(
+                state, command, pending=pending.get(to_wallet_id, 0) + moved.get(to_wallet_id, 0)
+            )
+        sender_id = command.from_wallet_id
+        decision = decide_transfer(state, command, now_us, credit, moved=moved.get(sender_id, 0))
+        decisions.append(decision)
+        if isinstance(decision, list):
+            amount = command.amount
+            moved[sender_id] = moved.get(sender_id, 0) - amount
+            if receiver_here:
+                moved[command.to_wallet_id] = moved.get(command.to_wallet_id, 0) + amount
+        elif atomic and isinstance(decision, Rejection):
+            break
+    return decisions
+
+
+def decide_create_token(state: State, command: CreateToken, now_us: int) -> Decision:
+    directory = state.directory
+    if command.token_hash in directory.tokens or command.prefix in directory.token_prefixes:
+        return Rejection(reason=Reason.TOKEN_EXISTS, detail="token prefix collision; try again")
+    # After this point the command must be accepted.
+    return [
+        TokenCreated(
+            token_hash=command.token_hash, prefix=command.prefix, owner_id=command.owner_id, at_us=now_us
+        )
+    ]
+
+
+def decide_revoke_token(state: State, command: RevokeToken, now_us: int) -> Decision:
+    if command.prefix not in state.directory.token_prefixes:
+        return Rejection(reason=Reason.TOKEN_NOT_FOUND, detail=f"no token with prefix {command.prefix}")
+    # After this point the command must be accepted.
+    return [TokenRevoked(prefix=command.prefix, at_us=now_us)]
+
+
+# -- holds and withdrawals ----------------------------------------------------------------
+#
+# A hold lives in its sender's shard (``State.holds``) from ``HoldCreated`` until one
+# ``HoldCaptured`` or ``HoldVoided``: it is resolved at most once because resolving removes
+# it. Checks, in order (each row a test in ``tests/ledger/test_holds.py``):
+#
+#     | # | check                                     | reason                   |
+#     |---|-------------------------------------------|--------------------------|
+#     | 0 | key seen (same / other request)           | replay / KEY_REUSED      |
+#     | 1 | a pending hold with that id exists        | NOT_PENDING              |
+#     | 2 | it is a transfer (withdrawals: the bank)  | NOT_PENDING              |
+#     | 3 | the caller owns the sender                | FORBIDDEN                |
+#     | 4 | capture amount <= held amount             | AMOUNT_EXCEEDS_HOLD      |
+#     | 5 | capture: sender not frozen                | SENDER_FROZEN            |
+#     | 6 | capture: receiver exists, open, no overflow | (credit side, as transfers) |
+#
+# Voiding is always allowed to the owner (releasing money is safe, also when frozen).
+# Completing a withdrawal skips 3-5: the bank has paid, the ledger must record it.
+
+
+def _hold_for(state: State, transaction_id: str, owner_id: str | None) -> Hold | Rejection:
+    hold = state.holds.get(transaction_id)
+    if hold is None or hold.type != TransactionType.TRANSFER:
+        return Rejection(reason=Reason.NOT_PENDING, detail=f"transfer {transaction_id} is not pending")
+    if owner_id is not None and state.wallets[hold.from_wallet_id].owner_id != owner_id:
+        return Rejection(reason=Reason.FORBIDDEN, detail=f"transfer {transaction_id} belongs to another owner")
+    return hold
+
+
+def _captured(hold: Hold, amount: int, now_us: int, reference: str | None,
+              idempotency: Idempotency | None) -> HoldCaptured:
+    return HoldCaptured(
+        transaction_id=hold.transaction_id, type=hold.type, from_wallet_id=hold.from_wallet_id,
+        to_wallet_id=hold.to_wallet_id, asset=hold.asset, amount=amount, held_amount=hold.amount,
+        description=hold.description, metadata=hold.metadata, created_at_us=hold.created_at_us,
+        created_lsn=hold.lsn, at_us=now_us, reference=reference, idempotency=idempotency,
+    )
+
+
+def _voided(hold: Hold, now_us: int, reason: VoidReason, detail: str | None,
+            idempotency: Idempotency | None) -> HoldVoided:
+    return HoldVoided(
+        transaction_id=hold.transaction_id, type=hold.type, from_wallet_id=hold.from_wallet_id,
+        to_wallet_id=hold.to_wallet_id, asset=hold.asset, amount=hold.amount,
+        description=hold.description, metadata=hold.metadata, created_at_us=hold.created_at_us,
+        created_lsn=hold.lsn, at_us=now_us, reason=reason, detail=detail, idempotency=idempotency,
+    )
+
+
+def capture_amount(command: ResolveHold, held_amount: int) -> int:
+    return held_amount if command.amount is None else command.amount
+
+
+def decide_capture(state: State, command: ResolveHold, now_us: int, credit: CreditCheck) -> Decision:
+    """On the sender's shard, given the receiver's verdict for the captured amount."""
+    assert command.capture
+    replay = check_idempotency(state.directory, command.idempotency)
+    if replay is not None:
+        return replay
+    hold = _hold_for(state, command.transaction_id, command.owner_id)
+    if isinstance(hold, Rejection):
+        return hold
+    assert (command.from_wallet_id, command.to_wallet_id) == (hold.from_wallet_id, hold.to_wallet_id)
+    amount = capture_amount(command, hold.amount)
+    assert amount >= 1
+    if amount > hold.amount:
+        return Rejection(
+            reason=Reason.AMOUNT_EXCEEDS_HOLD,
+            detail=f"transfer {hold.transaction_id} holds {hold.amount}, {amount} cannot be captured",
+        )
+    if state.wallets[hold.from_wallet_id].status == WalletStatus.FROZEN:
+        return Rejection(reason=Reason.SENDER_FROZEN, detail=f"wallet {hold.from_wallet_id} is frozen")
+    if credit.failure is not None:
+        return credit.failure
+    assert credit.asset == hold.asset
+    # After this point the command must be accepted.
+    return [_captured(hold, amount, now_us, None, command.idempotency)]
+
+
+def decide_void(state: State, command: ResolveHold, now_us: int) -> Decision:
+    assert not command.capture
+    replay = check_idempotency(state.directory, command.idempotency)
+    if replay is not None:
+        return replay
+    hold = _hold_for(state, command.transaction_id, command.owner_id)
+    if isinstance(hold, Rejection):
+        return hold
+    # After this point the command must be accepted.
+    return [_voided(hold, now_us, VoidReason.VOIDED, None, command.idempotency)]
+
+
+def decide_expire(state: State, command: ExpireHolds, now_us: int) -> Decision:
+    """Voids the listed transfer holds whose deadline is at or before ``now_us``; ids that
+    are gone or not yet due are skipped (the timer's list may be stale)."""
+    due = []
+    for transaction_id in command.transaction_ids:
+        hold = state.holds.get(transaction_id)
+        if hold is not None and hold.type == TransactionType.TRANSFER and 0 < hold.deadline_us <= now_us:
+            due.append(hold)
+    due.sort(key=lambda hold: (hold.deadline_us, hold.transaction_id))
+    # After this point the command must be accepted.
+    return [_voided(hold, now_us, VoidReason.EXPIRED, None, None) for hold in due]
+
+
+def decide_request_withdrawal(state: State, command: RequestWithdrawal, now_us: int) -> Decision:
+    """Rows 0, 1, 1b, 5, 7 of the transfer table, on the wallet's shard."""
+    assert command.amount >= 1
+    replay = check_idempotency(state.directory, command.idempotency)
+    if replay is not None:
+        return replay
+    wallet = state.wallets.get(command.wallet_id)
+    if wallet is None or is_treasury(command.wallet_id):
+        return Rejection(reason=Reason.SENDER_NOT_FOUND, detail=f"wallet {command.wallet_id} does not exist")
+    if command.owner_id is not None and wallet.owner_id != command.owner_id:
+        return Rejection(reason=Reason.FORBIDDEN, detail=f"wallet {wallet.id} belongs to another owner")
+    if wallet.status == WalletStatus.FROZEN:
+        return Rejection(reason=Reason.SENDER_FROZEN, detail=f"wallet {wallet.id} is frozen")
+    if wallet.status == WalletStatus.CLOSED:
+        return Rejection(reason=Reason.SENDER_CLOSED, detail=f"wallet {wallet.id} is closed")
+    if wallet.available < command.amount:
+        return Rejection(
+            reason=Reason.INSUFFICIENT_FUNDS,
+            detail=f"wallet {wallet.id} has {wallet.available} available, {command.amount} requested",
+        )
+    assert command.withdrawal_id not in state.withdrawals
+    # After this point the command must be accepted.
+    return [
+        HoldCreated(
+            transaction_id=command.withdrawal_id, type=TransactionType.WITHDRAWAL,
+            from_wallet_id=wallet.id, to_wallet_id=treasury_id(wallet.asset), asset=wallet.asset,
+            amount=command.amount, description=None, metadata=None, at_us=now_us, deadline_us=0,
+            destination=command.destination, idempotency=command.idempotency,
+        )
+    ]
+
+
+# Payout steps a withdrawal accepts, by its status.
+_STEP_FROM = {
+    PayoutStep.BEGIN: (WithdrawalStatus.PENDING, WithdrawalStatus.PROCESSING),
+    PayoutStep.TRANSIENT: (WithdrawalStatus.PROCESSING,),
+    PayoutStep.DEAD: (WithdrawalStatus.PROCESSING,),
+    PayoutStep.REFUSED: (WithdrawalStatus.PROCESSING,),
+    PayoutStep.RETRY: (WithdrawalStatus.DEAD,),
+}
+assert set(_STEP_FROM) == set(PayoutStep)
+
+
+def decide_advance_withdrawal(state: State, command: AdvanceWithdrawal, now_us: int) -> Decision:
+    withdrawal = state.withdrawals.get(command.withdrawal_id)
+    if withdrawal is None:
+        return Rejection(
+            reason=Reason.WITHDRAWAL_NOT_FOUND, detail=f"withdrawal {command.withdrawal_id} does not exist"
+        )
+    if withdrawal.status not in _STEP_FROM[command.step]:
+        reason = Reason.WITHDRAWAL_NOT_DEAD if command.step == PayoutStep.RETRY else Reason.WITHDRAWAL_NOT_PAYABLE
+        return Rejection(reason=reason, detail=f"withdrawal {withdrawal.id} is {withdrawal.status.label}")
+    # After this point the command must be accepted.
+    step = command.step
+    if step == PayoutStep.REFUSED:
+        hold = state.holds[withdrawal.id]
+        return [_voided(hold, now_us, VoidReason.REFUSED, command.detail, None)]
+    status, attempts, error, next_at = withdrawal.status, withdrawal.attempts, withdrawal.last_error, 0
+    if step == PayoutStep.BEGIN:
+        status, attempts = WithdrawalStatus.PROCESSING, attempts + 1
+    elif step == PayoutStep.TRANSIENT:
+        error, next_at = command.detail, command.retry_at_us
+    elif step == PayoutStep.DEAD:
+        status, error = WithdrawalStatus.DEAD, command.detail
+    else:
+        assert step == PayoutStep.RETRY
+        status, attempts = WithdrawalStatus.PENDING, 0
+    return [
+        WithdrawalUpdated(
+            withdrawal_id=withdrawal.id, wallet_id=withdrawal.wallet_id, status=status,
+            attempts=attempts, last_error=error, next_attempt_at_us=next_at, at_us=now_us,
+        )
+    ]
+
+
+def decide_complete_withdrawal(
+    state: State, command: CompleteWithdrawal, now_us: int, credit: CreditCheck
+) -> Decision:
+    """The bank paid: only an attempt in progress can complete. A treasury that would
+    overflow int64 refuses (the worker keeps retrying; see the README's limits)."""
+    withdrawal = state.withdrawals.get(command.withdrawal_id)
+    if withdrawal is None:
+        return Rejection(
+            reason=Reason.WITHDRAWAL_NOT_FOUND, detail=f"withdrawal {command.withdrawal_id} does not exist"
+        )
+    if withdrawal.status != WithdrawalStatus.PROCESSING:
+        return Rejection(
+            reason=Reason.WITHDRAWAL_NOT_PAYABLE, detail=f"withdrawal {withdrawal.id} is {withdrawal.status.label}"
+        )
+    if credit.failure is not None:
+        return credit.failure
+    hold = state.holds[withdrawal.id]
+    assert hold.amount == withdrawal.amount == command.amount
+    # After this point the command must be accepted.
+    return [_captured(hold, hold.amount, now_us, command.reference, None)]
+
+
+def decide(state: State, command: object, now_us: int) -> Decision:
+    """Decides any command against a state that holds every wallet it names (one shard, or
+    the whole ledger). The shard actors call the per-command functions directly."""
+    if isinstance(command, Transfer):
+        return decide_transfer(state, command, now_us, check_credit(state, command))
+    if isinstance(command, CreateWallet):
+        return decide_create_wallet(state, command, now_us)
+    if isinstance(command, ChangeWalletStatus):
+        return decide_change_status(state, command, now_us)
+    if isinstance(command, CreateAsset):
+        return decide_create_asset(state, command, now_us)
+    if isinstance(command, CreateToken):
+        return decide_create_token(state, command, now_us)
+    if isinstance(command, RevokeToken):
+        return decide_revoke_token(state, command, now_us)
+    if isinstance(command, ResolveHold):
+        if not command.capture:
+            return decide_void(state, command, now_us)
+        hold = state.holds.get(command.transaction_id)
+        amount = capture_amount(command, hold.amount if hold is not None else 1)
+        return decide_capture(state, command, now_us, check_credit_to(state, command.to_wallet_id, amount))
+    if isinstance(command, ExpireHolds):
+        return decide_expire(state, command, now_us)
+    if isinstance(command, RequestWithdrawal):
+        return decide_request_withdrawal(state, command, now_us)
+    if isinstance(command, AdvanceWithdrawal):
+        return decide_advance_withdrawal(state, command, now_us)
+    if isinstance(command, CompleteWithdrawal):
+        credit = check_credit_to(state, treasury_id(command.asset), command.amount)
+        return decide_complete_withdrawal(state, command, now_us, credit)
+    raise AssertionError(f"unknown command {command!r}")
+

@@ -1,0 +1,146 @@
+"""The ledger's invariants and digests: ``check_invariants`` (O(N), after recovery and after
+every step of the property tests) and ``state_digest`` (independent of dict order and shard
+layout), over wallets, holds and withdrawals, with their one-``State`` forms ``check_state`` and
+``digest_state``.
+
+Stdlib only: no trio, no I/O, no clock, no randomness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+
+from ledger._model import (
+    INT64_MAX,
+    INT64_MIN,
+    SYSTEM_OWNER,
+    Hold,
+    TransactionType,
+    Wallet,
+    WalletStatus,
+    Withdrawal,
+    WithdrawalStatus,
+    is_treasury,
+    treasury_id,
+)
+from ledger._state import Directory, State
+
+
+def check_invariants(
+    wallets: Iterable[Wallet],
+    directory: Directory,
+    holds: Iterable[Hold] = (),
+    withdrawals: Iterable[Withdrawal] = (),
+) -> None:
+    """O(N) check of the ledger's invariants over every wallet, hold and withdrawal (pass all
+    of them: a wallet's ``held`` must equal the sum of its holds). Raises AssertionError."""
+    totals: dict[str, int] = {}
+    treasuries = set()
+    held: dict[str, int] = {}
+    hold_count = 0
+    withdrawal_holds: set[str] = set()
+    for hold in holds:
+        hold_count += 1
+        assert hold.amount >= 1, hold
+        assert directory.hold_routes.get(hold.transaction_id) == (
+            hold.from_wallet_id, hold.to_wallet_id, hold.amount
+        ), hold
+        held[hold.from_wallet_id] = held.get(hold.from_wallet_id, 0) + hold.amount
+        if hold.type == TransactionType.WITHDRAWAL:
+            assert hold.deadline_us == 0, hold
+            assert hold.to_wallet_id == treasury_id(hold.asset), hold
+            withdrawal_holds.add(hold.transaction_id)
+        else:
+            assert hold.type == TransactionType.TRANSFER, hold
+            assert hold.deadline_us > hold.created_at_us, hold
+    assert hold_count == len(directory.hold_routes)
+    withdrawal_count = 0
+    for withdrawal in withdrawals:
+        withdrawal_count += 1
+        assert directory.withdrawal_wallets.get(withdrawal.id) == withdrawal.wallet_id, withdrawal
+        open_ = withdrawal.status not in (WithdrawalStatus.COMPLETED, WithdrawalStatus.FAILED)
+        # A withdrawal holds its amount exactly while it is not over.
+        assert (withdrawal.id in withdrawal_holds) == open_, withdrawal
+        assert withdrawal.attempts >= 0, withdrawal
+        if withdrawal.status == WithdrawalStatus.PENDING:
+            assert withdrawal.attempts == 0, withdrawal
+    assert withdrawal_count == len(directory.withdrawal_wallets)
+    assert withdrawal_holds <= set(directory.withdrawal_wallets)
+    for wallet in wallets:
+        assert wallet.held == held.pop(wallet.id, 0), wallet
+        assert wallet.asset in directory.assets, wallet
+        assert INT64_MIN <= wallet.balance <= INT64_MAX, wallet
+        assert 0 <= wallet.held, wallet
+        assert wallet.lsn <= directory.lsn, wallet
+        if is_treasury(wallet.id):
+            treasuries.add(wallet.asset)
+            assert wallet.id == treasury_id(wallet.asset), wallet
+            assert wallet.owner_id == SYSTEM_OWNER, wallet
+            assert wallet.held == 0, wallet
+        else:
+            assert wallet.owner_id != SYSTEM_OWNER, wallet
+            assert wallet.held <= wallet.balance, wallet
+            assert wallet.available >= 0, wallet
+        if wallet.status == WalletStatus.CLOSED:
+            assert wallet.balance == 0, wallet
+        totals[wallet.asset] = totals.get(wallet.asset, 0) + wallet.balance
+    assert not held, f"holds on unknown wallets: {sorted(held)}"
+    for asset in directory.assets:
+        assert asset in treasuries, f"asset {asset} has no treasury wallet"
+        assert totals.get(asset, 0) == 0, f"asset {asset} sums to {totals.get(asset)}, not 0"
+    for token_hash, token in directory.tokens.items():
+        assert directory.token_prefixes[token.prefix] == token_hash
+    assert len(directory.tokens) == len(directory.token_prefixes)
+    previous = 0
+    for record in directory.idempotency.values():
+        assert record.lsn >= previous  # the items of one batch record share its LSN
+        previous = record.lsn
+        assert record.lsn <= directory.lsn
+
+
+def state_digest(
+    wallets: Iterable[Wallet],
+    directory: Directory,
+    holds: Iterable[Hold] = (),
+    withdrawals: Iterable[Withdrawal] = (),
+) -> str:
+    """A digest of everything the state holds, independent of dict order and shard layout.
+    (No holds and no withdrawals digest exactly as before they existed.)"""
+    digest = hashlib.blake2b(digest_size=16)
+    for wallet in sorted(wallets, key=lambda w: w.id):
+        digest.update(
+            repr(
+                (wallet.id, wallet.owner_id, wallet.asset, wallet.balance, wallet.held,
+                 int(wallet.status), wallet.created_at_us, wallet.updated_at_us,
+                 sorted((wallet.metadata or {}).items(), key=str))
+            ).encode()
+        )
+    for code in sorted(directory.assets):
+        digest.update(repr(directory.assets[code]).encode())
+    for prefix in sorted(directory.token_prefixes):
+        digest.update(repr(directory.tokens[directory.token_prefixes[prefix]]).encode())
+    for key, record in sorted(directory.idempotency.items()):
+        digest.update(repr((key, record.fingerprint, record.lsn)).encode())
+    for hold in sorted(holds, key=lambda hold: hold.transaction_id):
+        digest.update(
+            repr((hold.transaction_id, int(hold.type), hold.from_wallet_id, hold.to_wallet_id, hold.asset,
+                  hold.amount, hold.description, json.dumps(hold.metadata, sort_keys=True),
+                  hold.created_at_us, hold.deadline_us)).encode()
+        )
+    for withdrawal in sorted(withdrawals, key=lambda withdrawal: withdrawal.id):
+        fields = [json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+                  for value in withdrawal.key()]
+        digest.update(repr(fields).encode())
+    digest.update(repr(directory.lsn).encode())
+    return digest.hexdigest()
+
+
+def check_state(state: State) -> None:
+    check_invariants(state.wallets.values(), state.directory, state.holds.values(), state.withdrawals.values())
+
+
+def digest_state(state: State) -> str:
+    return state_digest(state.wallets.values(), state.directory, state.holds.values(), state.withdrawals.values())
+

@@ -1,0 +1,170 @@
+"""What travels between the router and the shard actors: the single-command messages of the
+credit-first protocol (``_CreditStep``, ``_DebitStep``, ``_ApplyCredit``), ``_Tick``, ``_Query``
+and ``_Command``; the replies (``Reply``, ``BatchReply``) the actors resolve once the log is
+durable; ``Overloaded``; and ``shard_of``, which names the shard that owns a wallet.
+
+The protocol these messages carry is described in ``ledger._shard``; the batch messages are in
+``ledger._batch``. Plain data: nothing here touches a wallet.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from ledger._decide import CreditCheck
+from ledger._model import (
+    AdvanceWithdrawal,
+    BatchFailed,
+    ChangeWalletStatus,
+    CompleteWithdrawal,
+    CreateAsset,
+    CreateToken,
+    CreateWallet,
+    ExpireHolds,
+    HoldCaptured,
+    RequestWithdrawal,
+    ResolveHold,
+    RevokeToken,
+    Transfer,
+    Transferred,
+    treasury_id,
+)
+from ledger._state import State
+from wal import StorageFailed
+
+
+def shard_of(wallet_id: str, shards: int) -> int:
+    """Stable across processes and restarts (unlike the salted built-in ``hash``)."""
+    return zlib.crc32(wallet_id.encode()) % shards
+
+
+class Overloaded(Exception):
+    """The shard's mailbox (or the log's backlog) is full; try again shortly."""
+
+
+class Reply:
+    """Where an actor leaves the outcome of one command; the caller awaits ``wait``."""
+
+    __slots__ = ("_done", "error", "lsn", "value")
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self.value: Any = None
+        self.lsn = 0
+        self.error: str | None = None
+
+    def _wake(self, error: str | None) -> None:
+        self.error = error
+        self._done.set()
+
+    async def wait(self) -> Any:
+        await self._done.wait()
+        if self.error is not None:
+            raise StorageFailed(self.error)
+        return self.value
+
+
+# Commands that run the credit-first protocol.
+Movement = Transfer | ResolveHold | CompleteWithdrawal
+# Commands decided on one shard alone.
+LocalCommand = (
+    CreateWallet | ChangeWalletStatus | CreateAsset | CreateToken | RevokeToken | ResolveHold
+    | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal
+)
+
+
+def credit_target(command: Movement, route_amount: int = 0) -> tuple[str, int, bool]:
+    """(wallet credited, amount, whether step 1 reserves it) for a movement."""
+    if isinstance(command, Transfer):
+        return command.to_wallet_id, command.amount, command.hold_timeout_s is None
+    if isinstance(command, ResolveHold):
+        assert command.capture
+        return command.to_wallet_id, command.amount or route_amount, True
+    return treasury_id(command.asset), command.amount, True
+class BatchReply:
+    """Where the shards leave a batch's outcomes: ``results[i]`` for item i, or ``failed`` for
+    an atomic batch that posted nothing. ``waiting`` counts the reports still to come (one per
+    sending shard, or one for an atomic batch), each made once what it wrote or judged against
+    is durable; ``wait`` returns after the last."""
+
+    __slots__ = ("_done", "error", "failed", "results", "waiting")
+
+    def __init__(self, size: int, *, waiting: int) -> None:
+        assert size >= 1
+        assert waiting >= 1
+        self._done = anyio.Event()
+        self.results: list[Any] = [None] * size
+        self.failed: BatchFailed | None = None
+        self.waiting = waiting
+        self.error: str | None = None
+
+    def _report(self, error: str | None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        self.waiting -= 1
+        assert self.waiting >= 0
+        if self.waiting == 0:
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait(self) -> list[Any] | BatchFailed:
+        await self._done.wait()
+        if self.error is not None:
+            raise StorageFailed(self.error)
+        if self.failed is not None:
+            return self.failed
+        assert all(result is not None for result in self.results)
+        return self.results
+
+
+
+@dataclass(slots=True)
+class _CreditStep:
+    command: Movement
+    reply: Reply
+    route_amount: int = 0  # a capture without an amount captures the hold's (router's view)
+
+
+@dataclass(slots=True)
+class _DebitStep:
+    command: Movement
+    credit: CreditCheck
+    credit_shard: int
+    reserved: int  # the amount step 1 reserved on the credit shard (0: none)
+    reply: Reply
+
+
+@dataclass(slots=True)
+class _ApplyCredit:
+    event: Transferred | HoldCaptured | None  # None: step 2 refused, only release
+    wallet_id: str
+    amount: int  # the amount reserved in step 1
+    lsn: int
+
+
+@dataclass(slots=True)
+class _Tick:
+    """Void the holds whose deadline passed (posted by the ledger's timer)."""
+
+
+
+@dataclass(slots=True)
+class _Query:
+    function: Callable[[State], Any]
+    wait_lsn: Callable[[Any], int]
+    reply: Reply
+
+
+@dataclass(slots=True)
+class _Command:
+    command: LocalCommand
+    reply: Reply
+
+
