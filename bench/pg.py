@@ -49,6 +49,7 @@ from types import FrameType
 from typing import Any
 
 from bench._report import git_revision, machine, say, show, write_json
+from bench._service import tree_cpu_seconds
 
 SCRIPTS = Path(__file__).resolve().parent / "postgres"
 SCENARIOS = {"uniform": SCRIPTS / "uniform.sql", "hot": SCRIPTS / "hot.sql"}
@@ -60,6 +61,7 @@ SERVER_ACCOUNTS = ("postgres", "nobody")  # tried in this order when we are root
 TOOLS = ("initdb", "pg_ctl", "postgres", "pgbench", "psql")
 SEARCH_DIRS = ("/usr/lib/postgresql/*/bin", "/usr/local/pgsql/bin", "/usr/pgsql-*/bin")
 TAIL_S = 1  # pgbench runs this much past the measured window, which ends before its last second
+CPU_SHOWN = ("server_cores", "pgbench_cores", "other_cores", "steal_cores")  # medians in the table
 PERCENTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99, "p99.9": 0.999}
 
 # The server's settings (appended to postgresql.conf): durability as the ledger's (every commit
@@ -255,7 +257,11 @@ class Cluster:
                 if self.as_server(command, timeout=45).returncode == 0:
                     return
         with contextlib.suppress(OSError, ValueError, IndexError):
-            os.kill(int((self.data / "postmaster.pid").read_text().split()[0]), signal.SIGKILL)
+            os.kill(self.postmaster(), signal.SIGKILL)
+
+    def postmaster(self) -> int:
+        """The server's process id (the first line of postmaster.pid)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def psql(self, *arguments: str, timeout: float = 300) -> str:
         """psql (as ourselves: it is only a client) with ``arguments``; its stdout."""
@@ -411,6 +417,53 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _server_cpu_s(postmaster: int) -> float:
+    """CPU seconds of the server so far: the postmaster and the processes below it, plus what its
+    children that already exited used (its cutime + cstime: backends exit when pgbench ends)."""
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    reaped = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    return sum(tree_cpu_seconds(postmaster).values()) + reaped
+
+
+def _machine_cpu_s() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine so far, from /proc/stat's ``cpu`` line:
+    busy is user + nice + system + irq + softirq; stolen is what the hypervisor gave elsewhere."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    at_s: float
+    server_s: float
+    generator_s: float
+    ours_s: float
+    busy_s: float
+    steal_s: float
+
+
+def cpu_reading(postmaster: int) -> CpuReading:
+    ours = resource.getrusage(resource.RUSAGE_SELF)
+    busy, steal = _machine_cpu_s()
+    return CpuReading(at_s=time.monotonic(), server_s=_server_cpu_s(postmaster), generator_s=_children_cpu_s(),
+                      ours_s=ours.ru_utime + ours.ru_stime, busy_s=busy, steal_s=steal)
+
+
+def cpu_figures(before: CpuReading, after: CpuReading) -> dict[str, float]:
+    """Cores used over the run (CPU seconds over wall seconds): by the server, by pgbench, by
+    every other process on the machine (busy minus those two and this script), and stolen."""
+    wall = after.at_s - before.at_s
+    server, generator = after.server_s - before.server_s, after.generator_s - before.generator_s
+    busy = after.busy_s - before.busy_s
+    others = max(0.0, busy - server - generator - (after.ours_s - before.ours_s))
+    return {"wall_s": round(wall, 3), "server_cores": round(server / wall, 3),
+            "pgbench_cores": round(generator / wall, 3), "other_cores": round(others / wall, 3),
+            "machine_busy_cores": round(busy / wall, 3),
+            "steal_cores": round((after.steal_s - before.steal_s) / wall, 3)}
+
+
 def measure(binaries: Binaries, running: Cluster, scenario: str, arguments: argparse.Namespace,
             round_index: int) -> dict[str, Any]:
     """One run of one scenario on freshly loaded accounts: the figures and the checks."""
@@ -420,9 +473,10 @@ def measure(binaries: Binaries, running: Cluster, scenario: str, arguments: argp
     command = pgbench_command(binaries, running, SCENARIOS[scenario], seconds=seconds, clients=arguments.clients,
                               jobs=arguments.jobs, accounts=arguments.accounts, log_prefix=prefix)
     load_average, started_at = list(os.getloadavg()), time.time()
-    cpu_before = _children_cpu_s()
+    postmaster = running.postmaster()
+    cpu_before = cpu_reading(postmaster)
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, cwd=running.root)
-    generator_cpu_s = _children_cpu_s() - cpu_before
+    cpu = cpu_figures(cpu_before, cpu_reading(postmaster))
     if done.returncode != 0:
         raise RunFailed(f"pgbench ({scenario}) exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
     summary = parse_summary(done.stdout)
@@ -433,7 +487,7 @@ def measure(binaries: Binaries, running: Cluster, scenario: str, arguments: argp
                           processed=summary["processed"])
     return {"scenario": scenario, "round": round_index, "started_at": started_at, "load_average": load_average,
             **figures,
-            "pgbench": summary, "generator_cpu_s": round(generator_cpu_s, 3), "checks": checks}
+            "pgbench": summary, "cpu": cpu, "checks": checks}
 
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -443,7 +497,8 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, float | None]:
 
     return {"throughput": median([r["throughput"] for r in runs]),
             "p50_ms": median([r["latency_ms"]["p50"] for r in runs]),
-            "p99_ms": median([r["latency_ms"]["p99"] for r in runs])}
+            "p99_ms": median([r["latency_ms"]["p99"] for r in runs]),
+            **{key: median([r["cpu"][key] for r in runs]) for key in CPU_SHOWN}}
 
 
 def _figure(value: float | None, unit: str = "") -> str:
@@ -467,7 +522,8 @@ def table(result: dict[str, Any]) -> str:
         f"{parameters['clients']} clients, {parameters['jobs']} threads, {parameters['accounts']:,} accounts, "
         f"{parameters['duration_s']} s measured after {parameters['warmup_s']} s, {parameters['runs']} run(s); "
         "median [other runs]",
-        f"{'scenario':<9} {'transfers/s':<26} {'p50 ms':<8} {'p99 ms':<24} {'refused':<8} conserved",
+        f"{'scenario':<9} {'transfers/s':<26} {'p50 ms':<8} {'p99 ms':<24} {'refused':<8} {'conserved':<10} "
+        "cores: server / pgbench / other processes / stolen",
     ]
     for name, scenario in result["scenarios"].items():
         runs, middle = scenario["runs"], scenario["median"]
@@ -475,7 +531,8 @@ def table(result: dict[str, Any]) -> str:
         p99 = _figure(middle["p99_ms"]) + _others([r["latency_ms"]["p99"] for r in runs], middle["p99_ms"])
         refused = sum(r["checks"]["refused"] for r in runs)
         conserved = "yes" if all(r["checks"]["conserved"] for r in runs) else "NO"
-        lines.append(f"{name:<9} {rate:<26} {_figure(middle['p50_ms']):<8} {p99:<24} {refused:<8,} {conserved}")
+        cores = " / ".join(f"{middle[key]:.2f}" for key in CPU_SHOWN)
+        lines.append(f"{name:<9} {rate:<26} {_figure(middle['p50_ms']):<8} {p99:<24} {refused:<8,} {conserved:<10} {cores}")
     scenarios = result["scenarios"]
     if "uniform" in scenarios and "hot" in scenarios:
         uniform, hot = scenarios["uniform"]["median"]["throughput"], scenarios["hot"]["median"]["throughput"]

@@ -104,6 +104,18 @@ def test_conservation_checks_the_sum_and_the_transfer_rows() -> None:
     assert check(10_000, transfers=101)["conserved"] and not check(10_000, transfers=101)["ok"]
 
 
+def test_cpu_shares() -> None:
+    before = pg.CpuReading(at_s=10, server_s=5, generator_s=1, ours_s=0.5, busy_s=100, steal_s=2)
+    after = pg.CpuReading(at_s=20, server_s=17, generator_s=4, ours_s=1.5, busy_s=119, steal_s=3)
+    assert pg.cpu_figures(before, after) == {"wall_s": 10, "server_cores": 1.2, "pgbench_cores": 0.3,
+                                             "other_cores": 0.3, "machine_busy_cores": 1.9, "steal_cores": 0.1}
+    # readings are not taken at the same instant: others never go negative
+    assert pg.cpu_figures(before, pg.CpuReading(at_s=20, server_s=25, generator_s=4, ours_s=1.5, busy_s=119,
+                                                steal_s=3))["other_cores"] == 0
+    reading = pg.cpu_reading(os.getpid())  # this process as the "server": /proc is read
+    assert reading.server_s > 0 and reading.busy_s > 0
+
+
 def _transfer_lines(script: Path) -> list[str]:
     lines = script.read_text().splitlines()
     return lines[next(i for i, line in enumerate(lines) if line.startswith("\\set amount")):]
@@ -122,12 +134,14 @@ def test_both_scripts_run_the_same_transfer() -> None:
 
 def _run(throughput: float, p50: float, p99: float) -> dict[str, Any]:
     return {"throughput": throughput, "latency_ms": {"p50": p50, "p99": p99}, "load_average": [p50 / 10, 1.0, 0.5],
-            "started_at": throughput, "checks": {"refused": 0, "conserved": True}}
+            "started_at": throughput, "checks": {"refused": 0, "conserved": True},
+            "cpu": {"server_cores": 1.25, "pgbench_cores": 0.5, "other_cores": throughput / 10_000, "steal_cores": 0}}
 
 
 def test_medians_and_table() -> None:
     runs = [_run(4000, 10, 30), _run(5000, 12, 33), _run(4500, 11, 40)]
-    assert pg.medians(runs) == {"throughput": 4500, "p50_ms": 11, "p99_ms": 33}
+    assert pg.medians(runs) == {"throughput": 4500, "p50_ms": 11, "p99_ms": 33, "server_cores": 1.25,
+                                "pgbench_cores": 0.5, "other_cores": 0.45, "steal_cores": 0}
     hot = [_run(800, 40, 380)]
     result = {"postgres": {"version": "postgres (PostgreSQL) 15"}, "machine": {"load_average": [0.25, 0.1, 0.1]},
               "parameters": {"clients": 64, "jobs": 2, "accounts": 10_000, "duration_s": 20, "warmup_s": 3, "runs": 3},
@@ -137,6 +151,7 @@ def test_medians_and_table() -> None:
     assert "4,500 [4,000, 5,000]" in text
     assert "33.0 [30.0, 40.0]" in text
     assert "hot / uniform: 0.18" in text
+    assert "1.25 / 0.50 / 0.45 / 0.00" in text and "1.25 / 0.50 / 0.08 / 0.00" in text
     assert "before the cluster started: 0.25; at each run's start, in order: 4.00, 1.00, 1.10, 1.20 " in text
 
 
@@ -204,6 +219,7 @@ def test_both_scenarios_for_real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert checks["conserved"] and checks["refused"] == 0
         assert checks["transfer_rows"] == run["pgbench"]["processed"] >= run["transactions"]
         assert result["scenarios"][name]["median"]["throughput"] == run["throughput"]
+        assert run["cpu"]["server_cores"] > 0 and run["cpu"]["pgbench_cores"] > 0
 
 
 @installed
