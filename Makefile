@@ -12,7 +12,7 @@ LOOP   ?=
 
 .PHONY: install run bank-sim demo test test-fast lint sim crashloop bench bench-core-batch bench-core-single \
 	bench-http-batch bench-http-single bench-hot bench-transfers bench-withdrawals bench-every-core \
-	bench-http-single-mp bench-hot-mp bench-http-batch-mp bench-http-single-mp-uvloop clean
+	bench-http-single-mp bench-hot-mp bench-http-batch-mp bench-http-single-mp-uvloop bench-postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -146,6 +146,14 @@ bench-http-batch-mp: $(STAMP)
 bench-http-single-mp-uvloop: $(STAMP)
 	$(MP_BENCH) --connections 64 --loop uvloop --baseline-echo --baseline-one-process \
 		--out $(BENCH_OUT)/http-single-uniform-mp$(MP_WORKERS)-uvloop.json
+
+# The PostgreSQL row-lock design under the same loads, for comparison (docs/performance.md,
+# "PostgreSQL row locks"): a throwaway cluster, pgbench with 64 clients over 10,000 accounts,
+# uniform then 2 hot accounts, 3 runs of BENCH_SECONDS each; medians, JSON in $(BENCH_OUT).
+bench-postgres: $(STAMP)
+	@$(BIN)/python -m bench.pg --check >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql) \
+		|| echo "PostgreSQL could not be installed"
+	$(BIN)/python -m bench.pg --duration $(BENCH_SECONDS) --runs 3 --json $(BENCH_OUT)/postgres.json
 
 # Payout throughput: withdrawals through wallet bank-sim (50 ms per call), 16 payout workers.
 bench-withdrawals: $(STAMP)

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 from bench import add_arguments
-from bench._drive import CoreTarget, HttpTarget, Prepared, PrebuiltOps, classify, interpret
+from bench._drive import CoreTarget, HttpTarget, PrebuiltOps, Prepared, classify, interpret
 from bench._run import Refused, make_plan
 from bench._scenario import Read, Scenario, Transfers, Workload, wallet_ids
 from ledger import Idempotency, Overloaded, Reason, Rejection
