@@ -60,6 +60,7 @@ def server_figures(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
                                 child_role=after.get("child_role") or "child")
         cpu = sum(item["seconds"] for item in processes)
     return {
+        "loop_lag": loop_lag_figures(before.get("loop_lag"), after.get("loop_lag")),
         "wal_records": records,
         "wal_group_commits": commits,
         "records_per_fsync": records / commits if records is not None and commits else None,
@@ -68,6 +69,48 @@ def server_figures(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
             "what": after.get("cpu_of"), "processes": processes,
         },
     }
+
+
+LOOP_STALL_S = 0.02  # the limit the issue sets on any stall (server/_loop_lag.py)
+
+
+def loop_lag_figures(before: dict[str, dict[float, float]] | None,
+                     after: dict[str, dict[float, float]] | None) -> dict[str, Any] | None:
+    """Per process role, from the ``wallet_event_loop_lag_seconds`` buckets of two scrapes: the
+    samples in the window, the bucket bound under which 99% of them fell (a histogram knows no
+    finer), how many were over 20 ms, and the bucket bound of the largest. None without both."""
+    if before is None or after is None:
+        return None
+    figures: dict[str, Any] = {}
+    for role, buckets in sorted(after.items()):
+        earlier = before.get(role, {})
+        window = sorted((le, count - earlier.get(le, 0.0)) for le, count in buckets.items())
+        total = window[-1][1] if window else 0.0
+        if total <= 0:
+            continue
+        p99 = next(le for le, count in window if count >= 0.99 * total)
+        largest = next(le for le, count in window if count >= total)
+        under_stall = next((count for le, count in window if le >= LOOP_STALL_S), total)
+        figures[role] = {
+            "samples": int(total),
+            "p99_ms_at_most": None if p99 == float("inf") else p99 * 1000,
+            "over_20ms": int(total - under_stall),
+            "max_ms_at_most": None if largest == float("inf") else largest * 1000,
+        }
+    return figures
+
+
+def loop_lag_line(name: str, figures: dict[str, Any] | None) -> str | None:
+    if not figures:
+        return None
+
+    def bound(ms: float | None) -> str:
+        return "> 5 s" if ms is None else f"<= {ms:g} ms"
+
+    return f"event loop lag ({name}): " + "; ".join(
+        f"{role} p99 {bound(item['p99_ms_at_most'])}, max {bound(item['max_ms_at_most'])}, "
+        f"{item['over_20ms']:,} of {item['samples']:,} samples over 20 ms"
+        for role, item in figures.items())
 
 
 def process_cpu(before: dict[int, float], after: dict[int, float], roles: dict[int, str],
@@ -268,6 +311,10 @@ def table(result: dict[str, Any]) -> str:
         if processes and len(processes) > 1:
             lines.append(f"server CPU by process ({name}): " + ", ".join(
                 f"{item['role']} {item['pid']} {_share(item)}" for item in processes))
+    for name, run in runs:
+        line = loop_lag_line(name, run.get("loop_lag"))
+        if line is not None:
+            lines.append(line)
     for key_ratio, key_run, label in (("ratio_to_echo", "baseline_echo", "service / echo route"),
                                       ("ratio_to_one_process", "baseline_one_process",
                                        "service / one process (--workers 0)")):

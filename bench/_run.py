@@ -290,6 +290,7 @@ def http_probe(url: str, pid: int | None, roles: dict[int, str] | None = None, c
             "cpu_of": None if by_pid is None else "the server's processes, summed",
             "wal_records": None if sample is None else sample.wal_records,
             "wal_group_commits": None if sample is None else sample.wal_group_commits,
+            "loop_lag": None if sample is None else sample.loop_lag,
         }
 
     return probe

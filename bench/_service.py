@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +191,16 @@ class MetricsSample:
     durable_lsn: float | None
     mailbox_depth: float
     shards: int
+    # ``wallet_event_loop_lag_seconds`` by role: {role: {bucket upper bound in s: cumulative count}}
+    loop_lag: dict[str, dict[float, float]] = field(default_factory=dict)
+
+
+LOOP_LAG_BUCKET = "wallet_event_loop_lag_seconds_bucket"
+
+
+def _labels(raw: str) -> dict[str, str]:
+    pairs = (label.partition("=") for label in raw.rstrip("}").split(",") if label)
+    return {key.strip(): value.strip().strip('"') for key, _, value in pairs}
 
 
 def parse_metrics(text: str) -> MetricsSample:
@@ -198,6 +208,7 @@ def parse_metrics(text: str) -> MetricsSample:
     values: dict[str, float] = {}
     depth = 0.0
     shards: set[str] = set()
+    loop_lag: dict[str, dict[float, float]] = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
@@ -209,6 +220,11 @@ def parse_metrics(text: str) -> MetricsSample:
                 key, _, raw = label.partition("=")
                 if key == "shard":
                     shards.add(raw.strip('"'))
+        elif name == LOOP_LAG_BUCKET:
+            tags = _labels(labels)
+            role = loop_lag.setdefault(tags.get("role", "?"), {})
+            le = float(tags["le"])  # "+Inf" included
+            role[le] = role.get(le, 0.0) + float(value)
         elif not labels:
             values[name] = float(value)
 
@@ -221,6 +237,7 @@ def parse_metrics(text: str) -> MetricsSample:
         durable_lsn=first("wallet_wal_durable_lsn"),
         mailbox_depth=depth,
         shards=len(shards),
+        loop_lag=loop_lag,
     )
 
 

@@ -80,7 +80,7 @@ async def project(data: Path, end_lsn: int, batch_max: int) -> tuple[float, floa
     (data / "history.sqlite3").unlink(missing_ok=True)
     done = anyio.Event()
 
-    async def sync(applied_lsn: int, wait_s: float) -> int:
+    async def sync(applied_lsn: int, wait_s: float, linger_s: float) -> int:
         if applied_lsn >= end_lsn:
             done.set()
             await anyio.sleep_forever()
