@@ -61,6 +61,7 @@ from server._payouts import Payouts
 from server._port import LocalPort, RemotePort, Unavailable, serve_port
 from server._scrape import MULTIPROC_DIR_ENV, MultiProcessScrape
 from server._snapshotter import Snapshotter
+from server._supervisor import mark_worker_up
 from server.api import BATCHES_IN_FLIGHT_MAX, Deps, RateLimiter, build_app
 from wal import LogCorrupt, StorageFailed
 
@@ -497,6 +498,12 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int) -> i
         group.start_soon(_signals, shutdown)
         group.start_soon(lag.run)
         await group.start(remote.run)
+
+        async def up() -> None:
+            await remote.connected.wait()
+            mark_worker_up(options.data_dir)
+
+        group.start_soon(up)
         binds = await group.start(http)
         log.info("HTTP worker %d serving %s (event loop: %s)", os.getpid(), ", ".join(binds), _loop_name())
     lag.log_summary("http")

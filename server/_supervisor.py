@@ -61,6 +61,7 @@ RESTART_DELAY_S = 0.5
 POLL_S = 0.05
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, with room for the terminator
 PROCESSES_FILE = "processes.json"
+UP_PREFIX = "up-"  # an HTTP worker's marker in the run folder, once it reached the ledger
 EXIT_CHILD_FAILED = 1
 PROJECTOR_STOP_S = 5.0  # then it is killed (safe: it is crash-only)
 
@@ -218,6 +219,7 @@ class Supervisor:
 
         assert child.process is not None
         mark_process_dead(child.process.pid, str(metrics_dir(self.data_dir)))
+        (run_dir(self.data_dir) / f"{UP_PREFIX}{child.process.pid}").unlink(missing_ok=True)
 
     def _write_table(self) -> None:
         items = []
@@ -259,6 +261,8 @@ class Supervisor:
         prepare_run_dir(self.data_dir)
         admin_token(self.data_dir)  # made now, so that every worker reads the same one
         self._fresh_metrics_dir()
+        for marker in run_dir(self.data_dir).glob(f"{UP_PREFIX}*"):  # a previous run's (pids recur)
+            marker.unlink(missing_ok=True)
         self._listener = bind(self.options.host, self.options.port)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -352,6 +356,26 @@ def processes(data_dir: Path) -> list[dict[str, Any]]:
     if not any(item.get("role") == "supervisor" and item.get("pid") == os.getppid() for item in items):
         return []
     return items
+
+
+def mark_worker_up(data_dir: Path) -> None:
+    """Said by an HTTP worker once it first reached the ledger process: ``/ready`` waits for
+    every worker's (``workers_not_up``)."""
+    try:
+        (run_dir(data_dir) / f"{UP_PREFIX}{os.getpid()}").touch(mode=0o600)
+    except FileNotFoundError:  # not under a supervisor (no run folder): nobody waits for it
+        pass
+
+
+def workers_not_up(data_dir: Path) -> str | None:
+    """Why ``/ready`` must wait for the other HTTP workers (one that is starting or restarting,
+    whose connections would be refused 503), or None when each live one has reached the ledger
+    (or there is no supervisor: one-process mode)."""
+    directory = run_dir(data_dir)
+    for item in processes(data_dir):
+        if item.get("role") == "http" and item.get("alive") and not (directory / f"{UP_PREFIX}{item['pid']}").exists():
+            return f"HTTP worker {item['pid']} has not reached the ledger process yet"
+    return None
 
 
 def run(options: Any, *, workers: int) -> int:

@@ -37,6 +37,16 @@ async def test_the_table_of_processes(supervised: ServerProcess) -> None:
     assert {item["pid"] for item in items if item["role"] == "supervisor"} == {supervised.process.pid}
     assert all(item["restarts"] == 0 and item["started_at"].endswith("Z") for item in items)
     assert all(pid_alive(item["pid"]) for item in items)
+    # The fixture waited for one 200: then every worker is up, whichever takes a connection.
+    assert ready_on_fresh_connections(supervised) == [200] * 20
+
+
+def ready_on_fresh_connections(server: ServerProcess, count: int = 20) -> list[int]:
+    statuses = []
+    for _ in range(count):
+        with httpx.Client(base_url=server.url, timeout=5) as http:  # a new connection each
+            statuses.append(http.get("/ready").status_code)
+    return statuses
 
 
 async def test_a_killed_worker_is_replaced_and_nothing_is_lost(supervised: ServerProcess) -> None:
@@ -56,6 +66,11 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost(supervised: Serve
     else:
         raise AssertionError(f"the worker was not replaced within 5 s: {processes(supervised)}")
     assert sum(item["restarts"] for item in workers) == 1
+    deadline = time.monotonic() + 10
+    while ready_on_fresh_connections(supervised, 1) != [200]:
+        assert time.monotonic() < deadline, "not ready 10 s after the worker was replaced"
+        time.sleep(0.05)
+    assert ready_on_fresh_connections(supervised) == [200] * 20
     await verify(supervised, ids, book)
     assert supervised.terminate() == 0
 
