@@ -198,7 +198,7 @@ def check_credit_to(state: State, wallet_id: str, amount: int, *, pending: int =
                 reason=Reason.RECEIVER_NOT_FOUND, detail=f"wallet {wallet_id} does not exist"
             ),
         )
-    if wallet.status == WalletStatus.CLOSED:
+    if wallet.status == _CLOSED:
         return CreditCheck(
             asset=wallet.asset,
             failure=Rejection(reason=Reason.RECEIVER_CLOSED, detail=f"wallet {wallet.id} is closed"),
@@ -211,10 +211,20 @@ def check_credit_to(state: State, wallet_id: str, amount: int, *, pending: int =
                 detail=f"crediting {amount} would take wallet {wallet.id} past int64",
             ),
         )
-    return _new_credit_check(wallet.asset, None)
+    passed = _PASSED.get(wallet.asset)
+    if passed is None:
+        passed = _PASSED[wallet.asset] = _new_credit_check(wallet.asset, None)
+    return passed
 
 
 _new_credit_check = frozen_builder(CreditCheck)
+# A passed check is the same immutable value for every wallet of an asset: made once per asset
+# (a batch checks a thousand credits). Asset codes are few; the table never shrinks.
+_PASSED: dict[str, CreditCheck] = {}
+# The statuses the hot checks compare with, bound once: an enum member read through its class
+# costs several times a global read.
+_FROZEN = WalletStatus.FROZEN
+_CLOSED = WalletStatus.CLOSED
 
 
 def _earlier(first: Rejection | None, second: Rejection | None) -> Rejection | None:
@@ -259,9 +269,9 @@ def decide_transfer(
             reason=Reason.ASSET_MISMATCH,
             detail=f"wallet {sender.id} holds {sender.asset}, wallet {command.to_wallet_id} holds {credit.asset}",
         )
-    elif sender.status == WalletStatus.FROZEN:
+    elif sender.status == _FROZEN:
         failure = Rejection(reason=Reason.SENDER_FROZEN, detail=f"wallet {sender.id} is frozen")
-    elif sender.status == WalletStatus.CLOSED:
+    elif sender.status == _CLOSED:
         failure = Rejection(reason=Reason.SENDER_CLOSED, detail=f"wallet {sender.id} is closed")
     elif not (treasury := is_treasury(sender_id)) and sender.available + moved < command.amount:
         failure = Rejection(

@@ -317,18 +317,22 @@ def pack_transfers(commands: list[Any]) -> list[list[Any]]:
     return rows
 
 
+# The enum's call costs more than the rest of a row; a table of its members does not.
+_TRANSACTION_TYPES = {kind.value: kind for kind in _model.TransactionType}
+
+
 def unpack_transfers(rows: list[Any]) -> list[Any]:
     if type(rows) is not list:
         raise ProtocolError("transfer rows are not a list")
-    build, key_of, kind = _model.new_transfer, _model.new_idempotency, _model.TransactionType
+    build, key_of, kinds = _model.new_transfer, _model.new_idempotency, _TRANSACTION_TYPES
     commands = []
     try:
         for row in rows:
             tid, type_, source, target, amount, description, metadata, scope, key, fingerprint, owner, hold = row
             idempotency = None if scope is None else key_of(scope, key, fingerprint)
-            commands.append(build(tid, kind(type_), source, target, amount, description, metadata,
+            commands.append(build(tid, kinds[type_], source, target, amount, description, metadata,
                                   idempotency, owner, hold))
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, KeyError) as error:
         raise ProtocolError(f"a malformed transfer row: {error}") from None
     return commands
 
@@ -346,7 +350,7 @@ def _transferred_row(event: Any) -> list[Any]:
 def _transferred(row: list[Any]) -> Any:
     tid, type_, source, target, asset, amount, description, metadata, at_us, scope, key, fingerprint = row
     idempotency = None if scope is None else _model.new_idempotency(scope, key, fingerprint)
-    return _model.new_transferred(tid, _model.TransactionType(type_), source, target, asset, amount,
+    return _model.new_transferred(tid, _TRANSACTION_TYPES[type_], source, target, asset, amount,
                                   description, metadata, at_us, idempotency)
 
 
