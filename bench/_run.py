@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import secrets
@@ -79,6 +80,7 @@ from bench._service import (
 )
 from ledger import Ledger, open_ledger
 from server._admin_token import find_admin_token, where_to_look
+from server._serve import tune_gc
 
 START_SLACK_S = 0.5  # between "everyone is ready" and the first request
 # A generator process busier than this may be what limits the run (the note says so).
@@ -550,6 +552,9 @@ async def _measure_echo(plan: Plan, work: Path) -> dict[str, Any]:
 async def core_main(plan: Plan, work: Path, *, wrap: Callable[[Ledger], Any] | None = None) -> dict[str, Any]:
     ids = plan.ids()
     data = work / "data"
+    # The garbage collector's thresholds of the server's processes: core mode measures the
+    # ledger as it runs there.
+    tune_gc()
     ledger = await trio.to_thread.run_sync(lambda: open_ledger(data, shards=plan.scenario.shards))
     if not plan.history:
         # The ledger alone: durable records go to the event feed only, not to the SQLite read
@@ -592,6 +597,7 @@ async def core_main(plan: Plan, work: Path, *, wrap: Callable[[Ledger], Any] | N
     figures["generator_cpu"] = [cpu.to_json(0) | {"what": "the same process as the ledger"}]
     figures["driver"] = "core"
     figures["input"] = ops.to_json()
+    figures["gc_thresholds"] = list(gc.get_threshold())
     notes = [f"input: {ops.prebuilt:,} transfers built before the run ({ops.build_s:.1f} s), "
              f"{ops.built_inline:,} built during it (in the measured process)"]
     return {"service": figures, "baseline_echo": None, "baseline_one_process": None, "conservation": conservation,

@@ -1,0 +1,45 @@
+"""Every process of the server runs with the collector's thresholds of ``server._serve``
+(``GC_THRESHOLDS``), set before its event loop starts."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server import _serve
+from server._serve import GC_THRESHOLDS, ServeOptions
+
+
+@pytest.fixture
+def default_thresholds() -> Iterator[None]:
+    saved = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    yield
+    gc.set_threshold(*saved)
+
+
+@pytest.mark.parametrize("entry", ["run", "ledger", "projector", "worker"])
+def test_each_entry_point_tunes_the_collector_before_its_loop(
+    entry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_thresholds: None
+) -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def fake_run(*args: Any, **kwargs: Any) -> int:
+        seen.append(gc.get_threshold())
+        return 0
+
+    monkeypatch.setattr(_serve.anyio, "run", fake_run)
+    options = ServeOptions(data_dir=tmp_path)
+    if entry == "run":
+        _serve.run(options)
+    elif entry == "ledger":
+        _serve.serve_ledger_process(options, "unused.sock")
+    elif entry == "projector":
+        _serve.serve_projector_process(options, "unused.sock")
+    else:
+        _serve.serve_worker_process(options, "unused.sock", fd=3, slot=0)
+    assert seen == [GC_THRESHOLDS]
