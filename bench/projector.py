@@ -37,6 +37,7 @@ from ledger import (
     Transfer,
     recover,
 )
+from server._serve import tune_gc
 from wal import Tailer
 
 
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     arguments = parser.parse_args(argv)
+    tune_gc()  # the collector's thresholds of the projector process
     temporary = None
     data = arguments.data
     if data is None:
