@@ -80,7 +80,7 @@ from bench._service import (
 )
 from ledger import Ledger, open_ledger
 from server._admin_token import find_admin_token, where_to_look
-from server._serve import tune_gc
+from server._gc import tune_gc
 
 START_SLACK_S = 0.5  # between "everyone is ready" and the first request
 # A generator process busier than this may be what limits the run (the note says so).

@@ -37,7 +37,7 @@ from ledger import (
     Transfer,
     recover,
 )
-from server._serve import tune_gc
+from server._gc import tune_gc
 from wal import Tailer
 
 

@@ -54,6 +54,7 @@ from server._edge import (
     edge_config,
     install,
 )
+from server._gc import tune_gc
 from server._lock import DataDirLocked, lock_data_dir
 from server._loop_lag import LoopLag, loop_lag, loop_lag_histogram
 from server._payout_ledger import LedgerPayouts
@@ -120,22 +121,6 @@ def _bank(options: ServeOptions) -> Any:
     return SimulatedBank(
         latency_ms=options.bank_latency_ms, failure_rate=options.bank_failure_rate, rng=random.Random()
     )
-
-
-# The cyclic garbage collector's thresholds in every process of the server (``tune_gc``).
-# CPython's default (700, 10, 10) runs a young collection every 700 net allocations; a batch
-# of 1000 transfers allocates about ten objects per item (the command, its event, idempotency
-# and reply records), nearly all freed by reference counting, and the collections they set off
-# took about 40% of the ledger's time in `wallet bench --mode core --batch 1000`. Medians of
-# three interleaved runs, default -> these: core batches 64,000 -> 106,000 transfers/s, core
-# single 17,900 -> 19,600, HTTP batches (--workers 2) 24,500 -> 30,100, HTTP single 2,314 ->
-# 2,492 (docs/performance.md). Young collections are rarer and larger; what only a cycle
-# holds is freed a little later.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _release_recovery_garbage() -> None:

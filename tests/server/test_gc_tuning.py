@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from server import _serve
-from server._serve import GC_THRESHOLDS, ServeOptions
+from server._gc import GC_THRESHOLDS
+from server._serve import ServeOptions
 
 
 @pytest.fixture
@@ -42,4 +43,25 @@ def test_each_entry_point_tunes_the_collector_before_its_loop(
         _serve.serve_projector_process(options, "unused.sock")
     else:
         _serve.serve_worker_process(options, "unused.sock", fd=3, slot=0)
+    assert seen == [GC_THRESHOLDS]
+
+
+@pytest.mark.parametrize("argv", [["wal", "verify"], ["wal", "replay", "--until-lsn", "1", "--out"]])
+def test_the_log_tools_replay_with_the_same_thresholds(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_thresholds: None
+) -> None:
+    from server import cli
+
+    seen: list[tuple[int, ...]] = []
+
+    def fake_tool(*args: Any, **kwargs: Any) -> int:
+        seen.append(gc.get_threshold())
+        return 0
+
+    monkeypatch.setattr(cli.tools, "wal_verify", fake_tool)
+    monkeypatch.setattr(cli.tools, "wal_replay", fake_tool)
+    arguments = [*argv[:2], "--data", str(tmp_path), *argv[2:]]
+    if arguments[-1] == "--out":
+        arguments.append(str(tmp_path / "out"))
+    assert cli.main(arguments) == 0
     assert seen == [GC_THRESHOLDS]
