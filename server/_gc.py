@@ -5,6 +5,7 @@ tools that replay the log (``wallet wal``, ``wallet snapshot``) or measure the l
 from __future__ import annotations
 
 import gc
+import os
 
 # The cyclic garbage collector's thresholds in every process of the server (``tune_gc``).
 # CPython's default (700, 10, 10) runs a young collection every 700 net allocations; a batch
@@ -18,5 +19,21 @@ import gc
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
+GC_THRESHOLDS_ENV = "WALLET_GC_THRESHOLDS"  # "young,middle,old" to try others (README, Configuration)
+
+
+def thresholds(environ: dict[str, str] | os._Environ[str] = os.environ) -> tuple[int, int, int]:
+    """The thresholds to use: ``GC_THRESHOLDS``, or three non-negative integers from
+    ``WALLET_GC_THRESHOLDS``; anything else there is refused (ValueError) rather than ignored."""
+    raw = environ.get(GC_THRESHOLDS_ENV)
+    if raw is None or not raw.strip():
+        return GC_THRESHOLDS
+    parts = [part.strip() for part in raw.split(",")]
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"{GC_THRESHOLDS_ENV} must be three non-negative integers like 50000,20,100, not {raw!r}")
+    young, middle, old = (int(part) for part in parts)
+    return young, middle, old
+
+
 def tune_gc() -> None:
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*thresholds())

@@ -24,6 +24,7 @@ from server._config import (
     resolve,
     serve_options,
 )
+from server._gc import thresholds as gc_thresholds
 from server._gc import tune_gc
 from server._lock import DataDirLocked
 from server._observe import configure_logging
@@ -160,6 +161,11 @@ def _parse_time(raw: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
+    try:
+        gc_thresholds()  # every process and tool reads it: a wrong value stops here, once
+    except ValueError as error:
+        print(f"wallet {arguments.command}: {error}", file=sys.stderr)
+        return 2
     if arguments.command == "serve":
         from server._serve import run
 

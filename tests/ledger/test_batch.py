@@ -455,3 +455,19 @@ def test_a_non_atomic_part_waits_for_every_part_and_decides_in_request_order() -
             assert isinstance(result, Rejection)
             assert result.reason in (Reason.INSUFFICIENT_FUNDS, Reason.RECEIVER_NOT_FOUND)
         ledger.check()
+
+
+def test_a_drain_past_its_deadline_stops_after_the_message_in_hand() -> None:
+    """``Shard.run`` gives each drain a time budget (``DRAIN_BUDGET_NS``) so a mailbox of batch
+    parts cannot hold the event loop: a drain whose deadline has passed handles one message, the
+    rest wait for the next drain, in the same order."""
+    with stepped(1) as ledger:
+        (shard,) = ledger.ledger.shards
+        ledger.execute(CreateAsset(code="JPY", scale=0))
+        ledger.execute(CreateWallet(wallet_id="j0", owner_id="o1", asset="JPY", metadata=None, idempotency=None))
+        replies = [shard.submit_transfer(_transfer(n, None, "j0", n)) for n in range(1, 4)]
+        assert shard.drain(1024, deadline_ns=0) == 1
+        assert not shard.idle()
+        ledger.settle([])
+        assert [reply.value.event.amount for reply in replies] == [1, 2, 3]
+        assert ledger.ledger.shards[0].state.wallets["j0"].balance == 6

@@ -65,3 +65,25 @@ def test_the_log_tools_replay_with_the_same_thresholds(
         arguments.append(str(tmp_path / "out"))
     assert cli.main(arguments) == 0
     assert seen == [GC_THRESHOLDS]
+
+
+def test_the_thresholds_can_be_set_from_the_environment() -> None:
+    from server._gc import GC_THRESHOLDS_ENV, thresholds
+
+    assert thresholds({}) == GC_THRESHOLDS
+    assert thresholds({GC_THRESHOLDS_ENV: " "}) == GC_THRESHOLDS
+    assert thresholds({GC_THRESHOLDS_ENV: "700, 10,10"}) == (700, 10, 10)
+    for wrong in ("1,2", "a,b,c", "-1,2,3", "1,2,3,4", "1.5,2,3"):
+        with pytest.raises(ValueError, match=GC_THRESHOLDS_ENV):
+            thresholds({GC_THRESHOLDS_ENV: wrong})
+
+
+def test_a_wrong_value_stops_the_command_line_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server import cli
+    from server._gc import GC_THRESHOLDS_ENV
+
+    monkeypatch.setenv(GC_THRESHOLDS_ENV, "lots")
+    assert cli.main(["wal", "verify", "--data", str(tmp_path)]) == 2
+    assert GC_THRESHOLDS_ENV in capsys.readouterr().err
