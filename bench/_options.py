@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "process; 0: one process); the echo baseline runs N worker processes too "
                         f"(default: the server's own default, {WORKERS_DEFAULT})")
 
+    target.add_argument("--idempotency-memory-keys", type=_non_negative_int, default=None, metavar="N",
+                        help="the ledger keeps N idempotency records in memory and the older ones on disk "
+                        "(`wallet serve --idempotency-memory-keys`; core mode: the same in process; "
+                        "default: the server's default for http, every record in memory for core; "
+                        "0: every record in memory)")
+
     workload = parser.add_argument_group("workload")
     workload.add_argument("--wallets", type=_positive_int, default=10_000, help="wallets (default 10000)")
     workload.add_argument("--hot-share", type=_fraction, default=0.0,

@@ -119,6 +119,7 @@ class Plan:
     baseline_one_process: bool = False  # also the same load on `wallet serve --workers 0`
     history: bool = True  # core mode: feed the history read model (off: the ledger alone)
     prebuilt: int = 0  # core mode: transfers built before the run
+    memory_keys: int | None = None  # --idempotency-memory-keys (None: the target's default)
 
     @property
     def asset(self) -> str:
@@ -162,7 +163,9 @@ def make_plan(arguments: argparse.Namespace, *, ledger_class: Any = Ledger) -> P
         problems.append("--msgpack needs --batch (only the batch endpoint speaks MessagePack)")
     if http and arguments.url is not None:
         for flag, given in (("--workers", arguments.workers is not None),
-                            ("--baseline-one-process", arguments.baseline_one_process)):
+                            ("--baseline-one-process", arguments.baseline_one_process),
+                            ("--idempotency-memory-keys", getattr(arguments, "idempotency_memory_keys", None)
+                             is not None)):
             if given:
                 problems.append(f"{flag} is for a server the harness starts (not --url)")
     if arguments.server_pid is not None and arguments.url is None:
@@ -223,6 +226,7 @@ def make_plan(arguments: argparse.Namespace, *, ledger_class: Any = Ledger) -> P
         workers=arguments.workers, baseline_one_process=arguments.baseline_one_process,
         history=not arguments.no_history,
         prebuilt=prebuilt,
+        memory_keys=getattr(arguments, "idempotency_memory_keys", None),
     )
 
 
@@ -494,7 +498,7 @@ async def _measure_service(plan: Plan, work: Path, workers: int | None, label: s
             url = f"http://127.0.0.1:{port}"
             server = start_process(
                 serve_command(data_dir=data, port=port, shards=plan.scenario.shards, loop=plan.loop,
-                              workers=workers),
+                              workers=workers, memory_keys=plan.memory_keys),
                 log_path=work / f"{label}-server.log", url=url, env={"WALLET_ADMIN_TOKEN": plan.token},
             )
             await wait_ready(server)
@@ -555,7 +559,9 @@ async def core_main(plan: Plan, work: Path, *, wrap: Callable[[Ledger], Any] | N
     # The garbage collector's thresholds of the server's processes: core mode measures the
     # ledger as it runs there.
     tune_gc()
-    ledger = await trio.to_thread.run_sync(lambda: open_ledger(data, shards=plan.scenario.shards))
+    ledger = await trio.to_thread.run_sync(
+        lambda: open_ledger(data, shards=plan.scenario.shards, memory_keys=plan.memory_keys or None)
+    )
     if not plan.history:
         # The ledger alone: durable records go to the event feed only, not to the SQLite read
         # model (whose projector would otherwise bound the rate and push back with overloaded).

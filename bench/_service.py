@@ -144,7 +144,8 @@ def start_process(command: list[str], *, log_path: Path, url: str, env: dict[str
     return ServerProcess(process=process, url=url, log_path=log_path)
 
 
-def serve_command(*, data_dir: Path, port: int, shards: int, loop: str | None, workers: int | None = None) -> list[str]:
+def serve_command(*, data_dir: Path, port: int, shards: int, loop: str | None, workers: int | None = None,
+                  memory_keys: int | None = None) -> list[str]:
     command = [
         sys.executable, "-m", "server.cli", "serve", "--data", str(data_dir), "--host", "127.0.0.1",
         "--port", str(port), "--shards", str(shards),
@@ -153,6 +154,8 @@ def serve_command(*, data_dir: Path, port: int, shards: int, loop: str | None, w
         command += ["--loop", loop]  # the service's own flag; passed through as given
     if workers is not None:
         command += ["--workers", str(workers)]  # absent: the server's own default
+    if memory_keys is not None:
+        command += ["--idempotency-memory-keys", str(memory_keys)]
     return command
 
 

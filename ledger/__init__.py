@@ -35,6 +35,8 @@ from ledger._events import EventFeed, Gone
 from ledger._history import POSITION_BITS as ENTRY_POSITION_BITS
 from ledger._history import Entry, History, HistoryLagging, TransactionRow
 from ledger._invariants import check_invariants, check_state, digest_state, state_digest
+from ledger._key_index import KeyIndex
+from ledger._key_tier import MEMORY_KEYS_DEFAULT, KeyTier
 from ledger._ledger import (
     SHARDS_DEFAULT,
     Clock,
@@ -136,6 +138,7 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "MAILBOX_CAPACITY",
+    "MEMORY_KEYS_DEFAULT",
     "METADATA_BYTES_MAX",
     "PROJECTOR_BATCH_MAX",
     "RECORD_BYTES_MAX",
@@ -178,6 +181,8 @@ __all__ = [
     "Idempotency",
     "IdempotencyRecord",
     "ItemOutcome",
+    "KeyIndex",
+    "KeyTier",
     "Ledger",
     "Overloaded",
     "PayoutStep",

@@ -93,9 +93,13 @@ def check_idempotency(directory: Directory, idempotency: Idempotency | None) -> 
     """Returns the replay or the rejection for a key already used, None for a fresh key."""
     if idempotency is None:
         return None
-    record = directory.idempotency.get((idempotency.scope, idempotency.key))
+    key = (idempotency.scope, idempotency.key)
+    record = directory.idempotency.get(key)
     if record is None:
-        return None
+        # An older record the on-disk index holds, brought back before the command was sent.
+        record = directory.recalled.get(key)
+        if record is None:
+            return None
     if record.fingerprint != idempotency.fingerprint:
         return Rejection(
             reason=Reason.IDEMPOTENCY_KEY_REUSED,

@@ -39,6 +39,8 @@ from ledger._batch import _AtomicLead, _CreditGroup, _Pause, commit_atomic
 from ledger._decide import Decision
 from ledger._events import EventFeed
 from ledger._history import History, weight
+from ledger._key_index import KeyIndex, trim
+from ledger._key_tier import KeyTier
 from ledger._messages import BatchReply, Reply, shard_of
 from ledger._model import (
     BATCH_ITEMS_MAX,
@@ -225,7 +227,11 @@ class Ledger:
         clock: Clock | None = None,
         segment_bytes_max: int | None = None,
         mailbox_capacity: int | None = None,
+        memory_keys: int | None = None,
     ) -> None:
+        """``memory_keys``: keep at most that many idempotency records in memory and the older
+        ones in ``<data>/idempotency.sqlite3`` (``ledger._key_tier``); None keeps them all in
+        memory (tests, tools, the simulation)."""
         assert shards >= 1
         self.data_dir = data_dir
         result = recovered.scan
@@ -236,6 +242,15 @@ class Ledger:
             else RemoteProjection(durable_lsn=result.next_lsn - 1)
         )
         self.directory: Directory = recovered.state.directory
+        self.keys: KeyTier | None = None
+        if memory_keys is not None:
+            key_index = KeyIndex.open(data_dir)
+            key_index.cut(result.next_lsn - 1)
+            dropped = trim(self.directory, key_index.through_lsn)
+            if dropped:
+                log.info("idempotency: %d recovered records are in the on-disk index (through LSN %d)",
+                         dropped, key_index.through_lsn)
+            self.keys = KeyTier(self.directory, key_index, memory_keys=memory_keys)
         self.clock = clock or Clock(start_us=self.directory.at_us)
         options: dict[str, Any] = {}
         if segment_bytes_max is not None:
@@ -296,8 +311,12 @@ class Ledger:
                     actors.start_soon(shard.run)
                 timer = anyio.CancelScope()
                 group.start_soon(self._expire_holds, timer)
+                keys = anyio.CancelScope()
+                if self.keys is not None:
+                    group.start_soon(self._run_keys, self.keys, keys)
                 task_status.started()
             timer.cancel()
+            keys.cancel()
             # Actors stopped: everything they appended is queued; the writer drains and returns.
             self.wal.close()
         self.wal.release()
@@ -315,6 +334,13 @@ class Ledger:
                     if deadline is not None and deadline <= now_us:
                         shard.tick()
                 await anyio.sleep(HOLD_TIMER_S)
+
+    async def _run_keys(self, tier: KeyTier, scope: anyio.CancelScope) -> None:
+        try:
+            with scope:
+                await tier.run(self.wal)
+        finally:
+            tier.close()
 
     async def _run_log(self) -> None:
         try:
@@ -359,9 +385,16 @@ class Ledger:
         while (running := self._in_flight.get(key)) is not None:
             await running.wait()
         done = self._in_flight[key] = anyio.Event()
+        tier = self.keys
         try:
-            reply = submit()
-            return await self._wait(reply)
+            if tier is None:
+                return await self._wait(submit())
+            tier.pin((key,))
+            try:
+                await tier.recall((key,))
+                return await self._wait(submit())
+            finally:
+                tier.unpin((key,))
         finally:
             del self._in_flight[key]
             done.set()
@@ -392,9 +425,19 @@ class Ledger:
         assert 1 <= len(commands) <= BATCH_ITEMS_MAX, len(commands)
         keys = [(c.idempotency.scope, c.idempotency.key) for c in commands if c.idempotency is not None]
         assert len(set(keys)) == len(keys), "idempotency keys repeat within the batch"
-        if atomic:
-            return await self._atomic(commands)
-        return await self._wait(self.submit_batch(commands))
+        tier = self.keys
+        if tier is None:
+            if atomic:
+                return await self._atomic(commands)
+            return await self._wait(self.submit_batch(commands))
+        tier.pin(keys)
+        try:
+            await tier.recall(keys)
+            if atomic:
+                return await self._atomic(commands)
+            return await self._wait(self.submit_batch(commands))
+        finally:
+            tier.unpin(keys)
 
     def submit_batch(self, commands: list[Transfer]) -> BatchReply:
         """The synchronous half of a non-atomic batch: one message per receiving shard, or

@@ -39,6 +39,7 @@ from ledger._data_dir import prepare_data_dir
 from ledger._history import BATCH_RECORDS_MAX as HISTORY_BATCH_RECORDS
 from ledger._history import History, weight
 from ledger._invariants import check_state
+from ledger._key_index import read_through_lsn, trim
 from ledger._model import Event
 from ledger._state import State
 from snapshots import SnapshotInfo
@@ -168,9 +169,12 @@ def build_snapshot(
     base = load_base(data_dir)
     for path, reason in base.skipped:
         checkpoint_log.warning("snapshot %s skipped: %s", path, reason)
+    # Read before replaying: whatever it covers is in the index for good (``ledger._key_index``).
+    through_lsn = read_through_lsn(data_dir)
     state, reached, checksum = replay_until(data_dir, base, until_lsn=until_lsn, on_frame=on_frame)
     if reached == base.lsn:
         return None
+    trim(state.directory, through_lsn)
     return write_state(data_dir, state, lsn=reached, log_checksum=checksum, created_at_us=created_at_us)
 
 

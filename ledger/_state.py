@@ -36,6 +36,12 @@ class Directory:
     token_prefixes: dict[str, bytes] = field(default_factory=dict)
     # Insertion order is LSN order, so expiry pops from the front.
     idempotency: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
+    # Not state (no digest, no snapshot): older records brought back from the on-disk index
+    # for requests in flight (``ledger._key_index``), and the ``at_us`` of the oldest record in
+    # memory when expiry last looked (0: unknown), so that expiry does not walk the front of a
+    # big dict on every record.
+    recalled: dict[tuple[str, str], IdempotencyRecord] = field(default_factory=dict)
+    idempotency_front_us: int = 0
     # Routing indexes, derived from the shards' holds and withdrawals (rebuilt on load):
     # pending hold -> (sender, receiver, amount); withdrawal -> its wallet.
     hold_routes: dict[str, tuple[str, str, int]] = field(default_factory=dict)

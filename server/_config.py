@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ledger import MAILBOX_CAPACITY, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT
+from ledger import MAILBOX_CAPACITY, MEMORY_KEYS_DEFAULT, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT
 from server._edge import BODY_TIMEOUT_S, CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX
 from server.api import BATCHES_IN_FLIGHT_MAX
 
@@ -115,6 +115,9 @@ SERVE_OPTIONS = [
     Option(name="segment_bytes", parse=positive, default=64 * 1024 * 1024, help="WAL segment size before rolling"),
     Option(name="mailbox_capacity", parse=positive, default=MAILBOX_CAPACITY,
            help="commands waiting per shard before 503 overloaded"),
+    Option(name="idempotency_memory_keys", parse=non_negative, default=MEMORY_KEYS_DEFAULT,
+           help="idempotency records kept in memory (about 300 bytes each); older ones move to "
+                "<data>/idempotency.sqlite3 and are still honoured for 24 hours (0: keep all in memory)"),
     Option(name="read_timeout", parse=positive, default=30,
            help="seconds a connection may stay silent (mid-request or idle) before it is closed"),
     Option(name="max_in_flight", parse=positive, default=4096,

@@ -131,6 +131,20 @@ class _LedgerCollector:
                          wal.fsync_seconds_total)
         yield _histogram("wallet_wal_records_per_commit", "Records per group commit", BATCH_BUCKETS,
                          wal.batch_bucket_counts, wal.records_written)
+        yield GaugeMetricFamily("wallet_idempotency_keys_in_memory", "Idempotency records held in memory",
+                                value=len(ledger.directory.idempotency))
+        keys = ledger.keys
+        if keys is not None:
+            yield GaugeMetricFamily("wallet_idempotency_index_lsn",
+                                    "LSN through which idempotency records are in the on-disk index",
+                                    value=keys.index.through_lsn)
+            yield CounterMetricFamily("wallet_idempotency_spilled", "Idempotency records moved to the on-disk index",
+                                      value=keys.spilled)
+            yield CounterMetricFamily("wallet_idempotency_recalled",
+                                      "Idempotency records found in the on-disk index for a request",
+                                      value=keys.recalled)
+            yield CounterMetricFamily("wallet_idempotency_index_failures",
+                                      "Failed writes to the on-disk idempotency index", value=keys.failures)
         history = ledger.history.statistics()
         yield GaugeMetricFamily("wallet_history_lsn", "LSN the history read model reached", value=history.applied_lsn)
         yield GaugeMetricFamily("wallet_history_lag_records", "Durable records not yet in the history",

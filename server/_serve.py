@@ -37,6 +37,7 @@ from hypercorn.config import Config
 
 from ledger import (
     MAILBOX_CAPACITY,
+    MEMORY_KEYS_DEFAULT,
     SHARDS_DEFAULT,
     SNAPSHOT_EVERY_DEFAULT,
     Ledger,
@@ -92,6 +93,7 @@ class ServeOptions:
     snapshot_every: int = SNAPSHOT_EVERY_DEFAULT
     archive: bool = False
     mailbox_capacity: int = MAILBOX_CAPACITY
+    idempotency_memory_keys: int = MEMORY_KEYS_DEFAULT  # 0: every record stays in memory
     read_timeout_s: int = READ_TIMEOUT_S
     max_in_flight: int = 4096
     max_connections: int = CONNECTIONS_MAX
@@ -371,6 +373,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
                     recovered, data_dir, shards=options.shards,
                     segment_bytes_max=options.segment_bytes_max,
                     mailbox_capacity=options.mailbox_capacity,
+                    memory_keys=options.idempotency_memory_keys or None,
                 )
                 replayed, recovery_s = recovered.scan.records, recovered.seconds
                 # The shards own the wallets now: drop the recovered state's own dict of them

@@ -1,0 +1,196 @@
+"""The running ledger's two tiers of idempotency records: memory capped, the rest on disk.
+
+``ledger._key_index`` has the rule and the file. Here is what a running ledger does with them:
+
+- **Spill.** When memory holds more than ``memory_keys`` records, the oldest durable ones
+  (whole LSNs, in log order) are written to the index, ``through_lsn`` is advanced in the same
+  durable transaction, and only then are they deleted from memory. Records a request in flight
+  has pinned stay in memory until it is answered (see below).
+- **Recall.** Before a keyed command is sent to its shard (a single request under the in-flight
+  guard, or every item of a batch), its keys are **pinned**, and those not in memory are looked
+  up in the index; what is found goes to ``Directory.recalled``, which the shard's decision
+  consults exactly like memory. Lookups of concurrent requests share one SQLite query (one
+  round at a time, in a worker thread). A pinned key cannot be spilled between the check and the
+  decision, so the decision never misses a record that exists: that is what keeps a retried key
+  from executing twice while its record moves to disk.
+- **Expire.** Every minute, rows past the 24-hour horizon are deleted from the index.
+
+While the index holds no row, nothing is looked up: a ledger below its memory cap pays only
+the pins.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import anyio
+import anyio.lowlevel
+
+from ledger._key_index import Key, KeyIndex
+from ledger._model import IDEMPOTENCY_RETENTION_US, IdempotencyRecord
+from ledger._state import Directory
+from wal import StorageFailed, WriteAheadLog
+
+log = logging.getLogger("ledger.keys")
+
+MEMORY_KEYS_DEFAULT = 1_000_000  # about 300 MB of records
+SPILL_INTERVAL_MS = 200
+SPILL_CHUNK = 20_000  # records per index transaction (and per synchronous step deleting them)
+EXPIRE_INTERVAL_S = 60
+SPILL_RETRY_S = 1
+
+
+class _Round:
+    """One shared lookup: its keys, then ``done`` (with ``error`` if it failed)."""
+
+    __slots__ = ("done", "error", "keys")
+
+    def __init__(self) -> None:
+        self.keys: list[Key] = []
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class KeyTier:
+    def __init__(self, directory: Directory, index: KeyIndex, *, memory_keys: int) -> None:
+        assert memory_keys >= 1
+        self._directory = directory
+        self.index = index
+        self.memory_keys = memory_keys
+        self._pins: dict[Key, int] = {}
+        self._round = _Round()
+        self._wanted = anyio.Event()
+        self._limiter = anyio.CapacityLimiter(1)
+        self.spilled = 0
+        self.recalled = 0
+        self.failures = 0
+
+    # -- requests --------------------------------------------------------------------------
+
+    def pin(self, keys: Iterable[Key]) -> None:
+        pins = self._pins
+        for key in keys:
+            pins[key] = pins.get(key, 0) + 1
+
+    def unpin(self, keys: Iterable[Key]) -> None:
+        pins = self._pins
+        directory = self._directory
+        through = self.index.through_lsn
+        for key in keys:
+            count = pins[key] - 1
+            if count:
+                pins[key] = count
+                continue
+            del pins[key]
+            directory.recalled.pop(key, None)
+            # A record that stayed in memory only because this request pinned it while it was
+            # spilled: the index has it now.
+            record = directory.idempotency.get(key)
+            if record is not None and record.lsn <= through:
+                del directory.idempotency[key]
+
+    async def recall(self, keys: Iterable[Key]) -> None:
+        """Brings back from the index the records of pinned ``keys`` that memory lacks. Raises
+        StorageFailed if the index cannot be read (the request must not go on as if its key
+        were new)."""
+        if not self.index.maybe_holds:
+            return
+        memory = self._directory.idempotency
+        recalled = self._directory.recalled
+        missing = [key for key in keys if key not in memory and key not in recalled]
+        if not missing:
+            return
+        round_ = self._round
+        round_.keys.extend(missing)
+        self._wanted.set()
+        with anyio.CancelScope(shield=True):
+            await round_.done.wait()
+        if round_.error is not None:
+            raise StorageFailed(f"the idempotency index cannot be read: {round_.error}") from round_.error
+
+    # -- background ----------------------------------------------------------------------
+
+    async def run(self, wal: WriteAheadLog) -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._read)
+            group.start_soon(self._expire)
+            await self._spill(wal)
+
+    async def _read(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted = anyio.Event()
+            round_, self._round = self._round, _Round()
+            horizon = self._directory.at_us - IDEMPOTENCY_RETENTION_US
+            try:
+                found = await anyio.to_thread.run_sync(
+                    self.index.lookup, set(round_.keys), horizon, limiter=self._limiter
+                )
+            except Exception as error:  # handed to every waiting request
+                log.error("idempotency index lookup failed: %s", error)
+                round_.error = error
+                round_.done.set()
+                continue
+            memory = self._directory.idempotency
+            recalled = self._directory.recalled
+            for key, record in found.items():
+                if key in self._pins and key not in memory:
+                    recalled[key] = record
+            self.recalled += len(found)
+            round_.done.set()
+
+    async def _spill(self, wal: WriteAheadLog) -> None:
+        while True:
+            try:
+                moved = await self.spill_once(wal)
+            except Exception as error:  # memory only grows past the cap meanwhile
+                log.error("idempotency index write failed (records stay in memory): %s", error)
+                self.failures += 1
+                await anyio.sleep(SPILL_RETRY_S)
+                continue
+            if moved:
+                await anyio.lowlevel.checkpoint()
+            else:
+                await anyio.sleep(SPILL_INTERVAL_MS / 1000)
+
+    async def spill_once(self, wal: WriteAheadLog) -> bool:
+        """Moves up to ``SPILL_CHUNK`` of the oldest durable records past the memory cap to the
+        index. True if it moved any."""
+        records = self._directory.idempotency
+        excess = len(records) - self.memory_keys
+        if excess <= 0:
+            return False
+        durable = wal.durable_lsn
+        through = self.index.through_lsn
+        take = min(excess, SPILL_CHUNK)
+        chunk: list[tuple[Key, IdempotencyRecord]] = []
+        for key, record in records.items():
+            lsn = record.lsn
+            if lsn <= through:
+                continue  # stayed for a pin; on disk already
+            if lsn > durable or (len(chunk) >= take and lsn != chunk[-1][1].lsn):
+                break  # never past the durable log, and whole LSNs (a batch's items share one)
+            chunk.append((key, record))
+        if not chunk:
+            return False
+        new_through = chunk[-1][1].lsn
+        await anyio.to_thread.run_sync(self.index.write, chunk, new_through, limiter=self._limiter)
+        records = self._directory.idempotency
+        pins = self._pins
+        for key, record in chunk:
+            if key not in pins and records.get(key) is record:
+                del records[key]
+        self.spilled += len(chunk)
+        return True
+
+    async def _expire(self) -> None:
+        while True:
+            await anyio.sleep(EXPIRE_INTERVAL_S)
+            horizon = self._directory.at_us - IDEMPOTENCY_RETENTION_US
+            removed = await anyio.to_thread.run_sync(self.index.expire, horizon, limiter=self._limiter)
+            if removed:
+                log.info("idempotency index: %d expired keys removed", removed)
+
+    def close(self) -> None:
+        self.index.close()
