@@ -53,8 +53,11 @@ def index_path(data_dir: Path) -> Path:
 
 
 class KeyIndex:
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, reader: sqlite3.Connection) -> None:
         self._connection = connection
+        # Lookups read through a connection of their own (WAL mode: readers do not wait for the
+        # writer), so a request never waits behind a spill.
+        self._reader = reader
         row = connection.execute("SELECT value FROM meta WHERE name = 'through_lsn'").fetchone()
         self.through_lsn: int = 0 if row is None else row[0]
         # False while the file holds no row: lookups are skipped (every fresh key would miss).
@@ -74,9 +77,11 @@ class KeyIndex:
         connection.execute("PRAGMA synchronous=FULL")
         for statement in _SCHEMA:
             connection.execute(statement)
-        return cls(connection)
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        return cls(connection, reader)
 
     def close(self) -> None:
+        self._reader.close()
         self._connection.close()
 
     def write(self, records: list[tuple[Key, IdempotencyRecord]], through_lsn: int) -> None:
@@ -111,7 +116,7 @@ class KeyIndex:
             # CROSS JOIN keeps the wanted keys as the outer loop, so each is one primary-key
             # search (about 4 us a key at 2,000,000 rows); the planner's choice for a row-value
             # ``IN (VALUES ...)`` scanned the table (15 ms a key).
-            cursor = self._connection.execute(
+            cursor = self._reader.execute(
                 f"WITH wanted (scope, key) AS (VALUES {values})"
                 " SELECT keys.scope, keys.key, fingerprint, lsn, at_us, event FROM wanted"
                 " CROSS JOIN keys ON keys.scope = wanted.scope AND keys.key = wanted.key"

@@ -36,7 +36,7 @@ log = logging.getLogger("ledger.keys")
 
 MEMORY_KEYS_DEFAULT = 1_000_000  # about 300 MB of records
 SPILL_INTERVAL_MS = 200
-SPILL_CHUNK = 20_000  # records per index transaction (and per synchronous step deleting them)
+SPILL_CHUNK = 5_000  # records per index transaction (and per synchronous step deleting them)
 EXPIRE_INTERVAL_S = 60
 SPILL_RETRY_S = 1
 
@@ -61,7 +61,9 @@ class KeyTier:
         self._pins: dict[Key, int] = {}
         self._round = _Round()
         self._wanted = anyio.Event()
+        # One thread at a time per connection: the writer's (spill, expiry) and the reader's.
         self._limiter = anyio.CapacityLimiter(1)
+        self._read_limiter = anyio.CapacityLimiter(1)
         self.spilled = 0
         self.recalled = 0
         self.failures = 0
@@ -125,7 +127,7 @@ class KeyTier:
             horizon = self._directory.at_us - IDEMPOTENCY_RETENTION_US
             try:
                 found = await anyio.to_thread.run_sync(
-                    self.index.lookup, set(round_.keys), horizon, limiter=self._limiter
+                    self.index.lookup, set(round_.keys), horizon, limiter=self._read_limiter
                 )
             except Exception as error:  # handed to every waiting request
                 log.error("idempotency index lookup failed: %s", error)
