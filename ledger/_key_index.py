@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ledger._codec import decode_event, encode_event
@@ -129,6 +129,10 @@ class KeyIndex:
         self.lookups += len(wanted)
         self.found += len(found)
         return found
+
+    def keys(self) -> Iterator[Key]:
+        """Every key in the file (to build the tier's filter); through the writer's connection."""
+        yield from self._connection.execute("SELECT scope, key FROM keys")
 
     def expire(self, horizon_us: int) -> int:
         """Deletes the rows older than the retention horizon; returns how many."""

@@ -41,6 +41,57 @@ EXPIRE_INTERVAL_S = 60
 SPILL_RETRY_S = 1
 
 
+class KeyFilter:
+    """A Bloom filter over the keys in the index, so that a fresh key (nearly every request)
+    skips the lookup: no false negatives, about 0.15% false positives per filter (16 bits and 5
+    probes a key: 2 bytes, against about 300 for a record in memory). It grows by adding
+    filters of twice the previous capacity (false positives add up over them: about 1.5% with
+    the eleven that 24 hours at 1,000 keys/s take). Python's
+    ``hash`` is salted per process, so it is rebuilt from the index at every start (until then,
+    lookups go to the index)."""
+
+    BITS_PER_KEY = 16
+    PROBES = 5
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self._filters: list[tuple[bytearray, int]] = []
+        self._capacity = capacity
+        self._count = 0  # keys in the newest filter
+        self.keys = 0
+        self._grow()
+
+    def _grow(self) -> None:
+        if self._filters:
+            self._capacity *= 2
+        nbits = self._capacity * self.BITS_PER_KEY
+        self._filters.append((bytearray((nbits + 7) // 8), nbits))
+        self._count = 0
+
+    def add(self, key: Key) -> None:
+        if self._count >= self._capacity:
+            self._grow()
+        bits, nbits = self._filters[-1]
+        value = hash(key) & 0xFFFF_FFFF_FFFF_FFFF
+        first, step = value & 0xFFFF_FFFF, (value >> 32) | 1
+        for probe in range(self.PROBES):
+            bit = (first + probe * step) % nbits
+            bits[bit >> 3] |= 1 << (bit & 7)
+        self._count += 1
+        self.keys += 1
+
+    def __contains__(self, key: Key) -> bool:
+        value = hash(key) & 0xFFFF_FFFF_FFFF_FFFF
+        first, step = value & 0xFFFF_FFFF, (value >> 32) | 1
+        for bits, nbits in self._filters:
+            for probe in range(self.PROBES):
+                bit = (first + probe * step) % nbits
+                if not bits[bit >> 3] & (1 << (bit & 7)):
+                    break
+            else:
+                return True
+        return False
+
+
 class _Round:
     """One shared lookup: its keys, then ``done`` (with ``error`` if it failed)."""
 
@@ -64,8 +115,13 @@ class KeyTier:
         # One thread at a time per connection: the writer's (spill, expiry) and the reader's.
         self._limiter = anyio.CapacityLimiter(1)
         self._read_limiter = anyio.CapacityLimiter(1)
+        # None until built from the index (at start and after expiry removed many rows):
+        # meanwhile every key memory lacks is looked up.
+        self.filter: KeyFilter | None = None
+        self._expired_since_build = 0
         self.spilled = 0
         self.recalled = 0
+        self.skipped = 0  # lookups the filter saved
         self.failures = 0
 
     # -- requests --------------------------------------------------------------------------
@@ -101,6 +157,11 @@ class KeyTier:
         memory = self._directory.idempotency
         recalled = self._directory.recalled
         missing = [key for key in keys if key not in memory and key not in recalled]
+        key_filter = self.filter
+        if key_filter is not None and missing:
+            wanted = [key for key in missing if key in key_filter]
+            self.skipped += len(missing) - len(wanted)
+            missing = wanted
         if not missing:
             return
         round_ = self._round
@@ -114,10 +175,26 @@ class KeyTier:
     # -- background ----------------------------------------------------------------------
 
     async def run(self, wal: WriteAheadLog) -> None:
+        await self._build_filter()
         async with anyio.create_task_group() as group:
             group.start_soon(self._read)
             group.start_soon(self._expire)
             await self._spill(wal)
+
+    async def _build_filter(self) -> None:
+        """Builds the filter from the index's keys, holding the writer's turn so that no spill
+        commits during the scan (what a spill adds after it goes into the new filter)."""
+        self.filter = None
+        async with self._limiter:
+            built = await anyio.to_thread.run_sync(self._scan_into_filter)
+        self.filter = built
+        self._expired_since_build = 0
+
+    def _scan_into_filter(self) -> KeyFilter:
+        built = KeyFilter()
+        for key in self.index.keys():
+            built.add(key)
+        return built
 
     async def _read(self) -> None:
         while True:
@@ -180,7 +257,11 @@ class KeyTier:
         await anyio.to_thread.run_sync(self.index.write, chunk, new_through, limiter=self._limiter)
         records = self._directory.idempotency
         pins = self._pins
+        key_filter = self.filter
+        # In the same step as the deletions: a key is in memory or in the filter at every instant.
         for key, record in chunk:
+            if key_filter is not None:
+                key_filter.add(key)
             if key not in pins and records.get(key) is record:
                 del records[key]
         self.spilled += len(chunk)
@@ -193,6 +274,10 @@ class KeyTier:
             removed = await anyio.to_thread.run_sync(self.index.expire, horizon, limiter=self._limiter)
             if removed:
                 log.info("idempotency index: %d expired keys removed", removed)
+                # Expired keys stay in the filter as false positives: rebuild once they are many.
+                self._expired_since_build += removed
+                if self.filter is not None and self._expired_since_build * 2 > self.filter.keys:
+                    await self._build_filter()
 
     def close(self) -> None:
         self.index.close()

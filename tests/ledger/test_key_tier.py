@@ -65,6 +65,7 @@ async def test_keys_past_the_cap_move_to_disk_and_still_replay(tmp_path: Path) -
         await _spilled(ledger)
         assert ledger.keys is not None and ledger.keys.index.through_lsn > 0
         before = await _balances(ledger, ["a", "b"])
+        assert ledger.keys.filter is not None and ledger.keys.filter.keys >= KEYS - CAP
         for n, original in enumerate(originals):
             # A retry under the same key, even with a new transaction id, replays the original.
             again = await ledger.transfer(transfer(1000 + n, "a", "b", 1, key=f"k{n}"))
@@ -77,6 +78,10 @@ async def test_keys_past_the_cap_move_to_disk_and_still_replay(tmp_path: Path) -
         # What was brought back for the requests is gone with them; memory stayed at the cap.
         assert not ledger.directory.recalled
         assert len(ledger.directory.idempotency) <= CAP
+        # A fresh key is not looked up: the filter knows every key on disk.
+        skipped = ledger.keys.skipped
+        assert isinstance(await ledger.transfer(transfer(2001, "a", "b", 1, key="fresh")), Committed)
+        assert ledger.keys.skipped == skipped + 1
         await ledger.stop()
 
 
@@ -233,3 +238,15 @@ def _committed_event() -> object:
         transaction_id="t", type=TransactionType.TRANSFER, from_wallet_id="a", to_wallet_id="b", asset="USD",
         amount=1, description=None, metadata=None, at_us=1, idempotency=None,
     )
+
+
+def test_the_filter_has_no_false_negatives_and_few_false_positives() -> None:
+    from ledger._key_tier import KeyFilter
+
+    key_filter = KeyFilter(capacity=1000)  # grows several times below
+    added = [("owner", f"key-{n}") for n in range(50_000)]
+    for key in added:
+        key_filter.add(key)
+    assert all(key in key_filter for key in added)
+    false_positives = sum(("owner", f"other-{n}") in key_filter for n in range(50_000))
+    assert false_positives < 50_000 * 0.02, false_positives
