@@ -297,7 +297,8 @@ class Ledger:
         self.events.feed(records)
 
     def _backlogged(self) -> bool:
-        return self.wal.backlogged() or self.history.backlogged()
+        return (self.wal.backlogged() or self.history.backlogged()
+                or (self.keys is not None and self.keys.backlogged()))
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Runs the WAL writer, the history projector and the shard actors until ``stop`` (or

@@ -250,3 +250,21 @@ def test_the_filter_has_no_false_negatives_and_few_false_positives() -> None:
     assert all(key in key_filter for key in added)
     false_positives = sum(("owner", f"other-{n}") in key_filter for n in range(50_000))
     assert false_positives < 50_000 * 0.02, false_positives
+
+
+async def test_a_spill_that_falls_behind_refuses_new_commands(tmp_path: Path) -> None:
+    from ledger import IdempotencyRecord, Overloaded
+    from ledger._key_tier import SPILL_CHUNK
+
+    ledger = await _open(tmp_path, memory_keys=1)
+    ledger.shards[0].check_room()  # room
+    event = _committed_event()
+    for n in range(2 + SPILL_CHUNK + 1):  # more than twice the cap, plus a chunk
+        ledger.directory.idempotency[("s", f"k{n}")] = IdempotencyRecord(fingerprint=b"f", lsn=0, at_us=0, event=event)
+    with pytest.raises(Overloaded):
+        ledger.shards[0].check_room()
+    ledger.directory.idempotency.popitem()
+    ledger.shards[0].check_room()
+    assert ledger.keys is not None
+    ledger.keys.close()
+    await ledger.history.aclose()
