@@ -141,8 +141,15 @@ def test_every_route_handler_is_async() -> None:
     assert not offenders, offenders
 
 
+# The idempotency tier's Bloom filter lives in one process's memory, is rebuilt from the index at
+# every start and routes nothing: a salted hash is what it wants.
+HASH_ALLOWED = {"ledger/_key_tier.py"}
+
+
 def test_python_hash_is_not_used_for_sharding() -> None:
     for path in sources("ledger"):
+        if str(path.relative_to(ROOT)) in HASH_ALLOWED:
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 assert node.func.id != "hash", f"{path}: salted hash() must not route wallets"
