@@ -28,6 +28,7 @@ import anyio
 import anyio.lowlevel
 
 from ledger._key_index import Key, KeyIndex
+from ledger._messages import Overloaded
 from ledger._model import IDEMPOTENCY_RETENTION_US, IdempotencyRecord
 from ledger._state import Directory
 from wal import StorageFailed, WriteAheadLog
@@ -122,6 +123,7 @@ class KeyTier:
         self.spilled = 0
         self.recalled = 0
         self.skipped = 0  # lookups the filter saved
+        self.refused = 0  # requests refused while the spill was behind
         self.failures = 0
 
     # -- requests --------------------------------------------------------------------------
@@ -172,12 +174,14 @@ class KeyTier:
         if round_.error is not None:
             raise StorageFailed(f"the idempotency index cannot be read: {round_.error}") from round_.error
 
-    def backlogged(self) -> bool:
-        """True when spilling fell behind by more than the cap (plus a chunk): new commands are
-        refused with ``Overloaded`` until it catches up, so memory stays bounded at any
-        sustained rate (about 25,000 records/s spill on this machine while the ledger is
-        saturated, about 100,000/s when it is idle)."""
-        return len(self._directory.idempotency) > 2 * self.memory_keys + SPILL_CHUNK
+    def check_room(self) -> None:
+        """Raises ``Overloaded`` when spilling fell behind by more than the cap (plus a chunk):
+        requests that would add keys are refused until it catches up, so memory stays bounded
+        at any sustained rate (about 25,000 records/s spill on this machine while the ledger is
+        saturated, about 100,000/s when it is idle). Reads and unkeyed commands go on."""
+        if len(self._directory.idempotency) > 2 * self.memory_keys + SPILL_CHUNK:
+            self.refused += 1
+            raise Overloaded("idempotency records are waiting to move to disk")
 
     # -- background ----------------------------------------------------------------------
 

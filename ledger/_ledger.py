@@ -297,8 +297,7 @@ class Ledger:
         self.events.feed(records)
 
     def _backlogged(self) -> bool:
-        return (self.wal.backlogged() or self.history.backlogged()
-                or (self.keys is not None and self.keys.backlogged()))
+        return self.wal.backlogged() or self.history.backlogged()
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Runs the WAL writer, the history projector and the shard actors until ``stop`` (or
@@ -390,6 +389,7 @@ class Ledger:
         try:
             if tier is None:
                 return await self._wait(submit())
+            tier.check_room()
             tier.pin((key,))
             try:
                 await tier.recall((key,))
@@ -431,6 +431,8 @@ class Ledger:
             if atomic:
                 return await self._atomic(commands)
             return await self._wait(self.submit_batch(commands))
+        if keys:
+            tier.check_room()
         tier.pin(keys)
         try:
             await tier.recall(keys)

@@ -252,19 +252,30 @@ def test_the_filter_has_no_false_negatives_and_few_false_positives() -> None:
     assert false_positives < 50_000 * 0.02, false_positives
 
 
-async def test_a_spill_that_falls_behind_refuses_new_commands(tmp_path: Path) -> None:
+async def test_a_spill_that_falls_behind_refuses_keyed_requests_only(tmp_path: Path) -> None:
     from ledger import IdempotencyRecord, Overloaded
     from ledger._key_tier import SPILL_CHUNK
 
     ledger = await _open(tmp_path, memory_keys=1)
-    ledger.shards[0].check_room()  # room
-    event = _committed_event()
-    for n in range(2 + SPILL_CHUNK + 1):  # more than twice the cap, plus a chunk
-        ledger.directory.idempotency[("s", f"k{n}")] = IdempotencyRecord(fingerprint=b"f", lsn=0, at_us=0, event=event)
-    with pytest.raises(Overloaded):
-        ledger.shards[0].check_room()
-    ledger.directory.idempotency.popitem()
-    ledger.shards[0].check_room()
-    assert ledger.keys is not None
-    ledger.keys.close()
-    await ledger.history.aclose()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        await setup(ledger, ["a", "b"], deposit=1000)
+        event = _committed_event()
+        lsn = ledger.wal.durable_lsn + 1_000_000  # never durable: the spill cannot move them
+        for n in range(2 + SPILL_CHUNK + 1):  # more than twice the cap, plus a chunk
+            ledger.directory.idempotency[("x", f"k{n}")] = IdempotencyRecord(
+                fingerprint=b"f", lsn=lsn, at_us=0, event=event
+            )
+        with pytest.raises(Overloaded):
+            await ledger.transfer(transfer(1, "a", "b", 1, key="new"))
+        with pytest.raises(Overloaded):
+            await ledger.transfer_batch([transfer(2, "a", "b", 1, key="new2")], atomic=False)
+        # Reads and requests without keys go on.
+        assert (await ledger.wallet("a")).balance == 1000
+        assert isinstance(await ledger.transfer(transfer(3, "a", "b", 1)), Committed)
+        for n in range(SPILL_CHUNK):
+            del ledger.directory.idempotency[("x", f"k{n}")]
+        assert isinstance(await ledger.transfer(transfer(4, "a", "b", 1, key="new")), Committed)
+        for key in [key for key in ledger.directory.idempotency if key[0] == "x"]:
+            del ledger.directory.idempotency[key]
+        await ledger.stop()
