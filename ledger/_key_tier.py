@@ -22,7 +22,7 @@ the pins.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import anyio
 import anyio.lowlevel
@@ -104,6 +104,27 @@ class _Round:
         self.error: BaseException | None = None
 
 
+class _Holding:
+    __slots__ = ("_keys", "_tier")
+
+    def __init__(self, tier: KeyTier, keys: Collection[Key]) -> None:
+        self._tier = tier
+        self._keys = keys
+
+    async def __aenter__(self) -> None:
+        tier = self._tier
+        tier.check_room()
+        tier.pin(self._keys)
+        try:
+            await tier.recall(self._keys)
+        except BaseException:
+            tier.unpin(self._keys)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._tier.unpin(self._keys)
+
+
 class KeyTier:
     def __init__(self, directory: Directory, index: KeyIndex, *, memory_keys: int) -> None:
         assert memory_keys >= 1
@@ -127,6 +148,12 @@ class KeyTier:
         self.failures = 0
 
     # -- requests --------------------------------------------------------------------------
+
+    def holding(self, keys: Collection[Key]) -> _Holding:
+        """``async with tier.holding(keys):`` around sending a command: refuses while the spill
+        is behind (``check_room``), pins the keys and recalls the ones memory lacks; unpins on
+        the way out."""
+        return _Holding(self, keys)
 
     def pin(self, keys: Iterable[Key]) -> None:
         pins = self._pins

@@ -389,13 +389,8 @@ class Ledger:
         try:
             if tier is None:
                 return await self._wait(submit())
-            tier.check_room()
-            tier.pin((key,))
-            try:
-                await tier.recall((key,))
+            async with tier.holding((key,)):
                 return await self._wait(submit())
-            finally:
-                tier.unpin((key,))
         finally:
             del self._in_flight[key]
             done.set()
@@ -427,20 +422,15 @@ class Ledger:
         keys = [(c.idempotency.scope, c.idempotency.key) for c in commands if c.idempotency is not None]
         assert len(set(keys)) == len(keys), "idempotency keys repeat within the batch"
         tier = self.keys
-        if tier is None:
-            if atomic:
-                return await self._atomic(commands)
-            return await self._wait(self.submit_batch(commands))
-        if keys:
-            tier.check_room()
-        tier.pin(keys)
-        try:
-            await tier.recall(keys)
-            if atomic:
-                return await self._atomic(commands)
-            return await self._wait(self.submit_batch(commands))
-        finally:
-            tier.unpin(keys)
+        if tier is None or not keys:
+            return await self._post_batch(commands, atomic=atomic)
+        async with tier.holding(keys):
+            return await self._post_batch(commands, atomic=atomic)
+
+    async def _post_batch(self, commands: list[Transfer], *, atomic: bool) -> list[ItemOutcome] | BatchFailed:
+        if atomic:
+            return await self._atomic(commands)
+        return await self._wait(self.submit_batch(commands))
 
     def submit_batch(self, commands: list[Transfer]) -> BatchReply:
         """The synchronous half of a non-atomic batch: one message per receiving shard, or
