@@ -120,6 +120,10 @@ from ledger._recovery import (
     replay_until,
     take_transactions,
 )
+from ledger._search import METADATA_FILTERS_MAX as SEARCH_METADATA_FILTERS_MAX
+from ledger._search import METADATA_KEY_PATTERN as SEARCH_METADATA_KEY_PATTERN
+from ledger._search import METADATA_VALUE_CHARS_MAX as SEARCH_METADATA_VALUE_CHARS_MAX
+from ledger._search import TransactionQuery
 from ledger._shard import MAILBOX_CAPACITY, Shard
 from ledger._snapshot import SNAPSHOT_CODEC_VERSION, count_records, decode_state, encode_state
 from ledger._state import Directory, State, index_holds, new_state
@@ -143,6 +147,9 @@ __all__ = [
     "PROJECTOR_BATCH_MAX",
     "RECORD_BYTES_MAX",
     "SCALE_MAX",
+    "SEARCH_METADATA_FILTERS_MAX",
+    "SEARCH_METADATA_KEY_PATTERN",
+    "SEARCH_METADATA_VALUE_CHARS_MAX",
     "SHARDS_DEFAULT",
     "SNAPSHOT_CODEC_VERSION",
     "SNAPSHOT_EVERY_DEFAULT",
@@ -199,6 +206,7 @@ __all__ = [
     "Token",
     "TokenCreated",
     "TokenRevoked",
+    "TransactionQuery",
     "TransactionRow",
     "TransactionStatus",
     "TransactionType",

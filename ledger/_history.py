@@ -56,11 +56,19 @@ from ledger._model import (
     VoidReason,
     WalletCreated,
 )
+from ledger._search import (
+    METADATA_SQL,
+    ROW_COLUMNS,
+    SearchPage,
+    TransactionQuery,
+    search,
+    searchable_metadata,
+)
 from ledger._sqlite import AsyncioThread, Native, running_asyncio_loop
 
 log = logging.getLogger("history")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Transactions (see ``weight``) per projector transaction, at least one record.
 BATCH_RECORDS_MAX = 5000
 # Durable transactions waiting for the projector beyond which writers are told to back off.
@@ -72,14 +80,27 @@ CACHE_KIB = 256 * 1024  # SQLite page cache of the read model
 READER_CACHE_KIB = 32 * 1024  # per read-only connection of an HTTP worker
 _IN_CHUNK = 500  # SQLite's bound-parameter limit is generous, but keep IN lists short
 
+# Transaction search (``ledger._search``, ADR 0009): indexes on ``transactions``, whose integer
+# primary key ``pos`` is the creation position (so each index entry also carries it, in order),
+# and the searchable metadata values.
+SEARCH_SCHEMA = """
+CREATE INDEX IF NOT EXISTS transactions_by_from ON transactions (from_wallet_id);
+CREATE INDEX IF NOT EXISTS transactions_by_to ON transactions (to_wallet_id);
+CREATE INDEX IF NOT EXISTS transactions_by_type ON transactions (type);
+CREATE INDEX IF NOT EXISTS transactions_by_status ON transactions (status);
+CREATE TABLE IF NOT EXISTS transaction_metadata (
+    key TEXT NOT NULL, value TEXT NOT NULL, pos INTEGER NOT NULL, PRIMARY KEY (key, value, pos)
+) WITHOUT ROWID;
+"""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS transactions (
-    id TEXT PRIMARY KEY, lsn INTEGER NOT NULL, type INTEGER NOT NULL,
+    pos INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, lsn INTEGER NOT NULL, type INTEGER NOT NULL,
     from_wallet_id TEXT NOT NULL, to_wallet_id TEXT NOT NULL, asset TEXT NOT NULL,
     amount INTEGER NOT NULL, description TEXT, metadata TEXT, at_us INTEGER NOT NULL,
     status INTEGER NOT NULL DEFAULT 0
 );
+""" + SEARCH_SCHEMA + """
 CREATE TABLE IF NOT EXISTS entries (
     wallet_id TEXT NOT NULL, pos INTEGER NOT NULL, transaction_id TEXT NOT NULL,
     type INTEGER NOT NULL, direction INTEGER NOT NULL, amount INTEGER NOT NULL,
@@ -112,6 +133,27 @@ INSERT INTO entries_v2 SELECT wallet_id, lsn << {POSITION_BITS}, transaction_id,
 DROP TABLE entries;
 ALTER TABLE entries_v2 RENAME TO entries;
 UPDATE meta SET value = 2 WHERE key = 'schema';
+"""
+# Schema 2 -> 3 (one transaction, on open): transactions keyed by their creation position for
+# search, with its indexes and the metadata table. Schema 2 did not keep that position, but its
+# rowids count the rows in insertion order, which is log order (rows are only ever appended,
+# then updated in place), and each is below every later position (a record holds fewer than
+# 2**POSITION_BITS transactions): they become the positions of the migrated rows.
+MIGRATE_2_TO_3 = f"""
+CREATE TABLE transactions_v3 (
+    pos INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, lsn INTEGER NOT NULL, type INTEGER NOT NULL,
+    from_wallet_id TEXT NOT NULL, to_wallet_id TEXT NOT NULL, asset TEXT NOT NULL,
+    amount INTEGER NOT NULL, description TEXT, metadata TEXT, at_us INTEGER NOT NULL,
+    status INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO transactions_v3 SELECT rowid, id, lsn, type, from_wallet_id, to_wallet_id, asset, amount,
+    description, metadata, at_us, status FROM transactions ORDER BY rowid;
+DROP TABLE transactions;
+ALTER TABLE transactions_v3 RENAME TO transactions;
+{SEARCH_SCHEMA}
+INSERT INTO transaction_metadata SELECT j.key, j.value, t.pos FROM transactions t, json_each(t.metadata) j
+    WHERE t.metadata IS NOT NULL AND {METADATA_SQL};
+UPDATE meta SET value = 3 WHERE key = 'schema';
 """
 
 DEBIT = 0
@@ -383,6 +425,7 @@ class History:
             ):
                 balances[wallet_id] = balance
         transactions = []
+        metadata_rows: list[tuple[str, str, int]] = []  # searchable (key, value, position) of the new transactions
         entries = []
         # Holds: rows inserted above are updated below, in this order, in the same transaction.
         resolved = []  # (status, amount, lsn, transaction id)
@@ -399,10 +442,12 @@ class History:
                 continue
             if isinstance(event, HoldCreated):
                 transactions.append(
-                    (event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
+                    (pos, event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
                      event.asset, event.amount, event.description,
                      None if event.metadata is None else json.dumps(event.metadata), event.at_us, pending)
                 )
+                if event.metadata:
+                    metadata_rows.extend((key, value, pos) for key, value in searchable_metadata(event.metadata))
                 # The sender's statement shows the hold; its balance does not move yet.
                 balance = balances[event.from_wallet_id] = balances.get(event.from_wallet_id, 0)
                 entries.append((event.from_wallet_id, pos, event.transaction_id, int(event.type), DEBIT,
@@ -413,10 +458,12 @@ class History:
                 dropped.append((event.from_wallet_id, event.created_lsn << POSITION_BITS))
             else:
                 transactions.append(
-                    (event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
+                    (pos, event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
                      event.asset, event.amount, event.description,
                      None if event.metadata is None else json.dumps(event.metadata), event.at_us, posted)
                 )
+                if event.metadata:
+                    metadata_rows.extend((key, value, pos) for key, value in searchable_metadata(event.metadata))
             sender = balances.get(event.from_wallet_id, 0) - event.amount
             receiver = balances.get(event.to_wallet_id, 0) + event.amount
             balances[event.from_wallet_id] = sender
@@ -430,8 +477,10 @@ class History:
         try:
             if transactions:
                 connection.executemany(
-                    "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?)", transactions
+                    "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", transactions
                 )
+            if metadata_rows:
+                connection.executemany("INSERT INTO transaction_metadata VALUES (?,?,?)", metadata_rows)
             if entries:
                 connection.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?)", entries)
             if touched:
@@ -472,16 +521,19 @@ class History:
         return await self._runner.call(query)
 
     async def transaction(self, transaction_id: str) -> TransactionRow | None:
-        rows = await self._all("SELECT * FROM transactions WHERE id = ?", (transaction_id,))
-        if not rows:
-            return None
-        (id_, lsn, type_, source, target, asset, amount, description, metadata, at_us, status) = rows[0]
-        return TransactionRow(
-            id=id_, lsn=lsn, type=TransactionType(type_), from_wallet_id=source, to_wallet_id=target,
-            asset=asset, amount=amount, description=description,
-            metadata=None if metadata is None else json.loads(metadata), at_us=at_us,
-            status=TransactionStatus(status),
-        )
+        rows = await self._all(f"SELECT {ROW_COLUMNS} FROM transactions WHERE id = ?", (transaction_id,))
+        return _transaction_row(rows[0]) if rows else None
+
+    async def search(self, query: TransactionQuery) -> tuple[list[TransactionRow], int | None]:
+        """One page of a transaction search (``ledger._search``), newest first, and the
+        position the next page continues below (None when there is nothing more)."""
+        page = await self._runner.call(self._search, query)
+        return [_transaction_row(row) for row in page.rows], page.next_before
+
+    async def _search(self, query: TransactionQuery) -> SearchPage:
+        # The whole page in one call on the connection's thread: a page is many small lookups.
+        page: SearchPage = await self._connection._execute(search, self._connection._conn, query)
+        return page
 
     async def entries(
         self,
@@ -573,6 +625,16 @@ class History:
         )
 
 
+def _transaction_row(row: tuple[Any, ...]) -> TransactionRow:
+    (_, id_, lsn, type_, source, target, asset, amount, description, metadata, at_us, status) = row
+    return TransactionRow(
+        id=id_, lsn=lsn, type=TransactionType(type_), from_wallet_id=source, to_wallet_id=target,
+        asset=asset, amount=amount, description=description,
+        metadata=None if metadata is None else json.loads(metadata), at_us=at_us,
+        status=TransactionStatus(status),
+    )
+
+
 async def _open(path: Path) -> tuple[aiosqlite.Connection, int]:
     connection = await aiosqlite.connect(path, isolation_level=None)
     try:
@@ -590,6 +652,9 @@ async def _open(path: Path) -> tuple[aiosqlite.Connection, int]:
             log.warning("%s: migrating the history read model from schema 1 to 2 (entry positions, statuses)", path)
             await connection.executescript("BEGIN;" + MIGRATE_1_TO_2 + "COMMIT;")
             schema = 2
+        if schema == 2:
+            await _migrate_2_to_3(connection, path)
+            schema = 3
         await connection.executescript(SCHEMA)
         if schema is None:
             await connection.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
@@ -601,6 +666,24 @@ async def _open(path: Path) -> tuple[aiosqlite.Connection, int]:
         await connection.close()
         raise
     return connection, 0 if row is None else int(row[0])
+
+
+async def _migrate_2_to_3(connection: aiosqlite.Connection, path: Path) -> None:
+    async with connection.execute("SELECT value FROM meta WHERE key = 'applied_lsn'") as cursor:
+        row = await cursor.fetchone()
+    applied = 0 if row is None else int(row[0])
+    async with connection.execute("SELECT count(*), max(rowid) FROM transactions") as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    count, last = row
+    # Every later position is at least (applied + 1) << POSITION_BITS: the rowids must stay below.
+    if last is not None and last >= (applied + 1) << POSITION_BITS:
+        raise RuntimeError(f"{path}: transaction rowid {last} is not below LSN {applied + 1}'s positions")
+    log.warning("%s: migrating the history read model from schema 2 to 3 (transaction search: %d transactions)",
+                path, count)
+    started = time.perf_counter()
+    await connection.executescript("BEGIN;" + MIGRATE_2_TO_3 + "COMMIT;")
+    log.warning("%s: migrated to schema 3 in %.1f s", path, time.perf_counter() - started)
 
 
 async def _open_readonly(path: Path) -> tuple[aiosqlite.Connection, int]:
@@ -625,7 +708,7 @@ async def _open_readonly(path: Path) -> tuple[aiosqlite.Connection, int]:
 
 async def _reset(connection: aiosqlite.Connection) -> None:
     await connection.execute("BEGIN")
-    for table in ("transactions", "entries", "balances", "wallets"):
+    for table in ("transactions", "transaction_metadata", "entries", "balances", "wallets"):
         await connection.execute(f"DELETE FROM {table}")
     await connection.execute("INSERT OR REPLACE INTO meta VALUES ('applied_lsn', 0)")
     await connection.commit()

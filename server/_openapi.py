@@ -12,7 +12,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ledger import AMOUNT_MAX, BATCH_ITEMS_MAX, DESCRIPTION_CHARS_MAX, SCALE_MAX
+from ledger import (
+    AMOUNT_MAX,
+    BATCH_ITEMS_MAX,
+    DESCRIPTION_CHARS_MAX,
+    SCALE_MAX,
+    SEARCH_METADATA_FILTERS_MAX,
+    SEARCH_METADATA_VALUE_CHARS_MAX,
+)
 
 ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"}
 USER_ID = {"type": "string", "pattern": r"^(?!treasury:)[A-Za-z0-9_.:-]{1,64}$"}
@@ -232,7 +239,7 @@ TAGS = [
     ("/v1/deposits", "deposits", "Money in from an asset's treasury (admin)"),
     ("/v1/transfers", "transfers", "Transfers, holds and batches"),
     ("/v1/withdrawals", "withdrawals", "Money out to a bank, paid asynchronously"),
-    ("/v1/transactions", "transactions", "Transactions by id"),
+    ("/v1/transactions", "transactions", "Transactions by id, and the search over all of them"),
     ("/v1/events", "events", "The committed event feed (admin)"),
     ("/v1/admin", "admin", "Operator actions (admin)"),
     ("/", "service", "Health, readiness and where the documentation is"),
@@ -454,6 +461,32 @@ def build() -> dict[str, Any]:
                     "422": {"description": "an atomic batch failed: nothing was posted",
                             "content": {"application/problem+json": {"schema": _ref("BatchFailed")}}},
                 },
+            }
+        },
+        "/v1/transactions": {
+            "get": {
+                "operationId": "searchTransactions",
+                "summary": "Search transactions, newest first: by wallet, type, status, time, amount and metadata",
+                "description": (
+                    "Filters combine with AND. `metadata.<key>=<value>` (e.g. `?metadata.order_id=A-17`) "
+                    "matches a transaction whose metadata holds that string under that top-level key, "
+                    f"exactly; repeat it with other keys, at most {SEARCH_METADATA_FILTERS_MAX}. A key is "
+                    "1-64 of A-Z a-z 0-9 _ -, a value at most "
+                    f"{SEARCH_METADATA_VALUE_CHARS_MAX} characters (longer stored values never match). "
+                    "`since`/`until` and the amounts are inclusive. An admin token sees every transaction; "
+                    "a user token those from or to a wallet of its owner (`wallet_id` of another owner's "
+                    "wallet: 403; of no wallet: 404). Pages never skip or repeat a transaction while new "
+                    "ones are written. A page examines a bounded number of rows: when the filters match "
+                    "rarely and are not indexed (`min_amount`/`max_amount`), it may hold fewer than `limit` "
+                    "items, even none, with a `next_cursor` to go on; only `next_cursor: null` means the "
+                    "end. Every bad parameter is listed in one 400."
+                ),
+                "parameters": [_query("wallet_id", ID),
+                               _query("type", {"enum": ["deposit", "transfer", "withdrawal"]}),
+                               _query("status", {"enum": ["posted", "pending", "voided", "failed"]}),
+                               _query("since", TIMESTAMP), _query("until", TIMESTAMP),
+                               _query("min_amount", AMOUNT), _query("max_amount", AMOUNT), LIMIT, CURSOR],
+                "responses": {"200": _json(_page("Transaction"), "newest first"), **_problems(403, 404)},
             }
         },
         "/v1/transactions/{transaction_id}": {

@@ -71,6 +71,7 @@ from ledger import (
     RequestWithdrawal,
     RevokeToken,
     Token,
+    TransactionQuery,
     TransactionRow,
     TransactionStatus,
     TransactionType,
@@ -110,6 +111,7 @@ class Status:
 
 
 w.register(Status)
+w.register(TransactionQuery)
 
 
 class LedgerPort(Protocol):
@@ -145,6 +147,7 @@ class LedgerPort(Protocol):
                       status: TransactionStatus | None, since_us: int | None,
                       until_us: int | None) -> list[Entry]: ...
     async def balance_at(self, wallet_id: str, at_us: int) -> int: ...
+    async def search_transactions(self, query: TransactionQuery) -> tuple[list[TransactionRow], int | None]: ...
     async def wallet_ids(self, owner_id: str | None, asset: str | None, after_lsn: int,
                          limit: int) -> list[tuple[int, str]]: ...
     async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Event]]: ...
@@ -284,6 +287,10 @@ class LocalPort:
     async def balance_at(self, wallet_id: str, at_us: int) -> int:
         return await (await self._projected()).balance_at(wallet_id, at_us)
 
+    async def search_transactions(self, query: TransactionQuery) -> tuple[list[TransactionRow], int | None]:
+        """A page of ``GET /v1/transactions`` and the position the next one starts below."""
+        return await (await self._projected()).search(query)
+
     async def wallet_ids(self, owner_id: str | None, asset: str | None, after_lsn: int,
                          limit: int) -> list[tuple[int, str]]:
         history = await self._projected()
@@ -318,7 +325,7 @@ METHODS = (
     "create_wallet", "change_status", "create_asset", "create_token",
     "revoke_token", "resolve_hold", "request_withdrawal", "advance_withdrawal",
     "wallet", "wallets", "withdrawal", "withdrawals", "token", "asset", "assets", "transaction",
-    "entries", "balance_at", "wallet_ids", "events", "status", "take_snapshot",
+    "entries", "balance_at", "search_transactions", "wallet_ids", "events", "status", "take_snapshot",
     "metrics", "wait_projected", "sync_projection",
 )
 assert all(callable(getattr(LocalPort, name, None)) for name in METHODS)
@@ -664,6 +671,12 @@ class RemotePort:
         if self._history_path is not None:
             return await (await self._read_model()).balance_at(wallet_id, at_us)
         return await self._call("balance_at", wallet_id, at_us)
+
+    async def search_transactions(self, query: TransactionQuery) -> tuple[list[TransactionRow], int | None]:
+        if self._history_path is not None:
+            return await (await self._read_model()).search(query)
+        rows, before = await self._call("search_transactions", query)
+        return list(rows), before
 
     async def wallet_ids(self, owner_id: str | None, asset: str | None, after_lsn: int,
                          limit: int) -> list[tuple[int, str]]:

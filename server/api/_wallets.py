@@ -41,21 +41,31 @@ TRANSACTION_TYPES = {member.label: member for member in TransactionType}
 TRANSACTION_STATUSES = ("posted", "pending", "voided", "failed")
 
 
+async def wallet_view(deps: Deps, wallet_id: str) -> WalletView:
+    """The wallet, or 404."""
+    view = await call(deps.port().wallet(wallet_id))
+    if view is None:
+        raise ApiError(404, "wallet_not_found", "Wallet not found", f"wallet {wallet_id} does not exist")
+    return view
+
+
+async def owned_wallet(deps: Deps, caller: Caller, wallet_id: str) -> WalletView:
+    """The wallet, or 404; 403 for a user token of another owner (or for a treasury)."""
+    view = await wallet_view(deps, wallet_id)
+    if caller.owner_id is not None and (view.owner_id != caller.owner_id or is_treasury(view.id)):
+        raise forbidden(f"wallet {wallet_id} belongs to another owner")
+    return view
+
+
 class Wallets:
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
 
     async def wallet_view(self, wallet_id: str) -> WalletView:
-        view = await call(self._deps.port().wallet(wallet_id))
-        if view is None:
-            raise ApiError(404, "wallet_not_found", "Wallet not found", f"wallet {wallet_id} does not exist")
-        return view
+        return await wallet_view(self._deps, wallet_id)
 
     async def owned_wallet(self, caller: Caller, wallet_id: str) -> WalletView:
-        view = await self.wallet_view(wallet_id)
-        if caller.owner_id is not None and (view.owner_id != caller.owner_id or is_treasury(view.id)):
-            raise forbidden(f"wallet {wallet_id} belongs to another owner")
-        return view
+        return await owned_wallet(self._deps, caller, wallet_id)
 
     async def create_wallet(self, request: Request) -> Response:
         caller = await authenticate(self._deps, request)
