@@ -9,7 +9,10 @@ ledger's side of ``sync`` answering at once. Reported: the wall-clock rate, and 
 splits between reading + decoding the log and writing SQLite.
 
     python -m bench.projector [--transactions 500000] [--wallets 10000] [--batch 8190]
-                              [--batch-max 50000] [--data DIR] [--repeat 1]
+                              [--batch-max 50000] [--data DIR] [--repeat 1] [--metadata]
+
+``--metadata`` gives every transfer ``{"order_id": <unique>, "channel": <one of 4>}`` (what the
+search's metadata table costs the projector; ADR 0009).
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ from ledger import (
 from server._gc import tune_gc
 from wal import Tailer
 
+CHANNELS = ("web", "ios", "android", "api")
 
-async def build(data: Path, *, transactions: int, wallets: int, batch: int, seed: int) -> int:
+
+async def build(data: Path, *, transactions: int, wallets: int, batch: int, seed: int, metadata: bool = False) -> int:
     """A log of ``transactions`` transfers in batches; returns its last LSN."""
     ledger = Ledger(await anyio.to_thread.run_sync(lambda: recover(data, project_history=False)), data)
     rng = random.Random(seed)
@@ -64,7 +69,8 @@ async def build(data: Path, *, transactions: int, wallets: int, batch: int, seed
                 key = f"k{made}"
                 items.append(Transfer(
                     transaction_id=f"t{made}", type=TransactionType.TRANSFER, from_wallet_id=source,
-                    to_wallet_id=target, amount=rng.randint(1, 1000), description=None, metadata=None,
+                    to_wallet_id=target, amount=rng.randint(1, 1000), description=None,
+                    metadata={"order_id": f"ord-{made}", "channel": rng.choice(CHANNELS)} if metadata else None,
                     idempotency=Idempotency(scope="bench", key=key, fingerprint=key.encode()),
                 ))
                 made += 1
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="keep (or reuse) the log here")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--metadata", action="store_true", help="transfers carry an order id and a channel")
     arguments = parser.parse_args(argv)
     tune_gc()  # the collector's thresholds of the projector process
     temporary = None
@@ -134,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (data / "wal").exists():
             started = time.perf_counter()
             end = anyio.run(lambda: build(data, transactions=arguments.transactions, wallets=arguments.wallets,
-                                          batch=arguments.batch, seed=arguments.seed))
+                                          batch=arguments.batch, seed=arguments.seed,
+                                          metadata=arguments.metadata))
             print(f"log built: LSN {end} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         else:
             end = recover(data, project_history=False).scan.next_lsn - 1

@@ -227,14 +227,14 @@ def _last_at_or_before(connection: sqlite3.Connection, at_us: int, budget: _Budg
     return answer
 
 
-def search(connection: sqlite3.Connection, query: TransactionQuery, *, examined_max: int = EXAMINED_MAX) -> SearchPage:
+def search(connection: sqlite3.Connection, query: TransactionQuery) -> SearchPage:
     """One page of ``query``, in one read transaction on ``connection`` (plain sqlite3, in
     autocommit mode, on its own thread)."""
     assert query.limit >= 1
     assert len(query.metadata) <= METADATA_FILTERS_MAX
     connection.execute("BEGIN")
     try:
-        return _search(connection, query, examined_max)
+        return _search(connection, query, EXAMINED_MAX)
     finally:
         connection.execute("COMMIT")
 
@@ -296,7 +296,8 @@ def _search(connection: sqlite3.Connection, query: TransactionQuery, examined_ma
         agreed = 0
         index = 0
         while agreed < len(streams):
-            if budget.left <= 0:
+            # Out of budget: stop, once past the first position (so every page moves on).
+            if budget.left <= 0 and position < upper:
                 return SearchPage(rows=rows, next_before=position + 1, examined=examined_max - budget.left)
             found = streams[index].seek(position)
             if found is None:
