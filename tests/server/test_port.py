@@ -23,6 +23,7 @@ from ledger import (
     Reason,
     Rejection,
     RevokeToken,
+    TransactionQuery,
     TransactionType,
     Transfer,
     WalletView,
@@ -115,6 +116,8 @@ async def test_the_remote_port_gives_the_local_answers(tmp_path: Path) -> None:
         assert row is not None and row.amount == 100
         entries = await remote.entries("b", None, 100, None, None, None, None)
         assert len(entries) == 50
+        rows, before = await remote.search_transactions(TransactionQuery(wallet_id="a", min_amount=100, limit=5))
+        assert ([row.id for row in rows], before) == (["tx1"], None)
         found = await remote.events(0, 1000, 0.0)
         assert found and found[-1][0] == (await remote.status()).durable_lsn
         assert (await remote.status()).reason is None
