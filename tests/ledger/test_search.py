@@ -30,8 +30,8 @@ from ledger import (
     TransfersPosted,
     VoidReason,
     WalletCreated,
+    _search,
 )
-from ledger import _search
 from ledger._search import METADATA_SQL, searchable_metadata
 
 OWNERS = ["o0", "o1", "o2"]
