@@ -62,7 +62,7 @@ from ledger._model import INT64_MAX, TransactionStatus, TransactionType
 METADATA_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 METADATA_VALUE_CHARS_MAX = 256
 METADATA_FILTERS_MAX = 8  # metadata.<key> parameters in one search
-EXAMINED_MAX = 20_000  # index positions and rows one page may examine
+EXAMINED_MAX = 10_000  # index positions and rows one page may examine (about 20 ms)
 OWNER_WALLETS_UNION_MAX = 32  # beyond, the owner's wallets are a check on rows, not streams
 CHUNK_MIN = 8  # positions a stream reads at a time after a jump
 CHUNK_MAX = 1024  # ... and at most, while it is read in sequence
@@ -125,7 +125,7 @@ class _Stream:
     """Positions of one index range within [floor, ...], newest first: ``seek(p)`` is the
     largest at or below ``p``, or None."""
 
-    __slots__ = ("_budget", "_chunk", "_connection", "_done", "_floor", "_high", "_low", "_negated",
+    __slots__ = ("_budget", "_chunk", "_connection", "_done", "_floor", "_high", "_last", "_low", "_negated",
                  "_parameters", "_sql")
 
     def __init__(self, connection: sqlite3.Connection, where: str, parameters: tuple[Any, ...], *,
@@ -141,16 +141,19 @@ class _Stream:
         self._low = 0
         self._done = False
         self._chunk = CHUNK_MIN
+        self._last: int | None = None  # what the last seek answered
 
     def seek(self, position: int) -> int | None:
         if self._low <= position <= self._high:
             index = bisect.bisect_left(self._negated, -position)
             if index < len(self._negated):
-                return -self._negated[index]
+                self._last = -self._negated[index]
+                return self._last
             assert self._done
             return None
-        # Below the chunk right after reading it to its end: read on, more at a time.
-        sequential = position < self._low and self._high >= 0
+        # Below the chunk after answering its last position: read on, more at a time. After a
+        # jump (another stream was sparser), read little: the next jump may come at once.
+        sequential = self._last is not None and self._last == self._low and position < self._low
         self._chunk = min(self._chunk * 2, CHUNK_MAX) if sequential else CHUNK_MIN
         found = [row[0] for row in self._connection.execute(
             self._sql, (*self._parameters, position, self._floor, self._chunk))]
@@ -159,7 +162,8 @@ class _Stream:
         self._high = position
         self._done = len(found) < self._chunk
         self._low = self._floor if self._done else found[-1]
-        return found[0] if found else None
+        self._last = found[0] if found else None
+        return self._last
 
 
 class _Union:
@@ -180,10 +184,15 @@ class _Union:
         return best
 
 
+# Two subqueries: one ``SELECT min(pos), max(pos)`` would scan the table (SQLite optimizes a
+# lone min() or max() into one B-tree lookup, not both together).
+_ENDS = "SELECT (SELECT min(pos) FROM transactions), (SELECT max(pos) FROM transactions)"
+
+
 def _first_at_or_after(connection: sqlite3.Connection, at_us: int, budget: _Budget) -> int | None:
     """The smallest position stamped at or after ``at_us`` (timestamps never decrease along
     positions): a binary search over the primary key, about 60 lookups at most."""
-    low, high = connection.execute("SELECT min(pos), max(pos) FROM transactions").fetchone()
+    low, high = connection.execute(_ENDS).fetchone()
     if high is None or connection.execute("SELECT at_us FROM transactions WHERE pos = ?", (high,)).fetchone()[0] < at_us:
         return None
     answer = high
@@ -206,7 +215,7 @@ def _first_at_or_after(connection: sqlite3.Connection, at_us: int, budget: _Budg
 
 def _last_at_or_before(connection: sqlite3.Connection, at_us: int, budget: _Budget) -> int | None:
     """The largest position stamped at or before ``at_us`` (the mirror of the above)."""
-    low, high = connection.execute("SELECT min(pos), max(pos) FROM transactions").fetchone()
+    low, high = connection.execute(_ENDS).fetchone()
     if low is None or connection.execute("SELECT at_us FROM transactions WHERE pos = ?", (low,)).fetchone()[0] > at_us:
         return None
     answer = low
