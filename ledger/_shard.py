@@ -81,6 +81,9 @@ from ledger._messages import (
     shard_of,
 )
 from ledger._model import (
+    AlertCreated,
+    AlertDeleted,
+    AlertsTriggered,
     ChangeWalletStatus,
     Committed,
     Duplicate,
@@ -286,16 +289,54 @@ class Shard:
         handlers = self._handlers
         internal = self._internal
         external = self._external
+        state = self.state
         handled = 0
         while (internal or external) and handled < limit and self._hold is None:
             message = internal.popleft() if internal else external.popleft()
             handlers[type(message)](message)
+            if state.crossings:
+                # Firings owed by the changes this message applied: recorded in the same step.
+                self.fire()
             handled += 1
             if deadline_ns is not None and time.perf_counter_ns() >= deadline_ns:
                 break
         self._drains += 1
         self._messages += handled
         return handled
+
+    def fire(self) -> int:
+        """Appends and applies the records that pay the firings this shard owes
+        (``State.crossings``, filled by ``ledger._apply`` as changes are applied); returns how
+        many. Called in the step that applied the changes. With the log failed nothing is
+        appended: the firings stay owed and recovery records them (``Ledger.fire_owed_alerts``)."""
+        state = self.state
+        if not state.crossings or self._wal.failed is not None:
+            return 0
+        records = _decide.decide_firings(state, self._clock())
+        for record in records:
+            lsn = self._commit(record)
+            _apply.apply_directory(state.directory, record, lsn)
+            _apply.apply_alerts(state, record, lsn)
+        assert not state.crossings, state.crossings
+        return len(records)
+
+    def take_queued_credits(self) -> None:
+        """Applies now the credits waiting in the internal mailbox (step 3 of transfers whose
+        records are already in the log), keeping the other messages in order. An atomic batch
+        calls it on every shard it involves before it decides, so that each wallet still sees
+        its changes in LSN order (which balance alerts rely on): a credit queued behind a pause
+        came from a record appended before the batch's."""
+        internal = self._internal
+        for _ in range(len(internal)):
+            message = internal.popleft()
+            if type(message) is _ApplyCredit:
+                self._on_apply_credit(message)
+            elif type(message) is _ApplyCredits:
+                self._on_apply_credits(message)
+            else:
+                internal.append(message)
+        if self.state.crossings:
+            self.fire()
 
     def _resolve(self, reply: Reply, value: Any, lsn: int) -> None:
         reply.value = value
@@ -403,6 +444,8 @@ class Shard:
             _apply.apply_directory(self.state.directory, event, lsn)
             if isinstance(event, HoldCreated | HoldVoided | WithdrawalUpdated):
                 self._apply_sender(event, lsn)
+            elif isinstance(event, AlertCreated | AlertDeleted | AlertsTriggered):
+                _apply.apply_alerts(self.state, event, lsn)
             else:
                 _apply.apply_wallets(self.state, event, lsn)
         return lsn
