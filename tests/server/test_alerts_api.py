@@ -256,3 +256,40 @@ async def test_the_remote_port_carries_the_alert_calls(tmp_path: Path) -> None:
         assert await remote.alerts("a") == []
         transport.cancel()
         await ledger.stop()
+
+
+async def test_the_answers_match_the_openapi_document(tmp_path: Path) -> None:
+    from jsonschema import Draft202012Validator
+
+    from server._openapi import build
+    from tests.e2e.test_openapi_responses import validate
+
+    document = build()
+    Draft202012Validator.check_schema({"components": document["components"]})
+    tags = {tag["name"] for tag in document["tags"]}
+    operations = [document["paths"]["/v1/wallets/{wallet_id}/alerts"]["post"],
+                  document["paths"]["/v1/wallets/{wallet_id}/alerts"]["get"],
+                  document["paths"]["/v1/alerts/{alert_id}"]["delete"]]
+    assert "alerts" in tags and all(operation["tags"] == ["alerts"] for operation in operations)
+    async with service(tmp_path) as http:
+        await wallet(http, "w1", deposit=100)
+        responses = [
+            await http.post("/v1/wallets/w1/alerts", json={"field": "balance", "below": 50}),
+            await http.post("/v1/wallets/w1/alerts", json={"field": "balance"}),
+            await http.post("/v1/wallets/nope/alerts", json={"field": "balance", "above": 1}),
+            await http.get("/v1/wallets/w1/alerts"),
+        ]
+        await http.post("/v1/transfers", json={"from_wallet_id": "w1", "to_wallet_id": await wallet(http, "w2"),
+                                               "amount": 60}, headers={"Idempotency-Key": "t"})
+        responses += [await http.delete(f"/v1/alerts/{responses[0].json()['id']}"),
+                      await http.delete("/v1/alerts/al_nope"), await http.get("/v1/events")]
+        for threshold in range(ALERTS_PER_WALLET_MAX):
+            await http.post("/v1/wallets/w2/alerts", json={"field": "available", "above": threshold})
+        responses.append(await http.post("/v1/wallets/w2/alerts", json={"field": "available", "above": 0}))
+        assert [response.status_code for response in responses] == [201, 400, 404, 200, 200, 404, 200, 409]
+        for response in responses:
+            validate(document, response)
+        fired = [item for item in responses[6].json()["items"] if item["type"] == "alert.triggered"]
+        assert len(fired) == 1
+        Draft202012Validator({**document["components"]["schemas"]["AlertTriggered"],
+                              "components": document["components"]}).validate(fired[0]["data"])
