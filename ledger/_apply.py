@@ -6,6 +6,22 @@ never depends on today's rules (``ledger._decide``). The shard actors call the p
 on their side of a record: ``apply_directory`` once per record in LSN order, ``apply_debit`` /
 ``apply_sender`` on the sender's shard, ``apply_credit`` on the receiver's, ``apply_wallets``
 for the rest. Each asserts what must hold; ``ledger._invariants`` checks the whole.
+
+Balance alerts are evaluated here, in the mutators, after every change of a watched wallet's
+``balance`` or ``held`` (``_watch``): an alert's ``triggered`` follows its condition, and a change
+that makes the condition true (false before) owes one firing, added to ``State.crossings``. The
+shard that applied the change records what is owed as an ``AlertsTriggered`` record in the same
+synchronous step (``Shard._fire``), and applying that record (``apply_alerts``) pays it.
+
+Why this is exactly once: a wallet's changes are applied on its shard in LSN order (a credit
+from another shard arrives in the order its record was appended, and an atomic batch first
+applies the credits queued before it: ``Shard.take_queued_credits``), so replay sees the same
+crossings as the live shard, and the firing records pay them. The firing record is the next
+record the shard appends after the change, in the same step, but for a credit from another shard
+it follows the transfer's record at a later LSN: a crash can keep the change and lose its firing.
+Replay then ends with the crossing still owed in ``State.crossings``, and the ledger records it
+before serving (``Ledger.fire_owed_alerts``); a firing that is in the log is paid on replay and
+never owed again. Firings thus never depend on today's rules: they are facts in the log.
 """
 
 from __future__ import annotations
@@ -16,6 +32,12 @@ from ledger._model import (
     INT64_MAX,
     INT64_MIN,
     SYSTEM_OWNER,
+    Alert,
+    AlertCreated,
+    AlertDeleted,
+    AlertDirection,
+    AlertField,
+    AlertsTriggered,
     Asset,
     AssetCreated,
     Event,
@@ -39,6 +61,7 @@ from ledger._model import (
     WithdrawalStatus,
     WithdrawalUpdated,
     is_treasury,
+    new_alert_fired,
     new_idempotency_record,
     treasury_id,
 )
@@ -91,6 +114,12 @@ def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
     elif isinstance(event, TokenRevoked):
         token_hash = directory.token_prefixes.pop(event.prefix)
         del directory.tokens[token_hash]
+    elif isinstance(event, AlertCreated):
+        assert event.alert_id not in directory.alert_wallets
+        directory.alert_wallets[event.alert_id] = event.wallet_id
+    elif isinstance(event, AlertDeleted):
+        assert directory.alert_wallets[event.alert_id] == event.wallet_id
+        del directory.alert_wallets[event.alert_id]
 
 
 def _expire_idempotency(directory: Directory) -> None:
@@ -111,6 +140,25 @@ def _expire_idempotency(directory: Directory) -> None:
     directory.idempotency_front_us = 0
 
 
+_BALANCE = AlertField.BALANCE
+_BELOW = AlertDirection.BELOW
+
+
+def _watch(state: State, wallet: Wallet, transaction_id: str) -> None:
+    """Evaluates the alerts of ``wallet`` after ``transaction_id`` changed it (callers look
+    ``wallet.id`` up in ``state.watched`` first: most wallets have no alert)."""
+    for alert in state.watched[wallet.id]:
+        value = wallet.balance if alert.field == _BALANCE else wallet.balance - wallet.held
+        holds = value < alert.threshold if alert.direction == _BELOW else value > alert.threshold
+        if holds == alert.triggered:
+            continue
+        alert.triggered = holds
+        if holds:  # a crossing: false before this change, true after it
+            state.crossings.append(new_alert_fired(
+                alert.id, alert.wallet_id, alert.field, alert.direction, alert.threshold, value, transaction_id
+            ))
+
+
 def apply_debit(state: State, event: Transferred, lsn: int) -> None:
     sender = state.wallets[event.from_wallet_id]
     assert sender.asset == event.asset
@@ -123,6 +171,8 @@ def apply_debit(state: State, event: Transferred, lsn: int) -> None:
     # (the cross-shard lag); the result must equal replay in LSN order.
     sender.updated_at_us = max(sender.updated_at_us, event.at_us)
     sender.lsn = max(sender.lsn, lsn)
+    if state.watched and sender.id in state.watched:
+        _watch(state, sender, event.transaction_id)
 
 
 def _touch(wallet: Wallet, at_us: int, lsn: int) -> None:
@@ -140,6 +190,8 @@ def apply_sender(state: State, event: Event, lsn: int) -> None:
         assert event.transaction_id not in state.holds
         sender.held += event.amount
         _touch(sender, event.at_us, lsn)
+        if state.watched and sender.id in state.watched:
+            _watch(state, sender, event.transaction_id)
         state.holds[event.transaction_id] = Hold(
             transaction_id=event.transaction_id, type=event.type, from_wallet_id=event.from_wallet_id,
             to_wallet_id=event.to_wallet_id, asset=event.asset, amount=event.amount,
@@ -167,6 +219,8 @@ def apply_sender(state: State, event: Event, lsn: int) -> None:
         else:
             assert event.amount == hold.amount
         _touch(sender, event.at_us, lsn)
+        if state.watched and sender.id in state.watched:
+            _watch(state, sender, event.transaction_id)
         if hold.type == TransactionType.WITHDRAWAL:
             withdrawal = state.withdrawals[hold.transaction_id]
             if isinstance(event, HoldCaptured):
@@ -199,6 +253,38 @@ def apply_credit(state: State, event: Transferred | HoldCaptured, lsn: int) -> N
     receiver.balance += event.amount
     receiver.updated_at_us = max(receiver.updated_at_us, event.at_us)
     receiver.lsn = max(receiver.lsn, lsn)
+    if state.watched and receiver.id in state.watched:
+        _watch(state, receiver, event.transaction_id)
+
+
+def apply_alerts(state: State, event: AlertCreated | AlertDeleted | AlertsTriggered, lsn: int) -> None:
+    """The part of an alert record that lands on the shard owning the alert's wallet."""
+    if isinstance(event, AlertCreated):
+        wallet = state.wallets[event.wallet_id]
+        assert event.alert_id not in state.alerts
+        alert = Alert(
+            id=event.alert_id, wallet_id=event.wallet_id, field=event.field, direction=event.direction,
+            threshold=event.threshold, triggered=event.triggered, created_at_us=event.at_us, lsn=lsn,
+        )
+        # ``triggered`` is the record's (decided against the wallet as the live shard had it,
+        # which is what replay rebuilds): a fact, not re-decided.
+        assert wallet.id == alert.wallet_id
+        state.alerts[alert.id] = alert
+        state.watched.setdefault(alert.wallet_id, []).append(alert)
+    elif isinstance(event, AlertDeleted):
+        alert = state.alerts.pop(event.alert_id)
+        watching = state.watched[alert.wallet_id]
+        watching.remove(alert)
+        if not watching:
+            del state.watched[alert.wallet_id]
+    else:
+        # Pays what the changes before it owed. Tolerant on purpose: were a firing ever not owed
+        # here (it cannot be while changes apply in LSN order), recovery must not refuse a log
+        # that recorded a firing; ``tests/sim`` checks that each one was owed.
+        crossings = state.crossings
+        for firing in event.firings:
+            if firing in crossings:
+                crossings.remove(firing)
 
 
 def apply_wallets(state: State, event: Event, lsn: int) -> None:
@@ -246,6 +332,8 @@ def apply(state: State, event: Event, lsn: int) -> None:
     elif isinstance(event, HoldCaptured):
         apply_sender(state, event, lsn)
         apply_credit(state, event, lsn)
+    elif isinstance(event, AlertCreated | AlertDeleted | AlertsTriggered):
+        apply_alerts(state, event, lsn)
     else:
         apply_wallets(state, event, lsn)
 

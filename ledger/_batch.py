@@ -38,6 +38,7 @@ from ledger._codec import encode_event
 from ledger._decide import CreditCheck
 from ledger._messages import BatchReply, shard_of
 from ledger._model import (
+    Alert,
     BatchFailed,
     Duplicate,
     Event,
@@ -157,11 +158,15 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
     if failed is not None:
         reply._report(failed)
         return
+    for shard in involved:
+        # Credits of earlier records first, so every wallet sees its changes in LSN order.
+        shard.take_queued_credits()
     peers = lead._peers
     shards = len(peers)
     owned = {shard.index for shard in involved}
     wallets: dict[str, Wallet] = {}
     pending: dict[str, int] = {}
+    watched: dict[str, list[Alert]] = {}
     for command in commands:
         sender_id = command.from_wallet_id
         assert sender_id is not None
@@ -179,7 +184,12 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
         reserved = peers[receiver_shard]._pending.get(receiver_id)
         if reserved:
             pending[receiver_id] = reserved
-    view = State(directory=lead.state.directory, wallets=wallets)
+        for wallet_id, shard_index in ((sender_id, sender_shard), (receiver_id, receiver_shard)):
+            alerts = peers[shard_index].state.watched.get(wallet_id)
+            if alerts is not None:
+                watched[wallet_id] = alerts
+    # The involved wallets and their alerts (the same objects): firings owed go to the view.
+    view = State(directory=lead.state.directory, wallets=wallets, watched=watched)
     now_us = lead._clock()
     decisions = _decide.decide_transfers(view, [(command, None) for command in commands], now_us, pending, atomic=True)
     last = decisions[-1]
@@ -212,6 +222,12 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
         for event in events:
             _apply.apply_debit(view, event, lsn)
             _apply.apply_credit(view, event, lsn)
+        # In the same step: the firings the batch's changes owe.
+        for firing in _decide.decide_firings(view, now_us):
+            firing_lsn = wal.append(encode_event(firing), firing)
+            _apply.apply_directory(view.directory, firing, firing_lsn)
+            _apply.apply_alerts(view, firing, firing_lsn)
+        assert not view.crossings
     results = reply.results
     for position, decision in enumerate(decisions):
         if isinstance(decision, list):

@@ -26,6 +26,15 @@ inside a payload.
          |                      | idempotency
     14   | WithdrawalUpdated    | withdrawal_id, wallet_id, status, attempts, last_error,
          |                      | next_attempt_at_us, at_us
+    15   | AlertCreated         | alert_id, wallet_id, field, direction, threshold, triggered,
+         |                      | at_us
+    16   | AlertDeleted         | alert_id, wallet_id, at_us
+    17   | AlertsTriggered      | at_us, [[alert_id, wallet_id, field, direction, threshold,
+         |                      |          value, transaction_id], ...]
+
+Kinds 15-17 (balance alerts) came after the first logs were written: those logs hold none, and
+still decode (``tests/fixtures/log-v1``). ``field`` is ``AlertField`` (0 available, 1 balance),
+``direction`` is ``AlertDirection`` (0 below, 1 above), ``triggered`` a boolean.
 
 ``idempotency`` is ``nil`` or ``[scope, key, fingerprint]``. A ``TransfersPosted`` record holds
 1 to ``BATCH_ITEMS_MAX`` transfers, each a ``Transferred`` without its ``at_us`` (the record's);
@@ -41,6 +50,13 @@ import msgpack
 
 from ledger._model import (
     BATCH_ITEMS_MAX,
+    FIRINGS_PER_RECORD_MAX,
+    AlertCreated,
+    AlertDeleted,
+    AlertDirection,
+    AlertField,
+    AlertFired,
+    AlertsTriggered,
     AssetCreated,
     Event,
     HoldCaptured,
@@ -74,6 +90,9 @@ _HOLD_CREATED = 11
 _HOLD_CAPTURED = 12
 _HOLD_VOIDED = 13
 _WITHDRAWAL_UPDATED = 14
+_ALERT_CREATED = 15
+_ALERT_DELETED = 16
+_ALERTS_TRIGGERED = 17
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -239,7 +258,47 @@ def encode_event(event: Event) -> bytes:
                 event.at_us,
             ]
         )
+    if isinstance(event, AlertCreated):
+        return _packb(
+            [
+                CODEC_VERSION, _ALERT_CREATED, event.alert_id, event.wallet_id, int(event.field),
+                int(event.direction), event.threshold, event.triggered, event.at_us,
+            ]
+        )
+    if isinstance(event, AlertDeleted):
+        return _packb([CODEC_VERSION, _ALERT_DELETED, event.alert_id, event.wallet_id, event.at_us])
+    if isinstance(event, AlertsTriggered):
+        assert 1 <= len(event.firings) <= FIRINGS_PER_RECORD_MAX, len(event.firings)
+        return _packb(
+            [
+                CODEC_VERSION, _ALERTS_TRIGGERED, event.at_us,
+                [[firing.alert_id, firing.wallet_id, int(firing.field), int(firing.direction), firing.threshold,
+                  firing.value, firing.transaction_id] for firing in event.firings],
+            ]
+        )
     raise AssertionError(f"unknown event {event!r}")
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise CodecError(f"expected a boolean, found {type(value).__name__}")
+    return value
+
+
+def _alerts_triggered(at_us: int, items: Any) -> AlertsTriggered:
+    if type(items) is not list or not 1 <= len(items) <= FIRINGS_PER_RECORD_MAX:
+        raise CodecError(f"an alerts record holds 1 to {FIRINGS_PER_RECORD_MAX} firings")
+    firings = []
+    for item in items:
+        if type(item) is not list or len(item) != 7:
+            raise CodecError("a firing is an array of 7 fields")
+        alert_id, wallet_id, field, direction, threshold, value, transaction_id = item
+        firings.append(AlertFired(
+            alert_id=_str(alert_id), wallet_id=_str(wallet_id), field=AlertField(_int(field)),
+            direction=AlertDirection(_int(direction)), threshold=_int(threshold), value=_int(value),
+            transaction_id=_str(transaction_id),
+        ))
+    return AlertsTriggered(firings=tuple(firings), at_us=at_us)
 
 
 def decode_event(payload: bytes) -> Event:
@@ -329,6 +388,19 @@ def decode_event(payload: bytes) -> Event:
         if kind == _TRANSFERS_POSTED:
             at_us, items = rest
             return _transfers_posted(_int(at_us), items)
+        if kind == _ALERT_CREATED:
+            alert_id, wallet_id, field, direction, threshold, triggered, at_us = rest
+            return AlertCreated(
+                alert_id=_str(alert_id), wallet_id=_str(wallet_id), field=AlertField(_int(field)),
+                direction=AlertDirection(_int(direction)), threshold=_int(threshold),
+                triggered=_bool(triggered), at_us=_int(at_us),
+            )
+        if kind == _ALERT_DELETED:
+            alert_id, wallet_id, at_us = rest
+            return AlertDeleted(alert_id=_str(alert_id), wallet_id=_str(wallet_id), at_us=_int(at_us))
+        if kind == _ALERTS_TRIGGERED:
+            at_us, items = rest
+            return _alerts_triggered(_int(at_us), items)
     except CodecError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:

@@ -43,18 +43,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ledger._model import (
+    ALERTS_PER_WALLET_MAX,
+    FIRINGS_PER_RECORD_MAX,
     INT64_MAX,
     INT64_MIN,
     SYSTEM_OWNER,
     TRANSFER_CHECK_ORDER,
     TREASURY_PREFIX,
     AdvanceWithdrawal,
+    AlertCreated,
+    AlertDeleted,
+    AlertDirection,
+    AlertField,
+    AlertsTriggered,
     AssetCreated,
     ChangeWalletStatus,
     CompleteWithdrawal,
+    CreateAlert,
     CreateAsset,
     CreateToken,
     CreateWallet,
+    DeleteAlert,
     Duplicate,
     Event,
     ExpireHolds,
@@ -581,6 +590,68 @@ def decide_complete_withdrawal(
     return [_captured(hold, hold.amount, now_us, command.reference, None)]
 
 
+# -- balance alerts -----------------------------------------------------------------------
+#
+# Created and deleted through the log, on the shard that owns the wallet. Checks, in order
+# (each row a test in ``tests/ledger/test_alerts.py``):
+#
+#     | # | check                                   | reason               |
+#     |---|-----------------------------------------|----------------------|
+#     | 1 | create: the wallet exists               | SENDER_NOT_FOUND     |
+#     | 2 | create: the caller owns it              | FORBIDDEN            |
+#     | 3 | create: fewer than ALERTS_PER_WALLET_MAX| ALERT_LIMIT_REACHED  |
+#     | 1 | delete: the alert exists                | ALERT_NOT_FOUND      |
+#     | 2 | delete: the caller owns its wallet      | FORBIDDEN            |
+#
+# Firings are not requests: ``decide_firings`` turns what the changes of a step owe
+# (``State.crossings``, filled by ``ledger._apply``) into records; nothing can refuse them.
+
+
+def decide_create_alert(state: State, command: CreateAlert, now_us: int) -> Decision:
+    assert command.alert_id not in state.alerts
+    wallet = state.wallets.get(command.wallet_id)
+    if wallet is None:
+        return Rejection(reason=Reason.SENDER_NOT_FOUND, detail=f"wallet {command.wallet_id} does not exist")
+    if command.owner_id is not None and wallet.owner_id != command.owner_id:
+        return Rejection(reason=Reason.FORBIDDEN, detail=f"wallet {wallet.id} belongs to another owner")
+    watching = state.watched.get(wallet.id, ())
+    if len(watching) >= ALERTS_PER_WALLET_MAX:
+        return Rejection(
+            reason=Reason.ALERT_LIMIT_REACHED,
+            detail=f"wallet {wallet.id} has {len(watching)} alerts, the most a wallet may have "
+                   f"({ALERTS_PER_WALLET_MAX}); delete one first",
+        )
+    # After this point the command must be accepted.
+    value = wallet.balance if command.field == AlertField.BALANCE else wallet.available
+    holds = value < command.threshold if command.direction == AlertDirection.BELOW else value > command.threshold
+    return [
+        AlertCreated(
+            alert_id=command.alert_id, wallet_id=wallet.id, field=command.field, direction=command.direction,
+            threshold=command.threshold, triggered=holds, at_us=now_us,
+        )
+    ]
+
+
+def decide_delete_alert(state: State, command: DeleteAlert, now_us: int) -> Decision:
+    alert = state.alerts.get(command.alert_id)
+    if alert is None:
+        return Rejection(reason=Reason.ALERT_NOT_FOUND, detail=f"alert {command.alert_id} does not exist")
+    if command.owner_id is not None and state.wallets[alert.wallet_id].owner_id != command.owner_id:
+        return Rejection(reason=Reason.FORBIDDEN, detail=f"alert {alert.id} is on a wallet of another owner")
+    # After this point the command must be accepted.
+    return [AlertDeleted(alert_id=alert.id, wallet_id=alert.wallet_id, at_us=now_us)]
+
+
+def decide_firings(state: State, now_us: int) -> list[AlertsTriggered]:
+    """The records that pay every firing ``state`` owes, in the order the crossings happened
+    (at most ``FIRINGS_PER_RECORD_MAX`` per record). Pure: applying them empties the list."""
+    crossings = state.crossings
+    return [
+        AlertsTriggered(firings=tuple(crossings[start : start + FIRINGS_PER_RECORD_MAX]), at_us=now_us)
+        for start in range(0, len(crossings), FIRINGS_PER_RECORD_MAX)
+    ]
+
+
 def decide(state: State, command: object, now_us: int) -> Decision:
     """Decides any command against a state that holds every wallet it names (one shard, or
     the whole ledger). The shard actors call the per-command functions directly."""
@@ -611,5 +682,9 @@ def decide(state: State, command: object, now_us: int) -> Decision:
     if isinstance(command, CompleteWithdrawal):
         credit = check_credit_to(state, treasury_id(command.asset), command.amount)
         return decide_complete_withdrawal(state, command, now_us, credit)
+    if isinstance(command, CreateAlert):
+        return decide_create_alert(state, command, now_us)
+    if isinstance(command, DeleteAlert):
+        return decide_delete_alert(state, command, now_us)
     raise AssertionError(f"unknown command {command!r}")
 

@@ -13,9 +13,12 @@ import json
 from collections.abc import Iterable
 
 from ledger._model import (
+    ALERTS_PER_WALLET_MAX,
     INT64_MAX,
     INT64_MIN,
     SYSTEM_OWNER,
+    Alert,
+    AlertFired,
     Hold,
     TransactionType,
     Wallet,
@@ -33,9 +36,10 @@ def check_invariants(
     directory: Directory,
     holds: Iterable[Hold] = (),
     withdrawals: Iterable[Withdrawal] = (),
+    alerts: Iterable[Alert] = (),
 ) -> None:
-    """O(N) check of the ledger's invariants over every wallet, hold and withdrawal (pass all
-    of them: a wallet's ``held`` must equal the sum of its holds). Raises AssertionError."""
+    """O(N) check of the ledger's invariants over every wallet, hold, withdrawal and alert (pass
+    all of them: a wallet's ``held`` must equal the sum of its holds). Raises AssertionError."""
     totals: dict[str, int] = {}
     treasuries = set()
     held: dict[str, int] = {}
@@ -68,7 +72,21 @@ def check_invariants(
             assert withdrawal.attempts == 0, withdrawal
     assert withdrawal_count == len(directory.withdrawal_wallets)
     assert withdrawal_holds <= set(directory.withdrawal_wallets)
+    alert_count = 0
+    alerted: dict[str, list[Alert]] = {}
+    for alert in alerts:
+        alert_count += 1
+        assert directory.alert_wallets.get(alert.id) == alert.wallet_id, alert
+        assert INT64_MIN <= alert.threshold <= INT64_MAX, alert
+        assert alert.lsn <= directory.lsn, alert
+        alerted.setdefault(alert.wallet_id, []).append(alert)
+    assert alert_count == len(directory.alert_wallets)
     for wallet in wallets:
+        watching = alerted.pop(wallet.id, ())
+        assert len(watching) <= ALERTS_PER_WALLET_MAX, wallet
+        for alert in watching:
+            # ``triggered`` follows the condition after every change (and at creation).
+            assert alert.triggered == alert.holds(wallet), (alert, wallet)
         assert wallet.held == held.pop(wallet.id, 0), wallet
         assert wallet.asset in directory.assets, wallet
         assert INT64_MIN <= wallet.balance <= INT64_MAX, wallet
@@ -87,6 +105,7 @@ def check_invariants(
             assert wallet.balance == 0, wallet
         totals[wallet.asset] = totals.get(wallet.asset, 0) + wallet.balance
     assert not held, f"holds on unknown wallets: {sorted(held)}"
+    assert not alerted, f"alerts on unknown wallets: {sorted(alerted)}"
     for asset in directory.assets:
         assert asset in treasuries, f"asset {asset} has no treasury wallet"
         assert totals.get(asset, 0) == 0, f"asset {asset} sums to {totals.get(asset)}, not 0"
@@ -105,9 +124,11 @@ def state_digest(
     directory: Directory,
     holds: Iterable[Hold] = (),
     withdrawals: Iterable[Withdrawal] = (),
+    alerts: Iterable[Alert] = (),
+    crossings: Iterable[AlertFired] = (),
 ) -> str:
     """A digest of everything the state holds, independent of dict order and shard layout.
-    (No holds and no withdrawals digest exactly as before they existed.)"""
+    (No holds, withdrawals or alerts digest exactly as before they existed.)"""
     digest = hashlib.blake2b(digest_size=16)
     for wallet in sorted(wallets, key=lambda w: w.id):
         digest.update(
@@ -133,14 +154,26 @@ def state_digest(
         fields = [json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
                   for value in withdrawal.key()]
         digest.update(repr(fields).encode())
+    for alert in sorted(alerts, key=lambda alert: alert.id):
+        digest.update(repr(alert.key()).encode())
+    for firing in sorted(crossings, key=repr):
+        digest.update(repr(("owed", firing)).encode())
     digest.update(repr(directory.lsn).encode())
     return digest.hexdigest()
 
 
 def check_state(state: State) -> None:
-    check_invariants(state.wallets.values(), state.directory, state.holds.values(), state.withdrawals.values())
+    check_invariants(state.wallets.values(), state.directory, state.holds.values(), state.withdrawals.values(),
+                     state.alerts.values())
+    for wallet_id, watching in state.watched.items():
+        assert watching, wallet_id
+        assert all(alert.wallet_id == wallet_id and state.alerts.get(alert.id) is alert for alert in watching)
+    assert sum(map(len, state.watched.values())) == len(state.alerts)
+    for firing in state.crossings:
+        assert firing.wallet_id in state.wallets, firing
 
 
 def digest_state(state: State) -> str:
-    return state_digest(state.wallets.values(), state.directory, state.holds.values(), state.withdrawals.values())
+    return state_digest(state.wallets.values(), state.directory, state.holds.values(), state.withdrawals.values(),
+                        state.alerts.values(), state.crossings)
 

@@ -45,14 +45,18 @@ from ledger._messages import BatchReply, Reply, shard_of
 from ledger._model import (
     BATCH_ITEMS_MAX,
     AdvanceWithdrawal,
+    Alert,
+    AlertView,
     Asset,
     BatchFailed,
     ChangeWalletStatus,
     Committed,
     CompleteWithdrawal,
+    CreateAlert,
     CreateAsset,
     CreateToken,
     CreateWallet,
+    DeleteAlert,
     Duplicate,
     Hold,
     Idempotency,
@@ -183,6 +187,32 @@ def _withdrawal_views(
     return read
 
 
+def _alert_views(wallet_id: str) -> Callable[[State], list[AlertView] | None]:
+    """The wallet's alerts in creation order (None: no such wallet)."""
+
+    def read(state: State) -> list[AlertView] | None:
+        wallet = state.wallets.get(wallet_id)
+        if wallet is None:
+            return None
+        return [AlertView.of(alert, wallet.owner_id) for alert in state.watched.get(wallet_id, ())]
+
+    return read
+
+
+def _alert_view(alert_id: str) -> Callable[[State], AlertView | None]:
+    def read(state: State) -> AlertView | None:
+        alert = state.alerts.get(alert_id)
+        return None if alert is None else AlertView.of(alert, state.wallets[alert.wallet_id].owner_id)
+
+    return read
+
+
+def _alerts_lsn(views: list[AlertView] | AlertView | None) -> int:
+    """An alert's ``triggered`` changes with its wallet, so a read waits for the wallet too."""
+    return 0 if views is None else max((view.lsn for view in ([views] if isinstance(views, AlertView) else views)),
+                                       default=0)
+
+
 def _withdrawal_lsn(view: WithdrawalView | None) -> int:
     return 0 if view is None else view.lsn
 
@@ -272,6 +302,10 @@ class Ledger:
             states[shard_of(hold.from_wallet_id, shards)].holds[transaction_id] = hold
         for withdrawal_id, withdrawal in recovered.state.withdrawals.items():
             states[shard_of(withdrawal.wallet_id, shards)].withdrawals[withdrawal_id] = withdrawal
+        for alert_id, alert in recovered.state.alerts.items():  # creation order, kept per shard
+            states[shard_of(alert.wallet_id, shards)].alerts[alert_id] = alert
+        for firing in recovered.state.crossings:
+            states[shard_of(firing.wallet_id, shards)].crossings.append(firing)
         _state.index_holds(self.directory, states)
         self.shards: list[Shard] = []
         shard_options: dict[str, Any] = {}
@@ -299,10 +333,18 @@ class Ledger:
     def _backlogged(self) -> bool:
         return self.wal.backlogged() or self.history.backlogged()
 
+    def fire_owed_alerts(self) -> int:
+        """Records the firings recovery found owed (a crash kept a change and lost the firing
+        record that followed it: ``ledger._apply``), before any command; returns how many
+        records. ``run`` calls it; so does the simulation, which runs no tasks."""
+        return sum(shard.fire() for shard in self.shards)
+
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Runs the WAL writer, the history projector and the shard actors until ``stop`` (or
         a crash of any). On the way out the log is flushed and the projector drained."""
         await self.history.attach()
+        if self.wal.failed is None:
+            self.fire_owed_alerts()
         async with anyio.create_task_group() as group:
             group.start_soon(self._run_log)
             group.start_soon(self.history.run)
@@ -573,6 +615,25 @@ class Ledger:
         assert treasury_id(asset) == treasury
         return await self._wait(self._shard(treasury).submit_transfer(command))
 
+    async def create_alert(self, command: CreateAlert) -> Decision:
+        return await self._wait(self._shard(command.wallet_id).submit_command(command))
+
+    async def delete_alert(self, command: DeleteAlert) -> Decision:
+        wallet_id = self.directory.alert_wallets.get(command.alert_id)
+        if wallet_id is None:
+            return Rejection(reason=Reason.ALERT_NOT_FOUND, detail=f"alert {command.alert_id} does not exist")
+        return await self._wait(self._shard(wallet_id).submit_command(command))
+
+    async def alerts(self, wallet_id: str) -> list[AlertView] | None:
+        """The wallet's alerts, oldest first; None when the wallet does not exist."""
+        return await self._wait(self._shard(wallet_id).submit_query(_alert_views(wallet_id), _alerts_lsn))
+
+    async def alert(self, alert_id: str) -> AlertView | None:
+        wallet_id = self.directory.alert_wallets.get(alert_id)
+        if wallet_id is None:
+            return None
+        return await self._wait(self._shard(wallet_id).submit_query(_alert_view(alert_id), _alerts_lsn))
+
     async def withdrawal(self, withdrawal_id: str) -> WithdrawalView | None:
         wallet_id = self.directory.withdrawal_wallets.get(withdrawal_id)
         if wallet_id is None:
@@ -633,6 +694,9 @@ class Ledger:
     def all_withdrawals(self) -> list[Withdrawal]:
         return [withdrawal for shard in self.shards for withdrawal in shard.state.withdrawals.values()]
 
+    def all_alerts(self) -> list[Alert]:
+        return [alert for shard in self.shards for alert in shard.state.alerts.values()]
+
     def merged_state(self) -> State:
         """One ``State`` holding every shard's wallets, pending holds and withdrawals over the
         shared directory: the inverse of the partition in ``__init__``, and what a snapshot of
@@ -644,17 +708,27 @@ class Ledger:
             assert state.wallets.keys().isdisjoint(shard.state.wallets)
             assert state.holds.keys().isdisjoint(shard.state.holds)
             assert state.withdrawals.keys().isdisjoint(shard.state.withdrawals)
+            assert state.alerts.keys().isdisjoint(shard.state.alerts)
             state.wallets.update(shard.state.wallets)
             state.holds.update(shard.state.holds)
             state.withdrawals.update(shard.state.withdrawals)
+            state.crossings.extend(shard.state.crossings)
+        # Alerts in creation order (the order each wallet evaluates its own in).
+        for alert in sorted(self.all_alerts(), key=lambda alert: alert.lsn):
+            state.alerts[alert.id] = alert
+            state.watched.setdefault(alert.wallet_id, []).append(alert)
         return state
 
     def check_invariants(self) -> None:
         """``check_invariants`` over the live shards (call when they are idle)."""
-        _invariants.check_invariants(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
+        _invariants.check_invariants(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals(),
+                                     self.all_alerts())
 
     def digest(self) -> str:
-        return _invariants.state_digest(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals())
+        return _invariants.state_digest(
+            self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals(), self.all_alerts(),
+            [firing for shard in self.shards for firing in shard.state.crossings],
+        )
 
 
 def open_ledger(data_dir: Path, **options: Any) -> Ledger:

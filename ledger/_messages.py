@@ -22,9 +22,11 @@ from ledger._model import (
     BatchFailed,
     ChangeWalletStatus,
     CompleteWithdrawal,
+    CreateAlert,
     CreateAsset,
     CreateToken,
     CreateWallet,
+    DeleteAlert,
     ExpireHolds,
     HoldCaptured,
     RequestWithdrawal,
@@ -74,7 +76,7 @@ Movement = Transfer | ResolveHold | CompleteWithdrawal
 # Commands decided on one shard alone.
 LocalCommand = (
     CreateWallet | ChangeWalletStatus | CreateAsset | CreateToken | RevokeToken | ResolveHold
-    | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal
+    | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal | CreateAlert | DeleteAlert
 )
 
 

@@ -28,6 +28,12 @@ SCALE_MAX = 18
 # Transfers in one batch request (POST /v1/transfers/batch) and so in one batch record: a record
 # position (lsn, index) fits in lsn * 2**13 + index (the history read model keys entries so).
 BATCH_ITEMS_MAX = 8190
+# Balance alerts per wallet (POST /v1/wallets/{id}/alerts refuses more: 409 alert_limit_reached).
+# Every change of a watched wallet evaluates each of its alerts, so this bounds that work too.
+ALERTS_PER_WALLET_MAX = 100
+# Firings in one ``AlertsTriggered`` record: a batch that crosses more in one step writes
+# several records (in the same step), so a record stays far below the frame limit.
+FIRINGS_PER_RECORD_MAX = 4096
 
 assert AMOUNT_MAX == 9223372036854775807
 assert INT64_MIN == -AMOUNT_MAX - 1
@@ -73,6 +79,9 @@ class Reason(enum.Enum):
     WITHDRAWAL_NOT_DEAD = "withdrawal_not_dead"  # only a dead withdrawal can be retried
     WITHDRAWAL_NOT_PAYABLE = "withdrawal_not_payable"  # internal: a payout step out of order
     RECORD_TOO_LARGE = "payload_too_large:record"  # an atomic batch must fit in one log record
+    # Balance alerts (checked in this order after SENDER_NOT_FOUND and FORBIDDEN).
+    ALERT_LIMIT_REACHED = "alert_limit_reached"
+    ALERT_NOT_FOUND = "alert_not_found"
 
     @property
     def code(self) -> str:
@@ -160,6 +169,20 @@ class PayoutStep(enum.IntEnum):
     DEAD = 2  # retries exhausted: dead, the hold stays
     REFUSED = 3  # the bank refused: failed, the hold is voided
     RETRY = 4  # an operator re-queues a dead withdrawal: pending, attempts back to 0
+
+
+class AlertField(Labelled):
+    """Which amount of a wallet an alert watches."""
+
+    AVAILABLE = 0
+    BALANCE = 1
+
+
+class AlertDirection(Labelled):
+    """``BELOW``: the condition is ``value < threshold``; ``ABOVE``: ``value > threshold``."""
+
+    BELOW = 0
+    ABOVE = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,9 +300,29 @@ class RevokeToken:
     prefix: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateAlert:
+    """Watch ``field`` of ``wallet_id`` against ``threshold``. ``owner_id`` is who asks (None:
+    admin): the wallet must belong to them."""
+
+    alert_id: str
+    wallet_id: str
+    field: AlertField
+    direction: AlertDirection
+    threshold: int
+    owner_id: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteAlert:
+    alert_id: str
+    owner_id: str | None
+
+
 Command = (
     CreateAsset | CreateWallet | ChangeWalletStatus | Transfer | CreateToken | RevokeToken
     | ResolveHold | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal | CompleteWithdrawal
+    | CreateAlert | DeleteAlert
 )
 
 
@@ -426,9 +469,56 @@ class TransfersPosted:
     at_us: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertCreated:
+    """``triggered``: the condition already held when the alert was made (it then waits until
+    the condition is false again before it can fire)."""
+
+    alert_id: str
+    wallet_id: str
+    field: AlertField
+    direction: AlertDirection
+    threshold: int
+    triggered: bool
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertDeleted:
+    alert_id: str
+    wallet_id: str
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertFired:
+    """One crossing: the change made by ``transaction_id`` took ``field`` of the wallet to
+    ``value``, and the alert's condition (false before it) became true."""
+
+    alert_id: str
+    wallet_id: str
+    field: AlertField
+    direction: AlertDirection
+    threshold: int
+    value: int
+    transaction_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertsTriggered:
+    """The firings owed by the changes a shard applied in one step, appended in that step
+    (``ledger._apply`` has the rule and why this is exactly once)."""
+
+    firings: tuple[AlertFired, ...]
+    at_us: int
+
+
+AlertEvent = AlertCreated | AlertDeleted | AlertsTriggered
+
 Event = (
     AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TransfersPosted | TokenCreated
     | TokenRevoked | HoldCreated | HoldCaptured | HoldVoided | WithdrawalUpdated
+    | AlertCreated | AlertDeleted | AlertsTriggered
 )
 
 
@@ -574,6 +664,65 @@ class Withdrawal:
         )
 
 
+class Alert:
+    """A balance alert, owned by its wallet's shard. ``triggered`` is whether its condition
+    held after the last change of the wallet (or at creation); only ``apply`` mutates it."""
+
+    __slots__ = ("created_at_us", "direction", "field", "id", "lsn", "threshold", "triggered", "wallet_id")
+
+    def __init__(
+        self, *, id: str, wallet_id: str, field: AlertField, direction: AlertDirection, threshold: int,
+        triggered: bool, created_at_us: int, lsn: int,
+    ) -> None:
+        self.id = id
+        self.wallet_id = wallet_id
+        self.field = field
+        self.direction = direction
+        self.threshold = threshold
+        self.triggered = triggered
+        self.created_at_us = created_at_us
+        self.lsn = lsn
+
+    def holds(self, wallet: Wallet) -> bool:
+        """The condition, for the wallet as it is now."""
+        value = wallet.balance if self.field == AlertField.BALANCE else wallet.balance - wallet.held
+        return value < self.threshold if self.direction == AlertDirection.BELOW else value > self.threshold
+
+    def key(self) -> tuple[Any, ...]:
+        """Every field, for digests and equality in tests."""
+        return (self.id, self.wallet_id, int(self.field), int(self.direction), self.threshold, self.triggered,
+                self.created_at_us, self.lsn)
+
+    def __repr__(self) -> str:
+        return (
+            f"Alert(id={self.id!r}, wallet={self.wallet_id!r}, {self.field.label} "
+            f"{self.direction.label} {self.threshold}, triggered={self.triggered})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertView:
+    """A copy of an alert taken inside its actor (what the routes render)."""
+
+    id: str
+    wallet_id: str
+    owner_id: str
+    field: AlertField
+    direction: AlertDirection
+    threshold: int
+    triggered: bool
+    created_at_us: int
+    lsn: int
+
+    @classmethod
+    def of(cls, alert: Alert, owner_id: str) -> AlertView:
+        return cls(
+            id=alert.id, wallet_id=alert.wallet_id, owner_id=owner_id, field=alert.field,
+            direction=alert.direction, threshold=alert.threshold, triggered=alert.triggered,
+            created_at_us=alert.created_at_us, lsn=alert.lsn,
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Token:
     token_hash: bytes
@@ -662,3 +811,4 @@ new_committed = frozen_builder(Committed)
 new_idempotency_record = frozen_builder(IdempotencyRecord)
 new_transfer = frozen_builder(Transfer)
 new_idempotency = frozen_builder(Idempotency)
+new_alert_fired = frozen_builder(AlertFired)

@@ -6,7 +6,8 @@ without bound. The internal one carries the second and third steps of transfers 
 shards; it is never refused (refusing would strand a reservation) and is bounded by
 construction: each external command causes at most two internal messages.
 
-The actor drains what is waiting in one go (internal first, so in-flight transfers finish and
+The actor drains what is waiting in one go (credits from other shards first, so each wallet
+changes in LSN order; then internal, so in-flight transfers finish and
 release their reservations), and for each message decides with the pure state machine, appends
 the accepted event to the WAL and applies it, **in the same step, with no await in between**:
 log order is therefore a serial order of everything any client can observe. Replies are
@@ -81,6 +82,9 @@ from ledger._messages import (
     shard_of,
 )
 from ledger._model import (
+    AlertCreated,
+    AlertDeleted,
+    AlertsTriggered,
     ChangeWalletStatus,
     Committed,
     Duplicate,
@@ -143,6 +147,12 @@ class Shard:
         self._backlogged = backlogged or wal.backlogged
         self._external: deque[Any] = deque()
         self._internal: deque[Any] = deque()
+        # Step 3 of transfers from other shards (``_ApplyCredit``, ``_ApplyCredits``): their
+        # records are in the log already, so they are applied before anything else this shard
+        # does (``drain``). That keeps each wallet's changes in LSN order: a debit step queued
+        # before a credit would otherwise append a later record and apply it first, and balance
+        # alerts, which judge each change in order, would see another history than replay.
+        self._credits: deque[Any] = deque()
         self._wakeup = anyio.Event()
         self._sleeping = False
         self._stopping = False
@@ -197,7 +207,10 @@ class Shard:
             self._wakeup.set()
 
     def _post(self, message: Any) -> None:
-        self._internal.append(message)
+        if type(message) is _ApplyCredit or type(message) is _ApplyCredits:
+            self._credits.append(message)
+        else:
+            self._internal.append(message)
         if self._sleeping:
             self._sleeping = False
             self._wakeup.set()
@@ -260,7 +273,7 @@ class Shard:
             self._wakeup.set()
 
     def idle(self) -> bool:
-        return not self._internal and not self._external and self._hold is None
+        return not self._credits and not self._internal and not self._external and self._hold is None
 
     async def run(self) -> None:
         while True:
@@ -269,7 +282,7 @@ class Shard:
                 await self._held(hold)
                 self._hold = None
                 continue
-            if not self._internal and not self._external:
+            if not self._credits and not self._internal and not self._external:
                 if self._stopping:
                     return
                 self._wakeup = anyio.Event()
@@ -280,22 +293,58 @@ class Shard:
             await anyio.lowlevel.checkpoint()
 
     def drain(self, limit: int, *, deadline_ns: int | None = None) -> int:
-        """Handles up to ``limit`` waiting messages, internal ones first, in one synchronous
+        """Handles up to ``limit`` waiting messages, credits then internal ones first, in one synchronous
         step, stopping early once ``time.perf_counter_ns()`` passes ``deadline_ns``; returns
         how many. (``run`` calls it; the simulation calls it directly, without a deadline.)"""
         handlers = self._handlers
+        credits = self._credits
         internal = self._internal
         external = self._external
+        state = self.state
         handled = 0
-        while (internal or external) and handled < limit and self._hold is None:
-            message = internal.popleft() if internal else external.popleft()
+        while (credits or internal or external) and handled < limit and self._hold is None:
+            message = credits.popleft() if credits else internal.popleft() if internal else external.popleft()
             handlers[type(message)](message)
+            if state.crossings:
+                # Firings owed by the changes this message applied: recorded in the same step.
+                self.fire()
             handled += 1
             if deadline_ns is not None and time.perf_counter_ns() >= deadline_ns:
                 break
         self._drains += 1
         self._messages += handled
         return handled
+
+    def fire(self) -> int:
+        """Appends and applies the records that pay the firings this shard owes
+        (``State.crossings``, filled by ``ledger._apply`` as changes are applied); returns how
+        many. Called in the step that applied the changes. With the log failed nothing is
+        appended: the firings stay owed and recovery records them (``Ledger.fire_owed_alerts``)."""
+        state = self.state
+        if not state.crossings or self._wal.failed is not None:
+            return 0
+        records = _decide.decide_firings(state, self._clock())
+        for record in records:
+            lsn = self._commit(record)
+            _apply.apply_directory(state.directory, record, lsn)
+            _apply.apply_alerts(state, record, lsn)
+        assert not state.crossings, state.crossings
+        return len(records)
+
+    def take_queued_credits(self) -> None:
+        """Applies now the credits waiting for this shard (step 3 of transfers whose records
+        are already in the log). An atomic batch calls it on every shard it involves before it
+        decides: a paused shard does not drain, and a credit that reached it meanwhile came from
+        a record appended before the batch's, so it must apply first (LSN order per wallet)."""
+        credits = self._credits
+        while credits:
+            message = credits.popleft()
+            if type(message) is _ApplyCredit:
+                self._on_apply_credit(message)
+            else:
+                self._on_apply_credits(message)
+        if self.state.crossings:
+            self.fire()
 
     def _resolve(self, reply: Reply, value: Any, lsn: int) -> None:
         reply.value = value
@@ -403,6 +452,8 @@ class Shard:
             _apply.apply_directory(self.state.directory, event, lsn)
             if isinstance(event, HoldCreated | HoldVoided | WithdrawalUpdated):
                 self._apply_sender(event, lsn)
+            elif isinstance(event, AlertCreated | AlertDeleted | AlertsTriggered):
+                _apply.apply_alerts(self.state, event, lsn)
             else:
                 _apply.apply_wallets(self.state, event, lsn)
         return lsn
@@ -612,7 +663,7 @@ class Shard:
             index=self.index,
             wallets=len(self.state.wallets),
             mailbox_depth=len(self._external),
-            internal_depth=len(self._internal),
+            internal_depth=len(self._internal) + len(self._credits),
             pending_credits=len(self._pending),
             batches_gathering=len(self._gathering),
             messages=self._messages,

@@ -15,7 +15,8 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
     object       | fields (a msgpack array)                                         | count
     -------------|------------------------------------------------------------------|-----------
     header       | version, directory lsn, directory at_us, assets, tokens,         | 1
-                 | idempotency records, wallets, holds, withdrawals (the counts)    |
+                 | idempotency records, wallets, holds, withdrawals, alerts,        |
+                 | crossings (the counts)                                           |
     asset        | code, scale, created_at_us                                       | assets
     token        | token_hash, prefix, owner_id, created_at_us                      | tokens
     idempotency  | scope, key, fingerprint, lsn, at_us, event (``encode_event``)    | records
@@ -26,8 +27,14 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
     withdrawal   | id, wallet_id, asset, amount, destination, status, attempts,     | withdrawals
                  | last_error, next_attempt_at_us, reference, created_at_us,        |
                  | updated_at_us, lsn                                               |
+    alert        | id, wallet_id, field, direction, threshold, triggered,           | alerts
+                 | created_at_us, lsn                                               |
+    crossing     | alert_id, wallet_id, field, direction, threshold, value,         | crossings
+                 | transaction_id (a firing owed: ``State.crossings``)              |
 
-Version 1 (before holds) had no hold or withdrawal counts or entities; it still decodes.
+Version 1 (before holds) had no hold or withdrawal counts or entities; version 2 (before
+balance alerts) no alert or crossing counts or entities; both still decode. Alerts are in
+creation (LSN) order, the order ``State.watched`` evaluates them in; crossings in the order owed.
 Holds and withdrawals are sorted by id; the directory's routing indexes are rebuilt from them.
 
 Assets, tokens and idempotency records keep their dict order (log order, which replay
@@ -52,6 +59,10 @@ from ledger._codec import CodecError, decode_event, encode_event
 from ledger._model import (
     INT64_MAX,
     INT64_MIN,
+    Alert,
+    AlertDirection,
+    AlertField,
+    AlertFired,
     Asset,
     Hold,
     HoldCaptured,
@@ -69,7 +80,7 @@ from ledger._model import (
 )
 from ledger._state import Directory, State, index_holds
 
-SNAPSHOT_CODEC_VERSION = 2
+SNAPSHOT_CODEC_VERSION = 3
 # Entities per chunk: bounds the memory a chunk takes while it is written, at a cost of one
 # list join per chunk (one chunk per entity would be a write call per entity).
 CHUNK_RECORDS = 10_000
@@ -77,7 +88,7 @@ CHUNK_RECORDS = 10_000
 # idempotency record: an event (itself within the WAL's 16 MiB payload limit) plus its key.
 ENTITY_BYTES_MAX = 17 * 1024 * 1024
 
-_HEADER_FIELDS = {1: 7, 2: 9}
+_HEADER_FIELDS = {1: 7, 2: 9, 3: 11}
 _KEYED_EVENTS = Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided
 
 assert CHUNK_RECORDS >= 1
@@ -88,7 +99,7 @@ def count_records(state: State) -> int:
     """How many entities ``encode_state`` writes (the snapshot header's record count)."""
     directory = state.directory
     return (len(directory.assets) + len(directory.tokens) + len(directory.idempotency) + len(state.wallets)
-            + len(state.holds) + len(state.withdrawals))
+            + len(state.holds) + len(state.withdrawals) + len(state.alerts) + len(state.crossings))
 
 
 def encode_state(state: State) -> Iterator[bytes]:
@@ -98,7 +109,7 @@ def encode_state(state: State) -> Iterator[bytes]:
     assert len(directory.tokens) == len(directory.token_prefixes)
     lsn = directory.lsn
     counts = (len(directory.assets), len(directory.tokens), len(directory.idempotency), len(state.wallets),
-              len(state.holds), len(state.withdrawals))
+              len(state.holds), len(state.withdrawals), len(state.alerts), len(state.crossings))
     packer = msgpack.Packer(use_bin_type=True)
     yield packer.pack([SNAPSHOT_CODEC_VERSION, lsn, directory.at_us, *counts])
 
@@ -129,6 +140,16 @@ def encode_state(state: State) -> Iterator[bytes]:
                 withdrawal.destination, int(withdrawal.status), withdrawal.attempts,
                 withdrawal.last_error, withdrawal.next_attempt_at_us, withdrawal.reference,
                 withdrawal.created_at_us, withdrawal.updated_at_us, withdrawal.lsn,
+            ]
+        for alert in sorted(state.alerts.values(), key=lambda alert: alert.lsn):
+            yield [
+                alert.id, alert.wallet_id, int(alert.field), int(alert.direction), alert.threshold,
+                alert.triggered, alert.created_at_us, alert.lsn,
+            ]
+        for firing in state.crossings:
+            yield [
+                firing.alert_id, firing.wallet_id, int(firing.field), int(firing.direction), firing.threshold,
+                firing.value, firing.transaction_id,
             ]
 
     chunk: list[bytes] = []
@@ -201,9 +222,10 @@ def _decode(body: bytes) -> State:
     fields = _fields(header, _HEADER_FIELDS[version], "snapshot header")
     if version == 1:
         fields += [0, 0]
-    _, lsn, at_us, assets_count, tokens_count, records_count, wallets_count, holds_count, withdrawals_count = (
-        fields
-    )
+    if version <= 2:
+        fields += [0, 0]
+    (_, lsn, at_us, assets_count, tokens_count, records_count, wallets_count, holds_count, withdrawals_count,
+     alerts_count, crossings_count) = fields
     directory = Directory(lsn=_int(lsn, "lsn", 0), at_us=_int(at_us, "at_us"))
     for value, what in (
         (assets_count, "asset count"),
@@ -212,6 +234,8 @@ def _decode(body: bytes) -> State:
         (wallets_count, "wallet count"),
         (holds_count, "hold count"),
         (withdrawals_count, "withdrawal count"),
+        (alerts_count, "alert count"),
+        (crossings_count, "crossing count"),
     ):
         # A count past the body's length is garbage, and would only fail later, slowly.
         _int(value, what, 0, len(body))
@@ -335,8 +359,43 @@ def _decode(body: bytes) -> State:
             lsn=_int(withdrawal_lsn, "withdrawal lsn", 1, directory.lsn),
         )
 
+    alerts: dict[str, Alert] = {}
+    previous_alert_lsn = 0
+    for _ in range(alerts_count):
+        alert_id, wallet_id, field, direction, threshold, triggered, created_at_us, alert_lsn = _fields(
+            unpacker.unpack(), 8, "alert"
+        )
+        alert_id = _str(alert_id, "alert id")
+        if alert_id in alerts:
+            raise CodecError(f"alert {alert_id!r} appears twice")
+        if type(triggered) is not bool:
+            raise CodecError(f"alert {alert_id!r} triggered: expected a boolean")
+        alert = Alert(
+            id=alert_id, wallet_id=_str(wallet_id, "alert wallet"), field=AlertField(_int(field, "alert field")),
+            direction=AlertDirection(_int(direction, "alert direction")), threshold=_int(threshold, "threshold"),
+            triggered=triggered, created_at_us=_int(created_at_us, "alert created_at_us"),
+            # Creation order: ``State.watched`` evaluates a wallet's alerts in it.
+            lsn=_int(alert_lsn, "alert lsn", previous_alert_lsn + 1, directory.lsn),
+        )
+        previous_alert_lsn = alert.lsn
+        alerts[alert_id] = alert
+
+    crossings: list[AlertFired] = []
+    for _ in range(crossings_count):
+        alert_id, wallet_id, field, direction, threshold, value, transaction_id = _fields(
+            unpacker.unpack(), 7, "crossing"
+        )
+        crossings.append(AlertFired(
+            alert_id=_str(alert_id, "crossing alert"), wallet_id=_str(wallet_id, "crossing wallet"),
+            field=AlertField(_int(field, "crossing field")),
+            direction=AlertDirection(_int(direction, "crossing direction")),
+            threshold=_int(threshold, "crossing threshold"), value=_int(value, "crossing value"),
+            transaction_id=_str(transaction_id, "crossing transaction"),
+        ))
+
     if unpacker.tell() != len(body):
         raise CodecError(f"{len(body) - unpacker.tell()} bytes after the last entity")
-    state = State(directory=directory, wallets=wallets, holds=holds, withdrawals=withdrawals)
+    state = State(directory=directory, wallets=wallets, holds=holds, withdrawals=withdrawals, alerts=alerts,
+                  crossings=crossings)
     index_holds(directory, [state])
     return state

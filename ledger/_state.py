@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ledger._model import (
+    Alert,
+    AlertFired,
     Asset,
     Hold,
     IdempotencyRecord,
@@ -46,6 +48,8 @@ class Directory:
     # pending hold -> (sender, receiver, amount); withdrawal -> its wallet.
     hold_routes: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     withdrawal_wallets: dict[str, str] = field(default_factory=dict)
+    # Alert -> its wallet (routes DELETE /v1/alerts/{id} to the wallet's shard).
+    alert_wallets: dict[str, str] = field(default_factory=dict)
     lsn: int = 0
     at_us: int = 0
 
@@ -57,13 +61,27 @@ class State:
     # Pending holds whose sender this state owns, and withdrawals of its wallets.
     holds: dict[str, Hold] = field(default_factory=dict)
     withdrawals: dict[str, Withdrawal] = field(default_factory=dict)
+    # Balance alerts of its wallets, by id; ``watched`` lists them per wallet and holds only
+    # wallets that have alerts, so a change of any other wallet costs one lookup in an empty or
+    # small dict. ``crossings`` are the firings owed by changes applied and not yet recorded by
+    # an ``AlertsTriggered`` record (empty between steps, except after recovery from a log cut
+    # between a change and its firing: ``ledger._apply`` explains).
+    alerts: dict[str, Alert] = field(default_factory=dict)
+    watched: dict[str, list[Alert]] = field(default_factory=dict)
+    crossings: list[AlertFired] = field(default_factory=list)
 
 
 def index_holds(directory: Directory, states: Iterable[State]) -> None:
-    """Rebuilds the directory's routing indexes from the states' holds and withdrawals."""
+    """Rebuilds the directory's routing indexes from the states' holds, withdrawals and alerts
+    (and each state's ``watched`` from its alerts)."""
     directory.hold_routes.clear()
     directory.withdrawal_wallets.clear()
+    directory.alert_wallets.clear()
     for state in states:
+        state.watched.clear()
+        for alert in state.alerts.values():
+            directory.alert_wallets[alert.id] = alert.wallet_id
+            state.watched.setdefault(alert.wallet_id, []).append(alert)
         for hold in state.holds.values():
             directory.hold_routes[hold.transaction_id] = (hold.from_wallet_id, hold.to_wallet_id, hold.amount)
         for withdrawal in state.withdrawals.values():

@@ -93,6 +93,8 @@ REASONS: dict[Reason, tuple[int, str]] = {
     Reason.WITHDRAWAL_NOT_DEAD: (409, "Withdrawal not dead"),
     Reason.WITHDRAWAL_NOT_PAYABLE: (409, "Withdrawal not payable"),
     Reason.RECORD_TOO_LARGE: (413, "Payload too large"),
+    Reason.ALERT_LIMIT_REACHED: (409, "Alert limit reached"),
+    Reason.ALERT_NOT_FOUND: (404, "Alert not found"),
 }
 assert set(REASONS) == set(Reason), set(Reason) - set(REASONS)
 

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ledger import (
+    ALERTS_PER_WALLET_MAX,
     AMOUNT_MAX,
     BATCH_ITEMS_MAX,
     DESCRIPTION_CHARS_MAX,
@@ -90,9 +91,32 @@ SCHEMAS: dict[str, Any] = {
                               "wallet.closed", "deposit.posted", "transfer.posted", "token.created",
                               "token.revoked", "transfer.pending", "transfer.voided", "transfer.expired",
                               "withdrawal.pending", "withdrawal.processing", "withdrawal.dead",
-                              "withdrawal.completed", "withdrawal.failed"]},
+                              "withdrawal.completed", "withdrawal.failed", "alert.created",
+                              "alert.deleted", "alert.triggered"]},
             "created_at": TIMESTAMP,
-            "data": {"type": "object"},
+            "data": {"type": "object", "description": "by type: a transaction, a wallet, an alert, or for "
+                                                      "alert.triggered an AlertTriggered"},
+        },
+    },
+    "Alert": {
+        "type": "object",
+        "description": "A balance alert: exactly one of below and above holds the threshold.",
+        "required": ["id", "wallet_id", "field", "state", "created_at"],
+        "properties": {
+            "id": {"type": "string"}, "wallet_id": {"type": "string"}, "field": {"enum": ["available", "balance"]},
+            "below": BALANCE, "above": BALANCE, "state": {"enum": ["armed", "triggered"]}, "created_at": TIMESTAMP,
+        },
+    },
+    "AlertTriggered": {
+        "type": "object",
+        "description": "The data of an alert.triggered event: the alert's condition became true through "
+                       "the change made by transaction_id, which left field at value. Recorded in the same "
+                       "step as that change; once per crossing.",
+        "required": ["alert_id", "wallet_id", "field", "direction", "threshold", "value", "transaction_id"],
+        "properties": {
+            "alert_id": {"type": "string"}, "wallet_id": {"type": "string"},
+            "field": {"enum": ["available", "balance"]}, "direction": {"enum": ["below", "above"]},
+            "threshold": BALANCE, "value": BALANCE, "transaction_id": {"type": "string"},
         },
     },
     "Withdrawal": {
@@ -240,6 +264,7 @@ TAGS = [
     ("/v1/transfers", "transfers", "Transfers, holds and batches"),
     ("/v1/withdrawals", "withdrawals", "Money out to a bank, paid asynchronously"),
     ("/v1/transactions", "transactions", "Transactions by id, and the search over all of them"),
+    ("/v1/alerts", "alerts", "Balance alerts: fire once when a wallet's available or balance crosses a threshold"),
     ("/v1/events", "events", "The committed event feed (admin)"),
     ("/v1/admin", "admin", "Operator actions (admin)"),
     ("/", "service", "Health, readiness and where the documentation is"),
@@ -425,6 +450,45 @@ def build() -> dict[str, Any]:
         "/v1/withdrawals/{withdrawal_id}": {
             "get": {"operationId": "getWithdrawal", "parameters": [_path_id("withdrawal_id")],
                     "responses": {"200": _json(_ref("Withdrawal"), "the withdrawal"), **_problems(403, 404)}}
+        },
+        "/v1/wallets/{wallet_id}/alerts": {
+            "post": {
+                "operationId": "createAlert", "tags": ["alerts"], "parameters": [_path_id("wallet_id")],
+                "summary": "Watch a wallet's available or balance: fire once per crossing of a threshold",
+                "description": (
+                    "Exactly one of below (fires when the field becomes < below) and above (> above), any "
+                    "int64. Admin, or the wallet's owner. The alert starts triggered when its condition "
+                    "already holds, and then fires only after the condition was false again. At most "
+                    f"{ALERTS_PER_WALLET_MAX} alerts per wallet (409 alert_limit_reached)."
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": False, "required": ["field"],
+                        "properties": {"field": {"enum": ["available", "balance"]}, "below": BALANCE,
+                                       "above": BALANCE},
+                        "oneOf": [{"required": ["below"]}, {"required": ["above"]}],
+                    }}},
+                },
+                "responses": {"201": _json(_ref("Alert"), "created"), **_problems(403, 404, 409, 413, 415)},
+            },
+            "get": {
+                "operationId": "listAlerts", "tags": ["alerts"], "parameters": [_path_id("wallet_id")],
+                "summary": "A wallet's alerts, oldest first, with their state",
+                "responses": {"200": _json({"type": "object", "required": ["items"],
+                                            "properties": {"items": {"type": "array", "items": _ref("Alert")}}},
+                                           "the wallet's alerts"), **_problems(403, 404)},
+            },
+        },
+        "/v1/alerts/{alert_id}": {
+            "delete": {
+                "operationId": "deleteAlert", "parameters": [_path_id("alert_id")],
+                "summary": "Delete an alert (admin, or the owner of its wallet)",
+                "responses": {"200": _json({"type": "object", "required": ["id", "wallet_id", "deleted"],
+                                            "properties": {"id": {"type": "string"}, "wallet_id": {"type": "string"},
+                                                           "deleted": {"const": True}}}, "deleted"),
+                              **_problems(403, 404, 413, 415)},
+            }
         },
         "/v1/withdrawals/{withdrawal_id}/retry": {
             "post": {

@@ -48,14 +48,17 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ledger import (
     AdvanceWithdrawal,
+    AlertView,
     Asset,
     BatchFailed,
     ChangeWalletStatus,
     Committed,
+    CreateAlert,
     CreateAsset,
     CreateToken,
     CreateWallet,
     Decision,
+    DeleteAlert,
     Entry,
     Event,
     Gone,
@@ -134,6 +137,10 @@ class LedgerPort(Protocol):
                            owner_id: str | None, idempotency: Idempotency | None) -> ItemOutcome: ...
     async def request_withdrawal(self, command: RequestWithdrawal) -> ItemOutcome: ...
     async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Decision | Committed: ...
+    async def create_alert(self, command: CreateAlert) -> Decision: ...
+    async def delete_alert(self, command: DeleteAlert) -> Decision: ...
+    async def alerts(self, wallet_id: str) -> list[AlertView] | None: ...
+    async def alert(self, alert_id: str) -> AlertView | None: ...
     async def wallet(self, wallet_id: str) -> WalletView | None: ...
     async def wallets(self, wallet_ids: list[str]) -> list[WalletView]: ...
     async def withdrawal(self, withdrawal_id: str) -> WithdrawalView | None: ...
@@ -224,7 +231,19 @@ class LocalPort:
             self.payouts.submit(command.withdrawal_id)
         return decision
 
+    async def create_alert(self, command: CreateAlert) -> Decision:
+        return await self.ledger.create_alert(command)
+
+    async def delete_alert(self, command: DeleteAlert) -> Decision:
+        return await self.ledger.delete_alert(command)
+
     # -- state reads -------------------------------------------------------------------------
+
+    async def alerts(self, wallet_id: str) -> list[AlertView] | None:
+        return await self.ledger.alerts(wallet_id)
+
+    async def alert(self, alert_id: str) -> AlertView | None:
+        return await self.ledger.alert(alert_id)
 
     async def wallet(self, wallet_id: str) -> WalletView | None:
         return await self.ledger.wallet(wallet_id)
@@ -324,6 +343,7 @@ METHODS = (
     "transfer", "transfer_batch", "transfer_batch_rows", "transfer_row",
     "create_wallet", "change_status", "create_asset", "create_token",
     "revoke_token", "resolve_hold", "request_withdrawal", "advance_withdrawal",
+    "create_alert", "delete_alert", "alerts", "alert",
     "wallet", "wallets", "withdrawal", "withdrawals", "token", "asset", "assets", "transaction",
     "entries", "balance_at", "search_transactions", "wallet_ids", "events", "status", "take_snapshot",
     "metrics", "wait_projected", "sync_projection",
@@ -604,6 +624,18 @@ class RemotePort:
 
     async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Decision | Committed:
         return await self._call("advance_withdrawal", command)
+
+    async def create_alert(self, command: CreateAlert) -> Decision:
+        return await self._call("create_alert", command)
+
+    async def delete_alert(self, command: DeleteAlert) -> Decision:
+        return await self._call("delete_alert", command)
+
+    async def alerts(self, wallet_id: str) -> list[AlertView] | None:
+        return await self._call("alerts", wallet_id)
+
+    async def alert(self, alert_id: str) -> AlertView | None:
+        return await self._call("alert", alert_id)
 
     async def wallet(self, wallet_id: str) -> WalletView | None:
         return await self._call("wallet", wallet_id)

@@ -341,6 +341,27 @@ def amount(name: str, value: Any) -> int:
     return value
 
 
+def threshold(name: str, value: Any) -> int:
+    """An alert's threshold: any int64, negative and zero included (a balance can be below 0:
+    the treasury, an overdraft), never a float, string, boolean or null."""
+    if isinstance(value, _BigInt):
+        raise invalid_field(name, f"must be between {INT64_MIN} and {INT64_MAX}")
+    if type(value) is not int:
+        raise invalid_field(name, f"must be an integer number of minor units, not {_describe(value)}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise invalid_field(name, f"must be between {INT64_MIN} and {INT64_MAX}")
+    return value
+
+
+ALERT_FIELDS = ("available", "balance")
+
+
+def alert_field(name: str, value: Any) -> str:
+    if type(value) is not str or value not in ALERT_FIELDS:
+        raise invalid_field(name, f"must be one of {', '.join(ALERT_FIELDS)}")
+    return value
+
+
 def identifier(name: str, value: Any) -> str:
     if type(value) is not str:
         raise invalid_field(name, f"must be a string, not {_describe(value)}")

@@ -25,6 +25,7 @@ from server import _openapi
 from server._edge import BodyTimeout
 from server._errors import ApiError, code_label, problem
 from server._observe import Observe, shown_path
+from server.api._alerts import Alerts
 from server.api._assets import Assets
 from server.api._batches import Batches
 from server.api._deps import Deps
@@ -52,6 +53,7 @@ def routes(deps: Deps) -> list[BaseRoute]:
     transfers = Transfers(deps)
     batches = Batches(deps)
     withdrawals = Withdrawals(deps)
+    alerts = Alerts(deps, wallets)
     transactions = Transactions(deps)
     events = Events(deps)
     return [
@@ -76,6 +78,9 @@ def routes(deps: Deps) -> list[BaseRoute]:
         Route("/v1/wallets/{wallet_id}/close", wallets.close, methods=["POST"]),
         Route("/v1/wallets/{wallet_id}/balance", wallets.balance, methods=["GET"]),
         Route("/v1/wallets/{wallet_id}/transactions", wallets.wallet_transactions, methods=["GET"]),
+        Route("/v1/wallets/{wallet_id}/alerts", alerts.create_alert, methods=["POST"]),
+        Route("/v1/wallets/{wallet_id}/alerts", alerts.list_alerts, methods=["GET"]),
+        Route("/v1/alerts/{alert_id}", alerts.delete_alert, methods=["DELETE"]),
         Route("/v1/deposits", transfers.deposit, methods=["POST"]),
         Route("/v1/transfers", transfers.transfer, methods=["POST"]),
         Route("/v1/transfers/batch", batches.transfer_batch, methods=["POST"]),

@@ -14,6 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ledger import (
+    AlertCreated,
+    AlertDeleted,
+    AlertFired,
+    AlertsTriggered,
+    AlertView,
     Asset,
     AssetCreated,
     Committed,
@@ -208,6 +213,28 @@ STATUS_EVENT = {WalletStatus.FROZEN: "wallet.frozen", WalletStatus.ACTIVE: "wall
                 WalletStatus.CLOSED: "wallet.closed"}
 
 
+def alert_body(view: AlertView) -> dict[str, Any]:
+    """An alert as the API shows it: ``below`` or ``above`` holds the threshold."""
+    return {"id": view.id, "wallet_id": view.wallet_id, "field": view.field.label,
+            view.direction.label: view.threshold, "state": "triggered" if view.triggered else "armed",
+            "created_at": timestamp(view.created_at_us)}
+
+
+def created_alert_body(event: AlertCreated) -> dict[str, Any]:
+    return {"id": event.alert_id, "wallet_id": event.wallet_id, "field": event.field.label,
+            event.direction.label: event.threshold, "state": "triggered" if event.triggered else "armed",
+            "created_at": timestamp(event.at_us)}
+
+
+def firing_body(lsn: int, at_us: int, firing: AlertFired) -> dict[str, Any]:
+    """``alert.triggered`` in the feed (and what webhooks deliver): the alert, its wallet, the
+    field and threshold, the value the change left, the transaction that made the crossing."""
+    data = {"alert_id": firing.alert_id, "wallet_id": firing.wallet_id, "field": firing.field.label,
+            "direction": firing.direction.label, "threshold": firing.threshold, "value": firing.value,
+            "transaction_id": firing.transaction_id}
+    return {"lsn": lsn, "type": "alert.triggered", "created_at": timestamp(at_us), "data": data}
+
+
 def event_body(lsn: int, event: Event) -> dict[str, Any]:
     """The stable JSON shape of one committed event in the feed (documented in the README)."""
     data: dict[str, Any]
@@ -244,6 +271,14 @@ def event_body(lsn: int, event: Event) -> dict[str, Any]:
     elif isinstance(event, TokenCreated):
         kind = "token.created"  # never the token or its hash
         data = {"prefix": event.prefix, "owner_id": event.owner_id}
+    elif isinstance(event, AlertCreated):
+        kind = "alert.created"
+        data = created_alert_body(event)
+    elif isinstance(event, AlertDeleted):
+        kind = "alert.deleted"
+        data = {"id": event.alert_id, "wallet_id": event.wallet_id}
+    elif isinstance(event, AlertsTriggered):
+        raise AssertionError("an alerts record is one item per firing (event_items)")
     else:
         assert isinstance(event, TokenRevoked)
         kind = "token.revoked"
@@ -252,10 +287,12 @@ def event_body(lsn: int, event: Event) -> dict[str, Any]:
 
 
 def event_items(lsn: int, event: Event) -> list[dict[str, Any]]:
-    """A record's items in the feed: one per transfer of a batch record (sharing its LSN), one
-    for any other record."""
+    """A record's items in the feed: one per transfer of a batch record and one per firing of
+    an alerts record (sharing its LSN), one for any other record."""
     if isinstance(event, TransfersPosted):
         return [event_body(lsn, transfer) for transfer in event.transfers]
+    if isinstance(event, AlertsTriggered):
+        return [firing_body(lsn, event.at_us, firing) for firing in event.firings]
     return [event_body(lsn, event)]
 
 

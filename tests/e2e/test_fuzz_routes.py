@@ -27,10 +27,11 @@ ROUTES = [
     ("POST", "/v1/transfers/{id}/capture"), ("POST", "/v1/transfers/{id}/void"),
     ("POST", "/v1/withdrawals"), ("GET", "/v1/withdrawals"), ("GET", "/v1/withdrawals/{id}"),
     ("POST", "/v1/withdrawals/{id}/retry"),
+    ("POST", "/v1/wallets/{id}/alerts"), ("GET", "/v1/wallets/{id}/alerts"), ("DELETE", "/v1/alerts/{id}"),
 ]
 FIELDS = ["code", "scale", "owner_id", "id", "asset", "metadata", "wallet_id", "amount", "description",
           "from_wallet_id", "to_wallet_id", "hold", "timeout_s", "destination", "x", "atomic", "transfers",
-          "idempotency_key"]
+          "idempotency_key", "field", "below", "above"]
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),

@@ -24,7 +24,11 @@ is exactly reproducible (``SIM_SEED=n make sim``). After every crash the real re
    (compacted segments are archived so the whole log stays readable), and the invariants hold;
 4. if recovery refuses a damaged log, the damage lies in bytes that were never fsynced, and
    cutting the log there (what ``wallet wal repair --truncate-at-lsn`` does) loses nothing
-   that was acknowledged.
+   that was acknowledged;
+5. balance alerts fire once per crossing through every crash: a reference model walks the
+   whole log (balances and holds by plain arithmetic, each alert's condition before each change
+   of its wallet) and the firings in the log, plus those recovery found owed (a crash cut the
+   firing record off after the change's), are exactly the crossings, none twice.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,14 +48,21 @@ from ledger import (
     AMOUNT_MAX,
     IDEMPOTENCY_RETENTION_US,
     AdvanceWithdrawal,
+    AlertCreated,
+    AlertDeleted,
+    AlertDirection,
+    AlertField,
+    AlertsTriggered,
     BatchReply,
     ChangeWalletStatus,
     Clock,
     Committed,
     CompleteWithdrawal,
+    CreateAlert,
     CreateAsset,
     CreateToken,
     CreateWallet,
+    DeleteAlert,
     Duplicate,
     HoldCaptured,
     HoldCreated,
@@ -196,9 +208,67 @@ class Stats:
     atomic_failed: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)  # records in the whole log, by kind
+    firings: int = 0  # alert firings in the whole log at the last check
+    owed_firings: int = 0  # firings recovery found owed and recorded before serving
 
 
 EDGE_AMOUNTS = [1, 2, 3, 7, 255, 256, 1000, 2**31, 2**32 + 1, AMOUNT_MAX - 1, AMOUNT_MAX]
+THRESHOLDS = [0, 1, 100, 1000, 2500, 5000, 10_000, 2**31, -1, -5000, -(2**31), AMOUNT_MAX - 1]
+
+
+class AlertOracle:
+    """The crossing rule by hand over a whole log: which firings it must hold."""
+
+    def __init__(self) -> None:
+        self.balance: dict[str, int] = {}
+        self.held: dict[str, int] = {}
+        self.alerts: dict[str, tuple[str, AlertField, AlertDirection, int]] = {}
+        self.was: dict[str, bool] = {}
+        self.expected: Counter[tuple[str, int, str]] = Counter()
+        self.recorded: Counter[tuple[str, int, str]] = Counter()
+        self.mismatches: list[str] = []
+
+    def condition(self, alert_id: str) -> bool:
+        wallet_id, field, direction, threshold = self.alerts[alert_id]
+        value = self.value(wallet_id, field)
+        return value < threshold if direction == AlertDirection.BELOW else value > threshold
+
+    def value(self, wallet_id: str, field: AlertField) -> int:
+        balance = self.balance.get(wallet_id, 0)
+        return balance if field == AlertField.BALANCE else balance - self.held.get(wallet_id, 0)
+
+    def change(self, wallet_id: str, transaction_id: str, balance: int = 0, held: int = 0) -> None:
+        self.balance[wallet_id] = self.balance.get(wallet_id, 0) + balance
+        self.held[wallet_id] = self.held.get(wallet_id, 0) + held
+        for alert_id, (owner, watched, _, _) in self.alerts.items():
+            if owner == wallet_id:
+                now = self.condition(alert_id)
+                if now and not self.was[alert_id]:
+                    self.expected[(alert_id, self.value(wallet_id, watched), transaction_id)] += 1
+                self.was[alert_id] = now
+
+    def see(self, event: Any) -> None:
+        for transfer in transfers_of(event):
+            self.change(transfer.from_wallet_id, transfer.transaction_id, balance=-transfer.amount)
+            self.change(transfer.to_wallet_id, transfer.transaction_id, balance=transfer.amount)
+        if isinstance(event, HoldCreated):
+            self.change(event.from_wallet_id, event.transaction_id, held=event.amount)
+        elif isinstance(event, HoldCaptured):
+            self.change(event.from_wallet_id, event.transaction_id, balance=-event.amount, held=-event.held_amount)
+            self.change(event.to_wallet_id, event.transaction_id, balance=event.amount)
+        elif isinstance(event, HoldVoided):
+            self.change(event.from_wallet_id, event.transaction_id, held=-event.amount)
+        elif isinstance(event, AlertCreated):
+            self.alerts[event.alert_id] = (event.wallet_id, event.field, event.direction, event.threshold)
+            self.was[event.alert_id] = self.condition(event.alert_id)
+            if self.was[event.alert_id] != event.triggered:
+                self.mismatches.append(f"alert {event.alert_id} created triggered={event.triggered}")
+        elif isinstance(event, AlertDeleted):
+            del self.alerts[event.alert_id]
+            del self.was[event.alert_id]
+        elif isinstance(event, AlertsTriggered):
+            for firing in event.firings:
+                self.recorded[(firing.alert_id, firing.value, firing.transaction_id)] += 1
 
 
 class Simulation:
@@ -245,6 +315,9 @@ class Simulation:
         self.ledger = ledger
         self.storage.adopt(self.data / "wal")
         self.check_recovered()
+        # What the server does before serving: record the firings a crash cut off the log.
+        self.stats.owed_firings += sum(len(shard.state.crossings) for shard in ledger.shards)
+        ledger.fire_owed_alerts()
 
     def stop_process(self) -> None:
         if self.recovered is not None:
@@ -304,6 +377,7 @@ class Simulation:
         seen_ids: dict[str, int] = {}
         seen_keys: dict[tuple[str, str], int] = {}
         fresh = new_state()
+        oracle = AlertOracle()
         resolved: set[str] = set()
         kinds: dict[str, int] = {}
         for lsn, event, _ in records:
@@ -330,7 +404,19 @@ class Simulation:
                         raise self.fail(f"idempotency key {key} executed twice within its retention")
                     seen_keys[key] = item.at_us
             apply_event(fresh, event, lsn)
+            oracle.see(event)
         self.stats.kinds = kinds
+        owed = Counter((f.alert_id, f.value, f.transaction_id) for shard in self.ledger.shards for f in shard.state.crossings)
+        if oracle.mismatches:
+            raise self.fail(oracle.mismatches[0])
+        if oracle.recorded + owed != oracle.expected or max(oracle.recorded.values(), default=1) > 1:
+            missing = oracle.expected - oracle.recorded - owed
+            extra = oracle.recorded + owed - oracle.expected
+            raise self.fail(f"alert firings differ from the crossings: missing {dict(missing)}, extra {dict(extra)}")
+        self.stats.firings = sum(oracle.recorded.values())
+        live = {alert.id: alert.triggered for alert in self.ledger.all_alerts()}
+        if live != oracle.was:
+            raise self.fail(f"alert states differ from the crossing rule: {live} != {oracle.was}")
         for batch in self.atomic_batches:
             places = {seen_ids[transaction_id] for transaction_id in batch if transaction_id in seen_ids}
             if len(places) > 1:
@@ -377,9 +463,25 @@ class Simulation:
                 commands.append(command)
         return Batch(commands=commands, atomic=self.rng.random() < 0.5)
 
+    def alert_command(self) -> Any:
+        """Balance alerts on the wallets and the treasuries (whose balance is negative)."""
+        assert self.ledger is not None
+        known = self.ledger.directory.alert_wallets
+        self.counter += 1
+        if known and self.rng.random() < 0.2:
+            return DeleteAlert(alert_id=self.rng.choice(sorted(known)), owner_id=None)
+        wallets = self.wallets + [treasury_id(asset) for asset in self.assets]
+        return CreateAlert(
+            alert_id=f"al{self.counter}", wallet_id=self.rng.choice(wallets),
+            field=self.rng.choice(list(AlertField)), direction=self.rng.choice(list(AlertDirection)),
+            threshold=self.rng.choice(THRESHOLDS), owner_id=None if self.rng.random() < 0.8 else "o1",
+        )
+
     def command(self) -> Any:
         if self.rng.random() < 0.08:
             return self.batch()
+        if self.rng.random() < 0.04:
+            return self.alert_command()
         roll = self.rng.random()
         wallet = self.rng.choice(self.wallets)
         if roll < 0.05:
@@ -479,6 +581,14 @@ class Simulation:
                 reply = ledger.shards[shard_of(command.wallet_id, shards)].submit_command(command)
             elif isinstance(command, AdvanceWithdrawal):
                 wallet_id = ledger.directory.withdrawal_wallets[command.withdrawal_id]
+                reply = ledger.shards[shard_of(wallet_id, shards)].submit_command(command)
+            elif isinstance(command, CreateAlert):
+                reply = ledger.shards[shard_of(command.wallet_id, shards)].submit_command(command)
+            elif isinstance(command, DeleteAlert):
+                wallet_id = ledger.directory.alert_wallets.get(command.alert_id)
+                if wallet_id is None:
+                    self.stats.rejected += 1  # deleted meanwhile: the router answers, no actor
+                    return
                 reply = ledger.shards[shard_of(wallet_id, shards)].submit_command(command)
             elif isinstance(command, CreateWallet | ChangeWalletStatus):
                 reply = ledger.shards[shard_of(command.wallet_id, len(ledger.shards))].submit_command(command)
@@ -593,6 +703,9 @@ class Simulation:
             elif isinstance(command, RequestWithdrawal):
                 self.counter += 1
                 command = dataclasses.replace(command, withdrawal_id=f"wd{self.counter}")
+            elif isinstance(command, CreateAlert):
+                self.counter += 1
+                command = dataclasses.replace(command, alert_id=f"al{self.counter}")
             elif isinstance(command, Batch):
                 renamed = []
                 for item in command.commands:
