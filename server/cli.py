@@ -179,7 +179,7 @@ def _parse_time(raw: str, command: str = "wal replay", name: str = "--until-time
     try:
         return parse_timestamp(name, raw)
     except ApiError as error:
-        raise SystemExit(f"wallet {command}: {name} {error.detail}") from None
+        raise SystemExit(f"wallet {command}: {error.detail}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
