@@ -59,7 +59,6 @@ def test_a_user_token_over_its_rate_gets_429_and_admin_is_exempt(tmp_path: Path)
 
 
 def test_the_grafana_dashboard_uses_only_metrics_the_server_exports(tmp_path: Path) -> None:
-    import json
 
     # A webhook endpoint (on this host: the flag allows it) for the per-endpoint lag series.
     server = ServerProcess(tmp_path / "data", extra_args=["--allow-private-webhooks"])
