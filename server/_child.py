@@ -9,6 +9,8 @@ then runs its role:
   and the ledger port on the Unix socket.
 - ``projector``: ``server._serve.serve_projector``: the history projector, tailing the log into
   SQLite and syncing with the ledger process over the same Unix socket.
+- ``webhooks``: ``server._serve.serve_webhooks``: the webhook dispatcher, reading the event feed
+  over the same Unix socket and keeping its cursors in ``<data>/webhooks.sqlite3``.
 - ``http``: ``server._serve.serve_worker``: Hypercorn on the inherited listening socket, the
   routes over a ``RemotePort``.
 
@@ -40,7 +42,7 @@ def _die_with_parent(supervisor_pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server._child")
-    parser.add_argument("role", choices=["ledger", "projector", "http"])
+    parser.add_argument("role", choices=["ledger", "projector", "webhooks", "http"])
     parser.add_argument("options")
     parser.add_argument("--supervisor", type=int, required=True)
     parser.add_argument("--socket", required=True)
@@ -50,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent(arguments.supervisor)
 
     from server._observe import configure_logging
-    from server._serve import serve_ledger_process, serve_projector_process, serve_worker_process
+    from server._serve import (
+        serve_ledger_process,
+        serve_projector_process,
+        serve_webhooks_process,
+        serve_worker_process,
+    )
     from server._supervisor import options_from_json
 
     options = options_from_json(arguments.options)
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_ledger_process(options, arguments.socket)
     if arguments.role == "projector":
         return serve_projector_process(options, arguments.socket)
+    if arguments.role == "webhooks":
+        return serve_webhooks_process(options, arguments.socket)
     assert arguments.fd is not None
     return serve_worker_process(options, arguments.socket, fd=arguments.fd, slot=arguments.slot)
 

@@ -152,6 +152,21 @@ SERVE_OPTIONS = [
            help="simulated bank only: probability that a call fails with 503"),
     Option(name="bank_timeout_s", parse=positive_float, default=10.0,
            help="seconds a bank call may take before it counts as a transient failure"),
+    Option(name="allow_private_webhooks", parse=flag, default=False,
+           help="let webhook URLs reach loopback, private and link-local addresses (tests, demos, "
+                "a receiver on this host's network); off: such URLs are refused when created and when called"),
+    Option(name="webhook_timeout", parse=positive_float, default=10.0,
+           help="seconds a webhook delivery may take before it counts as failed (and is retried)"),
+    Option(name="webhook_disable_after", parse=non_negative_float, default=24 * 3600.0,
+           help="seconds of failed deliveries after which a webhook endpoint is disabled (its events wait "
+                "for POST /v1/webhooks/{id}/enable)"),
+    Option(name="webhook_concurrency", parse=positive, default=100,
+           help="webhook deliveries in flight at once, over all endpoints"),
+    Option(name="webhook_backoff_base", parse=positive_float, default=1.0,
+           help="seconds: the first retry of a failed webhook waits up to this long, doubling per attempt "
+                "(full jitter) up to --webhook-backoff-max; lower it for tests and demos"),
+    Option(name="webhook_backoff_max", parse=positive_float, default=600.0,
+           help="seconds: the longest wait between two attempts of one webhook delivery"),
     Option(name="workers", parse=non_negative, default=os.cpu_count() or 1,
            help="HTTP worker processes in front of one ledger process (default: the number of "
                 "CPUs; 0: one process serves HTTP and the ledger)"),
@@ -168,6 +183,10 @@ FIELD_OF = {
     "segment_bytes": "segment_bytes_max",
     "read_timeout": "read_timeout_s",
     "body_timeout": "body_timeout_s",
+    "webhook_timeout": "webhook_timeout_s",
+    "webhook_disable_after": "webhook_disable_after_s",
+    "webhook_backoff_base": "webhook_backoff_base_s",
+    "webhook_backoff_max": "webhook_backoff_max_s",
 }
 
 

@@ -33,6 +33,12 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | not allowed for the token | 403    | forbidden                 |
     | unknown route / object    | 404    | not_found / *_not_found   |
     | events compacted away     | 410    | gone (with oldest_lsn)    |
+    | no such webhook endpoint  | 404    | webhook_not_found         |
+    | webhook URL reaches this  | 422    | webhook_url_forbidden     |
+    |   host's private network  |        |                           |
+    | webhook host unresolvable | 422    | webhook_url_unresolvable  |
+    | too many webhook endpoints| 409    | webhooks_limit_reached    |
+    | no data dir for webhooks  | 503    | webhooks_unavailable      |
     | wrong method              | 405    | method_not_allowed        |
     | body not whole in time    | 408    | request_timeout           |
     | body too large            | 413    | payload_too_large         |
@@ -106,7 +112,8 @@ CODES = frozenset({
     "unauthorized", "forbidden", "not_found", "wallet_not_found", "withdrawal_not_found", "gone",
     "method_not_allowed", "payload_too_large", "unsupported_media_type", "rate_limited", "overloaded",
     "not_ready", "history_lagging", "storage_unavailable", "ledger_unavailable", "internal_error",
-    "request_timeout",
+    "request_timeout", "webhook_not_found", "webhook_url_forbidden", "webhook_url_unresolvable",
+    "webhooks_limit_reached", "webhooks_unavailable",
 })
 CODE_OTHER = "other"
 assert CODE_OTHER not in CODES

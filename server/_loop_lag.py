@@ -27,7 +27,7 @@ LOOP_LAG_INTERVAL_S = 0.010
 LOOP_STALL_S = 0.020  # the limit: a wake-up later than this is a stall
 LOOP_LAG_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 assert LOOP_STALL_S in LOOP_LAG_BUCKETS_S
-ROLES = frozenset({"one", "ledger", "http"})
+ROLES = frozenset({"one", "ledger", "http", "webhooks"})
 
 
 def loop_lag_histogram(registry: CollectorRegistry | None) -> Histogram:

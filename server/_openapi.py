@@ -21,6 +21,7 @@ from ledger import (
     SEARCH_METADATA_FILTERS_MAX,
     SEARCH_METADATA_VALUE_CHARS_MAX,
 )
+from server.api._render import EVENT_TYPES
 
 ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"}
 USER_ID = {"type": "string", "pattern": r"^(?!treasury:)[A-Za-z0-9_.:-]{1,64}$"}
@@ -87,12 +88,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["lsn", "type", "created_at", "data"],
         "properties": {
             "lsn": {"type": "integer", "minimum": 1},
-            "type": {"enum": ["asset.created", "wallet.created", "wallet.frozen", "wallet.unfrozen",
-                              "wallet.closed", "deposit.posted", "transfer.posted", "token.created",
-                              "token.revoked", "transfer.pending", "transfer.voided", "transfer.expired",
-                              "withdrawal.pending", "withdrawal.processing", "withdrawal.dead",
-                              "withdrawal.completed", "withdrawal.failed", "alert.created",
-                              "alert.deleted", "alert.triggered"]},
+            "type": {"enum": list(EVENT_TYPES)},
             "created_at": TIMESTAMP,
             "data": {"type": "object", "description": "by type: a transaction, a wallet, an alert, or for "
                                                       "alert.triggered an AlertTriggered"},
@@ -117,6 +113,37 @@ SCHEMAS: dict[str, Any] = {
             "alert_id": {"type": "string"}, "wallet_id": {"type": "string"},
             "field": {"enum": ["available", "balance"]}, "direction": {"enum": ["below", "above"]},
             "threshold": BALANCE, "value": BALANCE, "transaction_id": {"type": "string"},
+        },
+    },
+    "Webhook": {
+        "type": "object",
+        "required": ["id", "url", "events", "status", "disabled_reason", "failing_since", "acknowledged_lsn",
+                     "oldest_available_lsn", "created_at"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^wh_"},
+            "url": {"type": "string", "maxLength": 2048},
+            "events": {"type": "array", "items": {"type": "string"}},
+            "status": {"enum": ["enabled", "disabled"]},
+            "disabled_reason": {"enum": [None, "failing", "events_compacted"],
+                                "description": "why a disabled endpoint was disabled"},
+            "failing_since": {"type": ["string", "null"], "description": "start of the current streak of failures"},
+            "acknowledged_lsn": {"type": "integer", "minimum": 0,
+                                 "description": "every event up to this LSN was acknowledged (2xx) or not subscribed"},
+            "oldest_available_lsn": {"type": ["integer", "null"],
+                                     "description": "with events_compacted: the oldest LSN the log still had"},
+            "created_at": TIMESTAMP,
+            "secret": {"type": "string", "pattern": "^whsec_",
+                       "description": "only in the answer to its creation: the signing secret"},
+        },
+    },
+    "WebhookDelivery": {
+        "type": "object",
+        "required": ["event_id", "event_type", "attempt", "status_code", "error", "duration_ms", "at"],
+        "properties": {
+            "event_id": {"type": "string", "description": "the webhook-id header (evt_<lsn>_<index>)"},
+            "event_type": {"type": "string"}, "attempt": {"type": "integer", "minimum": 0},
+            "status_code": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]},
+            "duration_ms": {"type": "integer", "minimum": 0}, "at": TIMESTAMP,
         },
     },
     "Withdrawal": {
@@ -266,6 +293,7 @@ TAGS = [
     ("/v1/transactions", "transactions", "Transactions by id, and the search over all of them"),
     ("/v1/alerts", "alerts", "Balance alerts: fire once when a wallet's available or balance crosses a threshold"),
     ("/v1/events", "events", "The committed event feed (admin)"),
+    ("/v1/webhooks", "webhooks", "Webhook endpoints: events POSTed as they commit, signed (admin)"),
     ("/v1/admin", "admin", "Operator actions (admin)"),
     ("/", "service", "Health, readiness and where the documentation is"),
 ]
@@ -580,6 +608,51 @@ def build() -> dict[str, Any]:
                               **_problems(403, 410)},
             }
         },
+        "/v1/webhooks": {
+            "post": {
+                "operationId": "createWebhook",
+                "summary": "Register an endpoint for events; the answer shows its signing secret, once (admin)",
+                "requestBody": _body({"url": {"type": "string", "minLength": 1, "maxLength": 2048,
+                                              "description": "http:// or https://; without --allow-private-webhooks "
+                                                             "it may not reach this host or its private network"},
+                                      "events": {"type": "array", "minItems": 1, "maxItems": 32, "uniqueItems": True,
+                                                 "items": {"enum": ["*", *EVENT_TYPES]}}},
+                                     ["url", "events"]),
+                "responses": {"201": _json(_ref("Webhook"), "created, enabled, with its secret"),
+                              **_problems(403, 409, 413, 415, 422)},
+            },
+            "get": {"operationId": "listWebhooks", "summary": "List webhook endpoints (admin)",
+                    "responses": {"200": _json({"type": "object", "required": ["items"],
+                                                "properties": {"items": {"type": "array", "items": _ref("Webhook")}}},
+                                               "every endpoint"), **_problems(403)}},
+        },
+        "/v1/webhooks/{webhook_id}": {
+            "get": {"operationId": "getWebhook", "summary": "Get a webhook endpoint (never its secret) (admin)",
+                    "parameters": [_path_id("webhook_id")],
+                    "responses": {"200": _json(_ref("Webhook"), "the endpoint"), **_problems(403, 404)}},
+            "delete": {"operationId": "deleteWebhook", "summary": "Delete a webhook endpoint: its deliveries stop (admin)",
+                       "parameters": [_path_id("webhook_id")],
+                       "responses": {"200": _json({"type": "object", "required": ["id", "deleted"],
+                                                   "properties": {"id": {"type": "string"},
+                                                                  "deleted": {"type": "boolean"}}}, "deleted"),
+                                     **_problems(403, 404)}},
+        },
+        "/v1/webhooks/{webhook_id}/enable": {
+            "post": {"operationId": "enableWebhook",
+                     "summary": "Enable a disabled endpoint: delivery resumes after its last acknowledged event (admin)",
+                     "parameters": [_path_id("webhook_id")],
+                     "requestBody": {**_body({}, []), "required": False},
+                     "responses": {"200": _json(_ref("Webhook"), "enabled"), **_problems(403, 404, 413, 415)}},
+        },
+        "/v1/webhooks/{webhook_id}/deliveries": {
+            "get": {"operationId": "webhookDeliveries", "summary": "The endpoint's recent delivery attempts, newest first (admin)",
+                    "parameters": [_path_id("webhook_id"), _query("limit", {"type": "integer", "minimum": 1,
+                                                                            "maximum": 100})],
+                    "responses": {"200": _json({"type": "object", "required": ["items"],
+                                                "properties": {"items": {"type": "array",
+                                                                         "items": _ref("WebhookDelivery")}}},
+                                               "recent attempts"), **_problems(403, 404)}},
+        },
         "/v1/admin/snapshots": {
             "post": {"operationId": "takeSnapshot", "summary": "Snapshot the durable ledger now (admin)",
                      "responses": {"201": _json({"type": "object"}, "taken"), "200": _json({"type": "object"}, "nothing new"),
@@ -587,7 +660,8 @@ def build() -> dict[str, Any]:
         },
         "/v1/admin/processes": {
             "get": {"operationId": "listProcesses",
-                    "summary": "The server's processes: supervisor, ledger, history projector and HTTP workers (admin)",
+                    "summary": "The server's processes: supervisor, ledger, history projector, webhook dispatcher and "
+                               "HTTP workers (admin)",
                     "responses": {"200": _json({
                         "type": "object", "required": ["items"],
                         "properties": {"items": {"type": "array", "items": {

@@ -34,6 +34,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 from hypercorn.config import Config
+from prometheus_client import CollectorRegistry
 
 from ledger import (
     MAILBOX_CAPACITY,
@@ -64,6 +65,7 @@ from server._port import LocalPort, RemotePort, Unavailable, serve_port
 from server._scrape import MULTIPROC_DIR_ENV, MultiProcessScrape
 from server._snapshotter import Snapshotter
 from server._supervisor import mark_worker_up
+from server._webhooks import Dispatcher, WebhookConfig, WebhookMetrics
 from server.api import BATCHES_IN_FLIGHT_MAX, Deps, RateLimiter, build_app
 from wal import LogCorrupt, StorageFailed
 
@@ -113,7 +115,21 @@ class ServeOptions:
     bank_failure_rate: float = 0.0
     bank_timeout_s: float = 10.0
     log_level: str = "INFO"
+    allow_private_webhooks: bool = False
+    webhook_timeout_s: float = 10.0
+    webhook_disable_after_s: float = 24 * 3600.0
+    webhook_concurrency: int = 100
+    webhook_backoff_base_s: float = 1.0
+    webhook_backoff_max_s: float = 600.0
     workers: int = 0  # the supervisor's; a child ignores it
+
+    def webhooks(self) -> WebhookConfig:
+        return WebhookConfig(
+            allow_private=self.allow_private_webhooks, timeout_s=self.webhook_timeout_s,
+            disable_after_s=self.webhook_disable_after_s, concurrency=self.webhook_concurrency,
+            backoff_base_s=self.webhook_backoff_base_s,
+            backoff_max_s=max(self.webhook_backoff_max_s, self.webhook_backoff_base_s),
+        )
 
 
 def _bank(options: ServeOptions) -> Any:
@@ -309,6 +325,7 @@ def _deps(options: ServeOptions, *, port: RemotePort | None = None,
     return Deps.build(
         admin_token=admin_token(options.data_dir), port=port, limiter=limiter, limit_admin=options.rate_limit_admin,
         batches_in_flight_max=options.max_batches_in_flight, data_dir=options.data_dir, exposition=exposition,
+        allow_private_webhooks=options.allow_private_webhooks,
     )
 
 
@@ -408,10 +425,21 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
                 payouts_ended = anyio.Event()
                 await group.start(_until_cancelled_started, payouts_scope, payouts.run, payouts_ended)
                 port.payouts = payouts
+                # Webhooks: with workers, the ``webhooks`` process delivers them; in one process
+                # this task does (``server._webhooks``).
+                webhooks_scope = anyio.CancelScope()
+                webhooks_ended = anyio.Event()
+                if deps is not None:
+                    dispatcher = Dispatcher(data_dir, port, options.webhooks(),
+                                            metrics=WebhookMetrics(deps.metrics.registry))
+                    await group.start(_until_cancelled_started, webhooks_scope, dispatcher.run, webhooks_ended)
+                else:
+                    webhooks_ended.set()
                 await shutdown.wait()
                 signalled = anyio.current_time()
                 deadline = signalled + options.shutdown_timeout_s
                 periodic.cancel()
+                webhooks_scope.cancel()  # crash-only: it saves its cursors as it stops
                 # Payouts stop first: a bank call cut short leaves its withdrawal processing,
                 # and the next start sends it again with the same key.
                 payouts_scope.cancel()
@@ -421,6 +449,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
                 # its ledger call waits (shielded) for the log makes its next call when it
                 # wakes, and that call must still be answered (Ledger.stop would refuse it).
                 await payouts_ended.wait()
+                await webhooks_ended.wait()
                 await http_done.wait()
                 log.info("%s drained in %.3f s; stopping the actors", "HTTP" if deps is not None else "port",
                          anyio.current_time() - signalled)
@@ -546,6 +575,31 @@ async def serve_projector(options: ServeOptions, socket_path: str) -> int:
     return 0
 
 
+async def serve_webhooks(options: ServeOptions, socket_path: str) -> int:
+    """The webhook dispatcher process of ``--workers N`` (``server._webhooks``): reads the event
+    feed over the ledger port, delivers, keeps its cursors in ``<data>/webhooks.sqlite3``.
+    Crash-only (a restart resumes from the saved cursors); SIGTERM saves them and exits."""
+    remote = RemotePort(socket_path, reconnect_s=SYNC_RETRY_S)
+    # The counters go to the shared multiprocess files (server._scrape); the registry only
+    # keeps them from being registered twice.
+    dispatcher = Dispatcher(options.data_dir, remote, options.webhooks(),
+                            metrics=WebhookMetrics(CollectorRegistry()))
+    lag = loop_lag(loop_lag_histogram(None), "webhooks")
+    shutdown = anyio.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(_signals, shutdown)
+        group.start_soon(lag.run)
+        await group.start(remote.run)
+        await group.start(dispatcher.run)
+        log.info("webhook dispatcher %d delivering for %s (event loop: %s)", os.getpid(), options.data_dir,
+                 _loop_name())
+        await shutdown.wait()
+        group.cancel_scope.cancel()
+    stats = dispatcher.statistics()
+    log.info("webhook dispatcher stopped: %d delivered, %d failed attempts", stats.delivered, stats.failed)
+    return 0
+
+
 # File descriptors the server needs besides its connections: WAL segments, snapshots, SQLite,
 # the listening sockets, the log.
 FILES_OWN_MAX = 64
@@ -614,6 +668,14 @@ def serve_projector_process(options: ServeOptions, socket_path: str) -> int:
     tune_gc()
     backend, backend_options = backend_of(options.loop)
     return anyio.run(partial(serve_projector, options, socket_path), backend=backend,
+                     backend_options=backend_options)
+
+
+def serve_webhooks_process(options: ServeOptions, socket_path: str) -> int:
+    """The webhook dispatcher of ``--workers N`` (``server._child``)."""
+    tune_gc()
+    backend, backend_options = backend_of(options.loop)
+    return anyio.run(partial(serve_webhooks, options, socket_path), backend=backend,
                      backend_options=backend_options)
 
 

@@ -6,6 +6,8 @@ event loop; it starts the children, watches them and stops them.
                 │                   (``server._port``)
                 ├─ projector        the history read model: tails the log into SQLite, syncs
                 │                   with the ledger over the port (``ledger._projector``)
+                ├─ webhooks         the webhook dispatcher: reads the event feed over the port,
+                │                   POSTs to endpoints (``server._webhooks``)
                 └─ HTTP worker x N  Hypercorn + Starlette on the one listening socket the
                                     supervisor bound and handed down; no money state; history
                                     reads straight from SQLite, read-only
@@ -18,8 +20,8 @@ What it promises (the README's *Processes*):
   serving). The ledger process likewise; until it has recovered, workers answer ``503``
   with ``Retry-After`` (their port raises ``Unavailable``). The projector likewise; while it is
   down, history reads wait for it (bounded, then ``503 history_lagging``) and writes go on.
-- SIGTERM or SIGINT: the workers are stopped first (they stop accepting and answer what they
-  accepted), then the ledger (it drains, flushes the log and writes its final snapshot), then
+- SIGTERM or SIGINT: the workers and the webhook dispatcher are stopped first (the workers stop
+  accepting and answer what they accepted; the dispatcher saves its cursors), then the ledger (it drains, flushes the log and writes its final snapshot), then
   the projector (crash-only: it resumes from its stored LSN); the supervisor exits 0 when the
   ledger did. A second signal kills everything at once (safe: the
   log is the truth).
@@ -121,7 +123,7 @@ def _timestamp(seconds: float) -> str:
 
 @dataclass
 class Child:
-    role: str  # "ledger", "projector" or "http"
+    role: str  # "ledger", "projector", "webhooks" or "http"
     slot: int
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
@@ -178,6 +180,7 @@ class Supervisor:
         self.socket_path = ledger_socket_path(self.data_dir)
         self.ledger = Child("ledger", 0)
         self.projector = Child("projector", 0)
+        self.webhooks = Child("webhooks", 0)
         self.http = [Child("http", slot) for slot in range(workers)]
         self._signalled = 0
         self._listener: socket.socket | None = None
@@ -185,7 +188,7 @@ class Supervisor:
     # -- children ------------------------------------------------------------------------
 
     def _children(self) -> list[Child]:
-        return [self.ledger, self.projector, *self.http]
+        return [self.ledger, self.projector, self.webhooks, *self.http]
 
     def _spawn(self, child: Child) -> None:
         command = [sys.executable, "-m", "server._child", child.role, options_to_json(self.options),
@@ -268,6 +271,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         self._spawn(self.ledger)
         self._spawn(self.projector)
+        self._spawn(self.webhooks)
         for child in self.http:
             self._spawn(child)
         while not self._signalled:
@@ -303,8 +307,12 @@ class Supervisor:
                 assert child.process is not None
                 child.process.send_signal(signal.SIGTERM)
         http_deadline = time.monotonic() + budget / 2
+        if self.webhooks.alive:
+            assert self.webhooks.process is not None
+            self.webhooks.process.send_signal(signal.SIGTERM)
         for child in self.http:
             _wait(child, http_deadline)
+        _wait(self.webhooks, time.monotonic() + PROJECTOR_STOP_S)
         if self._listener is not None:
             self._listener.close()
         status = 2 if refused else 0

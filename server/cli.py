@@ -123,6 +123,29 @@ def build_parser() -> argparse.ArgumentParser:
     bank_sim.add_argument("--seed", type=int, default=None, help="seed for failures and drops")
     bank_sim.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
+    webhook_sim = commands.add_parser(
+        "webhook-sim", help="a simulated webhook receiver over HTTP (verifies signatures, records events)",
+        description="Receives webhooks on any path (POST), verifies their Standard Webhooks signature "
+        "against the known secrets, records them (GET /received; --record FILE appends JSON lines) and "
+        "answers 200, or 503 while down (--down-until), --status, 500 for the first --fail-first calls "
+        "per webhook-id or at --fail-rate, after --delay-ms. POST /control changes any of these at run "
+        'time, e.g. {"secret": "whsec_...", "status": null}.',
+    )
+    webhook_sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    webhook_sim.add_argument("--port", type=int, default=8082, help="port to listen on (default 8082)")
+    webhook_sim.add_argument("--secret", action="append", default=[],
+                             help="a webhook secret (whsec_...) to verify with; repeatable")
+    webhook_sim.add_argument("--fail-rate", type=probability, default=0.0, help="probability of a 500 per call")
+    webhook_sim.add_argument("--fail-first", type=non_negative, default=0,
+                             help="the first N calls for each webhook-id get 500")
+    webhook_sim.add_argument("--status", type=int, default=None, help="answer every call with this status")
+    webhook_sim.add_argument("--delay-ms", type=non_negative_float, default=0.0, help="delay before each answer")
+    webhook_sim.add_argument("--down-until", default=None,
+                             help="answer 503 until this RFC 3339 time (e.g. 2026-11-22T10:00:00Z)")
+    webhook_sim.add_argument("--record", type=Path, default=None, help="append what is received to this JSON lines file")
+    webhook_sim.add_argument("--seed", type=int, default=None, help="seed for --fail-rate")
+    webhook_sim.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
     snapshot = commands.add_parser("snapshot", help="create, list and verify snapshots")
     snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", required=True)
     create = snapshot_commands.add_parser("create", help="snapshot the data directory (server stopped)")
@@ -148,15 +171,15 @@ def _progress_argument(parser: argparse.ArgumentParser) -> None:
                         help="a progress bar with an ETA on stderr (default: only when stderr is a terminal)")
 
 
-def _parse_time(raw: str) -> int:
+def _parse_time(raw: str, command: str = "wal replay", name: str = "--until-time") -> int:
     """The same RFC 3339 rules as the API's ``as_of``/``since``/``until``."""
     from server._errors import ApiError
     from server.api import parse_timestamp
 
     try:
-        return parse_timestamp("--until-time", raw)
+        return parse_timestamp(name, raw)
     except ApiError as error:
-        raise SystemExit(f"wallet wal replay: {error.detail}") from None
+        raise SystemExit(f"wallet {command}: {error.detail}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +257,26 @@ def main(argv: list[str] | None = None) -> int:
             drop_response_rate=arguments.drop_response_rate, rng=random.Random(arguments.seed),
         )
         trio.run(partial(serve_bank_sim, simulator, host=arguments.host, port=arguments.port))
+        return 0
+    if arguments.command == "webhook-sim":
+        import random
+
+        from server._webhooksim import WebhookSimulator, run_webhook_sim
+
+        configure_logging(arguments.log_level)
+        down_until = 0.0
+        if arguments.down_until is not None:
+            try:
+                down_until = _parse_time(arguments.down_until, "webhook-sim", "--down-until") / 1_000_000
+            except SystemExit as error:
+                print(error, file=sys.stderr)
+                return 2
+        receiver = WebhookSimulator(
+            secrets=list(arguments.secret), status=arguments.status, delay_ms=arguments.delay_ms,
+            fail_first=arguments.fail_first, fail_rate=arguments.fail_rate, down_until=down_until,
+            rng=random.Random(arguments.seed), record=arguments.record,
+        )
+        run_webhook_sim(receiver, host=arguments.host, port=arguments.port)
         return 0
     if arguments.command == "snapshot":
         if arguments.snapshot_command == "create":

@@ -1,6 +1,7 @@
 """Helpers for testing the payout workers (shipped, like ``trio.testing``): an in-memory
 ``PayoutLedger`` that records every call, and a scripted, instrumented ``Bank`` (unit and end to
-end tests). Nothing here is used by the server itself."""
+end tests); for webhooks, ``Receivers``: an httpx transport that hands each host's requests to
+its own in-process app (``wallet webhook-sim``'s). Nothing here is used by the server itself."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import httpx
 
 from server._payouts import BankResult, PayoutOrder
 
@@ -171,3 +173,17 @@ class FakeBank:
             return answer
         finally:
             self.in_flight -= 1
+
+
+class Receivers(httpx.AsyncBaseTransport):
+    """Routes each request to the ASGI app of its host (``http://<host>/...``), in process; a
+    host without an app refuses the connection, as a receiver that is down does."""
+
+    def __init__(self, apps: dict[str, Any]) -> None:
+        self._transports = {host: httpx.ASGITransport(app=app) for host, app in apps.items()}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        transport = self._transports.get(request.url.host)
+        if transport is None:
+            raise httpx.ConnectError("connection refused", request=request)
+        return await transport.handle_async_request(request)

@@ -35,6 +35,7 @@ from server.api._tokens import Tokens
 from server.api._transactions import Transactions
 from server.api._transfers import Transfers
 from server.api._wallets import Wallets
+from server.api._webhooks import Webhooks
 from server.api._withdrawals import Withdrawals
 
 log = logging.getLogger("server")
@@ -56,6 +57,7 @@ def routes(deps: Deps) -> list[BaseRoute]:
     alerts = Alerts(deps, wallets)
     transactions = Transactions(deps)
     events = Events(deps)
+    webhooks = Webhooks(deps)
     return [
         Route("/", _openapi.index, methods=["GET"]),
         Route("/metrics", operations.scrape, methods=["GET"]),
@@ -94,6 +96,12 @@ def routes(deps: Deps) -> list[BaseRoute]:
         Route("/v1/transactions/{transaction_id}", transactions.get_transaction, methods=["GET"]),
         Route("/v1/events", events.events, methods=["GET"]),
         Route("/v1/events/stream", events.event_stream, methods=["GET"]),
+        Route("/v1/webhooks", webhooks.create_webhook, methods=["POST"]),
+        Route("/v1/webhooks", webhooks.list_webhooks, methods=["GET"]),
+        Route("/v1/webhooks/{webhook_id}", webhooks.get_webhook, methods=["GET"]),
+        Route("/v1/webhooks/{webhook_id}", webhooks.delete_webhook, methods=["DELETE"]),
+        Route("/v1/webhooks/{webhook_id}/enable", webhooks.enable_webhook, methods=["POST"]),
+        Route("/v1/webhooks/{webhook_id}/deliveries", webhooks.deliveries, methods=["GET"]),
     ]
 
 

@@ -64,12 +64,14 @@ class Deps:
     limit_admin: bool = False
     batches: BatchGate = field(default_factory=BatchGate)
     data_dir: Path | None = None
+    allow_private_webhooks: bool = False  # webhook URLs may reach this host's network (tests)
 
     @classmethod
     def build(cls, *, admin_token: str, port: LedgerPort | None = None, limiter: RateLimiter | None = None,
               limit_admin: bool = False, batches_in_flight_max: int = BATCHES_IN_FLIGHT_MAX,
               data_dir: Path | None = None,
-              exposition: Callable[[], Awaitable[bytes]] | None = None) -> Deps:
+              exposition: Callable[[], Awaitable[bytes]] | None = None,
+              allow_private_webhooks: bool = False) -> Deps:
         """``exposition`` is what ``GET /metrics`` answers, when not this process's registry."""
         slot = PortSlot(port)
         # The metrics read the ledger's statistics() through the slot: a LocalPort's ledger in
@@ -78,6 +80,7 @@ class Deps:
         return cls(
             admin_token=admin_token.encode(), ledger=slot, metrics=metrics, limiter=limiter,
             limit_admin=limit_admin, batches=BatchGate(batches_in_flight_max), data_dir=data_dir,
+            allow_private_webhooks=allow_private_webhooks,
         )
 
     def port(self) -> LedgerPort:

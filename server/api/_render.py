@@ -209,6 +209,16 @@ def entry_body(entry: Entry) -> dict[str, Any]:
     }
 
 
+# Every ``type`` a feed event can have (``event_body``), in the order the README lists them:
+# what webhooks may subscribe to and what the OpenAPI document's Event enum says.
+# ``alert.triggered`` is written by the balance alerts of the state machine.
+EVENT_TYPES = (
+    "asset.created", "wallet.created", "wallet.frozen", "wallet.unfrozen", "wallet.closed",
+    "deposit.posted", "transfer.posted", "transfer.pending", "transfer.voided", "transfer.expired",
+    "withdrawal.pending", "withdrawal.processing", "withdrawal.completed", "withdrawal.failed", "withdrawal.dead",
+    "token.created", "token.revoked", "alert.created", "alert.deleted", "alert.triggered",
+)
+
 STATUS_EVENT = {WalletStatus.FROZEN: "wallet.frozen", WalletStatus.ACTIVE: "wallet.unfrozen",
                 WalletStatus.CLOSED: "wallet.closed"}
 

@@ -130,7 +130,8 @@ def test_one_scrape_shows_every_process(supervised: ServerProcess) -> None:
     assert _value(samples, "wallet_event_loop_lag_seconds_count", role="one") == 0
     memory = {(sample.labels["role"], sample.labels["slot"]) for sample in samples
               if sample.name == "process_resident_memory_bytes" and sample.value > 0}
-    assert memory == {("supervisor", "0"), ("ledger", "0"), ("projector", "0"), ("http", "0"), ("http", "1")}
+    assert memory == {("supervisor", "0"), ("ledger", "0"), ("projector", "0"), ("webhooks", "0"), ("http", "0"),
+                      ("http", "1")}
 
 
 def test_a_killed_workers_counts_neither_vanish_nor_count_twice(supervised: ServerProcess) -> None:

@@ -58,7 +58,18 @@ def test_a_user_token_over_its_rate_gets_429_and_admin_is_exempt(tmp_path: Path)
         server.kill()
 
 
-def test_the_grafana_dashboard_uses_only_metrics_the_server_exports(server: ServerProcess) -> None:
+def test_the_grafana_dashboard_uses_only_metrics_the_server_exports(tmp_path: Path) -> None:
+
+    # A webhook endpoint (on this host: the flag allows it) for the per-endpoint lag series.
+    server = ServerProcess(tmp_path / "data", extra_args=["--allow-private-webhooks"])
+    server.start()
+    try:
+        _dashboard_metrics_are_exported(server)
+    finally:
+        server.kill()
+
+
+def _dashboard_metrics_are_exported(server: ServerProcess) -> None:
     import json
 
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json").read_text())
@@ -78,9 +89,10 @@ def test_the_grafana_dashboard_uses_only_metrics_the_server_exports(server: Serv
         http.post("/v1/withdrawals", headers={"Idempotency-Key": "ow"},
                   json={"wallet_id": "o1", "amount": 1, "destination": {"account": "x"}})
         http.post("/v1/admin/snapshots")
+        http.post("/v1/webhooks", json={"url": "http://127.0.0.1:1/hook", "events": ["*"]})
         for _ in range(200):  # the bank call takes its simulated latency: wait for its outcome
             text = http.get("/metrics").text
-            if "wallet_payout_attempts_total{" in text:
+            if "wallet_payout_attempts_total{" in text and "wallet_webhook_lag_records{" in text:
                 break
             time.sleep(0.05)
         exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines()

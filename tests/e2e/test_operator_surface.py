@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -57,7 +58,17 @@ def test_every_operation_has_a_resource_tag_and_a_summary(server: ServerProcess)
     assert "/" in document["paths"]
 
 
-def test_every_dashboard_panel_queries_exported_metrics(server: ServerProcess) -> None:
+def test_every_dashboard_panel_queries_exported_metrics(tmp_path: Path) -> None:
+    # A webhook endpoint (on this host: the flag allows it) for the per-endpoint lag series.
+    server = ServerProcess(tmp_path / "data", extra_args=["--allow-private-webhooks"])
+    server.start()
+    try:
+        _panels_query_exported_metrics(server)
+    finally:
+        server.kill()
+
+
+def _panels_query_exported_metrics(server: ServerProcess) -> None:
     with server.client() as http:
         # Give the labelled families a sample each: a batch item and a payout attempt.
         http.post("/v1/assets", json={"code": "USD", "scale": 2}).raise_for_status()
@@ -71,7 +82,12 @@ def test_every_dashboard_panel_queries_exported_metrics(server: ServerProcess) -
                   json={"wallet_id": "a", "amount": 1, "destination": {"account": "x"}}).raise_for_status()
         assert http.post("/v1/admin/snapshots").status_code == 201  # the snapshot age shows after one
         assert http.get("/v1/wallets/nobody").status_code == 404  # a rejection, for its counter
-        text = http.get("/metrics").text
+        assert http.post("/v1/webhooks", json={"url": "http://127.0.0.1:1/hook", "events": ["*"]}).status_code == 201
+        for _ in range(200):  # the dispatcher sets the endpoint's lag once it has seen it
+            text = http.get("/metrics").text
+            if "wallet_webhook_lag_records{" in text:
+                break
+            time.sleep(0.05)
     names = exported_names(text)
     dashboard = json.loads(DASHBOARD.read_text())
     queried = set()
@@ -84,7 +100,8 @@ def test_every_dashboard_panel_queries_exported_metrics(server: ServerProcess) -
             assert used <= names, (panel["title"], used - names)
             queried |= used
     for needed in ("wallet_payout_attempts_total", "wallet_payout_results_total", "wallet_payout_queue_depth",
-                   "wallet_batch_transfers_total", "wallet_snapshot_failures_total"):
+                   "wallet_batch_transfers_total", "wallet_snapshot_failures_total",
+                   "wallet_webhook_deliveries_total", "wallet_webhook_lag_records"):
         assert needed in queried, needed
 
 

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.e2e
 async def test_the_table_of_processes(supervised: ServerProcess) -> None:
     items = processes(supervised)
     roles = Counter(item["role"] for item in items)
-    assert roles == {"supervisor": 1, "ledger": 1, "projector": 1, "http": WORKERS}
+    assert roles == {"supervisor": 1, "ledger": 1, "projector": 1, "webhooks": 1, "http": WORKERS}
     assert {item["pid"] for item in items if item["role"] == "supervisor"} == {supervised.process.pid}
     assert all(item["restarts"] == 0 and item["started_at"].endswith("Z") for item in items)
     assert all(pid_alive(item["pid"]) for item in items)
