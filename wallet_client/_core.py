@@ -15,6 +15,7 @@ written once, in ``_operations``, as functions returning a ``Call``; the ``endpo
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import random
 import secrets
@@ -182,6 +183,11 @@ def _describe(descriptor: Any, build: Callable[..., Any]) -> None:
     for name in ("__module__", "__name__", "__qualname__", "__doc__"):
         setattr(descriptor, name, getattr(build, name, None))
     descriptor.__wrapped__ = build
+    # What a caller of the bound method sees: the route's parameters without ``self``.
+    signature = inspect.signature(build)
+    descriptor.bound_signature = signature.replace(
+        parameters=list(signature.parameters.values())[1:], return_annotation=inspect.Signature.empty,
+    )
 
 
 class SyncSender:
@@ -210,13 +216,33 @@ class AsyncSender:
     async def _run(self, call: Call[T]) -> T:
         raise NotImplementedError
 
-    async def _walk(self, pages: Pages[T]) -> AsyncIterator[T]:
-        call: Call[Any] | None = pages.first
-        while call is not None:
-            page = await self._run(call)
-            for item in pages.items(page):
-                yield item
-            call = pages.following(page)
+    def _walk(self, pages: Pages[T]) -> AsyncIterator[T]:
+        return _AsyncWalk(self, pages)
+
+
+class _AsyncWalk(AsyncIterator[T]):
+    """An async iterator over every item of every page. A class, not an async generator: one
+    left half-way (``break`` out of ``async for``) has nothing to finalise, so it needs no
+    ``aclose()`` on any event loop."""
+
+    def __init__(self, sender: AsyncSender, pages: Pages[T]) -> None:
+        self._sender = sender
+        self._pages = pages
+        self._next: Call[Any] | None = pages.first
+        self._buffer: list[T] = []
+
+    def __aiter__(self) -> _AsyncWalk[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while not self._buffer:
+            if self._next is None:
+                raise StopAsyncIteration
+            page = await self._sender._run(self._next)
+            self._buffer = list(self._pages.items(page))
+            self._buffer.reverse()
+            self._next = self._pages.following(page)
+        return self._buffer.pop()
 
 
 class endpoint(Generic[P, T]):
@@ -225,6 +251,7 @@ class endpoint(Generic[P, T]):
 
     def __init__(self, build: Callable[Concatenate[Any, P], Call[T]]) -> None:
         self.build = build
+        self.bound_signature: inspect.Signature
         _describe(self, build)
 
     @overload
@@ -242,6 +269,7 @@ class endpoint(Generic[P, T]):
         def method(*args: Any, **kwargs: Any) -> Any:
             return instance._run(build(instance, *args, **kwargs))
 
+        method.__signature__ = self.bound_signature  # type: ignore[attr-defined]
         return method
 
 
@@ -252,6 +280,7 @@ class paginated(Generic[P, T]):
 
     def __init__(self, build: Callable[Concatenate[Any, P], Pages[T]]) -> None:
         self.build = build
+        self.bound_signature: inspect.Signature
         _describe(self, build)
 
     @overload
@@ -269,4 +298,5 @@ class paginated(Generic[P, T]):
         def method(*args: Any, **kwargs: Any) -> Any:
             return instance._walk(build(instance, *args, **kwargs))
 
+        method.__signature__ = self.bound_signature  # type: ignore[attr-defined]
         return method
