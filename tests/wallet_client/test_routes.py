@@ -38,7 +38,7 @@ from wallet_client import (
     Wallet,
     WalletClient,
 )
-from wallet_client._core import IDEMPOTENT_METHODS, endpoint, paginated
+from wallet_client._core import endpoint, paginated
 
 
 @dataclass
