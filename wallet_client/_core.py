@@ -18,10 +18,12 @@ import functools
 import inspect
 import json
 import random
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from urllib.parse import quote
 
 import msgpack
 
@@ -37,6 +39,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 KEY_PREFIX = "wc-"  # the client's keys: "wc-" and 32 hex digits (128 random bits)
 # Methods that are idempotent by HTTP's definition (RFC 9110 9.2.2): safe to repeat.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_.:-]+")  # the API's id alphabet: nothing to encode
 
 
 def new_key() -> str:
@@ -47,10 +50,10 @@ def new_key() -> str:
 def segment(value: str) -> str:
     """A path segment: ``/`` and ``%`` (and anything outside the id alphabet) percent-encoded,
     and ``.`` / ``..`` spelled out so that no URL normaliser folds them away."""
-    from urllib.parse import quote
-
     if value in (".", ".."):
         return value.replace(".", "%2E")
+    if _PLAIN_SEGMENT.fullmatch(value):
+        return value
     return quote(value, safe=":")
 
 
@@ -98,8 +101,10 @@ class Call(Generic[T]):
                 headers["Content-Type"] = JSON_MEDIA_TYPE
         if self.msgpack:
             headers["Accept"] = MSGPACK_MEDIA_TYPE
-        return {"method": self.method, "url": self.path, "params": list(self.params), "headers": headers,
-                "content": content}
+        # No params at all (not an empty list) when there are none: httpx then skips merging
+        # them into the URL (measured: about a fifth of the client's own cost per call).
+        return {"method": self.method, "url": self.path, "params": list(self.params) if self.params else None,
+                "headers": headers, "content": content}
 
 
 def decode(content_type: str, content: bytes) -> Any:
@@ -270,6 +275,7 @@ class endpoint(Generic[P, T]):
             return instance._run(build(instance, *args, **kwargs))
 
         method.__signature__ = self.bound_signature  # type: ignore[attr-defined]
+        instance.__dict__[build.__name__] = method  # later lookups find it there (a non-data descriptor)
         return method
 
 
@@ -299,4 +305,5 @@ class paginated(Generic[P, T]):
             return instance._walk(build(instance, *args, **kwargs))
 
         method.__signature__ = self.bound_signature  # type: ignore[attr-defined]
+        instance.__dict__[build.__name__] = method  # later lookups find it there (a non-data descriptor)
         return method
