@@ -210,6 +210,12 @@ def test_withdrawals_and_events(admin: WalletClient) -> None:
     assert page.items == [] and page.next_after == lsns[-1]
 
 
+def snapshot(request: httpx.Request) -> httpx.Request:
+    """A copy of what ``request`` carries now: the client sends the same Request object on
+    every attempt, and a record must show what each attempt carried."""
+    return httpx.Request(request.method, request.url, headers=request.headers.copy(), content=request.content)
+
+
 class LoseFirstResponse(httpx.BaseTransport):
     """Sends every request to the server but drops the first answer to ``path`` on the floor
     (as a cut connection would), after the server acted on it."""
@@ -222,7 +228,7 @@ class LoseFirstResponse(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = self.real.handle_request(request)
         if request.url.path == self.path:
-            self.seen.append(request)
+            self.seen.append(snapshot(request))
             if len(self.seen) == 1:
                 response.read()
                 response.close()
@@ -244,7 +250,7 @@ class OverloadedOnce(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == self.path:
-            self.seen.append(request)
+            self.seen.append(snapshot(request))
             if len(self.seen) == 1:
                 return httpx.Response(503, headers={"Retry-After": "1", "content-type": "application/problem+json"},
                                       json={"type": "about:blank", "title": "Overloaded", "status": 503,

@@ -47,6 +47,12 @@ def problem(status: int, code: str, detail: str = "", **extra: Any) -> httpx.Res
     return reply(status, body, headers=headers, problem=True)
 
 
+def snapshot(request: httpx.Request) -> httpx.Request:
+    """What ``request`` is now (method, URL, headers, body), apart from later changes to it."""
+    return httpx.Request(request.method, request.url, headers=request.headers.copy(), content=request.content,
+                         extensions=dict(request.extensions))
+
+
 Answer = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
 
 
@@ -59,7 +65,9 @@ class FakeServer:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         request.read()
-        self.requests.append(request)
+        # A copy: the client sends the same Request object on every attempt, and a record must
+        # show what each attempt carried.
+        self.requests.append(snapshot(request))
         answer = self.script[min(len(self.requests), len(self.script)) - 1]
         if isinstance(answer, Exception):
             raise answer
