@@ -81,6 +81,7 @@ from bench._service import (
 from ledger import Ledger, open_ledger
 from server._admin_token import find_admin_token, where_to_look
 from server._gc import tune_gc
+from wallet_client import AsyncWalletClient, RetryPolicy, WalletClientError
 
 START_SLACK_S = 0.5  # between "everyone is ready" and the first request
 # A generator process busier than this may be what limits the run (the note says so).
@@ -305,17 +306,12 @@ def http_probe(url: str, pid: int | None, roles: dict[int, str] | None = None, c
 async def process_roles(url: str, token: str) -> dict[int, str]:
     """``{pid: role}`` from ``GET /v1/admin/processes`` (empty when the server has no such
     route or refuses): ``supervisor``, ``ledger``, ``http``; one process is ``ledger`` there."""
-    client = Client(url, token)
     try:
-        response = await client.call("GET", "/v1/admin/processes")
-        if response.status != 200:
-            return {}
-        items = response.json().get("items", [])
-    except (HttpError, ValueError, AttributeError):
+        async with AsyncWalletClient(url, token=token, retry=RetryPolicy.never()) as client:
+            processes = await client.processes()
+    except (WalletClientError, ValueError, KeyError, TypeError):
         return {}
-    finally:
-        await client.aclose()
-    roles = {int(item["pid"]): str(item["role"]) for item in items}
+    roles = {process.pid: process.role for process in processes}
     if len(roles) == 1:  # one process: it serves HTTP and runs the ledger
         roles = {pid: "server (one process)" for pid in roles}
     return roles

@@ -3,7 +3,10 @@ temporary data directory, reading ``/metrics`` and ``/proc/<pid>/stat``, creatin
 the benchmark's wallets before the measured window, and checking at the end that money was
 conserved.
 
-Setup and checks go through the same small HTTP client as the Python driver. For a server the
+Setup and checks outside the measured window go through ``wallet_client`` (the project's
+Python client: typed answers, retries with the same idempotency keys); the measured load and
+the metric samples taken during it use the harness's own lean client (``bench._http``), which
+costs far less CPU per request than httpx (see its docstring). For a server the
 harness starts itself, the wallets are created and funded in process through the ledger before
 the server starts on that data directory (tens of thousands of wallets in seconds instead of a
 minute of HTTP requests); against ``--url`` they are made through the API. Either way they are
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 from bench._http import Client, HttpError
@@ -36,12 +40,15 @@ from ledger import (
     open_ledger,
     treasury_id,
 )
+from wallet_client import AsyncWalletClient, RetryPolicy, WalletClientError
 
 DEPOSIT = 10**12  # per wallet: far more than any run moves, so no transfer fails for funds
 SETUP_CONNECTIONS = 16
 LIST_PAGE = 1000  # the API's largest page
 READY_TIMEOUT_S = 60.0
 QUIET_TIMEOUT_S = 30.0
+SETUP_RETRY_S = 60.0  # how long setup calls may keep retrying a busy server (503, 429, no answer)
+HISTORY_CATCH_UP_S = 300  # how long the conservation check waits for the history read model
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -294,33 +301,36 @@ async def _ready_lsn(client: Client) -> float | None:
 # -- seeding and conservation -----------------------------------------------------------
 
 
+def setup_client(url: str, token: str, *, connections: int = SETUP_CONNECTIONS,
+                 catch_up_s: float = SETUP_RETRY_S) -> AsyncWalletClient:
+    """The project's client for setup and checks, outside the measured window: its retries ride
+    out a server that answers 503 while it catches up (``Retry-After`` honoured, up to
+    ``catch_up_s`` in all), and its keys make a retried deposit move money once."""
+    retry = RetryPolicy(attempts_max=10_000, total_s=catch_up_s, backoff_max_s=1.0, retry_after_max_s=catch_up_s)
+    return AsyncWalletClient(url, token=token, retry=retry, timeout_s=60.0,
+                             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+
+
 async def seed_http(url: str, token: str, asset: str, ids: list[str], deposit: int = DEPOSIT) -> None:
-    """Creates the asset and the wallets and funds each through the API (idempotent)."""
-    setup = Client(url, token)
-    response = await setup.call("POST", "/v1/assets", {"code": asset, "scale": 2})
-    await setup.aclose()
-    if response.status not in (200, 201):
-        raise SetupError(f"POST /v1/assets: {response.status} {response.body[:300]!r}")
-
-    async def worker(start: int) -> None:
-        client = Client(url, token)
+    """Creates the asset and the wallets and funds each through the API, with ``wallet_client``
+    (idempotent: fixed deposit keys)."""
+    async with setup_client(url, token) as client:
         try:
-            for wallet_id in ids[start::SETUP_CONNECTIONS]:
-                r = await client.call("POST", "/v1/wallets", {"id": wallet_id, "owner_id": "bench", "asset": asset})
-                if r.status not in (200, 201):
-                    raise SetupError(f"POST /v1/wallets {wallet_id}: {r.status} {r.body[:300]!r}")
-                r = await client.call(
-                    "POST", "/v1/deposits", {"wallet_id": wallet_id, "amount": deposit},
-                    headers={"Idempotency-Key": f"bench-seed-{wallet_id}"},
-                )
-                if r.status != 201:
-                    raise SetupError(f"POST /v1/deposits {wallet_id}: {r.status} {r.body[:300]!r}")
-        finally:
-            await client.aclose()
+            await client.create_asset(asset, 2)
+        except WalletClientError as error:
+            raise SetupError(f"create asset {asset}: {error}") from None
 
-    async with trio.open_nursery() as nursery:
-        for start in range(SETUP_CONNECTIONS):
-            nursery.start_soon(worker, start)
+        async def worker(start: int) -> None:
+            for wallet_id in ids[start::SETUP_CONNECTIONS]:
+                try:
+                    await client.create_wallet("bench", asset, id=wallet_id)
+                    await client.deposit(wallet_id, deposit, idempotency_key=f"bench-seed-{wallet_id}")
+                except WalletClientError as error:
+                    raise SetupError(f"wallet {wallet_id}: {error}") from None
+
+        async with trio.open_nursery() as nursery:
+            for start in range(SETUP_CONNECTIONS):
+                nursery.start_soon(worker, start)
 
 
 async def seed_ledger(ledger: Ledger, asset: str, ids: list[str], deposit: int = DEPOSIT) -> None:
@@ -381,49 +391,25 @@ def verdict(*, balances: dict[str, int], treasury: int, deposited: int) -> dict[
     }
 
 
-HISTORY_CATCH_UP_S = 300
-
-
 async def conservation_http(url: str, token: str, asset: str, ids: list[str], deposit: int = DEPOSIT) -> dict[str, Any]:
-    """Reads every benchmark wallet and the asset's treasury through the API: the wallet listing
-    of the run's asset, 1000 a page (the ids come from the history read model, the balances
-    from the live ledger), then ``GET /v1/wallets/{id}`` for any wallet the listing lacks (a
-    read model still catching up) and for the treasury."""
+    """Reads every benchmark wallet and the asset's treasury through the API (``wallet_client``):
+    the wallet listing of the run's asset, 1000 a page (the ids come from the history read
+    model, the balances from the live ledger), then ``GET /v1/wallets/{id}`` for any wallet the
+    listing lacks (a read model still catching up) and for the treasury. After a heavy batch
+    load the read model may answer ``503 history_lagging`` for a while: the client waits for it
+    (``Retry-After``), as any client would, up to ``HISTORY_CATCH_UP_S``."""
     wanted = set(ids)
     balances: dict[str, int] = {}
-    client = Client(url, token)
-    try:
-        cursor: str | None = None
-        while True:
-            path = f"/v1/wallets?asset={asset}&limit={LIST_PAGE}" + (f"&cursor={cursor}" if cursor else "")
-            response = await client.call("GET", path)
-            waited_s = 0.0
-            # After a heavy batch load the history read model may still be catching up (503
-            # history_lagging, Retry-After): wait for it, as a client would, up to a bound.
-            while response.status == 503 and waited_s < HISTORY_CATCH_UP_S:
-                await trio.sleep(1)
-                waited_s += 1
-                response = await client.call("GET", path)
-            if response.status != 200:
-                raise SetupError(f"GET {path}: {response.status} {response.body[:300]!r}")
-            page = response.json()
-            for item in page["items"]:
-                if item["id"] in wanted:
-                    balances[item["id"]] = int(item["balance"])
-            cursor = page["next_cursor"]
-            if cursor is None:
-                break
-        for wallet_id in sorted(wanted - set(balances)):
-            response = await client.call("GET", f"/v1/wallets/{wallet_id}")
-            if response.status != 200:
-                raise SetupError(f"GET /v1/wallets/{wallet_id}: {response.status} {response.body[:300]!r}")
-            balances[wallet_id] = int(response.json()["balance"])
-        response = await client.call("GET", f"/v1/wallets/{treasury_id(asset)}")
-        if response.status != 200:
-            raise SetupError(f"GET /v1/wallets/{treasury_id(asset)}: {response.status} {response.body[:300]!r}")
-        treasury = int(response.json()["balance"])
-    finally:
-        await client.aclose()
+    async with setup_client(url, token, connections=1, catch_up_s=HISTORY_CATCH_UP_S) as client:
+        try:
+            async for wallet in client.iter_wallets(asset=asset, limit=LIST_PAGE):
+                if wallet.id in wanted:
+                    balances[wallet.id] = wallet.balance
+            for wallet_id in sorted(wanted - set(balances)):
+                balances[wallet_id] = (await client.get_wallet(wallet_id)).balance
+            treasury = (await client.get_wallet(treasury_id(asset))).balance
+        except WalletClientError as error:
+            raise SetupError(f"conservation check: {error}") from None
     return verdict(balances=balances, treasury=treasury, deposited=deposit * len(ids))
 
 

@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["ledger", "wal", "snapshots", "server", "bench"]
+PACKAGES = ["ledger", "wal", "snapshots", "server", "bench", "wallet_client"]
 # Which top-level packages each package may import (besides the stdlib and third parties).
 ALLOWED = {
     "ledger": {"ledger", "wal", "snapshots"},
     "wal": {"wal"},
     "snapshots": {"snapshots"},
-    "server": {"server", "ledger", "wal", "snapshots", "bench"},
-    "bench": {"bench", "server", "ledger", "wal", "snapshots"},
+    "server": {"server", "ledger", "wal", "snapshots", "bench", "wallet_client"},
+    "bench": {"bench", "server", "ledger", "wal", "snapshots", "wallet_client"},
+    # The client ships to users of the API: it knows the contract, never the server's insides.
+    "wallet_client": {"wallet_client"},
 }
 # The pure core: stdlib only, and no clock, randomness or I/O.
 PURE = [
@@ -72,7 +74,7 @@ def test_the_state_machine_is_pure(relative: str) -> None:
 # written against anyio and never import trio (nor asyncio's loop policies): the choice of loop
 # lives in server/_serve.py, which picks Hypercorn's worker by name (``hypercorn.trio`` or
 # ``hypercorn.asyncio``) and ``anyio.run``'s backend. bench/ keeps trio: client-side harnesses.
-BACKEND_NEUTRAL = ["ledger", "wal", "snapshots", "server"]
+BACKEND_NEUTRAL = ["ledger", "wal", "snapshots", "server", "wallet_client"]
 BACKEND_MODULES = {"trio", "trio_asyncio", "uvloop"}
 BACKEND_ALLOWED = {
     "server/_serve.py": {"uvloop"},  # the --loop uvloop loop factory

@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import trio
 
+from wallet_client import AsyncWalletClient
+
 
 @dataclass
 class Ledgerbook:
@@ -22,17 +24,15 @@ class Ledgerbook:
 
 
 async def setup_wallets(http: httpx.AsyncClient, ids: list[str], *, asset: str, deposit: int) -> None:
-    response = await http.post("/v1/assets", json={"code": asset, "scale": 2})
-    assert response.status_code in (200, 201), response.text
+    """The asset, and each wallet (owner ``owner-<id>``) funded with ``deposit``, through
+    ``wallet_client`` over ``http`` (its base URL and token): fixed deposit keys, so a setup
+    retried after a restart funds nothing twice."""
+    client = AsyncWalletClient(http=http)
+    await client.create_asset(asset, 2)
     for wallet_id in ids:
-        response = await http.post("/v1/wallets", json={"id": wallet_id, "owner_id": "owner-" + wallet_id, "asset": asset})
-        assert response.status_code in (200, 201), response.text
+        await client.create_wallet("owner-" + wallet_id, asset, id=wallet_id)
         if deposit:
-            response = await http.post(
-                "/v1/deposits", json={"wallet_id": wallet_id, "amount": deposit},
-                headers={"Idempotency-Key": f"setup-{wallet_id}"},
-            )
-            assert response.status_code == 201, response.text
+            await client.deposit(wallet_id, deposit, idempotency_key=f"setup-{wallet_id}")
 
 
 async def send(http: httpx.AsyncClient, key: str, body: dict[str, Any], book: Ledgerbook) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from wallet_client import WalletClient
+
 ADMIN_TOKEN = "test-admin-token"
 READY_TIMEOUT_S = 30.0
 DEFAULT_LOOP = os.environ.get("WALLET_TEST_LOOP", "trio")
@@ -129,9 +131,9 @@ def started_with_assets(data_dir: Path, *codes: str, **options: Any) -> ServerPr
     process = ServerProcess(data_dir, **options)
     process.start()
     try:
-        with process.client() as http:
+        with WalletClient(process.url, token=ADMIN_TOKEN) as client:
             for code in codes:
-                assert http.post("/v1/assets", json={"code": code, "scale": 2}).status_code in (200, 201)
+                client.create_asset(code, 2)
     except BaseException:
         process.kill()
         raise
