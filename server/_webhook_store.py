@@ -1,4 +1,4 @@
-"""Webhook endpoints and their delivery cursors, durable in ``<data>/webhooks.sqlite3`` (ADR 0009).
+"""Webhook endpoints and their delivery cursors, durable in ``<data>/webhooks.sqlite3`` (ADR 0010).
 
 One SQLite file in WAL mode with ``synchronous=FULL`` (every commit is fsynced before it
 returns), shared by the processes that touch webhooks:

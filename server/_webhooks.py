@@ -1,5 +1,5 @@
 """The webhook dispatcher: every durable event of a subscribed type, POSTed to each enabled
-endpoint in log order, at least once, signed by the Standard Webhooks specification (ADR 0009).
+endpoint in log order, at least once, signed by the Standard Webhooks specification (ADR 0010).
 
 Where it runs: the ``webhooks`` child of ``wallet serve --workers N`` (its own process,
 supervised and restarted like the projector; it reaches the ledger over the ledger port as a
