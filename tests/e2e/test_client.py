@@ -4,9 +4,9 @@ problems raised as typed exceptions with the server's ``code``; cursor iterators
 pages; and retries that reuse their ``Idempotency-Key`` so that money moves once: a response
 lost after the server acted, and a ``503`` with ``Retry-After`` in front of the server.
 
-The routes of issue 16 that this server does not have yet (alerts, webhooks, search) and those
-of the contract still to come (refunds, wallet limits, cluster) are checked against a fake
-server in ``tests/wallet_client``."""
+Alerts, search and webhook endpoints are driven here too (webhook delivery itself is
+``tests/e2e/test_webhooks.py``); the routes of the contract still to come (refunds, wallet
+limits, cluster) are checked against a fake server in ``tests/wallet_client``."""
 
 from __future__ import annotations
 
@@ -313,3 +313,42 @@ async def test_the_async_client_retries_503_with_retry_after_and_walks_pages(liv
         assert caught.value.code == "insufficient_funds"
         events = [event async for event in client.iter_events(after=deposit.lsn - 1, limit=2)]
         assert events[0].lsn == deposit.lsn and len(events) >= 8
+
+
+def test_alerts_search_and_webhooks_through_the_client(admin: WalletClient) -> None:
+    """Issue 16's routes on the real server through the client: an alert fires once when a
+    transfer crosses it (and shows in the feed), a metadata search finds exactly the tagged
+    transfers over several pages, and webhook endpoints refuse a loopback URL with a typed
+    problem (this server runs without ``--allow-private-webhooks``)."""
+    alice, bob = funded(admin, "alice", 1_000), funded(admin, "bob", 0)
+    alert = admin.create_alert(alice, "available", below=500)
+    assert (alert.state, alert.below, alert.above) == ("armed", 500, None)
+    after = admin.ready().durable_lsn or 0
+    tag = uid("order")
+    posted = [admin.transfer(alice, bob, 200, metadata={"order": tag}) for _ in range(4)]  # 800, 600, 400, 200
+    assert [item.state for item in admin.list_alerts(alice)] == ["triggered"]
+    fired = [event for event in admin.iter_events(after=after) if event.type == "alert.triggered"]
+    assert len(fired) == 1, fired
+    assert fired[0].data["alert_id"] == alert.id and fired[0].data["value"] == 400
+    assert fired[0].data["transaction_id"] == posted[2].id
+
+    found = list(admin.iter_transactions(metadata={"order": tag}, limit=3))
+    assert [item.id for item in found] == [item.id for item in reversed(posted)]  # newest first, 2 pages
+    assert [item.id for item in admin.iter_transactions(wallet_id=bob, limit=1)] == [t.id for t in reversed(posted)]
+    with pytest.raises(wc.InvalidRequest) as invalid:
+        admin.search_transactions(min_amount=5, max_amount=4)
+    assert invalid.value.code == "invalid_request"
+
+    assert admin.delete_alert(alert.id).id == alert.id
+    assert admin.list_alerts(alice) == []
+    with pytest.raises(wc.NotFound) as missing:
+        admin.delete_alert(alert.id)
+    assert missing.value.code == "alert_not_found"
+
+    with pytest.raises(wc.WalletError) as refused:
+        admin.create_webhook("http://127.0.0.1:9/hook")
+    assert (refused.value.status, refused.value.code) == (422, "webhook_url_forbidden")
+    assert admin.list_webhooks() == []
+    with pytest.raises(wc.NotFound) as no_hook:
+        admin.get_webhook("wh_missing")
+    assert no_hook.value.code == "webhook_not_found"
