@@ -124,6 +124,7 @@ class ShardStatistics:
     messages: int
     drains: int
     overloaded: int
+    alerts_fired: int  # balance-alert firings this shard recorded since it started
 
 
 class Shard:
@@ -170,6 +171,7 @@ class Shard:
         self._messages = 0
         self._drains = 0
         self._overloaded = 0
+        self._alerts_fired = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             _CreditStep: self._on_credit_step,
             _DebitStep: self._on_debit_step,
@@ -328,6 +330,7 @@ class Shard:
             lsn = self._commit(record)
             _apply.apply_directory(state.directory, record, lsn)
             _apply.apply_alerts(state, record, lsn)
+            self._alerts_fired += len(record.firings)
         assert not state.crossings, state.crossings
         return len(records)
 
@@ -669,4 +672,5 @@ class Shard:
             messages=self._messages,
             drains=self._drains,
             overloaded=self._overloaded,
+            alerts_fired=self._alerts_fired,
         )

@@ -116,11 +116,15 @@ class _LedgerCollector:
         if ledger is None:
             return
         depth = GaugeMetricFamily("wallet_shard_mailbox_depth", "Commands waiting per shard", labels=["shard", "mailbox"])
+        fired = 0
         for shard in ledger.shards:
             stats = shard.statistics()
             depth.add_metric([str(stats.index), "external"], stats.mailbox_depth)
             depth.add_metric([str(stats.index), "internal"], stats.internal_depth)
+            fired += stats.alerts_fired
         yield depth
+        yield CounterMetricFamily("wallet_alerts_triggered", "Balance-alert firings recorded in the log since start",
+                                  value=fired)
         wal = ledger.wal.statistics()
         yield CounterMetricFamily("wallet_wal_records", "WAL records written", value=wal.records_written)
         yield CounterMetricFamily("wallet_wal_bytes", "WAL bytes written", value=wal.bytes_written)

@@ -331,6 +331,8 @@ def test_alerts_search_and_webhooks_through_the_client(admin: WalletClient) -> N
     assert len(fired) == 1, fired
     assert fired[0].data["alert_id"] == alert.id and fired[0].data["value"] == 400
     assert fired[0].data["transaction_id"] == posted[2].id
+    counted = [line for line in admin.metrics().splitlines() if line.startswith("wallet_alerts_triggered_total ")]
+    assert counted and float(counted[0].split()[1]) >= 1, counted
 
     found = list(admin.iter_transactions(metadata={"order": tag}, limit=3))
     assert [item.id for item in found] == [item.id for item in reversed(posted)]  # newest first, 2 pages
