@@ -34,10 +34,13 @@ Every function here is blocking: callers run them in a worker thread.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ledger import FILE_MODE
 
 FILE_NAME = "webhooks.sqlite3"
 INDEX_BITS = 13
@@ -143,6 +146,9 @@ class WebhookStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the main
+        # file's mode, and they hold the endpoints' secrets too.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
         # isolation_level=None: transactions are the explicit BEGIN IMMEDIATE below.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=BUSY_TIMEOUT_MS / 1000)
@@ -150,7 +156,9 @@ class WebhookStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._db.executescript(SCHEMA)
-        path.chmod(0o600)
+        for existing in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if existing.exists():  # files an earlier version left wider
+                existing.chmod(FILE_MODE)
 
     @classmethod
     def open(cls, data_dir: Path) -> WebhookStore:

@@ -121,8 +121,13 @@ def test_a_receiver_down_across_a_server_kill_gets_every_event_afterwards_in_ord
         assert list(unique.values()) == expected  # every event, in log order, the same bodies
         assert len(accepted) == len(expected)  # one POST in flight per endpoint: no duplicates here
         assert len([body for body in unique.values() if body["type"] == "transfer.posted"]) == 20
-        with server.client() as http:
-            log = http.get(f"/v1/webhooks/{endpoint['id']}/deliveries", params={"limit": "100"}).json()["items"]
+        with server.client() as http:  # the attempts log is saved every 0.2 s: wait for the last one
+            deadline = time.monotonic() + 10
+            while True:
+                log = http.get(f"/v1/webhooks/{endpoint['id']}/deliveries", params={"limit": "100"}).json()["items"]
+                if (log and log[0]["status_code"] == 200) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
         assert log and log[0]["status_code"] == 200
         assert any(item["status_code"] is None and item["error"] for item in log)  # the refused connections
     finally:
