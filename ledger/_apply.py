@@ -46,6 +46,7 @@ from ledger._model import (
     HoldCreated,
     HoldVoided,
     IdempotencyRecord,
+    RequestsRefused,
     Token,
     TokenCreated,
     TokenRevoked,
@@ -102,6 +103,17 @@ def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
                 directory.withdrawal_wallets[event.transaction_id] = event.from_wallet_id
         elif isinstance(event, HoldCaptured | HoldVoided):
             del directory.hold_routes[event.transaction_id]
+    elif isinstance(event, RequestsRefused):
+        # Final outcomes: each refused key answers with its rejection from now on, kept and
+        # expired exactly like the records of accepted requests.
+        assert 1 <= len(event.refusals) <= BATCH_ITEMS_MAX, len(event.refusals)
+        records = directory.idempotency
+        at_us = event.at_us
+        for idempotency, rejection in event.refusals:
+            key = (idempotency.scope, idempotency.key)
+            assert key not in records
+            records[key] = new_idempotency_record(idempotency.fingerprint, lsn, at_us, rejection)
+        _expire_idempotency(directory)
     elif isinstance(event, AssetCreated):
         assert event.code not in directory.assets
         directory.assets[event.code] = Asset(code=event.code, scale=event.scale, created_at_us=event.at_us)
@@ -334,6 +346,6 @@ def apply(state: State, event: Event, lsn: int) -> None:
         apply_credit(state, event, lsn)
     elif isinstance(event, AlertCreated | AlertDeleted | AlertsTriggered):
         apply_alerts(state, event, lsn)
-    else:
+    elif not isinstance(event, RequestsRefused):  # refusals land in the directory alone
         apply_wallets(state, event, lsn)
 

@@ -22,7 +22,10 @@ Batches (``Ledger.transfer_batch``; ``docs/adr/0004-atomic-batches.md``):
 
 ``commit_atomic`` decides every item in order against the involved wallets (counting each
 shard's reservations and the effects of the items before it) and appends one record for the
-whole batch, or nothing: a torn tail drops a batch whole.
+whole batch, or no money record: a torn tail drops a batch whole. When an item fails, its
+rejection is recorded under that item's key (final outcomes, ``ledger._decide``): the same batch
+retried fails at the same item with the same answer, even if it would pass now. The other items
+record nothing (none was decided on its own), so their keys stay free.
 """
 
 from __future__ import annotations
@@ -194,7 +197,13 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
     decisions = _decide.decide_transfers(view, [(command, None) for command in commands], now_us, pending, atomic=True)
     last = decisions[-1]
     if isinstance(last, Rejection):
-        reply.failed = BatchFailed(index=len(decisions) - 1, rejection=last)
+        index = len(decisions) - 1
+        # The failing item's rejection is final under its key (the others were never decided
+        # alone and record nothing), so the same batch retried fails at the same item again.
+        idempotency = commands[index].idempotency
+        if idempotency is not None and _decide.refusal_recorded(view.directory, idempotency, last):
+            lead.refuse([(idempotency, last)], now_us)
+        reply.failed = BatchFailed(index=index, rejection=last)
         wal.call_when_durable(wal.last_lsn, reply._report)
         return
     assert len(decisions) == len(commands)

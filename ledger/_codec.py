@@ -31,10 +31,17 @@ inside a payload.
     16   | AlertDeleted         | alert_id, wallet_id, at_us
     17   | AlertsTriggered      | at_us, [[alert_id, wallet_id, field, direction, threshold,
          |                      |          value, transaction_id], ...]
+    18   | RequestsRefused      | at_us, [[scope, key, fingerprint, reason, detail], ...]
 
 Kinds 15-17 (balance alerts) came after the first logs were written: those logs hold none, and
 still decode (``tests/fixtures/log-v1``). ``field`` is ``AlertField`` (0 available, 1 balance),
 ``direction`` is ``AlertDirection`` (0 below, 1 above), ``triggered`` a boolean.
+
+Kind 18 (final outcomes: a keyed request the ledger refused) came later still; ``reason`` is
+the ``Reason`` member's value (a string: ``"insufficient_funds"``, ``"wallet_not_found:receiver"``),
+as stable as the API's codes. ``encode_outcome`` / ``decode_outcome`` store one idempotency
+record's outcome on its own (the on-disk key index): an event as above, or a refusal as a kind
+18 payload holding that one refusal.
 
 ``idempotency`` is ``nil`` or ``[scope, key, fingerprint]``. A ``TransfersPosted`` record holds
 1 to ``BATCH_ITEMS_MAX`` transfers, each a ``Transferred`` without its ``at_us`` (the record's);
@@ -63,6 +70,9 @@ from ledger._model import (
     HoldCreated,
     HoldVoided,
     Idempotency,
+    Reason,
+    Rejection,
+    RequestsRefused,
     TokenCreated,
     TokenRevoked,
     TransactionType,
@@ -93,6 +103,7 @@ _WITHDRAWAL_UPDATED = 14
 _ALERT_CREATED = 15
 _ALERT_DELETED = 16
 _ALERTS_TRIGGERED = 17
+_REQUESTS_REFUSED = 18
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -276,7 +287,54 @@ def encode_event(event: Event) -> bytes:
                   firing.value, firing.transaction_id] for firing in event.firings],
             ]
         )
+    if isinstance(event, RequestsRefused):
+        assert 1 <= len(event.refusals) <= BATCH_ITEMS_MAX, len(event.refusals)
+        return _packb(
+            [
+                CODEC_VERSION, _REQUESTS_REFUSED, event.at_us,
+                [(idempotency.scope, idempotency.key, idempotency.fingerprint, rejection.reason.value,
+                  rejection.detail) for idempotency, rejection in event.refusals],
+            ]
+        )
     raise AssertionError(f"unknown event {event!r}")
+
+
+def encode_outcome(outcome: Event | Rejection, at_us: int, idempotency: Idempotency) -> bytes:
+    """One idempotency record's outcome alone (``IdempotencyRecord.event``): its event, or a
+    refusal as a one-refusal kind 18 payload."""
+    if isinstance(outcome, Rejection):
+        return encode_event(RequestsRefused(refusals=((idempotency, outcome),), at_us=at_us))
+    return encode_event(outcome)
+
+
+def decode_outcome(payload: bytes) -> Event | Rejection:
+    """The inverse of ``encode_outcome``. Raises CodecError."""
+    event = decode_event(payload)
+    if isinstance(event, RequestsRefused):
+        if len(event.refusals) != 1:
+            raise CodecError("a stored refusal holds exactly one rejection")
+        return event.refusals[0][1]
+    return event
+
+
+_REASONS = {reason.value: reason for reason in Reason}
+
+
+def _requests_refused(at_us: int, items: Any) -> RequestsRefused:
+    if type(items) is not list or not 1 <= len(items) <= BATCH_ITEMS_MAX:
+        raise CodecError(f"a refusals record holds 1 to {BATCH_ITEMS_MAX} refusals")
+    refusals = []
+    for item in items:
+        if type(item) is not list or len(item) != 5:
+            raise CodecError("a refusal is an array of 5 fields")
+        scope, key, fingerprint, reason, detail = item
+        found = _REASONS.get(_str(reason))
+        if found is None:
+            raise CodecError(f"unknown rejection reason {reason!r:.80}")
+        idempotency = _idem_in([scope, key, fingerprint])
+        assert idempotency is not None
+        refusals.append((idempotency, Rejection(reason=found, detail=_str(detail))))
+    return RequestsRefused(refusals=tuple(refusals), at_us=at_us)
 
 
 def _bool(value: Any) -> bool:
@@ -401,6 +459,9 @@ def decode_event(payload: bytes) -> Event:
         if kind == _ALERTS_TRIGGERED:
             at_us, items = rest
             return _alerts_triggered(_int(at_us), items)
+        if kind == _REQUESTS_REFUSED:
+            at_us, items = rest
+            return _requests_refused(_int(at_us), items)
     except CodecError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:

@@ -22,6 +22,13 @@ Rejection order for a transfer (``TRANSFER_CHECK_ORDER``), each row a test in
     | 7 | enough available (treasury exempt)      | INSUFFICIENT_FUNDS     | debit    |
     | 8 | no balance leaves int64                 | BALANCE_OVERFLOW       | both     |
 
+**Final outcomes** (API.md, *Idempotency*). A rejection ``decide_*`` returns for a request that
+carries an ``Idempotency`` is recorded under its key (a ``RequestsRefused`` record, appended by
+the shard in the same step: ``refusal_recorded`` says which) unless its reason is in
+``UNRECORDED_REASONS``; from then on ``check_idempotency`` answers the key with that rejection
+(row 0), whatever the state says now. So row 0 turns a later retry of a refused request into the
+same refusal, never into a posting.
+
 Funds are checked before overflow so that a sender cannot learn a stranger's balance by
 probing with amounts it does not have (overflow would reveal the receiver's balance).
 
@@ -50,6 +57,7 @@ from ledger._model import (
     SYSTEM_OWNER,
     TRANSFER_CHECK_ORDER,
     TREASURY_PREFIX,
+    UNRECORDED_REASONS,
     AdvanceWithdrawal,
     AlertCreated,
     AlertDeleted,
@@ -99,7 +107,9 @@ Decision = list[Event] | Rejection | Duplicate
 
 
 def check_idempotency(directory: Directory, idempotency: Idempotency | None) -> Decision | None:
-    """Returns the replay or the rejection for a key already used, None for a fresh key."""
+    """Returns the replay or the rejection for a key already used, None for a fresh key. A key
+    whose request was refused (its record holds the ``Rejection``) answers that rejection
+    again: the very object recorded, so the same status and body."""
     if idempotency is None:
         return None
     key = (idempotency.scope, idempotency.key)
@@ -114,7 +124,20 @@ def check_idempotency(directory: Directory, idempotency: Idempotency | None) -> 
             reason=Reason.IDEMPOTENCY_KEY_REUSED,
             detail=f"idempotency key {idempotency.key!r} was used for a different request",
         )
+    outcome = record.event
+    if type(outcome) is Rejection:
+        return outcome
     return Duplicate(record=record)
+
+
+def refusal_recorded(directory: Directory, idempotency: Idempotency | None, rejection: Rejection) -> bool:
+    """Whether ``rejection``, just decided for a request with ``idempotency``, must be recorded
+    under its key: a keyed request, a reason not in ``UNRECORDED_REASONS``, and a key with no
+    record yet (a recorded refusal answered again, or a key reused, records nothing new)."""
+    if idempotency is None or rejection.reason in UNRECORDED_REASONS:
+        return False
+    key = (idempotency.scope, idempotency.key)
+    return key not in directory.idempotency and key not in directory.recalled
 
 
 def decide_create_asset(state: State, command: CreateAsset, now_us: int) -> Decision:
@@ -409,9 +432,17 @@ def decide_revoke_token(state: State, command: RevokeToken, now_us: int) -> Deci
 # Completing a withdrawal skips 3-5: the bank has paid, the ledger must record it.
 
 
-def _hold_for(state: State, transaction_id: str, owner_id: str | None) -> Hold | Rejection:
+def _hold_for(state: State, command: ResolveHold) -> Hold | Rejection:
+    transaction_id = command.transaction_id
+    owner_id = command.owner_id
     hold = state.holds.get(transaction_id)
     if hold is None or hold.type != TransactionType.TRANSFER:
+        # The router saw it pending, from ``command.from_wallet_id``: were that wallet another
+        # owner's, the answer is 403 (as the route would say), which is not recorded; the
+        # 409 transfer_not_pending that the caller's own resolved hold gets is.
+        sender = state.wallets.get(command.from_wallet_id)
+        if owner_id is not None and sender is not None and sender.owner_id != owner_id:
+            return Rejection(reason=Reason.FORBIDDEN, detail=f"transfer {transaction_id} belongs to another owner")
         return Rejection(reason=Reason.NOT_PENDING, detail=f"transfer {transaction_id} is not pending")
     if owner_id is not None and state.wallets[hold.from_wallet_id].owner_id != owner_id:
         return Rejection(reason=Reason.FORBIDDEN, detail=f"transfer {transaction_id} belongs to another owner")
@@ -448,7 +479,7 @@ def decide_capture(state: State, command: ResolveHold, now_us: int, credit: Cred
     replay = check_idempotency(state.directory, command.idempotency)
     if replay is not None:
         return replay
-    hold = _hold_for(state, command.transaction_id, command.owner_id)
+    hold = _hold_for(state, command)
     if isinstance(hold, Rejection):
         return hold
     assert (command.from_wallet_id, command.to_wallet_id) == (hold.from_wallet_id, hold.to_wallet_id)
@@ -473,7 +504,7 @@ def decide_void(state: State, command: ResolveHold, now_us: int) -> Decision:
     replay = check_idempotency(state.directory, command.idempotency)
     if replay is not None:
         return replay
-    hold = _hold_for(state, command.transaction_id, command.owner_id)
+    hold = _hold_for(state, command)
     if isinstance(hold, Rejection):
         return hold
     # After this point the command must be accepted.

@@ -20,6 +20,7 @@ from ledger._model import (
     Alert,
     AlertFired,
     Hold,
+    Rejection,
     TransactionType,
     Wallet,
     WalletStatus,
@@ -143,7 +144,11 @@ def state_digest(
     for prefix in sorted(directory.token_prefixes):
         digest.update(repr(directory.tokens[directory.token_prefixes[prefix]]).encode())
     for key, record in sorted(directory.idempotency.items()):
-        digest.update(repr((key, record.fingerprint, record.lsn)).encode())
+        outcome = record.event
+        if type(outcome) is Rejection:  # a refused request's key (final outcomes)
+            digest.update(repr((key, record.fingerprint, record.lsn, outcome.reason.value, outcome.detail)).encode())
+        else:
+            digest.update(repr((key, record.fingerprint, record.lsn)).encode())
     for hold in sorted(holds, key=lambda hold: hold.transaction_id):
         digest.update(
             repr((hold.transaction_id, int(hold.type), hold.from_wallet_id, hold.to_wallet_id, hold.asset,

@@ -13,7 +13,9 @@ here. The rule that makes the two tiers one set, whoever builds a state:
 ``synchronous=FULL``, before the ledger drops any of them from memory, and only records whose
 log record is durable are ever written. So a crash at any point leaves each record in the log
 replay, in this file, or in both; recovery and the snapshot builder drop from memory what this
-file covers (``trim``). Rows expire on the same 24-hour horizon as memory.
+file covers (``trim``). Rows expire on the same 24-hour horizon as memory. The records of refused
+requests (final outcomes) spill, expire and come back exactly like the others: their ``event``
+column holds a kind 18 payload with the one refusal (``ledger._codec.encode_outcome``).
 
 Lookups happen before a command reaches its shard (``Ledger._recall``): the shard's decision
 stays synchronous and pure, and consults records brought back from here
@@ -29,9 +31,9 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ledger._codec import decode_event, encode_event
+from ledger._codec import decode_outcome, encode_outcome
 from ledger._data_dir import FILE_MODE
-from ledger._model import IdempotencyRecord
+from ledger._model import Idempotency, IdempotencyRecord
 from ledger._state import Directory
 
 FILE_NAME = "idempotency.sqlite3"
@@ -89,7 +91,10 @@ class KeyIndex:
         """Stores ``records`` (every record with ``self.through_lsn < lsn <= through_lsn``, all
         durable in the log) and advances ``through_lsn``, in one transaction made durable."""
         assert through_lsn >= self.through_lsn
-        rows = [(scope, key, record.fingerprint, record.lsn, record.at_us, encode_event(record.event))
+        # A refused request's record (final outcomes) is stored as a one-refusal kind 18 payload.
+        rows = [(scope, key, record.fingerprint, record.lsn, record.at_us,
+                 encode_outcome(record.event, record.at_us, Idempotency(scope=scope, key=key,
+                                                                         fingerprint=record.fingerprint)))
                 for (scope, key), record in records]
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
@@ -133,7 +138,7 @@ class KeyIndex:
             )
             for scope, key, fingerprint, lsn, at_us, event in cursor:
                 found[(scope, key)] = IdempotencyRecord(
-                    fingerprint=fingerprint, lsn=lsn, at_us=at_us, event=decode_event(event)
+                    fingerprint=fingerprint, lsn=lsn, at_us=at_us, event=decode_outcome(event)
                 )
         self.lookups += len(wanted)
         self.found += len(found)

@@ -116,6 +116,23 @@ class Rejection:
     detail: str
 
 
+# Rejections that are NOT recorded under the request's idempotency key (API.md, *Idempotency*:
+# a key's outcome is final, except for what is decided "before the ledger", so that fixing the
+# request and retrying with the same key works). Every other reason a ``decide_*`` returns for
+# a keyed request is recorded (``RequestsRefused``) and answers that key from then on, so a
+# reason added later is final unless it is listed here. The statuses these map to (server/
+# ``REASONS``): 409 idempotency_key_reused (the key's own answer, never a new outcome), 403
+# forbidden (the contract lists 403 as not recorded), 400 (a reserved id), 413 (an atomic batch
+# too large for one record). ``tests/server/test_final_outcomes.py`` checks this set against
+# the status table.
+UNRECORDED_REASONS = frozenset({
+    Reason.IDEMPOTENCY_KEY_REUSED,
+    Reason.FORBIDDEN,
+    Reason.RESERVED_ID,
+    Reason.RECORD_TOO_LARGE,
+})
+
+
 class Labelled(enum.IntEnum):
     """An int enum whose ``label`` (its lower-case name) is what the API shows."""
 
@@ -515,10 +532,23 @@ class AlertsTriggered:
 
 AlertEvent = AlertCreated | AlertDeleted | AlertsTriggered
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestsRefused:
+    """Business rejections of keyed requests decided in one step, recorded so that each key's
+    outcome is final (API.md, *Idempotency*): the key, the fingerprint of what it asked, and
+    the rejection (reason and detail), all at the record's ``at_us``. Not a copy of the
+    requests, and not a money event: nothing moves, the feed and the read model skip it. One
+    record per step holds every refusal of that step (a batch part's, up to
+    ``BATCH_ITEMS_MAX``)."""
+
+    refusals: tuple[tuple[Idempotency, Rejection], ...]
+    at_us: int
+
 Event = (
     AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TransfersPosted | TokenCreated
     | TokenRevoked | HoldCreated | HoldCaptured | HoldVoided | WithdrawalUpdated
-    | AlertCreated | AlertDeleted | AlertsTriggered
+    | AlertCreated | AlertDeleted | AlertsTriggered | RequestsRefused
 )
 
 
@@ -733,12 +763,14 @@ class Token:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IdempotencyRecord:
-    """What a key produced: the fingerprint of the request and the event it made, at ``lsn``."""
+    """What a key produced: the fingerprint of the request and the event it made, at ``lsn``;
+    or, for a request the ledger refused, the ``Rejection`` itself (recorded by a
+    ``RequestsRefused`` record at ``lsn``): the same key and request get it again."""
 
     fingerprint: bytes
     lsn: int
     at_us: int
-    event: Event
+    event: Event | Rejection
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -759,7 +791,9 @@ class Duplicate:
 
 # What a batch answers per item, in request order (``Ledger.transfer_batch``): ``Committed``
 # (posted by this batch, at the LSN of its record), ``Duplicate`` (the key was used before
-# with the same item: the original outcome) or ``Rejection`` (nothing recorded).
+# with the same item: the original outcome) or ``Rejection`` (nothing posted; recorded under
+# the item's key unless its reason is in ``UNRECORDED_REASONS``, or the rejection recorded
+# the first time the key was used).
 ItemOutcome = Committed | Duplicate | Rejection
 
 

@@ -24,7 +24,10 @@ Transfers across shards, without locks (``ledger._decide`` has the check order):
 
 Between 2 and 3 the receiver's balance lags the log by one mailbox hop; the money is not
 spendable there before step 3, and step 3's effects come after the record in the log, so the
-log stays a valid serial order. A refused transfer leaves no record.
+log stays a valid serial order. A refused transfer leaves no money record; if it carried an
+idempotency key (and its reason is final: ``ledger._decide``), the shard that decided it appends
+one ``RequestsRefused`` record in the same step (for a cross-shard transfer, the sender's shard,
+which also decides the receiver's credit-side failures) and answers once that is durable.
 
 Holds follow the same three steps. Creating one (``Transfer`` with ``hold_timeout_s``) checks
 the receiver in step 1 but reserves nothing, since nothing reaches it yet; the hold then lives
@@ -87,12 +90,16 @@ from ledger._model import (
     AlertsTriggered,
     ChangeWalletStatus,
     Committed,
+    CompleteWithdrawal,
     Duplicate,
     Event,
     ExpireHolds,
     HoldCaptured,
     HoldCreated,
     HoldVoided,
+    Idempotency,
+    Rejection,
+    RequestsRefused,
     ResolveHold,
     Transfer,
     Transferred,
@@ -358,13 +365,27 @@ class Shard:
         """Appends the event; the caller applies it in the same step."""
         return self._wal.append(encode_event(event), event)
 
-    def _answer(self, reply: Reply, decision: _decide.Decision) -> None:
-        """Resolves a reply for a decision that appended nothing: a replay answers once its
-        original is durable; a rejection once the log it was judged against is durable."""
+    def _answer(self, reply: Reply, decision: _decide.Decision, idempotency: Idempotency | None,
+                now_us: int) -> None:
+        """Resolves a reply for a decision that appended no money record: a replay answers once
+        its original is durable; a rejection once the log it was judged against is durable, and
+        a final one (``_decide.refusal_recorded``) once the record of it under its key is."""
         if isinstance(decision, Duplicate):
             self._resolve(reply, decision, decision.record.lsn)
-        else:
-            self._resolve(reply, decision, self._wal.last_lsn)
+            return
+        if (idempotency is not None and isinstance(decision, Rejection)
+                and _decide.refusal_recorded(self.state.directory, idempotency, decision)):
+            self.refuse([(idempotency, decision)], now_us)
+        self._resolve(reply, decision, self._wal.last_lsn)
+
+    def refuse(self, refusals: list[tuple[Idempotency, Rejection]], now_us: int) -> int:
+        """Appends and applies one ``RequestsRefused`` record for the refusals of this step
+        (each a key with no record yet); returns its LSN. The caller is inside its step."""
+        assert 1 <= len(refusals)
+        record = RequestsRefused(refusals=tuple(refusals), at_us=now_us)
+        lsn = self._commit(record)
+        _apply.apply_directory(self.state.directory, record, lsn)
+        return lsn
 
     def _on_credit_step(self, message: _CreditStep) -> None:
         command = message.command
@@ -417,7 +438,8 @@ class Shard:
         if not isinstance(decision, list):
             if reserved:
                 self._peers[credit_shard]._post(_ApplyCredit(None, credited, reserved, 0))
-            self._answer(reply, decision)
+            self._answer(reply, decision, command.idempotency if not isinstance(command, CompleteWithdrawal)
+                         else None, now_us)
             return
         (event,) = decision
         lsn = self._commit(event)
@@ -555,6 +577,8 @@ class Shard:
         results = reply.results
         accepted: list[_PartItem] = []
         events: list[Transferred] = []
+        refusals: list[tuple[Idempotency, Rejection]] = []
+        directory = state.directory
         for item, decision in zip(items, decisions, strict=True):
             if isinstance(decision, list):
                 (event,) = decision
@@ -565,10 +589,13 @@ class Shard:
             results[item[0]] = decision
             if item[3]:
                 releases.setdefault(item[4], []).append((item[1].to_wallet_id, item[1].amount))
+            idempotency = item[1].idempotency
+            if (idempotency is not None and type(decision) is Rejection
+                    and _decide.refusal_recorded(directory, idempotency, decision)):
+                refusals.append((idempotency, decision))
         # After this point every accepted item is appended and applied in this same step.
         start = 0
         index = self.index
-        directory = state.directory
         for payload, record, count in _records(events, now_us):
             lsn = wal.append(payload, record)
             _apply.apply_directory(directory, record, lsn)
@@ -585,6 +612,10 @@ class Shard:
                 results[item[0]] = new_committed(event, lsn)
             start += count
         assert start == len(events)
+        if refusals:
+            # The part's refused keys, one record for all of them (distinct keys: the batch's
+            # keys are distinct, and each had no record when it was decided).
+            self.refuse(refusals, now_us)
         self._send_credits(credits, releases)
         # Rejections were judged against the log as it is now; duplicates' originals are in it.
         wal.call_when_durable(wal.last_lsn, reply._report)
@@ -650,7 +681,7 @@ class Shard:
             assert not isinstance(command, ResolveHold) or not command.capture  # captures move money
             decision = _decide.decide(state, command, now_us)
         if not isinstance(decision, list) or not decision:
-            self._answer(message.reply, decision)
+            self._answer(message.reply, decision, getattr(command, "idempotency", None), now_us)
             return
         lsn = self._commit_local(decision)
         if len(decision) == 1 and isinstance(decision[0], HoldCreated | HoldVoided):

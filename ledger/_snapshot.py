@@ -16,7 +16,7 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
     -------------|------------------------------------------------------------------|-----------
     header       | version, directory lsn, directory at_us, assets, tokens,         | 1
                  | idempotency records, wallets, holds, withdrawals, alerts,        |
-                 | crossings (the counts)                                           |
+                 | crossings, refusals (the counts)                                 |
     asset        | code, scale, created_at_us                                       | assets
     token        | token_hash, prefix, owner_id, created_at_us                      | tokens
     idempotency  | scope, key, fingerprint, lsn, at_us, event (``encode_event``)    | records
@@ -31,6 +31,14 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
                  | created_at_us, lsn                                               |
     crossing     | alert_id, wallet_id, field, direction, threshold, value,         | crossings
                  | transaction_id (a firing owed: ``State.crossings``)              |
+    refusal      | scope, key, fingerprint, lsn, at_us, reason, detail              | refusals
+
+Version 4 added refusals: the idempotency records of refused requests (final outcomes, whose
+``event`` is the ``Rejection``; ``reason`` is the ``Reason`` value, as in the log's kind 18), in
+LSN order, at the end; the idempotency section then holds only the records of accepted requests
+(its count says how many), and decoding merges the two by LSN back into the directory's one
+log-ordered dict (a refusal and an acceptance never share a record, so never an LSN). Version 3
+holds no refusals and still decodes.
 
 Version 1 (before holds) had no hold or withdrawal counts or entities; version 2 (before
 balance alerts) no alert or crossing counts or entities; both still decode. Alerts are in
@@ -69,6 +77,8 @@ from ledger._model import (
     HoldCreated,
     HoldVoided,
     IdempotencyRecord,
+    Reason,
+    Rejection,
     Token,
     TransactionType,
     Transferred,
@@ -80,7 +90,7 @@ from ledger._model import (
 )
 from ledger._state import Directory, State, index_holds
 
-SNAPSHOT_CODEC_VERSION = 3
+SNAPSHOT_CODEC_VERSION = 4
 # Entities per chunk: bounds the memory a chunk takes while it is written, at a cost of one
 # list join per chunk (one chunk per entity would be a write call per entity).
 CHUNK_RECORDS = 10_000
@@ -88,7 +98,7 @@ CHUNK_RECORDS = 10_000
 # idempotency record: an event (itself within the WAL's 16 MiB payload limit) plus its key.
 ENTITY_BYTES_MAX = 17 * 1024 * 1024
 
-_HEADER_FIELDS = {1: 7, 2: 9, 3: 11}
+_HEADER_FIELDS = {1: 7, 2: 9, 3: 11, 4: 12}
 _KEYED_EVENTS = Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided
 
 assert CHUNK_RECORDS >= 1
@@ -108,8 +118,9 @@ def encode_state(state: State) -> Iterator[bytes]:
     directory = state.directory
     assert len(directory.tokens) == len(directory.token_prefixes)
     lsn = directory.lsn
-    counts = (len(directory.assets), len(directory.tokens), len(directory.idempotency), len(state.wallets),
-              len(state.holds), len(state.withdrawals), len(state.alerts), len(state.crossings))
+    refused = sum(1 for record in directory.idempotency.values() if type(record.event) is Rejection)
+    counts = (len(directory.assets), len(directory.tokens), len(directory.idempotency) - refused, len(state.wallets),
+              len(state.holds), len(state.withdrawals), len(state.alerts), len(state.crossings), refused)
     packer = msgpack.Packer(use_bin_type=True)
     yield packer.pack([SNAPSHOT_CODEC_VERSION, lsn, directory.at_us, *counts])
 
@@ -119,7 +130,9 @@ def encode_state(state: State) -> Iterator[bytes]:
         for token in directory.tokens.values():
             yield [token.token_hash, token.prefix, token.owner_id, token.created_at_us]
         for (scope, key), record in directory.idempotency.items():
-            yield [scope, key, record.fingerprint, record.lsn, record.at_us, encode_event(record.event)]
+            outcome = record.event
+            if not isinstance(outcome, Rejection):
+                yield [scope, key, record.fingerprint, record.lsn, record.at_us, encode_event(outcome)]
         # Only the ids are copied and sorted (a reference each), not the wallets.
         for wallet_id in sorted(state.wallets):
             wallet = state.wallets[wallet_id]
@@ -151,6 +164,12 @@ def encode_state(state: State) -> Iterator[bytes]:
                 firing.alert_id, firing.wallet_id, int(firing.field), int(firing.direction), firing.threshold,
                 firing.value, firing.transaction_id,
             ]
+        if refused:
+            for (scope, key), record in directory.idempotency.items():
+                outcome = record.event
+                if type(outcome) is Rejection:
+                    yield [scope, key, record.fingerprint, record.lsn, record.at_us, outcome.reason.value,
+                           outcome.detail]
 
     chunk: list[bytes] = []
     written = 0
@@ -208,6 +227,48 @@ def decode_state(body: bytes) -> State:
         raise CodecError(f"undecodable snapshot: {type(error).__name__}: {error}") from None
 
 
+_REASONS = {reason.value: reason for reason in Reason}
+
+
+def _merge_refusals(directory: Directory, unpacker: msgpack.Unpacker, count: int) -> None:
+    """Reads ``count`` refusal entities and merges them with the accepted requests' records into
+    one dict in LSN order (both arrive in it; they never share an LSN)."""
+    refusals: list[tuple[tuple[str, str], IdempotencyRecord]] = []
+    previous_lsn = 0
+    for _ in range(count):
+        scope, key, fingerprint, record_lsn, record_at_us, reason, detail = _fields(
+            unpacker.unpack(), 7, "refusal"
+        )
+        found = _REASONS.get(_str(reason, "refusal reason"))
+        if found is None:
+            raise CodecError(f"unknown refusal reason {reason!r:.80}")
+        record = IdempotencyRecord(
+            fingerprint=_bytes(fingerprint, "refusal fingerprint"),
+            # Non-decreasing: the refusals of one step share its record's LSN.
+            lsn=_int(record_lsn, "refusal lsn", max(previous_lsn, 1), directory.lsn),
+            at_us=_int(record_at_us, "refusal at_us"),
+            event=Rejection(reason=found, detail=_str(detail, "refusal detail")),
+        )
+        previous_lsn = record.lsn
+        refusals.append(((_str(scope, "refusal scope"), _str(key, "refusal key")), record))
+    merged: dict[tuple[str, str], IdempotencyRecord] = {}
+    accepted = iter(directory.idempotency.items())
+    pending = next(accepted, None)
+    for key, record in refusals:
+        while pending is not None and pending[1].lsn < record.lsn:
+            merged[pending[0]] = pending[1]
+            pending = next(accepted, None)
+        if pending is not None and pending[1].lsn == record.lsn:
+            raise CodecError(f"refusal of {key!r} shares LSN {record.lsn} with an accepted request")
+        if key in merged or key in directory.idempotency:
+            raise CodecError(f"idempotency key {key!r} appears twice")
+        merged[key] = record
+    while pending is not None:
+        merged[pending[0]] = pending[1]
+        pending = next(accepted, None)
+    directory.idempotency = merged
+
+
 def _decode(body: bytes) -> State:
     unpacker = msgpack.Unpacker(
         io.BytesIO(body), raw=False, strict_map_key=True, use_list=True,
@@ -224,8 +285,10 @@ def _decode(body: bytes) -> State:
         fields += [0, 0]
     if version <= 2:
         fields += [0, 0]
+    if version <= 3:
+        fields += [0]
     (_, lsn, at_us, assets_count, tokens_count, records_count, wallets_count, holds_count, withdrawals_count,
-     alerts_count, crossings_count) = fields
+     alerts_count, crossings_count, refusals_count) = fields
     directory = Directory(lsn=_int(lsn, "lsn", 0), at_us=_int(at_us, "at_us"))
     for value, what in (
         (assets_count, "asset count"),
@@ -236,6 +299,7 @@ def _decode(body: bytes) -> State:
         (withdrawals_count, "withdrawal count"),
         (alerts_count, "alert count"),
         (crossings_count, "crossing count"),
+        (refusals_count, "refusal count"),
     ):
         # A count past the body's length is garbage, and would only fail later, slowly.
         _int(value, what, 0, len(body))
@@ -392,6 +456,9 @@ def _decode(body: bytes) -> State:
             threshold=_int(threshold, "crossing threshold"), value=_int(value, "crossing value"),
             transaction_id=_str(transaction_id, "crossing transaction"),
         ))
+
+    if refusals_count:
+        _merge_refusals(directory, unpacker, refusals_count)
 
     if unpacker.tell() != len(body):
         raise CodecError(f"{len(body) - unpacker.tell()} bytes after the last entity")

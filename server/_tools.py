@@ -15,6 +15,7 @@ unless ``--progress`` asks for it.
 
 from __future__ import annotations
 
+import enum
 import json
 import shutil
 import sys
@@ -251,6 +252,8 @@ def _plain(value: Any) -> Any:
         return plain
     if hasattr(value, "label"):
         return value.label
+    if isinstance(value, enum.Enum):  # a rejection's reason (a refusals record): its value
+        return value.value
     return value
 
 

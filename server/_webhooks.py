@@ -360,6 +360,13 @@ class Dispatcher:
             for lsn, event in records:
                 self._durable_lsn = max(self._durable_lsn, lsn)
                 items = event_items(lsn, event)
+                if not items:
+                    # A record the feed does not show (a refusals record): past it at once, or
+                    # the next read would return it again without waiting.
+                    complete = position(lsn, COMPLETE)
+                    if complete > lane.cursor:
+                        self._advance(lane, complete)
+                    continue
                 for index, body in enumerate(items):
                     at = position(lsn, COMPLETE if index == len(items) - 1 else index)
                     if at <= lane.cursor:

@@ -30,6 +30,7 @@ from ledger import (
     HoldVoided,
     ItemOutcome,
     Rejection,
+    RequestsRefused,
     TokenCreated,
     TokenRevoked,
     TransactionRow,
@@ -298,11 +299,15 @@ def event_body(lsn: int, event: Event) -> dict[str, Any]:
 
 def event_items(lsn: int, event: Event) -> list[dict[str, Any]]:
     """A record's items in the feed: one per transfer of a batch record and one per firing of
-    an alerts record (sharing its LSN), one for any other record."""
+    an alerts record (sharing its LSN), none for a refusals record, one for any other record."""
     if isinstance(event, TransfersPosted):
         return [event_body(lsn, transfer) for transfer in event.transfers]
     if isinstance(event, AlertsTriggered):
         return [firing_body(lsn, event.at_us, firing) for firing in event.firings]
+    if isinstance(event, RequestsRefused):
+        # Final outcomes recorded under keys: not money events, not shown (the cursor still
+        # moves past them: a page's ``next_after`` is its last record's LSN).
+        return []
     return [event_body(lsn, event)]
 
 
@@ -310,7 +315,10 @@ def recorded(decision: Committed | Duplicate) -> tuple[Event, int]:
     """The event and LSN behind an answer: what was just committed, or what a replayed key
     committed the first time (the same answer again)."""
     if isinstance(decision, Duplicate):
-        return decision.record.event, decision.record.lsn
+        event = decision.record.event
+        # A refused key answers with its ``Rejection`` itself, never as a duplicate.
+        assert not isinstance(event, Rejection)
+        return event, decision.record.lsn
     assert isinstance(decision, Committed)
     return decision.event, decision.lsn
 
