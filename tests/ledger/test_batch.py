@@ -47,11 +47,13 @@ from ledger import (
     Reason,
     Recovered,
     Rejection,
+    RequestsRefused,
     State,
     TransactionType,
     Transfer,
     Transferred,
     TransfersPosted,
+    UNRECORDED_REASONS,
     WalletStatus,
     apply,
     check_invariants,
@@ -322,8 +324,18 @@ def _check_serial_places(ledger: Stepped, start: int, commands: list[Transfer], 
     """Every accepted item is what the serial state accepts at its place in the log, and one
     sender's items are in request order there."""
     by_id = {command.transaction_id: command for command in commands}
+    by_key = {(c.idempotency.scope, c.idempotency.key): (c, r) for c, r in zip(commands, results, strict=True)
+              if c.idempotency is not None}
     serial = replay(ledger.log[:start])
     for event in ledger.log[start:]:
+        if isinstance(event, RequestsRefused):
+            # Final outcomes: each refusal is a rejected item's, with the answer it was given.
+            for idempotency, rejection in event.refusals:
+                command, result = by_key[(idempotency.scope, idempotency.key)]
+                assert result is rejection, (command, result, rejection)
+                assert rejection.reason not in UNRECORDED_REASONS
+            apply(serial, event, serial.directory.lsn + 1)
+            continue
         for transfer in event.transfers if isinstance(event, TransfersPosted) else (event,):
             assert isinstance(transfer, Transferred)
             decision = decide(serial, by_id[transfer.transaction_id], NOW_US)
@@ -349,7 +361,7 @@ def test_batches_through_the_shards_agree_with_single_transfers_in_order(
         for number, (atomic, drawn, order) in enumerate(batches):
             commands = _number(drawn, 1000 * (number + 1))
             start = len(ledger.log)
-            before = state_digest(ledger.live(), ledger.ledger.directory)
+            before = _balances(ledger.live())
             expected_state = replay(ledger.log)
             expected = _sequential(expected_state, commands)
             outcome = ledger.batch(commands, atomic=atomic, order=order)
@@ -362,8 +374,16 @@ def test_batches_through_the_shards_agree_with_single_transfers_in_order(
                     reference = expected[failures[0]]
                     assert isinstance(reference, Rejection)
                     assert outcome.rejection.reason == reference.reason
-                    assert state_digest(ledger.live(), ledger.ledger.directory) == before
-                    assert len(ledger.log) == start
+                    assert _balances(ledger.live()) == before
+                    # Nothing posted; the failing item's rejection is recorded under its key.
+                    failing = commands[failures[0]].idempotency
+                    assert failing is not None
+                    recorded = (reference.reason not in UNRECORDED_REASONS
+                                and (failing.scope, failing.key) not in expected_state.directory.idempotency)
+                    assert len(ledger.log) == start + recorded
+                    if recorded:
+                        (refusal,) = ledger.log[-1].refusals  # type: ignore[union-attr]
+                        assert refusal == (failing, outcome.rejection)
                     continue
                 assert isinstance(outcome, list), outcome
                 assert [_kind(r) for r in outcome] == [_kind(d) for d in expected]

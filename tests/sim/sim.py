@@ -72,6 +72,7 @@ from ledger import (
     Overloaded,
     PayoutStep,
     Rejection,
+    RequestsRefused,
     RequestWithdrawal,
     ResolveHold,
     TransactionType,
@@ -394,15 +395,19 @@ class Simulation:
                 if event.transaction_id in resolved or event.transaction_id not in seen_ids:
                     raise self.fail(f"hold {event.transaction_id} resolved twice or never created")
                 resolved.add(event.transaction_id)
-            for item in transfers_of(event) or (event,):
-                idempotency = getattr(item, "idempotency", None)
+            # Final outcomes: a refused key counts as used, like an executed one, so a refusal
+            # recorded under a key never posts later (nor is refused again) within retention.
+            used = ([(idempotency, event.at_us) for idempotency, _ in event.refusals]
+                    if isinstance(event, RequestsRefused)
+                    else [(getattr(item, "idempotency", None), item.at_us) for item in transfers_of(event) or (event,)])
+            for idempotency, at_us in used:
                 if idempotency is not None:
                     key = (idempotency.scope, idempotency.key)
                     previous = seen_keys.get(key)
                     # A key may execute again only once its record expired (24 h of simulated time).
-                    if previous is not None and item.at_us - previous < IDEMPOTENCY_RETENTION_US:
-                        raise self.fail(f"idempotency key {key} executed twice within its retention")
-                    seen_keys[key] = item.at_us
+                    if previous is not None and at_us - previous < IDEMPOTENCY_RETENTION_US:
+                        raise self.fail(f"idempotency key {key} executed or refused twice within its retention")
+                    seen_keys[key] = at_us
             apply_event(fresh, event, lsn)
             oracle.see(event)
         self.stats.kinds = kinds

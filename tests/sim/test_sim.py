@@ -41,13 +41,18 @@ def test_the_faults_are_exercised_across_the_ci_seeds() -> None:
 
 
 def test_holds_and_withdrawals_are_exercised() -> None:
-    """The workload reaches every hold and payout record kind, through crashes."""
+    """The workload reaches every hold and payout record kind, and records refusals (final
+    outcomes), through crashes. Since refused keys stay refused, fewer withdrawals get far
+    enough to be refused by the bank: the seeds run until every kind was seen."""
+    wanted = ("HoldCreated", "HoldCaptured", "HoldVoided.voided", "HoldVoided.expired", "HoldVoided.refused",
+              "WithdrawalUpdated", "RequestsRefused")
     kinds: dict[str, int] = {}
-    for seed in CI_SEEDS[:3]:
+    for seed in CI_SEEDS:
         for kind, count in Simulation(seed, steps=STEPS).run().kinds.items():
             kinds[kind] = kinds.get(kind, 0) + count
-    for kind in ("HoldCreated", "HoldCaptured", "HoldVoided.voided", "HoldVoided.expired", "HoldVoided.refused",
-                 "WithdrawalUpdated"):
+        if all(kinds.get(kind, 0) > 0 for kind in wanted):
+            break
+    for kind in wanted:
         assert kinds.get(kind, 0) > 0, (kind, kinds)
 
 
