@@ -32,6 +32,7 @@ from hypothesis import given, settings
 
 from ledger import (
     INT64_MAX,
+    UNRECORDED_REASONS,
     BatchFailed,
     BatchReply,
     ChangeWalletStatus,
@@ -53,7 +54,6 @@ from ledger import (
     Transfer,
     Transferred,
     TransfersPosted,
-    UNRECORDED_REASONS,
     WalletStatus,
     apply,
     check_invariants,

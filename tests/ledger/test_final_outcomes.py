@@ -13,12 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import msgpack
+import pytest
 import trio
 from hypothesis import given, settings
 
 from ledger import (
+    CODEC_VERSION,
     UNRECORDED_REASONS,
+    AssetCreated,
     BatchFailed,
+    CodecError,
     Committed,
     CreateWallet,
     Duplicate,
@@ -30,12 +35,21 @@ from ledger import (
     RequestWithdrawal,
     TransactionType,
     Transfer,
+    WalletCreated,
+    apply,
     build_snapshot,
+    decode_event,
+    decode_state,
+    digest_state,
+    encode_event,
+    encode_state,
     load_base,
+    new_state,
     read_records,
     recover,
     shard_of,
 )
+from ledger._codec import decode_outcome, encode_outcome
 from ledger.testing import setup, transfer
 from tests.ledger.test_batch import USD_WALLETS, stepped
 from wal import ScanResult
@@ -296,3 +310,62 @@ def test_a_recorded_refusal_never_posts_later(shards: int, ops: list[tuple[Any, 
         used += [event.idempotency.key for event in ledger.log
                  if getattr(event, "idempotency", None) is not None and event.idempotency.scope == "s"]
         assert sorted(used) == sorted(first)
+
+
+# -- the codec and the snapshot ---------------------------------------------------------------
+
+_refusals = st.lists(
+    st.tuples(st.builds(Idempotency, scope=st.text(max_size=8), key=st.text(max_size=8),
+                        fingerprint=st.binary(max_size=16)),
+              st.builds(Rejection, reason=st.sampled_from(list(Reason)), detail=st.text(max_size=20))),
+    min_size=1, max_size=5,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(refusals=_refusals, at_us=st.integers(0, 2**62))
+def test_a_refusals_record_round_trips_as_the_table_says(refusals: list[Any], at_us: int) -> None:
+    event = RequestsRefused(refusals=tuple(refusals), at_us=at_us)
+    payload = encode_event(event)
+    assert msgpack.unpackb(payload) == [CODEC_VERSION, 18, at_us, [
+        [idempotency.scope, idempotency.key, idempotency.fingerprint, rejection.reason.value, rejection.detail]
+        for idempotency, rejection in refusals
+    ]]
+    assert decode_event(payload) == event
+    idempotency, rejection = refusals[0]
+    assert decode_outcome(encode_outcome(rejection, at_us, idempotency)) == rejection
+
+
+@pytest.mark.parametrize("items", [
+    [], [["s", "k", b"f", "no_such_reason", "d"]], [["s", "k", b"f", "insufficient_funds"]],
+    [["s", "k", "not bytes", "insufficient_funds", "d"]], [["s", "k", b"f", "insufficient_funds", None]], "x",
+])
+def test_a_damaged_refusals_record_is_a_codec_error(items: Any) -> None:
+    with pytest.raises(CodecError):
+        decode_event(msgpack.packb([CODEC_VERSION, 18, 5, items]))
+
+
+def test_a_snapshot_keeps_refusals_in_log_order_and_a_version_3_body_still_decodes() -> None:
+    state = new_state()
+    refusal = Rejection(reason=Reason.INSUFFICIENT_FUNDS, detail="no")
+    # Interleaved: refusal at LSN 1, an accepted key at 3 (after the asset at 2), a refusal at 4.
+    apply(state, RequestsRefused(refusals=((Idempotency(scope="s", key="r1", fingerprint=b"1"), refusal),),
+                                 at_us=1), 1)
+    apply(state, AssetCreated(code="USD", scale=2, at_us=2), 2)
+    apply(state, WalletCreated(wallet_id="w", owner_id="o", asset="USD", metadata=None, at_us=3,
+                               idempotency=Idempotency(scope="s", key="ok", fingerprint=b"2")), 3)
+    apply(state, RequestsRefused(refusals=((Idempotency(scope="s", key="r2", fingerprint=b"3"), refusal),
+                                           (Idempotency(scope="t", key="r3", fingerprint=b"4"), refusal)),
+                                 at_us=4), 4)
+    body = b"".join(encode_state(state))
+    decoded = decode_state(body)
+    assert list(decoded.directory.idempotency) == [("s", "r1"), ("s", "ok"), ("s", "r2"), ("t", "r3")]
+    assert decoded.directory.idempotency == state.directory.idempotency
+    assert digest_state(decoded) == digest_state(state)
+    # Version 3 (before refusals): the same body without them decodes, with the accepted key only.
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(body)
+    header, *entities = list(unpacker)
+    assert header[0] == 4 and header[-1] == 3 and header[5] == 1
+    old = decode_state(msgpack.packb([3, *header[1:-1]]) + b"".join(msgpack.packb(e) for e in entities[:-3]))
+    assert list(old.directory.idempotency) == [("s", "ok")]

@@ -434,3 +434,39 @@ async def test_other_bad_requests(tmp_path: Path) -> None:
 
 def test_the_event_types_are_those_of_the_feed_and_the_openapi_document() -> None:
     assert list(EVENT_TYPES) == SCHEMAS["Event"]["properties"]["type"]["enum"]
+
+
+async def test_a_refusal_record_is_passed_without_a_post_and_without_spinning(tmp_path: Path) -> None:
+    """A keyed request the ledger refused leaves a record the feed does not show (final
+    outcomes): the lane's cursor moves past it at once, and it long-polls after it instead of
+    reading the same record again and again."""
+
+    class Counting:
+        def __init__(self, port: LocalPort) -> None:
+            self.port = port
+            self.reads = 0
+
+        async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Event]]:
+            self.reads += 1
+            await trio.lowlevel.checkpoint()  # a lane that spins fails the test instead of hanging it
+            return await self.port.events(after, limit, wait_s)
+
+        async def status(self) -> Status:
+            return await self.port.status()
+
+    async with harness(tmp_path, "r.test") as h:
+        sim = h.sims["r.test"]
+        source = Counting(h.port)
+        await h.start_dispatcher(source=source)
+        endpoint = await h.create("r.test")
+        refused = await h.http.post("/v1/transfers", json={"from_wallet_id": "a", "to_wallet_id": "b", "amount": 3},
+                                    headers={"Idempotency-Key": "broke"})
+        assert refused.status_code == 422
+        durable = (await h.port.status()).durable_lsn
+        with trio.fail_after(5):
+            while (await h.http.get(f"/v1/webhooks/{endpoint['id']}")).json()["acknowledged_lsn"] != durable:
+                await trio.sleep(0.02)
+        reads = source.reads
+        await trio.sleep(0.3)
+        assert source.reads - reads <= 2  # waiting for the next record, not re-reading this one
+        assert sim.received == []
