@@ -8,7 +8,9 @@ route each request to the shard that owns it and wait for the durable answer.
 Concurrent requests with the same idempotency key are serialised here (``_in_flight``): the
 second waits until the first is durable and is then answered from the idempotency record by the
 state machine, so a key never executes twice. The wait is shielded from cancellation: a client
-that hangs up does not release the key before its command is decided.
+that hangs up does not release the key before its command is decided. A request the ledger
+refused is answered the same way: its refusal is recorded under the key (``ledger._decide``,
+final outcomes), so the waiting duplicate gets the same rejection.
 
 Batch items do not go through ``_in_flight``. What makes a key execute at most once is the
 commit-point check: ``decide_transfer`` consults the directory's idempotency records and
@@ -563,7 +565,11 @@ class Ledger:
         def submit() -> Reply:
             route = self.directory.hold_routes.get(transaction_id)
             if route is None:
-                # No pending hold: a replay of a resolution that happened, or not pending.
+                # No pending hold: a replay of a resolution that happened (or of a recorded
+                # refusal), or not pending. This NOT_PENDING is not recorded under the key (final
+                # outcomes): no shard holds the transaction, so nothing here can tell it from
+                # another owner's (the route answers 403) or an unknown id (404), neither of which
+                # may be recorded; and it can never change (a resolved hold stays resolved).
                 decision = _decide.check_idempotency(self.directory, idempotency) or Rejection(
                     reason=Reason.NOT_PENDING, detail=f"transfer {transaction_id} is not pending"
                 )
