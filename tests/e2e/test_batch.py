@@ -284,8 +284,14 @@ def test_an_atomic_batch_that_fails_changes_nothing(http: httpx.Client) -> None:
     assert body["error"]["code"] == "insufficient_funds" and body["error"]["status"] == 422
     assert "transfers[2]" in body["detail"]
     assert balances(http, ids) == before
-    # Nothing was recorded: the same keys work once the batch is fixed.
+    # The failing item's refusal is final under its key (the same batch fails the same way); the
+    # other items recorded nothing: with the failing item fixed under a new key, the batch posts.
+    again = batch(http, items, atomic=True)
+    assert again.status_code == 422 and again.json() == body
     items[2]["amount"] = 10
+    reused = problem(batch(http, items, atomic=True), 422, "batch_failed")
+    assert reused["index"] == 2 and reused["error"]["code"] == "idempotency_key_reused"
+    items[2]["idempotency_key"] = uid("k")
     assert statuses(batch(http, items, atomic=True)) == [201] * 4
     # A shape error anywhere is 400 for the whole atomic batch, with the item's path.
     bad = problem(batch(http, [item(source, target, 1), item(source, target, "1")], atomic=True), 400,
@@ -297,7 +303,7 @@ def test_retrying_a_whole_batch_answers_the_same_transactions_and_moves_nothing_
     ids = wallets(http, 12)
     rng = random.Random(11)
     items = [item(*rng.sample(ids, 2), rng.randint(1, 500)) for _ in range(40)]
-    items.append(item(ids[0], "nobody", 1))  # rejected: records nothing
+    items.append(item(ids[0], "nobody", 1))  # rejected: final under its key (404 again)
     for atomic in (False, True):
         chosen = items if not atomic else [dict(i, idempotency_key=uid("a")) for i in items[:-1]]
         first = batch(http, chosen, atomic=atomic, headers={"Idempotency-Key": uid("batch")})
