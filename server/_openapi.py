@@ -255,9 +255,15 @@ def _body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": True,
+    "description": "Scoped to the caller, kept 24 hours. The same key and body get the original answer again: "
+                   "a success, or a rejection the ledger decided (422, 404 for a wallet named in the body, 409 "
+                   "such as wallet_frozen), even if the request would pass now. Another body under the key is 409 "
+                   "idempotency_key_reused. 400, 401, 403, 413, 415, 429 and 503 are not recorded.",
     "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[ -~]+$"},
 }
-OPTIONAL_KEY = {**IDEMPOTENCY_KEY, "required": False}
+OPTIONAL_KEY = {**IDEMPOTENCY_KEY, "required": False,
+                "description": "Optional. On POST /v1/wallets it works as on the money routes; on a batch it is "
+                               "checked but each item's own idempotency_key is what makes it safe to retry."}
 
 
 def _path_id(name: str) -> dict[str, Any]:
