@@ -121,6 +121,26 @@ async def test_a_refused_transfer_stays_refused_after_a_deposit(tmp_path: Path) 
         await ledger.stop()
 
 
+async def test_a_duplicate_waiting_in_flight_gets_the_same_refusal(tmp_path: Path) -> None:
+    ledger = await _open(tmp_path)
+    answers: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        await setup(ledger, ["a", "b"], deposit=10)
+        lsn = ledger.directory.lsn
+        async with trio.open_nursery() as callers:
+            for number in range(3):
+                callers.start_soon(lambda n=number: _append(answers, ledger.transfer(_keyed(n, "a", "b", 50, "k"))))
+        assert len(answers) == 3 and answers[0] == answers[1] == answers[2]
+        assert isinstance(answers[0], Rejection) and answers[0].reason == Reason.INSUFFICIENT_FUNDS
+        assert ledger.directory.lsn == lsn + 1  # decided once, recorded once
+        await ledger.stop()
+
+
+async def _append(answers: list[Any], call: Any) -> None:
+    answers.append(await call)
+
+
 async def test_the_senders_shard_records_a_cross_shard_refusal(tmp_path: Path) -> None:
     """The receiver is missing (its shard's credit-side failure), then created and funded: the
     key still answers 404, and nothing reaches it."""
