@@ -31,10 +31,13 @@ inside a payload.
     16   | AlertDeleted         | alert_id, wallet_id, at_us
     17   | AlertsTriggered      | at_us, [[alert_id, wallet_id, field, direction, threshold,
          |                      |          value, transaction_id], ...]
+    20   | WalletUpdated        | wallet_id, overdraft_limit, daily_limit, monthly_limit,
+         |                      | metadata, at_us (a spend limit nil: none)
 
 Kinds 15-17 (balance alerts) came after the first logs were written: those logs hold none, and
 still decode (``tests/fixtures/log-v1``). ``field`` is ``AlertField`` (0 available, 1 balance),
-``direction`` is ``AlertDirection`` (0 below, 1 above), ``triggered`` a boolean.
+``direction`` is ``AlertDirection`` (0 below, 1 above), ``triggered`` a boolean. Kind 20
+(wallet limits and metadata) came later still; 18 and 19 belong to other records.
 
 ``idempotency`` is ``nil`` or ``[scope, key, fingerprint]``. A ``TransfersPosted`` record holds
 1 to ``BATCH_ITEMS_MAX`` transfers, each a ``Transferred`` without its ``at_us`` (the record's);
@@ -72,6 +75,7 @@ from ledger._model import (
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
+    WalletUpdated,
     WithdrawalStatus,
     WithdrawalUpdated,
     new_idempotency,
@@ -93,6 +97,7 @@ _WITHDRAWAL_UPDATED = 14
 _ALERT_CREATED = 15
 _ALERT_DELETED = 16
 _ALERTS_TRIGGERED = 17
+_WALLET_UPDATED = 20
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -276,6 +281,13 @@ def encode_event(event: Event) -> bytes:
                   firing.value, firing.transaction_id] for firing in event.firings],
             ]
         )
+    if isinstance(event, WalletUpdated):
+        return _packb(
+            [
+                CODEC_VERSION, _WALLET_UPDATED, event.wallet_id, event.overdraft_limit, event.daily_limit,
+                event.monthly_limit, event.metadata, event.at_us,
+            ]
+        )
     raise AssertionError(f"unknown event {event!r}")
 
 
@@ -401,6 +413,14 @@ def decode_event(payload: bytes) -> Event:
         if kind == _ALERTS_TRIGGERED:
             at_us, items = rest
             return _alerts_triggered(_int(at_us), items)
+        if kind == _WALLET_UPDATED:
+            wallet_id, overdraft_limit, daily_limit, monthly_limit, metadata, at_us = rest
+            return WalletUpdated(
+                wallet_id=_str(wallet_id), overdraft_limit=_int(overdraft_limit),
+                daily_limit=None if daily_limit is None else _int(daily_limit),
+                monthly_limit=None if monthly_limit is None else _int(monthly_limit),
+                metadata=_metadata(metadata), at_us=_int(at_us),
+            )
     except CodecError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
