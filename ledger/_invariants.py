@@ -153,8 +153,9 @@ def state_digest(
                  sorted((wallet.metadata or {}).items(), key=str))
             ).encode()
         )
-        if wallet.limits is not None or wallet.window is not None:
-            # Wallets that never had limits nor spent digest as before limits existed.
+        if wallet.limits is not None:
+            # Wallets without limits digest as before limits existed (so the digests of old logs
+            # hold): their spending decides nothing until they get limits, and then it is here.
             digest.update(repr((wallet.limits, None if wallet.window is None else wallet.window.day,
                                 wallet.spent_day, wallet.spent_month)).encode())
     for code in sorted(directory.assets):

@@ -8,7 +8,6 @@ arguments). Money is ``int`` minor units and never leaves int64. Commands are im
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import enum
 import re
 from collections.abc import Callable
@@ -154,7 +153,21 @@ def counts_as_spend(type_: TransactionType) -> bool:
 # -- spend windows ---------------------------------------------------------------------------
 
 DAY_US = 86_400 * 1_000_000
-_EPOCH_DATE = datetime.date(1970, 1, 1)
+
+
+def month_of_day(day: int) -> int:
+    """The UTC month (``year * 12 + month - 1``) of a day number (days since 1970-01-01), by
+    the proleptic Gregorian calendar (leap years included), in integer arithmetic: the state
+    machine imports no clock module (Howard Hinnant's ``civil_from_days``)."""
+    shifted = day + 719_468  # days since 0000-03-01
+    era = shifted // 146_097
+    day_of_era = shifted - era * 146_097
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    month_index = (5 * day_of_year + 2) // 153  # 0 = March
+    month = month_index + 3 if month_index < 10 else month_index - 9
+    year = year_of_era + era * 400 + (1 if month <= 2 else 0)
+    return year * 12 + month - 1
 
 
 class SpendWindow:
@@ -181,8 +194,7 @@ def spend_window(at_us: int) -> SpendWindow:
     day = at_us // DAY_US
     window = _WINDOWS.get(day)
     if window is None:
-        date = _EPOCH_DATE + datetime.timedelta(days=day)
-        window = _WINDOWS[day] = SpendWindow(day, date.year * 12 + date.month - 1)
+        window = _WINDOWS[day] = SpendWindow(day, month_of_day(day))
     return window
 
 

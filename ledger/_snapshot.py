@@ -105,11 +105,12 @@ assert ENTITY_BYTES_MAX > 16 * 1024 * 1024
 
 
 def count_records(state: State) -> int:
-    """How many entities ``encode_state`` writes (the snapshot header's record count)."""
+    """How many entities ``encode_state`` writes (the snapshot header's record count; the
+    limits section's count object is not an entity)."""
     directory = state.directory
     return (len(directory.assets) + len(directory.tokens) + len(directory.idempotency) + len(state.wallets)
             + len(state.holds) + len(state.withdrawals) + len(state.alerts) + len(state.crossings)
-            + 1 + _limited_count(state))
+            + _limited_count(state))
 
 
 def _limited(wallet: Wallet) -> bool:
