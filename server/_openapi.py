@@ -35,9 +35,9 @@ OVERDRAFT_LIMIT = {"type": "integer", "minimum": 0, "maximum": AMOUNT_MAX,
                    "description": "available may go down to minus this (minor units; 0: never negative)"}
 SPEND_LIMIT = {"type": ["integer", "null"], "minimum": 1, "maximum": AMOUNT_MAX,
                "description": "outgoing money per UTC window (minor units); null: no limit"}
-SPEND_LIMITS = {"type": "object", "additionalProperties": False,
+SPEND_LIMITS = {"type": ["object", "null"], "additionalProperties": False,
                 "properties": {"daily": SPEND_LIMIT, "monthly": SPEND_LIMIT},
-                "description": "absent keys stay as they are (PATCH) or have no limit (create)"}
+                "description": "absent keys stay as they are (PATCH) or have no limit (create); null: no limits"}
 
 SCHEMAS: dict[str, Any] = {
     "Problem": {

@@ -379,7 +379,10 @@ def _spend_limit(name: str, value: Any) -> int:
 
 
 def spend_limits(name: str, value: Any) -> dict[str, int]:
-    """``{"daily"?: int|null, "monthly"?: int|null}``: the given ones, null as 0 (none)."""
+    """``{"daily"?: int|null, "monthly"?: int|null}``: the given ones, null as 0 (none);
+    ``null`` for the whole object removes both."""
+    if value is None:
+        return {"daily": 0, "monthly": 0}
     if not isinstance(value, dict):
         raise invalid_field(name, f"must be an object, not {_describe(value)}")
     values, errors = field_errors(

@@ -91,8 +91,9 @@ async def test_the_wallet_carries_limits_and_spending_everywhere(tmp_path: Path)
         assert patched.json()["metadata"] == {"tier": "gold"}
         refused = await send(http, "w", "plain", 11, "t3")
         assert refused.json()["code"] == "spend_limit_exceeded" and "monthly spend limit of 90" in refused.text
-        patched = await http.patch("/v1/wallets/w", json={"overdraft_limit": 0})
+        patched = await http.patch("/v1/wallets/w", json={"overdraft_limit": 0, "spend_limits": None})
         assert patched.status_code == 200  # below the current deficit: allowed
+        assert limits_of(patched.json())[:2] == (0, {"daily": None, "monthly": None})
         refused = await send(http, "w", "plain", 1, "t4")
         assert refused.json()["code"] == "insufficient_funds"
         feed = (await http.get("/v1/events", params={"limit": 1000})).json()["items"]
@@ -115,7 +116,7 @@ BAD_BODIES: list[tuple[Any, str]] = [
     ({"spend_limits": {"daily": "10"}}, "spend_limits.daily"),
     ({"spend_limits": {"weekly": 10}}, "spend_limits.weekly"),
     ({"spend_limits": [10]}, "spend_limits"),
-    ({"spend_limits": None}, "spend_limits"),
+    ({"spend_limits": 5}, "spend_limits"),
     ({"metadata": [1]}, "metadata"),
     ({"balance": 5}, "balance"),
 ]
