@@ -41,14 +41,18 @@ def test_the_faults_are_exercised_across_the_ci_seeds() -> None:
 
 
 def test_holds_and_withdrawals_are_exercised() -> None:
-    """The workload reaches every hold and payout record kind, through crashes."""
+    """The workload reaches every hold and payout record kind and wallet limits, through crashes."""
     kinds: dict[str, int] = {}
+    limited = 0
     for seed in CI_SEEDS[:3]:
-        for kind, count in Simulation(seed, steps=STEPS).run().kinds.items():
+        stats = Simulation(seed, steps=STEPS).run()
+        limited += stats.limited_debits
+        for kind, count in stats.kinds.items():
             kinds[kind] = kinds.get(kind, 0) + count
     for kind in ("HoldCreated", "HoldCaptured", "HoldVoided.voided", "HoldVoided.expired", "HoldVoided.refused",
-                 "WithdrawalUpdated"):
+                 "WithdrawalUpdated", "WalletUpdated"):
         assert kinds.get(kind, 0) > 0, (kind, kinds)
+    assert limited > 0  # the limits oracle saw debits of wallets with limits
 
 
 def test_a_seed_replays_exactly() -> None:
