@@ -187,8 +187,14 @@ def _spend(wallet: Wallet, amount: int, at_us: int) -> None:
                 wallet.spent_month = 0
             wallet.spent_day = 0
             wallet.window = now
-    wallet.spent_day += amount
-    wallet.spent_month += amount
+    spent_month = wallet.spent_month
+    if wallet.spent_day == spent_month:
+        # One int object for both totals while the month's spending is all today's (most
+        # wallets, most days): 32 bytes less per wallet than two equal ints.
+        wallet.spent_day = wallet.spent_month = spent_month + amount
+    else:
+        wallet.spent_day += amount
+        wallet.spent_month = spent_month + amount
 
 
 def _unspend(wallet: Wallet, amount: int, created_at_us: int) -> None:

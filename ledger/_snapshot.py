@@ -450,6 +450,8 @@ def _decode(body: bytes) -> State:
                 wallet.window = spend_window(_int(day, "spend day", -(2**40), 2**40) * DAY_US)
             wallet.spent_day = _int(spent_day, "spent today", 0)
             wallet.spent_month = _int(spent_month, "spent this month", 0)
+            if wallet.spent_day == wallet.spent_month:
+                wallet.spent_month = wallet.spent_day  # one int object for both (memory, like apply)
 
     if unpacker.tell() != len(body):
         raise CodecError(f"{len(body) - unpacker.tell()} bytes after the last entity")
