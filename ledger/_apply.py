@@ -28,9 +28,11 @@ from __future__ import annotations
 
 from ledger._model import (
     BATCH_ITEMS_MAX,
+    DAY_US,
     IDEMPOTENCY_RETENTION_US,
     INT64_MAX,
     INT64_MIN,
+    SPENDING_TYPES,
     SYSTEM_OWNER,
     Alert,
     AlertCreated,
@@ -163,6 +165,9 @@ def _watch(state: State, wallet: Wallet, transaction_id: str) -> None:
             ))
 
 
+_SPENDING = SPENDING_TYPES
+
+
 def _floor(wallet: Wallet) -> int:
     """How low ``available`` may be now (``Limits.floor``; 0 without limits)."""
     limits = wallet.limits
@@ -179,9 +184,9 @@ def _spend(wallet: Wallet, amount: int, at_us: int) -> None:
     """Counts a debit at ``at_us`` in the wallet's spend windows: a later day starts the daily
     total at 0 (a later month the monthly too); an earlier moment counts in the wallet's own,
     later, window (timestamps do not go backwards, but replay must not depend on it)."""
-    now = spend_window(at_us)
     window = wallet.window
-    if window is not now:
+    if window is None or window.day != at_us // DAY_US:  # not the wallet's window: look it up
+        now = spend_window(at_us)
         if window is None or now.day > window.day:
             if window is None or now.month != window.month:
                 wallet.spent_month = 0
@@ -217,14 +222,22 @@ def apply_debit(state: State, event: Transferred, lsn: int) -> None:
     assert sender.asset == event.asset
     if is_treasury(sender.id):
         assert sender.balance - event.amount >= INT64_MIN
-    elif sender.limits is None:
-        assert sender.available >= event.amount
-        if counts_as_spend(event.type):
-            _spend(sender, event.amount, event.at_us)
     else:
-        assert sender.available - event.amount >= -sender.limits.overdraft
-        if counts_as_spend(event.type):
-            _spend(sender, event.amount, event.at_us)
+        limits = sender.limits
+        amount = event.amount
+        assert sender.available - amount >= (0 if limits is None else -limits.overdraft)
+        if event.type in _SPENDING:  # ``counts_as_spend``, inline: once per transfer
+            window = sender.window
+            if window is not None and window.day == event.at_us // DAY_US:
+                # ``_spend`` inline for the usual case (the wallet already spent today).
+                spent_month = sender.spent_month
+                if sender.spent_day == spent_month:
+                    sender.spent_day = sender.spent_month = spent_month + amount
+                else:
+                    sender.spent_day += amount
+                    sender.spent_month = spent_month + amount
+            else:
+                _spend(sender, amount, event.at_us)
     sender.balance -= event.amount
     # max(): on a live shard a credit can arrive after later records touched the same wallet
     # (the cross-shard lag); the result must equal replay in LSN order.
