@@ -332,7 +332,7 @@ SUMMARIES = {
     "ready": "Recovery finished and the ledger serves (no authentication)",
     "listAssets": "List assets",
     "revokeToken": "Revoke a user token by its prefix (admin)",
-    "createWallet": "Create a wallet for an owner in an asset",
+    "createWallet": "Create a wallet for an owner in an asset (limits: admin only)",
     "listWallets": "List wallets, by owner or asset, in creation order",
     "getWallet": "Get a wallet: balance, held, available, status",
     "freezeWallet": "Freeze a wallet: it can receive but not send (admin)",

@@ -85,6 +85,9 @@ class Wallets:
         )
         if caller.owner_id is not None and body["owner_id"] != caller.owner_id:
             raise forbidden(f"this token acts for owner {caller.owner_id} only")
+        if caller.owner_id is not None and ("overdraft_limit" in body or "spend_limits" in body):
+            # An overdraft is credit: only an admin grants it (and sets limits, as PATCH).
+            raise forbidden("only an admin sets a wallet's limits")
         idempotency = None
         if key is not None:
             idempotency = Idempotency(scope=caller.scope, key=key, fingerprint=fingerprint(request, raw))

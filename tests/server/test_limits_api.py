@@ -152,6 +152,12 @@ async def test_patch_of_unknown_closed_treasury_and_by_a_user(tmp_path: Path) ->
         mine = await http.patch("/v1/wallets/w", json={"overdraft_limit": 1},
                                 headers={"Authorization": f"Bearer {token}"})
         assert (mine.status_code, mine.json()["code"]) == (403, "forbidden")  # admin only, even the owner
+        # Nor may a user create its own wallet with an overdraft (credit it would grant itself).
+        own = await http.post("/v1/wallets", json={"id": "mine", "owner_id": "alice", "asset": "USD",
+                                                   "overdraft_limit": 10**9},
+                              headers={"Authorization": f"Bearer {token}"})
+        assert (own.status_code, own.json()["code"]) == (403, "forbidden")
+        assert (await http.get("/v1/wallets/mine")).status_code == 404
         assert (await http.patch("/v1/wallets/w", json={})).status_code == 200  # nothing to change
         assert (await http.post("/v1/wallets/w/close")).status_code == 200
         closed = await http.patch("/v1/wallets/w", json={"overdraft_limit": 1})
