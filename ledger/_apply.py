@@ -28,9 +28,11 @@ from __future__ import annotations
 
 from ledger._model import (
     BATCH_ITEMS_MAX,
+    DAY_US,
     IDEMPOTENCY_RETENTION_US,
     INT64_MAX,
     INT64_MIN,
+    SPENDING_TYPES,
     SYSTEM_OWNER,
     Alert,
     AlertCreated,
@@ -46,6 +48,7 @@ from ledger._model import (
     HoldCreated,
     HoldVoided,
     IdempotencyRecord,
+    Limits,
     RequestsRefused,
     Token,
     TokenCreated,
@@ -58,12 +61,15 @@ from ledger._model import (
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
+    WalletUpdated,
     Withdrawal,
     WithdrawalStatus,
     WithdrawalUpdated,
+    counts_as_spend,
     is_treasury,
     new_alert_fired,
     new_idempotency_record,
+    spend_window,
     treasury_id,
 )
 from ledger._state import Directory, State
@@ -171,13 +177,79 @@ def _watch(state: State, wallet: Wallet, transaction_id: str) -> None:
             ))
 
 
+_SPENDING = SPENDING_TYPES
+
+
+def _floor(wallet: Wallet) -> int:
+    """How low ``available`` may be now (``Limits.floor``; 0 without limits)."""
+    limits = wallet.limits
+    return 0 if limits is None else limits.floor
+
+
+def _debit_floor(wallet: Wallet) -> int:
+    """How low a debit may take ``available``: minus the overdraft limit."""
+    limits = wallet.limits
+    return 0 if limits is None else -limits.overdraft
+
+
+def _spend(wallet: Wallet, amount: int, at_us: int) -> None:
+    """Counts a debit at ``at_us`` in the wallet's spend windows: a later day starts the daily
+    total at 0 (a later month the monthly too); an earlier moment counts in the wallet's own,
+    later, window (timestamps do not go backwards, but replay must not depend on it)."""
+    window = wallet.window
+    if window is None or window.day != at_us // DAY_US:  # not the wallet's window: look it up
+        now = spend_window(at_us)
+        if window is None or now.day > window.day:
+            if window is None or now.month != window.month:
+                wallet.spent_month = 0
+            wallet.spent_day = 0
+            wallet.window = now
+    spent_month = wallet.spent_month
+    if wallet.spent_day == spent_month:
+        # One int object for both totals while the month's spending is all today's (most
+        # wallets, most days): 32 bytes less per wallet than two equal ints.
+        wallet.spent_day = wallet.spent_month = spent_month + amount
+    else:
+        wallet.spent_day += amount
+        wallet.spent_month = spent_month + amount
+
+
+def _unspend(wallet: Wallet, amount: int, created_at_us: int) -> None:
+    """Gives back what a hold created at ``created_at_us`` releases (voided, expired or captured
+    for less): to the day and month it was counted in, while they are still the wallet's
+    windows. A release in a later window gives nothing back to that window (the new window's
+    spending is its own; the old window is over)."""
+    window = wallet.window
+    if window is None:
+        return  # a hold from before spending was tracked (a version 3 snapshot)
+    created = spend_window(created_at_us)
+    if created.day == window.day:
+        wallet.spent_day = max(0, wallet.spent_day - amount)
+    if created.month == window.month:
+        wallet.spent_month = max(0, wallet.spent_month - amount)
+
+
 def apply_debit(state: State, event: Transferred, lsn: int) -> None:
     sender = state.wallets[event.from_wallet_id]
     assert sender.asset == event.asset
     if is_treasury(sender.id):
         assert sender.balance - event.amount >= INT64_MIN
     else:
-        assert sender.available >= event.amount
+        limits = sender.limits
+        amount = event.amount
+        assert sender.available - amount >= (0 if limits is None else -limits.overdraft)
+        if event.type in _SPENDING:  # ``counts_as_spend``, inline: once per transfer
+            window = sender.window
+            if window is not None and window.day == event.at_us // DAY_US:
+                # ``_spend`` inline for the usual case (the wallet already spent today).
+                spent_month = sender.spent_month
+                if sender.spent_day == spent_month:
+                    sender.spent_day = sender.spent_month = spent_month + amount
+                else:
+                    sender.spent_day += amount
+                    sender.spent_month = spent_month + amount
+            else:
+                _spend(sender, amount, event.at_us)
     sender.balance -= event.amount
     # max(): on a live shard a credit can arrive after later records touched the same wallet
     # (the cross-shard lag); the result must equal replay in LSN order.
@@ -198,9 +270,11 @@ def apply_sender(state: State, event: Event, lsn: int) -> None:
         sender = state.wallets[event.from_wallet_id]
         assert not is_treasury(sender.id)
         assert sender.asset == event.asset
-        assert sender.available >= event.amount
+        assert sender.available - event.amount >= _debit_floor(sender)
         assert event.transaction_id not in state.holds
         sender.held += event.amount
+        if counts_as_spend(event.type):
+            _spend(sender, event.amount, event.at_us)
         _touch(sender, event.at_us, lsn)
         if state.watched and sender.id in state.watched:
             _watch(state, sender, event.transaction_id)
@@ -227,9 +301,14 @@ def apply_sender(state: State, event: Event, lsn: int) -> None:
             assert 1 <= event.amount <= hold.amount
             assert event.held_amount == hold.amount
             sender.balance -= event.amount
-            assert sender.balance >= sender.held
+            # Capturing never lowers ``available`` (the held amount was already out of it).
+            assert sender.available >= _floor(sender)
+            released = hold.amount - event.amount
         else:
             assert event.amount == hold.amount
+            released = hold.amount
+        if released and counts_as_spend(hold.type):
+            _unspend(sender, released, hold.created_at_us)
         _touch(sender, event.at_us, lsn)
         if state.watched and sender.id in state.watched:
             _watch(state, sender, event.transaction_id)
@@ -318,6 +397,22 @@ def apply_wallets(state: State, event: Event, lsn: int) -> None:
             assert wallet.balance == 0
             assert wallet.held == 0
         wallet.status = event.status
+        wallet.updated_at_us = max(wallet.updated_at_us, event.at_us)
+        wallet.lsn = max(wallet.lsn, lsn)
+    elif isinstance(event, WalletUpdated):
+        wallet = state.wallets[event.wallet_id]
+        assert wallet.status != WalletStatus.CLOSED
+        assert not is_treasury(wallet.id)
+        assert 0 <= event.overdraft_limit <= INT64_MAX
+        assert event.daily_limit is None or event.daily_limit >= 1
+        assert event.monthly_limit is None or event.monthly_limit >= 1
+        floor = min(-event.overdraft_limit, wallet.available)
+        if floor == 0 and event.daily_limit is None and event.monthly_limit is None:
+            wallet.limits = None  # the defaults: the hot path's one attribute test
+        else:
+            wallet.limits = Limits(overdraft=event.overdraft_limit, daily=event.daily_limit,
+                                   monthly=event.monthly_limit, floor=floor)
+        wallet.metadata = event.metadata
         wallet.updated_at_us = max(wallet.updated_at_us, event.at_us)
         wallet.lsn = max(wallet.lsn, lsn)
     elif isinstance(event, AssetCreated):

@@ -32,10 +32,13 @@ inside a payload.
     17   | AlertsTriggered      | at_us, [[alert_id, wallet_id, field, direction, threshold,
          |                      |          value, transaction_id], ...]
     18   | RequestsRefused      | at_us, [[scope, key, fingerprint, reason, detail], ...]
+    20   | WalletUpdated        | wallet_id, overdraft_limit, daily_limit, monthly_limit,
+         |                      | metadata, at_us (a spend limit nil: none)
 
 Kinds 15-17 (balance alerts) came after the first logs were written: those logs hold none, and
 still decode (``tests/fixtures/log-v1``). ``field`` is ``AlertField`` (0 available, 1 balance),
-``direction`` is ``AlertDirection`` (0 below, 1 above), ``triggered`` a boolean.
+``direction`` is ``AlertDirection`` (0 below, 1 above), ``triggered`` a boolean. Kind 20
+(wallet limits and metadata) came later still; 18 and 19 belong to other records.
 
 Kind 18 (final outcomes: a keyed request the ledger refused) came later still; ``reason`` is
 the ``Reason`` member's value (a string: ``"insufficient_funds"``, ``"wallet_not_found:receiver"``),
@@ -82,6 +85,7 @@ from ledger._model import (
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
+    WalletUpdated,
     WithdrawalStatus,
     WithdrawalUpdated,
     new_idempotency,
@@ -104,6 +108,7 @@ _ALERT_CREATED = 15
 _ALERT_DELETED = 16
 _ALERTS_TRIGGERED = 17
 _REQUESTS_REFUSED = 18
+_WALLET_UPDATED = 20
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -296,6 +301,13 @@ def encode_event(event: Event) -> bytes:
                   rejection.detail) for idempotency, rejection in event.refusals],
             ]
         )
+    if isinstance(event, WalletUpdated):
+        return _packb(
+            [
+                CODEC_VERSION, _WALLET_UPDATED, event.wallet_id, event.overdraft_limit, event.daily_limit,
+                event.monthly_limit, event.metadata, event.at_us,
+            ]
+        )
     raise AssertionError(f"unknown event {event!r}")
 
 
@@ -462,6 +474,14 @@ def decode_event(payload: bytes) -> Event:
         if kind == _REQUESTS_REFUSED:
             at_us, items = rest
             return _requests_refused(_int(at_us), items)
+        if kind == _WALLET_UPDATED:
+            wallet_id, overdraft_limit, daily_limit, monthly_limit, metadata, at_us = rest
+            return WalletUpdated(
+                wallet_id=_str(wallet_id), overdraft_limit=_int(overdraft_limit),
+                daily_limit=None if daily_limit is None else _int(daily_limit),
+                monthly_limit=None if monthly_limit is None else _int(monthly_limit),
+                metadata=_metadata(metadata), at_us=_int(at_us),
+            )
     except CodecError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:

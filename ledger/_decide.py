@@ -19,7 +19,10 @@ Rejection order for a transfer (``TRANSFER_CHECK_ORDER``), each row a test in
     | 4 | same asset                              | ASSET_MISMATCH         | debit    |
     | 5 | debited wallet not frozen / not closed  | SENDER_FROZEN/_CLOSED  | debit    |
     | 6 | credited wallet not closed              | RECEIVER_CLOSED        | credit   |
-    | 7 | enough available (treasury exempt)      | INSUFFICIENT_FUNDS     | debit    |
+    | 7 | enough available, down to -overdraft    | INSUFFICIENT_FUNDS     | debit    |
+    |   | limit (treasury exempt)                 |                        |          |
+    | 7b| within the daily, then monthly spend    | SPEND_LIMIT_EXCEEDED   | debit    |
+    |   | limit (counted debits only)             |                        |          |
     | 8 | no balance leaves int64                 | BALANCE_OVERFLOW       | both     |
 
 **Final outcomes** (API.md, *Idempotency*). A rejection ``decide_*`` returns for a request that
@@ -31,6 +34,13 @@ same refusal, never into a posting.
 
 Funds are checked before overflow so that a sender cannot learn a stranger's balance by
 probing with amounts it does not have (overflow would reveal the receiver's balance).
+
+Rows 7 and 7b are ``check_debit``: the one funds check of every debit a wallet asks for
+(transfers, holds, withdrawals). A wallet without limits (``Wallet.limits`` None) that has
+the money pays one attribute test for both rows. Spend limits count the debits
+``counts_as_spend`` names, in the UTC day and month of ``now_us`` (``spend_window``): what the
+wallet spent there (``Wallet.spent_at``) plus what earlier items of the same step spent
+(``spent``, the way ``moved`` carries balances) plus the amount must not exceed the limit.
 
 A transfer between two shards runs the credit side first (``check_credit``, on the receiver's
 shard, which then reserves the incoming amount so the answer stays true), then the debit side
@@ -90,12 +100,16 @@ from ledger._model import (
     TokenRevoked,
     TransactionType,
     Transfer,
+    UpdateWallet,
     VoidReason,
+    Wallet,
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
+    WalletUpdated,
     WithdrawalStatus,
     WithdrawalUpdated,
+    counts_as_spend,
     frozen_builder,
     is_treasury,
     new_transferred,
@@ -173,7 +187,7 @@ def decide_create_wallet(state: State, command: CreateWallet, now_us: int) -> De
             detail=f"wallet {command.wallet_id} exists with another owner or asset",
         )
     # After this point the command must be accepted.
-    return [
+    created: list[Event] = [
         WalletCreated(
             wallet_id=command.wallet_id,
             owner_id=command.owner_id,
@@ -183,6 +197,41 @@ def decide_create_wallet(state: State, command: CreateWallet, now_us: int) -> De
             idempotency=command.idempotency,
         )
     ]
+    if command.overdraft_limit or command.daily_limit is not None or command.monthly_limit is not None:
+        # A second record in the same step keeps WalletCreated's codec as it was.
+        created.append(WalletUpdated(
+            wallet_id=command.wallet_id, overdraft_limit=command.overdraft_limit,
+            daily_limit=command.daily_limit, monthly_limit=command.monthly_limit,
+            metadata=command.metadata, at_us=now_us,
+        ))
+    return created
+
+
+def decide_update_wallet(state: State, command: UpdateWallet, now_us: int) -> Decision:
+    """``PATCH /v1/wallets/{id}``. A closed wallet cannot be changed (``WALLET_CLOSED``);
+    a frozen one can. Treasuries have no limits (the shell refuses them before the ledger).
+    Nothing to change: no record."""
+    wallet = state.wallets.get(command.wallet_id)
+    if wallet is None or is_treasury(command.wallet_id):
+        return Rejection(reason=Reason.SENDER_NOT_FOUND, detail=f"wallet {command.wallet_id} does not exist")
+    if wallet.status == WalletStatus.CLOSED:
+        return Rejection(reason=Reason.WALLET_CLOSED, detail=f"wallet {wallet.id} is closed")
+    limits = wallet.limits
+    overdraft = 0 if limits is None else limits.overdraft
+    daily = None if limits is None else limits.daily
+    monthly = None if limits is None else limits.monthly
+    new_overdraft = overdraft if command.overdraft_limit is None else command.overdraft_limit
+    new_daily = daily if command.daily_limit is None else (command.daily_limit or None)
+    new_monthly = monthly if command.monthly_limit is None else (command.monthly_limit or None)
+    metadata = wallet.metadata if command.metadata is None else command.metadata
+    assert 0 <= new_overdraft <= INT64_MAX
+    if (new_overdraft, new_daily, new_monthly, metadata) == (overdraft, daily, monthly, wallet.metadata):
+        return []
+    # After this point the command must be accepted.
+    return [WalletUpdated(
+        wallet_id=wallet.id, overdraft_limit=new_overdraft, daily_limit=new_daily, monthly_limit=new_monthly,
+        metadata=metadata, at_us=now_us,
+    )]
 
 
 def decide_change_status(
@@ -271,14 +320,50 @@ def _earlier(first: Rejection | None, second: Rejection | None) -> Rejection | N
     return first if TRANSFER_CHECK_ORDER[first.reason] <= TRANSFER_CHECK_ORDER[second.reason] else second
 
 
+def check_debit(
+    wallet: Wallet, amount: int, type_: TransactionType, now_us: int, *, moved: int = 0, spent: int = 0
+) -> Rejection | None:
+    """Rows 7 and 7b for a debit of ``amount`` from ``wallet`` (not a treasury): enough
+    available down to minus its overdraft limit, then within its spend limits. ``moved`` and
+    ``spent`` are what earlier items of the same step changed its balance by and spent."""
+    available = wallet.available + moved
+    limits = wallet.limits
+    if limits is None:
+        if available < amount:
+            return Rejection(
+                reason=Reason.INSUFFICIENT_FUNDS,
+                detail=f"wallet {wallet.id} has {available} available, {amount} requested",
+            )
+        return None
+    if available + limits.overdraft < amount:
+        return Rejection(
+            reason=Reason.INSUFFICIENT_FUNDS,
+            detail=f"wallet {wallet.id} has {available} available with an overdraft limit of "
+                   f"{limits.overdraft}, {amount} requested",
+        )
+    if (limits.daily is None and limits.monthly is None) or not counts_as_spend(type_):
+        return None
+    daily, monthly = wallet.spent_at(now_us)
+    for limit, spent_now, window in ((limits.daily, daily, "daily"), (limits.monthly, monthly, "monthly")):
+        if limit is not None and spent_now + spent + amount > limit:
+            return Rejection(
+                reason=Reason.SPEND_LIMIT_EXCEEDED,
+                detail=f"wallet {wallet.id} has a {window} spend limit of {limit}, has spent "
+                       f"{spent_now + spent} in this {'day' if window == 'daily' else 'month'} (UTC), "
+                       f"{amount} requested",
+            )
+    return None
+
+
 def decide_transfer(
-    state: State, command: Transfer, now_us: int, credit: CreditCheck, *, moved: int = 0
+    state: State, command: Transfer, now_us: int, credit: CreditCheck, *, moved: int = 0, spent: int = 0
 ) -> Decision:
     """Debit-side checks (rows 0, 1, 3, 4, 5, 7, 8) on the shard that owns the sender, given
     the credit side's verdict. Pure; the accepted event is the whole transfer.
 
     ``moved`` is what earlier transfers of the same step changed the sender's balance by without
-    being applied yet (``decide_transfers``); the funds and overflow rows count it."""
+    being applied yet (``decide_transfers``); the funds and overflow rows count it. ``spent``
+    is what they spent from it (the spend limit row counts it)."""
     assert command.amount >= 1
     assert command.amount <= INT64_MAX
     replay = check_idempotency(state.directory, command.idempotency)
@@ -309,12 +394,11 @@ def decide_transfer(
         failure = Rejection(reason=Reason.SENDER_FROZEN, detail=f"wallet {sender.id} is frozen")
     elif sender.status == _CLOSED:
         failure = Rejection(reason=Reason.SENDER_CLOSED, detail=f"wallet {sender.id} is closed")
-    elif not (treasury := is_treasury(sender_id)) and sender.available + moved < command.amount:
-        failure = Rejection(
-            reason=Reason.INSUFFICIENT_FUNDS,
-            detail=f"wallet {sender.id} has {sender.available + moved} available, {command.amount} requested",
-        )
-    elif treasury and sender.balance + moved - command.amount < INT64_MIN:
+    elif not is_treasury(sender_id):
+        # Rows 7 and 7b: a wallet without limits that has the money pays these two tests.
+        if sender.limits is not None or sender.available + moved < command.amount:
+            failure = check_debit(sender, command.amount, command.type, now_us, moved=moved, spent=spent)
+    elif sender.balance + moved - command.amount < INT64_MIN:
         failure = Rejection(
             reason=Reason.BALANCE_OVERFLOW,
             detail=f"debiting {command.amount} would take {sender.id} past int64",
@@ -371,6 +455,8 @@ def decide_transfers(
     earlier item's key. With ``atomic`` the decisions stop after the first rejection.
     """
     moved: dict[str, int] = {}
+    spent: dict[str, int] = {}  # only senders with limits: what this step spent from them
+    wallets = state.wallets
     decisions: list[Decision] = []
     for command, credit in items:
         assert command.from_wallet_id is not None  # batches carry no deposits
@@ -381,11 +467,15 @@ def decide_transfers(
                 state, command, pending=pending.get(to_wallet_id, 0) + moved.get(to_wallet_id, 0)
             )
         sender_id = command.from_wallet_id
-        decision = decide_transfer(state, command, now_us, credit, moved=moved.get(sender_id, 0))
+        decision = decide_transfer(
+            state, command, now_us, credit, moved=moved.get(sender_id, 0), spent=spent.get(sender_id, 0) if spent else 0
+        )
         decisions.append(decision)
         if isinstance(decision, list):
             amount = command.amount
             moved[sender_id] = moved.get(sender_id, 0) - amount
+            if wallets[sender_id].limits is not None:
+                spent[sender_id] = spent.get(sender_id, 0) + amount
             if receiver_here:
                 moved[command.to_wallet_id] = moved.get(command.to_wallet_id, 0) + amount
         elif atomic and isinstance(decision, Rejection):
@@ -525,7 +615,7 @@ def decide_expire(state: State, command: ExpireHolds, now_us: int) -> Decision:
 
 
 def decide_request_withdrawal(state: State, command: RequestWithdrawal, now_us: int) -> Decision:
-    """Rows 0, 1, 1b, 5, 7 of the transfer table, on the wallet's shard."""
+    """Rows 0, 1, 1b, 5, 7, 7b of the transfer table, on the wallet's shard."""
     assert command.amount >= 1
     replay = check_idempotency(state.directory, command.idempotency)
     if replay is not None:
@@ -539,11 +629,9 @@ def decide_request_withdrawal(state: State, command: RequestWithdrawal, now_us: 
         return Rejection(reason=Reason.SENDER_FROZEN, detail=f"wallet {wallet.id} is frozen")
     if wallet.status == WalletStatus.CLOSED:
         return Rejection(reason=Reason.SENDER_CLOSED, detail=f"wallet {wallet.id} is closed")
-    if wallet.available < command.amount:
-        return Rejection(
-            reason=Reason.INSUFFICIENT_FUNDS,
-            detail=f"wallet {wallet.id} has {wallet.available} available, {command.amount} requested",
-        )
+    failure = check_debit(wallet, command.amount, TransactionType.WITHDRAWAL, now_us)
+    if failure is not None:
+        return failure
     assert command.withdrawal_id not in state.withdrawals
     # After this point the command must be accepted.
     return [
@@ -692,6 +780,8 @@ def decide(state: State, command: object, now_us: int) -> Decision:
         return decide_create_wallet(state, command, now_us)
     if isinstance(command, ChangeWalletStatus):
         return decide_change_status(state, command, now_us)
+    if isinstance(command, UpdateWallet):
+        return decide_update_wallet(state, command, now_us)
     if isinstance(command, CreateAsset):
         return decide_create_asset(state, command, now_us)
     if isinstance(command, CreateToken):

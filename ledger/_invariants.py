@@ -98,10 +98,25 @@ def check_invariants(
             assert wallet.id == treasury_id(wallet.asset), wallet
             assert wallet.owner_id == SYSTEM_OWNER, wallet
             assert wallet.held == 0, wallet
+            assert wallet.limits is None and wallet.window is None, wallet
         else:
             assert wallet.owner_id != SYSTEM_OWNER, wallet
-            assert wallet.held <= wallet.balance, wallet
-            assert wallet.available >= 0, wallet
+            limits = wallet.limits
+            if limits is None:
+                assert wallet.held <= wallet.balance, wallet
+                assert wallet.available >= 0, wallet
+            else:
+                # A debit takes ``available`` down to -overdraft at most; lowering the limit
+                # below a deficit keeps that deficit as the floor (``Limits.floor``), and
+                # nothing else lowers ``available``.
+                assert 0 <= limits.overdraft <= INT64_MAX, wallet
+                assert limits.floor <= -limits.overdraft, wallet
+                assert limits.daily is None or limits.daily >= 1, wallet
+                assert limits.monthly is None or limits.monthly >= 1, wallet
+                assert wallet.available >= limits.floor, (wallet, limits)
+            # Spending: never negative, a day's within its month's, none without a window.
+            assert 0 <= wallet.spent_day <= wallet.spent_month, wallet
+            assert wallet.window is not None or wallet.spent_month == 0, wallet
         if wallet.status == WalletStatus.CLOSED:
             assert wallet.balance == 0, wallet
         totals[wallet.asset] = totals.get(wallet.asset, 0) + wallet.balance
@@ -139,6 +154,11 @@ def state_digest(
                  sorted((wallet.metadata or {}).items(), key=str))
             ).encode()
         )
+        if wallet.limits is not None:
+            # Wallets without limits digest as before limits existed (so the digests of old logs
+            # hold): their spending decides nothing until they get limits, and then it is here.
+            digest.update(repr((wallet.limits, None if wallet.window is None else wallet.window.day,
+                                wallet.spent_day, wallet.spent_month)).encode())
     for code in sorted(directory.assets):
         digest.update(repr(directory.assets[code]).encode())
     for prefix in sorted(directory.token_prefixes):

@@ -70,6 +70,7 @@ from ledger._model import (
     RevokeToken,
     Token,
     Transfer,
+    UpdateWallet,
     Wallet,
     WalletStatus,
     Withdrawal,
@@ -117,17 +118,29 @@ class WalletView:
     created_at_us: int
     updated_at_us: int
     lsn: int
+    overdraft_limit: int = 0
+    daily_limit: int | None = None
+    monthly_limit: int | None = None
+    # What it spent in the UTC day and month of the ledger's clock when the copy was taken.
+    spent_daily: int = 0
+    spent_monthly: int = 0
 
     @property
     def available(self) -> int:
         return self.balance - self.held
 
     @classmethod
-    def of(cls, wallet: Wallet) -> WalletView:
+    def of(cls, wallet: Wallet, now_us: int = 0) -> WalletView:
+        limits = wallet.limits
+        daily, monthly = wallet.spent_at(now_us)
         return cls(
             id=wallet.id, owner_id=wallet.owner_id, asset=wallet.asset, balance=wallet.balance,
             held=wallet.held, status=wallet.status, metadata=wallet.metadata,
             created_at_us=wallet.created_at_us, updated_at_us=wallet.updated_at_us, lsn=wallet.lsn,
+            overdraft_limit=0 if limits is None else limits.overdraft,
+            daily_limit=None if limits is None else limits.daily,
+            monthly_limit=None if limits is None else limits.monthly,
+            spent_daily=daily, spent_monthly=monthly,
         )
 
 
@@ -226,17 +239,18 @@ def _withdrawals_lsn(views: list[WithdrawalView]) -> int:
 HOLD_TIMER_S = 0.2  # how often the timer looks for holds past their deadline
 
 
-def _wallet_view(wallet_id: str) -> Callable[[State], WalletView | None]:
+def _wallet_view(wallet_id: str, clock: Callable[[], int]) -> Callable[[State], WalletView | None]:
     def read(state: State) -> WalletView | None:
         wallet = state.wallets.get(wallet_id)
-        return None if wallet is None else WalletView.of(wallet)
+        return None if wallet is None else WalletView.of(wallet, clock())
 
     return read
 
 
-def _views(wallet_ids: list[str]) -> Callable[[State], list[WalletView]]:
+def _views(wallet_ids: list[str], clock: Callable[[], int]) -> Callable[[State], list[WalletView]]:
     def read(state: State) -> list[WalletView]:
-        return [WalletView.of(state.wallets[wallet_id]) for wallet_id in wallet_ids]
+        now_us = clock()
+        return [WalletView.of(state.wallets[wallet_id], now_us) for wallet_id in wallet_ids]
 
     return read
 
@@ -546,6 +560,9 @@ class Ledger:
     async def change_status(self, command: ChangeWalletStatus) -> Decision:
         return await self._wait(self._shard(command.wallet_id).submit_command(command))
 
+    async def update_wallet(self, command: UpdateWallet) -> Decision:
+        return await self._wait(self._shard(command.wallet_id).submit_command(command))
+
     async def create_asset(self, command: CreateAsset) -> Decision:
         return await self._wait(self._shard(treasury_id(command.code)).submit_command(command))
 
@@ -662,7 +679,7 @@ class Ledger:
 
     async def wallet(self, wallet_id: str) -> WalletView | None:
         shard = self._shard(wallet_id)
-        return await self._wait(shard.submit_query(_wallet_view(wallet_id), _view_lsn))
+        return await self._wait(shard.submit_query(_wallet_view(wallet_id, self.clock), _view_lsn))
 
     async def wallets(self, wallet_ids: list[str]) -> list[WalletView]:
         """Views of existing wallets, in the order given."""
@@ -670,7 +687,7 @@ class Ledger:
         for wallet_id in wallet_ids:
             groups.setdefault(shard_of(wallet_id, len(self.shards)), []).append(wallet_id)
         replies = [
-            self.shards[index].submit_query(_views(ids), _views_lsn) for index, ids in groups.items()
+            self.shards[index].submit_query(_views(ids, self.clock), _views_lsn) for index, ids in groups.items()
         ]
         found: dict[str, WalletView] = {}
         for reply in replies:

@@ -34,6 +34,7 @@ from ledger._model import (
     RevokeToken,
     Transfer,
     Transferred,
+    UpdateWallet,
     treasury_id,
 )
 from ledger._state import State
@@ -76,7 +77,7 @@ Movement = Transfer | ResolveHold | CompleteWithdrawal
 # Commands decided on one shard alone.
 LocalCommand = (
     CreateWallet | ChangeWalletStatus | CreateAsset | CreateToken | RevokeToken | ResolveHold
-    | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal | CreateAlert | DeleteAlert
+    | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal | CreateAlert | DeleteAlert | UpdateWallet
 )
 
 

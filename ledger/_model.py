@@ -82,6 +82,8 @@ class Reason(enum.Enum):
     # Balance alerts (checked in this order after SENDER_NOT_FOUND and FORBIDDEN).
     ALERT_LIMIT_REACHED = "alert_limit_reached"
     ALERT_NOT_FOUND = "alert_not_found"
+    # Wallet limits: outgoing money over a daily or monthly spend limit (row 7b of a transfer).
+    SPEND_LIMIT_EXCEEDED = "spend_limit_exceeded"
 
     @property
     def code(self) -> str:
@@ -104,6 +106,7 @@ TRANSFER_CHECK_ORDER = {
             Reason.SENDER_CLOSED,
             Reason.RECEIVER_CLOSED,
             Reason.INSUFFICIENT_FUNDS,
+            Reason.SPEND_LIMIT_EXCEEDED,
             Reason.BALANCE_OVERFLOW,
         ]
     )
@@ -151,6 +154,89 @@ class TransactionType(Labelled):
     DEPOSIT = 0
     TRANSFER = 1
     WITHDRAWAL = 2
+
+
+# Debits that count as a wallet's spending (its spend limits and ``spent``): transfers (holds
+# included, when created) and withdrawals. Deposits debit only the treasury, which has no limits.
+# Any other type (refunds) does not count. This set is the one place that decides it:
+# ``counts_as_spend`` reads it, and ``apply_debit`` reads it inline (the hot path).
+# A tuple, not a set: ``in`` compares by identity first, where a set would hash the enum member
+# (a Python-level ``__hash__``, 0.1 us per transfer).
+SPENDING_TYPES = (TransactionType.TRANSFER, TransactionType.WITHDRAWAL)
+
+
+def counts_as_spend(type_: TransactionType) -> bool:
+    """Whether a debit of this type counts against the debited wallet's spend limits: the one
+    place that decides it (``decide`` and ``apply`` both ask here)."""
+    return type_ in SPENDING_TYPES
+
+
+# -- spend windows ---------------------------------------------------------------------------
+
+DAY_US = 86_400 * 1_000_000
+
+
+def month_of_day(day: int) -> int:
+    """The UTC month (``year * 12 + month - 1``) of a day number (days since 1970-01-01), by
+    the proleptic Gregorian calendar (leap years included), in integer arithmetic: the state
+    machine imports no clock module (Howard Hinnant's ``civil_from_days``)."""
+    shifted = day + 719_468  # days since 0000-03-01
+    era = shifted // 146_097
+    day_of_era = shifted - era * 146_097
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    month_index = (5 * day_of_year + 2) // 153  # 0 = March
+    month = month_index + 3 if month_index < 10 else month_index - 9
+    year = year_of_era + era * 400 + (1 if month <= 2 else 0)
+    return year * 12 + month - 1
+
+
+class SpendWindow:
+    """The UTC calendar day (days since the epoch) and month (``year * 12 + month - 1``) that
+    a moment falls in. One object per day, shared by every wallet that spent in it
+    (``spend_window``), so a wallet pays one reference for both window numbers."""
+
+    __slots__ = ("day", "month")
+
+    def __init__(self, day: int, month: int) -> None:
+        self.day = day
+        self.month = month
+
+    def __repr__(self) -> str:
+        return f"SpendWindow(day={self.day}, month={self.month})"
+
+
+_WINDOWS: dict[int, SpendWindow] = {}
+
+
+def spend_window(at_us: int) -> SpendWindow:
+    """The window of ``at_us`` (microseconds since the epoch, UTC). Pure: the cache only
+    shares equal objects (a few hundred bytes per day the ledger ever saw)."""
+    day = at_us // DAY_US
+    window = _WINDOWS.get(day)
+    if window is None:
+        window = _WINDOWS[day] = SpendWindow(day, month_of_day(day))
+    return window
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """A wallet's limits (``None`` on a wallet with none: the hot path checks one attribute).
+
+    ``overdraft``: ``available`` may go down to ``-overdraft`` through a debit. ``daily`` /
+    ``monthly``: spend limits (None: no limit). ``floor`` is how low ``available`` may be
+    now, for the invariants: ``min(-overdraft, available when the limits were last set)``,
+    because lowering the overdraft below a current deficit is allowed (the wallet then cannot
+    send until it is above the new limit, and nothing but a debit can lower ``available``)."""
+
+    overdraft: int
+    daily: int | None
+    monthly: int | None
+    floor: int
+
+    @property
+    def spending(self) -> bool:
+        return self.daily is not None or self.monthly is not None
 
 
 class TransactionStatus(Labelled):
@@ -222,11 +308,30 @@ class CreateAsset:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CreateWallet:
+    """With limits other than the defaults (no overdraft, no spend limits), the wallet is
+    created by two records in one step: ``WalletCreated`` and ``WalletUpdated``."""
+
     wallet_id: str
     owner_id: str
     asset: str
     metadata: dict[str, Any] | None
     idempotency: Idempotency | None
+    overdraft_limit: int = 0
+    daily_limit: int | None = None
+    monthly_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateWallet:
+    """``PATCH /v1/wallets/{id}``: None leaves a field as it is; a spend limit of 0 removes it
+    (limits are >= 1, so 0 is free to mean "no limit" without a sentinel that must cross the
+    wire)."""
+
+    wallet_id: str
+    overdraft_limit: int | None = None
+    daily_limit: int | None = None
+    monthly_limit: int | None = None
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -339,7 +444,7 @@ class DeleteAlert:
 Command = (
     CreateAsset | CreateWallet | ChangeWalletStatus | Transfer | CreateToken | RevokeToken
     | ResolveHold | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal | CompleteWithdrawal
-    | CreateAlert | DeleteAlert
+    | CreateAlert | DeleteAlert | UpdateWallet
 )
 
 
@@ -361,6 +466,19 @@ class WalletCreated:
     metadata: dict[str, Any] | None
     at_us: int
     idempotency: Idempotency | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WalletUpdated:
+    """A wallet's limits and metadata as they are from now on (all of them: the record is
+    self-contained). ``daily_limit`` / ``monthly_limit`` None: no limit."""
+
+    wallet_id: str
+    overdraft_limit: int
+    daily_limit: int | None
+    monthly_limit: int | None
+    metadata: dict[str, Any] | None
+    at_us: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -548,7 +666,7 @@ class RequestsRefused:
 Event = (
     AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TransfersPosted | TokenCreated
     | TokenRevoked | HoldCreated | HoldCaptured | HoldVoided | WithdrawalUpdated
-    | AlertCreated | AlertDeleted | AlertsTriggered | RequestsRefused
+    | AlertCreated | AlertDeleted | AlertsTriggered | RequestsRefused | WalletUpdated
 )
 
 
@@ -572,11 +690,15 @@ class Wallet:
         "created_at_us",
         "held",
         "id",
+        "limits",
         "lsn",
         "metadata",
         "owner_id",
+        "spent_day",
+        "spent_month",
         "status",
         "updated_at_us",
+        "window",
     )
 
     def __init__(
@@ -603,10 +725,26 @@ class Wallet:
         self.created_at_us = created_at_us
         self.updated_at_us = created_at_us if updated_at_us is None else updated_at_us
         self.lsn = lsn
+        # Limits (None: none) and spending: ``spent_day`` / ``spent_month`` are what the wallet
+        # spent in ``window``'s day and month, the latest window it spent in (None: never).
+        self.limits: Limits | None = None
+        self.window: SpendWindow | None = None
+        self.spent_day = 0
+        self.spent_month = 0
 
     @property
     def available(self) -> int:
         return self.balance - self.held
+
+    def spent_at(self, now_us: int) -> tuple[int, int]:
+        """(daily, monthly) spending in the windows of ``now_us``: 0 in a window the wallet has
+        not spent in (a moment before its latest window counts as in it, like ``apply``)."""
+        window = self.window
+        if window is None:
+            return 0, 0
+        now = spend_window(now_us)
+        return (self.spent_day if window.day >= now.day else 0,
+                self.spent_month if window.month >= now.month else 0)
 
     def __repr__(self) -> str:
         return (

@@ -32,16 +32,22 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
     crossing     | alert_id, wallet_id, field, direction, threshold, value,         | crossings
                  | transaction_id (a firing owed: ``State.crossings``)              |
     refusal      | scope, key, fingerprint, lsn, at_us, reason, detail              | refusals
-
-Version 4 added refusals: the idempotency records of refused requests (final outcomes, whose
-``event`` is the ``Rejection``; ``reason`` is the ``Reason`` value, as in the log's kind 18), in
-LSN order, at the end; the idempotency section then holds only the records of accepted requests
-(its count says how many), and decoding merges the two by LSN back into the directory's one
-log-ordered dict (a refusal and an acceptance never share a record, so never an LSN). Version 3
-holds no refusals and still decodes.
+    limits count | (version 4) how many wallets follow in the limits section        | 1
+    limits       | wallet_id, overdraft, daily, monthly, floor (nil, nil, nil, nil  | that many
+                 | without limits), day (nil: never spent), spent_day, spent_month  |
 
 Version 1 (before holds) had no hold or withdrawal counts or entities; version 2 (before
-balance alerts) no alert or crossing counts or entities; both still decode. Alerts are in
+balance alerts) no alert or crossing counts or entities; version 3 (before final outcomes and
+wallet limits) no refusal count, no refusals and no limits section (a wallet loads without
+limits and without spending); all still decode.
+
+Version 4 added two things. Refusals: the idempotency records of refused requests (final
+outcomes, whose ``event`` is the ``Rejection``; ``reason`` is the ``Reason`` value, as in the
+log's kind 18), in LSN order, after the crossings; the idempotency section then holds only the
+records of accepted requests (its count says how many), and decoding merges the two by LSN back
+into the directory's one log-ordered dict (a refusal and an acceptance never share a record, so
+never an LSN). Then the limits section, last, with its own count (not in the header); it
+holds the wallets that have limits or spent, sorted by id. Alerts are in
 creation (LSN) order, the order ``State.watched`` evaluates them in; crossings in the order owed.
 Holds and withdrawals are sorted by id; the directory's routing indexes are rebuilt from them.
 
@@ -65,6 +71,7 @@ import msgpack
 
 from ledger._codec import CodecError, decode_event, encode_event
 from ledger._model import (
+    DAY_US,
     INT64_MAX,
     INT64_MIN,
     Alert,
@@ -77,6 +84,7 @@ from ledger._model import (
     HoldCreated,
     HoldVoided,
     IdempotencyRecord,
+    Limits,
     Reason,
     Rejection,
     Token,
@@ -87,6 +95,7 @@ from ledger._model import (
     WalletStatus,
     Withdrawal,
     WithdrawalStatus,
+    spend_window,
 )
 from ledger._state import Directory, State, index_holds
 
@@ -106,10 +115,20 @@ assert ENTITY_BYTES_MAX > 16 * 1024 * 1024
 
 
 def count_records(state: State) -> int:
-    """How many entities ``encode_state`` writes (the snapshot header's record count)."""
+    """How many entities ``encode_state`` writes (the snapshot header's record count; the
+    limits section's count object is not an entity)."""
     directory = state.directory
     return (len(directory.assets) + len(directory.tokens) + len(directory.idempotency) + len(state.wallets)
-            + len(state.holds) + len(state.withdrawals) + len(state.alerts) + len(state.crossings))
+            + len(state.holds) + len(state.withdrawals) + len(state.alerts) + len(state.crossings)
+            + _limited_count(state))
+
+
+def _limited(wallet: Wallet) -> bool:
+    return wallet.limits is not None or wallet.window is not None
+
+
+def _limited_count(state: State) -> int:
+    return sum(1 for wallet in state.wallets.values() if _limited(wallet))
 
 
 def encode_state(state: State) -> Iterator[bytes]:
@@ -121,10 +140,11 @@ def encode_state(state: State) -> Iterator[bytes]:
     refused = sum(1 for record in directory.idempotency.values() if type(record.event) is Rejection)
     counts = (len(directory.assets), len(directory.tokens), len(directory.idempotency) - refused, len(state.wallets),
               len(state.holds), len(state.withdrawals), len(state.alerts), len(state.crossings), refused)
+    limited_count = _limited_count(state)
     packer = msgpack.Packer(use_bin_type=True)
     yield packer.pack([SNAPSHOT_CODEC_VERSION, lsn, directory.at_us, *counts])
 
-    def entities() -> Iterator[list[Any]]:
+    def entities() -> Iterator[Any]:
         for asset in directory.assets.values():
             yield [asset.code, asset.scale, asset.created_at_us]
         for token in directory.tokens.values():
@@ -170,6 +190,18 @@ def encode_state(state: State) -> Iterator[bytes]:
                 if type(outcome) is Rejection:
                     yield [scope, key, record.fingerprint, record.lsn, record.at_us, outcome.reason.value,
                            outcome.detail]
+        # Version 4: wallet limits and spend windows, a section of its own.
+        yield limited_count
+        for wallet_id in sorted(state.wallets):
+            wallet = state.wallets[wallet_id]
+            if _limited(wallet):
+                limits, window = wallet.limits, wallet.window
+                yield [
+                    wallet.id,
+                    *((None, None, None, None) if limits is None
+                      else (limits.overdraft, limits.daily, limits.monthly, limits.floor)),
+                    None if window is None else window.day, wallet.spent_day, wallet.spent_month,
+                ]
 
     chunk: list[bytes] = []
     written = 0
@@ -183,7 +215,7 @@ def encode_state(state: State) -> Iterator[bytes]:
             chunk = []
     if chunk:
         yield b"".join(chunk)
-    assert written == sum(counts)
+    assert written == sum(counts) + 1 + limited_count
     # The state changed under a lazy consumer: the image would mix two LSNs.
     assert directory.lsn == lsn, (directory.lsn, lsn)
 
@@ -459,6 +491,34 @@ def _decode(body: bytes) -> State:
 
     if refusals_count:
         _merge_refusals(directory, unpacker, refusals_count)
+
+    if version >= 4:
+        limited_count = _int(unpacker.unpack(), "limits count", 0, len(wallets))
+        previous_limited: str | None = None
+        for _ in range(limited_count):
+            (wallet_id, overdraft, daily, monthly, floor, day, spent_day, spent_month) = _fields(
+                unpacker.unpack(), 8, "limits"
+            )
+            wallet_id = _str(wallet_id, "limits wallet")
+            if previous_limited is not None and wallet_id <= previous_limited:
+                raise CodecError(f"limits of {wallet_id!r} out of order")
+            previous_limited = wallet_id
+            wallet = wallets.get(wallet_id)
+            if wallet is None:
+                raise CodecError(f"limits of unknown wallet {wallet_id!r}")
+            if overdraft is not None:
+                wallet.limits = Limits(
+                    overdraft=_int(overdraft, "overdraft limit", 0),
+                    daily=None if daily is None else _int(daily, "daily limit", 1),
+                    monthly=None if monthly is None else _int(monthly, "monthly limit", 1),
+                    floor=_int(floor, "limits floor"),
+                )
+            if day is not None:
+                wallet.window = spend_window(_int(day, "spend day", -(2**40), 2**40) * DAY_US)
+            wallet.spent_day = _int(spent_day, "spent today", 0)
+            wallet.spent_month = _int(spent_month, "spent this month", 0)
+            if wallet.spent_day == wallet.spent_month:
+                wallet.spent_month = wallet.spent_day  # one int object for both (memory, like apply)
 
     if unpacker.tell() != len(body):
         raise CodecError(f"{len(body) - unpacker.tell()} bytes after the last entity")

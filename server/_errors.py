@@ -16,6 +16,7 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | WALLET_NOT_EMPTY          | 409    | wallet_not_empty          |
     | BALANCE_OVERFLOW          | 422    | balance_overflow          |
     | INSUFFICIENT_FUNDS        | 422    | insufficient_funds        |
+    | SPEND_LIMIT_EXCEEDED      | 422    | spend_limit_exceeded      |
     | TOKEN_NOT_FOUND           | 404    | token_not_found           |
     | TOKEN_EXISTS              | 409    | token_exists              |
     | NOT_PENDING               | 409    | transfer_not_pending      |
@@ -101,6 +102,7 @@ REASONS: dict[Reason, tuple[int, str]] = {
     Reason.RECORD_TOO_LARGE: (413, "Payload too large"),
     Reason.ALERT_LIMIT_REACHED: (409, "Alert limit reached"),
     Reason.ALERT_NOT_FOUND: (404, "Alert not found"),
+    Reason.SPEND_LIMIT_EXCEEDED: (422, "Spend limit exceeded"),
 }
 assert set(REASONS) == set(Reason), set(Reason) - set(REASONS)
 

@@ -31,6 +31,13 @@ BALANCE = {"type": "integer", "minimum": -(2**63), "maximum": AMOUNT_MAX}
 TIMESTAMP = {"type": "string", "description": "RFC 3339, UTC"}
 METADATA = {"type": "object", "description": "free-form JSON object, at most 4 KiB"}
 DESCRIPTION = {"type": ["string", "null"], "maxLength": DESCRIPTION_CHARS_MAX}
+OVERDRAFT_LIMIT = {"type": "integer", "minimum": 0, "maximum": AMOUNT_MAX,
+                   "description": "available may go down to minus this (minor units; 0: never negative)"}
+SPEND_LIMIT = {"type": ["integer", "null"], "minimum": 1, "maximum": AMOUNT_MAX,
+               "description": "outgoing money per UTC window (minor units); null: no limit"}
+SPEND_LIMITS = {"type": ["object", "null"], "additionalProperties": False,
+                "properties": {"daily": SPEND_LIMIT, "monthly": SPEND_LIMIT},
+                "description": "absent keys stay as they are (PATCH) or have no limit (create); null: no limits"}
 
 SCHEMAS: dict[str, Any] = {
     "Problem": {
@@ -63,12 +70,24 @@ SCHEMAS: dict[str, Any] = {
     "Wallet": {
         "type": "object",
         "required": ["id", "owner_id", "asset", "balance", "held", "available", "status", "metadata",
-                     "created_at", "updated_at"],
+                     "created_at", "updated_at", "overdraft_limit", "spend_limits", "spent"],
         "properties": {
             "id": {"type": "string"}, "owner_id": {"type": "string"}, "asset": {"type": "string"},
             "balance": BALANCE, "held": {"type": "integer", "minimum": 0}, "available": BALANCE,
             "status": {"enum": ["active", "frozen", "closed"]}, "metadata": {"type": "object"},
             "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+            "overdraft_limit": {"type": "integer", "minimum": 0, "maximum": AMOUNT_MAX},
+            "spend_limits": {
+                "type": "object", "required": ["daily", "monthly"],
+                "properties": {"daily": {"type": ["integer", "null"], "minimum": 1},
+                               "monthly": {"type": ["integer", "null"], "minimum": 1}},
+            },
+            "spent": {
+                "type": "object", "required": ["daily", "monthly"],
+                "description": "outgoing money in the current UTC day and month (the ledger's clock)",
+                "properties": {"daily": {"type": "integer", "minimum": 0},
+                               "monthly": {"type": "integer", "minimum": 0}},
+            },
         },
     },
     "Transaction": {
@@ -319,12 +338,13 @@ SUMMARIES = {
     "ready": "Recovery finished and the ledger serves (no authentication)",
     "listAssets": "List assets",
     "revokeToken": "Revoke a user token by its prefix (admin)",
-    "createWallet": "Create a wallet for an owner in an asset",
+    "createWallet": "Create a wallet for an owner in an asset (limits: admin only)",
     "listWallets": "List wallets, by owner or asset, in creation order",
     "getWallet": "Get a wallet: balance, held, available, status",
     "freezeWallet": "Freeze a wallet: it can receive but not send (admin)",
     "unfreezeWallet": "Unfreeze a frozen wallet (admin)",
     "closeWallet": "Close a wallet with zero balance and no holds (admin)",
+    "updateWallet": "Set a wallet's overdraft limit, spend limits or metadata (admin)",
     "walletBalance": "A wallet's balance, now or as of a past time",
     "walletTransactions": "A wallet's statement: its entries, newest first",
     "listWithdrawals": "List withdrawals, by status",
@@ -391,7 +411,8 @@ def build() -> dict[str, Any]:
         "/v1/wallets": {
             "post": {
                 "operationId": "createWallet", "parameters": [OPTIONAL_KEY],
-                "requestBody": _body({"id": USER_ID, "owner_id": USER_ID, "asset": ASSET_CODE, "metadata": METADATA},
+                "requestBody": _body({"id": USER_ID, "owner_id": USER_ID, "asset": ASSET_CODE, "metadata": METADATA,
+                                      "overdraft_limit": OVERDRAFT_LIMIT, "spend_limits": SPEND_LIMITS},
                                      ["owner_id", "asset"]),
                 "responses": {"201": _json(_ref("Wallet"), "created"), "200": _json(_ref("Wallet"), "the same wallet again"),
                               **_problems(403, 409, 413, 415, 422)},
@@ -404,7 +425,14 @@ def build() -> dict[str, Any]:
         },
         "/v1/wallets/{wallet_id}": {
             "get": {"operationId": "getWallet", "parameters": [_path_id("wallet_id")],
-                    "responses": {"200": _json(_ref("Wallet"), "the wallet"), **_problems(403, 404)}}
+                    "responses": {"200": _json(_ref("Wallet"), "the wallet"), **_problems(403, 404)}},
+            "patch": {
+                "operationId": "updateWallet", "parameters": [_path_id("wallet_id")],
+                "requestBody": _body({"overdraft_limit": OVERDRAFT_LIMIT, "spend_limits": SPEND_LIMITS,
+                                      "metadata": {**METADATA, "type": ["object", "null"]}}, []),
+                "responses": {"200": _json(_ref("Wallet"), "the wallet, changed"),
+                              **_problems(403, 404, 409, 413, 415)},
+            },
         },
         "/v1/wallets/{wallet_id}/freeze": {"post": {"operationId": "freezeWallet", **wallet_status}},
         "/v1/wallets/{wallet_id}/unfreeze": {"post": {"operationId": "unfreezeWallet", **wallet_status}},

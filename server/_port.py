@@ -79,6 +79,7 @@ from ledger import (
     TransactionStatus,
     TransactionType,
     Transfer,
+    UpdateWallet,
     WalletView,
     WithdrawalStatus,
     WithdrawalView,
@@ -130,6 +131,7 @@ class LedgerPort(Protocol):
     async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> list[ItemOutcome] | BatchFailed: ...
     async def create_wallet(self, command: CreateWallet) -> Decision: ...
     async def change_status(self, command: ChangeWalletStatus) -> Decision: ...
+    async def update_wallet(self, command: UpdateWallet) -> Decision: ...
     async def create_asset(self, command: CreateAsset) -> Decision: ...
     async def create_token(self, command: CreateToken) -> Decision: ...
     async def revoke_token(self, command: RevokeToken) -> Decision: ...
@@ -199,6 +201,9 @@ class LocalPort:
 
     async def change_status(self, command: ChangeWalletStatus) -> Decision:
         return await self.ledger.change_status(command)
+
+    async def update_wallet(self, command: UpdateWallet) -> Decision:
+        return await self.ledger.update_wallet(command)
 
     async def create_asset(self, command: CreateAsset) -> Decision:
         return await self.ledger.create_asset(command)
@@ -341,7 +346,7 @@ class LocalPort:
 # The methods a worker may call, by name: the LocalPort's public coroutines and functions.
 METHODS = (
     "transfer", "transfer_batch", "transfer_batch_rows", "transfer_row",
-    "create_wallet", "change_status", "create_asset", "create_token",
+    "create_wallet", "change_status", "update_wallet", "create_asset", "create_token",
     "revoke_token", "resolve_hold", "request_withdrawal", "advance_withdrawal",
     "create_alert", "delete_alert", "alerts", "alert",
     "wallet", "wallets", "withdrawal", "withdrawals", "token", "asset", "assets", "transaction",
@@ -605,6 +610,9 @@ class RemotePort:
 
     async def change_status(self, command: ChangeWalletStatus) -> Decision:
         return await self._call("change_status", command)
+
+    async def update_wallet(self, command: UpdateWallet) -> Decision:
+        return await self._call("update_wallet", command)
 
     async def create_asset(self, command: CreateAsset) -> Decision:
         return await self._call("create_asset", command)

@@ -353,6 +353,46 @@ def threshold(name: str, value: Any) -> int:
     return value
 
 
+def overdraft_limit(name: str, value: Any) -> int:
+    """A wallet's overdraft limit: 0 to int64 max (minor units), never a float, string,
+    boolean or null."""
+    if isinstance(value, _BigInt):
+        raise invalid_field(name, f"must be between 0 and {INT64_MAX}")
+    if type(value) is not int:
+        raise invalid_field(name, f"must be an integer number of minor units, not {_describe(value)}")
+    if not 0 <= value <= INT64_MAX:
+        raise invalid_field(name, f"must be between 0 and {INT64_MAX}")
+    return value
+
+
+def _spend_limit(name: str, value: Any) -> int:
+    """A spend limit: 1 to int64 max, or null for none (returned as 0: the ledger's "none")."""
+    if value is None:
+        return 0
+    if isinstance(value, _BigInt):
+        raise invalid_field(name, f"must be null or between 1 and {INT64_MAX}")
+    if type(value) is not int:
+        raise invalid_field(name, f"must be null or an integer number of minor units, not {_describe(value)}")
+    if not 1 <= value <= INT64_MAX:
+        raise invalid_field(name, f"must be null or between 1 and {INT64_MAX}")
+    return value
+
+
+def spend_limits(name: str, value: Any) -> dict[str, int]:
+    """``{"daily"?: int|null, "monthly"?: int|null}``: the given ones, null as 0 (none);
+    ``null`` for the whole object removes both."""
+    if value is None:
+        return {"daily": 0, "monthly": 0}
+    if not isinstance(value, dict):
+        raise invalid_field(name, f"must be an object, not {_describe(value)}")
+    values, errors = field_errors(
+        value, {"daily": (False, _spend_limit), "monthly": (False, _spend_limit)}
+    )
+    if errors:
+        raise invalid([{**error, "field": f"{name}.{error['field']}"} for error in errors])
+    return values
+
+
 ALERT_FIELDS = ("available", "balance")
 
 

@@ -75,6 +75,7 @@ def routes(deps: Deps) -> list[BaseRoute]:
         Route("/v1/wallets", wallets.create_wallet, methods=["POST"]),
         Route("/v1/wallets", wallets.list_wallets, methods=["GET"]),
         Route("/v1/wallets/{wallet_id}", wallets.get_wallet, methods=["GET"]),
+        Route("/v1/wallets/{wallet_id}", wallets.update_wallet, methods=["PATCH"]),
         Route("/v1/wallets/{wallet_id}/freeze", wallets.freeze, methods=["POST"]),
         Route("/v1/wallets/{wallet_id}/unfreeze", wallets.unfreeze, methods=["POST"]),
         Route("/v1/wallets/{wallet_id}/close", wallets.close, methods=["POST"]),

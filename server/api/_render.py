@@ -42,6 +42,7 @@ from ledger import (
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
+    WalletUpdated,
     WalletView,
     WithdrawalStatus,
     WithdrawalUpdated,
@@ -85,11 +86,21 @@ def wallet_body(view: WalletView) -> dict[str, Any]:
         "metadata": view.metadata or {},
         "created_at": timestamp(view.created_at_us),
         "updated_at": timestamp(view.updated_at_us),
+        "overdraft_limit": view.overdraft_limit,
+        "spend_limits": {"daily": view.daily_limit, "monthly": view.monthly_limit},
+        "spent": {"daily": view.spent_daily, "monthly": view.spent_monthly},
     }
 
 
-def created_wallet_body(event: WalletCreated) -> dict[str, Any]:
-    """The wallet as it was when created: what an idempotent replay answers."""
+def limits_body(overdraft_limit: int, daily_limit: int | None, monthly_limit: int | None) -> dict[str, Any]:
+    return {"overdraft_limit": overdraft_limit, "spend_limits": {"daily": daily_limit, "monthly": monthly_limit}}
+
+
+def created_wallet_body(
+    event: WalletCreated, overdraft_limit: int = 0, daily_limit: int | None = None, monthly_limit: int | None = None,
+) -> dict[str, Any]:
+    """The wallet as it was when created: what an idempotent replay answers (the limits are
+    the request's: a replay has the same body)."""
     return {
         "id": event.wallet_id,
         "owner_id": event.owner_id,
@@ -101,6 +112,8 @@ def created_wallet_body(event: WalletCreated) -> dict[str, Any]:
         "metadata": event.metadata or {},
         "created_at": timestamp(event.at_us),
         "updated_at": timestamp(event.at_us),
+        **limits_body(overdraft_limit, daily_limit, monthly_limit),
+        "spent": {"daily": 0, "monthly": 0},
     }
 
 
@@ -218,6 +231,7 @@ EVENT_TYPES = (
     "deposit.posted", "transfer.posted", "transfer.pending", "transfer.voided", "transfer.expired",
     "withdrawal.pending", "withdrawal.processing", "withdrawal.completed", "withdrawal.failed", "withdrawal.dead",
     "token.created", "token.revoked", "alert.created", "alert.deleted", "alert.triggered",
+    "wallet.updated",
 )
 
 STATUS_EVENT = {WalletStatus.FROZEN: "wallet.frozen", WalletStatus.ACTIVE: "wallet.unfrozen",
@@ -272,6 +286,11 @@ def event_body(lsn: int, event: Event) -> dict[str, Any]:
     elif isinstance(event, WalletCreated):
         kind = "wallet.created"
         data = {"wallet_id": event.wallet_id, "owner_id": event.owner_id, "asset": event.asset,
+                "metadata": event.metadata or {}}
+    elif isinstance(event, WalletUpdated):
+        kind = "wallet.updated"
+        data = {"wallet_id": event.wallet_id,
+                **limits_body(event.overdraft_limit, event.daily_limit, event.monthly_limit),
                 "metadata": event.metadata or {}}
     elif isinstance(event, WalletStatusChanged):
         kind = STATUS_EVENT[event.status]

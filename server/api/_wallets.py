@@ -18,6 +18,7 @@ from ledger import (
     Rejection,
     TransactionStatus,
     TransactionType,
+    UpdateWallet,
     WalletCreated,
     WalletStatus,
     WalletView,
@@ -78,17 +79,25 @@ class Wallets:
                 "owner_id": (True, v.owner_identifier),
                 "asset": (True, v.asset_code),
                 "metadata": (False, v.metadata),
+                "overdraft_limit": (False, v.overdraft_limit),
+                "spend_limits": (False, v.spend_limits),
             },
         )
         if caller.owner_id is not None and body["owner_id"] != caller.owner_id:
             raise forbidden(f"this token acts for owner {caller.owner_id} only")
+        if caller.owner_id is not None and ("overdraft_limit" in body or "spend_limits" in body):
+            # An overdraft is credit: only an admin grants it (and sets limits, as PATCH).
+            raise forbidden("only an admin sets a wallet's limits")
         idempotency = None
         if key is not None:
             idempotency = Idempotency(scope=caller.scope, key=key, fingerprint=fingerprint(request, raw))
         wallet_id = body.get("id") or "w_" + secrets.token_hex(10)
+        spend = body.get("spend_limits", {})
+        limits = (body.get("overdraft_limit", 0), spend.get("daily") or None, spend.get("monthly") or None)
         command = CreateWallet(
             wallet_id=wallet_id, owner_id=body["owner_id"], asset=body["asset"],
             metadata=body.get("metadata"), idempotency=idempotency,
+            overdraft_limit=limits[0], daily_limit=limits[1], monthly_limit=limits[2],
         )
         decision = await call(self._deps.port().create_wallet(command))
         if isinstance(decision, Rejection):
@@ -96,12 +105,40 @@ class Wallets:
         if isinstance(decision, Duplicate):
             replayed = decision.record.event
             assert isinstance(replayed, WalletCreated)
-            return json_response(created_wallet_body(replayed), 201)
+            return json_response(created_wallet_body(replayed, *limits), 201)
         if decision:
-            (event,) = decision
+            event = decision[0]
             assert isinstance(event, WalletCreated)
-            return json_response(created_wallet_body(event), 201)
+            return json_response(created_wallet_body(event, *limits), 201)
         return json_response(wallet_body(await self.wallet_view(wallet_id)), 200)
+
+    async def update_wallet(self, request: Request) -> Response:
+        """``PATCH /v1/wallets/{id}`` (admin): limits and metadata. Absent fields stay as they
+        are; a spend limit of null removes it; metadata null clears it."""
+        await admin(self._deps, request)
+        raw = await v.json_object(request)
+        body = v.fields(
+            raw,
+            {
+                "overdraft_limit": (False, v.overdraft_limit),
+                "spend_limits": (False, v.spend_limits),
+                "metadata": (False, v.metadata),
+            },
+        )
+        wallet_id = path_wallet_id(request)
+        if is_treasury(wallet_id):
+            raise forbidden("treasury wallets are managed by the system")
+        spend = body.get("spend_limits", {})
+        metadata = body.get("metadata", ...)
+        command = UpdateWallet(
+            wallet_id=wallet_id, overdraft_limit=body.get("overdraft_limit"),
+            daily_limit=spend.get("daily"), monthly_limit=spend.get("monthly"),
+            metadata=None if metadata is ... else (metadata or {}),
+        )
+        decision = await call(self._deps.port().update_wallet(command))
+        if isinstance(decision, Rejection):
+            raise rejected(decision)
+        return json_response(wallet_body(await self.wallet_view(wallet_id)))
 
     async def get_wallet(self, request: Request) -> Response:
         caller = await authenticate(self._deps, request)

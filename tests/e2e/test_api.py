@@ -728,7 +728,7 @@ def test_unknown_route_is_404_not_found(http: httpx.Client) -> None:
 def test_wrong_method_is_405(http: httpx.Client) -> None:
     for method, path in (
         ("DELETE", "/v1/wallets"), ("PUT", "/v1/assets"), ("GET", "/v1/transfers"), ("GET", "/v1/deposits"),
-        ("PATCH", "/v1/wallets/x"), ("GET", "/v1/wallets/x/freeze"), ("POST", "/health"),
+        ("PUT", "/v1/wallets/x"), ("GET", "/v1/wallets/x/freeze"), ("POST", "/health"),  # PATCH exists: limits
     ):
         assert_problem(http.request(method, path), 405, "method_not_allowed")
 

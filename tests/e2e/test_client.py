@@ -5,8 +5,8 @@ pages; and retries that reuse their ``Idempotency-Key`` so that money moves once
 lost after the server acted, and a ``503`` with ``Retry-After`` in front of the server.
 
 Alerts, search and webhook endpoints are driven here too (webhook delivery itself is
-``tests/e2e/test_webhooks.py``); the routes of the contract still to come (refunds, wallet
-limits, cluster) are checked against a fake server in ``tests/wallet_client``."""
+``tests/e2e/test_webhooks.py``), and wallet limits; the routes of the contract still to come
+(refunds, cluster) are checked against a fake server in ``tests/wallet_client``."""
 
 from __future__ import annotations
 
@@ -133,6 +133,29 @@ def test_wallets_money_and_history(admin: WalletClient) -> None:
         admin.close_wallet(bob)
     assert not_empty.value.code == "wallet_not_empty"
     assert admin.close_wallet(made.id).status == "closed"
+
+
+def test_wallet_limits_through_the_client(admin: WalletClient) -> None:
+    payer = uid("payer")
+    made = admin.create_wallet("dora", "USD", id=payer, overdraft_limit=100, spend_limits={"daily": 100})
+    assert (made.overdraft_limit, made.spend_limits, made.spent) == (100, {"daily": 100, "monthly": None},
+                                                                      {"daily": 0, "monthly": 0})
+    payee = funded(admin, "erin", 0)
+    admin.deposit(payer, 30)
+    admin.transfer(payer, payee, 70)  # 30 of its own and 40 of the overdraft (100)
+    wallet = admin.get_wallet(payer)
+    assert (wallet.available, wallet.spent) == (-40, {"daily": 70, "monthly": 70})
+    with pytest.raises(wc.SpendLimitExceeded) as over:
+        admin.transfer(payer, payee, 31)
+    assert over.value.code == "spend_limit_exceeded" and "daily spend limit of 100" in str(over.value.detail)
+    updated = admin.update_wallet(payer, spend_limits={"daily": None, "monthly": 80}, metadata={"k": "v"})
+    assert (updated.overdraft_limit, updated.spend_limits, updated.metadata) == (
+        100, {"daily": None, "monthly": 80}, {"k": "v"})
+    assert admin.update_wallet(payer, overdraft_limit=0).overdraft_limit == 0  # below the deficit: allowed
+    with pytest.raises(wc.InsufficientFunds):
+        admin.transfer(payer, payee, 1)
+    with pytest.raises(wc.NotFound):
+        admin.update_wallet(uid("ghost"), overdraft_limit=1)
 
 
 def test_typed_problems_carry_their_code(admin: WalletClient, live: ServerProcess) -> None:

@@ -36,6 +36,7 @@ from ledger import (
     TransactionType,
     Transfer,
     Transferred,
+    UpdateWallet,
     Wallet,
     WalletCreated,
     WalletStatus,
@@ -181,11 +182,13 @@ def test_the_table_order_is_the_check_order() -> None:
     rows = [
         Reason.SENDER_NOT_FOUND, Reason.FORBIDDEN, Reason.RECEIVER_NOT_FOUND, Reason.SAME_WALLET,
         Reason.ASSET_MISMATCH, Reason.SENDER_FROZEN, Reason.SENDER_CLOSED, Reason.RECEIVER_CLOSED,
-        Reason.INSUFFICIENT_FUNDS, Reason.BALANCE_OVERFLOW,
+        Reason.INSUFFICIENT_FUNDS, Reason.SPEND_LIMIT_EXCEEDED, Reason.BALANCE_OVERFLOW,
     ]
     assert table_reasons() == rows
     assert sorted(TRANSFER_CHECK_ORDER, key=TRANSFER_CHECK_ORDER.__getitem__) == rows
     members = list(Reason)
+    # SPEND_LIMIT_EXCEEDED came later: appended to ``Reason``, so only the others keep its order.
+    rows.remove(Reason.SPEND_LIMIT_EXCEEDED)
     assert [members.index(reason) for reason in rows] == sorted(members.index(reason) for reason in rows)
 
 
@@ -318,6 +321,44 @@ def test_row_7_treasuries_are_exempt(book: Book, layout: str) -> None:
     assert event.from_wallet_id == treasury_id("USD")
     assert event.type == TransactionType.DEPOSIT
     assert_accepted(decide_in(layout, book.state, book.transfer(treasury_id("USD"), "bob", 12345)))
+
+
+def test_row_7_overdraft_limit_lets_available_go_down_to_minus_the_limit(book: Book, layout: str) -> None:
+    book.accept(UpdateWallet(wallet_id="alice", overdraft_limit=50))
+    # alice has 100 and may go to -50: 151 is one too many, whatever her spend limits say.
+    refused = decide_in(layout, book.state, book.transfer("alice", "bob", 151))
+    assert_rejected(refused, Reason.INSUFFICIENT_FUNDS)
+    assert isinstance(refused, Rejection) and "overdraft limit of 50" in refused.detail
+    book.accept(book.transfer("alice", "bob", 150))
+    assert book.state.wallets["alice"].available == -50
+    assert_rejected(decide_in(layout, book.state, book.transfer("alice", "bob", 1)), Reason.INSUFFICIENT_FUNDS)
+
+
+def test_row_7_insufficient_funds_beats_the_spend_limit(book: Book, layout: str) -> None:
+    book.accept(UpdateWallet(wallet_id="alice", daily_limit=10))
+    assert_rejected(decide_in(layout, book.state, book.transfer("alice", "bob", 101)), Reason.INSUFFICIENT_FUNDS)
+
+
+def test_row_7b_spend_limit_daily_then_monthly_beats_the_receivers_overflow(book: Book, layout: str) -> None:
+    book.accept(book.transfer(None, "bob", INT64_MAX - 99))  # bob overflows past 99 more
+    book.accept(UpdateWallet(wallet_id="alice", overdraft_limit=1000, daily_limit=200, monthly_limit=250))
+    book.accept(book.transfer("alice", "dan", 20))
+    refused = decide_in(layout, book.state, book.transfer("alice", "bob", 181))
+    assert_rejected(refused, Reason.SPEND_LIMIT_EXCEEDED)
+    assert isinstance(refused, Rejection)
+    assert refused.detail == ("wallet alice has a daily spend limit of 200, has spent 20 in this day (UTC), "
+                              "181 requested")
+    assert_rejected(decide_in(layout, book.state, book.transfer("alice", "bob", 180)), Reason.BALANCE_OVERFLOW)
+    book.accept(book.transfer("alice", "dan", 80))
+    # The next day the daily window is empty; the month's still counts 100.
+    tomorrow = START_US + 86_400_000_000
+    refused = decide_in(layout, book.state, book.transfer("alice", "dan", 151), now_us=tomorrow)
+    assert_rejected(refused, Reason.SPEND_LIMIT_EXCEEDED)
+    assert isinstance(refused, Rejection) and "monthly spend limit of 250, has spent 100" in refused.detail
+    assert_accepted(decide_in(layout, book.state, book.transfer("alice", "dan", 150), now_us=tomorrow))
+    # Deposits into alice never count (the treasury has no limits).
+    book.accept(book.transfer("bob", "alice", 500), at_us=tomorrow)
+    assert book.state.wallets["alice"].spent_at(tomorrow) == (0, 100)
 
 
 def test_row_8_receiver_overflow(book: Book, layout: str) -> None:

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 
 import ledger._snapshot
 from ledger import (
+    DAY_US,
     IDEMPOTENCY_RETENTION_US,
     INT64_MAX,
     SNAPSHOT_CODEC_VERSION,
@@ -39,6 +40,7 @@ from ledger import (
     TransactionType,
     Transfer,
     TransfersPosted,
+    UpdateWallet,
     WalletCreated,
     WalletStatus,
     apply,
@@ -108,12 +110,20 @@ commands: st.SearchStrategy[Command] = st.one_of(
         prefix=st.sampled_from(PREFIXES), owner_id=st.sampled_from(OWNERS),
     ),
     st.builds(RevokeToken, prefix=st.sampled_from(PREFIXES)),
+    # Wallet limits: overdrafts, spend limits (0 removes one), metadata.
+    st.builds(
+        UpdateWallet, wallet_id=st.sampled_from(WALLETS),
+        overdraft_limit=st.none() | st.integers(min_value=0, max_value=300) | st.just(INT64_MAX),
+        daily_limit=st.none() | st.integers(min_value=0, max_value=500),
+        monthly_limit=st.none() | st.integers(min_value=0, max_value=2000), metadata=metadatas,
+    ),
     # Holds and withdrawals: markers that ``states`` turns into commands on what exists.
     st.just("hold"), st.just("hold"), st.just("resolve"), st.just("withdraw"), st.just("payout"),
     st.just("expire"),
 )
 # Time steps: mostly small, sometimes past the idempotency retention so records expire.
-steps_us = st.one_of(st.integers(min_value=0, max_value=10**6), st.just(IDEMPOTENCY_RETENTION_US + 1))
+steps_us = st.one_of(st.integers(min_value=0, max_value=10**6), st.just(IDEMPOTENCY_RETENTION_US + 1),
+                     st.sampled_from([DAY_US // 3, 31 * DAY_US]))  # spend windows roll over
 
 
 # A batch: its accepted transfers become one record, so their idempotency records share an LSN.
@@ -217,7 +227,7 @@ def everything(state: State) -> Any:
     directory = state.directory
     wallets = [
         (w.id, w.owner_id, w.asset, w.metadata, w.balance, w.held, w.status, type(w.status),
-         w.created_at_us, w.updated_at_us, w.lsn)
+         w.created_at_us, w.updated_at_us, w.lsn, w.limits, w.window, w.spent_day, w.spent_month)
         for w in sorted(state.wallets.values(), key=lambda w: w.id)
     ]
     return (
@@ -259,8 +269,10 @@ def test_the_empty_state_round_trips() -> None:
     state = new_state()
     assert count_records(state) == 0
     chunks = list(encode_state(state))
-    assert len(chunks) == 1
+    # The header, then the version 4 limits section's count (0 wallets with limits or spending).
+    assert len(chunks) == 2
     assert msgpack.unpackb(chunks[0]) == [SNAPSHOT_CODEC_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert msgpack.unpackb(chunks[1]) == 0
     assert_same(decode_state(b"".join(chunks)), state)
 
 
@@ -295,6 +307,7 @@ def test_the_body_layout_matches_the_docstring() -> None:
         [treasury_id("USD"), "system", "USD", None, -5, 0, 0, 1, 4, 5],
         ["w000000", "alice", "USD", {"n": 0}, 5, 0, 0, 3, 4, 5],
         ["w000001", "alice", "USD", {"n": 1}, 0, 0, 0, 3, 3, 4],
+        0,  # the limits section: no wallet has limits or spent (a deposit is not spending)
     ]
 
 
@@ -305,8 +318,29 @@ def test_a_version_1_body_still_decodes() -> None:
     unpacker.feed(body_of(state))
     objects = list(unpacker)
     objects[0] = [1, *objects[0][1:7]]
+    assert objects.pop() == 0  # nor the limits section (version 4)
     decoded = decode_state(packed(*objects))
     assert_same(decoded, state)
+
+
+def test_a_version_3_body_still_decodes_without_limits_or_spending() -> None:
+    state = built(2)
+    run(state, UpdateWallet(wallet_id="w000000", overdraft_limit=7, daily_limit=3), 5)
+    run(state, Transfer(transaction_id="tx9", type=TransactionType.TRANSFER, from_wallet_id="w000000",
+                        to_wallet_id="w000001", amount=2, description=None, metadata=None, idempotency=None), 6)
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(body_of(state))
+    objects = list(unpacker)
+    window = state.wallets["w000000"].window
+    assert window is not None
+    assert objects[-2:] == [1, ["w000000", 7, 3, None, -7, window.day, 2, 2]]
+    assert_same(decode_state(packed(*objects)), state)
+    assert objects[0][-1] == 0  # no refusals
+    objects[0] = [3, *objects[0][1:-1]]
+    decoded = decode_state(packed(*objects[:-2]))
+    assert decoded.wallets["w000000"].limits is None
+    assert decoded.wallets["w000000"].window is None
+    assert decoded.wallets["w000000"].balance == 3
 
 
 def test_holds_and_withdrawals_round_trip_and_rebuild_the_routes() -> None:
@@ -330,6 +364,7 @@ def test_chunks_hold_at_most_chunk_records_entities() -> None:
     state = built(2 * ledger._snapshot.CHUNK_RECORDS + 5)
     records = count_records(state)
     assert records == 1 + 1 + 1 + 2 * ledger._snapshot.CHUNK_RECORDS + 5 + 1
+    records += 1  # the limits section's count, not an entity
     chunks = list(encode_state(state))
     sizes = []
     for chunk in chunks:
@@ -337,7 +372,7 @@ def test_chunks_hold_at_most_chunk_records_entities() -> None:
         unpacker.feed(chunk)
         sizes.append(sum(1 for _ in unpacker))
     assert sizes[0] == 1  # the header alone
-    assert sizes[1:] == [ledger._snapshot.CHUNK_RECORDS, ledger._snapshot.CHUNK_RECORDS, 9]
+    assert sizes[1:] == [ledger._snapshot.CHUNK_RECORDS, ledger._snapshot.CHUNK_RECORDS, 10]
     assert_same(decode_state(b"".join(chunks)), state)
 
 
@@ -378,7 +413,8 @@ def packed(*objects: Any) -> bytes:
     return b"".join(msgpack.packb(item, use_bin_type=True) for item in objects)
 
 
-GOOD_HEADER = [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 0, 0, 1, 0, 0, 0, 0, 0]
+GOOD_HEADER = [3, 5, 4, 1, 0, 0, 1, 0, 0, 0, 0]  # version 3: no refusals, no limits section (GOOD_V4 has them)
+GOOD_V4 = [4, *GOOD_HEADER[1:], 0]
 GOOD_ASSET = ["USD", 2, 1]
 GOOD_WALLET = [treasury_id("USD"), "system", "USD", None, 0, 0, 0, 1, 1, 1]
 WALLET_CREATED = encode_event(
@@ -389,6 +425,7 @@ WALLET_CREATED = encode_event(
 
 def test_the_garbage_fixtures_decode_when_intact() -> None:
     decode_state(packed(GOOD_HEADER, GOOD_ASSET, GOOD_WALLET))
+    decode_state(packed(GOOD_V4, GOOD_ASSET, GOOD_WALLET, 0))
 
 
 def _with(base: list[Any], index: int, value: Any) -> list[Any]:
@@ -402,8 +439,19 @@ def _with(base: list[Any], index: int, value: Any) -> list[Any]:
         (packed([]), "expected an array"),
         (packed({"version": 1}), "expected an array"),
         (packed(_with(GOOD_HEADER, 0, 5)), "unknown snapshot codec version 5"),
+        (packed(GOOD_V4, GOOD_ASSET, GOOD_WALLET), "undecodable"),  # the limits section is missing
+        (packed(GOOD_V4, GOOD_ASSET, GOOD_WALLET, 2, [treasury_id("USD"), 0, None, None, 0, None, 0, 0]),
+         "limits count"),
+        (packed(GOOD_V4, GOOD_ASSET, GOOD_WALLET, 1, ["w", 0, None, None, 0, None, 0, 0]), "unknown wallet"),
+        (packed(GOOD_V4, GOOD_ASSET, GOOD_WALLET, 1, [treasury_id("USD"), -1, None, None, 0, None, 0, 0]),
+         "overdraft limit"),
+        (packed(GOOD_V4, GOOD_ASSET, GOOD_WALLET, 1, [treasury_id("USD"), 0, 0, None, 0, None, 0, 0]),
+         "daily limit"),
+        (packed(GOOD_V4, GOOD_ASSET, GOOD_WALLET, 1, [treasury_id("USD"), None, None, None, None, 1, -1, 0]),
+         "spent today"),
         (packed(_with(GOOD_HEADER, 0, True)), "unknown snapshot codec version True"),
-        (packed(GOOD_HEADER[:-1]), "expected an array of 12"),
+        (packed(GOOD_HEADER[:-1]), "expected an array of 11"),
+        (packed(GOOD_V4[:-1]), "expected an array of 12"),
         (packed(_with(GOOD_HEADER, 1, -1)), "lsn"),
         (packed(_with(GOOD_HEADER, 3, 10**6)), "asset count"),
         (packed(GOOD_HEADER, GOOD_ASSET), "undecodable"),  # truncated: the wallet is missing
@@ -429,7 +477,8 @@ def _with(base: list[Any], index: int, value: Any) -> list[Any]:
          "idempotency lsn"),
     ],
     ids=[
-        "empty", "header-empty", "header-map", "version", "version-bool", "header-short", "lsn",
+        "empty", "header-empty", "header-map", "version", "limits-missing", "limits-count", "limits-wallet",
+        "limits-overdraft", "limits-daily", "limits-spent", "version-bool", "header-short", "header-short-v4", "lsn",
         "count-past-body", "truncated", "trailing", "scale-type", "asset-twice", "status", "balance",
         "held", "wallet-lsn", "metadata", "wallet-id-type", "wallet-order", "map-key", "utf8",
         "event-garbage", "event-kind", "idempotency-lsn",

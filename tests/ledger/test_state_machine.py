@@ -8,7 +8,8 @@ fresh replay of every accepted event through the codec.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import hypothesis.strategies as st
@@ -38,9 +39,11 @@ from ledger import (
     TransactionType,
     Transfer,
     Transferred,
+    UpdateWallet,
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
+    WalletUpdated,
     apply,
     check_invariants,
     decide,
@@ -81,6 +84,23 @@ class ModelWallet:
     asset: str
     balance: int = 0
     status: WalletStatus = WalletStatus.ACTIVE
+    metadata: dict[str, Any] | None = None
+    overdraft: int = 0
+    daily: int | None = None
+    monthly: int | None = None
+    # Every spending (at_us, amount): the windows are summed from it with ``datetime``.
+    spendings: list[tuple[int, int]] = field(default_factory=list)
+
+    def spent(self, now_us: int) -> tuple[int, int]:
+        now = datetime.fromtimestamp(now_us / 1e6, UTC)
+        daily = monthly = 0
+        for at_us, amount in self.spendings:
+            moment = datetime.fromtimestamp(at_us / 1e6, UTC)
+            if (moment.year, moment.month) == (now.year, now.month):
+                monthly += amount
+                if moment.day == now.day:
+                    daily += amount
+        return daily, monthly
 
 
 @dataclass(frozen=True)
@@ -196,7 +216,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(
         delta_us=st.sampled_from(
             [0, 1, 1_000_000, IDEMPOTENCY_RETENTION_US - 1, IDEMPOTENCY_RETENTION_US,
-             IDEMPOTENCY_RETENTION_US + 1]
+             IDEMPOTENCY_RETENTION_US + 1, 7 * 3600 * 1_000_000, 16 * IDEMPOTENCY_RETENTION_US]
         )
     )
     def advance_clock(self, delta_us: int) -> None:
@@ -221,10 +241,12 @@ class LedgerMachine(RuleBasedStateMachine):
         asset=st.sampled_from(WALLET_ASSETS),
         metadata=metadatas,
         idempotency=idempotencies,
+        overdraft=st.sampled_from([0, 0, 0, 40]),
+        daily=st.sampled_from([None, None, 25]),
     )
     def create_wallet(
         self, wallet_id: str, owner_id: str, asset: str, metadata: dict[str, Any] | None,
-        idempotency: Idempotency | None,
+        idempotency: Idempotency | None, overdraft: int = 0, daily: int | None = None,
     ) -> None:
         expected = self.model_key(idempotency)
         if expected is None:
@@ -241,14 +263,54 @@ class LedgerMachine(RuleBasedStateMachine):
                         at_us=self.now_us, idempotency=idempotency,
                     )
                 ]
+                if overdraft or daily is not None:
+                    expected.append(WalletUpdated(wallet_id=wallet_id, overdraft_limit=overdraft, daily_limit=daily,
+                                                  monthly_limit=None, metadata=metadata, at_us=self.now_us))
         command = CreateWallet(
             wallet_id=wallet_id, owner_id=owner_id, asset=asset, metadata=metadata,
-            idempotency=idempotency,
+            idempotency=idempotency, overdraft_limit=overdraft, daily_limit=daily,
         )
         self.execute(command, expected)
         if isinstance(expected, list) and expected:
             self.model_accepted(expected)
-            self.wallets[wallet_id] = ModelWallet(owner_id=owner_id, asset=asset)
+            self.wallets[wallet_id] = ModelWallet(owner_id=owner_id, asset=asset, metadata=metadata,
+                                                  overdraft=overdraft, daily=daily)
+
+    @rule(
+        data=st.data(),
+        overdraft=st.sampled_from([None, 0, 50, 1000]),
+        daily=st.sampled_from([None, 0, 30, 500]),
+        monthly=st.sampled_from([None, 0, 100, 2000]),
+        metadata=st.sampled_from([None, {}, {"tier": "gold"}]),
+    )
+    def update_wallet(
+        self, data: st.DataObject, overdraft: int | None, daily: int | None, monthly: int | None,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        wallet_id = self.some_wallet_id(data, "wallet_id")
+        wallet = self.wallets.get(wallet_id)
+        expected: Expected
+        if wallet is None or is_treasury(wallet_id):
+            expected = Reason.SENDER_NOT_FOUND
+        elif wallet.status == WalletStatus.CLOSED:
+            expected = Reason.WALLET_CLOSED
+        else:
+            new = (wallet.overdraft if overdraft is None else overdraft,
+                   wallet.daily if daily is None else (daily or None),
+                   wallet.monthly if monthly is None else (monthly or None),
+                   wallet.metadata if metadata is None else metadata)
+            if new == (wallet.overdraft, wallet.daily, wallet.monthly, wallet.metadata):
+                expected = []
+            else:
+                expected = [WalletUpdated(wallet_id=wallet_id, overdraft_limit=new[0], daily_limit=new[1],
+                                          monthly_limit=new[2], metadata=new[3], at_us=self.now_us)]
+        command = UpdateWallet(wallet_id=wallet_id, overdraft_limit=overdraft, daily_limit=daily,
+                               monthly_limit=monthly, metadata=metadata)
+        self.execute(command, expected)
+        if isinstance(expected, list) and expected:
+            assert wallet is not None
+            self.model_accepted(expected)
+            wallet.overdraft, wallet.daily, wallet.monthly, wallet.metadata = new
 
     def model_transfer(self, command: Transfer) -> Expected:
         """The whole rejection table, top to bottom, on one boring dict."""
@@ -279,8 +341,14 @@ class LedgerMachine(RuleBasedStateMachine):
             return Reason.SENDER_CLOSED
         if receiver.status == WalletStatus.CLOSED:
             return Reason.RECEIVER_CLOSED
-        if not is_treasury(sender_id) and sender.balance < command.amount:
+        if not is_treasury(sender_id) and sender.balance + sender.overdraft < command.amount:
             return Reason.INSUFFICIENT_FUNDS
+        if command.type == TransactionType.TRANSFER and not is_treasury(sender_id):
+            daily, monthly = sender.spent(self.now_us)
+            if sender.daily is not None and daily + command.amount > sender.daily:
+                return Reason.SPEND_LIMIT_EXCEEDED
+            if sender.monthly is not None and monthly + command.amount > sender.monthly:
+                return Reason.SPEND_LIMIT_EXCEEDED
         if receiver.balance + command.amount > INT64_MAX:
             return Reason.BALANCE_OVERFLOW
         if is_treasury(sender_id) and sender.balance - command.amount < INT64_MIN:
@@ -303,6 +371,8 @@ class LedgerMachine(RuleBasedStateMachine):
             assert isinstance(event, Transferred)
             self.wallets[event.from_wallet_id].balance -= event.amount
             self.wallets[event.to_wallet_id].balance += event.amount
+            if event.type == TransactionType.TRANSFER and not is_treasury(event.from_wallet_id):
+                self.wallets[event.from_wallet_id].spendings.append((event.at_us, event.amount))
 
     def owner_for(self, caller: str, wallet_id: str) -> str | None:
         """The ``owner_id`` a transfer from ``wallet_id`` carries when ``caller`` asks."""
@@ -458,6 +528,11 @@ class LedgerMachine(RuleBasedStateMachine):
             assert wallet.owner_id == model.owner_id, (wallet, model)
             assert wallet.asset == model.asset, (wallet, model)
             assert wallet.held == 0, wallet
+            limits = wallet.limits
+            assert (0 if limits is None else limits.overdraft) == model.overdraft, (wallet, model)
+            assert (None if limits is None else limits.daily) == model.daily, (wallet, model)
+            assert (None if limits is None else limits.monthly) == model.monthly, (wallet, model)
+            assert wallet.spent_at(self.now_us) == model.spent(self.now_us), (wallet, model)
         directory = self.state.directory
         assert {code: asset.scale for code, asset in directory.assets.items()} == self.assets
         assert dict(directory.token_prefixes) == self.tokens

@@ -25,6 +25,10 @@ is exactly reproducible (``SIM_SEED=n make sim``). After every crash the real re
 4. if recovery refuses a damaged log, the damage lies in bytes that were never fsynced, and
    cutting the log there (what ``wallet wal repair --truncate-at-lsn`` does) loses nothing
    that was acknowledged;
+6. wallet limits hold in the log: right after every debit a wallet asked for (a transfer, a
+   hold, a withdrawal), its spending in the record's UTC day and month is within the spend
+   limits in force and its available within its overdraft limit; the recovered limits and
+   spending equal the replay's for every wallet;
 5. balance alerts fire once per crossing through every crash: a reference model walks the
    whole log (balances and holds by plain arithmetic, each alert's condition before each change
    of its wallet) and the firings in the log, plus those recovery found owed (a crash cut the
@@ -79,9 +83,11 @@ from ledger import (
     Transfer,
     Transferred,
     TransfersPosted,
+    UpdateWallet,
     WalletCreated,
     WalletStatus,
     build_snapshot,
+    counts_as_spend,
     decode_event,
     digest_state,
     new_state,
@@ -211,6 +217,7 @@ class Stats:
     kinds: dict[str, int] = field(default_factory=dict)  # records in the whole log, by kind
     firings: int = 0  # alert firings in the whole log at the last check
     owed_firings: int = 0  # firings recovery found owed and recorded before serving
+    limited_debits: int = 0  # debits of wallets with limits checked against them (oracle 6)
 
 
 EDGE_AMOUNTS = [1, 2, 3, 7, 255, 256, 1000, 2**31, 2**32 + 1, AMOUNT_MAX - 1, AMOUNT_MAX]
@@ -410,6 +417,7 @@ class Simulation:
                     seen_keys[key] = at_us
             apply_event(fresh, event, lsn)
             oracle.see(event)
+            self.check_limits(fresh, event)
         self.stats.kinds = kinds
         owed = Counter((f.alert_id, f.value, f.transaction_id) for shard in self.ledger.shards for f in shard.state.crossings)
         if oracle.mismatches:
@@ -431,8 +439,33 @@ class Simulation:
                 if not alone <= batch:
                     raise self.fail(f"the record at LSN {lsn} mixes an atomic batch with other transfers")
         self.ledger.check_invariants()
+        for wallet in self.ledger.all_wallets():
+            twin = fresh.wallets[wallet.id]
+            if (wallet.limits, wallet.window, wallet.spent_day, wallet.spent_month) != (
+                    twin.limits, twin.window, twin.spent_day, twin.spent_month):
+                raise self.fail(f"recovered limits or spending of {wallet.id} differ from a fresh replay")
         if digest_state(fresh) != self.ledger.digest():
             raise self.fail("recovered state differs from a fresh replay of the whole log")
+
+    def check_limits(self, state: Any, event: Any) -> None:
+        """Oracle 6 for one applied record: every counted debit in it left its wallet within
+        the limits in force (a batch's items are checked after the whole record, which is
+        stricter: the spending only grows within a record)."""
+        debits = [t for t in transfers_of(event) if counts_as_spend(t.type)]
+        if isinstance(event, HoldCreated):
+            debits.append(event)
+        for debit in debits:
+            wallet = state.wallets[debit.from_wallet_id]
+            limits = wallet.limits
+            if limits is None:
+                continue
+            self.stats.limited_debits += 1
+            daily, monthly = wallet.spent_at(debit.at_us)
+            if (limits.daily is not None and daily > limits.daily) or (
+                    limits.monthly is not None and monthly > limits.monthly):
+                raise self.fail(f"{wallet.id} spent {daily}/{monthly} over its limits {limits}")
+            if wallet.available < -limits.overdraft:
+                raise self.fail(f"{wallet.id} has {wallet.available} available past its overdraft {limits}")
 
     # -- the workload ----------------------------------------------------------------------
 
@@ -495,6 +528,12 @@ class Simulation:
             return CreateWallet(wallet_id=wallet, owner_id=self.rng.choice(["o1", "o2"]),
                                 asset=self.rng.choice(self.assets), metadata=None,
                                 idempotency=self.key() if self.rng.random() < 0.3 else None)
+        if roll < 0.17:
+            return UpdateWallet(
+                wallet_id=wallet, overdraft_limit=self.rng.choice([None, 0, 500, 5000]),
+                daily_limit=self.rng.choice([None, None, 0, 2000, 10_000]),
+                monthly_limit=self.rng.choice([None, None, 0, 5000, 50_000]),
+            )
         if roll < 0.20:
             status = self.rng.choice([WalletStatus.FROZEN, WalletStatus.ACTIVE, WalletStatus.ACTIVE, WalletStatus.CLOSED])
             return ChangeWalletStatus(wallet_id=wallet, status=status)
@@ -595,7 +634,7 @@ class Simulation:
                     self.stats.rejected += 1  # deleted meanwhile: the router answers, no actor
                     return
                 reply = ledger.shards[shard_of(wallet_id, shards)].submit_command(command)
-            elif isinstance(command, CreateWallet | ChangeWalletStatus):
+            elif isinstance(command, CreateWallet | ChangeWalletStatus | UpdateWallet):
                 reply = ledger.shards[shard_of(command.wallet_id, len(ledger.shards))].submit_command(command)
             elif isinstance(command, CreateAsset):
                 reply = ledger.shards[shard_of("treasury:" + command.code, len(ledger.shards))].submit_command(command)
@@ -726,7 +765,8 @@ class Simulation:
             if before is None and ledger.wal.failed is not None:
                 self.stats.storage_failures += 1
         elif roll < 0.95:
-            self.now_ns += self.rng.choice([10**6, 10**9, 25 * 3600 * 10**9])
+            # 25 h and 31 days: spend windows roll over (day and month).
+            self.now_ns += self.rng.choice([10**6, 10**9, 25 * 3600 * 10**9, 31 * 24 * 3600 * 10**9])
         elif roll < 0.96:
             self.snapshot()
         elif roll < 0.97:

@@ -41,19 +41,23 @@ def test_the_faults_are_exercised_across_the_ci_seeds() -> None:
 
 
 def test_holds_and_withdrawals_are_exercised() -> None:
-    """The workload reaches every hold and payout record kind, and records refusals (final
-    outcomes), through crashes. Since refused keys stay refused, fewer withdrawals get far
-    enough to be refused by the bank: the seeds run until every kind was seen."""
+    """The workload reaches every hold and payout record kind, records refusals (final
+    outcomes) and wallet limits, through crashes. Since refused keys stay refused, fewer
+    withdrawals get far enough to be refused by the bank: the seeds run until every kind was seen."""
     wanted = ("HoldCreated", "HoldCaptured", "HoldVoided.voided", "HoldVoided.expired", "HoldVoided.refused",
-              "WithdrawalUpdated", "RequestsRefused")
+              "WithdrawalUpdated", "RequestsRefused", "WalletUpdated")
     kinds: dict[str, int] = {}
+    limited = 0
     for seed in CI_SEEDS:
-        for kind, count in Simulation(seed, steps=STEPS).run().kinds.items():
+        stats = Simulation(seed, steps=STEPS).run()
+        limited += stats.limited_debits
+        for kind, count in stats.kinds.items():
             kinds[kind] = kinds.get(kind, 0) + count
-        if all(kinds.get(kind, 0) > 0 for kind in wanted):
+        if limited > 0 and all(kinds.get(kind, 0) > 0 for kind in wanted):
             break
     for kind in wanted:
         assert kinds.get(kind, 0) > 0, (kind, kinds)
+    assert limited > 0  # the limits oracle saw debits of wallets with limits
 
 
 def test_a_seed_replays_exactly() -> None:
