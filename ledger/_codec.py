@@ -31,10 +31,16 @@ inside a payload.
     16   | AlertDeleted         | alert_id, wallet_id, at_us
     17   | AlertsTriggered      | at_us, [[alert_id, wallet_id, field, direction, threshold,
          |                      |          value, transaction_id], ...]
+    19   | Refunded             | transaction_id, refund_of, from, to, asset, amount,
+         |                      | original_amount, description, metadata, at_us, idempotency
 
 Kinds 15-17 (balance alerts) came after the first logs were written: those logs hold none, and
 still decode (``tests/fixtures/log-v1``). ``field`` is ``AlertField`` (0 available, 1 balance),
 ``direction`` is ``AlertDirection`` (0 below, 1 above), ``triggered`` a boolean.
+
+Kind 19 (refunds) came later still: older logs hold none. Its transaction type is implied
+(``REFUND``); ``original_amount`` is the refunded transaction's posted amount, so replay rebuilds
+the refunded-so-far tally from the log alone (ADR 0011).
 
 ``idempotency`` is ``nil`` or ``[scope, key, fingerprint]``. A ``TransfersPosted`` record holds
 1 to ``BATCH_ITEMS_MAX`` transfers, each a ``Transferred`` without its ``at_us`` (the record's);
@@ -63,6 +69,7 @@ from ledger._model import (
     HoldCreated,
     HoldVoided,
     Idempotency,
+    Refunded,
     TokenCreated,
     TokenRevoked,
     TransactionType,
@@ -93,6 +100,7 @@ _WITHDRAWAL_UPDATED = 14
 _ALERT_CREATED = 15
 _ALERT_DELETED = 16
 _ALERTS_TRIGGERED = 17
+_REFUNDED = 19
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -276,6 +284,14 @@ def encode_event(event: Event) -> bytes:
                   firing.value, firing.transaction_id] for firing in event.firings],
             ]
         )
+    if isinstance(event, Refunded):
+        return _packb(
+            [
+                CODEC_VERSION, _REFUNDED, event.transaction_id, event.refund_of, event.from_wallet_id,
+                event.to_wallet_id, event.asset, event.amount, event.original_amount, event.description,
+                event.metadata, event.at_us, _idem_out(event.idempotency),
+            ]
+        )
     raise AssertionError(f"unknown event {event!r}")
 
 
@@ -401,6 +417,15 @@ def decode_event(payload: bytes) -> Event:
         if kind == _ALERTS_TRIGGERED:
             at_us, items = rest
             return _alerts_triggered(_int(at_us), items)
+        if kind == _REFUNDED:
+            (transaction_id, refund_of, from_id, to_id, asset, amount, original_amount, description,
+             metadata, at_us, idem) = rest
+            return Refunded(
+                transaction_id=_str(transaction_id), refund_of=_str(refund_of), from_wallet_id=_str(from_id),
+                to_wallet_id=_str(to_id), asset=_str(asset), amount=_int(amount),
+                original_amount=_int(original_amount), description=_optional_str(description),
+                metadata=_metadata(metadata), at_us=_int(at_us), idempotency=_idem_in(idem),
+            )
     except CodecError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:

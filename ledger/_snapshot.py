@@ -16,7 +16,7 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
     -------------|------------------------------------------------------------------|-----------
     header       | version, directory lsn, directory at_us, assets, tokens,         | 1
                  | idempotency records, wallets, holds, withdrawals, alerts,        |
-                 | crossings (the counts)                                           |
+                 | crossings, refund tallies (the counts)                           |
     asset        | code, scale, created_at_us                                       | assets
     token        | token_hash, prefix, owner_id, created_at_us                      | tokens
     idempotency  | scope, key, fingerprint, lsn, at_us, event (``encode_event``)    | records
@@ -31,9 +31,13 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
                  | created_at_us, lsn                                               |
     crossing     | alert_id, wallet_id, field, direction, threshold, value,         | crossings
                  | transaction_id (a firing owed: ``State.crossings``)              |
+    refund tally | transaction_id (the original), wallet_id, original_amount,       | tallies
+                 | refunded (``State.refunded``)                                    |
 
 Version 1 (before holds) had no hold or withdrawal counts or entities; version 2 (before
-balance alerts) no alert or crossing counts or entities; both still decode. Alerts are in
+balance alerts) no alert or crossing counts or entities; version 3 (before refunds) no refund
+tally count or entities (the section appended last, after everything version 3 wrote); all
+still decode. Refund tallies are sorted by the original's id. Alerts are in
 creation (LSN) order, the order ``State.watched`` evaluates them in; crossings in the order owed.
 Holds and withdrawals are sorted by id; the directory's routing indexes are rebuilt from them.
 
@@ -69,6 +73,8 @@ from ledger._model import (
     HoldCreated,
     HoldVoided,
     IdempotencyRecord,
+    Refunded,
+    RefundTally,
     Token,
     TransactionType,
     Transferred,
@@ -80,7 +86,7 @@ from ledger._model import (
 )
 from ledger._state import Directory, State, index_holds
 
-SNAPSHOT_CODEC_VERSION = 3
+SNAPSHOT_CODEC_VERSION = 4
 # Entities per chunk: bounds the memory a chunk takes while it is written, at a cost of one
 # list join per chunk (one chunk per entity would be a write call per entity).
 CHUNK_RECORDS = 10_000
@@ -88,8 +94,8 @@ CHUNK_RECORDS = 10_000
 # idempotency record: an event (itself within the WAL's 16 MiB payload limit) plus its key.
 ENTITY_BYTES_MAX = 17 * 1024 * 1024
 
-_HEADER_FIELDS = {1: 7, 2: 9, 3: 11}
-_KEYED_EVENTS = Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided
+_HEADER_FIELDS = {1: 7, 2: 9, 3: 11, 4: 12}
+_KEYED_EVENTS = Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided | Refunded
 
 assert CHUNK_RECORDS >= 1
 assert ENTITY_BYTES_MAX > 16 * 1024 * 1024
@@ -99,7 +105,8 @@ def count_records(state: State) -> int:
     """How many entities ``encode_state`` writes (the snapshot header's record count)."""
     directory = state.directory
     return (len(directory.assets) + len(directory.tokens) + len(directory.idempotency) + len(state.wallets)
-            + len(state.holds) + len(state.withdrawals) + len(state.alerts) + len(state.crossings))
+            + len(state.holds) + len(state.withdrawals) + len(state.alerts) + len(state.crossings)
+            + len(state.refunded))
 
 
 def encode_state(state: State) -> Iterator[bytes]:
@@ -109,7 +116,8 @@ def encode_state(state: State) -> Iterator[bytes]:
     assert len(directory.tokens) == len(directory.token_prefixes)
     lsn = directory.lsn
     counts = (len(directory.assets), len(directory.tokens), len(directory.idempotency), len(state.wallets),
-              len(state.holds), len(state.withdrawals), len(state.alerts), len(state.crossings))
+              len(state.holds), len(state.withdrawals), len(state.alerts), len(state.crossings),
+              len(state.refunded))
     packer = msgpack.Packer(use_bin_type=True)
     yield packer.pack([SNAPSHOT_CODEC_VERSION, lsn, directory.at_us, *counts])
 
@@ -151,6 +159,9 @@ def encode_state(state: State) -> Iterator[bytes]:
                 firing.alert_id, firing.wallet_id, int(firing.field), int(firing.direction), firing.threshold,
                 firing.value, firing.transaction_id,
             ]
+        for transaction_id in sorted(state.refunded):
+            tally = state.refunded[transaction_id]
+            yield [transaction_id, tally.wallet_id, tally.original_amount, tally.refunded]
 
     chunk: list[bytes] = []
     written = 0
@@ -224,8 +235,10 @@ def _decode(body: bytes) -> State:
         fields += [0, 0]
     if version <= 2:
         fields += [0, 0]
+    if version <= 3:
+        fields += [0]
     (_, lsn, at_us, assets_count, tokens_count, records_count, wallets_count, holds_count, withdrawals_count,
-     alerts_count, crossings_count) = fields
+     alerts_count, crossings_count, tallies_count) = fields
     directory = Directory(lsn=_int(lsn, "lsn", 0), at_us=_int(at_us, "at_us"))
     for value, what in (
         (assets_count, "asset count"),
@@ -236,6 +249,7 @@ def _decode(body: bytes) -> State:
         (withdrawals_count, "withdrawal count"),
         (alerts_count, "alert count"),
         (crossings_count, "crossing count"),
+        (tallies_count, "refund tally count"),
     ):
         # A count past the body's length is garbage, and would only fail later, slowly.
         _int(value, what, 0, len(body))
@@ -393,9 +407,21 @@ def _decode(body: bytes) -> State:
             transaction_id=_str(transaction_id, "crossing transaction"),
         ))
 
+    refunded: dict[str, RefundTally] = {}
+    for _ in range(tallies_count):
+        transaction_id, wallet_id, original_amount, refunded_amount = _fields(unpacker.unpack(), 4, "refund tally")
+        transaction_id = _str(transaction_id, "refund tally transaction")
+        if refunded and transaction_id <= next(reversed(refunded)):
+            raise CodecError(f"refund tally {transaction_id!r} out of order")
+        original_amount = _int(original_amount, "refund tally original amount", 1)
+        refunded[transaction_id] = RefundTally(
+            wallet_id=_str(wallet_id, "refund tally wallet"), original_amount=original_amount,
+            refunded=_int(refunded_amount, "refund tally refunded", 1, original_amount),
+        )
+
     if unpacker.tell() != len(body):
         raise CodecError(f"{len(body) - unpacker.tell()} bytes after the last entity")
     state = State(directory=directory, wallets=wallets, holds=holds, withdrawals=withdrawals, alerts=alerts,
-                  crossings=crossings)
+                  crossings=crossings, refunded=refunded)
     index_holds(directory, [state])
     return state
