@@ -82,15 +82,16 @@ from ledger._model import (
     RevokeToken,
     TokenCreated,
     TokenRevoked,
+    TransactionStatus,
     TransactionType,
     Transfer,
+    Transferred,
     VoidReason,
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
     WithdrawalStatus,
     WithdrawalUpdated,
-    TransactionStatus,
     frozen_builder,
     is_treasury,
     new_transfer,
@@ -739,6 +740,7 @@ def decide_refund(state: State, command: Refund, now_us: int, credit: CreditChec
     if not isinstance(decision, list):
         return decision
     (transferred,) = decision
+    assert isinstance(transferred, Transferred)
     assert transferred.from_wallet_id == sender.id
     # After this point the command must be accepted.
     return [

@@ -29,6 +29,7 @@ from ledger import (
     HoldCreated,
     HoldVoided,
     ItemOutcome,
+    Refunded,
     Rejection,
     TokenCreated,
     TokenRevoked,
@@ -112,7 +113,7 @@ def asset_body(asset: Asset) -> dict[str, Any]:
     }
 
 
-MoneyEvent = Transferred | HoldCreated | HoldCaptured | HoldVoided
+MoneyEvent = Transferred | HoldCreated | HoldCaptured | HoldVoided | Refunded
 
 
 def event_status(event: MoneyEvent) -> TransactionStatus:
@@ -126,8 +127,8 @@ def event_status(event: MoneyEvent) -> TransactionStatus:
 def transaction_body(event: MoneyEvent, lsn: int) -> dict[str, Any]:
     """The transaction as of ``event`` (a capture shows the amount posted, and the time the
     transfer was created, like ``GET /v1/transactions/{id}``)."""
-    created_us = event.at_us if isinstance(event, Transferred | HoldCreated) else event.created_at_us
-    return {
+    created_us = event.at_us if isinstance(event, Transferred | HoldCreated | Refunded) else event.created_at_us
+    body: dict[str, Any] = {
         "id": event.transaction_id,
         "type": event.type.label,
         "status": event_status(event).label,
@@ -140,6 +141,10 @@ def transaction_body(event: MoneyEvent, lsn: int) -> dict[str, Any]:
         "created_at": timestamp(created_us),
         "lsn": lsn,
     }
+    if type(event) is Refunded:
+        body["refund_of"] = event.refund_of
+        body["refunded_amount"] = 0  # a refund is never refunded
+    return body
 
 
 def withdrawal_body(view: WithdrawalView) -> dict[str, Any]:
@@ -179,7 +184,7 @@ def requested_withdrawal_body(event: HoldCreated) -> dict[str, Any]:
 
 
 def row_body(row: TransactionRow) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "id": row.id,
         "type": row.type.label,
         "status": row.status.label,
@@ -191,11 +196,15 @@ def row_body(row: TransactionRow) -> dict[str, Any]:
         "metadata": row.metadata or {},
         "created_at": timestamp(row.at_us),
         "lsn": row.lsn,
+        "refunded_amount": row.refunded_amount,
     }
+    if row.refund_of is not None:
+        body["refund_of"] = row.refund_of
+    return body
 
 
 def entry_body(entry: Entry) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "transaction_id": entry.transaction_id,
         "type": entry.type.label,
         "status": entry.status.label,
@@ -206,7 +215,11 @@ def entry_body(entry: Entry) -> dict[str, Any]:
         "description": entry.description,
         "created_at": timestamp(entry.at_us),
         "lsn": entry.lsn,
+        "refunded_amount": entry.refunded_amount,
     }
+    if entry.refund_of is not None:
+        body["refund_of"] = entry.refund_of
+    return body
 
 
 # Every ``type`` a feed event can have (``event_body``), in the order the README lists them:
@@ -217,6 +230,7 @@ EVENT_TYPES = (
     "deposit.posted", "transfer.posted", "transfer.pending", "transfer.voided", "transfer.expired",
     "withdrawal.pending", "withdrawal.processing", "withdrawal.completed", "withdrawal.failed", "withdrawal.dead",
     "token.created", "token.revoked", "alert.created", "alert.deleted", "alert.triggered",
+    "refund.posted",
 )
 
 STATUS_EVENT = {WalletStatus.FROZEN: "wallet.frozen", WalletStatus.ACTIVE: "wallet.unfrozen",
@@ -248,8 +262,8 @@ def firing_body(lsn: int, at_us: int, firing: AlertFired) -> dict[str, Any]:
 def event_body(lsn: int, event: Event) -> dict[str, Any]:
     """The stable JSON shape of one committed event in the feed (documented in the README)."""
     data: dict[str, Any]
-    if isinstance(event, Transferred):
-        kind = f"{event.type.label}.posted"
+    if isinstance(event, Transferred | Refunded):
+        kind = f"{event.type.label}.posted"  # refund.posted for a refund
         data = transaction_body(event, lsn)
     elif isinstance(event, HoldCreated | HoldCaptured | HoldVoided):
         if isinstance(event, HoldCaptured):
