@@ -85,8 +85,7 @@ SCHEMAS: dict[str, Any] = {
             "metadata": {"type": "object"}, "created_at": TIMESTAMP, "lsn": {"type": "integer", "minimum": 1},
             "refunded_amount": {"type": "integer", "minimum": 0,
                                 "description": "what refunds of this transaction sent back so far (0 when "
-                                               "none); absent from the answers of the money-moving routes "
-                                               "except a refund's own"},
+                                               "none; the answer of the request that made it shows 0)"},
             "refund_of": {"type": "string", "description": "refunds only: the refunded transaction"},
         },
     },

@@ -140,10 +140,12 @@ def transaction_body(event: MoneyEvent, lsn: int) -> dict[str, Any]:
         "metadata": event.metadata or {},
         "created_at": timestamp(created_us),
         "lsn": lsn,
+        # As of the event: nothing of a transaction is refunded when it is made (and a refund
+        # is never refunded); GET shows what refunds sent back since.
+        "refunded_amount": 0,
     }
     if type(event) is Refunded:
         body["refund_of"] = event.refund_of
-        body["refunded_amount"] = 0  # a refund is never refunded
     return body
 
 

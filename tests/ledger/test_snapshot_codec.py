@@ -260,7 +260,7 @@ def test_the_empty_state_round_trips() -> None:
     assert count_records(state) == 0
     chunks = list(encode_state(state))
     assert len(chunks) == 1
-    assert msgpack.unpackb(chunks[0]) == [SNAPSHOT_CODEC_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert msgpack.unpackb(chunks[0]) == [SNAPSHOT_CODEC_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     assert_same(decode_state(b"".join(chunks)), state)
 
 
@@ -288,7 +288,7 @@ def test_the_body_layout_matches_the_docstring() -> None:
     record = state.directory.idempotency[("alice", "k")]
     assert isinstance(record.event, WalletCreated)
     assert objects == [
-        [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 1, 1, 3, 0, 0, 0, 0],
+        [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 1, 1, 3, 0, 0, 0, 0, 0],
         ["USD", 2, 1],
         [b"h" * 32, "tk_a", "alice", 2],
         ["alice", "k", b"f", 3, 3, encode_event(record.event)],
@@ -378,7 +378,7 @@ def packed(*objects: Any) -> bytes:
     return b"".join(msgpack.packb(item, use_bin_type=True) for item in objects)
 
 
-GOOD_HEADER = [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 0, 0, 1, 0, 0, 0, 0]
+GOOD_HEADER = [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 0, 0, 1, 0, 0, 0, 0, 0]
 GOOD_ASSET = ["USD", 2, 1]
 GOOD_WALLET = [treasury_id("USD"), "system", "USD", None, 0, 0, 0, 1, 1, 1]
 WALLET_CREATED = encode_event(
@@ -401,9 +401,9 @@ def _with(base: list[Any], index: int, value: Any) -> list[Any]:
         (b"", "undecodable"),
         (packed([]), "expected an array"),
         (packed({"version": 1}), "expected an array"),
-        (packed(_with(GOOD_HEADER, 0, 4)), "unknown snapshot codec version 4"),
+        (packed(_with(GOOD_HEADER, 0, 5)), "unknown snapshot codec version 5"),
         (packed(_with(GOOD_HEADER, 0, True)), "unknown snapshot codec version True"),
-        (packed(GOOD_HEADER[:-1]), "expected an array of 11"),
+        (packed(GOOD_HEADER[:-1]), "expected an array of 12"),
         (packed(_with(GOOD_HEADER, 1, -1)), "lsn"),
         (packed(_with(GOOD_HEADER, 3, 10**6)), "asset count"),
         (packed(GOOD_HEADER, GOOD_ASSET), "undecodable"),  # truncated: the wallet is missing
@@ -427,12 +427,16 @@ def _with(base: list[Any], index: int, value: Any) -> list[Any]:
          "holds a TokenRevoked"),
         (packed(_with(GOOD_HEADER, 5, 1), GOOD_ASSET, ["s", "k", b"f", 9, 0, WALLET_CREATED], GOOD_WALLET),
          "idempotency lsn"),
+        (packed(_with(GOOD_HEADER, 11, 2), GOOD_ASSET, GOOD_WALLET, ["t2", "w", 5, 1], ["t1", "w", 5, 1]),
+         "out of order"),
+        (packed(_with(GOOD_HEADER, 11, 1), GOOD_ASSET, GOOD_WALLET, ["t1", "w", 5, 6]), "refunded"),
+        (packed(_with(GOOD_HEADER, 11, 1), GOOD_ASSET, GOOD_WALLET, ["t1", "w", 0, 0]), "original amount"),
     ],
     ids=[
         "empty", "header-empty", "header-map", "version", "version-bool", "header-short", "lsn",
         "count-past-body", "truncated", "trailing", "scale-type", "asset-twice", "status", "balance",
         "held", "wallet-lsn", "metadata", "wallet-id-type", "wallet-order", "map-key", "utf8",
-        "event-garbage", "event-kind", "idempotency-lsn",
+        "event-garbage", "event-kind", "idempotency-lsn", "tally-order", "tally-over", "tally-original",
     ],
 )
 def test_garbage_is_refused_with_codec_error(body: bytes, expected: str | None) -> None:
