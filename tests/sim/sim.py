@@ -28,7 +28,11 @@ is exactly reproducible (``SIM_SEED=n make sim``). After every crash the real re
 5. balance alerts fire once per crossing through every crash: a reference model walks the
    whole log (balances and holds by plain arithmetic, each alert's condition before each change
    of its wallet) and the firings in the log, plus those recovery found owed (a crash cut the
-   firing record off after the change's), are exactly the crossings, none twice.
+   firing record off after the change's), are exactly the crossings, none twice;
+6. refunds never sum past what they refund: walking the whole log, each refund names a posted
+   deposit or transfer (a captured hold counts with its captured amount) that is in the log
+   before it, carries its posted amount, and the refunds of one transaction add up to at most
+   that (the workload refunds acknowledged transactions, some of them over and over).
 """
 
 from __future__ import annotations
@@ -71,9 +75,12 @@ from ledger import (
     Ledger,
     Overloaded,
     PayoutStep,
+    Refund,
+    Refunded,
     Rejection,
     RequestWithdrawal,
     ResolveHold,
+    TransactionStatus,
     TransactionType,
     Transfer,
     Transferred,
@@ -178,8 +185,9 @@ class Batch:
     atomic: bool
 
 
-def transfers_of(event: Any) -> tuple[Transferred, ...]:
-    if isinstance(event, Transferred):
+def transfers_of(event: Any) -> tuple[Transferred | Refunded, ...]:
+    """The posted transfers a record makes (a refund is one: from its original's receiver)."""
+    if isinstance(event, Transferred | Refunded):
         return (event,)
     if isinstance(event, TransfersPosted):
         return event.transfers
@@ -291,6 +299,9 @@ class Simulation:
         self.wallets = [f"w{index}" for index in range(12)]
         self.assets = ["USD", "EUR"]
         self.counter = 0
+        # Acknowledged posted transactions (id -> type, sender, receiver, posted amount): what the
+        # refund route reads from the history read model.
+        self.posted: dict[str, tuple[TransactionType, str, str, int]] = {}
         self.ledger: Ledger | None = None
         self.recovered: Any = None
 
@@ -380,6 +391,8 @@ class Simulation:
         oracle = AlertOracle()
         resolved: set[str] = set()
         kinds: dict[str, int] = {}
+        posted_amounts: dict[str, int] = {}  # refundable transactions in the log: their posted amount
+        refunded: Counter[str] = Counter()
         for lsn, event, _ in records:
             kind = type(event).__name__
             if isinstance(event, HoldVoided):
@@ -403,6 +416,18 @@ class Simulation:
                     if previous is not None and item.at_us - previous < IDEMPOTENCY_RETENTION_US:
                         raise self.fail(f"idempotency key {key} executed twice within its retention")
                     seen_keys[key] = item.at_us
+            for item in transfers_of(event):
+                if isinstance(item, Refunded):
+                    if posted_amounts.get(item.refund_of) != item.original_amount:
+                        raise self.fail(f"refund {item.transaction_id} of {item.refund_of}: no posted transaction "
+                                        f"of {item.original_amount} before it")
+                    refunded[item.refund_of] += item.amount
+                    if refunded[item.refund_of] > item.original_amount:
+                        raise self.fail(f"{item.refund_of} refunded {refunded[item.refund_of]} of {item.original_amount}")
+                elif item.type in (TransactionType.DEPOSIT, TransactionType.TRANSFER):
+                    posted_amounts[item.transaction_id] = item.amount
+            if isinstance(event, HoldCaptured) and event.type == TransactionType.TRANSFER:
+                posted_amounts[event.transaction_id] = event.amount
             apply_event(fresh, event, lsn)
             oracle.see(event)
         self.stats.kinds = kinds
@@ -498,6 +523,8 @@ class Simulation:
             return CreateToken(token_hash=self.rng.randbytes(32), prefix=f"p{self.counter}", owner_id="o1")
         if roll < 0.30:
             return self.hold_command()
+        if roll < 0.35 and self.posted:
+            return self.refund_command()
         self.counter += 1
         deposit = roll < 0.4
         return Transfer(
@@ -547,6 +574,20 @@ class Simulation:
                                      detail="sim", retry_at_us=self.now_ns // 1000)
         return ChangeWalletStatus(wallet_id=self.rng.choice(self.wallets), status=WalletStatus.ACTIVE)
 
+    def refund_command(self) -> Refund:
+        """A refund of an acknowledged transaction (all of what is left, part, or too much), by
+        the admin or an owner; some originals are refunds themselves (not refundable)."""
+        self.counter += 1
+        refund_of = self.rng.choice(sorted(self.posted))
+        type_, source, target, amount = self.posted[refund_of]
+        return Refund(
+            transaction_id=f"rf{self.counter}", refund_of=refund_of, from_wallet_id=target, to_wallet_id=source,
+            amount=self.rng.choice([None, 1, self.rng.randint(1, amount), amount, amount + 1]),
+            original_type=type_, original_status=TransactionStatus.POSTED, original_amount=amount,
+            description=None, metadata=None, idempotency=self.key(),
+            owner_id=None if self.rng.random() < 0.8 else self.rng.choice(["o1", "o2"]),
+        )
+
     def submit(self, command: Any) -> None:
         assert self.ledger is not None
         ledger = self.ledger
@@ -562,7 +603,7 @@ class Simulation:
                     self.atomic_batches.append({c.transaction_id for c in command.commands})
                 else:
                     reply = ledger.submit_batch(command.commands)
-            elif isinstance(command, Transfer):
+            elif isinstance(command, Transfer | Refund):
                 reply = ledger.shards[shard_of(command.to_wallet_id, len(ledger.shards))].submit_transfer(command)
             elif isinstance(command, ResolveHold):
                 route = ledger.directory.hold_routes.get(command.transaction_id)
@@ -623,11 +664,12 @@ class Simulation:
             idem = getattr(item.command, "idempotency", None)
             if isinstance(value, Committed):
                 self.record_ack(value.lsn, value.event.transaction_id, idem)
+                self.note_posted(value.event)
             elif isinstance(value, Duplicate):
                 event = value.record.event
                 expected = self.first_ack_by_key.get((idem.scope, idem.key)) if idem else None
-                transaction = (event.transaction_id
-                               if isinstance(event, Transferred | HoldCreated | HoldCaptured | HoldVoided) else None)
+                transaction = (event.transaction_id if isinstance(
+                    event, Transferred | HoldCreated | HoldCaptured | HoldVoided | Refunded) else None)
                 if expected is not None and transaction is not None and expected != transaction:
                     raise self.fail(f"key {idem} replayed {transaction}, first answered {expected}")
                 self.stats.acknowledged += 1
@@ -656,6 +698,7 @@ class Simulation:
             if isinstance(value, Committed):
                 assert value.event.transaction_id == command.transaction_id
                 self.record_ack(value.lsn, value.event.transaction_id, idem)
+                self.note_posted(value.event)
                 lsns.add(value.lsn)
             elif isinstance(value, Duplicate):
                 event = value.record.event
@@ -672,6 +715,13 @@ class Simulation:
                 self.stats.reasons[value.reason.code] = self.stats.reasons.get(value.reason.code, 0) + 1
         if batch.atomic and len(lsns) > 1:
             raise self.fail(f"an atomic batch was committed at LSNs {sorted(lsns)}")
+
+    def note_posted(self, event: Any) -> None:
+        """Remembers an acknowledged posted transaction (what the read model would show)."""
+        if isinstance(event, Transferred | Refunded) or (
+            isinstance(event, HoldCaptured) and event.type == TransactionType.TRANSFER
+        ):
+            self.posted[event.transaction_id] = (event.type, event.from_wallet_id, event.to_wallet_id, event.amount)
 
     def record_ack(self, lsn: int, transaction_id: str | None, idem: Idempotency | None) -> None:
         self.stats.acknowledged += 1
@@ -697,7 +747,7 @@ class Simulation:
         elif roll < 0.50 and self.unanswered:
             # A client retry: the same body and key; the server makes a new transaction id.
             command = self.unanswered.pop(self.rng.randrange(len(self.unanswered)))
-            if isinstance(command, Transfer):
+            if isinstance(command, Transfer | Refund):
                 self.counter += 1
                 command = dataclasses.replace(command, transaction_id=f"tx{self.counter}")
             elif isinstance(command, RequestWithdrawal):

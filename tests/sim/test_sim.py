@@ -40,14 +40,14 @@ def test_the_faults_are_exercised_across_the_ci_seeds() -> None:
     assert all(count > 0 for count in totals.values()), totals
 
 
-def test_holds_and_withdrawals_are_exercised() -> None:
-    """The workload reaches every hold and payout record kind, through crashes."""
+def test_holds_withdrawals_and_refunds_are_exercised() -> None:
+    """The workload reaches every hold, payout and refund record kind, through crashes."""
     kinds: dict[str, int] = {}
     for seed in CI_SEEDS[:3]:
         for kind, count in Simulation(seed, steps=STEPS).run().kinds.items():
             kinds[kind] = kinds.get(kind, 0) + count
     for kind in ("HoldCreated", "HoldCaptured", "HoldVoided.voided", "HoldVoided.expired", "HoldVoided.refused",
-                 "WithdrawalUpdated"):
+                 "WithdrawalUpdated", "Refunded"):
         assert kinds.get(kind, 0) > 0, (kind, kinds)
 
 
