@@ -261,13 +261,20 @@ async def test_who_may_refund_and_replays(tmp_path: Path) -> None:
                              headers={**alice, **key()})).status_code == 201
         problem(await refund(http, deposited["transaction_id"], {"amount": 1}, headers={**bob, **key()}),
                 403, "forbidden")
+        # Who may refund is decided before anything about the original: alice's own withdrawal
+        # was received by the treasury, so she may not (403, not 409 not_refundable).
+        withdrawal = await http.post("/v1/withdrawals", json={"wallet_id": "a", "amount": 1,
+                                                               "destination": {"iban": "x"}}, headers=key())
+        assert withdrawal.status_code == 202
+        problem(await refund(http, withdrawal.json()["id"], headers={**alice, **key()}), 403, "forbidden")
+        problem(await refund(http, withdrawal.json()["id"]), 409, "not_refundable")  # the admin
         keyed = {**bob, "Idempotency-Key": "bob-1"}
         first = await refund(http, original["id"], {"amount": 5}, headers=keyed)
         assert first.status_code == 201
         again = await refund(http, original["id"], {"amount": 5}, headers=keyed)
         assert again.status_code == 201 and again.json() == first.json()
         problem(await refund(http, original["id"], {"amount": 6}, headers=keyed), 409, "idempotency_key_reused")
-        assert await balances(http, "a", "b") == [54, 45]
+        assert await balances(http, "a", "b") == [54, 45]  # a's withdrawal is only held
         assert (await http.get(f"/v1/transactions/{original['id']}", headers=bob)).json()["refunded_amount"] == 5
 
 
