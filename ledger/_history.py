@@ -171,6 +171,9 @@ UPDATE meta SET value = 4 WHERE key = 'schema';
 
 DEBIT = 0
 CREDIT = 1
+# The columns a new transaction row sets (refund_of and refunded_amount keep their defaults but
+# for refunds, which set refund_of): two binds fewer per row on the projector's hot path.
+_INSERTED = "pos, id, lsn, type, from_wallet_id, to_wallet_id, asset, amount, description, metadata, at_us, status"
 
 
 def take(records: list[tuple[int, Event]], transactions_max: int) -> int:
@@ -449,6 +452,7 @@ class History:
         dropped = []  # pending entries a capture replaces: (wallet id, creation position)
         voided = []  # pending entries a void marks: (status, wallet id, creation position)
         refunds = []  # (amount, original id): added to the original's refunded_amount
+        refund_rows = []  # the refunds' own rows (other rows leave refund_of and refunded_amount to defaults)
         posted = int(TransactionStatus.POSTED)
         pending = int(TransactionStatus.PENDING)
         for lsn, pos, event in moves:
@@ -462,8 +466,7 @@ class History:
                 transactions.append(
                     (pos, event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
                      event.asset, event.amount, event.description,
-                     None if event.metadata is None else json.dumps(event.metadata), event.at_us, pending,
-                     None, 0)
+                     None if event.metadata is None else json.dumps(event.metadata), event.at_us, pending)
                 )
                 if event.metadata:
                     metadata_rows.extend((key, value, pos) for key, value in searchable_metadata(event.metadata))
@@ -476,16 +479,14 @@ class History:
                 resolved.append((posted, event.amount, lsn, event.transaction_id))
                 dropped.append((event.from_wallet_id, event.created_lsn << POSITION_BITS))
             else:
-                refund_of = None
+                row = (pos, event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
+                       event.asset, event.amount, event.description,
+                       None if event.metadata is None else json.dumps(event.metadata), event.at_us, posted)
                 if type(event) is Refunded:
-                    refund_of = event.refund_of
-                    refunds.append((event.amount, refund_of))
-                transactions.append(
-                    (pos, event.transaction_id, lsn, int(event.type), event.from_wallet_id, event.to_wallet_id,
-                     event.asset, event.amount, event.description,
-                     None if event.metadata is None else json.dumps(event.metadata), event.at_us, posted,
-                     refund_of, 0)
-                )
+                    refunds.append((event.amount, event.refund_of))
+                    refund_rows.append((*row, event.refund_of))
+                else:
+                    transactions.append(row)
                 if event.metadata:
                     metadata_rows.extend((key, value, pos) for key, value in searchable_metadata(event.metadata))
             sender = balances.get(event.from_wallet_id, 0) - event.amount
@@ -501,7 +502,12 @@ class History:
         try:
             if transactions:
                 connection.executemany(
-                    "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", transactions
+                    f"INSERT INTO transactions ({_INSERTED}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", transactions
+                )
+            if refund_rows:
+                connection.executemany(
+                    f"INSERT INTO transactions ({_INSERTED}, refund_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    refund_rows,
                 )
             if metadata_rows:
                 connection.executemany("INSERT INTO transaction_metadata VALUES (?,?,?)", metadata_rows)

@@ -144,8 +144,14 @@ def transaction_body(event: MoneyEvent, lsn: int) -> dict[str, Any]:
         # is never refunded); GET shows what refunds sent back since.
         "refunded_amount": 0,
     }
-    if type(event) is Refunded:
-        body["refund_of"] = event.refund_of
+    return body
+
+
+def refund_body(event: Refunded, lsn: int) -> dict[str, Any]:
+    """A refund: the transaction and the one it refunds (a separate function, so that the
+    transfer path of ``transaction_body`` pays for no refund check)."""
+    body = transaction_body(event, lsn)
+    body["refund_of"] = event.refund_of
     return body
 
 
@@ -264,9 +270,12 @@ def firing_body(lsn: int, at_us: int, firing: AlertFired) -> dict[str, Any]:
 def event_body(lsn: int, event: Event) -> dict[str, Any]:
     """The stable JSON shape of one committed event in the feed (documented in the README)."""
     data: dict[str, Any]
-    if isinstance(event, Transferred | Refunded):
-        kind = f"{event.type.label}.posted"  # refund.posted for a refund
+    if isinstance(event, Transferred):
+        kind = f"{event.type.label}.posted"
         data = transaction_body(event, lsn)
+    elif isinstance(event, Refunded):
+        kind = "refund.posted"
+        data = refund_body(event, lsn)
     elif isinstance(event, HoldCreated | HoldCaptured | HoldVoided):
         if isinstance(event, HoldCaptured):
             verb = "completed" if event.type == TransactionType.WITHDRAWAL else "posted"

@@ -29,7 +29,7 @@ from server import _validate as v
 from server._errors import rejected
 from server.api._auth import Caller, admin, authenticate, forbidden
 from server.api._deps import Deps, call
-from server.api._render import json_response, recorded, transaction_body
+from server.api._render import json_response, recorded, refund_body, transaction_body
 from server.api._requests import fingerprint, path_id
 from server.api._transactions import find_transaction
 
@@ -171,7 +171,7 @@ class Transfers:
             raise rejected(decision)
         event, lsn = recorded(decision)
         assert isinstance(event, Refunded)
-        return json_response(transaction_body(event, lsn), 201)
+        return json_response(refund_body(event, lsn), 201)
 
     async def void(self, request: Request) -> Response:
         return await self._resolve(request, capture=False)
