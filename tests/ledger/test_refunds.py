@@ -370,3 +370,46 @@ async def test_cross_shard_refunds_of_random_traffic_replay_and_snapshot_to_the_
     from_snapshot.close()
     assert digest_state(from_snapshot.state) == live
     assert dict(from_snapshot.state.refunded) == tallies
+
+
+# -- the history read model ------------------------------------------------------------------
+
+
+def _book_records() -> list[tuple[int, Any]]:
+    b = book()
+    b.run(refund(amount=10))
+    b.run(refund(tx="r2"))  # the 50 left
+    return list(enumerate(b.events, start=1))
+
+
+def test_a_schema_3_read_model_is_migrated_in_place_and_takes_refunds(tmp_path: Path) -> None:
+    import sqlite3
+
+    from ledger import History
+
+    records = _book_records()
+    before_refunds = [record for record in records if not isinstance(record[1], Refunded)]
+    path = tmp_path / "h.sqlite3"
+    history = History.open(path)
+    history.project_blocking(before_refunds)
+    history.stop_thread()
+    # Make it what schema 3 wrote: no refund columns.
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE transactions DROP COLUMN refund_of")
+        connection.execute("ALTER TABLE transactions DROP COLUMN refunded_amount")
+        connection.execute("UPDATE meta SET value = 3 WHERE key = 'schema'")
+    connection.close()
+    history = History.open(path)
+    try:
+        row = trio.run(history.transaction, "t1")
+        assert row is not None and row.refunded_amount == 0 and row.refund_of is None
+        history.project_blocking(records[len(before_refunds):])
+        row = trio.run(history.transaction, "t1")
+        assert row is not None and row.refunded_amount == 60 and row.amount == 60
+        second = trio.run(history.transaction, "r2")
+        assert second is not None and (second.type, second.refund_of, second.amount) == (TransactionType.REFUND, "t1", 50)
+    finally:
+        history.stop_thread()
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (4,)
+    check.close()
