@@ -322,6 +322,13 @@ async def test_twenty_concurrent_refunds_of_one_refund_exactly_ten(tmp_path: Pat
         assert row is not None and row.refunded_amount == 10
     finally:
         replayed.close()
+    # After a restart the tally is on the refunding wallet's shard again: nothing more goes.
+    restarted = Ledger(await trio.to_thread.run_sync(recover, tmp_path), tmp_path, shards=shards)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(restarted.run)
+        again = await restarted.refund(_refund_of(original, 1, 100))
+        assert isinstance(again, Rejection) and again.reason == Reason.REFUND_EXCEEDS_REMAINING
+        await restarted.stop()
 
 
 async def test_cross_shard_refunds_of_random_traffic_replay_and_snapshot_to_the_live_state(tmp_path: Path) -> None:
@@ -354,6 +361,8 @@ async def test_cross_shard_refunds_of_random_traffic_replay_and_snapshot_to_the_
         ledger.check_invariants()
         live = ledger.digest()
         tallies = dict(ledger.all_refunded())
+        # What the final snapshot at shutdown writes: the shards' states merged.
+        assert digest_state(decode_state(b"".join(encode_state(ledger.merged_state())))) == live
         await ledger.stop()
     assert any(isinstance(result, Committed) for result in results)
     assert any(isinstance(result, Rejection) for result in results)
