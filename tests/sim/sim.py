@@ -302,6 +302,8 @@ class Simulation:
         # Acknowledged posted transactions (id -> type, sender, receiver, posted amount): what the
         # refund route reads from the history read model.
         self.posted: dict[str, tuple[TransactionType, str, str, int]] = {}
+        self.refund_rng = random.Random(seed * 7919 + 15)
+        self.refunds = 0
         self.ledger: Ledger | None = None
         self.recovered: Any = None
 
@@ -523,8 +525,6 @@ class Simulation:
             return CreateToken(token_hash=self.rng.randbytes(32), prefix=f"p{self.counter}", owner_id="o1")
         if roll < 0.30:
             return self.hold_command()
-        if roll < 0.35 and self.posted:
-            return self.refund_command()
         self.counter += 1
         deposit = roll < 0.4
         return Transfer(
@@ -576,16 +576,22 @@ class Simulation:
 
     def refund_command(self) -> Refund:
         """A refund of an acknowledged transaction (all of what is left, part, or too much), by
-        the admin or an owner; some originals are refunds themselves (not refundable)."""
-        self.counter += 1
-        refund_of = self.rng.choice(sorted(self.posted))
+        the admin or an owner; some originals are refunds themselves (not refundable). Drawn
+        from a random stream of its own, so the rest of the workload (and the faults each CI
+        seed reaches) is what it was before refunds joined."""
+        rng = self.refund_rng
+        self.refunds += 1
+        refund_of = rng.choice(sorted(self.posted))
         type_, source, target, amount = self.posted[refund_of]
+        key = f"rk{rng.randint(1, self.refunds)}" if rng.random() < 0.1 else f"rk{self.refunds}"
         return Refund(
-            transaction_id=f"rf{self.counter}", refund_of=refund_of, from_wallet_id=target, to_wallet_id=source,
-            amount=self.rng.choice([None, 1, self.rng.randint(1, amount), amount, amount + 1]),
+            transaction_id=f"rf{self.refunds}", refund_of=refund_of, from_wallet_id=target, to_wallet_id=source,
+            amount=rng.choice([None, 1, rng.randint(1, amount), amount, amount + 1]),
             original_type=type_, original_status=TransactionStatus.POSTED, original_amount=amount,
-            description=None, metadata=None, idempotency=self.key(),
-            owner_id=None if self.rng.random() < 0.8 else self.rng.choice(["o1", "o2"]),
+            description=None, metadata=None,
+            idempotency=Idempotency(scope=rng.choice(["admin", "owner:o1"]), key=key,
+                                    fingerprint=rng.choice([b"a", b"b"]) + key.encode()),
+            owner_id=None if rng.random() < 0.8 else rng.choice(["o1", "o2"]),
         )
 
     def submit(self, command: Any) -> None:
@@ -744,10 +750,15 @@ class Simulation:
         if roll < 0.45:
             for _ in range(self.rng.randint(1, 8)):
                 self.submit(self.command())
+            if self.posted and self.refund_rng.random() < 0.3:
+                self.submit(self.refund_command())
         elif roll < 0.50 and self.unanswered:
             # A client retry: the same body and key; the server makes a new transaction id.
             command = self.unanswered.pop(self.rng.randrange(len(self.unanswered)))
-            if isinstance(command, Transfer | Refund):
+            if isinstance(command, Refund):
+                self.refunds += 1
+                command = dataclasses.replace(command, transaction_id=f"rf{self.refunds}")
+            elif isinstance(command, Transfer):
                 self.counter += 1
                 command = dataclasses.replace(command, transaction_id=f"tx{self.counter}")
             elif isinstance(command, RequestWithdrawal):
