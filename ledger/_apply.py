@@ -49,6 +49,8 @@ from ledger._model import (
     HoldVoided,
     IdempotencyRecord,
     Limits,
+    Refunded,
+    RefundTally,
     RequestsRefused,
     Token,
     TokenCreated,
@@ -93,7 +95,7 @@ def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
                 assert key not in records
                 records[key] = new_idempotency_record(idempotency.fingerprint, lsn, transfer.at_us, transfer)
         _expire_idempotency(directory)
-    elif isinstance(event, Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided):
+    elif isinstance(event, Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided | Refunded):
         if event.idempotency is not None:
             key = (event.idempotency.scope, event.idempotency.key)
             assert key not in directory.idempotency
@@ -229,7 +231,7 @@ def _unspend(wallet: Wallet, amount: int, created_at_us: int) -> None:
         wallet.spent_month = max(0, wallet.spent_month - amount)
 
 
-def apply_debit(state: State, event: Transferred, lsn: int) -> None:
+def apply_debit(state: State, event: Transferred | Refunded, lsn: int) -> None:
     sender = state.wallets[event.from_wallet_id]
     assert sender.asset == event.asset
     if is_treasury(sender.id):
@@ -337,7 +339,22 @@ def apply_sender(state: State, event: Event, lsn: int) -> None:
         withdrawal.lsn = lsn
 
 
-def apply_credit(state: State, event: Transferred | HoldCaptured, lsn: int) -> None:
+def apply_refund(state: State, event: Refunded, lsn: int) -> None:
+    """The part of a refund that lands on the refunding wallet's shard: the debit, and the
+    original's refunded-so-far tally (which that shard keeps: ``State.refunded``)."""
+    apply_debit(state, event, lsn)
+    tally = state.refunded.get(event.refund_of)
+    refunded = event.amount if tally is None else tally.refunded + event.amount
+    if tally is not None:
+        assert tally.wallet_id == event.from_wallet_id, (tally, event)
+        assert tally.original_amount == event.original_amount, (tally, event)
+    assert 1 <= refunded <= event.original_amount, (refunded, event)
+    state.refunded[event.refund_of] = RefundTally(
+        wallet_id=event.from_wallet_id, original_amount=event.original_amount, refunded=refunded
+    )
+
+
+def apply_credit(state: State, event: Transferred | HoldCaptured | Refunded, lsn: int) -> None:
     receiver = state.wallets[event.to_wallet_id]
     assert receiver.asset == event.asset
     assert receiver.balance + event.amount <= INT64_MAX
@@ -438,6 +455,9 @@ def apply(state: State, event: Event, lsn: int) -> None:
         apply_sender(state, event, lsn)
     elif isinstance(event, HoldCaptured):
         apply_sender(state, event, lsn)
+        apply_credit(state, event, lsn)
+    elif isinstance(event, Refunded):
+        apply_refund(state, event, lsn)
         apply_credit(state, event, lsn)
     elif isinstance(event, AlertCreated | AlertDeleted | AlertsTriggered):
         apply_alerts(state, event, lsn)

@@ -32,19 +32,25 @@ inside a payload.
     17   | AlertsTriggered      | at_us, [[alert_id, wallet_id, field, direction, threshold,
          |                      |          value, transaction_id], ...]
     18   | RequestsRefused      | at_us, [[scope, key, fingerprint, reason, detail], ...]
+    19   | Refunded             | transaction_id, refund_of, from, to, asset, amount,
+         |                      | original_amount, description, metadata, at_us, idempotency
     20   | WalletUpdated        | wallet_id, overdraft_limit, daily_limit, monthly_limit,
          |                      | metadata, at_us (a spend limit nil: none)
 
 Kinds 15-17 (balance alerts) came after the first logs were written: those logs hold none, and
 still decode (``tests/fixtures/log-v1``). ``field`` is ``AlertField`` (0 available, 1 balance),
-``direction`` is ``AlertDirection`` (0 below, 1 above), ``triggered`` a boolean. Kind 20
-(wallet limits and metadata) came later still; 18 and 19 belong to other records.
+``direction`` is ``AlertDirection`` (0 below, 1 above), ``triggered`` a boolean. Kinds 18-20
+came later still, and older logs hold none of them:
 
-Kind 18 (final outcomes: a keyed request the ledger refused) came later still; ``reason`` is
-the ``Reason`` member's value (a string: ``"insufficient_funds"``, ``"wallet_not_found:receiver"``),
-as stable as the API's codes. ``encode_outcome`` / ``decode_outcome`` store one idempotency
-record's outcome on its own (the on-disk key index): an event as above, or a refusal as a kind
-18 payload holding that one refusal.
+- 18 (final outcomes: a keyed request the ledger refused): ``reason`` is the ``Reason``
+  member's value (a string: ``"insufficient_funds"``, ``"wallet_not_found:receiver"``), as
+  stable as the API's codes. ``encode_outcome`` / ``decode_outcome`` store one idempotency
+  record's outcome on its own (the on-disk key index): an event as above, or a refusal as a
+  kind 18 payload holding that one refusal.
+- 19 (refunds): its transaction type is implied (``REFUND``); ``original_amount`` is the
+  refunded transaction's posted amount, so replay rebuilds the refunded-so-far tally from the
+  log alone (ADR 0011).
+- 20 (wallet limits and metadata).
 
 ``idempotency`` is ``nil`` or ``[scope, key, fingerprint]``. A ``TransfersPosted`` record holds
 1 to ``BATCH_ITEMS_MAX`` transfers, each a ``Transferred`` without its ``at_us`` (the record's);
@@ -74,6 +80,7 @@ from ledger._model import (
     HoldVoided,
     Idempotency,
     Reason,
+    Refunded,
     Rejection,
     RequestsRefused,
     TokenCreated,
@@ -109,6 +116,7 @@ _ALERT_DELETED = 16
 _ALERTS_TRIGGERED = 17
 _REQUESTS_REFUSED = 18
 _WALLET_UPDATED = 20
+_REFUNDED = 19
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -308,6 +316,14 @@ def encode_event(event: Event) -> bytes:
                 event.monthly_limit, event.metadata, event.at_us,
             ]
         )
+    if isinstance(event, Refunded):
+        return _packb(
+            [
+                CODEC_VERSION, _REFUNDED, event.transaction_id, event.refund_of, event.from_wallet_id,
+                event.to_wallet_id, event.asset, event.amount, event.original_amount, event.description,
+                event.metadata, event.at_us, _idem_out(event.idempotency),
+            ]
+        )
     raise AssertionError(f"unknown event {event!r}")
 
 
@@ -481,6 +497,15 @@ def decode_event(payload: bytes) -> Event:
                 daily_limit=None if daily_limit is None else _int(daily_limit),
                 monthly_limit=None if monthly_limit is None else _int(monthly_limit),
                 metadata=_metadata(metadata), at_us=_int(at_us),
+            )
+        if kind == _REFUNDED:
+            (transaction_id, refund_of, from_id, to_id, asset, amount, original_amount, description,
+             metadata, at_us, idem) = rest
+            return Refunded(
+                transaction_id=_str(transaction_id), refund_of=_str(refund_of), from_wallet_id=_str(from_id),
+                to_wallet_id=_str(to_id), asset=_str(asset), amount=_int(amount),
+                original_amount=_int(original_amount), description=_optional_str(description),
+                metadata=_metadata(metadata), at_us=_int(at_us), idempotency=_idem_in(idem),
             )
     except CodecError:
         raise

@@ -92,14 +92,18 @@ from ledger._model import (
     Idempotency,
     PayoutStep,
     Reason,
+    Refund,
+    Refunded,
     Rejection,
     RequestWithdrawal,
     ResolveHold,
     RevokeToken,
     TokenCreated,
     TokenRevoked,
+    TransactionStatus,
     TransactionType,
     Transfer,
+    Transferred,
     UpdateWallet,
     VoidReason,
     Wallet,
@@ -112,6 +116,7 @@ from ledger._model import (
     counts_as_spend,
     frozen_builder,
     is_treasury,
+    new_transfer,
     new_transferred,
     treasury_id,
 )
@@ -771,6 +776,102 @@ def decide_firings(state: State, now_us: int) -> list[AlertsTriggered]:
     ]
 
 
+# -- refunds ------------------------------------------------------------------------------
+#
+# A refund is a transfer from the original's receiver back to its sender (a deposit's: the
+# treasury), run with the credit-first protocol like any transfer and decided on the shard that
+# owns the refunding wallet, which keeps ``State.refunded`` for every original that wallet
+# received: the cap is decided in the same step as the debit, so concurrent refunds can never
+# refund more than the original together. ADR 0011 has the design. Checks, in order (each row a
+# test in ``tests/ledger/test_refunds.py``):
+#
+#     | # | check                                          | reason                   |
+#     |---|------------------------------------------------|--------------------------|
+#     | 0 | key seen (same / other request)                | replay / KEY_REUSED      |
+#     | 1 | the original is a posted deposit or transfer   | NOT_REFUNDABLE           |
+#     |   |   (captured holds included)                    |                          |
+#     | 2 | the refunding wallet exists                    | SENDER_NOT_FOUND         |
+#     | 3 | the caller owns it                             | FORBIDDEN                |
+#     | 4 | something is left, amount <= what is left      | REFUND_EXCEEDS_REMAINING |
+#     |   |   (no amount: what is left)                    |                          |
+#     | 5 | rows 2-8 of the transfer table, by             | as there: RECEIVER_*,    |
+#     |   |   ``decide_transfer`` itself (the same funds   | SENDER_FROZEN/_CLOSED,   |
+#     |   |   check as a transfer's row 7)                 | INSUFFICIENT_FUNDS, ...  |
+#
+# The refunded wallet (the original's sender) may be frozen, not closed: row 6 of the transfer
+# table checks only that it is open.
+
+_REFUNDABLE = (TransactionType.DEPOSIT, TransactionType.TRANSFER)
+
+
+def refund_reservation(command: Refund) -> int:
+    """What step 1 reserves on the refunded wallet: the amount asked, or (no amount) the
+    original's, which bounds what is left; the debit step takes at most that."""
+    return command.original_amount if command.amount is None else command.amount
+
+
+def decide_refund(state: State, command: Refund, now_us: int, credit: CreditCheck) -> Decision:
+    """On the shard that owns ``command.from_wallet_id``, given the refunded wallet's verdict
+    for ``refund_reservation(command)``. Pure; the accepted event is the whole refund."""
+    assert command.original_amount >= 1
+    assert command.amount is None or command.amount >= 1
+    replay = check_idempotency(state.directory, command.idempotency)
+    if replay is not None:
+        return replay
+    if command.original_type not in _REFUNDABLE or command.original_status != TransactionStatus.POSTED:
+        what = (command.original_type.label if command.original_status == TransactionStatus.POSTED
+                else f"{command.original_status.label} {command.original_type.label}")
+        return Rejection(
+            reason=Reason.NOT_REFUNDABLE,
+            detail=f"transaction {command.refund_of} is a {what}: only posted deposits and transfers can be refunded",
+        )
+    sender = state.wallets.get(command.from_wallet_id)
+    if sender is None:
+        return Rejection(reason=Reason.SENDER_NOT_FOUND, detail=f"wallet {command.from_wallet_id} does not exist")
+    if command.owner_id is not None and sender.owner_id != command.owner_id:
+        return Rejection(
+            reason=Reason.FORBIDDEN,
+            detail=f"transaction {command.refund_of} was received by a wallet of another owner",
+        )
+    tally = state.refunded.get(command.refund_of)
+    # The first refund's record fixed the original's amount; later ones read the same fact.
+    original_amount = command.original_amount if tally is None else tally.original_amount
+    remaining = original_amount - (0 if tally is None else tally.refunded)
+    assert remaining >= 0
+    amount = remaining if command.amount is None else command.amount
+    if remaining == 0 or amount > remaining:
+        return Rejection(
+            reason=Reason.REFUND_EXCEEDS_REMAINING,
+            detail=f"transaction {command.refund_of} has {remaining} left to refund"
+            + ("" if command.amount is None else f", {amount} requested"),
+        )
+    assert amount <= refund_reservation(command)
+    # The transfer's own checks, funds included (one implementation of each rule). The key was
+    # checked above; the refund records it.
+    decision = decide_transfer(
+        state,
+        new_transfer(command.transaction_id, TransactionType.REFUND, command.from_wallet_id,
+                     command.to_wallet_id, amount, command.description, command.metadata, None,
+                     command.owner_id, None),
+        now_us,
+        credit,
+    )
+    if not isinstance(decision, list):
+        return decision
+    (transferred,) = decision
+    assert isinstance(transferred, Transferred)
+    assert transferred.from_wallet_id == sender.id
+    # After this point the command must be accepted.
+    return [
+        Refunded(
+            transaction_id=command.transaction_id, refund_of=command.refund_of, from_wallet_id=sender.id,
+            to_wallet_id=command.to_wallet_id, asset=sender.asset, amount=amount,
+            original_amount=original_amount, description=command.description, metadata=command.metadata,
+            at_us=now_us, idempotency=command.idempotency,
+        )
+    ]
+
+
 def decide(state: State, command: object, now_us: int) -> Decision:
     """Decides any command against a state that holds every wallet it names (one shard, or
     the whole ledger). The shard actors call the per-command functions directly."""
@@ -807,5 +908,8 @@ def decide(state: State, command: object, now_us: int) -> Decision:
         return decide_create_alert(state, command, now_us)
     if isinstance(command, DeleteAlert):
         return decide_delete_alert(state, command, now_us)
+    if isinstance(command, Refund):
+        credit = check_credit_to(state, command.to_wallet_id, refund_reservation(command))
+        return decide_refund(state, command, now_us, credit)
     raise AssertionError(f"unknown command {command!r}")
 

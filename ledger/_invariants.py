@@ -20,6 +20,7 @@ from ledger._model import (
     Alert,
     AlertFired,
     Hold,
+    RefundTally,
     Rejection,
     TransactionType,
     Wallet,
@@ -38,6 +39,7 @@ def check_invariants(
     holds: Iterable[Hold] = (),
     withdrawals: Iterable[Withdrawal] = (),
     alerts: Iterable[Alert] = (),
+    refunded: Iterable[tuple[str, RefundTally]] = (),
 ) -> None:
     """O(N) check of the ledger's invariants over every wallet, hold, withdrawal and alert (pass
     all of them: a wallet's ``held`` must equal the sum of its holds). Raises AssertionError."""
@@ -121,6 +123,9 @@ def check_invariants(
             assert wallet.balance == 0, wallet
         totals[wallet.asset] = totals.get(wallet.asset, 0) + wallet.balance
     assert not held, f"holds on unknown wallets: {sorted(held)}"
+    for transaction_id, tally in refunded:
+        # Refunds of one original never sum past its posted amount.
+        assert 1 <= tally.refunded <= tally.original_amount, (transaction_id, tally)
     assert not alerted, f"alerts on unknown wallets: {sorted(alerted)}"
     for asset in directory.assets:
         assert asset in treasuries, f"asset {asset} has no treasury wallet"
@@ -142,6 +147,7 @@ def state_digest(
     withdrawals: Iterable[Withdrawal] = (),
     alerts: Iterable[Alert] = (),
     crossings: Iterable[AlertFired] = (),
+    refunded: Iterable[tuple[str, RefundTally]] = (),
 ) -> str:
     """A digest of everything the state holds, independent of dict order and shard layout.
     (No holds, withdrawals or alerts digest exactly as before they existed.)"""
@@ -183,13 +189,16 @@ def state_digest(
         digest.update(repr(alert.key()).encode())
     for firing in sorted(crossings, key=repr):
         digest.update(repr(("owed", firing)).encode())
+    for transaction_id, tally in sorted(refunded, key=lambda item: item[0]):
+        digest.update(repr(("refunded", transaction_id, tally.wallet_id, tally.original_amount,
+                            tally.refunded)).encode())
     digest.update(repr(directory.lsn).encode())
     return digest.hexdigest()
 
 
 def check_state(state: State) -> None:
     check_invariants(state.wallets.values(), state.directory, state.holds.values(), state.withdrawals.values(),
-                     state.alerts.values())
+                     state.alerts.values(), state.refunded.items())
     for wallet_id, watching in state.watched.items():
         assert watching, wallet_id
         assert all(alert.wallet_id == wallet_id and state.alerts.get(alert.id) is alert for alert in watching)
@@ -200,5 +209,5 @@ def check_state(state: State) -> None:
 
 def digest_state(state: State) -> str:
     return state_digest(state.wallets.values(), state.directory, state.holds.values(), state.withdrawals.values(),
-                        state.alerts.values(), state.crossings)
+                        state.alerts.values(), state.crossings, state.refunded.items())
 

@@ -64,6 +64,8 @@ from ledger._model import (
     Idempotency,
     ItemOutcome,
     Reason,
+    Refund,
+    RefundTally,
     Rejection,
     RequestWithdrawal,
     ResolveHold,
@@ -322,6 +324,8 @@ class Ledger:
             states[shard_of(alert.wallet_id, shards)].alerts[alert_id] = alert
         for firing in recovered.state.crossings:
             states[shard_of(firing.wallet_id, shards)].crossings.append(firing)
+        for transaction_id, tally in recovered.state.refunded.items():
+            states[shard_of(tally.wallet_id, shards)].refunded[transaction_id] = tally
         _state.index_holds(self.directory, states)
         self.shards: list[Shard] = []
         shard_options: dict[str, Any] = {}
@@ -454,6 +458,12 @@ class Ledger:
             done.set()
 
     async def transfer(self, command: Transfer) -> ItemOutcome:
+        shard = self._shard(command.to_wallet_id)
+        return await self._keyed(command.idempotency, lambda: shard.submit_transfer(command))
+
+    async def refund(self, command: Refund) -> ItemOutcome:
+        """Refunds (part of) a posted transaction: a transfer from its receiver back to its
+        sender, credit side first, decided with the cap on the receiver's shard."""
         shard = self._shard(command.to_wallet_id)
         return await self._keyed(command.idempotency, lambda: shard.submit_transfer(command))
 
@@ -720,6 +730,15 @@ class Ledger:
     def all_alerts(self) -> list[Alert]:
         return [alert for shard in self.shards for alert in shard.state.alerts.values()]
 
+    def all_refunded(self) -> list[tuple[str, RefundTally]]:
+        """Every original's refunded-so-far tally (and on which shard it must live)."""
+        found = []
+        for shard in self.shards:
+            for transaction_id, tally in shard.state.refunded.items():
+                assert shard_of(tally.wallet_id, len(self.shards)) == shard.index, (transaction_id, tally)
+                found.append((transaction_id, tally))
+        return found
+
     def merged_state(self) -> State:
         """One ``State`` holding every shard's wallets, pending holds and withdrawals over the
         shared directory: the inverse of the partition in ``__init__``, and what a snapshot of
@@ -732,7 +751,9 @@ class Ledger:
             assert state.holds.keys().isdisjoint(shard.state.holds)
             assert state.withdrawals.keys().isdisjoint(shard.state.withdrawals)
             assert state.alerts.keys().isdisjoint(shard.state.alerts)
+            assert state.refunded.keys().isdisjoint(shard.state.refunded)
             state.wallets.update(shard.state.wallets)
+            state.refunded.update(shard.state.refunded)
             state.holds.update(shard.state.holds)
             state.withdrawals.update(shard.state.withdrawals)
             state.crossings.extend(shard.state.crossings)
@@ -745,12 +766,12 @@ class Ledger:
     def check_invariants(self) -> None:
         """``check_invariants`` over the live shards (call when they are idle)."""
         _invariants.check_invariants(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals(),
-                                     self.all_alerts())
+                                     self.all_alerts(), self.all_refunded())
 
     def digest(self) -> str:
         return _invariants.state_digest(
             self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals(), self.all_alerts(),
-            [firing for shard in self.shards for firing in shard.state.crossings],
+            [firing for shard in self.shards for firing in shard.state.crossings], self.all_refunded(),
         )
 
 

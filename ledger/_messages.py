@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from ledger._decide import CreditCheck
+from ledger._decide import CreditCheck, refund_reservation
 from ledger._model import (
     AdvanceWithdrawal,
     BatchFailed,
@@ -29,6 +29,8 @@ from ledger._model import (
     DeleteAlert,
     ExpireHolds,
     HoldCaptured,
+    Refund,
+    Refunded,
     RequestWithdrawal,
     ResolveHold,
     RevokeToken,
@@ -73,7 +75,7 @@ class Reply:
 
 
 # Commands that run the credit-first protocol.
-Movement = Transfer | ResolveHold | CompleteWithdrawal
+Movement = Transfer | ResolveHold | CompleteWithdrawal | Refund
 # Commands decided on one shard alone.
 LocalCommand = (
     CreateWallet | ChangeWalletStatus | CreateAsset | CreateToken | RevokeToken | ResolveHold
@@ -88,6 +90,9 @@ def credit_target(command: Movement, route_amount: int = 0) -> tuple[str, int, b
     if isinstance(command, ResolveHold):
         assert command.capture
         return command.to_wallet_id, command.amount or route_amount, True
+    if isinstance(command, Refund):
+        # Without an amount, the original's bounds what is left; the debit takes at most it.
+        return command.to_wallet_id, refund_reservation(command), True
     return treasury_id(command.asset), command.amount, True
 class BatchReply:
     """Where the shards leave a batch's outcomes: ``results[i]`` for item i, or ``failed`` for
@@ -146,9 +151,9 @@ class _DebitStep:
 
 @dataclass(slots=True)
 class _ApplyCredit:
-    event: Transferred | HoldCaptured | None  # None: step 2 refused, only release
+    event: Transferred | HoldCaptured | Refunded | None  # None: step 2 refused, only release
     wallet_id: str
-    amount: int  # the amount reserved in step 1
+    amount: int  # the amount reserved in step 1 (a refund may credit less: ``credit_target``)
     lsn: int
 
 

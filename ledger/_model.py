@@ -84,6 +84,9 @@ class Reason(enum.Enum):
     ALERT_NOT_FOUND = "alert_not_found"
     # Wallet limits: outgoing money over a daily or monthly spend limit (row 7b of a transfer).
     SPEND_LIMIT_EXCEEDED = "spend_limit_exceeded"
+    # Refunds (checked in the order of the refund table in ``ledger._decide``).
+    NOT_REFUNDABLE = "not_refundable"  # a withdrawal, a refund, a pending or voided hold
+    REFUND_EXCEEDS_REMAINING = "refund_exceeds_remaining"
 
     @property
     def code(self) -> str:
@@ -154,6 +157,7 @@ class TransactionType(Labelled):
     DEPOSIT = 0
     TRANSFER = 1
     WITHDRAWAL = 2
+    REFUND = 3  # money sent back against a posted deposit or transfer (``Refunded``)
 
 
 # Debits that count as a wallet's spending (its spend limits and ``spent``): transfers (holds
@@ -441,10 +445,35 @@ class DeleteAlert:
     owner_id: str | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refund:
+    """Send back ``amount`` (None: what is left) of the posted transaction ``refund_of``, from
+    its receiver (``from_wallet_id``) to its sender (``to_wallet_id``; a deposit's treasury).
+
+    The ``original_*`` fields are the original's facts as the history read model shows them
+    (type, status, and its posted amount: a captured hold's captured amount). They come from
+    the log and never change once the original is posted, so the shell may read them there;
+    the ledger keeps what was refunded so far (``State.refunded``) and decides the cap.
+    ``owner_id`` is who asks: the refunding wallet must belong to them (None: admin)."""
+
+    transaction_id: str
+    refund_of: str
+    from_wallet_id: str
+    to_wallet_id: str
+    amount: int | None
+    original_type: TransactionType
+    original_status: TransactionStatus
+    original_amount: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    idempotency: Idempotency | None
+    owner_id: str | None = None
+
+
 Command = (
     CreateAsset | CreateWallet | ChangeWalletStatus | Transfer | CreateToken | RevokeToken
     | ResolveHold | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal | CompleteWithdrawal
-    | CreateAlert | DeleteAlert | UpdateWallet
+    | CreateAlert | DeleteAlert | UpdateWallet | Refund
 )
 
 
@@ -663,10 +692,35 @@ class RequestsRefused:
     refusals: tuple[tuple[Idempotency, Rejection], ...]
     at_us: int
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refunded:
+    """A posted refund: ``amount`` moved from ``from_wallet_id`` (the original's receiver) to
+    ``to_wallet_id`` (the original's sender). Self-contained like every event: it carries the
+    original's id and posted amount, so replay rebuilds the refunded-so-far tally
+    (``State.refunded``) from the log alone. Its ``type`` is always ``REFUND``."""
+
+    transaction_id: str
+    refund_of: str
+    from_wallet_id: str
+    to_wallet_id: str
+    asset: str
+    amount: int
+    original_amount: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    at_us: int
+    idempotency: Idempotency | None
+
+    @property
+    def type(self) -> TransactionType:
+        return TransactionType.REFUND
+
+
 Event = (
     AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TransfersPosted | TokenCreated
     | TokenRevoked | HoldCreated | HoldCaptured | HoldVoided | WithdrawalUpdated
-    | AlertCreated | AlertDeleted | AlertsTriggered | RequestsRefused | WalletUpdated
+    | AlertCreated | AlertDeleted | AlertsTriggered | RequestsRefused | Refunded | WalletUpdated
 )
 
 
@@ -892,6 +946,17 @@ class AlertView:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RefundTally:
+    """What was refunded so far of one original transaction, kept by the shard that owns the
+    original's receiver (the wallet every refund of it debits): ``refunded`` never exceeds
+    ``original_amount``."""
+
+    wallet_id: str
+    original_amount: int
+    refunded: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Token:
     token_hash: bytes
     prefix: str
@@ -916,7 +981,7 @@ class Committed:
     """A money movement that was accepted and appended at ``lsn`` (durable once the caller
     sees it)."""
 
-    event: Transferred | HoldCreated | HoldCaptured | HoldVoided
+    event: Transferred | HoldCreated | HoldCaptured | HoldVoided | Refunded
     lsn: int
 
 

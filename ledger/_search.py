@@ -72,7 +72,8 @@ METADATA_SQL = (
     "j.type = 'text' AND length(j.key) BETWEEN 1 AND 64 AND j.key NOT GLOB '*[^A-Za-z0-9_-]*' "
     f"AND length(j.value) <= {METADATA_VALUE_CHARS_MAX}"
 )
-ROW_COLUMNS = "pos, id, lsn, type, from_wallet_id, to_wallet_id, asset, amount, description, metadata, at_us, status"
+ROW_COLUMNS = ("pos, id, lsn, type, from_wallet_id, to_wallet_id, asset, amount, description, metadata, at_us, status, "
+               "refund_of, refunded_amount")
 
 
 def searchable_metadata(metadata: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -98,6 +98,8 @@ from ledger._model import (
     HoldCreated,
     HoldVoided,
     Idempotency,
+    Refund,
+    Refunded,
     Rejection,
     RequestsRefused,
     ResolveHold,
@@ -397,7 +399,7 @@ class Shard:
             sender_id = command.from_wallet_id
             if sender_id is None and credit.asset is not None:
                 sender_id = treasury_id(credit.asset)
-        elif isinstance(command, ResolveHold):
+        elif isinstance(command, ResolveHold | Refund):
             sender_id = command.from_wallet_id
         else:
             sender_id = command.wallet_id
@@ -433,6 +435,8 @@ class Shard:
             decision = _decide.decide_transfer(self.state, command, now_us, credit)
         elif isinstance(command, ResolveHold):
             decision = _decide.decide_capture(self.state, command, now_us, credit)
+        elif isinstance(command, Refund):
+            decision = _decide.decide_refund(self.state, command, now_us, credit)
         else:
             decision = _decide.decide_complete_withdrawal(self.state, command, now_us, credit)
         if not isinstance(decision, list):
@@ -446,19 +450,25 @@ class Shard:
         _apply.apply_directory(self.state.directory, event, lsn)
         if isinstance(event, Transferred):
             _apply.apply_debit(self.state, event, lsn)
+        elif isinstance(event, Refunded):
+            _apply.apply_refund(self.state, event, lsn)
         else:
             self._apply_sender(event, lsn)
         if isinstance(event, HoldCreated):
             # Nothing reaches the receiver yet, and step 1 reserved nothing.
             assert not reserved
         else:
-            assert isinstance(event, Transferred | HoldCaptured)
+            assert isinstance(event, Transferred | HoldCaptured | Refunded)
             if credit_shard == self.index:
                 _apply.apply_credit(self.state, event, lsn)
             else:
-                # A capture may take less than step 1 reserved (the router's view was stale
-                # only if the hold is gone, and then the capture was refused above).
-                assert reserved == event.amount, (reserved, event.amount)
+                # A capture never takes less than step 1 reserved (the router's view was stale
+                # only if the hold is gone, and then the capture was refused above); a refund
+                # without an amount reserved the original's and may take less (what was left).
+                if isinstance(event, Refunded):
+                    assert 1 <= event.amount <= reserved, (reserved, event.amount)
+                else:
+                    assert reserved == event.amount, (reserved, event.amount)
                 self._peers[credit_shard]._post(_ApplyCredit(event, event.to_wallet_id, reserved, lsn))
         self._resolve(reply, Committed(event=event, lsn=lsn), lsn)
 
@@ -508,7 +518,11 @@ class Shard:
             del self._pending[wallet_id]
 
     def _on_apply_credit(self, message: _ApplyCredit) -> None:
-        assert message.event is None or message.event.amount == message.amount
+        event = message.event
+        if isinstance(event, Refunded):
+            assert event.amount <= message.amount
+        else:
+            assert event is None or event.amount == message.amount
         self._release(message.wallet_id, message.amount)
         if message.event is not None:
             _apply.apply_credit(self.state, message.event, message.lsn)

@@ -16,7 +16,7 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
     -------------|------------------------------------------------------------------|-----------
     header       | version, directory lsn, directory at_us, assets, tokens,         | 1
                  | idempotency records, wallets, holds, withdrawals, alerts,        |
-                 | crossings, refusals (the counts)                                 |
+                 | crossings, refusals, refund tallies (the counts)                 |
     asset        | code, scale, created_at_us                                       | assets
     token        | token_hash, prefix, owner_id, created_at_us                      | tokens
     idempotency  | scope, key, fingerprint, lsn, at_us, event (``encode_event``)    | records
@@ -32,22 +32,25 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
     crossing     | alert_id, wallet_id, field, direction, threshold, value,         | crossings
                  | transaction_id (a firing owed: ``State.crossings``)              |
     refusal      | scope, key, fingerprint, lsn, at_us, reason, detail              | refusals
+    refund tally | transaction_id (the original), wallet_id, original_amount,       | tallies
+                 | refunded (``State.refunded``)                                    |
     limits count | (version 4) how many wallets follow in the limits section        | 1
     limits       | wallet_id, overdraft, daily, monthly, floor (nil, nil, nil, nil  | that many
                  | without limits), day (nil: never spent), spent_day, spent_month  |
 
 Version 1 (before holds) had no hold or withdrawal counts or entities; version 2 (before
-balance alerts) no alert or crossing counts or entities; version 3 (before final outcomes and
-wallet limits) no refusal count, no refusals and no limits section (a wallet loads without
-limits and without spending); all still decode.
+balance alerts) no alert or crossing counts or entities; version 3 (before final outcomes,
+refunds and wallet limits) no refusal or refund tally counts, no refusals, tallies or limits
+section (a wallet loads without limits and without spending); all still decode.
 
-Version 4 added two things. Refusals: the idempotency records of refused requests (final
-outcomes, whose ``event`` is the ``Rejection``; ``reason`` is the ``Reason`` value, as in the
-log's kind 18), in LSN order, after the crossings; the idempotency section then holds only the
-records of accepted requests (its count says how many), and decoding merges the two by LSN back
-into the directory's one log-ordered dict (a refusal and an acceptance never share a record, so
-never an LSN). Then the limits section, last, with its own count (not in the header); it
-holds the wallets that have limits or spent, sorted by id. Alerts are in
+Version 4 added three sections after the crossings. Refusals: the idempotency records of
+refused requests (final outcomes, whose ``event`` is the ``Rejection``; ``reason`` is the
+``Reason`` value, as in the log's kind 18), in LSN order; the idempotency section then holds
+only the records of accepted requests (its count says how many), and decoding merges the two by
+LSN back into the directory's one log-ordered dict (a refusal and an acceptance never share a
+record, so never an LSN). Refund tallies, sorted by the original's id. Then the limits section,
+last, with its own count (not in the header); it holds the wallets that have limits or spent,
+sorted by id. Alerts are in
 creation (LSN) order, the order ``State.watched`` evaluates them in; crossings in the order owed.
 Holds and withdrawals are sorted by id; the directory's routing indexes are rebuilt from them.
 
@@ -86,6 +89,8 @@ from ledger._model import (
     IdempotencyRecord,
     Limits,
     Reason,
+    Refunded,
+    RefundTally,
     Rejection,
     Token,
     TransactionType,
@@ -107,8 +112,8 @@ CHUNK_RECORDS = 10_000
 # idempotency record: an event (itself within the WAL's 16 MiB payload limit) plus its key.
 ENTITY_BYTES_MAX = 17 * 1024 * 1024
 
-_HEADER_FIELDS = {1: 7, 2: 9, 3: 11, 4: 12}
-_KEYED_EVENTS = Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided
+_HEADER_FIELDS = {1: 7, 2: 9, 3: 11, 4: 13}
+_KEYED_EVENTS = Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided | Refunded
 
 assert CHUNK_RECORDS >= 1
 assert ENTITY_BYTES_MAX > 16 * 1024 * 1024
@@ -120,7 +125,7 @@ def count_records(state: State) -> int:
     directory = state.directory
     return (len(directory.assets) + len(directory.tokens) + len(directory.idempotency) + len(state.wallets)
             + len(state.holds) + len(state.withdrawals) + len(state.alerts) + len(state.crossings)
-            + _limited_count(state))
+            + _limited_count(state) + len(state.refunded))
 
 
 def _limited(wallet: Wallet) -> bool:
@@ -139,7 +144,8 @@ def encode_state(state: State) -> Iterator[bytes]:
     lsn = directory.lsn
     refused = sum(1 for record in directory.idempotency.values() if type(record.event) is Rejection)
     counts = (len(directory.assets), len(directory.tokens), len(directory.idempotency) - refused, len(state.wallets),
-              len(state.holds), len(state.withdrawals), len(state.alerts), len(state.crossings), refused)
+              len(state.holds), len(state.withdrawals), len(state.alerts), len(state.crossings), refused,
+              len(state.refunded))
     limited_count = _limited_count(state)
     packer = msgpack.Packer(use_bin_type=True)
     yield packer.pack([SNAPSHOT_CODEC_VERSION, lsn, directory.at_us, *counts])
@@ -190,6 +196,9 @@ def encode_state(state: State) -> Iterator[bytes]:
                 if type(outcome) is Rejection:
                     yield [scope, key, record.fingerprint, record.lsn, record.at_us, outcome.reason.value,
                            outcome.detail]
+        for transaction_id in sorted(state.refunded):
+            tally = state.refunded[transaction_id]
+            yield [transaction_id, tally.wallet_id, tally.original_amount, tally.refunded]
         # Version 4: wallet limits and spend windows, a section of its own.
         yield limited_count
         for wallet_id in sorted(state.wallets):
@@ -318,9 +327,9 @@ def _decode(body: bytes) -> State:
     if version <= 2:
         fields += [0, 0]
     if version <= 3:
-        fields += [0]
+        fields += [0, 0]
     (_, lsn, at_us, assets_count, tokens_count, records_count, wallets_count, holds_count, withdrawals_count,
-     alerts_count, crossings_count, refusals_count) = fields
+     alerts_count, crossings_count, refusals_count, tallies_count) = fields
     directory = Directory(lsn=_int(lsn, "lsn", 0), at_us=_int(at_us, "at_us"))
     for value, what in (
         (assets_count, "asset count"),
@@ -332,6 +341,7 @@ def _decode(body: bytes) -> State:
         (alerts_count, "alert count"),
         (crossings_count, "crossing count"),
         (refusals_count, "refusal count"),
+        (tallies_count, "refund tally count"),
     ):
         # A count past the body's length is garbage, and would only fail later, slowly.
         _int(value, what, 0, len(body))
@@ -492,6 +502,18 @@ def _decode(body: bytes) -> State:
     if refusals_count:
         _merge_refusals(directory, unpacker, refusals_count)
 
+    refunded: dict[str, RefundTally] = {}
+    for _ in range(tallies_count):
+        transaction_id, wallet_id, original_amount, refunded_amount = _fields(unpacker.unpack(), 4, "refund tally")
+        transaction_id = _str(transaction_id, "refund tally transaction")
+        if refunded and transaction_id <= next(reversed(refunded)):
+            raise CodecError(f"refund tally {transaction_id!r} out of order")
+        original_amount = _int(original_amount, "refund tally original amount", 1)
+        refunded[transaction_id] = RefundTally(
+            wallet_id=_str(wallet_id, "refund tally wallet"), original_amount=original_amount,
+            refunded=_int(refunded_amount, "refund tally refunded", 1, original_amount),
+        )
+
     if version >= 4:
         limited_count = _int(unpacker.unpack(), "limits count", 0, len(wallets))
         previous_limited: str | None = None
@@ -523,6 +545,6 @@ def _decode(body: bytes) -> State:
     if unpacker.tell() != len(body):
         raise CodecError(f"{len(body) - unpacker.tell()} bytes after the last entity")
     state = State(directory=directory, wallets=wallets, holds=holds, withdrawals=withdrawals, alerts=alerts,
-                  crossings=crossings)
+                  crossings=crossings, refunded=refunded)
     index_holds(directory, [state])
     return state

@@ -23,6 +23,7 @@ from ledger._model import (
     Asset,
     Hold,
     IdempotencyRecord,
+    RefundTally,
     Token,
     Wallet,
     Withdrawal,
@@ -69,6 +70,11 @@ class State:
     alerts: dict[str, Alert] = field(default_factory=dict)
     watched: dict[str, list[Alert]] = field(default_factory=dict)
     crossings: list[AlertFired] = field(default_factory=list)
+    # Refunded so far, by original transaction id, for the originals whose receiver this state
+    # owns (every refund of one debits that wallet, so its shard decides the cap alone). Only
+    # originals refunded at least once have an entry; entries are never dropped (a fully
+    # refunded original must keep refusing).
+    refunded: dict[str, RefundTally] = field(default_factory=dict)
 
 
 def index_holds(directory: Directory, states: Iterable[State]) -> None:

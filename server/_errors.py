@@ -26,6 +26,8 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | WITHDRAWAL_NOT_DEAD       | 409    | withdrawal_not_dead       |
     | WITHDRAWAL_NOT_PAYABLE    | 409    | withdrawal_not_payable    |
     | RECORD_TOO_LARGE          | 413    | payload_too_large         |
+    | NOT_REFUNDABLE            | 409    | not_refundable            |
+    | REFUND_EXCEEDS_REMAINING  | 422    | refund_exceeds_remaining  |
     | an atomic batch's item    | 422    | batch_failed (with index  |
     |   failed: nothing posted  |        |   and the item's error)   |
     | bad body, query or header | 400    | invalid_request           |
@@ -103,6 +105,8 @@ REASONS: dict[Reason, tuple[int, str]] = {
     Reason.ALERT_LIMIT_REACHED: (409, "Alert limit reached"),
     Reason.ALERT_NOT_FOUND: (404, "Alert not found"),
     Reason.SPEND_LIMIT_EXCEEDED: (422, "Spend limit exceeded"),
+    Reason.NOT_REFUNDABLE: (409, "Not refundable"),
+    Reason.REFUND_EXCEEDS_REMAINING: (422, "Refund exceeds remaining"),
 }
 assert set(REASONS) == set(Reason), set(Reason) - set(REASONS)
 

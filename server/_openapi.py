@@ -20,6 +20,7 @@ from ledger import (
     SCALE_MAX,
     SEARCH_METADATA_FILTERS_MAX,
     SEARCH_METADATA_VALUE_CHARS_MAX,
+    TransactionType,
 )
 from server.api._render import EVENT_TYPES
 
@@ -38,6 +39,7 @@ SPEND_LIMIT = {"type": ["integer", "null"], "minimum": 1, "maximum": AMOUNT_MAX,
 SPEND_LIMITS = {"type": ["object", "null"], "additionalProperties": False,
                 "properties": {"daily": SPEND_LIMIT, "monthly": SPEND_LIMIT},
                 "description": "absent keys stay as they are (PATCH) or have no limit (create); null: no limits"}
+TRANSACTION_TYPES = [member.label for member in TransactionType]
 
 SCHEMAS: dict[str, Any] = {
     "Problem": {
@@ -95,11 +97,15 @@ SCHEMAS: dict[str, Any] = {
         "required": ["id", "type", "status", "from_wallet_id", "to_wallet_id", "asset", "amount",
                      "description", "metadata", "created_at", "lsn"],
         "properties": {
-            "id": {"type": "string"}, "type": {"enum": ["deposit", "transfer", "withdrawal"]},
+            "id": {"type": "string"}, "type": {"enum": TRANSACTION_TYPES},
             "status": {"enum": ["posted", "pending", "voided", "failed"]},
             "from_wallet_id": {"type": "string"}, "to_wallet_id": {"type": "string"},
             "asset": {"type": "string"}, "amount": AMOUNT, "description": {"type": ["string", "null"]},
             "metadata": {"type": "object"}, "created_at": TIMESTAMP, "lsn": {"type": "integer", "minimum": 1},
+            "refunded_amount": {"type": "integer", "minimum": 0,
+                                "description": "what refunds of this transaction sent back so far (0 when "
+                                               "none; the answer of the request that made it shows 0)"},
+            "refund_of": {"type": "string", "description": "refunds only: the refunded transaction"},
         },
     },
     "Event": {
@@ -232,11 +238,14 @@ SCHEMAS: dict[str, Any] = {
         "required": ["transaction_id", "type", "status", "direction", "amount", "balance_after",
                      "counterparty_wallet_id", "description", "created_at", "lsn"],
         "properties": {
-            "transaction_id": {"type": "string"}, "type": {"enum": ["deposit", "transfer", "withdrawal"]},
+            "transaction_id": {"type": "string"}, "type": {"enum": TRANSACTION_TYPES},
             "status": {"enum": ["posted", "pending", "voided", "failed"]},
             "direction": {"enum": ["debit", "credit"]}, "amount": AMOUNT, "balance_after": BALANCE,
             "counterparty_wallet_id": {"type": "string"}, "description": {"type": ["string", "null"]},
             "created_at": TIMESTAMP, "lsn": {"type": "integer", "minimum": 1},
+            "refunded_amount": {"type": "integer", "minimum": 0,
+                                "description": "what refunds of the entry's transaction sent back so far"},
+            "refund_of": {"type": "string", "description": "refunds only: the refunded transaction"},
         },
     },
 }
@@ -449,7 +458,7 @@ def build() -> dict[str, Any]:
         "/v1/wallets/{wallet_id}/transactions": {
             "get": {
                 "operationId": "walletTransactions",
-                "parameters": [_path_id("wallet_id"), _query("type", {"enum": ["deposit", "transfer"]}),
+                "parameters": [_path_id("wallet_id"), _query("type", {"enum": TRANSACTION_TYPES}),
                                _query("status", {"enum": ["posted", "pending", "voided", "failed"]}),
                                _query("since", TIMESTAMP), _query("until", TIMESTAMP), LIMIT, CURSOR],
                 "responses": {"200": _json(_page("Entry"), "newest first"), **_problems(403, 404)},
@@ -608,7 +617,7 @@ def build() -> dict[str, Any]:
                     "end. Every bad parameter is listed in one 400."
                 ),
                 "parameters": [_query("wallet_id", ID),
-                               _query("type", {"enum": ["deposit", "transfer", "withdrawal"]}),
+                               _query("type", {"enum": TRANSACTION_TYPES}),
                                _query("status", {"enum": ["posted", "pending", "voided", "failed"]}),
                                _query("since", TIMESTAMP), _query("until", TIMESTAMP),
                                _query("min_amount", AMOUNT), _query("max_amount", AMOUNT), LIMIT, CURSOR],
@@ -618,6 +627,25 @@ def build() -> dict[str, Any]:
         "/v1/transactions/{transaction_id}": {
             "get": {"operationId": "getTransaction", "parameters": [_path_id("transaction_id")],
                     "responses": {"200": _json(_ref("Transaction"), "the transaction"), **_problems(403, 404)}}
+        },
+        "/v1/transactions/{transaction_id}/refund": {
+            "post": {
+                "operationId": "refundTransaction", "parameters": [_path_id("transaction_id"), IDEMPOTENCY_KEY],
+                "summary": "Send back (part of) a posted deposit or transfer, from its receiver to its sender",
+                "description": (
+                    "Admin, or the owner of the wallet that received the original. Without `amount`, "
+                    "what is left to refund. Refundable: posted deposits (back to the treasury) and "
+                    "transfers, captured holds up to the captured amount. The refunds of a transaction "
+                    "never sum past its amount: `422 refund_exceeds_remaining` (the detail says what is "
+                    "left). A withdrawal, a refund, a pending or voided hold: `409 not_refundable`. The "
+                    "refunding wallet needs the funds (`422 insufficient_funds`) and must not be frozen or "
+                    "closed; the wallet refunded to may be frozen, not closed."
+                ),
+                "requestBody": {**_body({"amount": AMOUNT, "description": DESCRIPTION, "metadata": METADATA}, []),
+                                "required": False},
+                "responses": {"201": _json(_ref("Transaction"), "the refund, posted"),
+                              **_problems(403, 404, 409, 413, 415, 422)},
+            }
         },
         "/v1/events": {
             "get": {

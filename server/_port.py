@@ -69,6 +69,7 @@ from ledger import (
     Ledger,
     Overloaded,
     PayoutStep,
+    Refund,
     Rejection,
     RemoteProjection,
     RequestWithdrawal,
@@ -138,6 +139,7 @@ class LedgerPort(Protocol):
     async def resolve_hold(self, transaction_id: str, capture: bool, amount: int | None,
                            owner_id: str | None, idempotency: Idempotency | None) -> ItemOutcome: ...
     async def request_withdrawal(self, command: RequestWithdrawal) -> ItemOutcome: ...
+    async def refund(self, command: Refund) -> ItemOutcome: ...
     async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Decision | Committed: ...
     async def create_alert(self, command: CreateAlert) -> Decision: ...
     async def delete_alert(self, command: DeleteAlert) -> Decision: ...
@@ -219,6 +221,9 @@ class LocalPort:
         return await self.ledger.resolve_hold(
             transaction_id, capture=capture, amount=amount, owner_id=owner_id, idempotency=idempotency
         )
+
+    async def refund(self, command: Refund) -> ItemOutcome:
+        return await self.ledger.refund(command)
 
     async def request_withdrawal(self, command: RequestWithdrawal) -> ItemOutcome:
         """A new withdrawal goes to the payout workers at once (a replayed key does not: its
@@ -347,7 +352,7 @@ class LocalPort:
 METHODS = (
     "transfer", "transfer_batch", "transfer_batch_rows", "transfer_row",
     "create_wallet", "change_status", "update_wallet", "create_asset", "create_token",
-    "revoke_token", "resolve_hold", "request_withdrawal", "advance_withdrawal",
+    "revoke_token", "resolve_hold", "request_withdrawal", "advance_withdrawal", "refund",
     "create_alert", "delete_alert", "alerts", "alert",
     "wallet", "wallets", "withdrawal", "withdrawals", "token", "asset", "assets", "transaction",
     "entries", "balance_at", "search_transactions", "wallet_ids", "events", "status", "take_snapshot",
@@ -629,6 +634,9 @@ class RemotePort:
 
     async def request_withdrawal(self, command: RequestWithdrawal) -> ItemOutcome:
         return await self._call("request_withdrawal", command)
+
+    async def refund(self, command: Refund) -> ItemOutcome:
+        return await self._call("refund", command)
 
     async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Decision | Committed:
         return await self._call("advance_withdrawal", command)

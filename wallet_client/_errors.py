@@ -134,6 +134,10 @@ class TransferNotPending(Conflict):
     """409 ``transfer_not_pending``: the hold was already captured, voided or expired."""
 
 
+class NotRefundable(Conflict):
+    """409 ``not_refundable``: only posted deposits and transfers can be refunded."""
+
+
 class Gone(WalletError):
     """410 ``gone``: the events asked for were compacted away; ``oldest_lsn`` is the first one
     still kept (read again from ``after=oldest_lsn - 1``)."""
@@ -154,6 +158,11 @@ class Unprocessable(WalletError):
 
 class InsufficientFunds(Unprocessable):
     """422 ``insufficient_funds``."""
+
+
+class RefundExceedsRemaining(Unprocessable):
+    """422 ``refund_exceeds_remaining``: the refunds would sum past the transaction's amount
+    (``detail`` says what is left)."""
 
 
 class SpendLimitExceeded(Unprocessable):
@@ -205,6 +214,8 @@ CODES: dict[str, type[WalletError]] = {
     "wallet_frozen": WalletFrozen,
     "wallet_closed": WalletClosed,
     "transfer_not_pending": TransferNotPending,
+    "not_refundable": NotRefundable,
+    "refund_exceeds_remaining": RefundExceedsRemaining,
     "gone": Gone,
     "payload_too_large": PayloadTooLarge,
     "insufficient_funds": InsufficientFunds,

@@ -186,6 +186,8 @@ class StatementEntry:
     created_at: datetime
     lsn: int
     raw: dict[str, Any] = dataclasses.field(repr=False)
+    refund_of: str | None = None  # refunds: the refunded transaction
+    refunded_amount: int | None = None  # what refunds of the entry's transaction sent back so far
 
     @classmethod
     def from_json(cls, data: Json) -> StatementEntry:
@@ -193,7 +195,8 @@ class StatementEntry:
             transaction_id=data["transaction_id"], type=data["type"], status=data["status"],
             direction=data["direction"], amount=data["amount"], balance_after=data["balance_after"],
             counterparty_wallet_id=data.get("counterparty_wallet_id"), description=data.get("description"),
-            created_at=_created(data), lsn=data["lsn"], raw=dict(data),
+            created_at=_created(data), lsn=data["lsn"], raw=dict(data), refund_of=data.get("refund_of"),
+            refunded_amount=data.get("refunded_amount"),
         )
 
 

@@ -95,6 +95,7 @@ def routes(deps: Deps) -> list[BaseRoute]:
         Route("/v1/withdrawals/{withdrawal_id}/retry", withdrawals.retry_withdrawal, methods=["POST"]),
         Route("/v1/transactions", transactions.search_transactions, methods=["GET"]),
         Route("/v1/transactions/{transaction_id}", transactions.get_transaction, methods=["GET"]),
+        Route("/v1/transactions/{transaction_id}/refund", transfers.refund, methods=["POST"]),
         Route("/v1/events", events.events, methods=["GET"]),
         Route("/v1/events/stream", events.event_stream, methods=["GET"]),
         Route("/v1/webhooks", webhooks.create_webhook, methods=["POST"]),

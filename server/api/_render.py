@@ -29,6 +29,7 @@ from ledger import (
     HoldCreated,
     HoldVoided,
     ItemOutcome,
+    Refunded,
     Rejection,
     RequestsRefused,
     TokenCreated,
@@ -126,7 +127,7 @@ def asset_body(asset: Asset) -> dict[str, Any]:
     }
 
 
-MoneyEvent = Transferred | HoldCreated | HoldCaptured | HoldVoided
+MoneyEvent = Transferred | HoldCreated | HoldCaptured | HoldVoided | Refunded
 
 
 def event_status(event: MoneyEvent) -> TransactionStatus:
@@ -140,8 +141,8 @@ def event_status(event: MoneyEvent) -> TransactionStatus:
 def transaction_body(event: MoneyEvent, lsn: int) -> dict[str, Any]:
     """The transaction as of ``event`` (a capture shows the amount posted, and the time the
     transfer was created, like ``GET /v1/transactions/{id}``)."""
-    created_us = event.at_us if isinstance(event, Transferred | HoldCreated) else event.created_at_us
-    return {
+    created_us = event.at_us if isinstance(event, Transferred | HoldCreated | Refunded) else event.created_at_us
+    body: dict[str, Any] = {
         "id": event.transaction_id,
         "type": event.type.label,
         "status": event_status(event).label,
@@ -153,7 +154,19 @@ def transaction_body(event: MoneyEvent, lsn: int) -> dict[str, Any]:
         "metadata": event.metadata or {},
         "created_at": timestamp(created_us),
         "lsn": lsn,
+        # As of the event: nothing of a transaction is refunded when it is made (and a refund
+        # is never refunded); GET shows what refunds sent back since.
+        "refunded_amount": 0,
     }
+    return body
+
+
+def refund_body(event: Refunded, lsn: int) -> dict[str, Any]:
+    """A refund: the transaction and the one it refunds (a separate function, so that the
+    transfer path of ``transaction_body`` pays for no refund check)."""
+    body = transaction_body(event, lsn)
+    body["refund_of"] = event.refund_of
+    return body
 
 
 def withdrawal_body(view: WithdrawalView) -> dict[str, Any]:
@@ -193,7 +206,7 @@ def requested_withdrawal_body(event: HoldCreated) -> dict[str, Any]:
 
 
 def row_body(row: TransactionRow) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "id": row.id,
         "type": row.type.label,
         "status": row.status.label,
@@ -205,11 +218,15 @@ def row_body(row: TransactionRow) -> dict[str, Any]:
         "metadata": row.metadata or {},
         "created_at": timestamp(row.at_us),
         "lsn": row.lsn,
+        "refunded_amount": row.refunded_amount,
     }
+    if row.refund_of is not None:
+        body["refund_of"] = row.refund_of
+    return body
 
 
 def entry_body(entry: Entry) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "transaction_id": entry.transaction_id,
         "type": entry.type.label,
         "status": entry.status.label,
@@ -220,7 +237,11 @@ def entry_body(entry: Entry) -> dict[str, Any]:
         "description": entry.description,
         "created_at": timestamp(entry.at_us),
         "lsn": entry.lsn,
+        "refunded_amount": entry.refunded_amount,
     }
+    if entry.refund_of is not None:
+        body["refund_of"] = entry.refund_of
+    return body
 
 
 # Every ``type`` a feed event can have (``event_body``), in the order the README lists them:
@@ -232,6 +253,7 @@ EVENT_TYPES = (
     "withdrawal.pending", "withdrawal.processing", "withdrawal.completed", "withdrawal.failed", "withdrawal.dead",
     "token.created", "token.revoked", "alert.created", "alert.deleted", "alert.triggered",
     "wallet.updated",
+    "refund.posted",
 )
 
 STATUS_EVENT = {WalletStatus.FROZEN: "wallet.frozen", WalletStatus.ACTIVE: "wallet.unfrozen",
@@ -266,6 +288,9 @@ def event_body(lsn: int, event: Event) -> dict[str, Any]:
     if isinstance(event, Transferred):
         kind = f"{event.type.label}.posted"
         data = transaction_body(event, lsn)
+    elif isinstance(event, Refunded):
+        kind = "refund.posted"
+        data = refund_body(event, lsn)
     elif isinstance(event, HoldCreated | HoldCaptured | HoldVoided):
         if isinstance(event, HoldCaptured):
             verb = "completed" if event.type == TransactionType.WITHDRAWAL else "posted"

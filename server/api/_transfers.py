@@ -1,5 +1,5 @@
 """Routes that move money one transfer at a time: deposits (admin), transfers (pending when
-they ask for a hold), and the capture or void of a pending transfer. Each needs an
+they ask for a hold), the capture or void of a pending transfer, and refunds. Each needs an
 ``Idempotency-Key`` and answers only once its record is durable. Runs in every HTTP worker, and
 in the one process of ``--workers 0``.
 """
@@ -18,6 +18,8 @@ from ledger import (
     HoldVoided,
     Idempotency,
     Reason,
+    Refund,
+    Refunded,
     Rejection,
     TransactionType,
     Transfer,
@@ -27,7 +29,7 @@ from server import _validate as v
 from server._errors import rejected
 from server.api._auth import Caller, admin, authenticate, forbidden
 from server.api._deps import Deps, call
-from server.api._render import json_response, recorded, transaction_body
+from server.api._render import json_response, recorded, refund_body, transaction_body
 from server.api._requests import fingerprint, path_id
 from server.api._transactions import find_transaction
 
@@ -125,6 +127,51 @@ class Transfers:
 
     async def capture(self, request: Request) -> Response:
         return await self._resolve(request, capture=True)
+
+    async def refund(self, request: Request) -> Response:
+        """``POST /v1/transactions/{id}/refund``: the original's facts come from the history
+        read model once it shows everything durable at arrival (a capture or a deposit the
+        caller saw acknowledged is there); they never change once posted. The ledger decides
+        the rest, the cap included, on the refunding wallet's shard (ADR 0011)."""
+        caller = await authenticate(self._deps, request)
+        key = v.idempotency_key(request, required=True)
+        assert key is not None
+        raw = await v.json_object(request, optional=True)
+        body = v.fields(
+            raw,
+            {
+                "amount": (False, v.amount),
+                "description": (False, v.description),
+                "metadata": (False, v.metadata),
+            },
+        )
+        transaction_id = path_id(request, "transaction_id", "transaction_not_found", "Transaction")
+        original = await find_transaction(self._deps, transaction_id)
+        if caller.owner_id is not None:
+            # Who may refund: admin, or the owner of the wallet that received the original.
+            (view,) = await call(self._deps.port().wallets([original.to_wallet_id]))
+            if view.owner_id != caller.owner_id:
+                raise forbidden("the transaction was received by a wallet of another owner")
+        command = Refund(
+            transaction_id="tx_" + secrets.token_hex(12),
+            refund_of=original.id,
+            from_wallet_id=original.to_wallet_id,
+            to_wallet_id=original.from_wallet_id,
+            amount=body.get("amount"),
+            original_type=original.type,
+            original_status=original.status,
+            original_amount=original.amount,
+            description=body.get("description"),
+            metadata=body.get("metadata"),
+            idempotency=Idempotency(scope=caller.scope, key=key, fingerprint=fingerprint(request, raw)),
+            owner_id=caller.owner_id,
+        )
+        decision = await call(self._deps.port().refund(command))
+        if isinstance(decision, Rejection):
+            raise rejected(decision)
+        event, lsn = recorded(decision)
+        assert isinstance(event, Refunded)
+        return json_response(refund_body(event, lsn), 201)
 
     async def void(self, request: Request) -> Response:
         return await self._resolve(request, capture=False)

@@ -4,9 +4,9 @@ problems raised as typed exceptions with the server's ``code``; cursor iterators
 pages; and retries that reuse their ``Idempotency-Key`` so that money moves once: a response
 lost after the server acted, and a ``503`` with ``Retry-After`` in front of the server.
 
-Alerts, search and webhook endpoints are driven here too (webhook delivery itself is
-``tests/e2e/test_webhooks.py``), and wallet limits; the routes of the contract still to come
-(refunds, cluster) are checked against a fake server in ``tests/wallet_client``."""
+Alerts, search, refunds, wallet limits and webhook endpoints are driven here too (webhook
+delivery itself is ``tests/e2e/test_webhooks.py``); the routes of the contract still to come
+(cluster) are checked against a fake server in ``tests/wallet_client``."""
 
 from __future__ import annotations
 
@@ -377,3 +377,38 @@ def test_alerts_search_and_webhooks_through_the_client(admin: WalletClient) -> N
     with pytest.raises(wc.NotFound) as no_hook:
         admin.get_webhook("wh_missing")
     assert no_hook.value.code == "webhook_not_found"
+
+
+def test_refunds_through_the_client(admin: WalletClient, live: ServerProcess) -> None:
+    """Issue 15's refunds on the real server: a partial refund then the rest (no amount), the
+    cap and a refund of a refund as typed problems, a retry with the same key moving money once,
+    the receiver's owner allowed and the sender's refused, and ``refunded_amount`` on the
+    original and in the statement."""
+    alice, bob = funded(admin, "alice", 100), funded(admin, "bob", 0)
+    original = admin.transfer(alice, bob, 60)
+    assert original.refunded_amount == 0
+    part = admin.refund(original.id, amount=25, description="damaged", idempotency_key=uid("rk"))
+    assert (part.type, part.refund_of, part.from_wallet_id, part.to_wallet_id, part.amount) == (
+        "refund", original.id, bob, alice, 25)
+    with pytest.raises(wc.RefundExceedsRemaining) as over:
+        admin.refund(original.id, amount=36)
+    assert over.value.code == "refund_exceeds_remaining" and "35 left" in (over.value.detail or "")
+    with pytest.raises(wc.NotRefundable):
+        admin.refund(part.id)
+    key = uid("rk")
+    rest = admin.refund(original.id, idempotency_key=key)
+    assert rest.amount == 35 and admin.refund(original.id, idempotency_key=key).id == rest.id
+    assert admin.get_transaction(original.id).refunded_amount == 60
+    assert (admin.get_wallet(alice).balance, admin.get_wallet(bob).balance) == (100, 0)
+    (credit, *_) = admin.wallet_transactions(alice).items
+    assert (credit.type, credit.refund_of, credit.amount) == ("refund", original.id, 35)
+    assert [item.id for item in admin.iter_transactions(wallet_id=alice, type="refund")] == [rest.id, part.id]
+
+    owner = uid("payee")
+    payee = funded(admin, owner, 0)
+    paid = admin.transfer(alice, payee, 10)
+    with WalletClient(live.url, token=admin.create_token(owner).token) as user:
+        assert user.refund(paid.id, amount=4).amount == 4
+    with WalletClient(live.url, token=admin.create_token(admin.get_wallet(alice).owner_id).token) as sender:
+        with pytest.raises(wc.Forbidden):
+            sender.refund(paid.id, amount=1)

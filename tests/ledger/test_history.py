@@ -20,6 +20,7 @@ from ledger import (
     TransfersPosted,
     WalletCreated,
 )
+from ledger._history import SCHEMA_VERSION
 
 
 def events() -> list[tuple[int, Any]]:
@@ -187,7 +188,7 @@ def test_a_schema_1_read_model_is_migrated_to_entry_positions(tmp_path: Path) ->
         history.stop_thread()
     check = sqlite3.connect(path)
     try:
-        assert check.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (3,)  # through schema 2 to the current one
+        assert check.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (SCHEMA_VERSION,)  # through schema 2 to the current one
         assert check.execute("SELECT pos FROM entries WHERE transaction_id = 'b0' AND wallet_id = 'a'").fetchone() == (
             4 << ENTRY_POSITION_BITS,)
     finally:

@@ -24,6 +24,7 @@ from ledger import (
     VoidReason,
     WalletCreated,
 )
+from ledger._history import SCHEMA_VERSION
 
 
 def created(lsn: int, tx: str, amount: int, type_: TransactionType = TransactionType.TRANSFER) -> HoldCreated:
@@ -141,5 +142,5 @@ def test_a_schema_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     finally:
         history.stop_thread()
     check = sqlite3.connect(path)
-    assert check.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (3,)  # through schema 2 to the current one
+    assert check.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (SCHEMA_VERSION,)  # through schema 2 to the current one
     check.close()

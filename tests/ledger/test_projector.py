@@ -155,7 +155,7 @@ async def test_a_read_model_ahead_of_the_log_is_rebuilt(tmp_path: Path) -> None:
     history.stop_thread()
     with sqlite3.connect(data / "history.sqlite3") as connection:
         connection.execute("INSERT OR REPLACE INTO meta VALUES ('applied_lsn', 1000000)")
-        connection.execute("INSERT INTO transactions VALUES (999999 << 13, 'ghost', 999999, 0, 'a', 'b', 'USD', 1, NULL, NULL, 1, 0)")
+        connection.execute("INSERT INTO transactions VALUES (999999 << 13, 'ghost', 999999, 0, 'a', 'b', 'USD', 1, NULL, NULL, 1, 0, NULL, 0)")
     ledger = _ledger(data)
     async with anyio.create_task_group() as group:
         await group.start(ledger.run)

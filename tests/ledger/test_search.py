@@ -309,7 +309,7 @@ async def test_a_schema_2_file_is_migrated_and_its_rows_become_searchable(tmp_pa
     finally:
         await trio.to_thread.run_sync(history.stop_thread)
     with sqlite3.connect(path) as check:
-        assert check.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (3,)
+        assert check.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (4,)
     check.close()
 
 

@@ -271,7 +271,7 @@ def test_the_empty_state_round_trips() -> None:
     chunks = list(encode_state(state))
     # The header, then the version 4 limits section's count (0 wallets with limits or spending).
     assert len(chunks) == 2
-    assert msgpack.unpackb(chunks[0]) == [SNAPSHOT_CODEC_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert msgpack.unpackb(chunks[0]) == [SNAPSHOT_CODEC_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     assert msgpack.unpackb(chunks[1]) == 0
     assert_same(decode_state(b"".join(chunks)), state)
 
@@ -300,7 +300,7 @@ def test_the_body_layout_matches_the_docstring() -> None:
     record = state.directory.idempotency[("alice", "k")]
     assert isinstance(record.event, WalletCreated)
     assert objects == [
-        [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 1, 1, 3, 0, 0, 0, 0, 0],
+        [SNAPSHOT_CODEC_VERSION, 5, 4, 1, 1, 1, 3, 0, 0, 0, 0, 0, 0],
         ["USD", 2, 1],
         [b"h" * 32, "tk_a", "alice", 2],
         ["alice", "k", b"f", 3, 3, encode_event(record.event)],
@@ -335,8 +335,8 @@ def test_a_version_3_body_still_decodes_without_limits_or_spending() -> None:
     assert window is not None
     assert objects[-2:] == [1, ["w000000", 7, 3, None, -7, window.day, 2, 2]]
     assert_same(decode_state(packed(*objects)), state)
-    assert objects[0][-1] == 0  # no refusals
-    objects[0] = [3, *objects[0][1:-1]]
+    assert objects[0][-2:] == [0, 0]  # no refusals, no refund tallies
+    objects[0] = [3, *objects[0][1:-2]]
     decoded = decode_state(packed(*objects[:-2]))
     assert decoded.wallets["w000000"].limits is None
     assert decoded.wallets["w000000"].window is None
@@ -413,8 +413,8 @@ def packed(*objects: Any) -> bytes:
     return b"".join(msgpack.packb(item, use_bin_type=True) for item in objects)
 
 
-GOOD_HEADER = [3, 5, 4, 1, 0, 0, 1, 0, 0, 0, 0]  # version 3: no refusals, no limits section (GOOD_V4 has them)
-GOOD_V4 = [4, *GOOD_HEADER[1:], 0]
+GOOD_HEADER = [3, 5, 4, 1, 0, 0, 1, 0, 0, 0, 0]  # version 3: no refusals, tallies or limits (GOOD_V4 has them)
+GOOD_V4 = [4, *GOOD_HEADER[1:], 0, 0]
 GOOD_ASSET = ["USD", 2, 1]
 GOOD_WALLET = [treasury_id("USD"), "system", "USD", None, 0, 0, 0, 1, 1, 1]
 WALLET_CREATED = encode_event(
@@ -451,7 +451,7 @@ def _with(base: list[Any], index: int, value: Any) -> list[Any]:
          "spent today"),
         (packed(_with(GOOD_HEADER, 0, True)), "unknown snapshot codec version True"),
         (packed(GOOD_HEADER[:-1]), "expected an array of 11"),
-        (packed(GOOD_V4[:-1]), "expected an array of 12"),
+        (packed(GOOD_V4[:-1]), "expected an array of 13"),
         (packed(_with(GOOD_HEADER, 1, -1)), "lsn"),
         (packed(_with(GOOD_HEADER, 3, 10**6)), "asset count"),
         (packed(GOOD_HEADER, GOOD_ASSET), "undecodable"),  # truncated: the wallet is missing
@@ -475,13 +475,17 @@ def _with(base: list[Any], index: int, value: Any) -> list[Any]:
          "holds a TokenRevoked"),
         (packed(_with(GOOD_HEADER, 5, 1), GOOD_ASSET, ["s", "k", b"f", 9, 0, WALLET_CREATED], GOOD_WALLET),
          "idempotency lsn"),
+        (packed(_with(GOOD_V4, 12, 2), GOOD_ASSET, GOOD_WALLET, ["t2", "w", 5, 1], ["t1", "w", 5, 1], 0),
+         "out of order"),
+        (packed(_with(GOOD_V4, 12, 1), GOOD_ASSET, GOOD_WALLET, ["t1", "w", 5, 6], 0), "refunded"),
+        (packed(_with(GOOD_V4, 12, 1), GOOD_ASSET, GOOD_WALLET, ["t1", "w", 0, 0], 0), "original amount"),
     ],
     ids=[
         "empty", "header-empty", "header-map", "version", "limits-missing", "limits-count", "limits-wallet",
         "limits-overdraft", "limits-daily", "limits-spent", "version-bool", "header-short", "header-short-v4", "lsn",
         "count-past-body", "truncated", "trailing", "scale-type", "asset-twice", "status", "balance",
         "held", "wallet-lsn", "metadata", "wallet-id-type", "wallet-order", "map-key", "utf8",
-        "event-garbage", "event-kind", "idempotency-lsn",
+        "event-garbage", "event-kind", "idempotency-lsn", "tally-order", "tally-over", "tally-original",
     ],
 )
 def test_garbage_is_refused_with_codec_error(body: bytes, expected: str | None) -> None:

@@ -1,7 +1,8 @@
 """The ledger state machine (``decide`` + ``apply``) against a boringly simple reference model.
 
 The model is a few dicts and one function per command that runs the checks of the rejection
-table in ``ledger/_decide.py`` top to bottom. After every step the real state must agree with the
+table in ``ledger/_decide.py`` top to bottom (the refund table too: refunds of the posted
+transactions, partial, whole, past the cap, of refunds, by their receiver's owner or not). After every step the real state must agree with the
 model (wallets, assets, tokens, idempotency keys), satisfy ``check_invariants``, and equal a
 fresh replay of every accepted event through the codec.
 """
@@ -32,10 +33,13 @@ from ledger import (
     Event,
     Idempotency,
     Reason,
+    Refund,
+    Refunded,
     Rejection,
     RevokeToken,
     TokenCreated,
     TokenRevoked,
+    TransactionStatus,
     TransactionType,
     Transfer,
     Transferred,
@@ -110,6 +114,17 @@ class ModelKey:
     at_us: int
 
 
+@dataclass
+class ModelPosted:
+    """A posted transaction, as the read model would show it to the refund route."""
+
+    type: TransactionType
+    from_wallet_id: str
+    to_wallet_id: str
+    amount: int
+    refunded: int = 0
+
+
 @dataclass(frozen=True)
 class Replayed:
     """The model's expectation that ``decide`` answers with the record made at ``lsn``."""
@@ -132,6 +147,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.wallets: dict[str, ModelWallet] = {}
         self.tokens: dict[str, bytes] = {}  # prefix -> token hash
         self.keys: dict[tuple[str, str], ModelKey] = {}
+        self.posted: dict[str, ModelPosted] = {}
         self.latest_us = 0
 
     # -- running a command on the real state machine -------------------------------------
@@ -373,6 +389,84 @@ class LedgerMachine(RuleBasedStateMachine):
             self.wallets[event.to_wallet_id].balance += event.amount
             if event.type == TransactionType.TRANSFER and not is_treasury(event.from_wallet_id):
                 self.wallets[event.from_wallet_id].spendings.append((event.at_us, event.amount))
+            self.posted[event.transaction_id] = ModelPosted(
+                type=event.type, from_wallet_id=event.from_wallet_id, to_wallet_id=event.to_wallet_id,
+                amount=event.amount,
+            )
+
+    def model_refund(self, command: Refund) -> Expected:
+        """The refund table, then the transfer table's rows from the refunding wallet."""
+        replayed = self.model_key(command.idempotency)
+        if replayed is not None:
+            return replayed
+        if (command.original_type not in (TransactionType.DEPOSIT, TransactionType.TRANSFER)
+                or command.original_status != TransactionStatus.POSTED):
+            return Reason.NOT_REFUNDABLE
+        sender = self.wallets[command.from_wallet_id]
+        if command.owner_id is not None and sender.owner_id != command.owner_id:
+            return Reason.FORBIDDEN
+        original = self.posted[command.refund_of]
+        remaining = original.amount - original.refunded
+        amount = remaining if command.amount is None else command.amount
+        if remaining == 0 or amount > remaining:
+            return Reason.REFUND_EXCEEDS_REMAINING
+        receiver = self.wallets[command.to_wallet_id]
+        reserved = original.amount if command.amount is None else command.amount  # what step 1 checks
+        if sender.status == WalletStatus.FROZEN:
+            return Reason.SENDER_FROZEN
+        if sender.status == WalletStatus.CLOSED:
+            return Reason.SENDER_CLOSED
+        if receiver.status == WalletStatus.CLOSED:
+            return Reason.RECEIVER_CLOSED
+        if not is_treasury(command.from_wallet_id) and sender.balance + sender.overdraft < amount:
+            return Reason.INSUFFICIENT_FUNDS
+        if receiver.balance + reserved > INT64_MAX:
+            return Reason.BALANCE_OVERFLOW
+        if is_treasury(command.from_wallet_id) and sender.balance - amount < INT64_MIN:
+            return Reason.BALANCE_OVERFLOW
+        return [
+            Refunded(
+                transaction_id=command.transaction_id, refund_of=command.refund_of,
+                from_wallet_id=command.from_wallet_id, to_wallet_id=command.to_wallet_id, asset=sender.asset,
+                amount=amount, original_amount=original.amount, description=command.description,
+                metadata=command.metadata, at_us=self.now_us, idempotency=command.idempotency,
+            )
+        ]
+
+    @precondition(lambda self: bool(self.posted))
+    @rule(
+        data=st.data(),
+        caller=st.sampled_from(CALLERS),
+        status=st.sampled_from([TransactionStatus.POSTED] * 12 + list(TransactionStatus)),
+        idempotency=idempotencies,
+    )
+    def refund(self, data: st.DataObject, caller: str, status: TransactionStatus,
+               idempotency: Idempotency | None) -> None:
+        refund_of = data.draw(st.sampled_from(sorted(self.posted)), label="refund_of")
+        original = self.posted[refund_of]
+        left = original.amount - original.refunded
+        small = st.sampled_from(sorted({1, max(left, 1), left + 1, max(left // 2, 1)}))
+        amount = data.draw(st.one_of(st.none(), small, small, amounts()), label="amount")
+        command = Refund(
+            transaction_id=self.next_transaction_id(), refund_of=refund_of,
+            from_wallet_id=original.to_wallet_id, to_wallet_id=original.from_wallet_id, amount=amount,
+            original_type=original.type, original_status=status, original_amount=original.amount,
+            description=None, metadata=None, idempotency=idempotency,
+            owner_id=self.owner_for(caller, original.to_wallet_id),
+        )
+        expected = self.model_refund(command)
+        self.execute(command, expected)
+        if isinstance(expected, list):
+            self.model_accepted(expected)
+            (event,) = expected
+            assert isinstance(event, Refunded)
+            self.wallets[event.from_wallet_id].balance -= event.amount
+            self.wallets[event.to_wallet_id].balance += event.amount
+            original.refunded += event.amount
+            self.posted[event.transaction_id] = ModelPosted(
+                type=TransactionType.REFUND, from_wallet_id=event.from_wallet_id,
+                to_wallet_id=event.to_wallet_id, amount=event.amount,
+            )
 
     def owner_for(self, caller: str, wallet_id: str) -> str | None:
         """The ``owner_id`` a transfer from ``wallet_id`` carries when ``caller`` asks."""
@@ -514,7 +608,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def invariants_hold(self) -> None:
-        check_invariants(self.state.wallets.values(), self.state.directory)
+        check_invariants(self.state.wallets.values(), self.state.directory, refunded=self.state.refunded.items())
         assert self.state.directory.lsn == len(self.events)
 
     @invariant()
@@ -540,6 +634,9 @@ class LedgerMachine(RuleBasedStateMachine):
             key: (record.fingerprint, record.lsn, record.at_us)
             for key, record in directory.idempotency.items()
         } == {key: (record.fingerprint, record.lsn, record.at_us) for key, record in self.keys.items()}
+        assert {transaction_id: tally.refunded for transaction_id, tally in self.state.refunded.items()} == {
+            transaction_id: posted.refunded for transaction_id, posted in self.posted.items() if posted.refunded
+        }
 
     @invariant()
     def replay_of_the_log_gives_the_same_state(self) -> None:

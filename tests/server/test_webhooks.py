@@ -470,3 +470,18 @@ async def test_a_refusal_record_is_passed_without_a_post_and_without_spinning(tm
         await trio.sleep(0.3)
         assert source.reads - reads <= 2  # waiting for the next record, not re-reading this one
         assert sim.received == []
+
+
+async def test_a_refund_is_delivered_to_an_endpoint_subscribed_to_refund_posted(tmp_path: Path) -> None:
+    async with harness(tmp_path, "r.test") as h:
+        sim = h.sims["r.test"]
+        await h.start_dispatcher()
+        await h.create("r.test", ["refund.posted"])
+        deposited = await h.deposit("fund", 100)
+        refunded = await h.http.post(f"/v1/transactions/{deposited['id']}/refund", json={"amount": 40},
+                                     headers={"Idempotency-Key": "r"})
+        assert refunded.status_code == 201, refunded.text
+        await until(lambda: len(accepted(sim)) == 1)
+        body = accepted(sim)[0]["body"]
+        assert body["type"] == "refund.posted" and body["lsn"] == refunded.json()["lsn"]
+        assert body["data"] == refunded.json()

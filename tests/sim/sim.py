@@ -32,7 +32,11 @@ is exactly reproducible (``SIM_SEED=n make sim``). After every crash the real re
 5. balance alerts fire once per crossing through every crash: a reference model walks the
    whole log (balances and holds by plain arithmetic, each alert's condition before each change
    of its wallet) and the firings in the log, plus those recovery found owed (a crash cut the
-   firing record off after the change's), are exactly the crossings, none twice.
+   firing record off after the change's), are exactly the crossings, none twice;
+6. refunds never sum past what they refund: walking the whole log, each refund names a posted
+   deposit or transfer (a captured hold counts with its captured amount) that is in the log
+   before it, carries its posted amount, and the refunds of one transaction add up to at most
+   that (the workload refunds acknowledged transactions, some of them over and over).
 """
 
 from __future__ import annotations
@@ -75,10 +79,13 @@ from ledger import (
     Ledger,
     Overloaded,
     PayoutStep,
+    Refund,
+    Refunded,
     Rejection,
     RequestsRefused,
     RequestWithdrawal,
     ResolveHold,
+    TransactionStatus,
     TransactionType,
     Transfer,
     Transferred,
@@ -185,8 +192,9 @@ class Batch:
     atomic: bool
 
 
-def transfers_of(event: Any) -> tuple[Transferred, ...]:
-    if isinstance(event, Transferred):
+def transfers_of(event: Any) -> tuple[Transferred | Refunded, ...]:
+    """The posted transfers a record makes (a refund is one: from its original's receiver)."""
+    if isinstance(event, Transferred | Refunded):
         return (event,)
     if isinstance(event, TransfersPosted):
         return event.transfers
@@ -299,6 +307,11 @@ class Simulation:
         self.wallets = [f"w{index}" for index in range(12)]
         self.assets = ["USD", "EUR"]
         self.counter = 0
+        # Acknowledged posted transactions (id -> type, sender, receiver, posted amount): what the
+        # refund route reads from the history read model.
+        self.posted: dict[str, tuple[TransactionType, str, str, int]] = {}
+        self.refund_rng = random.Random(seed * 7919 + 15)
+        self.refunds = 0
         self.ledger: Ledger | None = None
         self.recovered: Any = None
 
@@ -388,6 +401,8 @@ class Simulation:
         oracle = AlertOracle()
         resolved: set[str] = set()
         kinds: dict[str, int] = {}
+        posted_amounts: dict[str, int] = {}  # refundable transactions in the log: their posted amount
+        refunded: Counter[str] = Counter()
         for lsn, event, _ in records:
             kind = type(event).__name__
             if isinstance(event, HoldVoided):
@@ -415,6 +430,18 @@ class Simulation:
                     if previous is not None and at_us - previous < IDEMPOTENCY_RETENTION_US:
                         raise self.fail(f"idempotency key {key} executed or refused twice within its retention")
                     seen_keys[key] = at_us
+            for item in transfers_of(event):
+                if isinstance(item, Refunded):
+                    if posted_amounts.get(item.refund_of) != item.original_amount:
+                        raise self.fail(f"refund {item.transaction_id} of {item.refund_of}: no posted transaction "
+                                        f"of {item.original_amount} before it")
+                    refunded[item.refund_of] += item.amount
+                    if refunded[item.refund_of] > item.original_amount:
+                        raise self.fail(f"{item.refund_of} refunded {refunded[item.refund_of]} of {item.original_amount}")
+                elif item.type in (TransactionType.DEPOSIT, TransactionType.TRANSFER):
+                    posted_amounts[item.transaction_id] = item.amount
+            if isinstance(event, HoldCaptured) and event.type == TransactionType.TRANSFER:
+                posted_amounts[event.transaction_id] = event.amount
             apply_event(fresh, event, lsn)
             oracle.see(event)
             self.check_limits(fresh, event)
@@ -591,6 +618,26 @@ class Simulation:
                                      detail="sim", retry_at_us=self.now_ns // 1000)
         return ChangeWalletStatus(wallet_id=self.rng.choice(self.wallets), status=WalletStatus.ACTIVE)
 
+    def refund_command(self) -> Refund:
+        """A refund of an acknowledged transaction (all of what is left, part, or too much), by
+        the admin or an owner; some originals are refunds themselves (not refundable). Drawn
+        from a random stream of its own, so the rest of the workload (and the faults each CI
+        seed reaches) is what it was before refunds joined."""
+        rng = self.refund_rng
+        self.refunds += 1
+        refund_of = rng.choice(sorted(self.posted))
+        type_, source, target, amount = self.posted[refund_of]
+        key = f"rk{rng.randint(1, self.refunds)}" if rng.random() < 0.1 else f"rk{self.refunds}"
+        return Refund(
+            transaction_id=f"rf{self.refunds}", refund_of=refund_of, from_wallet_id=target, to_wallet_id=source,
+            amount=rng.choice([None, 1, rng.randint(1, amount), amount, amount + 1]),
+            original_type=type_, original_status=TransactionStatus.POSTED, original_amount=amount,
+            description=None, metadata=None,
+            idempotency=Idempotency(scope=rng.choice(["admin", "owner:o1"]), key=key,
+                                    fingerprint=rng.choice([b"a", b"b"]) + key.encode()),
+            owner_id=None if rng.random() < 0.8 else rng.choice(["o1", "o2"]),
+        )
+
     def submit(self, command: Any) -> None:
         assert self.ledger is not None
         ledger = self.ledger
@@ -606,7 +653,7 @@ class Simulation:
                     self.atomic_batches.append({c.transaction_id for c in command.commands})
                 else:
                     reply = ledger.submit_batch(command.commands)
-            elif isinstance(command, Transfer):
+            elif isinstance(command, Transfer | Refund):
                 reply = ledger.shards[shard_of(command.to_wallet_id, len(ledger.shards))].submit_transfer(command)
             elif isinstance(command, ResolveHold):
                 route = ledger.directory.hold_routes.get(command.transaction_id)
@@ -667,11 +714,12 @@ class Simulation:
             idem = getattr(item.command, "idempotency", None)
             if isinstance(value, Committed):
                 self.record_ack(value.lsn, value.event.transaction_id, idem)
+                self.note_posted(value.event)
             elif isinstance(value, Duplicate):
                 event = value.record.event
                 expected = self.first_ack_by_key.get((idem.scope, idem.key)) if idem else None
-                transaction = (event.transaction_id
-                               if isinstance(event, Transferred | HoldCreated | HoldCaptured | HoldVoided) else None)
+                transaction = (event.transaction_id if isinstance(
+                    event, Transferred | HoldCreated | HoldCaptured | HoldVoided | Refunded) else None)
                 if expected is not None and transaction is not None and expected != transaction:
                     raise self.fail(f"key {idem} replayed {transaction}, first answered {expected}")
                 self.stats.acknowledged += 1
@@ -700,6 +748,7 @@ class Simulation:
             if isinstance(value, Committed):
                 assert value.event.transaction_id == command.transaction_id
                 self.record_ack(value.lsn, value.event.transaction_id, idem)
+                self.note_posted(value.event)
                 lsns.add(value.lsn)
             elif isinstance(value, Duplicate):
                 event = value.record.event
@@ -716,6 +765,13 @@ class Simulation:
                 self.stats.reasons[value.reason.code] = self.stats.reasons.get(value.reason.code, 0) + 1
         if batch.atomic and len(lsns) > 1:
             raise self.fail(f"an atomic batch was committed at LSNs {sorted(lsns)}")
+
+    def note_posted(self, event: Any) -> None:
+        """Remembers an acknowledged posted transaction (what the read model would show)."""
+        if isinstance(event, Transferred | Refunded) or (
+            isinstance(event, HoldCaptured) and event.type == TransactionType.TRANSFER
+        ):
+            self.posted[event.transaction_id] = (event.type, event.from_wallet_id, event.to_wallet_id, event.amount)
 
     def record_ack(self, lsn: int, transaction_id: str | None, idem: Idempotency | None) -> None:
         self.stats.acknowledged += 1
@@ -738,10 +794,15 @@ class Simulation:
         if roll < 0.45:
             for _ in range(self.rng.randint(1, 8)):
                 self.submit(self.command())
+            if self.posted and self.refund_rng.random() < 0.3:
+                self.submit(self.refund_command())
         elif roll < 0.50 and self.unanswered:
             # A client retry: the same body and key; the server makes a new transaction id.
             command = self.unanswered.pop(self.rng.randrange(len(self.unanswered)))
-            if isinstance(command, Transfer):
+            if isinstance(command, Refund):
+                self.refunds += 1
+                command = dataclasses.replace(command, transaction_id=f"rf{self.refunds}")
+            elif isinstance(command, Transfer):
                 self.counter += 1
                 command = dataclasses.replace(command, transaction_id=f"tx{self.counter}")
             elif isinstance(command, RequestWithdrawal):

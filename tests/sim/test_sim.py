@@ -40,12 +40,12 @@ def test_the_faults_are_exercised_across_the_ci_seeds() -> None:
     assert all(count > 0 for count in totals.values()), totals
 
 
-def test_holds_and_withdrawals_are_exercised() -> None:
-    """The workload reaches every hold and payout record kind, records refusals (final
+def test_holds_withdrawals_refunds_and_limits_are_exercised() -> None:
+    """The workload reaches every hold, payout and refund record kind, records refusals (final
     outcomes) and wallet limits, through crashes. Since refused keys stay refused, fewer
     withdrawals get far enough to be refused by the bank: the seeds run until every kind was seen."""
     wanted = ("HoldCreated", "HoldCaptured", "HoldVoided.voided", "HoldVoided.expired", "HoldVoided.refused",
-              "WithdrawalUpdated", "RequestsRefused", "WalletUpdated")
+              "WithdrawalUpdated", "RequestsRefused", "WalletUpdated", "Refunded")
     kinds: dict[str, int] = {}
     limited = 0
     for seed in CI_SEEDS:

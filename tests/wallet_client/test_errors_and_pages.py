@@ -39,6 +39,8 @@ ROWS = [
     (413, "payload_too_large", wc.PayloadTooLarge),
     (422, "insufficient_funds", wc.InsufficientFunds),
     (422, "spend_limit_exceeded", wc.SpendLimitExceeded),
+    (409, "not_refundable", wc.NotRefundable),
+    (422, "refund_exceeds_remaining", wc.RefundExceedsRemaining),
     (422, "batch_failed", wc.BatchFailed),
     (422, "asset_mismatch", wc.Unprocessable),
     (429, "rate_limited", wc.RateLimited),
