@@ -29,6 +29,7 @@ from ledger import (
     TransactionStatus,
     TransactionType,
     Transfer,
+    UpdateWallet,
     WalletStatus,
     apply,
     build_snapshot,
@@ -427,3 +428,69 @@ def test_a_schema_3_read_model_is_migrated_in_place_and_takes_refunds(tmp_path: 
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (4,)
     check.close()
+
+
+# -- refunds with wallet limits and final outcomes ---------------------------------------------
+
+
+def test_a_refund_may_use_the_refunding_wallets_overdraft() -> None:
+    """API.md, *Refunds*: the refunding wallet must have the money, "its overdraft limit counts"."""
+    b = book()
+    b.run(Transfer(transaction_id="t2", type=TransactionType.TRANSFER, from_wallet_id="b", to_wallet_id="c",
+                   amount=50, description=None, metadata=None, idempotency=None))
+    assert reason(b.run(refund(amount=30))) == Reason.INSUFFICIENT_FUNDS  # b has 10
+    b.run(UpdateWallet(wallet_id="b", overdraft_limit=25))
+    (event,) = b.run(refund(amount=30))
+    assert isinstance(event, Refunded)
+    assert b.balance("b") == -20
+    over = b.run(refund(amount=6, tx="r2"))  # -26 is past the overdraft
+    assert reason(over) == Reason.INSUFFICIENT_FUNDS and "overdraft limit of 25" in over.detail
+
+
+def test_a_refund_out_of_a_wallet_is_not_its_spending() -> None:
+    """API.md, *Wallet limits*: refunds out of a wallet do not count against its spend limits."""
+    b = book()
+    b.run(UpdateWallet(wallet_id="b", daily_limit=5, monthly_limit=5))
+    assert isinstance(b.run(refund(amount=40)), list)  # eight times the daily limit
+    wallet = b.state.wallets["b"]
+    assert wallet.spent_at(T0 + len(b.events)) == (0, 0)
+    # The day's allowance is whole: 5 goes, 1 more does not.
+    assert isinstance(b.run(Transfer(transaction_id="t2", type=TransactionType.TRANSFER, from_wallet_id="b",
+                                     to_wallet_id="c", amount=5, description=None, metadata=None,
+                                     idempotency=None)), list)
+    again = b.run(Transfer(transaction_id="t3", type=TransactionType.TRANSFER, from_wallet_id="b",
+                           to_wallet_id="c", amount=1, description=None, metadata=None, idempotency=None))
+    assert reason(again) == Reason.SPEND_LIMIT_EXCEEDED
+
+
+@pytest.mark.parametrize("shards", [1, 4])
+async def test_a_refused_refund_is_final_under_its_key(tmp_path: Path, shards: int) -> None:
+    """API.md, *Idempotency*: a refund the ledger refused (insufficient funds) is recorded under
+    its key; once the wallet has the money, the same key and request get the same refusal and
+    nothing moves, also after a restart. A new key refunds."""
+    source, target = _apart(shards)
+    ledger = Ledger(await trio.to_thread.run_sync(recover, tmp_path), tmp_path, shards=shards)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        await setup(ledger, [source, target], deposit=50)
+        original = await ledger.transfer(transfer(1, source, target, 10))
+        assert isinstance(original, Committed)
+        drained = await ledger.transfer(transfer(2, target, source, 60))  # target has 0 now
+        assert isinstance(drained, Committed)
+        first = await ledger.refund(_refund_of(original, 10, 1, key="rk"))
+        assert isinstance(first, Rejection) and first.reason == Reason.INSUFFICIENT_FUNDS
+        assert isinstance(await ledger.transfer(transfer(3, None, target, 100)), Committed)
+        second = await ledger.refund(_refund_of(original, 10, 2, key="rk"))
+        assert second == first
+        balances = {wallet.id: wallet.balance for wallet in ledger.all_wallets()}
+        await ledger.stop()
+    assert balances[target] == 100
+    replayed = await trio.to_thread.run_sync(recover, tmp_path)
+    ledger = Ledger(replayed, tmp_path, shards=shards)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        assert await ledger.refund(_refund_of(original, 10, 3, key="rk")) == first
+        fresh = await ledger.refund(_refund_of(original, 10, 4, key="rk2"))
+        assert isinstance(fresh, Committed)
+        assert {wallet.id: wallet.balance for wallet in ledger.all_wallets()}[target] == 90
+        await ledger.stop()
