@@ -876,8 +876,11 @@ class Withdrawal:
         self.lsn = lsn
 
     def key(self) -> tuple[Any, ...]:
-        """Every field, for digests and equality in tests."""
-        return tuple(getattr(self, name) for name in self.__slots__)
+        """Every field, for digests and equality in tests (in ``__slots__`` order, spelled out:
+        a class compiled by mypyc, ADR 0012, has no ``__slots__`` attribute at run time)."""
+        return (self.amount, self.asset, self.attempts, self.created_at_us, self.destination, self.id,
+                self.last_error, self.lsn, self.next_attempt_at_us, self.reference, self.status,
+                self.updated_at_us, self.wallet_id)
 
     def __repr__(self) -> str:
         return (
