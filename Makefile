@@ -10,7 +10,7 @@ BANK_URL ?=
 BANK_PORT ?= 8081
 LOOP   ?=
 
-.PHONY: install run bank-sim demo test test-fast lint sim crashloop bench bench-core-batch bench-core-single \
+.PHONY: install install-compiled test-compiled run bank-sim demo test test-fast lint sim crashloop bench bench-core-batch bench-core-single \
 	bench-http-batch bench-http-single bench-hot bench-transfers bench-withdrawals bench-every-core \
 	bench-http-single-mp bench-hot-mp bench-http-batch-mp bench-http-single-mp-uvloop bench-postgres clean
 
@@ -39,6 +39,35 @@ test: $(STAMP)
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed: the Swagger UI test will be skipped"
 	$(BIN)/python -m pytest -q
+
+# The optional compiled core (ADR 0012): the project installed (not editable) into its own
+# virtualenv with the modules in setup.py's COMPILED built by mypyc; gcc and the test extras are
+# all it needs. `make install` and `make test` never build it or see it. Rebuilt when a source
+# changes (the installed copy is what runs). build/ holds mypyc's C and is removed afterwards.
+CVENV   := .venv-compiled
+CBIN    := $(CVENV)/bin
+CSTAMP  := $(CVENV)/.installed
+SOURCES := $(wildcard ledger/*.py wal/*.py snapshots/*.py server/*.py server/*/*.py bench/*.py wallet_client/*.py)
+
+$(CSTAMP): pyproject.toml setup.py $(SOURCES)
+	test -x $(CBIN)/python || $(PYTHON) -m venv $(CVENV)
+	$(CBIN)/python -m pip install --quiet --upgrade pip
+	$(CBIN)/python -m pip install --quiet 'setuptools>=68' wheel 'mypy>=1.10'  # mypy as in [test]: mypyc
+	rm -rf build
+	WALLET_COMPILE=1 $(CBIN)/python -m pip install --quiet --no-build-isolation '.[test]'
+	rm -rf build
+	touch $(CSTAMP)
+
+install-compiled: $(CSTAMP)
+
+# The compiled build against a bounded subset (ledger, WAL, the simulation's CI seeds), run
+# from the installed package: PYTHONSAFEPATH keeps the working directory off sys.path and
+# --import-mode=append puts the checkout (for `tests`) after site-packages; tests/conftest.py
+# refuses to start unless every COMPILED module was imported from its .so.
+COMPILED_TESTS ?= tests/ledger tests/wal tests/sim/test_sim.py
+test-compiled: $(CSTAMP)
+	WALLET_EXPECT_COMPILED=1 PYTHONSAFEPATH=1 $(CBIN)/python -m pytest -q -p no:cacheprovider \
+		--import-mode=append $(COMPILED_TESTS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e"
@@ -160,4 +189,4 @@ bench-withdrawals: $(STAMP)
 	$(BIN)/python -m bench.withdrawals --withdrawals 2000 --bank-latency-ms 50 --workers 16
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(CVENV) build .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -876,8 +876,11 @@ class Withdrawal:
         self.lsn = lsn
 
     def key(self) -> tuple[Any, ...]:
-        """Every field, for digests and equality in tests."""
-        return tuple(getattr(self, name) for name in self.__slots__)
+        """Every field, for digests and equality in tests (in ``__slots__`` order, spelled out:
+        a class compiled by mypyc, ADR 0012, has no ``__slots__`` attribute at run time)."""
+        return (self.amount, self.asset, self.attempts, self.created_at_us, self.destination, self.id,
+                self.last_error, self.lsn, self.next_attempt_at_us, self.reference, self.status,
+                self.updated_at_us, self.wallet_id)
 
     def __repr__(self) -> str:
         return (
@@ -1024,12 +1027,17 @@ def frozen_builder(cls: type[_T]) -> Callable[..., _T]:
     through their member descriptors bound as locals takes 2.0 us. Batches build several such
     objects per item. Only for classes without ``__post_init__`` or validation in ``__init__``
     (none of the value objects here has any); ``tests/ledger/test_model.py`` checks every
-    builder against its class."""
+    builder against its class.
+
+    The object is made by ``cls.__new__``, never ``object.__new__``: for a plain class the two
+    are the same function, but when mypyc compiled the class (ADR 0012) its ``__new__`` is its
+    own (it sets up the native object), ``object.__new__(cls)`` raises TypeError ("is not
+    safe"), and the field descriptors are the compiled class's setters."""
     assert dataclasses.is_dataclass(cls)
     assert "__post_init__" not in cls.__dict__
     names = [field.name for field in dataclasses.fields(cls)]
     assert all(name.isidentifier() and not name.startswith("_") for name in names)
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    namespace: dict[str, Any] = {"_new": cls.__new__, "_cls": cls}
     for name in names:
         namespace[f"_set_{name}"] = cls.__dict__[name].__set__  # the slot's member descriptor
     defaults = "".join(f", _set_{name}=_set_{name}" for name in names)

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.machinery
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -7,6 +10,35 @@ from pathlib import Path
 import pytest
 
 from tests.e2e._server import DEFAULT_LOOP, ServerProcess
+
+SETUP_PY = Path(__file__).resolve().parent.parent / "setup.py"
+
+
+def compiled_module_names() -> list[str]:
+    """The modules ``setup.py`` compiles with ``WALLET_COMPILE=1`` (its ``COMPILED`` list)."""
+    for node in ast.parse(SETUP_PY.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "COMPILED" for target in node.targets
+        ):
+            paths: list[str] = ast.literal_eval(node.value)
+            return [path.removesuffix(".py").replace("/", ".") for path in paths]
+    raise AssertionError("setup.py has no COMPILED list")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Which build is under test, checked before any test runs. ``WALLET_EXPECT_COMPILED=1``
+    (``make test-compiled``): every module in setup.py's ``COMPILED`` must be imported from an
+    extension module, not from its ``.py``. Otherwise (``make test``) none may be, so that a
+    stray ``.so`` next to the sources can never pass for the pure build (ADR 0012)."""
+    compiled = os.environ.get("WALLET_EXPECT_COMPILED") == "1"
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    for name in compiled_module_names():
+        path = importlib.import_module(name).__file__ or ""
+        if path.endswith(suffixes) != compiled:
+            raise pytest.UsageError(
+                f"{name} was imported from {path}: expected the "
+                + ("compiled build (make test-compiled)" if compiled else "pure-Python build")
+            )
 
 
 @pytest.fixture
