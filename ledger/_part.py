@@ -23,7 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ledger._apply import _expire_idempotency, _spend, _watch
+from ledger._apply import (
+    _expire_idempotency,
+    _spend,
+    _watch,
+    apply_credit,
+    apply_debit,
+    apply_directory,
+)
 from ledger._decide import CreditCheck, Decision, check_credit, decide_transfer
 from ledger._model import (
     BATCH_ITEMS_MAX,
@@ -33,9 +40,11 @@ from ledger._model import (
     SPENDING_TYPES,
     TREASURY_PREFIX,
     Duplicate,
+    Event,
     Rejection,
     Transfer,
     Transferred,
+    TransfersPosted,
     WalletStatus,
     new_idempotency_record,
     new_transferred,
@@ -208,6 +217,20 @@ def apply_part(state: State, transfers: Sequence[Transferred], local: Sequence[b
                 receiver.lsn = lsn
             if watched and receiver.id in watched:
                 _watch(state, receiver, transfer.transaction_id)
+
+
+def apply_posted(state: State, record: Event, local: Sequence[bool], lsn: int) -> None:
+    """Applies a batch part's record (``ledger._batch._records``: a ``TransfersPosted``, or a
+    lone ``Transferred``) appended at ``lsn`` on the sender's shard; ``local`` as in
+    ``apply_part``."""
+    if type(record) is TransfersPosted:
+        apply_part(state, record.transfers, local, lsn, record.at_us)
+        return
+    assert type(record) is Transferred and len(local) == 1
+    apply_directory(state.directory, record, lsn)
+    apply_debit(state, record, lsn)
+    if local[0]:
+        apply_credit(state, record, lsn)
 
 
 def apply_credits(state: State, credits: Sequence[tuple[Transferred, int]]) -> None:

@@ -105,7 +105,6 @@ from ledger._model import (
     ResolveHold,
     Transfer,
     Transferred,
-    TransfersPosted,
     Wallet,
     WithdrawalUpdated,
     new_committed,
@@ -613,15 +612,7 @@ class Shard:
             lsn = wal.append(payload, record)
             stop = start + count
             local = [item[4] == index for item in accepted[start:stop]]
-            if type(record) is TransfersPosted:
-                _part.apply_part(state, record.transfers, local, lsn, now_us)
-            else:
-                # A lone transfer is a plain ``Transferred`` record.
-                assert type(record) is Transferred and count == 1
-                _apply.apply_directory(directory, record, lsn)
-                _apply.apply_debit(state, record, lsn)
-                if local[0]:
-                    _apply.apply_credit(state, record, lsn)
+            _part.apply_posted(state, record, local, lsn)
             for offset in range(start, stop):
                 event = events[offset]
                 item = accepted[offset]
