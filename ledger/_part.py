@@ -31,7 +31,8 @@ from ledger._apply import (
     apply_debit,
     apply_directory,
 )
-from ledger._decide import CreditCheck, Decision, check_credit, decide_transfer
+from ledger._decide import _PASSED, CreditCheck, Decision, decide_transfer
+from ledger._decide import check_credit as _check_credit
 from ledger._model import (
     BATCH_ITEMS_MAX,
     DAY_US,
@@ -133,7 +134,7 @@ def decide_part(
         # Any other case: the reference decides, with the same carried effects.
         receiver_here = credit is None
         if credit is None:
-            credit = check_credit(
+            credit = _check_credit(
                 state, command, pending=pending.get(to_wallet_id, 0) + moved.get(to_wallet_id, 0)
             )
         decision: Decision = decide_transfer(
@@ -151,6 +152,18 @@ def decide_part(
         else:
             append(decision)
     return outcomes
+
+
+def check_credit(state: State, command: Transfer, pending: int) -> CreditCheck:
+    """``ledger._decide.check_credit`` (rows 2, 6, 8 on the receiver's shard: step 1 of a batch
+    item whose sender lives elsewhere), the passing case inline: the shared passed value of the
+    receiver's asset. Any other case, and an asset not seen yet, asks ``check_credit``."""
+    wallet = state.wallets.get(command.to_wallet_id)
+    if wallet is not None and wallet.status != _CLOSED and wallet.balance + pending + command.amount <= INT64_MAX:
+        passed = _PASSED.get(wallet.asset)
+        if passed is not None:
+            return passed
+    return _check_credit(state, command, pending=pending)
 
 
 def apply_part(state: State, transfers: Sequence[Transferred], local: Sequence[bool], lsn: int, at_us: int) -> None:

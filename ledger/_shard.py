@@ -541,7 +541,7 @@ class Shard:
             else:
                 to_wallet_id = command.to_wallet_id
                 reserved_before = pending.get(to_wallet_id, 0)
-                credit = _decide.check_credit(state, command, pending=reserved_before)
+                credit = _part.check_credit(state, command, reserved_before)
                 reserved = credit.failure is None
                 if reserved:
                     pending[to_wallet_id] = reserved_before + command.amount

@@ -55,6 +55,7 @@ from ledger._model import (
     WalletStatus,
 )
 from ledger._part import PartOutcome, apply_credits, apply_posted, decide_part
+from ledger._part import check_credit as part_check_credit
 from ledger._state import State, new_state
 from ledger.testing import amounts
 
@@ -228,11 +229,33 @@ Applier = Callable[[State, Event, list[bool], int], None]
 Crediter = Callable[[State, list[tuple[Transferred, int]]], None]
 
 
-def _run(shards: Shards, batch: list[Transfer], now_us: int, decider: Decider, applier: Applier,
-         crediter: Crediter) -> list[Any]:
+@dataclass(frozen=True)
+class Path:
+    """Step 1's credit check, the part's decision, the record's apply, step 3."""
+
+    checker: Callable[[State, Transfer, int], CreditCheck]
+    decider: Decider
+    applier: Applier
+    crediter: Crediter
+
+
+REFERENCE = Path(
+    checker=lambda state, command, pending: check_credit(state, command, pending=pending),
+    decider=_reference,
+    applier=_reference_apply,
+    crediter=_reference_credits,
+)
+BATCH_SHAPED = Path(
+    checker=part_check_credit,
+    decider=lambda shards, items, now_us: decide_part(shards.home, items, now_us, shards.reserved),
+    applier=apply_posted,
+    crediter=apply_credits,
+)
+
+
+def _run(shards: Shards, batch: list[Transfer], now_us: int, path: Path) -> list[Any]:
     """A batch part through the steps of ``Shard._on_credit_group`` / ``_decide_part`` /
-    ``_on_apply_credits`` (one record: the batches are small), with ``decider``, ``applier`` and
-    ``crediter`` for the part's own decide and apply."""
+    ``_on_apply_credits`` (one record: the batches are small), by ``path``."""
     home, other = shards.home, shards.other
     in_flight: dict[str, int] = {}  # the other shard's step-1 reservations
     items: list[tuple[Transfer, CreditCheck | None]] = []
@@ -241,11 +264,11 @@ def _run(shards: Shards, batch: list[Transfer], now_us: int, decider: Decider, a
             items.append((command, None))
         else:
             before = in_flight.get(command.to_wallet_id, 0)
-            credit = check_credit(other, command, pending=before)
+            credit = path.checker(other, command, before)
             if credit.failure is None:
                 in_flight[command.to_wallet_id] = before + command.amount
             items.append((command, credit))
-    outcomes = decider(shards, items, now_us)
+    outcomes = path.decider(shards, items, now_us)
     accepted = [(command, credit, outcome) for (command, credit), outcome in zip(items, outcomes, strict=True)
                 if type(outcome) is Transferred]
     refusals = [(command.idempotency, outcome) for (command, _), outcome in zip(items, outcomes, strict=True)
@@ -257,11 +280,11 @@ def _run(shards: Shards, batch: list[Transfer], now_us: int, decider: Decider, a
         assert all(isinstance(event, Transferred) for event in events)
         record: Event = events[0] if len(events) == 1 else TransfersPosted(transfers=tuple(events), at_us=now_us)
         lsn = shards.append(record)
-        applier(home, record, [credit is None for _, credit, _ in accepted], lsn)
+        path.applier(home, record, [credit is None for _, credit, _ in accepted], lsn)
         credits = [(event, lsn) for (_, credit, event) in accepted if credit is not None]
     if refusals:
         shards.append(RequestsRefused(refusals=tuple(refusals), at_us=now_us))
-    crediter(other, credits)
+    path.crediter(other, credits)
     for state in (home, other):
         # The firings the changes owe, as the shards record them (the log compares them).
         for firing in decide_firings(state, now_us):
@@ -284,9 +307,8 @@ def test_the_batch_shaped_part_equals_the_per_item_path(data: Any, specs: list[W
     assert digest_state(reference.home) == digest_state(batch_shaped.home)
     for batch, offset in zip(plan, times, strict=True):
         now_us = NOW_US + offset
-        expected = _run(reference, batch, now_us, _reference, _reference_apply, _reference_credits)
-        got = _run(batch_shaped, batch, now_us, lambda shards, items, at: decide_part(
-            shards.home, items, at, shards.reserved), apply_posted, apply_credits)
+        expected = _run(reference, batch, now_us, REFERENCE)
+        got = _run(batch_shaped, batch, now_us, BATCH_SHAPED)
         assert got == expected
         assert batch_shaped.log == reference.log
         assert digest_state(batch_shaped.home) == digest_state(reference.home)
@@ -330,9 +352,8 @@ def test_every_fast_path_row_is_exercised() -> None:
     reference = _setup(specs)
     reference.reserved["w5"] = 5000
     batch_shaped = copy.deepcopy(reference)
-    expected = _run(reference, batch, NOW_US, _reference, _reference_apply, _reference_credits)
-    got = _run(batch_shaped, batch, NOW_US, lambda shards, items, at: decide_part(
-        shards.home, items, at, shards.reserved), apply_posted, apply_credits)
+    expected = _run(reference, batch, NOW_US, REFERENCE)
+    got = _run(batch_shaped, batch, NOW_US, BATCH_SHAPED)
     assert got == expected
     reasons = [None if type(outcome) is Transferred else outcome.reason.name for outcome in got]
     assert reasons == [None, "SENDER_NOT_FOUND", "FORBIDDEN", "RECEIVER_NOT_FOUND", "SAME_WALLET", "ASSET_MISMATCH",
@@ -344,9 +365,8 @@ def test_every_fast_path_row_is_exercised() -> None:
     assert [alert.id for alert in reference.home.alerts.values() if alert.triggered] == ["aw0", "aw1"]
     assert [alert.id for alert in batch_shaped.home.alerts.values() if alert.triggered] == ["aw0", "aw1"]
     # The same batch again: every key answers as recorded (replays and final refusals).
-    expected = _run(reference, batch, NOW_US + 1, _reference, _reference_apply, _reference_credits)
-    got = _run(batch_shaped, batch, NOW_US + 1, lambda shards, items, at: decide_part(
-        shards.home, items, at, shards.reserved), apply_posted, apply_credits)
+    expected = _run(reference, batch, NOW_US + 1, REFERENCE)
+    got = _run(batch_shaped, batch, NOW_US + 1, BATCH_SHAPED)
     assert got == expected
     assert batch_shaped.log == reference.log
     assert digest_state(batch_shaped.home) == digest_state(reference.home)
