@@ -54,7 +54,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from ledger import _apply, _decide
+from ledger import _apply, _decide, _part
 from ledger._batch import (
     _ApplyCredits,
     _AtomicBatch,
@@ -541,7 +541,7 @@ class Shard:
             else:
                 to_wallet_id = command.to_wallet_id
                 reserved_before = pending.get(to_wallet_id, 0)
-                credit = _decide.check_credit(state, command, pending=reserved_before)
+                credit = _part.check_credit(state, command, reserved_before)
                 reserved = credit.failure is None
                 if reserved:
                     pending[to_wallet_id] = reserved_before + command.amount
@@ -585,46 +585,43 @@ class Shard:
             return
         state = self.state
         now_us = self._clock()
-        decisions = _decide.decide_transfers(
-            state, [(item[1], item[2]) for item in items], now_us, self._pending
-        )
+        # The batch-shaped path (``ledger._part``): every check of ``decide_transfers``, inline.
+        outcomes = _part.decide_part(state, [(item[1], item[2]) for item in items], now_us, self._pending)
         results = reply.results
         accepted: list[_PartItem] = []
         events: list[Transferred] = []
         refusals: list[tuple[Idempotency, Rejection]] = []
         directory = state.directory
-        for item, decision in zip(items, decisions, strict=True):
-            if isinstance(decision, list):
-                (event,) = decision
-                assert isinstance(event, Transferred)
+        for item, outcome in zip(items, outcomes, strict=True):
+            if type(outcome) is Transferred:
                 accepted.append(item)
-                events.append(event)
+                events.append(outcome)
                 continue
-            results[item[0]] = decision
+            assert type(outcome) is Rejection or type(outcome) is Duplicate
+            results[item[0]] = outcome
             if item[3]:
                 releases.setdefault(item[4], []).append((item[1].to_wallet_id, item[1].amount))
             idempotency = item[1].idempotency
-            if (idempotency is not None and type(decision) is Rejection
-                    and _decide.refusal_recorded(directory, idempotency, decision)):
-                refusals.append((idempotency, decision))
+            if (idempotency is not None and type(outcome) is Rejection
+                    and _decide.refusal_recorded(directory, idempotency, outcome)):
+                refusals.append((idempotency, outcome))
         # After this point every accepted item is appended and applied in this same step.
         start = 0
         index = self.index
         for payload, record, count in _records(events, now_us):
             lsn = wal.append(payload, record)
-            _apply.apply_directory(directory, record, lsn)
-            for offset in range(start, start + count):
+            stop = start + count
+            local = [item[4] == index for item in accepted[start:stop]]
+            _part.apply_posted(state, record, local, lsn)
+            for offset in range(start, stop):
                 event = events[offset]
                 item = accepted[offset]
-                _apply.apply_debit(state, event, lsn)
                 credit_shard = item[4]
-                if credit_shard == index:
-                    _apply.apply_credit(state, event, lsn)
-                else:
+                if credit_shard != index:
                     assert item[3]
                     credits.setdefault(credit_shard, []).append((event, lsn))
                 results[item[0]] = new_committed(event, lsn)
-            start += count
+            start = stop
         assert start == len(events)
         if refusals:
             # The part's refused keys, one record for all of them (distinct keys: the batch's
@@ -643,10 +640,10 @@ class Shard:
     def _on_apply_credits(self, message: _ApplyCredits) -> None:
         for wallet_id, amount in message.releases:
             self._release(wallet_id, amount)
-        state = self.state
-        for event, lsn in message.credits:
+        credits = message.credits
+        for event, _ in credits:
             self._release(event.to_wallet_id, event.amount)
-            _apply.apply_credit(state, event, lsn)
+        _part.apply_credits(self.state, credits)
 
     def _on_atomic_batch(self, message: _AtomicBatch) -> None:
         commit_atomic([self], message.commands, message.reply)

@@ -25,6 +25,7 @@ ALLOWED = {
 # The pure core: stdlib only, and no clock, randomness or I/O.
 PURE = [
     "ledger/_model.py", "ledger/_state.py", "ledger/_decide.py", "ledger/_apply.py", "ledger/_invariants.py",
+    "ledger/_part.py",
 ]
 PURE_MODULES_FORBIDDEN = {"time", "datetime", "random", "uuid", "os", "trio", "anyio", "msgpack", "socket", "secrets"}
 THIRD_PARTY = {"trio", "anyio", "uvloop", "msgpack", "starlette", "hypercorn", "aiosqlite", "prometheus_client", "httpx"}
