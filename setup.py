@@ -25,6 +25,7 @@ COMPILED = [
     "ledger/_decide.py",
     "ledger/_apply.py",
     "ledger/_codec.py",
+    "ledger/_part.py",
 ]
 
 # The setuptools commands that build extensions; metadata steps (egg_info, dist_info) do not
