@@ -1,20 +1,43 @@
 """Helpers for testing the payout workers (shipped, like ``trio.testing``): an in-memory
 ``PayoutLedger`` that records every call, and a scripted, instrumented ``Bank`` (unit and end to
 end tests); for webhooks, ``Receivers``: an httpx transport that hands each host's requests to
-its own in-process app (``wallet webhook-sim``'s). Nothing here is used by the server itself."""
+its own in-process app (``wallet webhook-sim``'s); ``in_process_api``: the whole API over a real
+ledger in this process, for route tests. Nothing here is used by the server itself."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 
+from ledger import Ledger, recover
 from server._payouts import BankResult, PayoutOrder
+from server._port import LocalPort
+from server.api import Deps, build_app
 
 PAYABLE = ("pending", "processing")
+
+
+@asynccontextmanager
+async def in_process_api(tmp_path: Path, *, shards: int = 4) -> AsyncIterator[httpx.AsyncClient]:
+    """A ledger on ``tmp_path`` with ``shards`` actors, the API in front of it through a
+    ``LocalPort`` (admin token ``admin``, sent on every request), and the asset USD (scale 2).
+    On exit the ledger's invariants are checked and it stops."""
+    ledger = Ledger(await anyio.to_thread.run_sync(recover, tmp_path), tmp_path, shards=shards)
+    async with anyio.create_task_group() as group:
+        await group.start(ledger.run)
+        app = build_app(Deps.build(admin_token="admin", port=LocalPort(ledger)))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
+                                     headers={"Authorization": "Bearer admin"}) as http:
+            assert (await http.post("/v1/assets", json={"code": "USD", "scale": 2})).status_code == 201
+            yield http
+        ledger.check_invariants()
+        await ledger.stop()
 
 
 def order(withdrawal_id: str, *, amount: int = 100, asset: str = "USD", account: str = "acct-1",

@@ -6,8 +6,6 @@ limit of 100."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +16,12 @@ import trio
 
 from ledger import INT64_MAX, Ledger, UpdateWallet, WalletUpdated, recover
 from server._port import LocalPort, RemotePort, serve_port
-from server.api import Deps, build_app
+from server.testing import in_process_api
 
 ADMIN = {"Authorization": "Bearer admin"}
 
 
-@asynccontextmanager
-async def service(tmp_path: Path, *, shards: int = 4) -> AsyncIterator[httpx.AsyncClient]:
-    ledger = Ledger(await trio.to_thread.run_sync(recover, tmp_path), tmp_path, shards=shards)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ledger.run)
-        app = build_app(Deps.build(admin_token="admin", port=LocalPort(ledger)))
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
-                                     headers=ADMIN) as http:
-            assert (await http.post("/v1/assets", json={"code": "USD", "scale": 2})).status_code == 201
-            yield http
-        ledger.check_invariants()
-        await ledger.stop()
+service = in_process_api
 
 
 async def wallet(http: httpx.AsyncClient, wallet_id: str, deposit: int = 0, **limits: Any) -> dict[str, Any]:
