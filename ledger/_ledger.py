@@ -83,11 +83,15 @@ from ledger._projector import RemoteProjection
 from ledger._recovery import Recovered, recover
 from ledger._shard import Shard
 from ledger._state import Directory, State
-from wal import StorageFailed, WriteAheadLog
+from wal import REPLICATED_BATCH_BYTES_MAX, Replicate, StorageFailed, WriteAheadLog
 
 log = logging.getLogger("ledger")
 
 SHARDS_DEFAULT = 4
+
+
+def _no_sync(fd: int) -> None:
+    """The local fsync of a replicated log: skipped (the stream is what is durable)."""
 
 
 class Clock:
@@ -276,10 +280,12 @@ class Ledger:
         segment_bytes_max: int | None = None,
         mailbox_capacity: int | None = None,
         memory_keys: int | None = None,
+        replicate: Replicate | None = None,
     ) -> None:
         """``memory_keys``: keep at most that many idempotency records in memory and the older
         ones in ``<data>/idempotency.sqlite3`` (``ledger._key_tier``); None keeps them all in
-        memory (tests, tools, the simulation)."""
+        memory (tests, tools, the simulation). ``replicate``: cluster mode (``server._member``):
+        each group commit is durable once replicated, not once fsynced here."""
         assert shards >= 1
         self.data_dir = data_dir
         result = recovered.scan
@@ -303,6 +309,11 @@ class Ledger:
         options: dict[str, Any] = {}
         if segment_bytes_max is not None:
             options["segment_bytes_max"] = segment_bytes_max
+        if replicate is not None:
+            # The quorum's fsync is the durability; this copy is the owner's cache of the
+            # stream, rebuilt from the stream when the process starts again.
+            options.update(replicate=replicate, batch_bytes_max=REPLICATED_BATCH_BYTES_MAX,
+                           sync=_no_sync)
         self.wal = WriteAheadLog(
             data_dir / "wal",
             next_lsn=result.next_lsn,

@@ -13,6 +13,8 @@ then runs its role:
   over the same Unix socket and keeping its cursors in ``<data>/webhooks.sqlite3``.
 - ``http``: ``server._serve.serve_worker``: Hypercorn on the inherited listening socket, the
   routes over a ``RemotePort``.
+- ``member``: ``server._member.run_member``: a cluster group's standby, then its owner
+  (``wallet cluster up``).
 
 ``PROMETHEUS_MULTIPROC_DIR`` comes in the environment the supervisor starts the child with, not
 from here: prometheus-client picks where its values live when first imported, which is already
@@ -42,12 +44,16 @@ def _die_with_parent(supervisor_pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server._child")
-    parser.add_argument("role", choices=["ledger", "projector", "webhooks", "http"])
+    parser.add_argument("role", choices=["ledger", "projector", "webhooks", "http", "member"])
     parser.add_argument("options")
     parser.add_argument("--supervisor", type=int, required=True)
     parser.add_argument("--socket", required=True)
     parser.add_argument("--fd", type=int, default=None)
     parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--group", type=int, default=0)
+    parser.add_argument("--member", default="a")
+    parser.add_argument("--servers", default="")
+    parser.add_argument("--status-dir", default="")
     arguments = parser.parse_args(argv)
     _die_with_parent(arguments.supervisor)
 
@@ -68,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         return serve_projector_process(options, arguments.socket)
     if arguments.role == "webhooks":
         return serve_webhooks_process(options, arguments.socket)
+    if arguments.role == "member":
+        from pathlib import Path
+
+        from server._member import run_member
+
+        return run_member(options, group=arguments.group, slot=arguments.member,
+                          servers=arguments.servers.split(","), socket_path=arguments.socket,
+                          status_dir=Path(arguments.status_dir))
     assert arguments.fd is not None
     return serve_worker_process(options, arguments.socket, fd=arguments.fd, slot=arguments.slot)
 

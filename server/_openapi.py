@@ -733,6 +733,33 @@ def build() -> dict[str, Any]:
                         }}},
                     }, "every process of this server"), **_problems(403)}}
         },
+        "/v1/admin/cluster": {
+            "get": {"operationId": "getCluster",
+                    "summary": "Cluster mode: each group's owner and standbys, and the log's nodes (admin)",
+                    "responses": {"200": _json({
+                        "type": "object", "required": ["groups", "log"],
+                        "properties": {
+                            "groups": {"type": "array", "items": {
+                                "type": "object", "required": ["group", "owner", "standbys", "lsn"],
+                                "properties": {
+                                    "group": {"type": "integer"},
+                                    "owner": {"type": ["object", "null"], "required": ["pid", "node", "epoch"],
+                                              "properties": {"pid": {"type": "integer"}, "node": {"type": "string"},
+                                                             "epoch": {"type": "integer"}}},
+                                    "standbys": {"type": "array", "items": {
+                                        "type": "object", "required": ["pid", "node", "lsn"],
+                                        "properties": {"pid": {"type": "integer"}, "node": {"type": "string"},
+                                                       "lsn": {"type": "integer"}}}},
+                                    "lsn": {"type": "integer"},
+                                }}},
+                            "log": {"type": "object", "required": ["nodes"], "properties": {"nodes": {
+                                "type": "array", "items": {
+                                    "type": "object", "required": ["pid", "url", "leader"],
+                                    "properties": {"pid": {"type": "integer"}, "url": {"type": "string"},
+                                                   "leader": {"type": "boolean"}}}}}},
+                        },
+                    }, "the cluster"), **_problems(403, 404)}}
+        },
     }
     for path, item in paths.items():
         for operation in item.values():

@@ -37,6 +37,8 @@ import contextvars
 import itertools
 import logging
 import math
+import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,22 +420,33 @@ class _Outbox:
 # -- the ledger side -----------------------------------------------------------------------------
 
 
-async def serve_port(port_of: Callable[[], LocalPort | None], listener: anyio.abc.Listener[Any]) -> None:
+# Cluster mode: waits until the owner's ownership has been confirmed by a fenced append sent
+# after the given ``time.monotonic()`` (``server._member.Replica.confirm``).
+Confirm = Callable[[float], Awaitable[None]]
+
+
+async def serve_port(port_of: Callable[[], LocalPort | None], listener: anyio.abc.Listener[Any],
+                     *, confirm: Confirm | None = None) -> None:
     """Serves every worker connection of ``listener`` until cancelled. ``port_of`` gives the
-    port once the ledger has recovered (None before: calls fail ``not_ready``)."""
+    port once the ledger has recovered (None before: calls fail ``not_ready``). With
+    ``confirm`` (a cluster owner), no reply leaves before an append made after its call arrived
+    was accepted by the log's fence: an owner that a newer one replaced without its knowing (a
+    long pause) cannot answer from superseded state."""
 
     async def handle(stream: anyio.abc.ByteStream) -> None:
         async with stream:
-            await _Connection(port_of, stream).run()
+            await _Connection(port_of, stream, confirm).run()
 
     async with listener:
         await listener.serve(handle)
 
 
 class _Connection:
-    def __init__(self, port_of: Callable[[], LocalPort | None], stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, port_of: Callable[[], LocalPort | None], stream: anyio.abc.ByteStream,
+                 confirm: Confirm | None = None) -> None:
         self._port_of = port_of
         self._stream = stream
+        self._confirm = confirm
         self._outbox = _Outbox()
         self._in_flight = 0
 
@@ -469,6 +482,7 @@ class _Connection:
         group.start_soon(self._call, correlation, method, args, auth)
 
     async def _call(self, correlation: int, method: str, args: list[Any], auth: bytes | None) -> None:
+        arrived = time.monotonic()
         try:
             port = self._port_of()
             if port is None:
@@ -478,6 +492,8 @@ class _Connection:
             result = getattr(port, method)(*args)
             if isinstance(result, Awaitable):
                 result = await result
+            if self._confirm is not None:
+                await self._confirm(arrived)
             self._send(w.reply(correlation, result))
         except anyio.get_cancelled_exc_class():
             raise
@@ -490,6 +506,8 @@ class _Connection:
             except Exception:
                 log.exception("the call %s failed", method)
                 code, detail = "internal", f"{type(error).__name__} in the ledger process (logged there)"
+            if self._confirm is not None and not isinstance(error, Unavailable):
+                await self._confirm(arrived)  # a refusal is a read of the state too
             self._send(w.failed(correlation, code, detail))
         finally:
             self._in_flight -= 1
@@ -507,6 +525,16 @@ class _Connection:
 # -- the worker side -----------------------------------------------------------------------------
 
 
+FOLLOW_POLL_S = 0.2
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
 class RemotePort:
     """The port in an HTTP worker: every method is a call to the ledger process over the Unix
     socket at ``path``. ``run`` keeps the connection (reconnecting while the ledger process
@@ -514,8 +542,12 @@ class RemotePort:
     ``Unavailable`` (a money movement's outcome is then unknown to this worker: the client
     retries with its idempotency key, which is what keys are for)."""
 
-    def __init__(self, path: str, *, reconnect_s: float = 0.1, history_path: Path | None = None) -> None:
+    def __init__(self, path: str, *, reconnect_s: float = 0.1, history_path: Path | None = None,
+                 follow: bool = False) -> None:
         self._path = path
+        # Cluster mode: the group's owner binds ``path`` anew when it takes over; a connection
+        # to the socket the path no longer names (a replaced owner, maybe paused) is dropped.
+        self._follow = follow
         # With a path, history reads query SQLite here, read-only, after ``wait_projected``.
         self._history_path = history_path
         self._history: History | None = None
@@ -532,12 +564,16 @@ class RemotePort:
         started = False
         while True:
             try:
+                inode = _inode(self._path)
                 stream = await anyio.connect_unix(self._path)
             except OSError:
                 if not started:
                     task_status.started()
                     started = True
                 await anyio.sleep(self._reconnect_s)
+                continue
+            if self._follow and _inode(self._path) != inode:
+                await stream.aclose()  # replaced while connecting: connect again
                 continue
             self._stream = stream
             self.connections += 1
@@ -548,6 +584,8 @@ class RemotePort:
             try:
                 async with stream, anyio.create_task_group() as group:
                     group.start_soon(self._outbox.send_forever, stream)
+                    if self._follow:
+                        group.start_soon(self._watch_path, inode, group.cancel_scope)
                     await self._receive_loop(stream)
                     group.cancel_scope.cancel()
             finally:
@@ -558,6 +596,15 @@ class RemotePort:
                 for call in waiting.values():
                     call.fail(Unavailable("the connection to the ledger process dropped"))
             log.warning("the ledger process closed the connection; reconnecting")
+
+    async def _watch_path(self, inode: int | None, scope: anyio.CancelScope) -> None:
+        while True:
+            await anyio.sleep(FOLLOW_POLL_S)
+            current = _inode(self._path)
+            if current is not None and current != inode:
+                log.warning("%s now names another ledger process (a new owner): reconnecting", self._path)
+                scope.cancel()
+                return
 
     async def _receive_loop(self, stream: anyio.abc.ByteStream) -> None:
         decoder = w.Decoder()

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -61,7 +61,7 @@ from server._lock import DataDirLocked, lock_data_dir
 from server._loop_lag import LoopLag, loop_lag, loop_lag_histogram
 from server._payout_ledger import LedgerPayouts
 from server._payouts import Payouts
-from server._port import LocalPort, RemotePort, Unavailable, serve_port
+from server._port import Confirm, LocalPort, RemotePort, Unavailable, serve_port
 from server._scrape import MULTIPROC_DIR_ENV, MultiProcessScrape
 from server._snapshotter import Snapshotter
 from server._supervisor import mark_worker_up
@@ -83,6 +83,14 @@ HTTP_DRAIN_SHARE = 0.5  # of --shutdown-timeout, at most, for the HTTP drain
 READ_TIMEOUT_S = 30
 HISTORY_FILE = "history.sqlite3"
 
+
+
+class Owner(Protocol):
+    """What ``serve`` needs of a cluster group's owner (``server._member.Replica``)."""
+
+    def replicate(self, first_lsn: int, last_lsn: int, data: bytes) -> None: ...
+
+    async def confirm(self, arrived: float) -> None: ...
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServeOptions:
@@ -122,6 +130,7 @@ class ServeOptions:
     webhook_backoff_base_s: float = 1.0
     webhook_backoff_max_s: float = 600.0
     workers: int = 0  # the supervisor's; a child ignores it
+    cluster: bool = False  # under ``wallet cluster up`` (``server._cluster``)
 
     def webhooks(self) -> WebhookConfig:
         return WebhookConfig(
@@ -329,13 +338,15 @@ def _deps(options: ServeOptions, *, port: RemotePort | None = None,
     )
 
 
-async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int:
+async def serve(options: ServeOptions, *, port_socket: str | None = None, owner: Owner | None = None) -> int:
     """Serves until SIGTERM/SIGINT; returns the exit status. Raises ``wal.LogCorrupt`` when
     the log is damaged (the command line reports it and exits 2).
 
     The front that starts before recovery and drains first on the way out is HTTP (one
     process), or with ``port_socket`` the ledger port for the HTTP workers (the ledger process
-    of ``--workers N``: ``server._supervisor``)."""
+    of ``--workers N``: ``server._supervisor``). With ``owner`` (cluster mode, ``server._member``)
+    the log is replicated through it, every reply of the port is confirmed by its fence, and
+    this process keeps the history read model itself (the workers read it over the port)."""
     data_dir = options.data_dir
     # Creates the data directory 0700 (or tightens it); held until the process exits; raises
     # DataDirLocked.
@@ -359,6 +370,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
         async def run_http(*, task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
             try:
                 await _serve_port(socket_path, lambda: published[0] if published else None, shutdown,
+                                  confirm=owner.confirm if owner is not None else None,
                                   task_status=task_status)
             finally:
                 http_done.set()
@@ -377,7 +389,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
             try:
                 # With workers, the projector process keeps the read model: recovery leaves it be.
                 recovered = await anyio.to_thread.run_sync(
-                    partial(recover, data_dir, project_history=port_socket is None)
+                    partial(recover, data_dir, project_history=port_socket is None or owner is not None)
                 )
             except LogCorrupt as error:
                 log.error("refusing to start: %s", error)
@@ -391,6 +403,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
                     segment_bytes_max=options.segment_bytes_max,
                     mailbox_capacity=options.mailbox_capacity,
                     memory_keys=options.idempotency_memory_keys or None,
+                    replicate=owner.replicate if owner is not None else None,
                 )
                 replayed, recovery_s = recovered.scan.records, recovered.seconds
                 # The shards own the wallets now: drop the recovered state's own dict of them
@@ -477,28 +490,41 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None) -> int
 
 
 async def _serve_port(path: str, port_of: Callable[[], LocalPort | None], shutdown: anyio.Event,
-                      *, task_status: TaskStatus[list[str]]) -> None:
+                      *, confirm: Confirm | None = None, task_status: TaskStatus[list[str]]) -> None:
     """The ledger port on a Unix socket (mode 0600) until ``shutdown``: the HTTP workers were
-    stopped before the ledger process is asked to stop, so nothing is in flight by then."""
+    stopped before the ledger process is asked to stop, so nothing is in flight by then.
+
+    The socket is bound under a temporary name and renamed onto ``path``: in cluster mode a new
+    owner replaces the path of one that may still be alive (paused), and the workers follow the
+    path to the new socket (``RemotePort(follow=True)``); on the way out the path is removed only
+    if it still names this process's socket."""
+    temporary = f"{path}.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # left by a ledger process that was killed
-    listener = await anyio.create_unix_listener(path)
-    os.chmod(path, 0o600)
+        os.unlink(temporary)
+    listener = await anyio.create_unix_listener(temporary)
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)  # replaces a socket file left by a killed or replaced process
+    inode = os.stat(path).st_ino
     task_status.started([f"unix:{path}"])
     async with anyio.create_task_group() as group:
-        group.start_soon(serve_port, port_of, listener)
+        group.start_soon(partial(serve_port, port_of, listener, confirm=confirm))
         await shutdown.wait()
         group.cancel_scope.cancel()
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
 
 
 async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int) -> int:
     """One HTTP worker of ``--workers N``: Hypercorn on the inherited listening socket ``fd``,
     the routes over a ``RemotePort`` to the ledger process. SIGTERM: stop accepting, answer
     what was accepted, exit 0."""
-    # History reads query the projector process's SQLite file here, read-only.
-    remote = RemotePort(socket_path, history_path=options.data_dir / HISTORY_FILE)
+    # History reads query the projector process's SQLite file here, read-only; in a cluster
+    # the group's owner keeps the read model and answers them over the port.
+    if options.cluster:
+        remote = RemotePort(socket_path, follow=True)
+    else:
+        remote = RemotePort(socket_path, history_path=options.data_dir / HISTORY_FILE)
     exposition = None
     multiproc_dir = os.environ.get(MULTIPROC_DIR_ENV)
     if multiproc_dir is not None:

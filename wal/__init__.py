@@ -29,13 +29,16 @@ from wal._segments import (
     scan,
     segment_name,
 )
+from wal._mirror import Mirror, MirrorError
 from wal._tail import Compacted, Tailer
 from wal._writer import (
     BATCH_BUCKETS,
     BATCH_BYTES_MAX,
     BATCH_RECORDS_MAX,
     FSYNC_BUCKETS_S,
+    REPLICATED_BATCH_BYTES_MAX,
     SEGMENT_BYTES_MAX,
+    Replicate,
     Statistics,
     StorageFailed,
     WriteAheadLog,
@@ -53,6 +56,7 @@ __all__ = [
     "FSYNC_BUCKETS_S",
     "HEADER_BYTES",
     "PAYLOAD_BYTES_MAX",
+    "REPLICATED_BATCH_BYTES_MAX",
     "SEGMENT_BYTES_MAX",
     "SEGMENT_HEADER_BYTES",
     "ZERO_CHECKSUM",
@@ -60,7 +64,10 @@ __all__ = [
     "Frame",
     "FrameError",
     "LogCorrupt",
+    "Mirror",
+    "MirrorError",
     "RepairPlan",
+    "Replicate",
     "RepairRefused",
     "ScanResult",
     "Statistics",

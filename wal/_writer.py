@@ -43,10 +43,17 @@ log = logging.getLogger("wal")
 SEGMENT_BYTES_MAX = 64 * 1024 * 1024
 BATCH_RECORDS_MAX = 16_384
 BATCH_BYTES_MAX = 32 * 1024 * 1024
+# A group commit of a replicated log is one stream message: under the NATS nodes' max_payload
+# (24 MB, ``server._natsnodes``) and above one largest frame.
+REPLICATED_BATCH_BYTES_MAX = 20 * 1024 * 1024
 # Appends not yet durable, beyond which callers are told to back off (``overloaded``).
 PENDING_BYTES_MAX = 64 * 1024 * 1024
 
 DurableCallback = Callable[[str | None], None]
+# Cluster mode: called in the writer thread with (first LSN, last LSN, the framed bytes) of each
+# group commit after the local write; it returns once the bytes are replicated (a quorum stored them)
+# and never returns otherwise (a fenced or cut-off owner exits there: ``server._member``).
+Replicate = Callable[[int, int, bytes], None]
 # Histogram bounds kept by the writer itself (wal/ has no metrics library): fsync seconds and
 # records per group commit. The server exposes them as Prometheus histograms.
 FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -103,6 +110,8 @@ class WriteAheadLog:
         on_durable: Callable[[list[tuple[int, bytes, Any]]], None] | None = None,
         sync: Callable[[int], None] = os.fdatasync,
         write: Callable[[int, memoryview], int] = os.write,
+        replicate: Replicate | None = None,
+        batch_bytes_max: int = BATCH_BYTES_MAX,
     ) -> None:
         assert next_lsn >= 1
         assert len(parent) == _frame.CHECKSUM_BYTES
@@ -112,6 +121,9 @@ class WriteAheadLog:
         self._on_durable = on_durable
         self._sync = sync
         self._write = write  # injectable, like ``sync``, for fault injection
+        self._replicate = replicate
+        # One group commit is one message of a replicated log, so it must fit the message size.
+        self._batch_bytes_max = batch_bytes_max
         self._next_lsn = next_lsn
         self._durable_lsn = next_lsn - 1
         self._parent = parent
@@ -254,7 +266,7 @@ class WriteAheadLog:
 
     def _take_batch(self) -> list[tuple[int, bytes, Any]]:
         pending = self._pending
-        if len(pending) <= BATCH_RECORDS_MAX and self._pending_bytes <= BATCH_BYTES_MAX:
+        if len(pending) <= BATCH_RECORDS_MAX and self._pending_bytes <= self._batch_bytes_max:
             self._pending = []
             self._pending_bytes = 0
             return pending
@@ -262,7 +274,7 @@ class WriteAheadLog:
         count = 0
         for _, payload, _ in pending:
             frame_bytes = len(payload) + _frame.HEADER_BYTES
-            if count >= BATCH_RECORDS_MAX or (count and size + frame_bytes > BATCH_BYTES_MAX):
+            if count >= BATCH_RECORDS_MAX or (count and size + frame_bytes > self._batch_bytes_max):
                 break
             size += frame_bytes
             count += 1
@@ -289,6 +301,8 @@ class WriteAheadLog:
             view = view[written:]
         started = time.perf_counter()
         self._sync(self._fd)
+        if self._replicate is not None:
+            self._replicate(batch_lsn, batch[-1][0], data)
         elapsed = time.perf_counter() - started
         self._parent = parent
         self._segment_bytes += len(data)

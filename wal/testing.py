@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +153,93 @@ def last_lsn_on_disk(directory: Path) -> int:
     first_lsn, path = segments[-1]
     frames = frames_in(path)
     return frames[-1][1].lsn if frames else first_lsn - 1
+
+
+# -- a replicated log in memory (cluster mode's members, ``server._member``) ----------------------
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    seq: int
+    data: bytes
+    headers: dict[str, str]
+
+
+class FakeStream:
+    """The JetStream semantics cluster mode relies on, in memory and deterministic: one ordered
+    stream per name, an append fenced on the last sequence, a repeated message id answered with
+    its first sequence (the duplicate window), and core subjects delivered at once. Faults:
+    ``unavailable`` makes every append raise ``LogUnavailable`` (no quorum)."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, list[StoredMessage]] = {}
+        self.subjects: dict[str, str] = {}
+        self.ids: dict[tuple[str, str], int] = {}
+        self.listeners: dict[str, list[Callable[[bytes], None]]] = {}
+        self.unavailable = False
+        self.lock = threading.Lock()
+
+    def client(self) -> FakeStreamClient:
+        return FakeStreamClient(self)
+
+
+class FakeStreamClient:
+    """``wal.StreamClient``'s methods over a ``FakeStream``."""
+
+    def __init__(self, stream: FakeStream) -> None:
+        self._stream = stream
+
+    def connect(self, timeout_s: float = 10) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def ensure_stream(self, stream: str, subject: str, *, replicas: int = 3) -> None:
+        with self._stream.lock:
+            self._stream.streams.setdefault(stream, [])
+            self._stream.subjects[subject] = stream
+
+    def publish(self, subject: str, data: bytes, *, expected_last_seq: int, msg_id: str,
+                headers: dict[str, str] | None = None, timeout_s: float = 30) -> int:
+        state = self._stream
+        with state.lock:
+            if state.unavailable:
+                raise wal.LogUnavailable("no quorum (injected)")
+            name = state.subjects[subject]
+            messages = state.streams[name]
+            known = state.ids.get((name, msg_id))
+            if known is not None:
+                return known
+            if len(messages) != expected_last_seq:
+                raise wal.Fenced(f"wrong last sequence: {len(messages)}, expected {expected_last_seq}")
+            seq = len(messages) + 1
+            messages.append(StoredMessage(seq, bytes(data), dict(headers or {}, **{"Nats-Msg-Id": msg_id})))
+            state.ids[(name, msg_id)] = seq
+            return seq
+
+    def last_sequence(self, stream: str) -> int:
+        with self._stream.lock:
+            return len(self._stream.streams[stream])
+
+    def fetch(self, stream: str, from_seq: int, *, max_messages: int = 1000, wait_s: float = 1.0) -> list[StoredMessage]:
+        with self._stream.lock:
+            found = self._stream.streams[stream][from_seq - 1:from_seq - 1 + max_messages]
+        if not found:
+            time.sleep(min(wait_s, 0.01))
+        return found
+
+    def message(self, stream: str, seq: int) -> StoredMessage | None:
+        with self._stream.lock:
+            messages = self._stream.streams[stream]
+            return messages[seq - 1] if 1 <= seq <= len(messages) else None
+
+    def stream_leader(self, stream: str) -> str | None:
+        return "fake"
+
+    def publish_core(self, subject: str, data: bytes) -> None:
+        for listener in list(self._stream.listeners.get(subject, [])):
+            listener(data)
+
+    def subscribe_core(self, subject: str, callback: Callable[[bytes], None]) -> None:
+        self._stream.listeners.setdefault(subject, []).append(callback)

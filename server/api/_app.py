@@ -68,6 +68,7 @@ def routes(deps: Deps) -> list[BaseRoute]:
         Route("/ready", operations.ready, methods=["GET"]),
         Route("/v1/admin/snapshots", operations.take_snapshot, methods=["POST"]),
         Route("/v1/admin/processes", operations.processes, methods=["GET"]),
+        Route("/v1/admin/cluster", operations.cluster, methods=["GET"]),
         Route("/v1/assets", assets.create_asset, methods=["POST"]),
         Route("/v1/assets", assets.list_assets, methods=["GET"]),
         Route("/v1/tokens", tokens.create_token, methods=["POST"]),

@@ -17,6 +17,8 @@ from starlette.responses import Response
 
 from server import _openapi
 from server import _validate as v
+from server._cluster import cluster_view
+from server._errors import ApiError
 from server._port import RemotePort, Unauthorized, Unavailable
 from server._supervisor import processes as supervised_processes
 from server._supervisor import workers_not_up
@@ -85,6 +87,17 @@ class Operations:
             {"role": item["role"], "pid": item["pid"], "started_at": item["started_at"],
              "restarts": item["restarts"]} for item in items
         ]})
+
+    async def cluster(self, request: Request) -> Response:
+        """Admin: the cluster's groups, their owners and standbys, and the log's nodes
+        (``wallet cluster up``); 404 ``not_found`` outside a cluster."""
+        await admin(self._deps, request)
+        v.query(request, set())
+        data_dir = self._deps.data_dir
+        view = None if data_dir is None else cluster_view(data_dir)
+        if view is None:
+            raise ApiError(404, "not_found", "Not found", "this server is not part of a cluster (wallet cluster up)")
+        return json_response(view)
 
     async def take_snapshot(self, request: Request) -> Response:
         """Admin: snapshot the durable ledger now (in a child process) and compact the log."""

@@ -1,0 +1,233 @@
+"""``wallet cluster up``: a complete cluster on this host (ADR 0013), for development, demos and
+the tests, run in the foreground like ``wallet serve --workers N``.
+
+    cluster supervisor ─┬─ nats-server x 3     the replicated log (JetStream, R3, fsync always);
+                        │                      ``server._natsnodes``, stores in <data>/nats
+                        ├─ member x 2 a group  standby, then owner (``server._member``); each
+                        │                      with its own data directory <data>/g<g>-<a|b>
+                        └─ HTTP worker x N     as in ``--workers N``, reaching the group's owner
+                                               through a Unix socket path the owner binds anew
+                                               when it takes over (``RemotePort(follow=True)``)
+
+It restarts whatever exits (a member always comes back as a standby), writes the table of
+processes like the supervisor of ``--workers N`` does (it is one, with other children), and
+``cluster.json`` in the run folder: the log's nodes, for ``GET /v1/admin/cluster``; each member
+writes its own line next to it (``server._member.write_status``). On several hosts the same
+processes run under a process manager each: the NATS nodes with routes to each other, members
+pointing at the NATS URLs; README *Cluster mode*.
+
+Only one group is built so far: a transfer between wallets of two groups needs the cross-group
+protocol of ADR 0013 (reserve at the receiver, commit in the sender's stream, credit read from
+it), which does not exist yet, so ``--groups`` above 1 is refused rather than run half-right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from server._supervisor import (
+    POLL_S,
+    RESTART_DELAY_S,
+    Child,
+    Supervisor,
+    _wait,
+    bind,
+    options_to_json,
+    prepare_run_dir,
+    run_dir,
+)
+
+log = logging.getLogger("server.cluster")
+
+GROUPS_BUILT = 1
+MEMBERS = ("a", "b")
+CLUSTER_FILE = "cluster.json"
+STATUS_DIR = "members"
+
+
+def status_dir(data_dir: Path) -> Path:
+    return run_dir(data_dir) / STATUS_DIR
+
+
+class ClusterSupervisor(Supervisor):
+    def __init__(self, options: Any, *, groups: int, nodes: int, workers: int) -> None:
+        from server._natsnodes import NatsCluster
+
+        super().__init__(options, workers=workers)
+        assert groups == GROUPS_BUILT
+        self.groups = groups
+        self.nats = NatsCluster(self.data_dir / "nats", nodes=nodes)
+        self.members = [Child("member", group * len(MEMBERS) + index, extra={"group": group, "member": name})
+                        for group in range(groups) for index, name in enumerate(MEMBERS)]
+
+    def _children(self) -> list[Child]:
+        return [*self.members, *self.http]
+
+    def _spawn(self, child: Child) -> None:
+        if child.role != "member":
+            super()._spawn(child)
+            return
+        group, name = child.extra["group"], child.extra["member"]
+        options = dataclasses.replace(self.options, data_dir=self.data_dir / f"g{group}-{name}")
+        command = [sys.executable, "-m", "server._child", "member", options_to_json(options),
+                   "--supervisor", str(os.getpid()), "--socket", self.socket_path,
+                   "--group", str(group), "--member", name, "--servers", ",".join(self.nats.urls),
+                   "--status-dir", str(status_dir(self.data_dir))]
+        if child.process is not None:
+            child.restarts += 1
+        child.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=self._child_env())
+        child.started_at = time.time()
+        child.exited_at = None
+        log.info("started member %s of group %d (pid %d)", name, group, child.process.pid)
+        self._write_table()
+
+    def _write_cluster(self) -> None:
+        directory = run_dir(self.data_dir)
+        temporary = directory / (CLUSTER_FILE + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps({"groups": self.groups, "supervisor": os.getpid(),
+                                     "nodes": self.nats.describe()}))
+        os.replace(temporary, directory / CLUSTER_FILE)
+
+    def run(self) -> int:
+        from ledger import prepare_data_dir
+        from server._serve import admin_token
+
+        self._started = time.time()
+        prepare_data_dir(self.data_dir)
+        prepare_run_dir(self.data_dir)
+        status = status_dir(self.data_dir)
+        status.mkdir(mode=0o700, exist_ok=True)
+        for stale in status.glob("*.json"):  # a previous run's members
+            stale.unlink()
+        admin_token(self.data_dir)
+        self._fresh_metrics_dir()
+        self._listener = bind(self.options.host, self.options.port)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        log.info("starting %d NATS nodes (JetStream, fsync always)", len(self.nats.urls) or 3)
+        self.nats.start()
+        self._write_cluster()
+        for child in self._children():
+            self._spawn(child)
+        while not self._signalled:
+            changed = False
+            for index, process in enumerate(self.nats.processes()):
+                if process.poll() is not None and not self._signalled:
+                    log.error("NATS node %d exited with status %s; starting it again", index, process.returncode)
+                    self.nats.restart(index)
+                    self._write_cluster()
+            for child in self._children():
+                assert child.process is not None
+                code = child.process.poll()
+                if code is None:
+                    continue
+                now = time.time()
+                if child.exited_at is None:
+                    child.exited_at = now
+                    changed = True
+                    self._mark_dead(child)
+                    log.error("%s %d (pid %d) exited with status %s; starting another",
+                              child.role, child.slot, child.process.pid, code)
+                if now - child.exited_at >= RESTART_DELAY_S and not self._signalled:
+                    self._spawn(child)
+            if changed:
+                self._write_table()
+            time.sleep(POLL_S)
+        return self._stop_cluster()
+
+    def _stop_cluster(self) -> int:
+        deadline = time.monotonic() + self.options.shutdown_timeout_s
+        for child in self.http:
+            if child.alive:
+                assert child.process is not None
+                child.process.send_signal(signal.SIGTERM)
+        for child in self.http:
+            _wait(child, deadline)
+        if self._listener is not None:
+            self._listener.close()
+        # Standbys first, so that none takes over from an owner that is stopping.
+        owners = _owners(self.data_dir)
+        ordered = sorted(self.members, key=lambda child: child.process is not None and child.process.pid in owners)
+        status = 0
+        for child in ordered:
+            if child.alive:
+                assert child.process is not None
+                child.process.send_signal(signal.SIGTERM)
+                code = _wait(child, deadline + 1.0)
+                if code not in (0, -signal.SIGTERM):
+                    log.error("member %d stopped with status %s", child.slot, code)
+        self.nats.stop()
+        for name in ("processes.json", CLUSTER_FILE):
+            (run_dir(self.data_dir) / name).unlink(missing_ok=True)
+        log.info("cluster stopped (status %d)", status)
+        return status
+
+
+def _owners(data_dir: Path) -> set[int]:
+    pids = set()
+    for path in status_dir(data_dir).glob("*.json"):
+        try:
+            line = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if line.get("role") == "owner":
+            pids.add(int(line["pid"]))
+    return pids
+
+
+def cluster_view(data_dir: Path) -> dict[str, Any] | None:
+    """``GET /v1/admin/cluster``: None when this process is not part of a cluster."""
+    try:
+        cluster = json.loads((run_dir(data_dir) / CLUSTER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    lines = []
+    for path in sorted(status_dir(data_dir).glob("*.json")):
+        try:
+            lines.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    alive = [line for line in lines if _alive(int(line.get("pid", 0)))]
+    leaders = {line.get("leader") for line in alive if line.get("role") == "owner"} - {None}
+    groups = []
+    for group in range(int(cluster["groups"])):
+        mine = [line for line in alive if line.get("group") == group]
+        owners = sorted((line for line in mine if line.get("role") == "owner"), key=lambda line: -line["epoch"])
+        owner = owners[0] if owners else None
+        groups.append({
+            "group": group,
+            "owner": None if owner is None else {"pid": owner["pid"], "node": owner["node"], "epoch": owner["epoch"]},
+            "standbys": [{"pid": line["pid"], "node": line["node"], "lsn": line["lsn"]}
+                         for line in mine if line.get("role") == "standby"],
+            "lsn": 0 if owner is None else owner["lsn"],
+        })
+    nodes = [{"pid": node["pid"], "url": node["url"], "leader": node["name"] in leaders}
+             for node in cluster["nodes"]]
+    return {"groups": groups, "log": {"nodes": nodes}}
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run(options: Any, *, groups: int, nodes: int, workers: int) -> int:
+    return ClusterSupervisor(options, groups=groups, nodes=nodes, workers=workers).run()

@@ -1,0 +1,302 @@
+"""One member of a cluster group (ADR 0013): a standby that copies the group's stream, and takes
+over as the group's owner (the only writer) when the owner falls silent.
+
+    start ──> standby: wipe the data directory, copy the stream's frames into ./wal (wal.Mirror),
+              │        note the highest owner epoch seen, listen to the owner's heartbeats
+              │ no heartbeat of the current epoch for TAKEOVER_AFTER_S
+              v
+           catch up to the stream's last sequence N, append OwnerEpoch{epoch + 1} fenced on N
+              │ refused (the owner was alive after all, or another standby won): standby again
+              v accepted
+           owner: the ordinary ledger process (``server._serve.serve`` with ``owner=Replica``)
+              recovers from the copy and serves the group's Unix socket; every group commit is
+              one stream message fenced on the sequence before it; every reply of the port waits
+              for an accepted append sent after its call arrived (a barrier when nothing else is
+              being written). A refused append means a newer owner exists: exit at once,
+              answering nothing more (``EXIT_FENCED``).
+
+Why the standby keeps a copy of the log and not a live state: taking over is then the recovery
+every ledger process already does, tested by every crash test, rather than a second way of
+building state; the price is the replay at takeover (measured in the README). A member that
+starts always starts as a standby from an empty copy: whatever its data directory held may be
+ahead of the stream (a group commit written locally and refused by the fence), so only the
+stream is trusted.
+
+What the stream holds, told apart by the ``Wallet-Kind`` header: ``frames`` (one group commit:
+the WAL frames as the owner wrote them), ``epoch`` (msgpack ``[epoch, node, pid]``), ``barrier``
+(empty: a read's proof of ownership).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgpack
+
+from wal import Fenced, LogUnavailable, Mirror, StreamClient
+
+log = logging.getLogger("server.member")
+
+HEARTBEAT_S = 0.25
+TAKEOVER_AFTER_S = 2.0
+STATUS_EVERY_S = 0.5
+EXIT_FENCED = 75  # EX_TEMPFAIL: replaced by a newer owner, or the log unreachable; restart as a standby
+KIND = "Wallet-Kind"
+
+
+def stream_name(group: int) -> str:
+    return f"WALLET_G{group}"
+
+
+def log_subject(group: int) -> str:
+    return f"wallet.g{group}.log"
+
+
+def heartbeat_subject(group: int) -> str:
+    return f"wallet.g{group}.hb"
+
+
+def node_name(slot: str) -> str:
+    return f"{socket.gethostname()}/{slot}"
+
+
+def write_status(directory: Path, name: str, status: dict[str, Any]) -> None:
+    """One member's line of ``GET /v1/admin/cluster``, replaced atomically."""
+    temporary = directory / f".{name}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(status))
+    os.replace(temporary, directory / f"{name}.json")
+
+
+class Stopped(Exception):
+    """A standby was asked to stop before it took over."""
+
+
+class Replica:
+    """The owner's side of the stream: the WAL writer's ``replicate`` hook, the port's
+    ``confirm``, and the heartbeat. Fenced or cut off, it ends the process on the spot."""
+
+    def __init__(self, client: StreamClient, *, group: int, epoch: int, last_seq: int, node: str,
+                 status: Callable[..., None], exit: Callable[[str], None] | None = None) -> None:
+        self._client = client
+        self._exit = exit or _exit_now
+        self._group = group
+        self.epoch = epoch
+        self._last_seq = last_seq
+        self._node = node
+        self._lock = threading.Lock()
+        self._barriers = 0
+        self._barrier: anyio.Event | None = None
+        # The monotonic time at which the latest accepted append was sent: every call that
+        # arrived before it is confirmed. The epoch record itself is the first.
+        self._confirmed_sent = time.monotonic()
+        self.lsn = 0
+        self._status = status
+        self._stopped = threading.Event()
+
+    # -- the WAL writer's hook (its thread) ------------------------------------------------
+
+    def replicate(self, first_lsn: int, last_lsn: int, data: bytes) -> None:
+        with self._lock:
+            sent = time.monotonic()
+            self._last_seq = self._publish(data, "frames", f"g{self._group}-e{self.epoch}-l{first_lsn}")
+            self._confirmed_sent = sent
+            self.lsn = last_lsn
+
+    def _publish(self, data: bytes, kind: str, msg_id: str) -> int:
+        try:
+            return self._client.publish(log_subject(self._group), data, expected_last_seq=self._last_seq,
+                                        msg_id=msg_id, headers={KIND: kind})
+        except Fenced:
+            self._exit(f"group {self._group}: the stream refused an append of epoch {self.epoch}: "
+                       "a newer owner has taken over; exiting without another reply")
+        except LogUnavailable as error:
+            self._exit(f"group {self._group}: the stream did not acknowledge an append ({error}); "
+                       "exiting (what was not acknowledged was not answered)")
+        raise Fenced("this owner was replaced")  # only when ``exit`` returned (tests)
+
+    # -- the port's confirmation (the event loop) ----------------------------------------
+
+    async def confirm(self, arrived: float) -> None:
+        while self._confirmed_sent < arrived:
+            barrier = self._barrier
+            if barrier is not None:
+                await barrier.wait()
+                continue
+            self._barrier = barrier = anyio.Event()
+            try:
+                await anyio.to_thread.run_sync(self._append_barrier)
+            finally:
+                self._barrier = None
+                barrier.set()
+
+    def _append_barrier(self) -> None:
+        with self._lock:
+            sent = time.monotonic()
+            self._barriers += 1
+            self._last_seq = self._publish(b"", "barrier", f"g{self._group}-e{self.epoch}-b{self._barriers}")
+            self._confirmed_sent = sent
+
+    # -- heartbeat and status (a thread of their own) -------------------------------------
+
+    def start(self) -> None:
+        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _beat(self) -> None:
+        beat = msgpack.packb([self.epoch, os.getpid(), self._node])
+        next_status = 0.0
+        while not self._stopped.is_set():
+            try:
+                self._client.publish_core(heartbeat_subject(self._group), beat)
+            except Exception as error:  # the client reconnects by itself; the fence is what matters
+                log.warning("heartbeat not sent: %s", error)
+            now = time.monotonic()
+            if now >= next_status:
+                next_status = now + STATUS_EVERY_S
+                leader = None
+                try:
+                    leader = self._client.stream_leader(stream_name(self._group))
+                except Exception:
+                    pass
+                self._status(role="owner", epoch=self.epoch, lsn=self.lsn, leader=leader)
+            self._stopped.wait(HEARTBEAT_S)
+
+
+class Standby:
+    """Copies the stream into ``data_dir/wal`` until the owner falls silent and this member wins
+    the fenced epoch append. Blocking; runs before the event loop starts."""
+
+    def __init__(self, client: StreamClient, *, group: int, data_dir: Path, node: str,
+                 status: Callable[..., None], takeover_after_s: float = TAKEOVER_AFTER_S) -> None:
+        self._client = client
+        self._takeover_after_s = takeover_after_s
+        self._group = group
+        self._node = node
+        self._status = status
+        self.mirror = Mirror(data_dir / "wal")
+        self.epoch = 0
+        self.seq = 0
+        self._heard = time.monotonic()
+        self._beats = threading.Lock()
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """Makes ``run`` raise ``Stopped`` at its next turn (tests; a process just exits)."""
+        self._stopped.set()
+
+    def _on_heartbeat(self, data: bytes) -> None:
+        try:
+            epoch = msgpack.unpackb(data)[0]
+        except Exception:
+            return
+        with self._beats:
+            # A replaced owner that was paused may still beat for a moment: only the current
+            # epoch (or a newer one not yet read from the stream) keeps the standby waiting.
+            if epoch >= self.epoch:
+                self._heard = time.monotonic()
+
+    def _apply(self, messages: list[Any]) -> None:
+        for message in messages:
+            kind = message.headers.get(KIND)
+            if kind == "frames":
+                self.mirror.append(message.data)
+            elif kind == "epoch":
+                self.epoch = max(self.epoch, int(msgpack.unpackb(message.data)[0]))
+            self.seq = message.seq
+
+    def run(self) -> int:
+        """Returns the stream sequence of this member's accepted epoch record."""
+        stream = stream_name(self._group)
+        self._client.subscribe_core(heartbeat_subject(self._group), self._on_heartbeat)
+        next_status = 0.0
+        while not self._stopped.is_set():
+            messages = self._client.fetch(stream, self.seq + 1, max_messages=1000, wait_s=HEARTBEAT_S)
+            self._apply(messages)
+            now = time.monotonic()
+            if now >= next_status:
+                next_status = now + STATUS_EVERY_S
+                self._status(role="standby", epoch=self.epoch, lsn=self.mirror.last_lsn, leader=None)
+            if messages:
+                continue
+            with self._beats:
+                silent = now - self._heard
+            if silent < self._takeover_after_s:
+                continue
+            # Catch up to the very end, then try to become the next epoch's owner.
+            while self.seq < self._client.last_sequence(stream):
+                self._apply(self._client.fetch(stream, self.seq + 1, max_messages=1000, wait_s=HEARTBEAT_S))
+            epoch = self.epoch + 1
+            record = msgpack.packb([epoch, self._node, os.getpid()])
+            try:
+                seq = self._client.publish(log_subject(self._group), record, expected_last_seq=self.seq,
+                                           msg_id=f"g{self._group}-epoch-{epoch}-{self._node}-{os.getpid()}",
+                                           headers={KIND: "epoch"})
+            except Fenced:
+                log.info("group %d: another member appended first; staying a standby", self._group)
+                with self._beats:
+                    self._heard = time.monotonic()
+                continue
+            self.epoch = epoch
+            self.seq = seq
+            log.info("group %d: took over as the owner of epoch %d (stream sequence %d, LSN %d)",
+                     self._group, epoch, seq, self.mirror.last_lsn)
+            return seq
+        raise Stopped
+
+
+def _exit_now(message: str) -> None:
+    log.critical(message)
+    logging.shutdown()
+    os._exit(EXIT_FENCED)
+
+
+def run_member(options: Any, *, group: int, slot: str, servers: list[str], socket_path: str,
+               status_dir: Path) -> int:
+    """The member child process: standby until it owns the group, then the ledger process."""
+    from server._serve import serve, tune_gc
+
+    tune_gc()
+    node = node_name(slot)
+    status_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    status = partial(_status, status_dir, f"g{group}-{slot}", group, node)
+    status(role="starting", epoch=0, lsn=0, leader=None)
+    client = StreamClient(servers, name=f"wallet-g{group}-{slot}-{os.getpid()}")
+    client.connect()
+    client.ensure_stream(stream_name(group), log_subject(group), replicas=min(3, len(servers)))
+    data_dir: Path = options.data_dir
+    shutil.rmtree(data_dir, ignore_errors=True)  # only the stream is trusted (module docstring)
+    data_dir.mkdir(mode=0o700, parents=True)
+    standby = Standby(client, group=group, data_dir=data_dir, node=node, status=status)
+    seq = standby.run()
+    standby.mirror.close()
+    replica = Replica(client, group=group, epoch=standby.epoch, last_seq=seq, node=node, status=status)
+    replica.lsn = standby.mirror.last_lsn
+    replica.start()
+    try:
+        return anyio.run(partial(serve, options, port_socket=socket_path, owner=replica), backend="trio")
+    finally:
+        replica.stop()
+        status(role="stopped", epoch=replica.epoch, lsn=replica.lsn, leader=None)
+        client.close()
+
+
+def _status(directory: Path, name: str, group: int, node: str, *, role: str, epoch: int, lsn: int,
+            leader: str | None) -> None:
+    write_status(directory, name, {"group": group, "role": role, "pid": os.getpid(), "node": node,
+                                   "epoch": epoch, "lsn": lsn, "leader": leader, "at": time.time()})
+

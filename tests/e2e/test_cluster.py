@@ -1,0 +1,267 @@
+"""``wallet cluster up`` end to end (ADR 0013): three NATS JetStream nodes, a ledger group with an
+owner and a standby, HTTP workers. Each failure is real (SIGKILL, SIGSTOP/SIGCONT of real
+processes) and checked against the clients' own record: every acknowledged transfer is there
+exactly once, every key that was retried through the failure executed once, money is conserved.
+
+One cluster serves the module (starting one costs seconds); each test leaves it with an owner
+and a standby again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e._server import ADMIN_TOKEN, ServerProcess
+from wallet_client import WalletClient
+
+TAKEOVER_LIMIT_S = 15.0
+WALLETS = 6
+START = 1_000_000
+
+
+class ClusterProcess(ServerProcess):
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "server.cli", "cluster", "up", "--data", str(self.data_dir),
+                "--port", str(self.port), "--shards", str(self.shards), "--workers", "2", "--loop", self.loop]
+
+    def view(self) -> dict[str, Any]:
+        with self.client() as client:
+            response = client.get("/v1/admin/cluster")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def owner_pid(self) -> int:
+        owner = self.view()["groups"][0]["owner"]
+        assert owner is not None
+        return int(owner["pid"])
+
+    def wait_for(self, predicate: Any, timeout_s: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        view: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                view = self.view()
+                if predicate(view):
+                    return view
+            except (httpx.HTTPError, AssertionError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"cluster never reached the state; last view {view}\n{self.log_tail()}")
+
+
+def _healthy(view: dict[str, Any]) -> bool:
+    group = view["groups"][0]
+    return group["owner"] is not None and len(group["standbys"]) == 1
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
+    process = ClusterProcess(tmp_path_factory.mktemp("cluster") / "data")
+    process.start()
+    try:
+        process.wait_for(_healthy)
+        with WalletClient(process.url, token=ADMIN_TOKEN) as client:
+            client.create_asset("USD", 2)
+        yield process
+    finally:
+        if process.process is not None and process.process.poll() is None:
+            assert process.terminate() == 0, process.log_tail()
+
+
+class Clients:
+    """Keyed transfers from a few threads, each retried with its key until it is answered (as
+    the client library does): the record of what the service acknowledged."""
+
+    def __init__(self, cluster: ClusterProcess, wallets: list[str]) -> None:
+        self.cluster = cluster
+        self.wallets = wallets
+        self.acknowledged: dict[str, tuple[str, str, int, str]] = {}  # key -> (from, to, amount, id)
+        self.unavailable = 0
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(seed,), daemon=True) for seed in range(4)]
+
+    def __enter__(self) -> Clients:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.acknowledged)
+
+    def _run(self, seed: int) -> None:
+        n = 0
+        with self.cluster.client(timeout=10.0) as client:
+            while not self.stop.is_set():
+                n += 1
+                sender = self.wallets[(seed + n) % len(self.wallets)]
+                receiver = self.wallets[(seed + 2 * n + 1) % len(self.wallets)]
+                if sender == receiver:
+                    continue
+                key, amount = str(uuid.uuid4()), 1 + n % 7
+                body = {"from_wallet_id": sender, "to_wallet_id": receiver, "amount": amount}
+                while True:  # a key is retried until answered, also once asked to stop
+                    try:
+                        response = client.post("/v1/transfers", json=body, headers={"Idempotency-Key": key})
+                    except httpx.HTTPError:
+                        time.sleep(0.05)
+                        continue
+                    if response.status_code == 503:
+                        assert response.headers.get("Retry-After"), response.text
+                        with self.lock:
+                            self.unavailable += 1
+                        time.sleep(0.05)
+                        continue
+                    assert response.status_code == 201, response.text
+                    with self.lock:
+                        self.acknowledged[key] = (sender, receiver, amount, response.json()["id"])
+                    break
+
+
+def _wallets(cluster: ClusterProcess) -> list[str]:
+    with WalletClient(cluster.url, token=ADMIN_TOKEN) as client:
+        ids = [client.create_wallet(f"owner-{uuid.uuid4().hex[:8]}", "USD").id for _ in range(WALLETS)]
+        for wallet_id in ids:
+            client.deposit(wallet_id, START)
+    return ids
+
+
+def _check_record(cluster: ClusterProcess, wallets: list[str], clients: Clients) -> None:
+    """Every acknowledged transfer is there once, with its amount; retrying its key answers the
+    same transaction; each balance is what the client's record says (so no key ran twice)."""
+    expected = {wallet_id: START for wallet_id in wallets}
+    with cluster.client() as client:
+        for key, (sender, receiver, amount, transaction_id) in clients.acknowledged.items():
+            expected[sender] -= amount
+            expected[receiver] += amount
+        sample = list(clients.acknowledged.items())[:: max(1, len(clients.acknowledged) // 50)]
+        for key, (sender, receiver, amount, transaction_id) in sample:
+            again = client.post("/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": receiver,
+                                                       "amount": amount}, headers={"Idempotency-Key": key})
+            assert again.status_code in (200, 201) and again.json()["id"] == transaction_id, again.text
+            found = client.get(f"/v1/transactions/{transaction_id}")
+            assert found.status_code == 200 and found.json()["amount"] == amount, found.text
+        for wallet_id, balance in expected.items():
+            response = client.get(f"/v1/wallets/{wallet_id}")
+            assert response.status_code == 200 and response.json()["balance"] == balance, (wallet_id, response.text)
+
+
+def _takeover(cluster: ClusterProcess, old_pid: int, signal_number: int) -> float:
+    """Sends the signal to the owner; the seconds until another member owns the group."""
+    started = time.monotonic()
+    os.kill(old_pid, signal_number)
+    view = cluster.wait_for(lambda view: view["groups"][0]["owner"] is not None
+                            and view["groups"][0]["owner"]["pid"] != old_pid, timeout_s=TAKEOVER_LIMIT_S + 15)
+    assert view["groups"][0]["owner"]["pid"] != old_pid
+    return time.monotonic() - started
+
+
+def test_the_cluster_view_names_an_owner_a_standby_and_three_log_nodes(cluster: ClusterProcess) -> None:
+    view = cluster.view()
+    assert len(view["groups"]) == 1
+    group = view["groups"][0]
+    assert group["owner"]["epoch"] >= 1 and group["owner"]["node"]
+    assert len(group["standbys"]) == 1 and group["standbys"][0]["pid"] != group["owner"]["pid"]
+    assert len(view["log"]["nodes"]) == 3
+    assert sum(node["leader"] for node in view["log"]["nodes"]) == 1
+    with cluster.client(token="not-the-admin") as client:
+        assert client.get("/v1/admin/cluster").status_code == 401
+
+
+def test_sigkill_of_the_owner_under_load_loses_nothing_acknowledged(cluster: ClusterProcess) -> None:
+    wallets = _wallets(cluster)
+    before = cluster.view()["groups"][0]["owner"]
+    with Clients(cluster, wallets) as clients:
+        while clients.count() < 200:
+            time.sleep(0.05)
+        took = _takeover(cluster, before["pid"], signal.SIGKILL)
+        acknowledged = clients.count()
+        deadline = time.monotonic() + 30
+        while clients.count() < acknowledged + 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert took < TAKEOVER_LIMIT_S, took
+    assert clients.count() >= acknowledged + 200, "the new owner did not serve"
+    after = cluster.view()["groups"][0]["owner"]
+    assert after["epoch"] > before["epoch"]
+    _check_record(cluster, wallets, clients)
+    cluster.wait_for(_healthy)  # the killed member came back as a standby
+
+
+def test_a_paused_owner_finds_itself_fenced_and_writes_nothing(cluster: ClusterProcess) -> None:
+    wallets = _wallets(cluster)
+    paused = cluster.view()["groups"][0]["owner"]
+    with Clients(cluster, wallets) as clients:
+        while clients.count() < 100:
+            time.sleep(0.05)
+        took = _takeover(cluster, paused["pid"], signal.SIGSTOP)
+        count = clients.count()
+        while clients.count() < count + 100:
+            time.sleep(0.05)
+        os.kill(paused["pid"], signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _alive(paused["pid"]):
+            time.sleep(0.1)
+        assert not _alive(paused["pid"]), "the resumed owner did not stop"
+        count = clients.count()
+        while clients.count() < count + 50:
+            time.sleep(0.05)
+    assert took < TAKEOVER_LIMIT_S, took
+    assert "a newer owner has taken over" in cluster.log()
+    _check_record(cluster, wallets, clients)
+    cluster.wait_for(_healthy)
+
+
+def test_sigkill_of_the_stream_leader_and_of_a_worker(cluster: ClusterProcess) -> None:
+    wallets = _wallets(cluster)
+    leader = next(node for node in cluster.view()["log"]["nodes"] if node["leader"])
+    with cluster.client() as client:
+        worker = next(item["pid"] for item in client.get("/v1/admin/processes").json()["items"]
+                      if item["role"] == "http")
+    with Clients(cluster, wallets) as clients:
+        while clients.count() < 100:
+            time.sleep(0.05)
+        os.kill(leader["pid"], signal.SIGKILL)
+        os.kill(worker, signal.SIGKILL)
+        count = clients.count()
+        deadline = time.monotonic() + 30
+        while clients.count() < count + 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert clients.count() >= count + 200, "no progress after the leader's loss"
+    _check_record(cluster, wallets, clients)
+    cluster.wait_for(lambda view: _healthy(view) and len(view["log"]["nodes"]) == 3
+                     and all(_alive(node["pid"]) for node in view["log"]["nodes"]))
+
+
+def test_more_groups_than_built_are_refused(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "server.cli", "cluster", "up", "--data", str(tmp_path / "d"),
+                             "--groups", "2"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "only 1 group" in result.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by the cluster supervisor) is not alive
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,153 @@
+"""A cluster group's members (``server._member``) over the in-memory stream (``wal.testing.
+FakeStream``, JetStream's fence and duplicate window): the standby's copy, the fenced takeover,
+two standbys racing, a replaced owner stopping without appending, and reads confirmed by a
+barrier. The same code runs against real NATS nodes in ``tests/e2e/test_cluster.py``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgpack
+import pytest
+
+import wal
+from server._member import KIND, Replica, Standby, Stopped, log_subject, stream_name
+from wal.testing import FakeStream, all_frames, payload_for
+
+GROUP = 0
+
+
+def _quiet(**status: Any) -> None:
+    pass
+
+
+def _standby(stream: FakeStream, directory: Path, name: str, after_s: float = 0.3) -> Standby:
+    client = stream.client()
+    client.ensure_stream(stream_name(GROUP), log_subject(GROUP))
+    return Standby(client, group=GROUP, data_dir=directory, node=name, status=_quiet, takeover_after_s=after_s)
+
+
+class Exited(Exception):
+    pass
+
+
+def _owner(stream: FakeStream, standby: Standby, seq: int, exits: list[str]) -> Replica:
+    def record(message: str) -> None:
+        exits.append(message)
+        raise Exited(message)
+
+    return Replica(standby._client, group=GROUP, epoch=standby.epoch, last_seq=seq, node="n",
+                   status=_quiet, exit=record)
+
+
+async def _write(directory: Path, replica: Replica, batches: list[list[bytes]]) -> None:
+    log = wal.WriteAheadLog(directory, next_lsn=1, parent=wal.ZERO_CHECKSUM, replicate=replica.replicate)
+    async with anyio.create_task_group() as group:
+        group.start_soon(log.run)
+        for batch in batches:
+            for payload in batch:
+                log.append(payload)
+            await log.flush()
+        log.close()
+    log.release()
+
+
+def _epochs(stream: FakeStream) -> list[int]:
+    return [msgpack.unpackb(m.data)[0] for m in stream.streams[stream_name(GROUP)] if m.headers[KIND] == "epoch"]
+
+
+async def test_a_standby_copies_the_log_waits_while_the_owner_beats_then_takes_over(tmp_path: Path) -> None:
+    stream = FakeStream()
+    first = _standby(stream, tmp_path / "a", "a")
+    seq = first.run()  # an empty, silent stream: the first member owns epoch 1
+    assert first.epoch == 1 and seq == 1
+    exits: list[str] = []
+    owner = _owner(stream, first, seq, exits)
+    owner.start()
+    batches = [[payload_for(lsn) for lsn in range(start, start + 4)] for start in range(1, 30, 4)]
+    await _write(tmp_path / "a-log", owner, batches)
+    second = _standby(stream, tmp_path / "b", "b")
+    taken: list[int] = []
+    thread = threading.Thread(target=lambda: taken.append(second.run()), daemon=True)
+    thread.start()
+    await anyio.sleep(1.0)  # three takeover delays, the owner beating all along
+    assert not taken and _epochs(stream) == [1]
+    owner.stop()  # silent from now on
+    thread.join(timeout=5)
+    assert taken and second.epoch == 2 and _epochs(stream) == [1, 2]
+    second.mirror.close()
+    copied, written = all_frames(tmp_path / "b" / "wal"), all_frames(tmp_path / "a-log")
+    assert [(f.lsn, f.checksum) for f in copied] == [(f.lsn, f.checksum) for f in written]
+    # The old owner's next group commit is refused by the fence: it exits, appending nothing.
+    length = len(stream.streams[stream_name(GROUP)])
+    with pytest.raises(Exited):
+        owner.replicate(33, 33, b"late")
+    assert "a newer owner has taken over" in exits[0]
+    assert len(stream.streams[stream_name(GROUP)]) == length
+
+
+def test_two_standbys_racing_one_epoch_has_one_owner(tmp_path: Path) -> None:
+    for round_ in range(10):
+        stream = FakeStream()
+        members = [_standby(stream, tmp_path / f"{round_}-{name}", name, after_s=0.05) for name in "ab"]
+        won: list[Standby] = []
+
+        def run(member: Standby) -> None:
+            try:
+                member.run()
+                won.append(member)
+            except Stopped:
+                pass
+
+        threads = [threading.Thread(target=run, args=(member,), daemon=True) for member in members]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 5
+        while not won and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for member in members:
+            if member not in won:
+                member.stop()
+        for thread in threads:
+            thread.join(timeout=5)
+        # The loser saw the winner's record and would ask for epoch 2 only after the takeover delay
+        # with no heartbeat; it was stopped before that, so exactly one epoch-1 owner exists.
+        assert len(won) >= 1 and _epochs(stream)[0] == 1 and _epochs(stream).count(1) == 1
+
+
+async def test_replies_wait_for_a_barrier_sent_after_they_arrived(tmp_path: Path) -> None:
+    stream = FakeStream()
+    member = _standby(stream, tmp_path / "a", "a")
+    seq = member.run()
+    exits: list[str] = []
+    owner = _owner(stream, member, seq, exits)
+    arrived = time.monotonic()
+    async with anyio.create_task_group() as group:
+        for _ in range(20):  # concurrent replies share barriers
+            group.start_soon(owner.confirm, arrived)
+    barriers = [m for m in stream.streams[stream_name(GROUP)] if m.headers[KIND] == "barrier"]
+    assert 1 <= len(barriers) <= 2
+    await owner.confirm(arrived)  # already confirmed: no new append
+    assert len([m for m in stream.streams[stream_name(GROUP)] if m.headers[KIND] == "barrier"]) == len(barriers)
+    # Someone else appends (a newer owner): the next confirmation is refused and the owner exits.
+    client = stream.client()
+    client.publish(log_subject(GROUP), msgpack.packb([2, "b", 1]), expected_last_seq=client.last_sequence(stream_name(GROUP)),
+                   msg_id="newer", headers={KIND: "epoch"})
+    with pytest.raises(Exited):
+        await owner.confirm(time.monotonic())
+    assert exits
+
+
+def test_an_unreachable_log_stops_the_owner(tmp_path: Path) -> None:
+    stream = FakeStream()
+    member = _standby(stream, tmp_path / "a", "a")
+    exits: list[str] = []
+    owner = _owner(stream, member, member.run(), exits)
+    stream.unavailable = True
+    with pytest.raises(Exited):
+        owner.replicate(1, 1, b"x")
+    assert "did not acknowledge" in exits[0]
