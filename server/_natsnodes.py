@@ -293,8 +293,8 @@ cluster {{
                 jsz = _get_json(f"{base}/jsz")
             except (OSError, ValueError) as error:
                 return f"{node.name}: {error}"
-            meta = jsz.get("meta_cluster") or {}
-            if not meta.get("leader"):
+            meta = jsz.get("meta_cluster")
+            if not isinstance(meta, dict) or not meta.get("leader"):
                 return f"{node.name} knows no JetStream meta leader yet"
         return None
 

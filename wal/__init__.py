@@ -15,6 +15,7 @@ from wal._frame import (
     decode,
     encode,
 )
+from wal._jetstream import Fenced, LogUnavailable, StoredMessage, StreamClient
 from wal._repair import RepairPlan, RepairRefused, apply_repair, plan_repair
 from wal._segments import (
     DIRECTORY_MODE,
@@ -58,13 +59,17 @@ __all__ = [
     "ZERO_CHECKSUM",
     "Compacted",
     "Frame",
+    "Fenced",
     "FrameError",
+    "LogUnavailable",
     "LogCorrupt",
     "RepairPlan",
     "RepairRefused",
     "ScanResult",
     "Statistics",
     "StorageFailed",
+    "StoredMessage",
+    "StreamClient",
     "Tailer",
     "WriteAheadLog",
     "apply_repair",
