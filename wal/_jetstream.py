@@ -274,6 +274,7 @@ class StreamClient:
             if isinstance(outcome, int):
                 return outcome
             last_problem = outcome
+            log.debug("%s: publish of %r uncertain, retrying: %s", stream, msg_id, outcome)
             await asyncio.sleep(min(RETRY_PAUSE_S, max(0.0, deadline - time.monotonic())))
         raise LogUnavailable(f"{stream}: publish of {msg_id!r} unresolved: {last_problem}")
 

@@ -100,7 +100,9 @@ def test_round_trip(client: StreamClient) -> None:
     assert client.stream_leader(stream) in {"n0", "n1", "n2"}
 
     # A fetch past the end waits for the next message.
-    later = threading.Timer(0.2, lambda: client.publish(subject, b"m3", expected_last_seq=3, msg_id="id3"))
+    later = threading.Timer(
+        0.2, lambda: client.publish(subject, b"m3", expected_last_seq=3, msg_id="id3")
+    )
     later.start()
     started = time.monotonic()
     found = client.fetch(stream, 4, wait_s=5)
@@ -141,7 +143,13 @@ def test_of_two_racing_owners_exactly_one_wins_each_round(
             outcomes: dict[str, object] = {}
             start = threading.Barrier(2)
 
-            def owner(name: str, owner_client: StreamClient, r: int = r) -> None:
+            def owner(
+                name: str,
+                owner_client: StreamClient,
+                r: int = r,
+                outcomes: dict[str, object] = outcomes,
+                start: threading.Barrier = start,
+            ) -> None:
                 start.wait()
                 try:
                     outcomes[name] = owner_client.publish(
@@ -158,7 +166,9 @@ def test_of_two_racing_owners_exactly_one_wins_each_round(
                 thread.start()
             for thread in threads:
                 thread.join()
-            assert sorted(outcomes.values(), key=str) == sorted([r + 1, "fenced"], key=str), outcomes
+            assert sorted(outcomes.values(), key=str) == sorted([r + 1, "fenced"], key=str), (
+                outcomes
+            )
         assert client.last_sequence(stream) == rounds
         assert len(client.fetch(stream, 1)) == rounds
     finally:
@@ -256,7 +266,9 @@ def test_no_acknowledged_publish_is_lost_when_the_leader_is_killed(
                 if stop.is_set():
                     return
                 msg_id = f"p{i}"
-                last = client.publish(subject, msg_id.encode(), expected_last_seq=last, msg_id=msg_id)
+                last = client.publish(
+                    subject, msg_id.encode(), expected_last_seq=last, msg_id=msg_id
+                )
                 acknowledged.append((last, msg_id, time.monotonic()))
         except BaseException as error:
             failures.append(error)
