@@ -15,6 +15,7 @@ from wal._frame import (
     decode,
     encode,
 )
+from wal._jetstream import Fenced, LogUnavailable, StoredMessage, StreamClient
 from wal._repair import RepairPlan, RepairRefused, apply_repair, plan_repair
 from wal._segments import (
     DIRECTORY_MODE,
@@ -61,9 +62,11 @@ __all__ = [
     "SEGMENT_HEADER_BYTES",
     "ZERO_CHECKSUM",
     "Compacted",
+    "Fenced",
     "Frame",
     "FrameError",
     "LogCorrupt",
+    "LogUnavailable",
     "Mirror",
     "MirrorError",
     "RepairPlan",
@@ -72,6 +75,8 @@ __all__ = [
     "ScanResult",
     "Statistics",
     "StorageFailed",
+    "StoredMessage",
+    "StreamClient",
     "Tailer",
     "WriteAheadLog",
     "apply_repair",
