@@ -35,10 +35,14 @@ bank-sim: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/wallet demo --data $(DATA) --port $(PORT)
 
+# The suite in TEST_WORKERS pytest-xdist processes (TEST_WORKERS= runs it in one process). Most
+# of its time is spent waiting on the servers the end-to-end tests start, so three workers pay
+# even on two cores; worksteal rebalances when one worker is left with the long tests.
+TEST_WORKERS ?= -n 3 --dist worksteal
 test: $(STAMP)
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed: the Swagger UI test will be skipped"
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(TEST_WORKERS)
 
 # The optional compiled core (ADR 0012): the project installed (not editable) into its own
 # virtualenv with the modules in setup.py's COMPILED built by mypyc; gcc and the test extras are
@@ -70,7 +74,7 @@ test-compiled: $(CSTAMP)
 		--import-mode=append $(COMPILED_TESTS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -m "not e2e" $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
