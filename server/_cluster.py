@@ -115,16 +115,16 @@ class ClusterSupervisor(Supervisor):
         self._listener = bind(self.options.host, self.options.port)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        log.info("starting %d NATS nodes (JetStream, fsync always)", len(self.nats.urls) or 3)
+        log.info("starting the NATS nodes (JetStream, fsync always) in %s", self.nats.base_dir)
         self.nats.start()
         self._write_cluster()
         for child in self._children():
             self._spawn(child)
         while not self._signalled:
             changed = False
-            for index, process in enumerate(self.nats.processes()):
-                if process.poll() is not None and not self._signalled:
-                    log.error("NATS node %d exited with status %s; starting it again", index, process.returncode)
+            for index in self.nats.exited():
+                if not self._signalled:
+                    log.error("NATS node %d exited; starting it again", index)
                     self.nats.restart(index)
                     self._write_cluster()
             for child in self._children():

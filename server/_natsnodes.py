@@ -212,6 +212,10 @@ class NatsCluster:
             for node, process in zip(self._nodes, self._processes, strict=True)
         ]
 
+    def exited(self) -> list[int]:
+        """The nodes whose process has exited (a supervisor starts them again)."""
+        return [i for i, process in enumerate(self._processes) if process is not None and process.poll() is not None]
+
     def index_of(self, name: str) -> int:
         """The index of the node called ``name`` (``n<i>``), e.g. a stream's leader."""
         return [node.name for node in self._nodes].index(name)

@@ -106,9 +106,16 @@ class Clients:
         with self.lock:
             return len(self.acknowledged)
 
+    def wait(self, count: int, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.count() < count:
+            assert all(thread.is_alive() for thread in self.threads), "a client thread died"
+            assert time.monotonic() < deadline, f"only {self.count()} of {count} transfers acknowledged"
+            time.sleep(0.05)
+
     def _run(self, seed: int) -> None:
         n = 0
-        with self.cluster.client(timeout=10.0) as client:
+        with self.cluster.client() as client:
             while not self.stop.is_set():
                 n += 1
                 sender = self.wallets[(seed + n) % len(self.wallets)]
@@ -189,8 +196,7 @@ def test_sigkill_of_the_owner_under_load_loses_nothing_acknowledged(cluster: Clu
     wallets = _wallets(cluster)
     before = cluster.view()["groups"][0]["owner"]
     with Clients(cluster, wallets) as clients:
-        while clients.count() < 200:
-            time.sleep(0.05)
+        clients.wait(200)
         took = _takeover(cluster, before["pid"], signal.SIGKILL)
         acknowledged = clients.count()
         deadline = time.monotonic() + 30
@@ -208,20 +214,15 @@ def test_a_paused_owner_finds_itself_fenced_and_writes_nothing(cluster: ClusterP
     wallets = _wallets(cluster)
     paused = cluster.view()["groups"][0]["owner"]
     with Clients(cluster, wallets) as clients:
-        while clients.count() < 100:
-            time.sleep(0.05)
+        clients.wait(100)
         took = _takeover(cluster, paused["pid"], signal.SIGSTOP)
-        count = clients.count()
-        while clients.count() < count + 100:
-            time.sleep(0.05)
+        clients.wait(clients.count() + 100)
         os.kill(paused["pid"], signal.SIGCONT)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and _alive(paused["pid"]):
             time.sleep(0.1)
         assert not _alive(paused["pid"]), "the resumed owner did not stop"
-        count = clients.count()
-        while clients.count() < count + 50:
-            time.sleep(0.05)
+        clients.wait(clients.count() + 50)
     assert took < TAKEOVER_LIMIT_S, took
     assert "a newer owner has taken over" in cluster.log()
     _check_record(cluster, wallets, clients)
@@ -235,8 +236,7 @@ def test_sigkill_of_the_stream_leader_and_of_a_worker(cluster: ClusterProcess) -
         worker = next(item["pid"] for item in client.get("/v1/admin/processes").json()["items"]
                       if item["role"] == "http")
     with Clients(cluster, wallets) as clients:
-        while clients.count() < 100:
-            time.sleep(0.05)
+        clients.wait(100)
         os.kill(leader["pid"], signal.SIGKILL)
         os.kill(worker, signal.SIGKILL)
         count = clients.count()
