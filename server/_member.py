@@ -225,7 +225,12 @@ class Standby:
         self._client.subscribe_core(heartbeat_subject(self._group), self._on_heartbeat)
         next_status = 0.0
         while not self._stopped.is_set():
-            messages = self._client.fetch(stream, self.seq + 1, max_messages=1000, wait_s=HEARTBEAT_S)
+            try:
+                messages = self._client.fetch(stream, self.seq + 1, max_messages=1000, wait_s=HEARTBEAT_S)
+            except LogUnavailable as error:  # a stream just created, a leader being elected
+                log.warning("group %d: reading the stream: %s; trying again", self._group, error)
+                time.sleep(HEARTBEAT_S)
+                continue
             self._apply(messages)
             now = time.monotonic()
             if now >= next_status:
@@ -238,8 +243,12 @@ class Standby:
             if silent < self._takeover_after_s:
                 continue
             # Catch up to the very end, then try to become the next epoch's owner.
-            while self.seq < self._client.last_sequence(stream):
-                self._apply(self._client.fetch(stream, self.seq + 1, max_messages=1000, wait_s=HEARTBEAT_S))
+            try:
+                while self.seq < self._client.last_sequence(stream):
+                    self._apply(self._client.fetch(stream, self.seq + 1, max_messages=1000, wait_s=HEARTBEAT_S))
+            except LogUnavailable as error:
+                log.warning("group %d: catching up before a takeover: %s; trying again", self._group, error)
+                continue
             epoch = self.epoch + 1
             record = msgpack.packb([epoch, self._node, os.getpid()])
             try:

@@ -16,6 +16,7 @@ from wal._frame import (
     encode,
 )
 from wal._jetstream import Fenced, LogUnavailable, StoredMessage, StreamClient
+from wal._mirror import Mirror, MirrorError
 from wal._repair import RepairPlan, RepairRefused, apply_repair, plan_repair
 from wal._segments import (
     DIRECTORY_MODE,
@@ -30,7 +31,6 @@ from wal._segments import (
     scan,
     segment_name,
 )
-from wal._mirror import Mirror, MirrorError
 from wal._tail import Compacted, Tailer
 from wal._writer import (
     BATCH_BUCKETS,
@@ -70,8 +70,8 @@ __all__ = [
     "Mirror",
     "MirrorError",
     "RepairPlan",
-    "Replicate",
     "RepairRefused",
+    "Replicate",
     "ScanResult",
     "Statistics",
     "StorageFailed",

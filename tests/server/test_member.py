@@ -96,7 +96,7 @@ def test_two_standbys_racing_one_epoch_has_one_owner(tmp_path: Path) -> None:
         members = [_standby(stream, tmp_path / f"{round_}-{name}", name, after_s=0.05) for name in "ab"]
         won: list[Standby] = []
 
-        def run(member: Standby) -> None:
+        def run(member: Standby, won: list[Standby] = won) -> None:
             try:
                 member.run()
                 won.append(member)
