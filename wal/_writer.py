@@ -111,7 +111,7 @@ class WriteAheadLog:
         sync: Callable[[int], None] = os.fdatasync,
         write: Callable[[int, memoryview], int] = os.write,
         replicate: Replicate | None = None,
-        batch_bytes_max: int = BATCH_BYTES_MAX,
+        batch_bytes_max: int | None = None,
     ) -> None:
         assert next_lsn >= 1
         assert len(parent) == _frame.CHECKSUM_BYTES
@@ -123,7 +123,7 @@ class WriteAheadLog:
         self._write = write  # injectable, like ``sync``, for fault injection
         self._replicate = replicate
         # One group commit is one message of a replicated log, so it must fit the message size.
-        self._batch_bytes_max = batch_bytes_max
+        self._batch_bytes_max = batch_bytes_max if batch_bytes_max is not None else BATCH_BYTES_MAX
         self._next_lsn = next_lsn
         self._durable_lsn = next_lsn - 1
         self._parent = parent

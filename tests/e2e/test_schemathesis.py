@@ -37,7 +37,7 @@ def schemathesis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         server.kill()
 
 
-OPERATIONS = 41  # every operation in /openapi.json; a new route must be added to the document
+OPERATIONS = 42  # every operation in /openapi.json; a new route must be added to the document
 ENDLESS = {"GET /v1/events/stream"}  # an endless SSE response: covered by tests/e2e/test_events.py
 
 
