@@ -12,7 +12,7 @@ LOOP   ?=
 
 .PHONY: install install-compiled test-compiled run bank-sim demo test test-fast lint sim crashloop bench bench-core-batch bench-core-single \
 	bench-http-batch bench-http-single bench-hot bench-transfers bench-withdrawals bench-every-core \
-	bench-http-single-mp bench-hot-mp bench-http-batch-mp bench-http-single-mp-uvloop bench-postgres clean
+	bench-http-single-mp bench-hot-mp bench-http-batch-mp bench-http-single-mp-uvloop bench-postgres bench-cluster bench-takeover clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -179,6 +179,16 @@ bench-http-batch-mp: $(STAMP)
 bench-http-single-mp-uvloop: $(STAMP)
 	$(MP_BENCH) --connections 64 --loop uvloop --baseline-echo --baseline-one-process \
 		--out $(BENCH_OUT)/http-single-uniform-mp$(MP_WORKERS)-uvloop.json
+
+# Cluster mode (issue 14): `wallet cluster up --workers 2` against `wallet serve --workers 2`,
+# single transfers and MessagePack batches, alternating, BENCH_RUNS_N runs (medians and ratios);
+# then a takeover: the owner SIGKILLed under load, the gap and the window's p99 (README, *Cluster mode*).
+BENCH_RUNS_N ?= 3
+bench-cluster: $(STAMP)
+	$(BIN)/python -m bench.cluster --runs $(BENCH_RUNS_N)
+
+bench-takeover: $(STAMP)
+	$(BIN)/python -m bench.cluster --takeover --runs $(BENCH_RUNS_N)
 
 # The PostgreSQL row-lock design under the same loads, for comparison (docs/performance.md,
 # "PostgreSQL row locks"): a throwaway cluster, pgbench with 64 clients over 10,000 accounts,

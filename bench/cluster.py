@@ -1,0 +1,209 @@
+"""Cluster mode against the embedded server, and a takeover under load (issue 14's targets).
+
+    python -m bench.cluster --runs 3                 # make bench-cluster
+    python -m bench.cluster --takeover --runs 3      # make bench-takeover
+
+The comparison starts, for each run, ``wallet serve --workers W`` and then ``wallet cluster up
+--workers W`` (three NATS nodes, one group with an owner and a standby) on fresh temporary data
+directories, and loads each with the same ``wallet bench --url`` invocations: single transfers
+(64 connections) and MessagePack batches of 1000 (8 connections). The two kinds alternate so a
+drift of the machine's speed falls on both; the medians and the cluster/embedded ratios are
+printed at the end.
+
+The takeover run loads a cluster with single transfers, SIGKILLs the group's owner (the pid in
+``GET /v1/admin/cluster``) ``--kill-after`` seconds into the measured window, and reports how
+long the group had no owner (until the view names another pid) and the bench's figures over the
+whole window: its p99, p99.9 and max, and the ``503 ledger_unavailable`` answers of the gap
+(the bench does not retry them). Everything shares this host's cores: read ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+WALLET = [sys.executable, "-m", "server.cli"]
+LOADS = {
+    "single": ["--connections", "64"],
+    "batch": ["--connections", "8", "--batch", "1000", "--msgpack"],
+}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """``wallet serve`` or ``wallet cluster up`` on a data directory of its own."""
+
+    def __init__(self, mode: str, data: Path, workers: int) -> None:
+        self.mode, self.data, self.port = mode, data, _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = ["cluster", "up"] if mode == "cluster" else ["serve"]
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.log = open(data.with_suffix(".log"), "wb")  # closed in stop
+        self.process = subprocess.Popen(
+            [*WALLET, *command, "--data", str(data), "--port", str(self.port), "--workers", str(workers)],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{mode} exited with {self.process.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{mode} not ready in 120 s; see {self.log.name}")
+
+    def owner_pid(self) -> int | None:
+        token = (self.data / "admin.token").read_text().strip()
+        try:
+            response = httpx.get(f"{self.url}/v1/admin/cluster", headers={"Authorization": f"Bearer {token}"},
+                                 timeout=2)
+            owner = response.json()["groups"][0]["owner"]
+        except (httpx.HTTPError, ValueError, KeyError, IndexError):
+            return None
+        return int(owner["pid"]) if owner else None
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def _bench(server: Server, load: list[str], duration: float, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*WALLET, "bench", "--url", server.url, "--data", str(server.data), "--duration", str(duration),
+         *load, "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _figures(out: Path) -> dict[str, Any]:
+    service = json.loads(out.read_text())["service"]
+    latency = service["latency_ms"]
+    return {"transfers_per_s": service["throughput"]["transfers_per_s"], "p99_ms": latency["p99"],
+            "p999_ms": latency["p99.9"], "max_ms": latency["max"], "errors": service["errors"]}
+
+
+def compare(runs: int, duration: float, workers: int, work: Path) -> dict[str, dict[str, list[float]]]:
+    results: dict[str, dict[str, list[float]]] = {}
+    for run in range(1, runs + 1):
+        for name, load in LOADS.items():
+            for mode in ("embedded", "cluster"):
+                data = work / f"{mode}-{name}-{run}"
+                server = Server(mode, data, workers)
+                try:
+                    out = data.with_suffix(".json")
+                    bench = _bench(server, load, duration, out)
+                    output = bench.communicate()[0].decode(errors="replace")
+                    if bench.returncode != 0:
+                        raise RuntimeError(f"wallet bench failed against {mode}:\n{output[-2000:]}")
+                finally:
+                    server.stop()
+                figures = _figures(out)
+                print(f"run {run} {name:6} {mode:8} {figures['transfers_per_s']:>10,.0f} transfers/s  "
+                      f"p99 {figures['p99_ms']:7.1f} ms  errors {figures['errors'] or 'none'}", flush=True)
+                results.setdefault(name, {}).setdefault(mode, []).append(figures["transfers_per_s"])
+    print("\nmedians (transfers/s)")
+    for name, modes in results.items():
+        embedded, cluster = statistics.median(modes["embedded"]), statistics.median(modes["cluster"])
+        print(f"  {name:6} embedded {embedded:>10,.0f}  cluster {cluster:>10,.0f}  ratio {cluster / embedded:.2f}")
+    return results
+
+
+def _watch(stream: Any, lines: list[str], loading: threading.Event) -> None:
+    """Collects the bench's output; sets ``loading`` once its measured load begins."""
+    for raw in stream:
+        line = raw.decode(errors="replace")
+        lines.append(line)
+        if line.startswith("load:"):
+            loading.set()
+
+
+def takeover(runs: int, duration: float, kill_after: float, workers: int, work: Path) -> None:
+    gaps: list[float] = []
+    for run in range(1, runs + 1):
+        data = work / f"takeover-{run}"
+        server = Server("cluster", data, workers)
+        try:
+            out = data.with_suffix(".json")
+            bench = _bench(server, LOADS["single"], duration, out)
+            assert bench.stdout is not None
+            loading = threading.Event()
+            lines: list[str] = []
+            reader = threading.Thread(target=_watch, args=(bench.stdout, lines, loading), daemon=True)
+            reader.start()
+            if not loading.wait(300):
+                raise RuntimeError("the bench never started its load:\n" + "".join(lines[-20:]))
+            time.sleep(2.0 + kill_after)  # bench's default warm-up, then into the measured window
+            owner = server.owner_pid()
+            assert owner is not None, "no owner before the kill"
+            os.kill(owner, signal.SIGKILL)
+            killed = time.monotonic()
+            while True:
+                now_owner = server.owner_pid()
+                if now_owner is not None and now_owner != owner:
+                    break
+                if time.monotonic() - killed > 60:
+                    raise RuntimeError("no new owner 60 s after the kill")
+                time.sleep(0.05)
+            gap = time.monotonic() - killed
+            bench.wait()
+            reader.join(5)
+            if bench.returncode != 0:
+                raise RuntimeError("wallet bench failed:\n" + "".join(lines[-30:]))
+        finally:
+            server.stop()
+        figures = _figures(out)
+        gaps.append(gap)
+        print(f"run {run}: new owner {gap:.2f} s after the SIGKILL; over the {duration:g} s window "
+              f"{figures['transfers_per_s']:,.0f} transfers/s, p99 {figures['p99_ms']:.1f} ms, "
+              f"p99.9 {figures['p999_ms']:.1f} ms, max {figures['max_ms']:.1f} ms, errors {figures['errors']}",
+              flush=True)
+    print(f"\ntakeover: median {statistics.median(gaps):.2f} s (min {min(gaps):.2f}, max {max(gaps):.2f})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=None,
+                        help="measured seconds per bench (default 5; 20 with --takeover)")
+    parser.add_argument("--workers", type=int, default=2, help="HTTP workers of both servers (default 2)")
+    parser.add_argument("--takeover", action="store_true", help="measure a takeover under load instead")
+    parser.add_argument("--kill-after", type=float, default=8.0,
+                        help="--takeover: seconds into the measured window at which the owner is killed")
+    arguments = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as temporary:
+        if arguments.takeover:
+            takeover(arguments.runs, arguments.duration or 20.0, arguments.kill_after, arguments.workers,
+                     Path(temporary))
+        else:
+            compare(arguments.runs, arguments.duration or 5.0, arguments.workers, Path(temporary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
