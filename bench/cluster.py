@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-after", type=float, default=8.0,
                         help="--takeover: seconds into the measured window at which the owner is killed")
     arguments = parser.parse_args(argv)
+    # SIGTERM (a Ctrl-C of make, a CI timeout) unwinds like SIGINT, so the servers are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as temporary:
         if arguments.takeover:
             takeover(arguments.runs, arguments.duration or 20.0, arguments.kill_after, arguments.workers,
