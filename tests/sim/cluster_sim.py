@@ -80,11 +80,11 @@ class OwnerExited(Exception):
 class ClusterFaults:
     """Chances per step (the members' clock advances up to 20 ms a step)."""
 
-    crash: float = 0.002
-    pause: float = 0.002
-    lost_ack: float = 0.003
-    unavailable: float = 0.0015
-    standby_restart: float = 0.002
+    crash: float = 0.001
+    pause: float = 0.001
+    lost_ack: float = 0.0015
+    unavailable: float = 0.0008
+    standby_restart: float = 0.001
 
 
 @dataclass
@@ -164,7 +164,7 @@ class ClusterSimulation(Simulation):
     def start_standby(self, member: Member) -> None:
         """What a member process does when it starts: an empty copy, then tail the stream."""
         shutil.rmtree(member.directory, ignore_errors=True)
-        member.directory.mkdir(parents=True)
+        member.directory.mkdir(mode=0o700, parents=True)
         member.starts += 1
         standby = Standby(self.stream.client(), group=GROUP, data_dir=member.directory, node=member.name,
                           status=_quiet, takeover_after_s=self.takeover_after_s, clock=self.mono,
@@ -340,7 +340,10 @@ class ClusterSimulation(Simulation):
         for member in self.members:
             standby = member.standby
             if standby is not None and rng.random() < 0.5:
-                seq = standby.step()
+                try:
+                    seq = standby.step()
+                except MirrorError as error:  # the real standby's check: the stream forked
+                    raise self.fail(f"{member.name}'s copy refused the stream: {error}") from None
                 if seq is not None:
                     self.take_over(member, seq)
         self.settle()
@@ -435,6 +438,7 @@ class ClusterSimulation(Simulation):
         """The stream's frames (up to ``until_lsn``) written into a fresh data directory."""
         directory = self.root / name
         shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(mode=0o700)
         mirror = Mirror(directory / "wal")
         try:
             for message in self.messages():

@@ -5,13 +5,19 @@ make sim`` replays one."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
-from tests.sim.cluster_sim import ClusterFaults, ClusterSimulation
+from server._member import Replica
+from tests.sim.cluster_sim import STREAM, ClusterFaults, ClusterSimulation, OwnerExited
+from tests.sim.sim import SimulationFailed
+from wal.testing import FakeStreamClient
 
 CI_SEEDS = list(range(1, 9))
-STEPS = int(os.environ.get("SIM_CLUSTER_STEPS", "1500"))
+STEPS = int(os.environ.get("SIM_CLUSTER_STEPS", "4000"))
+# Seed 3 pauses its owner past a takeover, then steps it again.
+PAUSED_PAST_TAKEOVER_SEED = 3
 
 
 @pytest.mark.parametrize("seed", CI_SEEDS)
@@ -40,3 +46,35 @@ def test_a_cluster_seed_replays_exactly() -> None:
     first = ClusterSimulation(5, steps=500).run()
     second = ClusterSimulation(5, steps=500).run()
     assert first == second
+
+
+# The oracle can fail: the two safety mechanisms broken, one at a time, on a seed whose owner is
+# paused past a takeover and then stepped again.
+
+
+def test_the_oracle_catches_a_stream_without_its_fence(monkeypatch: pytest.MonkeyPatch) -> None:
+    publish = FakeStreamClient.publish
+
+    def unfenced(self: FakeStreamClient, subject: str, data: bytes, *, expected_last_seq: int,
+                 **options: Any) -> int:
+        return publish(self, subject, data, expected_last_seq=len(self._stream.streams[STREAM]), **options)
+
+    monkeypatch.setattr(FakeStreamClient, "publish", unfenced)
+    with pytest.raises(SimulationFailed, match=r"two owners appended|refused the stream"):
+        ClusterSimulation(PAUSED_PAST_TAKEOVER_SEED, steps=STEPS).run()
+
+
+def test_the_oracle_catches_an_owner_that_carries_on_when_fenced(monkeypatch: pytest.MonkeyPatch) -> None:
+    publish = Replica._publish
+
+    def carry_on(self: Replica, data: bytes, kind: str, msg_id: str) -> int:
+        try:
+            return publish(self, data, kind, msg_id)
+        except OwnerExited as exit:
+            if "newer owner" not in str(exit):
+                raise
+            return self._last_seq
+
+    monkeypatch.setattr(Replica, "_publish", carry_on)
+    with pytest.raises(SimulationFailed, match=r"acknowledged|differs from a replay"):
+        ClusterSimulation(PAUSED_PAST_TAKEOVER_SEED, steps=STEPS).run()
