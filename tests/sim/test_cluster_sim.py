@@ -15,7 +15,7 @@ from tests.sim.sim import SimulationFailed
 from wal.testing import FakeStreamClient
 
 CI_SEEDS = list(range(1, 9))
-STEPS = int(os.environ.get("SIM_CLUSTER_STEPS", "4000"))
+STEPS = int(os.environ.get("SIM_CLUSTER_STEPS", "3000"))
 # Seed 3 pauses its owner past a takeover, then steps it again.
 PAUSED_PAST_TAKEOVER_SEED = 3
 
