@@ -54,7 +54,6 @@ import msgpack
 
 import wal
 from ledger import (
-    Clock,
     HoldCaptured,
     Ledger,
     decode_event,
@@ -202,11 +201,7 @@ class ClusterSimulation(Simulation):
                 self.stats.paused_past_takeover += 1
         self.pending = []
         recovered = recover(member.directory)
-        ledger = Ledger(recovered, member.directory, shards=self.shards,
-                        clock=Clock(lambda: self.now_ns, start_us=recovered.state.directory.at_us),
-                        segment_bytes_max=self.rng.choice([2048, 8192, 1 << 20]),
-                        mailbox_capacity=self.rng.choice([4, 64, 8192]), replicate=replica.replicate)
-        ledger.wal._on_durable = None  # the history projector is not part of the simulation
+        ledger = self.new_ledger(recovered, member.directory, replicate=replica.replicate)
         member.ledger, member.replica, member.recovered = ledger, replica, recovered
         member.next_beat = 0.0
         self.owner = member
@@ -214,11 +209,8 @@ class ClusterSimulation(Simulation):
         if ledger.wal.next_lsn - 1 != self.stream_last_lsn():
             raise self.fail(f"{member.name} took over with LSN {ledger.wal.next_lsn - 1}, the stream has "
                             f"{self.stream_last_lsn()}")
-        self.check_recovered()  # the whole of sim.Simulation's oracle, over the copy
         self.check()
-        # What the server does before serving: record the firings a crash cut off the log.
-        self.stats.owed_firings += sum(len(shard.state.crossings) for shard in ledger.shards)
-        ledger.fire_owed_alerts()
+        self.serve()  # with the whole of sim.Simulation's oracle, over the copy
 
     def _exit(self, message: str) -> None:
         raise OwnerExited(message)

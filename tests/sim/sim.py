@@ -327,19 +327,29 @@ class Simulation:
         except LogCorrupt as error:
             self.repair_after_refusal(error)
             self.recovered = recover(self.data)
-        ledger = Ledger(self.recovered, self.data, shards=self.shards,
-                        clock=Clock(lambda: self.now_ns, start_us=self.recovered.state.directory.at_us),
-                        segment_bytes_max=self.rng.choice([2048, 8192, 1 << 20]),
-                        mailbox_capacity=self.rng.choice([4, 64, 8192]))
+        ledger = self.new_ledger(self.recovered, self.data)
         ledger.wal._sync = self.storage.sync
         ledger.wal._write = self.storage.write
-        ledger.wal._on_durable = None  # the history projector is not part of the simulation
         self.ledger = ledger
         self.storage.adopt(self.data / "wal")
+        self.serve()
+
+    def new_ledger(self, recovered: Any, data_dir: Path, **options: Any) -> Ledger:
+        """The ledger over what recovery found, with the seed's segment size and mailboxes."""
+        ledger = Ledger(recovered, data_dir, shards=self.shards,
+                        clock=Clock(lambda: self.now_ns, start_us=recovered.state.directory.at_us),
+                        segment_bytes_max=self.rng.choice([2048, 8192, 1 << 20]),
+                        mailbox_capacity=self.rng.choice([4, 64, 8192]), **options)
+        ledger.wal._on_durable = None  # the history projector is not part of the simulation
+        return ledger
+
+    def serve(self) -> None:
+        """The oracle over the recovered ledger, then what the server does before serving:
+        record the firings a crash cut off the log."""
+        assert self.ledger is not None
         self.check_recovered()
-        # What the server does before serving: record the firings a crash cut off the log.
-        self.stats.owed_firings += sum(len(shard.state.crossings) for shard in ledger.shards)
-        ledger.fire_owed_alerts()
+        self.stats.owed_firings += sum(len(shard.state.crossings) for shard in self.ledger.shards)
+        self.ledger.fire_owed_alerts()
 
     def stop_process(self) -> None:
         if self.recovered is not None:
