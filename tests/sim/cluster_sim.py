@@ -23,7 +23,9 @@ Faults, chosen by the seed:
 - lost ack: an append is stored, but its publisher gets ``LogUnavailable`` (an owner exits; the
   change is not acknowledged and may or may not survive; its client retries with its key);
 - the stream unavailable for a while (leader loss): appends and reads raise ``LogUnavailable``;
-- standby restart: it copies the stream again from an empty directory.
+- standby restart: it copies the stream again from an empty directory;
+- heartbeats lost (the owner cut from the standbys, not from the stream): a standby takes over
+  from an owner that keeps working; its next append must be refused.
 
 The oracle, after every fault, at every takeover and at the end:
 
@@ -84,6 +86,7 @@ class ClusterFaults:
     lost_ack: float = 0.0015
     unavailable: float = 0.0008
     standby_restart: float = 0.001
+    heartbeats_lost: float = 0.0008
 
 
 @dataclass
@@ -99,6 +102,8 @@ class ClusterStats(Stats):
     unavailable: int = 0  # windows of leader loss
     exits_unavailable: int = 0  # owner exits on LogUnavailable (lost acks and leader loss)
     standby_restarts: int = 0
+    heartbeats_lost: int = 0  # windows in which the owner runs but no standby hears it
+    fenced_running: int = 0  # an owner that was never paused, refused by the fence
     barriers: int = 0
     stream_messages: int = 0
     checks: int = 0
@@ -145,6 +150,7 @@ class ClusterSimulation(Simulation):
         self.winners: dict[int, str] = {}  # epoch -> the member the simulation saw win it
         self.lose_next_ack = False
         self.unavailable_until: float | None = None
+        self.beats_lost_until: float | None = None
 
     def fail(self, message: str) -> SimulationFailed:
         return SimulationFailed(f"cluster seed {self.seed}: {message} "
@@ -245,6 +251,8 @@ class ClusterSimulation(Simulation):
                 self.stats.fenced += 1
                 if member.replaced_while_paused:
                     self.stats.fenced_after_pause += 1
+                else:
+                    self.stats.fenced_running += 1
             else:
                 self.stats.exits_unavailable += 1
             self.end_owner(member)
@@ -355,6 +363,8 @@ class ClusterSimulation(Simulation):
             self.as_owner(member, partial(self.barrier, member))
 
     def beat(self, now: float) -> None:
+        if self.beats_lost_until is not None:
+            return  # the owner is cut from the standbys, not from the stream
         for member in self.members:
             replica = member.replica
             if replica is not None and member.paused_until is None and now >= member.next_beat:
@@ -370,6 +380,8 @@ class ClusterSimulation(Simulation):
         if self.unavailable_until is not None and now >= self.unavailable_until:
             self.unavailable_until = None
             self.set_unavailable(False)
+        if self.beats_lost_until is not None and now >= self.beats_lost_until:
+            self.beats_lost_until = None
         owner = self.owner
         if owner is not None and rng.random() < faults.crash:
             self.stats.owner_crashes += 1
@@ -385,6 +397,10 @@ class ClusterSimulation(Simulation):
             self.stats.unavailable += 1
             self.unavailable_until = now + rng.choice([0.05, 0.5, 3.0])
             self.set_unavailable(True)
+            self.check()
+        if self.beats_lost_until is None and rng.random() < faults.heartbeats_lost:
+            self.stats.heartbeats_lost += 1
+            self.beats_lost_until = now + rng.choice([0.5, 1.5, 3.0]) * self.takeover_after_s
             self.check()
         standbys = [member for member in self.members if member.standby is not None]
         if standbys and rng.random() < faults.standby_restart:
@@ -498,8 +514,10 @@ class ClusterSimulation(Simulation):
     def finish(self) -> None:
         """The end: faults stop, the stream comes back, a paused owner resumes; the current owner
         (or a standby taking over) commits everything, then the whole oracle runs."""
-        self.cluster_faults = ClusterFaults(0, 0, 0, 0, 0)
+        self.cluster_faults = ClusterFaults(crash=0, pause=0, lost_ack=0, unavailable=0, standby_restart=0,
+                                            heartbeats_lost=0)
         self.lose_next_ack = False
+        self.beats_lost_until = None
         self.set_unavailable(False)
         self.unavailable_until = None
         for member in self.members:
