@@ -80,7 +80,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Deterministic simulation: random seeds for SECONDS (default 60); SIM_SEED=n replays one seed.
+# Deterministic simulations (the disk one and cluster mode, alternating): random seeds for SECONDS
+# (default 60); SIM_SEED=n replays one seed of each (SIM_KIND=cluster or SIM_KIND=disk: only one).
 SECONDS ?= 60
 sim: $(STAMP)
 	SECONDS_BUDGET=$(SECONDS) $(BIN)/python -m tests.sim.run

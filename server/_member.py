@@ -89,9 +89,11 @@ class Replica:
     ``confirm``, and the heartbeat. Fenced or cut off, it ends the process on the spot."""
 
     def __init__(self, client: StreamClient, *, group: int, epoch: int, last_seq: int, node: str,
-                 status: Callable[..., None], exit: Callable[[str], None] | None = None) -> None:
+                 status: Callable[..., None], exit: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self._exit = exit or _exit_now
+        self._clock = clock  # the deterministic simulation's own (tests/sim/cluster_sim.py)
         self._group = group
         self.epoch = epoch
         self._last_seq = last_seq
@@ -101,16 +103,18 @@ class Replica:
         self._barrier: anyio.Event | None = None
         # The monotonic time at which the latest accepted append was sent: every call that
         # arrived before it is confirmed. The epoch record itself is the first.
-        self._confirmed_sent = time.monotonic()
+        self._confirmed_sent = clock()
         self.lsn = 0
         self._status = status
         self._stopped = threading.Event()
+        self._beat_data = msgpack.packb([epoch, os.getpid(), node])
+        self._next_status = 0.0
 
     # -- the WAL writer's hook (its thread) ------------------------------------------------
 
     def replicate(self, first_lsn: int, last_lsn: int, data: bytes) -> None:
         with self._lock:
-            sent = time.monotonic()
+            sent = self._clock()
             self._last_seq = self._publish(data, "frames", f"g{self._group}-e{self.epoch}-l{first_lsn}")
             self._confirmed_sent = sent
             self.lsn = last_lsn
@@ -129,8 +133,12 @@ class Replica:
 
     # -- the port's confirmation (the event loop) ----------------------------------------
 
+    def confirmed(self, arrived: float) -> bool:
+        """Whether an append sent at or after ``arrived`` (this replica's clock) was accepted."""
+        return self._confirmed_sent >= arrived
+
     async def confirm(self, arrived: float) -> None:
-        while self._confirmed_sent < arrived:
+        while not self.confirmed(arrived):
             barrier = self._barrier
             if barrier is not None:
                 await barrier.wait()
@@ -144,7 +152,7 @@ class Replica:
 
     def _append_barrier(self) -> None:
         with self._lock:
-            sent = time.monotonic()
+            sent = self._clock()
             self._barriers += 1
             self._last_seq = self._publish(b"", "barrier", f"g{self._group}-e{self.epoch}-b{self._barriers}")
             self._confirmed_sent = sent
@@ -158,23 +166,26 @@ class Replica:
         self._stopped.set()
 
     def _beat(self) -> None:
-        beat = msgpack.packb([self.epoch, os.getpid(), self._node])
-        next_status = 0.0
         while not self._stopped.is_set():
-            try:
-                self._client.publish_core(heartbeat_subject(self._group), beat)
-            except Exception as error:  # the client reconnects by itself; the fence is what matters
-                log.warning("heartbeat not sent: %s", error)
-            now = time.monotonic()
-            if now >= next_status:
-                next_status = now + STATUS_EVERY_S
-                leader = None
-                try:
-                    leader = self._client.stream_leader(stream_name(self._group))
-                except Exception:
-                    pass
-                self._status(role="owner", epoch=self.epoch, lsn=self.lsn, leader=leader)
+            self.beat()
             self._stopped.wait(HEARTBEAT_S)
+
+    def beat(self) -> None:
+        """One heartbeat (and the status line when it is due): what the heartbeat thread does
+        every ``HEARTBEAT_S``."""
+        try:
+            self._client.publish_core(heartbeat_subject(self._group), self._beat_data)
+        except Exception as error:  # the client reconnects by itself; the fence is what matters
+            log.warning("heartbeat not sent: %s", error)
+        now = self._clock()
+        if now >= self._next_status:
+            self._next_status = now + STATUS_EVERY_S
+            leader = None
+            try:
+                leader = self._client.stream_leader(stream_name(self._group))
+            except Exception:
+                pass
+            self._status(role="owner", epoch=self.epoch, lsn=self.lsn, leader=leader)
 
 
 class Standby:
@@ -182,8 +193,11 @@ class Standby:
     the fenced epoch append. Blocking; runs before the event loop starts."""
 
     def __init__(self, client: StreamClient, *, group: int, data_dir: Path, node: str,
-                 status: Callable[..., None], takeover_after_s: float = TAKEOVER_AFTER_S) -> None:
+                 status: Callable[..., None], takeover_after_s: float = TAKEOVER_AFTER_S,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self._client = client
+        self._clock = clock  # both injectable for the deterministic simulation (tests/sim/cluster_sim.py)
+        self._sleep = sleep
         self._takeover_after_s = takeover_after_s
         self._group = group
         self._node = node
@@ -191,9 +205,10 @@ class Standby:
         self.mirror = Mirror(data_dir / "wal")
         self.epoch = 0
         self.seq = 0
-        self._heard = time.monotonic()
+        self._heard = clock()
         self._beats = threading.Lock()
         self._stopped = threading.Event()
+        self._next_status = 0.0
 
     def stop(self) -> None:
         """Makes ``run`` raise ``Stopped`` at its next turn (tests; a process just exits)."""
@@ -208,7 +223,7 @@ class Standby:
             # A replaced owner that was paused may still beat for a moment: only the current
             # epoch (or a newer one not yet read from the stream) keeps the standby waiting.
             if epoch >= self.epoch:
-                self._heard = time.monotonic()
+                self._heard = self._clock()
 
     def _apply(self, messages: list[Any]) -> None:
         for message in messages:
@@ -221,51 +236,68 @@ class Standby:
 
     def run(self) -> int:
         """Returns the stream sequence of this member's accepted epoch record."""
-        stream = stream_name(self._group)
-        self._client.subscribe_core(heartbeat_subject(self._group), self._on_heartbeat)
-        next_status = 0.0
+        self.listen()
         while not self._stopped.is_set():
-            try:
-                messages = self._client.fetch(stream, self.seq + 1, max_messages=1000, wait_s=HEARTBEAT_S)
-            except LogUnavailable as error:  # a stream just created, a leader being elected
-                log.warning("group %d: reading the stream: %s; trying again", self._group, error)
-                time.sleep(HEARTBEAT_S)
-                continue
-            self._apply(messages)
-            now = time.monotonic()
-            if now >= next_status:
-                next_status = now + STATUS_EVERY_S
-                self._status(role="standby", epoch=self.epoch, lsn=self.mirror.last_lsn, leader=None)
-            if messages:
-                continue
-            with self._beats:
-                silent = now - self._heard
-            if silent < self._takeover_after_s:
-                continue
-            # Catch up to the very end, then try to become the next epoch's owner.
-            try:
-                while self.seq < self._client.last_sequence(stream):
-                    self._apply(self._client.fetch(stream, self.seq + 1, max_messages=1000, wait_s=HEARTBEAT_S))
-            except LogUnavailable as error:
-                log.warning("group %d: catching up before a takeover: %s; trying again", self._group, error)
-                continue
-            epoch = self.epoch + 1
-            record = msgpack.packb([epoch, self._node, os.getpid()])
-            try:
-                seq = self._client.publish(log_subject(self._group), record, expected_last_seq=self.seq,
-                                           msg_id=f"g{self._group}-epoch-{epoch}-{self._node}-{os.getpid()}",
-                                           headers={KIND: "epoch"})
-            except Fenced:
-                log.info("group %d: another member appended first; staying a standby", self._group)
-                with self._beats:
-                    self._heard = time.monotonic()
-                continue
-            self.epoch = epoch
-            self.seq = seq
-            log.info("group %d: took over as the owner of epoch %d (stream sequence %d, LSN %d)",
-                     self._group, epoch, seq, self.mirror.last_lsn)
-            return seq
+            seq = self.step()
+            if seq is not None:
+                return seq
         raise Stopped
+
+    def listen(self) -> None:
+        """Subscribes to the owner's heartbeats (``run`` does it first)."""
+        self._client.subscribe_core(heartbeat_subject(self._group), self._on_heartbeat)
+
+    def step(self) -> int | None:
+        """One turn of ``run``: copies what the stream has next; when nothing was new and the
+        owner has been silent for the takeover delay, catches up to the end and tries the fenced
+        epoch append. Returns the sequence of the epoch record once this member won it."""
+        stream = stream_name(self._group)
+        try:
+            messages = self._client.fetch(stream, self.seq + 1, max_messages=1000, wait_s=HEARTBEAT_S)
+        except LogUnavailable as error:  # a stream just created, a leader being elected
+            log.warning("group %d: reading the stream: %s; trying again", self._group, error)
+            self._sleep(HEARTBEAT_S)
+            return None
+        self._apply(messages)
+        now = self._clock()
+        if now >= self._next_status:
+            self._next_status = now + STATUS_EVERY_S
+            self._status(role="standby", epoch=self.epoch, lsn=self.mirror.last_lsn, leader=None)
+        if messages:
+            return None
+        with self._beats:
+            silent = now - self._heard
+        if silent < self._takeover_after_s:
+            return None
+        # Catch up to the very end, then try to become the next epoch's owner.
+        try:
+            while self.seq < self._client.last_sequence(stream):
+                self._apply(self._client.fetch(stream, self.seq + 1, max_messages=1000, wait_s=HEARTBEAT_S))
+        except LogUnavailable as error:
+            log.warning("group %d: catching up before a takeover: %s; trying again", self._group, error)
+            return None
+        epoch = self.epoch + 1
+        record = msgpack.packb([epoch, self._node, os.getpid()])
+        try:
+            seq = self._client.publish(log_subject(self._group), record, expected_last_seq=self.seq,
+                                       msg_id=f"g{self._group}-epoch-{epoch}-{self._node}-{os.getpid()}",
+                                       headers={KIND: "epoch"})
+        except Fenced:
+            log.info("group %d: another member appended first; staying a standby", self._group)
+            with self._beats:
+                self._heard = self._clock()
+            return None
+        except LogUnavailable as error:
+            # Stored or not, nobody knows: read the stream again. Our own record found there
+            # only makes the next attempt ask for the epoch after it (an epoch with no owner).
+            log.warning("group %d: the epoch record's append was not acknowledged (%s); reading the "
+                        "stream again", self._group, error)
+            return None
+        self.epoch = epoch
+        self.seq = seq
+        log.info("group %d: took over as the owner of epoch %d (stream sequence %d, LSN %d)",
+                 self._group, epoch, seq, self.mirror.last_lsn)
+        return seq
 
 
 def _exit_now(message: str) -> None:

@@ -169,7 +169,12 @@ class FakeStream:
     """The JetStream semantics cluster mode relies on, in memory and deterministic: one ordered
     stream per name, an append fenced on the last sequence, a repeated message id answered with
     its first sequence (the duplicate window), and core subjects delivered at once. Faults:
-    ``unavailable`` makes every append raise ``LogUnavailable`` (no quorum)."""
+    ``unavailable`` makes every append raise ``LogUnavailable`` (no quorum); ``reads_unavailable``
+    does the same to reads (``fetch``, ``last_sequence``, ``message``: a leader being elected);
+    ``lose_ack``, when set, is asked about every message just stored and, when it answers True,
+    the append raises ``LogUnavailable`` all the same (stored, but the ack was lost: the
+    uncertain outcome). ``idle_wait`` is how an empty ``fetch`` waits (the deterministic
+    simulation makes it return at once)."""
 
     def __init__(self) -> None:
         self.streams: dict[str, list[StoredMessage]] = {}
@@ -177,6 +182,9 @@ class FakeStream:
         self.ids: dict[tuple[str, str], int] = {}
         self.listeners: dict[str, list[Callable[[bytes], None]]] = {}
         self.unavailable = False
+        self.reads_unavailable = False
+        self.lose_ack: Callable[[StoredMessage], bool] | None = None
+        self.idle_wait: Callable[[float], None] = time.sleep
         self.lock = threading.Lock()
 
     def client(self) -> FakeStreamClient:
@@ -214,22 +222,32 @@ class FakeStreamClient:
             if len(messages) != expected_last_seq:
                 raise wal.Fenced(f"wrong last sequence: {len(messages)}, expected {expected_last_seq}")
             seq = len(messages) + 1
-            messages.append(StoredMessage(seq, bytes(data), dict(headers or {}, **{"Nats-Msg-Id": msg_id})))
+            stored = StoredMessage(seq, bytes(data), dict(headers or {}, **{"Nats-Msg-Id": msg_id}))
+            messages.append(stored)
             state.ids[(name, msg_id)] = seq
+            if state.lose_ack is not None and state.lose_ack(stored):
+                raise wal.LogUnavailable(f"sequence {seq} stored, its ack lost (injected)")
             return seq
 
+    def _readable(self) -> None:
+        if self._stream.reads_unavailable:
+            raise wal.LogUnavailable("no stream leader (injected)")
+
     def last_sequence(self, stream: str) -> int:
+        self._readable()
         with self._stream.lock:
             return len(self._stream.streams[stream])
 
     def fetch(self, stream: str, from_seq: int, *, max_messages: int = 1000, wait_s: float = 1.0) -> list[StoredMessage]:
+        self._readable()
         with self._stream.lock:
             found = self._stream.streams[stream][from_seq - 1:from_seq - 1 + max_messages]
         if not found:
-            time.sleep(min(wait_s, 0.01))
+            self._stream.idle_wait(min(wait_s, 0.01))
         return found
 
     def message(self, stream: str, seq: int) -> StoredMessage | None:
+        self._readable()
         with self._stream.lock:
             messages = self._stream.streams[stream]
             return messages[seq - 1] if 1 <= seq <= len(messages) else None

@@ -15,8 +15,16 @@ import msgpack
 import pytest
 
 import wal
-from server._member import KIND, Replica, Standby, Stopped, log_subject, stream_name
-from wal.testing import FakeStream, all_frames, payload_for
+from server._member import (
+    KIND,
+    Replica,
+    Standby,
+    Stopped,
+    heartbeat_subject,
+    log_subject,
+    stream_name,
+)
+from wal.testing import FakeStream, StoredMessage, all_frames, payload_for
 
 GROUP = 0
 
@@ -151,3 +159,58 @@ def test_an_unreachable_log_stops_the_owner(tmp_path: Path) -> None:
     with pytest.raises(Exited):
         owner.replicate(1, 1, b"x")
     assert "did not acknowledge" in exits[0]
+
+
+def test_a_standby_steps_on_an_injected_clock(tmp_path: Path) -> None:
+    """``Standby.step`` is one turn of ``run``: the takeover delay counts on the clock it is
+    given (the deterministic simulation's), a heartbeat of the current epoch restarts it."""
+    stream = FakeStream()
+    stream.idle_wait = lambda seconds: None
+    now = [0.0]
+    client = stream.client()
+    client.ensure_stream(stream_name(GROUP), log_subject(GROUP))
+    member = Standby(client, group=GROUP, data_dir=tmp_path / "a", node="a", status=_quiet,
+                     takeover_after_s=2.0, clock=lambda: now[0], sleep=lambda seconds: None)
+    member.listen()
+    assert member.step() is None
+    now[0] = 1.9
+    assert member.step() is None
+    client.publish_core(heartbeat_subject(GROUP), msgpack.packb([0, 1, "x"]))
+    now[0] = 3.8
+    assert member.step() is None and _epochs(stream) == []
+    now[0] = 3.9
+    assert member.step() == 1 and member.epoch == 1 and _epochs(stream) == [1]
+
+
+def test_a_standby_whose_epoch_record_lost_its_ack_takes_over_with_the_next(tmp_path: Path) -> None:
+    """The epoch append stored but not acknowledged (LogUnavailable): the standby reads the
+    stream again rather than ending its process, sees its own record, and wins the next epoch.
+    (Found by the cluster simulation: the error used to escape ``Standby.run``.)"""
+    stream = FakeStream()
+    lost: list[int] = []
+
+    def lose_the_first_epoch_ack(message: StoredMessage) -> bool:
+        if message.headers[KIND] == "epoch" and not lost:
+            lost.append(message.seq)
+            return True
+        return False
+
+    stream.lose_ack = lose_the_first_epoch_ack
+    member = _standby(stream, tmp_path / "a", "a", after_s=0.05)
+    assert member.run() == 2
+    assert lost == [1] and _epochs(stream) == [1, 2] and member.epoch == 2
+
+
+def test_reads_of_an_unavailable_stream_are_retried(tmp_path: Path) -> None:
+    stream = FakeStream()
+    stream.idle_wait = lambda seconds: None
+    stream.reads_unavailable = True
+    now = [10.0]
+    client = stream.client()
+    client.ensure_stream(stream_name(GROUP), log_subject(GROUP))
+    slept: list[float] = []
+    member = Standby(client, group=GROUP, data_dir=tmp_path / "a", node="a", status=_quiet,
+                     takeover_after_s=0.0, clock=lambda: now[0], sleep=slept.append)
+    assert member.step() is None and slept and _epochs(stream) == []
+    stream.reads_unavailable = False
+    assert member.step() == 1

@@ -206,6 +206,7 @@ class Pending:
     reply: Any
     command: Any
     retry: bool = False
+    arrived: float = 0.0  # cluster mode: when the owner got it (``cluster_sim``, ``Replica.confirmed``)
 
 
 @dataclass
@@ -326,19 +327,29 @@ class Simulation:
         except LogCorrupt as error:
             self.repair_after_refusal(error)
             self.recovered = recover(self.data)
-        ledger = Ledger(self.recovered, self.data, shards=self.shards,
-                        clock=Clock(lambda: self.now_ns, start_us=self.recovered.state.directory.at_us),
-                        segment_bytes_max=self.rng.choice([2048, 8192, 1 << 20]),
-                        mailbox_capacity=self.rng.choice([4, 64, 8192]))
+        ledger = self.new_ledger(self.recovered, self.data)
         ledger.wal._sync = self.storage.sync
         ledger.wal._write = self.storage.write
-        ledger.wal._on_durable = None  # the history projector is not part of the simulation
         self.ledger = ledger
         self.storage.adopt(self.data / "wal")
+        self.serve()
+
+    def new_ledger(self, recovered: Any, data_dir: Path, **options: Any) -> Ledger:
+        """The ledger over what recovery found, with the seed's segment size and mailboxes."""
+        ledger = Ledger(recovered, data_dir, shards=self.shards,
+                        clock=Clock(lambda: self.now_ns, start_us=recovered.state.directory.at_us),
+                        segment_bytes_max=self.rng.choice([2048, 8192, 1 << 20]),
+                        mailbox_capacity=self.rng.choice([4, 64, 8192]), **options)
+        ledger.wal._on_durable = None  # the history projector is not part of the simulation
+        return ledger
+
+    def serve(self) -> None:
+        """The oracle over the recovered ledger, then what the server does before serving:
+        record the firings a crash cut off the log."""
+        assert self.ledger is not None
         self.check_recovered()
-        # What the server does before serving: record the firings a crash cut off the log.
-        self.stats.owed_firings += sum(len(shard.state.crossings) for shard in ledger.shards)
-        ledger.fire_owed_alerts()
+        self.stats.owed_firings += sum(len(shard.state.crossings) for shard in self.ledger.shards)
+        self.ledger.fire_owed_alerts()
 
     def stop_process(self) -> None:
         if self.recovered is not None:
@@ -387,14 +398,7 @@ class Simulation:
         records = self.whole_log()
         self.stats.records = len(records)
         by_lsn = {lsn: event for lsn, event, _ in records}
-        for (lsn, transaction_id), _ack in self.acks.items():
-            event = by_lsn.get(lsn)
-            if event is None:
-                raise self.fail(f"acknowledged LSN {lsn} is missing after recovery")
-            if transaction_id is not None and transaction_id not in {t.transaction_id for t in transfers_of(event)} | (
-                {event.transaction_id} if isinstance(event, HoldCreated | HoldCaptured | HoldVoided) else set()
-            ):
-                raise self.fail(f"LSN {lsn} holds {event!r}, acknowledged as {transaction_id}")
+        self.check_acks(by_lsn, "after recovery")
         seen_ids: dict[str, int] = {}
         seen_keys: dict[tuple[str, str], int] = {}
         fresh = new_state()
@@ -473,6 +477,17 @@ class Simulation:
                 raise self.fail(f"recovered limits or spending of {wallet.id} differ from a fresh replay")
         if digest_state(fresh) != self.ledger.digest():
             raise self.fail("recovered state differs from a fresh replay of the whole log")
+
+    def check_acks(self, by_lsn: dict[int, Any], where: str) -> None:
+        """Oracle 1: every acknowledged command is in the log at the LSN it was acknowledged with."""
+        for (lsn, transaction_id), _ack in self.acks.items():
+            event = by_lsn.get(lsn)
+            if event is None:
+                raise self.fail(f"acknowledged LSN {lsn} is missing {where}")
+            if transaction_id is not None and transaction_id not in {t.transaction_id for t in transfers_of(event)} | (
+                {event.transaction_id} if isinstance(event, HoldCreated | HoldCaptured | HoldVoided) else set()
+            ):
+                raise self.fail(f"LSN {lsn} holds {event!r}, acknowledged as {transaction_id}")
 
     def check_limits(self, state: Any, event: Any) -> None:
         """Oracle 6 for one applied record: every counted debit in it left its wallet within
@@ -790,34 +805,24 @@ class Simulation:
     def step(self) -> None:
         assert self.ledger is not None
         ledger = self.ledger
-        roll = self.rng.random()
+        self.act(ledger, self.rng.random())
+        self.now_ns += self.rng.randint(0, 10**6)
+        self.settle()
+        if ledger.wal.failed is not None and self.rng.random() < 0.2:
+            self.crash()  # an operator restarts a server that stopped accepting writes
+        elif self.rng.random() < self.faults.crash:
+            self.crash()
+
+    def act(self, ledger: Ledger, roll: float) -> None:
+        """One step of the clients and the server, chosen by ``roll``: commands, a client's
+        retry, a shard's drain, a group commit, the clock, a snapshot, the hold timer."""
         if roll < 0.45:
             for _ in range(self.rng.randint(1, 8)):
                 self.submit(self.command())
             if self.posted and self.refund_rng.random() < 0.3:
                 self.submit(self.refund_command())
         elif roll < 0.50 and self.unanswered:
-            # A client retry: the same body and key; the server makes a new transaction id.
-            command = self.unanswered.pop(self.rng.randrange(len(self.unanswered)))
-            if isinstance(command, Refund):
-                self.refunds += 1
-                command = dataclasses.replace(command, transaction_id=f"rf{self.refunds}")
-            elif isinstance(command, Transfer):
-                self.counter += 1
-                command = dataclasses.replace(command, transaction_id=f"tx{self.counter}")
-            elif isinstance(command, RequestWithdrawal):
-                self.counter += 1
-                command = dataclasses.replace(command, withdrawal_id=f"wd{self.counter}")
-            elif isinstance(command, CreateAlert):
-                self.counter += 1
-                command = dataclasses.replace(command, alert_id=f"al{self.counter}")
-            elif isinstance(command, Batch):
-                renamed = []
-                for item in command.commands:
-                    self.counter += 1
-                    renamed.append(dataclasses.replace(item, transaction_id=f"tx{self.counter}"))
-                command = Batch(commands=renamed, atomic=command.atomic)
-            self.submit(command)
+            self.retry()
         elif roll < 0.75:
             ledger.shards[self.rng.randrange(len(ledger.shards))].drain(self.rng.choice([1, 3, 100]))
         elif roll < 0.93:
@@ -837,12 +842,30 @@ class Simulation:
                 deadline = shard.next_deadline_us()
                 if deadline is not None and deadline <= now_us:
                     shard.tick()
-        self.now_ns += self.rng.randint(0, 10**6)
-        self.settle()
-        if ledger.wal.failed is not None and self.rng.random() < 0.2:
-            self.crash()  # an operator restarts a server that stopped accepting writes
-        elif self.rng.random() < self.faults.crash:
-            self.crash()
+
+    def retry(self) -> None:
+        """A client retry of a command never answered: the same body and key; the server makes
+        a new transaction id."""
+        command = self.unanswered.pop(self.rng.randrange(len(self.unanswered)))
+        if isinstance(command, Refund):
+            self.refunds += 1
+            command = dataclasses.replace(command, transaction_id=f"rf{self.refunds}")
+        elif isinstance(command, Transfer):
+            self.counter += 1
+            command = dataclasses.replace(command, transaction_id=f"tx{self.counter}")
+        elif isinstance(command, RequestWithdrawal):
+            self.counter += 1
+            command = dataclasses.replace(command, withdrawal_id=f"wd{self.counter}")
+        elif isinstance(command, CreateAlert):
+            self.counter += 1
+            command = dataclasses.replace(command, alert_id=f"al{self.counter}")
+        elif isinstance(command, Batch):
+            renamed = []
+            for item in command.commands:
+                self.counter += 1
+                renamed.append(dataclasses.replace(item, transaction_id=f"tx{self.counter}"))
+            command = Batch(commands=renamed, atomic=command.atomic)
+        self.submit(command)
 
     def run(self) -> Stats:
         try:
