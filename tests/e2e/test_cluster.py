@@ -75,7 +75,7 @@ class Clients:
     def wait(self, count: int, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while self.count() < count:
-            assert all(thread.ispid_alive() for thread in self.threads), "a client thread died"
+            assert all(thread.is_alive() for thread in self.threads), "a client thread died"
             assert time.monotonic() < deadline, f"only {self.count()} of {count} transfers acknowledged"
             time.sleep(0.05)
 
@@ -192,6 +192,20 @@ def test_a_paused_owner_finds_itself_fenced_and_writes_nothing(cluster: ClusterP
     assert took < TAKEOVER_LIMIT_S, took
     assert "a newer owner has taken over" in cluster.log()
     _check_record(cluster, wallets, clients)
+    cluster.wait_for(healthy)
+
+
+def test_a_paused_owner_with_nothing_to_write_exits_too(cluster: ClusterProcess) -> None:
+    """Found by the cluster crash loop: paused while idle and replaced, an owner never met the
+    fence once resumed, and stayed alive beside the new owner; the group had no standby."""
+    paused = cluster.view()["groups"][0]["owner"]
+    took = _takeover(cluster, paused["pid"], signal.SIGSTOP)
+    os.kill(paused["pid"], signal.SIGCONT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and f"(pid {paused['pid']}) exited with status" not in cluster.log():
+        time.sleep(0.1)
+    assert f"(pid {paused['pid']}) exited with status 75" in cluster.log(), cluster.log_tail()
+    assert took < TAKEOVER_LIMIT_S, took
     cluster.wait_for(healthy)
 
 
