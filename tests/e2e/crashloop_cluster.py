@@ -13,7 +13,8 @@ each iteration one of its processes is broken for real, chosen by the seed:
 The clients keep their own record (``tests.e2e._load.Ledgerbook``): after each iteration, once
 ``/ready`` answers and the group has an owner and a standby again, every unanswered request is
 retried with its key, and balances, conservation, the history and the set of acknowledged
-transaction ids must equal the record exactly. Each iteration records what was broken and how
+transaction ids must equal the record exactly; the stream itself is read too (``StreamAudit``):
+no message of a replaced owner after its successor's epoch record. Each iteration records what was broken and how
 long until the group served again: the first acknowledgement of a request sent after the
 signal (for the owner, the takeover time as clients see it).
 
@@ -36,12 +37,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import trio
 
+from server._member import KIND, stream_name
 from tests.e2e._cluster import ClusterProcess, all_up, healthy
 from tests.e2e._load import Ledgerbook
 from tests.e2e._supervised import pid_alive, processes
 from tests.e2e.crashloop import iterate, seed_from_environment
+from wal import StreamClient
 
 # What is broken, and how often (weights).
 ACTIONS = {"owner": 45, "pause": 12, "standby": 13, "node": 15, "worker": 15}
@@ -63,11 +67,48 @@ async def _served(book: Ledgerbook, started: float, what: str) -> float:
     raise AssertionError(f"after the {what}, no request was acknowledged for {SERVED_TIMEOUT_S} s")
 
 
+class StreamAudit:
+    """Reads the group's stream as it grows and checks that the fence held: epoch records only
+    grow, and every other message (a group commit's frames, a read's barrier) carries the epoch
+    of the latest epoch record before it, so no replaced owner appended anything after its
+    successor's record (what a paused owner must not do)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client  # a connected wal.StreamClient (or a FakeStreamClient)
+        self.seq = 0
+        self.epoch = 0
+        self.counts: Counter[str] = Counter()
+
+    def check(self) -> None:
+        stream = stream_name(0)
+        last = self.client.last_sequence(stream)
+        while self.seq < last:
+            for message in self.client.fetch(stream, self.seq + 1, max_messages=1000, wait_s=1.0):
+                kind = message.headers.get(KIND, "?")
+                if kind == "epoch":
+                    epoch = int(msgpack.unpackb(message.data)[0])
+                    if epoch <= self.epoch:
+                        raise AssertionError(f"stream sequence {message.seq}: epoch {epoch} after epoch {self.epoch}")
+                    self.epoch = epoch
+                else:
+                    found = re.match(r"g0-e(\d+)-", message.headers.get("Nats-Msg-Id", ""))
+                    if found is None or int(found.group(1)) != self.epoch:
+                        raise AssertionError(f"stream sequence {message.seq}: a {kind} message "
+                                             f"{message.headers.get('Nats-Msg-Id')!r} after the record of epoch "
+                                             f"{self.epoch}: a replaced owner appended")
+                self.counts[kind] += 1
+                self.seq = message.seq
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class ClusterChaos:
     """``disrupt`` and ``mend`` for ``crashloop.iterate`` against one ``ClusterProcess``."""
 
-    def __init__(self, cluster: ClusterProcess, *, actions: list[str] | None = None) -> None:
+    def __init__(self, cluster: ClusterProcess, audit: StreamAudit, *, actions: list[str] | None = None) -> None:
         self.cluster = cluster
+        self.audit = audit
         self.actions = actions  # a fixed sequence (the CI test), else drawn by the seed
 
     async def view(self) -> dict[str, Any]:
@@ -161,9 +202,11 @@ class ClusterChaos:
                 "served_s": round(await _served(book, started, "worker's SIGKILL"), 3)}
 
     async def mend(self, record: dict[str, Any]) -> None:
-        """Until ``/ready`` answers and the group has an owner and a standby, all nodes up."""
+        """Until ``/ready`` answers and the group has an owner and a standby, all nodes up;
+        then the stream's new messages are audited."""
         await _in_thread(self.cluster.wait_ready, BACK_TIMEOUT_S)
         await self.wait_for(all_up)
+        await _in_thread(self.audit.check)
 
 
 async def cluster_crash_loop(data_dir: Path, *, iterations: int, seed: int, clients: int = 16,
@@ -172,38 +215,51 @@ async def cluster_crash_loop(data_dir: Path, *, iterations: int, seed: int, clie
     iterations' records. Raises AssertionError (with the seed) at the first difference."""
     cluster = ClusterProcess(data_dir)
     cluster.start()
-    chaos = ClusterChaos(cluster, actions=actions)
+    audit = None
     try:
-        await chaos.wait_for(all_up)
+        view = dict(await _in_thread(cluster.wait_for, all_up, BACK_TIMEOUT_S))
+        client = StreamClient([node["url"] for node in view["log"]["nodes"]], name=f"crashloop-audit-{os.getpid()}")
+        client.connect()
+        audit = StreamAudit(client)
+        chaos = ClusterChaos(cluster, audit, actions=actions)
         book, records = await iterate(
             cluster, iterations=iterations, seed=seed, clients=clients, disrupt=chaos.disrupt, mend=chaos.mend,
             pause_unanswered_s=0.05, history_every_iteration=True,
             report=(lambda record: print(f"  {record}", flush=True)) if verbose else None,
         )
+        await _in_thread(audit.check)
     except BaseException:
         if verbose:
             print(cluster.log_tail(), file=sys.stderr)
         cluster.kill()
         raise
+    finally:
+        if audit is not None:
+            audit.close()
     status = await _in_thread(cluster.terminate)
     if status != 0:
         raise AssertionError(f"wallet cluster up exited with {status} at SIGTERM\n{cluster.log_tail()}")
     return {"iterations": len(records), "acknowledged": len(book.acknowledged),
-            "retried": sum(record["retried"] for record in records), "records": records}
+            "retried": sum(record["retried"] for record in records), "records": records,
+            "stream": dict(audit.counts), "epochs": audit.epoch}
 
 
 def summary(totals: dict[str, Any]) -> str:
     records = totals["records"]
     lines = [f"{totals['iterations']} iterations, {totals['acknowledged']} transfers acknowledged, "
-             f"{totals['retried']} requests retried after a failure"]
-    killed = Counter(record["killed"] for record in records)
-    lines.append("broken: " + ", ".join(f"{what} x{count}" for what, count in sorted(killed.items())))
-    for label, kinds in (("takeover (owner SIGKILL or SIGSTOP)", ("owner", "owner (SIGSTOP)")),
-                         ("served again after any failure", None)):
-        times = [record["served_s"] for record in records if kinds is None or record["killed"] in kinds]
-        if times:
-            lines.append(f"{label}: min {min(times):.2f} s, median {statistics.median(times):.2f} s, "
-                         f"max {max(times):.2f} s (n={len(times)})")
+             f"{totals['retried']} requests retried after a failure; the stream audited: "
+             f"{totals['stream']}, {totals['epochs']} epochs"]
+
+    def spread(times: list[float]) -> str:
+        return (f"min {min(times):.2f} s, median {statistics.median(times):.2f} s, max {max(times):.2f} s "
+                f"(n={len(times)})")
+
+    takeovers = [record["served_s"] for record in records if record["killed"].startswith("owner")]
+    if takeovers:
+        lines.append(f"takeover, owner SIGKILL or SIGSTOP to the first write served: {spread(takeovers)}")
+    lines.append("served again after each kind of failure:")
+    for killed in sorted({record["killed"] for record in records}):
+        lines.append(f"  {killed}: {spread([record['served_s'] for record in records if record['killed'] == killed])}")
     return "\n".join(lines)
 
 
