@@ -40,7 +40,7 @@ from typing import Any
 import msgpack
 import trio
 
-from server._member import KIND, stream_name
+from server._member import EXIT_FENCED, KIND, stream_name
 from tests.e2e._cluster import ClusterProcess, all_up, healthy
 from tests.e2e._load import Ledgerbook
 from tests.e2e._supervised import pid_alive, processes
@@ -51,7 +51,6 @@ from wal import StreamClient
 ACTIONS = {"owner": 45, "pause": 12, "standby": 13, "node": 15, "worker": 15}
 SERVED_TIMEOUT_S = 60.0  # no acknowledgement for this long after a failure: the loop found a hang
 BACK_TIMEOUT_S = 60.0  # for a killed process to be back in the view, a paused owner to exit
-EXIT_FENCED = 75  # server._member.EXIT_FENCED (not imported: the test reads the log as a person would)
 
 
 async def _in_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -82,7 +81,10 @@ class StreamAudit:
     def check(self) -> None:
         stream = stream_name(0)
         last = self.client.last_sequence(stream)
+        deadline = time.monotonic() + BACK_TIMEOUT_S
         while self.seq < last:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the stream's messages {self.seq + 1}..{last} could not be read")
             for message in self.client.fetch(stream, self.seq + 1, max_messages=1000, wait_s=1.0):
                 kind = message.headers.get(KIND, "?")
                 if kind == "epoch":
