@@ -10,7 +10,7 @@ BANK_URL ?=
 BANK_PORT ?= 8081
 LOOP   ?=
 
-.PHONY: install install-compiled test-compiled run bank-sim demo test test-fast lint sim crashloop bench bench-core-batch bench-core-single \
+.PHONY: install install-compiled test-compiled run bank-sim demo test test-fast lint sim crashloop crashloop-cluster bench bench-core-batch bench-core-single \
 	bench-http-batch bench-http-single bench-hot bench-transfers bench-withdrawals bench-every-core \
 	bench-http-single-mp bench-hot-mp bench-http-batch-mp bench-http-single-mp-uvloop bench-postgres bench-cluster bench-takeover clean
 
@@ -90,6 +90,12 @@ sim: $(STAMP)
 ITERATIONS ?= 30
 crashloop: $(STAMP)
 	ITERATIONS=$(ITERATIONS) $(BIN)/python -m tests.e2e.crashloop
+
+# The same against `wallet cluster up`: the owner (SIGKILL, or SIGSTOP past the takeover), the
+# standby, a NATS node or an HTTP worker broken under load each iteration (default 20 here);
+# prints what was broken and the takeover times.
+crashloop-cluster: $(STAMP)
+	ITERATIONS=$(if $(filter file,$(origin ITERATIONS)),20,$(ITERATIONS)) $(BIN)/python -m tests.e2e.crashloop_cluster
 
 # `wallet bench`, the benchmark harness (README, *Benchmarks*). `make bench` runs the standard
 # set below, one after the other (a few minutes), each writing JSON (and a PNG chart when

@@ -13,7 +13,8 @@ over as the group's owner (the only writer) when the owner falls silent.
               one stream message fenced on the sequence before it; every reply of the port waits
               for an accepted append sent after its call arrived (a barrier when nothing else is
               being written). A refused append means a newer owner exists: exit at once,
-              answering nothing more (``EXIT_FENCED``).
+              answering nothing more (``EXIT_FENCED``); so does a heartbeat of a newer
+              epoch (an owner resumed from a pause with nothing to write).
 
 Why the standby keeps a copy of the log and not a live state: taking over is then the recovery
 every ledger process already does, tested by every crash test, rather than a second way of
@@ -160,7 +161,21 @@ class Replica:
     # -- heartbeat and status (a thread of their own) -------------------------------------
 
     def start(self) -> None:
+        self._client.subscribe_core(heartbeat_subject(self._group), self._on_heartbeat)
         threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+
+    def _on_heartbeat(self, data: bytes) -> None:
+        """The fence stops an owner that was replaced when it next appends; one that wakes from
+        a pause with nothing to write would never append, and would live on as a second owner
+        while its group has no standby. A heartbeat of a newer epoch ends it too: only an owner
+        whose epoch record the stream accepted beats, so it proves this one was replaced."""
+        try:
+            epoch = int(msgpack.unpackb(data)[0])
+        except Exception:
+            return
+        if epoch > self.epoch:
+            self._exit(f"group {self._group}: heard the heartbeat of the owner of epoch {epoch} while "
+                       f"owning epoch {self.epoch}: a newer owner has taken over; exiting without another reply")
 
     def stop(self) -> None:
         self._stopped.set()

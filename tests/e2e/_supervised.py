@@ -5,19 +5,11 @@ everything the clients were told afterwards."""
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Any
 
 import trio
 
-from tests.e2e._load import (
-    Ledgerbook,
-    balances,
-    expected_balances,
-    history_ids,
-    run_clients,
-    send,
-)
+from tests.e2e._load import Ledgerbook, check_against_book, retry_unanswered, run_clients
 from tests.e2e._server import ServerProcess
 
 DEPOSIT = 10**12
@@ -67,19 +59,5 @@ async def load_until(server: ServerProcess, ids: list[str], book: Ledgerbook, *,
 
 async def verify(server: ServerProcess, ids: list[str], book: Ledgerbook) -> None:
     async with server.async_client() as http:
-        for key, body in list(book.unanswered.items()):
-            for _ in range(100):
-                await send(http, key, body, book)
-                if key not in book.unanswered:
-                    break
-                await trio.sleep(0.1)
-        assert not book.unanswered
-        assert not book.rejected, book.rejected
-        assert await balances(http, ids) == expected_balances(ids, DEPOSIT, book.acknowledged)
-        seen: Counter[str] = Counter()
-        for wallet_id in ids:
-            seen.update(await history_ids(http, wallet_id))
-        assert all(count == 2 for count in seen.values()), "a transfer appears other than once per side"
-        assert set(seen) == {t["id"] for t in book.acknowledged.values()}
-
-
+        await retry_unanswered(http, book)
+        await check_against_book(http, ids, book, deposit=DEPOSIT)

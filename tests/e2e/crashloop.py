@@ -4,6 +4,9 @@ every unanswered request with its idempotency key; after each restart the server
 exactly what the clients were told, no less and no more.
 
     make crashloop ITERATIONS=50        # CI runs a short version through pytest
+
+``iterate`` is the loop itself, whatever is broken and however it is mended; the cluster crash
+loop (``tests.e2e.crashloop_cluster``) runs it against ``wallet cluster up``.
 """
 
 from __future__ import annotations
@@ -12,82 +15,97 @@ import os
 import random
 import sys
 import tempfile
-from collections import Counter
-from functools import partial
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from tests.e2e._load import (
     Ledgerbook,
-    balances,
-    expected_balances,
-    history_ids,
-    run_clients,
-    send,
+    check_against_book,
+    hot_pair_picker,
+    retry_unanswered,
     setup_wallets,
+    under_load,
 )
 from tests.e2e._server import ServerProcess
 
 DEPOSIT = 10**12
+WALLETS = 30
+
+# ``disrupt(iteration, rng, book)`` breaks something while the load runs and returns what it
+# did (a record of the iteration); ``mend(record)`` runs after the load stopped and returns once
+# the server is ready again.
+Disrupt = Callable[[int, random.Random, Ledgerbook], Awaitable[dict[str, Any]]]
+Mend = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def seed_from_environment() -> int:
+    return int(os.environ.get("CRASHLOOP_SEED", str(random.SystemRandom().randrange(1, 10**6))))
+
+
+async def iterate(server: ServerProcess, *, iterations: int, seed: int, clients: int, disrupt: Disrupt,
+                  mend: Mend, pause_unanswered_s: float = 0.0, history_every_iteration: bool = False,
+                  report: Callable[[dict[str, Any]], None] | None = None) -> tuple[Ledgerbook, list[dict[str, Any]]]:
+    """``iterations`` times: load from ``clients`` clients, ``disrupt`` after a random moment
+    (0.2-1.5 s), stop the load, ``mend``, retry every unanswered request with its key, and check
+    the server against the clients' record (balances and conservation every iteration; the
+    history too with ``history_every_iteration``, else after the last). Returns the record and
+    one dict per iteration (with ``retried``: how many requests were left unanswered)."""
+    rng = random.Random(seed)
+    ids = [f"cl{index}" for index in range(WALLETS)]
+    book = Ledgerbook()
+    async with server.async_client() as http:
+        await setup_wallets(http, ids, asset="USD", deposit=DEPOSIT)
+    pick = hot_pair_picker(ids)
+    records = []
+    for iteration in range(iterations):
+        async with server.async_client() as http, under_load(
+            http, book, pick=pick, clients=clients, seed=seed * 1000 + iteration, prefix=f"i{iteration}",
+            pause_unanswered_s=pause_unanswered_s,
+        ):
+            await trio.sleep(rng.uniform(0.2, 1.5))
+            record = await disrupt(iteration, rng, book)
+        await mend(record)
+        record.update(iteration=iteration, retried=len(book.unanswered))
+        async with server.async_client() as http:
+            await retry_unanswered(http, book)
+            try:
+                await check_against_book(http, ids, book, deposit=DEPOSIT,
+                                         history=history_every_iteration or iteration == iterations - 1)
+            except AssertionError as error:
+                raise AssertionError(f"seed {seed} iteration {iteration} ({record}): {error}") from None
+        record["acknowledged"] = len(book.acknowledged)
+        records.append(record)
+        if report is not None:
+            report(record)
+    return book, records
 
 
 async def crash_loop(data_dir: Path, *, iterations: int, seed: int, clients: int = 32) -> dict[str, int]:
-    rng = random.Random(seed)
     server = ServerProcess(data_dir, extra_args=["--snapshot-every", "500", "--segment-bytes", "65536"])
     server.start()
-    ids = [f"cl{index}" for index in range(30)]
-    book = Ledgerbook()
-    totals = {"iterations": 0, "acknowledged": 0, "retried": 0}
+
+    async def kill(iteration: int, rng: random.Random, book: Ledgerbook) -> dict[str, Any]:
+        server.kill()
+        return {"killed": "server"}
+
+    async def restart(record: dict[str, Any]) -> None:
+        server.start()
+
     try:
-        async with server.async_client() as http:
-            await setup_wallets(http, ids, asset="USD", deposit=DEPOSIT)
-
-        def pick(local: random.Random) -> tuple[str, str]:
-            if local.random() < 0.3:
-                return ("cl0", "cl1") if local.random() < 0.5 else ("cl1", "cl0")  # a hot pair
-            source, target = local.sample(ids, 2)
-            return source, target
-
-        for iteration in range(iterations):
-            stop = trio.Event()
-            async with server.async_client() as http, trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    partial(run_clients, http, clients=clients, requests_each=10_000, pick=pick, book=book,
-                            seed=seed * 1000 + iteration, prefix=f"i{iteration}", stop=stop)
-                )
-                await trio.sleep(rng.uniform(0.2, 1.5))
-                server.kill()
-                stop.set()
-            server.start()
-            retried = len(book.unanswered)
-            async with server.async_client() as http:
-                for key, body in list(book.unanswered.items()):
-                    await send(http, key, body, book)
-                if book.unanswered or book.rejected:
-                    raise AssertionError(f"iteration {iteration}: retries failed: {book.unanswered or book.rejected}")
-                actual = await balances(http, ids)
-                expected = expected_balances(ids, DEPOSIT, book.acknowledged)
-                if actual != expected:
-                    raise AssertionError(f"seed {seed} iteration {iteration}: balances differ from the clients' record")
-            totals["iterations"] += 1
-            totals["retried"] += retried
-        async with server.async_client() as http:
-            seen: Counter[str] = Counter()
-            for wallet_id in ids:
-                seen.update(await history_ids(http, wallet_id))
-            acknowledged = {transaction["id"] for transaction in book.acknowledged.values()}
-            if set(seen) != acknowledged or any(count != 2 for count in seen.values()):
-                raise AssertionError(f"seed {seed}: the history does not hold each acknowledged transfer exactly once")
-        totals["acknowledged"] = len(book.acknowledged)
-        return totals
+        book, records = await iterate(server, iterations=iterations, seed=seed, clients=clients,
+                                      disrupt=kill, mend=restart)
     finally:
         server.kill()
+    return {"iterations": len(records), "acknowledged": len(book.acknowledged),
+            "retried": sum(record["retried"] for record in records)}
 
 
 def main() -> int:
     iterations = int(os.environ.get("ITERATIONS", "30"))
-    seed = int(os.environ.get("CRASHLOOP_SEED", str(random.SystemRandom().randrange(1, 10**6))))
+    seed = seed_from_environment()
     with tempfile.TemporaryDirectory(prefix="crashloop-") as temp:
         totals = trio.run(lambda: crash_loop(Path(temp) / "data", iterations=iterations, seed=seed))
     print(f"crash loop seed {seed}: {totals}")
@@ -96,4 +114,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -17,12 +17,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e._server import ADMIN_TOKEN, ServerProcess
+from tests.e2e._cluster import ClusterProcess, all_up, healthy
+from tests.e2e._server import ADMIN_TOKEN
+from tests.e2e._supervised import pid_alive
 from wallet_client import WalletClient
 
 TAKEOVER_LIMIT_S = 15.0
@@ -30,47 +31,12 @@ WALLETS = 6
 START = 1_000_000
 
 
-class ClusterProcess(ServerProcess):
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "server.cli", "cluster", "up", "--data", str(self.data_dir),
-                "--port", str(self.port), "--shards", str(self.shards), "--workers", "2", "--loop", self.loop]
-
-    def view(self) -> dict[str, Any]:
-        with self.client() as client:
-            response = client.get("/v1/admin/cluster")
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    def owner_pid(self) -> int:
-        owner = self.view()["groups"][0]["owner"]
-        assert owner is not None
-        return int(owner["pid"])
-
-    def wait_for(self, predicate: Any, timeout_s: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        view: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            try:
-                view = self.view()
-                if predicate(view):
-                    return view
-            except (httpx.HTTPError, AssertionError):
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"cluster never reached the state; last view {view}\n{self.log_tail()}")
-
-
-def _healthy(view: dict[str, Any]) -> bool:
-    group = view["groups"][0]
-    return group["owner"] is not None and len(group["standbys"]) == 1
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
     process = ClusterProcess(tmp_path_factory.mktemp("cluster") / "data")
     process.start()
     try:
-        process.wait_for(_healthy)
+        process.wait_for(healthy)
         with WalletClient(process.url, token=ADMIN_TOKEN) as client:
             client.create_asset("USD", 2)
         yield process
@@ -207,7 +173,7 @@ def test_sigkill_of_the_owner_under_load_loses_nothing_acknowledged(cluster: Clu
     after = cluster.view()["groups"][0]["owner"]
     assert after["epoch"] > before["epoch"]
     _check_record(cluster, wallets, clients)
-    cluster.wait_for(_healthy)  # the killed member came back as a standby
+    cluster.wait_for(healthy)  # the killed member came back as a standby
 
 
 def test_a_paused_owner_finds_itself_fenced_and_writes_nothing(cluster: ClusterProcess) -> None:
@@ -219,14 +185,28 @@ def test_a_paused_owner_finds_itself_fenced_and_writes_nothing(cluster: ClusterP
         clients.wait(clients.count() + 100)
         os.kill(paused["pid"], signal.SIGCONT)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and _alive(paused["pid"]):
+        while time.monotonic() < deadline and pid_alive(paused["pid"]):
             time.sleep(0.1)
-        assert not _alive(paused["pid"]), "the resumed owner did not stop"
+        assert not pid_alive(paused["pid"]), "the resumed owner did not stop"
         clients.wait(clients.count() + 50)
     assert took < TAKEOVER_LIMIT_S, took
     assert "a newer owner has taken over" in cluster.log()
     _check_record(cluster, wallets, clients)
-    cluster.wait_for(_healthy)
+    cluster.wait_for(healthy)
+
+
+def test_a_paused_owner_with_nothing_to_write_exits_too(cluster: ClusterProcess) -> None:
+    """Found by the cluster crash loop: paused while idle and replaced, an owner never met the
+    fence once resumed, and stayed alive beside the new owner; the group had no standby."""
+    paused = cluster.view()["groups"][0]["owner"]
+    took = _takeover(cluster, paused["pid"], signal.SIGSTOP)
+    os.kill(paused["pid"], signal.SIGCONT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and f"(pid {paused['pid']}) exited with status" not in cluster.log():
+        time.sleep(0.1)
+    assert f"(pid {paused['pid']}) exited with status 75" in cluster.log(), cluster.log_tail()
+    assert took < TAKEOVER_LIMIT_S, took
+    cluster.wait_for(healthy)
 
 
 def test_sigkill_of_the_stream_leader_and_of_a_worker(cluster: ClusterProcess) -> None:
@@ -245,23 +225,10 @@ def test_sigkill_of_the_stream_leader_and_of_a_worker(cluster: ClusterProcess) -
             time.sleep(0.05)
         assert clients.count() >= count + 200, "no progress after the leader's loss"
     _check_record(cluster, wallets, clients)
-    cluster.wait_for(lambda view: _healthy(view) and len(view["log"]["nodes"]) == 3
-                     and all(_alive(node["pid"]) for node in view["log"]["nodes"]))
+    cluster.wait_for(all_up)
 
 
 def test_more_groups_than_built_are_refused(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "server.cli", "cluster", "up", "--data", str(tmp_path / "d"),
                              "--groups", "2"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "only 1 group" in result.stderr
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped by the cluster supervisor) is not alive
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -214,3 +214,30 @@ def test_reads_of_an_unavailable_stream_are_retried(tmp_path: Path) -> None:
     assert member.step() is None and slept and _epochs(stream) == []
     stream.reads_unavailable = False
     assert member.step() == 1
+
+async def test_a_replaced_owner_with_nothing_to_write_exits_on_the_newer_owners_heartbeat(tmp_path: Path) -> None:
+    """Found by the cluster crash loop's pause: an owner paused while idle, replaced, then resumed
+    never met the fence (it had nothing to append) and lived on as a second owner, the group
+    without a standby. The newer owner's heartbeat now ends it, without an append."""
+    stream = FakeStream()
+    first = _standby(stream, tmp_path / "a", "a")
+    exits: list[str] = []
+    old = _owner(stream, first, first.run(), exits)
+    old.start()
+    second = _standby(stream, tmp_path / "b", "b", after_s=0.2)
+    old.stop()  # paused: silent, but alive and still subscribed
+    seq = second.run()
+    assert second.epoch == 2 and not exits
+    length = len(stream.streams[stream_name(GROUP)])
+    old._on_heartbeat(msgpack.packb([1, 999, "a"]))  # its own epoch's beat (or an older one): no effect
+    assert not exits
+    new = Replica(second._client, group=GROUP, epoch=second.epoch, last_seq=seq, node="b", status=_quiet)
+    new.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not exits and time.monotonic() < deadline:
+            await anyio.sleep(0.01)
+    finally:
+        new.stop()
+    assert exits and "a newer owner has taken over" in exits[0], exits
+    assert len(stream.streams[stream_name(GROUP)]) == length, "the replaced owner appended"
