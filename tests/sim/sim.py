@@ -114,6 +114,10 @@ from wal import (
     scan,
 )
 
+# The id field a retried command gets anew (the server would make a new one), and its prefix.
+_NEW_ID_ON_RETRY = ((Transfer, "transaction_id", "tx"), (RequestWithdrawal, "withdrawal_id", "wd"),
+                    (CreateAlert, "alert_id", "al"))
+
 
 class SimulationFailed(AssertionError):
     pass
@@ -847,18 +851,15 @@ class Simulation:
         """A client retry of a command never answered: the same body and key; the server makes
         a new transaction id."""
         command = self.unanswered.pop(self.rng.randrange(len(self.unanswered)))
+        renamed_id = next(((name, prefix) for kind, name, prefix in _NEW_ID_ON_RETRY if isinstance(command, kind)),
+                          None)
         if isinstance(command, Refund):
             self.refunds += 1
             command = dataclasses.replace(command, transaction_id=f"rf{self.refunds}")
-        elif isinstance(command, Transfer):
+        elif renamed_id is not None:
             self.counter += 1
-            command = dataclasses.replace(command, transaction_id=f"tx{self.counter}")
-        elif isinstance(command, RequestWithdrawal):
-            self.counter += 1
-            command = dataclasses.replace(command, withdrawal_id=f"wd{self.counter}")
-        elif isinstance(command, CreateAlert):
-            self.counter += 1
-            command = dataclasses.replace(command, alert_id=f"al{self.counter}")
+            name, prefix = renamed_id
+            command = dataclasses.replace(command, **{name: f"{prefix}{self.counter}"})
         elif isinstance(command, Batch):
             renamed = []
             for item in command.commands:
