@@ -168,15 +168,43 @@ class LedgerPort(Protocol):
     async def take_snapshot(self) -> tuple[int | None, int]: ...
 
 
+class ReadOnlyHistory:
+    """A read-only connection to a read model another task or process writes, opened at the
+    first read (the file may not exist before) and shared by every read after it."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._history: History | None = None
+        self._lock = anyio.Lock()
+
+    async def get(self) -> History:
+        if self._history is None:
+            async with self._lock:
+                if self._history is None:
+                    history = await anyio.to_thread.run_sync(History.open_readonly, self._path)
+                    await history.attach()
+                    self._history = history
+        return self._history
+
+    async def aclose(self) -> None:
+        history, self._history = self._history, None
+        if history is not None:
+            await history.aclose()
+
+
 class LocalPort:
     """The port over a ``Ledger`` in this process. ``snapshotter`` and ``payouts`` are the
     server's components around it (absent in tools and tests that run the ledger alone)."""
 
-    def __init__(self, ledger: Ledger, *, snapshotter: Any = None, payouts: Any = None) -> None:
+    def __init__(self, ledger: Ledger, *, snapshotter: Any = None, payouts: Any = None,
+                 history_path: Path | None = None) -> None:
         self.ledger = ledger
         self.snapshotter = snapshotter
         self.payouts = payouts
         self._registry: CollectorRegistry | None = None
+        # A cluster owner (``server._serve``): a projector task of this process writes the read
+        # model, and history reads through this port query it read-only, as a worker would.
+        self._read_only = ReadOnlyHistory(history_path) if history_path is not None else None
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -298,10 +326,18 @@ class LocalPort:
 
     async def _projected(self) -> History:
         history = self.ledger.history
-        if not isinstance(history, History):
+        if isinstance(history, History):
+            await history.wait_projected(self.ledger.wal.durable_lsn)
+            return history
+        if self._read_only is None:
             raise RuntimeError("the history read model is read by the workers, not through the ledger process")
         await history.wait_projected(self.ledger.wal.durable_lsn)
-        return history
+        return await self._read_only.get()
+
+    async def aclose(self) -> None:
+        """Closes the read-only read model, if it was opened."""
+        if self._read_only is not None:
+            await self._read_only.aclose()
 
     async def transaction(self, transaction_id: str) -> TransactionRow | None:
         return await (await self._projected()).transaction(transaction_id)
@@ -550,8 +586,7 @@ class RemotePort:
         self._follow = follow
         # With a path, history reads query SQLite here, read-only, after ``wait_projected``.
         self._history_path = history_path
-        self._history: History | None = None
-        self._history_lock = anyio.Lock()
+        self._read_only = ReadOnlyHistory(history_path) if history_path is not None else None
         self._reconnect_s = reconnect_s
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Call] = {}
@@ -732,21 +767,14 @@ class RemotePort:
 
     async def _read_model(self) -> History:
         """The local read-only read model, once it shows what was durable on arrival."""
-        assert self._history_path is not None
+        assert self._read_only is not None
         await self.wait_projected()
-        if self._history is None:
-            async with self._history_lock:
-                if self._history is None:
-                    history = await anyio.to_thread.run_sync(History.open_readonly, self._history_path)
-                    await history.attach()
-                    self._history = history
-        return self._history
+        return await self._read_only.get()
 
     async def aclose(self) -> None:
         """Closes the read-only read model, if it was opened."""
-        history, self._history = self._history, None
-        if history is not None:
-            await history.aclose()
+        if self._read_only is not None:
+            await self._read_only.aclose()
 
     async def transaction(self, transaction_id: str) -> TransactionRow | None:
         if self._history_path is not None:

@@ -346,7 +346,9 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
     process), or with ``port_socket`` the ledger port for the HTTP workers (the ledger process
     of ``--workers N``: ``server._supervisor``). With ``owner`` (cluster mode, ``server._member``)
     the log is replicated through it, every reply of the port is confirmed by its fence, and
-    this process keeps the history read model itself (the workers read it over the port)."""
+    this process keeps the history read model itself: a projector task tails the log into it
+    once the ledger serves (recovery does not project, so a takeover does not wait for it), and
+    the workers read it over the port."""
     data_dir = options.data_dir
     # Creates the data directory 0700 (or tightens it); held until the process exits; raises
     # DataDirLocked.
@@ -387,9 +389,10 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
             binds = await group.start(run_http)
             log.info("listening on %s (event loop: %s); recovering %s", ", ".join(binds), _loop_name(), data_dir)
             try:
-                # With workers, the projector process keeps the read model: recovery leaves it be.
+                # With workers, the projector process keeps the read model, and a cluster owner
+                # its projector task: recovery leaves it be.
                 recovered = await anyio.to_thread.run_sync(
-                    partial(recover, data_dir, project_history=port_socket is None or owner is not None)
+                    partial(recover, data_dir, project_history=port_socket is None)
                 )
             except LogCorrupt as error:
                 log.error("refusing to start: %s", error)
@@ -414,7 +417,8 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 snapshotter = Snapshotter(
                     data_dir, ledger, every=options.snapshot_every, archive=options.archive
                 )
-                port = LocalPort(ledger, snapshotter=snapshotter)
+                port = LocalPort(ledger, snapshotter=snapshotter,
+                                 history_path=data_dir / HISTORY_FILE if owner is not None else None)
                 if deps is not None:
                     deps.ledger.fill(port)
                 published.append(port)
@@ -424,6 +428,11 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 )
                 periodic = anyio.CancelScope()
                 group.start_soon(_until_cancelled, periodic, snapshotter.run)
+                projecting = anyio.CancelScope()
+                if owner is not None:
+                    # Crash-only like the projector process of ``--workers N``: each SQLite
+                    # transaction carries its LSN, so a cancel anywhere loses nothing.
+                    group.start_soon(_until_cancelled, projecting, Projector(data_dir, port.sync_projection).run)
                 # Payouts: workers that only issue ledger commands. Withdrawals left pending
                 # or processing by a crash are loaded from the ledger and sent again under the
                 # same idempotency key.
@@ -452,6 +461,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 signalled = anyio.current_time()
                 deadline = signalled + options.shutdown_timeout_s
                 periodic.cancel()
+                projecting.cancel()
                 webhooks_scope.cancel()  # crash-only: it saves its cursors as it stops
                 # Payouts stop first: a bank call cut short leaves its withdrawal processing,
                 # and the next start sends it again with the same key.
@@ -467,6 +477,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 log.info("%s drained in %.3f s; stopping the actors", "HTTP" if deps is not None else "port",
                          anyio.current_time() - signalled)
                 await ledger.stop()
+                await port.aclose()
         outer.cancel_scope.cancel()
     if refused is not None:
         raise refused
