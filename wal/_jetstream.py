@@ -80,6 +80,8 @@ FETCH_POLL_S = 0.025
 CLIENT_PENDING_BYTES_MAX = 64 * 1024 * 1024
 
 WRONG_LAST_SEQUENCE = 10071
+NO_PEERS = 10005  # "no suitable peers for placement": too few nodes up and current to place a stream
+ENSURE_RETRY_S = 0.25
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 MSG_ID = "Nats-Msg-Id"
 # Headers a direct get adds to the stored ones; ``StoredMessage.headers`` are what was published.
@@ -190,9 +192,12 @@ class StreamClient:
 
     # -- streams ---------------------------------------------------------------------------
 
-    def ensure_stream(self, stream: str, subject: str, *, replicas: int = 3) -> None:
+    def ensure_stream(self, stream: str, subject: str, *, replicas: int = 3, timeout_s: float = 30) -> None:
         """Creates ``stream`` on ``subject`` if it does not exist: file storage, ``replicas``
-        copies, no limits (the log is never discarded behind a reader), direct gets allowed."""
+        copies, no limits (the log is never discarded behind a reader), direct gets allowed.
+        While the nodes cannot place it yet (a node just restarted is "offline" to the others
+        for a moment; JetStream still electing its meta leader) it tries again, for up to
+        ``timeout_s``."""
         config = api.StreamConfig(
             name=stream,
             subjects=[subject],
@@ -207,14 +212,25 @@ class StreamClient:
 
         async def ensure() -> None:
             js = self._client().jetstream(timeout=REQUEST_TIMEOUT_S)
-            try:
-                info = await js.stream_info(stream)
-            except nats.js.errors.NotFoundError:
-                await js.add_stream(config)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    try:
+                        info = await js.stream_info(stream)
+                    except nats.js.errors.NotFoundError:
+                        await js.add_stream(config)
+                        return
+                except (nats.js.errors.ServiceUnavailableError, nats.js.errors.BadRequestError) as error:
+                    transient = isinstance(error, nats.js.errors.ServiceUnavailableError) or error.err_code == NO_PEERS
+                    if not transient or time.monotonic() >= deadline:
+                        raise
+                    log.info("stream %s cannot be placed yet (%s); trying again", stream, error.description)
+                    await asyncio.sleep(ENSURE_RETRY_S)
+                    continue
+                assert info.config.subjects == [subject], (stream, info.config.subjects, subject)
                 return
-            assert info.config.subjects == [subject], (stream, info.config.subjects, subject)
 
-        self._call(ensure(), 2 * REQUEST_TIMEOUT_S)
+        self._call(ensure(), timeout_s + 2 * REQUEST_TIMEOUT_S)
         self._streams_by_subject[subject] = stream
 
     def last_sequence(self, stream: str) -> int:

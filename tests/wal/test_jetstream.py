@@ -360,3 +360,31 @@ def _monitor(cluster: NatsCluster, i: int) -> str:
 
 def test_the_cluster_directory_is_per_node(cluster: NatsCluster) -> None:
     assert [Path(cluster.config_path(i)).parent.name for i in range(3)] == ["n0", "n1", "n2"]
+
+
+def test_a_stream_is_created_once_the_nodes_can_place_it(
+    cluster: NatsCluster, client: StreamClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node just restarted is "offline" to the others for a moment, and three copies cannot
+    be placed until it is back: JetStream refuses the stream with "no suitable peers for
+    placement" (seen failing a test that ran right after another test's node restart, on a
+    loaded machine). Creating a stream tries again then, and gives up on other refusals."""
+    real = nats.js.JetStreamManager.add_stream
+    refusals = [
+        nats.js.errors.BadRequestError(code=400, err_code=wal._jetstream.NO_PEERS,
+                                       description="no suitable peers for placement, peer offline"),
+        nats.js.errors.ServiceUnavailableError(code=503, description="JetStream system temporarily unavailable"),
+    ]
+
+    async def refused_at_first(self: object, *args: object, **kwargs: object) -> object:
+        if refusals:
+            raise refusals.pop(0)
+        return await real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nats.js.JetStreamManager, "add_stream", refused_at_first)
+    _stream, subject = new_stream(client)
+    assert not refusals
+    assert client.publish(subject, b"x", expected_last_seq=0, msg_id="first") == 1
+    refusals.append(nats.js.errors.BadRequestError(code=400, err_code=10052, description="some other refusal"))
+    with pytest.raises(nats.js.errors.BadRequestError):
+        new_stream(client)
