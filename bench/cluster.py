@@ -34,6 +34,8 @@ from typing import Any
 
 import httpx
 
+from bench._service import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 WALLET = [sys.executable, "-m", "server.cli"]
 LOADS = {
@@ -42,19 +44,11 @@ LOADS = {
 }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     """``wallet serve`` or ``wallet cluster up`` on a data directory of its own."""
 
     def __init__(self, mode: str, data: Path, workers: int) -> None:
-        self.mode, self.data, self.port = mode, data, _free_port()
+        self.mode, self.data, self.port = mode, data, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = ["cluster", "up"] if mode == "cluster" else ["serve"]
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
