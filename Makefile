@@ -10,7 +10,7 @@ BANK_URL ?=
 BANK_PORT ?= 8081
 LOOP   ?=
 
-.PHONY: install install-compiled test-compiled run bank-sim demo test test-fast lint sim crashloop crashloop-cluster bench bench-core-batch bench-core-single \
+.PHONY: install install-compiled test-compiled test-long run bank-sim demo test test-fast lint sim crashloop crashloop-cluster bench bench-core-batch bench-core-single \
 	bench-http-batch bench-http-single bench-hot bench-transfers bench-withdrawals bench-every-core \
 	bench-http-single-mp bench-hot-mp bench-http-batch-mp bench-http-single-mp-uvloop bench-postgres bench-cluster bench-takeover clean
 
@@ -72,6 +72,11 @@ COMPILED_TESTS ?= tests/ledger tests/wal tests/sim/test_sim.py
 test-compiled: $(CSTAMP)
 	WALLET_EXPECT_COMPILED=1 PYTHONSAFEPATH=1 $(CBIN)/python -m pytest -q -p no:cacheprovider \
 		--import-mode=append $(COMPILED_TESTS)
+
+# The heaviest tests at their full amount (tests/_budget.py: more rounds and examples, every event
+# loop); `make test` runs them bounded. The files are those that import tests._budget.
+test-long: $(STAMP)
+	WALLET_TEST_LONG=1 $(BIN)/python -m pytest -q $(TEST_WORKERS) $(shell grep -rl --include='test_*.py' 'tests._budget' tests)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e" $(TEST_WORKERS)

@@ -22,6 +22,8 @@ import os
 import random
 import secrets
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -64,7 +66,7 @@ from server._payouts import Payouts
 from server._port import Confirm, LocalPort, RemotePort, Unavailable, serve_port
 from server._scrape import MULTIPROC_DIR_ENV, MultiProcessScrape
 from server._snapshotter import Snapshotter
-from server._supervisor import mark_worker_up
+from server._supervisor import ledger_socket_path, mark_worker_up, prepare_run_dir
 from server._webhooks import Dispatcher, WebhookConfig, WebhookMetrics
 from server.api import BATCHES_IN_FLIGHT_MAX, Deps, RateLimiter, build_app
 from wal import LogCorrupt, StorageFailed
@@ -346,7 +348,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
     process), or with ``port_socket`` the ledger port for the HTTP workers (the ledger process
     of ``--workers N``: ``server._supervisor``). With ``owner`` (cluster mode, ``server._member``)
     the log is replicated through it, every reply of the port is confirmed by its fence, and
-    this process keeps the history read model itself: a projector task tails the log into it
+    a projector child process (``_projector_child``) tails the log into the history read model
     once the ledger serves (recovery does not project, so a takeover does not wait for it), and
     the workers read it over the port."""
     data_dir = options.data_dir
@@ -430,9 +432,14 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 group.start_soon(_until_cancelled, periodic, snapshotter.run)
                 projecting = anyio.CancelScope()
                 if owner is not None:
-                    # Crash-only like the projector process of ``--workers N``: each SQLite
-                    # transaction carries its LSN, so a cancel anywhere loses nothing.
-                    group.start_soon(_until_cancelled, projecting, Projector(data_dir, port.sync_projection).run)
+                    # The read model in a process of its own, as with ``--workers N``, on a
+                    # private socket whose calls are not confirmed (they report LSNs; they
+                    # read no state a client sees).
+                    prepare_run_dir(data_dir)
+                    projector_socket = ledger_socket_path(data_dir)
+                    await group.start(partial(_serve_port, projector_socket, lambda: port, shutdown))
+                    group.start_soon(_until_cancelled, projecting,
+                                     partial(_projector_child, options, projector_socket))
                 # Payouts: workers that only issue ledger commands. Withdrawals left pending
                 # or processing by a crash are loaded from the ledger and sent again under the
                 # same idempotency key.
@@ -498,6 +505,42 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
         1000 * stats.fsync_seconds_total / max(stats.batches, 1), 1000 * stats.fsync_seconds_max,
     )
     return 0
+
+
+PROJECTOR_POLL_S = 0.2
+PROJECTOR_STOP_S = 5.0
+PROJECTOR_RESTART_S = 1.0
+
+
+async def _projector_child(options: ServeOptions, socket_path: str) -> None:
+    """A cluster owner's history projector (``serve_projector``) as its child process, restarted
+    when it exits (crash-only: each SQLite transaction carries its LSN) and stopped with SIGTERM
+    when cancelled. ``Popen`` runs on this, the main, thread: the child's
+    ``PR_SET_PDEATHSIG`` fires when the thread that started it ends, so a worker thread (which
+    trio's ``open_process`` would use) could kill it while the owner lives; a fenced owner's
+    ``os._exit`` takes it along."""
+    from server._supervisor import options_to_json
+
+    command = [sys.executable, "-m", "server._child", "projector", options_to_json(options),
+               "--supervisor", str(os.getpid()), "--socket", socket_path]
+    while True:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        log.info("started the history projector (pid %d)", process.pid)
+        try:
+            while process.poll() is None:
+                await anyio.sleep(PROJECTOR_POLL_S)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(PROJECTOR_STOP_S):
+                    while process.poll() is None:
+                        await anyio.sleep(PROJECTOR_POLL_S / 4)
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        log.warning("the history projector (pid %d) exited with status %s; starting another in %.0f s",
+                    process.pid, process.returncode, PROJECTOR_RESTART_S)
+        await anyio.sleep(PROJECTOR_RESTART_S)
 
 
 async def _serve_port(path: str, port_of: Callable[[], LocalPort | None], shutdown: anyio.Event,

@@ -4,6 +4,8 @@ Moves bytes only; it never imports the ledger. See ``_frame`` for the record for
 ``_segments`` for the recovery table and ``_writer`` for group commit.
 """
 
+from typing import TYPE_CHECKING
+
 from wal._frame import (
     CHECKSUM_BYTES,
     FRAME_VERSION,
@@ -15,7 +17,6 @@ from wal._frame import (
     decode,
     encode,
 )
-from wal._jetstream import Fenced, LogUnavailable, StoredMessage, StreamClient
 from wal._mirror import Mirror, MirrorError
 from wal._repair import RepairPlan, RepairRefused, apply_repair, plan_repair
 from wal._segments import (
@@ -91,3 +92,19 @@ __all__ = [
     "scan",
     "segment_name",
 ]
+
+
+if TYPE_CHECKING:
+    from wal._jetstream import Fenced, LogUnavailable, StoredMessage, StreamClient
+
+# The JetStream client (cluster mode only) is imported on first use: nats-py costs about 60 ms
+# of every process's start, and only a cluster member needs it.
+_JETSTREAM = ("Fenced", "LogUnavailable", "StoredMessage", "StreamClient")
+
+
+def __getattr__(name: str) -> object:
+    if name in _JETSTREAM:
+        from wal import _jetstream
+
+        return getattr(_jetstream, name)
+    raise AttributeError(f"module 'wal' has no attribute {name!r}")

@@ -158,9 +158,62 @@ def test_the_cluster_view_names_an_owner_a_standby_and_three_log_nodes(cluster: 
         assert client.get("/v1/admin/cluster").status_code == 401
 
 
+def _projectors_of(owner_pid: int) -> list[int]:
+    """The pids of the owner's history projector children (``server._serve._projector_child``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == owner_pid and b"server._child" in command and b"projector" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def _one_projector(owner_pid: int, *, not_pid: int | None = None, timeout_s: float = 15.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pids = _projectors_of(owner_pid)
+        if len(pids) == 1 and pids[0] != not_pid:
+            return pids[0]
+        assert time.monotonic() < deadline, f"owner {owner_pid}: projector children {pids}"
+        time.sleep(0.1)
+
+
+def test_the_owner_keeps_its_read_model_in_a_projector_process_it_restarts(cluster: ClusterProcess) -> None:
+    """The history read model of a cluster owner is written by a child process of the owner (as
+    under ``--workers N``), not by the owner's own event loop; killed, it is started again and
+    catches up: every transfer is found in the history afterwards."""
+    wallets = _wallets(cluster)
+    owner = cluster.view()["groups"][0]["owner"]["pid"]
+    first = _one_projector(owner)
+    with cluster.client() as client:
+        ids = [client.post("/v1/transfers", json={"from_wallet_id": wallets[0], "to_wallet_id": wallets[1],
+                                                  "amount": 5}, headers={"Idempotency-Key": str(uuid.uuid4())})
+               .json()["id"] for _ in range(20)]
+        os.kill(first, signal.SIGKILL)
+        ids += [client.post("/v1/transfers", json={"from_wallet_id": wallets[1], "to_wallet_id": wallets[2],
+                                                   "amount": 3}, headers={"Idempotency-Key": str(uuid.uuid4())})
+                .json()["id"] for _ in range(20)]
+        second = _one_projector(owner, not_pid=first)
+        assert pid_alive(owner) and not pid_alive(first)
+        for transaction_id in ids:
+            found = client.get(f"/v1/transactions/{transaction_id}")
+            assert found.status_code == 200, found.text
+        listed = client.get(f"/v1/wallets/{wallets[1]}/transactions", params={"limit": 100})
+        assert listed.status_code == 200 and len(listed.json()["items"]) == 40 + 1, listed.text  # + the deposit
+    assert f"the history projector (pid {first}) exited" in cluster.log()
+    assert second != first
+
+
 def test_sigkill_of_the_owner_under_load_loses_nothing_acknowledged(cluster: ClusterProcess) -> None:
     wallets = _wallets(cluster)
     before = cluster.view()["groups"][0]["owner"]
+    projector = _one_projector(before["pid"])
     with Clients(cluster, wallets) as clients:
         clients.wait(200)
         took = _takeover(cluster, before["pid"], signal.SIGKILL)
@@ -170,6 +223,8 @@ def test_sigkill_of_the_owner_under_load_loses_nothing_acknowledged(cluster: Clu
             time.sleep(0.05)
     assert took < TAKEOVER_LIMIT_S, took
     assert clients.count() >= acknowledged + 200, "the new owner did not serve"
+    assert not pid_alive(projector), "the killed owner's projector outlived it"
+    _one_projector(cluster.view()["groups"][0]["owner"]["pid"])
     after = cluster.view()["groups"][0]["owner"]
     assert after["epoch"] > before["epoch"]
     _check_record(cluster, wallets, clients)

@@ -18,6 +18,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests._budget import scaled
 from tests.e2e._server import ADMIN_TOKEN, ServerProcess
 
 
@@ -59,7 +60,7 @@ def test_every_operation_keeps_its_contract(schemathesis_server: ServerProcess) 
             continue
 
         @given(case=operation.as_strategy().map(_no_long_polls))
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(max_examples=scaled(15, 60), deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def run(case: Any) -> None:
             case.call_and_validate(
                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests._budget import loops
 from tests.e2e._load import (
     Ledgerbook,
     balances,
@@ -16,7 +19,7 @@ from tests.e2e._load import (
     send,
     setup_wallets,
 )
-from tests.e2e._server import ServerProcess, on_each_loop, started_with_assets
+from tests.e2e._server import TEST_LOOPS, ServerProcess, on_each_loop, started_with_assets
 from tests.e2e.test_holds import funded, money, pending, resolve
 from tests.e2e.test_withdrawals import accepted, ends, get
 
@@ -91,7 +94,7 @@ def assert_snapshot_at(server: ServerProcess, lsn: int) -> None:
     assert f"OK (LSN {lsn}," in verified.stdout, verified.stdout
 
 
-@on_each_loop
+@pytest.mark.parametrize("loop", loops(TEST_LOOPS))  # uvloop too under `make test-long`
 def test_sigterm_with_pending_holds_and_withdrawals_exits_0_and_snapshots_them(tmp_path: Path, loop: str) -> None:
     # The final snapshot used to be built from the wallets alone: with a hold or a withdrawal in
     # the ledger its invariant check failed, the process exited 1 and wrote no image.

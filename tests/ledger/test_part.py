@@ -57,6 +57,7 @@ from ledger._part import PartOutcome, apply_credits, apply_posted, decide_part
 from ledger._part import check_credit as part_check_credit
 from ledger._state import State, new_state
 from ledger.testing import amounts
+from tests._budget import scaled
 
 NOW_US = 1_700_000_000_000_000
 MISSING = "zz"  # a wallet id nobody has
@@ -293,7 +294,7 @@ def _run(shards: Shards, batch: list[Transfer], now_us: int, path: Path) -> list
     return list(outcomes)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(150, 600), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), specs=wallet_specs())
 def test_the_batch_shaped_part_equals_the_per_item_path(data: Any, specs: list[WalletSpec]) -> None:
     ids = [spec.wallet_id for spec in specs]
