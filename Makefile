@@ -10,7 +10,7 @@ BANK_URL ?=
 BANK_PORT ?= 8081
 LOOP   ?=
 
-.PHONY: install install-compiled test-compiled test-long run bank-sim demo test test-fast lint sim crashloop crashloop-cluster bench bench-core-batch bench-core-single \
+.PHONY: install bytecode install-compiled test-compiled test-long run bank-sim demo test test-fast lint sim crashloop crashloop-cluster bench bench-core-batch bench-core-single \
 	bench-http-batch bench-http-single bench-hot bench-transfers bench-withdrawals bench-every-core \
 	bench-http-single-mp bench-hot-mp bench-http-batch-mp bench-http-single-mp-uvloop bench-postgres bench-cluster bench-takeover clean
 
@@ -20,26 +20,34 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) bytecode
 
-run: $(STAMP)
+# The project's bytecode, written ahead (only what changed is compiled again): with
+# PYTHONDONTWRITEBYTECODE set, as on this machine, Python would otherwise compile every module
+# of the project from source in every process it starts. That was about 0.3 s of CPU in each
+# of the 6 processes of `wallet serve` and in every `wallet` command (a third of a start).
+PACKAGES := ledger server wal snapshots bench wallet_client tests
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q -j 0 $(PACKAGES)
+
+run: bytecode
 	$(BIN)/wallet serve --data $(DATA) --port $(PORT) $(if $(SHARDS),--shards $(SHARDS)) $(if $(BANK_URL),--bank-url $(BANK_URL)) $(if $(LOOP),--loop $(LOOP))
 
 # A simulated bank gateway for `BANK_URL=http://127.0.0.1:$(BANK_PORT)/payouts make run`.
-bank-sim: $(STAMP)
+bank-sim: bytecode
 	$(BIN)/wallet bank-sim --port $(BANK_PORT)
 
 # The server on $(DATA) with demo data: owners, wallets, tokens, money; curl commands printed.
 # `wallet demo` checks the port and the directory first, keeps the server's logs in
 # $(DATA)/demo-server.log, and exits 0 when stopped (SIGTERM, or Ctrl-C).
-demo: $(STAMP)
+demo: bytecode
 	$(BIN)/wallet demo --data $(DATA) --port $(PORT)
 
 # The suite in TEST_WORKERS pytest-xdist processes (TEST_WORKERS= runs it in one process). Most
 # of its time is spent waiting on the servers the end-to-end tests start, so three workers pay
 # even on two cores; worksteal rebalances when one worker is left with the long tests.
 TEST_WORKERS ?= -n 3 --dist worksteal
-test: $(STAMP)
+test: bytecode
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed: the Swagger UI test will be skipped"
 	$(BIN)/python -m pytest -q $(TEST_WORKERS)
@@ -75,31 +83,31 @@ test-compiled: $(CSTAMP)
 
 # The heaviest tests at their full amount (tests/_budget.py: more rounds and examples, every event
 # loop); `make test` runs them bounded. The files are those that import tests._budget.
-test-long: $(STAMP)
+test-long: bytecode
 	WALLET_TEST_LONG=1 $(BIN)/python -m pytest -q $(TEST_WORKERS) $(shell grep -rl --include='test_*.py' 'tests._budget' tests)
 
-test-fast: $(STAMP)
+test-fast: bytecode
 	$(BIN)/python -m pytest -q -m "not e2e" $(TEST_WORKERS)
 
-lint: $(STAMP)
+lint: bytecode
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 # Deterministic simulations (the disk one and cluster mode, alternating): random seeds for SECONDS
 # (default 60); SIM_SEED=n replays one seed of each (SIM_KIND=cluster or SIM_KIND=disk: only one).
 SECONDS ?= 60
-sim: $(STAMP)
+sim: bytecode
 	SECONDS_BUDGET=$(SECONDS) $(BIN)/python -m tests.sim.run
 
 # Crash loop: the real server SIGKILLed under load ITERATIONS times (CRASHLOOP_SEED=n to repeat one).
 ITERATIONS ?= 30
-crashloop: $(STAMP)
+crashloop: bytecode
 	ITERATIONS=$(ITERATIONS) $(BIN)/python -m tests.e2e.crashloop
 
 # The same against `wallet cluster up`: the owner (SIGKILL, or SIGSTOP past the takeover), the
 # standby, a NATS node or an HTTP worker broken under load each iteration (default 20 here);
 # prints what was broken and the takeover times.
-crashloop-cluster: $(STAMP)
+crashloop-cluster: bytecode
 	ITERATIONS=$(if $(filter file,$(origin ITERATIONS)),20,$(ITERATIONS)) $(BIN)/python -m tests.e2e.crashloop_cluster
 
 # `wallet bench`, the benchmark harness (README, *Benchmarks*). `make bench` runs the standard
@@ -118,7 +126,7 @@ WALLET_BENCH  = $(BIN)/wallet bench --duration $(BENCH_SECONDS) --warmup $(BENCH
 HTTP_FLAGS    = $(if $(WORKERS),--workers $(WORKERS)) $(if $(LOOP),--loop $(LOOP))
 HTTP_SUFFIX   = $(if $(WORKERS),-w$(WORKERS))$(if $(LOOP),-$(LOOP))
 
-bench: $(STAMP)
+bench: bytecode
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| echo "wrk could not be installed: single-request HTTP runs use the Python driver"
 	@failed=""; for run in $(BENCH_RUNS); do \
@@ -126,33 +134,33 @@ bench: $(STAMP)
 	if [ -n "$$failed" ]; then echo "make bench: failed:$$failed"; exit 1; fi
 
 # The core without HTTP: 1000 transfers per message (Ledger.transfer_batch), 8 concurrent callers.
-bench-core-batch: $(STAMP)
+bench-core-batch: bytecode
 	$(WALLET_BENCH) --mode core --batch 1000 --connections 8 --out $(BENCH_OUT)/core-batch-1000.json
 
 # The core without HTTP: one transfer per message (Ledger.transfer), 64 concurrent callers.
-bench-core-single: $(STAMP)
+bench-core-single: bytecode
 	$(WALLET_BENCH) --mode core --connections 64 --out $(BENCH_OUT)/core-single.json
 
 # HTTP batches: POST /v1/transfers/batch, 1000 transfers each, MessagePack, 8 connections.
-bench-http-batch: $(STAMP)
+bench-http-batch: bytecode
 	$(WALLET_BENCH) --mode http --batch 1000 --msgpack --connections 8 $(HTTP_FLAGS) \
 		--out $(BENCH_OUT)/http-batch-1000-msgpack$(HTTP_SUFFIX).json
 
 # HTTP single transfers, uniform over 10,000 wallets, 64 connections (wrk), with the echo
 # route's ceiling measured the same way in the same invocation.
-bench-http-single: $(STAMP)
+bench-http-single: bytecode
 	$(WALLET_BENCH) --mode http --connections 64 --baseline-echo $(HTTP_FLAGS) \
 		--out $(BENCH_OUT)/http-single-uniform$(HTTP_SUFFIX).json
 
 # The same single-transfer load with every transfer between the same 2 wallets (compare with
 # bench-http-single: hot vs uniform).
-bench-hot: $(STAMP)
+bench-hot: bytecode
 	$(WALLET_BENCH) --mode http --connections 64 --hot-share 1.0 --hot-wallets 2 $(HTTP_FLAGS) \
 		--out $(BENCH_OUT)/http-single-hot$(HTTP_SUFFIX).json
 
 # The foundation's two wrk runs (uniform over 10,000 wallets, then 2 hot wallets), now through
 # `wallet bench`.
-bench-transfers: $(STAMP)
+bench-transfers: bytecode
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/wallet bench --mode http --driver wrk --wallets 10000 --connections 64 --duration 15 $(if $(LOOP),--loop $(LOOP))
 	$(BIN)/wallet bench --mode http --driver wrk --wallets 10000 --hot-share 1.0 --hot-wallets 2 --connections 64 --duration 15 $(if $(LOOP),--loop $(LOOP))
@@ -165,7 +173,7 @@ MP_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 MP_BENCH    = $(WALLET_BENCH) --mode http --workers $(MP_WORKERS)
 MP_RUNS    := bench-http-single-mp bench-hot-mp bench-http-batch-mp bench-http-single-mp-uvloop
 
-bench-every-core: $(STAMP)
+bench-every-core: bytecode
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| echo "wrk could not be installed: single-request HTTP runs use the Python driver"
 	@failed=""; for run in $(MP_RUNS); do \
@@ -174,21 +182,21 @@ bench-every-core: $(STAMP)
 
 # Single transfers, uniform, 64 connections: --workers N vs the echo route on N processes vs
 # --workers 0, in one invocation (the ratios are printed).
-bench-http-single-mp: $(STAMP)
+bench-http-single-mp: bytecode
 	$(MP_BENCH) --connections 64 --baseline-echo --baseline-one-process \
 		--out $(BENCH_OUT)/http-single-uniform-mp$(MP_WORKERS).json
 
 # The same with every transfer between 2 wallets (hot vs uniform), and --workers 0 alongside.
-bench-hot-mp: $(STAMP)
+bench-hot-mp: bytecode
 	$(MP_BENCH) --connections 64 --hot-share 1.0 --hot-wallets 2 --baseline-one-process \
 		--out $(BENCH_OUT)/http-single-hot-mp$(MP_WORKERS).json
 
 # Batches of 1000, MessagePack, 8 connections (items refused show as `item 503 ...` errors).
-bench-http-batch-mp: $(STAMP)
+bench-http-batch-mp: bytecode
 	$(MP_BENCH) --batch 1000 --msgpack --connections 8 --baseline-one-process \
 		--out $(BENCH_OUT)/http-batch-1000-msgpack-mp$(MP_WORKERS).json
 
-bench-http-single-mp-uvloop: $(STAMP)
+bench-http-single-mp-uvloop: bytecode
 	$(MP_BENCH) --connections 64 --loop uvloop --baseline-echo --baseline-one-process \
 		--out $(BENCH_OUT)/http-single-uniform-mp$(MP_WORKERS)-uvloop.json
 
@@ -196,22 +204,22 @@ bench-http-single-mp-uvloop: $(STAMP)
 # single transfers and MessagePack batches, alternating, BENCH_RUNS_N runs (medians and ratios);
 # then a takeover: the owner SIGKILLed under load, the gap and the window's p99 (README, *Cluster mode*).
 BENCH_RUNS_N ?= 3
-bench-cluster: $(STAMP)
+bench-cluster: bytecode
 	$(BIN)/python -m bench.cluster --runs $(BENCH_RUNS_N)
 
-bench-takeover: $(STAMP)
+bench-takeover: bytecode
 	$(BIN)/python -m bench.cluster --takeover --runs $(BENCH_RUNS_N)
 
 # The PostgreSQL row-lock design under the same loads, for comparison (docs/performance.md,
 # "PostgreSQL row locks"): a throwaway cluster, pgbench with 64 clients over 10,000 accounts,
 # uniform then 2 hot accounts, 3 runs of BENCH_SECONDS each; medians, JSON in $(BENCH_OUT).
-bench-postgres: $(STAMP)
+bench-postgres: bytecode
 	@$(BIN)/python -m bench.pg --check >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql) \
 		|| echo "PostgreSQL could not be installed"
 	$(BIN)/python -m bench.pg --duration $(BENCH_SECONDS) --runs 3 --json $(BENCH_OUT)/postgres.json
 
 # Payout throughput: withdrawals through wallet bank-sim (50 ms per call), 16 payout workers.
-bench-withdrawals: $(STAMP)
+bench-withdrawals: bytecode
 	$(BIN)/python -m bench.withdrawals --withdrawals 2000 --bank-latency-ms 50 --workers 16
 
 clean:
