@@ -77,7 +77,7 @@ class ClusterSupervisor(Supervisor):
             super()._spawn(child)
             return
         group, name = child.extra["group"], child.extra["member"]
-        options = dataclasses.replace(self.options, data_dir=self.data_dir / f"g{group}-{name}")
+        options = dataclasses.replace(self.options, data_dir=self.data_dir / f"g{group}-{name}", shared_dir=self.data_dir)
         command = [sys.executable, "-m", "server._child", "member", options_to_json(options),
                    "--supervisor", str(os.getpid()), "--socket", self.socket_path,
                    "--group", str(group), "--member", name, "--servers", ",".join(self.nats.urls),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import logging
 import os
@@ -133,6 +134,9 @@ class ServeOptions:
     webhook_backoff_max_s: float = 600.0
     workers: int = 0  # the supervisor's; a child ignores it
     cluster: bool = False  # under ``wallet cluster up`` (``server._cluster``)
+    # A cluster member's: the cluster's data directory, where the HTTP workers keep the webhook
+    # endpoints (``webhooks.sqlite3``) that its dispatcher delivers (``data_dir`` is the member's).
+    shared_dir: Path | None = None
 
     def webhooks(self) -> WebhookConfig:
         return WebhookConfig(
@@ -348,9 +352,11 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
     process), or with ``port_socket`` the ledger port for the HTTP workers (the ledger process
     of ``--workers N``: ``server._supervisor``). With ``owner`` (cluster mode, ``server._member``)
     the log is replicated through it, every reply of the port is confirmed by its fence, and
-    a projector child process (``_projector_child``) tails the log into the history read model
-    once the ledger serves (recovery does not project, so a takeover does not wait for it), and
-    the workers read it over the port."""
+    two child processes of the owner (``_owner_child``) do what the projector and webhooks
+    processes of ``--workers N`` do: one tails the log into the history read model once the
+    ledger serves (recovery does not project, so a takeover does not wait for it; the workers
+    read it over the port), the other delivers webhooks from the endpoints of the cluster's
+    data directory (``options.shared_dir``)."""
     data_dir = options.data_dir
     # Creates the data directory 0700 (or tightens it); held until the process exits; raises
     # DataDirLocked.
@@ -431,15 +437,20 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 periodic = anyio.CancelScope()
                 group.start_soon(_until_cancelled, periodic, snapshotter.run)
                 projecting = anyio.CancelScope()
+                dispatching = anyio.CancelScope()
                 if owner is not None:
-                    # The read model in a process of its own, as with ``--workers N``, on a
-                    # private socket whose calls are not confirmed (they report LSNs; they
-                    # read no state a client sees).
+                    # The read model and the webhook dispatcher in processes of their own, as
+                    # with ``--workers N``, on a private socket whose calls are not confirmed:
+                    # they report LSNs and read durable events, facts no newer owner can undo.
                     prepare_run_dir(data_dir)
-                    projector_socket = ledger_socket_path(data_dir)
-                    await group.start(partial(_serve_port, projector_socket, lambda: port, shutdown))
+                    private_socket = ledger_socket_path(data_dir)
+                    await group.start(partial(_serve_port, private_socket, lambda: port, shutdown))
                     group.start_soon(_until_cancelled, projecting,
-                                     partial(_projector_child, options, projector_socket))
+                                     partial(_owner_child, "projector", options, private_socket))
+                    if options.shared_dir is not None:
+                        shared = dataclasses.replace(options, data_dir=options.shared_dir)
+                        group.start_soon(_until_cancelled, dispatching,
+                                         partial(_owner_child, "webhooks", shared, private_socket))
                 # Payouts: workers that only issue ledger commands. Withdrawals left pending
                 # or processing by a crash are loaded from the ledger and sent again under the
                 # same idempotency key.
@@ -469,6 +480,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 deadline = signalled + options.shutdown_timeout_s
                 periodic.cancel()
                 projecting.cancel()
+                dispatching.cancel()
                 webhooks_scope.cancel()  # crash-only: it saves its cursors as it stops
                 # Payouts stop first: a bank call cut short leaves its withdrawal processing,
                 # and the next start sends it again with the same key.
@@ -507,40 +519,42 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
     return 0
 
 
-PROJECTOR_POLL_S = 0.2
-PROJECTOR_STOP_S = 5.0
-PROJECTOR_RESTART_S = 1.0
+CHILD_POLL_S = 0.2
+CHILD_STOP_S = 5.0
+CHILD_RESTART_S = 1.0
 
 
-async def _projector_child(options: ServeOptions, socket_path: str) -> None:
-    """A cluster owner's history projector (``serve_projector``) as its child process, restarted
-    when it exits (crash-only: each SQLite transaction carries its LSN) and stopped with SIGTERM
-    when cancelled. ``Popen`` runs on this, the main, thread: the child's
+async def _owner_child(role: str, options: ServeOptions, socket_path: str) -> None:
+    """A cluster owner's history projector (``serve_projector``) or webhook dispatcher
+    (``serve_webhooks``) as its child process, restarted when it exits (both are crash-only:
+    each SQLite transaction of the projector carries its LSN, the dispatcher resumes from its
+    saved cursors) and stopped with SIGTERM when cancelled. ``Popen`` runs on this, the main,
+    thread: the child's
     ``PR_SET_PDEATHSIG`` fires when the thread that started it ends, so a worker thread (which
     trio's ``open_process`` would use) could kill it while the owner lives; a fenced owner's
     ``os._exit`` takes it along."""
     from server._supervisor import options_to_json
 
-    command = [sys.executable, "-m", "server._child", "projector", options_to_json(options),
+    command = [sys.executable, "-m", "server._child", role, options_to_json(options),
                "--supervisor", str(os.getpid()), "--socket", socket_path]
     while True:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        log.info("started the history projector (pid %d)", process.pid)
+        log.info("started the owner's %s process (pid %d)", role, process.pid)
         try:
             while process.poll() is None:
-                await anyio.sleep(PROJECTOR_POLL_S)
+                await anyio.sleep(CHILD_POLL_S)
         finally:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-                with anyio.CancelScope(shield=True), anyio.move_on_after(PROJECTOR_STOP_S):
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CHILD_STOP_S):
                     while process.poll() is None:
-                        await anyio.sleep(PROJECTOR_POLL_S / 4)
+                        await anyio.sleep(CHILD_POLL_S / 4)
                 if process.poll() is None:
                     process.kill()
                     process.wait()
-        log.warning("the history projector (pid %d) exited with status %s; starting another in %.0f s",
-                    process.pid, process.returncode, PROJECTOR_RESTART_S)
-        await anyio.sleep(PROJECTOR_RESTART_S)
+        log.warning("the owner's %s process (pid %d) exited with status %s; starting another in %.0f s",
+                    role, process.pid, process.returncode, CHILD_RESTART_S)
+        await anyio.sleep(CHILD_RESTART_S)
 
 
 async def _serve_port(path: str, port_of: Callable[[], LocalPort | None], shutdown: anyio.Event,

@@ -16,7 +16,7 @@ from tests.e2e._supervised import pid_alive
 class ClusterProcess(ServerProcess):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "server.cli", "cluster", "up", "--data", str(self.data_dir),
-                "--port", str(self.port), "--shards", str(self.shards), "--workers", "2", "--loop", self.loop]
+                "--port", str(self.port), "--shards", str(self.shards), "--workers", "2", "--loop", self.loop, *self.extra_args]
 
     def view(self) -> dict[str, Any]:
         with self.client() as client:

@@ -17,13 +17,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e._cluster import ClusterProcess, all_up, healthy
-from tests.e2e._server import ADMIN_TOKEN
+from tests.e2e._server import ADMIN_TOKEN, free_port
 from tests.e2e._supervised import pid_alive
+from tests.e2e.test_webhooks import WebhookSim
 from wallet_client import WalletClient
 
 TAKEOVER_LIMIT_S = 15.0
@@ -33,7 +35,8 @@ START = 1_000_000
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
-    process = ClusterProcess(tmp_path_factory.mktemp("cluster") / "data")
+    process = ClusterProcess(tmp_path_factory.mktemp("cluster") / "data", extra_args=[
+        "--allow-private-webhooks", "--webhook-backoff-base", "0.05", "--webhook-backoff-max", "0.3"])
     process.start()
     try:
         process.wait_for(healthy)
@@ -206,8 +209,56 @@ def test_the_owner_keeps_its_read_model_in_a_projector_process_it_restarts(clust
             assert found.status_code == 200, found.text
         listed = client.get(f"/v1/wallets/{wallets[1]}/transactions", params={"limit": 100})
         assert listed.status_code == 200 and len(listed.json()["items"]) == 40 + 1, listed.text  # + the deposit
-    assert f"the history projector (pid {first}) exited" in cluster.log()
+    assert f"the owner's projector process (pid {first}) exited" in cluster.log()
     assert second != first
+
+
+def _retried_transfer(client: httpx.Client, sender: str, receiver: str) -> None:
+    key = str(uuid.uuid4())
+    for _ in range(200):  # 503 while a group has no owner: the same key again
+        response = client.post("/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": receiver,
+                                                      "amount": 1}, headers={"Idempotency-Key": key})
+        if response.status_code != 503:
+            assert response.status_code == 201, response.text
+            return
+        time.sleep(0.1)
+    raise AssertionError("no owner took the transfer")
+
+
+def test_webhooks_are_delivered_by_the_owner_and_after_a_takeover(cluster: ClusterProcess, tmp_path: Path) -> None:
+    """The owner's webhooks child delivers the endpoints the workers keep in the cluster's data
+    directory; after the owner's SIGKILL the new owner's child resumes from the saved cursor:
+    every event after the endpoint's creation arrives, verified, in log order."""
+    receiver = WebhookSim(tmp_path / "webhook-sim.log", free_port())
+    try:
+        with cluster.client() as client:
+            created = client.post("/v1/webhooks", json={"url": receiver.url + "/hook", "events": ["*"]})
+            assert created.status_code == 201, created.text
+            endpoint = created.json()
+            receiver.start("--secret", endpoint["secret"])
+            start = client.get(f"/v1/webhooks/{endpoint['id']}").json()["acknowledged_lsn"]
+            wallets = _wallets(cluster)
+            for _ in range(5):
+                _retried_transfer(client, wallets[0], wallets[1])
+            _takeover(cluster, cluster.owner_pid(), signal.SIGKILL)
+            for _ in range(5):
+                _retried_transfer(client, wallets[1], wallets[2])
+            expected = client.get("/v1/events", params={"after": start, "limit": 1000}).json()["items"]
+        assert len([item for item in expected if item["type"] == "transfer.posted"]) == 10, expected
+        deadline = time.monotonic() + 30
+        while True:
+            accepted = [entry for entry in receiver.received() if entry["answered"] == 200]
+            unique: dict[str, Any] = {}
+            for entry in accepted:
+                unique.setdefault(entry["webhook_id"], entry["body"])
+            if len(unique) >= len(expected) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert all(entry["verified"] for entry in accepted)
+        assert list(unique.values()) == expected  # every event once at least, in log order, same bodies
+    finally:
+        receiver.stop()
+        cluster.wait_for(healthy)
 
 
 def test_sigkill_of_the_owner_under_load_loses_nothing_acknowledged(cluster: ClusterProcess) -> None:
