@@ -43,10 +43,11 @@ bank-sim: bytecode
 demo: bytecode
 	$(BIN)/wallet demo --data $(DATA) --port $(PORT)
 
-# The suite in TEST_WORKERS pytest-xdist processes (TEST_WORKERS= runs it in one process). Most
+# The suite in TEST_WORKERS pytest-xdist processes (TEST_WORKERS= runs it in one process). Much
 # of its time is spent waiting on the servers the end-to-end tests start, so three workers pay
-# even on two cores; worksteal rebalances when one worker is left with the long tests.
-TEST_WORKERS ?= -n 3 --dist worksteal
+# even on two cores. loadscope hands out whole modules (a module's servers start once), the
+# longest first (tests/conftest.py, LONGEST_FIRST).
+TEST_WORKERS ?= -n 3 --dist loadscope
 test: bytecode
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed: the Swagger UI test will be skipped"

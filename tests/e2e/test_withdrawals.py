@@ -1,6 +1,6 @@
 """Withdrawals end to end: a real ``wallet serve`` paying out through ``wallet bank-sim`` in
 another process. Happy path, a refusal, transient failures then success, dead-lettering and an
-operator's retry, the built-in simulated bank, bad input, and a SIGKILL of the server while 200
+operator's retry, the built-in simulated bank, bad input, and a SIGKILL of the server while 100 (200 in `make test-long`)
 withdrawals are in flight: after the restart each ends completed or failed, the bank paid each
 id at most once, and the treasury moved by exactly what the bank paid."""
 
@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests._budget import scaled
 from tests.e2e._server import ServerProcess, started_with_assets
 from tests.e2e.test_api import assert_problem, deposit, key, new_wallet, uid, wallet
 from tests.e2e.test_bank_sim import BankSim
@@ -189,7 +190,10 @@ def test_the_built_in_simulated_bank_pays(tmp_path: Path) -> None:
         server.kill()
 
 
-def test_sigkill_with_200_withdrawals_in_flight_pays_each_at_most_once(tmp_path: Path) -> None:
+WITHDRAWALS = scaled(100, 200)  # in flight when the server is SIGKILLed
+
+
+def test_sigkill_with_withdrawals_in_flight_pays_each_at_most_once(tmp_path: Path) -> None:
     bank = BankSim(tmp_path / "bank.log", "--latency-ms", "1000", "--drop-response-rate", "0.1",
                    "--failure-rate", "0.1", "--seed", "7")
     server = start(tmp_path, "data", "--bank-url", bank.url + "/payouts", "--payout-max-attempts", "50")
@@ -200,7 +204,7 @@ def test_sigkill_with_200_withdrawals_in_flight_pays_each_at_most_once(tmp_path:
                 deposit(http, wallet_id, 10_000)
             treasury_before = wallet(http, "treasury:USD")["balance"]
             ids: dict[str, int] = {}
-            for index in range(200):
+            for index in range(WITHDRAWALS):
                 account = "refuse-x" if index % 10 == 0 else f"acct-{index}"
                 body = accepted(http, wallets[index % 20], 1 + index, account)
                 ids[body["id"]] = 1 + index

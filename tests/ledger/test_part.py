@@ -294,7 +294,7 @@ def _run(shards: Shards, batch: list[Transfer], now_us: int, path: Path) -> list
     return list(outcomes)
 
 
-@settings(max_examples=scaled(150, 600), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(100, 600), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), specs=wallet_specs())
 def test_the_batch_shaped_part_equals_the_per_item_path(data: Any, specs: list[WalletSpec]) -> None:
     ids = [spec.wallet_id for spec in specs]

@@ -57,6 +57,7 @@ from ledger import (
     treasury_id,
 )
 from snapshots import load_newest, write_snapshot
+from tests._budget import scaled
 
 ASSETS = ["USD", "EUR"]
 WALLETS = [f"w{index}" for index in range(5)]
@@ -247,7 +248,7 @@ def assert_same(decoded: State, original: State) -> None:
 # -- round trips ---------------------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=scaled(75, 300), deadline=None)
 @given(state=states(), more=commands.filter(lambda command: not isinstance(command, str)), step_us=steps_us)
 def test_round_trip_is_exact_and_keeps_evolving_alike(state: State, more: Command, step_us: int) -> None:
     body = body_of(state)
