@@ -209,8 +209,10 @@ class Standby:
 
     def __init__(self, client: StreamClient, *, group: int, data_dir: Path, node: str,
                  status: Callable[..., None], takeover_after_s: float = TAKEOVER_AFTER_S,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 on_copied: Callable[[int], None] | None = None) -> None:
         self._client = client
+        self._on_copied = on_copied  # sees the copy's last LSN after each step that copied frames
         self._clock = clock  # both injectable for the deterministic simulation (tests/sim/cluster_sim.py)
         self._sleep = sleep
         self._takeover_after_s = takeover_after_s
@@ -274,6 +276,8 @@ class Standby:
             self._sleep(HEARTBEAT_S)
             return None
         self._apply(messages)
+        if messages and self._on_copied is not None:
+            self._on_copied(self.mirror.last_lsn)
         now = self._clock()
         if now >= self._next_status:
             self._next_status = now + STATUS_EVERY_S
@@ -315,6 +319,68 @@ class Standby:
         return seq
 
 
+class _Abandoned(Exception):
+    pass
+
+
+class StandbyImages:
+    """A standby's snapshots of its own copy of the log, so that a takeover replays only the
+    records after the newest one instead of the whole log. Every ``every`` copied records, a
+    background thread builds the next image from the previous one and the copied frames
+    (``ledger.build_snapshot``, which reads a log that is still being written up to the LSN it
+    was given), as ``wallet snapshot create`` would. Nothing depends on an image: a failed or
+    abandoned build only means a longer replay, and a member that starts again wipes them with
+    the rest of its copy. At takeover the build in progress is abandoned (``abandon``) so that
+    recovery has the cores."""
+
+    def __init__(self, data_dir: Path, *, every: int) -> None:
+        self._data_dir = data_dir
+        self._every = every
+        self.lsn = 0  # of the newest image built
+        self.built = 0
+        self._thread: threading.Thread | None = None
+        self._abandon = threading.Event()
+
+    def copied(self, last_lsn: int) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        if last_lsn - self.lsn < self._every or self._abandon.is_set():
+            return
+        self._thread = threading.Thread(target=self._build, args=(last_lsn,), name="standby-images", daemon=True)
+        self._thread.start()
+
+    def _build(self, until_lsn: int) -> None:
+        from ledger import build_snapshot
+
+        def check(_: object) -> None:
+            if self._abandon.is_set():
+                raise _Abandoned
+
+        started = time.perf_counter()
+        try:
+            info = build_snapshot(self._data_dir, until_lsn=until_lsn, created_at_us=int(time.time() * 1_000_000),
+                                  on_frame=check)
+        except _Abandoned:
+            log.info("standby: the snapshot in progress was abandoned for the takeover")
+            return
+        except Exception:  # the takeover will replay more; the standby goes on copying
+            log.exception("standby: building a snapshot at LSN %d failed", until_lsn)
+            self.lsn = until_lsn  # not again at every step: after another ``every`` records
+            return
+        if info is not None:
+            self.lsn = info.lsn
+            self.built += 1
+            log.info("standby: snapshot at LSN %d in %.3f s (%s)", info.lsn, time.perf_counter() - started,
+                     info.path.name)
+
+    def abandon(self) -> None:
+        """Stops a build in progress (between two records; one already writing its image is
+        let finish) and starts no other."""
+        self._abandon.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 def _exit_now(message: str) -> None:
     log.critical(message)
     logging.shutdown()
@@ -337,8 +403,12 @@ def run_member(options: Any, *, group: int, slot: str, servers: list[str], socke
     data_dir: Path = options.data_dir
     shutil.rmtree(data_dir, ignore_errors=True)  # only the stream is trusted (module docstring)
     data_dir.mkdir(mode=0o700, parents=True)
-    standby = Standby(client, group=group, data_dir=data_dir, node=node, status=status)
+    images = StandbyImages(data_dir, every=options.snapshot_every) if options.snapshot_every > 0 else None
+    standby = Standby(client, group=group, data_dir=data_dir, node=node, status=status,
+                      on_copied=images.copied if images is not None else None)
     seq = standby.run()
+    if images is not None:
+        images.abandon()
     standby.mirror.close()
     replica = Replica(client, group=group, epoch=standby.epoch, last_seq=seq, node=node, status=status)
     replica.lsn = standby.mirror.last_lsn

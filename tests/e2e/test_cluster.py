@@ -9,6 +9,7 @@ and a standby again."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from tests.e2e.test_webhooks import WebhookSim
 from wallet_client import WalletClient
 
 TAKEOVER_LIMIT_S = 15.0
+SNAPSHOT_EVERY = 100  # records: the owner's snapshots, and the standby's of its copy
 WALLETS = 6
 START = 1_000_000
 
@@ -36,7 +38,8 @@ START = 1_000_000
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
     process = ClusterProcess(tmp_path_factory.mktemp("cluster") / "data", extra_args=[
-        "--allow-private-webhooks", "--webhook-backoff-base", "0.05", "--webhook-backoff-max", "0.3"])
+        "--allow-private-webhooks", "--webhook-backoff-base", "0.05", "--webhook-backoff-max", "0.3",
+        "--snapshot-every", str(SNAPSHOT_EVERY)])
     process.start()
     try:
         process.wait_for(healthy)
@@ -259,6 +262,39 @@ def test_webhooks_are_delivered_by_the_owner_and_after_a_takeover(cluster: Clust
     finally:
         receiver.stop()
         cluster.wait_for(healthy)
+
+
+def test_a_takeover_replays_only_what_follows_the_standbys_newest_snapshot(cluster: ClusterProcess) -> None:
+    """The standby snapshots its copy of the log every SNAPSHOT_EVERY records; the member that
+    takes over recovers from its newest image and replays only the records after it."""
+    wallets = _wallets(cluster)
+    standby = cluster.view()["groups"][0]["standbys"][0]
+    images = cluster.data_dir / f"g0-{standby['node'].rsplit('/', 1)[1]}" / "snapshots"
+    with cluster.client() as client:
+        for _ in range(SNAPSHOT_EVERY + 20):
+            _retried_transfer(client, wallets[0], wallets[1])
+        deadline = time.monotonic() + 30
+        while not list(images.glob("*.snap")):
+            assert time.monotonic() < deadline, f"no snapshot in {images}"
+            time.sleep(0.1)
+        newest = max(int(path.name.split(".")[0]) for path in images.glob("*.snap"))
+        end = client.get("/ready").json()["durable_lsn"]
+    before = len(cluster.log())
+    _takeover(cluster, cluster.owner_pid(), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while "records replayed" not in cluster.log()[before:]:
+        assert time.monotonic() < deadline, cluster.log_tail()
+        time.sleep(0.1)
+    after = cluster.log()[before:]
+    used = re.search(r"recovery: snapshot [0-9]+\.snap at LSN ([0-9]+)", after)
+    replayed = re.search(r"ready: ([0-9]+) records replayed", after)
+    assert used is not None and replayed is not None, after[-3000:]
+    assert int(used.group(1)) >= newest > 0
+    assert int(replayed.group(1)) <= end - newest + 10, (replayed.group(0), end, newest)  # + barriers, the epoch
+    assert "standby: snapshot at LSN" in cluster.log()
+    with cluster.client() as client:
+        assert client.get(f"/v1/wallets/{wallets[0]}").json()["balance"] == START - (SNAPSHOT_EVERY + 20)
+    cluster.wait_for(healthy)
 
 
 def test_sigkill_of_the_owner_under_load_loses_nothing_acknowledged(cluster: ClusterProcess) -> None:
