@@ -43,11 +43,12 @@ bank-sim: bytecode
 demo: bytecode
 	$(BIN)/wallet demo --data $(DATA) --port $(PORT)
 
-# The suite in TEST_WORKERS pytest-xdist processes (TEST_WORKERS= runs it in one process). Much
-# of its time is spent waiting on the servers the end-to-end tests start, so three workers pay
-# even on two cores. loadscope hands out whole modules (a module's servers start once), the
-# longest first (tests/conftest.py, LONGEST_FIRST).
-TEST_WORKERS ?= -n 3 --dist loadscope
+# The suite in TEST_WORKERS pytest-xdist processes (TEST_WORKERS= runs it in one process). About
+# half of its time is spent waiting on the servers the end-to-end tests start (a whole run used
+# 757 CPU-s in 707 s on the 2 cores with three workers), so four workers pay on two cores.
+# loadscope hands out whole modules (a module's servers start once), the longest first
+# (tests/conftest.py, LONGEST_FIRST).
+TEST_WORKERS ?= -n 4 --dist loadscope
 test: bytecode
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium could not be installed: the Swagger UI test will be skipped"
