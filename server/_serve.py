@@ -529,10 +529,9 @@ async def _owner_child(role: str, options: ServeOptions, socket_path: str) -> No
     (``serve_webhooks``) as its child process, restarted when it exits (both are crash-only:
     each SQLite transaction of the projector carries its LSN, the dispatcher resumes from its
     saved cursors) and stopped with SIGTERM when cancelled. ``Popen`` runs on this, the main,
-    thread: the child's
-    ``PR_SET_PDEATHSIG`` fires when the thread that started it ends, so a worker thread (which
-    trio's ``open_process`` would use) could kill it while the owner lives; a fenced owner's
-    ``os._exit`` takes it along."""
+    thread: the child's ``PR_SET_PDEATHSIG`` fires when the thread that started it ends, so a
+    worker thread (which trio's ``open_process`` would use) could kill it while the owner lives;
+    a fenced owner's ``os._exit`` takes it along."""
     from server._supervisor import options_to_json
 
     command = [sys.executable, "-m", "server._child", role, options_to_json(options),
