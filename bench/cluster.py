@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +49,15 @@ LOADS = {
 class Server:
     """``wallet serve`` or ``wallet cluster up`` on a data directory of its own."""
 
-    def __init__(self, mode: str, data: Path, workers: int) -> None:
+    def __init__(self, mode: str, data: Path, workers: int, extra: list[str] | None = None) -> None:
         self.mode, self.data, self.port = mode, data, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = ["cluster", "up"] if mode == "cluster" else ["serve"]
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.log = open(data.with_suffix(".log"), "wb")  # closed in stop
         self.process = subprocess.Popen(
-            [*WALLET, *command, "--data", str(data), "--port", str(self.port), "--workers", str(workers)],
+            [*WALLET, *command, "--data", str(data), "--port", str(self.port), "--workers", str(workers),
+             *(extra or [])],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -136,14 +139,31 @@ def _watch(stream: Any, lines: list[str], loading: threading.Event) -> None:
             loading.set()
 
 
-def takeover(runs: int, duration: float, kill_after: float, workers: int, work: Path) -> None:
+def _replayed(log_path: Path, after: int, killed: float) -> tuple[str, float | None]:
+    """The new owner's recovery (records replayed, seconds, the snapshot it started from) in the
+    cluster's log past byte ``after``, and the seconds from ``killed`` (``time.time()``) to its
+    ``ready`` line: when it serves, which is later than when the cluster view names it."""
+    text = log_path.read_bytes()[after:].decode(errors="replace")
+    snapshot = re.search(r"recovery: snapshot \S+ at LSN ([0-9]+)", text)
+    ready = re.search(r'"time": "([^"]+)"[^\n]*ready: ([0-9]+) records replayed in ([0-9.]+) s', text)
+    if ready is None:
+        return "recovery line not found", None
+    start = f"from the snapshot at LSN {snapshot.group(1)}" if snapshot else "from the start of the log"
+    at = datetime.fromisoformat(ready.group(1)).replace(tzinfo=UTC).timestamp()
+    return (f"recovery replayed {int(ready.group(2)):,} records {start} in {float(ready.group(3)):.2f} s; "
+            f"serving {at - killed:.2f} s after the kill"), at - killed
+
+
+def takeover(runs: int, duration: float, kill_after: float, workers: int, work: Path, *, load: str = "single",
+             extra: list[str] | None = None) -> None:
     gaps: list[float] = []
+    servings: list[float] = []
     for run in range(1, runs + 1):
         data = work / f"takeover-{run}"
-        server = Server("cluster", data, workers)
+        server = Server("cluster", data, workers, extra)
         try:
             out = data.with_suffix(".json")
-            bench = _bench(server, LOADS["single"], duration, out)
+            bench = _bench(server, LOADS[load], duration, out)
             assert bench.stdout is not None
             loading = threading.Event()
             lines: list[str] = []
@@ -154,6 +174,9 @@ def takeover(runs: int, duration: float, kill_after: float, workers: int, work: 
             time.sleep(2.0 + kill_after)  # bench's default warm-up, then into the measured window
             owner = server.owner_pid()
             assert owner is not None, "no owner before the kill"
+            server.log.flush()
+            logged = data.with_suffix(".log").stat().st_size
+            killed_at = time.time()
             os.kill(owner, signal.SIGKILL)
             killed = time.monotonic()
             while True:
@@ -172,11 +195,17 @@ def takeover(runs: int, duration: float, kill_after: float, workers: int, work: 
             server.stop()
         figures = _figures(out)
         gaps.append(gap)
-        print(f"run {run}: new owner {gap:.2f} s after the SIGKILL; over the {duration:g} s window "
-              f"{figures['transfers_per_s']:,.0f} transfers/s, p99 {figures['p99_ms']:.1f} ms, "
-              f"p99.9 {figures['p999_ms']:.1f} ms, max {figures['max_ms']:.1f} ms, errors {figures['errors']}",
-              flush=True)
+        recovery, serving = _replayed(data.with_suffix(".log"), logged, killed_at)
+        if serving is not None:
+            servings.append(serving)
+        print(f"run {run}: new owner {gap:.2f} s after the SIGKILL ({recovery}); "
+              f"over the {duration:g} s window {figures['transfers_per_s']:,.0f} transfers/s, "
+              f"p99 {figures['p99_ms']:.1f} ms, p99.9 {figures['p999_ms']:.1f} ms, max {figures['max_ms']:.1f} ms, "
+              f"errors {figures['errors']}", flush=True)
     print(f"\ntakeover: median {statistics.median(gaps):.2f} s (min {min(gaps):.2f}, max {max(gaps):.2f})")
+    if servings:
+        print(f"serving again: median {statistics.median(servings):.2f} s after the kill "
+              f"(min {min(servings):.2f}, max {max(servings):.2f})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,13 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--takeover", action="store_true", help="measure a takeover under load instead")
     parser.add_argument("--kill-after", type=float, default=8.0,
                         help="--takeover: seconds into the measured window at which the owner is killed")
+    parser.add_argument("--load", choices=sorted(LOADS), default="single",
+                        help="--takeover: the load during the takeover (default single transfers)")
+    parser.add_argument("--snapshot-every", type=int, default=None,
+                        help="passed to wallet cluster up: records between the owner's snapshots and the "
+                             "standby's snapshots of its copy")
     arguments = parser.parse_args(argv)
     # SIGTERM (a Ctrl-C of make, a CI timeout) unwinds like SIGINT, so the servers are stopped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as temporary:
         if arguments.takeover:
+            extra = [] if arguments.snapshot_every is None else ["--snapshot-every", str(arguments.snapshot_every)]
             takeover(arguments.runs, arguments.duration or 20.0, arguments.kill_after, arguments.workers,
-                     Path(temporary))
+                     Path(temporary), load=arguments.load, extra=extra)
         else:
             compare(arguments.runs, arguments.duration or 5.0, arguments.workers, Path(temporary))
     return 0
