@@ -84,7 +84,8 @@ class ClusterSupervisor(Supervisor):
                    "--status-dir", str(status_dir(self.data_dir))]
         if child.process is not None:
             child.restarts += 1
-        child.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=self._child_env())
+        # Its own process group, as the supervisor's other children (``Supervisor._spawn``).
+        child.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=self._child_env(), process_group=0)
         child.started_at = time.time()
         child.exited_at = None
         log.info("started member %s of group %d (pid %d)", name, group, child.process.pid)

@@ -200,8 +200,12 @@ class Supervisor:
             pass_fds = (self._listener.fileno(),)
         if child.process is not None:
             child.restarts += 1
+        # A process group of its own: a signal to the supervisor's group (Ctrl-C in a terminal,
+        # ``timeout``) reaches the supervisor alone, which stops the children in its order;
+        # otherwise each child began its own stop and the supervisor's SIGTERM arrived as a
+        # second signal (exit at once). PR_SET_PDEATHSIG still ends the child with the supervisor.
         child.process = subprocess.Popen(command, pass_fds=pass_fds, stdin=subprocess.DEVNULL,
-                                         env=self._child_env())
+                                         env=self._child_env(), process_group=0)
         child.started_at = time.time()
         child.exited_at = None
         log.info("started %s process %d (pid %d)", child.role, child.slot, child.process.pid)

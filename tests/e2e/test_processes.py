@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ from tests.e2e._load import (
     Ledgerbook,
     setup_wallets,
 )
-from tests.e2e._server import ServerProcess
+from tests.e2e._server import ADMIN_TOKEN, ServerProcess
 from tests.e2e._supervised import (
     DEPOSIT,
     WORKERS,
@@ -150,3 +151,27 @@ def test_a_busy_port_is_refused_before_any_child_starts(tmp_path: Path) -> None:
             assert http.get("/health").status_code == 200
     finally:
         first.kill()
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_process_group_is_a_clean_stop(tmp_path: Path, signal_number: int) -> None:
+    """Ctrl-C in a terminal (SIGINT) or ``timeout`` (SIGTERM) signals every process of the
+    group at once: the ledger starts its graceful stop on its own, then the supervisor's SIGTERM
+    reaches it again while it writes its final snapshot. Found by ``timeout 12 make run``: that
+    second signal killed the ledger (status -15) and the supervisor exited 1."""
+    server = ServerProcess(tmp_path / "data", extra_args=["--workers", "2"])
+    log = open(server.log_path, "ab")
+    server.process = subprocess.Popen(server.command(), stdout=log, stderr=subprocess.STDOUT,
+                                      env=dict(os.environ, WALLET_ADMIN_TOKEN=ADMIN_TOKEN),
+                                      start_new_session=True)  # its own group, as a terminal's job
+    log.close()
+    try:
+        server.wait_ready()
+        with server.client() as http:
+            assert http.post("/v1/assets", json={"code": "USD", "scale": 2}).status_code == 201
+        os.killpg(server.process.pid, signal_number)
+        assert server.process.wait(timeout=30) == 0, server.log_tail()
+        assert "the ledger process stopped with status" not in server.log(), server.log_tail()
+        assert "stopped cleanly at LSN" in server.log(), server.log_tail()
+    finally:
+        server.kill()
