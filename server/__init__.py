@@ -16,26 +16,8 @@ Which code runs in which process (``docs/ARCHITECTURE.md``, Processes; ADR 0006)
   ``_banksim``.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from server._errors import REASONS, ApiError
-    from server._serve import ServeOptions, serve
-    from server.api import Deps, build_app
+from server._errors import REASONS, ApiError
+from server._serve import ServeOptions, serve
+from server.api import Deps, build_app
 
 __all__ = ["REASONS", "ApiError", "Deps", "ServeOptions", "build_app", "serve"]
-
-# Imported on first use: each process imports only the modules of its role (above), so a child
-# that does not serve HTTP never loads Hypercorn, Starlette or the routes (a faster start).
-_WHERE = {"REASONS": "server._errors", "ApiError": "server._errors", "ServeOptions": "server._serve",
-          "serve": "server._serve", "Deps": "server.api", "build_app": "server.api"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'server' has no attribute {name!r}")

@@ -29,7 +29,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from server._supervisor import (
     Supervisor,
     _wait,
     bind,
-    options_to_json,
+    child_command,
     prepare_run_dir,
     run_dir,
 )
@@ -78,8 +77,7 @@ class ClusterSupervisor(Supervisor):
             return
         group, name = child.extra["group"], child.extra["member"]
         options = dataclasses.replace(self.options, data_dir=self.data_dir / f"g{group}-{name}", shared_dir=self.data_dir)
-        command = [sys.executable, "-m", "server._child", "member", options_to_json(options),
-                   "--supervisor", str(os.getpid()), "--socket", self.socket_path,
+        command = [*child_command("member", options, supervisor=os.getpid(), socket_path=self.socket_path),
                    "--group", str(group), "--member", name, "--servers", ",".join(self.nats.urls),
                    "--status-dir", str(status_dir(self.data_dir))]
         if child.process is not None:

@@ -24,7 +24,6 @@ import random
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -67,7 +66,7 @@ from server._payouts import Payouts
 from server._port import Confirm, LocalPort, RemotePort, Unavailable, serve_port
 from server._scrape import MULTIPROC_DIR_ENV, MultiProcessScrape
 from server._snapshotter import Snapshotter
-from server._supervisor import ledger_socket_path, mark_worker_up, prepare_run_dir
+from server._supervisor import child_command, ledger_socket_path, mark_worker_up, prepare_run_dir
 from server._webhooks import Dispatcher, WebhookConfig, WebhookMetrics
 from server.api import BATCHES_IN_FLIGHT_MAX, Deps, RateLimiter, build_app
 from wal import LogCorrupt, StorageFailed
@@ -532,10 +531,7 @@ async def _owner_child(role: str, options: ServeOptions, socket_path: str) -> No
     thread: the child's ``PR_SET_PDEATHSIG`` fires when the thread that started it ends, so a
     worker thread (which trio's ``open_process`` would use) could kill it while the owner lives;
     a fenced owner's ``os._exit`` takes it along."""
-    from server._supervisor import options_to_json
-
-    command = [sys.executable, "-m", "server._child", role, options_to_json(options),
-               "--supervisor", str(os.getpid()), "--socket", socket_path]
+    command = child_command(role, options, supervisor=os.getpid(), socket_path=socket_path)
     while True:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
         log.info("started the owner's %s process (pid %d)", role, process.pid)

@@ -107,6 +107,13 @@ def options_to_json(options: Any) -> str:
     return json.dumps(values)
 
 
+def child_command(role: str, options: Any, *, supervisor: int, socket_path: str) -> list[str]:
+    """The command line of a ``server._child`` process of ``role`` (``server._child``'s arguments
+    after these are the role's own)."""
+    return [sys.executable, "-m", "server._child", role, options_to_json(options),
+            "--supervisor", str(supervisor), "--socket", socket_path]
+
+
 def options_from_json(text: str) -> Any:
     from server._serve import ServeOptions
 
@@ -191,8 +198,7 @@ class Supervisor:
         return [self.ledger, self.projector, self.webhooks, *self.http]
 
     def _spawn(self, child: Child) -> None:
-        command = [sys.executable, "-m", "server._child", child.role, options_to_json(self.options),
-                   "--supervisor", str(os.getpid()), "--socket", self.socket_path]
+        command = child_command(child.role, self.options, supervisor=os.getpid(), socket_path=self.socket_path)
         pass_fds: tuple[int, ...] = ()
         if child.role == "http":
             assert self._listener is not None
