@@ -37,10 +37,10 @@ from ledger import (
     TransactionType,
     Transfer,
     Transferred,
-    TransfersPosted,
     WalletCreated,
     recover,
     shard_of,
+    transfers_posted,
 )
 
 CHUNK = 4000
@@ -167,7 +167,7 @@ def build_history(data: Path, wallets: int, transfers: int, seed: int) -> None:
                     to_wallet_id=target, asset="BEN", amount=rng.randint(1, 100_000), description=None,
                     metadata={"order_id": f"ord-{number}", "channel": rng.choice(CHANNELS)}, at_us=at_us,
                     idempotency=None))
-            add(moves[0] if count == 1 else TransfersPosted(transfers=tuple(moves), at_us=at_us))
+            add(moves[0] if count == 1 else transfers_posted(moves, at_us))
             made += count
             pending += count
             if pending >= HISTORY_CHUNK:

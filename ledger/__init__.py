@@ -115,6 +115,7 @@ from ledger._model import (
     TransactionType,
     Transfer,
     Transferred,
+    TransferRow,
     TransfersPosted,
     UpdateWallet,
     VoidReason,
@@ -135,6 +136,8 @@ from ledger._model import (
     new_transfer,
     new_transferred,
     spend_window,
+    transferred_of,
+    transfers_posted,
     treasury_id,
 )
 from ledger._projector import PROJECTOR_BATCH_MAX, Projector, RemoteProjection
@@ -259,6 +262,7 @@ __all__ = [
     "TransactionStatus",
     "TransactionType",
     "Transfer",
+    "TransferRow",
     "Transferred",
     "TransfersPosted",
     "UpdateWallet",
@@ -313,6 +317,8 @@ __all__ = [
     "spend_window",
     "state_digest",
     "take_transactions",
+    "transferred_of",
+    "transfers_posted",
     "treasury_id",
     "write_state",
 ]

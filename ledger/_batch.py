@@ -49,10 +49,14 @@ from ledger._model import (
     Rejection,
     Transfer,
     Transferred,
+    TransferRow,
     TransfersPosted,
     Wallet,
     new_committed,
+    transferred_of,
+    transfers_posted,
 )
+from ledger._part import Credit
 from ledger._state import State
 from wal import PAYLOAD_BYTES_MAX
 
@@ -93,10 +97,10 @@ class _DebitPart:
 
 @dataclass(slots=True)
 class _ApplyCredits:
-    """Step 3 for the items of a batch part: credits to apply (event, LSN) and reservations of
+    """Step 3 for the items of a batch part: credits to apply (row, time, LSN) and reservations of
     refused items to drop (wallet id, amount)."""
 
-    credits: list[tuple[Transferred, int]]
+    credits: list[Credit]
     releases: list[tuple[str, int]]
 
 
@@ -128,18 +132,21 @@ class _AtomicLead:
 
 
 
-def _records(events: list[Transferred], at_us: int) -> list[tuple[bytes, Event, int]]:
-    """The records for a batch part's accepted transfers: (payload, record, how many
-    transfers). One record, a lone transfer being a plain ``Transferred``; halved until each
-    fits in a frame (only metadata-heavy batches near the 16 MiB body limit come close)."""
-    if not events:
+def _records(rows: list[TransferRow], at_us: int) -> list[tuple[bytes, Transferred | TransfersPosted, int]]:
+    """The records for a batch part's accepted transfers (``decide_part``'s rows): (payload,
+    record, how many transfers). One record, a lone transfer being a plain ``Transferred``;
+    halved until each fits in a frame (only metadata-heavy batches near the 16 MiB body limit
+    come close)."""
+    if not rows:
         return []
-    record: Event = events[0] if len(events) == 1 else TransfersPosted(transfers=tuple(events), at_us=at_us)
+    record: Transferred | TransfersPosted = (
+        transferred_of(rows[0], at_us) if len(rows) == 1 else TransfersPosted(rows=tuple(rows), at_us=at_us)
+    )
     payload = encode_event(record)
-    if len(payload) <= RECORD_BYTES_MAX or len(events) == 1:
-        return [(payload, record, len(events))]
-    half = len(events) // 2
-    return _records(events[:half], at_us) + _records(events[half:], at_us)
+    if len(payload) <= RECORD_BYTES_MAX or len(rows) == 1:
+        return [(payload, record, len(rows))]
+    half = len(rows) // 2
+    return _records(rows[:half], at_us) + _records(rows[half:], at_us)
 
 
 def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchReply) -> None:
@@ -215,7 +222,7 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
             events.append(event)
     lsn = 0
     if events:
-        record: Event = events[0] if len(events) == 1 else TransfersPosted(transfers=tuple(events), at_us=now_us)
+        record: Event = events[0] if len(events) == 1 else transfers_posted(events, now_us)
         payload = encode_event(record)
         if len(payload) > RECORD_BYTES_MAX:
             reply.failed = BatchFailed(index=None, rejection=Rejection(
@@ -242,7 +249,7 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
         if isinstance(decision, list):
             event = decision[0]
             assert isinstance(event, Transferred)
-            results[position] = new_committed(event, lsn)
+            results[position] = new_committed(event, lsn, -1)
         else:
             assert isinstance(decision, Duplicate)
             results[position] = decision

@@ -87,6 +87,7 @@ from ledger._model import (
     TokenRevoked,
     TransactionType,
     Transferred,
+    TransferRow,
     TransfersPosted,
     VoidReason,
     WalletCreated,
@@ -96,7 +97,6 @@ from ledger._model import (
     WithdrawalStatus,
     WithdrawalUpdated,
     new_idempotency,
-    new_transferred,
 )
 
 CODEC_VERSION = 1
@@ -176,12 +176,13 @@ _TRANSACTION_TYPES = {kind.value: kind for kind in TransactionType}
 def _transfers_posted(at_us: int, items: Any) -> TransfersPosted:
     # The one record that carries up to a thousand transfers, so replay and the projector spend
     # their time here: the field checks are inline (one ``type`` test each, the same rules as
-    # ``_str``, ``_int`` and friends) and the type comes from a table, not the enum's call.
+    # ``_str``, ``_int`` and friends), the type comes from a table, not the enum's call, and each
+    # item becomes a ``TransferRow`` tuple, not a ``Transferred``.
     if type(items) is not list or not 1 <= len(items) <= BATCH_ITEMS_MAX:
         raise CodecError(f"a transfers record holds 1 to {BATCH_ITEMS_MAX} transfers")
     kinds = _TRANSACTION_TYPES
-    build = new_transferred
-    transfers = []
+    rows: list[TransferRow] = []
+    append = rows.append
     for item in items:
         if type(item) is not list or len(item) != 9:
             raise CodecError("a transfer in a transfers record is an array of 9 fields")
@@ -196,9 +197,15 @@ def _transfers_posted(at_us: int, items: Any) -> TransfersPosted:
             raise CodecError(f"expected a string or nil, found {type(description).__name__}")
         if metadata is not None and type(metadata) is not dict:
             raise CodecError(f"expected a map or nil, found {type(metadata).__name__}")
-        transfers.append(build(transaction_id, kind, from_id, to_id, asset, amount, description, metadata,
-                               at_us, None if idem is None else _idem_in(idem)))
-    return TransfersPosted(transfers=tuple(transfers), at_us=at_us)
+        if idem is not None:
+            if (type(idem) is not list or len(idem) != 3 or type(idem[0]) is not str or type(idem[1]) is not str
+                    or type(idem[2]) is not bytes):
+                raise CodecError("idempotency is nil or [string, string, bytes]")
+            append((transaction_id, kind, from_id, to_id, asset, amount, description, metadata,
+                    (idem[0], idem[1], idem[2])))
+        else:
+            append((transaction_id, kind, from_id, to_id, asset, amount, description, metadata, None))
+    return TransfersPosted(rows=tuple(rows), at_us=at_us)
 
 
 def encode_event(event: Event) -> bytes:
@@ -228,23 +235,10 @@ def encode_event(event: Event) -> bytes:
             [CODEC_VERSION, _TOKEN_CREATED, event.token_hash, event.prefix, event.owner_id, event.at_us]
         )
     if isinstance(event, TransfersPosted):
-        # Tuples (msgpack writes them as arrays) and the enum as it is (an int subclass, which
-        # msgpack writes as its value): the same bytes as lists and int(), for less work.
-        at_us = event.at_us
-        items: list[tuple[Any, ...]] = []
-        append = items.append
-        for transfer in event.transfers:
-            assert transfer.at_us == at_us
-            idempotency = transfer.idempotency
-            append((
-                transfer.transaction_id, transfer.type, transfer.from_wallet_id,
-                transfer.to_wallet_id, transfer.asset, transfer.amount, transfer.description,
-                transfer.metadata,
-                None if idempotency is None
-                else (idempotency.scope, idempotency.key, idempotency.fingerprint),
-            ))
-        assert 1 <= len(items) <= BATCH_ITEMS_MAX, len(items)
-        return _packb([CODEC_VERSION, _TRANSFERS_POSTED, at_us, items])
+        # The rows as they are: tuples are written as arrays, and the type enum (an int
+        # subclass) as its value, so the record is one packing call.
+        assert 1 <= len(event.rows) <= BATCH_ITEMS_MAX, len(event.rows)
+        return _packb([CODEC_VERSION, _TRANSFERS_POSTED, event.at_us, event.rows])
     if isinstance(event, TokenRevoked):
         return _packb([CODEC_VERSION, _TOKEN_REVOKED, event.prefix, event.at_us])
     if isinstance(event, HoldCreated):

@@ -143,7 +143,7 @@ def check_idempotency(directory: Directory, idempotency: Idempotency | None) -> 
             reason=Reason.IDEMPOTENCY_KEY_REUSED,
             detail=f"idempotency key {idempotency.key!r} was used for a different request",
         )
-    outcome = record.event
+    outcome = record.source  # a refusal is its own record; anything else is an event's
     if type(outcome) is Rejection:
         return outcome
     return Duplicate(record=record)

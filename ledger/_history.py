@@ -188,7 +188,7 @@ def take(records: list[tuple[int, Event]], transactions_max: int) -> int:
 
 def weight(event: Event) -> int:
     """What a record counts for in backlogs: its transactions (at least one)."""
-    return len(event.transfers) if isinstance(event, TransfersPosted) else 1
+    return len(event.rows) if isinstance(event, TransfersPosted) else 1
 
 
 def position(lsn: int, index: int = 0) -> int:

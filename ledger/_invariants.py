@@ -170,7 +170,7 @@ def state_digest(
     for prefix in sorted(directory.token_prefixes):
         digest.update(repr(directory.tokens[directory.token_prefixes[prefix]]).encode())
     for key, record in sorted(directory.idempotency.items()):
-        outcome = record.event
+        outcome = record.source
         if type(outcome) is Rejection:  # a refused request's key (final outcomes)
             digest.update(repr((key, record.fingerprint, record.lsn, outcome.reason.value, outcome.detail)).encode())
         else:

@@ -138,7 +138,7 @@ class KeyIndex:
             )
             for scope, key, fingerprint, lsn, at_us, event in cursor:
                 found[(scope, key)] = IdempotencyRecord(
-                    fingerprint=fingerprint, lsn=lsn, at_us=at_us, event=decode_outcome(event)
+                    fingerprint=fingerprint, lsn=lsn, at_us=at_us, source=decode_outcome(event)
                 )
         self.lookups += len(wanted)
         self.found += len(found)

@@ -30,6 +30,7 @@ from ledger._apply import (
     apply_credit,
     apply_debit,
     apply_directory,
+    record_keys,
 )
 from ledger._decide import _PASSED, CreditCheck, Decision, decide_transfer
 from ledger._decide import check_credit as _check_credit
@@ -45,16 +46,17 @@ from ledger._model import (
     Rejection,
     Transfer,
     Transferred,
+    TransferRow,
     TransfersPosted,
     WalletStatus,
-    new_idempotency_record,
-    new_transferred,
+    transfer_row,
 )
 from ledger._state import State
 
-# What ``decide_part`` answers per item: the accepted transfer itself (not wrapped in a list as
-# ``Decision`` is), or the rejection or replay.
-PartOutcome = Transferred | Rejection | Duplicate
+# What ``decide_part`` answers per item: the accepted transfer as the row its record will hold
+# (``TransferRow``, a plain tuple: not wrapped in a list as ``Decision`` is, and no
+# ``Transferred`` built), or the rejection or replay.
+PartOutcome = TransferRow | Rejection | Duplicate
 
 # Bound once (a global read is cheaper than an enum member read through its class). A sender
 # passes row 5 on the inline path only if its status is this very member; anything else goes to
@@ -122,10 +124,11 @@ def decide_part(
                 fast = credit.failure is None and credit.asset == sender.asset  # 2, 6, 8 there; 4
         if fast:
             assert sender is not None
-            # After this point the item is accepted (what ``decide_transfer`` builds).
-            append(new_transferred(
+            # After this point the item is accepted (the row of what ``decide_transfer`` builds).
+            append((
                 command.transaction_id, command.type, sender_id, to_wallet_id, sender.asset,
-                amount, command.description, command.metadata, now_us, idempotency,
+                amount, command.description, command.metadata,
+                None if idempotency is None else (idempotency.scope, idempotency.key, idempotency.fingerprint),
             ))
             moved[sender_id] = sender_moved - amount
             if credit is None:
@@ -143,7 +146,7 @@ def decide_part(
         if isinstance(decision, list):
             (event,) = decision
             assert isinstance(event, Transferred)
-            append(event)
+            append(transfer_row(event))
             moved[sender_id] = sender_moved - amount
             if wallets[sender_id].limits is not None:
                 spent[sender_id] = spent.get(sender_id, 0) + amount
@@ -166,41 +169,37 @@ def check_credit(state: State, command: Transfer, pending: int) -> CreditCheck:
     return _check_credit(state, command, pending=pending)
 
 
-def apply_part(state: State, transfers: Sequence[Transferred], local: Sequence[bool], lsn: int, at_us: int) -> None:
-    """Applies a ``TransfersPosted`` record of ``transfers`` (stamped ``at_us``) appended at
-    ``lsn`` on the sender's shard: what ``apply_directory`` does with the record, then
-    ``apply_debit`` of each transfer and, when ``local[i]``, its ``apply_credit`` (the receiver
-    lives here too), in order, with the same asserts and alert evaluations."""
-    assert len(transfers) == len(local)
+def apply_part(state: State, record: TransfersPosted, local: Sequence[bool], lsn: int) -> None:
+    """Applies a ``TransfersPosted`` record appended at ``lsn`` on the sender's shard: what
+    ``apply_directory`` does with the record, then ``apply_debit`` of each transfer and, when
+    ``local[i]``, its ``apply_credit`` (the receiver lives here too), in order, with the same
+    asserts and alert evaluations. Works on the record's rows: no ``Transferred`` is built."""
+    rows = record.rows
+    at_us = record.at_us
+    assert len(rows) == len(local)
     directory = state.directory
     assert lsn == directory.lsn + 1, (lsn, directory.lsn)
-    assert 1 <= len(transfers) <= BATCH_ITEMS_MAX, len(transfers)
+    assert 1 <= len(rows) <= BATCH_ITEMS_MAX, len(rows)
     directory.lsn = lsn
     if at_us > directory.at_us:
         directory.at_us = at_us
-    records = directory.idempotency
-    for transfer in transfers:
-        assert transfer.at_us == at_us
-        idempotency = transfer.idempotency
-        if idempotency is not None:
-            key = (idempotency.scope, idempotency.key)
-            assert key not in records
-            records[key] = new_idempotency_record(idempotency.fingerprint, lsn, at_us, transfer)
+    record_keys(directory, record, lsn)
     _expire_idempotency(directory)
     wallets = state.wallets
     watched = state.watched
     day = at_us // DAY_US
-    for transfer, here in zip(transfers, local, strict=True):
-        amount = transfer.amount
+    for (transaction_id, type_, from_wallet_id, to_wallet_id, asset, amount, _, _, _), here in zip(
+        rows, local, strict=True
+    ):
         # ``apply_debit``
-        sender = wallets[transfer.from_wallet_id]
-        assert sender.asset == transfer.asset
+        sender = wallets[from_wallet_id]
+        assert sender.asset == asset
         if sender.id.startswith(TREASURY_PREFIX):
             assert sender.balance - amount >= INT64_MIN
         else:
             limits = sender.limits
             assert sender.balance - sender.held - amount >= (0 if limits is None else -limits.overdraft)
-            if transfer.type in _SPENDING:
+            if type_ in _SPENDING:
                 window = sender.window
                 if window is not None and window.day == day:
                     spent_month = sender.spent_month
@@ -217,11 +216,11 @@ def apply_part(state: State, transfers: Sequence[Transferred], local: Sequence[b
         if sender.lsn < lsn:
             sender.lsn = lsn
         if watched and sender.id in watched:
-            _watch(state, sender, transfer.transaction_id)
+            _watch(state, sender, transaction_id)
         if here:
             # ``apply_credit``
-            receiver = wallets[transfer.to_wallet_id]
-            assert receiver.asset == transfer.asset
+            receiver = wallets[to_wallet_id]
+            assert receiver.asset == asset
             assert receiver.balance + amount <= INT64_MAX
             receiver.balance += amount
             if receiver.updated_at_us < at_us:
@@ -229,7 +228,7 @@ def apply_part(state: State, transfers: Sequence[Transferred], local: Sequence[b
             if receiver.lsn < lsn:
                 receiver.lsn = lsn
             if watched and receiver.id in watched:
-                _watch(state, receiver, transfer.transaction_id)
+                _watch(state, receiver, transaction_id)
 
 
 def apply_posted(state: State, record: Event, local: Sequence[bool], lsn: int) -> None:
@@ -237,7 +236,7 @@ def apply_posted(state: State, record: Event, local: Sequence[bool], lsn: int) -
     lone ``Transferred``) appended at ``lsn`` on the sender's shard; ``local`` as in
     ``apply_part``."""
     if type(record) is TransfersPosted:
-        apply_part(state, record.transfers, local, lsn, record.at_us)
+        apply_part(state, record, local, lsn)
         return
     assert type(record) is Transferred and len(local) == 1
     apply_directory(state.directory, record, lsn)
@@ -246,21 +245,25 @@ def apply_posted(state: State, record: Event, local: Sequence[bool], lsn: int) -
         apply_credit(state, record, lsn)
 
 
-def apply_credits(state: State, credits: Sequence[tuple[Transferred, int]]) -> None:
-    """``apply_credit`` of each (transfer, LSN), in order: step 3 of a batch part on the
+# Step 3 of a batch item whose receiver lives on another shard: its row, the record's time and
+# LSN.
+Credit = tuple[TransferRow, int, int]
+
+
+def apply_credits(state: State, credits: Sequence[Credit]) -> None:
+    """``apply_credit`` of each (row, time, LSN), in order: step 3 of a batch part on the
     receiving shard."""
     wallets = state.wallets
     watched = state.watched
-    for transfer, lsn in credits:
-        amount = transfer.amount
-        receiver = wallets[transfer.to_wallet_id]
-        assert receiver.asset == transfer.asset
+    for row, at_us, lsn in credits:
+        amount = row[5]
+        receiver = wallets[row[3]]
+        assert receiver.asset == row[4]
         assert receiver.balance + amount <= INT64_MAX
         receiver.balance += amount
-        at_us = transfer.at_us
         if receiver.updated_at_us < at_us:
             receiver.updated_at_us = at_us
         if receiver.lsn < lsn:
             receiver.lsn = lsn
         if watched and receiver.id in watched:
-            _watch(state, receiver, transfer.transaction_id)
+            _watch(state, receiver, row[0])

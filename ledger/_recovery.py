@@ -108,8 +108,7 @@ def replay_log(
             if type(event) is TransfersPosted:
                 # The live path's one-loop apply (``ledger._part``, tested equal to ``apply``),
                 # every receiver local: replay holds every wallet.
-                transfers = event.transfers
-                apply_part(state, transfers, (True,) * len(transfers), lsn, event.at_us)
+                apply_part(state, event, (True,) * len(event.rows), lsn)
             else:
                 apply(state, event, lsn)
             records += 1

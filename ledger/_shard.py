@@ -105,11 +105,13 @@ from ledger._model import (
     ResolveHold,
     Transfer,
     Transferred,
+    TransferRow,
     Wallet,
     WithdrawalUpdated,
     new_committed,
     treasury_id,
 )
+from ledger._part import Credit
 from ledger._state import State
 from wal import StorageFailed, WriteAheadLog
 
@@ -470,7 +472,7 @@ class Shard:
                 else:
                     assert reserved == event.amount, (reserved, event.amount)
                 self._peers[credit_shard]._post(_ApplyCredit(event, event.to_wallet_id, reserved, lsn))
-        self._resolve(reply, Committed(event=event, lsn=lsn), lsn)
+        self._resolve(reply, Committed(source=event, lsn=lsn), lsn)
 
     def _apply_sender(self, event: Event, lsn: int) -> None:
         """``apply_sender`` plus this shard's deadline heap."""
@@ -573,7 +575,7 @@ class Shard:
     def _decide_part(self, items: list[_PartItem], reply: BatchReply) -> None:
         """Steps 2 of every item of a batch whose sender lives here, in request order."""
         wal = self._wal
-        credits: dict[int, list[tuple[Transferred, int]]] = {}
+        credits: dict[int, list[Credit]] = {}
         releases: dict[int, list[tuple[str, int]]] = {}
         failed = wal.failed
         if failed is not None:
@@ -589,13 +591,13 @@ class Shard:
         outcomes = _part.decide_part(state, [(item[1], item[2]) for item in items], now_us, self._pending)
         results = reply.results
         accepted: list[_PartItem] = []
-        events: list[Transferred] = []
+        rows: list[TransferRow] = []
         refusals: list[tuple[Idempotency, Rejection]] = []
         directory = state.directory
         for item, outcome in zip(items, outcomes, strict=True):
-            if type(outcome) is Transferred:
+            if type(outcome) is tuple:
                 accepted.append(item)
-                events.append(outcome)
+                rows.append(outcome)
                 continue
             assert type(outcome) is Rejection or type(outcome) is Duplicate
             results[item[0]] = outcome
@@ -608,21 +610,22 @@ class Shard:
         # After this point every accepted item is appended and applied in this same step.
         start = 0
         index = self.index
-        for payload, record, count in _records(events, now_us):
+        for payload, record, count in _records(rows, now_us):
             lsn = wal.append(payload, record)
             stop = start + count
             local = [item[4] == index for item in accepted[start:stop]]
             _part.apply_posted(state, record, local, lsn)
+            # A lone transfer is its own record; a row of a TransfersPosted is at its position.
+            lone = count == 1
             for offset in range(start, stop):
-                event = events[offset]
                 item = accepted[offset]
                 credit_shard = item[4]
                 if credit_shard != index:
                     assert item[3]
-                    credits.setdefault(credit_shard, []).append((event, lsn))
-                results[item[0]] = new_committed(event, lsn)
+                    credits.setdefault(credit_shard, []).append((rows[offset], now_us, lsn))
+                results[item[0]] = new_committed(record, lsn, -1 if lone else offset - start)
             start = stop
-        assert start == len(events)
+        assert start == len(rows)
         if refusals:
             # The part's refused keys, one record for all of them (distinct keys: the batch's
             # keys are distinct, and each had no record when it was decided).
@@ -632,7 +635,7 @@ class Shard:
         wal.call_when_durable(wal.last_lsn, reply._report)
 
     def _send_credits(
-        self, credits: dict[int, list[tuple[Transferred, int]]], releases: dict[int, list[tuple[str, int]]]
+        self, credits: dict[int, list[Credit]], releases: dict[int, list[tuple[str, int]]]
     ) -> None:
         for shard in sorted(credits.keys() | releases.keys()):
             self._peers[shard]._post(_ApplyCredits(credits.get(shard, []), releases.get(shard, [])))
@@ -641,8 +644,8 @@ class Shard:
         for wallet_id, amount in message.releases:
             self._release(wallet_id, amount)
         credits = message.credits
-        for event, _ in credits:
-            self._release(event.to_wallet_id, event.amount)
+        for row, _, _ in credits:
+            self._release(row[3], row[5])
         _part.apply_credits(self.state, credits)
 
     def _on_atomic_batch(self, message: _AtomicBatch) -> None:
@@ -696,7 +699,7 @@ class Shard:
             return
         lsn = self._commit_local(decision)
         if len(decision) == 1 and isinstance(decision[0], HoldCreated | HoldVoided):
-            self._resolve(message.reply, Committed(event=decision[0], lsn=lsn), lsn)
+            self._resolve(message.reply, Committed(source=decision[0], lsn=lsn), lsn)
         else:
             self._resolve(message.reply, decision, lsn)
 

@@ -142,7 +142,7 @@ def encode_state(state: State) -> Iterator[bytes]:
     directory = state.directory
     assert len(directory.tokens) == len(directory.token_prefixes)
     lsn = directory.lsn
-    refused = sum(1 for record in directory.idempotency.values() if type(record.event) is Rejection)
+    refused = sum(1 for record in directory.idempotency.values() if type(record.source) is Rejection)
     counts = (len(directory.assets), len(directory.tokens), len(directory.idempotency) - refused, len(state.wallets),
               len(state.holds), len(state.withdrawals), len(state.alerts), len(state.crossings), refused,
               len(state.refunded))
@@ -156,8 +156,9 @@ def encode_state(state: State) -> Iterator[bytes]:
         for token in directory.tokens.values():
             yield [token.token_hash, token.prefix, token.owner_id, token.created_at_us]
         for (scope, key), record in directory.idempotency.items():
-            outcome = record.event
-            if not isinstance(outcome, Rejection):
+            if type(record.source) is not Rejection:
+                outcome = record.event
+                assert not isinstance(outcome, Rejection)
                 yield [scope, key, record.fingerprint, record.lsn, record.at_us, encode_event(outcome)]
         # Only the ids are copied and sorted (a reference each), not the wallets.
         for wallet_id in sorted(state.wallets):
@@ -192,7 +193,7 @@ def encode_state(state: State) -> Iterator[bytes]:
             ]
         if refused:
             for (scope, key), record in directory.idempotency.items():
-                outcome = record.event
+                outcome = record.source
                 if type(outcome) is Rejection:
                     yield [scope, key, record.fingerprint, record.lsn, record.at_us, outcome.reason.value,
                            outcome.detail]
@@ -288,7 +289,7 @@ def _merge_refusals(directory: Directory, unpacker: msgpack.Unpacker, count: int
             # Non-decreasing: the refusals of one step share its record's LSN.
             lsn=_int(record_lsn, "refusal lsn", max(previous_lsn, 1), directory.lsn),
             at_us=_int(record_at_us, "refusal at_us"),
-            event=Rejection(reason=found, detail=_str(detail, "refusal detail")),
+            source=Rejection(reason=found, detail=_str(detail, "refusal detail")),
         )
         previous_lsn = record.lsn
         refusals.append(((_str(scope, "refusal scope"), _str(key, "refusal key")), record))
@@ -377,7 +378,7 @@ def _decode(body: bytes) -> State:
             # Non-decreasing: the items of one batch record share its LSN.
             lsn=_int(record_lsn, "idempotency lsn", max(previous_lsn, 1), directory.lsn),
             at_us=_int(record_at_us, "idempotency at_us"),
-            event=event,
+            source=event,
         )
         previous_lsn = record.lsn
         idempotency_key = (_str(scope, "idempotency scope"), _str(key, "idempotency key"))

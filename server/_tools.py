@@ -30,6 +30,7 @@ from ledger import (
     FILE_MODE,
     CodecError,
     Event,
+    TransfersPosted,
     build_snapshot,
     check_state,
     decode_event,
@@ -243,7 +244,10 @@ def _plain(value: Any) -> Any:
         return [_plain(item) for item in value]
     if hasattr(value, "__dataclass_fields__"):
         plain: dict[str, Any] = {}
-        for name in value.__dataclass_fields__:
+        # A batch record shows its transfers whole, as it always did (its rows are how it is
+        # held in memory, not what it means).
+        names = ("transfers", "at_us") if isinstance(value, TransfersPosted) else value.__dataclass_fields__
+        for name in names:
             item = getattr(value, name)
             if name in _TIMES and isinstance(item, int):
                 plain[name.removesuffix("_us")] = None if (_TIMES[name] and item == 0) else timestamp(item)

@@ -138,6 +138,12 @@ def _builder(name: str) -> Callable[..., Any]:
 
 def _default(value: Any) -> Any:
     kind = type(value)
+    # An outcome that points into a batch record crosses as the one transfer it stands for, not
+    # with the whole record (up to a thousand rows).
+    if kind is _model.Committed and value.position >= 0:
+        value = _model.new_committed(value.event, value.lsn, -1)
+    elif kind is _model.IdempotencyRecord and value.position >= 0:
+        value = _model.new_idempotency_record(value.fingerprint, value.lsn, value.at_us, value.event, -1)
     name = _DATACLASS_NAMES.get(kind)
     if name is not None:
         _, names = _DATACLASSES[name]
@@ -354,15 +360,29 @@ def _transferred(row: list[Any]) -> Any:
                                   description, metadata, at_us, idempotency)
 
 
+def _posted_row(record: Any, position: int) -> list[Any]:
+    """``_transferred_row`` of the transfer at ``position`` of a ``TransfersPosted`` record,
+    from its row (no ``Transferred`` built)."""
+    (tid, type_, source, target, asset, amount, description, metadata, key) = record.rows[position]
+    if key is None:
+        return [tid, int(type_), source, target, asset, amount, description, metadata, record.at_us, None, None, None]
+    return [tid, int(type_), source, target, asset, amount, description, metadata, record.at_us, *key]
+
+
 def pack_outcomes(outcomes: list[Any]) -> list[list[Any]]:
     rows: list[list[Any]] = []
     for outcome in outcomes:
         kind = type(outcome)
-        if kind is _model.Committed and type(outcome.event) is _model.Transferred:
-            rows.append([0, outcome.lsn, *_transferred_row(outcome.event)])
-        elif kind is _model.Duplicate and type(outcome.record.event) is _model.Transferred:
+        if kind is _model.Committed and outcome.position >= 0:
+            rows.append([0, outcome.lsn, *_posted_row(outcome.source, outcome.position)])
+        elif kind is _model.Committed and type(outcome.source) is _model.Transferred:
+            rows.append([0, outcome.lsn, *_transferred_row(outcome.source)])
+        elif kind is _model.Duplicate and outcome.record.position >= 0:
             record = outcome.record
-            rows.append([1, record.fingerprint, record.lsn, record.at_us, *_transferred_row(record.event)])
+            rows.append([1, record.fingerprint, record.lsn, record.at_us, *_posted_row(record.source, record.position)])
+        elif kind is _model.Duplicate and type(outcome.record.source) is _model.Transferred:
+            record = outcome.record
+            rows.append([1, record.fingerprint, record.lsn, record.at_us, *_transferred_row(record.source)])
         elif kind is _model.Rejection:
             rows.append([2, outcome.reason.name, outcome.detail])
         else:
@@ -378,9 +398,9 @@ def unpack_outcomes(rows: list[Any]) -> list[Any]:
         for row in rows:
             tag = row[0]
             if tag == 0:
-                outcomes.append(_model.new_committed(_transferred(row[2:]), row[1]))
+                outcomes.append(_model.new_committed(_transferred(row[2:]), row[1], -1))
             elif tag == 1:
-                record = _model.new_idempotency_record(row[1], row[2], row[3], _transferred(row[4:]))
+                record = _model.new_idempotency_record(row[1], row[2], row[3], _transferred(row[4:]), -1)
                 outcomes.append(_model.Duplicate(record=record))
             elif tag == 2:
                 outcomes.append(_model.Rejection(reason=_model.Reason[row[1]], detail=row[2]))

@@ -31,6 +31,9 @@ from ledger import (
     decode_event,
     encode_event,
 )
+from ledger import (
+    transfers_posted as _posted,
+)
 
 int64s = st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
 texts = st.text(max_size=24)  # any unicode, surrogates excluded (they are not UTF-8)
@@ -58,9 +61,7 @@ transferred = st.builds(
     at_us=int64s, idempotency=idempotencies,
 )
 transfers_posted = st.builds(
-    lambda at_us, transfers: TransfersPosted(
-        transfers=tuple(Transferred(**{**_fields(t), "at_us": at_us}) for t in transfers), at_us=at_us
-    ),
+    lambda at_us, transfers: _posted([Transferred(**{**_fields(t), "at_us": at_us}) for t in transfers], at_us),
     int64s, st.lists(transferred, min_size=1, max_size=6),
 )
 token_created = st.builds(TokenCreated, token_hash=st.binary(max_size=40), prefix=texts, owner_id=texts, at_us=int64s)
@@ -223,7 +224,7 @@ SAMPLES: list[Event] = [
                 idempotency=Idempotency(scope="s", key="k", fingerprint=b"f")),
     TokenCreated(token_hash=b"h", prefix="p", owner_id="o", at_us=1),
     TokenRevoked(prefix="p", at_us=1),
-    TransfersPosted(at_us=1, transfers=(
+    _posted(at_us=1, transfers=(
         Transferred(transaction_id="t1", type=TransactionType.TRANSFER, from_wallet_id="a", to_wallet_id="b",
                     asset="USD", amount=5, description=None, metadata=None, at_us=1, idempotency=None),
         Transferred(transaction_id="t2", type=TransactionType.TRANSFER, from_wallet_id="b", to_wallet_id="c",
@@ -347,5 +348,5 @@ def test_bad_transfers_records_are_refused(fields: list[Any]) -> None:
 def test_a_full_batch_record_round_trips() -> None:
     item = SAMPLES[-1]
     assert isinstance(item, TransfersPosted)
-    full = TransfersPosted(at_us=1, transfers=item.transfers[:1] * BATCH_ITEMS_MAX)
+    full = _posted(item.transfers[:1] * BATCH_ITEMS_MAX, 1)
     assert decode_event(encode_event(full)) == full

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ledger import EventFeed, TransactionType, Transferred, TransfersPosted, WalletCreated
+from ledger import (
+    EventFeed,
+    TransactionType,
+    Transferred,
+    TransfersPosted,
+    WalletCreated,
+    transfers_posted,
+)
 from ledger._events import RECENT_MAX
 
 
@@ -17,7 +24,7 @@ def _moved(number: int) -> Transferred:
 
 
 def _batch(first: int, count: int) -> TransfersPosted:
-    return TransfersPosted(transfers=tuple(_moved(first + i) for i in range(count)), at_us=1)
+    return transfers_posted(tuple(_moved(first + i) for i in range(count)), 1)
 
 
 async def test_a_page_ends_at_a_record_boundary(tmp_path: Path) -> None:

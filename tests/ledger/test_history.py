@@ -17,8 +17,8 @@ from ledger import (
     History,
     TransactionType,
     Transferred,
-    TransfersPosted,
     WalletCreated,
+    transfers_posted,
 )
 from ledger._history import SCHEMA_VERSION
 
@@ -110,7 +110,7 @@ def batch_records() -> list[tuple[int, Any]]:
     records.append((4, _moved(0, "a", "b", 100, 40)))
     transfers = (_moved(1, "b", "a", 30, 50), _moved(2, "a", "c", 5, 50), _moved(3, "b", "a", 7, 50),
                  _moved(4, "a", "b", 1, 50))
-    records.append((5, TransfersPosted(transfers=transfers, at_us=50)))
+    records.append((5, transfers_posted(transfers, 50)))
     records.append((6, _moved(5, "c", "a", 2, 60)))
     return records
 
@@ -201,11 +201,11 @@ def test_the_backlog_counts_transactions_not_records(tmp_path: Path) -> None:
     history = History.open(tmp_path / "h.sqlite3")
     try:
         many = tuple(_moved(i, "a", "b", 1, 1) for i in range(PENDING_RECORDS_MAX // 4))
-        history.feed([(lsn, b"", TransfersPosted(transfers=many, at_us=1)) for lsn in range(1, 4)])
+        history.feed([(lsn, b"", transfers_posted(many, 1)) for lsn in range(1, 4)])
         assert not history.backlogged()
-        history.feed([(4, b"", TransfersPosted(transfers=many, at_us=1))])
+        history.feed([(4, b"", transfers_posted(many, 1))])
         assert history.backlogged()  # four records, PENDING_RECORDS_MAX transactions
-        records = [(lsn, TransfersPosted(transfers=many[:10], at_us=1)) for lsn in range(1, 30)]
+        records = [(lsn, transfers_posted(many[:10], 1)) for lsn in range(1, 30)]
         assert take(records, 25) == 3
         assert take(records, 5) == 1
         assert take(records[:2], 1000) == 2

@@ -196,7 +196,7 @@ def test_index_expiry_horizon_and_cut(tmp_path: Path) -> None:
 
     index = KeyIndex.open(tmp_path)
     event = _committed_event()
-    records = [(("s", f"k{n}"), IdempotencyRecord(fingerprint=b"f", lsn=n + 1, at_us=1000 * n, event=event))
+    records = [(("s", f"k{n}"), IdempotencyRecord(fingerprint=b"f", lsn=n + 1, at_us=1000 * n, source=event))
                for n in range(10)]
     index.write(records, through_lsn=10)
     assert index.maybe_holds and index.through_lsn == 10
@@ -225,7 +225,7 @@ def test_trim_drops_exactly_the_covered_prefix() -> None:
     event = _committed_event()
     for n in range(6):
         state.directory.idempotency[("s", f"k{n}")] = IdempotencyRecord(
-            fingerprint=b"f", lsn=n // 2 + 1, at_us=n, event=event
+            fingerprint=b"f", lsn=n // 2 + 1, at_us=n, source=event
         )
     assert trim(state.directory, 2) == 4
     assert list(state.directory.idempotency) == [("s", "k4"), ("s", "k5")]
@@ -264,7 +264,7 @@ async def test_a_spill_that_falls_behind_refuses_keyed_requests_only(tmp_path: P
         lsn = ledger.wal.durable_lsn + 1_000_000  # never durable: the spill cannot move them
         for n in range(2 + SPILL_CHUNK + 1):  # more than twice the cap, plus a chunk
             ledger.directory.idempotency[("x", f"k{n}")] = IdempotencyRecord(
-                fingerprint=b"f", lsn=lsn, at_us=0, event=event
+                fingerprint=b"f", lsn=lsn, at_us=0, source=event
             )
         with pytest.raises(Overloaded):
             await ledger.transfer(transfer(1, "a", "b", 1, key="new"))

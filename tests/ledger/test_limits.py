@@ -30,7 +30,6 @@ from ledger import (
     RequestWithdrawal,
     ResolveHold,
     TransactionType,
-    TransfersPosted,
     UpdateWallet,
     WalletStatus,
     WalletUpdated,
@@ -44,6 +43,7 @@ from ledger import (
     new_state,
     recover,
     spend_window,
+    transfers_posted,
 )
 from ledger.testing import FakeTime, hold, replay, setup, transfer
 
@@ -256,7 +256,7 @@ def test_a_batch_carries_what_earlier_items_spent(world: World) -> None:
     atomic = decide_transfers(world.state, items, START, {}, atomic=True)
     assert len(atomic) == 8 and reason(atomic[7]) == Reason.SPEND_LIMIT_EXCEEDED
     accepted = tuple(decision[0] for decision in decisions if isinstance(decision, list))
-    apply(world.state, TransfersPosted(transfers=accepted, at_us=START), world.state.directory.lsn + 1)  # type: ignore[arg-type]
+    apply(world.state, transfers_posted(accepted, START), world.state.directory.lsn + 1)  # type: ignore[arg-type]
     check_state(world.state)
     assert world.spent() == (100, 100)
 

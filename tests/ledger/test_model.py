@@ -53,13 +53,17 @@ def test_a_builder_makes_what_the_class_makes(build: Any, cls: type, data: st.Da
         return
     built = build(*arguments)
     assert type(built) is cls
-    assert built == expected
     assert [getattr(built, name) for name in names] == arguments
-    try:
-        assert hash(built) == hash(expected)
-    except TypeError:  # an unhashable field value: both refuse alike
-        with pytest.raises(TypeError):
-            hash(expected)
+    assert [getattr(expected, name) for name in names] == arguments
+    if cls.__dataclass_params__.eq:  # type: ignore[attr-defined]
+        # (``Committed`` and ``IdempotencyRecord`` compare their outcomes, built from fields
+        # that random values do not make valid: the field comparison above is the check.)
+        assert built == expected
+        try:
+            assert hash(built) == hash(expected)
+        except TypeError:  # an unhashable field value: both refuse alike
+            with pytest.raises(TypeError):
+                hash(expected)
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(built, names[0], None)
 

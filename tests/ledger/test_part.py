@@ -52,8 +52,10 @@ from ledger._model import (
     Transferred,
     TransfersPosted,
     WalletStatus,
+    transfer_row,
+    transferred_of,
 )
-from ledger._part import PartOutcome, apply_credits, apply_posted, decide_part
+from ledger._part import Credit, PartOutcome, apply_credits, apply_posted, decide_part
 from ledger._part import check_credit as part_check_credit
 from ledger._state import State, new_state
 from ledger.testing import amounts
@@ -203,7 +205,7 @@ def _reference(shards: Shards, items: list[tuple[Transfer, CreditCheck | None]],
         if isinstance(decision, list):
             (event,) = decision
             assert isinstance(event, Transferred)
-            outcomes.append(event)
+            outcomes.append(transfer_row(event))
         else:
             outcomes.append(decision)
     return outcomes
@@ -219,14 +221,14 @@ def _reference_apply(state: State, record: Event, local: list[bool], lsn: int) -
             apply_credit(state, transfer, lsn)
 
 
-def _reference_credits(state: State, credits: list[tuple[Transferred, int]]) -> None:
-    for transfer, lsn in credits:
-        apply_credit(state, transfer, lsn)
+def _reference_credits(state: State, credits: list[Credit]) -> None:
+    for row, at_us, lsn in credits:
+        apply_credit(state, transferred_of(row, at_us), lsn)
 
 
 Decider = Callable[[Shards, list[tuple[Transfer, CreditCheck | None]], int], list[PartOutcome]]
 Applier = Callable[[State, Event, list[bool], int], None]
-Crediter = Callable[[State, list[tuple[Transferred, int]]], None]
+Crediter = Callable[[State, list[Credit]], None]
 
 
 @dataclass(frozen=True)
@@ -270,18 +272,20 @@ def _run(shards: Shards, batch: list[Transfer], now_us: int, path: Path) -> list
             items.append((command, credit))
     outcomes = path.decider(shards, items, now_us)
     accepted = [(command, credit, outcome) for (command, credit), outcome in zip(items, outcomes, strict=True)
-                if type(outcome) is Transferred]
+                if type(outcome) is tuple]
     refusals = [(command.idempotency, outcome) for (command, _), outcome in zip(items, outcomes, strict=True)
                 if command.idempotency is not None and type(outcome) is Rejection
                 and refusal_recorded(home.directory, command.idempotency, outcome)]
-    credits: list[tuple[Transferred, int]] = []
+    credits: list[Credit] = []
     if accepted:
-        events = [outcome for _, _, outcome in accepted]
-        assert all(isinstance(event, Transferred) for event in events)
-        record: Event = events[0] if len(events) == 1 else TransfersPosted(transfers=tuple(events), at_us=now_us)
+        rows = [outcome for _, _, outcome in accepted]
+        assert all(type(row) is tuple for row in rows)
+        # As ``ledger._batch._records`` makes it: a lone transfer is a plain ``Transferred``.
+        record: Event = transferred_of(rows[0], now_us) if len(rows) == 1 else TransfersPosted(
+            rows=tuple(rows), at_us=now_us)
         lsn = shards.append(record)
         path.applier(home, record, [credit is None for _, credit, _ in accepted], lsn)
-        credits = [(event, lsn) for (_, credit, event) in accepted if credit is not None]
+        credits = [(row, now_us, lsn) for (_, credit, row) in accepted if credit is not None]
     if refusals:
         shards.append(RequestsRefused(refusals=tuple(refusals), at_us=now_us))
     path.crediter(other, credits)
@@ -356,7 +360,7 @@ def test_every_fast_path_row_is_exercised() -> None:
     expected = _run(reference, batch, NOW_US, REFERENCE)
     got = _run(batch_shaped, batch, NOW_US, BATCH_SHAPED)
     assert got == expected
-    reasons = [None if type(outcome) is Transferred else outcome.reason.name for outcome in got]
+    reasons = [None if type(outcome) is tuple else outcome.reason.name for outcome in got]
     assert reasons == [None, "SENDER_NOT_FOUND", "FORBIDDEN", "RECEIVER_NOT_FOUND", "SAME_WALLET", "ASSET_MISMATCH",
                        "SENDER_FROZEN", "RECEIVER_CLOSED", "INSUFFICIENT_FUNDS", "SPEND_LIMIT_EXCEEDED",
                        "BALANCE_OVERFLOW"]

@@ -27,10 +27,10 @@ from ledger import (
     TransactionStatus,
     TransactionType,
     Transferred,
-    TransfersPosted,
     VoidReason,
     WalletCreated,
     _search,
+    transfers_posted,
 )
 from ledger._search import METADATA_SQL, searchable_metadata
 
@@ -88,7 +88,7 @@ class Log:
             elif roll == 1:
                 size = self.rng.randint(2, 5)
                 moves = tuple(self._moved(TransactionType.TRANSFER, *self.rng.sample(WALLETS, 2)) for _ in range(size))
-                self._append(TransfersPosted(transfers=moves, at_us=self.at_us))
+                self._append(transfers_posted(moves, self.at_us))
             elif roll == 2:
                 self.number += 1
                 lsn = len(self.records) + 1

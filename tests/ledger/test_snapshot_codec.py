@@ -39,7 +39,6 @@ from ledger import (
     TokenRevoked,
     TransactionType,
     Transfer,
-    TransfersPosted,
     UpdateWallet,
     WalletCreated,
     WalletStatus,
@@ -54,6 +53,7 @@ from ledger import (
     encode_state,
     is_treasury,
     new_state,
+    transfers_posted,
     treasury_id,
 )
 from snapshots import load_newest, write_snapshot
@@ -140,7 +140,7 @@ def run(state: State, command: Command | tuple[Transfer, ...], now_us: int) -> N
         decisions = decide_transfers(state, [(item, None) for item in command], now_us, {})
         events = tuple(d[0] for d in decisions if isinstance(d, list))
         if events:
-            apply(state, TransfersPosted(transfers=events, at_us=now_us), state.directory.lsn + 1)
+            apply(state, transfers_posted(events, now_us), state.directory.lsn + 1)
         return
     decision = decide(state, command, now_us)
     if isinstance(decision, list):

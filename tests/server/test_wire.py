@@ -21,6 +21,7 @@ from ledger import (
     WalletStatus,
     WalletView,
     WithdrawalStatus,
+    transfers_posted,
 )
 from server import _wire as w
 
@@ -45,8 +46,8 @@ def _transferred() -> Transferred:
 VALUES = [
     _transfer(),
     Rejection(reason=Reason.INSUFFICIENT_FUNDS, detail="no"),
-    Committed(event=_transferred(), lsn=7),
-    Duplicate(record=IdempotencyRecord(fingerprint=b"f", lsn=3, at_us=4, event=_transferred())),
+    Committed(source=_transferred(), lsn=7),
+    Duplicate(record=IdempotencyRecord(fingerprint=b"f", lsn=3, at_us=4, source=_transferred())),
     BatchFailed(index=None, rejection=Rejection(reason=Reason.SAME_WALLET, detail="x")),
     WalletView(id="w", owner_id="o", asset="USD", balance=-(2**63), held=0, status=WalletStatus.FROZEN,
                metadata={"a": {"b": True}}, created_at_us=1, updated_at_us=2, lsn=3),
@@ -172,13 +173,13 @@ def _outcomes() -> list[object]:
         idempotency=Idempotency(scope="owner:o", key="k", fingerprint=b"\x01" * 16),
     )
     return [
-        Committed(event=keyed, lsn=9),
-        Committed(event=_transferred(), lsn=10),
-        Duplicate(record=IdempotencyRecord(fingerprint=b"f" * 16, lsn=3, at_us=4, event=keyed)),
+        Committed(source=keyed, lsn=9),
+        Committed(source=_transferred(), lsn=10),
+        Duplicate(record=IdempotencyRecord(fingerprint=b"f" * 16, lsn=3, at_us=4, source=keyed)),
         Rejection(reason=Reason.INSUFFICIENT_FUNDS, detail="w has 1 available, 5 requested"),
         Rejection(reason=Reason.IDEMPOTENCY_KEY_REUSED, detail="x"),
         # Not a shape the rows know: crosses generically, whole.
-        Duplicate(record=IdempotencyRecord(fingerprint=b"g", lsn=1, at_us=2, event=Rejection(
+        Duplicate(record=IdempotencyRecord(fingerprint=b"g", lsn=1, at_us=2, source=Rejection(
             reason=Reason.SAME_WALLET, detail="odd"))),
     ]
 
@@ -196,6 +197,32 @@ def test_packed_transfers_and_outcomes_cross_whole() -> None:
     assert decoded == outcomes
     assert [type(outcome) for outcome in decoded] == [type(outcome) for outcome in outcomes]
     assert type(decoded[0].event.type) is TransactionType
+
+
+def test_outcomes_that_point_into_a_batch_record_cross_as_their_transfer() -> None:
+    """A batch item's ``Committed`` and a replayed key's record refer to their row of the
+    ``TransfersPosted`` record; they cross as that one transfer, packed or generic, never with
+    the rest of the record."""
+    keyed = Idempotency(scope="owner:o", key="k", fingerprint=b"\x01" * 16)
+    moves = [Transferred(transaction_id=f"tx_{n}", type=TransactionType.TRANSFER, from_wallet_id="a",
+                         to_wallet_id="b", asset="USD", amount=n + 1, description=None, metadata={"n": [n]},
+                         at_us=7, idempotency=keyed if n == 2 else None) for n in range(500)]
+    record = transfers_posted(moves, 7)
+    outcomes: list[object] = [
+        Committed(source=record, lsn=4, position=0),
+        Committed(source=record, lsn=4, position=2),
+        Duplicate(record=IdempotencyRecord(fingerprint=keyed.fingerprint, lsn=4, at_us=7, source=record, position=2)),
+    ]
+    assert [outcome.event for outcome in outcomes[:2]] == [moves[0], moves[2]]  # type: ignore[attr-defined]
+    packed = w.encode_value(w.pack_outcomes(outcomes))
+    decoded = w.unpack_outcomes(w.decode_value(packed))
+    assert decoded == outcomes
+    assert decoded[1].event == moves[2] and decoded[2].record.event == moves[2]
+    for outcome in outcomes:
+        generic = w.encode_value(outcome)
+        assert w.decode_value(generic) == outcome
+        assert len(generic) < 400  # the one transfer, not the record's 500 rows
+    assert len(w.encode_value(record)) > 10_000
 
 
 @pytest.mark.parametrize("rows", [{"a": 1}, [[1, 2]], [[0]], [[2, "NO_SUCH_REASON", "x"]], [[7, 1]],
