@@ -1050,7 +1050,6 @@ class IdempotencyRecord:
             other.fingerprint, other.lsn, other.at_us, other.event
         )
 
-    __hash__ = None  # type: ignore[assignment]
 
 
 # What ``Committed`` carries: the money movements.
@@ -1078,7 +1077,6 @@ class Committed:
             return NotImplemented
         return (self.lsn, self.event) == (other.lsn, other.event)
 
-    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

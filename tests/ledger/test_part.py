@@ -21,13 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, given, settings
 
+from ledger import _model
 from ledger._apply import apply, apply_alerts, apply_credit, apply_debit, apply_directory
-from ledger._codec import encode_event
+from ledger._codec import decode_event, encode_event
 from ledger._decide import (
     CreditCheck,
     check_credit,
+    check_idempotency,
     decide,
     decide_firings,
     decide_transfers,
@@ -375,3 +378,36 @@ def test_every_fast_path_row_is_exercised() -> None:
     assert got == expected
     assert batch_shaped.log == reference.log
     assert digest_state(batch_shaped.home) == digest_state(reference.home)
+
+
+@pytest.mark.skipif(_model.__file__.endswith((".so", ".pyd")), reason="compiled: module globals are bound")
+def test_a_batch_part_is_decided_applied_and_replayed_without_building_a_transferred(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batch path works on rows: a part of accepted transfers, keyed and not, on both
+    shards, is decided, recorded, applied, credited and replayed without one ``Transferred``
+    (a lone transfer is its own ``Transferred`` record, so the part has several); a retry's
+    answer builds the one it answers with."""
+    specs = [WalletSpec(f"w{n}", n < 3, "USD", "o", 1000, 0, None, None, WalletStatus.ACTIVE, None)
+             for n in range(6)]
+    batch = [Transfer(transaction_id=f"t{n}", type=TransactionType.TRANSFER, from_wallet_id=f"w{n % 3}",
+                      to_wallet_id=f"w{(n + 1) % 6}", amount=n + 1, description=None, metadata={"n": n},
+                      idempotency=Idempotency(scope="s", key=f"k{n}", fingerprint=b"f") if n % 2 else None)
+             for n in range(8)]
+    shards = _setup(specs)
+    built: list[object] = []
+    real = _model.new_transferred
+    monkeypatch.setattr(_model, "new_transferred", lambda *fields: built.append(fields) or real(*fields))
+    outcomes = _run(shards, batch, NOW_US, BATCH_SHAPED)
+    assert all(type(outcome) is tuple for outcome in outcomes)
+    record = decode_event(shards.log[-1])
+    assert type(record) is TransfersPosted and len(record.rows) == 8
+    replayed = _setup(specs)
+    local = [row[3] in replayed.home.wallets for row in record.rows]
+    assert True in local and False in local
+    apply_posted(replayed.home, record, local, replayed.home.directory.lsn + 1)
+    assert built == []
+    duplicate = check_idempotency(shards.home.directory, batch[3].idempotency)
+    assert isinstance(duplicate, _model.Duplicate)
+    assert duplicate.record.event == transferred_of(record.rows[3], record.at_us)
+    assert len(built) == 2  # the answer, and the expected value above
