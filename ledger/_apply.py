@@ -26,6 +26,8 @@ never owed again. Firings thus never depend on today's rules: they are facts in 
 
 from __future__ import annotations
 
+import sys
+
 from ledger._model import (
     BATCH_ITEMS_MAX,
     DAY_US,
@@ -132,19 +134,26 @@ def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
         del directory.alert_wallets[event.alert_id]
 
 
+_POSITIONS = tuple(range(BATCH_ITEMS_MAX))
+
+
 def record_keys(directory: Directory, record: TransfersPosted, lsn: int) -> None:
     """The idempotency records of ``record``'s keyed transfers, appended at ``lsn``: each points
-    at its row of the record (``IdempotencyRecord.position``)."""
+    at its row (``IdempotencyRecord.position``) of the record's payload, which they share."""
     records = directory.idempotency
     at_us = record.at_us
-    position = 0
-    for row in record.rows:
+    payload = record.payload
+    source: TransfersPosted | bytes = record if payload is None else payload
+    # Memory per key: the scope is interned (many keys share it, and a decoded record has its own
+    # copy per row) and the position is one of the shared ints (above 256 each would be its own).
+    intern = sys.intern
+    assert len(record.rows) <= len(_POSITIONS)
+    for position, row in zip(_POSITIONS, record.rows, strict=False):
         idempotency = row[8]
         if idempotency is not None:
-            key = (idempotency[0], idempotency[1])
+            key = (intern(idempotency[0]), idempotency[1])
             assert key not in records
-            records[key] = new_idempotency_record(idempotency[2], lsn, at_us, record, position)
-        position += 1
+            records[key] = new_idempotency_record(idempotency[2], lsn, at_us, source, position)
 
 
 def _expire_idempotency(directory: Directory) -> None:

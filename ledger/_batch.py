@@ -143,6 +143,8 @@ def _records(rows: list[TransferRow], at_us: int) -> list[tuple[bytes, Transferr
         transferred_of(rows[0], at_us) if len(rows) == 1 else TransfersPosted(rows=tuple(rows), at_us=at_us)
     )
     payload = encode_event(record)
+    if type(record) is TransfersPosted:
+        record = TransfersPosted(rows=record.rows, at_us=at_us, payload=payload)
     if len(payload) <= RECORD_BYTES_MAX or len(rows) == 1:
         return [(payload, record, len(rows))]
     half = len(rows) // 2
@@ -224,6 +226,8 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
     if events:
         record: Event = events[0] if len(events) == 1 else transfers_posted(events, now_us)
         payload = encode_event(record)
+        if type(record) is TransfersPosted:
+            record = TransfersPosted(rows=record.rows, at_us=now_us, payload=payload)
         if len(payload) > RECORD_BYTES_MAX:
             reply.failed = BatchFailed(index=None, rejection=Rejection(
                 reason=Reason.RECORD_TOO_LARGE,

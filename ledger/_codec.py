@@ -173,7 +173,7 @@ def _idem_in(value: Any) -> Idempotency | None:
 _TRANSACTION_TYPES = {kind.value: kind for kind in TransactionType}
 
 
-def _transfers_posted(at_us: int, items: Any) -> TransfersPosted:
+def _transfers_posted(at_us: int, items: Any, payload: bytes) -> TransfersPosted:
     # The one record that carries up to a thousand transfers, so replay and the projector spend
     # their time here: the field checks are inline (one ``type`` test each, the same rules as
     # ``_str``, ``_int`` and friends), the type comes from a table, not the enum's call, and each
@@ -205,7 +205,7 @@ def _transfers_posted(at_us: int, items: Any) -> TransfersPosted:
                     (idem[0], idem[1], idem[2])))
         else:
             append((transaction_id, kind, from_id, to_id, asset, amount, description, metadata, None))
-    return TransfersPosted(rows=tuple(rows), at_us=at_us)
+    return TransfersPosted(rows=tuple(rows), at_us=at_us, payload=payload)
 
 
 def encode_event(event: Event) -> bytes:
@@ -467,7 +467,7 @@ def decode_event(payload: bytes) -> Event:
             )
         if kind == _TRANSFERS_POSTED:
             at_us, items = rest
-            return _transfers_posted(_int(at_us), items)
+            return _transfers_posted(_int(at_us), items, payload)
         if kind == _ALERT_CREATED:
             alert_id, wallet_id, field, direction, threshold, triggered, at_us = rest
             return AlertCreated(

@@ -11,7 +11,7 @@ import dataclasses
 import enum
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 INT64_MAX = 2**63 - 1
@@ -643,6 +643,9 @@ class TransfersPosted:
 
     rows: tuple[TransferRow, ...]
     at_us: int
+    # The record's encoding (``ledger._codec``), when it was made from one or encoded: what an
+    # idempotency record keeps of it (``IdempotencyRecord``). Not part of the value.
+    payload: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def transfers(self) -> tuple[Transferred, ...]:
@@ -1014,11 +1017,34 @@ class Token:
     created_at_us: int
 
 
+# The batch records decoded most recently from an idempotency record's bytes (FIFO): a batch
+# retried whole, a snapshot or a spill walks the keys of one record after another, so each
+# record is decoded once, not once per key.
+_DECODED_MAX = 16
+_decoded: dict[bytes, TransfersPosted] = {}
+
+
+def posted_record(source: TransfersPosted | bytes) -> TransfersPosted:
+    """The ``TransfersPosted`` record itself, or the one ``source`` (its payload) encodes."""
+    if type(source) is TransfersPosted:
+        return source
+    assert type(source) is bytes
+    record = _decoded.get(source)
+    if record is None:
+        from ledger._codec import decode_event  # the codec is built on this module
+
+        decoded = decode_event(source)
+        assert type(decoded) is TransfersPosted
+        if len(_decoded) >= _DECODED_MAX:
+            del _decoded[next(iter(_decoded))]
+        _decoded[source] = record = decoded
+    return record
+
+
 def _outcome(source: Any, position: int) -> Any:
     if position < 0:
         return source
-    assert type(source) is TransfersPosted
-    return source.transfer(position)
+    return posted_record(source).transfer(position)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -1028,14 +1054,17 @@ class IdempotencyRecord:
     ``RequestsRefused`` record at ``lsn``): the same key and request get it again.
 
     The outcome is ``source`` itself when ``position`` is -1, else the transfer at ``position``
-    of the ``TransfersPosted`` record ``source``: a batch's thousand keys share their record
-    instead of holding a ``Transferred`` each, and ``event`` builds it when a retry asks.
-    Equal when the fingerprints, LSNs, times and outcomes are."""
+    of a ``TransfersPosted`` record: ``source`` is then the record's payload (its log encoding,
+    about a fifth of the memory of its decoded rows), or the record itself when it has no
+    payload. A batch's thousand keys share their record instead of holding a ``Transferred``
+    each, and ``event`` builds the transfer when a retry asks (decoding the payload: once per
+    record for a whole batch retried). Equal when the fingerprints, LSNs, times and outcomes
+    are."""
 
     fingerprint: bytes
     lsn: int
     at_us: int
-    source: Event | Rejection
+    source: Event | Rejection | bytes
     position: int = -1
 
     @property

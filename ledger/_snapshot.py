@@ -193,10 +193,10 @@ def encode_state(state: State) -> Iterator[bytes]:
             ]
         if refused:
             for (scope, key), record in directory.idempotency.items():
-                outcome = record.source
-                if type(outcome) is Rejection:
-                    yield [scope, key, record.fingerprint, record.lsn, record.at_us, outcome.reason.value,
-                           outcome.detail]
+                refusal = record.source
+                if type(refusal) is Rejection:
+                    yield [scope, key, record.fingerprint, record.lsn, record.at_us, refusal.reason.value,
+                           refusal.detail]
         for transaction_id in sorted(state.refunded):
             tally = state.refunded[transaction_id]
             yield [transaction_id, tally.wallet_id, tally.original_amount, tally.refunded]

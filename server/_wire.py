@@ -37,7 +37,15 @@ from typing import Any
 
 import msgpack
 
-from ledger import Entry, TransactionRow, WalletView, WithdrawalView, _model
+from ledger import (
+    CodecError,
+    Entry,
+    TransactionRow,
+    WalletView,
+    WithdrawalView,
+    _model,
+    decode_event,
+)
 
 REQUEST = 0
 REPLY = 1
@@ -65,6 +73,7 @@ _EXT_DATACLASS = 1
 _EXT_ENUM = 2
 _EXT_TUPLE = 3
 _EXT_FROZENSET = 4
+_EXT_BATCH_RECORD = 5  # a TransfersPosted as its log encoding (``ledger._codec``): one copy, not a value per row
 
 
 class ProtocolError(Exception):
@@ -140,6 +149,8 @@ def _default(value: Any) -> Any:
     kind = type(value)
     # An outcome that points into a batch record crosses as the one transfer it stands for, not
     # with the whole record (up to a thousand rows).
+    if kind is _model.TransfersPosted and value.payload is not None:
+        return msgpack.ExtType(_EXT_BATCH_RECORD, value.payload)
     if kind is _model.Committed and value.position >= 0:
         value = _model.new_committed(value.event, value.lsn, -1)
     elif kind is _model.IdempotencyRecord and value.position >= 0:
@@ -160,6 +171,14 @@ def _default(value: Any) -> Any:
 
 
 def _ext(code: int, data: bytes) -> Any:
+    if code == _EXT_BATCH_RECORD:
+        try:
+            record = decode_event(data)
+        except CodecError as error:
+            raise ProtocolError(f"a batch record that does not decode: {error}") from None
+        if type(record) is not _model.TransfersPosted:
+            raise ProtocolError(f"a batch record that is a {type(record).__name__}")
+        return record
     values = _unpack(data)
     if code == _EXT_DATACLASS:
         if not isinstance(values, list) or not values or values[0] not in _DATACLASSES:
@@ -363,6 +382,7 @@ def _transferred(row: list[Any]) -> Any:
 def _posted_row(record: Any, position: int) -> list[Any]:
     """``_transferred_row`` of the transfer at ``position`` of a ``TransfersPosted`` record,
     from its row (no ``Transferred`` built)."""
+    record = _model.posted_record(record)
     (tid, type_, source, target, asset, amount, description, metadata, key) = record.rows[position]
     if key is None:
         return [tid, int(type_), source, target, asset, amount, description, metadata, record.at_us, None, None, None]

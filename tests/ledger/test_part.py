@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 
 from ledger import _model
 from ledger._apply import apply, apply_alerts, apply_credit, apply_debit, apply_directory
+from ledger._batch import _records
 from ledger._codec import decode_event, encode_event
 from ledger._decide import (
     CreditCheck,
@@ -57,6 +58,7 @@ from ledger._model import (
     WalletStatus,
     transfer_row,
     transferred_of,
+    transfers_posted,
 )
 from ledger._part import Credit, PartOutcome, apply_credits, apply_posted, decide_part
 from ledger._part import check_credit as part_check_credit
@@ -411,3 +413,58 @@ def test_a_batch_part_is_decided_applied_and_replayed_without_building_a_transfe
     assert isinstance(duplicate, _model.Duplicate)
     assert duplicate.record.event == transferred_of(record.rows[3], record.at_us)
     assert len(built) == 2  # the answer, and the expected value above
+
+
+def test_the_keys_of_a_batch_record_share_its_payload_and_answer_from_it() -> None:
+    """The idempotency records of a batch record keep its log encoding, one bytes object for all
+    its keys (not its decoded rows: about half the memory per key), and answer a retry with the
+    transfer it encodes; a record decoded from the log keeps the bytes it was decoded from."""
+    specs = [WalletSpec(f"w{n}", True, "USD", "o", 1000, 0, None, None, WalletStatus.ACTIVE, None)
+             for n in range(4)]
+    shards = _setup(specs)
+    items: list[tuple[Transfer, CreditCheck | None]] = [
+        (Transfer(transaction_id=f"t{n}", type=TransactionType.TRANSFER, from_wallet_id=f"w{n % 4}",
+                  to_wallet_id=f"w{(n + 1) % 4}", amount=n + 1, description="d" if n else None,
+                  metadata={"n": [n]}, idempotency=Idempotency(scope="s", key=f"k{n}", fingerprint=bytes([n]))),
+         None)
+        for n in range(5)
+    ]
+    rows = decide_part(shards.home, items, NOW_US, {})
+    ((payload, record, count),) = _records(rows, NOW_US)
+    assert type(record) is TransfersPosted and count == 5
+    assert record.payload is payload and decode_event(payload) == record
+    apply_posted(shards.home, record, [True] * 5, shards.home.directory.lsn + 1)
+    keyed = [shards.home.directory.idempotency[("s", f"k{n}")] for n in range(5)]
+    assert all(entry.source is payload for entry in keyed)
+    assert [entry.event for entry in keyed] == [transferred_of(row, NOW_US) for row in rows]
+    assert [entry.fingerprint for entry in keyed] == [bytes([n]) for n in range(5)]
+    decoded = decode_event(payload)
+    assert type(decoded) is TransfersPosted and decoded.payload is payload
+
+
+def test_a_replayed_batch_record_keeps_one_scope_string_and_shared_positions() -> None:
+    """Memory per key: a record decoded from the log has its own copy of the scope in every
+    row; the keys keep one (interned), and positions past the small ints are shared objects."""
+    specs = [WalletSpec(f"w{n}", True, "USD", "o", 10_000, 0, None, None, WalletStatus.ACTIVE, None)
+             for n in range(2)]
+    moves = [Transferred(transaction_id=f"t{n}", type=TransactionType.TRANSFER, from_wallet_id=f"w{n % 2}",
+                         to_wallet_id=f"w{(n + 1) % 2}", asset="USD", amount=1, description=None, metadata=None,
+                         at_us=NOW_US, idempotency=Idempotency(scope="owner:" + "o" * 20, key=f"k{n}",
+                                                               fingerprint=b"f"))
+             for n in range(300)]
+    record = decode_event(encode_event(transfers_posted(moves, NOW_US)))
+    assert isinstance(record, TransfersPosted)
+    assert record.rows[0][8] is not None and record.rows[1][8] is not None
+    assert record.rows[0][8][0] is not record.rows[1][8][0]  # the decoder's copies
+    state = _setup(specs).home
+    apply_posted(state, record, [True] * 300, state.directory.lsn + 1)
+    keys = [key for key in state.directory.idempotency if key[1].startswith("k")]
+    assert len(keys) == 300 and len({id(scope) for scope, _ in keys}) == 1
+    entries = [state.directory.idempotency[key] for key in keys]
+    assert [entry.position for entry in entries] == list(range(300))
+    again = decode_event(encode_event(transfers_posted(moves, NOW_US)))
+    other = _setup(specs).home
+    assert isinstance(again, TransfersPosted)
+    apply_posted(other, again, [True] * 300, other.directory.lsn + 1)
+    others = [other.directory.idempotency[key] for key in keys]
+    assert all(a.position is b.position for a, b in zip(entries, others, strict=True))

@@ -18,9 +18,12 @@ from ledger import (
     TransactionType,
     Transfer,
     Transferred,
+    TransfersPosted,
     WalletStatus,
     WalletView,
     WithdrawalStatus,
+    decode_event,
+    encode_event,
     transfers_posted,
 )
 from server import _wire as w
@@ -223,6 +226,27 @@ def test_outcomes_that_point_into_a_batch_record_cross_as_their_transfer() -> No
         assert w.decode_value(generic) == outcome
         assert len(generic) < 400  # the one transfer, not the record's 500 rows
     assert len(w.encode_value(record)) > 10_000
+
+
+def test_a_batch_record_crosses_as_its_log_encoding_and_keys_answer_from_it() -> None:
+    """A batch record that has its payload crosses as those bytes (one copy, not a value per
+    row) and arrives equal, payload and all; a replayed key whose record keeps only the payload
+    packs its transfer like any other."""
+    moves = [Transferred(transaction_id=f"tx_{n}", type=TransactionType.TRANSFER, from_wallet_id="a",
+                         to_wallet_id="b", asset="USD", amount=n + 1, description=None, metadata=None, at_us=3,
+                         idempotency=Idempotency(scope="s", key=f"k{n}", fingerprint=b"f")) for n in range(300)]
+    plain = transfers_posted(moves, 3)
+    payload = encode_event(plain)
+    record = decode_event(payload)
+    assert isinstance(record, TransfersPosted) and record.payload == payload
+    crossed = w.decode_value(w.encode_value([(5, record)]))
+    assert crossed == [(5, record)] and crossed[0][1].payload == payload
+    assert len(w.encode_value(record)) < len(payload) + 16 < len(w.encode_value(plain))
+    duplicate = Duplicate(record=IdempotencyRecord(fingerprint=b"f", lsn=5, at_us=3, source=payload, position=7))
+    (decoded,) = w.unpack_outcomes(w.decode_value(w.encode_value(w.pack_outcomes([duplicate]))))
+    assert decoded == duplicate and decoded.record.event == moves[7]
+    with pytest.raises(w.ProtocolError):
+        w.decode_value(msgpack.packb(msgpack.ExtType(5, payload[:-3])))
 
 
 @pytest.mark.parametrize("rows", [{"a": 1}, [[1, 2]], [[0]], [[2, "NO_SUCH_REASON", "x"]], [[7, 1]],
