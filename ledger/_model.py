@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -1020,8 +1021,10 @@ class Token:
 # The batch records decoded most recently from an idempotency record's bytes (FIFO): a batch
 # retried whole, a snapshot or a spill walks the keys of one record after another, so each
 # record is decoded once, not once per key.
+# Snapshots are encoded in worker threads, hence the lock (held for the dict, not the decoding).
 _DECODED_MAX = 16
 _decoded: dict[bytes, TransfersPosted] = {}
+_decoded_lock = threading.Lock()
 
 
 def posted_record(source: TransfersPosted | bytes) -> TransfersPosted:
@@ -1029,15 +1032,18 @@ def posted_record(source: TransfersPosted | bytes) -> TransfersPosted:
     if type(source) is TransfersPosted:
         return source
     assert type(source) is bytes
-    record = _decoded.get(source)
+    with _decoded_lock:
+        record = _decoded.get(source)
     if record is None:
         from ledger._codec import decode_event  # the codec is built on this module
 
         decoded = decode_event(source)
         assert type(decoded) is TransfersPosted
-        if len(_decoded) >= _DECODED_MAX:
-            del _decoded[next(iter(_decoded))]
-        _decoded[source] = record = decoded
+        with _decoded_lock:
+            while len(_decoded) >= _DECODED_MAX:
+                del _decoded[next(iter(_decoded))]
+            _decoded[source] = decoded
+        record = decoded
     return record
 
 
