@@ -1049,6 +1049,10 @@ def posted_record(source: TransfersPosted | bytes) -> TransfersPosted:
 
 def _outcome(source: Any, position: int) -> Any:
     if position < 0:
+        if type(source) is bytes:  # the event's own encoding (a record loaded from a snapshot)
+            from ledger._codec import decode_event
+
+            return decode_event(source)
         return source
     return posted_record(source).transfer(position)
 
@@ -1059,10 +1063,11 @@ class IdempotencyRecord:
     or, for a request the ledger refused, the ``Rejection`` itself (recorded by a
     ``RequestsRefused`` record at ``lsn``): the same key and request get it again.
 
-    The outcome is ``source`` itself when ``position`` is -1, else the transfer at ``position``
-    of a ``TransfersPosted`` record: ``source`` is then the record's payload (its log encoding,
-    about a fifth of the memory of its decoded rows), or the record itself when it has no
-    payload. A batch's thousand keys share their record instead of holding a ``Transferred``
+    The outcome is ``source`` itself when ``position`` is -1 (or the event ``source`` encodes,
+    when it is bytes: a record loaded from a snapshot keeps its event's encoding), else the
+    transfer at ``position`` of a ``TransfersPosted`` record: ``source`` is then the record's
+    payload (its log encoding, about a fifth of the memory of its decoded rows), or the record
+    itself when it has no payload. A batch's thousand keys share their record instead of holding a ``Transferred``
     each, and ``event`` builds the transfer when a retry asks (decoding the payload: once per
     record for a whole batch retried). Equal when the fingerprints, LSNs, times and outcomes
     are."""

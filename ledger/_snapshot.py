@@ -67,6 +67,7 @@ the caller encodes from a copy or from inside the owning actor's step.
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -156,7 +157,10 @@ def encode_state(state: State) -> Iterator[bytes]:
         for token in directory.tokens.values():
             yield [token.token_hash, token.prefix, token.owner_id, token.created_at_us]
         for (scope, key), record in directory.idempotency.items():
-            if type(record.source) is not Rejection:
+            source = record.source
+            if type(source) is bytes and record.position < 0:  # loaded from an image: its encoding
+                yield [scope, key, record.fingerprint, record.lsn, record.at_us, source]
+            elif type(source) is not Rejection:
                 outcome = record.event
                 assert not isinstance(outcome, Rejection)
                 yield [scope, key, record.fingerprint, record.lsn, record.at_us, encode_event(outcome)]
@@ -378,10 +382,13 @@ def _decode(body: bytes) -> State:
             # Non-decreasing: the items of one batch record share its LSN.
             lsn=_int(record_lsn, "idempotency lsn", max(previous_lsn, 1), directory.lsn),
             at_us=_int(record_at_us, "idempotency at_us"),
-            source=event,
+            # Checked by decoding above; kept encoded (a fraction of the memory of the event),
+            # decoded again only for a retry's answer.
+            source=payload,
         )
         previous_lsn = record.lsn
-        idempotency_key = (_str(scope, "idempotency scope"), _str(key, "idempotency key"))
+        # The scope interned: one string for the many keys that share it (as ``record_keys``).
+        idempotency_key = (sys.intern(_str(scope, "idempotency scope")), _str(key, "idempotency key"))
         if idempotency_key in directory.idempotency:
             raise CodecError(f"idempotency key {idempotency_key!r} appears twice")
         directory.idempotency[idempotency_key] = record

@@ -148,12 +148,12 @@ def _builder(name: str) -> Callable[..., Any]:
 def _default(value: Any) -> Any:
     kind = type(value)
     # An outcome that points into a batch record crosses as the one transfer it stands for, not
-    # with the whole record (up to a thousand rows).
+    # with the whole record (up to a thousand rows); one kept encoded crosses decoded.
     if kind is _model.TransfersPosted and value.payload is not None:
         return msgpack.ExtType(_EXT_BATCH_RECORD, value.payload)
     if kind is _model.Committed and value.position >= 0:
         value = _model.new_committed(value.event, value.lsn, -1)
-    elif kind is _model.IdempotencyRecord and value.position >= 0:
+    elif kind is _model.IdempotencyRecord and (value.position >= 0 or type(value.source) is bytes):
         value = _model.new_idempotency_record(value.fingerprint, value.lsn, value.at_us, value.event, -1)
     name = _DATACLASS_NAMES.get(kind)
     if name is not None:
@@ -400,9 +400,9 @@ def pack_outcomes(outcomes: list[Any]) -> list[list[Any]]:
         elif kind is _model.Duplicate and outcome.record.position >= 0:
             record = outcome.record
             rows.append([1, record.fingerprint, record.lsn, record.at_us, *_posted_row(record.source, record.position)])
-        elif kind is _model.Duplicate and type(outcome.record.source) is _model.Transferred:
+        elif kind is _model.Duplicate and type(outcome.record.event) is _model.Transferred:
             record = outcome.record
-            rows.append([1, record.fingerprint, record.lsn, record.at_us, *_transferred_row(record.source)])
+            rows.append([1, record.fingerprint, record.lsn, record.at_us, *_transferred_row(record.event)])
         elif kind is _model.Rejection:
             rows.append([2, outcome.reason.name, outcome.detail])
         else:

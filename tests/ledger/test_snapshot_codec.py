@@ -257,6 +257,11 @@ def test_round_trip_is_exact_and_keeps_evolving_alike(state: State, more: Comman
     check_state(decoded)
     assert count_records(decoded) == count_records(state)
     assert body_of(decoded) == body  # deterministic: the image depends on the state alone
+    # The loaded records keep their events encoded (memory), and answer with the same events.
+    for key, record in decoded.directory.idempotency.items():
+        if type(record.source) is not Rejection:
+            assert type(record.source) is bytes and record.position == -1
+            assert record.event == state.directory.idempotency[key].event
 
     # One more command: both decide alike, and the results stay identical.
     now_us = state.directory.at_us + step_us
