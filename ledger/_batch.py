@@ -44,7 +44,6 @@ from ledger._model import (
     Alert,
     BatchFailed,
     Duplicate,
-    Event,
     Reason,
     Rejection,
     Transfer,
@@ -66,6 +65,9 @@ if TYPE_CHECKING:
 # A batch record's payload at most (a frame's limit): a non-atomic group that would pass it is
 # split into several records; an atomic batch that would is refused (RECORD_TOO_LARGE).
 RECORD_BYTES_MAX = PAYLOAD_BYTES_MAX
+
+# A batch's money record: one transfer alone, or several.
+_Posted = Transferred | TransfersPosted
 
 
 @dataclass(slots=True)
@@ -132,7 +134,16 @@ class _AtomicLead:
 
 
 
-def _records(rows: list[TransferRow], at_us: int) -> list[tuple[bytes, Transferred | TransfersPosted, int]]:
+def _encoded(record: _Posted) -> tuple[bytes, _Posted]:
+    """``record``'s payload, and the record itself, a ``TransfersPosted`` carrying the payload
+    (which its idempotency records then keep instead of its rows)."""
+    payload = encode_event(record)
+    if isinstance(record, TransfersPosted):
+        record = TransfersPosted(rows=record.rows, at_us=record.at_us, payload=payload)
+    return payload, record
+
+
+def _records(rows: list[TransferRow], at_us: int) -> list[tuple[bytes, _Posted, int]]:
     """The records for a batch part's accepted transfers (``decide_part``'s rows): (payload,
     record, how many transfers). One record, a lone transfer being a plain ``Transferred``;
     halved until each fits in a frame (only metadata-heavy batches near the 16 MiB body limit
@@ -142,9 +153,7 @@ def _records(rows: list[TransferRow], at_us: int) -> list[tuple[bytes, Transferr
     record: Transferred | TransfersPosted = (
         transferred_of(rows[0], at_us) if len(rows) == 1 else TransfersPosted(rows=tuple(rows), at_us=at_us)
     )
-    payload = encode_event(record)
-    if type(record) is TransfersPosted:
-        record = TransfersPosted(rows=record.rows, at_us=at_us, payload=payload)
+    payload, record = _encoded(record)
     if len(payload) <= RECORD_BYTES_MAX or len(rows) == 1:
         return [(payload, record, len(rows))]
     half = len(rows) // 2
@@ -224,10 +233,8 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
             events.append(event)
     lsn = 0
     if events:
-        record: Event = events[0] if len(events) == 1 else transfers_posted(events, now_us)
-        payload = encode_event(record)
-        if type(record) is TransfersPosted:
-            record = TransfersPosted(rows=record.rows, at_us=now_us, payload=payload)
+        record: _Posted = events[0] if len(events) == 1 else transfers_posted(events, now_us)
+        payload, record = _encoded(record)
         if len(payload) > RECORD_BYTES_MAX:
             reply.failed = BatchFailed(index=None, rejection=Rejection(
                 reason=Reason.RECORD_TOO_LARGE,
