@@ -10,7 +10,7 @@ BANK_URL ?=
 BANK_PORT ?= 8081
 LOOP   ?=
 
-.PHONY: install bytecode install-compiled test-compiled test-long run bank-sim demo test test-fast lint sim crashloop crashloop-cluster bench bench-core-batch bench-core-single \
+.PHONY: install bytecode install-compiled test-compiled test-long run bank-sim demo test test-fast lint sim crashloop crashloop-cluster bench bench-core-batch bench-core-single bench-loops \
 	bench-http-batch bench-http-single bench-hot bench-transfers bench-withdrawals bench-every-core \
 	bench-http-single-mp bench-hot-mp bench-http-batch-mp bench-http-single-mp-uvloop bench-postgres bench-cluster bench-takeover clean
 
@@ -138,6 +138,15 @@ bench: bytecode
 # The core without HTTP: 1000 transfers per message (Ledger.transfer_batch), 8 concurrent callers.
 bench-core-batch: bytecode
 	$(WALLET_BENCH) --mode core --batch 1000 --connections 8 --out $(BENCH_OUT)/core-batch-1000.json
+
+# The ledger's two hot loops alone (bench/ledger_loops.py): a batch part decided, recorded and
+# applied, and replay of bench.projector's log (520,001 transactions in batch records); CPU per
+# transfer, best of three.
+bench-loops: bytecode
+	$(BIN)/python -m bench.ledger_loops part
+	rm -rf $(BENCH_OUT)/loops-log
+	$(BIN)/python -m bench.projector --data $(BENCH_OUT)/loops-log --repeat 0
+	$(BIN)/python -m bench.ledger_loops replay --data $(BENCH_OUT)/loops-log
 
 # The core without HTTP: one transfer per message (Ledger.transfer), 64 concurrent callers.
 bench-core-single: bytecode
