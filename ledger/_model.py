@@ -1067,10 +1067,10 @@ class IdempotencyRecord:
     when it is bytes: a record loaded from a snapshot keeps its event's encoding), else the
     transfer at ``position`` of a ``TransfersPosted`` record: ``source`` is then the record's
     payload (its log encoding, about a fifth of the memory of its decoded rows), or the record
-    itself when it has no payload. A batch's thousand keys share their record instead of holding a ``Transferred``
-    each, and ``event`` builds the transfer when a retry asks (decoding the payload: once per
-    record for a whole batch retried). Equal when the fingerprints, LSNs, times and outcomes
-    are."""
+    itself when it has no payload. A batch's thousand keys share their record instead of
+    holding a ``Transferred`` each, and ``event`` builds the transfer when a retry asks
+    (decoding the payload: once per record for a whole batch retried). Equal when the
+    fingerprints, LSNs, times and outcomes are."""
 
     fingerprint: bytes
     lsn: int
@@ -1089,7 +1089,6 @@ class IdempotencyRecord:
         return (self.fingerprint, self.lsn, self.at_us, self.event) == (
             other.fingerprint, other.lsn, other.at_us, other.event
         )
-
 
 
 # What ``Committed`` carries: the money movements.
@@ -1116,7 +1115,6 @@ class Committed:
         if not isinstance(other, Committed):
             return NotImplemented
         return (self.lsn, self.event) == (other.lsn, other.event)
-
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
