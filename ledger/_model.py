@@ -1047,7 +1047,9 @@ def posted_record(source: TransfersPosted | bytes) -> TransfersPosted:
     return record
 
 
-def _outcome(source: Any, position: int) -> Any:
+def outcome_of(source: Any, position: int) -> Any:
+    """What an ``IdempotencyRecord`` or a ``Committed`` of ``source`` and ``position`` stands
+    for (their ``event``)."""
     if position < 0:
         if type(source) is bytes:  # the event's own encoding (a record loaded from a snapshot)
             from ledger._codec import decode_event
@@ -1080,7 +1082,7 @@ class IdempotencyRecord:
 
     @property
     def event(self) -> Event | Rejection:
-        outcome: Event | Rejection = _outcome(self.source, self.position)
+        outcome: Event | Rejection = outcome_of(self.source, self.position)
         return outcome
 
     def __eq__(self, other: object) -> bool:
@@ -1108,7 +1110,7 @@ class Committed:
 
     @property
     def event(self) -> Movement:
-        outcome: Movement = _outcome(self.source, self.position)
+        outcome: Movement = outcome_of(self.source, self.position)
         return outcome
 
     def __eq__(self, other: object) -> bool:

@@ -362,14 +362,26 @@ def unpack_transfers(rows: list[Any]) -> list[Any]:
     return commands
 
 
-def _transferred_row(event: Any) -> list[Any]:
-    key = event.idempotency
-    return [
-        event.transaction_id, int(event.type), event.from_wallet_id, event.to_wallet_id, event.asset,
-        event.amount, event.description, event.metadata, event.at_us,
-        None if key is None else key.scope, None if key is None else key.key,
-        None if key is None else key.fingerprint,
-    ]
+def _row_of(row: Any, at_us: int) -> list[Any]:
+    """A transfer's packed row from its ``TransferRow`` and time (the unpacking is
+    ``_transferred``)."""
+    (tid, type_, source, target, asset, amount, description, metadata, key) = row
+    if key is None:
+        return [tid, int(type_), source, target, asset, amount, description, metadata, at_us, None, None, None]
+    return [tid, int(type_), source, target, asset, amount, description, metadata, at_us, *key]
+
+
+def _movement_row(source: Any, position: int) -> list[Any] | None:
+    """The packed row of an outcome's transfer (``Committed`` or ``IdempotencyRecord``: source
+    and position), from its batch record's row when it has one (no ``Transferred`` built); None
+    when the outcome is not a transfer (it crosses generically)."""
+    if position >= 0:
+        record = _model.posted_record(source)
+        return _row_of(record.rows[position], record.at_us)
+    event = _model.outcome_of(source, position)
+    if type(event) is not _model.Transferred:
+        return None
+    return _row_of(_model.transfer_row(event), event.at_us)
 
 
 def _transferred(row: list[Any]) -> Any:
@@ -379,33 +391,24 @@ def _transferred(row: list[Any]) -> Any:
                                   description, metadata, at_us, idempotency)
 
 
-def _posted_row(record: Any, position: int) -> list[Any]:
-    """``_transferred_row`` of the transfer at ``position`` of a ``TransfersPosted`` record,
-    from its row (no ``Transferred`` built)."""
-    record = _model.posted_record(record)
-    (tid, type_, source, target, asset, amount, description, metadata, key) = record.rows[position]
-    if key is None:
-        return [tid, int(type_), source, target, asset, amount, description, metadata, record.at_us, None, None, None]
-    return [tid, int(type_), source, target, asset, amount, description, metadata, record.at_us, *key]
-
-
 def pack_outcomes(outcomes: list[Any]) -> list[list[Any]]:
     rows: list[list[Any]] = []
     for outcome in outcomes:
         kind = type(outcome)
-        if kind is _model.Committed and outcome.position >= 0:
-            rows.append([0, outcome.lsn, *_posted_row(outcome.source, outcome.position)])
-        elif kind is _model.Committed and type(outcome.source) is _model.Transferred:
-            rows.append([0, outcome.lsn, *_transferred_row(outcome.source)])
-        elif kind is _model.Duplicate and outcome.record.position >= 0:
+        row: list[Any] | None = None
+        if kind is _model.Committed:
+            row = _movement_row(outcome.source, outcome.position)
+            if row is not None:
+                rows.append([0, outcome.lsn, *row])
+        elif kind is _model.Duplicate:
             record = outcome.record
-            rows.append([1, record.fingerprint, record.lsn, record.at_us, *_posted_row(record.source, record.position)])
-        elif kind is _model.Duplicate and type(outcome.record.event) is _model.Transferred:
-            record = outcome.record
-            rows.append([1, record.fingerprint, record.lsn, record.at_us, *_transferred_row(record.event)])
+            row = _movement_row(record.source, record.position)
+            if row is not None:
+                rows.append([1, record.fingerprint, record.lsn, record.at_us, *row])
         elif kind is _model.Rejection:
             rows.append([2, outcome.reason.name, outcome.detail])
-        else:
+            continue
+        if row is None:
             rows.append([3, outcome])
     return rows
 

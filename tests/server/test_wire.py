@@ -245,6 +245,10 @@ def test_a_batch_record_crosses_as_its_log_encoding_and_keys_answer_from_it() ->
     duplicate = Duplicate(record=IdempotencyRecord(fingerprint=b"f", lsn=5, at_us=3, source=payload, position=7))
     (decoded,) = w.unpack_outcomes(w.decode_value(w.encode_value(w.pack_outcomes([duplicate]))))
     assert decoded == duplicate and decoded.record.event == moves[7]
+    loaded = Duplicate(record=IdempotencyRecord(fingerprint=b"f", lsn=5, at_us=3, source=encode_event(moves[7])))
+    packed = w.pack_outcomes([loaded])
+    assert packed[0][0] == 1  # a row, as a transfer: a key loaded from a snapshot keeps the event's bytes
+    assert w.unpack_outcomes(w.decode_value(w.encode_value(packed))) == [loaded]
     with pytest.raises(w.ProtocolError):
         w.decode_value(msgpack.packb(msgpack.ExtType(5, payload[:-3])))
 
