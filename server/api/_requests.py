@@ -15,7 +15,8 @@ from starlette.requests import Request
 
 from server import _validate as v
 from server._errors import ApiError
-from server.api._render import EPOCH
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_timestamp(name: str, raw: str) -> int:
