@@ -155,7 +155,7 @@ def transaction_body(event: MoneyEvent, lsn: int) -> dict[str, Any]:
         created_us = event.at_us
         status = _POSTED
     else:
-        created_us = event.at_us if isinstance(event, HoldCreated | Refunded) else event.created_at_us
+        created_us = event.at_us if isinstance(event, Transferred | HoldCreated | Refunded) else event.created_at_us
         status = event_status(event).label
     return {
         "id": event.transaction_id,
@@ -384,9 +384,9 @@ def recorded(decision: Committed | Duplicate) -> tuple[Event, int]:
 def item_result(result: ItemOutcome) -> dict[str, Any]:
     """One item's answer in a batch: its status and its transaction or problem."""
     if type(result) is Committed:  # the common case, without ``recorded``'s checks
-        event = result.event
-        assert type(event) is Transferred
-        return {"status": 201, "transaction": transaction_body(event, result.lsn)}
+        committed = result.event
+        assert type(committed) is Transferred
+        return {"status": 201, "transaction": transaction_body(committed, result.lsn)}
     if isinstance(result, Rejection):
         error = rejected(result)
         return {"status": error.status, "error": problem_body(error)}
