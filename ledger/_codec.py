@@ -125,6 +125,24 @@ class CodecError(Exception):
     """A payload that verified its checksum but does not decode: a bug or a foreign file."""
 
 
+# The kinds of record an idempotency record may answer with.
+KEYED_KINDS = frozenset({_TRANSFERRED, _WALLET_CREATED, _HOLD_CREATED, _HOLD_CAPTURED, _HOLD_VOIDED, _REFUNDED})
+
+
+def keyed_kind(payload: bytes) -> int:
+    """The kind of record ``payload`` encodes, read from its first bytes alone (a msgpack array
+    header, then the codec version and the kind, one byte each), when it is a kind an
+    idempotency record may hold; raises CodecError otherwise. A snapshot load checks its keys'
+    records this way: decoding them all was half of the load (``decode_event`` checks the rest
+    when a retry's answer is built, and ``wallet snapshot verify`` decodes them all)."""
+    size = len(payload)
+    first = payload[0] if size else 0
+    at = 1 if 0x90 <= first <= 0x9F else 3 if first == 0xDC else size
+    if at + 2 > size or payload[at] != CODEC_VERSION or payload[at + 1] not in KEYED_KINDS:
+        raise CodecError(f"not a record an idempotency record may hold: {payload[:8]!r}")
+    return payload[at + 1]
+
+
 def _idem_out(idempotency: Idempotency | None) -> list[Any] | None:
     if idempotency is None:
         return None

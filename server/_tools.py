@@ -445,7 +445,7 @@ def snapshot_verify(data_dir: Path) -> int:
     for info in found:
         try:
             header, body = read_snapshot(info.path)
-            state = decode_state(body)
+            state = decode_state(body, decode_events=True)
             check_state(state)
             digest = bytes.fromhex(digest_state(state))
             if digest != header.state_digest:

@@ -19,12 +19,17 @@ from ledger import (
     AssetCreated,
     CodecError,
     Event,
+    HoldCaptured,
+    HoldCreated,
+    HoldVoided,
     Idempotency,
+    Refunded,
     TokenCreated,
     TokenRevoked,
     TransactionType,
     Transferred,
     TransfersPosted,
+    VoidReason,
     WalletCreated,
     WalletStatus,
     WalletStatusChanged,
@@ -34,6 +39,7 @@ from ledger import (
 from ledger import (
     transfers_posted as _posted,
 )
+from ledger._codec import keyed_kind
 
 int64s = st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
 texts = st.text(max_size=24)  # any unicode, surrogates excluded (they are not UTF-8)
@@ -350,3 +356,47 @@ def test_a_full_batch_record_round_trips() -> None:
     assert isinstance(item, TransfersPosted)
     full = _posted(item.transfers[:1] * BATCH_ITEMS_MAX, 1)
     assert decode_event(encode_event(full)) == full
+
+
+# -- the kind of a record an idempotency key answers with, from its first bytes ---------------
+
+_KEY = Idempotency(scope="s", key="k", fingerprint=b"f")
+_MOVE = {"from_wallet_id": "a", "to_wallet_id": "b", "asset": "USD", "amount": 5, "description": None,
+         "metadata": None, "idempotency": _KEY}
+_HOLD_EVENTS: list[Event] = [
+    HoldCreated(transaction_id="t", type=TransactionType.TRANSFER, at_us=1, deadline_us=2, destination=None, **_MOVE),
+    HoldCaptured(transaction_id="t", type=TransactionType.TRANSFER, held_amount=5, created_at_us=1,
+                 created_lsn=1, at_us=2, reference=None, **_MOVE),
+    HoldVoided(transaction_id="t", type=TransactionType.TRANSFER, created_at_us=1, created_lsn=1, at_us=2,
+               reason=VoidReason.EXPIRED, detail=None, **_MOVE),
+    Refunded(transaction_id="r", refund_of="t", original_amount=5, at_us=2, **_MOVE),
+]
+
+
+@given(event=events | st.sampled_from(_HOLD_EVENTS))
+def test_keyed_kind_reads_the_kind_of_an_encoded_record(event: Event) -> None:
+    payload = encode_event(event)
+    keyed = isinstance(event, Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided | Refunded)
+    if keyed:
+        assert keyed_kind(payload) == msgpack.unpackb(payload)[1]
+    else:
+        with pytest.raises(CodecError):
+            keyed_kind(payload)
+
+
+def test_keyed_kind_reads_past_a_16_bit_array_header() -> None:
+    payload = encode_event(_HOLD_EVENTS[1])  # 16 fields: msgpack's array 16 header (3 bytes)
+    assert payload[0] == 0xDC
+    assert keyed_kind(payload) == msgpack.unpackb(payload)[1]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\x93", b"\x93\x01", b"\x00\x01\x04", msgpack.packb([2, 4, "x"]), msgpack.packb([1, 7, "x"]),
+     msgpack.packb({"1": 4}), b"\xdc\x00", b"\xdc\x00\x03\x01"],
+    ids=["empty", "header-only", "no-kind", "not-an-array", "version", "batch-kind", "map", "short-16",
+         "short-16-kind"],
+)
+def test_keyed_kind_refuses_what_is_not_a_keyed_record(payload: bytes) -> None:
+    with pytest.raises(CodecError):
+        keyed_kind(payload)

@@ -47,6 +47,7 @@ from ledger import (
     count_records,
     decide,
     decide_transfers,
+    decode_event,
     decode_state,
     digest_state,
     encode_event,
@@ -478,7 +479,7 @@ def _with(base: list[Any], index: int, value: Any) -> list[Any]:
          None),  # the event codec's own message
         (packed(_with(GOOD_HEADER, 5, 1), GOOD_ASSET,
                 ["s", "k", b"f", 2, 0, encode_event(TokenRevoked(prefix="p", at_us=0))], GOOD_WALLET),
-         "holds a TokenRevoked"),
+         "may hold"),
         (packed(_with(GOOD_HEADER, 5, 1), GOOD_ASSET, ["s", "k", b"f", 9, 0, WALLET_CREATED], GOOD_WALLET),
          "idempotency lsn"),
         (packed(_with(GOOD_V4, 12, 2), GOOD_ASSET, GOOD_WALLET, ["t2", "w", 5, 1], ["t1", "w", 5, 1], 0),
@@ -497,6 +498,31 @@ def _with(base: list[Any], index: int, value: Any) -> list[Any]:
 def test_garbage_is_refused_with_codec_error(body: bytes, expected: str | None) -> None:
     with pytest.raises(CodecError, match=expected):
         decode_state(body)
+
+
+def test_a_keyed_record_is_checked_by_its_kind_on_load_and_in_full_when_asked() -> None:
+    """Loading reads the kind of each key's record from its first bytes (the body's checksum
+    rules out damage; decoding every record was half of a load); ``decode_events`` (what
+    ``wallet snapshot verify`` uses) decodes each in full."""
+    header = _with(GOOD_HEADER, 5, 1)
+    wrong_kind = packed(header, GOOD_ASSET, ["s", "k", b"f", 2, 0, encode_event(TokenRevoked(prefix="p", at_us=0))],
+                        GOOD_WALLET)
+    with pytest.raises(CodecError, match="may hold"):
+        decode_state(wrong_kind)
+    with pytest.raises(CodecError, match="holds a TokenRevoked"):
+        decode_state(wrong_kind, decode_events=True)
+    # The right kind, then fields that do not decode: found when the record is used.
+    damaged = WALLET_CREATED[:3] + msgpack.packb("not the rest")
+    body = packed(header, GOOD_ASSET, ["s", "k", b"f", 2, 0, damaged], GOOD_WALLET)
+    record = decode_state(body).directory.idempotency[("s", "k")]
+    with pytest.raises(CodecError):
+        record.event  # noqa: B018 (the property decodes)
+    with pytest.raises(CodecError):
+        decode_state(body, decode_events=True)
+    intact = packed(header, GOOD_ASSET, ["s", "k", b"f", 2, 0, WALLET_CREATED], GOOD_WALLET)
+    for decode_events in (False, True):
+        loaded = decode_state(intact, decode_events=decode_events).directory.idempotency[("s", "k")]
+        assert loaded.event == decode_event(WALLET_CREATED)
 
 
 def test_idempotency_records_must_be_in_lsn_order() -> None:
@@ -547,3 +573,23 @@ def test_damaged_bodies_raise_codec_error_only(state: State, data: st.DataObject
     offset = data.draw(st.integers(min_value=0, max_value=len(body) - 1))
     replacement = data.draw(st.binary(min_size=1, max_size=4))
     decodes_or_refuses(body[:offset] + replacement + body[offset + len(replacement) :])
+
+
+def test_snapshot_verify_decodes_every_keyed_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A record whose kind reads right but whose fields do not decode loads (it would fail when
+    a retry asks for it), and ``wallet snapshot verify`` reports the image FAILED."""
+    from ledger._checkpoint import snapshots_dir
+    from ledger.testing import digest as digest_of
+    from server._tools import EXIT_FAILED, EXIT_OK, snapshot_verify
+
+    header = _with(GOOD_HEADER, 5, 1)
+    for name, payload, expected in (("intact", WALLET_CREATED, EXIT_OK),
+                                    ("damaged", WALLET_CREATED[:3] + msgpack.packb("x"), EXIT_FAILED)):
+        body = packed(header, GOOD_ASSET, ["s", "k", b"f", 2, 0, payload], GOOD_WALLET)
+        state = decode_state(body)
+        directory = snapshots_dir(tmp_path / name)
+        directory.mkdir(parents=True)
+        write_snapshot(directory, lsn=state.directory.lsn, records=count_records(state), log_checksum=b"\0" * 16,
+                       state_digest=bytes.fromhex(digest_of(state)), created_at_us=1, chunks=[body])
+        assert snapshot_verify(tmp_path / name) == expected, capsys.readouterr().out
+        assert ("FAILED" in capsys.readouterr().out) == (expected == EXIT_FAILED)
