@@ -12,7 +12,8 @@ then runs its role:
 - ``webhooks``: ``server._serve.serve_webhooks``: the webhook dispatcher, reading the event feed
   over the same Unix socket and keeping its cursors in ``<data>/webhooks.sqlite3``.
 - ``http``: ``server._serve.serve_worker``: Hypercorn on the inherited listening socket, the
-  routes over a ``RemotePort``.
+  routes over a ``RemotePort`` (``--socket``), or in a cluster over a ``NatsPort`` to the
+  owner of ``--group`` (``--servers``: the NATS URLs).
 - ``member``: ``server._member.run_member``: a cluster group's standby, then its owner
   (``wallet cluster up``).
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("role", choices=["ledger", "projector", "webhooks", "http", "member"])
     parser.add_argument("options")
     parser.add_argument("--supervisor", type=int, required=True)
-    parser.add_argument("--socket", required=True)
+    parser.add_argument("--socket", default="", help="the ledger process's Unix socket (not in a cluster)")
     parser.add_argument("--fd", type=int, default=None)
     parser.add_argument("--slot", type=int, default=0)
     parser.add_argument("--group", type=int, default=0)
@@ -80,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         from server._member import run_member
 
         return run_member(options, group=arguments.group, slot=arguments.member,
-                          servers=arguments.servers.split(","), socket_path=arguments.socket,
-                          status_dir=Path(arguments.status_dir))
+                          servers=arguments.servers.split(","), status_dir=Path(arguments.status_dir))
     assert arguments.fd is not None
-    return serve_worker_process(options, arguments.socket, fd=arguments.fd, slot=arguments.slot)
+    servers = arguments.servers.split(",") if arguments.servers else None
+    return serve_worker_process(options, arguments.socket, fd=arguments.fd, slot=arguments.slot, servers=servers,
+                                group=arguments.group)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ the tests, run in the foreground like ``wallet serve --workers N``.
                         ├─ member x 2 a group  standby, then owner (``server._member``); each
                         │                      with its own data directory <data>/g<g>-<a|b>
                         └─ HTTP worker x N     as in ``--workers N``, reaching the group's owner
-                                               through a Unix socket path the owner binds anew
-                                               when it takes over (``RemotePort(follow=True)``)
+                                               by NATS request/reply on ``wallet.g<g>.rpc``,
+                                               whichever member owns it (``server._natsport``)
 
 It restarts whatever exits (a member always comes back as a standby), writes the table of
 processes like the supervisor of ``--workers N`` does (it is one, with other children), and
@@ -77,7 +77,7 @@ class ClusterSupervisor(Supervisor):
             return
         group, name = child.extra["group"], child.extra["member"]
         options = dataclasses.replace(self.options, data_dir=self.data_dir / f"g{group}-{name}", shared_dir=self.data_dir)
-        command = [*child_command("member", options, supervisor=os.getpid(), socket_path=self.socket_path),
+        command = [*child_command("member", options, supervisor=os.getpid(), socket_path=None),
                    "--group", str(group), "--member", name, "--servers", ",".join(self.nats.urls),
                    "--status-dir", str(status_dir(self.data_dir))]
         if child.process is not None:
@@ -88,6 +88,12 @@ class ClusterSupervisor(Supervisor):
         child.exited_at = None
         log.info("started member %s of group %d (pid %d)", name, group, child.process.pid)
         self._write_table()
+
+    def _socket_of(self, child: Child) -> str | None:
+        return None  # the workers reach the owner over NATS, the members serve no shared socket
+
+    def _worker_args(self) -> list[str]:
+        return ["--servers", ",".join(self.nats.urls), "--group", "0"]  # GROUPS_BUILT == 1
 
     def _write_cluster(self) -> None:
         directory = run_dir(self.data_dir)

@@ -9,7 +9,8 @@ over as the group's owner (the only writer) when the owner falls silent.
               │ refused (the owner was alive after all, or another standby won): standby again
               v accepted
            owner: the ordinary ledger process (``server._serve.serve`` with ``owner=Replica``)
-              recovers from the copy and serves the group's Unix socket; every group commit is
+              recovers from the copy and serves the group's requests over NATS
+              (``wallet.g<g>.rpc``, ``server._natsport``); every group commit is
               one stream message fenced on the sequence before it; every reply of the port waits
               for an accepted append sent after its call arrived (a barrier when nothing else is
               being written). A refused append means a newer owner exists: exit at once,
@@ -93,6 +94,8 @@ class Replica:
                  status: Callable[..., None], exit: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
+        self.client = client  # the owner's requests arrive on it too (``server._natsport``)
+        self.group = group
         self._exit = exit or _exit_now
         self._clock = clock  # the deterministic simulation's own (tests/sim/cluster_sim.py)
         self._group = group
@@ -387,8 +390,7 @@ def _exit_now(message: str) -> None:
     os._exit(EXIT_FENCED)
 
 
-def run_member(options: Any, *, group: int, slot: str, servers: list[str], socket_path: str,
-               status_dir: Path) -> int:
+def run_member(options: Any, *, group: int, slot: str, servers: list[str], status_dir: Path) -> int:
     """The member child process: standby until it owns the group, then the ledger process."""
     from server._serve import serve, tune_gc
 
@@ -414,7 +416,7 @@ def run_member(options: Any, *, group: int, slot: str, servers: list[str], socke
     replica.lsn = standby.mirror.last_lsn
     replica.start()
     try:
-        return anyio.run(partial(serve, options, port_socket=socket_path, owner=replica), backend="trio")
+        return anyio.run(partial(serve, options, owner=replica), backend="trio")
     finally:
         replica.stop()
         status(role="stopped", epoch=replica.epoch, lsn=replica.lsn, leader=None)

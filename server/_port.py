@@ -37,7 +37,6 @@ import contextvars
 import itertools
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -427,9 +426,9 @@ def _exception(code: str, detail: str) -> BaseException:
 
 
 class _Outbox:
-    """Messages waiting to be sent on one connection, written as one frame per wake-up: every
-    message queued while the sender was busy, or in the same moment, shares a frame (one
-    syscall for a burst, not one per message)."""
+    """Messages waiting to be sent on one channel, sent as one frame per wake-up: every message
+    queued while the sender was busy, or in the same moment, shares a frame (one syscall, or
+    one NATS message, for a burst, not one per message)."""
 
     def __init__(self) -> None:
         self._messages: list[list[Any]] = []
@@ -442,15 +441,19 @@ class _Outbox:
     def clear(self) -> None:
         self._messages.clear()
 
-    async def send_forever(self, stream: anyio.abc.ByteStream) -> None:
+    async def take(self) -> list[list[Any]]:
+        """Waits for messages, lets everything ready in this same moment join, returns them all."""
         while True:
             await self._ready.wait()
             self._ready = anyio.Event()
-            # Let everything that is ready in this same moment join the frame.
             await anyio.lowlevel.checkpoint()
             messages, self._messages = self._messages, []
             if messages:
-                await stream.send(w.frame(messages))
+                return messages
+
+    async def send_forever(self, stream: anyio.abc.ByteStream) -> None:
+        while True:
+            await stream.send(w.frame(await self.take()))
 
 
 # -- the ledger side -----------------------------------------------------------------------------
@@ -477,44 +480,32 @@ async def serve_port(port_of: Callable[[], LocalPort | None], listener: anyio.ab
         await listener.serve(handle)
 
 
-class _Connection:
-    def __init__(self, port_of: Callable[[], LocalPort | None], stream: anyio.abc.ByteStream,
+class Calls:
+    """The one code path of a request in the ledger process, whatever carried it (a worker's
+    Unix socket connection, ``_Connection``; a NATS message, ``server._natsport``): decode it,
+    check the method and this caller's in-flight limit, check the token it acts for, call the
+    ``LocalPort`` method, wait for ``confirm`` (cluster mode), and hand the REPLY or FAILED to
+    ``send``. One instance per caller: the in-flight limit is a caller's."""
+
+    def __init__(self, port_of: Callable[[], LocalPort | None], send: Callable[[list[Any]], None],
                  confirm: Confirm | None = None) -> None:
         self._port_of = port_of
-        self._stream = stream
+        self._send = send
         self._confirm = confirm
-        self._outbox = _Outbox()
-        self._in_flight = 0
+        self.in_flight = 0
 
-    async def run(self) -> None:
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._send_loop)
-            decoder = w.Decoder()
-            try:
-                while True:
-                    data = await self._stream.receive(RECEIVE_BYTES)
-                    decoder.feed(data)
-                    for message in decoder.messages():
-                        self._dispatch(group, message)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
-            except w.ProtocolError as error:
-                log.error("a worker sent bytes that are not the protocol (%s): closing its connection", error)
-            # The worker is gone: its calls still run to their decisions (the ledger shields
-            # them), but nobody waits for the answers.
-            group.cancel_scope.cancel()
-
-    def _dispatch(self, group: anyio.abc.TaskGroup, message: list[Any]) -> None:
+    def dispatch(self, group: anyio.abc.TaskGroup, message: list[Any]) -> None:
+        """Starts the call ``message`` asks for in ``group``, or refuses it at once."""
         if message[0] != w.REQUEST:
             raise w.ProtocolError("only requests travel to the ledger")
         _, correlation, method, args, auth = message
         if method not in METHODS:
             self._send(w.failed(correlation, "bad_request", f"no method {method!r}"))
             return
-        if self._in_flight >= CALLS_IN_FLIGHT_MAX:
-            self._send(w.failed(correlation, "overloaded", f"{self._in_flight} calls in flight from this worker"))
+        if self.in_flight >= CALLS_IN_FLIGHT_MAX:
+            self._send(w.failed(correlation, "overloaded", f"{self.in_flight} calls in flight from this worker"))
             return
-        self._in_flight += 1
+        self.in_flight += 1
         group.start_soon(self._call, correlation, method, args, auth)
 
     async def _call(self, correlation: int, method: str, args: list[Any], auth: bytes | None) -> None:
@@ -546,10 +537,35 @@ class _Connection:
                 await self._confirm(arrived)  # a refusal is a read of the state too
             self._send(w.failed(correlation, code, detail))
         finally:
-            self._in_flight -= 1
+            self.in_flight -= 1
 
-    def _send(self, message: list[Any]) -> None:
-        self._outbox.put(message)
+
+class _Connection:
+    """One worker's Unix socket connection: frames in, ``Calls``, coalesced frames out."""
+
+    def __init__(self, port_of: Callable[[], LocalPort | None], stream: anyio.abc.ByteStream,
+                 confirm: Confirm | None = None) -> None:
+        self._stream = stream
+        self._outbox = _Outbox()
+        self._calls = Calls(port_of, self._outbox.put, confirm)
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._send_loop)
+            decoder = w.Decoder()
+            try:
+                while True:
+                    data = await self._stream.receive(RECEIVE_BYTES)
+                    decoder.feed(data)
+                    for message in decoder.messages():
+                        self._calls.dispatch(group, message)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+            except w.ProtocolError as error:
+                log.error("a worker sent bytes that are not the protocol (%s): closing its connection", error)
+            # The worker is gone: its calls still run to their decisions (the ledger shields
+            # them), but nobody waits for the answers.
+            group.cancel_scope.cancel()
 
     async def _send_loop(self) -> None:
         try:
@@ -561,122 +577,51 @@ class _Connection:
 # -- the worker side -----------------------------------------------------------------------------
 
 
-FOLLOW_POLL_S = 0.2
+class RemoteCalls:
+    """The port in a process other than the ledger's: every method is a call to the ledger
+    process, carried by a transport subclass (``RemotePort``: a Unix socket on this host;
+    ``server._natsport.NatsPort``: NATS request/reply to a cluster group's owner on any host),
+    which provides ``run``, ``_call`` and ``reachable``. A call the transport cannot settle (the
+    ledger process is down, restarting, replaced, or went silent while the call was in flight)
+    raises ``Unavailable``: a money movement's outcome is then unknown to this worker, and the
+    client retries with its idempotency key, which is what keys are for."""
 
-
-def _inode(path: str) -> int | None:
-    try:
-        return os.stat(path).st_ino
-    except FileNotFoundError:
-        return None
-
-
-class RemotePort:
-    """The port in an HTTP worker: every method is a call to the ledger process over the Unix
-    socket at ``path``. ``run`` keeps the connection (reconnecting while the ledger process
-    restarts); a call made while it is down, or in flight when it dropped, raises
-    ``Unavailable`` (a money movement's outcome is then unknown to this worker: the client
-    retries with its idempotency key, which is what keys are for)."""
-
-    def __init__(self, path: str, *, reconnect_s: float = 0.1, history_path: Path | None = None,
-                 follow: bool = False) -> None:
-        self._path = path
-        # Cluster mode: the group's owner binds ``path`` anew when it takes over; a connection
-        # to the socket the path no longer names (a replaced owner, maybe paused) is dropped.
-        self._follow = follow
+    def __init__(self, *, history_path: Path | None = None) -> None:
         # With a path, history reads query SQLite here, read-only, after ``wait_projected``.
         self._history_path = history_path
         self._read_only = ReadOnlyHistory(history_path) if history_path is not None else None
-        self._reconnect_s = reconnect_s
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Call] = {}
-        self._outbox = _Outbox()
-        self._stream: anyio.abc.ByteStream | None = None
         self.connected = anyio.Event()
-        self.connections = 0
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        started = False
-        while True:
-            try:
-                inode = _inode(self._path)
-                stream = await anyio.connect_unix(self._path)
-            except OSError:
-                if not started:
-                    task_status.started()
-                    started = True
-                await anyio.sleep(self._reconnect_s)
-                continue
-            if self._follow and _inode(self._path) != inode:
-                await stream.aclose()  # replaced while connecting: connect again
-                continue
-            self._stream = stream
-            self.connections += 1
-            self.connected.set()
-            if not started:
-                task_status.started()
-                started = True
-            try:
-                async with stream, anyio.create_task_group() as group:
-                    group.start_soon(self._outbox.send_forever, stream)
-                    if self._follow:
-                        group.start_soon(self._watch_path, inode, group.cancel_scope)
-                    await self._receive_loop(stream)
-                    group.cancel_scope.cancel()
-            finally:
-                self._stream = None
-                self.connected = anyio.Event()
-                self._outbox.clear()
-                waiting, self._waiting = self._waiting, {}
-                for call in waiting.values():
-                    call.fail(Unavailable("the connection to the ledger process dropped"))
-            log.warning("the ledger process closed the connection; reconnecting")
-
-    async def _watch_path(self, inode: int | None, scope: anyio.CancelScope) -> None:
-        while True:
-            await anyio.sleep(FOLLOW_POLL_S)
-            current = _inode(self._path)
-            if current is not None and current != inode:
-                log.warning("%s now names another ledger process (a new owner): reconnecting", self._path)
-                scope.cancel()
-                return
-
-    async def _receive_loop(self, stream: anyio.abc.ByteStream) -> None:
-        decoder = w.Decoder()
-        try:
-            while True:
-                decoder.feed(await stream.receive(RECEIVE_BYTES))
-                for message in decoder.messages():
-                    kind = message[0]
-                    if kind == w.REPLY:
-                        call = self._waiting.pop(message[1], None)
-                        if call is not None:
-                            call.succeed(message[2])
-                    elif kind == w.FAILED:
-                        call = self._waiting.pop(message[1], None)
-                        if call is not None:
-                            call.fail(_exception(message[2], message[3]))
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return
-        except w.ProtocolError as error:
-            log.error("the ledger process sent bytes that are not the protocol (%s)", error)
+        raise NotImplementedError
 
     async def _call(self, method: str, *args: Any) -> Any:
-        if self._stream is None:
-            # A worker that just started (or whose ledger is restarting) connects within a few
-            # tenths of a second: a request that arrives meanwhile waits for that, not a 503.
-            with anyio.move_on_after(CONNECT_WAIT_S):
-                await self.connected.wait()
-        if self._stream is None:
-            raise Unavailable("the ledger process is not reachable")
-        correlation = next(self._ids)
-        call = _Call()
-        self._waiting[correlation] = call
-        self._outbox.put(w.request(correlation, method, list(args), current_auth.get()))
-        try:
-            return await call.wait()
-        finally:
-            self._waiting.pop(correlation, None)
+        raise NotImplementedError
+
+    def reachable(self) -> bool:
+        """Whether a call could be sent now (``/ready`` says why not without trying)."""
+        raise NotImplementedError
+
+    def _settle(self, messages: list[list[Any]]) -> None:
+        """Resolves the waiting calls the REPLY and FAILED ``messages`` answer (others are
+        calls given up on already: dropped)."""
+        for message in messages:
+            kind = message[0]
+            if kind == w.REPLY:
+                call = self._waiting.pop(message[1], None)
+                if call is not None:
+                    call.succeed(message[2])
+            elif kind == w.FAILED:
+                call = self._waiting.pop(message[1], None)
+                if call is not None:
+                    call.fail(_exception(message[2], message[3]))
+
+    def _fail_all(self, reason: str) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for call in waiting.values():
+            call.fail(Unavailable(reason))
 
     # The methods of LocalPort, one call each.
 
@@ -812,7 +757,7 @@ class RemotePort:
         return [(lsn, event) for lsn, event in await self._call("events", after, limit, wait_s)]
 
     async def status(self) -> Status:
-        if self._stream is None:
+        if not self.reachable():
             return Status("the ledger process is not reachable", 0)
         status: Status = await self._call("status")
         return status
@@ -824,6 +769,81 @@ class RemotePort:
     async def metrics(self) -> str:
         text: str = await self._call("metrics")
         return text
+
+
+class RemotePort(RemoteCalls):
+    """The port in an HTTP worker of ``--workers N`` (and in the projector and webhooks
+    processes): calls to the ledger process over the Unix socket at ``path``. ``run`` keeps the
+    connection (reconnecting while the ledger process restarts); a call made while it is down,
+    or in flight when it dropped, raises ``Unavailable``."""
+
+    def __init__(self, path: str, *, reconnect_s: float = 0.1, history_path: Path | None = None) -> None:
+        super().__init__(history_path=history_path)
+        self._path = path
+        self._reconnect_s = reconnect_s
+        self._outbox = _Outbox()
+        self._stream: anyio.abc.ByteStream | None = None
+        self.connections = 0
+
+    def reachable(self) -> bool:
+        return self._stream is not None
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        while True:
+            try:
+                stream = await anyio.connect_unix(self._path)
+            except OSError:
+                if not started:
+                    task_status.started()
+                    started = True
+                await anyio.sleep(self._reconnect_s)
+                continue
+            self._stream = stream
+            self.connections += 1
+            self.connected.set()
+            if not started:
+                task_status.started()
+                started = True
+            try:
+                async with stream, anyio.create_task_group() as group:
+                    group.start_soon(self._outbox.send_forever, stream)
+                    await self._receive_loop(stream)
+                    group.cancel_scope.cancel()
+            finally:
+                self._stream = None
+                self.connected = anyio.Event()
+                self._outbox.clear()
+                self._fail_all("the connection to the ledger process dropped")
+            log.warning("the ledger process closed the connection; reconnecting")
+
+    async def _receive_loop(self, stream: anyio.abc.ByteStream) -> None:
+        decoder = w.Decoder()
+        try:
+            while True:
+                decoder.feed(await stream.receive(RECEIVE_BYTES))
+                self._settle(decoder.messages())
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return
+        except w.ProtocolError as error:
+            log.error("the ledger process sent bytes that are not the protocol (%s)", error)
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        if self._stream is None:
+            # A worker that just started (or whose ledger is restarting) connects within a few
+            # tenths of a second: a request that arrives meanwhile waits for that, not a 503.
+            with anyio.move_on_after(CONNECT_WAIT_S):
+                await self.connected.wait()
+        if self._stream is None:
+            raise Unavailable("the ledger process is not reachable")
+        correlation = next(self._ids)
+        call = _Call()
+        self._waiting[correlation] = call
+        self._outbox.put(w.request(correlation, method, list(args), current_auth.get()))
+        try:
+            return await call.wait()
+        finally:
+            self._waiting.pop(correlation, None)
 
 
 if TYPE_CHECKING:  # both halves are the port the routes use (checked by mypy, never run)

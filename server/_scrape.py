@@ -47,7 +47,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from server._port import RemotePort, Unavailable
+from server._port import RemoteCalls, Unavailable
 from server._supervisor import processes
 
 log = logging.getLogger("server.scrape")
@@ -67,7 +67,7 @@ class _Families:
 
 
 class MultiProcessScrape:
-    def __init__(self, port: RemotePort, data_dir: Path, multiproc_dir: str) -> None:
+    def __init__(self, port: RemoteCalls, data_dir: Path, multiproc_dir: str) -> None:
         assert os.path.isdir(multiproc_dir), multiproc_dir
         self._port = port
         self._data_dir = data_dir

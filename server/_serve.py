@@ -63,13 +63,13 @@ from server._lock import DataDirLocked, lock_data_dir
 from server._loop_lag import LoopLag, loop_lag, loop_lag_histogram
 from server._payout_ledger import LedgerPayouts
 from server._payouts import Payouts
-from server._port import Confirm, LocalPort, RemotePort, Unavailable, serve_port
+from server._port import LocalPort, RemoteCalls, RemotePort, Unavailable, serve_port
 from server._scrape import MULTIPROC_DIR_ENV, MultiProcessScrape
 from server._snapshotter import Snapshotter
 from server._supervisor import child_command, ledger_socket_path, mark_worker_up, prepare_run_dir
 from server._webhooks import Dispatcher, WebhookConfig, WebhookMetrics
 from server.api import BATCHES_IN_FLIGHT_MAX, Deps, RateLimiter, build_app
-from wal import LogCorrupt, StorageFailed
+from wal import LogCorrupt, StorageFailed, StreamClient
 
 log = logging.getLogger("server")
 
@@ -88,7 +88,14 @@ HISTORY_FILE = "history.sqlite3"
 
 
 class Owner(Protocol):
-    """What ``serve`` needs of a cluster group's owner (``server._member.Replica``)."""
+    """What ``serve`` needs of a cluster group's owner (``server._member.Replica``): the group
+    and the NATS connection its requests arrive on, the log's hook, the replies' confirmation."""
+
+    @property
+    def group(self) -> int: ...
+
+    @property
+    def client(self) -> StreamClient: ...
 
     def replicate(self, first_lsn: int, last_lsn: int, data: bytes) -> None: ...
 
@@ -329,7 +336,7 @@ def _http_app(options: ServeOptions, deps: Deps) -> tuple[Any, Config]:
     return app, hypercorn_config(options, limits)
 
 
-def _deps(options: ServeOptions, *, port: RemotePort | None = None,
+def _deps(options: ServeOptions, *, port: RemoteCalls | None = None,
           exposition: Callable[[], Awaitable[bytes]] | None = None) -> Deps:
     """What the routes are built from. ``port`` is None in one process: its ``LocalPort`` is
     set once recovery has finished."""
@@ -349,8 +356,9 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
 
     The front that starts before recovery and drains first on the way out is HTTP (one
     process), or with ``port_socket`` the ledger port for the HTTP workers (the ledger process
-    of ``--workers N``: ``server._supervisor``). With ``owner`` (cluster mode, ``server._member``)
-    the log is replicated through it, every reply of the port is confirmed by its fence, and
+    of ``--workers N``: ``server._supervisor``), or with ``owner`` (cluster mode,
+    ``server._member``) the group's requests over NATS (``server._natsport.serve_nats``): the
+    log is replicated through the owner, every reply of the port is confirmed by its fence, and
     two child processes of the owner (``_owner_child``) do what the projector and webhooks
     processes of ``--workers N`` do: one tails the log into the history read model once the
     ledger serves (recovery does not project, so a takeover does not wait for it; the workers
@@ -364,7 +372,22 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
     http_done = anyio.Event()
     deps: Deps | None = None
     published: list[LocalPort] = []
-    if port_socket is None:
+    if owner is not None:
+        assert port_socket is None, "a cluster owner's workers reach it over NATS"
+        from server._natsport import serve_nats
+
+        async def run_http(*, task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
+            try:
+                async with anyio.create_task_group() as front:
+                    await front.start(partial(serve_nats, owner.client, owner.group,
+                                              lambda: published[0] if published else None,
+                                              confirm=owner.confirm))
+                    task_status.started([f"nats:wallet.g{owner.group}.rpc"])
+                    await shutdown.wait()
+                    front.cancel_scope.cancel()
+            finally:
+                http_done.set()
+    elif port_socket is None:
         deps = _deps(options)
         app, config = _http_app(options, deps)
 
@@ -379,14 +402,14 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
         async def run_http(*, task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
             try:
                 await _serve_port(socket_path, lambda: published[0] if published else None, shutdown,
-                                  confirm=owner.confirm if owner is not None else None,
                                   task_status=task_status)
             finally:
                 http_done.set()
 
     ledger: Ledger | None = None
     refused: LogCorrupt | None = None
-    role = "one" if port_socket is None else "ledger"
+    embedded = port_socket is None and owner is None  # one process: HTTP and the ledger
+    role = "one" if embedded else "ledger"
     # The ledger process's histogram goes to the shared files only (server._scrape).
     lag = loop_lag(deps.metrics.loop_lag if deps is not None else loop_lag_histogram(None), role)
     async with anyio.create_task_group() as outer:
@@ -399,7 +422,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 # With workers, the projector process keeps the read model, and a cluster owner
                 # its projector task: recovery leaves it be.
                 recovered = await anyio.to_thread.run_sync(
-                    partial(recover, data_dir, project_history=port_socket is None)
+                    partial(recover, data_dir, project_history=embedded)
                 )
             except LogCorrupt as error:
                 log.error("refusing to start: %s", error)
@@ -553,14 +576,13 @@ async def _owner_child(role: str, options: ServeOptions, socket_path: str) -> No
 
 
 async def _serve_port(path: str, port_of: Callable[[], LocalPort | None], shutdown: anyio.Event,
-                      *, confirm: Confirm | None = None, task_status: TaskStatus[list[str]]) -> None:
+                      *, task_status: TaskStatus[list[str]]) -> None:
     """The ledger port on a Unix socket (mode 0600) until ``shutdown``: the HTTP workers were
     stopped before the ledger process is asked to stop, so nothing is in flight by then.
 
-    The socket is bound under a temporary name and renamed onto ``path``: in cluster mode a new
-    owner replaces the path of one that may still be alive (paused), and the workers follow the
-    path to the new socket (``RemotePort(follow=True)``); on the way out the path is removed only
-    if it still names this process's socket."""
+    The socket is bound under a temporary name, made 0600, and renamed onto ``path``, so it is
+    never reachable with the default mode and a file left by a killed process is replaced in one
+    step; on the way out the path is removed only if it still names this process's socket."""
     temporary = f"{path}.{os.getpid()}"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temporary)
@@ -570,7 +592,7 @@ async def _serve_port(path: str, port_of: Callable[[], LocalPort | None], shutdo
     inode = os.stat(path).st_ino
     task_status.started([f"unix:{path}"])
     async with anyio.create_task_group() as group:
-        group.start_soon(partial(serve_port, port_of, listener, confirm=confirm))
+        group.start_soon(partial(serve_port, port_of, listener))
         await shutdown.wait()
         group.cancel_scope.cancel()
     with contextlib.suppress(FileNotFoundError):
@@ -578,14 +600,20 @@ async def _serve_port(path: str, port_of: Callable[[], LocalPort | None], shutdo
             os.unlink(path)
 
 
-async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int) -> int:
+async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int, servers: list[str] | None = None,
+                       ledger_group: int = 0) -> int:
     """One HTTP worker of ``--workers N``: Hypercorn on the inherited listening socket ``fd``,
-    the routes over a ``RemotePort`` to the ledger process. SIGTERM: stop accepting, answer
-    what was accepted, exit 0."""
+    the routes over a ``RemotePort`` to the ledger process; in cluster mode (``servers``: the
+    NATS URLs) over a ``NatsPort`` to group ``ledger_group``'s owner, wherever it runs. SIGTERM: stop
+    accepting, answer what was accepted, exit 0."""
     # History reads query the projector process's SQLite file here, read-only; in a cluster
     # the group's owner keeps the read model and answers them over the port.
+    remote: RemoteCalls
     if options.cluster:
-        remote = RemotePort(socket_path, follow=True)
+        from server._natsport import NatsPort
+
+        assert servers, "a cluster worker needs the NATS URLs"
+        remote = NatsPort(servers, group=ledger_group)
     else:
         remote = RemotePort(socket_path, history_path=options.data_dir / HISTORY_FILE)
     exposition = None
@@ -768,11 +796,13 @@ def serve_webhooks_process(options: ServeOptions, socket_path: str) -> int:
                      backend_options=backend_options)
 
 
-def serve_worker_process(options: ServeOptions, socket_path: str, *, fd: int, slot: int) -> int:
-    """An HTTP worker of ``--workers N`` (``server._child``)."""
+def serve_worker_process(options: ServeOptions, socket_path: str, *, fd: int, slot: int,
+                         servers: list[str] | None = None, group: int = 0) -> int:
+    """An HTTP worker of ``--workers N`` or of a cluster (``server._child``)."""
     tune_gc()
     backend, backend_options = backend_of(options.loop)
-    return anyio.run(partial(serve_worker, options, socket_path, fd=fd), backend=backend,
+    return anyio.run(partial(serve_worker, options, socket_path, fd=fd, servers=servers, ledger_group=group),
+                     backend=backend,
                      backend_options=backend_options)
 
 

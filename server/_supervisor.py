@@ -107,11 +107,11 @@ def options_to_json(options: Any) -> str:
     return json.dumps(values)
 
 
-def child_command(role: str, options: Any, *, supervisor: int, socket_path: str) -> list[str]:
+def child_command(role: str, options: Any, *, supervisor: int, socket_path: str | None) -> list[str]:
     """The command line of a ``server._child`` process of ``role`` (``server._child``'s arguments
-    after these are the role's own)."""
-    return [sys.executable, "-m", "server._child", role, options_to_json(options),
-            "--supervisor", str(supervisor), "--socket", socket_path]
+    after these are the role's own). A cluster's members and workers have no socket path."""
+    command = [sys.executable, "-m", "server._child", role, options_to_json(options), "--supervisor", str(supervisor)]
+    return command if socket_path is None else [*command, "--socket", socket_path]
 
 
 def options_from_json(text: str) -> Any:
@@ -198,11 +198,11 @@ class Supervisor:
         return [self.ledger, self.projector, self.webhooks, *self.http]
 
     def _spawn(self, child: Child) -> None:
-        command = child_command(child.role, self.options, supervisor=os.getpid(), socket_path=self.socket_path)
+        command = child_command(child.role, self.options, supervisor=os.getpid(), socket_path=self._socket_of(child))
         pass_fds: tuple[int, ...] = ()
         if child.role == "http":
             assert self._listener is not None
-            command += ["--fd", str(self._listener.fileno()), "--slot", str(child.slot)]
+            command += ["--fd", str(self._listener.fileno()), "--slot", str(child.slot), *self._worker_args()]
             pass_fds = (self._listener.fileno(),)
         if child.process is not None:
             child.restarts += 1
@@ -216,6 +216,14 @@ class Supervisor:
         child.exited_at = None
         log.info("started %s process %d (pid %d)", child.role, child.slot, child.process.pid)
         self._write_table()
+
+    def _socket_of(self, child: Child) -> str | None:
+        """The ledger process's socket, as ``child`` is told it (every child of ``--workers N``)."""
+        return self.socket_path
+
+    def _worker_args(self) -> list[str]:
+        """What an HTTP worker's command adds to reach the ledger (nothing: the socket)."""
+        return []
 
     def _child_env(self) -> dict[str, str]:
         return dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir(self.data_dir)))

@@ -144,6 +144,7 @@ class StreamClient:
         self._streams_by_subject: dict[str, str] = {}
         # Set (and replaced) when the connection drops: an answer due on it will never come.
         self._lost: asyncio.Event | None = None
+        self._publishing: set[asyncio.Task[None]] = set()  # ``publish_nowait``'s, until done
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -419,19 +420,51 @@ class StreamClient:
         finally:
             await subscription.unsubscribe()
 
-    # -- core NATS (heartbeats) ------------------------------------------------------------
+    # -- core NATS (heartbeats, the workers' requests) ---------------------------------------
 
     def publish_core(self, subject: str, data: bytes) -> None:
         """Fire and forget, as a heartbeat wants: no ack, lost when no one listens."""
         self._call(self._client().publish(subject, data), REQUEST_TIMEOUT_S)
 
+    def publish_nowait(self, subject: str, data: bytes, *, reply: str = "") -> None:
+        """Queues a core publish on the client's loop and returns at once, without waiting for
+        that loop: what an event loop of the caller's own (trio) may call. Nothing reports
+        back: a message the connection could not take is logged and lost, as any core message
+        may be (the request/reply layer above settles lost calls by its own rules)."""
+        try:
+            self._loop.call_soon_threadsafe(self._publish_soon, subject, data, reply)
+        except RuntimeError:  # the loop was closed: the client is closed
+            log.debug("nats client %s: publish on %s after close dropped", self._name, subject)
+
+    def _publish_soon(self, subject: str, data: bytes, reply: str) -> None:
+        task = self._loop.create_task(self._client().publish(subject, data, reply=reply))
+        self._publishing.add(task)
+        task.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Task[None]) -> None:
+        self._publishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("nats client %s: a core publish failed: %r", self._name, task.exception())
+
+    def new_inbox(self) -> str:
+        """A subject no other connection uses: the prefix of this client's reply subjects."""
+        return self._client().new_inbox()
+
     def subscribe_core(self, subject: str, callback: Callable[[bytes], None]) -> Callable[[], None]:
         """Calls ``callback(data)`` in the client's thread for every message on ``subject``
         (it must not block); returns a function that unsubscribes."""
+        return self.subscribe_messages(subject, lambda _subject, _reply, _headers, data: callback(data))
+
+    def subscribe_messages(
+        self, subject: str, callback: Callable[[str, str, dict[str, str] | None, bytes], None]
+    ) -> Callable[[], None]:
+        """``subscribe_core`` with the whole message: ``callback(subject, reply, headers,
+        data)`` (``subject`` may be a wildcard's match; ``headers`` carries the server's
+        ``Status`` on a no-responders answer)."""
 
         async def deliver(msg: Msg) -> None:
             try:
-                callback(msg.data)
+                callback(msg.subject, msg.reply, msg.headers, msg.data)
             except Exception:  # a broken callback must not end the subscription
                 log.exception("core subscription callback on %s failed", subject)
 

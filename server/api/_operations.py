@@ -19,7 +19,7 @@ from server import _openapi
 from server import _validate as v
 from server._cluster import cluster_view
 from server._errors import ApiError
-from server._port import RemotePort, Unauthorized, Unavailable
+from server._port import RemoteCalls, Unauthorized, Unavailable
 from server._supervisor import processes as supervised_processes
 from server._supervisor import workers_not_up
 from server.api._auth import admin
@@ -66,10 +66,10 @@ class Operations:
         except (Unavailable, Unauthorized) as error:
             return json_response({"status": "unavailable", "reason": str(error)}, 503)
         if status.reason is not None:
-            state = "unavailable" if isinstance(port, RemotePort) else "failed"
+            state = "unavailable" if isinstance(port, RemoteCalls) else "failed"
             return json_response({"status": state, "reason": status.reason}, 503)
         data_dir = self._deps.data_dir
-        starting = None if data_dir is None or not isinstance(port, RemotePort) else workers_not_up(data_dir)
+        starting = None if data_dir is None or not isinstance(port, RemoteCalls) else workers_not_up(data_dir)
         if starting is not None:
             return json_response({"status": "starting", "reason": starting}, 503)
         return json_response({"status": "ready", "durable_lsn": status.durable_lsn})
