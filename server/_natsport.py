@@ -110,7 +110,15 @@ def _unframe(data: bytes) -> list[list[Any]]:
 
 def _threadsafe() -> Callable[..., None]:
     """A function that runs ``fn(*args)`` soon on the current event loop, from any thread, and
-    never blocks; a call after the loop ended is dropped."""
+    never blocks; a call after the loop ended is dropped. ``fn`` must not raise (an exception in
+    trio's ``run_sync_soon`` ends the run): one that does is logged."""
+
+    def guarded(fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("handling a NATS message failed")
+
     try:
         import trio
 
@@ -120,7 +128,7 @@ def _threadsafe() -> Callable[..., None]:
 
         def on_asyncio(fn: Callable[..., None], *args: Any) -> None:
             try:
-                loop.call_soon_threadsafe(fn, *args)
+                loop.call_soon_threadsafe(guarded, fn, *args)
             except RuntimeError:
                 pass
 
@@ -128,7 +136,7 @@ def _threadsafe() -> Callable[..., None]:
 
     def on_trio(fn: Callable[..., None], *args: Any) -> None:
         try:
-            token.run_sync_soon(fn, *args)
+            token.run_sync_soon(guarded, fn, *args)
         except trio.RunFinishedError:
             pass
 
@@ -176,6 +184,11 @@ class NatsPort(RemoteCalls):
 
     def reachable(self) -> bool:
         return self.connected.is_set()
+
+    @property
+    def epoch(self) -> int:
+        """The newest owner epoch this worker has heard a heartbeat of (0: none yet)."""
+        return self._epoch
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()  # as RemotePort: a worker serves (503s) while NATS is unreachable
@@ -358,15 +371,21 @@ async def serve_nats(client: StreamClient, group: int, port_of: Callable[[], Loc
     threadsafe = _threadsafe()
     send, receive = anyio.create_memory_object_stream[tuple[str, bytes]](math.inf)
 
+    def deliver(reply: str, data: bytes) -> None:
+        try:
+            send.send_nowait((reply, data))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # stopped serving: the worker's rules settle the call
+
     def arrived(_subject: str, reply: str, _headers: dict[str, str] | None, data: bytes) -> None:
-        threadsafe(send.send_nowait, (reply, data))
+        threadsafe(deliver, reply, data)
 
     subject = rpc_subject(group)
     unsubscribe = await anyio.to_thread.run_sync(client.subscribe_messages, subject, arrived)
     replies = _Replies(client, port_of, confirm)
     task_status.started([f"nats:{subject}"])
     try:
-        async with anyio.create_task_group() as tasks, receive:
+        async with send, receive, anyio.create_task_group() as tasks:
             tasks.start_soon(replies.send_forever)
             async for reply, data in receive:
                 if not reply:
