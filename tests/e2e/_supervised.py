@@ -32,7 +32,7 @@ def pid_alive(pid: int) -> bool:
     try:  # a zombie is dead too
         with open(f"/proc/{pid}/stat") as handle:
             return handle.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped between the two looks (ESRCH on read)
         return False
 
 

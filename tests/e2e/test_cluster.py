@@ -370,6 +370,45 @@ def test_sigkill_of_the_stream_leader_and_of_a_worker(cluster: ClusterProcess) -
     cluster.wait_for(all_up)
 
 
+def test_a_group_without_an_owner_answers_503_at_once_and_serves_after_the_takeover(cluster: ClusterProcess) -> None:
+    """The workers reach the owner over NATS (``server._natsport``): with the standby paused
+    and the owner SIGKILLed nobody subscribes to the group's subject, NATS answers "no
+    responders", and the worker answers 503 with Retry-After at once (not after a timeout).
+    Once the standby resumes and takes over, the same worker serves the same key."""
+    wallets = _wallets(cluster)
+    group = cluster.view()["groups"][0]
+    owner, standby = group["owner"]["pid"], group["standbys"][0]["pid"]
+    os.kill(standby, signal.SIGSTOP)
+    try:
+        os.kill(owner, signal.SIGKILL)
+        body = {"from_wallet_id": wallets[0], "to_wallet_id": wallets[1], "amount": 1}
+        key = str(uuid.uuid4())
+        with cluster.client() as client:
+            deadline = time.monotonic() + 10
+            while True:  # until the killed owner's NATS connection is gone (at once on loopback)
+                started = time.monotonic()
+                response = client.post("/v1/transfers", json=body, headers={"Idempotency-Key": key})
+                took = time.monotonic() - started
+                assert response.status_code == 503, response.text
+                if "no responders" in response.json()["detail"]:
+                    break
+                assert time.monotonic() < deadline, response.text
+            assert response.headers["Retry-After"] == "1"
+            assert response.json()["code"] == "ledger_unavailable"
+            assert took < 1.0, took
+    finally:
+        os.kill(standby, signal.SIGCONT)
+    with cluster.client() as client:
+        for _ in range(300):
+            response = client.post("/v1/transfers", json=body, headers={"Idempotency-Key": key})
+            if response.status_code != 503:
+                break
+            time.sleep(0.1)
+        assert response.status_code == 201, response.text
+        assert client.get(f"/v1/wallets/{wallets[0]}").json()["balance"] == START - 1
+    cluster.wait_for(healthy)
+
+
 def test_more_groups_than_built_are_refused(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "server.cli", "cluster", "up", "--data", str(tmp_path / "d"),
                              "--groups", "2"], capture_output=True, text=True, timeout=60)
