@@ -352,22 +352,28 @@ class _Replies:
             await self._ready.wait()
             self._ready = anyio.Event()
             await anyio.lowlevel.checkpoint()  # let everything ready in this moment join
-            pending, self._pending = self._pending, {}
-            for worker, messages in pending.items():
-                reply = self._reply_to.get(worker)
-                if reply is None:
-                    continue
-                for _, data in _frames(messages):
-                    self._client.publish_nowait(reply, data)
+            self.flush()
+
+    def flush(self) -> None:
+        """Sends every reply waiting, one message per worker (or a few, when large)."""
+        pending, self._pending = self._pending, {}
+        for worker, messages in pending.items():
+            reply = self._reply_to.get(worker)
+            if reply is None:
+                continue
+            for _, data in _frames(messages):
+                self._client.publish_nowait(reply, data)
 
 
 async def serve_nats(client: StreamClient, group: int, port_of: Callable[[], LocalPort | None], *,
-                     confirm: Confirm | None = None,
+                     confirm: Confirm | None = None, stop: anyio.Event | None = None, drain_s: float = 0.0,
                      task_status: anyio.abc.TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
-    """Serves group ``group``'s requests from ``wallet.g<g>.rpc`` until cancelled, then
-    unsubscribes (a worker's next request gets NATS's no-responders at once). ``port_of`` and
-    ``confirm`` as for ``serve_port``: no reply leaves before a fenced append made after its
-    request arrived was accepted."""
+    """Serves group ``group``'s requests from ``wallet.g<g>.rpc`` until cancelled, or until
+    ``stop`` is set: then it refuses what arrives (``not_ready``: the worker answers 503 at
+    once), drains its subscription (after which workers get NATS's no-responders until the
+    next owner subscribes), gives the calls in hand up to ``drain_s`` to be answered, and
+    returns. ``port_of`` and ``confirm`` as for ``serve_port``: no reply leaves before a fenced
+    append made after its request arrived was accepted."""
     threadsafe = _threadsafe()
     send, receive = anyio.create_memory_object_stream[tuple[str, bytes]](math.inf)
 
@@ -375,31 +381,65 @@ async def serve_nats(client: StreamClient, group: int, port_of: Callable[[], Loc
         try:
             send.send_nowait((reply, data))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass  # stopped serving: the worker's rules settle the call
+            pass  # gone: the worker's silence and timeout rules settle the call
 
     def arrived(_subject: str, reply: str, _headers: dict[str, str] | None, data: bytes) -> None:
         threadsafe(deliver, reply, data)
 
     subject = rpc_subject(group)
-    unsubscribe = await anyio.to_thread.run_sync(client.subscribe_messages, subject, arrived)
-    replies = _Replies(client, port_of, confirm)
-    task_status.started([f"nats:{subject}"])
-    try:
-        async with send, receive, anyio.create_task_group() as tasks:
-            tasks.start_soon(replies.send_forever)
-            async for reply, data in receive:
-                if not reply:
-                    log.error("a request on %s without a reply subject: dropped", subject)
-                    continue
-                calls = replies.caller(reply)
-                try:
-                    for message in _unframe(data):
-                        calls.dispatch(tasks, message)
-                except w.ProtocolError as error:
-                    log.error("a worker sent bytes that are not the protocol on %s (%s): dropped", subject, error)
-    finally:
-        with anyio.CancelScope(shield=True):
+    unsubscribe = await anyio.to_thread.run_sync(partial(client.subscribe_messages, subject, arrived, drain=True))
+    subscribed = True
+    stopping = False
+
+    async def unsubscribe_once() -> None:
+        nonlocal subscribed
+        if subscribed:
+            subscribed = False
             try:
                 await anyio.to_thread.run_sync(unsubscribe)
             except Exception as error:  # the connection is going: so is the subscription
                 log.debug("unsubscribing from %s: %r", subject, error)
+
+    replies = _Replies(client, port_of, confirm)
+    taken = anyio.Event()
+
+    async def take(calls: anyio.abc.TaskGroup) -> None:
+        async for reply, data in receive:
+            if not reply:
+                log.error("a request on %s without a reply subject: dropped", subject)
+                continue
+            caller = replies.caller(reply)
+            try:
+                for message in _unframe(data):
+                    if stopping:
+                        caller.refuse(message, f"the owner of group {group} is stopping")
+                    else:
+                        caller.dispatch(calls, message)
+            except w.ProtocolError as error:
+                log.error("a worker sent bytes that are not the protocol on %s (%s): dropped", subject, error)
+        taken.set()
+
+    task_status.started([f"nats:{subject}"])
+    try:
+        async with send, receive, anyio.create_task_group() as tasks:
+            tasks.start_soon(replies.send_forever)
+            with anyio.CancelScope() as draining:
+                async with anyio.create_task_group() as calls:
+                    tasks.start_soon(take, calls)
+                    if stop is None:
+                        await anyio.sleep_forever()
+                    else:
+                        await stop.wait()
+                        stopping = True  # from here on ``take`` refuses, and starts nothing in ``calls``
+                        draining.deadline = anyio.current_time() + drain_s
+                        await unsubscribe_once()  # the node sends no more; what it sent is queued here
+                        threadsafe(send.close)  # after those: ``take`` refuses them all, then ends
+            if draining.cancelled_caught:
+                log.warning("%s: calls still running %.1f s after the stop were abandoned", subject, drain_s)
+            with anyio.move_on_after(drain_s):
+                await taken.wait()
+            replies.flush()
+            tasks.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await unsubscribe_once()

@@ -508,6 +508,12 @@ class Calls:
         self.in_flight += 1
         group.start_soon(self._call, correlation, method, args, auth)
 
+    def refuse(self, message: list[Any], detail: str) -> None:
+        """Answers the call ``message`` asks for with ``not_ready`` (``Unavailable``) at once."""
+        if message[0] != w.REQUEST:
+            raise w.ProtocolError("only requests travel to the ledger")
+        self._send(w.failed(message[1], "not_ready", detail))
+
     async def _call(self, correlation: int, method: str, args: list[Any], auth: bytes | None) -> None:
         arrived = time.monotonic()
         try:

@@ -378,13 +378,9 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
 
         async def run_http(*, task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
             try:
-                async with anyio.create_task_group() as front:
-                    await front.start(partial(serve_nats, owner.client, owner.group,
-                                              lambda: published[0] if published else None,
-                                              confirm=owner.confirm))
-                    task_status.started([f"nats:wallet.g{owner.group}.rpc"])
-                    await shutdown.wait()
-                    front.cancel_scope.cancel()
+                await serve_nats(owner.client, owner.group, lambda: published[0] if published else None,
+                                 confirm=owner.confirm, stop=shutdown,
+                                 drain_s=options.shutdown_timeout_s * HTTP_DRAIN_SHARE, task_status=task_status)
             finally:
                 http_done.set()
     elif port_socket is None:

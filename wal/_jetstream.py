@@ -456,11 +456,14 @@ class StreamClient:
         return self.subscribe_messages(subject, lambda _subject, _reply, _headers, data: callback(data))
 
     def subscribe_messages(
-        self, subject: str, callback: Callable[[str, str, dict[str, str] | None, bytes], None]
+        self, subject: str, callback: Callable[[str, str, dict[str, str] | None, bytes], None],
+        *, drain: bool = False,
     ) -> Callable[[], None]:
         """``subscribe_core`` with the whole message: ``callback(subject, reply, headers,
         data)`` (``subject`` may be a wildcard's match; ``headers`` carries the server's
-        ``Status`` on a no-responders answer)."""
+        ``Status`` on a no-responders answer). With ``drain``, the function returned drains
+        rather than unsubscribes: it returns once the server has stopped sending and every
+        message it sent before has been given to ``callback`` (none is dropped on the way)."""
 
         async def deliver(msg: Msg) -> None:
             try:
@@ -471,7 +474,8 @@ class StreamClient:
         subscription = self._call(self._client().subscribe(subject, cb=deliver), REQUEST_TIMEOUT_S)
 
         def unsubscribe() -> None:
-            self._call(subscription.unsubscribe(), REQUEST_TIMEOUT_S)
+            stop = subscription.drain() if drain else subscription.unsubscribe()
+            self._call(stop, 2 * REQUEST_TIMEOUT_S)
 
         return unsubscribe
 

@@ -286,3 +286,63 @@ def test_both_sides_run_on_asyncio_too(nodes: NatsCluster, client: StreamClient)
     answered, refused_s = anyio.run(main, backend="asyncio")
     assert answered == [Asset(code="USD", scale=2, created_at_us=1)]
     assert refused_s < 0.5, refused_s
+
+
+class _Slow:
+    """A port whose ``wallet`` answers once the test lets it."""
+
+    def __init__(self) -> None:
+        self.asked = trio.Event()
+        self.go = trio.Event()
+
+    async def wallet(self, wallet_id: str) -> str:
+        self.asked.set()
+        await self.go.wait()
+        return f"view of {wallet_id}"
+
+
+async def test_a_stopping_owner_unsubscribes_at_once_and_answers_the_calls_in_hand(
+        nodes: NatsCluster, client: StreamClient) -> None:
+    """``stop``: requests sent after it are refused at once, then get no-responders (the
+    next owner is who to wait for), while the call the owner already holds is still answered."""
+    group = next(_groups)
+    slow = _Slow()
+    stop = trio.Event()
+    answers: list[object] = []
+    async with trio.open_nursery() as nursery:
+        served = trio.Event()
+
+        async def owner(*, task_status: anyio.abc.TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
+            await serve_nats(client, group, lambda: cast(LocalPort, slow), stop=stop, drain_s=10.0,
+                             task_status=task_status)
+            served.set()
+
+        await nursery.start(owner)
+        port = NatsPort(nodes.urls, group=group, silence_s=30.0)  # no heartbeats here
+        await _worker(nursery, port)
+        answered = trio.Event()
+
+        async def held() -> None:
+            answers.append(await port.wallet("a"))
+            answered.set()
+
+        nursery.start_soon(held)
+        with trio.fail_after(10):
+            await slow.asked.wait()
+        stop.set()
+        with trio.fail_after(10):
+            refusals = []
+            while True:  # refused by the owner until its unsubscription took effect, then NATS
+                with pytest.raises(Unavailable) as refused:
+                    await port.wallet("b")
+                refusals.append(str(refused.value))
+                if "no responders" in refusals[-1]:
+                    break
+            assert all("is stopping" in refusal for refusal in refusals[:-1]), refusals
+        assert not answers and not served.is_set()
+        slow.go.set()
+        with trio.fail_after(10):
+            await served.wait()
+            await answered.wait()
+        assert answers == ["view of a"]
+        nursery.cancel_scope.cancel()
