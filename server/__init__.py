@@ -9,8 +9,11 @@ Which code runs in which process (``docs/ARCHITECTURE.md``, Processes; ADR 0006)
   and ``_port.serve_port``, ``_snapshotter``, ``_payouts`` with ``_payout_ledger`` and
   ``_bank``, ``_lock``; the ledger itself (``ledger/``, ``wal/``, ``snapshots/``).
 - projector process: ``_serve.serve_projector`` -> ``ledger/_projector.py``.
+- cluster member (``wallet cluster up``): ``_member`` (standby, then the owner: the ledger
+  process above, whose workers reach it over NATS through ``_natsport.serve_nats``).
 - HTTP workers (and the one process of ``--workers 0``): ``api/`` (routes, auth, rendering)
-  over ``_port.RemotePort`` (``_port.LocalPort`` in one process), with ``_validate``,
+  over ``_port.RemotePort`` (``_natsport.NatsPort`` in a cluster, ``_port.LocalPort`` in one
+  process), with ``_validate``,
   ``_errors``, ``_openapi``, ``_observe`` and ``_edge``; ``_serve.serve_worker`` starts them.
 - command line and tools, in the operator's shell: ``cli``, ``_config``, ``_tools``, ``_seed``,
   ``_banksim``.

@@ -29,6 +29,8 @@ no heartbeat on ``wallet.g<g>.hb`` for               every call waiting that lon
 the call was sent or the last heartbeat              taking over by the same rule)
 a heartbeat of an epoch newer than the one known     every call sent under an older known epoch:
 when the call was sent                               ``Unavailable`` (its owner was replaced)
+a call made when no heartbeat has come for           that call, before it is sent: ``Unavailable``
+``silence_s``                                        (the rule above would fail it anyway)
 ``call_timeout_s`` since the call was sent           that call: ``Unavailable`` (the backstop)
 ===================================================  =============================================
 
@@ -298,8 +300,14 @@ class NatsPort(RemoteCalls):
                 await self.connected.wait()
         if not self.connected.is_set():
             raise Unavailable("NATS is not reachable from this worker")
+        now = time.monotonic()
+        if now - self._heard >= self._silence_s:
+            # The rule below would fail it ``silence_s`` from now: no owner has beaten for that
+            # long (NATS may still route to a subscription of a host it has not yet noticed is
+            # gone, so no-responders cannot be counted on), and a new owner beats first.
+            raise Unavailable(f"group {self._group} has no owner now (no heartbeat for {self._silence_s:g} s)")
         correlation = next(self._ids)
-        call = _Sent(time.monotonic(), self._epoch)
+        call = _Sent(now, self._epoch)
         self._waiting[correlation] = call
         self._outbox.put(w.request(correlation, method, list(args), current_auth.get()))
         try:

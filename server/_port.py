@@ -4,7 +4,10 @@
   mode, ``--workers 0``, and the ledger side of the multi-process mode).
 - ``RemotePort`` runs in an HTTP worker and carries every call over the local transport
   (``server._wire`` frames on a Unix socket) to ``serve_port`` in the ledger process, which
-  calls the ``LocalPort`` there.
+  calls the ``LocalPort`` there. In a cluster, ``server._natsport.NatsPort`` carries the same
+  frames over NATS to the group's owner. Both are ``RemoteCalls``: the methods are written
+  once, a transport adds how a call travels; and both ledger sides run a request through
+  ``Calls``, the one path from a REQUEST to its REPLY or FAILED.
 
 Both raise the same exceptions (``Overloaded``, ``StorageFailed``, ``HistoryLagging``,
 ``Gone``, ``Unavailable``, ``Unauthorized``), so a route reads the same in both modes.

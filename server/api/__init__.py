@@ -2,7 +2,7 @@
 hand them to the ledger through its port and render what it decided.
 
 Runs in every HTTP worker (``--workers N``: ``server._serve.serve_worker``, over a
-``RemotePort``), and in the one process of ``--workers 0`` (``server._serve.serve``, over a
+``RemotePort``; in a cluster over a ``NatsPort``), and in the one process of ``--workers 0`` (``server._serve.serve``, over a
 ``LocalPort``). It never touches a balance and holds no money state: the port is its only way
 to the ledger.
 

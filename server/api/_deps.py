@@ -26,7 +26,7 @@ NOT_READY_REASON = "recovering the ledger from its write-ahead log"
 
 
 class PortSlot:
-    """The ledger's port once it can serve. An HTTP worker has its ``RemotePort`` from the start;
+    """The ledger's port once it can serve. An HTTP worker has its ``RemoteCalls`` from the start;
     the one process of ``--workers 0`` serves HTTP while it recovers (``/health`` 200,
     ``/ready`` 503) and gets its ``LocalPort`` only once recovery has finished. So the slot is
     filled once, after the routes were built; it is never emptied nor replaced."""

@@ -346,3 +346,31 @@ async def test_a_stopping_owner_unsubscribes_at_once_and_answers_the_calls_in_ha
             await answered.wait()
         assert answers == ["view of a"]
         nursery.cancel_scope.cancel()
+
+
+async def test_while_no_owner_beats_a_call_fails_before_it_is_sent(
+        nodes: NatsCluster, client: StreamClient) -> None:
+    """A subscription NATS still routes to (a host it has not noticed is gone) gets nothing:
+    once the owner's heartbeat has been silent for the interval, a call fails at once."""
+    group = next(_groups)
+    silence_s = 0.3
+    stalling = _Stalling()
+    async with trio.open_nursery() as nursery:
+
+        async def owner(*, task_status: anyio.abc.TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
+            await serve_nats(client, group, lambda: cast(LocalPort, stalling), task_status=task_status)
+
+        await nursery.start(owner)
+        port = NatsPort(nodes.urls, group=group, silence_s=silence_s, tick_s=0.05)
+        await _worker(nursery, port)
+        with trio.fail_after(10):
+            while port.epoch != 1:
+                await trio.to_thread.run_sync(_beat, client, group, 1)
+                await trio.sleep(0.05)
+        await trio.sleep(silence_s)  # the silence itself is what is tested
+        started = trio.current_time()
+        with pytest.raises(Unavailable, match="no heartbeat"):
+            await port.wallet("a")
+        assert trio.current_time() - started < 0.1
+        assert not stalling.asked.is_set()  # never sent
+        nursery.cancel_scope.cancel()
