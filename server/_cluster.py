@@ -14,7 +14,8 @@ processes like the supervisor of ``--workers N`` does (it is one, with other chi
 ``cluster.json`` in the run folder: the log's nodes, for ``GET /v1/admin/cluster``; each member
 writes its own line next to it (``server._member.write_status``). On several hosts the same
 processes run under a process manager each: the NATS nodes with routes to each other, members
-pointing at the NATS URLs; README *Cluster mode*.
+and HTTP workers pointing at the NATS URLs (workers need nothing else of the members, so they
+may run on any host); README *Cluster mode*.
 
 Only one group is built so far: a transfer between wallets of two groups needs the cross-group
 protocol of ADR 0013 (reserve at the receiver, commit in the sender's stream, credit read from
