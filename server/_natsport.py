@@ -42,7 +42,6 @@ loop's thread-safe ``run_sync_soon`` / ``call_soon_threadsafe``, and leave throu
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -68,7 +67,7 @@ from server._port import (
     _Outbox,
     current_auth,
 )
-from wal import StreamClient
+from wal import StreamClient, call_soon_threadsafe
 
 log = logging.getLogger("server.natsport")
 
@@ -121,28 +120,15 @@ def _threadsafe() -> Callable[..., None]:
         except Exception:
             log.exception("handling a NATS message failed")
 
-    try:
-        import trio
+    call_soon = call_soon_threadsafe()
 
-        token = trio.lowlevel.current_trio_token()
-    except RuntimeError:  # asyncio (``--loop asyncio`` or ``uvloop``)
-        loop = asyncio.get_running_loop()
-
-        def on_asyncio(fn: Callable[..., None], *args: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(guarded, fn, *args)
-            except RuntimeError:
-                pass
-
-        return on_asyncio
-
-    def on_trio(fn: Callable[..., None], *args: Any) -> None:
+    def threadsafe(fn: Callable[..., None], *args: Any) -> None:
         try:
-            token.run_sync_soon(guarded, fn, *args)
-        except trio.RunFinishedError:
+            call_soon(partial(guarded, fn, *args))
+        except RuntimeError:  # the loop has ended (trio's RunFinishedError is one)
             pass
 
-    return on_trio
+    return threadsafe
 
 
 # -- the worker side ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from wal._segments import (
     segment_name,
 )
 from wal._tail import Compacted, Tailer
+from wal._thread import call_soon_threadsafe
 from wal._writer import (
     BATCH_BUCKETS,
     BATCH_BYTES_MAX,
@@ -81,6 +82,7 @@ __all__ = [
     "Tailer",
     "WriteAheadLog",
     "apply_repair",
+    "call_soon_threadsafe",
     "covered_segments",
     "decode",
     "decode_segment_header",

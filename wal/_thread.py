@@ -22,8 +22,10 @@ from typing import Any
 import anyio
 
 
-def _call_soon_threadsafe() -> Callable[[Callable[[], object]], object]:
-    """The running event loop's way to run a function soon, callable from another thread."""
+def call_soon_threadsafe() -> Callable[[Callable[[], object]], object]:
+    """The running event loop's way to run a function soon, callable from another thread (the
+    WAL writer's here; the NATS client's in ``server._natsport``). Once the loop has ended it
+    raises ``RuntimeError`` (trio's ``RunFinishedError`` is one)."""
     try:
         import trio
 
@@ -44,7 +46,7 @@ class BlockingThread:
     async def run_sync(self, function: Callable[..., Any], *args: Any) -> Any:
         """``function(*args)`` in the thread; its result, or its exception raised here."""
         if self._thread is None:
-            self._call_soon = _call_soon_threadsafe()
+            self._call_soon = call_soon_threadsafe()
             self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
             self._thread.start()
         call_soon = self._call_soon
