@@ -16,6 +16,7 @@ import anyio.abc
 import msgpack
 import pytest
 import trio
+import trio.testing
 
 from ledger import (
     Asset,
@@ -330,6 +331,9 @@ async def test_a_stopping_owner_unsubscribes_at_once_and_answers_the_calls_in_ha
         with trio.fail_after(10):
             await slow.asked.wait()
         stop.set()
+        # The owner has seen the stop (it waits for its unsubscription in a thread): a request
+        # sent from now on cannot be taken as a call any more.
+        await trio.testing.wait_all_tasks_blocked()
         with trio.fail_after(10):
             refusals = []
             while True:  # refused by the owner until its unsubscription took effect, then NATS
