@@ -64,8 +64,6 @@ from server._port import (
     RemoteCalls,
     Unavailable,
     _Call,
-    _Outbox,
-    current_auth,
 )
 from wal import StreamClient, call_soon_threadsafe
 
@@ -161,7 +159,6 @@ class NatsPort(RemoteCalls):
         self._silence_s = silence_s
         self._call_timeout_s = call_timeout_s
         self._tick_s = tick_s
-        self._outbox = _Outbox()
         self._client: StreamClient | None = None
         self._inbox = ""
         self._frame_numbers = 0
@@ -292,14 +289,7 @@ class NatsPort(RemoteCalls):
             # long (NATS may still route to a subscription of a host it has not yet noticed is
             # gone, so no-responders cannot be counted on), and a new owner beats first.
             raise Unavailable(f"group {self._group} has no owner now (no heartbeat for {self._silence_s:g} s)")
-        correlation = next(self._ids)
-        call = _Sent(now, self._epoch)
-        self._waiting[correlation] = call
-        self._outbox.put(w.request(correlation, method, list(args), current_auth.get()))
-        try:
-            return await call.wait()
-        finally:
-            self._waiting.pop(correlation, None)
+        return await self._send(_Sent(now, self._epoch), method, args)
 
 
 # -- the owner side ----------------------------------------------------------------------------

@@ -601,6 +601,7 @@ class RemoteCalls:
         self._read_only = ReadOnlyHistory(history_path) if history_path is not None else None
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Call] = {}
+        self._outbox = _Outbox()
         self.connected = anyio.Event()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -612,6 +613,17 @@ class RemoteCalls:
     def reachable(self) -> bool:
         """Whether a call could be sent now (``/ready`` says why not without trying)."""
         raise NotImplementedError
+
+    async def _send(self, call: _Call, method: str, args: tuple[Any, ...]) -> Any:
+        """Queues the request ``method(*args)`` for the transport's next message and waits for
+        ``call`` to be settled (by its answer, or by the transport's rules)."""
+        correlation = next(self._ids)
+        self._waiting[correlation] = call
+        self._outbox.put(w.request(correlation, method, list(args), current_auth.get()))
+        try:
+            return await call.wait()
+        finally:
+            self._waiting.pop(correlation, None)
 
     def _settle(self, messages: list[list[Any]]) -> None:
         """Resolves the waiting calls the REPLY and FAILED ``messages`` answer (others are
@@ -790,7 +802,6 @@ class RemotePort(RemoteCalls):
         super().__init__(history_path=history_path)
         self._path = path
         self._reconnect_s = reconnect_s
-        self._outbox = _Outbox()
         self._stream: anyio.abc.ByteStream | None = None
         self.connections = 0
 
@@ -845,14 +856,7 @@ class RemotePort(RemoteCalls):
                 await self.connected.wait()
         if self._stream is None:
             raise Unavailable("the ledger process is not reachable")
-        correlation = next(self._ids)
-        call = _Call()
-        self._waiting[correlation] = call
-        self._outbox.put(w.request(correlation, method, list(args), current_auth.get()))
-        try:
-            return await call.wait()
-        finally:
-            self._waiting.pop(correlation, None)
+        return await self._send(_Call(), method, args)
 
 
 if TYPE_CHECKING:  # both halves are the port the routes use (checked by mypy, never run)

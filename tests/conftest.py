@@ -6,6 +6,7 @@ import importlib.machinery
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,17 @@ def usual_umask() -> Iterator[None]:
         yield
     finally:
         os.umask(previous)
+
+
+@pytest.fixture(scope="module")
+def nats_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Three JetStream nodes from the project's pinned ``nats-server`` (``server._natsnodes``),
+    one cluster per test module, stopped after it."""
+    from server._natsnodes import NatsCluster
+
+    nodes = NatsCluster(tmp_path_factory.mktemp("nats"))
+    nodes.start()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()

@@ -40,13 +40,8 @@ _groups = itertools.count(100)  # each test its own group, so its subjects are i
 
 
 @pytest.fixture(scope="module")
-def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path_factory.mktemp("nats"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+def nodes(nats_nodes: NatsCluster) -> NatsCluster:
+    return nats_nodes
 
 
 @pytest.fixture

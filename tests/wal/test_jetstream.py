@@ -32,13 +32,8 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    nodes = NatsCluster(tmp_path_factory.mktemp("nats"))
-    nodes.start()
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
+def cluster(nats_nodes: NatsCluster) -> NatsCluster:
+    return nats_nodes
 
 
 @pytest.fixture(scope="module")
