@@ -224,11 +224,13 @@ class Gateway:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str | None, str | None, Any]] = []  # (path, key, content type, body)
+        self.recorded = trio.Event()  # set by the first request recorded
 
     async def record(self, request: Request) -> None:
         raw = await request.body()
         self.requests.append((request.url.path, request.headers.get("idempotency-key"),
                               request.headers.get("content-type"), json.loads(raw)))
+        self.recorded.set()
 
     def app(self) -> Starlette:
         async def paid(request: Request) -> Response:
@@ -332,6 +334,10 @@ async def test_http_bank_timeout_is_transient(gateway: tuple[str, Gateway]) -> N
         result = await bank.pay(order("w-7"))
     assert result.outcome == "transient"
     assert "timeout" in result.detail
+    # The client may give up before the server's task has read the request (a loaded machine:
+    # the fresh-clone suite once saw none recorded yet); it was sent, so it arrives.
+    with trio.fail_after(10):
+        await server.recorded.wait()
     assert [request[0] for request in server.requests] == ["/slow"]
 
 
