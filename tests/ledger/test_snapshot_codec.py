@@ -509,7 +509,7 @@ def test_a_keyed_record_is_checked_by_its_kind_on_load_and_in_full_when_asked() 
                         GOOD_WALLET)
     with pytest.raises(CodecError, match="may hold"):
         decode_state(wrong_kind)
-    with pytest.raises(CodecError, match="holds a TokenRevoked"):
+    with pytest.raises(CodecError, match="may hold"):
         decode_state(wrong_kind, decode_events=True)
     # The right kind, then fields that do not decode: found when the record is used.
     damaged = WALLET_CREATED[:3] + msgpack.packb("not the rest")
