@@ -54,8 +54,9 @@ import anyio
 import anyio.abc
 import msgpack
 
+from ledger import Event
 from server import _wire as w
-from server._member import HEARTBEAT_S, TAKEOVER_AFTER_S, heartbeat_subject
+from server._member import HEARTBEAT_S, TAKEOVER_AFTER_S, heartbeat_subject, stream_name
 from server._port import (
     CONNECT_WAIT_S,
     Calls,
@@ -65,7 +66,8 @@ from server._port import (
     Unavailable,
     _Call,
 )
-from wal import StreamClient, call_soon_threadsafe
+from server._stream_events import StreamEvents
+from wal import LogUnavailable, StreamClient, call_soon_threadsafe
 
 log = logging.getLogger("server.natsport")
 
@@ -146,7 +148,9 @@ class _Sent(_Call):
 
 class NatsPort(RemoteCalls):
     """The port of an HTTP worker in cluster mode: calls to group ``group``'s owner over NATS
-    (module docstring). History reads go to the owner, which keeps the read model."""
+    (module docstring). History reads go to the owner, which keeps the read model; the events
+    feed is read from the group's stream by the worker itself (``server._stream_events``), so
+    it answers also while the group has no owner."""
 
     def __init__(self, servers: list[str], *, group: int, silence_s: float = TAKEOVER_AFTER_S,
                  call_timeout_s: float = CALL_TIMEOUT_S, tick_s: float = HEARTBEAT_S) -> None:
@@ -160,6 +164,7 @@ class NatsPort(RemoteCalls):
         self._call_timeout_s = call_timeout_s
         self._tick_s = tick_s
         self._client: StreamClient | None = None
+        self._events: StreamEvents | None = None
         self._inbox = ""
         self._frame_numbers = 0
         self._epoch = 0  # the newest owner epoch heard of
@@ -188,16 +193,19 @@ class NatsPort(RemoteCalls):
                 client.subscribe_core, heartbeat_subject(self._group),
                 lambda data: threadsafe(self._on_heartbeat, data, time.monotonic()))
             self._client = client
+            self._events = StreamEvents(client, stream_name(self._group))
             self._heard = time.monotonic()
             self.connected.set()
             log.info("reaching group %d's owner over NATS on %s (replies to %s.*)", self._group, self._subject,
                      self._inbox)
             async with anyio.create_task_group() as group:
                 group.start_soon(self._watch)
+                group.start_soon(self._events.watch)
                 while True:
                     self._publish(await self._outbox.take())
         finally:
             self._client = None
+            self._events = None
             self.connected = anyio.Event()
             self._outbox.clear()
             self._fail_all("the worker's NATS port stopped")
@@ -276,6 +284,19 @@ class NatsPort(RemoteCalls):
                   if isinstance(call, _Sent) and predicate(call)]
         for correlation in doomed:
             self._waiting.pop(correlation).fail(Unavailable(reason))
+
+    async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Event]]:
+        """The feed from the group's stream, not from the owner (class docstring)."""
+        if not self.connected.is_set():
+            with anyio.move_on_after(CONNECT_WAIT_S):
+                await self.connected.wait()
+        events = self._events
+        if events is None:
+            raise Unavailable("NATS is not reachable from this worker")
+        try:
+            return await events.read(after, limit, wait_s)
+        except LogUnavailable as error:
+            raise Unavailable(f"group {self._group}'s stream cannot be read now: {error}") from None
 
     async def _call(self, method: str, *args: Any) -> Any:
         if not self.connected.is_set():

@@ -16,6 +16,7 @@ from wal._frame import (
     FrameError,
     decode,
     encode,
+    peek_lsn,
 )
 from wal._mirror import Mirror, MirrorError
 from wal._repair import RepairPlan, RepairRefused, apply_repair, plan_repair
@@ -90,6 +91,7 @@ __all__ = [
     "encode_segment_header",
     "fsync_directory",
     "list_segments",
+    "peek_lsn",
     "plan_repair",
     "scan",
     "segment_name",

@@ -369,22 +369,24 @@ class StreamClient:
         return StoredMessage(seq=seq, data=raw.data or b"", headers=headers)
 
     def fetch(
-        self, stream: str, from_seq: int, *, max_messages: int = 1000, wait_s: float = 1.0
+        self, stream: str, from_seq: int, *, max_messages: int = 1000, wait_s: float = 1.0,
+        max_bytes: int = FETCH_BYTES_MAX,
     ) -> list[StoredMessage]:
-        """The stored messages from ``from_seq`` on, in order, at most ``max_messages``; waits up
-        to ``wait_s`` for the first one; an empty list if none came."""
+        """The stored messages from ``from_seq`` on, in order, at most ``max_messages`` and
+        about ``max_bytes`` (always at least one message when there is one); waits up to
+        ``wait_s`` for the first one; an empty list if none came."""
         assert from_seq >= 1
-        assert max_messages >= 1
+        assert max_messages >= 1 and max_bytes >= 1
         return self._call(
-            self._fetch(stream, from_seq, max_messages, time.monotonic() + wait_s),
+            self._fetch(stream, from_seq, max_messages, max_bytes, time.monotonic() + wait_s),
             wait_s + 2 * REQUEST_TIMEOUT_S,
         )
 
     async def _fetch(
-        self, stream: str, from_seq: int, max_messages: int, deadline: float
+        self, stream: str, from_seq: int, max_messages: int, max_bytes: int, deadline: float
     ) -> list[StoredMessage]:
         while True:
-            found = await self._direct_batch(stream, from_seq, max_messages)
+            found = await self._direct_batch(stream, from_seq, max_messages, max_bytes)
             if found or time.monotonic() >= deadline:
                 return found
             # Direct gets cannot wait; an idle tail polls. A long-lived consumer per tail would
@@ -392,12 +394,12 @@ class StreamClient:
             await asyncio.sleep(min(FETCH_POLL_S, max(0.0, deadline - time.monotonic())))
 
     async def _direct_batch(
-        self, stream: str, from_seq: int, max_messages: int
+        self, stream: str, from_seq: int, max_messages: int, max_bytes: int = FETCH_BYTES_MAX
     ) -> list[StoredMessage]:
         nc = self._client()
         inbox = nc.new_inbox()
         subscription = await nc.subscribe(inbox)
-        request = {"seq": from_seq, "batch": max_messages, "max_bytes": FETCH_BYTES_MAX}
+        request = {"seq": from_seq, "batch": max_messages, "max_bytes": max_bytes}
         found: list[StoredMessage] = []
         try:
             await nc.publish(

@@ -238,10 +238,17 @@ class FakeStreamClient:
         with self._stream.lock:
             return len(self._stream.streams[stream])
 
-    def fetch(self, stream: str, from_seq: int, *, max_messages: int = 1000, wait_s: float = 1.0) -> list[StoredMessage]:
+    def fetch(self, stream: str, from_seq: int, *, max_messages: int = 1000, wait_s: float = 1.0,
+              max_bytes: int = 64 * 1024 * 1024) -> list[StoredMessage]:
         self._readable()
         with self._stream.lock:
-            found = self._stream.streams[stream][from_seq - 1:from_seq - 1 + max_messages]
+            found: list[StoredMessage] = []
+            size = 0
+            for message in self._stream.streams[stream][from_seq - 1:from_seq - 1 + max_messages]:
+                if found and size + len(message.data) > max_bytes:
+                    break
+                found.append(message)
+                size += len(message.data)
         if not found:
             self._stream.idle_wait(min(wait_s, 0.01))
         return found

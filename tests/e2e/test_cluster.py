@@ -374,8 +374,16 @@ def test_a_group_without_an_owner_answers_503_at_once_and_serves_after_the_takeo
     """The workers reach the owner over NATS (``server._natsport``): with the standby paused
     and the owner SIGKILLed nobody subscribes to the group's subject, NATS answers "no
     responders", and the worker answers 503 with Retry-After at once (not after a timeout).
-    Once the standby resumes and takes over, the same worker serves the same key."""
+    Once the standby resumes and takes over, the same worker serves the same key. Meanwhile
+    the events feed, which workers read from the stream itself (``server._stream_events``),
+    keeps answering, up to the last acknowledged transfer, and a long poll on it returns."""
     wallets = _wallets(cluster)
+    with cluster.client() as client:
+        last = client.post("/v1/transfers", json={"from_wallet_id": wallets[1], "to_wallet_id": wallets[0],
+                                                  "amount": 1}, headers={"Idempotency-Key": str(uuid.uuid4())})
+        assert last.status_code == 201, last.text
+        client.post("/v1/transfers", json={"from_wallet_id": wallets[0], "to_wallet_id": wallets[1],
+                                           "amount": 1}, headers={"Idempotency-Key": str(uuid.uuid4())})
     group = cluster.view()["groups"][0]
     owner, standby = group["owner"]["pid"], group["standbys"][0]["pid"]
     os.kill(standby, signal.SIGSTOP)
@@ -396,6 +404,16 @@ def test_a_group_without_an_owner_answers_503_at_once_and_serves_after_the_takeo
             assert response.headers["Retry-After"] == "1"
             assert response.json()["code"] == "ledger_unavailable"
             assert took < 1.0, took
+            lsn = last.json()["lsn"]
+            feed = client.get("/v1/events", params={"after": lsn - 1, "limit": 1})
+            assert feed.status_code == 200, feed.text
+            assert [(item["lsn"], item["data"]["id"]) for item in feed.json()["items"]] == [(lsn, last.json()["id"])]
+            tail = client.get("/v1/events", params={"after": lsn, "limit": 1000}).json()
+            assert tail["items"] and tail["items"][-1]["type"] == "transfer.posted"  # the second transfer
+            started = time.monotonic()
+            waited = client.get("/v1/events", params={"after": tail["next_after"], "wait": 1})
+            assert waited.status_code == 200 and waited.json()["items"] == []
+            assert time.monotonic() - started >= 0.9
     finally:
         os.kill(standby, signal.SIGCONT)
     with cluster.client() as client:

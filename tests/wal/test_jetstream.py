@@ -91,6 +91,8 @@ def test_round_trip(client: StreamClient) -> None:
         (3, b"m2", "2", "id2"),
     ]
     assert [m.seq for m in client.fetch(stream, 1, max_messages=2)] == [1, 2]
+    # A byte cap still gives one message (the events feed's probes rely on it).
+    assert [m.seq for m in client.fetch(stream, 1, max_bytes=1)] == [1]
     one = client.message(stream, 2)
     assert one is not None and one.data == b"m1" and one.headers[MSG_ID] == "id1"
     assert client.message(stream, 4) is None
@@ -114,6 +116,9 @@ def test_a_full_size_message_round_trips(client: StreamClient) -> None:
     assert client.publish(subject, data, expected_last_seq=0, msg_id="big") == 1
     [found] = client.fetch(stream, 1)
     assert found.data == data
+    assert client.publish(subject, b"small", expected_last_seq=1, msg_id="small") == 2
+    assert [m.seq for m in client.fetch(stream, 1, max_bytes=64 * 1024)] == [1]  # not the big one and more
+    assert [m.seq for m in client.fetch(stream, 2, max_bytes=64 * 1024)] == [2]
 
 
 def test_a_stale_fence_is_refused_and_appends_nothing(client: StreamClient) -> None:
