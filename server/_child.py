@@ -16,6 +16,9 @@ then runs its role:
   owner of ``--group`` (``--servers``: the NATS URLs).
 - ``member``: ``server._member.run_member``: a cluster group's standby, then its owner
   (``wallet cluster up``).
+- ``standby-history``: ``server._serve.serve_standby_history``: a standby member's history
+  projector, following the standby's copy of the log (``--socket`` names the file where the
+  standby writes how far it has copied).
 
 ``PROMETHEUS_MULTIPROC_DIR`` comes in the environment the supervisor starts the child with, not
 from here: prometheus-client picks where its values live when first imported, which is already
@@ -45,7 +48,7 @@ def _die_with_parent(supervisor_pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server._child")
-    parser.add_argument("role", choices=["ledger", "projector", "webhooks", "http", "member"])
+    parser.add_argument("role", choices=["ledger", "projector", "standby-history", "webhooks", "http", "member"])
     parser.add_argument("options")
     parser.add_argument("--supervisor", type=int, required=True)
     parser.add_argument("--socket", default="", help="the ledger process's Unix socket (not in a cluster)")
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from server._serve import (
         serve_ledger_process,
         serve_projector_process,
+        serve_standby_history_process,
         serve_webhooks_process,
         serve_worker_process,
     )
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_ledger_process(options, arguments.socket)
     if arguments.role == "projector":
         return serve_projector_process(options, arguments.socket)
+    if arguments.role == "standby-history":
+        return serve_standby_history_process(options, arguments.socket)
     if arguments.role == "webhooks":
         return serve_webhooks_process(options, arguments.socket)
     if arguments.role == "member":

@@ -36,6 +36,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -384,6 +385,53 @@ class StandbyImages:
             self._thread.join()
 
 
+class StandbyHistory:
+    """A standby's history read model, kept current while it copies: a projector child process
+    (``server._serve.serve_standby_history``) follows the copy, learning how far it may read
+    from the 8 bytes ``copied`` writes into ``<data>/copied-lsn``. At the takeover ``stop`` kills
+    it (crash-only: every SQLite transaction carries its LSN) and the new owner's projector
+    resumes where it stopped, so history reads are current within the takeover instead of
+    waiting, after it, for the whole log to be projected again (measured: 500,000 transfers
+    made history reads wait 22.7 s after the owner's SIGKILL, past the contract's 15 s, while
+    the group's other reads were back at 10.4 s). The child is started again if it exits."""
+
+    FILE = "copied-lsn"
+
+    def __init__(self, options: Any, data_dir: Path) -> None:
+        self._options = options
+        self._path = data_dir / self.FILE
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.pwrite(self._fd, bytes(8), 0)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._started = 0.0
+        self._start()
+
+    def _start(self) -> None:
+        from server._supervisor import child_command
+
+        command = child_command("standby-history", self._options, supervisor=os.getpid(), socket_path=str(self._path))
+        self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        self._started = time.monotonic()
+        log.info("standby: started the history projector (pid %d)", self._process.pid)
+
+    def copied(self, last_lsn: int) -> None:
+        """Called by the standby (its main thread) after each step that copied frames."""
+        os.pwrite(self._fd, last_lsn.to_bytes(8, "little"), 0)
+        process = self._process
+        if process is not None and process.poll() is not None and time.monotonic() - self._started >= 1.0:
+            log.warning("standby: the history projector (pid %d) exited with status %s; starting another",
+                        process.pid, process.returncode)
+            self._start()
+
+    def stop(self) -> None:
+        """Kills the projector (at once: the takeover waits for nothing of it)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(self._fd)
+
+
 def _exit_now(message: str) -> None:
     log.critical(message)
     logging.shutdown()
@@ -406,9 +454,18 @@ def run_member(options: Any, *, group: int, slot: str, servers: list[str], statu
     shutil.rmtree(data_dir, ignore_errors=True)  # only the stream is trusted (module docstring)
     data_dir.mkdir(mode=0o700, parents=True)
     images = StandbyImages(data_dir, every=options.snapshot_every) if options.snapshot_every > 0 else None
-    standby = Standby(client, group=group, data_dir=data_dir, node=node, status=status,
-                      on_copied=images.copied if images is not None else None)
-    seq = standby.run()
+    history = StandbyHistory(options, data_dir)
+
+    def copied(last_lsn: int) -> None:
+        history.copied(last_lsn)
+        if images is not None:
+            images.copied(last_lsn)
+
+    standby = Standby(client, group=group, data_dir=data_dir, node=node, status=status, on_copied=copied)
+    try:
+        seq = standby.run()
+    finally:
+        history.stop()
     if images is not None:
         images.abandon()
     standby.mirror.close()

@@ -688,6 +688,44 @@ async def serve_projector(options: ServeOptions, socket_path: str) -> int:
     return 0
 
 
+STANDBY_SYNC_POLL_S = 0.02
+
+
+async def serve_standby_history(options: ServeOptions, copied_path: str) -> int:
+    """A cluster standby's history projector (``server._member.StandbyHistory``): the projector
+    of ``serve_projector`` following the standby's copy of the log instead of a ledger's. The
+    durable LSN is what the standby has copied (every copied frame was stored by the stream's
+    quorum), read from the 8 bytes the standby writes in ``copied_path``. Crash-only, like the
+    other projector: the takeover kills it and the new owner's projector resumes from the LSN
+    of its last SQLite transaction, so the read model is current at the takeover instead of
+    projected from the whole log after it."""
+    fd = os.open(copied_path, os.O_RDONLY)
+
+    def copied() -> int:
+        data = os.pread(fd, 8, 0)
+        return int.from_bytes(data, "little") if len(data) == 8 else 0
+
+    async def sync(applied_lsn: int, wait_s: float, linger_s: float) -> int:
+        deadline = anyio.current_time() + wait_s
+        while (lsn := copied()) <= applied_lsn and anyio.current_time() < deadline:
+            await anyio.sleep(STANDBY_SYNC_POLL_S)
+        return lsn
+
+    shutdown = anyio.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(_signals, shutdown)
+        while copied() == 0:  # nothing copied yet: the log has no segment to tail
+            await anyio.sleep(STANDBY_SYNC_POLL_S)
+        projector = Projector(options.data_dir, sync)
+        group.start_soon(projector.run)
+        log.info("standby history projector %d following the copy in %s", os.getpid(), options.data_dir / "wal")
+        await shutdown.wait()
+        group.cancel_scope.cancel()
+    log.info("standby history projector stopped: %d transactions projected in %.3f s of work",
+             projector.transactions, projector.seconds)
+    return 0
+
+
 async def serve_webhooks(options: ServeOptions, socket_path: str) -> int:
     """The webhook dispatcher process of ``--workers N`` (``server._webhooks``): reads the event
     feed over the ledger port, delivers, keeps its cursors in ``<data>/webhooks.sqlite3``.
@@ -782,6 +820,12 @@ def serve_projector_process(options: ServeOptions, socket_path: str) -> int:
     backend, backend_options = backend_of(options.loop)
     return anyio.run(partial(serve_projector, options, socket_path), backend=backend,
                      backend_options=backend_options)
+
+
+def serve_standby_history_process(options: ServeOptions, copied_path: str) -> int:
+    """A cluster standby's history projector (``server._child``)."""
+    tune_gc()
+    return anyio.run(partial(serve_standby_history, options, copied_path), backend="trio")
 
 
 def serve_webhooks_process(options: ServeOptions, socket_path: str) -> int:

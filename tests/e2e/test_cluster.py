@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -264,12 +265,28 @@ def test_webhooks_are_delivered_by_the_owner_and_after_a_takeover(cluster: Clust
         cluster.wait_for(healthy)
 
 
+def _applied_lsn(history: Path) -> int:
+    if not history.exists():
+        return 0
+    connection = sqlite3.connect(f"file:{history}?mode=ro", uri=True, timeout=5)
+    try:
+        row = connection.execute("SELECT value FROM meta WHERE key = 'applied_lsn'").fetchone()
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+    finally:
+        connection.close()
+    return int(row[0]) if row else 0
+
+
 def test_a_takeover_replays_only_what_follows_the_standbys_newest_snapshot(cluster: ClusterProcess) -> None:
     """The standby snapshots its copy of the log every SNAPSHOT_EVERY records; the member that
-    takes over recovers from its newest image and replays only the records after it."""
+    takes over recovers from its newest image and replays only the records after it. It also
+    keeps a history read model of its copy (``server._member.StandbyHistory``): the new owner's
+    projector resumes from it instead of projecting the whole log again."""
     wallets = _wallets(cluster)
     standby = cluster.view()["groups"][0]["standbys"][0]
-    images = cluster.data_dir / f"g0-{standby['node'].rsplit('/', 1)[1]}" / "snapshots"
+    member_dir = cluster.data_dir / f"g0-{standby['node'].rsplit('/', 1)[1]}"
+    images = member_dir / "snapshots"
     with cluster.client() as client:
         for _ in range(SNAPSHOT_EVERY + 20):
             _retried_transfer(client, wallets[0], wallets[1])
@@ -279,6 +296,10 @@ def test_a_takeover_replays_only_what_follows_the_standbys_newest_snapshot(clust
             time.sleep(0.1)
         newest = max(int(path.name.split(".")[0]) for path in images.glob("*.snap"))
         end = client.get("/ready").json()["durable_lsn"]
+    deadline = time.monotonic() + 30
+    while (projected := _applied_lsn(member_dir / "history.sqlite3")) < end:
+        assert time.monotonic() < deadline, f"the standby's history is at LSN {projected}, the log at {end}"
+        time.sleep(0.1)
     before = len(cluster.log())
     _takeover(cluster, cluster.owner_pid(), signal.SIGKILL)
     deadline = time.monotonic() + 30
@@ -292,6 +313,12 @@ def test_a_takeover_replays_only_what_follows_the_standbys_newest_snapshot(clust
     assert int(used.group(1)) >= newest > 0
     assert int(replayed.group(1)) <= end - newest + 10, (replayed.group(0), end, newest)  # + barriers, the epoch
     assert "standby: snapshot at LSN" in cluster.log()
+    deadline = time.monotonic() + 30
+    while (resumed := re.search(r"history read model is at LSN ([0-9]+); following the log",
+                                cluster.log()[before:])) is None:
+        assert time.monotonic() < deadline, cluster.log_tail()
+        time.sleep(0.1)
+    assert int(resumed.group(1)) >= end, resumed.group(0)
     with cluster.client() as client:
         assert client.get(f"/v1/wallets/{wallets[0]}").json()["balance"] == START - (SNAPSHOT_EVERY + 20)
     cluster.wait_for(healthy)
