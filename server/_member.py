@@ -252,7 +252,13 @@ class Standby:
             if kind == "frames":
                 self.mirror.append(message.data)
             elif kind == "epoch":
-                self.epoch = max(self.epoch, int(msgpack.unpackb(message.data)[0]))
+                epoch, node, pid = msgpack.unpackb(message.data)
+                if int(epoch) > self.epoch and (node, pid) != (self._node, os.getpid()):
+                    # Someone else just won: it has the takeover delay to start beating before
+                    # this standby would try to replace it in turn.
+                    with self._beats:
+                        self._heard = self._clock()
+                self.epoch = max(self.epoch, int(epoch))
             self.seq = message.seq
 
     def run(self) -> int:
@@ -299,6 +305,9 @@ class Standby:
         except LogUnavailable as error:
             log.warning("group %d: catching up before a takeover: %s; trying again", self._group, error)
             return None
+        with self._beats:
+            if self._clock() - self._heard < self._takeover_after_s:
+                return None  # the catch-up read another member's fresh epoch record
         epoch = self.epoch + 1
         record = msgpack.packb([epoch, self._node, os.getpid()])
         try:
@@ -471,8 +480,7 @@ def run_member(options: Any, *, group: int, slot: str, servers: list[str], statu
     standby.mirror.close()
     replica = Replica(client, group=group, epoch=standby.epoch, last_seq=seq, node=node, status=status)
     replica.lsn = standby.mirror.last_lsn
-    replica.start()
-    try:
+    try:  # ``serve`` starts the heartbeat once it has subscribed to the group's requests
         return anyio.run(partial(serve, options, owner=replica), backend="trio")
     finally:
         replica.stop()

@@ -473,7 +473,14 @@ class StreamClient:
             except Exception:  # a broken callback must not end the subscription
                 log.exception("core subscription callback on %s failed", subject)
 
-        subscription = self._call(self._client().subscribe(subject, cb=deliver), REQUEST_TIMEOUT_S)
+        async def subscribe() -> Any:
+            subscribed = await self._client().subscribe(subject, cb=deliver)
+            # A round trip: once it returns, the node this client is connected to routes the
+            # subject here (a cluster owner starts beating only then: ``server._serve.serve``).
+            await self._client().flush(int(REQUEST_TIMEOUT_S))
+            return subscribed
+
+        subscription = self._call(subscribe(), 2 * REQUEST_TIMEOUT_S)
 
         def unsubscribe() -> None:
             stop = subscription.drain() if drain else subscription.unsubscribe()

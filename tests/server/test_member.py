@@ -182,6 +182,44 @@ def test_a_standby_steps_on_an_injected_clock(tmp_path: Path) -> None:
     assert member.step() == 1 and member.epoch == 1 and _epochs(stream) == [1]
 
 
+@pytest.mark.parametrize("during_catch_up", [False, True])
+def test_a_standby_gives_a_member_that_just_won_the_takeover_delay(tmp_path: Path, during_catch_up: bool) -> None:
+    """With two standbys, the one that lost the race reads the winner's epoch record; however
+    long its own wait for a heartbeat has been, the winner gets the takeover delay to start
+    beating before this standby tries to replace it, also when the record arrives while it
+    catches up just before its own epoch append."""
+    stream = FakeStream()
+    now = [0.0]
+    client = stream.client()
+    client.ensure_stream(stream_name(GROUP), log_subject(GROUP))
+    member = Standby(client, group=GROUP, data_dir=tmp_path / f"b{during_catch_up}", node="b",
+                     status=_quiet, takeover_after_s=2.0, clock=lambda: now[0], sleep=lambda seconds: None)
+    member.listen()
+
+    def win() -> None:
+        client.publish(log_subject(GROUP), msgpack.packb([1, "a", 1]), expected_last_seq=0, msg_id="a-1",
+                       headers={KIND: "epoch"})
+
+    now[0] = 3.0  # silent for longer than the delay
+    if during_catch_up:
+        # The record lands just after the standby's own fetch found nothing (the fake calls
+        # ``idle_wait`` then): the catch-up before its epoch append is what reads it.
+        def win_once(seconds: float) -> None:
+            stream.idle_wait = lambda seconds: None
+            win()
+
+        stream.idle_wait = win_once
+    else:
+        stream.idle_wait = lambda seconds: None
+        win()
+        assert member.step() is None  # copies the winner's record
+    assert member.step() is None and _epochs(stream) == [1], during_catch_up
+    now[0] = 4.9
+    assert member.step() is None and _epochs(stream) == [1]
+    now[0] = 5.1  # the winner never beat: this standby takes over after all
+    assert member.step() is not None and _epochs(stream) == [1, 2]
+
+
 def test_a_standby_whose_epoch_record_lost_its_ack_takes_over_with_the_next(tmp_path: Path) -> None:
     """The epoch append stored but not acknowledged (LogUnavailable): the standby reads the
     stream again rather than ending its process, sees its own record, and wins the next epoch.
