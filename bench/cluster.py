@@ -2,6 +2,7 @@
 
     python -m bench.cluster --runs 3                 # make bench-cluster
     python -m bench.cluster --takeover --runs 3      # make bench-takeover
+    python -m bench.cluster --history 500000         # history reads after a takeover
 
 The comparison starts, for each run, ``wallet serve --workers W`` and then ``wallet cluster up
 --workers W`` (three NATS nodes, one group with an owner and a standby) on fresh temporary data
@@ -208,6 +209,53 @@ def takeover(runs: int, duration: float, kill_after: float, workers: int, work: 
               f"(min {min(servings):.2f}, max {max(servings):.2f})")
 
 
+def history_after_takeover(runs: int, transfers: int, workers: int, work: Path) -> None:
+    """Loads a cluster with ``transfers`` transfers (batches of 1000), waits until its history
+    answers and a few seconds more (the standby's projector follows its copy), SIGKILLs the
+    owner right after one more transfer, and reports when a wallet read and a history read of
+    that last transfer answer 200 again, counted from the kill."""
+    for run in range(1, runs + 1):
+        server = Server("cluster", work / f"history-{run}", workers)
+        try:
+            token = (server.data / "admin.token").read_text().strip()
+            with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
+                              timeout=60) as client:
+                wallets = [f"w{number}" for number in range(100)]
+                client.post("/v1/assets", json={"code": "USD", "scale": 2})
+                for wallet in wallets:
+                    client.post("/v1/wallets", json={"id": wallet, "owner_id": "o", "asset": "USD"})
+                    client.post("/v1/deposits", json={"wallet_id": wallet, "amount": 10**12},
+                                headers={"Idempotency-Key": f"d-{wallet}"})
+                started = time.monotonic()
+                for batch in range(transfers // 1000):
+                    items = [{"idempotency_key": f"{batch}-{item}", "from_wallet_id": wallets[(batch + item) % 100],
+                              "to_wallet_id": wallets[(batch + item + 1) % 100], "amount": 1} for item in range(1000)]
+                    response = client.post("/v1/transfers/batch", json={"atomic": False, "transfers": items})
+                    response.raise_for_status()
+                loaded = time.monotonic() - started
+                while client.get(f"/v1/wallets/{wallets[0]}/transactions", params={"limit": 1}).status_code != 200:
+                    time.sleep(0.2)
+                time.sleep(5)
+                last = client.post("/v1/transfers", json={"from_wallet_id": wallets[0], "to_wallet_id": wallets[1],
+                                                          "amount": 1}, headers={"Idempotency-Key": "last"})
+                last.raise_for_status()
+                owner = server.owner_pid()
+                assert owner is not None
+                killed = time.monotonic()
+                os.kill(owner, signal.SIGKILL)
+                wallet_s = history_s = None
+                while history_s is None or wallet_s is None:
+                    if wallet_s is None and client.get(f"/v1/wallets/{wallets[0]}").status_code == 200:
+                        wallet_s = time.monotonic() - killed
+                    if history_s is None and client.get(f"/v1/transactions/{last.json()['id']}").status_code == 200:
+                        history_s = time.monotonic() - killed
+                    time.sleep(0.05)
+                print(f"run {run}: {transfers:,} transfers loaded in {loaded:.1f} s; after the owner's SIGKILL "
+                      f"wallet reads answered at {wallet_s:.2f} s, the history read at {history_s:.2f} s", flush=True)
+        finally:
+            server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -223,11 +271,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot-every", type=int, default=None,
                         help="passed to wallet cluster up: records between the owner's snapshots and the "
                              "standby's snapshots of its copy")
+    parser.add_argument("--history", type=int, default=None, metavar="TRANSFERS",
+                        help="measure instead how soon history reads answer after a takeover, with this "
+                             "many transfers in the log")
     arguments = parser.parse_args(argv)
     # SIGTERM (a Ctrl-C of make, a CI timeout) unwinds like SIGINT, so the servers are stopped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as temporary:
-        if arguments.takeover:
+        if arguments.history is not None:
+            history_after_takeover(arguments.runs, arguments.history, arguments.workers, Path(temporary))
+        elif arguments.takeover:
             extra = [] if arguments.snapshot_every is None else ["--snapshot-every", str(arguments.snapshot_every)]
             takeover(arguments.runs, arguments.duration or 20.0, arguments.kill_after, arguments.workers,
                      Path(temporary), load=arguments.load, extra=extra)

@@ -71,9 +71,11 @@ from wal import LogUnavailable, StreamClient, call_soon_threadsafe
 
 log = logging.getLogger("server.natsport")
 
-# A backstop: longer than any call waits when its owner is alive (the events feed's long poll,
-# 30 s at most; an owner gives up on an unacknowledged append after 30 s and exits).
-CALL_TIMEOUT_S = 60.0
+# A backstop: longer than any call waits when its owner is alive. An owner gives up on an
+# unacknowledged append after 30 s and exits (the publish's own bound, with its last attempt and
+# a request's timeout: under 38 s); the events feed's 30 s long poll no longer waits at the
+# owner (``server._stream_events``), which is what made this 60 s before.
+CALL_TIMEOUT_S = 45.0
 # One NATS message's frame, at most; a burst larger than that goes out as several messages.
 # Under the nodes' max_payload (24 MiB, ``server._natsnodes``) with room for the headers.
 RPC_MESSAGE_BYTES_MAX = 8 * 1024 * 1024

@@ -419,7 +419,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
             if owner is not None:
                 # Beat only once subscribed: a worker that has heard this epoch's heartbeat
                 # sends to a subject this owner is listening on, never to one only a replaced
-                # (paused) owner still holds (ADR 0013: that case waited for the 60 s backstop).
+                # (paused) owner still holds (ADR 0013: that case waits for the backstop).
                 owner.start()
             log.info("listening on %s (event loop: %s); recovering %s", ", ".join(binds), _loop_name(), data_dir)
             try:
