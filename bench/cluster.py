@@ -209,11 +209,11 @@ def takeover(runs: int, duration: float, kill_after: float, workers: int, work: 
               f"(min {min(servings):.2f}, max {max(servings):.2f})")
 
 
-def history_after_takeover(runs: int, transfers: int, workers: int, work: Path) -> None:
+def history_after_takeover(runs: int, transfers: int, workers: int, work: Path, settle_s: float) -> None:
     """Loads a cluster with ``transfers`` transfers (batches of 1000), waits until its history
-    answers and a few seconds more (the standby's projector follows its copy), SIGKILLs the
-    owner right after one more transfer, and reports when a wallet read and a history read of
-    that last transfer answer 200 again, counted from the kill."""
+    answers and ``settle_s`` more (the standby's projector follows its copy in the host's idle
+    time), SIGKILLs the owner right after one more transfer, and reports when a wallet read and
+    a history read of that last transfer answer 200 again, counted from the kill."""
     for run in range(1, runs + 1):
         server = Server("cluster", work / f"history-{run}", workers)
         try:
@@ -235,7 +235,7 @@ def history_after_takeover(runs: int, transfers: int, workers: int, work: Path) 
                 loaded = time.monotonic() - started
                 while client.get(f"/v1/wallets/{wallets[0]}/transactions", params={"limit": 1}).status_code != 200:
                     time.sleep(0.2)
-                time.sleep(5)
+                time.sleep(settle_s)
                 last = client.post("/v1/transfers", json={"from_wallet_id": wallets[0], "to_wallet_id": wallets[1],
                                                           "amount": 1}, headers={"Idempotency-Key": "last"})
                 last.raise_for_status()
@@ -250,7 +250,8 @@ def history_after_takeover(runs: int, transfers: int, workers: int, work: Path) 
                     if history_s is None and client.get(f"/v1/transactions/{last.json()['id']}").status_code == 200:
                         history_s = time.monotonic() - killed
                     time.sleep(0.05)
-                print(f"run {run}: {transfers:,} transfers loaded in {loaded:.1f} s; after the owner's SIGKILL "
+                print(f"run {run}: {transfers:,} transfers loaded in {loaded:.1f} s, {settle_s:g} s idle; after the "
+                      "owner's SIGKILL "
                       f"wallet reads answered at {wallet_s:.2f} s, the history read at {history_s:.2f} s", flush=True)
         finally:
             server.stop()
@@ -274,12 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=None, metavar="TRANSFERS",
                         help="measure instead how soon history reads answer after a takeover, with this "
                              "many transfers in the log")
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="--history: idle seconds between the load and the kill (default 5)")
     arguments = parser.parse_args(argv)
     # SIGTERM (a Ctrl-C of make, a CI timeout) unwinds like SIGINT, so the servers are stopped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as temporary:
         if arguments.history is not None:
-            history_after_takeover(arguments.runs, arguments.history, arguments.workers, Path(temporary))
+            history_after_takeover(arguments.runs, arguments.history, arguments.workers, Path(temporary),
+                                   arguments.settle)
         elif arguments.takeover:
             extra = [] if arguments.snapshot_every is None else ["--snapshot-every", str(arguments.snapshot_every)]
             takeover(arguments.runs, arguments.duration or 20.0, arguments.kill_after, arguments.workers,

@@ -278,6 +278,17 @@ def _applied_lsn(history: Path) -> int:
     return int(row[0]) if row else 0
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _pids_with(word: str) -> list[int]:
+    return [int(path.name) for path in Path("/proc").iterdir() if path.name.isdigit() and word in _cmdline(int(path.name))]
+
+
 def test_a_takeover_replays_only_what_follows_the_standbys_newest_snapshot(cluster: ClusterProcess) -> None:
     """The standby snapshots its copy of the log every SNAPSHOT_EVERY records; the member that
     takes over recovers from its newest image and replays only the records after it. It also
@@ -300,6 +311,9 @@ def test_a_takeover_replays_only_what_follows_the_standbys_newest_snapshot(clust
     while (projected := _applied_lsn(member_dir / "history.sqlite3")) < end:
         assert time.monotonic() < deadline, f"the standby's history is at LSN {projected}, the log at {end}"
         time.sleep(0.1)
+    # It runs on the host's idle time only (SCHED_IDLE), below the owner and the workers.
+    [projector] = [pid for pid in _pids_with("standby-history") if str(member_dir) in _cmdline(pid)]
+    assert os.sched_getscheduler(projector) == os.SCHED_IDLE
     before = len(cluster.log())
     _takeover(cluster, cluster.owner_pid(), signal.SIGKILL)
     deadline = time.monotonic() + 30
