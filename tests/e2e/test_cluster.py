@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +134,27 @@ def _check_record(cluster: ClusterProcess, wallets: list[str], clients: Clients)
             expected[receiver] += amount
         sample = list(clients.acknowledged.items())[:: max(1, len(clients.acknowledged) // 50)]
         for key, (sender, receiver, amount, transaction_id) in sample:
-            again = client.post("/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": receiver,
-                                                       "amount": amount}, headers={"Idempotency-Key": key})
+            again = _until_served(partial(
+                client.post, "/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": receiver,
+                                                    "amount": amount}, headers={"Idempotency-Key": key}))
             assert again.status_code in (200, 201) and again.json()["id"] == transaction_id, again.text
-            found = client.get(f"/v1/transactions/{transaction_id}")
+            found = _until_served(partial(client.get, f"/v1/transactions/{transaction_id}"))
             assert found.status_code == 200 and found.json()["amount"] == amount, found.text
         for wallet_id, balance in expected.items():
-            response = client.get(f"/v1/wallets/{wallet_id}")
+            response = _until_served(partial(client.get, f"/v1/wallets/{wallet_id}"))
             assert response.status_code == 200 and response.json()["balance"] == balance, (wallet_id, response.text)
+
+
+def _until_served(request: Any, timeout_s: float = 30.0) -> httpx.Response:
+    """``request()`` again while it answers 503 with Retry-After, as a client does: after a
+    fault (a stream leader killed, a takeover) the group may answer so for a moment; what is
+    checked is the answer once it serves."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response: httpx.Response = request()
+        if response.status_code != 503 or "Retry-After" not in response.headers or time.monotonic() >= deadline:
+            return response
+        time.sleep(0.2)
 
 
 def _takeover(cluster: ClusterProcess, old_pid: int, signal_number: int) -> float:
