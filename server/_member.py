@@ -480,7 +480,11 @@ def run_member(options: Any, *, group: int, slot: str, servers: list[str], statu
     standby.mirror.close()
     replica = Replica(client, group=group, epoch=standby.epoch, last_seq=seq, node=node, status=status)
     replica.lsn = standby.mirror.last_lsn
-    try:  # ``serve`` starts the heartbeat once it has subscribed to the group's requests
+    # Beat at once: the other members count the takeover delay from the epoch record, and the
+    # owner's start (process, lock, subscription) took over 2 s on a loaded host when the beat
+    # waited for the subscription, and a second standby replaced the new owner.
+    replica.start()
+    try:
         return anyio.run(partial(serve, options, owner=replica), backend="trio")
     finally:
         replica.stop()

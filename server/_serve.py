@@ -101,9 +101,6 @@ class Owner(Protocol):
 
     async def confirm(self, arrived: float) -> None: ...
 
-    def start(self) -> None:
-        """Starts the heartbeat (``serve`` calls it once the group's requests reach it)."""
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServeOptions:
     data_dir: Path
@@ -416,11 +413,6 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
         outer.start_soon(lag.run)
         async with anyio.create_task_group() as group:
             binds = await group.start(run_http)
-            if owner is not None:
-                # Beat only once subscribed: a worker that has heard this epoch's heartbeat
-                # sends to a subject this owner is listening on, never to one only a replaced
-                # (paused) owner still holds (ADR 0013: that case waits for the backstop).
-                owner.start()
             log.info("listening on %s (event loop: %s); recovering %s", ", ".join(binds), _loop_name(), data_dir)
             try:
                 # With workers, the projector process keeps the read model, and a cluster owner
