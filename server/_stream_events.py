@@ -34,12 +34,12 @@ from ledger import Event
 from ledger._codec import decode_event
 from ledger._events import PAGE_MAX, WAIT_MAX_S
 from ledger._history import weight
+from server._member import KIND
 from wal import Frame, FrameError, LogUnavailable, decode, peek_lsn
 
 log = logging.getLogger("server.stream_events")
 
-KIND = "Wallet-Kind"  # server._member's header; not imported, to keep this module light
-FRAMES = "frames"
+FRAMES = "frames"  # the kind of a group commit's message (``server._member``)
 PROBE_BYTES = 64 * 1024
 PAGE_MESSAGES = 8
 PAGE_BYTES = 8 * 1024 * 1024
