@@ -112,8 +112,8 @@ class Replica:
         self.lsn = 0
         self._status = status
         self._stopped = threading.Event()
-        self._beat_data = msgpack.packb([epoch, os.getpid(), node])
-        self._next_status = 0.0
+        self._wake = threading.Event()  # beat now, not at the next tick (``serving``)
+        self._serving = False
 
     # -- the WAL writer's hook (its thread) ------------------------------------------------
 
@@ -165,8 +165,20 @@ class Replica:
     # -- heartbeat and status (a thread of their own) -------------------------------------
 
     def start(self) -> None:
+        """Listens for newer owners' heartbeats; starts the heartbeat thread, and the status
+        thread (the stream leader's name is a JetStream API request, which may take seconds while
+        a leader is being elected: a beat must never wait for it)."""
         self._client.subscribe_core(heartbeat_subject(self._group), self._on_heartbeat)
         threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._report, name="status", daemon=True).start()
+
+    def serving(self) -> None:
+        """The ledger answers the group's requests from now on: the heartbeats say so, and the
+        next one leaves at once. Until then the owner beats (the standbys must not replace an
+        owner that is still starting) with the flag off, and workers hold their calls rather than
+        send them to a subject a paused, replaced owner may still be the only one listening to."""
+        self._serving = True
+        self._wake.set()
 
     def _on_heartbeat(self, data: bytes) -> None:
         """The fence stops an owner that was replaced when it next appends; one that wakes from
@@ -183,28 +195,45 @@ class Replica:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._wake.set()
 
     def _beat(self) -> None:
         while not self._stopped.is_set():
             self.beat()
-            self._stopped.wait(HEARTBEAT_S)
+            self._wake.wait(HEARTBEAT_S)
+            self._wake.clear()
 
     def beat(self) -> None:
-        """One heartbeat (and the status line when it is due): what the heartbeat thread does
-        every ``HEARTBEAT_S``."""
+        """One heartbeat, ``[epoch, pid, node, serving]``: what the heartbeat thread does every
+        ``HEARTBEAT_S``."""
         try:
-            self._client.publish_core(heartbeat_subject(self._group), self._beat_data)
+            self._client.publish_core(heartbeat_subject(self._group),
+                                      heartbeat(self.epoch, self._node, serving=self._serving))
         except Exception as error:  # the client reconnects by itself; the fence is what matters
             log.warning("heartbeat not sent: %s", error)
-        now = self._clock()
-        if now >= self._next_status:
-            self._next_status = now + STATUS_EVERY_S
-            leader = None
-            try:
-                leader = self._client.stream_leader(stream_name(self._group))
-            except Exception:
-                pass
-            self._status(role="owner", epoch=self.epoch, lsn=self.lsn, leader=leader)
+
+    def _report(self) -> None:
+        while True:
+            self._status(role="owner", epoch=self.epoch, lsn=self.lsn, leader=self._leader())
+            if self._stopped.wait(STATUS_EVERY_S):
+                return
+
+    def _leader(self) -> str | None:
+        try:
+            return self._client.stream_leader(stream_name(self._group))
+        except Exception:
+            return None
+
+
+def heartbeat(epoch: int, node: str, *, serving: bool) -> bytes:
+    """An owner's heartbeat message (``Replica.beat``)."""
+    return msgpack.packb([epoch, os.getpid(), node, serving])
+
+
+def heartbeat_serving(beat: list[Any]) -> bool:
+    """Whether the owner that sent ``beat`` (an unpacked heartbeat) answers requests yet; a beat
+    without the flag comes from an owner that beat only once it served."""
+    return len(beat) < 4 or bool(beat[3])
 
 
 class Standby:

@@ -31,6 +31,9 @@ a heartbeat of an epoch newer than the one known     every call sent under an ol
 when the call was sent                               ``Unavailable`` (its owner was replaced)
 a call made when no heartbeat has come for           that call, before it is sent: ``Unavailable``
 ``silence_s``                                        (the rule above would fail it anyway)
+a call made while the newest owner's heartbeats say  held (not sent) until a heartbeat says it
+it does not serve yet (it is recovering)             serves, then sent; ``Unavailable`` after
+                                                     ``start_wait_s``
 ``call_timeout_s`` since the call was sent           that call: ``Unavailable`` (the backstop)
 ===================================================  =============================================
 
@@ -56,7 +59,13 @@ import msgpack
 
 from ledger import Event
 from server import _wire as w
-from server._member import HEARTBEAT_S, TAKEOVER_AFTER_S, heartbeat_subject, stream_name
+from server._member import (
+    HEARTBEAT_S,
+    TAKEOVER_AFTER_S,
+    heartbeat_serving,
+    heartbeat_subject,
+    stream_name,
+)
 from server._port import (
     CONNECT_WAIT_S,
     Calls,
@@ -76,6 +85,7 @@ log = logging.getLogger("server.natsport")
 # a request's timeout: under 38 s); the events feed's 30 s long poll no longer waits at the
 # owner (``server._stream_events``), which is what made this 60 s before.
 CALL_TIMEOUT_S = 45.0
+START_WAIT_S = 5.0  # how long a call is held while the newest owner recovers (the takeover's replay)
 # One NATS message's frame, at most; a burst larger than that goes out as several messages.
 # Under the nodes' max_payload (24 MiB, ``server._natsnodes``) with room for the headers.
 RPC_MESSAGE_BYTES_MAX = 8 * 1024 * 1024
@@ -155,10 +165,12 @@ class NatsPort(RemoteCalls):
     it answers also while the group has no owner."""
 
     def __init__(self, servers: list[str], *, group: int, silence_s: float = TAKEOVER_AFTER_S,
-                 call_timeout_s: float = CALL_TIMEOUT_S, tick_s: float = HEARTBEAT_S) -> None:
+                 call_timeout_s: float = CALL_TIMEOUT_S, tick_s: float = HEARTBEAT_S,
+                 start_wait_s: float = START_WAIT_S) -> None:
         super().__init__()
         assert servers
-        assert silence_s > 0 and call_timeout_s > 0 and tick_s > 0
+        assert silence_s > 0 and call_timeout_s > 0 and tick_s > 0 and start_wait_s >= 0
+        self._start_wait_s = start_wait_s
         self._servers = servers
         self._group = group
         self._subject = rpc_subject(group)
@@ -171,6 +183,11 @@ class NatsPort(RemoteCalls):
         self._frame_numbers = 0
         self._epoch = 0  # the newest owner epoch heard of
         self._heard = time.monotonic()  # the last heartbeat of that epoch (or the start)
+        # Set while the owner of ``_epoch`` serves (its heartbeats say so; none heard yet: set,
+        # and NATS's no-responders tells of an owner that is not subscribed).
+        self._serves = anyio.Event()
+        self._serves.set()
+        self.held = 0  # calls that waited for a new owner to serve
         self.frames_sent = 0
         self.no_responders = 0
 
@@ -256,7 +273,9 @@ class NatsPort(RemoteCalls):
 
     def _on_heartbeat(self, data: bytes, heard: float) -> None:
         try:
-            epoch = int(msgpack.unpackb(data)[0])
+            beat = msgpack.unpackb(data)
+            epoch = int(beat[0])
+            serving = heartbeat_serving(beat)
         except Exception:
             return
         if epoch < self._epoch:
@@ -264,9 +283,13 @@ class NatsPort(RemoteCalls):
         self._heard = heard
         if epoch > self._epoch:
             known, self._epoch = self._epoch, epoch
+            if self._serves.is_set() and not serving:
+                self._serves = anyio.Event()
             if known:
                 self._fail_where(lambda call: 0 < call.epoch < epoch,
                                  f"group {self._group}'s owner was replaced (epoch {epoch} now)")
+        if serving:
+            self._serves.set()
 
     async def _watch(self) -> None:
         while True:
@@ -312,6 +335,17 @@ class NatsPort(RemoteCalls):
             # long (NATS may still route to a subscription of a host it has not yet noticed is
             # gone, so no-responders cannot be counted on), and a new owner beats first.
             raise Unavailable(f"group {self._group} has no owner now (no heartbeat for {self._silence_s:g} s)")
+        if not self._serves.is_set():
+            # A new owner won and is recovering. Sent now, the call could reach only the owner
+            # it replaced, if that one is paused and still subscribed, and wait for the backstop.
+            self.held += 1
+            with anyio.move_on_after(self._start_wait_s):
+                while not self._serves.is_set():
+                    await self._serves.wait()  # replaced when a newer owner begins; loop
+            if not self._serves.is_set():
+                raise Unavailable(f"group {self._group}'s new owner (epoch {self._epoch}) is still "
+                                  f"recovering after {self._start_wait_s:g} s")
+            now = time.monotonic()
         return await self._send(_Sent(now, self._epoch), method, args)
 
 

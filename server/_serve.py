@@ -101,6 +101,8 @@ class Owner(Protocol):
 
     async def confirm(self, arrived: float) -> None: ...
 
+    def serving(self) -> None: ...
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServeOptions:
     data_dir: Path
@@ -448,6 +450,8 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 if deps is not None:
                     deps.ledger.fill(port)
                 published.append(port)
+                if owner is not None:
+                    owner.serving()  # the heartbeats say so: workers send what they held
                 log.info(
                     "ready: %d records replayed in %.3f s, next LSN %d, %d shards",
                     replayed, recovery_s, ledger.wal.next_lsn, options.shards,

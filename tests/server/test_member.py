@@ -20,6 +20,7 @@ from server._member import (
     Replica,
     Standby,
     Stopped,
+    heartbeat_serving,
     heartbeat_subject,
     log_subject,
     stream_name,
@@ -279,3 +280,54 @@ async def test_a_replaced_owner_with_nothing_to_write_exits_on_the_newer_owners_
         new.stop()
     assert exits and "a newer owner has taken over" in exits[0], exits
     assert len(stream.streams[stream_name(GROUP)]) == length, "the replaced owner appended"
+
+
+class _LeaderHangs:
+    """A client whose stream-leader query (a JetStream API request) hangs until released, as
+    one may for seconds while the stream elects a leader."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.release = threading.Event()
+        self.asked = threading.Event()
+
+    def stream_leader(self, stream: str) -> str | None:
+        self.asked.set()
+        self.release.wait(30)
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def _wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "not within the deadline"
+        time.sleep(0.01)
+
+
+def test_an_owner_beats_while_starting_says_when_it_serves_and_never_waits_for_its_status(tmp_path: Path) -> None:
+    """A new owner beats from the moment it won (the standbys count their delay from its epoch
+    record), with the flag that tells workers it does not serve yet; ``serving`` turns the flag
+    on. The status line asks the stream for its leader, which may hang for seconds: a beat must
+    never wait for it (a double takeover under load was traced to this wait)."""
+    stream = FakeStream()
+    first = _standby(stream, tmp_path / "a", "a")
+    seq = first.run()
+    hangs = _LeaderHangs(first._client)
+    beats: list[list[Any]] = []
+    stream.client().subscribe_core(heartbeat_subject(GROUP), lambda data: beats.append(msgpack.unpackb(data)))
+    replica = Replica(hangs, group=GROUP, epoch=first.epoch, last_seq=seq, node="a", status=_quiet)  # type: ignore[arg-type]
+    replica.start()
+    try:
+        assert hangs.asked.wait(10)
+        _wait_until(lambda: len(beats) >= 4)  # the status thread is still stuck in its query
+        assert not hangs.release.is_set()
+        assert all(beat[0] == first.epoch and not heartbeat_serving(beat) for beat in beats)
+        replica.serving()
+        _wait_until(lambda: heartbeat_serving(beats[-1]))
+    finally:
+        hangs.release.set()
+        replica.stop()
+    assert heartbeat_serving([1, 2, "a"]), "a beat without the flag is from an owner that beat only once serving"

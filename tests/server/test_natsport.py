@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -71,8 +72,8 @@ async def _worker(nursery: trio.Nursery, port: NatsPort) -> None:
         await port.connected.wait()
 
 
-def _beat(client: StreamClient, group: int, epoch: int) -> None:
-    client.publish_core(heartbeat_subject(group), msgpack.packb([epoch, 1, "test"]))
+def _beat(client: StreamClient, group: int, epoch: int, *, serving: bool = True) -> None:
+    client.publish_core(heartbeat_subject(group), msgpack.packb([epoch, 1, "test", serving]))
 
 
 async def test_a_worker_calls_the_owner_over_nats_and_gets_the_local_answers(
@@ -246,6 +247,69 @@ async def test_a_call_the_owner_never_answers_ends_at_the_timeout(
     error, elapsed = await _stalled_call(nodes, client, port, group, nothing)
     assert isinstance(error, Unavailable) and "did not answer within 0.5 s" in str(error), error
     assert elapsed < 2.0, elapsed
+
+
+class _Wallets:
+    async def wallet(self, wallet_id: str) -> str:
+        return f"view of {wallet_id}"
+
+
+async def test_a_call_waits_for_a_new_owner_to_serve_instead_of_reaching_only_the_paused_one(
+        nodes: NatsCluster, client: StreamClient) -> None:
+    """Found by the cluster crash loop (no acknowledgement for 60 s after an owner's SIGSTOP):
+    a new owner beats from the moment it won, but subscribes only once its process runs. A call
+    sent in between reached only the paused owner it replaced (still subscribed) and waited for
+    the 45 s backstop. The worker now holds calls until the new owner's heartbeat says it serves."""
+    group = next(_groups)
+    port = NatsPort(nodes.urls, group=group, silence_s=30.0, tick_s=0.05)
+    stalling = _Stalling()
+    answer: list[object] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: serve_nats(client, group, lambda: cast(LocalPort, stalling),
+                                                           task_status=task_status))
+        await _worker(nursery, port)
+        with trio.fail_after(10):
+            while port.epoch != 7:
+                await trio.to_thread.run_sync(_beat, client, group, 7)
+                await trio.sleep(0.05)
+        # Epoch 7's owner is paused from here on; epoch 8's won and is recovering.
+        with trio.fail_after(10):
+            while port.epoch != 8:
+                await trio.to_thread.run_sync(partial(_beat, client, group, 8, serving=False))
+                await trio.sleep(0.05)
+        frames = port.frames_sent
+
+        async def call() -> None:
+            answer.append(await port.wallet("a"))
+
+        nursery.start_soon(call)
+        await trio.sleep(0.5)
+        assert port.held == 1 and port.frames_sent == frames and not answer
+        assert not stalling.asked.is_set(), "the call went to the replaced owner"
+        await nursery.start(lambda task_status: serve_nats(client, group, lambda: cast(LocalPort, _Wallets()),
+                                                           task_status=task_status))
+        await trio.to_thread.run_sync(_beat, client, group, 8)
+        with trio.fail_after(10):
+            while not answer:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert answer == ["view of a"]
+
+
+async def test_a_call_held_for_an_owner_that_does_not_come_to_serve_fails_unavailable(
+        nodes: NatsCluster, client: StreamClient) -> None:
+    group = next(_groups)
+    port = NatsPort(nodes.urls, group=group, silence_s=30.0, tick_s=0.05, start_wait_s=0.3)
+    async with trio.open_nursery() as nursery:
+        await _worker(nursery, port)
+        with trio.fail_after(10):
+            while port.epoch != 3:
+                await trio.to_thread.run_sync(partial(_beat, client, group, 3, serving=False))
+                await trio.sleep(0.05)
+        with pytest.raises(Unavailable, match=r"new owner \(epoch 3\) is still recovering after 0.3 s"):
+            await port.wallet("a")
+        assert port.frames_sent == 0
+        nursery.cancel_scope.cancel()
 
 
 def test_the_subjects_are_named_per_group() -> None:

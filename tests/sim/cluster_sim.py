@@ -216,6 +216,7 @@ class ClusterSimulation(Simulation):
             raise self.fail(f"{member.name} took over with LSN {ledger.wal.next_lsn - 1}, the stream has "
                             f"{self.stream_last_lsn()}")
         self.check()
+        replica.serving()
         self.serve()  # with the whole of sim.Simulation's oracle, over the copy
 
     def _exit(self, message: str) -> None:
