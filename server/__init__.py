@@ -19,8 +19,26 @@ Which code runs in which process (``docs/ARCHITECTURE.md``, Processes; ADR 0006)
   ``_banksim``.
 """
 
-from server._errors import REASONS, ApiError
-from server._serve import ServeOptions, serve
-from server.api import Deps, build_app
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server._errors import REASONS, ApiError
+    from server._serve import ServeOptions, serve
+    from server.api import Deps, build_app
 
 __all__ = ["REASONS", "ApiError", "Deps", "ServeOptions", "build_app", "serve"]
+
+# Imported when first asked for, not with the package: every child process imports
+# ``server._child`` (so this package), and the projector or the webhook dispatcher has no use
+# for the HTTP front. A process's start is mostly its imports; a server starts six.
+_WHERE = {"REASONS": "server._errors", "ApiError": "server._errors", "ServeOptions": "server._serve",
+          "serve": "server._serve", "Deps": "server.api", "build_app": "server.api"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'server' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

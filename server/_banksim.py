@@ -35,16 +35,14 @@ import signal
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+
+if TYPE_CHECKING:  # the standalone HTTP server's only: the ledger process embeds the simulator
+    from starlette.applications import Starlette
+    from starlette.responses import Response
 
 log = logging.getLogger("server.banksim")
 
@@ -223,6 +221,8 @@ class BankSimulator:
 
 
 def _json(body: Any, status: int = 200) -> Response:
+    from starlette.responses import Response
+
     media = "application/problem+json" if status >= 400 else "application/json"
     return Response(json.dumps(body).encode(), status_code=status, media_type=media)
 
@@ -235,6 +235,8 @@ class _PayEndpoint:
         self._simulator = simulator
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from starlette.requests import Request
+
         request = Request(scope, receive)
         raw = b""
         async for chunk in request.stream():
@@ -269,6 +271,10 @@ class _PayEndpoint:
 
 
 def build_bank_app(simulator: BankSimulator) -> Starlette:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.routing import Route
+
     async def report(request: Request) -> Response:
         return _json(simulator.report())
 
@@ -284,6 +290,9 @@ def build_bank_app(simulator: BankSimulator) -> Starlette:
 
 async def serve_bank_sim(simulator: BankSimulator, *, host: str, port: int) -> None:
     """Serves until SIGTERM or SIGINT (trio)."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None

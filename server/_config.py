@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ledger import MAILBOX_CAPACITY, MEMORY_KEYS_DEFAULT, SHARDS_DEFAULT, SNAPSHOT_EVERY_DEFAULT
-from server._edge import BODY_TIMEOUT_S, CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX
-from server.api import BATCHES_IN_FLIGHT_MAX
+from server._limits import BODY_TIMEOUT_S, CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX
+from server.api._limits import BATCHES_IN_FLIGHT_MAX
 
 
 def positive(text: str) -> int:

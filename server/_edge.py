@@ -52,12 +52,11 @@ from hypercorn.config import Config
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol.h11 import H11Protocol
 
+from server._limits import BODY_TIMEOUT_S, CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX, BodyTimeout
+
 log = logging.getLogger("server.edge")
 
 HEADER_BYTES_MAX = 16 * 1024  # the request line and every header line, as received
-CONNECTIONS_MAX = 1000
-CONNECTIONS_PER_ADDRESS_MAX = 500  # half of the total: one address never takes every connection
-BODY_TIMEOUT_S = 10.0
 HTTP_VERSIONS = (b"1.0", b"1.1")
 
 # What this module relies on in Hypercorn (pinned in pyproject.toml): fail at import, not in
@@ -297,13 +296,6 @@ def install() -> None:
     hypercorn.trio.tcp_server.ProtocolWrapper = EdgeProtocol  # type: ignore[misc]
     hypercorn.asyncio.tcp_server.ProtocolWrapper = EdgeProtocol  # type: ignore[misc]
 
-
-class BodyTimeout(Exception):
-    """The request body did not arrive whole within the body timeout."""
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(f"the request body did not arrive within {timeout_s:g} s")
-        self.timeout_s = timeout_s
 
 
 class BodyDeadline:

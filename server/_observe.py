@@ -35,8 +35,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from server._edge import BodyTimeout
 from server._errors import code_label
+from server._limits import BodyTimeout
 from server._loop_lag import loop_lag_histogram
 from server._payouts import BANK_LATENCY_BUCKETS_S, PayoutsStatistics
 from server._validate import BODY_BYTES_MAX

@@ -30,12 +30,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
-from hypercorn.config import Config
 from prometheus_client import CollectorRegistry
 
 from ledger import (
@@ -47,18 +46,9 @@ from ledger import (
     Projector,
     recover,
 )
-from server._bank import HttpBank, SimulatedBank
 from server._config import LOOP_DEFAULT, LOOPS
-from server._edge import (
-    BODY_TIMEOUT_S,
-    CONNECTIONS_MAX,
-    CONNECTIONS_PER_ADDRESS_MAX,
-    BodyDeadline,
-    ConnectionLimits,
-    edge_config,
-    install,
-)
 from server._gc import tune_gc
+from server._limits import BODY_TIMEOUT_S, CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX
 from server._lock import DataDirLocked, lock_data_dir
 from server._loop_lag import LoopLag, loop_lag, loop_lag_histogram
 from server._payout_ledger import LedgerPayouts
@@ -67,9 +57,21 @@ from server._port import LocalPort, RemoteCalls, RemotePort, Unavailable, serve_
 from server._scrape import MULTIPROC_DIR_ENV, MultiProcessScrape
 from server._snapshotter import Snapshotter
 from server._supervisor import child_command, ledger_socket_path, mark_worker_up, prepare_run_dir
-from server._webhooks import Dispatcher, WebhookConfig, WebhookMetrics
-from server.api import BATCHES_IN_FLIGHT_MAX, Deps, RateLimiter, build_app
-from wal import LogCorrupt, StorageFailed, StreamClient
+from server.api._limits import BATCHES_IN_FLIGHT_MAX
+from wal import LogCorrupt, StorageFailed
+
+if TYPE_CHECKING:
+    from hypercorn.config import Config
+
+    from server._edge import ConnectionLimits
+    from server._webhooks import WebhookConfig
+    from server.api import Deps
+    from wal import StreamClient
+
+# The HTTP front (Hypercorn, Starlette, the routes), the bank's HTTP client and the webhook
+# dispatcher are imported by the functions of the processes that use them: a process's start
+# is mostly its imports, and the ledger process, the projector and the dispatcher each need a
+# different part.
 
 log = logging.getLogger("server")
 
@@ -147,6 +149,8 @@ class ServeOptions:
     shared_dir: Path | None = None
 
     def webhooks(self) -> WebhookConfig:
+        from server._webhooks import WebhookConfig
+
         return WebhookConfig(
             allow_private=self.allow_private_webhooks, timeout_s=self.webhook_timeout_s,
             disable_after_s=self.webhook_disable_after_s, concurrency=self.webhook_concurrency,
@@ -157,6 +161,8 @@ class ServeOptions:
 
 def _bank(options: ServeOptions) -> Any:
     """The bank gateway over HTTP (``--bank-url``), else the built-in simulated bank."""
+    from server._bank import HttpBank, SimulatedBank
+
     if options.bank_url:
         return HttpBank(options.bank_url, timeout_s=options.bank_timeout_s, connections_max=options.payout_workers)
     return SimulatedBank(
@@ -199,6 +205,8 @@ def admin_token(data_dir: Path) -> str:
 
 def hypercorn_config(options: ServeOptions, limits: ConnectionLimits) -> Config:
     """Hypercorn's config: HTTP/1.1 only, the connection caps (``server._edge``), timeouts."""
+    from server._edge import edge_config
+
     config = edge_config(limits)
     config.bind = [f"{options.host}:{options.port}"]
     config.accesslog = None
@@ -331,6 +339,9 @@ async def _in_daemon_thread(function: Callable[[], None]) -> None:
 
 def _http_app(options: ServeOptions, deps: Deps) -> tuple[Any, Config]:
     """The ASGI app over ``deps`` and Hypercorn's config for it (both modes' HTTP)."""
+    from server._edge import BodyDeadline, ConnectionLimits, install
+    from server.api import build_app
+
     install()  # HTTP/1.1 only, connection caps, per-connection failures (server._edge)
     limits = ConnectionLimits(total_max=options.max_connections, per_address_max=options.max_connections_per_ip)
     _check_file_limit(options.max_connections)
@@ -342,6 +353,8 @@ def _deps(options: ServeOptions, *, port: RemoteCalls | None = None,
           exposition: Callable[[], Awaitable[bytes]] | None = None) -> Deps:
     """What the routes are built from. ``port`` is None in one process: its ``LocalPort`` is
     set once recovery has finished."""
+    from server.api import Deps, RateLimiter
+
     limiter = None
     if options.rate_limit > 0:
         limiter = RateLimiter(rate=options.rate_limit, burst=options.rate_burst)
@@ -492,6 +505,8 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 webhooks_scope = anyio.CancelScope()
                 webhooks_ended = anyio.Event()
                 if deps is not None:
+                    from server._webhooks import Dispatcher, WebhookMetrics
+
                     dispatcher = Dispatcher(data_dir, port, options.webhooks(),
                                             metrics=WebhookMetrics(deps.metrics.registry))
                     await group.start(_until_cancelled_started, webhooks_scope, dispatcher.run, webhooks_ended)
@@ -507,7 +522,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 # Payouts stop first: a bank call cut short leaves its withdrawal processing,
                 # and the next start sends it again with the same key.
                 payouts_scope.cancel()
-                if isinstance(bank, HttpBank):
+                if options.bank_url:  # an ``HttpBank`` (``_bank``): its connections
                     await bank.aclose()
                 # The actors stop only once the workers have ended: a worker cancelled while
                 # its ledger call waits (shielded) for the log makes its next call when it
@@ -759,6 +774,8 @@ async def serve_webhooks(options: ServeOptions, socket_path: str) -> int:
     """The webhook dispatcher process of ``--workers N`` (``server._webhooks``): reads the event
     feed over the ledger port, delivers, keeps its cursors in ``<data>/webhooks.sqlite3``.
     Crash-only (a restart resumes from the saved cursors); SIGTERM saves them and exits."""
+    from server._webhooks import Dispatcher, WebhookMetrics
+
     remote = RemotePort(socket_path, reconnect_s=SYNC_RETRY_S)
     # The counters go to the shared multiprocess files (server._scrape); the registry only
     # keeps them from being registered twice.

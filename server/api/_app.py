@@ -22,8 +22,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from server import _openapi
-from server._edge import BodyTimeout
 from server._errors import ApiError, code_label, problem
+from server._limits import BodyTimeout
 from server._observe import Observe, shown_path
 from server.api._alerts import Alerts
 from server.api._assets import Assets

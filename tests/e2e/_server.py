@@ -30,6 +30,13 @@ DEFAULT_LOOP = os.environ.get("WALLET_TEST_LOOP", "trio")
 # Hypercorn and anyio, so it is left to ``WALLET_TEST_LOOP=asyncio``).
 TEST_LOOPS = ["trio", "uvloop"]
 on_each_loop = pytest.mark.parametrize("loop", TEST_LOOPS)
+# HTTP workers of a test's server unless it passes ``--workers`` itself: one, not one per core.
+# Still the supervised processes of ``--workers N`` (the ledger process behind its socket, the
+# projector, the dispatcher); each process costs about 0.9 CPU-s to start, which under four
+# test processes on two cores decided much of the suite's time. The tests of several workers
+# (tests/e2e/test_processes.py, test_metrics_processes.py, the conftest's ``workers_server``)
+# ask for them.
+TEST_WORKERS = os.environ.get("WALLET_TEST_HTTP_WORKERS", "1")
 
 
 def free_port() -> int:
@@ -55,9 +62,10 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
+        workers = [] if "--workers" in self.extra_args else ["--workers", TEST_WORKERS]
         return [
             sys.executable, "-m", "server.cli", "serve", "--data", str(self.data_dir),
-            "--port", str(self.port), "--shards", str(self.shards), "--loop", self.loop, *self.extra_args,
+            "--port", str(self.port), "--shards", str(self.shards), "--loop", self.loop, *workers, *self.extra_args,
         ]
 
     def start(self, *, wait: bool = True) -> None:
