@@ -19,6 +19,12 @@ answering the direct gets lags by a moment (its answer is read again until it ge
 A long poll waits on one watcher per worker (``StreamEvents.watch``), which asks the leader for
 the last sequence every ``WATCH_S`` while anyone waits, and wakes every waiting reader when the
 stream grew.
+
+With several groups the feed needs one order across them, which their streams do not have:
+``AggregateEvents`` reads the aggregate stream that sources every group's stream
+(``StreamClient.ensure_aggregate``), at positions made of the aggregate's sequence and the
+record's index in its message (ADR 0013, *Several groups, revised*). Not served yet: a cluster
+of one group keeps its LSNs, and more groups are refused until transfers between them exist.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ PAGE_BYTES = 8 * 1024 * 1024
 HINTS = 64
 WATCH_S = 0.02
 LAGGING_RETRIES = 50
+INDEX_BITS = 20  # an aggregate position: the message's sequence * 2^20 + the record's index in it
+INDEX_MAX = (1 << INDEX_BITS) - 1
+SOURCE = "Nats-Stream-Source"  # JetStream's mark on a copy: "<stream> <sequence> ..."
 
 
 class FeedBroken(Exception):
@@ -77,24 +86,28 @@ def _first_lsn(message: Any) -> int | None:
     return found[0]
 
 
-class StreamEvents:
-    """``LedgerPort.events`` over a group's stream. ``page`` blocks (a worker thread runs it);
+class _StreamFeed:
+    """``LedgerPort.events`` over one stream: the long poll and its watcher; ``page`` (how a
+    position maps to messages) is the subclass's. ``page`` blocks (a worker thread runs it);
     ``read`` and ``watch`` run on the worker's event loop."""
 
     def __init__(self, client: Any, stream: str) -> None:
         self._client = client
         self._stream = stream
-        self._hints: OrderedDict[int, int] = OrderedDict()  # next LSN to read -> the sequence holding it
         self._last_seq = 0  # the newest last sequence the watcher saw
         self._grew = anyio.Event()
         self._waiting = 0
 
+    def page(self, after: int, limit: int) -> tuple[list[tuple[int, Event]], int]:
+        """(the page after position ``after``, the stream's last sequence it read up to)."""
+        raise NotImplementedError
+
     # -- the event loop ---------------------------------------------------------------------
 
     async def read(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Event]]:
-        """Records with LSN > ``after``, until they hold ``limit`` transactions (whole records,
-        at least one), as ``ledger.EventFeed.read``; waits up to ``wait_s`` for the first one.
-        Raises ``LogUnavailable`` when the stream cannot be read."""
+        """Records at positions > ``after``, until they hold ``limit`` transactions (whole
+        records, at least one), as ``ledger.EventFeed.read``; waits up to ``wait_s`` for the
+        first one. Raises ``LogUnavailable`` when the stream cannot be read."""
         assert 1 <= limit <= PAGE_MAX
         deadline = time.monotonic() + min(wait_s, WAIT_MAX_S)
         while True:
@@ -131,10 +144,31 @@ class StreamEvents:
 
     # -- a worker thread ----------------------------------------------------------------------
 
-    def page(self, after: int, limit: int) -> tuple[list[tuple[int, Event]], int]:
-        """(the page after ``after``, the stream's last sequence it read up to)."""
+    def _end(self) -> int:
         end_seq = self._client.last_sequence(self._stream)
         self._last_seq = max(self._last_seq, end_seq)
+        return int(end_seq)
+
+    def _fetch(self, seq: int, end_seq: int, messages: int, max_bytes: int) -> list[Any]:
+        """Messages from ``seq`` (which is at most ``end_seq``); a replica that has not stored
+        ``seq`` yet is asked again, for a moment."""
+        for _ in range(LAGGING_RETRIES):
+            found = self._client.fetch(self._stream, seq, max_messages=messages, wait_s=0.0, max_bytes=max_bytes)
+            if found:
+                return list(found)
+            time.sleep(WATCH_S)
+        raise LogUnavailable(f"{self._stream}: sequence {seq} (at most {end_seq}) not readable")
+
+
+class StreamEvents(_StreamFeed):
+    """The feed of one group's stream, at the group's LSNs (module docstring)."""
+
+    def __init__(self, client: Any, stream: str) -> None:
+        super().__init__(client, stream)
+        self._hints: OrderedDict[int, int] = OrderedDict()  # next LSN to read -> the sequence holding it
+
+    def page(self, after: int, limit: int) -> tuple[list[tuple[int, Event]], int]:
+        end_seq = self._end()
         seq = self._locate(after + 1, end_seq)
         if seq is None:
             return [], end_seq
@@ -159,16 +193,6 @@ class StreamEvents:
         if found:
             self._hint(found[-1][0] + 1, seq)  # at or before the message that will hold it
         return found, end_seq
-
-    def _fetch(self, seq: int, end_seq: int, messages: int, max_bytes: int) -> list[Any]:
-        """Messages from ``seq`` (which is at most ``end_seq``); a replica that has not stored
-        ``seq`` yet is asked again, for a moment."""
-        for _ in range(LAGGING_RETRIES):
-            found = self._client.fetch(self._stream, seq, max_messages=messages, wait_s=0.0, max_bytes=max_bytes)
-            if found:
-                return list(found)
-            time.sleep(WATCH_S)
-        raise LogUnavailable(f"{self._stream}: sequence {seq} (at most {end_seq}) not readable")
 
     def _hint(self, lsn: int, seq: int) -> None:
         self._hints[lsn] = seq
@@ -209,3 +233,64 @@ class StreamEvents:
                     return message.seq, first
                 seq = message.seq + 1
         return None
+
+
+def position(seq: int, index: int) -> int:
+    """The feed position of record ``index`` (from 0) of aggregate message ``seq``."""
+    if index > INDEX_MAX:
+        raise FeedBroken(f"aggregate message {seq} holds more than {INDEX_MAX + 1} records")
+    return (seq << INDEX_BITS) | index
+
+
+def source_of(message: Any) -> tuple[str, int] | None:
+    """(source stream, its sequence) of an aggregate's copy, from ``Nats-Stream-Source`` (the
+    stream's name may carry a ``:<hash>`` suffix); None for a message without one."""
+    mark = message.headers.get(SOURCE)
+    if not mark:
+        return None
+    parts = mark.split()
+    try:
+        return parts[0].split(":")[0], int(parts[1])
+    except (IndexError, ValueError):
+        raise FeedBroken(f"aggregate message {message.seq}: {SOURCE} {mark!r} names no sequence") from None
+
+
+class AggregateEvents(_StreamFeed):
+    """The feed of several groups (ADR 0013, *Several groups, revised*, point 1): read from the
+    aggregate stream that sources every group's stream, in the aggregate's order, which keeps
+    each group's own. A position is ``position(aggregate sequence, index of the record in its
+    message)``: an integer that grows in feed order, so ``after`` names a message and a record
+    in it, and a page starts there with no search. A copy whose source sequence this reader
+    has already passed in the same page is skipped (a source copied again after a leader
+    change); the aggregate's own duplicate window, on the message ids the copies keep, is
+    what stops a copy made again further apart."""
+
+    def page(self, after: int, limit: int) -> tuple[list[tuple[int, Event]], int]:
+        end_seq = self._end()
+        first_seq, done_index = after >> INDEX_BITS, after & INDEX_MAX
+        seq = max(first_seq, 1)
+        passed: dict[str, int] = {}
+        found: list[tuple[int, Event]] = []
+        count = 0
+        while seq <= end_seq:
+            for message in self._fetch(seq, end_seq, PAGE_MESSAGES, PAGE_BYTES):
+                if message.seq > end_seq:
+                    break
+                seq = message.seq + 1
+                if message.headers.get(KIND) != FRAMES:
+                    continue
+                source = source_of(message)
+                if source is not None:
+                    name, source_seq = source
+                    if source_seq <= passed.get(name, 0):
+                        continue
+                    passed[name] = source_seq
+                for index, frame in enumerate(frames_of(message.data)):
+                    if message.seq == first_seq and index <= done_index:
+                        continue
+                    if count >= limit:  # whole records: the page ended with the one before
+                        return found, end_seq
+                    event = decode_event(frame.payload)
+                    found.append((position(message.seq, index), event))
+                    count += weight(event)
+        return found, end_seq

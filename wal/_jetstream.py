@@ -199,9 +199,32 @@ class StreamClient:
         While the nodes cannot place it yet (a node just restarted is "offline" to the others
         for a moment; JetStream still electing its meta leader) it tries again, for up to
         ``timeout_s``."""
-        config = api.StreamConfig(
+
+        def same(info: Any) -> bool:
+            assert info.config.subjects == [subject], (stream, info.config.subjects, subject)
+            return True
+
+        self._ensure(self._config(stream, replicas, subjects=[subject]), same, timeout_s)
+        self._streams_by_subject[subject] = stream
+
+    def ensure_aggregate(self, stream: str, sources: list[str], *, replicas: int = 3, timeout_s: float = 30) -> None:
+        """Creates ``stream`` as an aggregate of the streams ``sources`` (ADR 0013, *Several
+        groups, revised*): no subject of its own; JetStream copies every source's messages
+        into it, each source in its order, headers kept, with ``Nats-Stream-Source`` naming the
+        source and its sequence. A reader's stream, off the commit path. An existing aggregate
+        with other sources gets these (a group added); as ``ensure_stream`` otherwise."""
+        wanted = sorted(sources)
+
+        def same(info: Any) -> bool:
+            return sorted(source.name for source in info.config.sources or []) == wanted
+
+        config = self._config(stream, replicas, sources=[api.StreamSource(name=name) for name in wanted])
+        self._ensure(config, same, timeout_s)
+
+    @staticmethod
+    def _config(stream: str, replicas: int, **where: Any) -> api.StreamConfig:
+        return api.StreamConfig(
             name=stream,
-            subjects=[subject],
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
             discard=api.DiscardPolicy.OLD,
@@ -209,7 +232,15 @@ class StreamClient:
             max_msg_size=MESSAGE_BYTES_MAX,
             duplicate_window=DUPLICATE_WINDOW_S,
             allow_direct=True,
+            **where,
         )
+
+    def _ensure(self, config: api.StreamConfig, same: Callable[[Any], bool], timeout_s: float) -> None:
+        """Adds the stream of ``config``, or updates it when ``same`` says the existing one
+        differs; placement failures are retried for up to ``timeout_s``."""
+
+        name = config.name
+        assert name is not None
 
         async def ensure() -> None:
             js = self._client().jetstream(timeout=REQUEST_TIMEOUT_S)
@@ -217,22 +248,21 @@ class StreamClient:
             while True:
                 try:
                     try:
-                        info = await js.stream_info(stream)
+                        info = await js.stream_info(name)
                     except nats.js.errors.NotFoundError:
                         await js.add_stream(config)
                         return
+                    if not same(info):
+                        await js.update_stream(config)
+                    return
                 except (nats.js.errors.ServiceUnavailableError, nats.js.errors.BadRequestError) as error:
                     transient = isinstance(error, nats.js.errors.ServiceUnavailableError) or error.err_code == NO_PEERS
                     if not transient or time.monotonic() >= deadline:
                         raise
-                    log.info("stream %s cannot be placed yet (%s); trying again", stream, error.description)
+                    log.info("stream %s cannot be placed yet (%s); trying again", name, error.description)
                     await asyncio.sleep(ENSURE_RETRY_S)
-                    continue
-                assert info.config.subjects == [subject], (stream, info.config.subjects, subject)
-                return
 
         self._call(ensure(), timeout_s + 2 * REQUEST_TIMEOUT_S)
-        self._streams_by_subject[subject] = stream
 
     def last_sequence(self, stream: str) -> int:
         """The stream's last sequence as its leader knows it (0 when empty)."""
