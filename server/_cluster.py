@@ -237,3 +237,39 @@ def _alive(pid: int) -> bool:
 
 def run(options: Any, *, groups: int, nodes: int, workers: int) -> int:
     return ClusterSupervisor(options, groups=groups, nodes=nodes, workers=workers).run()
+
+
+# -- one process of a cluster on a host of its own -----------------------------------------------
+#
+# ``wallet cluster member`` and ``wallet cluster worker``: what ``cluster up`` runs as its
+# children, started alone in the foreground, for a process manager (systemd, a container
+# runtime) on each host of a cluster whose NATS nodes run elsewhere. Neither needs a supervisor:
+# the process manager restarts a member that exits (75 when it was replaced or lost the log:
+# it comes back as a standby) and a worker that dies.
+
+
+def run_member_alone(options: Any, *, member: str, servers: list[str]) -> int:
+    """One member of group 0 (standby, then owner), its copy of the log in
+    ``<data>/g0-<member>`` (wiped at every start: only the stream is trusted) and its status
+    line in this data directory's run folder, as under ``cluster up``."""
+    from server._member import run_member
+
+    data_dir: Path = options.data_dir
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    prepare_run_dir(data_dir)
+    mine = dataclasses.replace(options, data_dir=data_dir / f"g0-{member}",
+                               shared_dir=options.shared_dir)
+    return run_member(mine, group=0, slot=member, servers=servers, status_dir=status_dir(data_dir))
+
+
+def run_worker_alone(options: Any, *, servers: list[str]) -> int:
+    """One HTTP worker on ``--host``/``--port`` of its own, reaching group 0's owner over NATS
+    wherever it runs. Workers on several hosts must share the admin token
+    (``WALLET_ADMIN_TOKEN``)."""
+    from server._serve import serve_worker_process
+
+    data_dir: Path = options.data_dir
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    prepare_run_dir(data_dir)
+    fd = bind(options.host, options.port).detach()  # Hypercorn's from here on: it closes it
+    return serve_worker_process(options, "", fd=fd, slot=0, servers=servers, group=0)

@@ -53,6 +53,12 @@ log = logging.getLogger("server.member")
 
 HEARTBEAT_S = 0.25
 TAKEOVER_AFTER_S = 2.0
+# The extra time a member that just won (its epoch record read from the stream) gets to start
+# beating before a standby replaces it in turn: a loaded host was seen to take more than the
+# takeover delay between the record and the first heartbeat that reached the others (a
+# fresh-clone suite, and eight test processes on the two cores: a double takeover each time,
+# safe by the fence, but a second gap).
+START_GRACE_S = 3.0
 STATUS_EVERY_S = 0.5
 EXIT_FENCED = 75  # EX_TEMPFAIL: replaced by a newer owner, or the log unreachable; restart as a standby
 KIND = "Wallet-Kind"
@@ -168,8 +174,8 @@ class Replica:
         """Listens for newer owners' heartbeats; starts the heartbeat thread, and the status
         thread (the stream leader's name is a JetStream API request, which may take seconds while
         a leader is being elected: a beat must never wait for it)."""
+        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()  # first: the others wait
         self._client.subscribe_core(heartbeat_subject(self._group), self._on_heartbeat)
-        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
         threading.Thread(target=self._report, name="status", daemon=True).start()
 
     def serving(self) -> None:
@@ -242,6 +248,7 @@ class Standby:
 
     def __init__(self, client: StreamClient, *, group: int, data_dir: Path, node: str,
                  status: Callable[..., None], takeover_after_s: float = TAKEOVER_AFTER_S,
+                 start_grace_s: float = START_GRACE_S,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  on_copied: Callable[[int], None] | None = None) -> None:
         self._client = client
@@ -249,6 +256,7 @@ class Standby:
         self._clock = clock  # both injectable for the deterministic simulation (tests/sim/cluster_sim.py)
         self._sleep = sleep
         self._takeover_after_s = takeover_after_s
+        self._start_grace_s = start_grace_s
         self._group = group
         self._node = node
         self._status = status
@@ -283,10 +291,10 @@ class Standby:
             elif kind == "epoch":
                 epoch, node, pid = msgpack.unpackb(message.data)
                 if int(epoch) > self.epoch and (node, pid) != (self._node, os.getpid()):
-                    # Someone else just won: it has the takeover delay to start beating before
-                    # this standby would try to replace it in turn.
+                    # Someone else just won: it has the takeover delay and the start's grace
+                    # to start beating before this standby would try to replace it in turn.
                     with self._beats:
-                        self._heard = self._clock()
+                        self._heard = self._clock() + self._start_grace_s
                 self.epoch = max(self.epoch, int(epoch))
             self.seq = message.seq
 
@@ -346,7 +354,7 @@ class Standby:
         except Fenced:
             log.info("group %d: another member appended first; staying a standby", self._group)
             with self._beats:
-                self._heard = self._clock()
+                self._heard = self._clock() + self._start_grace_s
             return None
         except LogUnavailable as error:
             # Stored or not, nobody knows: read the stream again. Our own record found there
@@ -502,17 +510,19 @@ def run_member(options: Any, *, group: int, slot: str, servers: list[str], statu
     standby = Standby(client, group=group, data_dir=data_dir, node=node, status=status, on_copied=copied)
     try:
         seq = standby.run()
-    finally:
+    except BaseException:
         history.stop()
+        raise
+    # Beat before anything else: the other members count from the epoch record, and the
+    # owner's start (process, lock, subscription) took over 2 s on a loaded host when the beat
+    # waited for the subscription, and a second standby replaced the new owner.
+    replica = Replica(client, group=group, epoch=standby.epoch, last_seq=seq, node=node, status=status)
+    replica.lsn = standby.mirror.last_lsn
+    replica.start()
+    history.stop()
     if images is not None:
         images.abandon()
     standby.mirror.close()
-    replica = Replica(client, group=group, epoch=standby.epoch, last_seq=seq, node=node, status=status)
-    replica.lsn = standby.mirror.last_lsn
-    # Beat at once: the other members count the takeover delay from the epoch record, and the
-    # owner's start (process, lock, subscription) took over 2 s on a loaded host when the beat
-    # waited for the subscription, and a second standby replaced the new owner.
-    replica.start()
     try:
         return anyio.run(partial(serve, options, owner=replica), backend="trio")
     finally:

@@ -17,6 +17,7 @@ import pytest
 import wal
 from server._member import (
     KIND,
+    START_GRACE_S,
     Replica,
     Standby,
     Stopped,
@@ -187,8 +188,9 @@ def test_a_standby_steps_on_an_injected_clock(tmp_path: Path) -> None:
 def test_a_standby_gives_a_member_that_just_won_the_takeover_delay(tmp_path: Path, during_catch_up: bool) -> None:
     """With two standbys, the one that lost the race reads the winner's epoch record; however
     long its own wait for a heartbeat has been, the winner gets the takeover delay to start
-    beating before this standby tries to replace it, also when the record arrives while it
-    catches up just before its own epoch append."""
+    beating before this standby tries to replace it, and the start's grace as well (a loaded
+    host took longer than the delay from the record to the first beat heard), also when the
+    record arrives while it catches up just before its own epoch append."""
     stream = FakeStream()
     now = [0.0]
     client = stream.client()
@@ -215,9 +217,11 @@ def test_a_standby_gives_a_member_that_just_won_the_takeover_delay(tmp_path: Pat
         win()
         assert member.step() is None  # copies the winner's record
     assert member.step() is None and _epochs(stream) == [1], during_catch_up
-    now[0] = 4.9
+    now[0] = 5.1  # the takeover delay since the record, but not the start's grace as well
     assert member.step() is None and _epochs(stream) == [1]
-    now[0] = 5.1  # the winner never beat: this standby takes over after all
+    now[0] = 3.0 + 2.0 + START_GRACE_S - 0.1
+    assert member.step() is None and _epochs(stream) == [1]
+    now[0] = 3.0 + 2.0 + START_GRACE_S + 0.1  # the winner never beat: this standby takes over after all
     assert member.step() is not None and _epochs(stream) == [1, 2]
 
 

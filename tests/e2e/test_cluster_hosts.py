@@ -1,0 +1,158 @@
+"""A cluster laid out as on several hosts (README *Cluster mode*): three NATS nodes started
+apart, two ``wallet cluster member`` processes and a ``wallet cluster worker``, each in the
+foreground on a data directory of its own, with the test as their process manager. The owner
+is SIGKILLed and started again as a process manager would: the other member takes over, the
+worker reaches it with nothing reconfigured, and every acknowledged transfer is there."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server._cluster import status_dir
+from server._natsnodes import NatsCluster
+from tests.e2e._server import ADMIN_TOKEN, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TAKEOVER_LIMIT_S = 15.0
+
+
+class Host:
+    """One ``wallet cluster ...`` process on a data directory of its own (one host's)."""
+
+    def __init__(self, base: Path, name: str, command: list[str]) -> None:
+        self.data = base / name
+        self.name = name
+        self.command = [sys.executable, "-m", "server.cli", "cluster", *command, "--data", str(self.data)]
+        self.log_path = base / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                            env=dict(os.environ, WALLET_ADMIN_TOKEN=ADMIN_TOKEN))
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def status(self) -> dict[str, Any] | None:
+        """This member's status line (``server._member.write_status``), None before the first."""
+        for path in status_dir(self.data).glob("*.json"):
+            try:
+                return dict(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                return None
+        return None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def hosts(nats_nodes: NatsCluster, tmp_path: Path) -> Iterator[dict[str, Host]]:
+    servers = ",".join(nats_nodes.urls)
+    port = free_port()
+    made = {
+        "a": Host(tmp_path, "host-a", ["member", "--servers", servers, "--member", "a"]),
+        "b": Host(tmp_path, "host-b", ["member", "--servers", servers, "--member", "b"]),
+        "w": Host(tmp_path, "host-w", ["worker", "--servers", servers, "--port", str(port)]),
+    }
+    made["w"].port = port  # type: ignore[attr-defined]
+    for host in made.values():
+        host.start()
+    try:
+        yield made
+    finally:
+        for host in made.values():
+            host.stop()
+
+
+def _until(predicate: Any, timeout_s: float, what: str, hosts: dict[str, Host]) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = predicate()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {host.name}\n{host.log()[-3000:]}" for host in hosts.values())
+            raise AssertionError(f"{what} not within {timeout_s} s\n{logs}")
+        time.sleep(0.1)
+
+
+def _owner(hosts: dict[str, Host]) -> Host | None:
+    for key in ("a", "b"):
+        line = hosts[key].status()
+        process = hosts[key].process
+        if line and line["role"] == "owner" and process is not None and process.poll() is None \
+                and line["pid"] == process.pid:
+            return hosts[key]
+    return None
+
+
+def _post(http: httpx.Client, path: str, body: dict[str, Any], key: str | None = None) -> httpx.Response | None:
+    try:
+        response = http.post(path, json=body, headers={"Idempotency-Key": key} if key else {})
+    except httpx.TransportError:
+        return None
+    return None if response.status_code == 503 else response
+
+
+def test_members_and_a_worker_started_apart_serve_and_survive_the_owners_sigkill(hosts: dict[str, Host]) -> None:
+    url = f"http://127.0.0.1:{hosts['w'].port}"  # type: ignore[attr-defined]
+    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+    with http:
+        first = _until(lambda: _owner(hosts), 30, "an owner", hosts)
+        answered = _until(lambda: _post(http, "/v1/assets", {"code": "USD", "scale": 2}), 30, "the asset", hosts)
+        assert answered.status_code == 201, answered.text
+        for wallet in ("alice", "bob"):
+            created = http.post("/v1/wallets", json={"id": wallet, "owner_id": wallet, "asset": "USD"})
+            assert created.status_code == 201, created.text
+        deposit = http.post("/v1/deposits", json={"wallet_id": "alice", "amount": 1000},
+                            headers={"Idempotency-Key": "deposit"})
+        assert deposit.status_code == 201, deposit.text
+        moved = 0
+        for number in range(10):
+            response = http.post("/v1/transfers", json={"from_wallet_id": "alice", "to_wallet_id": "bob",
+                                                        "amount": 7}, headers={"Idempotency-Key": f"t{number}"})
+            assert response.status_code == 201, response.text
+            moved += 7
+
+        killed = first.process
+        assert killed is not None
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        started = time.monotonic()
+        first.start()  # the process manager: it comes back as a standby
+        answered = _until(lambda: _post(http, "/v1/transfers", {"from_wallet_id": "alice", "to_wallet_id": "bob",
+                                                                  "amount": 5}, "after"),
+                          TAKEOVER_LIMIT_S + 10, "a transfer served after the owner's SIGKILL", hosts)
+        assert answered.status_code == 201, answered.text
+        served_s = time.monotonic() - started
+        moved += 5
+        second = _owner(hosts)
+        assert second is not None and second is not first, "the other member is the owner now"
+        line = second.status()
+        assert line is not None and line["epoch"] >= 2, line
+        assert served_s < TAKEOVER_LIMIT_S + 10, served_s
+        balances = {wallet: http.get(f"/v1/wallets/{wallet}").json()["balance"] for wallet in ("alice", "bob")}
+        assert balances == {"alice": 1000 - moved, "bob": moved}
+        _until(lambda: (first.status() or {}).get("role") == "standby", 30, "the restarted member as a standby",
+               hosts)
+    assert hosts["w"].stop() == 0, hosts["w"].log()[-3000:]
