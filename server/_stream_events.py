@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -149,6 +150,17 @@ class _StreamFeed:
         self._last_seq = max(self._last_seq, end_seq)
         return int(end_seq)
 
+    def _messages(self, seq: int, end_seq: int) -> Iterator[Any]:
+        """The ``frames`` messages from ``seq`` to ``end_seq``, in order (epoch records and
+        barriers hold no records)."""
+        while seq <= end_seq:
+            for message in self._fetch(seq, end_seq, PAGE_MESSAGES, PAGE_BYTES):
+                if message.seq > end_seq:
+                    return
+                seq = message.seq + 1
+                if message.headers.get(KIND) == FRAMES:
+                    yield message
+
     def _fetch(self, seq: int, end_seq: int, messages: int, max_bytes: int) -> list[Any]:
         """Messages from ``seq`` (which is at most ``end_seq``); a replica that has not stored
         ``seq`` yet is asked again, for a moment."""
@@ -174,24 +186,20 @@ class StreamEvents(_StreamFeed):
             return [], end_seq
         found: list[tuple[int, Event]] = []
         count = 0
-        while seq <= end_seq:
-            for message in self._fetch(seq, end_seq, PAGE_MESSAGES, PAGE_BYTES):
-                if message.seq > end_seq:
-                    break
-                seq = message.seq + 1
-                if message.headers.get(KIND) != FRAMES:
+        following = seq
+        for message in self._messages(seq, end_seq):
+            following = message.seq + 1
+            for frame in frames_of(message.data):
+                if frame.lsn <= after:
                     continue
-                for frame in frames_of(message.data):
-                    if frame.lsn <= after:
-                        continue
-                    if count >= limit:  # whole records: the page ended with the one before
-                        self._hint(frame.lsn, message.seq)
-                        return found, end_seq
-                    event = decode_event(frame.payload)
-                    found.append((frame.lsn, event))
-                    count += weight(event)
+                if count >= limit:  # whole records: the page ended with the one before
+                    self._hint(frame.lsn, message.seq)
+                    return found, end_seq
+                event = decode_event(frame.payload)
+                found.append((frame.lsn, event))
+                count += weight(event)
         if found:
-            self._hint(found[-1][0] + 1, seq)  # at or before the message that will hold it
+            self._hint(found[-1][0] + 1, following)  # at or before the message that will hold it
         return found, end_seq
 
     def _hint(self, lsn: int, seq: int) -> None:
@@ -272,25 +280,19 @@ class AggregateEvents(_StreamFeed):
         passed: dict[str, int] = {}
         found: list[tuple[int, Event]] = []
         count = 0
-        while seq <= end_seq:
-            for message in self._fetch(seq, end_seq, PAGE_MESSAGES, PAGE_BYTES):
-                if message.seq > end_seq:
-                    break
-                seq = message.seq + 1
-                if message.headers.get(KIND) != FRAMES:
+        for message in self._messages(seq, end_seq):
+            source = source_of(message)
+            if source is not None:
+                name, source_seq = source
+                if source_seq <= passed.get(name, 0):
                     continue
-                source = source_of(message)
-                if source is not None:
-                    name, source_seq = source
-                    if source_seq <= passed.get(name, 0):
-                        continue
-                    passed[name] = source_seq
-                for index, frame in enumerate(frames_of(message.data)):
-                    if message.seq == first_seq and index <= done_index:
-                        continue
-                    if count >= limit:  # whole records: the page ended with the one before
-                        return found, end_seq
-                    event = decode_event(frame.payload)
-                    found.append((position(message.seq, index), event))
-                    count += weight(event)
+                passed[name] = source_seq
+            for index, frame in enumerate(frames_of(message.data)):
+                if message.seq == first_seq and index <= done_index:
+                    continue
+                if count >= limit:  # whole records: the page ended with the one before
+                    return found, end_seq
+                event = decode_event(frame.payload)
+                found.append((position(message.seq, index), event))
+                count += weight(event)
         return found, end_seq

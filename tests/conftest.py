@@ -107,3 +107,12 @@ def nats_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield nodes
     finally:
         nodes.stop()
+
+
+@pytest.fixture(scope="module")
+def nats_client(nats_nodes: Any) -> Iterator[Any]:
+    """A ``wal.StreamClient`` connected to the module's ``nats_nodes``."""
+    from wal.testing import connected
+
+    with connected(nats_nodes.urls, "test-client") as client:
+        yield client

@@ -12,7 +12,8 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,14 @@ class FakeStreamClient:
 
     def subscribe_core(self, subject: str, callback: Callable[[bytes], None]) -> None:
         self._stream.listeners.setdefault(subject, []).append(callback)
+
+
+@contextmanager
+def connected(urls: list[str], name: str) -> Iterator[wal.StreamClient]:
+    """A ``wal.StreamClient`` connected to the JetStream nodes at ``urls``, closed on exit."""
+    client = wal.StreamClient(urls, name=name)
+    client.connect()
+    try:
+        yield client
+    finally:
+        client.close()

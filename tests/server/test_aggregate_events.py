@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from ledger import open_ledger
-from ledger.testing import setup, transfer
-from server._member import Replica, Standby, log_subject, stream_name
-from server._natsnodes import NatsCluster
+from server._member import log_subject, stream_name
 from server._stream_events import INDEX_BITS, AggregateEvents, source_of
+from tests.server.test_stream_events import owned_ledger, write_some
 from wal import StreamClient
 from wal.testing import StoredMessage
 
@@ -28,41 +25,8 @@ GROUPS = (1, 2)
 
 
 @pytest.fixture(scope="module")
-def client(nats_nodes: NatsCluster) -> Iterator[StreamClient]:
-    connected = StreamClient(nats_nodes.urls, name="test-aggregate")
-    connected.connect()
-    try:
-        yield connected
-    finally:
-        connected.close()
-
-
-def _quiet(**status: Any) -> None:
-    pass
-
-
-def _owned_ledger(client: StreamClient, group: int, directory: Path) -> tuple[Any, Replica]:
-    client.ensure_stream(stream_name(group), log_subject(group))
-    member = Standby(client, group=group, data_dir=directory / "copy", node=f"g{group}", status=_quiet,
-                     takeover_after_s=0)
-    seq = member.run()
-    member.mirror.close()
-    replica = Replica(client, group=group, epoch=member.epoch, last_seq=seq, node=f"g{group}", status=_quiet,
-                      exit=lambda message: pytest.fail(message))
-    return open_ledger(directory / "owner", replicate=replica.replicate), replica
-
-
-async def _write(ledger: Any, replica: Replica, prefix: str) -> None:
-    ids = [f"{prefix}{number}" for number in range(5)]
-    await setup(ledger, ids, 1000)
-    number = 0
-    for round_ in range(6):
-        for index, source in enumerate(ids):
-            number += 1
-            await ledger.transfer(transfer(number, source, ids[(index + 1) % len(ids)], 1 + round_))
-        await replica.confirm(time.monotonic())  # a barrier: a message without records
-        await ledger.transfer_batch([transfer(1000 + number * 10 + k, ids[k], ids[(k + 2) % len(ids)], 1)
-                                     for k in range(3)], atomic=round_ % 2 == 0)
+def client(nats_client: StreamClient) -> StreamClient:
+    return nats_client
 
 
 async def _all_events(ledger: Any) -> list[Any]:
@@ -90,7 +54,7 @@ def _mine(prefix: str, events: list[Any]) -> list[Any]:
 
 async def test_the_aggregate_feed_holds_every_groups_records_once_in_each_groups_order(
         client: StreamClient, tmp_path: Path) -> None:
-    owned = {group: _owned_ledger(client, group, tmp_path / f"g{group}") for group in GROUPS}
+    owned = {group: owned_ledger(client, tmp_path / f"g{group}", group) for group in GROUPS}
     client.ensure_aggregate(AGGREGATE, [stream_name(group) for group in GROUPS])
     expected: dict[int, list[Any]] = {}
     async with anyio.create_task_group() as tasks:
@@ -98,7 +62,7 @@ async def test_the_aggregate_feed_holds_every_groups_records_once_in_each_groups
             await tasks.start(ledger.run)
         async with anyio.create_task_group() as writers:  # both groups at once
             for group, (ledger, replica) in owned.items():
-                writers.start_soon(_write, ledger, replica, f"g{group}w")
+                writers.start_soon(write_some, ledger, replica, f"g{group}w")
         for group, (ledger, _) in owned.items():
             expected[group] = await _all_events(ledger)
             await ledger.stop()

@@ -36,6 +36,7 @@ from server._natsnodes import NatsCluster
 from server._natsport import CALL_TIMEOUT_S, NatsPort, rpc_subject, serve_nats
 from server._port import LocalPort, Unavailable
 from wal import StreamClient
+from wal.testing import connected
 
 _groups = itertools.count(100)  # each test its own group, so its subjects are its own
 
@@ -48,12 +49,8 @@ def nodes(nats_nodes: NatsCluster) -> NatsCluster:
 @pytest.fixture
 def client(nodes: NatsCluster) -> Iterator[StreamClient]:
     """The owner's connection (a member's ``StreamClient``)."""
-    owner = StreamClient(nodes.urls, name="test-owner")
-    owner.connect()
-    try:
+    with connected(nodes.urls, "test-owner") as owner:
         yield owner
-    finally:
-        owner.close()
 
 
 def _transfer(number: int, source: str | None, target: str, amount: int) -> Transfer:

@@ -26,19 +26,22 @@ def _quiet(**status: Any) -> None:
     pass
 
 
-async def _owned_ledger(stream: FakeStream, directory: Path) -> tuple[Any, Replica]:
-    client = stream.client()
-    client.ensure_stream(stream_name(GROUP), log_subject(GROUP))
-    member = Standby(client, group=GROUP, data_dir=directory / "copy", node="a", status=_quiet, takeover_after_s=0)
+def owned_ledger(client: Any, directory: Path, group: int = GROUP) -> tuple[Any, Replica]:
+    """A ledger in ``directory`` whose group commits go to group ``group``'s stream through a
+    real ``Replica`` that won the group's first epoch (``client``: a fake or a real stream's)."""
+    client.ensure_stream(stream_name(group), log_subject(group))
+    member = Standby(client, group=group, data_dir=directory / "copy", node=f"g{group}", status=_quiet,
+                     takeover_after_s=0)
     seq = member.run()
     member.mirror.close()
-    replica = Replica(client, group=GROUP, epoch=member.epoch, last_seq=seq, node="a", status=_quiet,
+    replica = Replica(client, group=group, epoch=member.epoch, last_seq=seq, node=f"g{group}", status=_quiet,
                       exit=lambda message: pytest.fail(message))
     return open_ledger(directory / "owner", replicate=replica.replicate), replica
 
 
-async def _write_some(ledger: Any, replica: Replica) -> None:
-    ids = [f"w{number}" for number in range(6)]
+async def write_some(ledger: Any, replica: Replica, prefix: str = "w") -> None:
+    """Deposits, transfers, barriers between them and atomic and non-atomic batches."""
+    ids = [f"{prefix}{number}" for number in range(6)]
     await setup(ledger, ids, 1000)
     number = 0
     for round_ in range(5):
@@ -57,10 +60,10 @@ async def test_every_page_equals_the_owners_feed(tmp_path: Path, monkeypatch: py
         monkeypatch.setattr(_stream_events, "PAGE_MESSAGES", 1)
         monkeypatch.setattr(_stream_events, "PROBE_BYTES", 1)
     stream = FakeStream()
-    ledger, replica = await _owned_ledger(stream, tmp_path)
+    ledger, replica = owned_ledger(stream.client(), tmp_path)
     async with anyio.create_task_group() as group:
         await group.start(ledger.run)
-        await _write_some(ledger, replica)
+        await write_some(ledger, replica)
         kinds = [message.headers["Wallet-Kind"] for message in stream.streams[stream_name(GROUP)]]
         assert kinds.count("barrier") >= 5 and kinds[0] == "epoch" and kinds.count("frames") > 10
         durable = ledger.wal.durable_lsn
@@ -84,7 +87,7 @@ async def test_every_page_equals_the_owners_feed(tmp_path: Path, monkeypatch: py
 
 async def test_a_long_poll_wakes_when_the_stream_grows(tmp_path: Path) -> None:
     stream = FakeStream()
-    ledger, _ = await _owned_ledger(stream, tmp_path)
+    ledger, _ = owned_ledger(stream.client(), tmp_path)
     async with anyio.create_task_group() as group:
         await group.start(ledger.run)
         await setup(ledger, ["a", "b"], 10)

@@ -27,6 +27,7 @@ import wal._jetstream
 from server._natsnodes import NatsCluster
 from wal import Fenced, StreamClient
 from wal._jetstream import MESSAGE_BYTES_MAX, MSG_ID
+from wal.testing import connected
 
 _names = itertools.count()
 
@@ -38,12 +39,8 @@ def cluster(nats_nodes: NatsCluster) -> NatsCluster:
 
 @pytest.fixture(scope="module")
 def client(cluster: NatsCluster) -> Iterator[StreamClient]:
-    stream_client = StreamClient(cluster.urls, name="test")
-    stream_client.connect()
-    try:
+    with connected(cluster.urls, "test") as stream_client:
         yield stream_client
-    finally:
-        stream_client.close()
 
 
 def new_stream(client: StreamClient) -> tuple[str, str]:
