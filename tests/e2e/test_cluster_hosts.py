@@ -1,8 +1,9 @@
-"""A cluster laid out as on several hosts (README *Cluster mode*): three NATS nodes started
-apart, two ``wallet cluster member`` processes and a ``wallet cluster worker``, each in the
-foreground on a data directory of its own, with the test as their process manager. The owner
-is SIGKILLed and started again as a process manager would: the other member takes over, the
-worker reaches it with nothing reconfigured, and every acknowledged transfer is there."""
+"""A cluster laid out as on several hosts (README *Cluster mode*), every process started by a
+``wallet`` command in the foreground on a directory of its own, with the test as the process
+manager: three ``wallet cluster node`` (the log), two ``wallet cluster member`` and a ``wallet
+cluster worker``. The owner is SIGKILLed and started again as a process manager would: the
+other member takes over, the worker reaches it with nothing reconfigured, and every
+acknowledged transfer is there."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from server._cluster import status_dir
-from server._natsnodes import NatsCluster
+from server._natsnodes import node_problem
 from tests.e2e._server import ADMIN_TOKEN, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,18 +67,27 @@ class Host:
 
 
 @pytest.fixture
-def hosts(nats_nodes: NatsCluster, tmp_path: Path) -> Iterator[dict[str, Host]]:
-    servers = ",".join(nats_nodes.urls)
+def hosts(tmp_path: Path) -> Iterator[dict[str, Host]]:
+    ports = [(free_port(), free_port(), free_port()) for _ in range(3)]  # client, monitoring, route
+    routes = ",".join(f"nats-route://127.0.0.1:{route}" for _, _, route in ports)
+    made = {f"n{index}": Host(tmp_path, f"node-{index}", [
+        "node", "--name", f"n{index}", "--port", str(client), "--http-port", str(monitor),
+        "--cluster-port", str(route), "--routes", routes]) for index, (client, monitor, route) in enumerate(ports)}
+    servers = ",".join(f"nats://127.0.0.1:{client}" for client, _, _ in ports)
     port = free_port()
-    made = {
+    made |= {
         "a": Host(tmp_path, "host-a", ["member", "--servers", servers, "--member", "a"]),
         "b": Host(tmp_path, "host-b", ["member", "--servers", servers, "--member", "b"]),
         "w": Host(tmp_path, "host-w", ["worker", "--servers", servers, "--port", str(port)]),
     }
     made["w"].port = port  # type: ignore[attr-defined]
-    for host in made.values():
-        host.start()
     try:
+        for index in range(3):
+            made[f"n{index}"].start()
+        _until(lambda: all(node_problem(f"n{index}", f"http://127.0.0.1:{monitor}") is None
+                           for index, (_, monitor, _) in enumerate(ports)), 30, "three nodes with a meta leader", made)
+        for key in ("a", "b", "w"):
+            made[key].start()
         yield made
     finally:
         for host in made.values():
@@ -156,3 +166,5 @@ def test_members_and_a_worker_started_apart_serve_and_survive_the_owners_sigkill
         _until(lambda: (first.status() or {}).get("role") == "standby", 30, "the restarted member as a standby",
                hosts)
     assert hosts["w"].stop() == 0, hosts["w"].log()[-3000:]
+    config = (hosts["n0"].data / "nats.conf").read_text()
+    assert "sync_interval: always" in config and "server_name: n0" in config, config

@@ -110,12 +110,21 @@ class _Aggregate:
         return self.messages[seq - 1:seq - 1 + max_messages]
 
 
-def test_a_copy_made_again_is_read_once(client: StreamClient) -> None:
+async def test_a_copy_made_again_is_read_once(client: StreamClient, tmp_path: Path) -> None:
     """A source's message copied a second time (after a leader change of the sourcing) comes
     after copies of later messages of the same source: the reader has passed its sequence and
     skips it, so no record is in the feed twice."""
-    stored = client.fetch(AGGREGATE, 1, max_messages=1000, wait_s=0)
-    assert stored, "the first test writes the aggregate"
+    ledger, replica = owned_ledger(client, tmp_path, 5)
+    client.ensure_aggregate("WALLET_EVENTS_ONCE", [stream_name(5)])
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(ledger.run)
+        await write_some(ledger, replica)
+        await ledger.stop()
+    deadline = time.monotonic() + 10
+    while client.last_sequence("WALLET_EVENTS_ONCE") < client.last_sequence(stream_name(5)):
+        assert time.monotonic() < deadline, "the aggregate did not copy the stream"
+        time.sleep(0.05)
+    stored = client.fetch("WALLET_EVENTS_ONCE", 1, max_messages=1000, wait_s=0)
     frames = [message for message in stored if message.headers.get("Wallet-Kind") == "frames"]
     again = frames[2]
     messages = [*stored[:10], again, *stored[10:]]
