@@ -478,6 +478,27 @@ class StandbyHistory:
         os.close(self._fd)
 
 
+LOG_RETRY_S = 1.0
+
+
+def _log_client(servers: list[str], group: int, *, name: str,
+                sleep: Callable[[float], None] = time.sleep) -> StreamClient:
+    """A client of the group's stream, made if missing. A member may start before the log can
+    take a stream (its nodes still starting, or electing their JetStream meta leader): it waits
+    for it, saying so, rather than exit and leave that to its process manager."""
+    while True:
+        client = StreamClient(servers, name=name)
+        try:
+            client.connect()
+            client.ensure_stream(stream_name(group), log_subject(group), replicas=min(3, len(servers)))
+            return client
+        except Exception as error:  # unreachable, no meta leader yet, no quorum: all pass
+            log.warning("group %d: the log at %s cannot be used yet (%s); trying again in %g s",
+                        group, ",".join(servers), error, LOG_RETRY_S)
+            client.close()
+            sleep(LOG_RETRY_S)
+
+
 def _exit_now(message: str) -> None:
     log.critical(message)
     logging.shutdown()
@@ -493,9 +514,7 @@ def run_member(options: Any, *, group: int, slot: str, servers: list[str], statu
     status_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     status = partial(_status, status_dir, f"g{group}-{slot}", group, node)
     status(role="starting", epoch=0, lsn=0, leader=None)
-    client = StreamClient(servers, name=f"wallet-g{group}-{slot}-{os.getpid()}")
-    client.connect()
-    client.ensure_stream(stream_name(group), log_subject(group), replicas=min(3, len(servers)))
+    client = _log_client(servers, group, name=f"wallet-g{group}-{slot}-{os.getpid()}")
     data_dir: Path = options.data_dir
     shutil.rmtree(data_dir, ignore_errors=True)  # only the stream is trusted (module docstring)
     data_dir.mkdir(mode=0o700, parents=True)

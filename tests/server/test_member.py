@@ -15,6 +15,7 @@ import msgpack
 import pytest
 
 import wal
+from server import _member
 from server._member import (
     KIND,
     START_GRACE_S,
@@ -335,3 +336,36 @@ def test_an_owner_beats_while_starting_says_when_it_serves_and_never_waits_for_i
         hangs.release.set()
         replica.stop()
     assert heartbeat_serving([1, 2, "a"]), "a beat without the flag is from an owner that beat only once serving"
+
+
+def test_a_member_waits_for_a_log_that_cannot_take_its_stream_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member started before the log's nodes (or before they elected a JetStream meta
+    leader) tries again, saying so, instead of exiting with a traceback."""
+    stream = FakeStream()
+    attempts: list[str] = []
+    closed: list[int] = []
+
+    class Starting:
+        def __init__(self, servers: list[str], *, name: str) -> None:
+            self._client = stream.client()
+
+        def connect(self) -> None:
+            attempts.append("connect")
+            if len(attempts) == 1:
+                raise wal.LogUnavailable("connection refused")
+
+        def ensure_stream(self, *args: Any, **kwargs: Any) -> None:
+            attempts.append("ensure")
+            if len(attempts) == 3:
+                raise wal.LogUnavailable("no meta leader")
+            self._client.ensure_stream(*args, **kwargs)
+
+        def close(self) -> None:
+            closed.append(1)
+
+    slept: list[float] = []
+    monkeypatch.setattr(_member, "StreamClient", Starting)
+    client = _member._log_client(["nats://nowhere:4222"], GROUP, name="m", sleep=slept.append)
+    assert attempts == ["connect", "connect", "ensure", "connect", "ensure"]
+    assert len(closed) == 2 and slept == [_member.LOG_RETRY_S] * 2
+    assert isinstance(client, Starting) and stream_name(GROUP) in stream.streams
