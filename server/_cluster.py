@@ -257,8 +257,7 @@ def run_member_alone(options: Any, *, member: str, servers: list[str]) -> int:
     data_dir: Path = options.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     prepare_run_dir(data_dir)
-    mine = dataclasses.replace(options, data_dir=data_dir / f"g0-{member}",
-                               shared_dir=options.shared_dir)
+    mine = dataclasses.replace(options, data_dir=data_dir / f"g0-{member}")
     return run_member(mine, group=0, slot=member, servers=servers, status_dir=status_dir(data_dir))
 
 

@@ -205,9 +205,9 @@ class Replica:
 
     def _beat(self) -> None:
         while not self._stopped.is_set():
+            self._wake.clear()  # before the beat: a ``serving`` during it brings the next one at once
             self.beat()
             self._wake.wait(HEARTBEAT_S)
-            self._wake.clear()
 
     def beat(self) -> None:
         """One heartbeat, ``[epoch, pid, node, serving]``: what the heartbeat thread does every
