@@ -44,7 +44,9 @@ from ledger._model import (
     AlertsTriggered,
     Asset,
     AssetCreated,
+    CreditReserved,
     Event,
+    GroupConfigured,
     Hold,
     HoldCaptured,
     HoldCreated,
@@ -53,12 +55,16 @@ from ledger._model import (
     Refunded,
     RefundTally,
     RequestsRefused,
+    Reservation,
+    ReservationSettled,
     Token,
     TokenCreated,
     TokenRevoked,
     TransactionType,
     Transferred,
+    TransfersAborted,
     TransfersPosted,
+    TransitSettled,
     VoidReason,
     Wallet,
     WalletCreated,
@@ -114,6 +120,20 @@ def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
             assert key not in records
             records[key] = new_idempotency_record(idempotency.fingerprint, lsn, at_us, rejection, -1)
         _expire_idempotency(directory)
+    elif isinstance(event, ReservationSettled):
+        if event.credited:
+            directory.transit[event.asset] = directory.transit.get(event.asset, 0) - event.amount
+    elif isinstance(event, TransitSettled):
+        for transaction_id in event.transaction_ids:
+            del directory.owed[transaction_id]
+    elif isinstance(event, TransfersAborted):
+        for transaction_id in event.transaction_ids:
+            assert transaction_id not in directory.owed
+            directory.aborted.add(transaction_id)
+    elif isinstance(event, GroupConfigured):
+        assert directory.groups == 1 and event.groups > 1 and 0 <= event.group < event.groups, event
+        directory.group = event.group
+        directory.groups = event.groups
     elif isinstance(event, AssetCreated):
         assert event.code not in directory.assets
         directory.assets[event.code] = Asset(code=event.code, scale=event.scale, created_at_us=event.at_us)
@@ -379,6 +399,47 @@ def apply_credit(state: State, event: Transferred | HoldCaptured | Refunded, lsn
         _watch(state, receiver, event.transaction_id)
 
 
+def apply_sent_across(directory: Directory, event: Transferred) -> None:
+    """The credit side of a transfer to another group (its receiver is not here): the money
+    goes to this group's transit account, and the group owes the receiver's group the credit."""
+    assert directory.groups > 1, event
+    assert event.transaction_id not in directory.aborted, event
+    directory.transit[event.asset] = directory.transit.get(event.asset, 0) + event.amount
+    assert event.transaction_id not in directory.owed, event
+    directory.owed[event.transaction_id] = event.to_wallet_id
+
+
+def apply_reservation(state: State, event: CreditReserved | ReservationSettled, lsn: int) -> None:
+    """The part of a reservation record that lands on the shard of its wallet."""
+    wallet = state.wallets[event.wallet_id]
+    assert wallet.asset == event.asset
+    if isinstance(event, CreditReserved):
+        assert wallet.status != WalletStatus.CLOSED
+        assert event.transaction_id not in state.reservations
+        reserved = state.reserved_in.get(wallet.id, 0) + event.amount
+        assert wallet.balance + reserved <= INT64_MAX
+        state.reserved_in[wallet.id] = reserved
+        state.reservations[event.transaction_id] = Reservation(
+            transaction_id=event.transaction_id, wallet_id=event.wallet_id, asset=event.asset,
+            amount=event.amount, from_wallet_id=event.from_wallet_id, from_group=event.from_group,
+            description=event.description, metadata=event.metadata, at_us=event.at_us, lsn=lsn,
+        )
+        return
+    reservation = state.reservations.pop(event.transaction_id)
+    assert (reservation.wallet_id, reservation.amount) == (event.wallet_id, event.amount), (reservation, event)
+    left = state.reserved_in[wallet.id] - event.amount
+    if left:
+        state.reserved_in[wallet.id] = left
+    else:
+        del state.reserved_in[wallet.id]
+    if event.credited:
+        assert wallet.balance + event.amount <= INT64_MAX
+        wallet.balance += event.amount
+        _touch(wallet, event.at_us, lsn)
+        if state.watched and wallet.id in state.watched:
+            _watch(state, wallet, event.transaction_id)
+
+
 def apply_alerts(state: State, event: AlertCreated | AlertDeleted | AlertsTriggered, lsn: int) -> None:
     """The part of an alert record that lands on the shard owning the alert's wallet."""
     if isinstance(event, AlertCreated):
@@ -427,6 +488,7 @@ def apply_wallets(state: State, event: Event, lsn: int) -> None:
         if event.status == WalletStatus.CLOSED:
             assert wallet.balance == 0
             assert wallet.held == 0
+            assert wallet.id not in state.reserved_in
         wallet.status = event.status
         wallet.updated_at_us = max(wallet.updated_at_us, event.at_us)
         wallet.lsn = max(wallet.lsn, lsn)
@@ -460,7 +522,12 @@ def apply(state: State, event: Event, lsn: int) -> None:
     apply_directory(state.directory, event, lsn)
     if isinstance(event, Transferred):
         apply_debit(state, event, lsn)
-        apply_credit(state, event, lsn)
+        if state.directory.groups > 1 and event.to_wallet_id not in state.wallets:
+            apply_sent_across(state.directory, event)
+        else:
+            apply_credit(state, event, lsn)
+    elif isinstance(event, CreditReserved | ReservationSettled):
+        apply_reservation(state, event, lsn)
     elif isinstance(event, TransfersPosted):
         for transfer in event.transfers:  # the reference path: ``ledger._part.apply_part`` is the fast one
             apply_debit(state, transfer, lsn)
@@ -475,6 +542,6 @@ def apply(state: State, event: Event, lsn: int) -> None:
         apply_credit(state, event, lsn)
     elif isinstance(event, AlertCreated | AlertDeleted | AlertsTriggered):
         apply_alerts(state, event, lsn)
-    elif not isinstance(event, RequestsRefused):  # refusals land in the directory alone
-        apply_wallets(state, event, lsn)
+    elif not isinstance(event, RequestsRefused | GroupConfigured | TransitSettled | TransfersAborted):
+        apply_wallets(state, event, lsn)  # (those four land in the directory alone)
 

@@ -74,7 +74,9 @@ from ledger._model import (
     AlertFired,
     AlertsTriggered,
     AssetCreated,
+    CreditReserved,
     Event,
+    GroupConfigured,
     HoldCaptured,
     HoldCreated,
     HoldVoided,
@@ -83,12 +85,15 @@ from ledger._model import (
     Refunded,
     Rejection,
     RequestsRefused,
+    ReservationSettled,
     TokenCreated,
     TokenRevoked,
     TransactionType,
     Transferred,
     TransferRow,
+    TransfersAborted,
     TransfersPosted,
+    TransitSettled,
     VoidReason,
     WalletCreated,
     WalletStatus,
@@ -117,6 +122,12 @@ _ALERTS_TRIGGERED = 17
 _REQUESTS_REFUSED = 18
 _WALLET_UPDATED = 20
 _REFUNDED = 19
+# Transfers between ledger groups (ADR 0013).
+_GROUP_CONFIGURED = 21
+_CREDIT_RESERVED = 22
+_RESERVATION_SETTLED = 23
+_TRANSIT_SETTLED = 24
+_TRANSFERS_ABORTED = 25
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -336,7 +347,34 @@ def encode_event(event: Event) -> bytes:
                 event.metadata, event.at_us, _idem_out(event.idempotency),
             ]
         )
+    if isinstance(event, CreditReserved):
+        return _packb(
+            [
+                CODEC_VERSION, _CREDIT_RESERVED, event.transaction_id, event.wallet_id, event.asset, event.amount,
+                event.from_wallet_id, event.from_group, event.description, event.metadata, event.at_us,
+            ]
+        )
+    if isinstance(event, ReservationSettled):
+        return _packb(
+            [
+                CODEC_VERSION, _RESERVATION_SETTLED, event.transaction_id, event.wallet_id, event.asset,
+                event.amount, event.from_wallet_id, event.from_group, event.description, event.metadata,
+                event.reserved_at_us, event.credited, event.at_us,
+            ]
+        )
+    if isinstance(event, TransitSettled):
+        return _packb([CODEC_VERSION, _TRANSIT_SETTLED, list(event.transaction_ids), event.at_us])
+    if isinstance(event, TransfersAborted):
+        return _packb([CODEC_VERSION, _TRANSFERS_ABORTED, list(event.transaction_ids), event.at_us])
+    if isinstance(event, GroupConfigured):
+        return _packb([CODEC_VERSION, _GROUP_CONFIGURED, event.group, event.groups, event.at_us])
     raise AssertionError(f"unknown event {event!r}")
+
+
+def _ids(value: Any) -> tuple[str, ...]:
+    if type(value) is not list or not value:
+        raise CodecError("expected a non-empty array of transaction ids")
+    return tuple(_str(item) for item in value)
 
 
 def encode_outcome(outcome: Event | Rejection, at_us: int, idempotency: Idempotency) -> bytes:
@@ -519,6 +557,32 @@ def decode_event(payload: bytes) -> Event:
                 original_amount=_int(original_amount), description=_optional_str(description),
                 metadata=_metadata(metadata), at_us=_int(at_us), idempotency=_idem_in(idem),
             )
+        if kind == _CREDIT_RESERVED:
+            (transaction_id, wallet_id, asset, amount, from_id, from_group, description, metadata,
+             at_us) = rest
+            return CreditReserved(
+                transaction_id=_str(transaction_id), wallet_id=_str(wallet_id), asset=_str(asset),
+                amount=_int(amount), from_wallet_id=_str(from_id), from_group=_int(from_group),
+                description=_optional_str(description), metadata=_metadata(metadata), at_us=_int(at_us),
+            )
+        if kind == _RESERVATION_SETTLED:
+            (transaction_id, wallet_id, asset, amount, from_id, from_group, description, metadata,
+             reserved_at_us, credited, at_us) = rest
+            return ReservationSettled(
+                transaction_id=_str(transaction_id), wallet_id=_str(wallet_id), asset=_str(asset),
+                amount=_int(amount), from_wallet_id=_str(from_id), from_group=_int(from_group),
+                description=_optional_str(description), metadata=_metadata(metadata),
+                reserved_at_us=_int(reserved_at_us), credited=_bool(credited), at_us=_int(at_us),
+            )
+        if kind == _TRANSIT_SETTLED:
+            ids, at_us = rest
+            return TransitSettled(transaction_ids=_ids(ids), at_us=_int(at_us))
+        if kind == _TRANSFERS_ABORTED:
+            ids, at_us = rest
+            return TransfersAborted(transaction_ids=_ids(ids), at_us=_int(at_us))
+        if kind == _GROUP_CONFIGURED:
+            group, groups, at_us = rest
+            return GroupConfigured(group=_int(group), groups=_int(groups), at_us=_int(at_us))
     except CodecError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:

@@ -68,6 +68,7 @@ from ledger._model import (
     TRANSFER_CHECK_ORDER,
     TREASURY_PREFIX,
     UNRECORDED_REASONS,
+    AbortTransfers,
     AdvanceWithdrawal,
     AlertCreated,
     AlertDeleted,
@@ -81,6 +82,7 @@ from ledger._model import (
     CreateAsset,
     CreateToken,
     CreateWallet,
+    CreditReserved,
     DeleteAlert,
     Duplicate,
     Event,
@@ -96,14 +98,20 @@ from ledger._model import (
     Refunded,
     Rejection,
     RequestWithdrawal,
+    ReservationSettled,
+    ReserveCredit,
     ResolveHold,
     RevokeToken,
+    SettleReservation,
+    SettleTransit,
     TokenCreated,
     TokenRevoked,
     TransactionStatus,
     TransactionType,
     Transfer,
     Transferred,
+    TransfersAborted,
+    TransitSettled,
     UpdateWallet,
     VoidReason,
     Wallet,
@@ -251,6 +259,8 @@ def decide_change_status(
         return []  # already so
     if wallet.status == WalletStatus.CLOSED:
         return Rejection(reason=Reason.WALLET_CLOSED, detail=f"wallet {wallet.id} is closed")
+    if state.reserved_in:
+        pending += state.reserved_in.get(wallet.id, 0)  # transfers from other groups (ADR 0013)
     if command.status == WalletStatus.CLOSED and (wallet.balance != 0 or wallet.held != 0 or pending):
         return Rejection(
             reason=Reason.WALLET_NOT_EMPTY,
@@ -872,6 +882,65 @@ def decide_refund(state: State, command: Refund, now_us: int, credit: CreditChec
     ]
 
 
+
+# -- transfers between ledger groups (ADR 0013): prepare and settle at the receiver's group,
+# settle and abort at the sender's. The commit itself is ``decide_transfer`` at the sender's
+# group, with the receiver group's verdict as its credit check.
+
+
+def decide_reserve_credit(state: State, command: ReserveCredit, now_us: int, *, pending: int = 0) -> Decision:
+    """Prepare: the credit checks of ADR 0001 on ``to_wallet_id``, counting what is already
+    reserved on it (``pending``: this shard's transfers in flight; the group's reservations are
+    in the state), then the reservation. A transaction reserved already answers ``[]`` (the
+    verdict stands: a retried prepare); a failure is the verdict, recorded nowhere."""
+    if command.transaction_id in state.reservations:
+        return []
+    assert 1 <= command.amount <= INT64_MAX
+    check = check_credit_to(state, command.to_wallet_id, command.amount,
+                            pending=pending + state.reserved_in.get(command.to_wallet_id, 0))
+    if check.failure is not None:
+        return check.failure
+    assert check.asset is not None
+    return [CreditReserved(
+        transaction_id=command.transaction_id, wallet_id=command.to_wallet_id, asset=check.asset,
+        amount=command.amount, from_wallet_id=command.from_wallet_id, from_group=command.from_group,
+        description=command.description, metadata=command.metadata, at_us=now_us,
+    )]
+
+
+def decide_settle_reservation(state: State, command: SettleReservation, now_us: int) -> Decision:
+    """Credit or release a reservation; ``[]`` when it is gone (settled before: a repeated
+    settle changes nothing). The credit needs no check: the reservation made it safe."""
+    reservation = state.reservations.get(command.transaction_id)
+    if reservation is None:
+        return []
+    assert reservation.wallet_id == command.wallet_id, (reservation, command)
+    return [ReservationSettled(
+        transaction_id=reservation.transaction_id, wallet_id=reservation.wallet_id, asset=reservation.asset,
+        amount=reservation.amount, from_wallet_id=reservation.from_wallet_id, from_group=reservation.from_group,
+        description=reservation.description, metadata=reservation.metadata, reserved_at_us=reservation.at_us,
+        credited=command.credit, at_us=now_us,
+    )]
+
+
+def decide_settle_transit(state: State, command: SettleTransit, now_us: int) -> Decision:
+    """Stops owing the named transfers that are still owed (the others were settled before)."""
+    owed = state.directory.owed
+    settled = tuple(dict.fromkeys(id_ for id_ in command.transaction_ids if id_ in owed))
+    return [TransitSettled(transaction_ids=settled, at_us=now_us)] if settled else []
+
+
+def decide_abort_transfers(state: State, command: AbortTransfers, now_us: int) -> Decision:
+    """Presumed abort: of the named transfers, those this group has not committed (not owed:
+    a committed one stays owed until its receiver credited it, and a receiver asks only about
+    reservations it still has) and not aborted already are aborted for good."""
+    directory = state.directory
+    aborted = tuple(dict.fromkeys(
+        id_ for id_ in command.transaction_ids if id_ not in directory.owed and id_ not in directory.aborted
+    ))
+    return [TransfersAborted(transaction_ids=aborted, at_us=now_us)] if aborted else []
+
+
 def decide(state: State, command: object, now_us: int) -> Decision:
     """Decides any command against a state that holds every wallet it names (one shard, or
     the whole ledger). The shard actors call the per-command functions directly."""
@@ -911,5 +980,13 @@ def decide(state: State, command: object, now_us: int) -> Decision:
     if isinstance(command, Refund):
         credit = check_credit_to(state, command.to_wallet_id, refund_reservation(command))
         return decide_refund(state, command, now_us, credit)
+    if isinstance(command, ReserveCredit):
+        return decide_reserve_credit(state, command, now_us)
+    if isinstance(command, SettleReservation):
+        return decide_settle_reservation(state, command, now_us)
+    if isinstance(command, SettleTransit):
+        return decide_settle_transit(state, command, now_us)
+    if isinstance(command, AbortTransfers):
+        return decide_abort_transfers(state, command, now_us)
     raise AssertionError(f"unknown command {command!r}")
 

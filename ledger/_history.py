@@ -55,6 +55,7 @@ from ledger._model import (
     HoldCreated,
     HoldVoided,
     Refunded,
+    ReservationSettled,
     TransactionStatus,
     TransactionType,
     Transferred,
@@ -418,7 +419,10 @@ class History:
         started = time.perf_counter_ns()
         connection = self._connection._conn
         # Every money event with its entry position, in log order.
-        moves: list[tuple[int, int, Transferred | HoldCreated | HoldCaptured | HoldVoided | Refunded]] = []
+        # A credited ``ReservationSettled`` is the credit of a transfer from another ledger group
+        # (ADR 0013): an entry of its receiver.
+        moves: list[tuple[int, int, Transferred | HoldCreated | HoldCaptured | HoldVoided | Refunded
+                          | ReservationSettled]] = []
         wallets = []
         for lsn, event in records:
             if isinstance(event, Transferred | HoldCreated | HoldCaptured | HoldVoided | Refunded):
@@ -428,10 +432,13 @@ class History:
                 moves.extend((lsn, base + index, transfer) for index, transfer in enumerate(event.transfers))
             elif isinstance(event, WalletCreated):
                 wallets.append((lsn, event.wallet_id, event.owner_id, event.asset))
+            elif isinstance(event, ReservationSettled) and event.credited:
+                moves.append((lsn, lsn << POSITION_BITS, event))
         touched = sorted(
-            {wallet_id for _, _, event in moves if not isinstance(event, HoldVoided | HoldCreated)
+            {wallet_id for _, _, event in moves if not isinstance(event, HoldVoided | HoldCreated | ReservationSettled)
              for wallet_id in (event.from_wallet_id, event.to_wallet_id)}
             | {event.from_wallet_id for _, _, event in moves if isinstance(event, HoldCreated)}
+            | {event.wallet_id for _, _, event in moves if isinstance(event, ReservationSettled)}
         )
         # Running balances: a cache in front of the balances table (one entry per wallet that
         # moved money since start), so a batch rarely has to read them back.
@@ -456,6 +463,19 @@ class History:
         posted = int(TransactionStatus.POSTED)
         pending = int(TransactionStatus.PENDING)
         for lsn, pos, event in moves:
+            if isinstance(event, ReservationSettled):
+                # The receiver's statement joins its entries with their transactions: the
+                # transaction is written here too (its sender's group has the original, at the
+                # commit's LSN; reads by id go there), without its searchable metadata.
+                transactions.append(
+                    (pos, event.transaction_id, lsn, int(TransactionType.TRANSFER), event.from_wallet_id,
+                     event.wallet_id, event.asset, event.amount, event.description,
+                     None if event.metadata is None else json.dumps(event.metadata), event.at_us, posted)
+                )
+                receiver = balances[event.wallet_id] = balances.get(event.wallet_id, 0) + event.amount
+                entries.append((event.wallet_id, pos, event.transaction_id, int(TransactionType.TRANSFER), CREDIT,
+                                event.amount, receiver, event.from_wallet_id, event.at_us, posted))
+                continue
             if isinstance(event, HoldVoided):
                 status = int(TransactionStatus.FAILED if event.reason == VoidReason.REFUSED
                              else TransactionStatus.VOIDED)

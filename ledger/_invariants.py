@@ -24,6 +24,7 @@ from ledger._model import (
     IdempotencyRecord,
     RefundTally,
     Rejection,
+    Reservation,
     TransactionType,
     Wallet,
     WalletStatus,
@@ -42,6 +43,7 @@ def check_invariants(
     withdrawals: Iterable[Withdrawal] = (),
     alerts: Iterable[Alert] = (),
     refunded: Iterable[tuple[str, RefundTally]] = (),
+    reservations: Iterable[Reservation] = (),
 ) -> None:
     """O(N) check of the ledger's invariants over every wallet, hold, withdrawal and alert (pass
     all of them: a wallet's ``held`` must equal the sum of its holds). Raises AssertionError."""
@@ -86,7 +88,9 @@ def check_invariants(
         assert alert.lsn <= directory.lsn, alert
         alerted.setdefault(alert.wallet_id, []).append(alert)
     assert alert_count == len(directory.alert_wallets)
+    by_id: dict[str, Wallet] = {}
     for wallet in wallets:
+        by_id[wallet.id] = wallet
         watching = alerted.pop(wallet.id, ())
         assert len(watching) <= ALERTS_PER_WALLET_MAX, wallet
         for alert in watching:
@@ -125,6 +129,21 @@ def check_invariants(
             assert wallet.balance == 0, wallet
         totals[wallet.asset] = totals.get(wallet.asset, 0) + wallet.balance
     assert not held, f"holds on unknown wallets: {sorted(held)}"
+    reserved: dict[str, int] = {}
+    for reservation in reservations:
+        # Incoming transfers from other groups (ADR 0013): on open wallets of their asset.
+        assert reservation.amount >= 1, reservation
+        receiver = by_id.get(reservation.wallet_id)
+        assert receiver is not None, reservation
+        assert receiver.asset == reservation.asset and receiver.status != WalletStatus.CLOSED, (receiver, reservation)
+        reserved[receiver.id] = reserved.get(receiver.id, 0) + reservation.amount
+        assert receiver.balance + reserved[receiver.id] <= INT64_MAX, (receiver, reservation)
+    if directory.groups == 1:
+        assert not directory.transit and not directory.owed and not directory.aborted and not reserved
+    assert not directory.owed.keys() & directory.aborted, sorted(directory.owed.keys() & directory.aborted)
+    for asset, amount in directory.transit.items():
+        # A group's wallets, treasury and transit account sum to zero.
+        totals[asset] = totals.get(asset, 0) + amount
     for transaction_id, tally in refunded:
         # Refunds of one original never sum past its posted amount.
         assert 1 <= tally.refunded <= tally.original_amount, (transaction_id, tally)
@@ -179,6 +198,7 @@ def state_digest(
     alerts: Iterable[Alert] = (),
     crossings: Iterable[AlertFired] = (),
     refunded: Iterable[tuple[str, RefundTally]] = (),
+    reservations: Iterable[Reservation] = (),
 ) -> str:
     """A digest of everything the state holds, independent of dict order and shard layout.
     (No holds, withdrawals or alerts digest exactly as before they existed.)"""
@@ -224,13 +244,26 @@ def state_digest(
     for transaction_id, tally in sorted(refunded, key=lambda item: item[0]):
         digest.update(repr(("refunded", transaction_id, tally.wallet_id, tally.original_amount,
                             tally.refunded)).encode())
+    if directory.groups > 1:
+        # A ledger of one group digests as before groups existed.
+        digest.update(repr(("group", directory.group, directory.groups, sorted(directory.transit.items()),
+                            sorted(directory.owed.items()), sorted(directory.aborted))).encode())
+        for reservation in sorted(reservations, key=lambda reservation: reservation.transaction_id):
+            digest.update(repr(("reserved", reservation.transaction_id, reservation.wallet_id, reservation.asset,
+                                reservation.amount, reservation.from_wallet_id, reservation.from_group,
+                                reservation.description, json.dumps(reservation.metadata, sort_keys=True),
+                                reservation.at_us)).encode())
     digest.update(repr(directory.lsn).encode())
     return digest.hexdigest()
 
 
 def check_state(state: State) -> None:
     check_invariants(state.wallets.values(), state.directory, state.holds.values(), state.withdrawals.values(),
-                     state.alerts.values(), state.refunded.items())
+                     state.alerts.values(), state.refunded.items(), state.reservations.values())
+    reserved: dict[str, int] = {}
+    for reservation in state.reservations.values():
+        reserved[reservation.wallet_id] = reserved.get(reservation.wallet_id, 0) + reservation.amount
+    assert reserved == state.reserved_in, (reserved, state.reserved_in)
     for wallet_id, watching in state.watched.items():
         assert watching, wallet_id
         assert all(alert.wallet_id == wallet_id and state.alerts.get(alert.id) is alert for alert in watching)
@@ -241,5 +274,5 @@ def check_state(state: State) -> None:
 
 def digest_state(state: State) -> str:
     return state_digest(state.wallets.values(), state.directory, state.holds.values(), state.withdrawals.values(),
-                        state.alerts.values(), state.crossings, state.refunded.items())
+                        state.alerts.values(), state.crossings, state.refunded.items(), state.reservations.values())
 

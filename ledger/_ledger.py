@@ -36,16 +36,18 @@ from typing import Any
 
 import anyio
 
-from ledger import _decide, _invariants, _state
+from ledger import _apply, _decide, _invariants, _state
 from ledger._batch import _AtomicLead, _CreditGroup, _Pause, commit_atomic
-from ledger._decide import Decision
+from ledger._codec import encode_event
+from ledger._decide import CreditCheck, Decision
 from ledger._events import EventFeed
 from ledger._history import History, weight
 from ledger._key_index import KeyIndex, trim
 from ledger._key_tier import KeyTier
-from ledger._messages import BatchReply, Reply, shard_of
+from ledger._messages import REMOTE, Aborted, BatchReply, Reply, _DebitStep, shard_of
 from ledger._model import (
     BATCH_ITEMS_MAX,
+    AbortTransfers,
     AdvanceWithdrawal,
     Alert,
     AlertView,
@@ -60,6 +62,7 @@ from ledger._model import (
     CreateWallet,
     DeleteAlert,
     Duplicate,
+    GroupConfigured,
     Hold,
     Idempotency,
     ItemOutcome,
@@ -68,9 +71,14 @@ from ledger._model import (
     RefundTally,
     Rejection,
     RequestWithdrawal,
+    Reservation,
+    ReserveCredit,
     ResolveHold,
     RevokeToken,
+    SettleReservation,
+    SettleTransit,
     Token,
+    TransactionType,
     Transfer,
     UpdateWallet,
     Wallet,
@@ -281,8 +289,11 @@ class Ledger:
         mailbox_capacity: int | None = None,
         memory_keys: int | None = None,
         replicate: Replicate | None = None,
+        group: int = 0,
+        groups: int = 1,
     ) -> None:
-        """``memory_keys``: keep at most that many idempotency records in memory and the older
+        """``group`` and ``groups``: this ledger is group ``group`` of a cluster of ``groups``
+        (ADR 0013); its log says so from its first record, and it cannot change. ``memory_keys``: keep at most that many idempotency records in memory and the older
         ones in ``<data>/idempotency.sqlite3`` (``ledger._key_tier``); None keeps them all in
         memory (tests, tools, the simulation). ``replicate``: cluster mode (``server._member``):
         each group commit is durable once replicated, not once fsynced here."""
@@ -324,6 +335,15 @@ class Ledger:
             **options,
         )
         self.events = EventFeed(data_dir / "wal", durable_lsn=result.next_lsn - 1)
+        directory = self.directory
+        self._group_record: GroupConfigured | None = None
+        if (directory.group, directory.groups) != (group, groups):
+            if directory.groups != 1 or directory.lsn != 0:
+                raise ValueError(
+                    f"this log belongs to group {directory.group} of {directory.groups}, "
+                    f"not group {group} of {groups}: the group table never changes on a cluster")
+            assert groups > 1 and 0 <= group < groups, (group, groups)
+            self._group_record = GroupConfigured(group=group, groups=groups, at_us=self.clock())
         states = [State(directory=self.directory) for _ in range(shards)]
         for wallet_id, wallet in recovered.state.wallets.items():
             states[shard_of(wallet_id, shards)].wallets[wallet_id] = wallet
@@ -337,6 +357,8 @@ class Ledger:
             states[shard_of(firing.wallet_id, shards)].crossings.append(firing)
         for transaction_id, tally in recovered.state.refunded.items():
             states[shard_of(tally.wallet_id, shards)].refunded[transaction_id] = tally
+        for transaction_id, reservation in recovered.state.reservations.items():
+            states[shard_of(reservation.wallet_id, shards)].reservations[transaction_id] = reservation
         _state.index_holds(self.directory, states)
         self.shards: list[Shard] = []
         shard_options: dict[str, Any] = {}
@@ -374,6 +396,11 @@ class Ledger:
         """Runs the WAL writer, the history projector and the shard actors until ``stop`` (or
         a crash of any). On the way out the log is flushed and the projector drained."""
         await self.history.attach()
+        record = self._group_record
+        if record is not None and self.wal.failed is None:
+            # The log's first record (``__init__`` checked that it is empty).
+            _apply.apply_directory(self.directory, record, self.wal.append(encode_event(record), record))
+            self._group_record = None
         if self.wal.failed is None:
             self.fire_owed_alerts()
         async with anyio.create_task_group() as group:
@@ -578,6 +605,64 @@ class Ledger:
         commit_atomic(self.shards, commands, reply)
         return reply
 
+    # -- transfers between ledger groups (ADR 0013) ----------------------------------------
+
+    async def reserve_credit(self, command: ReserveCredit) -> CreditCheck:
+        """Prepare, at the receiver's group: the verdict (the receiver's asset, or the reason it
+        may not receive), given once the reservation is durable."""
+        shard = self._shard(command.to_wallet_id)
+        decision = await self._wait(shard.submit_command(command))
+        wallet = shard.state.wallets.get(command.to_wallet_id)
+        asset = None if wallet is None else wallet.asset
+        if isinstance(decision, Rejection):
+            return CreditCheck(asset=asset, failure=decision)
+        assert asset is not None
+        return CreditCheck(asset=asset, failure=None)
+
+    async def transfer_across(self, command: Transfer, credit: CreditCheck) -> ItemOutcome | Aborted:
+        """Commit, at the sender's group, of a transfer whose receiver (in another group) was
+        prepared with ``credit`` as its verdict: decided like any transfer on the sender's
+        shard; accepted, its credit goes to this group's transit account and the group owes it
+        to the receiver's. ``Aborted`` when the receiver's group has had it aborted."""
+        assert self.directory.groups > 1
+        assert command.hold_timeout_s is None and command.type == TransactionType.TRANSFER, command
+        assert command.from_wallet_id is not None
+        shard = self._shard(command.from_wallet_id)
+
+        def submit() -> Reply:
+            shard._wal.check_writable()
+            reply = Reply()
+            shard._submit(_DebitStep(command, credit, REMOTE, 0, reply))
+            return reply
+
+        outcome: ItemOutcome | Aborted = await self._keyed(command.idempotency, submit)
+        return outcome
+
+    async def settle_reservation(self, transaction_id: str, wallet_id: str, *, credit: bool) -> bool:
+        """Credits or releases a reservation; False when it was gone already."""
+        decision = await self._wait(self._shard(wallet_id).submit_command(
+            SettleReservation(transaction_id=transaction_id, wallet_id=wallet_id, credit=credit)))
+        return bool(decision)
+
+    async def settle_transit(self, transaction_ids: list[str]) -> None:
+        """The receivers credited these transfers: this group stops owing them."""
+        await self._wait(self.shards[0].submit_command(SettleTransit(transaction_ids=tuple(transaction_ids))))
+
+    async def resolve_transfers(self, transaction_ids: list[str]) -> dict[str, bool]:
+        """Presumed abort, for a receiver's group that holds reservations of these transfers:
+        each is True (committed here: the receiver credits it) or False (aborted here for
+        good: the receiver releases it), durably so before the answer."""
+        await self._wait(self.shards[0].submit_command(AbortTransfers(transaction_ids=tuple(transaction_ids))))
+        owed = self.directory.owed
+        return {transaction_id: transaction_id in owed for transaction_id in transaction_ids}
+
+    def owed(self) -> dict[str, str]:
+        """Committed transfers to other groups not yet credited there: id -> receiving wallet."""
+        return dict(self.directory.owed)
+
+    def all_reservations(self) -> list[Reservation]:
+        return [reservation for shard in self.shards for reservation in shard.state.reservations.values()]
+
     async def change_status(self, command: ChangeWalletStatus) -> Decision:
         return await self._wait(self._shard(command.wallet_id).submit_command(command))
 
@@ -766,8 +851,12 @@ class Ledger:
             state.wallets.update(shard.state.wallets)
             state.refunded.update(shard.state.refunded)
             state.holds.update(shard.state.holds)
+            state.reservations.update(shard.state.reservations)
             state.withdrawals.update(shard.state.withdrawals)
             state.crossings.extend(shard.state.crossings)
+        for reservation in state.reservations.values():
+            state.reserved_in[reservation.wallet_id] = (
+                state.reserved_in.get(reservation.wallet_id, 0) + reservation.amount)
         # Alerts in creation order (the order each wallet evaluates its own in).
         for alert in sorted(self.all_alerts(), key=lambda alert: alert.lsn):
             state.alerts[alert.id] = alert
@@ -777,12 +866,13 @@ class Ledger:
     def check_invariants(self) -> None:
         """``check_invariants`` over the live shards (call when they are idle)."""
         _invariants.check_invariants(self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals(),
-                                     self.all_alerts(), self.all_refunded())
+                                     self.all_alerts(), self.all_refunded(), self.all_reservations())
 
     def digest(self) -> str:
         return _invariants.state_digest(
             self.all_wallets(), self.directory, self.all_holds(), self.all_withdrawals(), self.all_alerts(),
             [firing for shard in self.shards for firing in shard.state.crossings], self.all_refunded(),
+            self.all_reservations(),
         )
 
 

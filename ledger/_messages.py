@@ -18,6 +18,7 @@ import anyio
 
 from ledger._decide import CreditCheck, refund_reservation
 from ledger._model import (
+    AbortTransfers,
     AdvanceWithdrawal,
     BatchFailed,
     ChangeWalletStatus,
@@ -32,8 +33,11 @@ from ledger._model import (
     Refund,
     Refunded,
     RequestWithdrawal,
+    ReserveCredit,
     ResolveHold,
     RevokeToken,
+    SettleReservation,
+    SettleTransit,
     Transfer,
     Transferred,
     UpdateWallet,
@@ -80,7 +84,19 @@ Movement = Transfer | ResolveHold | CompleteWithdrawal | Refund
 LocalCommand = (
     CreateWallet | ChangeWalletStatus | CreateAsset | CreateToken | RevokeToken | ResolveHold
     | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal | CreateAlert | DeleteAlert | UpdateWallet
+    | ReserveCredit | SettleReservation | SettleTransit | AbortTransfers
 )
+# ``_DebitStep.credit_shard`` of a transfer whose receiver is in another ledger group: its
+# verdict came from that group's prepare, and its credit goes to this group's transit account.
+REMOTE = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Aborted:
+    """The reply to a commit whose reservation the receiver's group had asked this group to
+    abort (ADR 0013): it can never be committed; the caller prepares again."""
+
+    transaction_id: str
 
 
 def credit_target(command: Movement, route_amount: int = 0) -> tuple[str, int, bool]:

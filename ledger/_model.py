@@ -471,10 +471,56 @@ class Refund:
     owner_id: str | None = None
 
 
+
+# -- transfers between ledger groups (ADR 0013, "a two-phase commit decided by the sender's
+# group"): every command below touches one shard of one group, and its event one wallet at most.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReserveCredit:
+    """Prepare, at the receiver's group: check that ``to_wallet_id`` may receive ``amount``
+    and reserve it for ``transaction_id``, a transfer from ``from_wallet_id`` decided by group
+    ``from_group``. Asked again for a transaction already reserved, it answers the same."""
+
+    transaction_id: str
+    to_wallet_id: str
+    amount: int
+    from_wallet_id: str
+    from_group: int
+    description: str | None
+    metadata: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SettleReservation:
+    """The sender's group decided ``transaction_id``: credit its reservation (``credit``) or
+    release it. Nothing to do once the reservation is gone (settled before)."""
+
+    transaction_id: str
+    wallet_id: str
+    credit: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SettleTransit:
+    """At the sender's group: the receivers credited these transfers; stop owing them."""
+
+    transaction_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AbortTransfers:
+    """At the sender's group: a receiver asks what became of these reserved transfers; the
+    ones not committed here are aborted for good (presumed abort)."""
+
+    transaction_ids: tuple[str, ...]
+
+
 Command = (
     CreateAsset | CreateWallet | ChangeWalletStatus | Transfer | CreateToken | RevokeToken
     | ResolveHold | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal | CompleteWithdrawal
-    | CreateAlert | DeleteAlert | UpdateWallet | Refund
+    | CreateAlert | DeleteAlert | UpdateWallet | Refund | ReserveCredit | SettleReservation | SettleTransit
+    | AbortTransfers
 )
 
 
@@ -768,10 +814,74 @@ class Refunded:
         return TransactionType.REFUND
 
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupConfigured:
+    """This ledger is group ``group`` of a cluster of ``groups`` (ADR 0013): its first record in
+    cluster mode, so that every replay of its log knows which transfers leave the group (their
+    receiver is not one of its wallets). It never changes afterwards."""
+
+    group: int
+    groups: int
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreditReserved:
+    """``amount`` is reserved on ``wallet_id`` for a transfer between groups that group
+    ``from_group`` decides; the wallet cannot be closed while it has reservations, and its
+    overflow check counts them. The display fields come back in the credit."""
+
+    transaction_id: str
+    wallet_id: str
+    asset: str
+    amount: int
+    from_wallet_id: str
+    from_group: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReservationSettled:
+    """The reservation of ``transaction_id`` ends: credited to its wallet from this group's
+    transit account (``credited``), or released. Self-contained: it repeats the reservation."""
+
+    transaction_id: str
+    wallet_id: str
+    asset: str
+    amount: int
+    from_wallet_id: str
+    from_group: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    reserved_at_us: int
+    credited: bool
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransitSettled:
+    """The sender's group no longer owes these transfers: their receivers credited them."""
+
+    transaction_ids: tuple[str, ...]
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransfersAborted:
+    """The sender's group will never commit these reserved transfers (presumed abort)."""
+
+    transaction_ids: tuple[str, ...]
+    at_us: int
+
+
 Event = (
     AssetCreated | WalletCreated | WalletStatusChanged | Transferred | TransfersPosted | TokenCreated
     | TokenRevoked | HoldCreated | HoldCaptured | HoldVoided | WithdrawalUpdated
     | AlertCreated | AlertDeleted | AlertsTriggered | RequestsRefused | Refunded | WalletUpdated
+    | GroupConfigured | CreditReserved | ReservationSettled | TransitSettled | TransfersAborted
 )
 
 
@@ -874,6 +984,23 @@ class Hold:
     deadline_us: int  # 0: never expires
     lsn: int
 
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reservation:
+    """An incoming transfer from another group, reserved on one of this group's wallets
+    (``CreditReserved``) and owned by that wallet's shard until settled."""
+
+    transaction_id: str
+    wallet_id: str
+    asset: str
+    amount: int
+    from_wallet_id: str
+    from_group: int
+    description: str | None
+    metadata: dict[str, Any] | None
+    at_us: int
+    lsn: int
 
 class Withdrawal:
     """A withdrawal and its payout state, owned by its wallet's shard. Kept after it ends

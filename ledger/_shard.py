@@ -70,6 +70,8 @@ from ledger._batch import (
 from ledger._codec import encode_event
 from ledger._decide import CreditCheck
 from ledger._messages import (
+    REMOTE,
+    Aborted,
     BatchReply,
     LocalCommand,
     Movement,
@@ -91,9 +93,11 @@ from ledger._model import (
     ChangeWalletStatus,
     Committed,
     CompleteWithdrawal,
+    CreditReserved,
     Duplicate,
     Event,
     ExpireHolds,
+    GroupConfigured,
     HoldCaptured,
     HoldCreated,
     HoldVoided,
@@ -102,10 +106,14 @@ from ledger._model import (
     Refunded,
     Rejection,
     RequestsRefused,
+    ReservationSettled,
+    ReserveCredit,
     ResolveHold,
     Transfer,
     Transferred,
     TransferRow,
+    TransfersAborted,
+    TransitSettled,
     Wallet,
     WithdrawalUpdated,
     new_committed,
@@ -431,6 +439,10 @@ class Shard:
                 self._peers[credit_shard]._post(_ApplyCredit(None, credited, reserved, 0))
             reply._wake(failed)
             return
+        if credit_shard == REMOTE and isinstance(command, Transfer) and command.transaction_id in self.state.directory.aborted:
+            # The receiver's group asked, and was told, that this transfer will never commit.
+            self._resolve(reply, Aborted(command.transaction_id), self._wal.last_lsn)
+            return
         now_us = self._clock()
         decision: _decide.Decision
         if isinstance(command, Transfer):
@@ -461,7 +473,10 @@ class Shard:
             assert not reserved
         else:
             assert isinstance(event, Transferred | HoldCaptured | Refunded)
-            if credit_shard == self.index:
+            if credit_shard == REMOTE:
+                assert isinstance(event, Transferred), event  # holds and refunds across groups: later
+                _apply.apply_sent_across(self.state.directory, event)
+            elif credit_shard == self.index:
                 _apply.apply_credit(self.state, event, lsn)
             else:
                 # A capture never takes less than step 1 reserved (the router's view was stale
@@ -491,7 +506,9 @@ class Shard:
                 self._apply_sender(event, lsn)
             elif isinstance(event, AlertCreated | AlertDeleted | AlertsTriggered):
                 _apply.apply_alerts(self.state, event, lsn)
-            else:
+            elif isinstance(event, CreditReserved | ReservationSettled):
+                _apply.apply_reservation(self.state, event, lsn)
+            elif not isinstance(event, GroupConfigured | TransitSettled | TransfersAborted):
                 _apply.apply_wallets(self.state, event, lsn)
         return lsn
 
@@ -688,9 +705,12 @@ class Shard:
         now_us = self._clock()
         decision: _decide.Decision
         if isinstance(command, ChangeWalletStatus):
-            # The one local command that needs this shard's reservations too.
+            # The local commands that need this shard's reservations too.
             pending = self._pending.get(command.wallet_id, 0)
             decision = _decide.decide_change_status(state, command, now_us, pending=pending)
+        elif isinstance(command, ReserveCredit):
+            pending = self._pending.get(command.to_wallet_id, 0)
+            decision = _decide.decide_reserve_credit(state, command, now_us, pending=pending)
         else:
             assert not isinstance(command, ResolveHold) or not command.capture  # captures move money
             decision = _decide.decide(state, command, now_us)

@@ -37,11 +37,18 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
     limits count | (version 4) how many wallets follow in the limits section        | 1
     limits       | wallet_id, overdraft, daily, monthly, floor (nil, nil, nil, nil  | that many
                  | without limits), day (nil: never spent), spent_day, spent_month  |
+    groups       | (version 5) group, groups, transit [[asset, amount]], owed        | 1
+                 | [[transaction, wallet]], aborted [transaction], reservations     |
+                 | [[transaction, wallet, asset, amount, from wallet, from group,   |
+                 | description, metadata, at_us, lsn]], each sorted                 |
 
 Version 1 (before holds) had no hold or withdrawal counts or entities; version 2 (before
 balance alerts) no alert or crossing counts or entities; version 3 (before final outcomes,
 refunds and wallet limits) no refusal or refund tally counts, no refusals, tallies or limits
 section (a wallet loads without limits and without spending); all still decode.
+
+Version 5 is written only by a ledger that is one group of several (ADR 0013): version 4 and
+the groups object at the end; a ledger of one group still writes version 4.
 
 Version 4 added three sections after the crossings. Refusals: the idempotency records of
 refused requests (final outcomes, whose ``event`` is the ``Rejection``; ``reason`` is the
@@ -89,6 +96,7 @@ from ledger._model import (
     Reason,
     RefundTally,
     Rejection,
+    Reservation,
     Token,
     TransactionType,
     Wallet,
@@ -100,6 +108,8 @@ from ledger._model import (
 from ledger._state import Directory, State, index_holds
 
 SNAPSHOT_CODEC_VERSION = 4
+# What a group of a cluster of several groups writes: version 4 and one section more (ADR 0013).
+GROUPED_CODEC_VERSION = 5
 # Entities per chunk: bounds the memory a chunk takes while it is written, at a cost of one
 # list join per chunk (one chunk per entity would be a write call per entity).
 CHUNK_RECORDS = 10_000
@@ -107,7 +117,7 @@ CHUNK_RECORDS = 10_000
 # idempotency record: an event (itself within the WAL's 16 MiB payload limit) plus its key.
 ENTITY_BYTES_MAX = 17 * 1024 * 1024
 
-_HEADER_FIELDS = {1: 7, 2: 9, 3: 11, 4: 13}
+_HEADER_FIELDS = {1: 7, 2: 9, 3: 11, 4: 13, 5: 13}
 
 assert CHUNK_RECORDS >= 1
 assert ENTITY_BYTES_MAX > 16 * 1024 * 1024
@@ -142,7 +152,10 @@ def encode_state(state: State) -> Iterator[bytes]:
               len(state.refunded))
     limited_count = _limited_count(state)
     packer = msgpack.Packer(use_bin_type=True)
-    yield packer.pack([SNAPSHOT_CODEC_VERSION, lsn, directory.at_us, *counts])
+    # A ledger of one group writes version 4 (byte for byte as before groups existed); a group
+    # of a cluster of several, version 5 with its section at the end.
+    grouped = directory.groups > 1
+    yield packer.pack([GROUPED_CODEC_VERSION if grouped else SNAPSHOT_CODEC_VERSION, lsn, directory.at_us, *counts])
 
     def entities() -> Iterator[Any]:
         for asset in directory.assets.values():
@@ -209,6 +222,16 @@ def encode_state(state: State) -> Iterator[bytes]:
                       else (limits.overdraft, limits.daily, limits.monthly, limits.floor)),
                     None if window is None else window.day, wallet.spent_day, wallet.spent_month,
                 ]
+        if grouped:
+            # Version 5: the group's part of transfers between groups (ADR 0013), one object.
+            yield [
+                directory.group, directory.groups, sorted(directory.transit.items()),
+                sorted(directory.owed.items()), sorted(directory.aborted),
+                [[reservation.transaction_id, reservation.wallet_id, reservation.asset, reservation.amount,
+                  reservation.from_wallet_id, reservation.from_group, reservation.description,
+                  reservation.metadata, reservation.at_us, reservation.lsn]
+                 for reservation in sorted(state.reservations.values(), key=lambda r: r.transaction_id)],
+            ]
 
     chunk: list[bytes] = []
     written = 0
@@ -222,7 +245,7 @@ def encode_state(state: State) -> Iterator[bytes]:
             chunk = []
     if chunk:
         yield b"".join(chunk)
-    assert written == sum(counts) + 1 + limited_count
+    assert written == sum(counts) + 1 + limited_count + grouped
     # The state changed under a lazy consumer: the image would mix two LSNs.
     assert directory.lsn == lsn, (directory.lsn, lsn)
 
@@ -246,6 +269,12 @@ def _str(value: Any, what: str) -> str:
 def _bytes(value: Any, what: str) -> bytes:
     if type(value) is not bytes:
         raise CodecError(f"{what}: expected bytes, got {value!r:.80}")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if type(value) is not list:
+        raise CodecError(f"{what}: expected an array, got {value!r:.80}")
     return value
 
 
@@ -548,9 +577,38 @@ def _decode(body: bytes, decode_events: bool) -> State:
             if wallet.spent_day == wallet.spent_month:
                 wallet.spent_month = wallet.spent_day  # one int object for both (memory, like apply)
 
+    reservations: dict[str, Reservation] = {}
+    if version >= 5:
+        group, groups, transit, owed, aborted, reserved = _fields(unpacker.unpack(), 6, "groups")
+        directory.groups = _int(groups, "groups", 2, 1 << 16)
+        directory.group = _int(group, "group", 0, directory.groups - 1)
+        for pair in _list(transit, "transit"):
+            asset, amount = _fields(pair, 2, "transit")
+            directory.transit[_str(asset, "transit asset")] = _int(amount, "transit amount")
+        for pair in _list(owed, "owed"):
+            transaction_id, wallet_id = _fields(pair, 2, "owed")
+            directory.owed[_str(transaction_id, "owed transaction")] = _str(wallet_id, "owed wallet")
+        directory.aborted.update(_str(item, "aborted transaction") for item in _list(aborted, "aborted"))
+        for item in _list(reserved, "reservations"):
+            (transaction_id, wallet_id, asset, amount, from_id, from_group, description, metadata, reserved_at,
+             reserved_lsn) = _fields(item, 10, "reservation")
+            if (description is not None and type(description) is not str) or (
+                    metadata is not None and type(metadata) is not dict):
+                raise CodecError("reservation: description or metadata of the wrong type")
+            reservation = Reservation(
+                transaction_id=_str(transaction_id, "reservation transaction"),
+                wallet_id=_str(wallet_id, "reservation wallet"), asset=_str(asset, "reservation asset"),
+                amount=_int(amount, "reservation amount", 1), from_wallet_id=_str(from_id, "reservation sender"),
+                from_group=_int(from_group, "reservation group", 0), description=description, metadata=metadata,
+                at_us=_int(reserved_at, "reservation at_us"),
+                lsn=_int(reserved_lsn, "reservation lsn", 1, directory.lsn),
+            )
+            if reservation.wallet_id not in wallets:
+                raise CodecError(f"reservation of unknown wallet {reservation.wallet_id!r}")
+            reservations[reservation.transaction_id] = reservation
     if unpacker.tell() != len(body):
         raise CodecError(f"{len(body) - unpacker.tell()} bytes after the last entity")
     state = State(directory=directory, wallets=wallets, holds=holds, withdrawals=withdrawals, alerts=alerts,
-                  crossings=crossings, refunded=refunded)
+                  crossings=crossings, refunded=refunded, reservations=reservations)
     index_holds(directory, [state])
     return state

@@ -24,6 +24,7 @@ from ledger._model import (
     Hold,
     IdempotencyRecord,
     RefundTally,
+    Reservation,
     Token,
     Wallet,
     Withdrawal,
@@ -53,6 +54,19 @@ class Directory:
     alert_wallets: dict[str, str] = field(default_factory=dict)
     lsn: int = 0
     at_us: int = 0
+    # Transfers between ledger groups (ADR 0013). ``transit``: this group's transit account per
+    # asset (credited by what its wallets send to other groups, debited by what they receive
+    # from them; a group's wallets, treasury and transit sum to zero). ``owed``: transfers this
+    # group committed whose receiver (in another group) has not yet been seen to credit them,
+    # by id, with that wallet. ``aborted``: reserved transfers this group will never commit.
+    transit: dict[str, int] = field(default_factory=dict)
+    owed: dict[str, str] = field(default_factory=dict)
+    aborted: set[str] = field(default_factory=set)
+    # Which group of how many this ledger is (``GroupConfigured``, the log's first record in a
+    # cluster of several groups). Above 1, a transfer whose receiver this group does not hold
+    # is one to another group: its credit goes to transit.
+    group: int = 0
+    groups: int = 1
 
 
 @dataclass(slots=True)
@@ -75,6 +89,10 @@ class State:
     # originals refunded at least once have an entry; entries are never dropped (a fully
     # refunded original must keep refusing).
     refunded: dict[str, RefundTally] = field(default_factory=dict)
+    # Incoming transfers from other groups reserved on this state's wallets, by transaction id,
+    # and their sum per wallet (derived: ``index_holds`` rebuilds it).
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    reserved_in: dict[str, int] = field(default_factory=dict)
 
 
 def index_holds(directory: Directory, states: Iterable[State]) -> None:
@@ -85,6 +103,10 @@ def index_holds(directory: Directory, states: Iterable[State]) -> None:
     directory.alert_wallets.clear()
     for state in states:
         state.watched.clear()
+        state.reserved_in.clear()
+        for reservation in state.reservations.values():
+            state.reserved_in[reservation.wallet_id] = (
+                state.reserved_in.get(reservation.wallet_id, 0) + reservation.amount)
         for alert in state.alerts.values():
             directory.alert_wallets[alert.id] = alert.wallet_id
             state.watched.setdefault(alert.wallet_id, []).append(alert)

@@ -23,9 +23,11 @@ from ledger import (
     Asset,
     AssetCreated,
     Committed,
+    CreditReserved,
     Duplicate,
     Entry,
     Event,
+    GroupConfigured,
     HoldCaptured,
     HoldCreated,
     HoldVoided,
@@ -33,13 +35,16 @@ from ledger import (
     Refunded,
     Rejection,
     RequestsRefused,
+    ReservationSettled,
     TokenCreated,
     TokenRevoked,
     TransactionRow,
     TransactionStatus,
     TransactionType,
     Transferred,
+    TransfersAborted,
     TransfersPosted,
+    TransitSettled,
     VoidReason,
     WalletCreated,
     WalletStatus,
@@ -362,9 +367,11 @@ def event_items(lsn: int, event: Event) -> list[dict[str, Any]]:
         return [event_body(lsn, transfer) for transfer in event.transfers]
     if isinstance(event, AlertsTriggered):
         return [firing_body(lsn, event.at_us, firing) for firing in event.firings]
-    if isinstance(event, RequestsRefused):
-        # Final outcomes recorded under keys: not money events, not shown (the cursor still
-        # moves past them: a page's ``next_after`` is its last record's LSN).
+    if isinstance(event, RequestsRefused | GroupConfigured | CreditReserved | ReservationSettled | TransitSettled
+                  | TransfersAborted):
+        # Final outcomes recorded under keys, and the steps of transfers between ledger groups
+        # (the transfer itself is its sender group's record): not shown (the cursor still moves
+        # past them: a page's ``next_after`` is its last record's LSN).
         return []
     return [event_body(lsn, event)]
 

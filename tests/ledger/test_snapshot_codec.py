@@ -445,7 +445,7 @@ def _with(base: list[Any], index: int, value: Any) -> list[Any]:
         (b"", "undecodable"),
         (packed([]), "expected an array"),
         (packed({"version": 1}), "expected an array"),
-        (packed(_with(GOOD_HEADER, 0, 5)), "unknown snapshot codec version 5"),
+        (packed(_with(GOOD_HEADER, 0, 6)), "unknown snapshot codec version 6"),
         (packed(GOOD_V4, GOOD_ASSET, GOOD_WALLET), "undecodable"),  # the limits section is missing
         (packed(GOOD_V4, GOOD_ASSET, GOOD_WALLET, 2, [treasury_id("USD"), 0, None, None, 0, None, 0, 0]),
          "limits count"),

@@ -1,0 +1,254 @@
+"""Transfers between ledger groups, the ledger's half (ADR 0013, "a two-phase commit decided by
+the sender's group"): two group ledgers in one process, driven step by step as a worker and the
+owners would drive them. Prepare at the receiver's group (a durable reservation), commit at the
+sender's (its record is the commit point; the money goes to its transit account), credit or
+release at the receiver's, settle at the sender's; presumed abort for a reservation whose commit
+never came. Each group replays from its own log to the state it had live, snapshots included,
+and the two groups together are zero-sum per asset."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from ledger import (
+    Aborted,
+    ChangeWalletStatus,
+    Committed,
+    CreditCheck,
+    Duplicate,
+    Ledger,
+    Reason,
+    Rejection,
+    ReserveCredit,
+    WalletStatus,
+    build_snapshot,
+    check_state,
+    digest_state,
+    recover,
+)
+from ledger.testing import setup, transfer
+
+GROUPS = 2
+
+
+@asynccontextmanager
+async def running(path: Path, group: int, **options: object) -> AsyncIterator[Ledger]:
+    ledger = Ledger(await trio.to_thread.run_sync(recover, path), path, group=group, groups=GROUPS, shards=3,
+                    **options)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        try:
+            yield ledger
+        finally:
+            ledger.check_invariants()
+            await ledger.stop()
+
+
+def reserve(number: int, source: str, target: str, amount: int) -> ReserveCredit:
+    return ReserveCredit(transaction_id=f"tx{number}", to_wallet_id=target, amount=amount, from_wallet_id=source,
+                         from_group=0, description="rent", metadata={"k": "v"})
+
+
+def balances(ledger: Ledger) -> dict[str, int]:
+    return {wallet.id: wallet.balance for wallet in ledger.all_wallets()}
+
+
+async def replayed_digest(path: Path) -> str:
+    recovered = await trio.to_thread.run_sync(recover, path)
+    try:
+        check_state(recovered.state)
+        return digest_state(recovered.state)
+    finally:
+        recovered.close()
+
+
+async def test_a_transfer_between_groups_moves_the_money_once_through_both_transit_accounts(tmp_path: Path) -> None:
+    a_path, b_path = tmp_path / "g0", tmp_path / "g1"
+    async with running(a_path, 0) as a, running(b_path, 1) as b:
+        await setup(a, ["alice"], deposit=1000)
+        await setup(b, ["bob"], deposit=0)
+        verdict = await b.reserve_credit(reserve(1, "alice", "bob", 300))
+        assert verdict == CreditCheck(asset="USD", failure=None)
+        assert [r.transaction_id for r in b.all_reservations()] == ["tx1"]
+        # A prepare asked again (a retry) answers the same and reserves nothing more.
+        assert await b.reserve_credit(reserve(1, "alice", "bob", 300)) == verdict
+        assert len(b.all_reservations()) == 1
+        committed = await a.transfer_across(transfer(1, "alice", "bob", 300, key="k1"), verdict)
+        assert isinstance(committed, Committed)
+        assert committed.event.to_wallet_id == "bob" and committed.event.amount == 300
+        assert a.owed() == {"tx1": "bob"}
+        assert balances(a) == {"alice": 700, "treasury:USD": -1000}
+        assert a.directory.transit == {"USD": 300}
+        # Nothing reached bob before the credit.
+        assert balances(b)["bob"] == 0
+        assert await b.settle_reservation("tx1", "bob", credit=True)
+        assert not await b.settle_reservation("tx1", "bob", credit=True)  # asked twice: once
+        assert balances(b) == {"bob": 300, "treasury:USD": 0}
+        assert b.directory.transit == {"USD": -300}
+        assert b.all_reservations() == []
+        await a.settle_transit(["tx1"])
+        assert a.owed() == {}
+        # The two groups together: every balance and both transit accounts sum to zero.
+        assert sum(balances(a).values()) + sum(balances(b).values()) == 0
+        assert a.directory.transit["USD"] + b.directory.transit["USD"] == 0
+        live = (a.digest(), b.digest())
+        history = await b.history.entries("bob", before=None, limit=10)  # type: ignore[union-attr]
+    assert [(e.transaction_id, e.direction, e.amount, e.balance_after, e.counterparty_wallet_id)
+            for e in history] == [("tx1", "credit", 300, 300, "alice")]
+    assert (await replayed_digest(a_path), await replayed_digest(b_path)) == live
+
+
+async def test_a_refused_commit_releases_the_reservation_and_a_key_answers_its_first_outcome(tmp_path: Path) -> None:
+    async with running(tmp_path / "g0", 0) as a, running(tmp_path / "g1", 1) as b:
+        await setup(a, ["alice"], deposit=100)
+        await setup(b, ["bob"], deposit=0)
+        verdict = await b.reserve_credit(reserve(1, "alice", "bob", 500))
+        refused = await a.transfer_across(transfer(1, "alice", "bob", 500, key="k"), verdict)
+        assert isinstance(refused, Rejection) and refused.reason == Reason.INSUFFICIENT_FUNDS
+        assert a.owed() == {} and a.directory.transit == {}
+        assert await b.settle_reservation("tx1", "bob", credit=False)
+        assert balances(b)["bob"] == 0 and b.all_reservations() == [] and b.directory.transit == {}
+        # The same key again (a client's retry: a new transaction id, prepared again): the
+        # recorded refusal, and the new reservation is released in turn.
+        verdict = await b.reserve_credit(reserve(2, "alice", "bob", 500))
+        again = await a.transfer_across(transfer(2, "alice", "bob", 500, key="k"), verdict)
+        assert again == refused
+        assert await b.settle_reservation("tx2", "bob", credit=False)
+        # A committed key answers its commit, and owes nothing twice.
+        verdict = await b.reserve_credit(reserve(3, "alice", "bob", 40))
+        first = await a.transfer_across(transfer(3, "alice", "bob", 40, key="k3"), verdict)
+        verdict = await b.reserve_credit(reserve(4, "alice", "bob", 40))
+        second = await a.transfer_across(transfer(4, "alice", "bob", 40, key="k3"), verdict)
+        assert isinstance(first, Committed) and isinstance(second, Duplicate)
+        assert second.record.event == first.event
+        assert a.owed() == {"tx3": "bob"}
+        assert balances(a)["alice"] == 60
+
+
+async def test_the_receiver_checks_count_reservations_and_a_reserved_wallet_cannot_be_closed(tmp_path: Path) -> None:
+    async with running(tmp_path / "g1", 1) as b:
+        await setup(b, ["bob", "carol"], deposit=0)
+        missing = await b.reserve_credit(reserve(1, "alice", "nobody", 5))
+        assert missing.asset is None and missing.failure is not None
+        assert missing.failure.reason == Reason.RECEIVER_NOT_FOUND
+        assert (await b.reserve_credit(reserve(2, "alice", "bob", 2**63 - 10))).failure is None
+        overflow = await b.reserve_credit(reserve(3, "alice", "bob", 11))
+        assert overflow.failure is not None and overflow.failure.reason == Reason.BALANCE_OVERFLOW
+        closing = await b.change_status(ChangeWalletStatus(wallet_id="bob", status=WalletStatus.CLOSED))
+        assert isinstance(closing, Rejection) and closing.reason == Reason.WALLET_NOT_EMPTY
+        assert await b.settle_reservation("tx2", "bob", credit=False)
+        assert await b.change_status(ChangeWalletStatus(wallet_id="bob", status=WalletStatus.CLOSED)) != closing
+        closed = await b.reserve_credit(reserve(4, "alice", "bob", 5))
+        assert closed.failure is not None and closed.failure.reason == Reason.RECEIVER_CLOSED
+        # A frozen wallet may receive.
+        await b.change_status(ChangeWalletStatus(wallet_id="carol", status=WalletStatus.FROZEN))
+        assert (await b.reserve_credit(reserve(5, "alice", "carol", 5))).failure is None
+
+
+async def test_presumed_abort_a_reservation_the_sender_never_committed_is_aborted_for_good(tmp_path: Path) -> None:
+    a_path, b_path = tmp_path / "g0", tmp_path / "g1"
+    async with running(a_path, 0) as a, running(b_path, 1) as b:
+        await setup(a, ["alice"], deposit=100)
+        await setup(b, ["bob"], deposit=0)
+        late = await b.reserve_credit(reserve(1, "alice", "bob", 10))
+        done = await b.reserve_credit(reserve(2, "alice", "bob", 20))
+        assert isinstance(await a.transfer_across(transfer(2, "alice", "bob", 20), done), Committed)
+        # The receiver's group asks about both of its reservations: tx2 is committed (credit
+        # it), tx1 is not and never will be.
+        assert await a.resolve_transfers(["tx1", "tx2"]) == {"tx1": False, "tx2": True}
+        assert await a.resolve_transfers(["tx1"]) == {"tx1": False}  # asked again: the same
+        # The commit that comes after the abort (a slow worker) is refused; nothing moved.
+        assert await a.transfer_across(transfer(1, "alice", "bob", 10), late) == Aborted("tx1")
+        assert balances(a)["alice"] == 80 and a.owed() == {"tx2": "bob"}
+        assert await b.settle_reservation("tx1", "bob", credit=False)
+        assert await b.settle_reservation("tx2", "bob", credit=True)
+        assert balances(b)["bob"] == 20
+        live = a.digest()
+    # The abort is in the log: after a restart the late commit is still refused.
+    assert await replayed_digest(a_path) == live
+    async with running(a_path, 0) as a:
+        assert await a.transfer_across(transfer(1, "alice", "bob", 10), late) == Aborted("tx1")
+        assert a.owed() == {"tx2": "bob"}
+
+
+async def test_reservations_and_what_is_owed_survive_restarts_and_snapshots(tmp_path: Path) -> None:
+    a_path, b_path = tmp_path / "g0", tmp_path / "g1"
+    async with running(a_path, 0) as a, running(b_path, 1) as b:
+        await setup(a, ["alice"], deposit=100)
+        await setup(b, ["bob"], deposit=0)
+        verdict = await b.reserve_credit(reserve(1, "alice", "bob", 30))
+        assert isinstance(await a.transfer_across(transfer(1, "alice", "bob", 30), verdict), Committed)
+        await b.reserve_credit(reserve(2, "alice", "bob", 7))
+        live = (a.digest(), b.digest())
+    for path in (a_path, b_path):
+        info = await trio.to_thread.run_sync(lambda p=path: build_snapshot(p, until_lsn=None, created_at_us=1))
+        assert info is not None
+    assert (await replayed_digest(a_path), await replayed_digest(b_path)) == live
+    # Both groups start again from their snapshots: the owed credit and both reservations are
+    # there, and the protocol finishes where it stopped.
+    async with running(a_path, 0) as a, running(b_path, 1) as b:
+        assert a.owed() == {"tx1": "bob"}
+        assert sorted(r.transaction_id for r in b.all_reservations()) == ["tx1", "tx2"]
+        assert await a.resolve_transfers(["tx1", "tx2"]) == {"tx1": True, "tx2": False}
+        assert await b.settle_reservation("tx1", "bob", credit=True)
+        assert await b.settle_reservation("tx2", "bob", credit=False)
+        await a.settle_transit(["tx1"])
+        assert balances(b)["bob"] == 30 and balances(a)["alice"] == 70
+        assert a.directory.transit["USD"] + b.directory.transit["USD"] == 0
+
+
+async def test_a_group_log_keeps_its_place_in_the_group_table(tmp_path: Path) -> None:
+    async with running(tmp_path, 1) as b:
+        await setup(b, ["bob"], deposit=0)
+    recovered = await trio.to_thread.run_sync(recover, tmp_path)
+    for group, groups in ((0, 2), (1, 3), (0, 1)):
+        with pytest.raises(ValueError, match="group table never changes"):
+            Ledger(recovered, tmp_path, group=group, groups=groups)
+    recovered.close()
+    # A log of one group cannot become a group of several either.
+    single = tmp_path / "single"
+    ledger = Ledger(await trio.to_thread.run_sync(recover, single), single)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        await setup(ledger, ["bob"], deposit=0)
+        await ledger.stop()
+    recovered = await trio.to_thread.run_sync(recover, single)
+    with pytest.raises(ValueError, match="group table never changes"):
+        Ledger(recovered, single, group=0, groups=2)
+    recovered.close()
+
+
+def test_the_records_of_transfers_between_groups_decode_to_themselves_and_refuse_garbage() -> None:
+    from ledger import (
+        CodecError,
+        CreditReserved,
+        GroupConfigured,
+        ReservationSettled,
+        TransfersAborted,
+        TransitSettled,
+        decode_event,
+        encode_event,
+    )
+
+    events = [
+        GroupConfigured(group=1, groups=3, at_us=5),
+        CreditReserved(transaction_id="tx1", wallet_id="bob", asset="USD", amount=3, from_wallet_id="alice",
+                       from_group=0, description=None, metadata={"a": [1, "b"]}, at_us=7),
+        ReservationSettled(transaction_id="tx1", wallet_id="bob", asset="USD", amount=3, from_wallet_id="alice",
+                           from_group=0, description="d", metadata=None, reserved_at_us=7, credited=True, at_us=9),
+        TransitSettled(transaction_ids=("tx1", "tx2"), at_us=11),
+        TransfersAborted(transaction_ids=("tx3",), at_us=12),
+    ]
+    for event in events:
+        assert decode_event(encode_event(event)) == event
+    import msgpack
+
+    for garbage in ([1, 24, [], 3], [1, 24, "tx1", 3], [1, 25, [7], 3], [1, 22, "tx1", "bob"],
+                    [1, 23, "tx1", "bob", "USD", 3, "alice", 0, None, None, 7, "yes", 9]):
+        with pytest.raises(CodecError):
+            decode_event(msgpack.packb(garbage))
