@@ -49,6 +49,10 @@ from server._supervisor import (
 log = logging.getLogger("server.cluster")
 
 GROUPS_BUILT = 1
+# Set to 1, ``--groups`` above 1 runs what is built of several groups (transfers between groups;
+# not yet holds, refunds and atomic batches between groups, search and the events feed): for the
+# tests and for trying it, not for money.
+GROUPS_PREVIEW_ENV = "WALLET_GROUPS_PREVIEW"
 MEMBERS = ("a", "b")
 CLUSTER_FILE = "cluster.json"
 STATUS_DIR = "members"
@@ -62,8 +66,9 @@ class ClusterSupervisor(Supervisor):
     def __init__(self, options: Any, *, groups: int, nodes: int, workers: int) -> None:
         from server._natsnodes import NatsCluster
 
+        options = dataclasses.replace(options, groups=groups)
         super().__init__(options, workers=workers)
-        assert groups == GROUPS_BUILT
+        assert 1 <= groups
         self.groups = groups
         self.nats = NatsCluster(self.data_dir / "nats", nodes=nodes)
         self.members = [Child("member", group * len(MEMBERS) + index, extra={"group": group, "member": name})
@@ -94,7 +99,7 @@ class ClusterSupervisor(Supervisor):
         return None  # the workers reach the owner over NATS, the members serve no shared socket
 
     def _worker_args(self) -> list[str]:
-        return ["--servers", ",".join(self.nats.urls), "--group", "0"]  # GROUPS_BUILT == 1
+        return ["--servers", ",".join(self.nats.urls), "--group", "0"]  # (all groups when --groups > 1)
 
     def _write_cluster(self) -> None:
         directory = run_dir(self.data_dir)

@@ -120,6 +120,7 @@ class Replica:
         self._stopped = threading.Event()
         self._wake = threading.Event()  # beat now, not at the next tick (``serving``)
         self._serving = False
+        self.servers: list[str] = []  # the NATS URLs, for its ports to the other groups
 
     # -- the WAL writer's hook (its thread) ------------------------------------------------
 
@@ -536,6 +537,7 @@ def run_member(options: Any, *, group: int, slot: str, servers: list[str], statu
     # owner's start (process, lock, subscription) took over 2 s on a loaded host when the beat
     # waited for the subscription, and a second standby replaced the new owner.
     replica = Replica(client, group=group, epoch=standby.epoch, last_seq=seq, node=node, status=status)
+    replica.servers = servers  # its ports to the other groups' owners (``server._crossing``)
     replica.lsn = standby.mirror.last_lsn
     replica.start()
     history.stop()

@@ -37,6 +37,7 @@ replies wait for the fsync).
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import itertools
 import logging
 import math
@@ -51,6 +52,7 @@ import anyio.abc
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ledger import (
+    Aborted,
     AdvanceWithdrawal,
     AlertView,
     Asset,
@@ -61,6 +63,7 @@ from ledger import (
     CreateAsset,
     CreateToken,
     CreateWallet,
+    CreditCheck,
     Decision,
     DeleteAlert,
     Entry,
@@ -77,6 +80,7 @@ from ledger import (
     Rejection,
     RemoteProjection,
     RequestWithdrawal,
+    ReserveCredit,
     RevokeToken,
     Token,
     TransactionQuery,
@@ -88,6 +92,7 @@ from ledger import (
     WalletView,
     WithdrawalStatus,
     WithdrawalView,
+    is_treasury,
 )
 from server import _wire as w
 from server._observe import register_ledger_collectors
@@ -121,6 +126,8 @@ class Status:
 
 w.register(Status)
 w.register(TransactionQuery)
+w.register(CreditCheck)
+w.register(Aborted)
 
 
 class LedgerPort(Protocol):
@@ -288,7 +295,13 @@ class LocalPort:
         return await self.ledger.alert(alert_id)
 
     async def wallet(self, wallet_id: str) -> WalletView | None:
-        return await self.ledger.wallet(wallet_id)
+        view = await self.ledger.wallet(wallet_id)
+        directory = self.ledger.directory
+        if view is not None and directory.groups > 1 and is_treasury(wallet_id):
+            # One group's part of a treasury: its treasury wallet and its transit account (a
+            # group's wallets, treasury and transit sum to zero; ``server._groups`` sums parts).
+            view = dataclasses.replace(view, balance=view.balance + directory.transit.get(view.asset, 0))
+        return view
 
     async def wallets(self, wallet_ids: list[str]) -> list[WalletView]:
         return await self.ledger.wallets(wallet_ids)
@@ -308,6 +321,23 @@ class LocalPort:
 
     async def assets(self) -> list[Asset]:
         return self.ledger.assets()
+
+    # -- transfers between ledger groups (ADR 0013; ``server._groups`` drives them) ----------
+
+    async def reserve_credit(self, command: ReserveCredit) -> CreditCheck:
+        return await self.ledger.reserve_credit(command)
+
+    async def transfer_across(self, command: Transfer, credit: CreditCheck) -> ItemOutcome | Aborted:
+        return await self.ledger.transfer_across(command, credit)
+
+    async def settle_reservation(self, transaction_id: str, wallet_id: str, credit: bool) -> bool:
+        return await self.ledger.settle_reservation(transaction_id, wallet_id, credit=credit)
+
+    async def settle_transit(self, transaction_ids: list[str]) -> None:
+        await self.ledger.settle_transit(transaction_ids)
+
+    async def resolve_transfers(self, transaction_ids: list[str]) -> dict[str, bool]:
+        return await self.ledger.resolve_transfers(transaction_ids)
 
     # -- the history read model (each waits until it shows what was durable on arrival) ------
 
@@ -397,6 +427,7 @@ METHODS = (
     "wallet", "wallets", "withdrawal", "withdrawals", "token", "asset", "assets", "transaction",
     "entries", "balance_at", "search_transactions", "wallet_ids", "events", "status", "take_snapshot",
     "metrics", "wait_projected", "sync_projection",
+    "reserve_credit", "transfer_across", "settle_reservation", "settle_transit", "resolve_transfers",
 )
 assert all(callable(getattr(LocalPort, name, None)) for name in METHODS)
 
@@ -703,6 +734,21 @@ class RemoteCalls:
 
     async def wallet(self, wallet_id: str) -> WalletView | None:
         return await self._call("wallet", wallet_id)
+
+    async def reserve_credit(self, command: ReserveCredit) -> CreditCheck:
+        return await self._call("reserve_credit", command)
+
+    async def transfer_across(self, command: Transfer, credit: CreditCheck) -> ItemOutcome | Aborted:
+        return await self._call("transfer_across", command, credit)
+
+    async def settle_reservation(self, transaction_id: str, wallet_id: str, credit: bool) -> bool:
+        return await self._call("settle_reservation", transaction_id, wallet_id, credit)
+
+    async def settle_transit(self, transaction_ids: list[str]) -> None:
+        await self._call("settle_transit", transaction_ids)
+
+    async def resolve_transfers(self, transaction_ids: list[str]) -> dict[str, bool]:
+        return await self._call("resolve_transfers", transaction_ids)
 
     async def wallets(self, wallet_ids: list[str]) -> list[WalletView]:
         return await self._call("wallets", wallet_ids)

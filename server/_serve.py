@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
 import anyio.lowlevel
@@ -105,6 +105,9 @@ class Owner(Protocol):
 
     def serving(self) -> None: ...
 
+    @property
+    def servers(self) -> list[str]: ...
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServeOptions:
     data_dir: Path
@@ -144,6 +147,7 @@ class ServeOptions:
     webhook_backoff_max_s: float = 600.0
     workers: int = 0  # the supervisor's; a child ignores it
     cluster: bool = False  # under ``wallet cluster up`` (``server._cluster``)
+    groups: int = 1  # a cluster's ledger groups (ADR 0013; ``server._groups``)
     # A cluster member's: the cluster's data directory, where the HTTP workers keep the webhook
     # endpoints (``webhooks.sqlite3``) that its dispatcher delivers (``data_dir`` is the member's).
     shared_dir: Path | None = None
@@ -448,6 +452,8 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                     mailbox_capacity=options.mailbox_capacity,
                     memory_keys=options.idempotency_memory_keys or None,
                     replicate=owner.replicate if owner is not None else None,
+                    group=owner.group if owner is not None and options.groups > 1 else 0,
+                    groups=options.groups if owner is not None else 1,
                 )
                 replayed, recovery_s = recovered.scan.records, recovered.seconds
                 # The shards own the wallets now: drop the recovered state's own dict of them
@@ -473,6 +479,8 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 group.start_soon(_until_cancelled, periodic, snapshotter.run)
                 projecting = anyio.CancelScope()
                 dispatching = anyio.CancelScope()
+                if owner is not None and options.groups > 1:
+                    await group.start(partial(_run_crossing, ledger, owner, options.groups))
                 if owner is not None:
                     # The read model and the webhook dispatcher in processes of their own, as
                     # with ``--workers N``, on a private socket whose calls are not confirmed:
@@ -561,6 +569,21 @@ CHILD_STOP_S = 5.0
 CHILD_RESTART_S = 1.0
 
 
+async def _run_crossing(ledger: Ledger, owner: Owner, groups: int, *,
+                        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """A group's owner among several: its ports to the other groups' owners, and what it
+    finishes of the transfers between groups (``server._crossing``)."""
+    from server._crossing import Crossing
+    from server._natsport import NatsPort
+
+    ports = {group: NatsPort(owner.servers, group=group) for group in range(groups) if group != owner.group}
+    async with anyio.create_task_group() as tasks:
+        for port in ports.values():
+            await tasks.start(port.run)
+        tasks.start_soon(Crossing(ledger, ports).run)
+        task_status.started()
+
+
 async def _owner_child(role: str, options: ServeOptions, socket_path: str) -> None:
     """A cluster owner's history projector (``serve_projector``) or webhook dispatcher
     (``serve_webhooks``) as its child process, restarted when it exits (both are crash-only:
@@ -624,7 +647,15 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int, serv
     # History reads query the projector process's SQLite file here, read-only; in a cluster
     # the group's owner keeps the read model and answers them over the port.
     remote: RemoteCalls
-    if options.cluster:
+    if options.cluster and options.groups > 1:
+        from server._groups import GroupRouter
+        from server._natsport import NatsPort
+
+        assert servers, "a cluster worker needs the NATS URLs"
+        # Every group's owner, each over its own port (ADR 0013): the router is duck-typed as a
+        # port (``LedgerPort``), which is all the routes ask of it.
+        remote = cast(RemoteCalls, GroupRouter([NatsPort(servers, group=group) for group in range(options.groups)]))
+    elif options.cluster:
         from server._natsport import NatsPort
 
         assert servers, "a cluster worker needs the NATS URLs"

@@ -1,0 +1,409 @@
+"""Several ledger groups (ADR 0013): the group table, and the port an HTTP worker uses to reach
+them all (``GroupRouter``), which drives the two-phase commit of a transfer between groups.
+
+**The group table** is static: ``group_of(wallet_id, groups)`` is a keyed hash of the id, not
+of its shard (``ledger.shard_of``), so that the wallets of one group still spread over all of
+its shards. It is part of the cluster's configuration and never changes on a live cluster (each
+group's log says which group it is: ``ledger.GroupConfigured``). A treasury id (``treasury:X``)
+names a wallet that every group has (its part of the treasury).
+
+**Where each call goes** (ADR 0013, *Several groups, revised*, point 4): a call about a wallet to
+that wallet's group; a transfer whose two wallets are in two groups through the protocol below;
+assets and tokens to every group (each group's wallets need their asset, and each owner checks
+the tokens of the calls it serves), answered by group 0; a treasury's balance summed over the
+groups (each group's treasury part and transit account); what is named by an id the worker did
+not make (alerts, holds, withdrawals, transactions) asked of every group.
+
+**A transfer between groups** (sender's wallet in group A, receiver's in group B):
+1. B ``reserve_credit``: the receiver's checks and a durable reservation, or the reason not;
+2. A ``transfer_across`` with that verdict: the commit point, and where the key is recorded (a
+   refusal of B's is recorded there too, in the check order of ADR 0001);
+3. B ``settle_reservation``: committed, the credit; refused or a replayed key, the release.
+Then A stops owing it (``settle_transit``, batched off the client's path). The answer waits for
+step 3 so that a read of the receiver after the ``201`` shows the money; a step this worker
+cannot finish (a group without owner, or this worker's death) is finished by the owners
+(``server._crossing``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+
+from ledger import (
+    Aborted,
+    AdvanceWithdrawal,
+    AlertView,
+    Asset,
+    BatchFailed,
+    ChangeWalletStatus,
+    Committed,
+    CreateAlert,
+    CreateAsset,
+    CreateToken,
+    CreateWallet,
+    Decision,
+    DeleteAlert,
+    Entry,
+    Event,
+    ItemOutcome,
+    Reason,
+    Refund,
+    Rejection,
+    RequestWithdrawal,
+    ReserveCredit,
+    RevokeToken,
+    Token,
+    TransactionQuery,
+    TransactionRow,
+    TransactionStatus,
+    TransactionType,
+    Transfer,
+    UpdateWallet,
+    WalletView,
+    WithdrawalStatus,
+    WithdrawalView,
+    is_treasury,
+)
+from server._port import RemoteCalls, Status, Unavailable
+
+log = logging.getLogger("groups")
+
+T = TypeVar("T")
+
+# How long the answer to a transfer between groups waits for the receiver's credit when the
+# receiver's group cannot be reached: the transfer is committed, the owners finish the credit.
+CREDIT_WAIT_S = 2.0
+# The sender's group is told what its receivers credited at most this often, in one call.
+SETTLE_EVERY_S = 0.05
+
+
+def group_of(wallet_id: str, groups: int) -> int:
+    """The group of a (non-treasury) wallet: static, independent of the shard layout."""
+    if groups == 1:
+        return 0
+    digest = hashlib.blake2b(wallet_id.encode(), digest_size=8, person=b"wallet-group").digest()
+    return int.from_bytes(digest, "little") % groups
+
+
+class GroupRouter:
+    """The ledger port of an HTTP worker in front of ``len(ports)`` groups (module docstring):
+    each call goes to its group's port, or to several."""
+
+    def __init__(self, ports: Sequence[RemoteCalls]) -> None:
+        assert len(ports) >= 2
+        self.ports = list(ports)
+        self.groups = len(ports)
+        self.connected = anyio.Event()
+        self._settled: list[list[str]] = [[] for _ in ports]
+        self._settle_wake = anyio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as group:
+            for port in self.ports:
+                await group.start(port.run)
+            group.start_soon(self._connected)
+            group.start_soon(self.settle_forever)
+            task_status.started()
+
+    async def _connected(self) -> None:
+        for port in self.ports:
+            await port.connected.wait()
+        self.connected.set()
+
+    def reachable(self) -> bool:
+        return all(port.reachable() for port in self.ports)
+
+    async def aclose(self) -> None:
+        for port in self.ports:
+            await port.aclose()
+
+    def _of(self, wallet_id: str) -> RemoteCalls:
+        return self.ports[group_of(wallet_id, self.groups)]
+
+    async def _first(self, ask: Callable[[RemoteCalls], Awaitable[T]], found: Callable[[T], bool]) -> T:
+        """Asks every group in turn until one answers what ``found`` accepts; else the last
+        answer. A group that cannot be reached fails the whole question (``Unavailable``):
+        the answer could be in it."""
+        answer: Any = None
+        for port in self.ports:
+            answer = await ask(port)
+            if found(answer):
+                return answer
+        return answer
+
+    async def _everywhere(self, ask: Callable[[RemoteCalls], Awaitable[T]]) -> list[T]:
+        """Asks every group at once; all answers, in group order."""
+        answers: list[Any] = [None] * self.groups
+        errors: list[BaseException] = []
+
+        async def one(index: int) -> None:
+            try:
+                answers[index] = await ask(self.ports[index])
+            except Exception as error:  # raised below as itself, not in an exception group
+                errors.append(error)
+
+        async with anyio.create_task_group() as group:
+            for index in range(self.groups):
+                group.start_soon(one, index)
+        if errors:
+            raise errors[0]
+        return answers
+
+    # -- money movements -----------------------------------------------------------------
+
+    async def transfer(self, command: Transfer) -> ItemOutcome:
+        receiver = group_of(command.to_wallet_id, self.groups)
+        if command.from_wallet_id is None:  # a deposit: the receiver's group and treasury part
+            return await self.ports[receiver].transfer(command)
+        sender = group_of(command.from_wallet_id, self.groups)
+        if sender == receiver:
+            return await self.ports[sender].transfer(command)
+        if command.hold_timeout_s is not None:
+            raise Unavailable("holds between ledger groups are not built yet")
+        return await self._across(command, sender, receiver)
+
+    async def _across(self, command: Transfer, sender: int, receiver: int) -> ItemOutcome:
+        assert command.from_wallet_id is not None
+        verdict = await self.ports[receiver].reserve_credit(ReserveCredit(
+            transaction_id=command.transaction_id, to_wallet_id=command.to_wallet_id, amount=command.amount,
+            from_wallet_id=command.from_wallet_id, from_group=sender, description=command.description,
+            metadata=command.metadata,
+        ))
+        # A refused prepare reserved nothing; the sender's group still decides (its own checks
+        # may come first in the check order, and the key records the outcome).
+        outcome: ItemOutcome | Aborted = await self.ports[sender].transfer_across(command, verdict)
+        if verdict.failure is not None:
+            assert not isinstance(outcome, Committed | Aborted), outcome
+            return outcome
+        committed = isinstance(outcome, Committed)
+        with anyio.move_on_after(CREDIT_WAIT_S):
+            try:
+                await self.ports[receiver].settle_reservation(command.transaction_id, command.to_wallet_id,
+                                                              committed)
+                if committed:
+                    self._settled[sender].append(command.transaction_id)
+                    self._settle_wake.set()
+            except Unavailable as error:
+                # The owners finish it: the receiver's asks the sender's what was decided.
+                log.info("transfer %s: group %d could not settle its reservation now (%s)",
+                         command.transaction_id, receiver, error)
+        if isinstance(outcome, Aborted):
+            raise Unavailable(f"transfer {command.transaction_id} was aborted by its receiver's group; retry")
+        return outcome
+
+    async def settle_forever(self) -> None:
+        """Tells each sender group, in one call per group, which of its transfers are credited."""
+        while True:
+            await self._settle_wake.wait()
+            self._settle_wake = anyio.Event()
+            await anyio.sleep(SETTLE_EVERY_S)
+            for index, settled in enumerate(self._settled):
+                if not settled:
+                    continue
+                self._settled[index] = []
+                try:
+                    await self.ports[index].settle_transit(settled)
+                except Exception as error:  # the owner finds them owed and asks again
+                    log.info("group %d: could not settle %d transfers now (%s)", index, len(settled), error)
+
+    async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> list[ItemOutcome] | BatchFailed:
+        groups = {group_of(wallet_id, self.groups) for command in commands
+                  for wallet_id in (command.from_wallet_id, command.to_wallet_id) if wallet_id is not None}
+        if len(groups) == 1:
+            return await self.ports[groups.pop()].transfer_batch(commands, atomic)
+        if atomic:
+            raise Unavailable("atomic batches between ledger groups are not built yet")
+        # In request order: runs of items inside one group go as one batch, the others alone.
+        outcomes: list[ItemOutcome] = []
+        run: list[Transfer] = []
+        run_group = -1
+        for command in commands:
+            sides = {group_of(wallet_id, self.groups) for wallet_id in (command.from_wallet_id, command.to_wallet_id)
+                     if wallet_id is not None}
+            if len(sides) == 1 and (not run or sides == {run_group}):
+                run.append(command)
+                run_group = next(iter(sides))
+                continue
+            if run:
+                outcomes += await self._run(run_group, run)
+                run = []
+            if len(sides) == 1:
+                run, run_group = [command], next(iter(sides))
+            else:
+                outcomes.append(await self.transfer(command))
+        if run:
+            outcomes += await self._run(run_group, run)
+        return outcomes
+
+    async def _run(self, group: int, commands: list[Transfer]) -> list[ItemOutcome]:
+        result = await self.ports[group].transfer_batch(commands, False)
+        assert not isinstance(result, BatchFailed)
+        return result
+
+    async def refund(self, command: Refund) -> ItemOutcome:
+        if group_of(command.from_wallet_id, self.groups) != group_of(command.to_wallet_id, self.groups) and not (
+                is_treasury(command.to_wallet_id)):
+            raise Unavailable("refunds between ledger groups are not built yet")
+        return await self._of(command.from_wallet_id).refund(command)
+
+    async def resolve_hold(self, transaction_id: str, capture: bool, amount: int | None, owner_id: str | None,
+                           idempotency: Any) -> ItemOutcome:
+        return await self._first(
+            lambda port: port.resolve_hold(transaction_id, capture, amount, owner_id, idempotency),
+            lambda outcome: not (isinstance(outcome, Rejection) and outcome.reason == Reason.NOT_PENDING))
+
+    async def request_withdrawal(self, command: RequestWithdrawal) -> ItemOutcome:
+        return await self._of(command.wallet_id).request_withdrawal(command)
+
+    async def advance_withdrawal(self, command: AdvanceWithdrawal) -> Decision | Committed:
+        return await self._first(
+            lambda port: port.advance_withdrawal(command),
+            lambda outcome: not (isinstance(outcome, Rejection) and outcome.reason == Reason.WITHDRAWAL_NOT_FOUND))
+
+    # -- wallets, alerts -----------------------------------------------------------------
+
+    async def create_wallet(self, command: CreateWallet) -> Decision:
+        return await self._of(command.wallet_id).create_wallet(command)
+
+    async def change_status(self, command: ChangeWalletStatus) -> Decision:
+        return await self._of(command.wallet_id).change_status(command)
+
+    async def update_wallet(self, command: UpdateWallet) -> Decision:
+        return await self._of(command.wallet_id).update_wallet(command)
+
+    async def create_alert(self, command: CreateAlert) -> Decision:
+        return await self._of(command.wallet_id).create_alert(command)
+
+    async def delete_alert(self, command: DeleteAlert) -> Decision:
+        return await self._first(
+            lambda port: port.delete_alert(command),
+            lambda outcome: not (isinstance(outcome, Rejection) and outcome.reason == Reason.ALERT_NOT_FOUND))
+
+    async def alerts(self, wallet_id: str) -> list[AlertView] | None:
+        return await self._of(wallet_id).alerts(wallet_id)
+
+    async def alert(self, alert_id: str) -> AlertView | None:
+        return await self._first(lambda port: port.alert(alert_id), lambda view: view is not None)
+
+    async def wallet(self, wallet_id: str) -> WalletView | None:
+        if not is_treasury(wallet_id):
+            return await self._of(wallet_id).wallet(wallet_id)
+        # Every group's part (its treasury and its transit account: ``LocalPort.wallet``).
+        parts = await self._everywhere(lambda port: port.wallet(wallet_id))
+        if any(part is None for part in parts):
+            return None
+        views = [part for part in parts if part is not None]
+        return dataclasses.replace(
+            views[0], balance=sum(view.balance for view in views), held=sum(view.held for view in views),
+            updated_at_us=max(view.updated_at_us for view in views), lsn=max(view.lsn for view in views))
+
+    async def wallets(self, wallet_ids: list[str]) -> list[WalletView]:
+        by_group: dict[int, list[str]] = {}
+        for wallet_id in wallet_ids:
+            by_group.setdefault(group_of(wallet_id, self.groups), []).append(wallet_id)
+        found: dict[str, WalletView] = {}
+        for group, ids in by_group.items():
+            for view in await self.ports[group].wallets(ids):
+                found[view.id] = view
+        return [found[wallet_id] for wallet_id in wallet_ids if wallet_id in found]
+
+    async def wallet_ids(self, owner_id: str | None, asset: str | None, after_lsn: int,
+                         limit: int) -> list[tuple[int, str]]:
+        """Pages over every group in one order: a wallet's position is its creation LSN times
+        the group count plus its group (the cursor the route makes is such a position)."""
+        after, after_group = divmod(after_lsn, self.groups) if after_lsn else (0, -1)
+        merged: list[tuple[int, str]] = []
+        for group, port in enumerate(self.ports):
+            since = after - 1 if group > after_group else after
+            for lsn, wallet_id in await port.wallet_ids(owner_id, asset, max(0, since), limit):
+                if (lsn, group) > (after, after_group):
+                    merged.append((lsn * self.groups + group, wallet_id))
+        merged.sort()
+        return merged[:limit]
+
+    async def balance_at(self, wallet_id: str, at_us: int) -> int:
+        return await self._of(wallet_id).balance_at(wallet_id, at_us)
+
+    async def entries(self, wallet_id: str, before: int | None, limit: int, type_: TransactionType | None,
+                      status: TransactionStatus | None, since_us: int | None, until_us: int | None) -> list[Entry]:
+        return await self._of(wallet_id).entries(wallet_id, before, limit, type_, status, since_us, until_us)
+
+    # -- withdrawals, transactions ---------------------------------------------------------
+
+    async def withdrawal(self, withdrawal_id: str) -> WithdrawalView | None:
+        return await self._first(lambda port: port.withdrawal(withdrawal_id), lambda view: view is not None)
+
+    async def withdrawals(self, statuses: frozenset[WithdrawalStatus] | None,
+                          owner_id: str | None) -> list[WithdrawalView]:
+        parts = await self._everywhere(lambda port: port.withdrawals(statuses, owner_id))
+        return sorted((view for part in parts for view in part), key=lambda view: (view.created_at_us, view.id))
+
+    async def transaction(self, transaction_id: str) -> TransactionRow | None:
+        """The sender's group's row: the receiver's group of a transfer between groups keeps a
+        copy for its statements, made at its credit (a later LSN)."""
+        rows = await self._everywhere(lambda port: port.transaction(transaction_id))
+        found = [(group, row) for group, row in enumerate(rows) if row is not None]
+        for group, row in found:
+            if is_treasury(row.from_wallet_id) or group_of(row.from_wallet_id, self.groups) == group:
+                return row
+        return found[0][1] if found else None
+
+    async def search_transactions(self, query: TransactionQuery) -> tuple[list[TransactionRow], int | None]:
+        raise Unavailable("transaction search across ledger groups is not built yet")
+
+    # -- the directory: assets and tokens, in every group ---------------------------------
+
+    async def create_asset(self, command: CreateAsset) -> Decision:
+        answers = [await port.create_asset(command) for port in self.ports]
+        return answers[0]
+
+    async def create_token(self, command: CreateToken) -> Decision:
+        answers = [await port.create_token(command) for port in self.ports]
+        return answers[0]
+
+    async def revoke_token(self, command: RevokeToken) -> Decision:
+        answers = [await port.revoke_token(command) for port in self.ports]
+        return answers[0]
+
+    async def token(self, token_hash: bytes) -> Token | None:
+        return await self.ports[0].token(token_hash)
+
+    async def asset(self, code: str) -> Asset | None:
+        return await self.ports[0].asset(code)
+
+    async def assets(self) -> list[Asset]:
+        return await self.ports[0].assets()
+
+    # -- operations ----------------------------------------------------------------------
+
+    async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Event]]:
+        raise Unavailable("the events feed across ledger groups is not served yet")
+
+    async def status(self) -> Status:
+        statuses = await self._everywhere(lambda port: port.status())
+        reasons = [f"group {group}: {status.reason}" for group, status in enumerate(statuses) if status.reason]
+        return Status("; ".join(reasons) or None, max(status.durable_lsn for status in statuses))
+
+    async def take_snapshot(self) -> tuple[int | None, int]:
+        answers = await self._everywhere(lambda port: port.take_snapshot())
+        return answers[0]
+
+    async def metrics(self) -> str:
+        return "".join(await self._everywhere(lambda port: port.metrics()))
+
+    async def wait_projected(self) -> int:
+        return max(await self._everywhere(lambda port: port.wait_projected()))
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"GroupRouter has no {name!r}: no route may call it across groups")
+
+

@@ -1,0 +1,234 @@
+"""``wallet cluster up --groups 2`` end to end (ADR 0013, several groups): transfers inside a
+group and between the two, under load from clients that retry each key until it is answered,
+while one group's owner is SIGKILLed. Checked against the clients' own record: every
+acknowledged transfer is there once (its key answers the same transaction), every balance is
+what the record says, the treasury (its parts and transit accounts in both groups) balances the
+wallets to zero, and the other group served while the killed one had no owner."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+
+from server._cluster import GROUPS_PREVIEW_ENV
+from server._groups import group_of
+from tests.e2e._cluster import ClusterProcess
+from tests.e2e._server import ADMIN_TOKEN
+from wallet_client import WalletClient
+
+GROUPS = 2
+TAKEOVER_LIMIT_S = 15.0
+START = 1_000_000
+
+
+def _healthy(view: dict[str, Any]) -> bool:
+    return len(view["groups"]) == GROUPS and all(
+        group["owner"] is not None and len(group["standbys"]) == 1 for group in view["groups"])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(GROUPS_PREVIEW_ENV, "1")
+        process = ClusterProcess(tmp_path_factory.mktemp("groups") / "data",
+                                 extra_args=["--groups", str(GROUPS), "--snapshot-every", "200"])
+        process.start()
+    try:
+        process.wait_for(_healthy, timeout_s=60)
+        with WalletClient(process.url, token=ADMIN_TOKEN) as client:
+            client.create_asset("USD", 2)
+        yield process
+    finally:
+        if process.process is not None and process.process.poll() is None:
+            assert process.terminate() == 0, process.log_tail()
+
+
+def _wallets(cluster: ClusterProcess, per_group: int) -> dict[int, list[str]]:
+    """``per_group`` new wallets in each group, each with START deposited."""
+    found: dict[int, list[str]] = {group: [] for group in range(GROUPS)}
+    with WalletClient(cluster.url, token=ADMIN_TOKEN) as client:
+        while any(len(ids) < per_group for ids in found.values()):
+            wallet_id = f"w-{uuid.uuid4().hex[:10]}"
+            ids = found[group_of(wallet_id, GROUPS)]
+            if len(ids) < per_group:
+                client.create_wallet("o", "USD", id=wallet_id)
+                client.deposit(wallet_id, START)
+                ids.append(wallet_id)
+    return found
+
+
+def _until_served(request: Any, timeout_s: float = 30.0) -> httpx.Response:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response: httpx.Response = request()
+        if response.status_code != 503 or time.monotonic() >= deadline:
+            return response
+        time.sleep(0.2)
+
+
+class Clients:
+    """Keyed transfers from a few threads between ``pairs`` (sender, receiver), each key retried
+    until answered: the record of what the service acknowledged, with the time of each answer."""
+
+    def __init__(self, cluster: ClusterProcess, pairs: list[tuple[str, str]], threads: int = 4) -> None:
+        self.cluster = cluster
+        self.pairs = pairs
+        self.acknowledged: dict[str, tuple[str, str, int, str, float]] = {}
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(seed,), daemon=True) for seed in range(threads)]
+
+    def __enter__(self) -> Clients:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=90)
+        assert not any(thread.is_alive() for thread in self.threads), "a client never got its answer"
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.acknowledged)
+
+    def wait(self, count: int, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.count() < count:
+            assert all(thread.is_alive() for thread in self.threads), "a client thread died"
+            assert time.monotonic() < deadline, f"only {self.count()} of {count} transfers acknowledged"
+            time.sleep(0.05)
+
+    def _run(self, seed: int) -> None:
+        n = seed
+        with self.cluster.client() as client:
+            while not self.stop.is_set():
+                n += len(self.threads)
+                sender, receiver = self.pairs[n % len(self.pairs)]
+                key, amount = str(uuid.uuid4()), 1 + n % 7
+                body = {"from_wallet_id": sender, "to_wallet_id": receiver, "amount": amount}
+                while True:
+                    try:
+                        response = client.post("/v1/transfers", json=body, headers={"Idempotency-Key": key})
+                    except httpx.HTTPError:
+                        time.sleep(0.05)
+                        continue
+                    if response.status_code == 503:
+                        assert response.headers.get("Retry-After"), response.text
+                        time.sleep(0.05)
+                        continue
+                    assert response.status_code == 201, response.text
+                    with self.lock:
+                        self.acknowledged[key] = (sender, receiver, amount, response.json()["id"], time.monotonic())
+                    break
+
+
+def _check(cluster: ClusterProcess, wallets: list[str], clients: Clients) -> None:
+    expected = {wallet_id: START for wallet_id in wallets}
+    with cluster.client() as client:
+        for sender, receiver, amount, _, _ in clients.acknowledged.values():
+            expected[sender] -= amount
+            expected[receiver] += amount
+        sample = list(clients.acknowledged.items())[:: max(1, len(clients.acknowledged) // 40)]
+        for key, (sender, receiver, amount, transaction_id, _) in sample:
+            again = _until_served(partial(
+                client.post, "/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": receiver,
+                                                    "amount": amount}, headers={"Idempotency-Key": key}))
+            assert again.status_code in (200, 201) and again.json()["id"] == transaction_id, again.text
+            found = _until_served(partial(client.get, f"/v1/transactions/{transaction_id}"))
+            assert found.status_code == 200, found.text
+            assert (found.json()["from_wallet_id"], found.json()["to_wallet_id"], found.json()["amount"]) == (
+                sender, receiver, amount)
+        # Credits the workers could not finish (a receiver without owner) are finished by the
+        # owners within seconds: wait for the balances, then every one must be exact.
+        deadline = time.monotonic() + 20
+        while True:
+            balances = {}
+            for wallet_id in expected:
+                response = _until_served(partial(client.get, f"/v1/wallets/{wallet_id}"))
+                assert response.status_code == 200, response.text
+                balances[wallet_id] = response.json()["balance"]
+            if balances == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert balances == expected
+        treasury = _until_served(partial(client.get, "/v1/wallets/treasury:USD"))
+        assert treasury.status_code == 200, treasury.text
+        assert treasury.json()["balance"] == -START * len(wallets) == -sum(balances.values())
+
+
+def test_transfers_between_groups_survive_an_owner_kill_and_the_other_group_keeps_serving(
+        cluster: ClusterProcess) -> None:
+    by_group = _wallets(cluster, per_group=3)
+    wallets = [wallet_id for ids in by_group.values() for wallet_id in ids]
+    across = [(a, b) for a in by_group[0] for b in by_group[1]] + [(b, a) for a in by_group[0] for b in by_group[1]]
+    inside = [(a, b) for a in by_group[0] for b in by_group[0] if a != b]
+    with Clients(cluster, across, threads=3) as between, Clients(cluster, inside, threads=2) as within:
+        between.wait(60)
+        within.wait(40)
+        view = cluster.view()
+        victim = view["groups"][1]["owner"]["pid"]
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        view = cluster.wait_for(lambda view: view["groups"][1]["owner"] is not None
+                                and view["groups"][1]["owner"]["pid"] != victim, timeout_s=TAKEOVER_LIMIT_S + 15)
+        took_over = time.monotonic()
+        assert took_over - killed < TAKEOVER_LIMIT_S
+        # Group 0 answered inside its own group while group 1 had no owner.
+        with within.lock:
+            during = [at for *_, at in within.acknowledged.values() if killed < at < took_over]
+        assert during, "group 0 answered nothing while group 1 had no owner"
+        count = between.count()
+        between.wait(count + 40, timeout_s=60)  # transfers between the groups go on
+    assert between.count() > 100
+    _check_all(cluster, wallets, [between, within])
+
+
+def _check_all(cluster: ClusterProcess, wallets: list[str], all_clients: list[Clients]) -> None:
+    merged = Clients(cluster, [])
+    for clients in all_clients:
+        merged.acknowledged.update(clients.acknowledged)
+    _check(cluster, wallets, merged)
+
+
+def test_a_transfer_between_groups_reads_back_at_once_with_its_statement_entries(cluster: ClusterProcess) -> None:
+    by_group = _wallets(cluster, per_group=1)
+    sender, receiver = by_group[0][0], by_group[1][0]
+    with cluster.client() as client:
+        sent = client.post("/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": receiver, "amount": 250,
+                                                  "description": "rent"}, headers={"Idempotency-Key": "rent-1"})
+        assert sent.status_code == 201, sent.text
+        assert client.get(f"/v1/wallets/{receiver}").json()["balance"] == START + 250
+        assert client.get(f"/v1/wallets/{sender}").json()["balance"] == START - 250
+        credit = client.get(f"/v1/wallets/{receiver}/transactions").json()["items"][0]
+        assert (credit["transaction_id"], credit["direction"], credit["amount"], credit["counterparty_wallet_id"],
+                credit["description"], credit["balance_after"]) == (sent.json()["id"], "credit", 250, sender, "rent",
+                                                                    START + 250)
+        debit = client.get(f"/v1/wallets/{sender}/transactions").json()["items"][0]
+        assert (debit["transaction_id"], debit["direction"], debit["counterparty_wallet_id"]) == (
+            sent.json()["id"], "debit", receiver)
+        # Refused by the sender's group: recorded under its key, and nothing reached the receiver.
+        for _ in range(2):
+            poor = client.post("/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": receiver,
+                                                      "amount": 10 * START}, headers={"Idempotency-Key": "too-much"})
+            assert poor.status_code == 422 and poor.json()["code"] == "insufficient_funds", poor.text
+        assert client.get(f"/v1/wallets/{receiver}").json()["balance"] == START + 250
+        # Refused by the receiver's group: a closed wallet receives nothing.
+        empty = next(wallet_id for wallet_id in (f"e-{uuid.uuid4().hex[:10]}" for _ in range(100))
+                     if group_of(wallet_id, GROUPS) == 1)
+        assert client.post("/v1/wallets", json={"id": empty, "owner_id": "o", "asset": "USD"}).status_code == 201
+        assert client.post(f"/v1/wallets/{empty}/close").status_code == 200
+        refused = client.post("/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": empty, "amount": 5},
+                              headers={"Idempotency-Key": "to-closed"})
+        assert refused.status_code == 409 and refused.json()["code"] == "wallet_closed", refused.text
+        assert client.get(f"/v1/wallets/{sender}").json()["balance"] == START - 250

@@ -1,0 +1,185 @@
+"""The router over several ledger groups (``server._groups``) and what an owner finishes of the
+transfers between groups (``server._crossing``), over two group ledgers in this process, each
+behind the port its owner serves (``LocalPort``). A port can be made unreachable, as a group
+without owner is."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from ledger import (
+    Committed,
+    CreateAsset,
+    CreateWallet,
+    Duplicate,
+    Ledger,
+    Reason,
+    Rejection,
+    ReserveCredit,
+    recover,
+)
+from ledger.testing import transfer
+from server._crossing import Crossing
+from server._groups import GroupRouter, group_of
+from server._port import LocalPort, Unavailable
+
+GROUPS = 2
+
+
+class Switchable:
+    """A group's port that can be cut off (``down``): every call then raises Unavailable, as
+    a worker's port does for a group without owner."""
+
+    def __init__(self, port: LocalPort) -> None:
+        self.port = port
+        self.down = False
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.port, name)
+
+        async def call(*args: Any) -> Any:
+            self.calls.append(name)
+            if self.down:
+                raise Unavailable("no owner")
+            return await method(*args)
+
+        return call
+
+
+def wallet_in(group: int, prefix: str) -> str:
+    return next(f"{prefix}{n}" for n in range(1000) if group_of(f"{prefix}{n}", GROUPS) == group)
+
+
+@asynccontextmanager
+async def two_groups(tmp_path: Path) -> AsyncIterator[tuple[list[Ledger], list[Switchable], GroupRouter]]:
+    ledgers = []
+    async with trio.open_nursery() as nursery:
+        for group in range(GROUPS):
+            path = tmp_path / f"g{group}"
+            ledger = Ledger(await trio.to_thread.run_sync(recover, path), path, group=group, groups=GROUPS, shards=2)
+            await nursery.start(ledger.run)
+            ledgers.append(ledger)
+        ports = [Switchable(LocalPort(ledger)) for ledger in ledgers]
+        router = GroupRouter(ports)  # type: ignore[arg-type]
+        settling = trio.CancelScope()
+
+        async def settle() -> None:
+            with settling:
+                await router.settle_forever()  # (``run`` starts it with the ports)
+
+        nursery.start_soon(settle)
+        assert await router.create_asset(CreateAsset(code="USD", scale=2))
+        yield ledgers, ports, router
+        for ledger in ledgers:
+            ledger.check_invariants()
+            await ledger.stop()
+        settling.cancel()
+
+
+async def wallets(router: GroupRouter, *ids: str, deposit: int = 0) -> None:
+    for number, wallet_id in enumerate(ids):
+        await router.create_wallet(CreateWallet(wallet_id=wallet_id, owner_id="o", asset="USD", metadata=None,
+                                                idempotency=None))
+        if deposit:
+            assert isinstance(await router.transfer(transfer(900 + number, None, wallet_id, deposit)), Committed)
+
+
+async def test_the_router_moves_money_between_groups_and_inside_one(tmp_path: Path) -> None:
+    alice, bob, carol = wallet_in(0, "a"), wallet_in(1, "b"), wallet_in(0, "c")
+    async with two_groups(tmp_path) as (ledgers, ports, router):
+        await wallets(router, alice, bob, carol, deposit=100)
+        across = await router.transfer(transfer(1, alice, bob, 30, key="k1"))
+        assert isinstance(across, Committed)
+        inside = await router.transfer(transfer(2, alice, carol, 5))
+        assert isinstance(inside, Committed)
+        # Prepare at the receiver's group, commit at the sender's, credit at the receiver's.
+        assert ports[1].calls[-2:] == ["reserve_credit", "settle_reservation"] or "reserve_credit" in ports[1].calls
+        assert (await router.wallet(bob)).balance == 130  # type: ignore[union-attr]
+        assert (await router.wallet(alice)).balance == 65  # type: ignore[union-attr]
+        # The treasury is every group's part and transit account: it balances all wallets.
+        treasury = await router.wallet("treasury:USD")
+        assert treasury is not None and treasury.balance == -300
+        # The key answers its first outcome; a refusal by the sender's group releases the
+        # receiver's reservation; one by the receiver's group is recorded at the sender's.
+        again = await router.transfer(transfer(3, alice, bob, 30, key="k1"))
+        assert isinstance(again, Duplicate) and again.record.event.transaction_id == "tx1"
+        poor = await router.transfer(transfer(4, alice, bob, 10_000))
+        assert isinstance(poor, Rejection) and poor.reason == Reason.INSUFFICIENT_FUNDS
+        missing = await router.transfer(transfer(5, alice, wallet_in(1, "nobody"), 1, key="k5"))
+        assert isinstance(missing, Rejection) and missing.reason == Reason.RECEIVER_NOT_FOUND
+        assert await router.transfer(transfer(6, alice, wallet_in(1, "nobody"), 1, key="k5")) == missing
+        assert ledgers[1].all_reservations() == []
+        await trio.sleep(0.2)  # the router tells the sender's group what was credited
+        assert ledgers[0].owed() == {}
+        assert (await router.transaction("tx1")).lsn == across.lsn  # type: ignore[union-attr]
+
+
+async def test_a_receiver_group_without_owner_fails_the_transfer_before_anything_moves(tmp_path: Path) -> None:
+    alice, bob = wallet_in(0, "a"), wallet_in(1, "b")
+    async with two_groups(tmp_path) as (ledgers, ports, router):
+        await wallets(router, alice, bob, deposit=100)
+        ports[1].down = True
+        with pytest.raises(Unavailable):
+            await router.transfer(transfer(1, alice, bob, 30))
+        assert ledgers[0].owed() == {} and (await router.ports[0].wallet(alice)).balance == 100
+        with pytest.raises(Unavailable):  # not an exception group: the route answers 503
+            await router.wallet("treasury:USD")
+        with pytest.raises(Unavailable):
+            await router.status()
+
+
+async def test_the_owners_finish_what_a_worker_left_half_done(tmp_path: Path) -> None:
+    """A committed transfer whose credit the worker could not make (the receiver's group had
+    no owner) is credited by the sender group's owner later; a reservation whose commit never
+    came (the worker died) is resolved with the sender's group: aborted, and released."""
+    alice, bob = wallet_in(0, "a"), wallet_in(1, "b")
+    async with two_groups(tmp_path) as (ledgers, ports, router):
+        await wallets(router, alice, bob, deposit=100)
+        now = [0.0]
+        sender = Crossing(ledgers[0], {1: ports[1]}, owed_after_s=1.0, clock=lambda: now[0])  # type: ignore[dict-item]
+        receiver = Crossing(ledgers[1], {0: ports[0]}, reserved_after_s=0.0)  # type: ignore[dict-item]
+        # The worker's steps 1 and 2, then it is gone.
+        verdict = await ports[1].reserve_credit(ReserveCredit(
+            transaction_id="tx1", to_wallet_id=bob, amount=40, from_wallet_id=alice, from_group=0, description=None,
+            metadata=None))
+        assert isinstance(await ports[0].transfer_across(transfer(1, alice, bob, 40), verdict), Committed)
+        await ports[1].reserve_credit(ReserveCredit(
+            transaction_id="tx2", to_wallet_id=bob, amount=7, from_wallet_id=alice, from_group=0, description=None,
+            metadata=None))
+        ports[1].down = True
+        await sender.step()  # owed for less than a second: not yet
+        now[0] = 5.0
+        await sender.step()  # the receiver's group cannot be reached: still owed
+        assert ledgers[0].owed() == {"tx1": bob} and sender.credited == 0
+        ports[1].down = False
+        await sender.step()
+        assert ledgers[0].owed() == {} and sender.credited == 1
+        assert (await router.wallet(bob)).balance == 140  # type: ignore[union-attr]
+        # tx2 was never committed: its sender's group aborts it for good; the receiver releases.
+        await receiver.step()
+        assert receiver.resolved == 1 and ledgers[1].all_reservations() == []
+        assert (await router.wallet(bob)).balance == 140  # type: ignore[union-attr]
+        assert "tx2" in ledgers[0].directory.aborted
+        assert (await router.wallet("treasury:USD")).balance == -200  # type: ignore[union-attr]
+
+
+async def test_wallets_are_listed_across_groups_in_one_order_with_a_cursor(tmp_path: Path) -> None:
+    ids = [wallet_in(group, f"w{index}-") for index in range(4) for group in range(GROUPS)]
+    async with two_groups(tmp_path) as (_, _, router):
+        await wallets(router, *ids)
+        seen: list[str] = []
+        after = 0
+        while True:
+            page = await router.wallet_ids("o", None, after, 3)
+            seen += [wallet_id for _, wallet_id in page]
+            if len(page) < 3:
+                break
+            after = page[-1][0]
+        assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
