@@ -1,0 +1,197 @@
+"""Transfers between two ledger groups under random interleavings (ADR 0013's two-phase commit):
+workers that stop after any step, groups that are restarted from their logs at any moment, owners
+that finish what was left (``server._crossing``), closes of receivers in the middle, transfers
+inside a group beside them. The oracle, against the clients' record of what was committed:
+once the owners have finished, every committed transfer was credited exactly once, nothing else
+moved, no reservation and nothing owed is left, every group replays to the state it had live,
+and the two groups together are zero-sum (wallets, treasury parts and transit accounts)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+
+from ledger import (
+    ChangeWalletStatus,
+    Committed,
+    CreateAsset,
+    CreateWallet,
+    Ledger,
+    Rejection,
+    ReserveCredit,
+    WalletStatus,
+    check_state,
+    digest_state,
+    recover,
+)
+from ledger.testing import transfer
+from server._crossing import Crossing
+from server._groups import group_of
+from server._port import LocalPort
+
+START = 1_000
+# Three wallets in each group, by the group table (the owners' ``Crossing`` routes by it).
+WALLETS = {group: [f"w{n}" for n in range(40) if group_of(f"w{n}", 2) == group][:3] for group in (0, 1)}
+GROUP_OF = {wallet_id: group for group, ids in WALLETS.items() for wallet_id in ids}
+
+
+@dataclass
+class Group:
+    path: Path
+    number: int
+    ledger: Ledger | None = None
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, nursery: trio.Nursery, rng: random.Random) -> None:
+        self.groups = [Group(tmp_path / f"g{number}", number) for number in (0, 1)]
+        self.nursery = nursery
+        self.rng = rng
+        self.expected = {wallet_id: START for wallet_id in GROUP_OF}
+        self.now = [0.0]
+        self.crossings: list[Crossing] = []
+
+    async def start(self, group: Group) -> None:
+        ledger = Ledger(await trio.to_thread.run_sync(recover, group.path), group.path, group=group.number,
+                        groups=2, shards=2)
+        group.ledger = ledger
+        group.done = trio.Event()
+        await self.nursery.start(self._run, ledger, group.done)
+
+    @staticmethod
+    async def _run(ledger: Ledger, done: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await ledger.run(task_status=task_status)
+        finally:
+            done.set()
+
+    async def restart(self, group: Group) -> None:
+        """Stops the group (everything it acknowledged is in its log) and starts it again from
+        its log and snapshots: what lived only in memory is gone, as after a crash."""
+        assert group.ledger is not None
+        live = group.ledger.digest()
+        await group.ledger.stop()
+        await group.done.wait()
+        recovered = await trio.to_thread.run_sync(recover, group.path)
+        try:
+            check_state(recovered.state)
+            assert digest_state(recovered.state) == live
+        finally:
+            recovered.close()
+        await self.start(group)
+
+    def port(self, wallet_id: str) -> LocalPort:
+        ledger = self.groups[GROUP_OF[wallet_id]].ledger
+        assert ledger is not None
+        return LocalPort(ledger)
+
+    def crossing(self, group: Group) -> Crossing:
+        assert group.ledger is not None
+        other = self.groups[1 - group.number].ledger
+        assert other is not None
+        crossing = Crossing(group.ledger, {1 - group.number: LocalPort(other)}, owed_after_s=0,  # type: ignore[dict-item]
+                            reserved_after_s=0, clock=lambda: self.now[0])
+        self.crossings.append(crossing)
+        return crossing
+
+
+async def _setup(harness: Harness) -> None:
+    for group in harness.groups:
+        await harness.start(group)
+        assert group.ledger is not None
+        await group.ledger.create_asset(CreateAsset(code="USD", scale=2))
+        for number, wallet_id in enumerate(WALLETS[group.number]):
+            await group.ledger.create_wallet(CreateWallet(wallet_id=wallet_id, owner_id="o", asset="USD",
+                                                          metadata=None, idempotency=None))
+            deposit = transfer(-1 - number, None, wallet_id, START)
+            assert isinstance(await group.ledger.transfer(deposit), Committed)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    async with trio.open_nursery() as nursery:
+        harness = Harness(tmp_path, nursery, rng)
+        await _setup(harness)
+        prepared: list[tuple[str, str, str, int, object]] = []  # reserved, not yet committed
+        committed: list[tuple[str, str, str, int]] = []  # committed, maybe not credited
+        for step in range(150):
+            roll = rng.random()
+            if roll < 0.45:
+                # A worker's transfer between groups; it may stop after any of its steps.
+                sender = rng.choice(list(GROUP_OF))
+                receiver = rng.choice([w for w in GROUP_OF if GROUP_OF[w] != GROUP_OF[sender]])
+                amount, tx = rng.randint(1, 400), f"t{seed}-{step}"
+                verdict = await harness.port(receiver).reserve_credit(ReserveCredit(
+                    transaction_id=tx, to_wallet_id=receiver, amount=amount, from_wallet_id=sender,
+                    from_group=GROUP_OF[sender], description=None, metadata=None))
+                if verdict.failure is None:
+                    prepared.append((tx, sender, receiver, amount, verdict))
+            elif roll < 0.65 and prepared:
+                # A worker's step 2 (and maybe 3) for one of them, in any order.
+                tx, sender, receiver, amount, verdict = prepared.pop(rng.randrange(len(prepared)))
+                command = dataclasses.replace(transfer(0, sender, receiver, amount), transaction_id=tx)
+                outcome = await harness.port(sender).transfer_across(command, verdict)  # type: ignore[arg-type]
+                if isinstance(outcome, Committed):
+                    committed.append((tx, sender, receiver, amount))
+                    harness.expected[sender] -= amount
+                    harness.expected[receiver] += amount
+                if rng.random() < 0.6:  # step 3 by the worker; else the owners' job
+                    await harness.port(receiver).settle_reservation(tx, receiver, isinstance(outcome, Committed))
+            elif roll < 0.75:
+                # A transfer inside one group.
+                group = rng.choice([0, 1])
+                sender, receiver = rng.sample(WALLETS[group], 2)
+                amount = rng.randint(1, 300)
+                outcome = await harness.port(sender).transfer(transfer(10_000 + step, sender, receiver, amount))
+                if isinstance(outcome, Committed):
+                    harness.expected[sender] -= amount
+                    harness.expected[receiver] += amount
+            elif roll < 0.8:
+                # An attempt to close a wallet: refused while it has money or reservations.
+                wallet_id = rng.choice(list(GROUP_OF))
+                closing = await harness.port(wallet_id).change_status(
+                    ChangeWalletStatus(wallet_id=wallet_id, status=WalletStatus.CLOSED))
+                assert isinstance(closing, Rejection), (wallet_id, closing)
+            elif roll < 0.9:
+                await harness.restart(rng.choice(harness.groups))
+            else:
+                harness.now[0] += 1
+                await harness.crossing(rng.choice(harness.groups)).step()
+        # The workers are gone: the owners finish everything.
+        for _ in range(3):
+            for group in harness.groups:
+                await harness.crossing(group).step()
+        ledgers = [group.ledger for group in harness.groups]
+        assert all(ledger is not None for ledger in ledgers)
+        balances: dict[str, int] = {}
+        transit = 0
+        for ledger in ledgers:
+            assert ledger is not None
+            assert ledger.owed() == {} and ledger.all_reservations() == []
+            ledger.check_invariants()
+            balances.update({wallet.id + f"@{ledger.directory.group}": wallet.balance
+                             for wallet in ledger.all_wallets()})
+            transit += ledger.directory.transit.get("USD", 0)
+        assert transit == 0
+        assert sum(balances.values()) == 0
+        for wallet_id, balance in harness.expected.items():
+            assert balances[f"{wallet_id}@{GROUP_OF[wallet_id]}"] == balance, wallet_id
+        assert committed, "the run committed no transfer between groups"
+        # The owners had work of both kinds: credits the workers left, and reservations whose
+        # commit never came (aborted for good in the sender's group).
+        assert sum(crossing.credited for crossing in harness.crossings) > 0
+        assert sum(crossing.resolved for crossing in harness.crossings) > 0
+        assert any(ledger.directory.aborted for ledger in ledgers if ledger is not None)
+        for group in harness.groups:
+            await harness.restart(group)  # and each replays to the state it had live
+        for ledger in [group.ledger for group in harness.groups]:
+            assert ledger is not None
+            await ledger.stop()
