@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -71,7 +72,10 @@ from ledger import (
     WithdrawalView,
     is_treasury,
 )
+from server._member import EVENTS_STREAM
 from server._port import RemoteCalls, Status, Unavailable
+from server._stream_events import AggregateEvents
+from wal import LogUnavailable, StreamClient
 
 log = logging.getLogger("groups")
 
@@ -96,9 +100,13 @@ class GroupRouter:
     """The ledger port of an HTTP worker in front of ``len(ports)`` groups (module docstring):
     each call goes to its group's port, or to several."""
 
-    def __init__(self, ports: Sequence[RemoteCalls]) -> None:
+    def __init__(self, ports: Sequence[RemoteCalls], *, servers: list[str] | None = None) -> None:
+        """``servers``: the NATS URLs, for the events feed, which is read from the aggregate
+        stream by the worker itself (none: no feed)."""
         assert len(ports) >= 2
         self.ports = list(ports)
+        self._servers = servers
+        self._events: AggregateEvents | None = None
         self.groups = len(ports)
         self.connected = anyio.Event()
         self._settled: list[list[str]] = [[] for _ in ports]
@@ -112,7 +120,26 @@ class GroupRouter:
                 await group.start(port.run)
             group.start_soon(self._connected)
             group.start_soon(self.settle_forever)
+            if self._servers:
+                group.start_soon(self._feed, self._servers)
             task_status.started()
+
+    async def _feed(self, servers: list[str]) -> None:
+        client = StreamClient(servers, name=f"wallet-worker-events-{os.getpid()}")
+        while True:
+            try:
+                await anyio.to_thread.run_sync(client.connect)
+                break
+            except Exception as error:
+                log.warning("the events feed cannot reach NATS yet (%s)", error)
+                await anyio.sleep(1.0)
+        try:
+            self._events = AggregateEvents(client, EVENTS_STREAM)
+            await self._events.watch()
+        finally:
+            self._events = None
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(client.close)
 
     async def _connected(self) -> None:
         for port in self.ports:
@@ -386,7 +413,14 @@ class GroupRouter:
     # -- operations ----------------------------------------------------------------------
 
     async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Event]]:
-        raise Unavailable("the events feed across ledger groups is not served yet")
+        """The feed of every group, from the aggregate stream (its positions: ADR 0013)."""
+        events = self._events
+        if events is None:
+            raise Unavailable("the events feed cannot reach NATS from this worker now")
+        try:
+            return await events.read(after, limit, wait_s)
+        except LogUnavailable as error:
+            raise Unavailable(f"the events stream cannot be read now: {error}") from None
 
     async def status(self) -> Status:
         statuses = await self._everywhere(lambda port: port.status())

@@ -68,6 +68,11 @@ def stream_name(group: int) -> str:
     return f"WALLET_G{group}"
 
 
+# With several groups: the stream that sources every group's, which the events feed reads
+# (ADR 0013, *Several groups, revised*, point 1).
+EVENTS_STREAM = "WALLET_EVENTS"
+
+
 def log_subject(group: int) -> str:
     return f"wallet.g{group}.log"
 
@@ -482,7 +487,7 @@ class StandbyHistory:
 LOG_RETRY_S = 1.0
 
 
-def _log_client(servers: list[str], group: int, *, name: str,
+def _log_client(servers: list[str], group: int, *, name: str, groups: int = 1,
                 sleep: Callable[[float], None] = time.sleep) -> StreamClient:
     """A client of the group's stream, made if missing. A member may start before the log can
     take a stream (its nodes still starting, or electing their JetStream meta leader): it waits
@@ -492,6 +497,10 @@ def _log_client(servers: list[str], group: int, *, name: str,
         try:
             client.connect()
             client.ensure_stream(stream_name(group), log_subject(group), replicas=min(3, len(servers)))
+            if groups > 1:
+                # Every member makes sure of it (the same config from all: the first makes it).
+                client.ensure_aggregate(EVENTS_STREAM, [stream_name(number) for number in range(groups)],
+                                        replicas=min(3, len(servers)))
             return client
         except Exception as error:  # unreachable, no meta leader yet, no quorum: all pass
             log.warning("group %d: the log at %s cannot be used yet (%s); trying again in %g s",
@@ -515,7 +524,8 @@ def run_member(options: Any, *, group: int, slot: str, servers: list[str], statu
     status_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     status = partial(_status, status_dir, f"g{group}-{slot}", group, node)
     status(role="starting", epoch=0, lsn=0, leader=None)
-    client = _log_client(servers, group, name=f"wallet-g{group}-{slot}-{os.getpid()}")
+    client = _log_client(servers, group, name=f"wallet-g{group}-{slot}-{os.getpid()}",
+                         groups=getattr(options, "groups", 1))
     data_dir: Path = options.data_dir
     shutil.rmtree(data_dir, ignore_errors=True)  # only the stream is trusted (module docstring)
     data_dir.mkdir(mode=0o700, parents=True)

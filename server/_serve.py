@@ -479,8 +479,10 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 group.start_soon(_until_cancelled, periodic, snapshotter.run)
                 projecting = anyio.CancelScope()
                 dispatching = anyio.CancelScope()
+                crossing = anyio.CancelScope()
                 if owner is not None and options.groups > 1:
-                    await group.start(partial(_run_crossing, ledger, owner, options.groups))
+                    await group.start(_until_cancelled_started, crossing,
+                                      partial(_run_crossing, ledger, owner, options.groups), anyio.Event())
                 if owner is not None:
                     # The read model and the webhook dispatcher in processes of their own, as
                     # with ``--workers N``, on a private socket whose calls are not confirmed:
@@ -524,6 +526,7 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                 signalled = anyio.current_time()
                 deadline = signalled + options.shutdown_timeout_s
                 periodic.cancel()
+                crossing.cancel()  # what it leaves, the next owner finishes
                 projecting.cancel()
                 dispatching.cancel()
                 webhooks_scope.cancel()  # crash-only: it saves its cursors as it stops
@@ -654,7 +657,8 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int, serv
         assert servers, "a cluster worker needs the NATS URLs"
         # Every group's owner, each over its own port (ADR 0013): the router is duck-typed as a
         # port (``LedgerPort``), which is all the routes ask of it.
-        remote = cast(RemoteCalls, GroupRouter([NatsPort(servers, group=group) for group in range(options.groups)]))
+        remote = cast(RemoteCalls, GroupRouter([NatsPort(servers, group=group) for group in range(options.groups)],
+                                               servers=servers))
     elif options.cluster:
         from server._natsport import NatsPort
 

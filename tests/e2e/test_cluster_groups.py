@@ -217,6 +217,22 @@ def test_a_transfer_between_groups_reads_back_at_once_with_its_statement_entries
         debit = client.get(f"/v1/wallets/{sender}/transactions").json()["items"][0]
         assert (debit["transaction_id"], debit["direction"], debit["counterparty_wallet_id"]) == (
             sent.json()["id"], "debit", receiver)
+        # The events feed holds both groups' records, once each, in positions that grow: the
+        # transfer once (its sender group's record), and both wallets' creation.
+        seen: list[dict[str, Any]] = []
+        after = 0
+        deadline = time.monotonic() + 10
+        while not any(event["data"].get("id") == sent.json()["id"] for event in seen):
+            assert time.monotonic() < deadline, "the transfer never reached the feed"
+            page = client.get("/v1/events", params={"after": after, "limit": 1000, "wait": 1})
+            assert page.status_code == 200, page.text
+            seen += page.json()["items"]
+            after = page.json()["next_after"]
+        positions = [event["lsn"] for event in seen]
+        assert positions == sorted(positions)
+        assert sum(event["data"].get("id") == sent.json()["id"] for event in seen) == 1
+        created = {event["data"]["wallet_id"] for event in seen if event["type"] == "wallet.created"}
+        assert {sender, receiver} <= created
         # Refused by the sender's group: recorded under its key, and nothing reached the receiver.
         for _ in range(2):
             poor = client.post("/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": receiver,
