@@ -50,8 +50,10 @@ LOADS = {
 class Server:
     """``wallet serve`` or ``wallet cluster up`` on a data directory of its own."""
 
-    def __init__(self, mode: str, data: Path, workers: int, extra: list[str] | None = None) -> None:
+    def __init__(self, mode: str, data: Path, workers: int, extra: list[str] | None = None, groups: int = 1) -> None:
         self.mode, self.data, self.port = mode, data, free_port()
+        if mode == "cluster" and groups > 1:
+            extra = [*(extra or []), "--groups", str(groups)]
         self.url = f"http://127.0.0.1:{self.port}"
         command = ["cluster", "up"] if mode == "cluster" else ["serve"]
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -59,7 +61,8 @@ class Server:
         self.process = subprocess.Popen(
             [*WALLET, *command, "--data", str(data), "--port", str(self.port), "--workers", str(workers),
              *(extra or [])],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, WALLET_GROUPS_PREVIEW="1") if groups > 1 else None)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -105,13 +108,16 @@ def _figures(out: Path) -> dict[str, Any]:
             "p999_ms": latency["p99.9"], "max_ms": latency["max"], "errors": service["errors"]}
 
 
-def compare(runs: int, duration: float, workers: int, work: Path) -> dict[str, dict[str, list[float]]]:
+def compare(runs: int, duration: float, workers: int, work: Path, *, groups: int = 1,
+            loads: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
     results: dict[str, dict[str, list[float]]] = {}
     for run in range(1, runs + 1):
         for name, load in LOADS.items():
+            if loads and name not in loads:
+                continue
             for mode in ("embedded", "cluster"):
                 data = work / f"{mode}-{name}-{run}"
-                server = Server(mode, data, workers)
+                server = Server(mode, data, workers, groups=groups)
                 try:
                     out = data.with_suffix(".json")
                     bench = _bench(server, load, duration, out)
@@ -156,12 +162,12 @@ def _replayed(log_path: Path, after: int, killed: float) -> tuple[str, float | N
 
 
 def takeover(runs: int, duration: float, kill_after: float, workers: int, work: Path, *, load: str = "single",
-             extra: list[str] | None = None) -> None:
+             extra: list[str] | None = None, groups: int = 1) -> None:
     gaps: list[float] = []
     servings: list[float] = []
     for run in range(1, runs + 1):
         data = work / f"takeover-{run}"
-        server = Server("cluster", data, workers, extra)
+        server = Server("cluster", data, workers, extra, groups=groups)
         try:
             out = data.with_suffix(".json")
             bench = _bench(server, LOADS[load], duration, out)
@@ -275,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=None, metavar="TRANSFERS",
                         help="measure instead how soon history reads answer after a takeover, with this "
                              "many transfers in the log")
+    parser.add_argument("--groups", type=int, default=1,
+                        help="ledger groups of the cluster (above 1: the preview of several groups; "
+                             "the takeover kills group 0's owner)")
+    parser.add_argument("--only", choices=sorted(LOADS), action="append",
+                        help="compare this load only (repeatable; default: every load)")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="--history: idle seconds between the load and the kill (default 5)")
     arguments = parser.parse_args(argv)
@@ -287,9 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         elif arguments.takeover:
             extra = [] if arguments.snapshot_every is None else ["--snapshot-every", str(arguments.snapshot_every)]
             takeover(arguments.runs, arguments.duration or 20.0, arguments.kill_after, arguments.workers,
-                     Path(temporary), load=arguments.load, extra=extra)
+                     Path(temporary), load=arguments.load, extra=extra, groups=arguments.groups)
         else:
-            compare(arguments.runs, arguments.duration or 5.0, arguments.workers, Path(temporary))
+            compare(arguments.runs, arguments.duration or 5.0, arguments.workers, Path(temporary),
+                    groups=arguments.groups, loads=arguments.only)
     return 0
 
 

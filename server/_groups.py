@@ -243,38 +243,89 @@ class GroupRouter:
                     log.info("group %d: could not settle %d transfers now (%s)", index, len(settled), error)
 
     async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> list[ItemOutcome] | BatchFailed:
-        groups = {group_of(wallet_id, self.groups) for command in commands
-                  for wallet_id in (command.from_wallet_id, command.to_wallet_id) if wallet_id is not None}
+        """A batch inside one group goes to it whole. A non-atomic batch across groups is
+        decided group by group: each group's items inside it as one batch, its items to other
+        groups through the protocol of a single transfer, many per call (prepared at each
+        receiving group, committed at each sending group, credited), all at once; answers in
+        request order. Unlike inside one group, two items of one sender are not decided in
+        request order when one stays in the group and the other leaves it."""
+        if not commands:
+            return []
+        sides = [self._sides(command) for command in commands]
+        groups = {group for pair in sides for group in pair}
         if len(groups) == 1:
             return await self.ports[groups.pop()].transfer_batch(commands, atomic)
         if atomic:
             raise Unavailable("atomic batches between ledger groups are not built yet")
-        # In request order: runs of items inside one group go as one batch, the others alone.
-        outcomes: list[ItemOutcome] = []
-        run: list[Transfer] = []
-        run_group = -1
-        for command in commands:
-            sides = {group_of(wallet_id, self.groups) for wallet_id in (command.from_wallet_id, command.to_wallet_id)
-                     if wallet_id is not None}
-            if len(sides) == 1 and (not run or sides == {run_group}):
-                run.append(command)
-                run_group = next(iter(sides))
-                continue
-            if run:
-                outcomes += await self._run(run_group, run)
-                run = []
-            if len(sides) == 1:
-                run, run_group = [command], next(iter(sides))
+        outcomes: list[Any] = [None] * len(commands)
+        inside: dict[int, list[int]] = {}
+        across: dict[tuple[int, int], list[int]] = {}
+        for index, (sender, receiver) in enumerate(sides):
+            if sender == receiver:
+                inside.setdefault(sender, []).append(index)
             else:
-                outcomes.append(await self.transfer(command))
-        if run:
-            outcomes += await self._run(run_group, run)
+                across.setdefault((sender, receiver), []).append(index)
+
+        async def within(group: int, indexes: list[int]) -> None:
+            result = await self.ports[group].transfer_batch([commands[index] for index in indexes], False)
+            assert not isinstance(result, BatchFailed)
+            for index, outcome in zip(indexes, result, strict=True):
+                outcomes[index] = outcome
+
+        async def between(sender: int, receiver: int, indexes: list[int]) -> None:
+            for index, outcome in zip(indexes, await self._across_many(
+                    [commands[index] for index in indexes], sender, receiver), strict=True):
+                outcomes[index] = outcome
+
+        errors: list[BaseException] = []
+
+        async def guarded(function: Any, *args: Any) -> None:
+            try:
+                await function(*args)
+            except Exception as error:  # raised below as itself, once every part has ended
+                errors.append(error)
+
+        async with anyio.create_task_group() as group:
+            for number, indexes in inside.items():
+                group.start_soon(guarded, within, number, indexes)
+            for (sender, receiver), indexes in across.items():
+                group.start_soon(guarded, between, sender, receiver, indexes)
+        if errors:
+            raise errors[0]
         return outcomes
 
-    async def _run(self, group: int, commands: list[Transfer]) -> list[ItemOutcome]:
-        result = await self.ports[group].transfer_batch(commands, False)
-        assert not isinstance(result, BatchFailed)
-        return result
+    def _sides(self, command: Transfer) -> tuple[int, int]:
+        receiver = group_of(command.to_wallet_id, self.groups)
+        if command.from_wallet_id is None:
+            return receiver, receiver
+        return group_of(command.from_wallet_id, self.groups), receiver
+
+    async def _across_many(self, commands: list[Transfer], sender: int, receiver: int) -> list[ItemOutcome]:
+        """``_across`` for many transfers from one group to another, three calls in all."""
+        verdicts = await self.ports[receiver].reserve_credits([ReserveCredit(
+            transaction_id=command.transaction_id, to_wallet_id=command.to_wallet_id, amount=command.amount,
+            from_wallet_id=command.from_wallet_id or "", from_group=sender, description=command.description,
+            metadata=command.metadata,
+        ) for command in commands])
+        outcomes = await self.ports[sender].transfers_across(commands, verdicts)
+        settle = [(command.transaction_id, command.to_wallet_id, isinstance(outcome, Committed))
+                  for command, verdict, outcome in zip(commands, verdicts, outcomes, strict=True)
+                  if verdict.failure is None]
+        if settle:
+            with anyio.move_on_after(CREDIT_WAIT_S):
+                try:
+                    await self.ports[receiver].settle_reservations(settle)
+                    self._settled[sender] += [transaction_id for transaction_id, _, credited in settle if credited]
+                    self._settle_wake.set()
+                except Unavailable as error:
+                    log.info("%d transfers: group %d could not settle their reservations now (%s)", len(settle),
+                             receiver, error)
+        answers: list[ItemOutcome] = []
+        for command, outcome in zip(commands, outcomes, strict=True):
+            if isinstance(outcome, Aborted):
+                raise Unavailable(f"transfer {command.transaction_id} was aborted by its receiver's group; retry")
+            answers.append(outcome)
+        return answers
 
     async def refund(self, command: Refund) -> ItemOutcome:
         if group_of(command.from_wallet_id, self.groups) != group_of(command.to_wallet_id, self.groups) and not (

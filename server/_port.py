@@ -201,6 +201,26 @@ class ReadOnlyHistory:
             await history.aclose()
 
 
+async def _each(function: Callable[..., Awaitable[Any]], calls: list[tuple[Any, ...]]) -> list[Any]:
+    """``function(*args)`` for every ``args`` at once; the results in order. The first
+    exception is raised as itself once all have ended (none is left running)."""
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    async def one(index: int) -> None:
+        try:
+            results[index] = await function(*calls[index])
+        except Exception as error:
+            errors.append(error)
+
+    async with anyio.create_task_group() as group:
+        for index in range(len(calls)):
+            group.start_soon(one, index)
+    if errors:
+        raise errors[0]
+    return results
+
+
 class LocalPort:
     """The port over a ``Ledger`` in this process. ``snapshotter`` and ``payouts`` are the
     server's components around it (absent in tools and tests that run the ledger alone)."""
@@ -339,6 +359,19 @@ class LocalPort:
     async def resolve_transfers(self, transaction_ids: list[str]) -> dict[str, bool]:
         return await self.ledger.resolve_transfers(transaction_ids)
 
+    # The same, for many transfers in one call (a batch's items between groups): each goes
+    # through the shards as it would alone, all at once; answers in the order asked.
+
+    async def reserve_credits(self, commands: list[ReserveCredit]) -> list[CreditCheck]:
+        return await _each(self.ledger.reserve_credit, [(command,) for command in commands])
+
+    async def transfers_across(self, commands: list[Transfer], credits: list[CreditCheck]) -> list[Any]:
+        return await _each(self.ledger.transfer_across, list(zip(commands, credits, strict=True)))
+
+    async def settle_reservations(self, items: list[tuple[str, str, bool]]) -> list[bool]:
+        return await _each(lambda transaction_id, wallet_id, credit: self.ledger.settle_reservation(
+            transaction_id, wallet_id, credit=credit), [tuple(item) for item in items])
+
     # -- the history read model (each waits until it shows what was durable on arrival) ------
 
     async def wait_projected(self) -> int:
@@ -428,6 +461,7 @@ METHODS = (
     "entries", "balance_at", "search_transactions", "wallet_ids", "events", "status", "take_snapshot",
     "metrics", "wait_projected", "sync_projection",
     "reserve_credit", "transfer_across", "settle_reservation", "settle_transit", "resolve_transfers",
+    "reserve_credits", "transfers_across", "settle_reservations",
 )
 assert all(callable(getattr(LocalPort, name, None)) for name in METHODS)
 
@@ -749,6 +783,15 @@ class RemoteCalls:
 
     async def resolve_transfers(self, transaction_ids: list[str]) -> dict[str, bool]:
         return await self._call("resolve_transfers", transaction_ids)
+
+    async def reserve_credits(self, commands: list[ReserveCredit]) -> list[CreditCheck]:
+        return list(await self._call("reserve_credits", commands))
+
+    async def transfers_across(self, commands: list[Transfer], credits: list[CreditCheck]) -> list[Any]:
+        return list(await self._call("transfers_across", commands, credits))
+
+    async def settle_reservations(self, items: list[tuple[str, str, bool]]) -> list[bool]:
+        return list(await self._call("settle_reservations", items))
 
     async def wallets(self, wallet_ids: list[str]) -> list[WalletView]:
         return await self._call("wallets", wallet_ids)

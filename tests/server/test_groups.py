@@ -183,3 +183,30 @@ async def test_wallets_are_listed_across_groups_in_one_order_with_a_cursor(tmp_p
                 break
             after = page[-1][0]
         assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+
+
+async def test_a_batch_across_groups_is_decided_by_each_group_and_answered_in_request_order(tmp_path: Path) -> None:
+    a1, a2, b1, b2 = wallet_in(0, "a"), wallet_in(0, "aa"), wallet_in(1, "b"), wallet_in(1, "bb")
+    async with two_groups(tmp_path) as (ledgers, ports, router):
+        await wallets(router, a1, a2, b1, b2, deposit=100)
+        items = [transfer(1, a1, b1, 10, key="i1"), transfer(2, a1, a2, 5, key="i2"),
+                 transfer(3, b2, a2, 1000, key="i3"), transfer(4, b1, b2, 7, key="i4"),
+                 transfer(5, a2, wallet_in(1, "nobody"), 1, key="i5"), transfer(6, b2, a1, 20, key="i6")]
+        outcomes = await router.transfer_batch(items, False)
+        assert not isinstance(outcomes, type(None))
+        kinds = [outcome.reason if isinstance(outcome, Rejection) else type(outcome).__name__
+                 for outcome in outcomes]  # type: ignore[union-attr]
+        assert kinds == ["Committed", "Committed", Reason.INSUFFICIENT_FUNDS, "Committed",
+                         Reason.RECEIVER_NOT_FOUND, "Committed"]
+        assert [outcome.event.transaction_id for outcome in outcomes  # type: ignore[union-attr]
+                if isinstance(outcome, Committed)] == ["tx1", "tx2", "tx4", "tx6"]
+        balances = {wallet_id: (await router.wallet(wallet_id)).balance for wallet_id in (a1, a2, b1, b2)}  # type: ignore[union-attr]
+        assert balances == {a1: 100 - 10 - 5 + 20, a2: 105, b1: 100 + 10 - 7, b2: 100 + 7 - 20}
+        assert ledgers[0].all_reservations() == [] and ledgers[1].all_reservations() == []
+        # The same batch again: every item answers as the first time, nothing moves twice.
+        again = await router.transfer_batch(items, False)
+        assert [type(outcome).__name__ for outcome in again] == [  # type: ignore[union-attr]
+            "Duplicate", "Duplicate", "Rejection", "Duplicate", "Rejection", "Duplicate"]
+        assert {wallet_id: (await router.wallet(wallet_id)).balance for wallet_id in balances} == balances  # type: ignore[union-attr]
+        with pytest.raises(Unavailable, match="atomic"):
+            await router.transfer_batch(items, True)
