@@ -61,8 +61,7 @@ class Server:
         self.process = subprocess.Popen(
             [*WALLET, *command, "--data", str(data), "--port", str(self.port), "--workers", str(workers),
              *(extra or [])],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-            env=dict(os.environ, WALLET_GROUPS_PREVIEW="1") if groups > 1 else None)
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -282,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure instead how soon history reads answer after a takeover, with this "
                              "many transfers in the log")
     parser.add_argument("--groups", type=int, default=1,
-                        help="ledger groups of the cluster (above 1: the preview of several groups; "
-                             "the takeover kills group 0's owner)")
+                        help="ledger groups of the cluster (default 1; the takeover kills group 0's owner)")
     parser.add_argument("--only", choices=sorted(LOADS), action="append",
                         help="compare this load only (repeatable; default: every load)")
     parser.add_argument("--settle", type=float, default=5.0,

@@ -9,7 +9,6 @@ status; also a ``--data`` with no log, an LSN past the end of the log), a direct
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -55,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = cluster_commands.add_parser(
         "up", help="NATS nodes, ledger groups (owner + standby) and HTTP workers on this host, in the foreground")
     add_serve_arguments(up)
-    up.add_argument("--groups", type=_positive, default=1, help="ledger groups (default 1; only 1 is built so far)")
+    up.add_argument("--groups", type=_positive, default=1,
+                    help="ledger groups, each with an owner and a standby (default 1; README: what several groups "
+                         "do not do yet)")
     up.add_argument("--nodes", type=_positive, default=3, help="NATS JetStream nodes (default 3)")
     member = cluster_commands.add_parser(
         "member", help="one ledger group member (standby, then owner) in the foreground, for a host of a "
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(member)
     _servers_argument(member)
     member.add_argument("--member", default="a", help="this member's name, unique in its group (default a)")
+    member.add_argument("--group", type=int, default=0, help="the group it is a member of (default 0)")
+    _groups_argument(member)
     node = cluster_commands.add_parser(
         "node", help="one NATS JetStream node of the cluster's log, from the pinned nats-server, in the foreground "
         "(it writes the node's configuration, fsync on every write, then becomes the server)")
@@ -76,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--routes", required=True,
                       help="every node's route URL, comma-separated (nats-route://host:port; its own may be listed)")
     worker = cluster_commands.add_parser(
-        "worker", help="one HTTP worker in the foreground on --host/--port, reaching the group's owner over NATS")
+        "worker", help="one HTTP worker in the foreground on --host/--port, reaching the groups' owners over NATS")
     add_serve_arguments(worker)
     _servers_argument(worker)
+    _groups_argument(worker)
 
     wal = commands.add_parser("wal", help="inspect and check the write-ahead log")
     wal_commands = wal.add_subparsers(dest="wal_command", required=True)
@@ -213,6 +217,11 @@ def _parse_time(raw: str, command: str = "wal replay", name: str = "--until-time
         raise SystemExit(f"wallet {command}: {error.detail}") from None
 
 
+def _groups_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--groups", type=_positive, default=1,
+                        help="the cluster's ledger groups, the same on every host (default 1)")
+
+
 def _servers_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--servers", required=True,
                         help="the NATS URLs of the cluster's JetStream nodes, comma-separated")
@@ -226,14 +235,18 @@ def _cluster_alone(arguments: argparse.Namespace) -> int:
 
     values = resolve(arguments)
     configure_logging(str(values["log_level"]))
-    options = dataclasses.replace(serve_options(values), cluster=True)
+    options = dataclasses.replace(serve_options(values), cluster=True, groups=arguments.groups)
     servers = [url.strip() for url in arguments.servers.split(",") if url.strip()]
     if not servers:
         print(f"wallet cluster {arguments.cluster_command}: --servers names no NATS URL", file=sys.stderr, flush=True)
         return 2
     try:
         if arguments.cluster_command == "member":
-            return run_member_alone(options, member=arguments.member, servers=servers)
+            if not 0 <= arguments.group < arguments.groups:
+                print(f"wallet cluster member: --group {arguments.group} is not one of --groups {arguments.groups}",
+                      file=sys.stderr, flush=True)
+                return 2
+            return run_member_alone(options, member=arguments.member, servers=servers, group=arguments.group)
         return run_worker_alone(options, servers=servers)
     except OSError as error:  # the port could not be bound, the data directory is not ours
         print(f"wallet cluster {arguments.cluster_command}: {error}", file=sys.stderr, flush=True)
@@ -257,16 +270,10 @@ def _cluster_node(arguments: argparse.Namespace) -> int:
 def _cluster_up(arguments: argparse.Namespace) -> int:
     import dataclasses
 
-    from server._cluster import GROUPS_BUILT, GROUPS_PREVIEW_ENV
     from server._cluster import run as run_cluster
 
     values = resolve(arguments)
     configure_logging(str(values["log_level"]))
-    if arguments.groups > GROUPS_BUILT and os.environ.get(GROUPS_PREVIEW_ENV) != "1":
-        print(f"wallet cluster up: --groups {arguments.groups}: only {GROUPS_BUILT} group is built so far "
-              "(transfers across groups need ADR 0013's cross-group protocol, not written yet)",
-              file=sys.stderr, flush=True)
-        return 2
     options = dataclasses.replace(serve_options(values), cluster=True)
     workers = values["workers"] or 2
     try:

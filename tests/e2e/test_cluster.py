@@ -484,7 +484,8 @@ def test_a_group_without_an_owner_answers_503_at_once_and_serves_after_the_takeo
     cluster.wait_for(healthy)
 
 
-def test_more_groups_than_built_are_refused(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "server.cli", "cluster", "up", "--data", str(tmp_path / "d"),
-                             "--groups", "2"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "only 1 group" in result.stderr
+def test_a_member_of_a_group_the_cluster_does_not_have_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "server.cli", "cluster", "member", "--data", str(tmp_path / "d"),
+                             "--servers", "nats://127.0.0.1:1", "--group", "2", "--groups", "2"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--group 2 is not one of --groups 2" in result.stderr

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 
-from server._cluster import GROUPS_PREVIEW_ENV
 from server._groups import group_of
 from tests.e2e._cluster import ClusterProcess
 from tests.e2e._server import ADMIN_TOKEN
@@ -37,11 +36,9 @@ def _healthy(view: dict[str, Any]) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(GROUPS_PREVIEW_ENV, "1")
-        process = ClusterProcess(tmp_path_factory.mktemp("groups") / "data",
-                                 extra_args=["--groups", str(GROUPS), "--snapshot-every", "200"])
-        process.start()
+    process = ClusterProcess(tmp_path_factory.mktemp("groups") / "data",
+                             extra_args=["--groups", str(GROUPS), "--snapshot-every", "200"])
+    process.start()
     try:
         process.wait_for(_healthy, timeout_s=60)
         with WalletClient(process.url, token=ADMIN_TOKEN) as client:

@@ -187,7 +187,7 @@ async def test_wallets_are_listed_across_groups_in_one_order_with_a_cursor(tmp_p
 
 async def test_a_batch_across_groups_is_decided_by_each_group_and_answered_in_request_order(tmp_path: Path) -> None:
     a1, a2, b1, b2 = wallet_in(0, "a"), wallet_in(0, "aa"), wallet_in(1, "b"), wallet_in(1, "bb")
-    async with two_groups(tmp_path) as (ledgers, ports, router):
+    async with two_groups(tmp_path) as (ledgers, _, router):
         await wallets(router, a1, a2, b1, b2, deposit=100)
         items = [transfer(1, a1, b1, 10, key="i1"), transfer(2, a1, a2, 5, key="i2"),
                  transfer(3, b2, a2, 1000, key="i3"), transfer(4, b1, b2, 7, key="i4"),
