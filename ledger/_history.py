@@ -217,6 +217,7 @@ class TransactionRow:
     status: TransactionStatus
     refund_of: str | None = None  # a refund's original
     refunded_amount: int = 0  # what refunds of this transaction sent back so far
+    position: int = 0  # its creation position in this read model (searches page by it)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -681,9 +682,10 @@ class History:
 
 
 def _transaction_row(row: tuple[Any, ...]) -> TransactionRow:
-    (_, id_, lsn, type_, source, target, asset, amount, description, metadata, at_us, status, refund_of,
+    (position, id_, lsn, type_, source, target, asset, amount, description, metadata, at_us, status, refund_of,
      refunded_amount) = row
     return TransactionRow(
+        position=position,
         id=id_, lsn=lsn, type=TransactionType(type_), from_wallet_id=source, to_wallet_id=target,
         asset=asset, amount=amount, description=description,
         metadata=None if metadata is None else json.loads(metadata), at_us=at_us,

@@ -103,6 +103,10 @@ class TransactionQuery:
     metadata: tuple[tuple[str, str], ...] = ()
     before: int | None = None
     limit: int = 50
+    # Several ledger groups (``server._groups``): the page starts below this (at_us, group,
+    # position) in the order of every group's rows together; each group is asked with
+    # ``before`` and ``until_us`` made from it.
+    below: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

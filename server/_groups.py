@@ -435,8 +435,38 @@ class GroupRouter:
                 return row
         return found[0][1] if found else None
 
-    async def search_transactions(self, query: TransactionQuery) -> tuple[list[TransactionRow], int | None]:
-        raise Unavailable("transaction search across ledger groups is not built yet")
+    async def search_transactions(
+            self, query: TransactionQuery) -> tuple[list[TransactionRow], int | tuple[int, int, int] | None]:
+        """Every group's rows in one order, newest first: by time, then group, then position in
+        the group (within a group time never goes back as positions grow). Each group gives its
+        first ``limit`` rows below the cursor; the page is the first ``limit`` of them all, and
+        the cursor the last of those. The receiver's group's copy of a transfer between groups
+        (for its statements) is left out: the row is the sender group's."""
+        below = query.below
+        if query.before is not None:
+            raise Unavailable("this cursor was given out by a server of one ledger group")
+
+        def asked(group: int) -> TransactionQuery:
+            if below is None:
+                return dataclasses.replace(query, below=None)
+            at_us, cursor_group, position = below
+            if group == cursor_group:
+                return dataclasses.replace(query, below=None, before=position)
+            until = at_us - 1 if group > cursor_group else at_us
+            return dataclasses.replace(query, below=None,
+                                       until_us=until if query.until_us is None else min(query.until_us, until))
+
+        pages = await self._everywhere_indexed(lambda group, port: port.search_transactions(asked(group)))
+        candidates = sorted(((row.at_us, group, row.position, row) for group, (rows, _) in enumerate(pages)
+                             for row in rows), key=lambda item: item[:3], reverse=True)
+        taken = candidates[:query.limit]
+        more = len(candidates) > query.limit or any(next_before is not None for _, next_before in pages)
+        rows = [row for _, group, _, row in taken
+                if is_treasury(row.from_wallet_id) or group_of(row.from_wallet_id, self.groups) == group]
+        return rows, (taken[-1][:3] if taken and more else None)
+
+    async def _everywhere_indexed(self, ask: Callable[[int, RemoteCalls], Awaitable[T]]) -> list[T]:
+        return await self._everywhere(lambda port: ask(self.ports.index(port), port))
 
     # -- the directory: assets and tokens, in every group ---------------------------------
 

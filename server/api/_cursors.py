@@ -22,7 +22,7 @@ def encode_cursor(kind: str, lsn: int) -> str:
     return _encode(f"{kind}:{lsn}")
 
 
-def _cursor_text(raw: str) -> str:
+def cursor_text(raw: str) -> str:
     try:
         return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
     except (ValueError, binascii.Error, UnicodeDecodeError):
@@ -38,7 +38,7 @@ def decode_cursor(kind: str, raw: str | None, *, low: int = INT64_MIN, high: int
     keys it was made from, within int64 for SQLite); anything else is ``400`` (field cursor)."""
     if raw is None:
         return None
-    prefix, _, number = _cursor_text(raw).partition(":")
+    prefix, _, number = cursor_text(raw).partition(":")
     found = v.integer_in(number, low, high) if prefix == kind else None
     if found is None:
         raise _bad_cursor()
@@ -72,7 +72,7 @@ def withdrawal_cursor(raw: str | None) -> tuple[int, str] | None:
     """``<created_at_us>:<withdrawal id>`` of the last withdrawal of the previous page."""
     if raw is None:
         return None
-    created, _, after_id = _cursor_text(raw).partition(":")
+    created, _, after_id = cursor_text(raw).partition(":")
     at_us = v.integer_in(created, 0, INT64_MAX)
     if at_us is None or not ID_PATTERN.fullmatch(after_id):
         raise _bad_cursor()

@@ -31,6 +31,7 @@ from starlette.responses import Response
 
 from ledger import (
     AMOUNT_MAX,
+    INT64_MAX,
     SEARCH_METADATA_FILTERS_MAX,
     SEARCH_METADATA_KEY_PATTERN,
     SEARCH_METADATA_VALUE_CHARS_MAX,
@@ -42,7 +43,7 @@ from ledger import (
 from server import _validate as v
 from server._errors import ApiError, invalid
 from server.api._auth import authenticate, forbidden
-from server.api._cursors import decode_cursor, encode_cursor
+from server.api._cursors import cursor_text, decode_cursor, encode_cursor
 from server.api._deps import Deps, call
 from server.api._render import json_response, row_body
 from server.api._requests import parse_timestamp
@@ -54,6 +55,8 @@ SEARCH_PARAMETERS = frozenset(
 )
 T = TypeVar("T")
 SEARCH_CURSOR = "s"  # the cursor's kind: ``s:<position>``, the next page's exclusive upper position
+# With several ledger groups: ``g:<at_us>.<group>.<position>``, where the next page starts below.
+GROUPS_CURSOR = "g"
 
 
 async def find_transaction(deps: Deps, transaction_id: str) -> TransactionRow:
@@ -114,8 +117,9 @@ def search_query(request: Request) -> TransactionQuery:
             raise v.invalid_field(name, f"must be an integer from 1 to {AMOUNT_MAX}")
         return found
 
-    def position(name: str, raw: str) -> int | None:
-        return decode_cursor(SEARCH_CURSOR, raw, low=1)
+    def position(name: str, raw: str) -> int | tuple[int, int, int] | None:
+        below = groups_cursor(raw)
+        return below if below is not None else decode_cursor(SEARCH_CURSOR, raw, low=1)
 
     wallet_id = checked("wallet_id", v.identifier)
     type_label = checked("type", labelled(TRANSACTION_TYPES))
@@ -137,9 +141,30 @@ def search_query(request: Request) -> TransactionQuery:
         type=None if type_label is None else TRANSACTION_TYPES[type_label],
         status=None if status_label is None else TransactionStatus[status_label.upper()],
         since_us=since, until_us=until, min_amount=low, max_amount=high,
-        metadata=tuple(metadata.items()), before=before,
+        metadata=tuple(metadata.items()), before=before if isinstance(before, int) else None,
+        below=before if isinstance(before, tuple) else None,
         limit=v.LIMIT_DEFAULT if limit is None else limit,
     )
+
+
+def groups_cursor(raw: str) -> tuple[int, int, int] | None:
+    """The (at_us, group, position) of a ``g:`` cursor, None for another kind; 400 if broken."""
+    text = cursor_text(raw)
+    kind, _, rest = text.partition(":")
+    if kind != GROUPS_CURSOR:
+        return None
+    parts = [v.integer_in(part, 0, INT64_MAX) for part in rest.split(".")]
+    if len(parts) != 3 or any(part is None for part in parts):
+        raise v.invalid_field("cursor", "is not a cursor this endpoint gave out")
+    at_us, group, position = parts
+    assert at_us is not None and group is not None and position is not None
+    return at_us, group, position
+
+
+def encode_search_cursor(before: int | tuple[int, int, int]) -> str:
+    if isinstance(before, tuple):
+        return encode_cursor(GROUPS_CURSOR, ".".join(str(part) for part in before))  # type: ignore[arg-type]
+    return encode_cursor(SEARCH_CURSOR, before)
 
 
 class Transactions:
@@ -167,6 +192,6 @@ class Transactions:
         rows, before = await call(self._deps.port().search_transactions(query))
         return json_response({
             "items": [row_body(row) for row in rows],
-            "next_cursor": None if before is None else encode_cursor(SEARCH_CURSOR, before),
+            "next_cursor": None if before is None else encode_search_cursor(before),
         })
 

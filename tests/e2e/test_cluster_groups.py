@@ -230,6 +230,18 @@ def test_a_transfer_between_groups_reads_back_at_once_with_its_statement_entries
         assert sum(event["data"].get("id") == sent.json()["id"] for event in seen) == 1
         created = {event["data"]["wallet_id"] for event in seen if event["type"] == "wallet.created"}
         assert {sender, receiver} <= created
+        # Search across both groups, page by page: the transfer once, and both deposits.
+        found: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+            page = client.get("/v1/transactions", params={**params, "min_amount": 250})
+            assert page.status_code == 200, page.text
+            found += [item["id"] for item in page.json()["items"]]
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                break
+        assert found.count(sent.json()["id"]) == 1
         # Refused by the sender's group: recorded under its key, and nothing reached the receiver.
         for _ in range(2):
             poor = client.post("/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": receiver,

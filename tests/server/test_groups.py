@@ -210,3 +210,31 @@ async def test_a_batch_across_groups_is_decided_by_each_group_and_answered_in_re
         assert {wallet_id: (await router.wallet(wallet_id)).balance for wallet_id in balances} == balances  # type: ignore[union-attr]
         with pytest.raises(Unavailable, match="atomic"):
             await router.transfer_batch(items, True)
+
+
+async def test_a_search_pages_over_every_group_newest_first_each_transaction_once(tmp_path: Path) -> None:
+    from ledger import TransactionQuery
+
+    a1, a2, b1 = wallet_in(0, "a"), wallet_in(0, "aa"), wallet_in(1, "b")
+    async with two_groups(tmp_path) as (_, _, router):
+        await wallets(router, a1, a2, b1, deposit=1000)
+        for number in range(12):  # inside group 0, from 0 to 1, from 1 to 0, in turn
+            pair = [(a1, a2), (a1, b1), (b1, a2)][number % 3]
+            assert isinstance(await router.transfer(transfer(number, *pair, 1 + number)), Committed)
+        everything: list[Any] = []
+        below = None
+        pages = 0
+        while True:
+            rows, below = await router.search_transactions(TransactionQuery(limit=4, below=below))
+            everything += rows
+            pages += 1
+            if below is None:
+                break
+            assert pages < 20
+        ids = [row.id for row in everything]
+        assert len(ids) == len(set(ids)) == 12 + 3  # the transfers and the deposits, each once
+        times = [row.at_us for row in everything]
+        assert times == sorted(times, reverse=True)
+        mine, _ = await router.search_transactions(TransactionQuery(wallet_id=b1, limit=100))
+        assert sorted(row.id for row in mine) == sorted(
+            ["tx902"] + [f"tx{number}" for number in range(12) if number % 3 in (1, 2)])
