@@ -74,7 +74,7 @@ from ledger import (
 )
 from server._member import EVENTS_STREAM
 from server._port import RemoteCalls, Status, Unavailable
-from server._stream_events import AggregateEvents
+from server._stream_events import INDEX_MAX, AggregateEvents, position
 from wal import LogUnavailable, StreamClient
 
 log = logging.getLogger("groups")
@@ -86,6 +86,57 @@ T = TypeVar("T")
 CREDIT_WAIT_S = 2.0
 # The sender's group is told what its receivers credited at most this often, in one call.
 SETTLE_EVERY_S = 0.05
+
+
+class AggregateFeed:
+    """The events of every group, read from the aggregate stream by this process itself, on a
+    NATS connection of its own: the workers' feed and the webhook dispatcher's."""
+
+    def __init__(self, servers: list[str]) -> None:
+        self._servers = servers
+        self._events: AggregateEvents | None = None
+
+    async def run(self) -> None:
+        client = StreamClient(self._servers, name=f"wallet-events-{os.getpid()}")
+        while True:
+            try:
+                await anyio.to_thread.run_sync(client.connect)
+                break
+            except Exception as error:
+                log.warning("the events feed cannot reach NATS yet (%s)", error)
+                await anyio.sleep(1.0)
+        try:
+            self._events = AggregateEvents(client, EVENTS_STREAM)
+            await self._events.watch()
+        finally:
+            self._events = None
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(client.close)
+
+    async def end(self) -> int:
+        """The position of the last event the aggregate holds now: what comes after it is
+        later in the feed (a webhook endpoint created now starts there)."""
+        events = self._events
+        if events is None:
+            raise Unavailable("the events feed cannot reach NATS from this process now")
+        try:
+            seq = await anyio.to_thread.run_sync(events._end)
+        except LogUnavailable as error:
+            raise Unavailable(f"the events stream cannot be read now: {error}") from None
+        return position(seq, INDEX_MAX)
+
+    async def status(self) -> Status:
+        """What a webhook dispatcher asks for its lag: the feed's end (``end``)."""
+        return Status(None, await self.end())
+
+    async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Event]]:
+        events = self._events
+        if events is None:
+            raise Unavailable("the events feed cannot reach NATS from this process now")
+        try:
+            return await events.read(after, limit, wait_s)
+        except LogUnavailable as error:
+            raise Unavailable(f"the events stream cannot be read now: {error}") from None
 
 
 def group_of(wallet_id: str, groups: int) -> int:
@@ -105,8 +156,7 @@ class GroupRouter:
         stream by the worker itself (none: no feed)."""
         assert len(ports) >= 2
         self.ports = list(ports)
-        self._servers = servers
-        self._events: AggregateEvents | None = None
+        self._feed = AggregateFeed(servers) if servers else None
         self.groups = len(ports)
         self.connected = anyio.Event()
         self._settled: list[list[str]] = [[] for _ in ports]
@@ -120,26 +170,9 @@ class GroupRouter:
                 await group.start(port.run)
             group.start_soon(self._connected)
             group.start_soon(self.settle_forever)
-            if self._servers:
-                group.start_soon(self._feed, self._servers)
+            if self._feed is not None:
+                group.start_soon(self._feed.run)
             task_status.started()
-
-    async def _feed(self, servers: list[str]) -> None:
-        client = StreamClient(servers, name=f"wallet-worker-events-{os.getpid()}")
-        while True:
-            try:
-                await anyio.to_thread.run_sync(client.connect)
-                break
-            except Exception as error:
-                log.warning("the events feed cannot reach NATS yet (%s)", error)
-                await anyio.sleep(1.0)
-        try:
-            self._events = AggregateEvents(client, EVENTS_STREAM)
-            await self._events.watch()
-        finally:
-            self._events = None
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(client.close)
 
     async def _connected(self) -> None:
         for port in self.ports:
@@ -495,18 +528,17 @@ class GroupRouter:
 
     async def events(self, after: int, limit: int, wait_s: float) -> list[tuple[int, Event]]:
         """The feed of every group, from the aggregate stream (its positions: ADR 0013)."""
-        events = self._events
-        if events is None:
-            raise Unavailable("the events feed cannot reach NATS from this worker now")
-        try:
-            return await events.read(after, limit, wait_s)
-        except LogUnavailable as error:
-            raise Unavailable(f"the events stream cannot be read now: {error}") from None
+        if self._feed is None:
+            raise Unavailable("this worker has no events feed")
+        return await self._feed.events(after, limit, wait_s)
 
     async def status(self) -> Status:
         statuses = await self._everywhere(lambda port: port.status())
         reasons = [f"group {group}: {status.reason}" for group, status in enumerate(statuses) if status.reason]
-        return Status("; ".join(reasons) or None, max(status.durable_lsn for status in statuses))
+        # The feed's positions are the aggregate stream's (ADR 0013): what ``/ready`` and a new
+        # webhook endpoint's start mean by "durable so far".
+        durable = await self._feed.end() if self._feed is not None else max(s.durable_lsn for s in statuses)
+        return Status("; ".join(reasons) or None, durable)
 
     async def take_snapshot(self) -> tuple[int | None, int]:
         answers = await self._everywhere(lambda port: port.take_snapshot())

@@ -148,6 +148,9 @@ class ServeOptions:
     workers: int = 0  # the supervisor's; a child ignores it
     cluster: bool = False  # under ``wallet cluster up`` (``server._cluster``)
     groups: int = 1  # a cluster's ledger groups (ADR 0013; ``server._groups``)
+    # A cluster owner's webhook dispatcher with several groups reads the aggregate stream:
+    # the NATS URLs, comma-separated.
+    nats_servers: str = ""
     # A cluster member's: the cluster's data directory, where the HTTP workers keep the webhook
     # endpoints (``webhooks.sqlite3``) that its dispatcher delivers (``data_dir`` is the member's).
     shared_dir: Path | None = None
@@ -492,8 +495,11 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                     await group.start(partial(_serve_port, private_socket, lambda: port, shutdown))
                     group.start_soon(_until_cancelled, projecting,
                                      partial(_owner_child, "projector", options, private_socket))
-                    if options.shared_dir is not None:
-                        shared = dataclasses.replace(options, data_dir=options.shared_dir)
+                    # With several groups, group 0's owner alone delivers webhooks, from every
+                    # group's events (the aggregate stream: one order, one cursor per endpoint).
+                    if options.shared_dir is not None and (options.groups == 1 or owner.group == 0):
+                        shared = dataclasses.replace(options, data_dir=options.shared_dir,
+                                                     nats_servers=",".join(owner.servers))
                         group.start_soon(_until_cancelled, dispatching,
                                          partial(_owner_child, "webhooks", shared, private_socket))
                 # Payouts: workers that only issue ledger commands. Withdrawals left pending
@@ -812,9 +818,14 @@ async def serve_webhooks(options: ServeOptions, socket_path: str) -> int:
     from server._webhooks import Dispatcher, WebhookMetrics
 
     remote = RemotePort(socket_path, reconnect_s=SYNC_RETRY_S)
+    feed: Any = None
+    if options.groups > 1:
+        from server._groups import AggregateFeed
+
+        feed = AggregateFeed(options.nats_servers.split(","))
     # The counters go to the shared multiprocess files (server._scrape); the registry only
     # keeps them from being registered twice.
-    dispatcher = Dispatcher(options.data_dir, remote, options.webhooks(),
+    dispatcher = Dispatcher(options.data_dir, remote if feed is None else feed, options.webhooks(),
                             metrics=WebhookMetrics(CollectorRegistry()))
     lag = loop_lag(loop_lag_histogram(None), "webhooks")
     shutdown = anyio.Event()
@@ -822,6 +833,8 @@ async def serve_webhooks(options: ServeOptions, socket_path: str) -> int:
         group.start_soon(_signals, shutdown)
         group.start_soon(lag.run)
         await group.start(remote.run)
+        if feed is not None:
+            group.start_soon(feed.run)
         await group.start(dispatcher.run)
         log.info("webhook dispatcher %d delivering for %s (event loop: %s)", os.getpid(), options.data_dir,
                  _loop_name())

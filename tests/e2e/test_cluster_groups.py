@@ -37,7 +37,9 @@ def _healthy(view: dict[str, Any]) -> bool:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
     process = ClusterProcess(tmp_path_factory.mktemp("groups") / "data",
-                             extra_args=["--groups", str(GROUPS), "--snapshot-every", "200"])
+                             extra_args=["--groups", str(GROUPS), "--snapshot-every", "200",
+                                         "--allow-private-webhooks", "--webhook-backoff-base", "0.05",
+                                         "--webhook-backoff-max", "0.3"])
     process.start()
     try:
         process.wait_for(_healthy, timeout_s=60)
@@ -257,3 +259,48 @@ def test_a_transfer_between_groups_reads_back_at_once_with_its_statement_entries
                               headers={"Idempotency-Key": "to-closed"})
         assert refused.status_code == 409 and refused.json()["code"] == "wallet_closed", refused.text
         assert client.get(f"/v1/wallets/{sender}").json()["balance"] == START - 250
+
+
+def test_webhooks_deliver_the_events_of_every_group_once_in_feed_order(cluster: ClusterProcess, tmp_path: Any) -> None:
+    """Group 0's owner alone delivers webhooks, from the aggregate of every group's events:
+    each event once, verified, in the feed's order, whichever group wrote it."""
+    from tests.e2e._server import free_port
+    from tests.e2e.test_webhooks import WebhookSim
+
+    receiver = WebhookSim(tmp_path / "webhook-sim.log", free_port())
+    try:
+        with cluster.client() as client:
+            created = client.post("/v1/webhooks", json={"url": receiver.url + "/hook", "events": ["*"]})
+            assert created.status_code == 201, created.text
+            endpoint = created.json()
+            receiver.start("--secret", endpoint["secret"])
+            start = client.get(f"/v1/webhooks/{endpoint['id']}").json()["acknowledged_lsn"]
+            by_group = _wallets(cluster, per_group=2)
+            for index, (sender, target) in enumerate([(by_group[0][0], by_group[1][0]), (by_group[1][0], by_group[1][1]),
+                                                       (by_group[0][1], by_group[0][0]), (by_group[1][1], by_group[0][1])]):
+                response = _until_served(partial(client.post, "/v1/transfers", json={
+                    "from_wallet_id": sender, "to_wallet_id": target, "amount": 3},
+                    headers={"Idempotency-Key": f"hook-{index}-{uuid.uuid4()}"}))
+                assert response.status_code == 201, response.text
+            deadline = time.monotonic() + 20
+            while True:
+                expected = client.get("/v1/events", params={"after": start, "limit": 1000}).json()["items"]
+                if len([item for item in expected if item["type"] == "transfer.posted"]) >= 4:
+                    break
+                assert time.monotonic() < deadline, expected
+                time.sleep(0.2)
+        assert {item["data"]["wallet_id"] for item in expected if item["type"] == "wallet.created"} == {
+            wallet_id for ids in by_group.values() for wallet_id in ids}
+        deadline = time.monotonic() + 30
+        while True:
+            accepted = [entry for entry in receiver.received() if entry["answered"] == 200]
+            unique: dict[str, Any] = {}
+            for entry in accepted:
+                unique.setdefault(entry["webhook_id"], entry["body"])
+            if len(unique) >= len(expected) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert all(entry["verified"] for entry in accepted)
+        assert list(unique.values())[:len(expected)] == expected
+    finally:
+        receiver.stop()
