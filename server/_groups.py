@@ -516,13 +516,23 @@ class GroupRouter:
         return answers[0]
 
     async def token(self, token_hash: bytes) -> Token | None:
-        return await self.ports[0].token(token_hash)
+        return await self._any(lambda port: port.token(token_hash))
 
     async def asset(self, code: str) -> Asset | None:
-        return await self.ports[0].asset(code)
+        return await self._any(lambda port: port.asset(code))
 
     async def assets(self) -> list[Asset]:
-        return await self.ports[0].assets()
+        return await self._any(lambda port: port.assets())
+
+    async def _any(self, ask: Callable[[RemoteCalls], Awaitable[T]]) -> T:
+        """What every group holds alike (assets, tokens): group 0's answer, or while it has no
+        owner the next group's, so that the groups that serve go on serving."""
+        for port in self.ports[:-1]:
+            try:
+                return await ask(port)
+            except Unavailable:
+                continue
+        return await ask(self.ports[-1])
 
     # -- operations ----------------------------------------------------------------------
 
@@ -545,7 +555,29 @@ class GroupRouter:
         return answers[0]
 
     async def metrics(self) -> str:
-        return "".join(await self._everywhere(lambda port: port.metrics()))
+        """Every group owner's series, each labelled with its ``group`` (one family per name)."""
+        from prometheus_client.exposition import generate_latest
+        from prometheus_client.parser import text_string_to_metric_families
+        from prometheus_client.samples import Sample
+
+        texts = await self._everywhere(lambda port: port.metrics())
+        families: dict[str, Any] = {}
+        for group, text in enumerate(texts):
+            for family in text_string_to_metric_families(text):
+                labelled = [Sample(sample.name, {**sample.labels, "group": str(group)}, sample.value, sample.timestamp,
+                                   sample.exemplar) for sample in family.samples]
+                found = families.get(family.name)
+                if found is None:
+                    family.samples = labelled
+                    families[family.name] = family
+                else:
+                    found.samples.extend(labelled)
+
+        class _Registry:
+            def collect(self) -> Any:
+                return iter(families.values())
+
+        return generate_latest(_Registry()).decode()
 
     async def wait_projected(self) -> int:
         return max(await self._everywhere(lambda port: port.wait_projected()))

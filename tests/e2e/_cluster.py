@@ -4,7 +4,9 @@ command, the cluster view (``GET /v1/admin/cluster``) and waiting for a state of
 from __future__ import annotations
 
 import sys
+import threading
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -53,3 +55,65 @@ def all_up(view: dict[str, Any]) -> bool:
     """Healthy, and every one of the three log nodes runs."""
     nodes = view["log"]["nodes"]
     return healthy(view) and len(nodes) == 3 and all(node["pid"] and pid_alive(node["pid"]) for node in nodes)
+
+
+class Clients:
+    """Keyed transfers from a few threads between ``pairs`` (sender, receiver), each key retried
+    until it is answered (as the client library does): the record of what the service
+    acknowledged, key -> (from, to, amount, transaction id, monotonic time of the answer)."""
+
+    def __init__(self, cluster: ClusterProcess, pairs: list[tuple[str, str]], threads: int = 4) -> None:
+        self.cluster = cluster
+        self.pairs = pairs
+        self.acknowledged: dict[str, tuple[str, str, int, str, float]] = {}
+        self.unavailable = 0  # 503 answers (each retried)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(seed,), daemon=True) for seed in range(threads)]
+
+    def __enter__(self) -> Clients:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=90)
+        assert not any(thread.is_alive() for thread in self.threads), "a client never got its answer"
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.acknowledged)
+
+    def wait(self, count: int, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.count() < count:
+            assert all(thread.is_alive() for thread in self.threads), "a client thread died"
+            assert time.monotonic() < deadline, f"only {self.count()} of {count} transfers acknowledged"
+            time.sleep(0.05)
+
+    def _run(self, seed: int) -> None:
+        n = seed
+        with self.cluster.client() as client:
+            while not self.stop.is_set():
+                n += len(self.threads)
+                sender, receiver = self.pairs[n % len(self.pairs)]
+                key, amount = str(uuid.uuid4()), 1 + n % 7
+                body = {"from_wallet_id": sender, "to_wallet_id": receiver, "amount": amount}
+                while True:
+                    try:
+                        response = client.post("/v1/transfers", json=body, headers={"Idempotency-Key": key})
+                    except httpx.HTTPError:
+                        time.sleep(0.05)
+                        continue
+                    if response.status_code == 503:
+                        assert response.headers.get("Retry-After"), response.text
+                        with self.lock:
+                            self.unavailable += 1
+                        time.sleep(0.05)
+                        continue
+                    assert response.status_code == 201, response.text
+                    with self.lock:
+                        self.acknowledged[key] = (sender, receiver, amount, response.json()["id"], time.monotonic())
+                    break

@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e._cluster import ClusterProcess, all_up, healthy
+from tests.e2e._cluster import Clients, ClusterProcess, all_up, healthy
 from tests.e2e._server import ADMIN_TOKEN, free_port
 from tests.e2e._supervised import pid_alive
 from tests.e2e.test_webhooks import WebhookSim
@@ -53,67 +52,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess
             assert process.terminate() == 0, process.log_tail()
 
 
-class Clients:
-    """Keyed transfers from a few threads, each retried with its key until it is answered (as
-    the client library does): the record of what the service acknowledged."""
-
-    def __init__(self, cluster: ClusterProcess, wallets: list[str]) -> None:
-        self.cluster = cluster
-        self.wallets = wallets
-        self.acknowledged: dict[str, tuple[str, str, int, str]] = {}  # key -> (from, to, amount, id)
-        self.unavailable = 0
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(seed,), daemon=True) for seed in range(4)]
-
-    def __enter__(self) -> Clients:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.acknowledged)
-
-    def wait(self, count: int, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.count() < count:
-            assert all(thread.is_alive() for thread in self.threads), "a client thread died"
-            assert time.monotonic() < deadline, f"only {self.count()} of {count} transfers acknowledged"
-            time.sleep(0.05)
-
-    def _run(self, seed: int) -> None:
-        n = 0
-        with self.cluster.client() as client:
-            while not self.stop.is_set():
-                n += 1
-                sender = self.wallets[(seed + n) % len(self.wallets)]
-                receiver = self.wallets[(seed + 2 * n + 1) % len(self.wallets)]
-                if sender == receiver:
-                    continue
-                key, amount = str(uuid.uuid4()), 1 + n % 7
-                body = {"from_wallet_id": sender, "to_wallet_id": receiver, "amount": amount}
-                while True:  # a key is retried until answered, also once asked to stop
-                    try:
-                        response = client.post("/v1/transfers", json=body, headers={"Idempotency-Key": key})
-                    except httpx.HTTPError:
-                        time.sleep(0.05)
-                        continue
-                    if response.status_code == 503:
-                        assert response.headers.get("Retry-After"), response.text
-                        with self.lock:
-                            self.unavailable += 1
-                        time.sleep(0.05)
-                        continue
-                    assert response.status_code == 201, response.text
-                    with self.lock:
-                        self.acknowledged[key] = (sender, receiver, amount, response.json()["id"])
-                    break
+def _pairs(wallets: list[str]) -> list[tuple[str, str]]:
+    return [(sender, receiver) for sender in wallets for receiver in wallets if sender != receiver]
 
 
 def _wallets(cluster: ClusterProcess) -> list[str]:
@@ -129,11 +69,11 @@ def _check_record(cluster: ClusterProcess, wallets: list[str], clients: Clients)
     same transaction; each balance is what the client's record says (so no key ran twice)."""
     expected = {wallet_id: START for wallet_id in wallets}
     with cluster.client() as client:
-        for sender, receiver, amount, _ in clients.acknowledged.values():
+        for sender, receiver, amount, *_ in clients.acknowledged.values():
             expected[sender] -= amount
             expected[receiver] += amount
         sample = list(clients.acknowledged.items())[:: max(1, len(clients.acknowledged) // 50)]
-        for key, (sender, receiver, amount, transaction_id) in sample:
+        for key, (sender, receiver, amount, transaction_id, _) in sample:
             again = _until_served(partial(
                 client.post, "/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": receiver,
                                                     "amount": amount}, headers={"Idempotency-Key": key}))
@@ -358,7 +298,7 @@ def test_sigkill_of_the_owner_under_load_loses_nothing_acknowledged(cluster: Clu
     wallets = _wallets(cluster)
     before = cluster.view()["groups"][0]["owner"]
     projector = _one_projector(before["pid"])
-    with Clients(cluster, wallets) as clients:
+    with Clients(cluster, _pairs(wallets)) as clients:
         clients.wait(200)
         took = _takeover(cluster, before["pid"], signal.SIGKILL)
         acknowledged = clients.count()
@@ -378,7 +318,7 @@ def test_sigkill_of_the_owner_under_load_loses_nothing_acknowledged(cluster: Clu
 def test_a_paused_owner_finds_itself_fenced_and_writes_nothing(cluster: ClusterProcess) -> None:
     wallets = _wallets(cluster)
     paused = cluster.view()["groups"][0]["owner"]
-    with Clients(cluster, wallets) as clients:
+    with Clients(cluster, _pairs(wallets)) as clients:
         clients.wait(100)
         took = _takeover(cluster, paused["pid"], signal.SIGSTOP)
         clients.wait(clients.count() + 100)
@@ -414,7 +354,7 @@ def test_sigkill_of_the_stream_leader_and_of_a_worker(cluster: ClusterProcess) -
     with cluster.client() as client:
         worker = next(item["pid"] for item in client.get("/v1/admin/processes").json()["items"]
                       if item["role"] == "http")
-    with Clients(cluster, wallets) as clients:
+    with Clients(cluster, _pairs(wallets)) as clients:
         clients.wait(100)
         os.kill(leader["pid"], signal.SIGKILL)
         os.kill(worker, signal.SIGKILL)

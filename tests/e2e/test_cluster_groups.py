@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import httpx
 import pytest
 
 from server._groups import group_of
-from tests.e2e._cluster import ClusterProcess
+from tests.e2e._cluster import Clients, ClusterProcess
 from tests.e2e._server import ADMIN_TOKEN
 from wallet_client import WalletClient
 
@@ -72,64 +71,6 @@ def _until_served(request: Any, timeout_s: float = 30.0) -> httpx.Response:
         if response.status_code != 503 or time.monotonic() >= deadline:
             return response
         time.sleep(0.2)
-
-
-class Clients:
-    """Keyed transfers from a few threads between ``pairs`` (sender, receiver), each key retried
-    until answered: the record of what the service acknowledged, with the time of each answer."""
-
-    def __init__(self, cluster: ClusterProcess, pairs: list[tuple[str, str]], threads: int = 4) -> None:
-        self.cluster = cluster
-        self.pairs = pairs
-        self.acknowledged: dict[str, tuple[str, str, int, str, float]] = {}
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(seed,), daemon=True) for seed in range(threads)]
-
-    def __enter__(self) -> Clients:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=90)
-        assert not any(thread.is_alive() for thread in self.threads), "a client never got its answer"
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.acknowledged)
-
-    def wait(self, count: int, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.count() < count:
-            assert all(thread.is_alive() for thread in self.threads), "a client thread died"
-            assert time.monotonic() < deadline, f"only {self.count()} of {count} transfers acknowledged"
-            time.sleep(0.05)
-
-    def _run(self, seed: int) -> None:
-        n = seed
-        with self.cluster.client() as client:
-            while not self.stop.is_set():
-                n += len(self.threads)
-                sender, receiver = self.pairs[n % len(self.pairs)]
-                key, amount = str(uuid.uuid4()), 1 + n % 7
-                body = {"from_wallet_id": sender, "to_wallet_id": receiver, "amount": amount}
-                while True:
-                    try:
-                        response = client.post("/v1/transfers", json=body, headers={"Idempotency-Key": key})
-                    except httpx.HTTPError:
-                        time.sleep(0.05)
-                        continue
-                    if response.status_code == 503:
-                        assert response.headers.get("Retry-After"), response.text
-                        time.sleep(0.05)
-                        continue
-                    assert response.status_code == 201, response.text
-                    with self.lock:
-                        self.acknowledged[key] = (sender, receiver, amount, response.json()["id"], time.monotonic())
-                    break
 
 
 def _check(cluster: ClusterProcess, wallets: list[str], clients: Clients) -> None:

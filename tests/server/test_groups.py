@@ -5,6 +5,7 @@ without owner is."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -48,7 +49,8 @@ class Switchable:
             self.calls.append(name)
             if self.down:
                 raise Unavailable("no owner")
-            return await method(*args)
+            result = method(*args)  # (a worker's port awaits every call; ``LocalPort.metrics`` is plain)
+            return await result if inspect.isawaitable(result) else result
 
         return call
 
@@ -238,3 +240,32 @@ async def test_a_search_pages_over_every_group_newest_first_each_transaction_onc
         mine, _ = await router.search_transactions(TransactionQuery(wallet_id=b1, limit=100))
         assert sorted(row.id for row in mine) == sorted(
             ["tx902"] + [f"tx{number}" for number in range(12) if number % 3 in (1, 2)])
+
+
+async def test_tokens_and_assets_are_read_from_another_group_while_group_0_has_no_owner(tmp_path: Path) -> None:
+    import hashlib
+
+    from ledger import CreateToken
+
+    async with two_groups(tmp_path) as (_, ports, router):
+        digest = hashlib.sha256(b"secret").digest()
+        assert await router.create_token(CreateToken(token_hash=digest, prefix="abc", owner_id="alice"))
+        ports[0].down = True
+        token = await router.token(digest)
+        assert token is not None and token.owner_id == "alice"
+        assert [asset.code for asset in await router.assets()] == ["USD"]
+        ports[1].down = True
+        with pytest.raises(Unavailable):
+            await router.token(digest)
+
+
+async def test_the_owners_series_are_one_family_each_labelled_by_group(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with two_groups(tmp_path) as (_, _, router):
+        text = await router.metrics()
+    families = list(text_string_to_metric_families(text))
+    names = [family.name for family in families]
+    assert len(names) == len(set(names)) and names
+    groups = {sample.labels.get("group") for family in families for sample in family.samples}
+    assert groups == {"0", "1"}
