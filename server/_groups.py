@@ -120,7 +120,7 @@ class AggregateFeed:
         if events is None:
             raise Unavailable("the events feed cannot reach NATS from this process now")
         try:
-            seq = await anyio.to_thread.run_sync(events._end)
+            seq = await anyio.to_thread.run_sync(events.end_sequence)
         except LogUnavailable as error:
             raise Unavailable(f"the events stream cannot be read now: {error}") from None
         return position(seq, INDEX_MAX)

@@ -145,7 +145,8 @@ class _StreamFeed:
 
     # -- a worker thread ----------------------------------------------------------------------
 
-    def _end(self) -> int:
+    def end_sequence(self) -> int:
+        """The stream's last sequence, from its leader (what a page reads up to)."""
         end_seq = self._client.last_sequence(self._stream)
         self._last_seq = max(self._last_seq, end_seq)
         return int(end_seq)
@@ -180,7 +181,7 @@ class StreamEvents(_StreamFeed):
         self._hints: OrderedDict[int, int] = OrderedDict()  # next LSN to read -> the sequence holding it
 
     def page(self, after: int, limit: int) -> tuple[list[tuple[int, Event]], int]:
-        end_seq = self._end()
+        end_seq = self.end_sequence()
         seq = self._locate(after + 1, end_seq)
         if seq is None:
             return [], end_seq
@@ -274,7 +275,7 @@ class AggregateEvents(_StreamFeed):
     what stops a copy made again further apart."""
 
     def page(self, after: int, limit: int) -> tuple[list[tuple[int, Event]], int]:
-        end_seq = self._end()
+        end_seq = self.end_sequence()
         first_seq, done_index = after >> INDEX_BITS, after & INDEX_MAX
         seq = max(first_seq, 1)
         passed: dict[str, int] = {}
