@@ -51,6 +51,19 @@ class WebhookSim:
         items: list[dict[str, Any]] = httpx.get(self.url + "/received", timeout=10).json()["items"]
         return items
 
+    def delivered(self, count: int, timeout_s: float = 30.0) -> tuple[list[dict[str, Any]], list[Any]]:
+        """Waits until ``count`` distinct events were answered 200 (or ``timeout_s``): the
+        accepted deliveries, and each event's body once, in the order first delivered."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            accepted = [entry for entry in self.received() if entry["answered"] == 200]
+            unique: dict[str, Any] = {}
+            for entry in accepted:
+                unique.setdefault(entry["webhook_id"], entry["body"])
+            if len(unique) >= count or time.monotonic() > deadline:
+                return accepted, list(unique.values())
+            time.sleep(0.1)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
