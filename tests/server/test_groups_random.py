@@ -33,6 +33,7 @@ from ledger.testing import transfer
 from server._crossing import Crossing
 from server._groups import group_of
 from server._port import LocalPort
+from tests._budget import scaled
 
 START = 1_000
 # Three wallets in each group, by the group table (the owners' ``Crossing`` routes by it).
@@ -114,7 +115,7 @@ async def _setup(harness: Harness) -> None:
             assert isinstance(await group.ledger.transfer(deposit), Committed)
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(scaled(6, 40)))  # ``make test-long``: 40 seeds
 async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     async with trio.open_nursery() as nursery:
