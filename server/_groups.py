@@ -581,8 +581,3 @@ class GroupRouter:
 
     async def wait_projected(self) -> int:
         return max(await self._everywhere(lambda port: port.wait_projected()))
-
-    def __getattr__(self, name: str) -> Any:
-        raise AttributeError(f"GroupRouter has no {name!r}: no route may call it across groups")
-
-
