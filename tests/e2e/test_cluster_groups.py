@@ -159,11 +159,18 @@ def test_a_transfer_between_groups_reads_back_at_once_with_its_statement_entries
             sent.json()["id"], "debit", receiver)
         # The events feed holds both groups' records, once each, in positions that grow: the
         # transfer once (its sender group's record), and both wallets' creation.
+        # The aggregate copies each group's stream on its own, so a record of one group may come
+        # after a later one of the other: read until the transfer and both creations are there.
         seen: list[dict[str, Any]] = []
         after = 0
         deadline = time.monotonic() + 10
-        while not any(event["data"].get("id") == sent.json()["id"] for event in seen):
-            assert time.monotonic() < deadline, "the transfer never reached the feed"
+
+        def created_ids() -> set[str]:
+            return {event["data"]["wallet_id"] for event in seen if event["type"] == "wallet.created"}
+
+        while not (any(event["data"].get("id") == sent.json()["id"] for event in seen)
+                   and {sender, receiver} <= created_ids()):
+            assert time.monotonic() < deadline, "the transfer or a creation never reached the feed"
             page = client.get("/v1/events", params={"after": after, "limit": 1000, "wait": 1})
             assert page.status_code == 200, page.text
             seen += page.json()["items"]
@@ -171,8 +178,6 @@ def test_a_transfer_between_groups_reads_back_at_once_with_its_statement_entries
         positions = [event["lsn"] for event in seen]
         assert positions == sorted(positions)
         assert sum(event["data"].get("id") == sent.json()["id"] for event in seen) == 1
-        created = {event["data"]["wallet_id"] for event in seen if event["type"] == "wallet.created"}
-        assert {sender, receiver} <= created
         # Search across both groups, page by page: the transfer once, and both deposits.
         found: list[str] = []
         cursor = None
@@ -230,7 +235,9 @@ def test_webhooks_deliver_the_events_of_every_group_once_in_feed_order(cluster: 
                     break
                 assert time.monotonic() < deadline, expected
                 time.sleep(0.2)
-        assert {item["data"]["wallet_id"] for item in expected if item["type"] == "wallet.created"} == {
+        # Each group's records come in its own order; one acknowledged just before the endpoint's
+        # creation may still be copied into the aggregate after it, and is delivered too.
+        assert {item["data"]["wallet_id"] for item in expected if item["type"] == "wallet.created"} >= {
             wallet_id for ids in by_group.values() for wallet_id in ids}
         accepted, bodies = receiver.delivered(len(expected))
         assert all(entry["verified"] for entry in accepted)
