@@ -42,15 +42,15 @@ def pytest_configure(config: pytest.Config) -> None:
             )
 
 
-# The modules that took longest in ``--durations`` runs of the whole suite (2026-12-06),
+# The modules that took longest in ``--durations`` runs of the whole suite (2026-12-07),
 # longest first. ``make test`` hands whole modules to its workers (``--dist loadscope``, so a
 # module's servers start once), in collection order; these go first, then the other end-to-end
 # modules, then the quick ones, which fill the gaps at the end instead of one long module
 # running alone while the other workers idle. The order only; it selects nothing.
 LONGEST_FIRST = (
-    "tests/e2e/test_snapshots.py", "tests/e2e/test_crash.py", "tests/e2e/test_concurrency.py",
-    "tests/e2e/test_cluster.py", "tests/e2e/test_batch.py", "tests/e2e/test_withdrawals.py",
-    "tests/e2e/test_processes.py", "tests/bench/test_e2e.py", "tests/e2e/test_crashloop_cluster.py",
+    "tests/e2e/test_crashloop_cluster.py", "tests/e2e/test_snapshots.py", "tests/e2e/test_crash.py",
+    "tests/e2e/test_concurrency.py", "tests/e2e/test_cluster.py", "tests/e2e/test_batch.py",
+    "tests/e2e/test_withdrawals.py", "tests/e2e/test_processes.py", "tests/bench/test_e2e.py",
     "tests/e2e/test_hardening_edge.py", "tests/e2e/test_crashloop.py", "tests/e2e/test_schemathesis.py",
 )
 

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests._budget import loops
 from wallet_client import WalletClient
 
 ADMIN_TOKEN = "test-admin-token"
@@ -30,6 +31,9 @@ DEFAULT_LOOP = os.environ.get("WALLET_TEST_LOOP", "trio")
 # Hypercorn and anyio, so it is left to ``WALLET_TEST_LOOP=asyncio``).
 TEST_LOOPS = ["trio", "uvloop"]
 on_each_loop = pytest.mark.parametrize("loop", TEST_LOOPS)
+# The heaviest of those: on each loop under ``make test-long``, on the default loop in CI (the
+# lighter crash, shutdown and happy-path tests still run on both there).
+on_each_loop_long = pytest.mark.parametrize("loop", loops(TEST_LOOPS))
 # HTTP workers of a test's server unless it passes ``--workers`` itself: one, not one per core.
 # Still the supervised processes of ``--workers N`` (the ledger process behind its socket, the
 # projector, the dispatcher); each process costs about 0.9 CPU-s to start, which under four

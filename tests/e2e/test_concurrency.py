@@ -14,7 +14,7 @@ from tests.e2e._load import (
     run_clients,
     setup_wallets,
 )
-from tests.e2e._server import ServerProcess, on_each_loop
+from tests.e2e._server import ServerProcess, on_each_loop, on_each_loop_long
 
 DEPOSIT = 10**12
 
@@ -36,7 +36,7 @@ async def _check(server: ServerProcess, ids: list[str], book: Ledgerbook) -> Non
             assert response.json()["amount"] == transaction["amount"]
 
 
-@on_each_loop
+@on_each_loop_long
 async def test_64_clients_over_200_wallets_conserve_money(server: ServerProcess) -> None:
     ids = [f"u{index}" for index in range(200)]
 

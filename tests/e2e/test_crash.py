@@ -22,7 +22,7 @@ from tests.e2e._load import (
     send,
     setup_wallets,
 )
-from tests.e2e._server import ServerProcess, on_each_loop
+from tests.e2e._server import ServerProcess, on_each_loop, on_each_loop_long
 
 DEPOSIT = 10**12
 
@@ -118,7 +118,7 @@ async def test_torn_tail_after_sigkill_is_cut_and_the_server_starts(server: Serv
         assert await balances(http, ids) == {"t-a": 975, "t-b": 1025}
 
 
-@on_each_loop
+@on_each_loop_long
 async def test_flipped_byte_in_an_old_segment_refuses_to_start(tmp_path: Path, loop: str) -> None:
     server = ServerProcess(tmp_path / "data", extra_args=["--segment-bytes", "4096"], loop=loop)
     server.start()

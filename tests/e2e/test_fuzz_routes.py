@@ -83,7 +83,7 @@ def check(response: httpx.Response) -> None:
         assert body["status"] == response.status_code and body["code"], body
 
 
-@settings(max_examples=scaled(200, 800), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=scaled(120, 800), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(route=st.sampled_from(ROUTES), path_id=path_ids, body=bodies, token=tokens, content_type=content_types,
        key=keys, query=queries)
 def test_no_input_makes_a_5xx(fuzz_server: ServerProcess, route: tuple[str, str], path_id: str, body: bytes,
@@ -118,7 +118,7 @@ batch_bodies = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=scaled(150, 600), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=scaled(100, 600), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(body=batch_bodies, as_msgpack=st.booleans(), accept=st.sampled_from([None, "application/msgpack", "*/*"]),
        token=tokens)
 def test_no_batch_makes_a_5xx(fuzz_server: ServerProcess, body: Any, as_msgpack: bool, accept: str | None,

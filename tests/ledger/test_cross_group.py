@@ -97,7 +97,9 @@ async def test_a_transfer_between_groups_moves_the_money_once_through_both_trans
         assert sum(balances(a).values()) + sum(balances(b).values()) == 0
         assert a.directory.transit["USD"] + b.directory.transit["USD"] == 0
         live = (a.digest(), b.digest())
-        history = await b.history.entries("bob", before=None, limit=10)  # type: ignore[union-attr]
+        assert b.history is not None
+        await b.history.wait_projected(b.wal.durable_lsn)  # the read model lags the log a little
+        history = await b.history.entries("bob", before=None, limit=10)
     assert [(e.transaction_id, e.direction, e.amount, e.balance_after, e.counterparty_wallet_id)
             for e in history] == [("tx1", "credit", 300, 300, "alice")]
     assert (await replayed_digest(a_path), await replayed_digest(b_path)) == live
