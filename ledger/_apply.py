@@ -529,9 +529,13 @@ def apply(state: State, event: Event, lsn: int) -> None:
     elif isinstance(event, CreditReserved | ReservationSettled):
         apply_reservation(state, event, lsn)
     elif isinstance(event, TransfersPosted):
+        across = state.directory.groups > 1
         for transfer in event.transfers:  # the reference path: ``ledger._part.apply_part`` is the fast one
             apply_debit(state, transfer, lsn)
-            apply_credit(state, transfer, lsn)
+            if across and transfer.to_wallet_id not in state.wallets:  # an atomic batch's item to another group
+                apply_sent_across(state.directory, transfer)
+            else:
+                apply_credit(state, transfer, lsn)
     elif isinstance(event, HoldCreated | HoldVoided | WithdrawalUpdated):
         apply_sender(state, event, lsn)
     elif isinstance(event, HoldCaptured):

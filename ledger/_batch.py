@@ -39,7 +39,7 @@ import anyio
 from ledger import _apply, _decide
 from ledger._codec import encode_event
 from ledger._decide import CreditCheck
-from ledger._messages import BatchReply, shard_of
+from ledger._messages import Aborted, BatchReply, shard_of
 from ledger._model import (
     Alert,
     BatchFailed,
@@ -108,10 +108,11 @@ class _ApplyCredits:
 
 @dataclass(slots=True)
 class _AtomicBatch:
-    """An atomic batch whose wallets all live on this shard."""
+    """An atomic batch whose wallets all live on this shard (``credits`` as in ``commit_atomic``)."""
 
     commands: list[Transfer]
     reply: BatchReply
+    credits: list[CreditCheck | None] | None = None
 
 
 @dataclass(slots=True)
@@ -130,6 +131,7 @@ class _AtomicLead:
     involved: list[Shard]
     pause: _Pause
     reply: BatchReply
+    credits: list[CreditCheck | None] | None = None
 
 
 
@@ -160,8 +162,16 @@ def _records(rows: list[TransferRow], at_us: int) -> list[tuple[bytes, _Posted, 
     return _records(rows[:half], at_us) + _records(rows[half:], at_us)
 
 
-def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchReply) -> None:
+def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchReply,
+                  credits: list[CreditCheck | None] | None = None) -> None:
     """Decides an atomic batch and, if every item passes, commits it as one record.
+
+    ``credits`` (a ledger of several groups, ADR 0013): for each item, None when its receiver
+    lives in this group, else the verdict of the receiver's group, which reserved the credit.
+    Such an item is decided with that verdict as its credit side and, committed, credits this
+    group's transit account (owed to the receiver's group), as a single transfer between groups
+    does. ``Aborted`` for every item when the receiver's group had any of them aborted (nothing
+    is appended: the batch cannot commit whole).
 
     ``involved`` must own every wallet the batch names, and none of them may be in the middle of
     a step: this runs inside the step of the only one (``_AtomicBatch``), or in the lead's task
@@ -179,6 +189,16 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
     if failed is not None:
         reply._report(failed)
         return
+    if credits is None:
+        credits = [None] * len(commands)
+    assert len(credits) == len(commands)
+    aborted = lead.state.directory.aborted
+    if aborted and any(credit is not None and command.transaction_id in aborted
+                       for command, credit in zip(commands, credits, strict=True)):
+        # The receiver's group asked, and was told, that one of these will never commit.
+        reply.results[:] = [Aborted(command.transaction_id) for command in commands]
+        wal.call_when_durable(wal.last_lsn, reply._report)
+        return
     for shard in involved:
         # Credits of earlier records first, so every wallet sees its changes in LSN order.
         shard.take_queued_credits()
@@ -188,31 +208,35 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
     wallets: dict[str, Wallet] = {}
     pending: dict[str, int] = {}
     watched: dict[str, list[Alert]] = {}
-    for command in commands:
+    for command, credit in zip(commands, credits, strict=True):
         sender_id = command.from_wallet_id
         assert sender_id is not None
-        receiver_id = command.to_wallet_id
         sender_shard = shard_of(sender_id, shards)
-        receiver_shard = shard_of(receiver_id, shards)
         assert sender_shard in owned
-        assert receiver_shard in owned
         sender = peers[sender_shard].state.wallets.get(sender_id)
         if sender is not None:
             wallets[sender_id] = sender
+        alerts = peers[sender_shard].state.watched.get(sender_id)
+        if alerts is not None:
+            watched[sender_id] = alerts
+        if credit is not None:
+            continue  # the receiver lives in another group
+        receiver_id = command.to_wallet_id
+        receiver_shard = shard_of(receiver_id, shards)
+        assert receiver_shard in owned
         receiver = peers[receiver_shard].state.wallets.get(receiver_id)
         if receiver is not None:
             wallets[receiver_id] = receiver
         reserved = peers[receiver_shard]._pending.get(receiver_id)
         if reserved:
             pending[receiver_id] = reserved
-        for wallet_id, shard_index in ((sender_id, sender_shard), (receiver_id, receiver_shard)):
-            alerts = peers[shard_index].state.watched.get(wallet_id)
-            if alerts is not None:
-                watched[wallet_id] = alerts
+        alerts = peers[receiver_shard].state.watched.get(receiver_id)
+        if alerts is not None:
+            watched[receiver_id] = alerts
     # The involved wallets and their alerts (the same objects): firings owed go to the view.
     view = State(directory=lead.state.directory, wallets=wallets, watched=watched)
     now_us = lead._clock()
-    decisions = _decide.decide_transfers(view, [(command, None) for command in commands], now_us, pending, atomic=True)
+    decisions = _decide.decide_transfers(view, list(zip(commands, credits, strict=True)), now_us, pending, atomic=True)
     last = decisions[-1]
     if isinstance(last, Rejection):
         index = len(decisions) - 1
@@ -246,9 +270,14 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
         # After this point the batch must be committed.
         lsn = wal.append(payload, record)
         _apply.apply_directory(view.directory, record, lsn)
+        remote = {command.transaction_id for command, credit in zip(commands, credits, strict=True)
+                  if credit is not None}
         for event in events:
             _apply.apply_debit(view, event, lsn)
-            _apply.apply_credit(view, event, lsn)
+            if event.transaction_id in remote:
+                _apply.apply_sent_across(view.directory, event)
+            else:
+                _apply.apply_credit(view, event, lsn)
         # In the same step: the firings the batch's changes owe.
         for firing in _decide.decide_firings(view, now_us):
             firing_lsn = wal.append(encode_event(firing), firing)

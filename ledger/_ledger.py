@@ -509,7 +509,8 @@ class Ledger:
         shard = self._shard(command.wallet_id)
         return await self._keyed(command.idempotency, lambda: shard.submit_command(command))
 
-    async def transfer_batch(self, commands: list[Transfer], *, atomic: bool) -> list[ItemOutcome] | BatchFailed:
+    async def transfer_batch(self, commands: list[Transfer], *, atomic: bool,
+                             credits: list[CreditCheck | None] | None = None) -> list[ItemOutcome] | BatchFailed:
         """Posts a batch of transfers (1 to ``BATCH_ITEMS_MAX``, each with a sender, idempotency
         keys distinct within the batch). Raises Overloaded (at once, nothing done) or
         StorageFailed.
@@ -523,19 +524,27 @@ class Ledger:
         and either all pass (a list of ``Committed`` / ``Duplicate``: the new ones are one
         record, so a crash keeps all of them or none) or nothing is posted and the answer is
         ``BatchFailed`` with the first failing item.
+
+        ``credits`` (atomic only, a group of several, ADR 0013): per item, None when its receiver
+        lives in this group, else the verdict of the receiver's group, which reserved the credit
+        (``reserve_credit``); such an item's credit goes to the transit account, as
+        ``transfer_across`` does. Every item is then ``Aborted`` if the receiver's group had any
+        of them aborted: the batch cannot commit whole, and nothing was appended.
         """
         assert 1 <= len(commands) <= BATCH_ITEMS_MAX, len(commands)
+        assert credits is None or (atomic and self.directory.groups > 1 and len(credits) == len(commands))
         keys = [(c.idempotency.scope, c.idempotency.key) for c in commands if c.idempotency is not None]
         assert len(set(keys)) == len(keys), "idempotency keys repeat within the batch"
         tier = self.keys
         if tier is None or not keys:
-            return await self._post_batch(commands, atomic=atomic)
+            return await self._post_batch(commands, atomic=atomic, credits=credits)
         async with tier.holding(keys):
-            return await self._post_batch(commands, atomic=atomic)
+            return await self._post_batch(commands, atomic=atomic, credits=credits)
 
-    async def _post_batch(self, commands: list[Transfer], *, atomic: bool) -> list[ItemOutcome] | BatchFailed:
+    async def _post_batch(self, commands: list[Transfer], *, atomic: bool,
+                          credits: list[CreditCheck | None] | None) -> list[ItemOutcome] | BatchFailed:
         if atomic:
-            return await self._atomic(commands)
+            return await self._atomic(commands, credits)
         return await self._wait(self.submit_batch(commands))
 
     def submit_batch(self, commands: list[Transfer]) -> BatchReply:
@@ -565,16 +574,19 @@ class Ledger:
             self.shards[index].submit_group(_CreditGroup(batch, items, parts, reply))
         return reply
 
-    async def _atomic(self, commands: list[Transfer]) -> list[ItemOutcome] | BatchFailed:
+    async def _atomic(self, commands: list[Transfer],
+                      credits: list[CreditCheck | None] | None = None) -> list[ItemOutcome] | BatchFailed:
         shards = len(self.shards)
+        remote = [False] * len(commands) if credits is None else [credit is not None for credit in credits]
         involved = sorted(
-            {shard_of(wallet_id, shards) for command in commands
-             for wallet_id in (command.from_wallet_id, command.to_wallet_id) if wallet_id is not None}
+            {shard_of(wallet_id, shards) for command, elsewhere in zip(commands, remote, strict=True)
+             for wallet_id in (command.from_wallet_id, None if elsewhere else command.to_wallet_id)
+             if wallet_id is not None}
         )
         reply = BatchReply(len(commands), waiting=1)
         if len(involved) == 1:
             self._check_running()
-            self.shards[involved[0]].submit_atomic(commands, reply)
+            self.shards[involved[0]].submit_atomic(commands, reply, credits)
             return await self._wait(reply)
         held = [self.shards[index] for index in involved]
         async with self._atomic_lock:
@@ -587,7 +599,7 @@ class Ledger:
                 lead, *others = held
                 for shard in others:
                     shard.pause(pause)
-                lead.lead(_AtomicLead(commands, held, pause, reply))
+                lead.lead(_AtomicLead(commands, held, pause, reply, credits))
                 await pause.released.wait()
         return await self._wait(reply)
 

@@ -80,6 +80,9 @@ class Reason(enum.Enum):
     WITHDRAWAL_NOT_DEAD = "withdrawal_not_dead"  # only a dead withdrawal can be retried
     WITHDRAWAL_NOT_PAYABLE = "withdrawal_not_payable"  # internal: a payout step out of order
     RECORD_TOO_LARGE = "payload_too_large:record"  # an atomic batch must fit in one log record
+    # Cluster mode with several ledger groups (ADR 0013): an atomic batch whose items debit
+    # wallets of more than one group (decided by the HTTP workers' router, before any ledger).
+    BATCH_SPANS_GROUPS = "batch_spans_groups"
     # Balance alerts (checked in this order after SENDER_NOT_FOUND and FORBIDDEN).
     ALERT_LIMIT_REACHED = "alert_limit_reached"
     ALERT_NOT_FOUND = "alert_not_found"
@@ -129,14 +132,15 @@ class Rejection:
 # a keyed request is recorded (``RequestsRefused``) and answers that key from then on, so a
 # reason added later is final unless it is listed here. The statuses these map to (server/
 # ``REASONS``): 409 idempotency_key_reused (the key's own answer, never a new outcome), 403
-# forbidden (the contract lists 403 as not recorded), 400 (a reserved id), 413 (an atomic batch
-# too large for one record). ``tests/server/test_final_outcomes.py`` checks this set against
+# forbidden (the contract lists 403 as not recorded), 400 (a reserved id; an atomic batch whose
+# senders are in several ledger groups), 413 (an atomic batch too large for one record). ``tests/server/test_final_outcomes.py`` checks this set against
 # the status table.
 UNRECORDED_REASONS = frozenset({
     Reason.IDEMPOTENCY_KEY_REUSED,
     Reason.FORBIDDEN,
     Reason.RESERVED_ID,
     Reason.RECORD_TOO_LARGE,
+    Reason.BATCH_SPANS_GROUPS,
 })
 
 

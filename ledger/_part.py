@@ -30,6 +30,7 @@ from ledger._apply import (
     apply_credit,
     apply_debit,
     apply_directory,
+    apply_sent_across,
     record_keys,
 )
 from ledger._decide import _PASSED, CreditCheck, Decision, decide_transfer
@@ -229,6 +230,18 @@ def apply_part(state: State, record: TransfersPosted, local: Sequence[bool], lsn
                 receiver.lsn = lsn
             if watched and receiver.id in watched:
                 _watch(state, receiver, transaction_id)
+
+
+def apply_part_of_group(state: State, record: TransfersPosted, lsn: int) -> None:
+    """``apply_part`` on replay in a group of several (ADR 0013): a row whose receiver is not in
+    ``state`` is an atomic batch's item to another group, credited to the transit account."""
+    wallets = state.wallets
+    local = [row[3] in wallets for row in record.rows]
+    apply_part(state, record, local, lsn)
+    if not all(local):
+        for transfer, here in zip(record.transfers, local, strict=True):
+            if not here:
+                apply_sent_across(state.directory, transfer)
 
 
 def apply_posted(state: State, record: Event, local: Sequence[bool], lsn: int) -> None:

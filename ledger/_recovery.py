@@ -41,7 +41,7 @@ from ledger._history import History, weight
 from ledger._invariants import check_state
 from ledger._key_index import read_through_lsn, trim
 from ledger._model import Event, TransfersPosted
-from ledger._part import apply_part
+from ledger._part import apply_part, apply_part_of_group
 from ledger._state import State
 from snapshots import SnapshotInfo
 from wal import ZERO_CHECKSUM, Frame, LogCorrupt, ScanResult, list_segments, scan
@@ -107,8 +107,11 @@ def replay_log(
             event = decode_event(frame.payload)
             if type(event) is TransfersPosted:
                 # The live path's one-loop apply (``ledger._part``, tested equal to ``apply``),
-                # every receiver local: replay holds every wallet.
-                apply_part(state, event, (True,) * len(event.rows), lsn)
+                # every receiver local: replay holds every wallet of its group.
+                if state.directory.groups == 1:
+                    apply_part(state, event, (True,) * len(event.rows), lsn)
+                else:
+                    apply_part_of_group(state, event, lsn)
             else:
                 apply(state, event, lsn)
             records += 1

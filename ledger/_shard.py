@@ -262,10 +262,11 @@ class Shard:
         self._wal.check_writable()
         self._submit(group)
 
-    def submit_atomic(self, commands: list[Transfer], reply: BatchReply) -> None:
-        """An atomic batch whose every wallet lives on this shard."""
+    def submit_atomic(self, commands: list[Transfer], reply: BatchReply,
+                      credits: list[CreditCheck | None] | None = None) -> None:
+        """An atomic batch whose every wallet in this group lives on this shard."""
         self._wal.check_writable()
-        self._submit(_AtomicBatch(commands, reply))
+        self._submit(_AtomicBatch(commands, reply, credits))
 
     def pause(self, pause: _Pause) -> None:
         """Asks the shard to stop after what it is doing until ``pause.released``."""
@@ -666,7 +667,7 @@ class Shard:
         _part.apply_credits(self.state, credits)
 
     def _on_atomic_batch(self, message: _AtomicBatch) -> None:
-        commit_atomic([self], message.commands, message.reply)
+        commit_atomic([self], message.commands, message.reply, message.credits)
 
     def _on_pause(self, message: _Pause) -> None:
         assert self._hold is None
@@ -688,7 +689,7 @@ class Shard:
             await hold.pause.paused.wait()
         # Should this raise (a bug), the others stay paused while the crash takes the process
         # down: nothing may act on a half-applied batch.
-        commit_atomic(hold.involved, hold.commands, hold.reply)
+        commit_atomic(hold.involved, hold.commands, hold.reply, hold.credits)
         hold.pause.released.set()
 
     def _on_query(self, message: _Query) -> None:

@@ -23,6 +23,13 @@ Then A stops owing it (``settle_transit``, batched off the client's path). The a
 step 3 so that a read of the receiver after the ``201`` shows the money; a step this worker
 cannot finish (a group without owner, or this worker's death) is finished by the owners
 (``server._crossing``).
+
+**An atomic batch across groups** keeps its all-or-nothing meaning when every item's sender is
+in one group A: each other group reserves the credits of its items (step 1, one call per group),
+A decides the whole batch in request order with those verdicts and posts it as one record (step
+2: the commit point of every item), each other group credits or releases (step 3). Items whose
+senders are in several groups are refused before any group sees them (``batch_spans_groups``):
+deciding them would need a debit reservation in each sending group and one commit point for all.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from ledger import (
     CreateAsset,
     CreateToken,
     CreateWallet,
+    CreditCheck,
     Decision,
     DeleteAlert,
     Entry,
@@ -137,6 +145,33 @@ class AggregateFeed:
             return await events.read(after, limit, wait_s)
         except LogUnavailable as error:
             raise Unavailable(f"the events stream cannot be read now: {error}") from None
+
+
+def _reservation(command: Transfer, sender: int) -> ReserveCredit:
+    """Step 1 of ``command`` (a transfer from group ``sender``) at its receiver's group."""
+    assert command.from_wallet_id is not None
+    return ReserveCredit(
+        transaction_id=command.transaction_id, to_wallet_id=command.to_wallet_id, amount=command.amount,
+        from_wallet_id=command.from_wallet_id, from_group=sender, description=command.description,
+        metadata=command.metadata,
+    )
+
+
+async def _all(calls: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]]) -> None:
+    """Runs every ``function(*args)`` at once; once all have ended, raises the first error."""
+    errors: list[BaseException] = []
+
+    async def guarded(function: Callable[..., Awaitable[None]], args: tuple[Any, ...]) -> None:
+        try:
+            await function(*args)
+        except Exception as error:  # raised below as itself (not in a group), once every part ended
+            errors.append(error)
+
+    async with anyio.create_task_group() as group:
+        for function, args in calls:
+            group.start_soon(guarded, function, args)
+    if errors:
+        raise errors[0]
 
 
 def group_of(wallet_id: str, groups: int) -> int:
@@ -233,11 +268,7 @@ class GroupRouter:
 
     async def _across(self, command: Transfer, sender: int, receiver: int) -> ItemOutcome:
         assert command.from_wallet_id is not None
-        verdict = await self.ports[receiver].reserve_credit(ReserveCredit(
-            transaction_id=command.transaction_id, to_wallet_id=command.to_wallet_id, amount=command.amount,
-            from_wallet_id=command.from_wallet_id, from_group=sender, description=command.description,
-            metadata=command.metadata,
-        ))
+        verdict = await self.ports[receiver].reserve_credit(_reservation(command, sender))
         # A refused prepare reserved nothing; the sender's group still decides (its own checks
         # may come first in the check order, and the key records the outcome).
         outcome: ItemOutcome | Aborted = await self.ports[sender].transfer_across(command, verdict)
@@ -289,7 +320,7 @@ class GroupRouter:
         if len(groups) == 1:
             return await self.ports[groups.pop()].transfer_batch(commands, atomic)
         if atomic:
-            raise Unavailable("atomic batches between ledger groups are not built yet")
+            return await self._atomic_across(commands, sides)
         outcomes: list[Any] = [None] * len(commands)
         inside: dict[int, list[int]] = {}
         across: dict[tuple[int, int], list[int]] = {}
@@ -310,22 +341,49 @@ class GroupRouter:
                     [commands[index] for index in indexes], sender, receiver), strict=True):
                 outcomes[index] = outcome
 
-        errors: list[BaseException] = []
-
-        async def guarded(function: Any, *args: Any) -> None:
-            try:
-                await function(*args)
-            except Exception as error:  # raised below as itself, once every part has ended
-                errors.append(error)
-
-        async with anyio.create_task_group() as group:
-            for number, indexes in inside.items():
-                group.start_soon(guarded, within, number, indexes)
-            for (sender, receiver), indexes in across.items():
-                group.start_soon(guarded, between, sender, receiver, indexes)
-        if errors:
-            raise errors[0]
+        await _all([(within, (number, indexes)) for number, indexes in inside.items()]
+                   + [(between, (sender, receiver, indexes)) for (sender, receiver), indexes in across.items()])
         return outcomes
+
+    async def _atomic_across(self, commands: list[Transfer], sides: list[tuple[int, int]]
+                             ) -> list[ItemOutcome] | BatchFailed:
+        """An atomic batch whose wallets are in several groups (the module's docstring)."""
+        sender = sides[0][0]
+        for index, (other, _) in enumerate(sides):
+            if other != sender:
+                return BatchFailed(index=None, rejection=Rejection(
+                    reason=Reason.BATCH_SPANS_GROUPS,
+                    detail=f"transfers[0] and transfers[{index}] debit wallets of different ledger groups "
+                           f"({sender} and {other}); an atomic batch may debit the wallets of one group only "
+                           f"(send the others as another batch)",
+                ))
+        remote: dict[int, list[int]] = {}
+        for index, (_, receiver) in enumerate(sides):
+            if receiver != sender:
+                remote.setdefault(receiver, []).append(index)
+        credits: list[CreditCheck | None] = [None] * len(commands)
+
+        async def prepare(receiver: int, indexes: list[int]) -> None:
+            verdicts = await self.ports[receiver].reserve_credits(
+                [_reservation(commands[index], sender) for index in indexes])
+            for index, verdict in zip(indexes, verdicts, strict=True):
+                credits[index] = verdict
+
+        # A group that cannot prepare fails the batch (503) before anything is decided; what
+        # the others reserved is aborted by the owners (presumed abort).
+        await _all([(prepare, (receiver, indexes)) for receiver, indexes in remote.items()])
+        result = await self.ports[sender].transfer_batch_across(commands, credits)
+
+        async def settle(receiver: int, indexes: list[int]) -> None:
+            await self._settle(sender, receiver, [
+                (commands[index].transaction_id, commands[index].to_wallet_id,
+                 isinstance(result, list) and isinstance(result[index], Committed))
+                for index in indexes if (verdict := credits[index]) is not None and verdict.failure is None])
+
+        await _all([(settle, (receiver, indexes)) for receiver, indexes in remote.items()])
+        if isinstance(result, list) and any(isinstance(outcome, Aborted) for outcome in result):
+            raise Unavailable("an atomic batch was aborted by a receiver's group; retry")
+        return result
 
     def _sides(self, command: Transfer) -> tuple[int, int]:
         receiver = group_of(command.to_wallet_id, self.groups)
@@ -335,30 +393,31 @@ class GroupRouter:
 
     async def _across_many(self, commands: list[Transfer], sender: int, receiver: int) -> list[ItemOutcome]:
         """``_across`` for many transfers from one group to another, three calls in all."""
-        verdicts = await self.ports[receiver].reserve_credits([ReserveCredit(
-            transaction_id=command.transaction_id, to_wallet_id=command.to_wallet_id, amount=command.amount,
-            from_wallet_id=command.from_wallet_id or "", from_group=sender, description=command.description,
-            metadata=command.metadata,
-        ) for command in commands])
+        verdicts = await self.ports[receiver].reserve_credits([_reservation(command, sender) for command in commands])
         outcomes = await self.ports[sender].transfers_across(commands, verdicts)
-        settle = [(command.transaction_id, command.to_wallet_id, isinstance(outcome, Committed))
-                  for command, verdict, outcome in zip(commands, verdicts, outcomes, strict=True)
-                  if verdict.failure is None]
-        if settle:
-            with anyio.move_on_after(CREDIT_WAIT_S):
-                try:
-                    await self.ports[receiver].settle_reservations(settle)
-                    self._settled[sender] += [transaction_id for transaction_id, _, credited in settle if credited]
-                    self._settle_wake.set()
-                except Unavailable as error:
-                    log.info("%d transfers: group %d could not settle their reservations now (%s)", len(settle),
-                             receiver, error)
+        await self._settle(sender, receiver, [
+            (command.transaction_id, command.to_wallet_id, isinstance(outcome, Committed))
+            for command, verdict, outcome in zip(commands, verdicts, outcomes, strict=True) if verdict.failure is None])
         answers: list[ItemOutcome] = []
         for command, outcome in zip(commands, outcomes, strict=True):
             if isinstance(outcome, Aborted):
                 raise Unavailable(f"transfer {command.transaction_id} was aborted by its receiver's group; retry")
             answers.append(outcome)
         return answers
+
+    async def _settle(self, sender: int, receiver: int, settle: list[tuple[str, str, bool]]) -> None:
+        """Step 3 for many transfers from ``sender`` to ``receiver``: (id, receiving wallet,
+        whether it was committed). A group that cannot now leaves them to the owners."""
+        if not settle:
+            return
+        with anyio.move_on_after(CREDIT_WAIT_S):
+            try:
+                await self.ports[receiver].settle_reservations(settle)
+                self._settled[sender] += [transaction_id for transaction_id, _, credited in settle if credited]
+                self._settle_wake.set()
+            except Unavailable as error:
+                log.info("%d transfers: group %d could not settle their reservations now (%s)", len(settle),
+                         receiver, error)
 
     async def refund(self, command: Refund) -> ItemOutcome:
         if group_of(command.from_wallet_id, self.groups) != group_of(command.to_wallet_id, self.groups) and not (

@@ -368,6 +368,12 @@ class LocalPort:
     async def transfers_across(self, commands: list[Transfer], credits: list[CreditCheck]) -> list[Any]:
         return await _each(self.ledger.transfer_across, list(zip(commands, credits, strict=True)))
 
+    async def transfer_batch_across(self, commands: list[Transfer],
+                                    credits: list[CreditCheck | None]) -> list[Any] | BatchFailed:
+        """An atomic batch whose senders are all in this group and whose items with a verdict
+        in ``credits`` go to other groups (``Ledger.transfer_batch``)."""
+        return await self.ledger.transfer_batch(commands, atomic=True, credits=credits)
+
     async def settle_reservations(self, items: list[tuple[str, str, bool]]) -> list[bool]:
         return await _each(lambda transaction_id, wallet_id, credit: self.ledger.settle_reservation(
             transaction_id, wallet_id, credit=credit), [tuple(item) for item in items])
@@ -461,7 +467,7 @@ METHODS = (
     "entries", "balance_at", "search_transactions", "wallet_ids", "events", "status", "take_snapshot",
     "metrics", "wait_projected", "sync_projection",
     "reserve_credit", "transfer_across", "settle_reservation", "settle_transit", "resolve_transfers",
-    "reserve_credits", "transfers_across", "settle_reservations",
+    "reserve_credits", "transfers_across", "settle_reservations", "transfer_batch_across",
 )
 assert all(callable(getattr(LocalPort, name, None)) for name in METHODS)
 
@@ -792,6 +798,10 @@ class RemoteCalls:
 
     async def settle_reservations(self, items: list[tuple[str, str, bool]]) -> list[bool]:
         return list(await self._call("settle_reservations", items))
+
+    async def transfer_batch_across(self, commands: list[Transfer],
+                                    credits: list[CreditCheck | None]) -> list[Any] | BatchFailed:
+        return await self._call("transfer_batch_across", commands, credits)
 
     async def wallets(self, wallet_ids: list[str]) -> list[WalletView]:
         return await self._call("wallets", wallet_ids)

@@ -142,10 +142,10 @@ def _wrap_commit(monkeypatch: pytest.MonkeyPatch, before: Callable[[list[Any]], 
     real = shard_module.commit_atomic
     seen: list[list[bool]] = []
 
-    def wrapped(involved: list[Any], commands: list[Transfer], reply: Any) -> None:
+    def wrapped(involved: list[Any], commands: list[Transfer], reply: Any, credits: Any = None) -> None:
         seen.append([shard.idle() for shard in involved])
         before(involved)
-        real(involved, commands, reply)
+        real(involved, commands, reply, credits)
 
     monkeypatch.setattr(shard_module, "commit_atomic", wrapped)
     return seen

@@ -204,6 +204,81 @@ async def test_reservations_and_what_is_owed_survive_restarts_and_snapshots(tmp_
         assert a.directory.transit["USD"] + b.directory.transit["USD"] == 0
 
 
+async def test_an_atomic_batch_to_other_groups_commits_whole_as_one_record_and_replays(tmp_path: Path) -> None:
+    """An atomic batch whose senders are in one group (ADR 0013, *atomic batches*): the items to
+    other groups are reserved there first; the sender's group decides every item in order with
+    those verdicts, as one record (its commit point), the remote items' money in transit; a
+    wallet may spend in the batch what an earlier item of it credited; replay gives the same."""
+    a_path, b_path = tmp_path / "g0", tmp_path / "g1"
+    # alice and carol share a shard, erin has another: the batch involves two shards of group 0
+    # (the lead and its paused peer); the one below a single shard.
+    async with running(a_path, 0) as a, running(b_path, 1) as b:
+        await setup(a, ["alice", "carol", "erin", "fay"], deposit=0)
+        assert isinstance(await a.transfer(transfer(90, None, "alice", 1000)), Committed)
+        await setup(b, ["bob", "dave"], deposit=0)
+        commands = [transfer(1, "alice", "carol", 50, key="k1"), transfer(2, "carol", "bob", 30, key="k2"),
+                    transfer(3, "alice", "dave", 100, key="k3"), transfer(5, "alice", "erin", 10, key="k5")]
+        verdicts = [await b.reserve_credit(reserve(2, "carol", "bob", 30)),
+                    await b.reserve_credit(reserve(3, "alice", "dave", 100))]
+        lsn = a.directory.lsn
+        result = await a.transfer_batch(commands, atomic=True, credits=[None, *verdicts, None])
+        assert isinstance(result, list) and all(isinstance(item, Committed) for item in result)
+        assert a.directory.lsn == lsn + 1  # one record: a crash keeps all of it or none
+        assert balances(a) | {"treasury:USD": 0} == {"alice": 840, "carol": 20, "erin": 10, "fay": 0,
+                                                    "treasury:USD": 0}
+        assert a.directory.transit == {"USD": 130} and a.owed() == {"tx2": "bob", "tx3": "dave"}
+        # The same batch again answers its outcomes and moves nothing (the retry's fresh
+        # reservations are released by the router, which sees Duplicate, not Committed).
+        again = await a.transfer_batch(commands, atomic=True, credits=[None, *verdicts, None])
+        assert isinstance(again, list) and all(isinstance(item, Duplicate) for item in again)
+        assert balances(a)["alice"] == 840
+        for number, wallet_id in ((2, "bob"), (3, "dave")):
+            assert await b.settle_reservation(f"tx{number}", wallet_id, credit=True)
+        await a.settle_transit(["tx2", "tx3"])
+        assert balances(b) == {"bob": 30, "dave": 100, "treasury:USD": 0}
+        assert sum(balances(a).values()) + sum(balances(b).values()) == 0
+        assert a.directory.transit["USD"] + b.directory.transit["USD"] == 0
+        # One shard of group 0 only (erin to bob, nothing else): the shard's own step.
+        assert isinstance(await a.transfer(transfer(91, None, "erin", 5)), Committed)
+        one = await a.transfer_batch([transfer(4, "erin", "bob", 5)], atomic=True,
+                                     credits=[await b.reserve_credit(reserve(4, "erin", "bob", 5))])
+        assert isinstance(one, list) and isinstance(one[0], Committed) and a.owed() == {"tx4": "bob"}
+        live = (a.digest(), b.digest())
+    assert (await replayed_digest(a_path), await replayed_digest(b_path)) == live
+
+
+async def test_an_atomic_batch_across_groups_that_fails_or_was_aborted_moves_nothing(tmp_path: Path) -> None:
+    async with running(tmp_path / "g0", 0) as a, running(tmp_path / "g1", 1) as b:
+        await setup(a, ["alice", "carol"], deposit=100)
+        await setup(b, ["bob", "gone"], deposit=0)
+        assert await b.change_status(ChangeWalletStatus(wallet_id="gone", status=WalletStatus.CLOSED))
+        before = (balances(a), a.directory.transit, a.owed())
+        # A later item fails for want of funds: nothing is posted, the verdicts' reservations
+        # are the router's to release.
+        commands = [transfer(1, "alice", "bob", 60, key="k1"), transfer(2, "alice", "carol", 60, key="k2")]
+        verdict = await b.reserve_credit(reserve(1, "alice", "bob", 60))
+        failed = await a.transfer_batch(commands, atomic=True, credits=[verdict, None])
+        assert not isinstance(failed, list) and failed.index == 1
+        assert failed.rejection.reason == Reason.INSUFFICIENT_FUNDS
+        # The receiver's group refused its part (a closed wallet): the item fails with that reason.
+        closed = await b.reserve_credit(reserve(3, "alice", "gone", 5))
+        assert closed.failure is not None
+        refused = await a.transfer_batch([transfer(3, "alice", "gone", 5), transfer(4, "alice", "carol", 5)],
+                                         atomic=True, credits=[closed, None])
+        assert not isinstance(refused, list) and refused.index == 0
+        assert refused.rejection.reason == Reason.RECEIVER_CLOSED
+        # The receiver's group had one item aborted (presumed abort): the batch cannot commit.
+        late = await b.reserve_credit(reserve(5, "alice", "bob", 5))
+        assert await a.resolve_transfers(["tx5"]) == {"tx5": False}
+        aborted = await a.transfer_batch([transfer(6, "alice", "carol", 5), transfer(5, "alice", "bob", 5)],
+                                         atomic=True, credits=[None, late])
+        assert aborted == [Aborted("tx6"), Aborted("tx5")]
+        assert (balances(a), a.directory.transit, a.owed()) == before
+        for number in (1, 5):
+            assert await b.settle_reservation(f"tx{number}", "bob", credit=False)
+        assert b.all_reservations() == []
+
+
 async def test_a_group_log_keeps_its_place_in_the_group_table(tmp_path: Path) -> None:
     async with running(tmp_path, 1) as b:
         await setup(b, ["bob"], deposit=0)
