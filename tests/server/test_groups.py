@@ -210,8 +210,61 @@ async def test_a_batch_across_groups_is_decided_by_each_group_and_answered_in_re
         assert [type(outcome).__name__ for outcome in again] == [  # type: ignore[union-attr]
             "Duplicate", "Duplicate", "Rejection", "Duplicate", "Rejection", "Duplicate"]
         assert {wallet_id: (await router.wallet(wallet_id)).balance for wallet_id in balances} == balances  # type: ignore[union-attr]
-        with pytest.raises(Unavailable, match="atomic"):
-            await router.transfer_batch(items, True)
+
+async def test_an_atomic_batch_from_one_group_to_several_is_all_or_nothing(tmp_path: Path) -> None:
+    a1, a2, b1, b2 = wallet_in(0, "a"), wallet_in(0, "aa"), wallet_in(1, "b"), wallet_in(1, "bb")
+    async with two_groups(tmp_path) as (ledgers, ports, router):
+        await wallets(router, a1, a2, b1, b2, deposit=100)
+
+        async def balances() -> dict[str, int]:
+            return {wallet_id: (await router.wallet(wallet_id)).balance  # type: ignore[union-attr]
+                    for wallet_id in (a1, a2, b1, b2)}
+
+        # a2 spends in the batch what a1 sent it (request order, as inside one group).
+        items = [transfer(1, a1, a2, 50, key="j1"), transfer(2, a2, b1, 120, key="j2"),
+                 transfer(3, a1, b2, 30, key="j3")]
+        outcomes = await router.transfer_batch(items, True)
+        assert isinstance(outcomes, list) and all(isinstance(outcome, Committed) for outcome in outcomes)
+        assert await balances() == {a1: 20, a2: 30, b1: 220, b2: 130}
+        assert ledgers[0].all_reservations() == [] and ledgers[1].all_reservations() == []
+        # Retried: the same answers, nothing moves again, the retry's reservations released.
+        again = await router.transfer_batch(items, True)
+        assert isinstance(again, list) and all(isinstance(outcome, Duplicate) for outcome in again)
+        assert await balances() == {a1: 20, a2: 30, b1: 220, b2: 130}
+        assert ledgers[1].all_reservations() == []
+        # The last item fails: nothing posted in either group, every reservation released.
+        failing = [transfer(4, a2, b1, 10, key="j4"), transfer(5, a1, b2, 500, key="j5")]
+        failed = await router.transfer_batch(failing, True)
+        assert not isinstance(failed, list) and failed.index == 1
+        assert failed.rejection.reason == Reason.INSUFFICIENT_FUNDS
+        # A receiver in another group that does not exist fails its item, in the check order.
+        missing = await router.transfer_batch([transfer(6, a1, wallet_in(1, "nobody"), 1, key="j6")], True)
+        assert not isinstance(missing, list) and missing.rejection.reason == Reason.RECEIVER_NOT_FOUND
+        assert await balances() == {a1: 20, a2: 30, b1: 220, b2: 130}
+        assert ledgers[1].all_reservations() == []
+        # A receiver's group without owner: 503 before anything is decided.
+        ports[1].down = True
+        with pytest.raises(Unavailable):
+            await router.transfer_batch([transfer(7, a1, b1, 1, key="j7")], True)
+        ports[1].down = False
+        assert await balances() == {a1: 20, a2: 30, b1: 220, b2: 130}
+        # Senders in two groups: refused whole before any group sees it, and nothing recorded
+        # under its keys (sent apart, the same items go through).
+        spans = [transfer(8, a1, b1, 1, key="j8"), transfer(9, b2, a1, 1, key="j9")]
+        refused = await router.transfer_batch(spans, True)
+        assert not isinstance(refused, list) and refused.index is None
+        assert refused.rejection.reason == Reason.BATCH_SPANS_GROUPS
+        assert "transfers[1]" in refused.rejection.detail
+        for item in spans:
+            passed = await router.transfer_batch([item], True)
+            assert isinstance(passed, list) and isinstance(passed[0], Committed)
+        assert await balances() == {a1: 20, a2: 30, b1: 221, b2: 129}
+        # Both groups together conserve money: every wallet, treasury part and transit account.
+        with trio.fail_after(10):  # the router tells the sending group what was credited (batched)
+            while ledgers[0].owed():
+                await trio.sleep(0.01)
+        assert sum(wallet.balance for ledger in ledgers for wallet in ledger.all_wallets()) + sum(
+            ledger.directory.transit.get("USD", 0) for ledger in ledgers) == 0
 
 
 async def test_a_search_pages_over_every_group_newest_first_each_transaction_once(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 workers that stop after any step, groups that are restarted from their logs at any moment, owners
 that finish what was left (``server._crossing``), closes of receivers in the middle, transfers
 inside a group beside them. The oracle, against the clients' record of what was committed:
-once the owners have finished, every committed transfer was credited exactly once, nothing else
+once the owners have finished, every committed transfer was credited exactly once (alone, or in
+an atomic batch with others of its sending group and one inside it), nothing else
 moved, no reservation and nothing owed is left, every group replays to the state it had live,
 and the two groups together are zero-sum (wallets, treasury parts and transit accounts)."""
 
@@ -123,6 +124,7 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
         await _setup(harness)
         prepared: list[tuple[str, str, str, int, object]] = []  # reserved, not yet committed
         committed: list[tuple[str, str, str, int]] = []  # committed, maybe not credited
+        batches = [0, 0]  # atomic batches committed whole, and refused or aborted whole
         for step in range(150):
             roll = rng.random()
             if roll < 0.45:
@@ -135,6 +137,32 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
                     from_group=GROUP_OF[sender], description=None, metadata=None))
                 if verdict.failure is None:
                     prepared.append((tx, sender, receiver, amount, verdict))
+            elif roll < 0.65 and prepared and rng.random() < 0.35:
+                # An atomic batch: prepared items of one sending group and one inside it, at a
+                # random place, committed whole or not at all; step 3 maybe by the worker.
+                group = GROUP_OF[rng.choice(prepared)[1]]
+                chosen = [item for item in prepared if GROUP_OF[item[1]] == group][-rng.randint(1, 4):]  # the newest
+                prepared = [item for item in prepared if item not in chosen]
+                commands = [dataclasses.replace(transfer(0, sender, receiver, amount), transaction_id=tx)
+                            for tx, sender, receiver, amount, _ in chosen]
+                credits = [verdict for *_, verdict in chosen]
+                inside_sender, inside_receiver = rng.sample(WALLETS[group], 2)
+                place = rng.randint(0, len(commands))
+                commands.insert(place, transfer(20_000 + step, inside_sender, inside_receiver, rng.randint(1, 50)))
+                credits.insert(place, None)
+                result = await harness.port(inside_sender).transfer_batch_across(commands, credits)  # type: ignore[arg-type]
+                whole = isinstance(result, list) and all(isinstance(outcome, Committed) for outcome in result)
+                assert whole or not isinstance(result, list) or not any(
+                    isinstance(outcome, Committed) for outcome in result), result
+                batches[0 if whole else 1] += 1
+                if whole:
+                    for command in commands:
+                        harness.expected[command.from_wallet_id or ""] -= command.amount
+                        harness.expected[command.to_wallet_id] += command.amount
+                    committed.extend((tx, sender, receiver, amount) for tx, sender, receiver, amount, _ in chosen)
+                for tx, _, receiver, _, _ in chosen:
+                    if rng.random() < 0.6:
+                        await harness.port(receiver).settle_reservation(tx, receiver, whole)
             elif roll < 0.65 and prepared:
                 # A worker's step 2 (and maybe 3) for one of them, in any order.
                 tx, sender, receiver, amount, verdict = prepared.pop(rng.randrange(len(prepared)))
@@ -186,6 +214,7 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
         for wallet_id, balance in harness.expected.items():
             assert balances[f"{wallet_id}@{GROUP_OF[wallet_id]}"] == balance, wallet_id
         assert committed, "the run committed no transfer between groups"
+        assert batches[0] > 0, "the run committed no atomic batch between groups"
         # The owners had work of both kinds: credits the workers left, and reservations whose
         # commit never came (aborted for good in the sender's group).
         assert sum(crossing.credited for crossing in harness.crossings) > 0
