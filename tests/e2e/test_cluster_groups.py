@@ -207,6 +207,47 @@ def test_a_transfer_between_groups_reads_back_at_once_with_its_statement_entries
         assert client.get(f"/v1/wallets/{sender}").json()["balance"] == START - 250
 
 
+def test_an_atomic_batch_between_groups_posts_whole_or_nothing_over_http(cluster: ClusterProcess) -> None:
+    by_group = _wallets(cluster, per_group=2)
+    (a1, a2), (b1, b2) = by_group[0], by_group[1]
+
+    def balances(client: httpx.Client) -> list[int]:
+        return [client.get(f"/v1/wallets/{wallet_id}").json()["balance"] for wallet_id in (a1, a2, b1, b2)]
+
+    def item(key: str, source: str, target: str, amount: int) -> dict[str, Any]:
+        return {"idempotency_key": key, "from_wallet_id": source, "to_wallet_id": target, "amount": amount}
+
+    with cluster.client() as client:
+        # a2 pays b1 out of what a1 sends it in the same batch; a1 pays b2.
+        body = {"atomic": True, "transfers": [item("ab-1", a1, a2, START), item("ab-2", a2, b1, 2 * START - 5),
+                                               item("ab-3", a1, b2, 7)]}
+        posted = client.post("/v1/transfers/batch", json=body)
+        assert posted.status_code == 422, posted.text  # a1 has nothing left for the third item
+        assert posted.json()["code"] == "batch_failed" and posted.json()["index"] == 2
+        assert posted.json()["error"]["code"] == "insufficient_funds"
+        assert balances(client) == [START] * 4
+        body["transfers"][0]["amount"] = START - 7
+        body["transfers"][1]["amount"] = 2 * START - 7
+        for number, transfer in enumerate(body["transfers"]):  # ab-3's key answers its refusal now
+            transfer["idempotency_key"] = f"ab-again-{number}"
+        posted = client.post("/v1/transfers/batch", json=body)
+        assert posted.status_code == 200, posted.text
+        assert [result["status"] for result in posted.json()["results"]] == [201, 201, 201]
+        # Read back at once: every wallet of both groups, and the receivers' statements.
+        assert balances(client) == [0, 0, 3 * START - 7, START + 7]
+        assert client.get(f"/v1/wallets/{b1}/transactions").json()["items"][0]["amount"] == 2 * START - 7
+        # The same batch again: the same transactions, nothing moves.
+        again = client.post("/v1/transfers/batch", json=body)
+        assert [result["transaction"]["id"] for result in again.json()["results"]] == [
+            result["transaction"]["id"] for result in posted.json()["results"]]
+        assert balances(client) == [0, 0, 3 * START - 7, START + 7]
+        # Senders in both groups: refused whole, before any group saw it.
+        spans = client.post("/v1/transfers/batch", json={"atomic": True, "transfers": [
+            item("sp-1", a2, b1, 1), item("sp-2", b1, a1, 1)]})
+        assert spans.status_code == 400 and spans.json()["code"] == "batch_spans_groups", spans.text
+        assert balances(client) == [0, 0, 3 * START - 7, START + 7]
+
+
 def test_webhooks_deliver_the_events_of_every_group_once_in_feed_order(cluster: ClusterProcess, tmp_path: Any) -> None:
     """Group 0's owner alone delivers webhooks, from the aggregate of every group's events:
     each event once, verified, in the feed's order, whichever group wrote it."""
