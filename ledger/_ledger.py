@@ -37,14 +37,14 @@ from typing import Any
 import anyio
 
 from ledger import _apply, _decide, _invariants, _state
-from ledger._batch import _AtomicLead, _CreditGroup, _Pause, commit_atomic
+from ledger._batch import _AtomicLead, _CreditGroup, _DebitPart, _Pause, commit_atomic
 from ledger._codec import encode_event
 from ledger._decide import CreditCheck, Decision
 from ledger._events import EventFeed
 from ledger._history import History, weight
 from ledger._key_index import KeyIndex, trim
 from ledger._key_tier import KeyTier
-from ledger._messages import REMOTE, Aborted, BatchReply, Reply, _DebitStep, shard_of
+from ledger._messages import REMOTE, Aborted, BatchReply, Reply, _Commands, _DebitStep, shard_of
 from ledger._model import (
     BATCH_ITEMS_MAX,
     AbortTransfers,
@@ -649,6 +649,81 @@ class Ledger:
 
         outcome: ItemOutcome | Aborted = await self._keyed(command.idempotency, submit)
         return outcome
+
+    # The same steps for many transfers at once (a batch's items between two groups): one
+    # message per shard, decided in one step each, instead of a task and a message per item.
+
+    async def reserve_credits(self, commands: list[ReserveCredit]) -> list[CreditCheck]:
+        """``reserve_credit`` of each, in one step per receiving shard; verdicts in order."""
+        decisions = await self._commands([(command.to_wallet_id, command) for command in commands])
+        verdicts = []
+        for command, decision in zip(commands, decisions, strict=True):
+            wallet = self._shard(command.to_wallet_id).state.wallets.get(command.to_wallet_id)
+            asset = None if wallet is None else wallet.asset
+            if isinstance(decision, Rejection):
+                verdicts.append(CreditCheck(asset=asset, failure=decision))
+            else:
+                assert asset is not None
+                verdicts.append(CreditCheck(asset=asset, failure=None))
+        return verdicts
+
+    async def settle_reservations(self, items: list[tuple[str, str, bool]]) -> list[bool]:
+        """``settle_reservation`` of each (id, wallet, credit), in one step per shard."""
+        decisions = await self._commands([
+            (wallet_id, SettleReservation(transaction_id=transaction_id, wallet_id=wallet_id, credit=credit))
+            for transaction_id, wallet_id, credit in items])
+        return [bool(decision) for decision in decisions]
+
+    async def transfers_across(self, commands: list[Transfer],
+                               credits: list[CreditCheck]) -> list[ItemOutcome | Aborted]:
+        """``transfer_across`` of each, as a non-atomic batch would decide them: one step per
+        sending shard, its accepted items one record."""
+        assert self.directory.groups > 1 and len(commands) == len(credits)
+        if not commands:
+            return []
+        keys = [(c.idempotency.scope, c.idempotency.key) for c in commands if c.idempotency is not None]
+        assert len(set(keys)) == len(keys), "idempotency keys repeat"
+        tier = self.keys
+        if tier is None or not keys:
+            return await self._across_parts(commands, credits)
+        async with tier.holding(keys):
+            return await self._across_parts(commands, credits)
+
+    async def _across_parts(self, commands: list[Transfer], credits: list[CreditCheck]) -> list[ItemOutcome | Aborted]:
+        shards = len(self.shards)
+        parts: dict[int, list[Any]] = {}
+        for position, (command, credit) in enumerate(zip(commands, credits, strict=True)):
+            assert command.from_wallet_id is not None and command.hold_timeout_s is None, command
+            parts.setdefault(shard_of(command.from_wallet_id, shards), []).append(
+                (position, command, credit, False, REMOTE))
+        self._check_running()
+        for index in parts:
+            self.shards[index].check_room()
+        reply = BatchReply(len(commands), waiting=len(parts))
+        batch = next(self._batch_ids)
+        for index, items in parts.items():
+            self.shards[index].submit_part(_DebitPart(batch, items, 1, reply))
+        result = await self._wait(reply)
+        assert isinstance(result, list)
+        return result
+
+    async def _commands(self, commands: list[tuple[str, Any]]) -> list[Decision]:
+        """Unkeyed commands, each to the shard of its wallet id, one message per shard."""
+        if not commands:
+            return []
+        shards = len(self.shards)
+        by_shard: dict[int, list[tuple[int, Any]]] = {}
+        for position, (wallet_id, command) in enumerate(commands):
+            by_shard.setdefault(shard_of(wallet_id, shards), []).append((position, command))
+        self._check_running()
+        for index in by_shard:
+            self.shards[index].check_room()
+        reply = BatchReply(len(commands), waiting=len(by_shard))
+        for index, items in by_shard.items():
+            self.shards[index].submit_commands(_Commands(items, reply))
+        result = await self._wait(reply)
+        assert isinstance(result, list)
+        return result
 
     async def settle_reservation(self, transaction_id: str, wallet_id: str, *, credit: bool) -> bool:
         """Credits or releases a reservation; False when it was gone already."""

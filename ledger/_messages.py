@@ -192,3 +192,12 @@ class _Command:
     reply: Reply
 
 
+@dataclass(slots=True)
+class _Commands:
+    """Many unkeyed commands for one shard, decided in order in one step: (index in the reply's
+    results, command). The steps of many transfers between groups (ADR 0013)."""
+
+    commands: list[tuple[int, LocalCommand]]
+    reply: BatchReply
+
+

@@ -79,6 +79,7 @@ from ledger._messages import (
     Reply,
     _ApplyCredit,
     _Command,
+    _Commands,
     _CreditStep,
     _DebitStep,
     _Query,
@@ -117,6 +118,7 @@ from ledger._model import (
     Wallet,
     WithdrawalUpdated,
     new_committed,
+    transferred_of,
     treasury_id,
 )
 from ledger._part import Credit
@@ -197,6 +199,7 @@ class Shard:
             _ApplyCredit: self._on_apply_credit,
             _Query: self._on_query,
             _Command: self._on_command,
+            _Commands: self._on_commands,
             _Tick: self._on_tick,
             _CreditGroup: self._on_credit_group,
             _DebitPart: self._on_debit_part,
@@ -256,6 +259,17 @@ class Shard:
         reply = Reply()
         self._submit(_Command(command, reply))
         return reply
+
+    def submit_commands(self, message: _Commands) -> None:
+        """Many unkeyed commands in one step (the caller checked the room)."""
+        self._wal.check_writable()
+        self._submit(message)
+
+    def submit_part(self, part: _DebitPart) -> None:
+        """Steps 2 of many transfers to other groups whose senders live here (the caller
+        checked the room)."""
+        self._wal.check_writable()
+        self._submit(part)
 
     def submit_group(self, group: _CreditGroup) -> None:
         """Step 1 of a non-atomic batch for the items this shard receives."""
@@ -591,7 +605,10 @@ class Shard:
         self._decide_part(items, message.reply)
 
     def _decide_part(self, items: list[_PartItem], reply: BatchReply) -> None:
-        """Steps 2 of every item of a batch whose sender lives here, in request order."""
+        """Steps 2 of every item of a batch whose sender lives here, in request order. An item
+        whose receiving shard is ``REMOTE`` is a transfer to another group (ADR 0013), its
+        credit the verdict of the receiver's group: accepted, its credit goes to the transit
+        account; ``Aborted`` if that group had it aborted."""
         wal = self._wal
         credits: dict[int, list[Credit]] = {}
         releases: dict[int, list[tuple[str, int]]] = {}
@@ -605,13 +622,19 @@ class Shard:
             return
         state = self.state
         now_us = self._clock()
+        results = reply.results
+        directory = state.directory
+        aborted = directory.aborted
+        if aborted and any(item[4] == REMOTE and item[1].transaction_id in aborted for item in items):
+            for item in items:
+                if item[4] == REMOTE and item[1].transaction_id in aborted:
+                    results[item[0]] = Aborted(item[1].transaction_id)
+            items = [item for item in items if results[item[0]] is None]
         # The batch-shaped path (``ledger._part``): every check of ``decide_transfers``, inline.
         outcomes = _part.decide_part(state, [(item[1], item[2]) for item in items], now_us, self._pending)
-        results = reply.results
         accepted: list[_PartItem] = []
         rows: list[TransferRow] = []
         refusals: list[tuple[Idempotency, Rejection]] = []
-        directory = state.directory
         for item, outcome in zip(items, outcomes, strict=True):
             if type(outcome) is tuple:
                 accepted.append(item)
@@ -638,7 +661,9 @@ class Shard:
             for offset in range(start, stop):
                 item = accepted[offset]
                 credit_shard = item[4]
-                if credit_shard != index:
+                if credit_shard == REMOTE:
+                    _apply.apply_sent_across(directory, transferred_of(rows[offset], now_us))
+                elif credit_shard != index:
                     assert item[3]
                     credits.setdefault(credit_shard, []).append((rows[offset], now_us, lsn))
                 results[item[0]] = new_committed(record, lsn, -1 if lone else offset - start)
@@ -699,11 +724,40 @@ class Shard:
 
     def _on_command(self, message: _Command) -> None:
         command = message.command
-        state = self.state
         if self._wal.failed is not None:
             message.reply._wake(self._wal.failed)
             return
         now_us = self._clock()
+        decision = self._decide_command(command, now_us)
+        if not isinstance(decision, list) or not decision:
+            self._answer(message.reply, decision, getattr(command, "idempotency", None), now_us)
+            return
+        lsn = self._commit_local(decision)
+        if len(decision) == 1 and isinstance(decision[0], HoldCreated | HoldVoided):
+            self._resolve(message.reply, Committed(source=decision[0], lsn=lsn), lsn)
+        else:
+            self._resolve(message.reply, decision, lsn)
+
+    def _on_commands(self, message: _Commands) -> None:
+        """Each command as ``_on_command`` would, without keys; one report once the log that
+        holds (or judged) the last of them is durable."""
+        wal = self._wal
+        reply = message.reply
+        if wal.failed is not None:
+            reply._report(wal.failed)
+            return
+        now_us = self._clock()
+        results = reply.results
+        for index, command in message.commands:
+            assert getattr(command, "idempotency", None) is None, command
+            decision = self._decide_command(command, now_us)
+            if isinstance(decision, list) and decision:
+                self._commit_local(decision)
+            results[index] = decision
+        wal.call_when_durable(wal.last_lsn, reply._report)
+
+    def _decide_command(self, command: LocalCommand, now_us: int) -> _decide.Decision:
+        state = self.state
         decision: _decide.Decision
         if isinstance(command, ChangeWalletStatus):
             # The local commands that need this shard's reservations too.
@@ -715,14 +769,7 @@ class Shard:
         else:
             assert not isinstance(command, ResolveHold) or not command.capture  # captures move money
             decision = _decide.decide(state, command, now_us)
-        if not isinstance(decision, list) or not decision:
-            self._answer(message.reply, decision, getattr(command, "idempotency", None), now_us)
-            return
-        lsn = self._commit_local(decision)
-        if len(decision) == 1 and isinstance(decision[0], HoldCreated | HoldVoided):
-            self._resolve(message.reply, Committed(source=decision[0], lsn=lsn), lsn)
-        else:
-            self._resolve(message.reply, decision, lsn)
+        return decision
 
     def wallets(self) -> dict[str, Wallet]:
         return self.state.wallets

@@ -201,26 +201,6 @@ class ReadOnlyHistory:
             await history.aclose()
 
 
-async def _each(function: Callable[..., Awaitable[Any]], calls: list[tuple[Any, ...]]) -> list[Any]:
-    """``function(*args)`` for every ``args`` at once; the results in order. The first
-    exception is raised as itself once all have ended (none is left running)."""
-    results: list[Any] = [None] * len(calls)
-    errors: list[BaseException] = []
-
-    async def one(index: int) -> None:
-        try:
-            results[index] = await function(*calls[index])
-        except Exception as error:
-            errors.append(error)
-
-    async with anyio.create_task_group() as group:
-        for index in range(len(calls)):
-            group.start_soon(one, index)
-    if errors:
-        raise errors[0]
-    return results
-
-
 class LocalPort:
     """The port over a ``Ledger`` in this process. ``snapshotter`` and ``payouts`` are the
     server's components around it (absent in tools and tests that run the ledger alone)."""
@@ -363,10 +343,10 @@ class LocalPort:
     # through the shards as it would alone, all at once; answers in the order asked.
 
     async def reserve_credits(self, commands: list[ReserveCredit]) -> list[CreditCheck]:
-        return await _each(self.ledger.reserve_credit, [(command,) for command in commands])
+        return await self.ledger.reserve_credits(commands)
 
     async def transfers_across(self, commands: list[Transfer], credits: list[CreditCheck]) -> list[Any]:
-        return await _each(self.ledger.transfer_across, list(zip(commands, credits, strict=True)))
+        return await self.ledger.transfers_across(commands, credits)
 
     async def transfer_batch_across(self, commands: list[Transfer],
                                     credits: list[CreditCheck | None]) -> list[Any] | BatchFailed:
@@ -375,8 +355,8 @@ class LocalPort:
         return await self.ledger.transfer_batch(commands, atomic=True, credits=credits)
 
     async def settle_reservations(self, items: list[tuple[str, str, bool]]) -> list[bool]:
-        return await _each(lambda transaction_id, wallet_id, credit: self.ledger.settle_reservation(
-            transaction_id, wallet_id, credit=credit), [tuple(item) for item in items])
+        return await self.ledger.settle_reservations([(str(transaction_id), str(wallet_id), bool(credit))
+                                                      for transaction_id, wallet_id, credit in items])
 
     # -- the history read model (each waits until it shows what was durable on arrival) ------
 

@@ -132,11 +132,15 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
                 sender = rng.choice(list(GROUP_OF))
                 receiver = rng.choice([w for w in GROUP_OF if GROUP_OF[w] != GROUP_OF[sender]])
                 amount, tx = rng.randint(1, 400), f"t{seed}-{step}"
-                verdict = await harness.port(receiver).reserve_credit(ReserveCredit(
-                    transaction_id=tx, to_wallet_id=receiver, amount=amount, from_wallet_id=sender,
-                    from_group=GROUP_OF[sender], description=None, metadata=None))
-                if verdict.failure is None:
-                    prepared.append((tx, sender, receiver, amount, verdict))
+                reservations = [ReserveCredit(
+                    transaction_id=f"{tx}-{n}", to_wallet_id=receiver, amount=amount, from_wallet_id=sender,
+                    from_group=GROUP_OF[sender], description=None, metadata=None) for n in range(rng.randint(1, 3))]
+                port = harness.port(receiver)
+                verdicts = ([await port.reserve_credit(reservations[0])] if len(reservations) == 1
+                            else await port.reserve_credits(reservations))  # a batch's items, one call
+                for reservation, verdict in zip(reservations, verdicts, strict=True):
+                    if verdict.failure is None:
+                        prepared.append((reservation.transaction_id, sender, receiver, amount, verdict))
             elif roll < 0.65 and prepared and rng.random() < 0.35:
                 # An atomic batch: prepared items of one sending group and one inside it, at a
                 # random place, committed whole or not at all; step 3 maybe by the worker.
@@ -164,16 +168,34 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
                     if rng.random() < 0.6:
                         await harness.port(receiver).settle_reservation(tx, receiver, whole)
             elif roll < 0.65 and prepared:
-                # A worker's step 2 (and maybe 3) for one of them, in any order.
-                tx, sender, receiver, amount, verdict = prepared.pop(rng.randrange(len(prepared)))
-                command = dataclasses.replace(transfer(0, sender, receiver, amount), transaction_id=tx)
-                outcome = await harness.port(sender).transfer_across(command, verdict)  # type: ignore[arg-type]
-                if isinstance(outcome, Committed):
-                    committed.append((tx, sender, receiver, amount))
-                    harness.expected[sender] -= amount
-                    harness.expected[receiver] += amount
-                if rng.random() < 0.6:  # step 3 by the worker; else the owners' job
-                    await harness.port(receiver).settle_reservation(tx, receiver, isinstance(outcome, Committed))
+                # A worker's step 2 (and maybe 3) for one of them, in any order, or for several
+                # of one sending group at once (a non-atomic batch's items: one call per step).
+                first = prepared.pop(rng.randrange(len(prepared)))
+                chosen = [first]
+                if rng.random() < 0.5:
+                    chosen += [item for item in prepared if GROUP_OF[item[1]] == GROUP_OF[first[1]]][:rng.randint(0, 3)]
+                    prepared = [item for item in prepared if item not in chosen]
+                commands = [dataclasses.replace(transfer(0, sender, receiver, amount), transaction_id=tx)
+                            for tx, sender, receiver, amount, _ in chosen]
+                port = harness.port(first[1])
+                if len(chosen) == 1:
+                    outcomes = [await port.transfer_across(commands[0], first[4])]  # type: ignore[arg-type]
+                else:
+                    outcomes = await port.transfers_across(commands, [item[4] for item in chosen])  # type: ignore[misc]
+                settle = []
+                for (tx, sender, receiver, amount, _), outcome in zip(chosen, outcomes, strict=True):
+                    if isinstance(outcome, Committed):
+                        committed.append((tx, sender, receiver, amount))
+                        harness.expected[sender] -= amount
+                        harness.expected[receiver] += amount
+                    if rng.random() < 0.6:  # step 3 by the worker; else the owners' job
+                        settle.append((tx, receiver, isinstance(outcome, Committed)))
+                for group in (0, 1):
+                    mine = [item for item in settle if GROUP_OF[item[1]] == group]
+                    if len(mine) == 1:
+                        await harness.port(mine[0][1]).settle_reservation(*mine[0])
+                    elif mine:
+                        await harness.port(mine[0][1]).settle_reservations(mine)
             elif roll < 0.75:
                 # A transfer inside one group.
                 group = rng.choice([0, 1])
