@@ -399,9 +399,10 @@ def apply_credit(state: State, event: Transferred | HoldCaptured | Refunded, lsn
         _watch(state, receiver, event.transaction_id)
 
 
-def apply_sent_across(directory: Directory, event: Transferred) -> None:
-    """The credit side of a transfer to another group (its receiver is not here): the money
-    goes to this group's transit account, and the group owes the receiver's group the credit."""
+def apply_sent_across(directory: Directory, event: Transferred | Refunded) -> None:
+    """The credit side of a transfer (or a refund) to another group (its receiver is not here):
+    the money goes to this group's transit account, and the group owes the receiver's group the
+    credit."""
     assert directory.groups > 1, event
     assert event.transaction_id not in directory.aborted, event
     directory.transit[event.asset] = directory.transit.get(event.asset, 0) + event.amount
@@ -423,6 +424,7 @@ def apply_reservation(state: State, event: CreditReserved | ReservationSettled, 
             transaction_id=event.transaction_id, wallet_id=event.wallet_id, asset=event.asset,
             amount=event.amount, from_wallet_id=event.from_wallet_id, from_group=event.from_group,
             description=event.description, metadata=event.metadata, at_us=event.at_us, lsn=lsn,
+            refund_of=event.refund_of,
         )
         return
     reservation = state.reservations.pop(event.transaction_id)
@@ -543,7 +545,10 @@ def apply(state: State, event: Event, lsn: int) -> None:
         apply_credit(state, event, lsn)
     elif isinstance(event, Refunded):
         apply_refund(state, event, lsn)
-        apply_credit(state, event, lsn)
+        if state.directory.groups > 1 and event.to_wallet_id not in state.wallets:  # to another group
+            apply_sent_across(state.directory, event)
+        else:
+            apply_credit(state, event, lsn)
     elif isinstance(event, AlertCreated | AlertDeleted | AlertsTriggered):
         apply_alerts(state, event, lsn)
     elif not isinstance(event, RequestsRefused | GroupConfigured | TransitSettled | TransfersAborted):

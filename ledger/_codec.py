@@ -176,6 +176,15 @@ def _optional_str(value: Any) -> str | None:
     return None if value is None else _str(value)
 
 
+def _refund_of(rest: list[Any]) -> str | None:
+    """The optional last field of a reservation record: absent for a transfer."""
+    if not rest:
+        return None
+    if len(rest) != 1:
+        raise CodecError(f"a reservation record has {len(rest)} fields too many")
+    return _str(rest[0])
+
+
 def _bytes(value: Any) -> bytes:
     if type(value) is not bytes:
         raise CodecError(f"expected bytes, found {type(value).__name__}")
@@ -352,6 +361,7 @@ def encode_event(event: Event) -> bytes:
             [
                 CODEC_VERSION, _CREDIT_RESERVED, event.transaction_id, event.wallet_id, event.asset, event.amount,
                 event.from_wallet_id, event.from_group, event.description, event.metadata, event.at_us,
+                *(() if event.refund_of is None else (event.refund_of,)),
             ]
         )
     if isinstance(event, ReservationSettled):
@@ -360,6 +370,7 @@ def encode_event(event: Event) -> bytes:
                 CODEC_VERSION, _RESERVATION_SETTLED, event.transaction_id, event.wallet_id, event.asset,
                 event.amount, event.from_wallet_id, event.from_group, event.description, event.metadata,
                 event.reserved_at_us, event.credited, event.at_us,
+                *(() if event.refund_of is None else (event.refund_of,)),
             ]
         )
     if isinstance(event, TransitSettled):
@@ -558,21 +569,24 @@ def decode_event(payload: bytes) -> Event:
                 metadata=_metadata(metadata), at_us=_int(at_us), idempotency=_idem_in(idem),
             )
         if kind == _CREDIT_RESERVED:
+            # A refund's reservation carries the refunded transaction's id after the others.
             (transaction_id, wallet_id, asset, amount, from_id, from_group, description, metadata,
-             at_us) = rest
+             at_us, *refund_of) = rest
             return CreditReserved(
                 transaction_id=_str(transaction_id), wallet_id=_str(wallet_id), asset=_str(asset),
                 amount=_int(amount), from_wallet_id=_str(from_id), from_group=_int(from_group),
                 description=_optional_str(description), metadata=_metadata(metadata), at_us=_int(at_us),
+                refund_of=_refund_of(refund_of),
             )
         if kind == _RESERVATION_SETTLED:
             (transaction_id, wallet_id, asset, amount, from_id, from_group, description, metadata,
-             reserved_at_us, credited, at_us) = rest
+             reserved_at_us, credited, at_us, *refund_of) = rest
             return ReservationSettled(
                 transaction_id=_str(transaction_id), wallet_id=_str(wallet_id), asset=_str(asset),
                 amount=_int(amount), from_wallet_id=_str(from_id), from_group=_int(from_group),
                 description=_optional_str(description), metadata=_metadata(metadata),
                 reserved_at_us=_int(reserved_at_us), credited=_bool(credited), at_us=_int(at_us),
+                refund_of=_refund_of(refund_of),
             )
         if kind == _TRANSIT_SETTLED:
             ids, at_us = rest

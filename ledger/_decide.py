@@ -904,7 +904,7 @@ def decide_reserve_credit(state: State, command: ReserveCredit, now_us: int, *, 
     return [CreditReserved(
         transaction_id=command.transaction_id, wallet_id=command.to_wallet_id, asset=check.asset,
         amount=command.amount, from_wallet_id=command.from_wallet_id, from_group=command.from_group,
-        description=command.description, metadata=command.metadata, at_us=now_us,
+        description=command.description, metadata=command.metadata, at_us=now_us, refund_of=command.refund_of,
     )]
 
 
@@ -919,7 +919,7 @@ def decide_settle_reservation(state: State, command: SettleReservation, now_us: 
         transaction_id=reservation.transaction_id, wallet_id=reservation.wallet_id, asset=reservation.asset,
         amount=reservation.amount, from_wallet_id=reservation.from_wallet_id, from_group=reservation.from_group,
         description=reservation.description, metadata=reservation.metadata, reserved_at_us=reservation.at_us,
-        credited=command.credit, at_us=now_us,
+        credited=command.credit, at_us=now_us, refund_of=reservation.refund_of,
     )]
 
 

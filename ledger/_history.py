@@ -467,14 +467,20 @@ class History:
             if isinstance(event, ReservationSettled):
                 # The receiver's statement joins its entries with their transactions: the
                 # transaction is written here too (its sender's group has the original, at the
-                # commit's LSN; reads by id go there), without its searchable metadata.
-                transactions.append(
-                    (pos, event.transaction_id, lsn, int(TransactionType.TRANSFER), event.from_wallet_id,
-                     event.wallet_id, event.asset, event.amount, event.description,
-                     None if event.metadata is None else json.dumps(event.metadata), event.at_us, posted)
-                )
+                # commit's LSN; reads by id go there), without its searchable metadata. A refund's
+                # credit also adds to what was refunded of the original, whose row (its sender's
+                # group's) is here.
+                kind = int(TransactionType.TRANSFER if event.refund_of is None else TransactionType.REFUND)
+                row = (pos, event.transaction_id, lsn, kind, event.from_wallet_id,
+                       event.wallet_id, event.asset, event.amount, event.description,
+                       None if event.metadata is None else json.dumps(event.metadata), event.at_us, posted)
+                if event.refund_of is None:
+                    transactions.append(row)
+                else:
+                    refund_rows.append((*row, event.refund_of))
+                    refunds.append((event.amount, event.refund_of))
                 receiver = balances[event.wallet_id] = balances.get(event.wallet_id, 0) + event.amount
-                entries.append((event.wallet_id, pos, event.transaction_id, int(TransactionType.TRANSFER), CREDIT,
+                entries.append((event.wallet_id, pos, event.transaction_id, kind, CREDIT,
                                 event.amount, receiver, event.from_wallet_id, event.at_us, posted))
                 continue
             if isinstance(event, HoldVoided):

@@ -725,6 +725,37 @@ class Ledger:
         assert isinstance(result, list)
         return result
 
+    async def refund_across(self, command: Refund, credit: CreditCheck) -> ItemOutcome | Aborted:
+        """Commit, at the group of the refunding wallet (the original's receiver), of a refund
+        whose receiver (the original's sender) is in another group, which reserved it with
+        ``credit`` as its verdict: decided as any refund on the refunding wallet's shard (the
+        cap is kept there); accepted, the money goes to the transit account and is owed, as for
+        ``transfer_across``. ``command.amount`` must be the reserved amount (None only when
+        nothing is left to refund: refused before the verdict is looked at)."""
+        assert self.directory.groups > 1
+        shard = self._shard(command.from_wallet_id)
+
+        def submit() -> Reply:
+            shard._wal.check_writable()
+            reply = Reply()
+            shard._submit(_DebitStep(command, credit, REMOTE, 0, reply))
+            return reply
+
+        outcome: ItemOutcome | Aborted = await self._keyed(command.idempotency, submit)
+        return outcome
+
+    async def refund_remaining(self, refund_of: str, wallet_id: str, original_amount: int) -> int:
+        """What is left to refund of ``refund_of`` (received by ``wallet_id``, posted for
+        ``original_amount``) as its refunding wallet's shard counts it now."""
+        shard = self._shard(wallet_id)
+
+        def remaining(state: State) -> int:
+            tally = state.refunded.get(refund_of)
+            return original_amount if tally is None else tally.original_amount - tally.refunded
+
+        left: int = await self._wait(shard.submit_query(remaining, lambda _: 0))
+        return left
+
     async def settle_reservation(self, transaction_id: str, wallet_id: str, *, credit: bool) -> bool:
         """Credits or releases a reservation; False when it was gone already."""
         decision = await self._wait(self._shard(wallet_id).submit_command(

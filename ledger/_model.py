@@ -493,6 +493,7 @@ class ReserveCredit:
     from_group: int
     description: str | None
     metadata: dict[str, Any] | None
+    refund_of: str | None = None  # a refund between groups: the transaction it refunds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -834,7 +835,8 @@ class GroupConfigured:
 class CreditReserved:
     """``amount`` is reserved on ``wallet_id`` for a transfer between groups that group
     ``from_group`` decides; the wallet cannot be closed while it has reservations, and its
-    overflow check counts them. The display fields come back in the credit."""
+    overflow check counts them. The display fields come back in the credit; ``refund_of`` names
+    the transaction a refund between groups refunds (None for a transfer)."""
 
     transaction_id: str
     wallet_id: str
@@ -845,6 +847,7 @@ class CreditReserved:
     description: str | None
     metadata: dict[str, Any] | None
     at_us: int
+    refund_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -863,6 +866,7 @@ class ReservationSettled:
     reserved_at_us: int
     credited: bool
     at_us: int
+    refund_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1005,6 +1009,7 @@ class Reservation:
     metadata: dict[str, Any] | None
     at_us: int
     lsn: int
+    refund_of: str | None = None
 
 class Withdrawal:
     """A withdrawal and its payout state, owned by its wallet's shard. Kept after it ends

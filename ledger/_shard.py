@@ -454,7 +454,8 @@ class Shard:
                 self._peers[credit_shard]._post(_ApplyCredit(None, credited, reserved, 0))
             reply._wake(failed)
             return
-        if credit_shard == REMOTE and isinstance(command, Transfer) and command.transaction_id in self.state.directory.aborted:
+        if (credit_shard == REMOTE and isinstance(command, Transfer | Refund)
+                and command.transaction_id in self.state.directory.aborted):
             # The receiver's group asked, and was told, that this transfer will never commit.
             self._resolve(reply, Aborted(command.transaction_id), self._wal.last_lsn)
             return
@@ -489,7 +490,7 @@ class Shard:
         else:
             assert isinstance(event, Transferred | HoldCaptured | Refunded)
             if credit_shard == REMOTE:
-                assert isinstance(event, Transferred), event  # holds and refunds across groups: later
+                assert isinstance(event, Transferred | Refunded), event  # holds across groups: not built
                 _apply.apply_sent_across(self.state.directory, event)
             elif credit_shard == self.index:
                 _apply.apply_credit(self.state, event, lsn)

@@ -40,7 +40,8 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
     groups       | (version 5) group, groups, transit [[asset, amount]], owed        | 1
                  | [[transaction, wallet]], aborted [transaction], reservations     |
                  | [[transaction, wallet, asset, amount, from wallet, from group,   |
-                 | description, metadata, at_us, lsn]], each sorted                 |
+                 | description, metadata, at_us, lsn (, refund_of: a refund's)]],   |
+                 | each sorted                                                      |
 
 Version 1 (before holds) had no hold or withdrawal counts or entities; version 2 (before
 balance alerts) no alert or crossing counts or entities; version 3 (before final outcomes,
@@ -229,7 +230,8 @@ def encode_state(state: State) -> Iterator[bytes]:
                 sorted(directory.owed.items()), sorted(directory.aborted),
                 [[reservation.transaction_id, reservation.wallet_id, reservation.asset, reservation.amount,
                   reservation.from_wallet_id, reservation.from_group, reservation.description,
-                  reservation.metadata, reservation.at_us, reservation.lsn]
+                  reservation.metadata, reservation.at_us, reservation.lsn,
+                  *(() if reservation.refund_of is None else (reservation.refund_of,))]
                  for reservation in sorted(state.reservations.values(), key=lambda r: r.transaction_id)],
             ]
 
@@ -590,6 +592,11 @@ def _decode(body: bytes, decode_events: bool) -> State:
             directory.owed[_str(transaction_id, "owed transaction")] = _str(wallet_id, "owed wallet")
         directory.aborted.update(_str(item, "aborted transaction") for item in _list(aborted, "aborted"))
         for item in _list(reserved, "reservations"):
+            # A refund's reservation has an eleventh field: the refunded transaction.
+            refund_of = None
+            if type(item) is list and len(item) == 11:
+                refund_of = _str(item[10], "reservation refund_of")
+                item = item[:10]
             (transaction_id, wallet_id, asset, amount, from_id, from_group, description, metadata, reserved_at,
              reserved_lsn) = _fields(item, 10, "reservation")
             if (description is not None and type(description) is not str) or (
@@ -601,7 +608,7 @@ def _decode(body: bytes, decode_events: bool) -> State:
                 amount=_int(amount, "reservation amount", 1), from_wallet_id=_str(from_id, "reservation sender"),
                 from_group=_int(from_group, "reservation group", 0), description=description, metadata=metadata,
                 at_us=_int(reserved_at, "reservation at_us"),
-                lsn=_int(reserved_lsn, "reservation lsn", 1, directory.lsn),
+                lsn=_int(reserved_lsn, "reservation lsn", 1, directory.lsn), refund_of=refund_of,
             )
             if reservation.wallet_id not in wallets:
                 raise CodecError(f"reservation of unknown wallet {reservation.wallet_id!r}")

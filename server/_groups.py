@@ -420,10 +420,39 @@ class GroupRouter:
                          receiver, error)
 
     async def refund(self, command: Refund) -> ItemOutcome:
-        if group_of(command.from_wallet_id, self.groups) != group_of(command.to_wallet_id, self.groups) and not (
-                is_treasury(command.to_wallet_id)):
-            raise Unavailable("refunds between ledger groups are not built yet")
-        return await self._of(command.from_wallet_id).refund(command)
+        """A refund goes back from the original's receiver to its sender. Inside one group (or
+        to a treasury, which every group has a part of) to the refunding wallet's group; between
+        groups through the protocol of a transfer, decided by the refunding wallet's group, which
+        keeps the cap. The reservation is for an exact amount: without one the refund takes what
+        is left as the refunding group counts it just before (a refund racing it may then make
+        this one exceed what is left, where inside one group it would take less)."""
+        sender = group_of(command.from_wallet_id, self.groups)
+        receiver = group_of(command.to_wallet_id, self.groups)
+        if sender == receiver or is_treasury(command.to_wallet_id):
+            return await self.ports[sender].refund(command)
+        if command.amount is None:
+            left = await self.ports[sender].refund_remaining(command.refund_of, command.from_wallet_id,
+                                                             command.original_amount)
+            if left == 0:
+                # Nothing left (and nothing ever will be): the refunding group refuses it, and
+                # records that under the key, before it would look at a receiver's verdict.
+                refused = await self.ports[sender].refund_across(command, CreditCheck(asset=None, failure=None))
+                assert not isinstance(refused, Aborted | Committed), refused
+                return refused
+            command = dataclasses.replace(command, amount=left)
+        assert command.amount is not None
+        verdict = await self.ports[receiver].reserve_credit(ReserveCredit(
+            transaction_id=command.transaction_id, to_wallet_id=command.to_wallet_id, amount=command.amount,
+            from_wallet_id=command.from_wallet_id, from_group=sender, description=command.description,
+            metadata=command.metadata, refund_of=command.refund_of,
+        ))
+        outcome = await self.ports[sender].refund_across(command, verdict)
+        if verdict.failure is None:
+            await self._settle(sender, receiver, [(command.transaction_id, command.to_wallet_id,
+                                                   isinstance(outcome, Committed))])
+        if isinstance(outcome, Aborted):
+            raise Unavailable(f"refund {command.transaction_id} was aborted by its receiver's group; retry")
+        return outcome
 
     async def resolve_hold(self, transaction_id: str, capture: bool, amount: int | None, owner_id: str | None,
                            idempotency: Any) -> ItemOutcome:

@@ -336,6 +336,12 @@ class LocalPort:
     async def settle_transit(self, transaction_ids: list[str]) -> None:
         await self.ledger.settle_transit(transaction_ids)
 
+    async def refund_across(self, command: Refund, credit: CreditCheck) -> ItemOutcome | Aborted:
+        return await self.ledger.refund_across(command, credit)
+
+    async def refund_remaining(self, refund_of: str, wallet_id: str, original_amount: int) -> int:
+        return await self.ledger.refund_remaining(refund_of, wallet_id, original_amount)
+
     async def resolve_transfers(self, transaction_ids: list[str]) -> dict[str, bool]:
         return await self.ledger.resolve_transfers(transaction_ids)
 
@@ -448,6 +454,7 @@ METHODS = (
     "metrics", "wait_projected", "sync_projection",
     "reserve_credit", "transfer_across", "settle_reservation", "settle_transit", "resolve_transfers",
     "reserve_credits", "transfers_across", "settle_reservations", "transfer_batch_across",
+    "refund_across", "refund_remaining",
 )
 assert all(callable(getattr(LocalPort, name, None)) for name in METHODS)
 
@@ -766,6 +773,12 @@ class RemoteCalls:
 
     async def settle_transit(self, transaction_ids: list[str]) -> None:
         await self._call("settle_transit", transaction_ids)
+
+    async def refund_across(self, command: Refund, credit: CreditCheck) -> ItemOutcome | Aborted:
+        return await self._call("refund_across", command, credit)
+
+    async def refund_remaining(self, refund_of: str, wallet_id: str, original_amount: int) -> int:
+        return int(await self._call("refund_remaining", refund_of, wallet_id, original_amount))
 
     async def resolve_transfers(self, transaction_ids: list[str]) -> dict[str, bool]:
         return await self._call("resolve_transfers", transaction_ids)

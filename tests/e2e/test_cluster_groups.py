@@ -248,6 +248,36 @@ def test_an_atomic_batch_between_groups_posts_whole_or_nothing_over_http(cluster
         assert balances(client) == [0, 0, 3 * START - 7, START + 7]
 
 
+def test_a_refund_between_groups_goes_back_and_both_statements_show_it(cluster: ClusterProcess) -> None:
+    by_group = _wallets(cluster, per_group=1)
+    sender, receiver = by_group[0][0], by_group[1][0]
+    with cluster.client() as client:
+        sent = client.post("/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": receiver, "amount": 400},
+                           headers={"Idempotency-Key": "to-refund"})
+        assert sent.status_code == 201, sent.text
+        original = sent.json()["id"]
+        part = client.post(f"/v1/transactions/{original}/refund", json={"amount": 150},
+                           headers={"Idempotency-Key": "refund-1"})
+        assert part.status_code == 201, part.text
+        assert (part.json()["type"], part.json()["refund_of"], part.json()["from_wallet_id"],
+                part.json()["to_wallet_id"], part.json()["amount"]) == ("refund", original, receiver, sender, 150)
+        again = client.post(f"/v1/transactions/{original}/refund", json={"amount": 150},
+                            headers={"Idempotency-Key": "refund-1"})
+        assert again.status_code == 201 and again.json()["id"] == part.json()["id"]
+        rest = client.post(f"/v1/transactions/{original}/refund", json={}, headers={"Idempotency-Key": "refund-2"})
+        assert rest.status_code == 201 and rest.json()["amount"] == 250, rest.text
+        over = client.post(f"/v1/transactions/{original}/refund", json={}, headers={"Idempotency-Key": "refund-3"})
+        assert over.status_code == 422 and over.json()["code"] == "refund_exceeds_remaining", over.text
+        # Read back at once: balances, the original's refunded amount, both statements.
+        assert client.get(f"/v1/wallets/{sender}").json()["balance"] == START
+        assert client.get(f"/v1/wallets/{receiver}").json()["balance"] == START
+        assert client.get(f"/v1/transactions/{original}").json()["refunded_amount"] == 400
+        credits = client.get(f"/v1/wallets/{sender}/transactions", params={"type": "refund"}).json()["items"]
+        assert [(item["direction"], item["amount"]) for item in credits] == [("credit", 250), ("credit", 150)]
+        debits = client.get(f"/v1/wallets/{receiver}/transactions", params={"type": "refund"}).json()["items"]
+        assert [(item["direction"], item["amount"]) for item in debits] == [("debit", 250), ("debit", 150)]
+
+
 def test_webhooks_deliver_the_events_of_every_group_once_in_feed_order(cluster: ClusterProcess, tmp_path: Any) -> None:
     """Group 0's owner alone delivers webhooks, from the aggregate of every group's events:
     each event once, verified, in the feed's order, whichever group wrote it."""

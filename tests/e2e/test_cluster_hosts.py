@@ -156,14 +156,18 @@ def test_members_and_a_worker_started_apart_serve_and_survive_the_owners_sigkill
         assert answered.status_code == 201, answered.text
         served_s = time.monotonic() - started
         moved += 5
+        # Usually the standby that was current takes over; on a loaded host the restarted member
+        # (a standby again once it copied the stream) may win the fenced race instead. Either
+        # way a newer epoch owns the group and the other member is its standby.
         second = _owner(hosts)
-        assert second is not None and second is not first, "the other member is the owner now"
+        assert second is not None, "no owner after the takeover"
         line = second.status()
         assert line is not None and line["epoch"] >= 2, line
+        other = hosts["b" if second is hosts["a"] else "a"]
         assert served_s < TAKEOVER_LIMIT_S + 10, served_s
         balances = {wallet: http.get(f"/v1/wallets/{wallet}").json()["balance"] for wallet in ("alice", "bob")}
         assert balances == {"alice": 1000 - moved, "bob": moved}
-        _until(lambda: (first.status() or {}).get("role") == "standby", 30, "the restarted member as a standby",
+        _until(lambda: (other.status() or {}).get("role") == "standby", 30, "the other member as a standby",
                hosts)
     assert hosts["w"].stop() == 0, hosts["w"].log()[-3000:]
     config = (hosts["n0"].data / "nats.conf").read_text()

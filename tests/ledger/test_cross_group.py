@@ -21,10 +21,14 @@ from ledger import (
     Committed,
     CreditCheck,
     Duplicate,
+    Idempotency,
     Ledger,
     Reason,
+    Refund,
     Rejection,
     ReserveCredit,
+    TransactionStatus,
+    TransactionType,
     WalletStatus,
     build_snapshot,
     check_state,
@@ -279,6 +283,71 @@ async def test_an_atomic_batch_across_groups_that_fails_or_was_aborted_moves_not
         assert b.all_reservations() == []
 
 
+def refund(number: int, source: str, target: str, amount: int | None, *, of: str, original: int,
+           key: str | None = None) -> Refund:
+    return Refund(transaction_id=f"r{number}", refund_of=of, from_wallet_id=source, to_wallet_id=target,
+                  amount=amount, original_type=TransactionType.TRANSFER, original_status=TransactionStatus.POSTED,
+                  original_amount=original, description="sorry", metadata=None,
+                  idempotency=None if key is None else Idempotency(scope="s", key=key, fingerprint=key.encode()))
+
+
+def reserve_refund(number: int, source: str, target: str, amount: int, of: str) -> ReserveCredit:
+    return ReserveCredit(transaction_id=f"r{number}", to_wallet_id=target, amount=amount, from_wallet_id=source,
+                         from_group=1, description="sorry", metadata=None, refund_of=of)
+
+
+async def test_a_refund_between_groups_goes_back_through_the_protocol_with_the_cap_at_the_refunding_group(
+        tmp_path: Path) -> None:
+    """The refund of a transfer from group 0 to group 1 is a transfer back decided by group 1
+    (the refunding wallet's, which keeps the cap): group 0 reserves the credit (a reservation
+    that names the refunded transaction), group 1 commits the refund, group 0 credits it; both
+    read models show it as a refund and the original's row at its sender's group counts it."""
+    a_path, b_path = tmp_path / "g0", tmp_path / "g1"
+    async with running(a_path, 0) as a, running(b_path, 1) as b:
+        await setup(a, ["alice"], deposit=1000)
+        await setup(b, ["bob"], deposit=0)
+        verdict = await b.reserve_credit(reserve(1, "alice", "bob", 300))
+        assert isinstance(await a.transfer_across(transfer(1, "alice", "bob", 300), verdict), Committed)
+        assert await b.settle_reservation("tx1", "bob", credit=True)
+        await a.settle_transit(["tx1"])
+        assert await b.refund_remaining("tx1", "bob", 300) == 300
+        # A refund of 100.
+        back = await a.reserve_credit(reserve_refund(1, "bob", "alice", 100, "tx1"))
+        assert back.failure is None and a.all_reservations()[0].refund_of == "tx1"
+        refunded = await b.refund_across(refund(1, "bob", "alice", 100, of="tx1", original=300, key="rf1"), back)
+        assert isinstance(refunded, Committed) and refunded.event.amount == 100
+        assert b.owed() == {"r1": "alice"} and b.directory.transit == {"USD": -200}
+        assert await b.refund_remaining("tx1", "bob", 300) == 200
+        assert await a.settle_reservation("r1", "alice", credit=True)
+        await b.settle_transit(["r1"])
+        assert balances(a)["alice"] == 800 and balances(b)["bob"] == 200
+        assert a.directory.transit["USD"] + b.directory.transit["USD"] == 0
+        # More than is left: refused by the refunding group, recorded under its key; the
+        # receiver's reservation is released.
+        too_much = await a.reserve_credit(reserve_refund(2, "bob", "alice", 250, "tx1"))
+        refused = await b.refund_across(refund(2, "bob", "alice", 250, of="tx1", original=300, key="rf2"), too_much)
+        assert isinstance(refused, Rejection) and refused.reason == Reason.REFUND_EXCEEDS_REMAINING
+        assert await a.settle_reservation("r2", "alice", credit=False)
+        # A reservation of a refund survives a snapshot and a restart with what it refunds.
+        await a.reserve_credit(reserve_refund(3, "bob", "alice", 50, "tx1"))
+        assert b.history is not None and a.history is not None
+        await a.history.wait_projected(a.wal.durable_lsn)
+        await b.history.wait_projected(b.wal.durable_lsn)
+        statement = await a.history.entries("alice", before=None, limit=10)
+        assert (statement[0].transaction_id, statement[0].type, statement[0].direction, statement[0].amount) == (
+            "r1", TransactionType.REFUND, "credit", 100)
+        original = await a.history.transaction("tx1")
+        assert original is not None and original.refunded_amount == 100
+        row = await b.history.transaction("r1")
+        assert row is not None and (row.type, row.refund_of) == (TransactionType.REFUND, "tx1")
+        live = (a.digest(), b.digest())
+    info = await trio.to_thread.run_sync(lambda: build_snapshot(a_path, until_lsn=None, created_at_us=1))
+    assert info is not None
+    assert (await replayed_digest(a_path), await replayed_digest(b_path)) == live
+    async with running(a_path, 0) as a:
+        assert [(r.transaction_id, r.refund_of) for r in a.all_reservations()] == [("r3", "tx1")]
+
+
 async def test_a_group_log_keeps_its_place_in_the_group_table(tmp_path: Path) -> None:
     async with running(tmp_path, 1) as b:
         await setup(b, ["bob"], deposit=0)
@@ -320,12 +389,19 @@ def test_the_records_of_transfers_between_groups_decode_to_themselves_and_refuse
                            from_group=0, description="d", metadata=None, reserved_at_us=7, credited=True, at_us=9),
         TransitSettled(transaction_ids=("tx1", "tx2"), at_us=11),
         TransfersAborted(transaction_ids=("tx3",), at_us=12),
+        CreditReserved(transaction_id="r1", wallet_id="alice", asset="USD", amount=2, from_wallet_id="bob",
+                       from_group=1, description=None, metadata=None, at_us=13, refund_of="tx1"),
+        ReservationSettled(transaction_id="r1", wallet_id="alice", asset="USD", amount=2, from_wallet_id="bob",
+                           from_group=1, description=None, metadata=None, reserved_at_us=13, credited=True,
+                           at_us=14, refund_of="tx1"),
     ]
     for event in events:
         assert decode_event(encode_event(event)) == event
     import msgpack
 
     for garbage in ([1, 24, [], 3], [1, 24, "tx1", 3], [1, 25, [7], 3], [1, 22, "tx1", "bob"],
-                    [1, 23, "tx1", "bob", "USD", 3, "alice", 0, None, None, 7, "yes", 9]):
+                    [1, 23, "tx1", "bob", "USD", 3, "alice", 0, None, None, 7, "yes", 9],
+                    [1, 22, "r1", "alice", "USD", 2, "bob", 1, None, None, 13, 5],
+                    [1, 22, "r1", "alice", "USD", 2, "bob", 1, None, None, 13, "tx1", "more"]):
         with pytest.raises(CodecError):
             decode_event(msgpack.packb(garbage))

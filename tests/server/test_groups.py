@@ -19,10 +19,14 @@ from ledger import (
     CreateAsset,
     CreateWallet,
     Duplicate,
+    Idempotency,
     Ledger,
     Reason,
+    Refund,
     Rejection,
     ReserveCredit,
+    TransactionStatus,
+    TransactionType,
     recover,
 )
 from ledger.testing import transfer
@@ -265,6 +269,39 @@ async def test_an_atomic_batch_from_one_group_to_several_is_all_or_nothing(tmp_p
                 await trio.sleep(0.01)
         assert sum(wallet.balance for ledger in ledgers for wallet in ledger.all_wallets()) + sum(
             ledger.directory.transit.get("USD", 0) for ledger in ledgers) == 0
+
+
+async def test_a_refund_between_groups_goes_back_once_and_never_past_the_original(tmp_path: Path) -> None:
+    a1, b1 = wallet_in(0, "a"), wallet_in(1, "b")
+    async with two_groups(tmp_path) as (ledgers, _, router):
+        await wallets(router, a1, deposit=1000)
+        await wallets(router, b1)
+        sent = await router.transfer(transfer(1, a1, b1, 300, key="t1"))
+        assert isinstance(sent, Committed)
+
+        def refund(number: int, amount: int | None) -> Refund:
+            return Refund(transaction_id=f"r{number}", refund_of="tx1", from_wallet_id=b1, to_wallet_id=a1,
+                          amount=amount, original_type=TransactionType.TRANSFER,
+                          original_status=TransactionStatus.POSTED, original_amount=300, description=None,
+                          metadata=None, idempotency=Idempotency(scope="o", key=f"r{number}",
+                                                                 fingerprint=f"r{number}".encode()))
+
+        first = await router.refund(refund(1, 100))
+        assert isinstance(first, Committed) and first.event.amount == 100
+        assert isinstance(await router.refund(refund(1, 100)), Duplicate)  # the same key again
+        rest = await router.refund(refund(2, None))  # what is left: 200
+        assert isinstance(rest, Committed) and rest.event.amount == 200
+        none_left = await router.refund(refund(3, None))
+        assert isinstance(none_left, Rejection) and none_left.reason == Reason.REFUND_EXCEEDS_REMAINING
+        assert isinstance(await router.refund(refund(3, None)), Rejection)  # recorded under its key
+        over = await router.refund(refund(4, 1))
+        assert isinstance(over, Rejection) and over.reason == Reason.REFUND_EXCEEDS_REMAINING
+        assert {wallet_id: (await router.wallet(wallet_id)).balance  # type: ignore[union-attr]
+                for wallet_id in (a1, b1)} == {a1: 1000, b1: 0}
+        with trio.fail_after(10):  # the router tells the refunding group what was credited (batched)
+            while ledgers[1].owed():
+                await trio.sleep(0.01)
+        assert ledgers[0].all_reservations() == [] and ledgers[1].all_reservations() == []
 
 
 async def test_a_search_pages_over_every_group_newest_first_each_transaction_once(tmp_path: Path) -> None:
