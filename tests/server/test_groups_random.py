@@ -3,7 +3,8 @@ workers that stop after any step, groups that are restarted from their logs at a
 that finish what was left (``server._crossing``), closes of receivers in the middle, transfers
 inside a group beside them. The oracle, against the clients' record of what was committed:
 once the owners have finished, every committed transfer was credited exactly once (alone, or in
-an atomic batch with others of its sending group and one inside it), nothing else
+an atomic batch with others of its sending group and one inside it), and every committed refund
+of one (never more than its amount in all), nothing else
 moved, no reservation and nothing owed is left, every group replays to the state it had live,
 and the two groups together are zero-sum (wallets, treasury parts and transit accounts)."""
 
@@ -18,13 +19,18 @@ import pytest
 import trio
 
 from ledger import (
+    Aborted,
     ChangeWalletStatus,
     Committed,
     CreateAsset,
     CreateWallet,
     Ledger,
+    Reason,
+    Refund,
     Rejection,
     ReserveCredit,
+    TransactionStatus,
+    TransactionType,
     WalletStatus,
     check_state,
     digest_state,
@@ -125,6 +131,7 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
         prepared: list[tuple[str, str, str, int, object]] = []  # reserved, not yet committed
         committed: list[tuple[str, str, str, int]] = []  # committed, maybe not credited
         batches = [0, 0]  # atomic batches committed whole, and refused or aborted whole
+        refunded: dict[str, int] = {}  # what refunds of a committed transfer sent back
         for step in range(150):
             roll = rng.random()
             if roll < 0.45:
@@ -196,6 +203,32 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
                         await harness.port(mine[0][1]).settle_reservation(*mine[0])
                     elif mine:
                         await harness.port(mine[0][1]).settle_reservations(mine)
+            elif roll < 0.71 and committed:
+                # A refund of a committed transfer between groups (of a random amount, maybe more
+                # than is left): reserved at the original sender's group, decided by the original
+                # receiver's (which keeps the cap), credited by the worker or left to the owners;
+                # or the worker stops after the reservation.
+                tx, sender, receiver, amount = rng.choice(committed)
+                ask, refund_id = rng.randint(1, amount), f"rf{seed}-{step}"
+                verdict = await harness.port(sender).reserve_credit(ReserveCredit(
+                    transaction_id=refund_id, to_wallet_id=sender, amount=ask, from_wallet_id=receiver,
+                    from_group=GROUP_OF[receiver], description=None, metadata=None, refund_of=tx))
+                if verdict.failure is None and rng.random() < 0.85:
+                    outcome = await harness.port(receiver).refund_across(Refund(
+                        transaction_id=refund_id, refund_of=tx, from_wallet_id=receiver, to_wallet_id=sender,
+                        amount=ask, original_type=TransactionType.TRANSFER, original_status=TransactionStatus.POSTED,
+                        original_amount=amount, description=None, metadata=None, idempotency=None), verdict)
+                    if isinstance(outcome, Committed):
+                        refunded[tx] = refunded.get(tx, 0) + ask
+                        assert refunded[tx] <= amount, (tx, refunded[tx], amount)
+                        harness.expected[receiver] -= ask
+                        harness.expected[sender] += ask
+                    else:
+                        assert isinstance(outcome, Rejection | Aborted), outcome
+                        assert not isinstance(outcome, Rejection) or outcome.reason in (
+                            Reason.REFUND_EXCEEDS_REMAINING, Reason.INSUFFICIENT_FUNDS), outcome
+                    if rng.random() < 0.6:
+                        await harness.port(sender).settle_reservation(refund_id, sender, isinstance(outcome, Committed))
             elif roll < 0.75:
                 # A transfer inside one group.
                 group = rng.choice([0, 1])
@@ -237,6 +270,7 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
             assert balances[f"{wallet_id}@{GROUP_OF[wallet_id]}"] == balance, wallet_id
         assert committed, "the run committed no transfer between groups"
         assert batches[0] > 0, "the run committed no atomic batch between groups"
+        assert refunded, "the run refunded nothing between groups"
         # The owners had work of both kinds: credits the workers left, and reservations whose
         # commit never came (aborted for good in the sender's group).
         assert sum(crossing.credited for crossing in harness.crossings) > 0
