@@ -399,15 +399,17 @@ def apply_credit(state: State, event: Transferred | HoldCaptured | Refunded, lsn
         _watch(state, receiver, event.transaction_id)
 
 
-def apply_sent_across(directory: Directory, event: Transferred | Refunded) -> None:
-    """The credit side of a transfer (or a refund) to another group (its receiver is not here):
-    the money goes to this group's transit account, and the group owes the receiver's group the
-    credit."""
+def apply_sent_across(directory: Directory, event: Transferred | Refunded | HoldCaptured) -> None:
+    """The credit side of a transfer (a refund, a hold's capture) to another group (its receiver
+    is not here): the money goes to this group's transit account, and the group owes the
+    receiver's group the credit, under the id the receiver's group reserved it with (a
+    capture's attempt id, else the transaction's)."""
     assert directory.groups > 1, event
-    assert event.transaction_id not in directory.aborted, event
+    owed_id = event.reservation if isinstance(event, HoldCaptured) else event.transaction_id
+    assert owed_id is not None and owed_id not in directory.aborted, event
     directory.transit[event.asset] = directory.transit.get(event.asset, 0) + event.amount
-    assert event.transaction_id not in directory.owed, event
-    directory.owed[event.transaction_id] = event.to_wallet_id
+    assert owed_id not in directory.owed, event
+    directory.owed[owed_id] = event.to_wallet_id
 
 
 def apply_reservation(state: State, event: CreditReserved | ReservationSettled, lsn: int) -> None:
@@ -424,7 +426,7 @@ def apply_reservation(state: State, event: CreditReserved | ReservationSettled, 
             transaction_id=event.transaction_id, wallet_id=event.wallet_id, asset=event.asset,
             amount=event.amount, from_wallet_id=event.from_wallet_id, from_group=event.from_group,
             description=event.description, metadata=event.metadata, at_us=event.at_us, lsn=lsn,
-            refund_of=event.refund_of,
+            refund_of=event.refund_of, capture_of=event.capture_of,
         )
         return
     reservation = state.reservations.pop(event.transaction_id)
@@ -542,7 +544,10 @@ def apply(state: State, event: Event, lsn: int) -> None:
         apply_sender(state, event, lsn)
     elif isinstance(event, HoldCaptured):
         apply_sender(state, event, lsn)
-        apply_credit(state, event, lsn)
+        if event.reservation is not None:  # captured to another group
+            apply_sent_across(state.directory, event)
+        else:
+            apply_credit(state, event, lsn)
     elif isinstance(event, Refunded):
         apply_refund(state, event, lsn)
         if state.directory.groups > 1 and event.to_wallet_id not in state.wallets:  # to another group

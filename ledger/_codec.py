@@ -176,13 +176,28 @@ def _optional_str(value: Any) -> str | None:
     return None if value is None else _str(value)
 
 
-def _refund_of(rest: list[Any]) -> str | None:
-    """The optional last field of a reservation record: absent for a transfer."""
+def _last_optional(rest: list[Any], what: str) -> str | None:
+    """An optional last field: absent, or one string."""
     if not rest:
         return None
     if len(rest) != 1:
-        raise CodecError(f"a reservation record has {len(rest)} fields too many")
+        raise CodecError(f"a {what} record has {len(rest)} fields too many")
     return _str(rest[0])
+
+
+def _reservation_tail(refund_of: str | None, capture_of: str | None) -> tuple[Any, ...]:
+    """A reservation record's optional last fields: nothing for a transfer, ``refund_of`` for a
+    refund, nil and ``capture_of`` for a hold's capture."""
+    if capture_of is not None:
+        return (refund_of, capture_of)
+    return () if refund_of is None else (refund_of,)
+
+
+def _reservation_of(tail: list[Any]) -> tuple[str | None, str | None]:
+    if len(tail) == 2:
+        refund_of = _optional_str(tail[0])
+        return refund_of, _str(tail[1])
+    return _last_optional(tail, "reservation"), None
 
 
 def _bytes(value: Any) -> bytes:
@@ -295,6 +310,7 @@ def encode_event(event: Event) -> bytes:
                 event.from_wallet_id, event.to_wallet_id, event.asset, event.amount,
                 event.held_amount, event.description, event.metadata, event.created_at_us,
                 event.created_lsn, event.at_us, event.reference, _idem_out(event.idempotency),
+                *(() if event.reservation is None else (event.reservation,)),
             ]
         )
     if isinstance(event, HoldVoided):
@@ -361,7 +377,7 @@ def encode_event(event: Event) -> bytes:
             [
                 CODEC_VERSION, _CREDIT_RESERVED, event.transaction_id, event.wallet_id, event.asset, event.amount,
                 event.from_wallet_id, event.from_group, event.description, event.metadata, event.at_us,
-                *(() if event.refund_of is None else (event.refund_of,)),
+                *_reservation_tail(event.refund_of, event.capture_of),
             ]
         )
     if isinstance(event, ReservationSettled):
@@ -370,7 +386,7 @@ def encode_event(event: Event) -> bytes:
                 CODEC_VERSION, _RESERVATION_SETTLED, event.transaction_id, event.wallet_id, event.asset,
                 event.amount, event.from_wallet_id, event.from_group, event.description, event.metadata,
                 event.reserved_at_us, event.credited, event.at_us,
-                *(() if event.refund_of is None else (event.refund_of,)),
+                *_reservation_tail(event.refund_of, event.capture_of),
             ]
         )
     if isinstance(event, TransitSettled):
@@ -503,7 +519,7 @@ def decode_event(payload: bytes) -> Event:
             )
         if kind == _HOLD_CAPTURED:
             (transaction_id, type_, from_id, to_id, asset, amount, held_amount, description,
-             metadata, created_at_us, created_lsn, at_us, reference, idem) = rest
+             metadata, created_at_us, created_lsn, at_us, reference, idem, *reservation) = rest
             return HoldCaptured(
                 transaction_id=_str(transaction_id), type=TransactionType(_int(type_)),
                 from_wallet_id=_str(from_id), to_wallet_id=_str(to_id), asset=_str(asset),
@@ -511,6 +527,7 @@ def decode_event(payload: bytes) -> Event:
                 description=_optional_str(description), metadata=_metadata(metadata),
                 created_at_us=_int(created_at_us), created_lsn=_int(created_lsn), at_us=_int(at_us),
                 reference=_optional_str(reference), idempotency=_idem_in(idem),
+                reservation=_last_optional(reservation, "capture"),
             )
         if kind == _HOLD_VOIDED:
             (transaction_id, type_, from_id, to_id, asset, amount, description, metadata,
@@ -571,22 +588,24 @@ def decode_event(payload: bytes) -> Event:
         if kind == _CREDIT_RESERVED:
             # A refund's reservation carries the refunded transaction's id after the others.
             (transaction_id, wallet_id, asset, amount, from_id, from_group, description, metadata,
-             at_us, *refund_of) = rest
+             at_us, *tail) = rest
+            refund_of, capture_of = _reservation_of(tail)
             return CreditReserved(
                 transaction_id=_str(transaction_id), wallet_id=_str(wallet_id), asset=_str(asset),
                 amount=_int(amount), from_wallet_id=_str(from_id), from_group=_int(from_group),
                 description=_optional_str(description), metadata=_metadata(metadata), at_us=_int(at_us),
-                refund_of=_refund_of(refund_of),
+                refund_of=refund_of, capture_of=capture_of,
             )
         if kind == _RESERVATION_SETTLED:
             (transaction_id, wallet_id, asset, amount, from_id, from_group, description, metadata,
-             reserved_at_us, credited, at_us, *refund_of) = rest
+             reserved_at_us, credited, at_us, *tail) = rest
+            refund_of, capture_of = _reservation_of(tail)
             return ReservationSettled(
                 transaction_id=_str(transaction_id), wallet_id=_str(wallet_id), asset=_str(asset),
                 amount=_int(amount), from_wallet_id=_str(from_id), from_group=_int(from_group),
                 description=_optional_str(description), metadata=_metadata(metadata),
                 reserved_at_us=_int(reserved_at_us), credited=_bool(credited), at_us=_int(at_us),
-                refund_of=_refund_of(refund_of),
+                refund_of=refund_of, capture_of=capture_of,
             )
         if kind == _TRANSIT_SETTLED:
             ids, at_us = rest

@@ -555,12 +555,13 @@ def _hold_for(state: State, command: ResolveHold) -> Hold | Rejection:
 
 
 def _captured(hold: Hold, amount: int, now_us: int, reference: str | None,
-              idempotency: Idempotency | None) -> HoldCaptured:
+              idempotency: Idempotency | None, reservation: str | None = None) -> HoldCaptured:
     return HoldCaptured(
         transaction_id=hold.transaction_id, type=hold.type, from_wallet_id=hold.from_wallet_id,
         to_wallet_id=hold.to_wallet_id, asset=hold.asset, amount=amount, held_amount=hold.amount,
         description=hold.description, metadata=hold.metadata, created_at_us=hold.created_at_us,
         created_lsn=hold.lsn, at_us=now_us, reference=reference, idempotency=idempotency,
+        reservation=reservation,
     )
 
 
@@ -601,7 +602,7 @@ def decide_capture(state: State, command: ResolveHold, now_us: int, credit: Cred
         return credit.failure
     assert credit.asset == hold.asset
     # After this point the command must be accepted.
-    return [_captured(hold, amount, now_us, None, command.idempotency)]
+    return [_captured(hold, amount, now_us, None, command.idempotency, command.reservation)]
 
 
 def decide_void(state: State, command: ResolveHold, now_us: int) -> Decision:
@@ -905,6 +906,7 @@ def decide_reserve_credit(state: State, command: ReserveCredit, now_us: int, *, 
         transaction_id=command.transaction_id, wallet_id=command.to_wallet_id, asset=check.asset,
         amount=command.amount, from_wallet_id=command.from_wallet_id, from_group=command.from_group,
         description=command.description, metadata=command.metadata, at_us=now_us, refund_of=command.refund_of,
+        capture_of=command.capture_of,
     )]
 
 
@@ -919,7 +921,7 @@ def decide_settle_reservation(state: State, command: SettleReservation, now_us: 
         transaction_id=reservation.transaction_id, wallet_id=reservation.wallet_id, asset=reservation.asset,
         amount=reservation.amount, from_wallet_id=reservation.from_wallet_id, from_group=reservation.from_group,
         description=reservation.description, metadata=reservation.metadata, reserved_at_us=reservation.at_us,
-        credited=command.credit, at_us=now_us, refund_of=reservation.refund_of,
+        credited=command.credit, at_us=now_us, refund_of=reservation.refund_of, capture_of=reservation.capture_of,
     )]
 
 

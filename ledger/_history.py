@@ -471,7 +471,9 @@ class History:
                 # credit also adds to what was refunded of the original, whose row (its sender's
                 # group's) is here.
                 kind = int(TransactionType.TRANSFER if event.refund_of is None else TransactionType.REFUND)
-                row = (pos, event.transaction_id, lsn, kind, event.from_wallet_id,
+                # A hold's capture was reserved under its attempt's id: the statement shows the hold's.
+                shown = event.transaction_id if event.capture_of is None else event.capture_of
+                row = (pos, shown, lsn, kind, event.from_wallet_id,
                        event.wallet_id, event.asset, event.amount, event.description,
                        None if event.metadata is None else json.dumps(event.metadata), event.at_us, posted)
                 if event.refund_of is None:
@@ -480,7 +482,7 @@ class History:
                     refund_rows.append((*row, event.refund_of))
                     refunds.append((event.amount, event.refund_of))
                 receiver = balances[event.wallet_id] = balances.get(event.wallet_id, 0) + event.amount
-                entries.append((event.wallet_id, pos, event.transaction_id, kind, CREDIT,
+                entries.append((event.wallet_id, pos, shown, kind, CREDIT,
                                 event.amount, receiver, event.from_wallet_id, event.at_us, posted))
                 continue
             if isinstance(event, HoldVoided):

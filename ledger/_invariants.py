@@ -252,7 +252,7 @@ def state_digest(
             digest.update(repr(("reserved", reservation.transaction_id, reservation.wallet_id, reservation.asset,
                                 reservation.amount, reservation.from_wallet_id, reservation.from_group,
                                 reservation.description, json.dumps(reservation.metadata, sort_keys=True),
-                                reservation.at_us, reservation.refund_of)).encode())
+                                reservation.at_us, reservation.refund_of, reservation.capture_of)).encode())
     digest.update(repr(directory.lsn).encode())
     return digest.hexdigest()
 

@@ -637,7 +637,7 @@ class Ledger:
         shard; accepted, its credit goes to this group's transit account and the group owes it
         to the receiver's. ``Aborted`` when the receiver's group has had it aborted."""
         assert self.directory.groups > 1
-        assert command.hold_timeout_s is None and command.type == TransactionType.TRANSFER, command
+        assert command.type == TransactionType.TRANSFER, command  # a hold too: nothing reserved for it
         assert command.from_wallet_id is not None
         shard = self._shard(command.from_wallet_id)
 
@@ -744,6 +744,48 @@ class Ledger:
         outcome: ItemOutcome | Aborted = await self._keyed(command.idempotency, submit)
         return outcome
 
+    async def capture_across(self, transaction_id: str, *, reservation: str, amount: int | None,
+                             owner_id: str | None, idempotency: Idempotency | None,
+                             credit: CreditCheck) -> ItemOutcome | Aborted:
+        """Commit, at the sender's group, of the capture of a hold whose receiver is in another
+        group, which reserved the captured amount under ``reservation`` (this attempt's own id)
+        with ``credit`` as its verdict: decided as any capture on the sender's shard; accepted,
+        the captured amount goes to the transit account and is owed under ``reservation``.
+        ``Aborted`` when the receiver's group had that reservation aborted."""
+        assert self.directory.groups > 1
+
+        def submit() -> Reply:
+            route = self.directory.hold_routes.get(transaction_id)
+            if route is None:
+                return self._not_pending(transaction_id, idempotency)
+            from_wallet_id, to_wallet_id, _ = route
+            shard = self._shard(from_wallet_id)
+            shard._wal.check_writable()
+            reply = Reply()
+            shard._submit(_DebitStep(ResolveHold(
+                transaction_id=transaction_id, capture=True, amount=amount, from_wallet_id=from_wallet_id,
+                to_wallet_id=to_wallet_id, owner_id=owner_id, idempotency=idempotency, reservation=reservation,
+            ), credit, REMOTE, 0, reply))
+            return reply
+
+        outcome: ItemOutcome | Aborted = await self._keyed(idempotency, submit)
+        return outcome
+
+    def hold_route(self, transaction_id: str) -> tuple[str, str, int] | None:
+        """A pending hold's (sender, receiver, held amount), or None."""
+        route = self.directory.hold_routes.get(transaction_id)
+        return None if route is None else (route[0], route[1], route[2])
+
+    async def credit_check(self, wallet_id: str, amount: int) -> CreditCheck:
+        """The credit-side checks of ``amount`` to ``wallet_id`` as they stand, appending
+        nothing: what a hold from another group is created with (its capture checks again, as
+        inside one group)."""
+        shard = self._shard(wallet_id)
+        verdict: CreditCheck = await self._wait(shard.submit_query(
+            lambda state: _decide.check_credit_to(state, wallet_id, amount, pending=shard._pending.get(wallet_id, 0)),
+            lambda _: 0))
+        return verdict
+
     async def refund_remaining(self, refund_of: str, wallet_id: str, original_amount: int) -> int:
         """What is left to refund of ``refund_of`` (received by ``wallet_id``, posted for
         ``original_amount``) as its refunding wallet's shard counts it now."""
@@ -806,20 +848,7 @@ class Ledger:
         def submit() -> Reply:
             route = self.directory.hold_routes.get(transaction_id)
             if route is None:
-                # No pending hold: a replay of a resolution that happened (or of a recorded
-                # refusal), or not pending. This NOT_PENDING is not recorded under the key (final
-                # outcomes): no shard holds the transaction, so nothing here can tell it from
-                # another owner's (the route answers 403) or an unknown id (404), neither of which
-                # may be recorded; and it can never change (a resolved hold stays resolved).
-                decision = _decide.check_idempotency(self.directory, idempotency) or Rejection(
-                    reason=Reason.NOT_PENDING, detail=f"transfer {transaction_id} is not pending"
-                )
-                reply = Reply()
-                lsn = decision.record.lsn if isinstance(decision, Duplicate) else self.wal.last_lsn
-                reply.value = decision
-                self.wal.check_writable()
-                self.wal.call_when_durable(lsn, reply._wake)
-                return reply
+                return self._not_pending(transaction_id, idempotency)
             from_wallet_id, to_wallet_id, held = route
             command = ResolveHold(
                 transaction_id=transaction_id, capture=capture, amount=amount,
@@ -831,6 +860,22 @@ class Ledger:
             return self._shard(from_wallet_id).submit_command(command)
 
         return await self._keyed(idempotency, submit)
+
+    def _not_pending(self, transaction_id: str, idempotency: Idempotency | None) -> Reply:
+        """No pending hold: a replay of a resolution that happened (or of a recorded refusal),
+        or not pending. This NOT_PENDING is not recorded under the key (final outcomes): no
+        shard holds the transaction, so nothing here can tell it from another owner's (the
+        route answers 403) or an unknown id (404), neither of which may be recorded; and it can
+        never change (a resolved hold stays resolved)."""
+        decision = _decide.check_idempotency(self.directory, idempotency) or Rejection(
+            reason=Reason.NOT_PENDING, detail=f"transfer {transaction_id} is not pending"
+        )
+        reply = Reply()
+        lsn = decision.record.lsn if isinstance(decision, Duplicate) else self.wal.last_lsn
+        reply.value = decision
+        self.wal.check_writable()
+        self.wal.call_when_durable(lsn, reply._wake)
+        return reply
 
     async def request_withdrawal(self, command: RequestWithdrawal) -> ItemOutcome:
         shard = self._shard(command.wallet_id)

@@ -381,6 +381,7 @@ class ResolveHold:
     to_wallet_id: str
     owner_id: str | None
     idempotency: Idempotency | None
+    reservation: str | None = None  # a capture to another group: its receiver's reservation id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -494,6 +495,7 @@ class ReserveCredit:
     description: str | None
     metadata: dict[str, Any] | None
     refund_of: str | None = None  # a refund between groups: the transaction it refunds
+    capture_of: str | None = None  # a hold's capture between groups: the hold (the id is the attempt's)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -636,6 +638,9 @@ class HoldCaptured:
     at_us: int
     reference: str | None  # the bank's reference, for withdrawals
     idempotency: Idempotency | None
+    # A capture to another ledger group (ADR 0013): the id its receiver's group reserved the
+    # captured amount under, one per capture attempt, which this group owes.
+    reservation: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -836,7 +841,8 @@ class CreditReserved:
     """``amount`` is reserved on ``wallet_id`` for a transfer between groups that group
     ``from_group`` decides; the wallet cannot be closed while it has reservations, and its
     overflow check counts them. The display fields come back in the credit; ``refund_of`` names
-    the transaction a refund between groups refunds (None for a transfer)."""
+    the transaction a refund between groups refunds (None for a transfer), ``capture_of`` the
+    hold whose capture this is (then ``transaction_id`` is the capture attempt's own id)."""
 
     transaction_id: str
     wallet_id: str
@@ -848,6 +854,7 @@ class CreditReserved:
     metadata: dict[str, Any] | None
     at_us: int
     refund_of: str | None = None
+    capture_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -867,6 +874,7 @@ class ReservationSettled:
     credited: bool
     at_us: int
     refund_of: str | None = None
+    capture_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1010,6 +1018,7 @@ class Reservation:
     at_us: int
     lsn: int
     refund_of: str | None = None
+    capture_of: str | None = None
 
 class Withdrawal:
     """A withdrawal and its payout state, owned by its wallet's shard. Kept after it ends

@@ -454,11 +454,13 @@ class Shard:
                 self._peers[credit_shard]._post(_ApplyCredit(None, credited, reserved, 0))
             reply._wake(failed)
             return
-        if (credit_shard == REMOTE and isinstance(command, Transfer | Refund)
-                and command.transaction_id in self.state.directory.aborted):
-            # The receiver's group asked, and was told, that this transfer will never commit.
-            self._resolve(reply, Aborted(command.transaction_id), self._wal.last_lsn)
-            return
+        if credit_shard == REMOTE:
+            assert isinstance(command, Transfer | Refund | ResolveHold), command
+            reserved_as = command.reservation if isinstance(command, ResolveHold) else command.transaction_id
+            if reserved_as in self.state.directory.aborted:
+                # The receiver's group asked, and was told, that this will never commit.
+                self._resolve(reply, Aborted(command.transaction_id), self._wal.last_lsn)
+                return
         now_us = self._clock()
         decision: _decide.Decision
         if isinstance(command, Transfer):
@@ -490,7 +492,7 @@ class Shard:
         else:
             assert isinstance(event, Transferred | HoldCaptured | Refunded)
             if credit_shard == REMOTE:
-                assert isinstance(event, Transferred | Refunded), event  # holds across groups: not built
+                assert isinstance(event, Transferred | Refunded | HoldCaptured), event
                 _apply.apply_sent_across(self.state.directory, event)
             elif credit_shard == self.index:
                 _apply.apply_credit(self.state, event, lsn)

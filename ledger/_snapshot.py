@@ -40,7 +40,8 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
     groups       | (version 5) group, groups, transit [[asset, amount]], owed        | 1
                  | [[transaction, wallet]], aborted [transaction], reservations     |
                  | [[transaction, wallet, asset, amount, from wallet, from group,   |
-                 | description, metadata, at_us, lsn (, refund_of: a refund's)]],   |
+                 | description, metadata, at_us, lsn (, refund_of: a refund's;      |
+                 | , refund_of nil, capture_of: a hold's capture)]],                |
                  | each sorted                                                      |
 
 Version 1 (before holds) had no hold or withdrawal counts or entities; version 2 (before
@@ -231,7 +232,9 @@ def encode_state(state: State) -> Iterator[bytes]:
                 [[reservation.transaction_id, reservation.wallet_id, reservation.asset, reservation.amount,
                   reservation.from_wallet_id, reservation.from_group, reservation.description,
                   reservation.metadata, reservation.at_us, reservation.lsn,
-                  *(() if reservation.refund_of is None else (reservation.refund_of,))]
+                  *(() if reservation.capture_of is None and reservation.refund_of is None
+                    else (reservation.refund_of,) if reservation.capture_of is None
+                    else (reservation.refund_of, reservation.capture_of))]
                  for reservation in sorted(state.reservations.values(), key=lambda r: r.transaction_id)],
             ]
 
@@ -592,10 +595,15 @@ def _decode(body: bytes, decode_events: bool) -> State:
             directory.owed[_str(transaction_id, "owed transaction")] = _str(wallet_id, "owed wallet")
         directory.aborted.update(_str(item, "aborted transaction") for item in _list(aborted, "aborted"))
         for item in _list(reserved, "reservations"):
-            # A refund's reservation has an eleventh field: the refunded transaction.
-            refund_of = None
-            if type(item) is list and len(item) == 11:
-                refund_of = _str(item[10], "reservation refund_of")
+            # A refund's reservation has an eleventh field, the refunded transaction; a hold's
+            # capture a twelfth, the hold (its eleventh nil).
+            refund_of = capture_of = None
+            if type(item) is list and len(item) in (11, 12):
+                if len(item) == 12:
+                    capture_of = _str(item[11], "reservation capture_of")
+                    refund_of = None if item[10] is None else _str(item[10], "reservation refund_of")
+                else:
+                    refund_of = _str(item[10], "reservation refund_of")
                 item = item[:10]
             (transaction_id, wallet_id, asset, amount, from_id, from_group, description, metadata, reserved_at,
              reserved_lsn) = _fields(item, 10, "reservation")
@@ -609,6 +617,7 @@ def _decode(body: bytes, decode_events: bool) -> State:
                 from_group=_int(from_group, "reservation group", 0), description=description, metadata=metadata,
                 at_us=_int(reserved_at, "reservation at_us"),
                 lsn=_int(reserved_lsn, "reservation lsn", 1, directory.lsn), refund_of=refund_of,
+                capture_of=capture_of,
             )
             if reservation.wallet_id not in wallets:
                 raise CodecError(f"reservation of unknown wallet {reservation.wallet_id!r}")

@@ -38,6 +38,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -263,7 +264,12 @@ class GroupRouter:
         if sender == receiver:
             return await self.ports[sender].transfer(command)
         if command.hold_timeout_s is not None:
-            raise Unavailable("holds between ledger groups are not built yet")
+            # A hold: created at the sender's group with the receiver's checks as they stand;
+            # nothing reaches (or is reserved at) the receiver's group before a capture.
+            verdict = await self.ports[receiver].credit_check(command.to_wallet_id, command.amount)
+            created = await self.ports[sender].transfer_across(command, verdict)
+            assert not isinstance(created, Aborted), created  # a new transaction id is never aborted
+            return created
         return await self._across(command, sender, receiver)
 
     async def _across(self, command: Transfer, sender: int, receiver: int) -> ItemOutcome:
@@ -456,9 +462,37 @@ class GroupRouter:
 
     async def resolve_hold(self, transaction_id: str, capture: bool, amount: int | None, owner_id: str | None,
                            idempotency: Any) -> ItemOutcome:
+        """A void is the hold's sender group's alone. A capture whose receiver is in another
+        group is the protocol of a transfer, under an id of this attempt's own (ADR 0013: every
+        attempt of one hold would otherwise share the hold's id), for the captured amount."""
+        if capture:
+            routes = await self._everywhere(lambda port: port.hold_route(transaction_id))
+            for sender, route in enumerate(routes):
+                if route is not None and (receiver := group_of(route[1], self.groups)) != sender:
+                    return await self._capture_across(transaction_id, amount, owner_id, idempotency, route,
+                                                      sender, receiver)
         return await self._first(
             lambda port: port.resolve_hold(transaction_id, capture, amount, owner_id, idempotency),
             lambda outcome: not (isinstance(outcome, Rejection) and outcome.reason == Reason.NOT_PENDING))
+
+    async def _capture_across(self, transaction_id: str, amount: int | None, owner_id: str | None,
+                              idempotency: Any, route: tuple[str, str, int], sender: int,
+                              receiver: int) -> ItemOutcome:
+        from_wallet_id, to_wallet_id, held = route
+        attempt = "cap_" + secrets.token_hex(12)
+        verdict = await self.ports[receiver].reserve_credit(ReserveCredit(
+            transaction_id=attempt, to_wallet_id=to_wallet_id, amount=held if amount is None else amount,
+            from_wallet_id=from_wallet_id, from_group=sender, description=None, metadata=None,
+            capture_of=transaction_id,
+        ))
+        outcome = await self.ports[sender].capture_across(transaction_id, attempt, amount, owner_id, idempotency,
+                                                          verdict)
+        if verdict.failure is None:
+            # Only this attempt can commit under its id: credit it if it did, else release it.
+            await self._settle(sender, receiver, [(attempt, to_wallet_id, isinstance(outcome, Committed))])
+        if isinstance(outcome, Aborted):
+            raise Unavailable(f"a capture of {transaction_id} was aborted by its receiver's group; retry")
+        return outcome
 
     async def request_withdrawal(self, command: RequestWithdrawal) -> ItemOutcome:
         return await self._of(command.wallet_id).request_withdrawal(command)

@@ -339,6 +339,17 @@ class LocalPort:
     async def refund_across(self, command: Refund, credit: CreditCheck) -> ItemOutcome | Aborted:
         return await self.ledger.refund_across(command, credit)
 
+    async def capture_across(self, transaction_id: str, reservation: str, amount: int | None, owner_id: str | None,
+                             idempotency: Idempotency | None, credit: CreditCheck) -> ItemOutcome | Aborted:
+        return await self.ledger.capture_across(transaction_id, reservation=reservation, amount=amount,
+                                                owner_id=owner_id, idempotency=idempotency, credit=credit)
+
+    async def hold_route(self, transaction_id: str) -> tuple[str, str, int] | None:
+        return self.ledger.hold_route(transaction_id)
+
+    async def credit_check(self, wallet_id: str, amount: int) -> CreditCheck:
+        return await self.ledger.credit_check(wallet_id, amount)
+
     async def refund_remaining(self, refund_of: str, wallet_id: str, original_amount: int) -> int:
         return await self.ledger.refund_remaining(refund_of, wallet_id, original_amount)
 
@@ -454,7 +465,7 @@ METHODS = (
     "metrics", "wait_projected", "sync_projection",
     "reserve_credit", "transfer_across", "settle_reservation", "settle_transit", "resolve_transfers",
     "reserve_credits", "transfers_across", "settle_reservations", "transfer_batch_across",
-    "refund_across", "refund_remaining",
+    "refund_across", "refund_remaining", "capture_across", "hold_route", "credit_check",
 )
 assert all(callable(getattr(LocalPort, name, None)) for name in METHODS)
 
@@ -776,6 +787,17 @@ class RemoteCalls:
 
     async def refund_across(self, command: Refund, credit: CreditCheck) -> ItemOutcome | Aborted:
         return await self._call("refund_across", command, credit)
+
+    async def capture_across(self, transaction_id: str, reservation: str, amount: int | None, owner_id: str | None,
+                             idempotency: Idempotency | None, credit: CreditCheck) -> ItemOutcome | Aborted:
+        return await self._call("capture_across", transaction_id, reservation, amount, owner_id, idempotency, credit)
+
+    async def hold_route(self, transaction_id: str) -> tuple[str, str, int] | None:
+        route = await self._call("hold_route", transaction_id)
+        return None if route is None else (str(route[0]), str(route[1]), int(route[2]))
+
+    async def credit_check(self, wallet_id: str, amount: int) -> CreditCheck:
+        return await self._call("credit_check", wallet_id, amount)
 
     async def refund_remaining(self, refund_of: str, wallet_id: str, original_amount: int) -> int:
         return int(await self._call("refund_remaining", refund_of, wallet_id, original_amount))

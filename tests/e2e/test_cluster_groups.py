@@ -278,6 +278,46 @@ def test_a_refund_between_groups_goes_back_and_both_statements_show_it(cluster: 
         assert [(item["direction"], item["amount"]) for item in debits] == [("debit", 250), ("debit", 150)]
 
 
+def test_holds_between_groups_capture_void_and_expire_over_http(cluster: ClusterProcess) -> None:
+    by_group = _wallets(cluster, per_group=1)
+    sender, receiver = by_group[0][0], by_group[1][0]
+
+    def held(client: httpx.Client, amount: int, key: str, timeout_s: int = 60) -> str:
+        response = client.post("/v1/transfers", json={"from_wallet_id": sender, "to_wallet_id": receiver,
+                                                      "amount": amount, "hold": {"timeout_s": timeout_s}},
+                               headers={"Idempotency-Key": key})
+        assert response.status_code == 201 and response.json()["status"] == "pending", response.text
+        return str(response.json()["id"])
+
+    with cluster.client() as client:
+        first = held(client, 300, "hold-1")
+        assert client.get(f"/v1/wallets/{sender}").json()["balance"] == START
+        captured = client.post(f"/v1/transfers/{first}/capture", json={"amount": 120},
+                               headers={"Idempotency-Key": "capture-1"})
+        assert captured.status_code == 200 and captured.json()["status"] == "posted", captured.text
+        assert captured.json()["amount"] == 120
+        again = client.post(f"/v1/transfers/{first}/capture", json={"amount": 120},
+                            headers={"Idempotency-Key": "capture-1"})
+        assert again.status_code == 200 and again.json() == captured.json()
+        twice = client.post(f"/v1/transfers/{first}/capture", json={}, headers={"Idempotency-Key": "capture-2"})
+        assert twice.status_code == 409 and twice.json()["code"] == "transfer_not_pending", twice.text
+        assert client.get(f"/v1/wallets/{sender}").json()["balance"] == START - 120
+        assert client.get(f"/v1/wallets/{receiver}").json()["balance"] == START + 120
+        entry = client.get(f"/v1/wallets/{receiver}/transactions").json()["items"][0]
+        assert (entry["transaction_id"], entry["direction"], entry["amount"]) == (first, "credit", 120)
+        assert client.get(f"/v1/transactions/{first}").json()["status"] == "posted"
+        second = held(client, 50, "hold-2")
+        voided = client.post(f"/v1/transfers/{second}/void", headers={"Idempotency-Key": "void-2"})
+        assert voided.status_code == 200 and voided.json()["status"] == "voided", voided.text
+        third = held(client, 70, "hold-3", timeout_s=1)
+        deadline = time.monotonic() + 15
+        while client.get(f"/v1/transactions/{third}").json()["status"] != "voided":
+            assert time.monotonic() < deadline, "the hold between groups never expired"
+            time.sleep(0.2)
+        assert client.get(f"/v1/wallets/{sender}").json()["balance"] == START - 120
+        assert client.get(f"/v1/wallets/{receiver}").json()["balance"] == START + 120
+
+
 def test_webhooks_deliver_the_events_of_every_group_once_in_feed_order(cluster: ClusterProcess, tmp_path: Any) -> None:
     """Group 0's owner alone delivers webhooks, from the aggregate of every group's events:
     each event once, verified, in the feed's order, whichever group wrote it."""

@@ -35,7 +35,7 @@ from ledger import (
     digest_state,
     recover,
 )
-from ledger.testing import setup, transfer
+from ledger.testing import hold, setup, transfer
 
 GROUPS = 2
 
@@ -348,6 +348,93 @@ async def test_a_refund_between_groups_goes_back_through_the_protocol_with_the_c
         assert [(r.transaction_id, r.refund_of) for r in a.all_reservations()] == [("r3", "tx1")]
 
 
+def reserve_capture(attempt: str, hold_id: str, target: str, amount: int) -> ReserveCredit:
+    return ReserveCredit(transaction_id=attempt, to_wallet_id=target, amount=amount, from_wallet_id="alice",
+                         from_group=0, description=None, metadata=None, capture_of=hold_id)
+
+
+async def test_a_hold_to_another_group_is_captured_under_an_id_per_attempt(tmp_path: Path) -> None:
+    """A hold whose receiver is in another group: created at the sender's group with the
+    receiver's checks as they stand (nothing reserved, as inside one group); each capture attempt
+    is the two-phase commit of a transfer under an id of its own, so a late or repeated attempt
+    can never have its reservation credited (the sender's group never owes its id), and an
+    abandoned attempt is aborted without touching the hold."""
+    a_path, b_path = tmp_path / "g0", tmp_path / "g1"
+    async with running(a_path, 0) as a, running(b_path, 1) as b:
+        await setup(a, ["alice"], deposit=1000)
+        await setup(b, ["bob", "carol"], deposit=0)
+        lsn = b.directory.lsn
+        verdict = await b.credit_check("bob", 300)
+        assert verdict == CreditCheck(asset="USD", failure=None) and b.directory.lsn == lsn  # appended nothing
+        missing = await b.credit_check("nobody", 300)
+        assert missing.failure is not None and missing.failure.reason == Reason.RECEIVER_NOT_FOUND
+        assert isinstance(await a.transfer_across(hold(1, "alice", "bob", 300), verdict), Committed)
+        assert a.hold_route("h1") == ("alice", "bob", 300)
+        # Capture 200 (attempt c1): reserved, committed (the rest released), credited.
+        key = Idempotency(scope="s", key="cap-1", fingerprint=b"cap-1")
+        reserved = await b.reserve_credit(reserve_capture("c1", "h1", "bob", 200))
+        captured = await a.capture_across("h1", reservation="c1", amount=200, owner_id=None, idempotency=key,
+                                          credit=reserved)
+        assert isinstance(captured, Committed) and captured.event.amount == 200
+        assert a.hold_route("h1") is None and a.owed() == {"c1": "bob"} and a.directory.transit == {"USD": 200}
+        wallet = next(w for w in a.all_wallets() if w.id == "alice")
+        assert (wallet.balance, wallet.held) == (800, 0)
+        assert await b.settle_reservation("c1", "bob", credit=True)
+        # The same capture again (a retry, attempt c2, reserved after c1 was credited): its key
+        # answers, and c2 is never owed, so asking about it aborts it: no second credit.
+        again_reserved = await b.reserve_credit(reserve_capture("c2", "h1", "bob", 200))
+        again = await a.capture_across("h1", reservation="c2", amount=200, owner_id=None, idempotency=key,
+                                       credit=again_reserved)
+        assert isinstance(again, Duplicate)
+        assert await a.resolve_transfers(["c1", "c2"]) == {"c1": True, "c2": False}
+        assert not await b.settle_reservation("c1", "bob", credit=True)  # credited once only
+        assert await b.settle_reservation("c2", "bob", credit=False)
+        await a.settle_transit(["c1"])
+        assert balances(b)["bob"] == 200 and a.directory.transit["USD"] + b.directory.transit["USD"] == 0
+        # An abandoned attempt on a live hold (its worker died after the reservation) is
+        # aborted on its own; the hold stays capturable, for another amount too.
+        assert isinstance(await a.transfer_across(hold(3, "alice", "bob", 100), verdict), Committed)
+        dead = await b.reserve_credit(reserve_capture("c3", "h3", "bob", 100))
+        assert await a.resolve_transfers(["c3"]) == {"c3": False}
+        assert await b.settle_reservation("c3", "bob", credit=False)
+        late = await a.capture_across("h3", reservation="c3", amount=None, owner_id=None, idempotency=None,
+                                      credit=dead)
+        assert late == Aborted("h3") and a.hold_route("h3") == ("alice", "bob", 100)
+        fresh = await b.reserve_credit(reserve_capture("c4", "h3", "bob", 60))
+        taken = await a.capture_across("h3", reservation="c4", amount=60, owner_id=None, idempotency=None,
+                                       credit=fresh)
+        assert isinstance(taken, Committed) and taken.event.amount == 60
+        assert await b.settle_reservation("c4", "bob", credit=True)
+        await a.settle_transit(["c4"])
+        assert balances(b)["bob"] == 260
+        # A void needs nothing from the receiver's group.
+        assert isinstance(await a.transfer_across(hold(5, "alice", "bob", 50), verdict), Committed)
+        voided = await a.resolve_hold("h5", capture=False, amount=None, owner_id=None, idempotency=None)
+        assert isinstance(voided, Committed) and a.hold_route("h5") is None
+        # The receiver refuses the capture (closed since): refused as inside one group; the hold
+        # stays pending.
+        assert isinstance(await a.transfer_across(hold(6, "alice", "carol", 10), verdict), Committed)
+        assert await b.change_status(ChangeWalletStatus(wallet_id="carol", status=WalletStatus.CLOSED))
+        refused_verdict = await b.reserve_credit(reserve_capture("c6", "h6", "carol", 10))
+        refused = await a.capture_across("h6", reservation="c6", amount=None, owner_id=None, idempotency=None,
+                                         credit=refused_verdict)
+        assert isinstance(refused, Rejection) and refused.reason == Reason.RECEIVER_CLOSED
+        assert a.hold_route("h6") == ("alice", "carol", 10)
+        # The receiver's statement shows the captures under the holds' ids.
+        assert b.history is not None
+        await b.history.wait_projected(b.wal.durable_lsn)
+        statement = await b.history.entries("bob", before=None, limit=10)
+        assert [(entry.transaction_id, entry.direction, entry.amount) for entry in statement] == [
+            ("h3", "credit", 60), ("h1", "credit", 200)]
+        await b.reserve_credit(reserve_capture("c7", "h6", "bob", 5))  # one left pending
+        live = (a.digest(), b.digest())
+    info = await trio.to_thread.run_sync(lambda: build_snapshot(b_path, until_lsn=None, created_at_us=1))
+    assert info is not None
+    assert (await replayed_digest(a_path), await replayed_digest(b_path)) == live
+    async with running(b_path, 1) as b:
+        assert [(r.transaction_id, r.capture_of) for r in b.all_reservations()] == [("c7", "h6")]
+
+
 async def test_a_group_log_keeps_its_place_in_the_group_table(tmp_path: Path) -> None:
     async with running(tmp_path, 1) as b:
         await setup(b, ["bob"], deposit=0)
@@ -394,6 +481,11 @@ def test_the_records_of_transfers_between_groups_decode_to_themselves_and_refuse
         ReservationSettled(transaction_id="r1", wallet_id="alice", asset="USD", amount=2, from_wallet_id="bob",
                            from_group=1, description=None, metadata=None, reserved_at_us=13, credited=True,
                            at_us=14, refund_of="tx1"),
+        CreditReserved(transaction_id="c1", wallet_id="bob", asset="USD", amount=2, from_wallet_id="alice",
+                       from_group=0, description=None, metadata=None, at_us=15, capture_of="h1"),
+        ReservationSettled(transaction_id="c1", wallet_id="bob", asset="USD", amount=2, from_wallet_id="alice",
+                           from_group=0, description=None, metadata=None, reserved_at_us=15, credited=False,
+                           at_us=16, capture_of="h1"),
     ]
     for event in events:
         assert decode_event(encode_event(event)) == event
@@ -402,6 +494,7 @@ def test_the_records_of_transfers_between_groups_decode_to_themselves_and_refuse
     for garbage in ([1, 24, [], 3], [1, 24, "tx1", 3], [1, 25, [7], 3], [1, 22, "tx1", "bob"],
                     [1, 23, "tx1", "bob", "USD", 3, "alice", 0, None, None, 7, "yes", 9],
                     [1, 22, "r1", "alice", "USD", 2, "bob", 1, None, None, 13, 5],
-                    [1, 22, "r1", "alice", "USD", 2, "bob", 1, None, None, 13, "tx1", "more"]):
+                    [1, 22, "r1", "alice", "USD", 2, "bob", 1, None, None, 13, None, 5],
+                    [1, 22, "r1", "alice", "USD", 2, "bob", 1, None, None, 13, "tx1", "h1", "more"]):
         with pytest.raises(CodecError):
             decode_event(msgpack.packb(garbage))

@@ -29,7 +29,7 @@ from ledger import (
     TransactionType,
     recover,
 )
-from ledger.testing import transfer
+from ledger.testing import hold, transfer
 from server._crossing import Crossing
 from server._groups import GroupRouter, group_of
 from server._port import LocalPort, Unavailable
@@ -302,6 +302,38 @@ async def test_a_refund_between_groups_goes_back_once_and_never_past_the_origina
             while ledgers[1].owed():
                 await trio.sleep(0.01)
         assert ledgers[0].all_reservations() == [] and ledgers[1].all_reservations() == []
+
+
+async def test_a_hold_between_groups_is_created_captured_once_or_voided(tmp_path: Path) -> None:
+    a1, b1 = wallet_in(0, "a"), wallet_in(1, "b")
+    async with two_groups(tmp_path) as (ledgers, ports, router):
+        await wallets(router, a1, deposit=1000)
+        await wallets(router, b1)
+        created = await router.transfer(hold(1, a1, b1, 300))
+        assert isinstance(created, Committed) and ledgers[0].hold_route("h1") == (a1, b1, 300)
+        refused = await router.transfer(hold(2, a1, wallet_in(1, "nobody"), 5))
+        assert isinstance(refused, Rejection) and refused.reason == Reason.RECEIVER_NOT_FOUND
+        key = Idempotency(scope="o", key="cap", fingerprint=b"cap")
+        # The receiver's group without owner: 503 before anything is decided; the hold stays.
+        ports[1].down = True
+        with pytest.raises(Unavailable):
+            await router.resolve_hold("h1", True, 200, None, key)
+        ports[1].down = False
+        captured = await router.resolve_hold("h1", True, 200, None, key)
+        assert isinstance(captured, Committed) and captured.event.amount == 200
+        assert isinstance(await router.resolve_hold("h1", True, 200, None, key), Duplicate)  # the key again
+        other = await router.resolve_hold("h1", True, None, None, None)
+        assert isinstance(other, Rejection) and other.reason == Reason.NOT_PENDING
+        assert {wallet_id: (await router.wallet(wallet_id)).balance  # type: ignore[union-attr]
+                for wallet_id in (a1, b1)} == {a1: 800, b1: 200}
+        assert isinstance(await router.transfer(hold(3, a1, b1, 50)), Committed)
+        voided = await router.resolve_hold("h3", False, None, None, None)
+        assert isinstance(voided, Committed) and ledgers[0].hold_route("h3") is None
+        with trio.fail_after(10):  # the router tells the sending group what was credited (batched)
+            while ledgers[0].owed():
+                await trio.sleep(0.01)
+        assert ledgers[0].all_reservations() == [] and ledgers[1].all_reservations() == []
+        assert (await router.wallet(a1)).held == 0  # type: ignore[union-attr]
 
 
 async def test_a_search_pages_over_every_group_newest_first_each_transaction_once(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from ledger import (
     digest_state,
     recover,
 )
-from ledger.testing import transfer
+from ledger.testing import hold, transfer
 from server._crossing import Crossing
 from server._groups import group_of
 from server._port import LocalPort
@@ -132,9 +132,12 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
         committed: list[tuple[str, str, str, int]] = []  # committed, maybe not credited
         batches = [0, 0]  # atomic batches committed whole, and refused or aborted whole
         refunded: dict[str, int] = {}  # what refunds of a committed transfer sent back
-        for step in range(150):
+        holds: dict[str, tuple[str, str, int]] = {}  # holds between groups made: sender, receiver, amount
+        resolved: set[str] = set()  # of those, captured or voided
+        captures = 0
+        for step in range(200):
             roll = rng.random()
-            if roll < 0.45:
+            if roll < 0.40:
                 # A worker's transfer between groups; it may stop after any of its steps.
                 sender = rng.choice(list(GROUP_OF))
                 receiver = rng.choice([w for w in GROUP_OF if GROUP_OF[w] != GROUP_OF[sender]])
@@ -148,7 +151,7 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
                 for reservation, verdict in zip(reservations, verdicts, strict=True):
                     if verdict.failure is None:
                         prepared.append((reservation.transaction_id, sender, receiver, amount, verdict))
-            elif roll < 0.65 and prepared and rng.random() < 0.35:
+            elif roll < 0.60 and prepared and rng.random() < 0.35:
                 # An atomic batch: prepared items of one sending group and one inside it, at a
                 # random place, committed whole or not at all; step 3 maybe by the worker.
                 group = GROUP_OF[rng.choice(prepared)[1]]
@@ -174,7 +177,7 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
                 for tx, _, receiver, _, _ in chosen:
                     if rng.random() < 0.6:
                         await harness.port(receiver).settle_reservation(tx, receiver, whole)
-            elif roll < 0.65 and prepared:
+            elif roll < 0.60 and prepared:
                 # A worker's step 2 (and maybe 3) for one of them, in any order, or for several
                 # of one sending group at once (a non-atomic batch's items: one call per step).
                 first = prepared.pop(rng.randrange(len(prepared)))
@@ -203,7 +206,45 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
                         await harness.port(mine[0][1]).settle_reservation(*mine[0])
                     elif mine:
                         await harness.port(mine[0][1]).settle_reservations(mine)
-            elif roll < 0.71 and committed:
+            elif roll < 0.69:
+                # A hold between groups, or an attempt to capture or void one of them (maybe one
+                # already resolved): each capture attempt under an id of its own, committed by the
+                # worker or abandoned after its reservation, credited by the worker or the owners.
+                action = rng.random()
+                if action < 0.35 or not holds:
+                    sender = rng.choice(list(GROUP_OF))
+                    receiver = rng.choice([w for w in GROUP_OF if GROUP_OF[w] != GROUP_OF[sender]])
+                    amount = rng.randint(1, 300)
+                    command = dataclasses.replace(hold(0, sender, receiver, amount), transaction_id=f"h{seed}-{step}")
+                    verdict = await harness.port(receiver).credit_check(receiver, amount)
+                    if isinstance(await harness.port(sender).transfer_across(command, verdict), Committed):
+                        holds[command.transaction_id] = (sender, receiver, amount)
+                elif action < 0.85:
+                    hold_id = rng.choice(list(holds))
+                    sender, receiver, amount = holds[hold_id]
+                    attempt, take = f"c{seed}-{step}", rng.randint(1, amount)
+                    verdict = await harness.port(receiver).reserve_credit(ReserveCredit(
+                        transaction_id=attempt, to_wallet_id=receiver, amount=take, from_wallet_id=sender,
+                        from_group=GROUP_OF[sender], description=None, metadata=None, capture_of=hold_id))
+                    if verdict.failure is None and rng.random() < 0.85:
+                        outcome = await harness.port(sender).capture_across(
+                            hold_id, attempt, take, None, None, verdict)
+                        if isinstance(outcome, Committed):
+                            assert hold_id not in resolved, hold_id  # a hold is captured or voided once
+                            resolved.add(hold_id)
+                            harness.expected[sender] -= take
+                            harness.expected[receiver] += take
+                            captures += 1
+                        if rng.random() < 0.6:
+                            await harness.port(receiver).settle_reservation(
+                                attempt, receiver, isinstance(outcome, Committed))
+                else:
+                    hold_id = rng.choice(list(holds))
+                    voided = await harness.port(holds[hold_id][0]).resolve_hold(hold_id, False, None, None, None)
+                    if isinstance(voided, Committed):
+                        assert hold_id not in resolved, hold_id
+                        resolved.add(hold_id)
+            elif roll < 0.73 and committed:
                 # A refund of a committed transfer between groups (of a random amount, maybe more
                 # than is left): reserved at the original sender's group, decided by the original
                 # receiver's (which keeps the cap), credited by the worker or left to the owners;
@@ -229,7 +270,7 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
                             Reason.REFUND_EXCEEDS_REMAINING, Reason.INSUFFICIENT_FUNDS), outcome
                     if rng.random() < 0.6:
                         await harness.port(sender).settle_reservation(refund_id, sender, isinstance(outcome, Committed))
-            elif roll < 0.75:
+            elif roll < 0.77:
                 # A transfer inside one group.
                 group = rng.choice([0, 1])
                 sender, receiver = rng.sample(WALLETS[group], 2)
@@ -238,7 +279,7 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
                 if isinstance(outcome, Committed):
                     harness.expected[sender] -= amount
                     harness.expected[receiver] += amount
-            elif roll < 0.8:
+            elif roll < 0.81:
                 # An attempt to close a wallet: refused while it has money or reservations.
                 wallet_id = rng.choice(list(GROUP_OF))
                 closing = await harness.port(wallet_id).change_status(
@@ -271,6 +312,7 @@ async def test_random_transfers_between_groups_with_restarts_conserve_money(tmp_
         assert committed, "the run committed no transfer between groups"
         assert batches[0] > 0, "the run committed no atomic batch between groups"
         assert refunded, "the run refunded nothing between groups"
+        assert captures, "the run captured no hold between groups"
         # The owners had work of both kinds: credits the workers left, and reservations whose
         # commit never came (aborted for good in the sender's group).
         assert sum(crossing.credited for crossing in harness.crossings) > 0
