@@ -3,7 +3,8 @@ group and between the two, under load from clients that retry each key until it 
 while one group's owner is SIGKILLed. Checked against the clients' own record: every
 acknowledged transfer is there once (its key answers the same transaction), every balance is
 what the record says, the treasury (its parts and transit accounts in both groups) balances the
-wallets to zero, and the other group served while the killed one had no owner."""
+wallets to zero, and the other group served while the killed one had no owner. Then atomic
+batches, refunds and holds between the groups over HTTP."""
 
 from __future__ import annotations
 
