@@ -638,17 +638,20 @@ class Ledger:
         to the receiver's. ``Aborted`` when the receiver's group has had it aborted."""
         assert self.directory.groups > 1
         assert command.type == TransactionType.TRANSFER, command  # a hold too: nothing reserved for it
-        assert command.from_wallet_id is not None
-        shard = self._shard(command.from_wallet_id)
-
-        def submit() -> Reply:
-            shard._wal.check_writable()
-            reply = Reply()
-            shard._submit(_DebitStep(command, credit, REMOTE, 0, reply))
-            return reply
-
-        outcome: ItemOutcome | Aborted = await self._keyed(command.idempotency, submit)
+        sender = command.from_wallet_id
+        assert sender is not None
+        outcome: ItemOutcome | Aborted = await self._keyed(
+            command.idempotency, lambda: self._submit_remote(sender, command, credit))
         return outcome
+
+    def _submit_remote(self, wallet_id: str, command: Transfer | Refund | ResolveHold, credit: CreditCheck) -> Reply:
+        """The debit step, on ``wallet_id``'s shard, of a movement whose receiver is in another
+        group (``REMOTE``) that gave ``credit`` as its verdict."""
+        shard = self._shard(wallet_id)
+        shard._wal.check_writable()
+        reply = Reply()
+        shard._submit(_DebitStep(command, credit, REMOTE, 0, reply))
+        return reply
 
     # The same steps for many transfers at once (a batch's items between two groups): one
     # message per shard, decided in one step each, instead of a task and a message per item.
@@ -733,15 +736,8 @@ class Ledger:
         ``transfer_across``. ``command.amount`` must be the reserved amount (None only when
         nothing is left to refund: refused before the verdict is looked at)."""
         assert self.directory.groups > 1
-        shard = self._shard(command.from_wallet_id)
-
-        def submit() -> Reply:
-            shard._wal.check_writable()
-            reply = Reply()
-            shard._submit(_DebitStep(command, credit, REMOTE, 0, reply))
-            return reply
-
-        outcome: ItemOutcome | Aborted = await self._keyed(command.idempotency, submit)
+        outcome: ItemOutcome | Aborted = await self._keyed(
+            command.idempotency, lambda: self._submit_remote(command.from_wallet_id, command, credit))
         return outcome
 
     async def capture_across(self, transaction_id: str, *, reservation: str, amount: int | None,
@@ -759,14 +755,10 @@ class Ledger:
             if route is None:
                 return self._not_pending(transaction_id, idempotency)
             from_wallet_id, to_wallet_id, _ = route
-            shard = self._shard(from_wallet_id)
-            shard._wal.check_writable()
-            reply = Reply()
-            shard._submit(_DebitStep(ResolveHold(
+            return self._submit_remote(from_wallet_id, ResolveHold(
                 transaction_id=transaction_id, capture=True, amount=amount, from_wallet_id=from_wallet_id,
                 to_wallet_id=to_wallet_id, owner_id=owner_id, idempotency=idempotency, reservation=reservation,
-            ), credit, REMOTE, 0, reply))
-            return reply
+            ), credit)
 
         outcome: ItemOutcome | Aborted = await self._keyed(idempotency, submit)
         return outcome
