@@ -189,6 +189,7 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
     if failed is not None:
         reply._report(failed)
         return
+    given = credits is not None
     if credits is None:
         credits = [None] * len(commands)
     assert len(credits) == len(commands)
@@ -270,8 +271,9 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
         # After this point the batch must be committed.
         lsn = wal.append(payload, record)
         _apply.apply_directory(view.directory, record, lsn)
+        # Only a batch of a group of several has items to other groups (``credits`` given).
         remote = {command.transaction_id for command, credit in zip(commands, credits, strict=True)
-                  if credit is not None}
+                  if credit is not None} if given else set()
         for event in events:
             _apply.apply_debit(view, event, lsn)
             if event.transaction_id in remote:

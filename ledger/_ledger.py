@@ -622,9 +622,12 @@ class Ledger:
     async def reserve_credit(self, command: ReserveCredit) -> CreditCheck:
         """Prepare, at the receiver's group: the verdict (the receiver's asset, or the reason it
         may not receive), given once the reservation is durable."""
-        shard = self._shard(command.to_wallet_id)
-        decision = await self._wait(shard.submit_command(command))
-        wallet = shard.state.wallets.get(command.to_wallet_id)
+        decision = await self._wait(self._shard(command.to_wallet_id).submit_command(command))
+        return self._verdict(command, decision)
+
+    def _verdict(self, command: ReserveCredit, decision: Decision) -> CreditCheck:
+        """A prepare's answer: the receiver's asset, and the refusal if it was refused."""
+        wallet = self._shard(command.to_wallet_id).state.wallets.get(command.to_wallet_id)
         asset = None if wallet is None else wallet.asset
         if isinstance(decision, Rejection):
             return CreditCheck(asset=asset, failure=decision)
@@ -659,16 +662,7 @@ class Ledger:
     async def reserve_credits(self, commands: list[ReserveCredit]) -> list[CreditCheck]:
         """``reserve_credit`` of each, in one step per receiving shard; verdicts in order."""
         decisions = await self._commands([(command.to_wallet_id, command) for command in commands])
-        verdicts = []
-        for command, decision in zip(commands, decisions, strict=True):
-            wallet = self._shard(command.to_wallet_id).state.wallets.get(command.to_wallet_id)
-            asset = None if wallet is None else wallet.asset
-            if isinstance(decision, Rejection):
-                verdicts.append(CreditCheck(asset=asset, failure=decision))
-            else:
-                assert asset is not None
-                verdicts.append(CreditCheck(asset=asset, failure=None))
-        return verdicts
+        return [self._verdict(command, decision) for command, decision in zip(commands, decisions, strict=True)]
 
     async def settle_reservations(self, items: list[tuple[str, str, bool]]) -> list[bool]:
         """``settle_reservation`` of each (id, wallet, credit), in one step per shard."""

@@ -117,3 +117,14 @@ class Clients:
                     with self.lock:
                         self.acknowledged[key] = (sender, receiver, amount, response.json()["id"], time.monotonic())
                     break
+
+
+def subscribe(client: httpx.Client, receiver: Any) -> int:
+    """Creates a webhook endpoint for every event, delivering to ``receiver`` (a ``WebhookSim``
+    not yet started: it starts here with the endpoint's secret); returns the position the
+    endpoint starts after."""
+    created = client.post("/v1/webhooks", json={"url": receiver.url + "/hook", "events": ["*"]})
+    assert created.status_code == 201, created.text
+    endpoint = created.json()
+    receiver.start("--secret", endpoint["secret"])
+    return int(client.get(f"/v1/webhooks/{endpoint['id']}").json()["acknowledged_lsn"])

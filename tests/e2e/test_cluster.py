@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e._cluster import Clients, ClusterProcess, all_up, healthy
+from tests.e2e._cluster import Clients, ClusterProcess, all_up, healthy, subscribe
 from tests.e2e._server import ADMIN_TOKEN, free_port
 from tests.e2e._supervised import pid_alive
 from tests.e2e.test_webhooks import WebhookSim
@@ -190,11 +190,7 @@ def test_webhooks_are_delivered_by_the_owner_and_after_a_takeover(cluster: Clust
     receiver = WebhookSim(tmp_path / "webhook-sim.log", free_port())
     try:
         with cluster.client() as client:
-            created = client.post("/v1/webhooks", json={"url": receiver.url + "/hook", "events": ["*"]})
-            assert created.status_code == 201, created.text
-            endpoint = created.json()
-            receiver.start("--secret", endpoint["secret"])
-            start = client.get(f"/v1/webhooks/{endpoint['id']}").json()["acknowledged_lsn"]
+            start = subscribe(client, receiver)
             wallets = _wallets(cluster)
             for _ in range(5):
                 _retried_transfer(client, wallets[0], wallets[1])

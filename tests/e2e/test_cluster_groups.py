@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from server._groups import group_of
-from tests.e2e._cluster import Clients, ClusterProcess
+from tests.e2e._cluster import Clients, ClusterProcess, subscribe
 from tests.e2e._server import ADMIN_TOKEN
 from wallet_client import WalletClient
 
@@ -330,11 +330,7 @@ def test_webhooks_deliver_the_events_of_every_group_once_in_feed_order(cluster: 
     receiver = WebhookSim(tmp_path / "webhook-sim.log", free_port())
     try:
         with cluster.client() as client:
-            created = client.post("/v1/webhooks", json={"url": receiver.url + "/hook", "events": ["*"]})
-            assert created.status_code == 201, created.text
-            endpoint = created.json()
-            receiver.start("--secret", endpoint["secret"])
-            start = client.get(f"/v1/webhooks/{endpoint['id']}").json()["acknowledged_lsn"]
+            start = subscribe(client, receiver)
             by_group = _wallets(cluster, per_group=2)
             for index, (sender, target) in enumerate([(by_group[0][0], by_group[1][0]), (by_group[1][0], by_group[1][1]),
                                                        (by_group[0][1], by_group[0][0]), (by_group[1][1], by_group[0][1])]):
