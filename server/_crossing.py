@@ -44,7 +44,7 @@ class Crossing:
         self._owed_after_s = owed_after_s
         self._reserved_after_us = int(reserved_after_s * 1_000_000)
         self._clock = clock
-        self._owed_since: dict[str, float] = {}
+        self._owed_since: dict[str, tuple[float, int]] = {}  # id -> first seen: (time, log's last LSN)
         self.credited = 0  # owed transfers this owner had credited
         self.resolved = 0  # reservations this owner settled after asking their sender's group
 
@@ -60,16 +60,41 @@ class Crossing:
         await self._credit_owed()
         await self._resolve_reserved()
 
-    async def _credit_owed(self) -> None:
+    def due_owed(self) -> list[tuple[str, str]]:
+        """The committed transfers to other groups (id, receiving wallet) this owner should ask
+        their receivers' groups to credit now: owed for ``owed_after_s`` (the worker that drove
+        one usually credits it well before), and durable. A transfer is owed from the moment
+        its shard decided it, before its record is durable; a credit asked for then, with the
+        log stalled (a stream leader being elected) and the owner dying before the record was
+        stored, would be money the sender's group never debited. The record's LSN is at most
+        the log's last LSN when the transfer is first seen here, so it waits for that."""
         now = self._clock()
+        wal = self._ledger.wal
         owed = self._ledger.owed()
         for transaction_id in list(self._owed_since):
             if transaction_id not in owed:
                 del self._owed_since[transaction_id]
-        done: list[str] = []
+        due = []
         for transaction_id, wallet_id in owed.items():
-            if now - self._owed_since.setdefault(transaction_id, now) < self._owed_after_s:
-                continue
+            since, lsn = self._owed_since.setdefault(transaction_id, (now, wal.last_lsn))
+            if now - since >= self._owed_after_s and wal.durable_lsn >= lsn:
+                due.append((transaction_id, wallet_id))
+        return due
+
+    def due_reservations(self) -> dict[int, list[tuple[str, str]]]:
+        """The reservations (id, wallet) held for ``reserved_after_s``, by the group that
+        decides them: this owner asks that group to resolve them."""
+        before_us = self._ledger.clock() - self._reserved_after_us
+        by_sender: dict[int, list[tuple[str, str]]] = {}
+        for reservation in self._ledger.all_reservations():
+            if reservation.at_us <= before_us:
+                by_sender.setdefault(reservation.from_group, []).append(
+                    (reservation.transaction_id, reservation.wallet_id))
+        return by_sender
+
+    async def _credit_owed(self) -> None:
+        done: list[str] = []
+        for transaction_id, wallet_id in self.due_owed():
             port = self._ports[group_of(wallet_id, self._groups)]
             try:
                 # True: credited now; False: it was already (or, never, released: a receiver
@@ -86,13 +111,7 @@ class Crossing:
             log.info("crossing: %d transfers to other groups credited there and settled", len(done))
 
     async def _resolve_reserved(self) -> None:
-        before_us = self._ledger.clock() - self._reserved_after_us
-        by_sender: dict[int, list[tuple[str, str]]] = {}
-        for reservation in self._ledger.all_reservations():
-            if reservation.at_us <= before_us:
-                by_sender.setdefault(reservation.from_group, []).append(
-                    (reservation.transaction_id, reservation.wallet_id))
-        for group, reservations in by_sender.items():
+        for group, reservations in self.due_reservations().items():
             try:
                 answers = await self._ports[group].resolve_transfers([tx for tx, _ in reservations])
             except Unavailable as error:
