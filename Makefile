@@ -95,8 +95,8 @@ lint: bytecode
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Deterministic simulations (the disk one and cluster mode, alternating): random seeds for SECONDS
-# (default 60); SIM_SEED=n replays one seed of each (SIM_KIND=cluster or SIM_KIND=disk: only one).
+# Deterministic simulations (the disk one, cluster mode, several groups; taking turns): random seeds
+# for SECONDS (default 60); SIM_SEED=n replays one seed of each (SIM_KIND=disk, cluster or groups: only one).
 SECONDS ?= 60
 sim: bytecode
 	SECONDS_BUDGET=$(SECONDS) $(BIN)/python -m tests.sim.run

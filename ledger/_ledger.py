@@ -392,10 +392,9 @@ class Ledger:
         records. ``run`` calls it; so does the simulation, which runs no tasks."""
         return sum(shard.fire() for shard in self.shards)
 
-    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        """Runs the WAL writer, the history projector and the shard actors until ``stop`` (or
-        a crash of any). On the way out the log is flushed and the projector drained."""
-        await self.history.attach()
+    def begin(self) -> None:
+        """What ``run`` does before any actor runs (the simulations call it directly): a new
+        group's log gets its first record, and the alert firings a crash cut off are recorded."""
         record = self._group_record
         if record is not None and self.wal.failed is None:
             # The log's first record (``__init__`` checked that it is empty).
@@ -403,6 +402,12 @@ class Ledger:
             self._group_record = None
         if self.wal.failed is None:
             self.fire_owed_alerts()
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Runs the WAL writer, the history projector and the shard actors until ``stop`` (or
+        a crash of any). On the way out the log is flushed and the projector drained."""
+        await self.history.attach()
+        self.begin()
         async with anyio.create_task_group() as group:
             group.start_soon(self._run_log)
             group.start_soon(self.history.run)

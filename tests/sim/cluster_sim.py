@@ -70,7 +70,6 @@ from wal.testing import FakeStream, StoredMessage, all_frames
 
 GROUP = 0
 STREAM = stream_name(GROUP)
-EPOCH_OF_ID = re.compile(rf"g{GROUP}-e(\d+)-[lb]\d+$")
 
 
 class OwnerExited(Exception):
@@ -126,7 +125,7 @@ class Member:
     starts: int = 0
 
 
-def _quiet(**status: Any) -> None:
+def quiet(**status: Any) -> None:
     pass
 
 
@@ -172,7 +171,7 @@ class ClusterSimulation(Simulation):
         member.directory.mkdir(mode=0o700, parents=True)
         member.starts += 1
         standby = Standby(self.stream.client(), group=GROUP, data_dir=member.directory, node=member.name,
-                          status=_quiet, takeover_after_s=self.takeover_after_s, clock=self.mono,
+                          status=quiet, takeover_after_s=self.takeover_after_s, clock=self.mono,
                           sleep=lambda seconds: None)
         standby.listen()
         member.standby = standby
@@ -195,7 +194,7 @@ class ClusterSimulation(Simulation):
         copied = standby.mirror.last_lsn
         self.stop_standby(member)
         replica = Replica(self.stream.client(), group=GROUP, epoch=epoch, last_seq=seq, node=member.name,
-                          status=_quiet, exit=self._exit, clock=self.mono)
+                          status=quiet, exit=self._exit, clock=self.mono)
         replica.lsn = copied
         previous = self.owner
         if previous is not None:
@@ -424,42 +423,19 @@ class ClusterSimulation(Simulation):
 
     def check_epochs(self) -> None:
         """Oracle 2 over the whole stream."""
-        epoch = 0
-        for message in self.messages():
-            kind = message.headers[KIND]
-            if kind == "epoch":
-                number, node, _ = msgpack.unpackb(message.data)
-                if number <= epoch:
-                    raise self.fail(f"epoch record {number} at sequence {message.seq} after epoch {epoch}")
-                winner = self.winners.get(number)
-                if winner is not None and winner != node:
-                    raise self.fail(f"epoch {number}'s record names {node}, {winner} took over with it")
-                epoch = number
-                continue
-            match = EPOCH_OF_ID.match(message.headers["Nats-Msg-Id"])
-            if match is None or int(match.group(1)) != epoch:
-                raise self.fail(f"a {kind} message ({message.headers['Nats-Msg-Id']}) at sequence {message.seq} "
-                                f"follows the record of epoch {epoch}: two owners appended")
-            if self.winners.get(epoch) is None:
-                raise self.fail(f"a {kind} message of epoch {epoch}, which no member won")
+        error = epoch_error(self.messages(), self.winners, GROUP)
+        if error is not None:
+            raise self.fail(error)
 
     def replay(self, name: str, until_lsn: int | None = None) -> Path:
         """The stream's frames (up to ``until_lsn``) written into a fresh data directory."""
         directory = self.root / name
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(mode=0o700)
-        mirror = Mirror(directory / "wal")
         try:
-            for message in self.messages():
-                if message.headers[KIND] != "frames":
-                    continue
-                if until_lsn is not None and all_frames_of(message.data)[0] > until_lsn:
-                    break
-                mirror.append(message.data)
+            write_frames(self.messages(), directory, until_lsn)
         except MirrorError as error:
             raise self.fail(f"the stream's frames do not make one log: {error}") from None
-        finally:
-            mirror.close()
         return directory
 
     def check(self) -> None:
@@ -577,3 +553,44 @@ def all_frames_of(data: bytes) -> list[int]:
         lsns.append(frame.lsn)
         offset += frame.size
     return lsns
+
+
+def epoch_error(messages: list[StoredMessage], winners: dict[int, str], group: int) -> str | None:
+    """Oracle 2 over one group's stream: epochs only grow, each epoch record names the member
+    the simulation saw win it, and every other message was published by the owner of the epoch
+    whose record precedes it (message ids carry the epoch). The first breach, or None."""
+    of_id = re.compile(rf"g{group}-e(\d+)-[lb]\d+$")
+    epoch = 0
+    for message in messages:
+        kind = message.headers[KIND]
+        if kind == "epoch":
+            number, node, _ = msgpack.unpackb(message.data)
+            if number <= epoch:
+                return f"epoch record {number} at sequence {message.seq} after epoch {epoch}"
+            winner = winners.get(number)
+            if winner is not None and winner != node:
+                return f"epoch {number}'s record names {node}, {winner} took over with it"
+            epoch = number
+            continue
+        match = of_id.match(message.headers["Nats-Msg-Id"])
+        if match is None or int(match.group(1)) != epoch:
+            return (f"a {kind} message ({message.headers['Nats-Msg-Id']}) at sequence {message.seq} "
+                    f"follows the record of epoch {epoch}: two owners appended")
+        if winners.get(epoch) is None:
+            return f"a {kind} message of epoch {epoch}, which no member won"
+    return None
+
+
+def write_frames(messages: list[StoredMessage], directory: Path, until_lsn: int | None = None) -> None:
+    """A stream's frames (up to ``until_lsn``) written as a log into ``directory``/wal.
+    Raises ``MirrorError`` when they do not make one log."""
+    mirror = Mirror(directory / "wal")
+    try:
+        for message in messages:
+            if message.headers[KIND] != "frames":
+                continue
+            if until_lsn is not None and all_frames_of(message.data)[0] > until_lsn:
+                break
+            mirror.append(message.data)
+    finally:
+        mirror.close()

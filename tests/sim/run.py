@@ -1,8 +1,9 @@
 """``make sim``: the deterministic simulations outside pytest: the ledger on a faulty disk
-(``sim.py``) and cluster mode over a faulty stream (``cluster_sim.py``), seeds alternating.
+(``sim.py``), cluster mode over a faulty stream (``cluster_sim.py``) and several groups with
+transfers between them (``groups_sim.py``), seeds taking turns.
 
     SIM_SEED=42 make sim                  # replay one seed of each exactly, print what it did
-    SIM_SEED=42 SIM_KIND=cluster make sim # only the cluster simulation (SIM_KIND=disk: only the other)
+    SIM_SEED=42 SIM_KIND=cluster make sim # only the cluster simulation (SIM_KIND=disk or groups: only that one)
     make sim SECONDS=600                  # random seeds until the time is up; a failure prints its seed
 """
 
@@ -16,14 +17,23 @@ import time
 from typing import Any
 
 from tests.sim.cluster_sim import ClusterSimulation
+from tests.sim.groups_sim import GroupsSimulation
 from tests.sim.sim import Faults, Simulation, SimulationFailed
 
-KINDS = ("disk", "cluster")
+KINDS = ("disk", "cluster", "groups")
+TOTALS = {
+    "disk": ("crashes", "refused_and_repaired", "storage_failures", "snapshots", "acknowledged"),
+    "cluster": ("takeovers", "owner_crashes", "fenced_after_pause", "lost_acks", "unavailable", "acknowledged"),
+    "groups": ("takeovers", "fenced", "stalls_failed", "across_acknowledged", "owed_credited",
+               "reservations_resolved", "aborted"),
+}
 
 
 def simulate(kind: str, seed: int, steps: int) -> Any:
     if kind == "cluster":
         return ClusterSimulation(seed, steps=steps).run()
+    if kind == "groups":
+        return GroupsSimulation(seed, steps=steps).run()
     return Simulation(seed, steps=steps, faults=Faults(crash=0.02, sync_error=0.01, disk_full=0.01, flip=0.8)).run()
 
 
@@ -54,10 +64,7 @@ def main() -> int:
                   f"(replay with SIM_SEED={seed} SIM_KIND={kind} make sim)")
             raise
         runs[kind] += 1
-        names = (("takeovers", "owner_crashes", "fenced_after_pause", "lost_acks", "unavailable", "acknowledged")
-                 if kind == "cluster" else
-                 ("crashes", "refused_and_repaired", "storage_failures", "snapshots", "acknowledged"))
-        for name in names:
+        for name in TOTALS[kind]:
             totals[f"{kind}.{name}"] = totals.get(f"{kind}.{name}", 0) + getattr(stats, name)
     print(f"{runs} seeds passed in {seconds:.0f} s: {totals}")
     return 0
