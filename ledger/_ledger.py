@@ -615,11 +615,12 @@ class Ledger:
             raise StorageFailed("the ledger is stopping")
         self.wal.check_writable()
 
-    def commit_atomic_now(self, commands: list[Transfer]) -> BatchReply:
+    def commit_atomic_now(self, commands: list[Transfer],
+                          credits: list[CreditCheck | None] | None = None) -> BatchReply:
         """An atomic batch decided and committed at once, for callers that know no shard is in
-        the middle of a step (the simulation, which runs no tasks)."""
+        the middle of a step (the simulations, which run no tasks)."""
         reply = BatchReply(len(commands), waiting=1)
-        commit_atomic(self.shards, commands, reply)
+        commit_atomic(self.shards, commands, reply, credits)
         return reply
 
     # -- transfers between ledger groups (ADR 0013) ----------------------------------------
@@ -692,6 +693,14 @@ class Ledger:
             return await self._across_parts(commands, credits)
 
     async def _across_parts(self, commands: list[Transfer], credits: list[CreditCheck]) -> list[ItemOutcome | Aborted]:
+        result = await self._wait(self.submit_across(commands, credits))
+        assert isinstance(result, list)
+        return result
+
+    def submit_across(self, commands: list[Transfer], credits: list[CreditCheck]) -> BatchReply:
+        """The synchronous half of ``transfers_across`` (without its hold of the keys): one
+        message per sending shard, or Overloaded before anything is sent. (The simulation
+        calls it.)"""
         shards = len(self.shards)
         parts: dict[int, list[Any]] = {}
         for position, (command, credit) in enumerate(zip(commands, credits, strict=True)):
@@ -705,14 +714,18 @@ class Ledger:
         batch = next(self._batch_ids)
         for index, items in parts.items():
             self.shards[index].submit_part(_DebitPart(batch, items, 1, reply))
-        result = await self._wait(reply)
-        assert isinstance(result, list)
-        return result
+        return reply
 
     async def _commands(self, commands: list[tuple[str, Any]]) -> list[Decision]:
         """Unkeyed commands, each to the shard of its wallet id, one message per shard."""
         if not commands:
             return []
+        result = await self._wait(self.submit_commands(commands))
+        assert isinstance(result, list)
+        return result
+
+    def submit_commands(self, commands: list[tuple[str, Any]]) -> BatchReply:
+        """The synchronous half of ``_commands`` (at least one). (The simulation calls it.)"""
         shards = len(self.shards)
         by_shard: dict[int, list[tuple[int, Any]]] = {}
         for position, (wallet_id, command) in enumerate(commands):
@@ -723,9 +736,7 @@ class Ledger:
         reply = BatchReply(len(commands), waiting=len(by_shard))
         for index, items in by_shard.items():
             self.shards[index].submit_commands(_Commands(items, reply))
-        result = await self._wait(reply)
-        assert isinstance(result, list)
-        return result
+        return reply
 
     async def refund_across(self, command: Refund, credit: CreditCheck) -> ItemOutcome | Aborted:
         """Commit, at the group of the refunding wallet (the original's receiver), of a refund

@@ -6,10 +6,12 @@ single-threaded and exactly reproducible.
 Each group is what ``tests/sim/cluster_sim.py`` simulates for one: real ``Standby`` objects
 copying the stream, a takeover by the fenced epoch append, then a real ``Ledger`` recovered from
 the copy, its WAL's ``replicate`` hook a real ``Replica``. What is new here is the traffic
-between the groups, run the way the HTTP worker's router runs it (``server._groups``), one
-call at a time: a transfer between groups reserves the credit at the receiver's group, commits
-at the sender's (its record is the commit point), settles the reservation at the receiver's and
-the transit at the sender's; and the owners' background work (``server._crossing``, whose
+between the groups (single transfers, batches and atomic batches, within and between groups),
+run the way the HTTP worker's router runs it (``server._groups``), one call at a time: a
+transfer between groups reserves the credit at the receiver's group, commits at the sender's
+(its record is the commit point), settles the reservation at the receiver's and the transit at
+the sender's (a batch's items between two groups: one call per step for all; an atomic batch:
+each receiving group reserves its items, the sending group decides the batch whole); and the owners' background work (``server._crossing``, whose
 choice of what is due is the one used here: ``Crossing.due_owed`` and ``due_reservations``)
 credits what a worker left owed and resolves reservations whose commit never came (presumed
 abort). A call reaches the group's current owner and is answered only once that owner's
@@ -35,7 +37,8 @@ The oracle, after every fault and at the end:
    aborted; per asset, every group's wallets, treasury part and transit account sum to zero
    (the ledger's invariant), and the transit accounts of all groups add up to exactly what is
    committed and not yet credited;
-5. no idempotency key was executed twice (committed more than once in the sender's stream), and
+5. an atomic batch is in one record of its sending group whole, or nowhere;
+   no idempotency key was executed twice (committed more than once in the sender's stream), and
    a key answered twice answered the same transaction;
 6. at the end, once the owners' background work has run: every committed transfer between
    groups was credited exactly once, no reservation is left, nothing is owed, every transit
@@ -56,6 +59,7 @@ from typing import Any
 from ledger import (
     Aborted,
     AbortTransfers,
+    BatchFailed,
     Clock,
     Committed,
     CreateAsset,
@@ -79,7 +83,7 @@ from ledger import (
     recover,
     shard_of,
 )
-from ledger._messages import Reply
+from ledger._messages import BatchReply, Reply
 from server._crossing import Crossing
 from server._groups import group_of
 from server._member import KIND, Replica, Standby, heartbeat_subject, log_subject, stream_name
@@ -134,8 +138,9 @@ class GroupsStats:
     barriers: int = 0
     acknowledged: int = 0
     across_acknowledged: int = 0  # transfers between groups answered Committed to their client
-    across_unanswered: int = 0  # ... that got 503 (or whose worker stopped): retried with the key
+    unanswered: int = 0  # keyed requests that got 503 (or whose worker stopped): retried with the keys
     duplicates: int = 0  # keyed retries answered with the first execution
+    atomic_across: int = 0  # atomic batches between groups committed whole
     aborted: int = 0  # commits refused because the receiver's group had them aborted
     workers_stopped: int = 0
     owed_credited: int = 0  # credits the owners' background work asked for
@@ -161,16 +166,23 @@ class Ask:
     ``read`` of the reply's value (the same ledger) once it is answered and confirmed."""
 
     group: int
-    submit: Callable[[Ledger], Reply]
+    submit: Callable[[Ledger], Reply | BatchReply]
     read: Callable[[Ledger, Any], Any] = lambda ledger, value: value
     to: Ledger | None = None  # an owner's call to its own ledger (not to whoever owns the group now)
+
+
+@dataclass
+class Request:
+    commands: list[Transfer]
+    batch: bool = False
+    atomic: bool = False
 
 
 @dataclass
 class Call:
     member: Member
     ledger: Ledger
-    reply: Reply
+    reply: Reply | BatchReply
     arrived: float
     ask: Ask
 
@@ -224,7 +236,8 @@ class GroupsSimulation:
         # transaction each key was answered with; keys whose request got no answer (retried).
         self.acks: list[tuple[int, int, str | None]] = []
         self.answered_by_key: dict[str, str] = {}
-        self.retry: list[Transfer] = []
+        self.retry: list[Request] = []
+        self.atomic_batches: list[list[tuple[str, str | None]]] = []  # every one sent: (id, key) per item
         self.ready: set[int] = set()  # groups whose asset and wallets (with money) are acknowledged
 
     def fail(self, message: str) -> SimulationFailed:
@@ -385,7 +398,7 @@ class GroupsSimulation:
         if reply.error is not None:
             self.advance(worker, None, Unavailable(reply.error))
         elif member.replica.confirmed(call.arrived):
-            self.advance(worker, ask.read(call.ledger, reply.value))
+            self.advance(worker, ask.read(call.ledger, _value(reply)))
 
     # -- the workload: the router's steps, one call at a time ------------------------------
 
@@ -424,10 +437,10 @@ class GroupsSimulation:
         wallet_id = command.wallet_id if isinstance(command, CreateWallet | SettleReservation) else command.to_wallet_id
         return ledger.shards[shard_of(wallet_id, shards)].submit_command(command)
 
-    def transfer(self) -> Transfer:
+    def transfer(self, sender: int | None = None) -> Transfer:
         rng = self.rng
         ready = sorted(self.ready)
-        sender = rng.choice(ready)
+        sender = rng.choice(ready) if sender is None else sender
         receiver = rng.choice(ready) if rng.random() < 0.3 else rng.choice([g for g in ready if g != sender] or ready)
         from_wallet = rng.choice(self.wallets[sender])
         to_wallet = rng.choice([w for w in self.wallets[receiver] if w != from_wallet])
@@ -437,74 +450,174 @@ class GroupsSimulation:
                         to_wallet_id=to_wallet, amount=amount, description=None, metadata=None,
                         idempotency=None if key is None else Idempotency(scope="s", key=key, fingerprint=key.encode()))
 
-    def client(self, command: Transfer) -> Work:
-        """One request of a client, through a worker; unanswered, retried later with its key."""
-        assert command.from_wallet_id is not None
-        sender = group_of(command.from_wallet_id, self.count)
-        receiver = group_of(command.to_wallet_id, self.count)
+    def request(self) -> Request:
+        """A single transfer, a batch, or an atomic batch (its senders in one group, as the
+        router requires; its receivers anywhere)."""
+        roll = self.rng.random()
+        if roll < 0.6:
+            return Request([self.transfer()])
+        sender = self.rng.choice(sorted(self.ready))
+        commands = [self.transfer(sender if roll < 0.8 else None) for _ in range(self.rng.randint(2, 4))]
+        return Request(commands, batch=True, atomic=roll < 0.8)
+
+    def client(self, request: Request) -> Work:
+        """One request of a client, through a worker; unanswered, retried later with its keys."""
+        if request.atomic:
+            self.atomic_batches.append([(command.transaction_id, None if command.idempotency is None
+                                         else command.idempotency.key) for command in request.commands])
         try:
-            if sender == receiver:
-                outcome = yield Ask(sender, lambda ledger: self.submit_local(ledger, command), _lsn_of)
-            else:
-                outcome = yield from self.across(command, sender, receiver)
+            outcomes = yield from self.route(request)
         except (Unavailable, GeneratorExit):
-            if command.idempotency is not None:
-                self.stats.across_unanswered += sender != receiver
-                self.retry.append(command)
+            if any(command.idempotency is not None for command in request.commands):
+                self.stats.unanswered += 1
+                self.retry.append(request)
             raise
-        self.answered(command, sender, outcome)
+        self.answered(request, outcomes)
 
-    def across(self, command: Transfer, sender: int, receiver: int) -> Generator[Ask, Any, Any]:
-        """``GroupRouter._across``: prepare at the receiver's group, commit at the sender's,
-        settle the reservation (and the transit) for the worker's part."""
-        from_wallet = command.from_wallet_id
-        assert from_wallet is not None
-        reservation = ReserveCredit(transaction_id=command.transaction_id, to_wallet_id=command.to_wallet_id,
-                                    amount=command.amount, from_wallet_id=command.from_wallet_id, from_group=sender,
-                                    description=None, metadata=None)
-        verdict = yield Ask(receiver, lambda ledger: self.submit_local(ledger, reservation),
-                            lambda ledger, decision: ledger._verdict(reservation, decision))
-        outcome = yield Ask(sender, lambda ledger: ledger._submit_remote(from_wallet, command, verdict), _lsn_of)
-        if verdict.failure is not None:
-            return outcome
-        if isinstance(outcome[0], Aborted):
-            self.stats.aborted += 1
-        committed = isinstance(outcome[0], Committed)
-        settle = SettleReservation(transaction_id=command.transaction_id, wallet_id=command.to_wallet_id,
-                                   credit=committed)
-        try:
-            yield Ask(receiver, lambda ledger: self.submit_local(ledger, settle))
-            if committed:
-                yield Ask(sender, lambda ledger: ledger.shards[0].submit_command(
-                    SettleTransit(transaction_ids=(command.transaction_id,))))
-        except Unavailable:
-            pass  # the owners finish it
-        if isinstance(outcome[0], Aborted):
-            raise Unavailable("aborted by the receiver's group")
-        return outcome
+    def route(self, request: Request) -> Generator[Ask, Any, Any]:
+        """``GroupRouter.transfer`` and ``transfer_batch``: the outcomes in request order (a
+        ``BatchFailed`` for an atomic batch refused whole)."""
+        commands = request.commands
+        sides = [(self.group_of(command.from_wallet_id), self.group_of(command.to_wallet_id)) for command in commands]
+        if not request.batch:
+            (sender, receiver), = sides
+            if sender == receiver:
+                outcome = yield Ask(sender, lambda ledger: self.submit_local(ledger, commands[0]))
+                return [outcome]
+            return (yield from self.across_many(commands, sender, receiver, single=True))
+        groups = {group for pair in sides for group in pair}
+        if len(groups) == 1:
+            group = groups.pop()
+            if request.atomic:
+                return (yield Ask(group, lambda ledger: _atomic_now(ledger, commands, None)))
+            return (yield Ask(group, lambda ledger: ledger.submit_batch(commands)))
+        if request.atomic:
+            return (yield from self.atomic_across(commands, sides))
+        outcomes: list[Any] = [None] * len(commands)
+        parts: dict[tuple[int, int], list[int]] = {}
+        for index, pair in enumerate(sides):
+            parts.setdefault(pair, []).append(index)
+        # The router sends the parts at once; here one after the other (one interleaving of it).
+        for (sender, receiver), indexes in parts.items():
+            part = [commands[index] for index in indexes]
+            if sender == receiver:
+                results = yield Ask(sender, lambda ledger, part=part: ledger.submit_batch(part))
+            else:
+                results = yield from self.across_many(part, sender, receiver)
+            for index, outcome in zip(indexes, results, strict=True):
+                outcomes[index] = outcome
+        return outcomes
 
-    def answered(self, command: Transfer, sender: int, outcome: tuple[Any, int]) -> None:
-        value = outcome[0]
-        self.stats.acknowledged += 1
-        key = None if command.idempotency is None else command.idempotency.key
-        if isinstance(value, Committed):
-            self.acks.append((sender, value.lsn, command.transaction_id))
-            if group_of(command.to_wallet_id, self.count) != sender:
-                self.stats.across_acknowledged += 1
-            if key is not None:
-                if key in self.answered_by_key and self.answered_by_key[key] != command.transaction_id:
-                    raise self.fail(f"key {key} executed as {command.transaction_id} after {self.answered_by_key[key]}")
-                self.answered_by_key[key] = command.transaction_id
-        elif isinstance(value, Duplicate):
-            self.stats.duplicates += 1
-            event = value.record.event
-            first = getattr(event, "transaction_id", None)
-            if key is not None and first is not None:
-                known = self.answered_by_key.setdefault(key, first)
-                if known != first:
-                    raise self.fail(f"key {key} answered {first}, first answered {known}")
+    def group_of(self, wallet_id: str | None) -> int:
+        assert wallet_id is not None
+        return group_of(wallet_id, self.count)
+
+    def across_many(self, commands: list[Transfer], sender: int, receiver: int, *,
+                    single: bool = False) -> Generator[Ask, Any, Any]:
+        """``GroupRouter._across`` (``single``: one call per step) and ``_across_many``:
+        prepare at the receiver's group, commit at the sender's, settle the reservations (and
+        the transit) for the worker's part."""
+        reservations = [ReserveCredit(
+            transaction_id=command.transaction_id, to_wallet_id=command.to_wallet_id, amount=command.amount,
+            from_wallet_id=command.from_wallet_id or "", from_group=sender, description=None, metadata=None)
+            for command in commands]
+        if single:
+            verdicts = [(yield Ask(receiver, lambda ledger: self.submit_local(ledger, reservations[0]),
+                                   lambda ledger, decision: ledger._verdict(reservations[0], decision)))]
+            outcomes = [(yield Ask(sender, lambda ledger: ledger._submit_remote(
+                commands[0].from_wallet_id or "", commands[0], verdicts[0])))]
         else:
-            assert isinstance(value, Rejection), value
+            verdicts = yield Ask(receiver, lambda ledger: ledger.submit_commands(
+                [(reservation.to_wallet_id, reservation) for reservation in reservations]),
+                lambda ledger, decisions: [ledger._verdict(reservation, decision)
+                                           for reservation, decision in zip(reservations, decisions, strict=True)])
+            outcomes = yield Ask(sender, lambda ledger: ledger.submit_across(commands, verdicts))
+        yield from self.settle(sender, receiver, [
+            (command.transaction_id, command.to_wallet_id, isinstance(outcome, Committed))
+            for command, verdict, outcome in zip(commands, verdicts, outcomes, strict=True)
+            if verdict.failure is None])
+        if any(isinstance(outcome, Aborted) for outcome in outcomes):
+            self.stats.aborted += 1
+            raise Unavailable("aborted by the receiver's group")
+        return outcomes
+
+    def atomic_across(self, commands: list[Transfer], sides: list[tuple[int, int]]) -> Generator[Ask, Any, Any]:
+        """``GroupRouter._atomic_across``: every receiving group reserves its items' credits
+        (one call each), the sending group decides the batch whole with those verdicts, each
+        receiving group credits or releases."""
+        sender = sides[0][0]
+        assert all(pair[0] == sender for pair in sides)
+        credits: list[Any] = [None] * len(commands)
+        remote: dict[int, list[int]] = {}
+        for index, (_, receiver) in enumerate(sides):
+            if receiver != sender:
+                remote.setdefault(receiver, []).append(index)
+        for receiver, indexes in remote.items():
+            reservations = [ReserveCredit(
+                transaction_id=commands[index].transaction_id, to_wallet_id=commands[index].to_wallet_id,
+                amount=commands[index].amount, from_wallet_id=commands[index].from_wallet_id or "", from_group=sender,
+                description=None, metadata=None) for index in indexes]
+            verdicts = yield Ask(receiver, lambda ledger, r=reservations: ledger.submit_commands(
+                [(reservation.to_wallet_id, reservation) for reservation in r]),
+                lambda ledger, decisions, r=reservations: [ledger._verdict(reservation, decision)
+                                                           for reservation, decision in zip(r, decisions, strict=True)])
+            for index, verdict in zip(indexes, verdicts, strict=True):
+                credits[index] = verdict
+        result = yield Ask(sender, lambda ledger: _atomic_now(ledger, commands, credits))
+        for receiver, indexes in remote.items():
+            yield from self.settle(sender, receiver, [
+                (commands[index].transaction_id, commands[index].to_wallet_id,
+                 isinstance(result, list) and isinstance(result[index], Committed))
+                for index in indexes if credits[index].failure is None])
+        if isinstance(result, list) and any(isinstance(outcome, Aborted) for outcome in result):
+            self.stats.aborted += 1
+            raise Unavailable("an atomic batch aborted by a receiver's group")
+        return result
+
+    def settle(self, sender: int, receiver: int, settle: list[tuple[str, str, bool]]) -> Generator[Ask, Any, None]:
+        """``GroupRouter._settle``: the receiver's group credits or releases, then the sender's
+        stops owing what was credited; a group that cannot leaves it to the owners."""
+        if not settle:
+            return
+        try:
+            yield Ask(receiver, lambda ledger: ledger.submit_commands([
+                (wallet_id, SettleReservation(transaction_id=transaction_id, wallet_id=wallet_id, credit=credit))
+                for transaction_id, wallet_id, credit in settle]))
+            credited = tuple(transaction_id for transaction_id, _, credit in settle if credit)
+            if credited:
+                yield Ask(sender, lambda ledger: ledger.shards[0].submit_command(
+                    SettleTransit(transaction_ids=credited)))
+        except Unavailable:
+            pass
+
+    def answered(self, request: Request, outcomes: Any) -> None:
+        self.stats.acknowledged += 1
+        if isinstance(outcomes, BatchFailed):
+            return
+        if request.atomic and all(isinstance(outcome, Committed) for outcome in outcomes) and len(
+                {self.group_of(command.to_wallet_id) for command in request.commands}) > 1:
+            self.stats.atomic_across += 1
+        for command, outcome in zip(request.commands, outcomes, strict=True):
+            key = None if command.idempotency is None else command.idempotency.key
+            sender = self.group_of(command.from_wallet_id)
+            if isinstance(outcome, Committed):
+                self.acks.append((sender, outcome.lsn, command.transaction_id))
+                if self.group_of(command.to_wallet_id) != sender:
+                    self.stats.across_acknowledged += 1
+                if key is not None:
+                    if key in self.answered_by_key and self.answered_by_key[key] != command.transaction_id:
+                        raise self.fail(f"key {key} executed as {command.transaction_id} after "
+                                        f"{self.answered_by_key[key]}")
+                    self.answered_by_key[key] = command.transaction_id
+            elif isinstance(outcome, Duplicate):
+                self.stats.duplicates += 1
+                first = getattr(outcome.record.event, "transaction_id", None)
+                if key is not None and first is not None:
+                    known = self.answered_by_key.setdefault(key, first)
+                    if known != first:
+                        raise self.fail(f"key {key} answered {first}, first answered {known}")
+            else:
+                assert isinstance(outcome, Rejection), outcome
 
     # -- the owners' background work (``server._crossing``), one call at a time -------------
 
@@ -557,10 +670,11 @@ class GroupsSimulation:
                 self.start(self.setup(number), ("setup", number))
         if roll < 0.25 and len(self.ready) == self.count:
             if self.retry and rng.random() < 0.3:
-                command = self.retry.pop(rng.randrange(len(self.retry)))
-                self.start(self.client(_retried(command, self.next_id("tx"))))
+                retried = self.retry.pop(rng.randrange(len(self.retry)))
+                self.start(self.client(Request([replace(command, transaction_id=self.next_id("tx"))
+                                                for command in retried.commands], retried.batch, retried.atomic)))
             else:
-                self.start(self.client(self.transfer()))
+                self.start(self.client(self.request()))
         elif roll < 0.3:
             number = rng.randrange(self.count)
             self.start(self.crossing(number), ("crossing", number))
@@ -747,9 +861,11 @@ class GroupsSimulation:
         aborted: set[str] = set()
         credited: dict[str, int] = {}
         in_transit: dict[str, int] = {}
+        located: dict[str, tuple[int, int]] = {}  # every posted transfer: id -> (group, LSN)
         for number, by_lsn in enumerate(records):
-            for event in by_lsn.values():
+            for lsn, event in by_lsn.items():
                 for move in transfers_of(event):
+                    located[move.transaction_id] = (number, lsn)
                     key = None if move.idempotency is None else move.idempotency.key
                     if key is not None and not key.startswith("dep-"):
                         if key in keys:
@@ -774,6 +890,13 @@ class GroupsSimulation:
                     in_transit[event.asset] -= event.amount
                 elif isinstance(event, CreditReserved) and event.from_group == number:
                     raise self.fail(f"group {number} reserved {event.transaction_id} from itself")
+        for batch in self.atomic_batches:
+            # Whole in one record, or nowhere; an item whose key another transaction executed (a
+            # retry's) is a duplicate, posted before.
+            places = {located.get(transaction_id) for transaction_id, key in batch
+                      if key is None or keys.get(key, transaction_id) == transaction_id}
+            if len(places) > 1:
+                raise self.fail(f"an atomic batch is posted in part, or in several records: {batch} at {places}")
         for asset in set(transit) | set(in_transit):
             if transit.get(asset, 0) != in_transit.get(asset, 0):
                 raise self.fail(f"{asset}: the transit accounts hold {transit.get(asset, 0)}, the streams have "
@@ -874,10 +997,14 @@ def _exit(message: str) -> None:
     raise OwnerExited(message)
 
 
-def _lsn_of(ledger: Ledger, value: Any) -> tuple[Any, int]:
-    return value, getattr(value, "lsn", 0)
+def _value(reply: Reply | BatchReply) -> Any:
+    if isinstance(reply, BatchReply):
+        return reply.failed if reply.failed is not None else reply.results
+    return reply.value
 
 
-def _retried(command: Transfer, transaction_id: str) -> Transfer:
-    """A client's retry: the same request, which the server gives a new transaction id."""
-    return replace(command, transaction_id=transaction_id)
+def _atomic_now(ledger: Ledger, commands: list[Transfer], credits: list[Any] | None) -> BatchReply:
+    """``Ledger.transfer_batch(..., atomic=True)`` at once: no shard is in the middle of a step
+    between two steps of the simulation (what the pause gives the lead shard in the server)."""
+    ledger.wal.check_writable()
+    return ledger.commit_atomic_now(commands, credits)
