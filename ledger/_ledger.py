@@ -759,19 +759,22 @@ class Ledger:
         the captured amount goes to the transit account and is owed under ``reservation``.
         ``Aborted`` when the receiver's group had that reservation aborted."""
         assert self.directory.groups > 1
-
-        def submit() -> Reply:
-            route = self.directory.hold_routes.get(transaction_id)
-            if route is None:
-                return self._not_pending(transaction_id, idempotency)
-            from_wallet_id, to_wallet_id, _ = route
-            return self._submit_remote(from_wallet_id, ResolveHold(
-                transaction_id=transaction_id, capture=True, amount=amount, from_wallet_id=from_wallet_id,
-                to_wallet_id=to_wallet_id, owner_id=owner_id, idempotency=idempotency, reservation=reservation,
-            ), credit)
-
-        outcome: ItemOutcome | Aborted = await self._keyed(idempotency, submit)
+        outcome: ItemOutcome | Aborted = await self._keyed(idempotency, lambda: self.submit_capture_across(
+            transaction_id, reservation=reservation, amount=amount, owner_id=owner_id, idempotency=idempotency,
+            credit=credit))
         return outcome
+
+    def submit_capture_across(self, transaction_id: str, *, reservation: str, amount: int | None,
+                              owner_id: str | None, idempotency: Idempotency | None, credit: CreditCheck) -> Reply:
+        """The synchronous half of ``capture_across``. (The simulation calls it.)"""
+        route = self.directory.hold_routes.get(transaction_id)
+        if route is None:
+            return self._not_pending(transaction_id, idempotency)
+        from_wallet_id, to_wallet_id, _ = route
+        return self._submit_remote(from_wallet_id, ResolveHold(
+            transaction_id=transaction_id, capture=True, amount=amount, from_wallet_id=from_wallet_id,
+            to_wallet_id=to_wallet_id, owner_id=owner_id, idempotency=idempotency, reservation=reservation,
+        ), credit)
 
     def hold_route(self, transaction_id: str) -> tuple[str, str, int] | None:
         """A pending hold's (sender, receiver, held amount), or None."""
@@ -782,23 +785,30 @@ class Ledger:
         """The credit-side checks of ``amount`` to ``wallet_id`` as they stand, appending
         nothing: what a hold from another group is created with (its capture checks again, as
         inside one group)."""
-        shard = self._shard(wallet_id)
-        verdict: CreditCheck = await self._wait(shard.submit_query(
-            lambda state: _decide.check_credit_to(state, wallet_id, amount, pending=shard._pending.get(wallet_id, 0)),
-            lambda _: 0))
+        verdict: CreditCheck = await self._wait(self.submit_credit_check(wallet_id, amount))
         return verdict
+
+    def submit_credit_check(self, wallet_id: str, amount: int) -> Reply:
+        """The synchronous half of ``credit_check``. (The simulation calls it.)"""
+        shard = self._shard(wallet_id)
+        return shard.submit_query(
+            lambda state: _decide.check_credit_to(state, wallet_id, amount, pending=shard._pending.get(wallet_id, 0)),
+            lambda _: 0)
 
     async def refund_remaining(self, refund_of: str, wallet_id: str, original_amount: int) -> int:
         """What is left to refund of ``refund_of`` (received by ``wallet_id``, posted for
         ``original_amount``) as its refunding wallet's shard counts it now."""
-        shard = self._shard(wallet_id)
+        left: int = await self._wait(self.submit_refund_remaining(refund_of, wallet_id, original_amount))
+        return left
+
+    def submit_refund_remaining(self, refund_of: str, wallet_id: str, original_amount: int) -> Reply:
+        """The synchronous half of ``refund_remaining``. (The simulation calls it.)"""
 
         def remaining(state: State) -> int:
             tally = state.refunded.get(refund_of)
             return original_amount if tally is None else tally.original_amount - tally.refunded
 
-        left: int = await self._wait(shard.submit_query(remaining, lambda _: 0))
-        return left
+        return self._shard(wallet_id).submit_query(remaining, lambda _: 0)
 
     async def settle_reservation(self, transaction_id: str, wallet_id: str, *, credit: bool) -> bool:
         """Credits or releases a reservation; False when it was gone already."""

@@ -6,7 +6,8 @@ single-threaded and exactly reproducible.
 Each group is what ``tests/sim/cluster_sim.py`` simulates for one: real ``Standby`` objects
 copying the stream, a takeover by the fenced epoch append, then a real ``Ledger`` recovered from
 the copy, its WAL's ``replicate`` hook a real ``Replica``. What is new here is the traffic
-between the groups (single transfers, batches and atomic batches, within and between groups),
+between the groups (single transfers, batches and atomic batches, within and between groups;
+refunds, holds, their captures and voids between groups),
 run the way the HTTP worker's router runs it (``server._groups``), one call at a time: a
 transfer between groups reserves the credit at the receiver's group, commits at the sender's
 (its record is the commit point), settles the reservation at the receiver's and the transit at
@@ -37,7 +38,8 @@ The oracle, after every fault and at the end:
    aborted; per asset, every group's wallets, treasury part and transit account sum to zero
    (the ledger's invariant), and the transit accounts of all groups add up to exactly what is
    committed and not yet credited;
-5. an atomic batch is in one record of its sending group whole, or nowhere;
+5. an atomic batch is in one record of its sending group whole, or nowhere; the refunds of a
+   transaction never add up past its amount; a hold is captured or voided once;
    no idempotency key was executed twice (committed more than once in the sender's stream), and
    a key answered twice answered the same transaction;
 6. at the end, once the owners' background work has run: every committed transfer between
@@ -66,14 +68,20 @@ from ledger import (
     CreateWallet,
     CreditReserved,
     Duplicate,
+    HoldCaptured,
+    HoldVoided,
     Idempotency,
     Ledger,
     Overloaded,
+    Refund,
+    Refunded,
     Rejection,
     ReservationSettled,
     ReserveCredit,
+    ResolveHold,
     SettleReservation,
     SettleTransit,
+    TransactionStatus,
     TransactionType,
     Transfer,
     TransfersAborted,
@@ -117,7 +125,7 @@ class GroupsFaults:
     standby_restart: float = 0.001
     heartbeats_lost: float = 0.001
     stall: float = 0.005  # an owner's append hangs (a leader election), then is stored or fails
-    worker_stops: float = 0.02  # per call a worker is about to make
+    worker_stops: float = 0.01  # per call a worker is about to make
 
 
 @dataclass
@@ -141,6 +149,8 @@ class GroupsStats:
     unanswered: int = 0  # keyed requests that got 503 (or whose worker stopped): retried with the keys
     duplicates: int = 0  # keyed retries answered with the first execution
     atomic_across: int = 0  # atomic batches between groups committed whole
+    refunds_across: int = 0
+    captures_across: int = 0
     aborted: int = 0  # commits refused because the receiver's group had them aborted
     workers_stopped: int = 0
     owed_credited: int = 0  # credits the owners' background work asked for
@@ -237,6 +247,8 @@ class GroupsSimulation:
         self.acks: list[tuple[int, int, str | None]] = []
         self.answered_by_key: dict[str, str] = {}
         self.retry: list[Request] = []
+        self.refundable: list[Transfer] = []  # acknowledged transfers between groups
+        self.holds: list[Transfer] = []  # acknowledged holds between groups (maybe resolved since)
         self.atomic_batches: list[list[tuple[str, str | None]]] = []  # every one sent: (id, key) per item
         self.ready: set[int] = set()  # groups whose asset and wallets (with money) are acknowledged
 
@@ -434,7 +446,8 @@ class GroupsSimulation:
             return ledger.shards[shard_of(command.to_wallet_id, shards)].submit_transfer(command)
         if isinstance(command, CreateAsset):
             return ledger.shards[shard_of("treasury:" + command.code, shards)].submit_command(command)
-        wallet_id = command.wallet_id if isinstance(command, CreateWallet | SettleReservation) else command.to_wallet_id
+        wallet_id = (command.wallet_id if isinstance(command, CreateWallet | SettleReservation)
+                     else command.from_wallet_id if isinstance(command, ResolveHold) else command.to_wallet_id)
         return ledger.shards[shard_of(wallet_id, shards)].submit_command(command)
 
     def transfer(self, sender: int | None = None) -> Transfer:
@@ -604,6 +617,7 @@ class GroupsSimulation:
                 self.acks.append((sender, outcome.lsn, command.transaction_id))
                 if self.group_of(command.to_wallet_id) != sender:
                     self.stats.across_acknowledged += 1
+                    self.refundable.append(command)
                 if key is not None:
                     if key in self.answered_by_key and self.answered_by_key[key] != command.transaction_id:
                         raise self.fail(f"key {key} executed as {command.transaction_id} after "
@@ -618,6 +632,87 @@ class GroupsSimulation:
                         raise self.fail(f"key {key} answered {first}, first answered {known}")
             else:
                 assert isinstance(outcome, Rejection), outcome
+
+    def money_back(self) -> Work:
+        """A refund of an acknowledged transfer between groups (of part of it, all of it, or what
+        is left), a hold between groups, or a capture or void of one (each capture attempt under
+        an id of its own), as ``GroupRouter.refund`` and ``resolve_hold`` run them. Unkeyed: an
+        unanswered one is not retried."""
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.3 and self.refundable:
+            original = rng.choice(self.refundable)
+            yield from self.refund(original, rng.choice([None, 1, original.amount // 2 + 1, original.amount]))
+        elif roll < 0.5 or not self.holds:
+            sender = rng.choice(sorted(self.ready))
+            command = replace(self.transfer(sender), transaction_id=self.next_id("h"), hold_timeout_s=3600,
+                              idempotency=None)
+            sender_group, receiver_group = self.group_of(command.from_wallet_id), self.group_of(command.to_wallet_id)
+            if sender_group == receiver_group:
+                return
+            verdict = yield Ask(receiver_group, lambda ledger: ledger.submit_credit_check(command.to_wallet_id,
+                                                                                        command.amount))
+            created = yield Ask(sender_group, lambda ledger: ledger._submit_remote(
+                command.from_wallet_id or "", command, verdict))
+            if isinstance(created, Committed):
+                self.acks.append((sender_group, created.lsn, None))
+                self.holds.append(command)
+        else:
+            hold = rng.choice(self.holds)
+            sender, receiver = self.group_of(hold.from_wallet_id), self.group_of(hold.to_wallet_id)
+            if roll < 0.9:
+                yield from self.capture(hold, sender, receiver, rng.choice([None, 1, hold.amount // 2 + 1]))
+            else:
+                void = ResolveHold(transaction_id=hold.transaction_id, capture=False, amount=None,
+                                   from_wallet_id=hold.from_wallet_id or "", to_wallet_id=hold.to_wallet_id,
+                                   owner_id=None, idempotency=None)
+                yield Ask(sender, lambda ledger: self.submit_local(ledger, void))
+
+    def refund(self, original: Transfer, amount: int | None) -> Work:
+        refunding, receiving = self.group_of(original.to_wallet_id), self.group_of(original.from_wallet_id)
+        command = Refund(transaction_id=self.next_id("rf"), refund_of=original.transaction_id,
+                         from_wallet_id=original.to_wallet_id, to_wallet_id=original.from_wallet_id or "",
+                         amount=amount, original_type=TransactionType.TRANSFER,
+                         original_status=TransactionStatus.POSTED, original_amount=original.amount, description=None,
+                         metadata=None, idempotency=None)
+        if amount is None:
+            command = replace(command, amount=(yield Ask(refunding, lambda ledger: ledger.submit_refund_remaining(
+                original.transaction_id, original.to_wallet_id, original.amount))))
+            if command.amount == 0:
+                return
+        reservation = ReserveCredit(transaction_id=command.transaction_id, to_wallet_id=command.to_wallet_id,
+                                    amount=command.amount or 0, from_wallet_id=command.from_wallet_id,
+                                    from_group=refunding, description=None, metadata=None,
+                                    refund_of=original.transaction_id)
+        verdict = yield Ask(receiving, lambda ledger: self.submit_local(ledger, reservation),
+                            lambda ledger, decision: ledger._verdict(reservation, decision))
+        outcome = yield Ask(refunding, lambda ledger: ledger._submit_remote(command.from_wallet_id, command, verdict))
+        if verdict.failure is None:
+            yield from self.settle(refunding, receiving, [(command.transaction_id, command.to_wallet_id,
+                                                           isinstance(outcome, Committed))])
+        if isinstance(outcome, Committed):
+            self.acks.append((refunding, outcome.lsn, command.transaction_id))
+            self.stats.refunds_across += 1
+
+    def capture(self, hold: Transfer, sender: int, receiver: int, amount: int | None) -> Work:
+        route = yield Ask(sender, lambda ledger: _answered(ledger.hold_route(hold.transaction_id)))
+        if route is None:
+            return  # resolved already: the router would find no group with it and ask for a void's answer
+        from_wallet_id, to_wallet_id, held = route
+        attempt = self.next_id("cap_")
+        reservation = ReserveCredit(transaction_id=attempt, to_wallet_id=to_wallet_id,
+                                    amount=held if amount is None else amount, from_wallet_id=from_wallet_id,
+                                    from_group=sender, description=None, metadata=None,
+                                    capture_of=hold.transaction_id)
+        verdict = yield Ask(receiver, lambda ledger: self.submit_local(ledger, reservation),
+                            lambda ledger, decision: ledger._verdict(reservation, decision))
+        outcome = yield Ask(sender, lambda ledger: ledger.submit_capture_across(
+            hold.transaction_id, reservation=attempt, amount=amount, owner_id=None, idempotency=None, credit=verdict))
+        if verdict.failure is None:
+            yield from self.settle(sender, receiver, [(attempt, to_wallet_id, isinstance(outcome, Committed))])
+        if isinstance(outcome, Committed):
+            self.acks.append((sender, outcome.lsn, hold.transaction_id))
+            self.stats.captures_across += 1
 
     # -- the owners' background work (``server._crossing``), one call at a time -------------
 
@@ -673,6 +768,8 @@ class GroupsSimulation:
                 retried = self.retry.pop(rng.randrange(len(self.retry)))
                 self.start(self.client(Request([replace(command, transaction_id=self.next_id("tx"))
                                                 for command in retried.commands], retried.batch, retried.atomic)))
+            elif rng.random() < 0.3:
+                self.start(self.money_back())
             else:
                 self.start(self.client(self.request()))
         elif roll < 0.3:
@@ -851,7 +948,10 @@ class GroupsSimulation:
             event = records[number].get(lsn)
             if event is None:
                 raise self.fail(f"group {number}: LSN {lsn}, acknowledged, is not in the stream")
-            if transaction_id is not None and transaction_id not in {t.transaction_id for t in transfers_of(event)}:
+            ids = {move.transaction_id for move in transfers_of(event)}
+            if isinstance(event, HoldCaptured | HoldVoided):
+                ids.add(event.transaction_id)
+            if transaction_id is not None and transaction_id not in ids:
                 raise self.fail(f"group {number}: LSN {lsn} does not hold {transaction_id}, acknowledged there")
 
     def check_between(self, records: list[dict[int, Any]], transit: dict[str, int]) -> None:
@@ -862,10 +962,25 @@ class GroupsSimulation:
         credited: dict[str, int] = {}
         in_transit: dict[str, int] = {}
         located: dict[str, tuple[int, int]] = {}  # every posted transfer: id -> (group, LSN)
+        refunded: dict[str, int] = {}
+        resolved: set[str] = set()  # holds captured or voided
         for number, by_lsn in enumerate(records):
             for lsn, event in by_lsn.items():
+                if isinstance(event, HoldCaptured | HoldVoided):
+                    if event.transaction_id in resolved:
+                        raise self.fail(f"hold {event.transaction_id} resolved twice")
+                    resolved.add(event.transaction_id)
+                if isinstance(event, HoldCaptured) and event.reservation is not None:
+                    # Captured to another group: owed under the attempt's id.
+                    committed[event.reservation] = (event.to_wallet_id, event.amount)
+                    in_transit[event.asset] = in_transit.get(event.asset, 0) + event.amount
                 for move in transfers_of(event):
                     located[move.transaction_id] = (number, lsn)
+                    if isinstance(move, Refunded):
+                        refunded[move.refund_of] = refunded.get(move.refund_of, 0) + move.amount
+                        if refunded[move.refund_of] > move.original_amount:
+                            raise self.fail(f"refunds of {move.refund_of} add up to {refunded[move.refund_of]}, "
+                                            f"past its {move.original_amount}")
                     key = None if move.idempotency is None else move.idempotency.key
                     if key is not None and not key.startswith("dep-"):
                         if key in keys:
@@ -1001,6 +1116,15 @@ def _value(reply: Reply | BatchReply) -> Any:
     if isinstance(reply, BatchReply):
         return reply.failed if reply.failed is not None else reply.results
     return reply.value
+
+
+def _answered(value: Any) -> Reply:
+    """A reply answered at once from the owner's memory (a read the port answers without the
+    actors); it still waits for the owner's confirmation, as every reply of the port does."""
+    reply = Reply()
+    reply.value = value
+    reply._wake(None)
+    return reply
 
 
 def _atomic_now(ledger: Ledger, commands: list[Transfer], credits: list[Any] | None) -> BatchReply:

@@ -29,7 +29,8 @@ def test_the_groups_faults_and_paths_are_exercised_across_the_ci_seeds() -> None
     """Over the CI seeds: both group counts, every fault, and every path of the protocol between
     groups: credits the owners finished for stopped workers, reservations resolved by asking the
     sender's group (presumed abort), a commit refused because that group had aborted it, keyed
-    retries answered with their first execution, atomic batches between groups committed."""
+    retries answered with their first execution, atomic batches, refunds and hold captures between
+    groups committed."""
     totals: dict[str, int] = {}
     counts = set()
     for seed in CI_SEEDS:
@@ -40,7 +41,8 @@ def test_the_groups_faults_and_paths_are_exercised_across_the_ci_seeds() -> None
     assert counts == {2, 3}, counts
     needed = ("takeovers", "owner_crashes", "pauses", "fenced", "lost_acks", "unavailable", "exits_unavailable",
               "standby_restarts", "heartbeats_lost", "stalls", "stalls_failed", "workers_stopped", "owed_credited",
-              "reservations_resolved", "aborted", "duplicates", "unanswered", "atomic_across")
+              "reservations_resolved", "aborted", "duplicates", "unanswered", "atomic_across", "refunds_across",
+              "captures_across")
     assert all(totals[name] > 0 for name in needed), {name: totals[name] for name in needed}
 
 
