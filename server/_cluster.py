@@ -32,6 +32,10 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.abc
 
 from server._supervisor import (
     POLL_S,
@@ -50,6 +54,8 @@ log = logging.getLogger("server.cluster")
 MEMBERS = ("a", "b")
 CLUSTER_FILE = "cluster.json"
 STATUS_DIR = "members"
+# How long a member's status line published on NATS counts (``ClusterWatch``).
+FRESH_S = 3.0
 
 
 def status_dir(data_dir: Path) -> Path:
@@ -207,22 +213,107 @@ def cluster_view(data_dir: Path) -> dict[str, Any] | None:
         except (OSError, ValueError):
             continue
     alive = [line for line in lines if _alive(int(line.get("pid", 0)))]
-    leaders = {line.get("leader") for line in alive if line.get("role") == "owner"} - {None}
-    groups = []
-    for group in range(int(cluster["groups"])):
-        mine = [line for line in alive if line.get("group") == group]
+    groups, leaders = groups_view(alive, int(cluster["groups"]))
+    nodes = [{"pid": node["pid"], "url": node["url"], "leader": node["name"] in leaders}
+             for node in cluster["nodes"]]
+    return {"groups": groups, "log": {"nodes": nodes}}
+
+
+def groups_view(lines: list[dict[str, Any]], groups: int) -> tuple[list[dict[str, Any]], set[str]]:
+    """The ``groups`` of ``GET /v1/admin/cluster`` from the members' status lines (of live
+    processes), and the names of the log nodes that lead a group's stream."""
+    leaders = {line.get("leader") for line in lines if line.get("role") == "owner"} - {None}
+    view = []
+    for group in range(groups):
+        mine = [line for line in lines if line.get("group") == group]
         owners = sorted((line for line in mine if line.get("role") == "owner"), key=lambda line: -line["epoch"])
         owner = owners[0] if owners else None
-        groups.append({
+        view.append({
             "group": group,
             "owner": None if owner is None else {"pid": owner["pid"], "node": owner["node"], "epoch": owner["epoch"]},
             "standbys": [{"pid": line["pid"], "node": line["node"], "lsn": line["lsn"]}
                          for line in mine if line.get("role") == "standby"],
             "lsn": 0 if owner is None else owner["lsn"],
         })
-    nodes = [{"pid": node["pid"], "url": node["url"], "leader": node["name"] in leaders}
-             for node in cluster["nodes"]]
-    return {"groups": groups, "log": {"nodes": nodes}}
+    return view, {str(leader) for leader in leaders}
+
+
+class ClusterWatch:
+    """``GET /v1/admin/cluster`` for a worker that has no ``wallet cluster up`` on its host (a
+    ``wallet cluster worker`` of a cluster on several hosts): what NATS tells it. Every member
+    publishes its status line on ``STATUS_SUBJECT`` each time it writes it (every
+    ``STATUS_EVERY_S``); the watch keeps the newest line of each member process and shows those
+    heard in the last ``FRESH_S``, so a member killed drops out within that (the file view of
+    ``cluster up`` sees a dead process at once). The log's nodes are the worker's NATS URLs, each
+    asked for its name by the ``INFO`` line a NATS server sends first on a connection; a node's
+    pid lives on another host and is ``null`` here."""
+
+    def __init__(self, servers: list[str], groups: int) -> None:
+        self._servers = servers
+        self._groups = groups
+        self._lines: dict[tuple[int, str, int], tuple[dict[str, Any], float]] = {}
+        self.heard = 0
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        # With the NATS client: only cluster workers load them.
+        from server._member import STATUS_SUBJECT
+        from wal import StreamClient
+
+        task_status.started()
+        while True:
+            client = StreamClient(self._servers, name=f"wallet-watch-{os.getpid()}")
+            try:
+                await anyio.to_thread.run_sync(client.connect)
+                await anyio.to_thread.run_sync(client.subscribe_core, STATUS_SUBJECT, self._on_status)
+                await anyio.sleep_forever()
+            except Exception as error:
+                log.warning("cluster watch: NATS at %s: %s; trying again", ",".join(self._servers), error)
+                await anyio.sleep(1.0)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(client.close)
+
+    def _on_status(self, data: bytes) -> None:  # the NATS client's thread: a dict store
+        try:
+            line = json.loads(data)
+            key = (int(line["group"]), str(line["node"]), int(line["pid"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        self._lines[key] = (line, time.monotonic())
+        self.heard += 1
+
+    async def view(self) -> dict[str, Any]:
+        now = time.monotonic()
+        fresh = [line for line, heard in list(self._lines.values())
+                 if now - heard <= FRESH_S and line.get("role") in ("owner", "standby")]
+        groups, leaders = groups_view(fresh, self._groups)
+        names = [await node_name_at(url) for url in self._servers]
+        nodes = [{"pid": None, "url": url, "leader": name is not None and name in leaders}
+                 for url, name in zip(self._servers, names, strict=True)]
+        return {"groups": groups, "log": {"nodes": nodes}}
+
+
+async def node_name_at(url: str, timeout_s: float = 1.0) -> str | None:
+    """The ``server_name`` of the NATS server at ``url`` (``nats://host:port``), from the
+    ``INFO`` line it sends first; None when it does not answer in time."""
+    parts = urlsplit(url)
+    try:
+        with anyio.fail_after(timeout_s):
+            stream = await anyio.connect_tcp(parts.hostname or "127.0.0.1", parts.port or 4222)
+            async with stream:
+                data = b""
+                while b"\r\n" not in data and len(data) < 65536:
+                    data += await stream.receive()
+    except (OSError, TimeoutError, anyio.EndOfStream):
+        return None
+    line = data.split(b"\r\n", 1)[0]
+    if not line.startswith(b"INFO "):
+        return None
+    try:
+        name = json.loads(line[5:]).get("server_name")
+    except ValueError:
+        return None
+    return str(name) if name else None
 
 
 def _alive(pid: int) -> bool:

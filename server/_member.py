@@ -77,6 +77,10 @@ def log_subject(group: int) -> str:
     return f"wallet.g{group}.log"
 
 
+# Every member's status line, for the workers of other hosts (``server._cluster.ClusterWatch``).
+STATUS_SUBJECT = "wallet.cluster.status"
+
+
 def heartbeat_subject(group: int) -> str:
     return f"wallet.g{group}.hb"
 
@@ -522,10 +526,12 @@ def run_member(options: Any, *, group: int, slot: str, servers: list[str], statu
     tune_gc()
     node = node_name(slot)
     status_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    status = partial(_status, status_dir, f"g{group}-{slot}", group, node)
+    published: list[StreamClient] = []  # the client, once connected: lines go to NATS too
+    status = partial(_status, status_dir, f"g{group}-{slot}", group, node, published)
     status(role="starting", epoch=0, lsn=0, leader=None)
     client = _log_client(servers, group, name=f"wallet-g{group}-{slot}-{os.getpid()}",
                          groups=getattr(options, "groups", 1))
+    published.append(client)
     data_dir: Path = options.data_dir
     shutil.rmtree(data_dir, ignore_errors=True)  # only the stream is trusted (module docstring)
     data_dir.mkdir(mode=0o700, parents=True)
@@ -562,8 +568,13 @@ def run_member(options: Any, *, group: int, slot: str, servers: list[str], statu
         client.close()
 
 
-def _status(directory: Path, name: str, group: int, node: str, *, role: str, epoch: int, lsn: int,
-            leader: str | None) -> None:
-    write_status(directory, name, {"group": group, "role": role, "pid": os.getpid(), "node": node,
-                                   "epoch": epoch, "lsn": lsn, "leader": leader, "at": time.time()})
+def _status(directory: Path, name: str, group: int, node: str, published: list[StreamClient], *, role: str,
+            epoch: int, lsn: int, leader: str | None) -> None:
+    """Writes this member's status line next to ``cluster up``'s table, and publishes it for the
+    workers of other hosts (``server._cluster.ClusterWatch``; fire and forget)."""
+    line = {"group": group, "role": role, "pid": os.getpid(), "node": node, "epoch": epoch, "lsn": lsn,
+            "leader": leader, "at": time.time()}
+    write_status(directory, name, line)
+    for client in published:
+        client.publish_nowait(STATUS_SUBJECT, json.dumps(line).encode())
 

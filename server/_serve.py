@@ -357,7 +357,8 @@ def _http_app(options: ServeOptions, deps: Deps) -> tuple[Any, Config]:
 
 
 def _deps(options: ServeOptions, *, port: RemoteCalls | None = None,
-          exposition: Callable[[], Awaitable[bytes]] | None = None) -> Deps:
+          exposition: Callable[[], Awaitable[bytes]] | None = None,
+          cluster: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> Deps:
     """What the routes are built from. ``port`` is None in one process: its ``LocalPort`` is
     set once recovery has finished."""
     from server.api import Deps, RateLimiter
@@ -368,7 +369,7 @@ def _deps(options: ServeOptions, *, port: RemoteCalls | None = None,
     return Deps.build(
         admin_token=admin_token(options.data_dir), port=port, limiter=limiter, limit_admin=options.rate_limit_admin,
         batches_in_flight_max=options.max_batches_in_flight, data_dir=options.data_dir, exposition=exposition,
-        allow_private_webhooks=options.allow_private_webhooks,
+        allow_private_webhooks=options.allow_private_webhooks, cluster=cluster,
     )
 
 
@@ -678,7 +679,14 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int, serv
         exposition = MultiProcessScrape(remote, options.data_dir, multiproc_dir)
     else:  # not under the supervisor (which always sets it): this worker's own series only
         log.warning("%s is not set: /metrics shows this worker's series only", MULTIPROC_DIR_ENV)
-    deps = _deps(options, port=remote, exposition=exposition)
+    watch = None
+    if options.cluster:
+        from server._cluster import ClusterWatch, cluster_view
+
+        if cluster_view(options.data_dir) is None:
+            # A worker without ``wallet cluster up`` on its host: the cluster as NATS tells it.
+            watch = ClusterWatch(servers or [], options.groups)
+    deps = _deps(options, port=remote, exposition=exposition, cluster=None if watch is None else watch.view)
     app, config = _http_app(options, deps)
     config.bind = [f"fd://{fd}"]
     lag: LoopLag = loop_lag(deps.metrics.loop_lag, "http")
@@ -704,6 +712,8 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int, serv
         group.start_soon(_signals, shutdown)
         group.start_soon(lag.run)
         await group.start(remote.run)
+        if watch is not None:
+            await group.start(watch.run)
 
         async def up() -> None:
             await remote.connected.wait()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ledger import HistoryLagging, Overloaded
 from server._errors import ApiError, overloaded
@@ -65,13 +65,16 @@ class Deps:
     batches: BatchGate = field(default_factory=BatchGate)
     data_dir: Path | None = None
     allow_private_webhooks: bool = False  # webhook URLs may reach this host's network (tests)
+    # ``GET /v1/admin/cluster`` of a cluster worker with no ``wallet cluster up`` on its host.
+    cluster: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
     @classmethod
     def build(cls, *, admin_token: str, port: LedgerPort | None = None, limiter: RateLimiter | None = None,
               limit_admin: bool = False, batches_in_flight_max: int = BATCHES_IN_FLIGHT_MAX,
               data_dir: Path | None = None,
               exposition: Callable[[], Awaitable[bytes]] | None = None,
-              allow_private_webhooks: bool = False) -> Deps:
+              allow_private_webhooks: bool = False,
+              cluster: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> Deps:
         """``exposition`` is what ``GET /metrics`` answers, when not this process's registry."""
         slot = PortSlot(port)
         # The metrics read the ledger's statistics() through the slot: a LocalPort's ledger in
@@ -80,7 +83,7 @@ class Deps:
         return cls(
             admin_token=admin_token.encode(), ledger=slot, metrics=metrics, limiter=limiter,
             limit_admin=limit_admin, batches=BatchGate(batches_in_flight_max), data_dir=data_dir,
-            allow_private_webhooks=allow_private_webhooks,
+            allow_private_webhooks=allow_private_webhooks, cluster=cluster,
         )
 
     def port(self) -> LedgerPort:

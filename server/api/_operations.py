@@ -89,12 +89,15 @@ class Operations:
         ]})
 
     async def cluster(self, request: Request) -> Response:
-        """Admin: the cluster's groups, their owners and standbys, and the log's nodes
-        (``wallet cluster up``); 404 ``not_found`` outside a cluster."""
+        """Admin: the cluster's groups, their owners and standbys, and the log's nodes (from
+        ``wallet cluster up``'s files on this host, else from NATS); 404 ``not_found`` outside a
+        cluster."""
         await admin(self._deps, request)
         v.query(request, set())
         data_dir = self._deps.data_dir
         view = None if data_dir is None else cluster_view(data_dir)
+        if view is None and self._deps.cluster is not None:
+            view = await self._deps.cluster()
         if view is None:
             raise ApiError(404, "not_found", "Not found", "this server is not part of a cluster (wallet cluster up)")
         return json_response(view)

@@ -124,6 +124,24 @@ def _post(http: httpx.Client, path: str, body: dict[str, Any], key: str | None =
     return None if response.status_code == 503 else response
 
 
+def _cluster_view(http: httpx.Client, owner: Host, standby: Host) -> dict[str, Any] | None:
+    """``GET /v1/admin/cluster`` of the worker once it shows ``owner`` and ``standby`` (the
+    members' lines reach it over NATS), else None."""
+    response = http.get("/v1/admin/cluster")
+    assert response.status_code == 200, response.text
+    view: dict[str, Any] = response.json()
+    (group,) = view["groups"]
+    owner_pid = None if owner.process is None else owner.process.pid
+    standby_pid = None if standby.process is None else standby.process.pid
+    if group["owner"] is None or group["owner"]["pid"] != owner_pid:
+        return None
+    if [line["pid"] for line in group["standbys"]] != [standby_pid] or group["lsn"] == 0:
+        return None  # (the owner's line of before its first commit)
+    if not any(node["leader"] for node in view["log"]["nodes"]):
+        return None  # (the owner has not yet learnt its stream's leader)
+    return view
+
+
 def test_members_and_a_worker_started_apart_serve_and_survive_the_owners_sigkill(hosts: dict[str, Host]) -> None:
     url = f"http://127.0.0.1:{hosts['w'].port}"  # type: ignore[attr-defined]
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
@@ -143,6 +161,16 @@ def test_members_and_a_worker_started_apart_serve_and_survive_the_owners_sigkill
                                                         "amount": 7}, headers={"Idempotency-Key": f"t{number}"})
             assert response.status_code == 201, response.text
             moved += 7
+        # The worker has no ``cluster up`` on its host: its view of the cluster comes from NATS.
+        other = hosts["b" if first is hosts["a"] else "a"]
+        view = _until(lambda: _cluster_view(http, first, other), 15, "the worker's view of the cluster", hosts)
+        (group,) = view["groups"]
+        assert group["group"] == 0 and group["owner"]["epoch"] >= 1 and group["lsn"] > 0, view
+        assert group["owner"]["node"].endswith("/a" if first is hosts["a"] else "/b"), view
+        nodes = view["log"]["nodes"]
+        assert sorted(node["url"] for node in nodes) == sorted(hosts["w"].command[hosts["w"].command.index(
+            "--servers") + 1].split(",")), view
+        assert [node["leader"] for node in nodes].count(True) == 1 and all(node["pid"] is None for node in nodes), view
 
         killed = first.process
         assert killed is not None
@@ -169,6 +197,8 @@ def test_members_and_a_worker_started_apart_serve_and_survive_the_owners_sigkill
         assert balances == {"alice": 1000 - moved, "bob": moved}
         _until(lambda: (other.status() or {}).get("role") == "standby", 30, "the other member as a standby",
                hosts)
+        # The dead owner's line ages out of the worker's view; the new owner's comes in.
+        _until(lambda: _cluster_view(http, second, other), 15, "the worker's view after the takeover", hosts)
     assert hosts["w"].stop() == 0, hosts["w"].log()[-3000:]
     config = (hosts["n0"].data / "nats.conf").read_text()
     assert "sync_interval: always" in config and "server_name: n0" in config, config
