@@ -108,9 +108,9 @@ crashloop: bytecode
 
 # The same against `wallet cluster up`: the owner (SIGKILL, or SIGSTOP past the takeover), the
 # standby, a NATS node or an HTTP worker broken under load each iteration (default 20 here);
-# prints what was broken and the takeover times.
+# prints what was broken and the takeover times. GROUPS=2: two ledger groups, transfers between them.
 crashloop-cluster: bytecode
-	ITERATIONS=$(if $(filter file,$(origin ITERATIONS)),20,$(ITERATIONS)) $(BIN)/python -m tests.e2e.crashloop_cluster
+	ITERATIONS=$(if $(filter file,$(origin ITERATIONS)),20,$(ITERATIONS)) CLUSTER_GROUPS=$(GROUPS) $(BIN)/python -m tests.e2e.crashloop_cluster
 
 # `wallet bench`, the benchmark harness (README, *Benchmarks*). `make bench` runs the standard
 # set below, one after the other (a few minutes), each writing JSON (and a PNG chart when

@@ -46,9 +46,8 @@ class ClusterProcess(ServerProcess):
 
 
 def healthy(view: dict[str, Any]) -> bool:
-    """The group has an owner and a standby."""
-    group = view["groups"][0]
-    return group["owner"] is not None and len(group["standbys"]) == 1
+    """Every group has an owner and a standby."""
+    return all(group["owner"] is not None and len(group["standbys"]) == 1 for group in view["groups"])
 
 
 def all_up(view: dict[str, Any]) -> bool:

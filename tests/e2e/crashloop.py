@@ -47,12 +47,16 @@ def seed_from_environment() -> int:
 
 async def iterate(server: ServerProcess, *, iterations: int, seed: int, clients: int, disrupt: Disrupt,
                   mend: Mend, pause_unanswered_s: float = 0.0, history_every_iteration: bool = False,
+                  settle_s: float = 0.0,
                   report: Callable[[dict[str, Any]], None] | None = None) -> tuple[Ledgerbook, list[dict[str, Any]]]:
     """``iterations`` times: load from ``clients`` clients, ``disrupt`` after a random moment
     (0.2-1.5 s), stop the load, ``mend``, retry every unanswered request with its key, and check
     the server against the clients' record (balances and conservation every iteration; the
-    history too with ``history_every_iteration``, else after the last). Returns the record and
-    one dict per iteration (with ``retried``: how many requests were left unanswered)."""
+    history too with ``history_every_iteration``, else after the last). With ``settle_s``, a
+    check that fails is repeated until it holds, for up to that long (several ledger groups: the
+    owners finish credits the workers left); the iteration's ``settle_s`` is the time until it
+    held and ``checks`` the number of checks. Returns the record and one dict per iteration (with ``retried``: how many requests
+    were left unanswered)."""
     rng = random.Random(seed)
     ids = [f"cl{index}" for index in range(WALLETS)]
     book = Ledgerbook()
@@ -71,11 +75,21 @@ async def iterate(server: ServerProcess, *, iterations: int, seed: int, clients:
         record.update(iteration=iteration, retried=len(book.unanswered))
         async with server.async_client() as http:
             await retry_unanswered(http, book)
-            try:
-                await check_against_book(http, ids, book, deposit=DEPOSIT,
-                                         history=history_every_iteration or iteration == iterations - 1)
-            except AssertionError as error:
-                raise AssertionError(f"seed {seed} iteration {iteration} ({record}): {error}") from None
+            history = history_every_iteration or iteration == iterations - 1
+            checked = trio.current_time()
+            checks = 0
+            while True:
+                checks += 1
+                try:
+                    await check_against_book(http, ids, book, deposit=DEPOSIT, history=history)
+                    break
+                except AssertionError as error:
+                    if trio.current_time() - checked < settle_s:
+                        await trio.sleep(0.5)
+                        continue
+                    raise AssertionError(f"seed {seed} iteration {iteration} ({record}): {error}") from None
+            if settle_s:
+                record.update(settle_s=round(trio.current_time() - checked, 2), checks=checks)
         record["acknowledged"] = len(book.acknowledged)
         records.append(record)
         if report is not None:

@@ -1,6 +1,7 @@
 """The short cluster crash loop CI runs (``make crashloop-cluster`` runs a long one, drawing what
 it breaks from the seed): the owner SIGKILLed, a NATS node SIGKILLed, the owner SIGSTOPped past
-the takeover and resumed, each under load and checked against the clients' record."""
+the takeover and resumed, each under load and checked against the clients' record; and with two
+ledger groups."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import msgpack
 import pytest
 
 from server._member import KIND, log_subject, stream_name
+from tests._budget import scaled
 from tests.e2e.crashloop_cluster import StreamAudit, cluster_crash_loop
 from wal.testing import FakeStream
 
@@ -23,6 +25,23 @@ async def test_cluster_crash_loop_short(tmp_path: Path) -> None:
     assert totals["epochs"] >= 3, totals  # the first owner's, then one per takeover, nothing else
     assert totals["acknowledged"] > 0
     assert totals["retried"] > 0, "no request was in flight at any failure: the loop proved nothing"
+
+
+async def test_cluster_crash_loop_two_groups(tmp_path: Path) -> None:
+    """Two ledger groups, transfers between them about half the time: an owner SIGKILLed, an
+    owner SIGSTOPped past its takeover and resumed, an HTTP worker SIGKILLed (and a standby under
+    ``make test-long``), each in a group the seed picks; checked against the clients' record once
+    the owners have finished what the workers left (``make crashloop-cluster GROUPS=2``: longer)."""
+    actions = ["owner", "pause", "worker", "standby"][:scaled(3, 4)]
+    totals = await cluster_crash_loop(tmp_path / "data", iterations=len(actions), seed=11, groups=2,
+                                      actions=actions)
+    records = totals["records"]
+    assert [record["killed"].split(" ")[0] for record in records] == [
+        "owner", "owner", "worker", "standby"][:len(actions)]
+    assert records[1]["exit"] == 75
+    assert {record.get("group") for record in records[:2]} <= {0, 1}
+    assert totals["epochs"] >= 4, totals  # each group's first owner, then one per takeover
+    assert totals["acknowledged"] > 0 and totals["retried"] > 0
 
 
 def test_the_stream_audit_finds_an_append_of_a_replaced_owner() -> None:

@@ -10,17 +10,24 @@ from typing import Any
 import pytest
 
 from server._crossing import Crossing
-from tests.sim.groups_sim import GroupsSimulation
+from tests.sim.groups_sim import GroupsSimulation, GroupsStats
 from tests.sim.sim import SimulationFailed
 from wal.testing import FakeStreamClient
 
 CI_SEEDS = list(range(1, 7))
 STEPS = int(os.environ.get("SIM_GROUPS_STEPS", "3000"))
+_runs: dict[int, GroupsStats] = {}  # the module's tests run in one process: each seed runs once
+
+
+def _run(seed: int) -> GroupsStats:
+    if seed not in _runs:
+        _runs[seed] = GroupsSimulation(seed, steps=STEPS).run()
+    return _runs[seed]
 
 
 @pytest.mark.parametrize("seed", CI_SEEDS)
 def test_groups_simulation_seed(seed: int) -> None:
-    stats = GroupsSimulation(seed, steps=STEPS).run()
+    stats = _run(seed)
     assert stats.across_acknowledged > 0
     assert stats.takeovers >= stats.groups
 
@@ -34,7 +41,7 @@ def test_the_groups_faults_and_paths_are_exercised_across_the_ci_seeds() -> None
     totals: dict[str, int] = {}
     counts = set()
     for seed in CI_SEEDS:
-        stats = GroupsSimulation(seed, steps=STEPS).run()
+        stats = _run(seed)
         counts.add(stats.groups)
         for name, value in vars(stats).items():
             totals[name] = totals.get(name, 0) + value
@@ -50,7 +57,7 @@ def test_a_groups_seed_replays_exactly() -> None:
     assert GroupsSimulation(4, steps=1500).run() == GroupsSimulation(4, steps=1500).run()
 
 
-def _first_failure(seeds: range) -> str:
+def _first_failure(seeds: list[int]) -> str:
     for seed in seeds:
         try:
             GroupsSimulation(seed, steps=STEPS).run()
@@ -70,7 +77,8 @@ def test_the_oracle_catches_a_credit_asked_before_the_commit_is_durable(monkeypa
                 if now - self._owed_since.setdefault(transaction_id, (now, 0))[0] >= self._owed_after_s]
 
     monkeypatch.setattr(Crossing, "due_owed", undurable)
-    assert "which no sender's stream committed" in _first_failure(range(1, 40))
+    # Seed 8 is the first of 1-40 to catch it today; the others follow should that change.
+    assert "which no sender's stream committed" in _first_failure([8, *range(1, 40)])
 
 
 def test_the_oracle_catches_a_stream_without_its_fence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,4 +90,5 @@ def test_the_oracle_catches_a_stream_without_its_fence(monkeypatch: pytest.Monke
         return publish(self, subject, data, expected_last_seq=len(stream), **options)
 
     monkeypatch.setattr(FakeStreamClient, "publish", unfenced)
-    assert any(phrase in _first_failure(range(1, 40)) for phrase in ("two owners appended", "refused the stream"))
+    assert any(phrase in _first_failure(list(range(1, 40))) for phrase in ("two owners appended",
+                                                                           "refused the stream"))
