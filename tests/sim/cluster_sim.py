@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -63,7 +64,7 @@ from ledger import (
     is_treasury,
     recover,
 )
-from server._member import KIND, Replica, Standby, log_subject, stream_name
+from server._member import KIND, Replica, Standby, heartbeat_subject, log_subject, stream_name
 from tests.sim.sim import Pending, Simulation, SimulationFailed, Stats, transfers_of
 from wal import Mirror, MirrorError
 from wal.testing import FakeStream, StoredMessage, all_frames
@@ -124,12 +125,78 @@ class Member:
     next_beat: float = 0.0
     starts: int = 0
 
+    # What a member process does, for both simulations (``groups_sim`` has several groups).
+
+    def start_standby(self, stream: FakeStream, group: int, *, takeover_after_s: float,
+                      clock: Callable[[], float]) -> None:
+        """The process starts: an empty copy, then tail the stream."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(mode=0o700, parents=True)
+        self.starts += 1
+        self.standby = Standby(stream.client(), group=group, data_dir=self.directory, node=self.name, status=quiet,
+                               takeover_after_s=takeover_after_s, clock=clock, sleep=lambda seconds: None)
+        self.standby.listen()
+
+    def stop_standby(self, stream: FakeStream, group: int) -> None:
+        standby = self.standby
+        assert standby is not None
+        stream.listeners[heartbeat_subject(group)].remove(standby._on_heartbeat)
+        standby.mirror.close()
+        self.standby = None
+
+    def won(self, stream: FakeStream, group: int, seq: int, *, clock: Callable[[], float]) -> tuple[int, Replica]:
+        """``run_member`` after ``Standby.run`` returned ``seq``: the epoch won, and the
+        Replica that publishes the owner's group commits (the ledger is the caller's)."""
+        standby = self.standby
+        assert standby is not None
+        epoch, copied = standby.epoch, standby.mirror.last_lsn
+        self.stop_standby(stream, group)
+        replica = Replica(stream.client(), group=group, epoch=epoch, last_seq=seq, node=self.name, status=quiet,
+                          exit=_exit, clock=clock)
+        replica.lsn = copied
+        return epoch, replica
+
+    def end(self) -> None:
+        """The process is gone, or the run ends: what it held is let go."""
+        if self.recovered is not None:
+            self.recovered.close()
+        if self.ledger is not None:
+            self.ledger.wal.release()
+        if self.standby is not None:
+            self.standby.mirror.close()
+        self.ledger = self.replica = self.recovered = self.standby = None
+        self.paused_until = None
+        self.replaced_while_paused = False
+
+
+class StreamFaults:
+    """The stream's two faults, for both simulations: an ack lost (the next append is stored,
+    its publisher told ``LogUnavailable``) and the stream unavailable (leader loss)."""
+
+    stream: FakeStream
+    stats: Any  # with ``lost_acks``
+    lose_next_ack: bool = False
+
+    def _lose_ack(self, message: StoredMessage) -> bool:
+        if self.lose_next_ack:
+            self.lose_next_ack = False
+            self.stats.lost_acks += 1
+            return True
+        return False
+
+    def set_unavailable(self, unavailable: bool) -> None:
+        self.stream.unavailable = self.stream.reads_unavailable = unavailable
+
 
 def quiet(**status: Any) -> None:
     pass
 
 
-class ClusterSimulation(Simulation):
+def _exit(message: str) -> None:
+    raise OwnerExited(message)
+
+
+class ClusterSimulation(Simulation, StreamFaults):
     def __init__(self, seed: int, *, steps: int, faults: ClusterFaults | None = None,
                  members: int | None = None) -> None:
         super().__init__(seed, steps=steps)
@@ -166,36 +233,14 @@ class ClusterSimulation(Simulation):
     # -- members ---------------------------------------------------------------------------
 
     def start_standby(self, member: Member) -> None:
-        """What a member process does when it starts: an empty copy, then tail the stream."""
-        shutil.rmtree(member.directory, ignore_errors=True)
-        member.directory.mkdir(mode=0o700, parents=True)
-        member.starts += 1
-        standby = Standby(self.stream.client(), group=GROUP, data_dir=member.directory, node=member.name,
-                          status=quiet, takeover_after_s=self.takeover_after_s, clock=self.mono,
-                          sleep=lambda seconds: None)
-        standby.listen()
-        member.standby = standby
-
-    def stop_standby(self, member: Member) -> None:
-        standby = member.standby
-        assert standby is not None
-        self.stream.listeners[f"wallet.g{GROUP}.hb"].remove(standby._on_heartbeat)
-        standby.mirror.close()
-        member.standby = None
+        member.start_standby(self.stream, GROUP, takeover_after_s=self.takeover_after_s, clock=self.mono)
 
     def take_over(self, member: Member, seq: int) -> None:
         """``run_member`` after ``Standby.run`` returned: a Replica, recovery of the copy, the
         ledger with the Replica as its WAL's ``replicate``."""
-        standby = member.standby
-        assert standby is not None
         self.stats.takeovers += 1
-        epoch = standby.epoch
+        epoch, replica = member.won(self.stream, GROUP, seq, clock=self.mono)
         self.winners[epoch] = member.name
-        copied = standby.mirror.last_lsn
-        self.stop_standby(member)
-        replica = Replica(self.stream.client(), group=GROUP, epoch=epoch, last_seq=seq, node=member.name,
-                          status=quiet, exit=self._exit, clock=self.mono)
-        replica.lsn = copied
         previous = self.owner
         if previous is not None:
             # Still a process (paused, or about to learn it was replaced): its replies wait with it.
@@ -218,9 +263,6 @@ class ClusterSimulation(Simulation):
         replica.serving()
         self.serve()  # with the whole of sim.Simulation's oracle, over the copy
 
-    def _exit(self, message: str) -> None:
-        raise OwnerExited(message)
-
     def end_owner(self, member: Member) -> None:
         """The owner's process is gone (killed, or exited): nothing it had not answered is
         answered; its clients retry. It comes back as a standby."""
@@ -232,13 +274,7 @@ class ClusterSimulation(Simulation):
             self.owner = None
             self.ledger = None
             self.recovered = None
-        if member.recovered is not None:
-            member.recovered.close()
-        if member.ledger is not None:
-            member.ledger.wal.release()
-        member.ledger = member.replica = member.recovered = None
-        member.paused_until = None
-        member.replaced_while_paused = False
+        member.end()
         self.start_standby(member)
 
     def as_owner(self, member: Member, action: Any) -> None:
@@ -266,18 +302,6 @@ class ClusterSimulation(Simulation):
     def unconfirmed(self, member: Member, pending: list[Pending]) -> bool:
         assert member.replica is not None
         return any(item.reply._done.is_set() and not member.replica.confirmed(item.arrived) for item in pending)
-
-    # -- the stream's faults ---------------------------------------------------------------
-
-    def _lose_ack(self, message: StoredMessage) -> bool:
-        if self.lose_next_ack:
-            self.lose_next_ack = False
-            self.stats.lost_acks += 1
-            return True
-        return False
-
-    def set_unavailable(self, unavailable: bool) -> None:
-        self.stream.unavailable = self.stream.reads_unavailable = unavailable
 
     # -- the workload, through the owner ---------------------------------------------------
 
@@ -406,7 +430,7 @@ class ClusterSimulation(Simulation):
         if standbys and rng.random() < faults.standby_restart:
             self.stats.standby_restarts += 1
             member = rng.choice(standbys)
-            self.stop_standby(member)
+            member.stop_standby(self.stream, GROUP)
             self.start_standby(member)
             self.check()
 
@@ -534,12 +558,7 @@ class ClusterSimulation(Simulation):
             return self.stats
         finally:
             for member in self.members:
-                if member.recovered is not None:
-                    member.recovered.close()
-                if member.ledger is not None:
-                    member.ledger.wal.release()
-                if member.standby is not None:
-                    member.standby.mirror.close()
+                member.end()
             self.ledger = self.recovered = None
             shutil.rmtree(self.root, ignore_errors=True)
 

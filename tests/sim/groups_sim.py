@@ -94,13 +94,13 @@ from ledger import (
 from ledger._messages import BatchReply, Reply
 from server._crossing import Crossing
 from server._groups import group_of
-from server._member import KIND, Replica, Standby, heartbeat_subject, log_subject, stream_name
+from server._member import KIND, log_subject, stream_name
 from tests.sim.cluster_sim import (
     Member,
     OwnerExited,
+    StreamFaults,
     all_frames_of,
     epoch_error,
-    quiet,
     write_frames,
 )
 from tests.sim.sim import SimulationFailed, transfers_of
@@ -208,7 +208,7 @@ class Worker:
     role: tuple[str, int] | None = None  # ("setup" or "crossing", group): one at a time of each
 
 
-class GroupsSimulation:
+class GroupsSimulation(StreamFaults):
     def __init__(self, seed: int, *, steps: int, faults: GroupsFaults | None = None,
                  groups: int | None = None) -> None:
         self.seed = seed
@@ -263,32 +263,12 @@ class GroupsSimulation:
     # -- members ---------------------------------------------------------------------------
 
     def start_standby(self, group: Group, member: Member) -> None:
-        shutil.rmtree(member.directory, ignore_errors=True)
-        member.directory.mkdir(mode=0o700, parents=True)
-        member.starts += 1
-        member.standby = Standby(self.stream.client(), group=group.number, data_dir=member.directory,
-                                 node=member.name, status=quiet, takeover_after_s=self.takeover_after_s,
-                                 clock=self.mono, sleep=lambda seconds: None)
-        member.standby.listen()
-
-    def stop_standby(self, group: Group, member: Member) -> None:
-        standby = member.standby
-        assert standby is not None
-        self.stream.listeners[heartbeat_subject(group.number)].remove(standby._on_heartbeat)
-        standby.mirror.close()
-        member.standby = None
+        member.start_standby(self.stream, group.number, takeover_after_s=self.takeover_after_s, clock=self.mono)
 
     def take_over(self, group: Group, member: Member, seq: int) -> None:
-        standby = member.standby
-        assert standby is not None
         self.stats.takeovers += 1
-        epoch = standby.epoch
+        epoch, replica = member.won(self.stream, group.number, seq, clock=self.mono)
         group.winners[epoch] = member.name
-        copied = standby.mirror.last_lsn
-        self.stop_standby(group, member)
-        replica = Replica(self.stream.client(), group=group.number, epoch=epoch, last_seq=seq, node=member.name,
-                          status=quiet, exit=_exit, clock=self.mono)
-        replica.lsn = copied
         recovered = recover(member.directory, project_history=False)
         ledger = Ledger(recovered, member.directory, shards=self.shards, replicate=replica.replicate,
                         group=group.number, groups=self.count,
@@ -314,13 +294,7 @@ class GroupsSimulation:
         if member is group.owner:
             group.owner = None
             group.crossing = None
-        if member.recovered is not None:
-            member.recovered.close()
-        if member.ledger is not None:
-            member.ledger.wal.release()
-        member.ledger = member.replica = member.recovered = None
-        member.paused_until = None
-        member.replaced_while_paused = False
+        member.end()
         self.start_standby(group, member)
 
     def as_owner(self, group: Group, member: Member, action: Callable[[], Any]) -> None:
@@ -336,18 +310,6 @@ class GroupsSimulation:
 
     def running(self, member: Member) -> bool:
         return member.ledger is not None and member.paused_until is None
-
-    # -- the stream's faults ---------------------------------------------------------------
-
-    def _lose_ack(self, message: StoredMessage) -> bool:
-        if self.lose_next_ack:
-            self.lose_next_ack = False
-            self.stats.lost_acks += 1
-            return True
-        return False
-
-    def set_unavailable(self, unavailable: bool) -> None:
-        self.stream.unavailable = self.stream.reads_unavailable = unavailable
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -866,7 +828,7 @@ class GroupsSimulation:
             if standbys and rng.random() < faults.standby_restart:
                 self.stats.standby_restarts += 1
                 member = rng.choice(standbys)
-                self.stop_standby(group, member)
+                member.stop_standby(self.stream, group.number)
                 self.start_standby(group, member)
         if not self.lose_next_ack and rng.random() < faults.lost_ack:
             self.lose_next_ack = True
@@ -1099,17 +1061,10 @@ class GroupsSimulation:
         finally:
             for group in self.groups:
                 for member in group.members:
-                    if member.recovered is not None:
-                        member.recovered.close()
-                    if member.ledger is not None:
-                        member.ledger.wal.release()
-                    if member.standby is not None:
-                        member.standby.mirror.close()
+                    member.end()
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _exit(message: str) -> None:
-    raise OwnerExited(message)
 
 
 def _value(reply: Reply | BatchReply) -> Any:
