@@ -82,7 +82,7 @@ class ClusterSupervisor(Supervisor):
             super()._spawn(child)
             return
         group, name = child.extra["group"], child.extra["member"]
-        options = dataclasses.replace(self.options, data_dir=self.data_dir / f"g{group}-{name}", shared_dir=self.data_dir)
+        options = dataclasses.replace(self.options, data_dir=self.data_dir / f"g{group}-{name}")
         command = [*child_command("member", options, supervisor=os.getpid(), socket_path=None),
                    "--group", str(group), "--member", name, "--servers", ",".join(self.nats.urls),
                    "--status-dir", str(status_dir(self.data_dir))]

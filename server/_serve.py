@@ -148,12 +148,9 @@ class ServeOptions:
     workers: int = 0  # the supervisor's; a child ignores it
     cluster: bool = False  # under ``wallet cluster up`` (``server._cluster``)
     groups: int = 1  # a cluster's ledger groups (ADR 0013; ``server._groups``)
-    # A cluster owner's webhook dispatcher with several groups reads the aggregate stream:
-    # the NATS URLs, comma-separated.
+    # A cluster owner's webhook dispatcher: the NATS URLs, comma-separated (its endpoints are in
+    # the cluster's bucket; with several groups it reads the aggregate stream).
     nats_servers: str = ""
-    # A cluster member's: the cluster's data directory, where the HTTP workers keep the webhook
-    # endpoints (``webhooks.sqlite3``) that its dispatcher delivers (``data_dir`` is the member's).
-    shared_dir: Path | None = None
 
     def webhooks(self) -> WebhookConfig:
         from server._webhooks import WebhookConfig
@@ -358,7 +355,8 @@ def _http_app(options: ServeOptions, deps: Deps) -> tuple[Any, Config]:
 
 def _deps(options: ServeOptions, *, port: RemoteCalls | None = None,
           exposition: Callable[[], Awaitable[bytes]] | None = None,
-          cluster: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> Deps:
+          cluster: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+          webhook_store: Callable[[], Any] | None = None) -> Deps:
     """What the routes are built from. ``port`` is None in one process: its ``LocalPort`` is
     set once recovery has finished."""
     from server.api import Deps, RateLimiter
@@ -369,7 +367,7 @@ def _deps(options: ServeOptions, *, port: RemoteCalls | None = None,
     return Deps.build(
         admin_token=admin_token(options.data_dir), port=port, limiter=limiter, limit_admin=options.rate_limit_admin,
         batches_in_flight_max=options.max_batches_in_flight, data_dir=options.data_dir, exposition=exposition,
-        allow_private_webhooks=options.allow_private_webhooks, cluster=cluster,
+        allow_private_webhooks=options.allow_private_webhooks, cluster=cluster, webhook_store=webhook_store,
     )
 
 
@@ -385,8 +383,8 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
     two child processes of the owner (``_owner_child``) do what the projector and webhooks
     processes of ``--workers N`` do: one tails the log into the history read model once the
     ledger serves (recovery does not project, so a takeover does not wait for it; the workers
-    read it over the port), the other delivers webhooks from the endpoints of the cluster's
-    data directory (``options.shared_dir``)."""
+    read it over the port), the other delivers webhooks to the endpoints in the cluster's
+    bucket (``server._webhook_store.SharedWebhookStore``)."""
     data_dir = options.data_dir
     # Creates the data directory 0700 (or tightens it); held until the process exits; raises
     # DataDirLocked.
@@ -498,9 +496,8 @@ async def serve(options: ServeOptions, *, port_socket: str | None = None, owner:
                                      partial(_owner_child, "projector", options, private_socket))
                     # With several groups, group 0's owner alone delivers webhooks, from every
                     # group's events (the aggregate stream: one order, one cursor per endpoint).
-                    if options.shared_dir is not None and (options.groups == 1 or owner.group == 0):
-                        shared = dataclasses.replace(options, data_dir=options.shared_dir,
-                                                     nats_servers=",".join(owner.servers))
+                    if options.groups == 1 or owner.group == 0:
+                        shared = dataclasses.replace(options, nats_servers=",".join(owner.servers))
                         group.start_soon(_until_cancelled, dispatching,
                                          partial(_owner_child, "webhooks", shared, private_socket))
                 # Payouts: workers that only issue ledger commands. Withdrawals left pending
@@ -686,7 +683,13 @@ async def serve_worker(options: ServeOptions, socket_path: str, *, fd: int, serv
         if cluster_view(options.data_dir) is None:
             # A worker without ``wallet cluster up`` on its host: the cluster as NATS tells it.
             watch = ClusterWatch(servers or [], options.groups)
-    deps = _deps(options, port=remote, exposition=exposition, cluster=None if watch is None else watch.view)
+    webhook_store = None
+    if options.cluster:
+        from server._webhook_store import SharedWebhookStore
+
+        webhook_store = partial(SharedWebhookStore.open, servers or [])
+    deps = _deps(options, port=remote, exposition=exposition, cluster=None if watch is None else watch.view,
+                 webhook_store=webhook_store)
     app, config = _http_app(options, deps)
     config.bind = [f"fd://{fd}"]
     lag: LoopLag = loop_lag(deps.metrics.loop_lag, "http")
@@ -823,8 +826,8 @@ async def serve_standby_history(options: ServeOptions, copied_path: str) -> int:
 
 async def serve_webhooks(options: ServeOptions, socket_path: str) -> int:
     """The webhook dispatcher process of ``--workers N`` (``server._webhooks``): reads the event
-    feed over the ledger port, delivers, keeps its cursors in ``<data>/webhooks.sqlite3``.
-    Crash-only (a restart resumes from the saved cursors); SIGTERM saves them and exits."""
+    feed over the ledger port, delivers, keeps its cursors in ``<data>/webhooks.sqlite3`` (a
+    cluster owner's: in the cluster's bucket). Crash-only (a restart resumes from the saved cursors); SIGTERM saves them and exits."""
     from server._webhooks import Dispatcher, WebhookMetrics
 
     remote = RemotePort(socket_path, reconnect_s=SYNC_RETRY_S)
@@ -835,8 +838,13 @@ async def serve_webhooks(options: ServeOptions, socket_path: str) -> int:
         feed = AggregateFeed(options.nats_servers.split(","))
     # The counters go to the shared multiprocess files (server._scrape); the registry only
     # keeps them from being registered twice.
+    open_store = None
+    if options.cluster:  # the endpoints are in the cluster's bucket, for every host
+        from server._webhook_store import SharedWebhookStore
+
+        open_store = partial(SharedWebhookStore.open, options.nats_servers.split(","))
     dispatcher = Dispatcher(options.data_dir, remote if feed is None else feed, options.webhooks(),
-                            metrics=WebhookMetrics(CollectorRegistry()))
+                            metrics=WebhookMetrics(CollectorRegistry()), open_store=open_store)
     lag = loop_lag(loop_lag_histogram(None), "webhooks")
     shutdown = anyio.Event()
     async with anyio.create_task_group() as group:

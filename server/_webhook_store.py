@@ -1,4 +1,5 @@
-"""Webhook endpoints and their delivery cursors, durable in ``<data>/webhooks.sqlite3`` (ADR 0010).
+"""Webhook endpoints and their delivery cursors, durable in ``<data>/webhooks.sqlite3`` (ADR 0010),
+or in cluster mode in a JetStream key-value bucket (``SharedWebhookStore``, at the end).
 
 One SQLite file in WAL mode with ``synchronous=FULL`` (every commit is fsynced before it
 returns), shared by the processes that touch webhooks:
@@ -218,13 +219,7 @@ class WebhookStore:
             if found.disabled_reason == "events_compacted" and found.gap_oldest_lsn is not None:
                 skip_to = position(found.gap_oldest_lsn - 1, COMPLETE)
                 if skip_to > cursor:
-                    self._insert_delivery(Delivery(
-                        endpoint_id=endpoint_id, event_id=f"lsn:{lsn_of(cursor)}-{found.gap_oldest_lsn - 1}",
-                        event_type="gap", attempt=0, status_code=None,
-                        error=(f"events after position {lsn_of(cursor)}.{index_of(cursor)} up to LSN "
-                               f"{found.gap_oldest_lsn - 1} were compacted away before delivery: skipped "
-                               "when the endpoint was enabled"),
-                        duration_ms=0, at_us=now_us))
+                    self._insert_delivery(_gap(endpoint_id, cursor, found.gap_oldest_lsn, now_us))
                     cursor = skip_to
             self._db.execute(
                 "UPDATE endpoints SET status = 'enabled', disabled_reason = NULL, failing_since_us = NULL, "
@@ -285,6 +280,189 @@ class WebhookStore:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+class SharedWebhookStore:
+    """``WebhookStore`` in cluster mode: the same records in a JetStream key-value bucket
+    (``BUCKET``, three copies, fsynced like the log) instead of a file on one host, so that the
+    HTTP workers and the delivering owner may run on any hosts, and a takeover on another host
+    resumes from the saved cursors. All endpoints are one value (``ENDPOINTS_KEY``: a JSON object
+    by id; they are few), written only by compare-and-set on its revision, which stands in for
+    the file's write transaction (a writer that lost the race reads again and redoes its change)
+    and for ``data_version`` (it changes with every write); each endpoint's recent deliveries are
+    a value of their own. The same guards as the table in the module docstring."""
+
+    BUCKET = "wallet_webhooks"
+    ENDPOINTS_KEY = "endpoints"
+
+    def __init__(self, client: Any, bucket: str = BUCKET) -> None:
+        self._client = client  # a connected ``wal.StreamClient``, this store's own
+        self._bucket = bucket  # (tests use buckets of their own)
+        client.ensure_bucket(bucket)
+
+    @classmethod
+    def open(cls, servers: list[str], *, bucket: str = BUCKET) -> SharedWebhookStore:
+        from wal import StreamClient  # the NATS client: only cluster processes load it
+
+        client = StreamClient(servers, name=f"wallet-webhooks-{os.getpid()}")
+        client.connect()
+        try:
+            return cls(client, bucket)
+        except BaseException:
+            client.close()
+            raise
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _read(self) -> tuple[dict[str, dict[str, Any]], int]:
+        found = self._client.get_value(self._bucket, self.ENDPOINTS_KEY)
+        if found is None:
+            return {}, 0
+        value, revision = found
+        return json.loads(value), revision
+
+    def _change(self, change: Any) -> Any:
+        """Applies ``change(rows)`` (which edits the rows in place and returns its answer, and
+        whether to write) by compare-and-set, again on a lost race."""
+        while True:
+            rows, revision = self._read()
+            answer, write = change(rows)
+            if not write:
+                return answer
+            if self._client.put_value(self._bucket, self.ENDPOINTS_KEY, json.dumps(rows).encode(),
+                                      last=revision) is not None:
+                return answer
+
+    def data_version(self) -> int:
+        return self._read()[1]
+
+    # -- the routes --------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return len(self._read()[0])
+
+    def create(self, endpoint: Endpoint, *, endpoints_max: int) -> bool:
+        def change(rows: dict[str, dict[str, Any]]) -> tuple[bool, bool]:
+            if len(rows) >= endpoints_max:
+                return False, False
+            assert endpoint.id not in rows, endpoint.id
+            rows[endpoint.id] = _row(endpoint)
+            return True, True
+
+        created: bool = self._change(change)
+        return created
+
+    def get(self, endpoint_id: str) -> Endpoint | None:
+        row = self._read()[0].get(endpoint_id)
+        return None if row is None else Endpoint(**{**row, "events": tuple(row["events"])})
+
+    def endpoints(self) -> list[Endpoint]:
+        rows = self._read()[0].values()
+        found = [Endpoint(**{**row, "events": tuple(row["events"])}) for row in rows]
+        return sorted(found, key=lambda endpoint: (endpoint.created_at_us, endpoint.id))
+
+    def delete(self, endpoint_id: str) -> bool:
+        deleted: bool = self._change(lambda rows: (rows.pop(endpoint_id, None) is not None,) * 2)
+        if deleted:
+            self._client.delete_value(self._bucket, _deliveries_key(endpoint_id))
+        return deleted
+
+    def enable(self, endpoint_id: str, *, now_us: int) -> Endpoint | None:
+        gap: list[Delivery] = []
+
+        def change(rows: dict[str, dict[str, Any]]) -> tuple[bool, bool]:
+            gap.clear()
+            row = rows.get(endpoint_id)
+            if row is None or row["status"] == "enabled":
+                return False, False
+            cursor = row["cursor"]
+            if row["disabled_reason"] == "events_compacted" and row["gap_oldest_lsn"] is not None:
+                skip_to = position(row["gap_oldest_lsn"] - 1, COMPLETE)
+                if skip_to > cursor:
+                    gap.append(_gap(endpoint_id, cursor, row["gap_oldest_lsn"], now_us))
+                    cursor = skip_to
+            row.update(status="enabled", disabled_reason=None, failing_since_us=None, gap_oldest_lsn=None,
+                       cursor=cursor, revision=row["revision"] + 1)
+            return True, True
+
+        if self._change(change) and gap:
+            self._add_deliveries(endpoint_id, gap)
+        return self.get(endpoint_id)
+
+    def deliveries(self, endpoint_id: str, limit: int) -> list[Delivery]:
+        found = self._client.get_value(self._bucket, _deliveries_key(endpoint_id))
+        rows = [] if found is None else json.loads(found[0])
+        return [Delivery(**row) for row in reversed(rows[-limit:])]
+
+    # -- the dispatcher ----------------------------------------------------------------------
+
+    def save(self, progress: Progress) -> None:
+        if progress.empty():
+            return
+
+        def change(rows: dict[str, dict[str, Any]]) -> tuple[set[str], bool]:
+            for endpoint_id, cursor in progress.cursors.items():
+                row = rows.get(endpoint_id)
+                if row is not None and row["cursor"] < cursor:
+                    row["cursor"] = cursor
+            for endpoint_id, (revision, since_us) in progress.failing.items():
+                row = rows.get(endpoint_id)
+                if row is not None and row["revision"] == revision:
+                    row["failing_since_us"] = since_us
+            for endpoint_id, (revision, reason, gap_oldest_lsn) in progress.disabled.items():
+                row = rows.get(endpoint_id)
+                if row is not None and row["revision"] == revision and row["status"] == "enabled":
+                    row.update(status="disabled", disabled_reason=reason, gap_oldest_lsn=gap_oldest_lsn)
+            return set(rows), True
+
+        present: set[str] = self._change(change)
+        by_endpoint: dict[str, list[Delivery]] = {}
+        for delivery in progress.deliveries:
+            if delivery.endpoint_id in present:
+                by_endpoint.setdefault(delivery.endpoint_id, []).append(delivery)
+        for endpoint_id, deliveries in sorted(by_endpoint.items()):
+            self._add_deliveries(endpoint_id, deliveries)
+
+    def _add_deliveries(self, endpoint_id: str, deliveries: list[Delivery]) -> None:
+        key = _deliveries_key(endpoint_id)
+        while True:
+            found = self._client.get_value(self._bucket, key)
+            rows, revision = ([], 0) if found is None else (json.loads(found[0]), found[1])
+            rows = (rows + [_delivery_row(delivery) for delivery in deliveries])[-DELIVERIES_KEPT:]
+            if self._client.put_value(self._bucket, key, json.dumps(rows).encode(), last=revision) is not None:
+                return
+
+
+# Either store: a file on this host, or the cluster's bucket.
+AnyWebhookStore = WebhookStore | SharedWebhookStore
+
+
+def _row(endpoint: Endpoint) -> dict[str, Any]:
+    return {"id": endpoint.id, "url": endpoint.url, "events": list(endpoint.events), "secret": endpoint.secret,
+            "status": endpoint.status, "disabled_reason": endpoint.disabled_reason,
+            "created_at_us": endpoint.created_at_us, "failing_since_us": endpoint.failing_since_us,
+            "cursor": endpoint.cursor, "gap_oldest_lsn": endpoint.gap_oldest_lsn, "revision": endpoint.revision}
+
+
+def _delivery_row(delivery: Delivery) -> dict[str, Any]:
+    return {"endpoint_id": delivery.endpoint_id, "event_id": delivery.event_id, "event_type": delivery.event_type,
+            "attempt": delivery.attempt, "status_code": delivery.status_code, "error": delivery.error,
+            "duration_ms": delivery.duration_ms, "at_us": delivery.at_us}
+
+
+def _deliveries_key(endpoint_id: str) -> str:
+    return f"deliveries.{endpoint_id}"
+
+
+def _gap(endpoint_id: str, cursor: int, gap_oldest_lsn: int, now_us: int) -> Delivery:
+    """The deliveries log's note of the events an enabled endpoint skips (compacted away)."""
+    return Delivery(
+        endpoint_id=endpoint_id, event_id=f"lsn:{lsn_of(cursor)}-{gap_oldest_lsn - 1}", event_type="gap",
+        attempt=0, status_code=None,
+        error=(f"events after position {lsn_of(cursor)}.{index_of(cursor)} up to LSN {gap_oldest_lsn - 1} were "
+               "compacted away before delivery: skipped when the endpoint was enabled"),
+        duration_ms=0, at_us=now_us)
 
 
 class _Transaction:

@@ -57,6 +57,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,6 +71,7 @@ from ledger import Event, Gone
 from server._port import Status, Unavailable
 from server._webhook_store import (
     COMPLETE,
+    AnyWebhookStore,
     Delivery,
     Endpoint,
     Progress,
@@ -251,8 +253,12 @@ class _Lane:
 class Dispatcher:
     def __init__(self, data_dir: Path, source: EventSource, config: WebhookConfig, *,
                  metrics: WebhookMetrics | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 rng: random.Random | None = None, clock: Callable[[], float] = time.time) -> None:
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.time,
+                 open_store: Callable[[], AnyWebhookStore] | None = None) -> None:
+        """``open_store``: where the endpoints are (blocking), when not ``<data_dir>/webhooks.sqlite3``
+        (cluster mode: ``SharedWebhookStore``)."""
         self._data_dir = data_dir
+        self._open_store = open_store or partial(WebhookStore.open, data_dir)
         self._source = source
         self.config = config
         self._metrics = metrics or WebhookMetrics(CollectorRegistry())
@@ -261,7 +267,7 @@ class Dispatcher:
         self._clock = clock
         self._lanes: dict[str, _Lane] = {}
         self._progress = Progress.new()
-        self._store: WebhookStore | None = None
+        self._store: AnyWebhookStore | None = None
         self._store_lock = anyio.Lock()
         self._slots = anyio.Semaphore(config.concurrency)
         self._client: httpx.AsyncClient | None = None
@@ -281,7 +287,7 @@ class Dispatcher:
             return await anyio.to_thread.run_sync(function, *args)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        self._store = await anyio.to_thread.run_sync(WebhookStore.open, self._data_dir)
+        self._store = await anyio.to_thread.run_sync(self._open_store)
         timeout = httpx.Timeout(self.config.timeout_s)
         self._client = httpx.AsyncClient(transport=self._transport, timeout=timeout, follow_redirects=False,
                                          limits=httpx.Limits(max_connections=self.config.concurrency),

@@ -274,6 +274,69 @@ class StreamClient:
         info = self._request(self._jsm().stream_info(stream))
         return None if info.cluster is None else info.cluster.leader
 
+    # -- a key-value bucket: small records shared by processes on any host -----------------
+
+    def ensure_bucket(self, bucket: str, *, replicas: int = 3, timeout_s: float = 30) -> None:
+        """Creates the key-value bucket ``bucket`` (JetStream KV, one value kept per key,
+        ``replicas`` copies, stored with the nodes' ``sync_interval: always`` like the log) if it
+        does not exist; placement failures are retried as for ``ensure_stream``."""
+
+        async def ensure() -> None:
+            js = self._client().jetstream(timeout=REQUEST_TIMEOUT_S)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    try:
+                        await js.key_value(bucket)
+                    except nats.js.errors.BucketNotFoundError:
+                        await js.create_key_value(bucket=bucket, history=1, replicas=replicas,
+                                                  storage=api.StorageType.FILE)
+                    return
+                except (nats.js.errors.ServiceUnavailableError, nats.js.errors.BadRequestError) as error:
+                    transient = isinstance(error, nats.js.errors.ServiceUnavailableError) or error.err_code == NO_PEERS
+                    if not transient or time.monotonic() >= deadline:
+                        raise
+                    log.info("bucket %s cannot be placed yet (%s); trying again", bucket, error.description)
+                    await asyncio.sleep(ENSURE_RETRY_S)
+
+        self._call(ensure(), timeout_s + 2 * REQUEST_TIMEOUT_S)
+
+    def get_value(self, bucket: str, key: str) -> tuple[bytes, int] | None:
+        """The value of ``key`` and its revision; None when it has none (never written, or
+        deleted)."""
+
+        async def get() -> tuple[bytes, int] | None:
+            kv = await self._client().jetstream(timeout=REQUEST_TIMEOUT_S).key_value(bucket)
+            try:
+                entry = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:  # KeyDeletedError is one
+                return None
+            return entry.value or b"", int(entry.revision or 0)
+
+        return self._request(get())
+
+    def put_value(self, bucket: str, key: str, value: bytes, *, last: int) -> int | None:
+        """Writes ``value`` if ``key``'s revision is still ``last`` (0: it has no value yet):
+        the new revision, or None when another writer came first (read again and retry)."""
+
+        async def put() -> int | None:
+            kv = await self._client().jetstream(timeout=REQUEST_TIMEOUT_S).key_value(bucket)
+            try:
+                if last == 0:
+                    return int(await kv.create(key, value))
+                return int(await kv.update(key, value, last=last))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return None
+
+        return self._request(put())
+
+    def delete_value(self, bucket: str, key: str) -> None:
+        async def delete() -> None:
+            kv = await self._client().jetstream(timeout=REQUEST_TIMEOUT_S).key_value(bucket)
+            await kv.delete(key)
+
+        self._request(delete())
+
     # -- the fenced append -----------------------------------------------------------------
 
     def publish(

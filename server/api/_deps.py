@@ -67,6 +67,9 @@ class Deps:
     allow_private_webhooks: bool = False  # webhook URLs may reach this host's network (tests)
     # ``GET /v1/admin/cluster`` of a cluster worker with no ``wallet cluster up`` on its host.
     cluster: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    # Opens the webhook endpoints' store (blocking) when not ``<data_dir>/webhooks.sqlite3``:
+    # cluster mode's bucket (``server._webhook_store.SharedWebhookStore``).
+    webhook_store: Callable[[], Any] | None = None
 
     @classmethod
     def build(cls, *, admin_token: str, port: LedgerPort | None = None, limiter: RateLimiter | None = None,
@@ -74,7 +77,8 @@ class Deps:
               data_dir: Path | None = None,
               exposition: Callable[[], Awaitable[bytes]] | None = None,
               allow_private_webhooks: bool = False,
-              cluster: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> Deps:
+              cluster: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+              webhook_store: Callable[[], Any] | None = None) -> Deps:
         """``exposition`` is what ``GET /metrics`` answers, when not this process's registry."""
         slot = PortSlot(port)
         # The metrics read the ledger's statistics() through the slot: a LocalPort's ledger in
@@ -83,7 +87,7 @@ class Deps:
         return cls(
             admin_token=admin_token.encode(), ledger=slot, metrics=metrics, limiter=limiter,
             limit_admin=limit_admin, batches=BatchGate(batches_in_flight_max), data_dir=data_dir,
-            allow_private_webhooks=allow_private_webhooks, cluster=cluster,
+            allow_private_webhooks=allow_private_webhooks, cluster=cluster, webhook_store=webhook_store,
         )
 
     def port(self) -> LedgerPort:

@@ -1,7 +1,8 @@
 """Routes of webhook endpoints (admin only): create (the secret is shown once), list, get,
 delete, enable, and the log of recent delivery attempts. Runs in every HTTP worker, and in the
-one process of ``--workers 0``. The endpoints live in ``<data>/webhooks.sqlite3``
-(``server._webhook_store``); an answer is sent only after its change has committed there. The
+one process of ``--workers 0``. The endpoints live in ``<data>/webhooks.sqlite3``, or in cluster
+mode in the cluster's bucket (``server._webhook_store``); an answer is sent only after its change
+has committed there. The
 dispatcher (``server._webhooks``) picks changes up within a fraction of a second.
 
 Checks, in this order: the admin token; the body's shape (``url``, ``events``, nothing else);
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from functools import partial
 from typing import Any
 
 import anyio
@@ -27,6 +29,7 @@ from server import _validate as v
 from server._errors import ApiError
 from server._webhook_store import (
     COMPLETE,
+    AnyWebhookStore,
     Delivery,
     Endpoint,
     WebhookStore,
@@ -113,16 +116,20 @@ def not_found() -> ApiError:
 class Webhooks:
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
-        self._store: WebhookStore | None = None
+        self._store: AnyWebhookStore | None = None
         self._lock = anyio.Lock()  # one call at a time on this process's connection
 
     async def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
         async with self._lock:
             if self._store is None:
-                if self._deps.data_dir is None:
+                data_dir, opener = self._deps.data_dir, self._deps.webhook_store
+                if opener is None and data_dir is None:
                     raise ApiError(503, "webhooks_unavailable", "Webhooks unavailable",
                                    "this server has no data directory for webhook endpoints")
-                self._store = await anyio.to_thread.run_sync(WebhookStore.open, self._deps.data_dir)
+                if opener is None:
+                    assert data_dir is not None
+                    opener = partial(WebhookStore.open, data_dir)
+                self._store = await anyio.to_thread.run_sync(opener)
             function = getattr(self._store, method)
             return await anyio.to_thread.run_sync(lambda: function(*args, **kwargs))
 

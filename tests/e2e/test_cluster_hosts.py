@@ -2,8 +2,10 @@
 ``wallet`` command in the foreground on a directory of its own, with the test as the process
 manager: three ``wallet cluster node`` (the log), two ``wallet cluster member`` and a ``wallet
 cluster worker``. The owner is SIGKILLed and started again as a process manager would: the
-other member takes over, the worker reaches it with nothing reconfigured, and every
-acknowledged transfer is there."""
+other member takes over, the worker reaches it with nothing reconfigured, every acknowledged
+transfer is there, and a webhook endpoint created through the worker gets every event once, from
+the first owner and then from the second (endpoints and cursors are in the cluster's bucket); the
+worker's ``GET /v1/admin/cluster`` follows it from NATS."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +25,14 @@ import pytest
 
 from server._cluster import status_dir
 from server._natsnodes import node_problem
+from tests.e2e._cluster import subscribe
 from tests.e2e._server import ADMIN_TOKEN, free_port
+from tests.e2e.test_webhooks import WebhookSim
 
 ROOT = Path(__file__).resolve().parents[2]
 TAKEOVER_LIMIT_S = 15.0
+# The test's webhook receiver is on this host; retries come quickly.
+HOOKS = ["--allow-private-webhooks", "--webhook-backoff-base", "0.05", "--webhook-backoff-max", "0.3"]
 
 
 class Host:
@@ -76,9 +83,9 @@ def hosts(tmp_path: Path) -> Iterator[dict[str, Host]]:
     servers = ",".join(f"nats://127.0.0.1:{client}" for client, _, _ in ports)
     port = free_port()
     made |= {
-        "a": Host(tmp_path, "host-a", ["member", "--servers", servers, "--member", "a"]),
-        "b": Host(tmp_path, "host-b", ["member", "--servers", servers, "--member", "b"]),
-        "w": Host(tmp_path, "host-w", ["worker", "--servers", servers, "--port", str(port)]),
+        "a": Host(tmp_path, "host-a", ["member", "--servers", servers, "--member", "a", *HOOKS]),
+        "b": Host(tmp_path, "host-b", ["member", "--servers", servers, "--member", "b", *HOOKS]),
+        "w": Host(tmp_path, "host-w", ["worker", "--servers", servers, "--port", str(port), *HOOKS]),
     }
     made["w"].port = port  # type: ignore[attr-defined]
     try:
@@ -124,6 +131,14 @@ def _post(http: httpx.Client, path: str, body: dict[str, Any], key: str | None =
     return None if response.status_code == 503 else response
 
 
+@contextmanager
+def _stopping(receiver: WebhookSim) -> Iterator[WebhookSim]:
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
 def _cluster_view(http: httpx.Client, owner: Host, standby: Host) -> dict[str, Any] | None:
     """``GET /v1/admin/cluster`` of the worker once it shows ``owner`` and ``standby`` (the
     members' lines reach it over NATS), else None."""
@@ -142,13 +157,18 @@ def _cluster_view(http: httpx.Client, owner: Host, standby: Host) -> dict[str, A
     return view
 
 
-def test_members_and_a_worker_started_apart_serve_and_survive_the_owners_sigkill(hosts: dict[str, Host]) -> None:
+def test_members_and_a_worker_started_apart_serve_and_survive_the_owners_sigkill(hosts: dict[str, Host],
+                                                                                 tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{hosts['w'].port}"  # type: ignore[attr-defined]
     http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
-    with http:
+    receiver = WebhookSim(tmp_path / "webhook-sim.log", free_port())
+    with http, _stopping(receiver):
         first = _until(lambda: _owner(hosts), 30, "an owner", hosts)
         answered = _until(lambda: _post(http, "/v1/assets", {"code": "USD", "scale": 2}), 30, "the asset", hosts)
         assert answered.status_code == 201, answered.text
+        # A webhook endpoint created through the worker (on "its" host), delivered by the owner
+        # (on another), kept in the cluster's bucket: no file is shared.
+        start = subscribe(http, receiver)
         for wallet in ("alice", "bob"):
             created = http.post("/v1/wallets", json={"id": wallet, "owner_id": wallet, "asset": "USD"})
             assert created.status_code == 201, created.text
@@ -195,6 +215,13 @@ def test_members_and_a_worker_started_apart_serve_and_survive_the_owners_sigkill
         assert served_s < TAKEOVER_LIMIT_S + 10, served_s
         balances = {wallet: http.get(f"/v1/wallets/{wallet}").json()["balance"] for wallet in ("alice", "bob")}
         assert balances == {"alice": 1000 - moved, "bob": moved}
+        # Every event since the endpoint's creation, delivered once each across the takeover
+        # (the new owner went on from the cursor the old one saved), verified, in feed order.
+        expected = http.get("/v1/events", params={"after": start, "limit": 1000}).json()["items"]
+        assert len([item for item in expected if item["type"] == "transfer.posted"]) == 11, expected
+        accepted, bodies = receiver.delivered(len(expected))
+        assert all(entry["verified"] for entry in accepted)
+        assert bodies == expected
         _until(lambda: (other.status() or {}).get("role") == "standby", 30, "the other member as a standby",
                hosts)
         # The dead owner's line ages out of the worker's view; the new owner's comes in.

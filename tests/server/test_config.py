@@ -154,10 +154,9 @@ def test_every_option_has_its_field_and_every_field_its_option() -> None:
     from server._config import FIELD_OF, SERVE_OPTIONS, resolve, serve_options
     from server._serve import ServeOptions
 
-    # ``cluster``, ``groups``, ``shared_dir`` and ``nats_servers`` are no options of ``serve``: ``wallet cluster
-    # up`` sets them for the processes it starts.
-    fields = {field.name for field in dataclasses.fields(ServeOptions)} - {"cluster", "groups", "shared_dir",
-                                                                          "nats_servers"}
+    # ``cluster``, ``groups`` and ``nats_servers`` are no options of ``serve``: ``wallet cluster up`` sets them
+    # for the processes it starts.
+    fields = {field.name for field in dataclasses.fields(ServeOptions)} - {"cluster", "groups", "nats_servers"}
     assert {FIELD_OF.get(option.name, option.name) for option in SERVE_OPTIONS} == fields
     arguments = build_parser().parse_args(["serve", "--port", "9", "--body-timeout", "3"])
     options = serve_options(resolve(arguments, environ={}))

@@ -8,9 +8,11 @@ skip; SSRF refusals at creation and at delivery; every validation error of the r
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import trio
 from ledger import Event, Gone, Ledger, recover
 from server._openapi import SCHEMAS
 from server._port import LocalPort, Status
+from server._webhook_store import AnyWebhookStore, SharedWebhookStore
 from server._webhooks import Dispatcher, WebhookConfig
 from server._webhooksim import WebhookSimulator, build_webhook_app
 from server.api import Deps, build_app
@@ -42,9 +45,11 @@ class Harness:
     transport: Receivers
     dispatcher: Dispatcher | None = None
     scope: trio.CancelScope | None = None
+    store: Callable[[], AnyWebhookStore] | None = None
 
     async def start_dispatcher(self, config: WebhookConfig = FAST, source: Any = None) -> Dispatcher:
-        dispatcher = Dispatcher(self.data_dir, source or self.port, config, transport=self.transport)
+        dispatcher = Dispatcher(self.data_dir, source or self.port, config, transport=self.transport,
+                                open_store=self.store)
         self.scope = trio.CancelScope()
 
         async def run(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -100,15 +105,27 @@ class Harness:
         return items
 
 
+@pytest.fixture(params=["file", "bucket"])
+def store(request: pytest.FixtureRequest) -> Callable[[], AnyWebhookStore] | None:
+    """Where the endpoints are: ``<data>/webhooks.sqlite3`` (None), or, as in cluster mode, a
+    JetStream bucket (of this test's own) on the module's NATS nodes."""
+    if request.param == "file":
+        return None
+    nodes = request.getfixturevalue("nats_nodes")
+    return partial(SharedWebhookStore.open, nodes.urls, bucket=f"test_{uuid.uuid4().hex[:16]}")
+
+
 @asynccontextmanager
-async def harness(tmp_path: Path, *hosts: str, allow_private: bool = True) -> AsyncIterator[Harness]:
+async def harness(tmp_path: Path, *hosts: str, allow_private: bool = True,
+                  store: Callable[[], AnyWebhookStore] | None = None) -> AsyncIterator[Harness]:
     sims = {host: WebhookSimulator() for host in hosts}
     transport = Receivers({host: build_webhook_app(sim) for host, sim in sims.items()})
     ledger = Ledger(await trio.to_thread.run_sync(recover, tmp_path), tmp_path, shards=2)
     async with trio.open_nursery() as nursery:
         await nursery.start(ledger.run)
         port = LocalPort(ledger)
-        deps = Deps.build(admin_token=ADMIN, port=port, data_dir=tmp_path, allow_private_webhooks=allow_private)
+        deps = Deps.build(admin_token=ADMIN, port=port, data_dir=tmp_path, allow_private_webhooks=allow_private,
+                          webhook_store=store)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(deps)), base_url="http://test",
                                      headers={"Authorization": f"Bearer {ADMIN}"}) as http:
             assert (await http.post("/v1/assets", json={"code": "USD", "scale": 2})).status_code == 201
@@ -116,7 +133,7 @@ async def harness(tmp_path: Path, *hosts: str, allow_private: bool = True) -> As
                 response = await http.post("/v1/wallets", json={"id": wallet, "owner_id": "o", "asset": "USD"})
                 assert response.status_code == 201
             yield Harness(http=http, port=port, sims=sims, nursery=nursery, ledger=ledger, data_dir=tmp_path,
-                          transport=transport)
+                          transport=transport, store=store)
         nursery.cancel_scope.cancel()
     await ledger.stop()
 
@@ -181,9 +198,9 @@ async def test_a_slow_and_a_dead_endpoint_delay_neither_another_endpoint_nor_tra
 
 
 async def test_after_the_failure_period_the_endpoint_is_disabled_and_enable_resumes_from_its_cursor(
-    tmp_path: Path,
+    tmp_path: Path, store: Callable[[], AnyWebhookStore] | None,
 ) -> None:
-    async with harness(tmp_path, "r.test") as h:
+    async with harness(tmp_path, "r.test", store=store) as h:
         sim = h.sims["r.test"]
         await h.start_dispatcher(WebhookConfig(allow_private=True, timeout_s=1.0, disable_after_s=0.3,
                                                backoff_base_s=0.01, backoff_max_s=0.05))
@@ -221,9 +238,9 @@ async def test_after_the_failure_period_the_endpoint_is_disabled_and_enable_resu
 
 
 async def test_unsubscribed_types_advance_the_cursor_without_a_post_and_a_deleted_endpoint_stops(
-    tmp_path: Path,
+    tmp_path: Path, store: Callable[[], AnyWebhookStore] | None,
 ) -> None:
-    async with harness(tmp_path, "r.test") as h:
+    async with harness(tmp_path, "r.test", store=store) as h:
         sim = h.sims["r.test"]
         await h.start_dispatcher()
         endpoint = await h.create("r.test", ["transfer.posted"])
@@ -252,8 +269,8 @@ async def test_unsubscribed_types_advance_the_cursor_without_a_post_and_a_delete
         assert (await h.http.get(f"/v1/webhooks/{endpoint['id']}")).status_code == 404
 
 
-async def test_the_cursor_survives_a_restart_of_the_dispatcher(tmp_path: Path) -> None:
-    async with harness(tmp_path, "r.test") as h:
+async def test_the_cursor_survives_a_restart_of_the_dispatcher(tmp_path: Path, store: Callable[[], AnyWebhookStore] | None) -> None:
+    async with harness(tmp_path, "r.test", store=store) as h:
         sim = h.sims["r.test"]
         await h.start_dispatcher()
         await h.create("r.test", ["deposit.posted"])
@@ -272,7 +289,7 @@ async def test_the_cursor_survives_a_restart_of_the_dispatcher(tmp_path: Path) -
 
 
 async def test_a_log_compacted_past_the_cursor_disables_the_endpoint_and_enable_reports_the_gap(
-    tmp_path: Path,
+    tmp_path: Path, store: Callable[[], AnyWebhookStore] | None,
 ) -> None:
     class Compacted:
         """The port's feed, except that everything before ``oldest`` is gone for a while."""
@@ -289,7 +306,7 @@ async def test_a_log_compacted_past_the_cursor_disables_the_endpoint_and_enable_
         async def status(self) -> Status:
             return await self.port.status()
 
-    async with harness(tmp_path, "r.test") as h:
+    async with harness(tmp_path, "r.test", store=store) as h:
         sim = h.sims["r.test"]
         source = Compacted(h.port)
         endpoint = await h.create("r.test", ["deposit.posted"])
@@ -349,8 +366,8 @@ async def test_the_dispatcher_checks_the_address_again_at_delivery(tmp_path: Pat
 # -- the routes ----------------------------------------------------------------------------------
 
 
-async def test_create_shows_the_secret_once_and_the_routes_list_get_and_delete(tmp_path: Path) -> None:
-    async with harness(tmp_path) as h:
+async def test_create_shows_the_secret_once_and_the_routes_list_get_and_delete(tmp_path: Path, store: Callable[[], AnyWebhookStore] | None) -> None:
+    async with harness(tmp_path, store=store) as h:
         response = await h.http.post("/v1/webhooks", json={"url": "http://r.test/x", "events": ["transfer.posted",
                                                                                               "alert.triggered"]})
         assert response.status_code == 201
