@@ -42,7 +42,8 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     |   host's private network  |        |                           |
     | webhook host unresolvable | 422    | webhook_url_unresolvable  |
     | too many webhook endpoints| 409    | webhooks_limit_reached    |
-    | no data dir for webhooks  | 503    | webhooks_unavailable      |
+    | no data dir for webhooks, | 503    | webhooks_unavailable      |
+    | or its bucket unreachable |        |                           |
     | wrong method              | 405    | method_not_allowed        |
     | body not whole in time    | 408    | request_timeout           |
     | body too large            | 413    | payload_too_large         |

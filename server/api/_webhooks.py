@@ -41,6 +41,7 @@ from server._webhooks import WEBHOOKS_MAX, new_secret, refused_host, url_problem
 from server.api._auth import admin
 from server.api._deps import Deps, call
 from server.api._render import EVENT_TYPES, json_response, timestamp
+from wal import LogUnavailable
 
 EVENT_TYPES_MAX = 32
 DELIVERIES_LIMIT_DEFAULT = 20
@@ -113,6 +114,11 @@ def not_found() -> ApiError:
     return ApiError(404, "webhook_not_found", "Webhook not found", "no webhook endpoint has that id")
 
 
+def _unreachable(error: Exception) -> ApiError:
+    return ApiError(503, "webhooks_unavailable", "Webhooks unavailable",
+                    f"the cluster's webhook store did not answer ({error}); try again", headers={"Retry-After": "1"})
+
+
 class Webhooks:
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
@@ -129,9 +135,15 @@ class Webhooks:
                 if opener is None:
                     assert data_dir is not None
                     opener = partial(WebhookStore.open, data_dir)
-                self._store = await anyio.to_thread.run_sync(opener)
+                try:
+                    self._store = await anyio.to_thread.run_sync(opener)
+                except LogUnavailable as error:
+                    raise _unreachable(error) from None
             function = getattr(self._store, method)
-            return await anyio.to_thread.run_sync(lambda: function(*args, **kwargs))
+            try:
+                return await anyio.to_thread.run_sync(lambda: function(*args, **kwargs))
+            except LogUnavailable as error:  # cluster mode: the bucket's nodes did not answer
+                raise _unreachable(error) from None
 
     async def _endpoint_id(self, request: Request) -> str:
         endpoint_id = request.path_params["webhook_id"]

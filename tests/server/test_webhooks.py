@@ -23,12 +23,13 @@ import trio
 from ledger import Event, Gone, Ledger, recover
 from server._openapi import SCHEMAS
 from server._port import LocalPort, Status
-from server._webhook_store import AnyWebhookStore, SharedWebhookStore
+from server._webhook_store import AnyWebhookStore, SharedWebhookStore, WebhookStore
 from server._webhooks import Dispatcher, WebhookConfig
 from server._webhooksim import WebhookSimulator, build_webhook_app
 from server.api import Deps, build_app
 from server.api._render import EVENT_TYPES
 from server.testing import Receivers
+from wal import LogUnavailable
 
 ADMIN = "admin-token"
 FAST = WebhookConfig(allow_private=True, timeout_s=1.0, backoff_base_s=0.01, backoff_max_s=0.05)
@@ -420,6 +421,25 @@ async def test_every_bad_body_is_a_400_naming_its_field_and_creates_nothing(
         assert problem["code"] == "invalid_request"
         assert any(error["field"] == field and message in error["message"] for error in problem["errors"]), problem
         assert (await h.http.get("/v1/webhooks")).json() == {"items": []}
+
+
+async def test_an_unreachable_store_is_a_503_and_the_next_call_opens_it_again(tmp_path: Path) -> None:
+    """Cluster mode: the bucket's nodes not answering is ``503 webhooks_unavailable`` with
+    ``Retry-After``, never a 500; the store is opened again on the next call."""
+    opened: list[int] = []
+
+    def unreachable() -> AnyWebhookStore:
+        opened.append(1)
+        if len(opened) == 1:
+            raise LogUnavailable("no answer within 4 s")
+        return WebhookStore.open(tmp_path)
+
+    async with harness(tmp_path, store=unreachable) as h:
+        response = await h.http.post("/v1/webhooks", json={"url": "http://r.test/", "events": ["*"]})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+        assert response.json()["code"] == "webhooks_unavailable"
+        assert (await h.http.get("/v1/webhooks")).json() == {"items": []}
+        assert len(opened) == 2
 
 
 async def test_other_bad_requests(tmp_path: Path) -> None:
