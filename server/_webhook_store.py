@@ -313,7 +313,10 @@ class SharedWebhookStore:
             raise
 
     def close(self) -> None:
-        self._client.close()
+        """Closes its NATS connection (again: nothing)."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def _read(self) -> tuple[dict[str, dict[str, Any]], int]:
         found = self._client.get_value(self._bucket, self.ENDPOINTS_KEY)

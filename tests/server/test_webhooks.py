@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +106,24 @@ class Harness:
 
 
 @pytest.fixture(params=["file", "bucket"])
-def store(request: pytest.FixtureRequest) -> Callable[[], AnyWebhookStore] | None:
+def store(request: pytest.FixtureRequest) -> Iterator[Callable[[], AnyWebhookStore] | None]:
     """Where the endpoints are: ``<data>/webhooks.sqlite3`` (None), or, as in cluster mode, a
-    JetStream bucket (of this test's own) on the module's NATS nodes."""
+    JetStream bucket (of this test's own) on the module's NATS nodes; each store opened on it (the
+    routes', the dispatcher's) is closed after the test, its NATS connection with it."""
     if request.param == "file":
-        return None
+        yield None
+        return
     nodes = request.getfixturevalue("nats_nodes")
-    return partial(SharedWebhookStore.open, nodes.urls, bucket=f"test_{uuid.uuid4().hex[:16]}")
+    bucket = f"test_{uuid.uuid4().hex[:16]}"
+    opened: list[SharedWebhookStore] = []
+
+    def open_store() -> SharedWebhookStore:
+        opened.append(SharedWebhookStore.open(nodes.urls, bucket=bucket))
+        return opened[-1]
+
+    yield open_store
+    for each in opened:
+        each.close()
 
 
 @asynccontextmanager
