@@ -77,8 +77,9 @@ def test_the_oracle_catches_a_credit_asked_before_the_commit_is_durable(monkeypa
                 if now - self._owed_since.setdefault(transaction_id, (now, 0))[0] >= self._owed_after_s]
 
     monkeypatch.setattr(Crossing, "due_owed", undurable)
-    # Seed 8 is the first of 1-40 to catch it today; the others follow should that change.
-    assert "which no sender's stream committed" in _first_failure([8, *range(1, 40)])
+    # Seed 11 is the first of 1-40 to catch it today (within its first steps); the others follow
+    # should a change of the simulation move it.
+    assert "which no sender's stream committed" in _first_failure([11, *range(1, 40)])
 
 
 def test_the_oracle_catches_a_stream_without_its_fence(monkeypatch: pytest.MonkeyPatch) -> None:
