@@ -242,27 +242,37 @@ class StreamClient:
         name = config.name
         assert name is not None
 
-        async def ensure() -> None:
+        async def ensure(js: Any) -> None:
+            try:
+                info = await js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(config)
+                return
+            if not same(info):
+                await js.update_stream(config)
+
+        self._placed(f"stream {name}", ensure, timeout_s)
+
+    def _placed(self, what: str, ensure: Callable[[Any], Coroutine[Any, Any, None]], timeout_s: float) -> None:
+        """Runs ``ensure(jetstream)`` until it passes, for up to ``timeout_s`` while the nodes
+        cannot place what it makes yet (a node just restarted is "offline" to the others for a
+        moment; JetStream still electing its meta leader)."""
+
+        async def run() -> None:
             js = self._client().jetstream(timeout=REQUEST_TIMEOUT_S)
             deadline = time.monotonic() + timeout_s
             while True:
                 try:
-                    try:
-                        info = await js.stream_info(name)
-                    except nats.js.errors.NotFoundError:
-                        await js.add_stream(config)
-                        return
-                    if not same(info):
-                        await js.update_stream(config)
+                    await ensure(js)
                     return
                 except (nats.js.errors.ServiceUnavailableError, nats.js.errors.BadRequestError) as error:
                     transient = isinstance(error, nats.js.errors.ServiceUnavailableError) or error.err_code == NO_PEERS
                     if not transient or time.monotonic() >= deadline:
                         raise
-                    log.info("stream %s cannot be placed yet (%s); trying again", name, error.description)
+                    log.info("%s cannot be placed yet (%s); trying again", what, error.description)
                     await asyncio.sleep(ENSURE_RETRY_S)
 
-        self._call(ensure(), timeout_s + 2 * REQUEST_TIMEOUT_S)
+        self._call(run(), timeout_s + 2 * REQUEST_TIMEOUT_S)
 
     def last_sequence(self, stream: str) -> int:
         """The stream's last sequence as its leader knows it (0 when empty)."""
@@ -281,25 +291,13 @@ class StreamClient:
         ``replicas`` copies, stored with the nodes' ``sync_interval: always`` like the log) if it
         does not exist; placement failures are retried as for ``ensure_stream``."""
 
-        async def ensure() -> None:
-            js = self._client().jetstream(timeout=REQUEST_TIMEOUT_S)
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    try:
-                        await js.key_value(bucket)
-                    except nats.js.errors.BucketNotFoundError:
-                        await js.create_key_value(bucket=bucket, history=1, replicas=replicas,
-                                                  storage=api.StorageType.FILE)
-                    return
-                except (nats.js.errors.ServiceUnavailableError, nats.js.errors.BadRequestError) as error:
-                    transient = isinstance(error, nats.js.errors.ServiceUnavailableError) or error.err_code == NO_PEERS
-                    if not transient or time.monotonic() >= deadline:
-                        raise
-                    log.info("bucket %s cannot be placed yet (%s); trying again", bucket, error.description)
-                    await asyncio.sleep(ENSURE_RETRY_S)
+        async def ensure(js: Any) -> None:
+            try:
+                await js.key_value(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                await js.create_key_value(bucket=bucket, history=1, replicas=replicas, storage=api.StorageType.FILE)
 
-        self._call(ensure(), timeout_s + 2 * REQUEST_TIMEOUT_S)
+        self._placed(f"bucket {bucket}", ensure, timeout_s)
 
     def get_value(self, bucket: str, key: str) -> tuple[bytes, int] | None:
         """The value of ``key`` and its revision; None when it has none (never written, or
