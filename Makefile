@@ -74,11 +74,12 @@ $(CSTAMP): pyproject.toml setup.py $(SOURCES)
 
 install-compiled: $(CSTAMP)
 
-# The compiled build against a bounded subset (ledger, WAL, the simulation's CI seeds), run
+# The compiled build against a bounded subset (ledger, WAL, the simulations' CI seeds: the disk one
+# and that of several cluster groups), run
 # from the installed package: PYTHONSAFEPATH keeps the working directory off sys.path and
 # --import-mode=append puts the checkout (for `tests`) after site-packages; tests/conftest.py
 # refuses to start unless every COMPILED module was imported from its .so.
-COMPILED_TESTS ?= tests/ledger tests/wal tests/sim/test_sim.py
+COMPILED_TESTS ?= tests/ledger tests/wal tests/sim/test_sim.py tests/sim/test_groups_sim.py
 test-compiled: $(CSTAMP)
 	WALLET_EXPECT_COMPILED=1 PYTHONSAFEPATH=1 $(CBIN)/python -m pytest -q -p no:cacheprovider \
 		--import-mode=append $(COMPILED_TESTS)
