@@ -11,7 +11,10 @@ Batches (``Ledger.transfer_batch``; ``docs/adr/0004-atomic-batches.md``):
   decided in request order, each after the effects of the accepted ones before it. The accepted
   ones become one ``TransfersPosted`` record (halved only if it would not fit in a frame); step
   3 goes back as one ``_ApplyCredits`` per receiving shard. One reply per sending shard, once
-  the log it wrote or judged against is durable.
+  the log it wrote or judged against is durable. In a ledger of several groups
+  (``Ledger.transfers_across``) an item whose receiver is in another group skips step 1 here
+  (its group reserved the credit): it goes straight to its sending shard as one more part of
+  the batch, so a sender's items are decided in request order wherever they go.
 - Atomic, every wallet on one shard: one ``_AtomicBatch``, decided and committed in one step.
 - Atomic, several shards: the ledger (holding its atomic lock, so only one such batch holds
   shards at a time) posts ``_Pause`` to every involved shard but the lead, which gets

@@ -555,13 +555,28 @@ class Ledger:
     def submit_batch(self, commands: list[Transfer]) -> BatchReply:
         """The synchronous half of a non-atomic batch: one message per receiving shard, or
         Overloaded for the whole batch before anything is sent. (The simulation calls it.)"""
+        return self._submit_parts(commands, None)
+
+    def _submit_parts(self, commands: list[Transfer], credits: list[CreditCheck | None] | None) -> BatchReply:
+        """A non-atomic batch's messages, or Overloaded before any is sent. An item whose
+        receiver lives in this group (no ``credits``, or None there) goes to its receiving shard
+        first (the credit checks, ``_CreditGroup``), which forwards it to the sending shard; an
+        item whose receiver is in another group, with that group's verdict in ``credits``, goes
+        straight to its sending shard (``REMOTE``). A sending shard gathers its parts and
+        decides all its items in one step, in request order."""
         shards = len(self.shards)
         groups: dict[int, list[tuple[int, Transfer, int]]] = {}
         senders: dict[int, set[int]] = {}  # sending shard -> the receiving shards that forward to it
+        remote: dict[int, list[Any]] = {}  # sending shard -> its items to other groups
         for position, command in enumerate(commands):
             assert command.from_wallet_id is not None  # no deposits in batches
-            credit_shard = shard_of(command.to_wallet_id, shards)
             debit_shard = shard_of(command.from_wallet_id, shards)
+            credit = None if credits is None else credits[position]
+            if credit is not None:
+                assert command.hold_timeout_s is None, command
+                remote.setdefault(debit_shard, []).append((position, command, credit, False, REMOTE))
+                continue
+            credit_shard = shard_of(command.to_wallet_id, shards)
             group = groups.get(credit_shard)
             if group is None:
                 groups[credit_shard] = [(position, command, debit_shard)]
@@ -569,14 +584,17 @@ class Ledger:
                 group.append((position, command, debit_shard))
             senders.setdefault(debit_shard, set()).add(credit_shard)
         self._check_running()
-        for index in groups:
+        for index in groups.keys() | remote.keys():
             self.shards[index].check_room()
         # Nothing below can refuse: every mailbox has room and nothing runs in between.
-        parts = {debit_shard: len(credit_shards) for debit_shard, credit_shards in senders.items()}
+        parts = {debit_shard: len(senders.get(debit_shard, ())) + (debit_shard in remote)
+                 for debit_shard in senders.keys() | remote.keys()}
         reply = BatchReply(len(commands), waiting=len(parts))
         batch = next(self._batch_ids)
         for index, items in groups.items():
             self.shards[index].submit_group(_CreditGroup(batch, items, parts, reply))
+        for index, part in remote.items():
+            self.shards[index].submit_part(_DebitPart(batch, part, parts[index], reply))
         return reply
 
     async def _atomic(self, commands: list[Transfer],
@@ -678,9 +696,13 @@ class Ledger:
         return [bool(decision) for decision in decisions]
 
     async def transfers_across(self, commands: list[Transfer],
-                               credits: list[CreditCheck]) -> list[ItemOutcome | Aborted]:
-        """``transfer_across`` of each, as a non-atomic batch would decide them: one step per
-        sending shard, its accepted items one record."""
+                               credits: list[CreditCheck | None]) -> list[ItemOutcome | Aborted]:
+        """A non-atomic batch of this group's senders whose receivers may be in other groups:
+        per item, None when its receiver lives here, else the verdict of the receiver's group,
+        which reserved the credit (``transfer_across`` of each such item). Decided as any
+        non-atomic batch: one step per sending shard, a sender's items in request order after
+        the accepted ones before them, whichever group receives them; its accepted items one
+        record."""
         assert self.directory.groups > 1 and len(commands) == len(credits)
         if not commands:
             return []
@@ -692,29 +714,18 @@ class Ledger:
         async with tier.holding(keys):
             return await self._across_parts(commands, credits)
 
-    async def _across_parts(self, commands: list[Transfer], credits: list[CreditCheck]) -> list[ItemOutcome | Aborted]:
+    async def _across_parts(self, commands: list[Transfer],
+                            credits: list[CreditCheck | None]) -> list[ItemOutcome | Aborted]:
         result = await self._wait(self.submit_across(commands, credits))
         assert isinstance(result, list)
         return result
 
-    def submit_across(self, commands: list[Transfer], credits: list[CreditCheck]) -> BatchReply:
-        """The synchronous half of ``transfers_across`` (without its hold of the keys): one
-        message per sending shard, or Overloaded before anything is sent. (The simulation
+    def submit_across(self, commands: list[Transfer], credits: list[CreditCheck | None]) -> BatchReply:
+        """The synchronous half of ``transfers_across`` (without its hold of the keys): the
+        messages of ``_submit_parts``, or Overloaded before anything is sent. (The simulation
         calls it.)"""
-        shards = len(self.shards)
-        parts: dict[int, list[Any]] = {}
-        for position, (command, credit) in enumerate(zip(commands, credits, strict=True)):
-            assert command.from_wallet_id is not None and command.hold_timeout_s is None, command
-            parts.setdefault(shard_of(command.from_wallet_id, shards), []).append(
-                (position, command, credit, False, REMOTE))
-        self._check_running()
-        for index in parts:
-            self.shards[index].check_room()
-        reply = BatchReply(len(commands), waiting=len(parts))
-        batch = next(self._batch_ids)
-        for index, items in parts.items():
-            self.shards[index].submit_part(_DebitPart(batch, items, 1, reply))
-        return reply
+        assert len(commands) == len(credits)
+        return self._submit_parts(commands, credits)
 
     async def _commands(self, commands: list[tuple[str, Any]]) -> list[Decision]:
         """Unkeyed commands, each to the shard of its wallet id, one message per shard."""

@@ -314,11 +314,10 @@ class GroupRouter:
 
     async def transfer_batch(self, commands: list[Transfer], atomic: bool) -> list[ItemOutcome] | BatchFailed:
         """A batch inside one group goes to it whole. A non-atomic batch across groups is
-        decided group by group: each group's items inside it as one batch, its items to other
-        groups through the protocol of a single transfer, many per call (prepared at each
-        receiving group, committed at each sending group, credited), all at once; answers in
-        request order. Unlike inside one group, two items of one sender are not decided in
-        request order when one stays in the group and the other leaves it."""
+        decided by each sending group at once, its items as one batch wherever they go: the
+        items to other groups through the protocol of a single transfer, many per call
+        (``_from_group``), so a sender's items are decided in request order as inside one
+        group; answers in request order."""
         if not commands:
             return []
         sides = [self._sides(command) for command in commands]
@@ -328,28 +327,77 @@ class GroupRouter:
         if atomic:
             return await self._atomic_across(commands, sides)
         outcomes: list[Any] = [None] * len(commands)
-        inside: dict[int, list[int]] = {}
-        across: dict[tuple[int, int], list[int]] = {}
-        for index, (sender, receiver) in enumerate(sides):
-            if sender == receiver:
-                inside.setdefault(sender, []).append(index)
-            else:
-                across.setdefault((sender, receiver), []).append(index)
+        by_sender: dict[int, list[int]] = {}
+        for index, (sender, _) in enumerate(sides):
+            by_sender.setdefault(sender, []).append(index)
 
-        async def within(group: int, indexes: list[int]) -> None:
-            result = await self.ports[group].transfer_batch([commands[index] for index in indexes], False)
-            assert not isinstance(result, BatchFailed)
+        async def send(sender: int, indexes: list[int]) -> None:
+            part = [commands[index] for index in indexes]
+            if all(sides[index][1] == sender for index in indexes):
+                result = await self.ports[sender].transfer_batch(part, False)
+                assert not isinstance(result, BatchFailed)
+            else:
+                result = await self._from_group(part, sender)
             for index, outcome in zip(indexes, result, strict=True):
                 outcomes[index] = outcome
 
-        async def between(sender: int, receiver: int, indexes: list[int]) -> None:
-            for index, outcome in zip(indexes, await self._across_many(
-                    [commands[index] for index in indexes], sender, receiver), strict=True):
-                outcomes[index] = outcome
-
-        await _all([(within, (number, indexes)) for number, indexes in inside.items()]
-                   + [(between, (sender, receiver, indexes)) for (sender, receiver), indexes in across.items()])
+        await _all([(send, (sender, indexes)) for sender, indexes in by_sender.items()])
         return outcomes
+
+    def _receivers(self, commands: list[Transfer], sender: int) -> dict[int, list[int]]:
+        """The indexes of the items of ``commands`` (all from group ``sender``) by the other
+        group that receives them."""
+        remote: dict[int, list[int]] = {}
+        for index, command in enumerate(commands):
+            receiver = group_of(command.to_wallet_id, self.groups)
+            if receiver != sender:
+                remote.setdefault(receiver, []).append(index)
+        return remote
+
+    async def _prepare(self, commands: list[Transfer], sender: int,
+                       remote: dict[int, list[int]]) -> list[CreditCheck | None]:
+        """Step 1 at every receiving group at once (one call each): per item, the verdict of
+        its receiver's group, or None for an item that stays in ``sender``. A group that cannot
+        prepare raises (Unavailable) once the others ended; what they reserved is then aborted
+        by the owners (presumed abort)."""
+        credits: list[CreditCheck | None] = [None] * len(commands)
+
+        async def prepare(receiver: int, indexes: list[int]) -> None:
+            verdicts = await self.ports[receiver].reserve_credits(
+                [_reservation(commands[index], sender) for index in indexes])
+            for index, verdict in zip(indexes, verdicts, strict=True):
+                credits[index] = verdict
+
+        await _all([(prepare, (receiver, indexes)) for receiver, indexes in remote.items()])
+        return credits
+
+    async def _settle_all(self, commands: list[Transfer], sender: int, remote: dict[int, list[int]],
+                          credits: list[CreditCheck | None], committed: Callable[[int], bool]) -> None:
+        """Step 3 at every receiving group at once, for the items it reserved: the credit of
+        those ``committed`` says were committed, the release of the others."""
+
+        async def settle(receiver: int, indexes: list[int]) -> None:
+            await self._settle(sender, receiver, [
+                (commands[index].transaction_id, commands[index].to_wallet_id, committed(index))
+                for index in indexes if (verdict := credits[index]) is not None and verdict.failure is None])
+
+        await _all([(settle, (receiver, indexes)) for receiver, indexes in remote.items()])
+
+    async def _from_group(self, commands: list[Transfer], sender: int) -> list[ItemOutcome]:
+        """A non-atomic batch of group ``sender``'s wallets, some to other groups: each
+        receiving group reserves its items' credits, the sending group decides all the items
+        in one call (those that stay in it too), each receiving group credits or releases."""
+        remote = self._receivers(commands, sender)
+        credits = await self._prepare(commands, sender, remote)
+        outcomes = await self.ports[sender].transfers_across(commands, credits)
+        await self._settle_all(commands, sender, remote, credits,
+                               lambda index: isinstance(outcomes[index], Committed))
+        answers: list[ItemOutcome] = []
+        for command, outcome in zip(commands, outcomes, strict=True):
+            if isinstance(outcome, Aborted):
+                raise Unavailable(f"transfer {command.transaction_id} was aborted by its receiver's group; retry")
+            answers.append(outcome)
+        return answers
 
     async def _atomic_across(self, commands: list[Transfer], sides: list[tuple[int, int]]
                              ) -> list[ItemOutcome] | BatchFailed:
@@ -363,30 +411,12 @@ class GroupRouter:
                            f"({sender} and {other}); an atomic batch may debit the wallets of one group only "
                            f"(send the others as another batch)",
                 ))
-        remote: dict[int, list[int]] = {}
-        for index, (_, receiver) in enumerate(sides):
-            if receiver != sender:
-                remote.setdefault(receiver, []).append(index)
-        credits: list[CreditCheck | None] = [None] * len(commands)
-
-        async def prepare(receiver: int, indexes: list[int]) -> None:
-            verdicts = await self.ports[receiver].reserve_credits(
-                [_reservation(commands[index], sender) for index in indexes])
-            for index, verdict in zip(indexes, verdicts, strict=True):
-                credits[index] = verdict
-
-        # A group that cannot prepare fails the batch (503) before anything is decided; what
-        # the others reserved is aborted by the owners (presumed abort).
-        await _all([(prepare, (receiver, indexes)) for receiver, indexes in remote.items()])
+        remote = self._receivers(commands, sender)
+        # A group that cannot prepare fails the batch (503) before anything is decided.
+        credits = await self._prepare(commands, sender, remote)
         result = await self.ports[sender].transfer_batch_across(commands, credits)
-
-        async def settle(receiver: int, indexes: list[int]) -> None:
-            await self._settle(sender, receiver, [
-                (commands[index].transaction_id, commands[index].to_wallet_id,
-                 isinstance(result, list) and isinstance(result[index], Committed))
-                for index in indexes if (verdict := credits[index]) is not None and verdict.failure is None])
-
-        await _all([(settle, (receiver, indexes)) for receiver, indexes in remote.items()])
+        await self._settle_all(commands, sender, remote, credits,
+                               lambda index: isinstance(result, list) and isinstance(result[index], Committed))
         if isinstance(result, list) and any(isinstance(outcome, Aborted) for outcome in result):
             raise Unavailable("an atomic batch was aborted by a receiver's group; retry")
         return result
@@ -396,20 +426,6 @@ class GroupRouter:
         if command.from_wallet_id is None:
             return receiver, receiver
         return group_of(command.from_wallet_id, self.groups), receiver
-
-    async def _across_many(self, commands: list[Transfer], sender: int, receiver: int) -> list[ItemOutcome]:
-        """``_across`` for many transfers from one group to another, three calls in all."""
-        verdicts = await self.ports[receiver].reserve_credits([_reservation(command, sender) for command in commands])
-        outcomes = await self.ports[sender].transfers_across(commands, verdicts)
-        await self._settle(sender, receiver, [
-            (command.transaction_id, command.to_wallet_id, isinstance(outcome, Committed))
-            for command, verdict, outcome in zip(commands, verdicts, outcomes, strict=True) if verdict.failure is None])
-        answers: list[ItemOutcome] = []
-        for command, outcome in zip(commands, outcomes, strict=True):
-            if isinstance(outcome, Aborted):
-                raise Unavailable(f"transfer {command.transaction_id} was aborted by its receiver's group; retry")
-            answers.append(outcome)
-        return answers
 
     async def _settle(self, sender: int, receiver: int, settle: list[tuple[str, str, bool]]) -> None:
         """Step 3 for many transfers from ``sender`` to ``receiver``: (id, receiving wallet,

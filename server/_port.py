@@ -362,7 +362,9 @@ class LocalPort:
     async def reserve_credits(self, commands: list[ReserveCredit]) -> list[CreditCheck]:
         return await self.ledger.reserve_credits(commands)
 
-    async def transfers_across(self, commands: list[Transfer], credits: list[CreditCheck]) -> list[Any]:
+    async def transfers_across(self, commands: list[Transfer], credits: list[CreditCheck | None]) -> list[Any]:
+        """A non-atomic batch of this group's senders; an item with a verdict in ``credits``
+        goes to another group (``Ledger.transfers_across``)."""
         return await self.ledger.transfers_across(commands, credits)
 
     async def transfer_batch_across(self, commands: list[Transfer],
@@ -808,7 +810,7 @@ class RemoteCalls:
     async def reserve_credits(self, commands: list[ReserveCredit]) -> list[CreditCheck]:
         return list(await self._call("reserve_credits", commands))
 
-    async def transfers_across(self, commands: list[Transfer], credits: list[CreditCheck]) -> list[Any]:
+    async def transfers_across(self, commands: list[Transfer], credits: list[CreditCheck | None]) -> list[Any]:
         return list(await self._call("transfers_across", commands, credits))
 
     async def settle_reservations(self, items: list[tuple[str, str, bool]]) -> list[bool]:

@@ -251,6 +251,40 @@ async def test_an_atomic_batch_to_other_groups_commits_whole_as_one_record_and_r
     assert (await replayed_digest(a_path), await replayed_digest(b_path)) == live
 
 
+async def test_a_non_atomic_batch_decides_a_senders_items_in_request_order_whichever_group_receives_them(
+        tmp_path: Path) -> None:
+    """``transfers_across`` with items that stay in the group (no verdict) and items that leave
+    it (the receiver group's verdict): a sender's items are decided in one step, in request
+    order, each after the accepted ones before it; those that stay are credited here, those that
+    leave go to the transit account and are owed. Replay gives the same."""
+    a_path, b_path = tmp_path / "g0", tmp_path / "g1"
+    async with running(a_path, 0) as a, running(b_path, 1) as b:
+        await setup(a, ["alice", "carol", "erin"], deposit=100)
+        await setup(b, ["bob"], deposit=0)
+        # alice: 80 to bob (leaves) first, then 50 to carol (stays): the second no longer fits.
+        # erin: 60 to carol (stays) first, then 50 to bob (leaves): the second no longer fits.
+        commands = [transfer(1, "alice", "bob", 80, key="m1"), transfer(2, "erin", "carol", 60, key="m2"),
+                    transfer(3, "alice", "carol", 50, key="m3"), transfer(4, "erin", "bob", 50, key="m4")]
+        first = await b.reserve_credit(reserve(1, "alice", "bob", 80))
+        fourth = await b.reserve_credit(reserve(4, "erin", "bob", 50))
+        outcomes = await a.transfers_across(commands, [first, None, None, fourth])
+        kinds = [outcome.reason if isinstance(outcome, Rejection) else type(outcome).__name__ for outcome in outcomes]
+        assert kinds == ["Committed", "Committed", Reason.INSUFFICIENT_FUNDS, Reason.INSUFFICIENT_FUNDS]
+        assert balances(a) | {"treasury:USD": 0} == {"alice": 20, "carol": 160, "erin": 40, "treasury:USD": 0}
+        assert a.owed() == {"tx1": "bob"} and a.directory.transit == {"USD": 80}
+        # Asked again: every item answers its first outcome and nothing moves.
+        again = await a.transfers_across(commands, [first, None, None, fourth])
+        assert [type(outcome).__name__ for outcome in again] == ["Duplicate", "Duplicate", "Rejection", "Rejection"]
+        assert balances(a)["alice"] == 20 and balances(a)["carol"] == 160
+        assert await b.settle_reservation("tx1", "bob", credit=True)
+        assert await b.settle_reservation("tx4", "bob", credit=False)
+        await a.settle_transit(["tx1"])
+        assert balances(b) == {"bob": 80, "treasury:USD": 0} and b.all_reservations() == []
+        assert sum(balances(a).values()) + sum(balances(b).values()) == 0
+        live = (a.digest(), b.digest())
+    assert (await replayed_digest(a_path), await replayed_digest(b_path)) == live
+
+
 async def test_an_atomic_batch_across_groups_that_fails_or_was_aborted_moves_nothing(tmp_path: Path) -> None:
     async with running(tmp_path / "g0", 0) as a, running(tmp_path / "g1", 1) as b:
         await setup(a, ["alice", "carol"], deposit=100)

@@ -215,6 +215,26 @@ async def test_a_batch_across_groups_is_decided_by_each_group_and_answered_in_re
             "Duplicate", "Duplicate", "Rejection", "Duplicate", "Rejection", "Duplicate"]
         assert {wallet_id: (await router.wallet(wallet_id)).balance for wallet_id in balances} == balances  # type: ignore[union-attr]
 
+async def test_a_batch_across_groups_decides_a_senders_items_in_request_order_wherever_they_go(
+        tmp_path: Path) -> None:
+    """The items of one sender, some staying in its group and some leaving it, are decided in
+    request order, as inside one group: the sending group decides all of them in one call."""
+    a1, a2, b1, b2 = wallet_in(0, "a"), wallet_in(0, "aa"), wallet_in(1, "b"), wallet_in(1, "bb")
+    async with two_groups(tmp_path) as (ledgers, _, router):
+        await wallets(router, a1, a2, b1, b2, deposit=100)
+        # a1 sends 80 out of its group first; b1 keeps 60 in its group first: each second item
+        # no longer fits, whichever group it goes to.
+        items = [transfer(1, a1, b1, 80, key="o1"), transfer(2, b1, b2, 60, key="o2"),
+                 transfer(3, a1, a2, 50, key="o3"), transfer(4, b1, a2, 50, key="o4")]
+        outcomes = await router.transfer_batch(items, False)
+        kinds = [outcome.reason if isinstance(outcome, Rejection) else type(outcome).__name__
+                 for outcome in outcomes]  # type: ignore[union-attr]
+        assert kinds == ["Committed", "Committed", Reason.INSUFFICIENT_FUNDS, Reason.INSUFFICIENT_FUNDS]
+        balances = {wallet_id: (await router.wallet(wallet_id)).balance for wallet_id in (a1, a2, b1, b2)}  # type: ignore[union-attr]
+        assert balances == {a1: 20, a2: 100, b1: 100 + 80 - 60, b2: 160}
+        assert ledgers[0].all_reservations() == [] and ledgers[1].all_reservations() == []
+
+
 async def test_an_atomic_batch_from_one_group_to_several_is_all_or_nothing(tmp_path: Path) -> None:
     a1, a2, b1, b2 = wallet_in(0, "a"), wallet_in(0, "aa"), wallet_in(1, "b"), wallet_in(1, "bb")
     async with two_groups(tmp_path) as (ledgers, ports, router):

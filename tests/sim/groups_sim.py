@@ -459,7 +459,7 @@ class GroupsSimulation(StreamFaults):
             if sender == receiver:
                 outcome = yield Ask(sender, lambda ledger: self.submit_local(ledger, commands[0]))
                 return [outcome]
-            return (yield from self.across_many(commands, sender, receiver, single=True))
+            return (yield from self.across(commands[0], sender, receiver))
         groups = {group for pair in sides for group in pair}
         if len(groups) == 1:
             group = groups.pop()
@@ -469,16 +469,16 @@ class GroupsSimulation(StreamFaults):
         if request.atomic:
             return (yield from self.atomic_across(commands, sides))
         outcomes: list[Any] = [None] * len(commands)
-        parts: dict[tuple[int, int], list[int]] = {}
-        for index, pair in enumerate(sides):
-            parts.setdefault(pair, []).append(index)
+        by_sender: dict[int, list[int]] = {}
+        for index, (sender, _) in enumerate(sides):
+            by_sender.setdefault(sender, []).append(index)
         # The router sends the parts at once; here one after the other (one interleaving of it).
-        for (sender, receiver), indexes in parts.items():
+        for sender, indexes in by_sender.items():
             part = [commands[index] for index in indexes]
-            if sender == receiver:
+            if all(sides[index][1] == sender for index in indexes):
                 results = yield Ask(sender, lambda ledger, part=part: ledger.submit_batch(part))
             else:
-                results = yield from self.across_many(part, sender, receiver)
+                results = yield from self.from_group(part, sender)
             for index, outcome in zip(indexes, results, strict=True):
                 outcomes[index] = outcome
         return outcomes
@@ -487,46 +487,37 @@ class GroupsSimulation(StreamFaults):
         assert wallet_id is not None
         return group_of(wallet_id, self.count)
 
-    def across_many(self, commands: list[Transfer], sender: int, receiver: int, *,
-                    single: bool = False) -> Generator[Ask, Any, Any]:
-        """``GroupRouter._across`` (``single``: one call per step) and ``_across_many``:
-        prepare at the receiver's group, commit at the sender's, settle the reservations (and
-        the transit) for the worker's part."""
-        reservations = [ReserveCredit(
+    def across(self, command: Transfer, sender: int, receiver: int) -> Generator[Ask, Any, Any]:
+        """``GroupRouter._across``: prepare at the receiver's group, commit at the sender's,
+        settle the reservation (and the transit) for the worker's part."""
+        reservation = ReserveCredit(
             transaction_id=command.transaction_id, to_wallet_id=command.to_wallet_id, amount=command.amount,
             from_wallet_id=command.from_wallet_id or "", from_group=sender, description=None, metadata=None)
-            for command in commands]
-        if single:
-            verdicts = [(yield Ask(receiver, lambda ledger: self.submit_local(ledger, reservations[0]),
-                                   lambda ledger, decision: ledger._verdict(reservations[0], decision)))]
-            outcomes = [(yield Ask(sender, lambda ledger: ledger._submit_remote(
-                commands[0].from_wallet_id or "", commands[0], verdicts[0])))]
-        else:
-            verdicts = yield Ask(receiver, lambda ledger: ledger.submit_commands(
-                [(reservation.to_wallet_id, reservation) for reservation in reservations]),
-                lambda ledger, decisions: [ledger._verdict(reservation, decision)
-                                           for reservation, decision in zip(reservations, decisions, strict=True)])
-            outcomes = yield Ask(sender, lambda ledger: ledger.submit_across(commands, verdicts))
-        yield from self.settle(sender, receiver, [
-            (command.transaction_id, command.to_wallet_id, isinstance(outcome, Committed))
-            for command, verdict, outcome in zip(commands, verdicts, outcomes, strict=True)
-            if verdict.failure is None])
-        if any(isinstance(outcome, Aborted) for outcome in outcomes):
+        verdict = yield Ask(receiver, lambda ledger: self.submit_local(ledger, reservation),
+                            lambda ledger, decision: ledger._verdict(reservation, decision))
+        outcome = yield Ask(sender, lambda ledger: ledger._submit_remote(command.from_wallet_id or "", command, verdict))
+        if verdict.failure is None:
+            yield from self.settle(sender, receiver, [
+                (command.transaction_id, command.to_wallet_id, isinstance(outcome, Committed))])
+        if isinstance(outcome, Aborted):
             self.stats.aborted += 1
             raise Unavailable("aborted by the receiver's group")
-        return outcomes
+        return [outcome]
 
-    def atomic_across(self, commands: list[Transfer], sides: list[tuple[int, int]]) -> Generator[Ask, Any, Any]:
-        """``GroupRouter._atomic_across``: every receiving group reserves its items' credits
-        (one call each), the sending group decides the batch whole with those verdicts, each
-        receiving group credits or releases."""
-        sender = sides[0][0]
-        assert all(pair[0] == sender for pair in sides)
-        credits: list[Any] = [None] * len(commands)
+    def receivers(self, commands: list[Transfer], sender: int) -> dict[int, list[int]]:
+        """``GroupRouter._receivers``: the items of ``commands`` by the other group receiving them."""
         remote: dict[int, list[int]] = {}
-        for index, (_, receiver) in enumerate(sides):
+        for index, command in enumerate(commands):
+            receiver = self.group_of(command.to_wallet_id)
             if receiver != sender:
                 remote.setdefault(receiver, []).append(index)
+        return remote
+
+    def prepare(self, commands: list[Transfer], sender: int,
+                remote: dict[int, list[int]]) -> Generator[Ask, Any, list[Any]]:
+        """``GroupRouter._prepare``: each receiving group reserves its items' credits (one call
+        each); None for an item that stays in ``sender``."""
+        credits: list[Any] = [None] * len(commands)
         for receiver, indexes in remote.items():
             reservations = [ReserveCredit(
                 transaction_id=commands[index].transaction_id, to_wallet_id=commands[index].to_wallet_id,
@@ -538,6 +529,32 @@ class GroupsSimulation(StreamFaults):
                                                            for reservation, decision in zip(r, decisions, strict=True)])
             for index, verdict in zip(indexes, verdicts, strict=True):
                 credits[index] = verdict
+        return credits
+
+    def from_group(self, commands: list[Transfer], sender: int) -> Generator[Ask, Any, Any]:
+        """``GroupRouter._from_group``: a sending group's part of a non-atomic batch, some of
+        it to other groups: prepared at each receiving group, decided whole at the sender's
+        (its items that stay too, a sender's items in request order), settled."""
+        remote = self.receivers(commands, sender)
+        credits = yield from self.prepare(commands, sender, remote)
+        outcomes = yield Ask(sender, lambda ledger: ledger.submit_across(commands, credits))
+        for receiver, indexes in remote.items():
+            yield from self.settle(sender, receiver, [
+                (commands[index].transaction_id, commands[index].to_wallet_id, isinstance(outcomes[index], Committed))
+                for index in indexes if credits[index].failure is None])
+        if any(isinstance(outcome, Aborted) for outcome in outcomes):
+            self.stats.aborted += 1
+            raise Unavailable("aborted by a receiver's group")
+        return outcomes
+
+    def atomic_across(self, commands: list[Transfer], sides: list[tuple[int, int]]) -> Generator[Ask, Any, Any]:
+        """``GroupRouter._atomic_across``: every receiving group reserves its items' credits
+        (one call each), the sending group decides the batch whole with those verdicts, each
+        receiving group credits or releases."""
+        sender = sides[0][0]
+        assert all(pair[0] == sender for pair in sides)
+        remote = self.receivers(commands, sender)
+        credits = yield from self.prepare(commands, sender, remote)
         result = yield Ask(sender, lambda ledger: _atomic_now(ledger, commands, credits))
         for receiver, indexes in remote.items():
             yield from self.settle(sender, receiver, [
