@@ -27,6 +27,7 @@ never owed again. Firings thus never depend on today's rules: they are facts in 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from ledger._model import (
     BATCH_ITEMS_MAX,
@@ -44,6 +45,9 @@ from ledger._model import (
     AlertsTriggered,
     Asset,
     AssetCreated,
+    BatchDecided,
+    BatchPrepared,
+    BatchReleased,
     CreditReserved,
     Event,
     GroupConfigured,
@@ -62,6 +66,7 @@ from ledger._model import (
     TokenRevoked,
     TransactionType,
     Transferred,
+    TransferRow,
     TransfersAborted,
     TransfersPosted,
     TransitSettled,
@@ -93,6 +98,9 @@ def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
         directory.at_us = event.at_us
     if isinstance(event, TransfersPosted):
         assert 1 <= len(event.rows) <= BATCH_ITEMS_MAX, len(event.rows)
+        if event.settles is not None:
+            prepared, _ = _end_prepared(directory, event.settles)
+            assert prepared.rows == event.rows, (prepared.rows, event.rows)
         record_keys(directory, event, lsn)
         _expire_idempotency(directory)
     elif isinstance(event, Transferred | WalletCreated | HoldCreated | HoldCaptured | HoldVoided | Refunded):
@@ -130,6 +138,22 @@ def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
         for transaction_id in event.transaction_ids:
             assert transaction_id not in directory.owed
             directory.aborted.add(transaction_id)
+    elif isinstance(event, BatchPrepared):
+        assert directory.groups > 1 and event.batch not in directory.prepared, event.batch
+        directory.prepared[event.batch] = (event, lsn)
+        for row in event.rows:
+            assert row[0] not in directory.prepared_ids and row[0] not in directory.aborted, row
+            directory.prepared_ids[row[0]] = event.batch
+            if row[8] is not None:
+                key = (row[8][0], row[8][1])
+                assert key not in directory.idempotency and key not in directory.prepared_keys, key
+                directory.prepared_keys[key] = event.batch
+    elif isinstance(event, BatchDecided):
+        assert directory.groups > 1 and event.batch not in directory.decided, event.batch
+        directory.decided[event.batch] = event.committed
+    elif isinstance(event, BatchReleased):
+        prepared, _ = _end_prepared(directory, event.batch)
+        directory.aborted.update(row[0] for row in prepared.rows)
     elif isinstance(event, GroupConfigured):
         assert directory.groups == 1 and event.groups > 1 and 0 <= event.group < event.groups, event
         directory.group = event.group
@@ -412,6 +436,69 @@ def apply_sent_across(directory: Directory, event: Transferred | Refunded | Hold
     directory.owed[owed_id] = event.to_wallet_id
 
 
+def _end_prepared(directory: Directory, batch: str) -> tuple[BatchPrepared, int]:
+    """Forgets a prepared part of a batch (posted or released) and its keys and ids."""
+    prepared, lsn = directory.prepared.pop(batch)
+    for row in prepared.rows:
+        del directory.prepared_ids[row[0]]
+        if row[8] is not None:
+            del directory.prepared_keys[(row[8][0], row[8][1])]
+    return prepared, lsn
+
+
+def prepared_effects(rows: tuple[TransferRow, ...], here: Callable[[str], bool]) -> tuple[dict[str, int], dict[str, int]]:
+    """What a prepared part of a batch keeps, per wallet of this group (``here``): the amount
+    held on it, the most its balance falls below where it started at any point of the rows in
+    order (a wallet may spend what an earlier row credited it, so only that dip must stay
+    spendable, and the rows then post in order on any balance the holds protected), and the
+    amount reserved on it as a receiver (all it receives; not closable meanwhile)."""
+    moved: dict[str, int] = {}
+    held: dict[str, int] = {}
+    incoming: dict[str, int] = {}
+    for row in rows:
+        sender_id, receiver_id, amount = row[2], row[3], row[5]
+        left = moved[sender_id] = moved.get(sender_id, 0) - amount
+        if -left > held.get(sender_id, 0):
+            held[sender_id] = -left
+        if here(receiver_id):
+            moved[receiver_id] = moved.get(receiver_id, 0) + amount
+            incoming[receiver_id] = incoming.get(receiver_id, 0) + amount
+    return held, incoming
+
+
+def apply_prepared(state: State, reserved: Callable[[str], dict[str, int] | None], rows: tuple[TransferRow, ...],
+                   at_us: int, lsn: int, *, hold: bool) -> None:
+    """The wallets' side of a prepared part of a batch of several sending groups
+    (``BatchPrepared``): with ``hold``, what ``prepared_effects`` names is held on the senders
+    (not spendable) and reserved on this group's receivers (not closable); without, both are let
+    go (before its ``TransfersPosted`` posts the rows, or when ``BatchReleased`` releases them).
+    ``state`` holds the wallets (and their alerts); ``reserved`` gives the ``reserved_in`` of
+    the shard that owns a wallet, None for a wallet of another group. Replay and the live shards
+    call it alike."""
+    held, incoming = prepared_effects(rows, lambda wallet_id: reserved(wallet_id) is not None)
+    transaction_id = rows[0][0]
+    for wallet_id, amount in held.items():
+        wallet = state.wallets[wallet_id]
+        if hold:
+            assert wallet.available - amount >= _debit_floor(wallet), (wallet, amount)
+            wallet.held += amount
+        else:
+            assert wallet.held >= amount, (wallet, amount)
+            wallet.held -= amount
+        _touch(wallet, at_us, lsn)
+        if state.watched and wallet_id in state.watched:
+            _watch(state, wallet, transaction_id)
+    for wallet_id, amount in incoming.items():
+        receiving = reserved(wallet_id)
+        assert receiving is not None
+        left = receiving.get(wallet_id, 0) + (amount if hold else -amount)
+        assert left >= 0
+        if left:
+            receiving[wallet_id] = left
+        else:
+            del receiving[wallet_id]
+
+
 def apply_reservation(state: State, event: CreditReserved | ReservationSettled, lsn: int) -> None:
     """The part of a reservation record that lands on the shard of its wallet."""
     wallet = state.wallets[event.wallet_id]
@@ -521,9 +608,23 @@ def apply_wallets(state: State, event: Event, lsn: int) -> None:
         )
 
 
+def _reserved_here(state: State) -> Callable[[str], dict[str, int] | None]:
+    def reserved(wallet_id: str) -> dict[str, int] | None:
+        return state.reserved_in if wallet_id in state.wallets else None
+    return reserved
+
+
 def apply(state: State, event: Event, lsn: int) -> None:
     """Applies a whole record to a state that owns every wallet it touches (replay)."""
+    if isinstance(event, BatchReleased):
+        rows = state.directory.prepared[event.batch][0].rows
+        apply_directory(state.directory, event, lsn)
+        apply_prepared(state, _reserved_here(state), rows, event.at_us, lsn, hold=False)
+        return
     apply_directory(state.directory, event, lsn)
+    if isinstance(event, BatchPrepared):
+        apply_prepared(state, _reserved_here(state), event.rows, event.at_us, lsn, hold=True)
+        return
     if isinstance(event, Transferred):
         apply_debit(state, event, lsn)
         if state.directory.groups > 1 and event.to_wallet_id not in state.wallets:
@@ -534,6 +635,8 @@ def apply(state: State, event: Event, lsn: int) -> None:
         apply_reservation(state, event, lsn)
     elif isinstance(event, TransfersPosted):
         across = state.directory.groups > 1
+        if event.settles is not None:  # a prepared part of a batch, posted: its holds let go first
+            apply_prepared(state, _reserved_here(state), event.rows, event.at_us, lsn, hold=False)
         for transfer in event.transfers:  # the reference path: ``ledger._part.apply_part`` is the fast one
             apply_debit(state, transfer, lsn)
             if across and transfer.to_wallet_id not in state.wallets:  # an atomic batch's item to another group
@@ -556,6 +659,7 @@ def apply(state: State, event: Event, lsn: int) -> None:
             apply_credit(state, event, lsn)
     elif isinstance(event, AlertCreated | AlertDeleted | AlertsTriggered):
         apply_alerts(state, event, lsn)
-    elif not isinstance(event, RequestsRefused | GroupConfigured | TransitSettled | TransfersAborted):
-        apply_wallets(state, event, lsn)  # (those four land in the directory alone)
+    elif not isinstance(event, RequestsRefused | GroupConfigured | TransitSettled | TransfersAborted
+                        | BatchDecided):
+        apply_wallets(state, event, lsn)  # (those five land in the directory alone)
 

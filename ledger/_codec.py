@@ -56,6 +56,13 @@ came later still, and older logs hold none of them:
 1 to ``BATCH_ITEMS_MAX`` transfers, each a ``Transferred`` without its ``at_us`` (the record's);
 the time is written once and the whole record is one msgpack array, so a batch pays for one
 encode call and one frame checksum.
+
+Kinds 21-28 are written only by a ledger that is one group of several (ADR 0013): 21
+``GroupConfigured``, 22-25 the steps of a transfer between groups (reservation, settlement,
+transit settled, aborted), and 26-28 those of an atomic batch whose senders are in several
+groups: ``BatchPrepared`` (batch, coordinator, at_us, then the rows as in kind 7),
+``BatchDecided`` (batch, committed, at_us) and ``BatchReleased`` (batch, at_us). A kind 7 record
+that posts such a batch's part carries the batch's id as a fourth field (``settles``).
 """
 
 from __future__ import annotations
@@ -74,6 +81,9 @@ from ledger._model import (
     AlertFired,
     AlertsTriggered,
     AssetCreated,
+    BatchDecided,
+    BatchPrepared,
+    BatchReleased,
     CreditReserved,
     Event,
     GroupConfigured,
@@ -128,6 +138,9 @@ _CREDIT_RESERVED = 22
 _RESERVATION_SETTLED = 23
 _TRANSIT_SETTLED = 24
 _TRANSFERS_ABORTED = 25
+_BATCH_PREPARED = 26
+_BATCH_DECIDED = 27
+_BATCH_RELEASED = 28
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -226,7 +239,7 @@ def _idem_in(value: Any) -> Idempotency | None:
 _TRANSACTION_TYPES = {kind.value: kind for kind in TransactionType}
 
 
-def _transfers_posted(at_us: int, items: Any, payload: bytes) -> TransfersPosted:
+def _transfers_posted(at_us: int, items: Any, payload: bytes, settles: str | None = None) -> TransfersPosted:
     # The one record that carries up to a thousand transfers, so replay and the projector spend
     # their time here: the field checks are inline (one ``type`` test each, the same rules as
     # ``_str``, ``_int`` and friends), the type comes from a table, not the enum's call, and each
@@ -258,7 +271,7 @@ def _transfers_posted(at_us: int, items: Any, payload: bytes) -> TransfersPosted
                     (idem[0], idem[1], idem[2])))
         else:
             append((transaction_id, kind, from_id, to_id, asset, amount, description, metadata, None))
-    return TransfersPosted(rows=tuple(rows), at_us=at_us, payload=payload)
+    return TransfersPosted(rows=tuple(rows), at_us=at_us, payload=payload, settles=settles)
 
 
 def encode_event(event: Event) -> bytes:
@@ -291,6 +304,8 @@ def encode_event(event: Event) -> bytes:
         # The rows as they are: tuples are written as arrays, and the type enum (an int
         # subclass) as its value, so the record is one packing call.
         assert 1 <= len(event.rows) <= BATCH_ITEMS_MAX, len(event.rows)
+        if event.settles is not None:  # a group's part of a batch of several sending groups
+            return _packb([CODEC_VERSION, _TRANSFERS_POSTED, event.at_us, event.rows, event.settles])
         return _packb([CODEC_VERSION, _TRANSFERS_POSTED, event.at_us, event.rows])
     if isinstance(event, TokenRevoked):
         return _packb([CODEC_VERSION, _TOKEN_REVOKED, event.prefix, event.at_us])
@@ -395,6 +410,13 @@ def encode_event(event: Event) -> bytes:
         return _packb([CODEC_VERSION, _TRANSFERS_ABORTED, list(event.transaction_ids), event.at_us])
     if isinstance(event, GroupConfigured):
         return _packb([CODEC_VERSION, _GROUP_CONFIGURED, event.group, event.groups, event.at_us])
+    if isinstance(event, BatchPrepared):
+        assert 1 <= len(event.rows) <= BATCH_ITEMS_MAX, len(event.rows)
+        return _packb([CODEC_VERSION, _BATCH_PREPARED, event.batch, event.coordinator, event.at_us, event.rows])
+    if isinstance(event, BatchDecided):
+        return _packb([CODEC_VERSION, _BATCH_DECIDED, event.batch, event.committed, event.at_us])
+    if isinstance(event, BatchReleased):
+        return _packb([CODEC_VERSION, _BATCH_RELEASED, event.batch, event.at_us])
     raise AssertionError(f"unknown event {event!r}")
 
 
@@ -550,6 +572,9 @@ def decode_event(payload: bytes) -> Event:
                 at_us=_int(at_us),
             )
         if kind == _TRANSFERS_POSTED:
+            if len(rest) == 3:  # a group's part of a batch of several sending groups
+                at_us, items, settles = rest
+                return _transfers_posted(_int(at_us), items, payload, _str(settles))
             at_us, items = rest
             return _transfers_posted(_int(at_us), items, payload)
         if kind == _ALERT_CREATED:
@@ -616,6 +641,16 @@ def decode_event(payload: bytes) -> Event:
         if kind == _GROUP_CONFIGURED:
             group, groups, at_us = rest
             return GroupConfigured(group=_int(group), groups=_int(groups), at_us=_int(at_us))
+        if kind == _BATCH_PREPARED:
+            batch, coordinator, at_us, items = rest
+            rows = _transfers_posted(_int(at_us), items, payload).rows
+            return BatchPrepared(batch=_str(batch), coordinator=_int(coordinator), rows=rows, at_us=_int(at_us))
+        if kind == _BATCH_DECIDED:
+            batch, committed, at_us = rest
+            return BatchDecided(batch=_str(batch), committed=_bool(committed), at_us=_int(at_us))
+        if kind == _BATCH_RELEASED:
+            batch, at_us = rest
+            return BatchReleased(batch=_str(batch), at_us=_int(at_us))
     except CodecError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:

@@ -76,6 +76,7 @@ from ledger._model import (
     AlertField,
     AlertsTriggered,
     AssetCreated,
+    BatchDecided,
     ChangeWalletStatus,
     CompleteWithdrawal,
     CreateAlert,
@@ -83,6 +84,7 @@ from ledger._model import (
     CreateToken,
     CreateWallet,
     CreditReserved,
+    DecideBatch,
     DeleteAlert,
     Duplicate,
     Event,
@@ -145,6 +147,14 @@ def check_idempotency(directory: Directory, idempotency: Idempotency | None) -> 
         # An older record the on-disk index holds, brought back before the command was sent.
         record = directory.recalled.get(key)
         if record is None:
+            if directory.prepared_keys and key in directory.prepared_keys:
+                # An item of a batch of several sending groups, prepared and not yet ended:
+                # its outcome is not known yet (ADR 0013). Never recorded.
+                return Rejection(
+                    reason=Reason.REQUEST_IN_PROGRESS,
+                    detail=f"idempotency key {idempotency.key!r} belongs to an atomic batch still in progress; "
+                           f"retry shortly",
+                )
             return None
     if record.fingerprint != idempotency.fingerprint:
         return Rejection(
@@ -935,12 +945,22 @@ def decide_settle_transit(state: State, command: SettleTransit, now_us: int) -> 
 def decide_abort_transfers(state: State, command: AbortTransfers, now_us: int) -> Decision:
     """Presumed abort: of the named transfers, those this group has not committed (not owed:
     a committed one stays owed until its receiver credited it, and a receiver asks only about
-    reservations it still has) and not aborted already are aborted for good."""
+    reservations it still has), does not hold in a prepared batch (its coordinator decides those)
+    and has not aborted already are aborted for good."""
     directory = state.directory
     aborted = tuple(dict.fromkeys(
-        id_ for id_ in command.transaction_ids if id_ not in directory.owed and id_ not in directory.aborted
+        id_ for id_ in command.transaction_ids
+        if id_ not in directory.owed and id_ not in directory.aborted and id_ not in directory.prepared_ids
     ))
     return [TransfersAborted(transaction_ids=aborted, at_us=now_us)] if aborted else []
+
+
+def decide_batch(state: State, command: DecideBatch, now_us: int) -> Decision:
+    """The coordinator's decision on a batch of several sending groups, unless it has one:
+    the first decision stands (``Directory.decided`` then answers)."""
+    if command.batch in state.directory.decided:
+        return []
+    return [BatchDecided(batch=command.batch, committed=command.committed, at_us=now_us)]
 
 
 def decide(state: State, command: object, now_us: int) -> Decision:
@@ -990,5 +1010,7 @@ def decide(state: State, command: object, now_us: int) -> Decision:
         return decide_settle_transit(state, command, now_us)
     if isinstance(command, AbortTransfers):
         return decide_abort_transfers(state, command, now_us)
+    if isinstance(command, DecideBatch):
+        return decide_batch(state, command, now_us)
     raise AssertionError(f"unknown command {command!r}")
 

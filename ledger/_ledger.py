@@ -37,7 +37,14 @@ from typing import Any
 import anyio
 
 from ledger import _apply, _decide, _invariants, _state
-from ledger._batch import _AtomicLead, _CreditGroup, _DebitPart, _Pause, commit_atomic
+from ledger._batch import (
+    _AtomicLead,
+    _CreditGroup,
+    _DebitPart,
+    _Pause,
+    commit_atomic,
+    settle_prepared,
+)
 from ledger._codec import encode_event
 from ledger._decide import CreditCheck, Decision
 from ledger._events import EventFeed
@@ -60,6 +67,7 @@ from ledger._model import (
     CreateAsset,
     CreateToken,
     CreateWallet,
+    DecideBatch,
     DeleteAlert,
     Duplicate,
     GroupConfigured,
@@ -90,7 +98,7 @@ from ledger._model import (
 from ledger._projector import RemoteProjection
 from ledger._recovery import Recovered, recover
 from ledger._shard import Shard
-from ledger._state import Directory, State
+from ledger._state import Directory, State, reserved_in
 from wal import REPLICATED_BATCH_BYTES_MAX, Replicate, StorageFailed, WriteAheadLog
 
 log = logging.getLogger("ledger")
@@ -607,10 +615,19 @@ class Ledger:
              if wallet_id is not None}
         )
         reply = BatchReply(len(commands), waiting=1)
+        await self._stepped(involved, reply, commands, credits)
+        return await self._wait(reply)
+
+    async def _stepped(self, involved: list[int], reply: BatchReply, commands: list[Transfer],
+                       credits: list[CreditCheck | None] | None,
+                       step: Callable[[list[Shard]], None] | None = None) -> None:
+        """Runs ``commit_atomic`` (or ``step``) over the ``involved`` shards with none of them
+        mid-step: inside the step of the only one, or in the lead's task while the others are
+        paused (``ledger._batch``). Returns once it ran; ``reply`` then waits for the log."""
         if len(involved) == 1:
             self._check_running()
-            self.shards[involved[0]].submit_atomic(commands, reply, credits)
-            return await self._wait(reply)
+            self.shards[involved[0]].submit_atomic(commands, reply, credits, step)
+            return
         held = [self.shards[index] for index in involved]
         async with self._atomic_lock:
             self._check_running()
@@ -622,9 +639,8 @@ class Ledger:
                 lead, *others = held
                 for shard in others:
                     shard.pause(pause)
-                lead.lead(_AtomicLead(commands, held, pause, reply, credits))
+                lead.lead(_AtomicLead(commands, held, pause, reply, credits, step))
                 await pause.released.wait()
-        return await self._wait(reply)
 
     def _check_running(self) -> None:
         """Raises StorageFailed when nothing may be submitted: the log failed or closed, or the
@@ -640,6 +656,63 @@ class Ledger:
         reply = BatchReply(len(commands), waiting=1)
         commit_atomic(self.shards, commands, reply, credits)
         return reply
+
+    # -- atomic batches whose senders are in several groups (ADR 0013) ---------------------
+
+    async def prepare_batch(self, batch: str, coordinator: int, commands: list[Transfer],
+                            credits: list[CreditCheck | None]) -> list[Any] | BatchFailed:
+        """Prepare, at one of the sending groups of an atomic batch whose senders are in several
+        groups: this group's items (all its senders'; ``credits`` as for ``transfer_batch``),
+        decided whole in request order as an atomic batch is, and held rather than posted (one
+        ``BatchPrepared``). Per item, ``Duplicate`` (its key answered before) or ``Held``;
+        ``BatchFailed`` (the first failing item among these, nothing held, nothing recorded);
+        ``Aborted`` for every item when one of its ids was aborted here (a receiving group asked
+        about it first). ``coordinator`` is the group that decides the batch."""
+        assert self.directory.groups > 1 and len(commands) == len(credits) and commands
+        keys = [(c.idempotency.scope, c.idempotency.key) for c in commands if c.idempotency is not None]
+        assert len(set(keys)) == len(keys), "idempotency keys repeat within the batch"
+        shards = len(self.shards)
+        involved = sorted({shard_of(wallet_id, shards) for command, credit in zip(commands, credits, strict=True)
+                           for wallet_id in (command.from_wallet_id, None if credit is not None else command.to_wallet_id)
+                           if wallet_id is not None})
+        reply = BatchReply(len(commands), waiting=1)
+
+        def step(shards_: list[Shard]) -> None:
+            commit_atomic(shards_, commands, reply, credits, prepare=(batch, coordinator))
+
+        tier = self.keys
+        if tier is None or not keys:
+            await self._stepped(involved, reply, commands, credits, step)
+        else:
+            async with tier.holding(keys):
+                await self._stepped(involved, reply, commands, credits, step)
+        result: list[Any] | BatchFailed = await self._wait(reply)
+        return result
+
+    async def settle_batch(self, batch: str, committed: bool) -> list[Committed] | None:
+        """Ends this group's prepared part of ``batch`` as its coordinator decided: posted, one
+        ``Committed`` per item in the order they were prepared; released, or ended before, None."""
+        found = self.directory.prepared.get(batch)
+        if found is None:
+            return None
+        prepared, _ = found
+        shards = len(self.shards)
+        involved = sorted({shard_of(wallet_id, shards) for row in prepared.rows for wallet_id in (row[2], row[3])})
+        reply = BatchReply(len(prepared.rows), waiting=1)
+        await self._stepped(involved, reply, [], None,
+                            lambda shards_: settle_prepared(shards_, batch, committed, reply))
+        results = await self._wait(reply)
+        return results if isinstance(results, list) else None
+
+    async def decide_batch(self, batch: str, committed: bool) -> bool:
+        """At the coordinator of ``batch``: decides it ``committed`` or not unless it was decided
+        before, and answers the decision that stands, once durable."""
+        await self._wait(self.shards[0].submit_command(DecideBatch(batch=batch, committed=committed)))
+        return self.directory.decided[batch]
+
+    def prepared_batches(self) -> list[tuple[str, int, int]]:
+        """This group's prepared parts not yet ended: (batch, coordinator, at_us)."""
+        return [(batch, prepared.coordinator, prepared.at_us) for batch, (prepared, _) in self.directory.prepared.items()]
 
     # -- transfers between ledger groups (ADR 0013) ----------------------------------------
 
@@ -834,10 +907,11 @@ class Ledger:
     async def resolve_transfers(self, transaction_ids: list[str]) -> dict[str, bool]:
         """Presumed abort, for a receiver's group that holds reservations of these transfers:
         each is True (committed here: the receiver credits it) or False (aborted here for
-        good: the receiver releases it), durably so before the answer."""
+        good: the receiver releases it), durably so before the answer. A transfer of a batch
+        of several sending groups that this group holds prepared is left out (not yet known:
+        ask again later; its coordinator's decision ends it, ``resolved``)."""
         await self._wait(self.shards[0].submit_command(AbortTransfers(transaction_ids=tuple(transaction_ids))))
-        owed = self.directory.owed
-        return {transaction_id: transaction_id in owed for transaction_id in transaction_ids}
+        return resolved(self.directory, transaction_ids)
 
     def owed(self) -> dict[str, str]:
         """Committed transfers to other groups not yet credited there: id -> receiving wallet."""
@@ -1040,9 +1114,7 @@ class Ledger:
             state.reservations.update(shard.state.reservations)
             state.withdrawals.update(shard.state.withdrawals)
             state.crossings.extend(shard.state.crossings)
-        for reservation in state.reservations.values():
-            state.reserved_in[reservation.wallet_id] = (
-                state.reserved_in.get(reservation.wallet_id, 0) + reservation.amount)
+        state.reserved_in.update(reserved_in(self.directory, state))
         # Alerts in creation order (the order each wallet evaluates its own in).
         for alert in sorted(self.all_alerts(), key=lambda alert: alert.lsn):
             state.alerts[alert.id] = alert
@@ -1060,6 +1132,17 @@ class Ledger:
             [firing for shard in self.shards for firing in shard.state.crossings], self.all_refunded(),
             self.all_reservations(),
         )
+
+
+def resolved(directory: Directory, transaction_ids: list[str]) -> dict[str, bool]:
+    """``resolve_transfers``'s answer once its aborts are durable: committed (owed) or not, for
+    each transfer not held in a prepared batch. A batch's part is posted or released only after
+    its coordinator's decision is durable, so an answer read from it (even from a record not yet
+    durable here) never changes: a lost post or release is redone from that decision."""
+    owed = directory.owed
+    prepared = directory.prepared_ids
+    return {transaction_id: transaction_id in owed for transaction_id in transaction_ids
+            if transaction_id not in prepared}
 
 
 def open_ledger(data_dir: Path, **options: Any) -> Ledger:

@@ -27,6 +27,7 @@ from ledger._model import (
     CreateAsset,
     CreateToken,
     CreateWallet,
+    DecideBatch,
     DeleteAlert,
     ExpireHolds,
     HoldCaptured,
@@ -84,7 +85,7 @@ Movement = Transfer | ResolveHold | CompleteWithdrawal | Refund
 LocalCommand = (
     CreateWallet | ChangeWalletStatus | CreateAsset | CreateToken | RevokeToken | ResolveHold
     | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal | CreateAlert | DeleteAlert | UpdateWallet
-    | ReserveCredit | SettleReservation | SettleTransit | AbortTransfers
+    | ReserveCredit | SettleReservation | SettleTransit | AbortTransfers | DecideBatch
 )
 # ``_DebitStep.credit_shard`` of a transfer whose receiver is in another ledger group: its
 # verdict came from that group's prepare, and its credit goes to this group's transit account.
@@ -95,6 +96,14 @@ REMOTE = -1
 class Aborted:
     """The reply to a commit whose reservation the receiver's group had asked this group to
     abort (ADR 0013): it can never be committed; the caller prepares again."""
+
+    transaction_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The reply for an item of a batch of several sending groups that this group prepared
+    (``Ledger.prepare_batch``): held until the coordinator's decision, posted or released."""
 
     transaction_id: str
 

@@ -91,6 +91,9 @@ class Reason(enum.Enum):
     # Refunds (checked in the order of the refund table in ``ledger._decide``).
     NOT_REFUNDABLE = "not_refundable"  # a withdrawal, a refund, a pending or voided hold
     REFUND_EXCEEDS_REMAINING = "refund_exceeds_remaining"
+    # An atomic batch whose senders are in several ledger groups (ADR 0013): an item's key
+    # belongs to such a batch that is prepared and not yet posted or released (never recorded).
+    REQUEST_IN_PROGRESS = "request_in_progress"
 
     @property
     def code(self) -> str:
@@ -141,6 +144,7 @@ UNRECORDED_REASONS = frozenset({
     Reason.RESERVED_ID,
     Reason.RECORD_TOO_LARGE,
     Reason.BATCH_SPANS_GROUPS,
+    Reason.REQUEST_IN_PROGRESS,
 })
 
 
@@ -523,11 +527,21 @@ class AbortTransfers:
     transaction_ids: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecideBatch:
+    """At the coordinating group of an atomic batch of several sending groups: decide it
+    ``committed`` (the worker, once every group prepared its part) or not (a group that holds
+    its part and asks what became of it: presumed abort), unless it is decided already."""
+
+    batch: str
+    committed: bool
+
+
 Command = (
     CreateAsset | CreateWallet | ChangeWalletStatus | Transfer | CreateToken | RevokeToken
     | ResolveHold | ExpireHolds | RequestWithdrawal | AdvanceWithdrawal | CompleteWithdrawal
     | CreateAlert | DeleteAlert | UpdateWallet | Refund | ReserveCredit | SettleReservation | SettleTransit
-    | AbortTransfers
+    | AbortTransfers | DecideBatch
 )
 
 
@@ -703,6 +717,9 @@ class TransfersPosted:
     # The record's encoding (``ledger._codec``), when it was made from one or encoded: what an
     # idempotency record keeps of it (``IdempotencyRecord``). Not part of the value.
     payload: bytes | None = field(default=None, compare=False, repr=False)
+    # A group's part of an atomic batch of several sending groups, posted after its
+    # coordinator decided it (ADR 0013): the batch whose ``BatchPrepared`` these rows end.
+    settles: str | None = None
 
     @property
     def transfers(self) -> tuple[Transferred, ...]:
@@ -886,6 +903,43 @@ class TransitSettled:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BatchPrepared:
+    """This group's part of an atomic batch whose senders are in several groups (ADR 0013,
+    *Atomic batches of several sending groups*), decided and held: every item passed in request
+    order, and ``rows`` are the transfers as they will be posted. Until the group posts them
+    (``TransfersPosted`` with ``settles``) or releases them (``BatchReleased``), each sender's
+    amount is held (its ``held``), each receiver of this group has the amount reserved (its
+    shard's ``reserved_in``), and the items' keys are in progress. The group of
+    ``coordinator`` decides the batch (``BatchDecided``)."""
+
+    batch: str
+    coordinator: int
+    rows: tuple[TransferRow, ...]
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchDecided:
+    """The coordinating group's decision on an atomic batch of several sending groups:
+    ``committed`` (each group posts its part) or not (each releases it). The first decision
+    stands; the question is never asked again of a decided batch."""
+
+    batch: str
+    committed: bool
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchReleased:
+    """This group's part of a batch (``BatchPrepared``) is released: the batch was not
+    committed. Its transaction ids are aborted here for good (a receiving group that asks
+    about one releases its reservation)."""
+
+    batch: str
+    at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TransfersAborted:
     """The sender's group will never commit these reserved transfers (presumed abort)."""
 
@@ -898,6 +952,7 @@ Event = (
     | TokenRevoked | HoldCreated | HoldCaptured | HoldVoided | WithdrawalUpdated
     | AlertCreated | AlertDeleted | AlertsTriggered | RequestsRefused | Refunded | WalletUpdated
     | GroupConfigured | CreditReserved | ReservationSettled | TransitSettled | TransfersAborted
+    | BatchPrepared | BatchDecided | BatchReleased
 )
 
 

@@ -80,6 +80,7 @@ def decide_part(
     directory = state.directory
     records = directory.idempotency
     recalled = directory.recalled
+    prepared = directory.prepared_keys  # keys of batches in progress: ``check_idempotency``
     wallets = state.wallets
     moved: dict[str, int] = {}
     spent: dict[str, int] = {}  # only senders with limits, as in ``decide_transfers``
@@ -95,7 +96,7 @@ def decide_part(
         fast = command.hold_timeout_s is None and 1 <= amount <= INT64_MAX
         if fast and idempotency is not None:
             key = (idempotency.scope, idempotency.key)
-            fast = key not in records and key not in recalled  # row 0: a fresh key
+            fast = key not in records and key not in recalled and not (prepared and key in prepared)  # row 0
         sender = wallets.get(sender_id) if fast else None
         sender_moved = moved.get(sender_id, 0)
         if sender is not None:

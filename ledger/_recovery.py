@@ -105,9 +105,10 @@ def replay_log(
                 on_covered(frame, decode_event(frame.payload))
         else:
             event = decode_event(frame.payload)
-            if type(event) is TransfersPosted:
+            if type(event) is TransfersPosted and event.settles is None:
                 # The live path's one-loop apply (``ledger._part``, tested equal to ``apply``),
-                # every receiver local: replay holds every wallet of its group.
+                # every receiver local: replay holds every wallet of its group. (A prepared part
+                # of a batch of several groups, posted, lets its holds go first: ``apply``.)
                 if state.directory.groups == 1:
                     apply_part(state, event, (True,) * len(event.rows), lsn)
                 else:

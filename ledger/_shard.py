@@ -91,6 +91,7 @@ from ledger._model import (
     AlertCreated,
     AlertDeleted,
     AlertsTriggered,
+    BatchDecided,
     ChangeWalletStatus,
     Committed,
     CompleteWithdrawal,
@@ -277,10 +278,12 @@ class Shard:
         self._submit(group)
 
     def submit_atomic(self, commands: list[Transfer], reply: BatchReply,
-                      credits: list[CreditCheck | None] | None = None) -> None:
-        """An atomic batch whose every wallet in this group lives on this shard."""
+                      credits: list[CreditCheck | None] | None = None,
+                      step: Callable[[list[Shard]], None] | None = None) -> None:
+        """An atomic batch whose every wallet in this group lives on this shard (or ``step``
+        over this shard alone instead)."""
         self._wal.check_writable()
-        self._submit(_AtomicBatch(commands, reply, credits))
+        self._submit(_AtomicBatch(commands, reply, credits, step))
 
     def pause(self, pause: _Pause) -> None:
         """Asks the shard to stop after what it is doing until ``pause.released``."""
@@ -526,7 +529,7 @@ class Shard:
                 _apply.apply_alerts(self.state, event, lsn)
             elif isinstance(event, CreditReserved | ReservationSettled):
                 _apply.apply_reservation(self.state, event, lsn)
-            elif not isinstance(event, GroupConfigured | TransitSettled | TransfersAborted):
+            elif not isinstance(event, GroupConfigured | TransitSettled | TransfersAborted | BatchDecided):
                 _apply.apply_wallets(self.state, event, lsn)
         return lsn
 
@@ -695,6 +698,9 @@ class Shard:
         _part.apply_credits(self.state, credits)
 
     def _on_atomic_batch(self, message: _AtomicBatch) -> None:
+        if message.step is not None:
+            message.step([self])
+            return
         commit_atomic([self], message.commands, message.reply, message.credits)
 
     def _on_pause(self, message: _Pause) -> None:
@@ -717,7 +723,10 @@ class Shard:
             await hold.pause.paused.wait()
         # Should this raise (a bug), the others stay paused while the crash takes the process
         # down: nothing may act on a half-applied batch.
-        commit_atomic(hold.involved, hold.commands, hold.reply, hold.credits)
+        if hold.step is not None:
+            hold.step(hold.involved)
+        else:
+            commit_atomic(hold.involved, hold.commands, hold.reply, hold.credits)
         hold.pause.released.set()
 
     def _on_query(self, message: _Query) -> None:

@@ -42,7 +42,9 @@ at a time. ``encode_state`` yields them in chunks of at most ``CHUNK_RECORDS`` e
                  | [[transaction, wallet, asset, amount, from wallet, from group,   |
                  | description, metadata, at_us, lsn (, refund_of: a refund's;      |
                  | , refund_of nil, capture_of: a hold's capture)]],                |
-                 | each sorted                                                      |
+                 | each sorted (, prepared [[BatchPrepared payload, lsn]], decided  |
+                 | [[batch, committed]]: only when a batch of several sending       |
+                 | groups is prepared or was decided here)                          |
 
 Version 1 (before holds) had no hold or withdrawal counts or entities; version 2 (before
 balance alerts) no alert or crossing counts or entities; version 3 (before final outcomes,
@@ -92,6 +94,7 @@ from ledger._model import (
     AlertField,
     AlertFired,
     Asset,
+    BatchPrepared,
     Hold,
     IdempotencyRecord,
     Limits,
@@ -236,6 +239,13 @@ def encode_state(state: State) -> Iterator[bytes]:
                     else (reservation.refund_of,) if reservation.capture_of is None
                     else (reservation.refund_of, reservation.capture_of))]
                  for reservation in sorted(state.reservations.values(), key=lambda r: r.transaction_id)],
+                # Batches of several sending groups, only when there are any: the parts prepared
+                # here ([record payload, LSN], by batch id) and the decisions of the batches
+                # this group coordinated ([batch, committed], sorted).
+                *(() if not directory.prepared and not directory.decided else (
+                    [[encode_event(prepared), lsn] for _, (prepared, lsn) in sorted(directory.prepared.items())],
+                    sorted([batch, committed] for batch, committed in directory.decided.items()),
+                )),
             ]
 
     chunk: list[bytes] = []
@@ -584,7 +594,13 @@ def _decode(body: bytes, decode_events: bool) -> State:
 
     reservations: dict[str, Reservation] = {}
     if version >= 5:
-        group, groups, transit, owed, aborted, reserved = _fields(unpacker.unpack(), 6, "groups")
+        section = unpacker.unpack()
+        prepared_parts: Any = []
+        decisions: Any = []
+        if type(section) is list and len(section) == 8:  # batches of several sending groups
+            prepared_parts, decisions = section[6], section[7]
+            section = section[:6]
+        group, groups, transit, owed, aborted, reserved = _fields(section, 6, "groups")
         directory.groups = _int(groups, "groups", 2, 1 << 16)
         directory.group = _int(group, "group", 0, directory.groups - 1)
         for pair in _list(transit, "transit"):
@@ -594,6 +610,19 @@ def _decode(body: bytes, decode_events: bool) -> State:
             transaction_id, wallet_id = _fields(pair, 2, "owed")
             directory.owed[_str(transaction_id, "owed transaction")] = _str(wallet_id, "owed wallet")
         directory.aborted.update(_str(item, "aborted transaction") for item in _list(aborted, "aborted"))
+        for item in _list(prepared_parts, "prepared batches"):
+            payload, prepared_lsn = _fields(item, 2, "prepared batch")
+            if type(payload) is not bytes:
+                raise CodecError("prepared batch: the record is not bytes")
+            prepared = decode_event(payload)
+            if not isinstance(prepared, BatchPrepared):
+                raise CodecError("prepared batch: not a BatchPrepared record")
+            directory.prepared[prepared.batch] = (prepared, _int(prepared_lsn, "prepared lsn", 1, directory.lsn))
+        for item in _list(decisions, "decided batches"):
+            batch, committed = _fields(item, 2, "decided batch")
+            if type(committed) is not bool:
+                raise CodecError("decided batch: committed is not a boolean")
+            directory.decided[_str(batch, "decided batch")] = committed
         for item in _list(reserved, "reservations"):
             # A refund's reservation has an eleventh field, the refunded transaction; a hold's
             # capture a twelfth, the hold (its eleventh nil).

@@ -21,6 +21,7 @@ from ledger._model import (
     Alert,
     AlertFired,
     Asset,
+    BatchPrepared,
     Hold,
     IdempotencyRecord,
     RefundTally,
@@ -62,6 +63,15 @@ class Directory:
     transit: dict[str, int] = field(default_factory=dict)
     owed: dict[str, str] = field(default_factory=dict)
     aborted: set[str] = field(default_factory=set)
+    # Atomic batches whose senders are in several groups (ADR 0013). ``prepared``: this group's
+    # parts held and not yet posted or released, by batch id, with the LSN of the record;
+    # ``prepared_keys`` and ``prepared_ids`` the keys and transaction ids of their items
+    # (derived: ``index_holds``). ``decided``: the batches this group coordinates, by id,
+    # committed or not (kept, as ``aborted`` is).
+    prepared: dict[str, tuple[BatchPrepared, int]] = field(default_factory=dict)
+    prepared_keys: dict[tuple[str, str], str] = field(default_factory=dict)
+    prepared_ids: dict[str, str] = field(default_factory=dict)
+    decided: dict[str, bool] = field(default_factory=dict)
     # Which group of how many this ledger is (``GroupConfigured``, the log's first record in a
     # cluster of several groups). Above 1, a transfer whose receiver this group does not hold
     # is one to another group: its credit goes to transit.
@@ -101,12 +111,17 @@ def index_holds(directory: Directory, states: Iterable[State]) -> None:
     directory.hold_routes.clear()
     directory.withdrawal_wallets.clear()
     directory.alert_wallets.clear()
+    directory.prepared_keys.clear()
+    directory.prepared_ids.clear()
+    for batch, (prepared, _) in directory.prepared.items():
+        for row in prepared.rows:
+            directory.prepared_ids[row[0]] = batch
+            if row[8] is not None:
+                directory.prepared_keys[(row[8][0], row[8][1])] = batch
     for state in states:
         state.watched.clear()
         state.reserved_in.clear()
-        for reservation in state.reservations.values():
-            state.reserved_in[reservation.wallet_id] = (
-                state.reserved_in.get(reservation.wallet_id, 0) + reservation.amount)
+        state.reserved_in.update(reserved_in(directory, state))
         for alert in state.alerts.values():
             directory.alert_wallets[alert.id] = alert.wallet_id
             state.watched.setdefault(alert.wallet_id, []).append(alert)
@@ -114,6 +129,19 @@ def index_holds(directory: Directory, states: Iterable[State]) -> None:
             directory.hold_routes[hold.transaction_id] = (hold.from_wallet_id, hold.to_wallet_id, hold.amount)
         for withdrawal in state.withdrawals.values():
             directory.withdrawal_wallets[withdrawal.id] = withdrawal.wallet_id
+
+
+def reserved_in(directory: Directory, state: State) -> dict[str, int]:
+    """What is reserved on ``state``'s wallets as receivers: its reservations of transfers from
+    other groups, and what the prepared parts of batches credit them (ADR 0013)."""
+    reserved: dict[str, int] = {}
+    for reservation in state.reservations.values():
+        reserved[reservation.wallet_id] = reserved.get(reservation.wallet_id, 0) + reservation.amount
+    for prepared, _ in directory.prepared.values():
+        for row in prepared.rows:
+            if row[3] in state.wallets:
+                reserved[row[3]] = reserved.get(row[3], 0) + row[5]
+    return reserved
 
 
 def new_state() -> State:

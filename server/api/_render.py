@@ -22,6 +22,9 @@ from ledger import (
     AlertView,
     Asset,
     AssetCreated,
+    BatchDecided,
+    BatchPrepared,
+    BatchReleased,
     Committed,
     CreditReserved,
     Duplicate,
@@ -368,9 +371,9 @@ def event_items(lsn: int, event: Event) -> list[dict[str, Any]]:
     if isinstance(event, AlertsTriggered):
         return [firing_body(lsn, event.at_us, firing) for firing in event.firings]
     if isinstance(event, RequestsRefused | GroupConfigured | CreditReserved | ReservationSettled | TransitSettled
-                  | TransfersAborted):
-        # Final outcomes recorded under keys, and the steps of transfers between ledger groups
-        # (the transfer itself is its sender group's record): not shown (the cursor still moves
+                  | TransfersAborted | BatchPrepared | BatchDecided | BatchReleased):
+        # Final outcomes recorded under keys, and the steps of transfers and atomic batches
+        # between ledger groups (the transfer itself is its sender group's record): not shown (the cursor still moves
         # past them: a page's ``next_after`` is its last record's LSN).
         return []
     return [event_body(lsn, event)]

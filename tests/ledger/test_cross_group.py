@@ -21,6 +21,7 @@ from ledger import (
     Committed,
     CreditCheck,
     Duplicate,
+    Held,
     Idempotency,
     Ledger,
     Reason,
@@ -532,3 +533,109 @@ def test_the_records_of_transfers_between_groups_decode_to_themselves_and_refuse
                     [1, 22, "r1", "alice", "USD", 2, "bob", 1, None, None, 13, "tx1", "h1", "more"]):
         with pytest.raises(CodecError):
             decode_event(msgpack.packb(garbage))
+
+
+def reserve_from(number: int, source: str, target: str, amount: int, group: int) -> ReserveCredit:
+    return ReserveCredit(transaction_id=f"tx{number}", to_wallet_id=target, amount=amount, from_wallet_id=source,
+                         from_group=group, description=None, metadata=None)
+
+
+async def test_an_atomic_batch_of_several_sending_groups_is_prepared_decided_once_and_posted_by_each(
+        tmp_path: Path) -> None:
+    """ADR 0013, *atomic batches of several sending groups*, the ledger's steps as the router
+    runs them: each receiving group reserves its items' credits, each sending group prepares
+    its items (decided whole in request order, held, one ``BatchPrepared``), the coordinator
+    decides once, each sending group posts its part, each receiving group credits. While held:
+    the amounts are not spendable, the keys answer ``request_in_progress``, a receiver of the
+    group cannot be closed, and a receiving group asking about an item is told nothing yet.
+    Replay and snapshots give the same state at every point."""
+    a_path, b_path = tmp_path / "g0", tmp_path / "g1"
+    async with running(a_path, 0) as a, running(b_path, 1) as b:
+        await setup(a, ["alice", "carol"], deposit=0)
+        assert isinstance(await a.transfer(transfer(90, None, "alice", 100)), Committed)
+        await setup(b, ["bob", "dave"], deposit=0)
+        assert isinstance(await b.transfer(transfer(91, None, "bob", 100)), Committed)
+        # carol spends what item 0 credited her (same group); bob sends inside and out of his.
+        items = [transfer(1, "alice", "carol", 50, key="b0"), transfer(2, "carol", "bob", 30, key="b1"),
+                 transfer(3, "bob", "dave", 80, key="b2"), transfer(4, "bob", "alice", 20, key="b3")]
+        to_b = await b.reserve_credit(reserve_from(2, "carol", "bob", 30, 0))
+        to_a = await a.reserve_credit(reserve_from(4, "bob", "alice", 20, 1))
+        part_a = await a.prepare_batch("B1", 0, items[:2], [None, to_b])
+        part_b = await b.prepare_batch("B1", 0, items[2:], [None, to_a])
+        assert part_a == [Held("tx1"), Held("tx2")] and part_b == [Held("tx3"), Held("tx4")]
+        # Held: alice's 50 and bob's 100 (his lowest point; carol spends only what item 0
+        # credits her), nothing posted yet.
+        assert {w.id: (w.balance, w.held) for w in a.all_wallets() if w.id in ("alice", "carol")} == {
+            "alice": (100, 50), "carol": (0, 0)}
+        assert {w.id: (w.balance, w.held) for w in b.all_wallets() if w.id in ("bob", "dave")} == {
+            "bob": (100, 100), "dave": (0, 0)}
+        spend = await b.transfer(transfer(5, "bob", "dave", 1, key="other"))
+        assert isinstance(spend, Rejection) and spend.reason == Reason.INSUFFICIENT_FUNDS
+        busy = await a.transfer(transfer(6, "alice", "carol", 1, key="b0"))
+        assert isinstance(busy, Rejection) and busy.reason == Reason.REQUEST_IN_PROGRESS
+        closing = await b.change_status(ChangeWalletStatus(wallet_id="dave", status=WalletStatus.CLOSED))
+        assert isinstance(closing, Rejection) and closing.reason == Reason.WALLET_NOT_EMPTY
+        # A receiving group asking about a held item is told nothing yet (and nothing aborts).
+        assert await b.resolve_transfers(["tx4"]) == {}
+        a.check_invariants()
+        b.check_invariants()
+        assert (await replayed_digest(a_path), await replayed_digest(b_path)) == (a.digest(), b.digest())
+        info = await trio.to_thread.run_sync(lambda: build_snapshot(b_path, until_lsn=None, created_at_us=1))
+        assert info is not None and info.lsn == b.directory.lsn
+        assert await replayed_digest(b_path) == b.digest()
+        # The coordinator decides once; a later presumed abort finds it decided.
+        assert await a.decide_batch("B1", True) is True
+        assert await a.decide_batch("B1", False) is True
+        posted_a = await a.settle_batch("B1", True)
+        posted_b = await b.settle_batch("B1", True)
+        assert posted_a is not None and posted_b is not None
+        assert [c.event.transaction_id for c in posted_a + posted_b] == ["tx1", "tx2", "tx3", "tx4"]
+        assert await a.settle_batch("B1", True) is None  # ended: nothing again
+        assert a.owed() == {"tx2": "bob"} and b.owed() == {"tx4": "alice"}
+        assert await b.resolve_transfers(["tx4"]) == {"tx4": True}
+        assert await b.settle_reservation("tx2", "bob", credit=True)
+        assert await a.settle_reservation("tx4", "alice", credit=True)
+        await a.settle_transit(["tx2"])
+        await b.settle_transit(["tx4"])
+        assert {w.id: (w.balance, w.held) for w in a.all_wallets() if w.id in ("alice", "carol")} == {
+            "alice": (70, 0), "carol": (20, 0)}
+        assert {w.id: (w.balance, w.held) for w in b.all_wallets() if w.id in ("bob", "dave")} == {
+            "bob": (30, 0), "dave": (80, 0)}
+        assert sum(balances(a).values()) + sum(balances(b).values()) == 0
+        # The keys answer their outcome now.
+        again = await a.transfer(transfer(6, "alice", "carol", 50, key="b0"))
+        assert isinstance(again, Duplicate)
+        live = (a.digest(), b.digest())
+    assert (await replayed_digest(a_path), await replayed_digest(b_path)) == live
+
+
+async def test_a_batch_of_several_sending_groups_not_committed_is_released_and_its_ids_aborted(tmp_path: Path) -> None:
+    """A part whose batch the coordinator decided not to commit is released: holds and keys
+    free, its ids aborted (a receiving group asking is told to release). A part whose ids a
+    receiving group had aborted first is never prepared. A failing item fails the part and
+    records nothing under its key."""
+    a_path, b_path = tmp_path / "g0", tmp_path / "g1"
+    async with running(a_path, 0) as a, running(b_path, 1) as b:
+        await setup(a, ["alice"], deposit=100)
+        await setup(b, ["bob"], deposit=100)
+        to_b = await b.reserve_credit(reserve_from(1, "alice", "bob", 40, 0))
+        assert await a.prepare_batch("B2", 1, [transfer(1, "alice", "bob", 40, key="r1")], [to_b]) == [Held("tx1")]
+        assert await b.decide_batch("B2", False) is False
+        assert await a.settle_batch("B2", False) is None
+        assert {w.id: (w.balance, w.held) for w in a.all_wallets() if w.id == "alice"} == {"alice": (100, 0)}
+        assert await a.resolve_transfers(["tx1"]) == {"tx1": False}
+        assert await b.settle_reservation("tx1", "bob", credit=False)
+        fresh = await a.transfer(transfer(2, "alice", "alice2", 1, key="r1"))  # the key is free again
+        assert isinstance(fresh, Rejection) and fresh.reason == Reason.RECEIVER_NOT_FOUND
+        # Asked about first (presumed abort), then prepared late: refused whole.
+        assert await a.resolve_transfers(["tx3"]) == {"tx3": False}
+        late = await a.prepare_batch("B3", 1, [transfer(3, "alice", "bob", 1, key="r3")],
+                                     [CreditCheck(asset="USD", failure=None)])
+        assert isinstance(late, list) and [type(item).__name__ for item in late] == ["Aborted"]
+        failed = await a.prepare_batch("B4", 1, [transfer(4, "alice", "bob", 500, key="r4")],
+                                       [CreditCheck(asset="USD", failure=None)])
+        assert not isinstance(failed, list) and failed.index == 0
+        assert failed.rejection.reason == Reason.INSUFFICIENT_FUNDS
+        assert a.directory.prepared == {} and ("s", "r4") not in a.directory.idempotency
+        live = (a.digest(), b.digest())
+    assert (await replayed_digest(a_path), await replayed_digest(b_path)) == live
