@@ -234,7 +234,10 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
         if (prepare is None and idempotency is not None
                 and _decide.refusal_recorded(view.directory, idempotency, last)):
             lead.refuse([(idempotency, last)], now_us)
-        reply.failed = BatchFailed(index=index, rejection=last)
+        # A key of a batch still in progress elsewhere: the whole request waits (409), as for
+        # a key in flight; the item did not fail.
+        reply.failed = BatchFailed(index=None if last.reason == Reason.REQUEST_IN_PROGRESS else index,
+                                   rejection=last)
         wal.call_when_durable(wal.last_lsn, reply._report)
         return
     assert len(decisions) == len(commands)

@@ -8,7 +8,12 @@ logs, so every owner, a new one after a takeover included, finds them in its sta
   group to credit it (a repeated credit changes nothing), then appends ``TransitSettled``;
 - as a receiver's group, every reservation older than ``reserved_after_s`` (by this ledger's
   clock: only when to ask, never what to do): it asks the sender's group to resolve it, which
-  answers committed or aborts it for good (presumed abort), and credits or releases.
+  answers committed or aborts it for good (presumed abort), and credits or releases; a transfer
+  the sender's group holds in a prepared batch gets no answer yet (asked again later);
+- as a sending group of an atomic batch whose senders are in several groups, every part it
+  has held for ``reserved_after_s``: it asks the batch's coordinating group for its decision
+  (which decides it not committed if it has no decision yet: presumed abort), and posts or
+  releases the part.
 
 A group that cannot be reached is asked again at the next step. Nothing here is on a client's
 path: the worker that drove the transfer finished it in the usual case.
@@ -47,6 +52,7 @@ class Crossing:
         self._owed_since: dict[str, tuple[float, int]] = {}  # id -> first seen: (time, log's last LSN)
         self.credited = 0  # owed transfers this owner had credited
         self.resolved = 0  # reservations this owner settled after asking their sender's group
+        self.ended = 0  # parts of batches this owner posted or released after asking the coordinator
 
     async def run(self) -> None:
         while True:
@@ -59,6 +65,7 @@ class Crossing:
     async def step(self) -> None:
         await self._credit_owed()
         await self._resolve_reserved()
+        await self._end_prepared()
 
     def due_owed(self) -> list[tuple[str, str]]:
         """The committed transfers to other groups (id, receiving wallet) this owner should ask
@@ -92,6 +99,29 @@ class Crossing:
                     (reservation.transaction_id, reservation.wallet_id))
         return by_sender
 
+    def due_prepared(self) -> list[tuple[str, int]]:
+        """The parts of batches of several sending groups held for ``reserved_after_s`` (batch,
+        coordinating group): this owner asks the coordinator for the decision and ends them."""
+        before_us = self._ledger.clock() - self._reserved_after_us
+        return [(batch, coordinator) for batch, coordinator, at_us in self._ledger.prepared_batches()
+                if at_us <= before_us]
+
+    async def _end_prepared(self) -> None:
+        for batch, coordinator in self.due_prepared():
+            try:
+                if coordinator == self._ledger.directory.group:
+                    committed = await self._ledger.decide_batch(batch, False)
+                else:
+                    committed = await self._ports[coordinator].decide_batch(batch, False)
+            except Unavailable as error:
+                log.info("crossing: batch %s: its coordinator (group %d) cannot answer now (%s)", batch, coordinator,
+                         error)
+                continue
+            await self._ledger.settle_batch(batch, committed)
+            self.ended += 1
+            log.info("crossing: batch %s %s (asked group %d)", batch, "posted" if committed else "released",
+                     coordinator)
+
     async def _credit_owed(self) -> None:
         done: list[str] = []
         for transaction_id, wallet_id in self.due_owed():
@@ -119,7 +149,9 @@ class Crossing:
                          error)
                 continue
             for transaction_id, wallet_id in reservations:
-                committed = answers[transaction_id]
+                committed = answers.get(transaction_id)
+                if committed is None:
+                    continue  # held in a batch its coordinator has not decided: later
                 await self._ledger.settle_reservation(transaction_id, wallet_id, credit=committed)
                 self.resolved += 1
                 log.info("crossing: reservation %s %s (asked group %d)", transaction_id,

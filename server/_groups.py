@@ -62,6 +62,7 @@ from ledger import (
     DeleteAlert,
     Entry,
     Event,
+    Held,
     ItemOutcome,
     Reason,
     Refund,
@@ -173,6 +174,26 @@ async def _all(calls: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]
             group.start_soon(guarded, function, args)
     if errors:
         raise errors[0]
+
+
+def _first_failure(parts: dict[int, list[int]], prepared: dict[int, list[Any] | BatchFailed]) -> BatchFailed | None:
+    """The batch's failure: one of the whole request (no index: a key still in progress, a part
+    too large for a record) first, else the first failing item in request order over the sending
+    groups' parts (each part stops at its own first failure), its index in the whole batch."""
+    first: BatchFailed | None = None
+    for sender, result in prepared.items():
+        if isinstance(result, BatchFailed):
+            index = None if result.index is None else parts[sender][result.index]
+            if first is None or index is None or (first.index is not None and index < first.index):
+                first = BatchFailed(index=index, rejection=result.rejection)
+    return first
+
+
+def _posted_at(result: list[Any] | BatchFailed | None, posted: bool) -> Callable[[int], bool]:
+    """Whether the item at an index of a sending group's part was posted by this batch."""
+    def credited(index: int) -> bool:
+        return posted and isinstance(result, list) and isinstance(result[index], Held)
+    return credited
 
 
 def group_of(wallet_id: str, groups: int) -> int:
@@ -403,14 +424,8 @@ class GroupRouter:
                              ) -> list[ItemOutcome] | BatchFailed:
         """An atomic batch whose wallets are in several groups (the module's docstring)."""
         sender = sides[0][0]
-        for index, (other, _) in enumerate(sides):
-            if other != sender:
-                return BatchFailed(index=None, rejection=Rejection(
-                    reason=Reason.BATCH_SPANS_GROUPS,
-                    detail=f"transfers[0] and transfers[{index}] debit wallets of different ledger groups "
-                           f"({sender} and {other}); an atomic batch may debit the wallets of one group only "
-                           f"(send the others as another batch)",
-                ))
+        if any(other != sender for other, _ in sides):
+            return await self._atomic_of_groups(commands, sides)
         remote = self._receivers(commands, sender)
         # A group that cannot prepare fails the batch (503) before anything is decided.
         credits = await self._prepare(commands, sender, remote)
@@ -420,6 +435,111 @@ class GroupRouter:
         if isinstance(result, list) and any(isinstance(outcome, Aborted) for outcome in result):
             raise Unavailable("an atomic batch was aborted by a receiver's group; retry")
         return result
+
+    async def _atomic_of_groups(self, commands: list[Transfer], sides: list[tuple[int, int]]
+                                ) -> list[ItemOutcome] | BatchFailed:
+        """An atomic batch whose senders are in several groups (the module's docstring): the
+        first item's group coordinates; the receiving groups reserve, every sending group
+        prepares its part, the coordinator decides, every sending group posts or releases its
+        part, the receiving groups credit or release."""
+        coordinator = sides[0][0]
+        batch = f"b-{secrets.token_hex(12)}"
+        parts: dict[int, list[int]] = {}
+        for index, (sender, _) in enumerate(sides):
+            parts.setdefault(sender, []).append(index)
+        credits: list[CreditCheck | None] = [None] * len(commands)
+        remotes: dict[int, dict[int, list[int]]] = {}
+
+        async def reserve(sender: int, indexes: list[int]) -> None:
+            part = [commands[index] for index in indexes]
+            remote = remotes[sender] = self._receivers(part, sender)
+            for index, verdict in zip(indexes, await self._prepare(part, sender, remote), strict=True):
+                credits[index] = verdict
+
+        # A group that cannot reserve fails the batch (503) before any part is held: what the
+        # others reserved is released by their owners (its sender's group aborts it when asked).
+        await _all([(reserve, (sender, indexes)) for sender, indexes in parts.items()])
+        prepared: dict[int, list[Any] | BatchFailed] = {}
+
+        async def prepare(sender: int, indexes: list[int]) -> None:
+            prepared[sender] = await self.ports[sender].prepare_batch(
+                batch, coordinator, [commands[index] for index in indexes], [credits[index] for index in indexes])
+
+        try:
+            await _all([(prepare, (sender, indexes)) for sender, indexes in parts.items()])
+        except Unavailable:
+            await self._abandon(batch, coordinator, commands, parts, credits, remotes)
+            raise
+        failure = _first_failure(parts, prepared)
+        aborted = any(isinstance(outcome, Aborted) for result in prepared.values() if isinstance(result, list)
+                      for outcome in result)
+        holding = [sender for sender, result in prepared.items()
+                   if isinstance(result, list) and any(isinstance(outcome, Held) for outcome in result)]
+        committed = False
+        if holding:
+            # Unavailable here leaves the outcome unknown: the owners finish it either way.
+            committed = await self.ports[coordinator].decide_batch(batch, failure is None and not aborted)
+        posted: dict[int, list[Any]] = {}
+        unsettled: set[int] = set()
+
+        async def settle(sender: int) -> None:
+            try:
+                result = await self.ports[sender].settle_batch(batch, committed)
+            except Unavailable as error:
+                log.info("batch %s: group %d cannot end its part now (%s)", batch, sender, error)
+                unsettled.add(sender)
+                return
+            if committed:
+                if result is None:  # its owners posted it first
+                    unsettled.add(sender)
+                else:
+                    posted[sender] = result
+
+        await _all([(settle, (sender,)) for sender in holding])
+        # The receiving groups credit what was posted and release what will never be; the items
+        # of a committed part not posted yet stay reserved (their receivers' owners ask their
+        # sending group, which answers once it posted them).
+        await _all([(self._settle_all, ([commands[index] for index in parts[sender]], sender, remotes[sender],
+                                        [credits[index] for index in parts[sender]],
+                                        _posted_at(prepared[sender], sender in posted)))
+                    for sender in parts if not (committed and sender in unsettled)])
+        if failure is not None:
+            return failure
+        if aborted or (holding and not committed):
+            raise Unavailable("an atomic batch was aborted by a group before it was decided; retry")
+        if unsettled:
+            raise Unavailable(f"batch {batch} is committed; a group posts its part later; retry with the keys")
+        outcomes: list[Any] = [None] * len(commands)
+        for sender, indexes in parts.items():
+            result = prepared[sender]
+            assert isinstance(result, list)
+            new = iter(posted.get(sender, ()))
+            for index, outcome in zip(indexes, result, strict=True):
+                outcomes[index] = next(new) if isinstance(outcome, Held) else outcome
+        return outcomes
+
+    async def _abandon(self, batch: str, coordinator: int, commands: list[Transfer], parts: dict[int, list[int]],
+                       credits: list[CreditCheck | None], remotes: dict[int, dict[int, list[int]]]) -> None:
+        """A batch some sending group could not prepare: decided not committed if the
+        coordinator can be reached, then every part released and every reservation too; what
+        cannot be done now is left to the owners (presumed abort)."""
+        try:
+            if await self.ports[coordinator].decide_batch(batch, False):
+                return  # cannot be: only this worker asks to commit it
+        except Unavailable as error:
+            log.info("batch %s: left to the owners (%s)", batch, error)
+            return
+
+        async def release(sender: int) -> None:
+            try:
+                await self.ports[sender].settle_batch(batch, False)
+            except Unavailable as error:  # its owners ask the coordinator, which says not committed
+                log.info("batch %s: group %d releases its part later (%s)", batch, sender, error)
+
+        await _all([(release, (sender,)) for sender in parts])
+        await _all([(self._settle_all, ([commands[index] for index in parts[sender]], sender, remotes[sender],
+                                        [credits[index] for index in parts[sender]], lambda index: False))
+                    for sender in parts])
 
     def _sides(self, command: Transfer) -> tuple[int, int]:
         receiver = group_of(command.to_wallet_id, self.groups)

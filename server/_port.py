@@ -69,6 +69,7 @@ from ledger import (
     Entry,
     Event,
     Gone,
+    Held,
     History,
     HistoryLagging,
     Idempotency,
@@ -128,6 +129,7 @@ w.register(Status)
 w.register(TransactionQuery)
 w.register(CreditCheck)
 w.register(Aborted)
+w.register(Held)
 
 
 class LedgerPort(Protocol):
@@ -377,6 +379,18 @@ class LocalPort:
         return await self.ledger.settle_reservations([(str(transaction_id), str(wallet_id), bool(credit))
                                                       for transaction_id, wallet_id, credit in items])
 
+    # An atomic batch whose senders are in several groups: each sending group's part.
+
+    async def prepare_batch(self, batch: str, coordinator: int, commands: list[Transfer],
+                            credits: list[CreditCheck | None]) -> list[Any] | BatchFailed:
+        return await self.ledger.prepare_batch(batch, coordinator, commands, credits)
+
+    async def decide_batch(self, batch: str, committed: bool) -> bool:
+        return await self.ledger.decide_batch(batch, committed)
+
+    async def settle_batch(self, batch: str, committed: bool) -> list[Any] | None:
+        return await self.ledger.settle_batch(batch, committed)
+
     # -- the history read model (each waits until it shows what was durable on arrival) ------
 
     async def wait_projected(self) -> int:
@@ -467,6 +481,7 @@ METHODS = (
     "metrics", "wait_projected", "sync_projection",
     "reserve_credit", "transfer_across", "settle_reservation", "settle_transit", "resolve_transfers",
     "reserve_credits", "transfers_across", "settle_reservations", "transfer_batch_across",
+    "prepare_batch", "decide_batch", "settle_batch",
     "refund_across", "refund_remaining", "capture_across", "hold_route", "credit_check",
 )
 assert all(callable(getattr(LocalPort, name, None)) for name in METHODS)
@@ -819,6 +834,16 @@ class RemoteCalls:
     async def transfer_batch_across(self, commands: list[Transfer],
                                     credits: list[CreditCheck | None]) -> list[Any] | BatchFailed:
         return await self._call("transfer_batch_across", commands, credits)
+
+    async def prepare_batch(self, batch: str, coordinator: int, commands: list[Transfer],
+                            credits: list[CreditCheck | None]) -> list[Any] | BatchFailed:
+        return await self._call("prepare_batch", batch, coordinator, commands, credits)
+
+    async def decide_batch(self, batch: str, committed: bool) -> bool:
+        return bool(await self._call("decide_batch", batch, committed))
+
+    async def settle_batch(self, batch: str, committed: bool) -> list[Any] | None:
+        return await self._call("settle_batch", batch, committed)
 
     async def wallets(self, wallet_ids: list[str]) -> list[WalletView]:
         return await self._call("wallets", wallet_ids)

@@ -272,16 +272,10 @@ async def test_an_atomic_batch_from_one_group_to_several_is_all_or_nothing(tmp_p
             await router.transfer_batch([transfer(7, a1, b1, 1, key="j7")], True)
         ports[1].down = False
         assert await balances() == {a1: 20, a2: 30, b1: 220, b2: 130}
-        # Senders in two groups: refused whole before any group sees it, and nothing recorded
-        # under its keys (sent apart, the same items go through).
+        # Senders in two groups: the batch of several sending groups (the next test).
         spans = [transfer(8, a1, b1, 1, key="j8"), transfer(9, b2, a1, 1, key="j9")]
-        refused = await router.transfer_batch(spans, True)
-        assert not isinstance(refused, list) and refused.index is None
-        assert refused.rejection.reason == Reason.BATCH_SPANS_GROUPS
-        assert "transfers[1]" in refused.rejection.detail
-        for item in spans:
-            passed = await router.transfer_batch([item], True)
-            assert isinstance(passed, list) and isinstance(passed[0], Committed)
+        passed = await router.transfer_batch(spans, True)
+        assert isinstance(passed, list) and all(isinstance(outcome, Committed) for outcome in passed)
         assert await balances() == {a1: 20, a2: 30, b1: 221, b2: 129}
         # Both groups together conserve money: every wallet, treasury part and transit account.
         with trio.fail_after(10):  # the router tells the sending group what was credited (batched)
@@ -411,3 +405,73 @@ async def test_the_owners_series_are_one_family_each_labelled_by_group(tmp_path:
     assert len(names) == len(set(names)) and names
     groups = {sample.labels.get("group") for family in families for sample in family.samples}
     assert groups == {"0", "1"}
+
+
+async def test_an_atomic_batch_of_several_sending_groups_is_all_or_nothing(tmp_path: Path) -> None:
+    """Senders in both groups (ADR 0013, *atomic batches of several sending groups*): every
+    sending group prepares its part, the first item's group decides, each posts its part. A
+    wallet spends what an earlier item of its own group credited it; a failure anywhere fails
+    the whole batch at the first failing item in request order, and nothing stays held or
+    reserved. A coordinator without owner fails it with 503; what was held is released by the
+    owners once it is back (presumed abort)."""
+    a1, a2, b1, b2 = wallet_in(0, "a"), wallet_in(0, "aa"), wallet_in(1, "b"), wallet_in(1, "bb")
+    async with two_groups(tmp_path) as (ledgers, ports, router):
+        await wallets(router, a1, a2, b1, b2, deposit=100)
+
+        async def balances() -> dict[str, int]:
+            return {wallet_id: (await router.wallet(wallet_id)).balance  # type: ignore[union-attr]
+                    for wallet_id in (a1, a2, b1, b2)}
+
+        def idle() -> None:
+            for ledger in ledgers:
+                assert ledger.all_reservations() == [] and ledger.directory.prepared == {}
+                assert all(wallet.held == 0 for wallet in ledger.all_wallets())
+
+        items = [transfer(1, a1, a2, 60, key="m1"), transfer(2, a2, b1, 150, key="m2"),
+                 transfer(3, b2, a1, 40, key="m3"), transfer(4, b2, b1, 30, key="m4")]
+        outcomes = await router.transfer_batch(items, True)
+        assert isinstance(outcomes, list) and all(isinstance(outcome, Committed) for outcome in outcomes)
+        assert [outcome.event.transaction_id for outcome in outcomes] == ["tx1", "tx2", "tx3", "tx4"]  # type: ignore[union-attr]
+        assert await balances() == {a1: 80, a2: 10, b1: 280, b2: 30}
+        idle()
+        again = await router.transfer_batch(items, True)
+        assert isinstance(again, list) and all(isinstance(outcome, Duplicate) for outcome in again)
+        assert await balances() == {a1: 80, a2: 10, b1: 280, b2: 30}
+        idle()
+        # The first failing item in request order, whichever group decides it.
+        for failing, index in (([transfer(5, a1, b1, 10, key="m5"), transfer(6, b2, a1, 1000, key="m6")], 1),
+                               ([transfer(7, a1, b1, 500, key="m7"), transfer(8, b2, a1, 10, key="m8")], 0)):
+            failed = await router.transfer_batch(failing, True)
+            assert not isinstance(failed, list) and failed.index == index
+            assert failed.rejection.reason == Reason.INSUFFICIENT_FUNDS
+            assert await balances() == {a1: 80, a2: 10, b1: 280, b2: 30}
+            idle()
+        # What another group's item credits is not spendable by a later item (documented).
+        gap = await router.transfer_batch([transfer(9, a1, b2, 50, key="m9"), transfer(10, b2, a2, 60, key="m10")],
+                                          True)
+        assert not isinstance(gap, list) and gap.index == 1
+        idle()
+        # The coordinator (the first item's group) without owner: 503, and group 1's part,
+        # held, is released by its owners once the coordinator answers again.
+        ports[0].down = True
+        with pytest.raises(Unavailable):
+            await router.transfer_batch([transfer(11, a1, b1, 1, key="m11"), transfer(12, b2, b1, 5, key="m12")],
+                                        True)
+        ports[0].down = False
+        assert [batch for batch, _, _ in ledgers[1].prepared_batches()]
+        for number, ledger in enumerate(ledgers):
+            crossing = Crossing(ledger, {1 - number: ports[1 - number]}, reserved_after_s=0.0)  # type: ignore[dict-item]
+            await crossing.step()
+        for number, ledger in enumerate(ledgers):  # the reservations: their sending group answers now
+            await Crossing(ledger, {1 - number: ports[1 - number]}, reserved_after_s=0.0).step()  # type: ignore[dict-item]
+        assert await balances() == {a1: 80, a2: 10, b1: 280, b2: 30}
+        idle()
+        # The keys are free again: the same batch goes through.
+        done = await router.transfer_batch([transfer(13, a1, b1, 1, key="m11"), transfer(14, b2, b1, 5, key="m12")],
+                                           True)
+        assert isinstance(done, list) and all(isinstance(outcome, Committed) for outcome in done)
+        with trio.fail_after(10):
+            while ledgers[0].owed() or ledgers[1].owed():
+                await trio.sleep(0.01)
+        assert sum(wallet.balance for ledger in ledgers for wallet in ledger.all_wallets()) + sum(
+            ledger.directory.transit.get("USD", 0) for ledger in ledgers) == 0
