@@ -46,6 +46,7 @@ from ledger._ledger import (
     WalletView,
     WithdrawalView,
     open_ledger,
+    resolved,
 )
 from ledger._messages import Aborted, BatchReply, Held, Overloaded, shard_of
 from ledger._model import (
@@ -342,6 +343,7 @@ __all__ = [
     "remove_covered",
     "replay_log",
     "replay_until",
+    "resolved",
     "shard_of",
     "snapshots_dir",
     "spend_window",

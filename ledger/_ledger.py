@@ -689,6 +689,22 @@ class Ledger:
         result: list[Any] | BatchFailed = await self._wait(reply)
         return result
 
+    def prepare_batch_now(self, batch: str, coordinator: int, commands: list[Transfer],
+                          credits: list[CreditCheck | None]) -> BatchReply:
+        """``prepare_batch`` at once, for callers that know no shard is mid-step (the
+        simulations), without its hold of the keys."""
+        reply = BatchReply(len(commands), waiting=1)
+        commit_atomic(self.shards, commands, reply, credits, prepare=(batch, coordinator))
+        return reply
+
+    def settle_batch_now(self, batch: str, committed: bool) -> BatchReply:
+        """``settle_batch`` at once (as ``prepare_batch_now``): its answer is the reply's
+        results, or ``failed`` for a part released or ended before."""
+        found = self.directory.prepared.get(batch)
+        reply = BatchReply(1 if found is None else len(found[0].rows), waiting=1)
+        settle_prepared(self.shards, batch, committed, reply)
+        return reply
+
     async def settle_batch(self, batch: str, committed: bool) -> list[Committed] | None:
         """Ends this group's prepared part of ``batch`` as its coordinator decided: posted, one
         ``Committed`` per item in the order they were prepared; released, or ended before, None."""

@@ -126,9 +126,6 @@ class ClusterSupervisor(Supervisor):
         self._listener = bind(self.options.host, self.options.port)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        if self.groups > 1:
-            log.info("%d ledger groups: an atomic batch whose senders are in several groups is refused (400 "
-                     "batch_spans_groups; README, Cluster mode)", self.groups)
         log.info("starting the NATS nodes (JetStream, fsync always) in %s", self.nats.base_dir)
         self.nats.start()
         self._write_cluster()

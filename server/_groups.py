@@ -27,9 +27,18 @@ cannot finish (a group without owner, or this worker's death) is finished by the
 **An atomic batch across groups** keeps its all-or-nothing meaning when every item's sender is
 in one group A: each other group reserves the credits of its items (step 1, one call per group),
 A decides the whole batch in request order with those verdicts and posts it as one record (step
-2: the commit point of every item), each other group credits or releases (step 3). Items whose
-senders are in several groups are refused before any group sees them (``batch_spans_groups``):
-deciding them would need a debit reservation in each sending group and one commit point for all.
+2: the commit point of every item), each other group credits or releases (step 3).
+
+**An atomic batch whose senders are in several groups** is a two-phase commit whose commit
+point is a decision record in the group of the first item's sender (the coordinator): the
+receiving groups reserve the credits of the items that leave their sender's group; every
+sending group prepares its part (its items decided whole in request order, then held: the
+senders' amounts not spendable, its receivers' not closable, the keys in progress: one
+``BatchPrepared``) or fails it; the coordinator records the decision (``BatchDecided``,
+committed only if every part was prepared); every sending group posts its part
+(``TransfersPosted`` that ``settles`` it) or releases it; the receiving groups credit or
+release. A part held longer than its owners wait is ended by them: they ask the coordinator,
+whose first decision stands (it decides "not committed" if it has none: presumed abort).
 """
 
 from __future__ import annotations

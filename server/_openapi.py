@@ -579,9 +579,9 @@ def build() -> dict[str, Any]:
                     "for a MessagePack answer), body at most 16 MiB. Not atomic: every item is answered "
                     "in order with its own status (201 and the transaction, or its problem; a shape error "
                     "is that item's 400). Atomic: all items are posted, or none and 422 batch_failed names "
-                    "the first failing item; a shape error anywhere is 400 for the request (and, in "
-                    "cluster mode with several ledger groups, senders in more than one group are 400 "
-                    "batch_spans_groups). An "
+                    "the first failing item; a shape error anywhere is 400 for the request, and a key of "
+                    "an atomic batch still in progress (cluster mode, senders in several ledger groups) "
+                    "409 request_in_progress. An "
                     "Idempotency-Key header is accepted but not needed: each item's key makes a retry safe."
                 ),
                 "parameters": [OPTIONAL_KEY],

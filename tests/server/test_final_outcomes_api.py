@@ -165,9 +165,10 @@ async def test_batch_items_and_atomic_batches_keep_their_refusals(tmp_path: Path
 
 def test_the_unrecorded_reasons_are_the_statuses_api_md_names() -> None:
     """Every ledger rejection whose status API.md lists as decided before the ledger records
-    nothing, and every other one (422, 404, 409 ...) is final; ``idempotency_key_reused`` is
-    the key's own answer, never an outcome."""
+    nothing, and every other one (422, 404, 409 ...) is final; ``idempotency_key_reused`` and
+    ``request_in_progress`` are the key's own answers, never an outcome."""
     for reason in Reason:
         status = REASONS[reason][0]
-        unrecorded = status in NOT_RECORDED_STATUSES or reason == Reason.IDEMPOTENCY_KEY_REUSED
+        unrecorded = status in NOT_RECORDED_STATUSES or reason in (Reason.IDEMPOTENCY_KEY_REUSED,
+                                                                   Reason.REQUEST_IN_PROGRESS)
         assert (reason in UNRECORDED_REASONS) == unrecorded, (reason, status)

@@ -61,13 +61,18 @@ from typing import Any
 from ledger import (
     Aborted,
     AbortTransfers,
+    BatchDecided,
     BatchFailed,
+    BatchPrepared,
+    BatchReleased,
     Clock,
     Committed,
     CreateAsset,
     CreateWallet,
     CreditReserved,
+    DecideBatch,
     Duplicate,
+    Held,
     HoldCaptured,
     HoldVoided,
     Idempotency,
@@ -85,15 +90,17 @@ from ledger import (
     TransactionType,
     Transfer,
     TransfersAborted,
+    TransfersPosted,
     decode_event,
     digest_state,
     is_treasury,
     recover,
+    resolved,
     shard_of,
 )
 from ledger._messages import BatchReply, Reply
 from server._crossing import Crossing
-from server._groups import group_of
+from server._groups import _first_failure, _posted_at, group_of
 from server._member import KIND, log_subject, stream_name
 from tests.sim.cluster_sim import (
     Member,
@@ -149,6 +156,8 @@ class GroupsStats:
     unanswered: int = 0  # keyed requests that got 503 (or whose worker stopped): retried with the keys
     duplicates: int = 0  # keyed retries answered with the first execution
     atomic_across: int = 0  # atomic batches between groups committed whole
+    atomic_groups: int = 0  # of those, batches whose senders are in several groups
+    parts_ended: int = 0  # parts of such batches an owner posted or released after asking
     refunds_across: int = 0
     captures_across: int = 0
     aborted: int = 0  # commits refused because the receiver's group had them aborted
@@ -249,7 +258,8 @@ class GroupsSimulation(StreamFaults):
         self.retry: list[Request] = []
         self.refundable: list[Transfer] = []  # acknowledged transfers between groups
         self.holds: list[Transfer] = []  # acknowledged holds between groups (maybe resolved since)
-        self.atomic_batches: list[list[tuple[str, str | None]]] = []  # every one sent: (id, key) per item
+        # Every one sent: (id, key, sending group) per item.
+        self.atomic_batches: list[list[tuple[str, str | None, int]]] = []
         self.ready: set[int] = set()  # groups whose asset and wallets (with money) are acknowledged
 
     def fail(self, message: str) -> SimulationFailed:
@@ -426,20 +436,22 @@ class GroupsSimulation(StreamFaults):
                         idempotency=None if key is None else Idempotency(scope="s", key=key, fingerprint=key.encode()))
 
     def request(self) -> Request:
-        """A single transfer, a batch, or an atomic batch (its senders in one group, as the
-        router requires; its receivers anywhere)."""
+        """A single transfer, a batch, or an atomic batch (its senders in one group or in
+        several; its receivers anywhere)."""
         roll = self.rng.random()
         if roll < 0.6:
             return Request([self.transfer()])
         sender = self.rng.choice(sorted(self.ready))
-        commands = [self.transfer(sender if roll < 0.8 else None) for _ in range(self.rng.randint(2, 4))]
+        one_sender = roll < 0.8 and self.rng.random() < 0.6  # else an atomic batch's senders spread
+        commands = [self.transfer(sender if one_sender else None) for _ in range(self.rng.randint(2, 4))]
         return Request(commands, batch=True, atomic=roll < 0.8)
 
     def client(self, request: Request) -> Work:
         """One request of a client, through a worker; unanswered, retried later with its keys."""
         if request.atomic:
             self.atomic_batches.append([(command.transaction_id, None if command.idempotency is None
-                                         else command.idempotency.key) for command in request.commands])
+                                         else command.idempotency.key, self.group_of(command.from_wallet_id))
+                                        for command in request.commands])
         try:
             outcomes = yield from self.route(request)
         except (Unavailable, GeneratorExit):
@@ -467,6 +479,8 @@ class GroupsSimulation(StreamFaults):
                 return (yield Ask(group, lambda ledger: _atomic_now(ledger, commands, None)))
             return (yield Ask(group, lambda ledger: ledger.submit_batch(commands)))
         if request.atomic:
+            if len({sender for sender, _ in sides}) > 1:
+                return (yield from self.atomic_of_groups(commands, sides))
             return (yield from self.atomic_across(commands, sides))
         outcomes: list[Any] = [None] * len(commands)
         by_sender: dict[int, list[int]] = {}
@@ -565,6 +579,104 @@ class GroupsSimulation(StreamFaults):
             self.stats.aborted += 1
             raise Unavailable("an atomic batch aborted by a receiver's group")
         return result
+
+    def decide(self, coordinator: int, batch: str, committed: bool, to: Ledger | None = None) -> Generator[Ask, Any, Any]:
+        """``Ledger.decide_batch`` at the coordinator: the decision that stands."""
+        return (yield Ask(coordinator, lambda ledger: ledger.shards[0].submit_command(
+            DecideBatch(batch=batch, committed=committed)), lambda ledger, _: ledger.directory.decided[batch], to=to))
+
+    def atomic_of_groups(self, commands: list[Transfer], sides: list[tuple[int, int]]) -> Generator[Ask, Any, Any]:
+        """``GroupRouter._atomic_of_groups``: the receiving groups reserve, every sending group
+        prepares its part, the first item's group decides, every sending group posts or
+        releases its part, the receiving groups credit or release."""
+        coordinator = sides[0][0]
+        batch = self.next_id("batch")
+        parts: dict[int, list[int]] = {}
+        for index, (sender, _) in enumerate(sides):
+            parts.setdefault(sender, []).append(index)
+        credits: list[Any] = [None] * len(commands)
+        remotes: dict[int, dict[int, list[int]]] = {}
+        for sender, indexes in parts.items():
+            part = [commands[index] for index in indexes]
+            remotes[sender] = self.receivers(part, sender)
+            verdicts = yield from self.prepare(part, sender, remotes[sender])
+            for index, verdict in zip(indexes, verdicts, strict=True):
+                credits[index] = verdict
+        prepared: dict[int, Any] = {}
+        try:
+            for sender, indexes in parts.items():
+                prepared[sender] = yield Ask(sender, lambda ledger, ix=indexes: ledger.prepare_batch_now(
+                    batch, coordinator, [commands[index] for index in ix], [credits[index] for index in ix]))
+        except Unavailable:
+            yield from self.abandon(batch, coordinator, commands, parts, credits, remotes)
+            raise
+        failure = _first_failure(parts, prepared)
+        aborted = any(isinstance(outcome, Aborted) for result in prepared.values() if isinstance(result, list)
+                      for outcome in result)
+        holding = [sender for sender, result in prepared.items()
+                   if isinstance(result, list) and any(isinstance(outcome, Held) for outcome in result)]
+        committed = False
+        if holding:
+            committed = yield from self.decide(coordinator, batch, failure is None and not aborted)
+        posted: dict[int, list[Any]] = {}
+        unsettled: set[int] = set()
+        for sender in holding:
+            try:
+                result = yield Ask(sender, lambda ledger: ledger.settle_batch_now(batch, committed))
+            except Unavailable:
+                unsettled.add(sender)
+                continue
+            if committed:
+                if isinstance(result, BatchFailed):
+                    unsettled.add(sender)
+                else:
+                    posted[sender] = result
+        for sender, indexes in parts.items():
+            if committed and sender in unsettled:
+                continue  # those items stay reserved: the receivers' owners ask their sending group
+            yield from self.settle_parts(sender, [commands[index] for index in indexes], remotes[sender],
+                                         [credits[index] for index in indexes],
+                                         _posted_at(prepared[sender], sender in posted))
+        if failure is not None:
+            return failure
+        if aborted or (holding and not committed):
+            self.stats.aborted += 1
+            raise Unavailable("an atomic batch aborted before it was decided")
+        if unsettled:
+            raise Unavailable("committed; a group posts its part later")
+        outcomes: list[Any] = [None] * len(commands)
+        for sender, indexes in parts.items():
+            new = iter(posted.get(sender, ()))
+            for index, outcome in zip(indexes, prepared[sender], strict=True):
+                outcomes[index] = next(new) if isinstance(outcome, Held) else outcome
+        if holding:
+            self.stats.atomic_groups += 1
+        return outcomes
+
+    def abandon(self, batch: str, coordinator: int, commands: list[Transfer], parts: dict[int, list[int]],
+                credits: list[Any], remotes: dict[int, dict[int, list[int]]]) -> Generator[Ask, Any, None]:
+        """``GroupRouter._abandon``."""
+        try:
+            if (yield from self.decide(coordinator, batch, False)):
+                return
+        except Unavailable:
+            return
+        for sender in parts:
+            try:
+                yield Ask(sender, lambda ledger: ledger.settle_batch_now(batch, False))
+            except Unavailable:
+                pass
+        for sender, indexes in parts.items():
+            yield from self.settle_parts(sender, [commands[index] for index in indexes], remotes[sender],
+                                         [credits[index] for index in indexes], lambda index: False)
+
+    def settle_parts(self, sender: int, commands: list[Transfer], remote: dict[int, list[int]], credits: list[Any],
+                     committed: Callable[[int], bool]) -> Generator[Ask, Any, None]:
+        """``GroupRouter._settle_all``, one receiving group after the other."""
+        for receiver, indexes in remote.items():
+            yield from self.settle(sender, receiver, [
+                (commands[index].transaction_id, commands[index].to_wallet_id, committed(index))
+                for index in indexes if credits[index].failure is None])
 
     def settle(self, sender: int, receiver: int, settle: list[tuple[str, str, bool]]) -> Generator[Ask, Any, None]:
         """``GroupRouter._settle``: the receiver's group credits or releases, then the sender's
@@ -720,15 +832,24 @@ class GroupsSimulation(StreamFaults):
             ids = tuple(transaction_id for transaction_id, _ in reservations)
             try:
                 answers = yield Ask(sender, lambda ledger, ids=ids: ledger.shards[0].submit_command(
-                    AbortTransfers(transaction_ids=ids)), lambda ledger, _, ids=ids: {
-                        transaction_id: transaction_id in ledger.directory.owed for transaction_id in ids})
+                    AbortTransfers(transaction_ids=ids)), lambda ledger, _, ids=ids: resolved(ledger.directory, list(ids)))
             except Unavailable:
                 continue
             for transaction_id, wallet_id in reservations:
+                if transaction_id not in answers:
+                    continue  # held in a batch not yet decided: asked again later
                 settle = SettleReservation(transaction_id=transaction_id, wallet_id=wallet_id,
                                            credit=answers[transaction_id])
                 yield Ask(number, lambda ledger, s=settle: self.submit_local(ledger, s), to=ledger)
                 self.stats.reservations_resolved += 1
+        for batch, coordinator in crossing.due_prepared():
+            try:
+                committed = yield from self.decide(coordinator, batch, False,
+                                                   to=ledger if coordinator == number else None)
+            except Unavailable:
+                continue
+            yield Ask(number, lambda ledger, b=batch, c=committed: ledger.settle_batch_now(b, c), to=ledger)
+            self.stats.parts_ended += 1
 
     # -- one step --------------------------------------------------------------------------
 
@@ -943,6 +1064,9 @@ class GroupsSimulation(StreamFaults):
         located: dict[str, tuple[int, int]] = {}  # every posted transfer: id -> (group, LSN)
         refunded: dict[str, int] = {}
         resolved: set[str] = set()  # holds captured or voided
+        parts: dict[tuple[int, str], BatchPrepared] = {}  # (group, batch) -> its part held there
+        ended: dict[tuple[int, str], bool] = {}  # -> posted (True) or released
+        decided: dict[str, tuple[int, bool]] = {}  # batch -> (coordinating group, committed)
         for number, by_lsn in enumerate(records):
             for lsn, event in by_lsn.items():
                 if isinstance(event, HoldCaptured | HoldVoided):
@@ -972,6 +1096,30 @@ class GroupsSimulation(StreamFaults):
                         in_transit[move.asset] = in_transit.get(move.asset, 0) + move.amount
                 if isinstance(event, TransfersAborted):
                     aborted.update(event.transaction_ids)
+                # Batches of several sending groups: each part held once, ended once.
+                if isinstance(event, BatchPrepared):
+                    if (number, event.batch) in parts:
+                        raise self.fail(f"group {number} prepared batch {event.batch} twice")
+                    parts[number, event.batch] = event
+                elif isinstance(event, BatchReleased) or (isinstance(event, TransfersPosted) and event.settles):
+                    batch = event.batch if isinstance(event, BatchReleased) else event.settles
+                    assert batch is not None
+                    if (number, batch) not in parts or (number, batch) in ended:
+                        raise self.fail(f"group {number} ended batch {batch}, not held there")
+                    ended[number, batch] = isinstance(event, TransfersPosted)
+                    if isinstance(event, BatchReleased):
+                        aborted.update(row[0] for row in parts[number, batch].rows)
+                elif isinstance(event, BatchDecided):
+                    if event.batch in decided:
+                        raise self.fail(f"batch {event.batch} decided twice")
+                    decided[event.batch] = (number, event.committed)
+        for (number, batch), posted in ended.items():
+            # A part is posted only if its coordinator decided the batch committed, and
+            # released only if it decided it not.
+            if decided.get(batch) != (parts[number, batch].coordinator, posted):
+                raise self.fail(f"group {number} {'posted' if posted else 'released'} batch {batch}; its "
+                                f"coordinator decided {decided.get(batch)}")
+        held = {row[0] for key, part in parts.items() if key not in ended for row in part.rows}
         for number, by_lsn in enumerate(records):
             for event in by_lsn.values():
                 if isinstance(event, ReservationSettled) and event.credited:
@@ -985,11 +1133,17 @@ class GroupsSimulation(StreamFaults):
                 elif isinstance(event, CreditReserved) and event.from_group == number:
                     raise self.fail(f"group {number} reserved {event.transaction_id} from itself")
         for batch in self.atomic_batches:
-            # Whole in one record, or nowhere; an item whose key another transaction executed (a
-            # retry's) is a duplicate, posted before.
-            places = {located.get(transaction_id) for transaction_id, key in batch
-                      if key is None or keys.get(key, transaction_id) == transaction_id}
-            if len(places) > 1:
+            # Each sending group's items in one record or nowhere, and every group's or none
+            # (while another group still holds its part: that one not yet). An item whose key
+            # another transaction executed (a retry's) is a duplicate, posted before.
+            places: dict[int, set[Any]] = {}
+            for transaction_id, key, sender in batch:
+                if key is None or keys.get(key, transaction_id) == transaction_id:
+                    places.setdefault(sender, set()).add(located.get(transaction_id))
+            posted = {sender for sender, where in places.items() if where != {None}}
+            if any(len(where) > 1 for where in places.values()) or (posted and any(
+                    sender not in posted and not any(transaction_id in held for transaction_id, _, g in batch
+                                                     if g == sender) for sender in places)):
                 raise self.fail(f"an atomic batch is posted in part, or in several records: {batch} at {places}")
         for asset in set(transit) | set(in_transit):
             if transit.get(asset, 0) != in_transit.get(asset, 0):
@@ -1017,6 +1171,7 @@ class GroupsSimulation(StreamFaults):
                 group.owner is not None and group.owner.ledger is not None
                 and not any(m.ledger is not None and m is not group.owner for m in group.members)
                 and not group.owner.ledger.owed() and not group.owner.ledger.all_reservations()
+                and not group.owner.ledger.directory.prepared
                 and group.owner.ledger.wal.last_lsn == group.owner.ledger.wal.durable_lsn
                 for group in self.groups)
             if settled and not self.workers and len(self.ready) == self.count:

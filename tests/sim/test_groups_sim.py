@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from server._crossing import Crossing
+from tests.sim import groups_sim
 from tests.sim.groups_sim import GroupsSimulation, GroupsStats
 from tests.sim.sim import SimulationFailed
 from wal.testing import FakeStreamClient
@@ -36,8 +37,9 @@ def test_the_groups_faults_and_paths_are_exercised_across_the_ci_seeds() -> None
     """Over the CI seeds: both group counts, every fault, and every path of the protocol between
     groups: credits the owners finished for stopped workers, reservations resolved by asking the
     sender's group (presumed abort), a commit refused because that group had aborted it, keyed
-    retries answered with their first execution, atomic batches, refunds and hold captures between
-    groups committed."""
+    retries answered with their first execution, atomic batches (of one sending group and of
+    several), refunds and hold captures between groups committed, and parts of batches of several
+    sending groups ended by their owners after asking the coordinator."""
     totals: dict[str, int] = {}
     counts = set()
     for seed in CI_SEEDS:
@@ -49,7 +51,7 @@ def test_the_groups_faults_and_paths_are_exercised_across_the_ci_seeds() -> None
     needed = ("takeovers", "owner_crashes", "pauses", "fenced", "lost_acks", "unavailable", "exits_unavailable",
               "standby_restarts", "heartbeats_lost", "stalls", "stalls_failed", "workers_stopped", "owed_credited",
               "reservations_resolved", "aborted", "duplicates", "unanswered", "atomic_across", "refunds_across",
-              "captures_across")
+              "captures_across", "atomic_groups", "parts_ended")
     assert all(totals[name] > 0 for name in needed), {name: totals[name] for name in needed}
 
 
@@ -80,6 +82,14 @@ def test_the_oracle_catches_a_credit_asked_before_the_commit_is_durable(monkeypa
     # Seed 11 is the first of 1-40 to catch it today (within its first steps); the others follow
     # should a change of the simulation move it.
     assert "which no sender's stream committed" in _first_failure([11, *range(1, 40)])
+
+
+def test_the_oracle_catches_a_held_item_resolved_as_never_committed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sending group that answered a receiving group's question about an item it holds in a
+    prepared batch as it answers about any transfer it did not commit (not owed: aborted): the
+    receiver releases, the batch commits, and the credit is never made."""
+    monkeypatch.setattr(groups_sim, "resolved", lambda directory, ids: {tx: tx in directory.owed for tx in ids})
+    assert "credited 0 times at the end" in _first_failure(list(range(1, 40)))
 
 
 def test_the_oracle_catches_a_stream_without_its_fence(monkeypatch: pytest.MonkeyPatch) -> None:
