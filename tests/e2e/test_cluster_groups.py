@@ -244,11 +244,26 @@ def test_an_atomic_batch_between_groups_posts_whole_or_nothing_over_http(cluster
         assert [result["transaction"]["id"] for result in again.json()["results"]] == [
             result["transaction"]["id"] for result in posted.json()["results"]]
         assert balances(client) == [0, 0, 3 * START - 7, START + 7]
-        # Senders in both groups: refused whole, before any group saw it.
+        # Senders in both groups: prepared by each, decided by the first item's, posted by each.
+        # a1 cannot spend in the batch what b1's item (another group's) credits it: nothing moves.
         spans = client.post("/v1/transfers/batch", json={"atomic": True, "transfers": [
-            item("sp-1", a2, b1, 1), item("sp-2", b1, a1, 1)]})
-        assert spans.status_code == 400 and spans.json()["code"] == "batch_spans_groups", spans.text
+            item("sp-1", b1, a1, 10), item("sp-2", a1, b2, 5)]})
+        assert spans.status_code == 422 and spans.json()["index"] == 1, spans.text
+        assert spans.json()["error"]["code"] == "insufficient_funds"
         assert balances(client) == [0, 0, 3 * START - 7, START + 7]
+        funded = client.post("/v1/transfers", json={"from_wallet_id": b1, "to_wallet_id": a1, "amount": 100},
+                             headers={"Idempotency-Key": "sp-0"})
+        assert funded.status_code == 201, funded.text
+        spans = client.post("/v1/transfers/batch", json={"atomic": True, "transfers": [
+            item("sp-3", a1, b2, 30), item("sp-4", b1, a2, 20)]})
+        assert spans.status_code == 200, spans.text
+        assert [result["status"] for result in spans.json()["results"]] == [201, 201]
+        assert balances(client) == [70, 20, 3 * START - 7 - 120, START + 7 + 30]
+        again = client.post("/v1/transfers/batch", json={"atomic": True, "transfers": [
+            item("sp-3", a1, b2, 30), item("sp-4", b1, a2, 20)]})
+        assert [result["transaction"]["id"] for result in again.json()["results"]] == [
+            result["transaction"]["id"] for result in spans.json()["results"]]
+        assert balances(client) == [70, 20, 3 * START - 7 - 120, START + 7 + 30]
 
 
 def test_a_refund_between_groups_goes_back_and_both_statements_show_it(cluster: ClusterProcess) -> None:

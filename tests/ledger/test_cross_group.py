@@ -493,15 +493,23 @@ async def test_a_group_log_keeps_its_place_in_the_group_table(tmp_path: Path) ->
 
 def test_the_records_of_transfers_between_groups_decode_to_themselves_and_refuse_garbage() -> None:
     from ledger import (
+        BatchDecided,
+        BatchPrepared,
+        BatchReleased,
         CodecError,
         CreditReserved,
         GroupConfigured,
         ReservationSettled,
+        TransactionType,
         TransfersAborted,
+        TransfersPosted,
         TransitSettled,
         decode_event,
         encode_event,
     )
+
+    rows = (("tx5", TransactionType.TRANSFER, "alice", "bob", "USD", 4, None, {"m": 1}, ("s", "k5", b"f")),
+            ("tx6", TransactionType.TRANSFER, "bob", "carol", "USD", 1, "d", None, None))
 
     events = [
         GroupConfigured(group=1, groups=3, at_us=5),
@@ -521,6 +529,11 @@ def test_the_records_of_transfers_between_groups_decode_to_themselves_and_refuse
         ReservationSettled(transaction_id="c1", wallet_id="bob", asset="USD", amount=2, from_wallet_id="alice",
                            from_group=0, description=None, metadata=None, reserved_at_us=15, credited=False,
                            at_us=16, capture_of="h1"),
+        BatchPrepared(batch="b-1", coordinator=2, rows=rows, at_us=17),
+        BatchDecided(batch="b-1", committed=True, at_us=18),
+        BatchDecided(batch="b-2", committed=False, at_us=18),
+        BatchReleased(batch="b-1", at_us=19),
+        TransfersPosted(rows=rows, at_us=20, settles="b-1"),
     ]
     for event in events:
         assert decode_event(encode_event(event)) == event
@@ -530,7 +543,9 @@ def test_the_records_of_transfers_between_groups_decode_to_themselves_and_refuse
                     [1, 23, "tx1", "bob", "USD", 3, "alice", 0, None, None, 7, "yes", 9],
                     [1, 22, "r1", "alice", "USD", 2, "bob", 1, None, None, 13, 5],
                     [1, 22, "r1", "alice", "USD", 2, "bob", 1, None, None, 13, None, 5],
-                    [1, 22, "r1", "alice", "USD", 2, "bob", 1, None, None, 13, "tx1", "h1", "more"]):
+                    [1, 22, "r1", "alice", "USD", 2, "bob", 1, None, None, 13, "tx1", "h1", "more"],
+                    [1, 26, "b-1", 2, 17, []], [1, 26, "b-1", "2", 17, [list(rows[1])]], [1, 27, "b-1", 1, 18],
+                    [1, 28, 7, 19], [1, 7, 20, [list(rows[1])], 5]):
         with pytest.raises(CodecError):
             decode_event(msgpack.packb(garbage))
 
@@ -639,3 +654,30 @@ async def test_a_batch_of_several_sending_groups_not_committed_is_released_and_i
         assert a.directory.prepared == {} and ("s", "r4") not in a.directory.idempotency
         live = (a.digest(), b.digest())
     assert (await replayed_digest(a_path), await replayed_digest(b_path)) == live
+
+
+async def test_a_held_part_survives_a_restart_from_a_snapshot_and_is_posted_after(tmp_path: Path) -> None:
+    """A prepared part is in the snapshot (holds, reservations, keys in progress) and posts after
+    a restart from it exactly as it would have before."""
+    path = tmp_path / "g1"
+    async with running(path, 1) as b:
+        await setup(b, ["bob", "dave"], deposit=100)
+        held = await b.prepare_batch("B9", 0, [transfer(1, "bob", "dave", 70, key="h1"),
+                                               transfer(2, "bob", "alice", 20, key="h2")],
+                                     [None, CreditCheck(asset="USD", failure=None)])
+        assert held == [Held("tx1"), Held("tx2")]
+    info = await trio.to_thread.run_sync(lambda: build_snapshot(path, until_lsn=None, created_at_us=1))
+    assert info is not None
+    async with running(path, 1) as b:
+        assert [batch for batch, _, _ in b.prepared_batches()] == ["B9"]
+        assert {w.id: (w.balance, w.held) for w in b.all_wallets() if w.id in ("bob", "dave")} == {
+            "bob": (100, 90), "dave": (100, 0)}
+        busy = await b.transfer(transfer(3, "dave", "bob", 1, key="h2"))
+        assert isinstance(busy, Rejection) and busy.reason == Reason.REQUEST_IN_PROGRESS
+        posted = await b.settle_batch("B9", True)
+        assert posted is not None and [c.event.transaction_id for c in posted] == ["tx1", "tx2"]
+        assert {w.id: (w.balance, w.held) for w in b.all_wallets() if w.id in ("bob", "dave")} == {
+            "bob": (10, 0), "dave": (170, 0)}
+        assert b.owed() == {"tx2": "alice"}
+        live = b.digest()
+    assert await replayed_digest(path) == live
