@@ -80,9 +80,6 @@ class Reason(enum.Enum):
     WITHDRAWAL_NOT_DEAD = "withdrawal_not_dead"  # only a dead withdrawal can be retried
     WITHDRAWAL_NOT_PAYABLE = "withdrawal_not_payable"  # internal: a payout step out of order
     RECORD_TOO_LARGE = "payload_too_large:record"  # an atomic batch must fit in one log record
-    # Cluster mode with several ledger groups (ADR 0013): an atomic batch whose items debit
-    # wallets of more than one group (decided by the HTTP workers' router, before any ledger).
-    BATCH_SPANS_GROUPS = "batch_spans_groups"
     # Balance alerts (checked in this order after SENDER_NOT_FOUND and FORBIDDEN).
     ALERT_LIMIT_REACHED = "alert_limit_reached"
     ALERT_NOT_FOUND = "alert_not_found"
@@ -143,7 +140,6 @@ UNRECORDED_REASONS = frozenset({
     Reason.FORBIDDEN,
     Reason.RESERVED_ID,
     Reason.RECORD_TOO_LARGE,
-    Reason.BATCH_SPANS_GROUPS,
     Reason.REQUEST_IN_PROGRESS,
 })
 

@@ -26,7 +26,6 @@ HTTP statuses. Every ``code`` here is part of the API contract: never rename one
     | WITHDRAWAL_NOT_DEAD       | 409    | withdrawal_not_dead       |
     | WITHDRAWAL_NOT_PAYABLE    | 409    | withdrawal_not_payable    |
     | RECORD_TOO_LARGE          | 413    | payload_too_large         |
-    | BATCH_SPANS_GROUPS        | 400    | batch_spans_groups        |
     | REQUEST_IN_PROGRESS       | 409    | request_in_progress       |
     | NOT_REFUNDABLE            | 409    | not_refundable            |
     | REFUND_EXCEEDS_REMAINING  | 422    | refund_exceeds_remaining  |
@@ -105,7 +104,6 @@ REASONS: dict[Reason, tuple[int, str]] = {
     Reason.WITHDRAWAL_NOT_DEAD: (409, "Withdrawal not dead"),
     Reason.WITHDRAWAL_NOT_PAYABLE: (409, "Withdrawal not payable"),
     Reason.RECORD_TOO_LARGE: (413, "Payload too large"),
-    Reason.BATCH_SPANS_GROUPS: (400, "Batch spans ledger groups"),
     Reason.REQUEST_IN_PROGRESS: (409, "Request in progress"),
     Reason.ALERT_LIMIT_REACHED: (409, "Alert limit reached"),
     Reason.ALERT_NOT_FOUND: (404, "Alert not found"),
