@@ -55,7 +55,13 @@ async def setup_wallets(http: httpx.AsyncClient, ids: list[str], *, asset: str, 
 
 
 async def send(http: httpx.AsyncClient, key: str, body: dict[str, Any], book: Ledgerbook) -> None:
+    """One transfer (or, for a body with ``transfers``, an atomic batch: ``key`` names the
+    request, each item has its own) recorded in ``book``: acknowledged, unanswered (retried
+    later with the same keys: a cut connection, 503, or 409 ``request_in_progress``) or refused."""
     sent = time.monotonic()
+    if "transfers" in body:
+        await _send_batch(http, key, body, book, sent)
+        return
     try:
         response = await http.post("/v1/transfers", json=body, headers={"Idempotency-Key": key})
     except httpx.TransportError:
@@ -70,11 +76,34 @@ async def send(http: httpx.AsyncClient, key: str, body: dict[str, Any], book: Le
         book.unanswered.pop(key, None)
 
 
+async def _send_batch(http: httpx.AsyncClient, key: str, body: dict[str, Any], book: Ledgerbook, sent: float) -> None:
+    try:
+        response = await http.post("/v1/transfers/batch", json=body)
+    except httpx.TransportError:
+        book.unanswered[key] = body
+        return
+    if response.status_code == 200:
+        for item, result in zip(body["transfers"], response.json()["results"], strict=True):
+            if result["status"] == 201:
+                book.acknowledge(item["idempotency_key"], result["transaction"], sent)
+            else:
+                book.rejected[item["idempotency_key"]] = result["status"]
+        book.unanswered.pop(key, None)
+    elif response.status_code == 503 or (response.status_code == 409
+                                         and response.json().get("code") == "request_in_progress"):
+        book.unanswered[key] = body
+    else:
+        book.rejected[key] = response.status_code
+        book.unanswered.pop(key, None)
+
+
 async def run_clients(
     http: httpx.AsyncClient, *, clients: int, requests_each: int, pick: Any, book: Ledgerbook,
     seed: int, prefix: str = "k", stop: trio.Event | None = None, pause_unanswered_s: float = 0.0,
+    batch_share: float = 0.0,
 ) -> None:
-    """``clients`` concurrent clients, ``requests_each`` transfers each (or until ``stop``). A
+    """``clients`` concurrent clients, ``requests_each`` transfers each (or until ``stop``; with
+    ``batch_share``, that share of the requests an atomic batch of two transfers instead). A
     client whose request went unanswered moves on to its next key (the unanswered one waits in
     the book for a retry), after ``pause_unanswered_s``: without a pause, 503s answered at once
     (no ledger to reach) turn into thousands of unanswered keys a second."""
@@ -84,9 +113,18 @@ async def run_clients(
         for index in range(requests_each):
             if stop is not None and stop.is_set():
                 return
-            source, target = pick(rng)
-            body = {"from_wallet_id": source, "to_wallet_id": target, "amount": rng.randint(1, 1000)}
             key = f"{prefix}-{number}-{index}"
+            if batch_share and rng.random() < batch_share:
+                # An atomic batch of two (with several ledger groups, its senders often in two).
+                items = []
+                for item in range(2):
+                    source, target = pick(rng)
+                    items.append({"idempotency_key": f"{key}-{item}", "from_wallet_id": source,
+                                  "to_wallet_id": target, "amount": rng.randint(1, 1000)})
+                body: dict[str, Any] = {"atomic": True, "transfers": items}
+            else:
+                source, target = pick(rng)
+                body = {"from_wallet_id": source, "to_wallet_id": target, "amount": rng.randint(1, 1000)}
             await send(http, key, body, book)
             if pause_unanswered_s and key in book.unanswered:
                 await trio.sleep(pause_unanswered_s)
@@ -145,14 +183,14 @@ def hot_pair_picker(ids: list[str], *, hot_share: float = 0.3) -> Callable[[rand
 
 @asynccontextmanager
 async def under_load(http: httpx.AsyncClient, book: Ledgerbook, *, pick: Any, clients: int, seed: int,
-                     prefix: str, pause_unanswered_s: float = 0.0) -> AsyncIterator[None]:
+                     prefix: str, pause_unanswered_s: float = 0.0, batch_share: float = 0.0) -> AsyncIterator[None]:
     """``run_clients`` in the background for the body of the ``async with``; stopped at its end
     (each client finishes the request it is in)."""
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(run_clients, http, clients=clients, requests_each=1_000_000, pick=pick,
                                    book=book, seed=seed, prefix=prefix, stop=stop,
-                                   pause_unanswered_s=pause_unanswered_s))
+                                   pause_unanswered_s=pause_unanswered_s, batch_share=batch_share))
         try:
             yield
         finally:

@@ -47,7 +47,7 @@ def seed_from_environment() -> int:
 
 async def iterate(server: ServerProcess, *, iterations: int, seed: int, clients: int, disrupt: Disrupt,
                   mend: Mend, pause_unanswered_s: float = 0.0, history_every_iteration: bool = False,
-                  settle_s: float = 0.0,
+                  settle_s: float = 0.0, batch_share: float = 0.0,
                   report: Callable[[dict[str, Any]], None] | None = None) -> tuple[Ledgerbook, list[dict[str, Any]]]:
     """``iterations`` times: load from ``clients`` clients, ``disrupt`` after a random moment
     (0.2-1.5 s), stop the load, ``mend``, retry every unanswered request with its key, and check
@@ -55,7 +55,8 @@ async def iterate(server: ServerProcess, *, iterations: int, seed: int, clients:
     history too with ``history_every_iteration``, else after the last). With ``settle_s``, a
     check that fails is repeated until it holds, for up to that long (several ledger groups: the
     owners finish credits the workers left); the iteration's ``settle_s`` is the time until it
-    held and ``checks`` the number of checks. Returns the record and one dict per iteration (with ``retried``: how many requests
+    held and ``checks`` the number of checks. ``batch_share`` of the requests are atomic batches
+    of two transfers (``run_clients``). Returns the record and one dict per iteration (with ``retried``: how many requests
     were left unanswered)."""
     rng = random.Random(seed)
     ids = [f"cl{index}" for index in range(WALLETS)]
@@ -67,7 +68,7 @@ async def iterate(server: ServerProcess, *, iterations: int, seed: int, clients:
     for iteration in range(iterations):
         async with server.async_client() as http, under_load(
             http, book, pick=pick, clients=clients, seed=seed * 1000 + iteration, prefix=f"i{iteration}",
-            pause_unanswered_s=pause_unanswered_s,
+            pause_unanswered_s=pause_unanswered_s, batch_share=batch_share,
         ):
             await trio.sleep(rng.uniform(0.2, 1.5))
             record = await disrupt(iteration, rng, book)

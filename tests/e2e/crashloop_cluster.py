@@ -250,6 +250,7 @@ async def cluster_crash_loop(data_dir: Path, *, iterations: int, seed: int, clie
         book, records = await iterate(
             cluster, iterations=iterations, seed=seed, clients=clients, disrupt=chaos.disrupt, mend=chaos.mend,
             pause_unanswered_s=0.05, history_every_iteration=True, settle_s=SETTLE_S if groups > 1 else 0.0,
+            batch_share=0.1 if groups > 1 else 0.0,
             report=(lambda record: print(f"  {record}", flush=True)) if verbose else None,
         )
         for audit in audits:
