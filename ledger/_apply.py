@@ -289,7 +289,11 @@ def _unspend(wallet: Wallet, amount: int, created_at_us: int) -> None:
         wallet.spent_month = max(0, wallet.spent_month - amount)
 
 
-def apply_debit(state: State, event: Transferred | Refunded, lsn: int) -> None:
+def apply_debit(state: State, event: Transferred | Refunded, lsn: int, *, held: bool = False) -> None:
+    """The sender's side of a transfer. ``held``: a row of a prepared part of a batch, posted
+    once its holds were let go; it was decided against the overdraft limit of that moment, and
+    a limit lowered since keeps the wallet's floor (``Limits.floor``), so that is its bound, as
+    for a hold's capture."""
     sender = state.wallets[event.from_wallet_id]
     assert sender.asset == event.asset
     if is_treasury(sender.id):
@@ -297,7 +301,7 @@ def apply_debit(state: State, event: Transferred | Refunded, lsn: int) -> None:
     else:
         limits = sender.limits
         amount = event.amount
-        assert sender.available - amount >= (0 if limits is None else -limits.overdraft)
+        assert sender.available - amount >= (0 if limits is None else limits.floor if held else -limits.overdraft)
         if event.type in _SPENDING:  # ``counts_as_spend``, inline: once per transfer
             window = sender.window
             if window is not None and window.day == event.at_us // DAY_US:
@@ -637,8 +641,9 @@ def apply(state: State, event: Event, lsn: int) -> None:
         across = state.directory.groups > 1
         if event.settles is not None:  # a prepared part of a batch, posted: its holds let go first
             apply_prepared(state, _reserved_here(state), event.rows, event.at_us, lsn, hold=False)
+        held = event.settles is not None
         for transfer in event.transfers:  # the reference path: ``ledger._part.apply_part`` is the fast one
-            apply_debit(state, transfer, lsn)
+            apply_debit(state, transfer, lsn, held=held)
             if across and transfer.to_wallet_id not in state.wallets:  # an atomic batch's item to another group
                 apply_sent_across(state.directory, transfer)
             else:

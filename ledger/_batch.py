@@ -397,7 +397,7 @@ def settle_prepared(involved: list[Shard], batch: str, committed: bool, reply: B
     _apply.apply_directory(directory, posted, lsn)
     _apply.apply_prepared(view, reserved, posted.rows, now_us, lsn, hold=False)
     for transfer in posted.transfers:
-        _apply.apply_debit(view, transfer, lsn)
+        _apply.apply_debit(view, transfer, lsn, held=True)
         if transfer.to_wallet_id in view.wallets:
             _apply.apply_credit(view, transfer, lsn)
         else:

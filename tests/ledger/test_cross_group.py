@@ -681,3 +681,24 @@ async def test_a_held_part_survives_a_restart_from_a_snapshot_and_is_posted_afte
         assert b.owed() == {"tx2": "alice"}
         live = b.digest()
     assert await replayed_digest(path) == live
+
+
+async def test_a_held_part_posts_after_its_senders_overdraft_limit_was_lowered(tmp_path: Path) -> None:
+    """A part decided within an overdraft limit posts even if the limit was lowered while it was
+    held: the hold had already taken ``available`` down, which the new limit keeps as the
+    wallet's floor (as for a hold's capture)."""
+    from ledger import UpdateWallet
+
+    path = tmp_path / "g1"
+    async with running(path, 1) as b:
+        await setup(b, ["bob", "dave"], deposit=0)
+        assert isinstance(await b.update_wallet(UpdateWallet(wallet_id="bob", overdraft_limit=100)), list)
+        held = await b.prepare_batch("B8", 0, [transfer(1, "bob", "dave", 80, key="o1")], [None])
+        assert held == [Held("tx1")]
+        assert isinstance(await b.update_wallet(UpdateWallet(wallet_id="bob", overdraft_limit=0)), list)
+        posted = await b.settle_batch("B8", True)
+        assert posted is not None
+        assert {w.id: (w.balance, w.held) for w in b.all_wallets() if w.id in ("bob", "dave")} == {
+            "bob": (-80, 0), "dave": (80, 0)}
+        live = b.digest()
+    assert await replayed_digest(path) == live
