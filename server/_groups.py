@@ -476,7 +476,7 @@ class GroupRouter:
 
         try:
             await _all([(prepare, (sender, indexes)) for sender, indexes in parts.items()])
-        except Unavailable:
+        except Exception:  # unreachable, overloaded: the parts prepared elsewhere are released
             await self._abandon(batch, coordinator, commands, parts, credits, remotes)
             raise
         failure = _first_failure(parts, prepared)
@@ -535,14 +535,14 @@ class GroupRouter:
         try:
             if await self.ports[coordinator].decide_batch(batch, False):
                 return  # cannot be: only this worker asks to commit it
-        except Unavailable as error:
+        except Exception as error:  # the caller raises its own error
             log.info("batch %s: left to the owners (%s)", batch, error)
             return
 
         async def release(sender: int) -> None:
             try:
                 await self.ports[sender].settle_batch(batch, False)
-            except Unavailable as error:  # its owners ask the coordinator, which says not committed
+            except Exception as error:  # its owners ask the coordinator: not committed
                 log.info("batch %s: group %d releases its part later (%s)", batch, sender, error)
 
         await _all([(release, (sender,)) for sender in parts])
