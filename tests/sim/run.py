@@ -25,7 +25,7 @@ TOTALS = {
     "disk": ("crashes", "refused_and_repaired", "storage_failures", "snapshots", "acknowledged"),
     "cluster": ("takeovers", "owner_crashes", "fenced_after_pause", "lost_acks", "unavailable", "acknowledged"),
     "groups": ("takeovers", "fenced", "stalls_failed", "across_acknowledged", "owed_credited",
-               "reservations_resolved", "aborted"),
+               "reservations_resolved", "aborted", "atomic_groups", "parts_ended"),
 }
 
 
