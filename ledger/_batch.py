@@ -203,9 +203,7 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
     """
     lead = involved[0]
     wal = lead._wal
-    failed = wal.failed
-    if failed is not None:
-        reply._report(failed)
+    if _log_failed(wal, reply):
         return
     given = credits is not None
     if credits is None:
@@ -293,6 +291,15 @@ def commit_atomic(involved: list[Shard], commands: list[Transfer], reply: BatchR
     wal.call_when_durable(wal.last_lsn, reply._report)
 
 
+def _log_failed(wal: Any, reply: BatchReply) -> bool:
+    """Answers ``reply`` with the log's failure, if it failed (nothing may be decided then)."""
+    failed = wal.failed
+    if failed is not None:
+        reply._report(failed)
+        return True
+    return False
+
+
 def _view(involved: list[Shard], sides: list[tuple[str | None, str | None]]) -> tuple[State, dict[str, int]]:
     """The involved shards' wallets named by ``sides`` (sender, receiver of this group or None)
     with their alerts, as one state (the same objects), and what each receiving shard reserved
@@ -366,9 +373,7 @@ def settle_prepared(involved: list[Shard], batch: str, committed: bool, reply: B
     owning a wallet of the part, none mid-step; ``reply`` sized for the part's rows."""
     lead = involved[0]
     wal = lead._wal
-    failed = wal.failed
-    if failed is not None:
-        reply._report(failed)
+    if _log_failed(wal, reply):
         return
     directory = lead.state.directory
     found = directory.prepared.get(batch)

@@ -185,6 +185,31 @@ async def _all(calls: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]
         raise errors[0]
 
 
+def _prepared_parts(parts: dict[int, list[int]], prepared: dict[int, list[Any] | BatchFailed]
+                    ) -> tuple[BatchFailed | None, bool, list[int]]:
+    """What the sending groups' answers to a prepare say: the batch's failure (``_first_failure``),
+    whether a part was aborted (an id asked about first), and the groups that hold a part."""
+    aborted = any(isinstance(outcome, Aborted) for result in prepared.values() if isinstance(result, list)
+                  for outcome in result)
+    holding = [sender for sender, result in prepared.items()
+               if isinstance(result, list) and any(isinstance(outcome, Held) for outcome in result)]
+    return _first_failure(parts, prepared), aborted, holding
+
+
+def _batch_outcomes(size: int, parts: dict[int, list[int]], prepared: dict[int, list[Any] | BatchFailed],
+                    posted: dict[int, list[Any]]) -> list[Any]:
+    """A committed batch's answer in request order: each held item's posted outcome, the others'
+    (duplicates) as prepared answered them."""
+    outcomes: list[Any] = [None] * size
+    for sender, indexes in parts.items():
+        result = prepared[sender]
+        assert isinstance(result, list)
+        new = iter(posted.get(sender, ()))
+        for index, outcome in zip(indexes, result, strict=True):
+            outcomes[index] = next(new) if isinstance(outcome, Held) else outcome
+    return outcomes
+
+
 def _first_failure(parts: dict[int, list[int]], prepared: dict[int, list[Any] | BatchFailed]) -> BatchFailed | None:
     """The batch's failure: one of the whole request (no index: a key still in progress, a part
     too large for a record) first, else the first failing item in request order over the sending
@@ -479,11 +504,7 @@ class GroupRouter:
         except Exception:  # unreachable, overloaded: the parts prepared elsewhere are released
             await self._abandon(batch, coordinator, commands, parts, credits, remotes)
             raise
-        failure = _first_failure(parts, prepared)
-        aborted = any(isinstance(outcome, Aborted) for result in prepared.values() if isinstance(result, list)
-                      for outcome in result)
-        holding = [sender for sender, result in prepared.items()
-                   if isinstance(result, list) and any(isinstance(outcome, Held) for outcome in result)]
+        failure, aborted, holding = _prepared_parts(parts, prepared)
         committed = False
         if holding:
             # Unavailable here leaves the outcome unknown: the owners finish it either way.
@@ -518,14 +539,7 @@ class GroupRouter:
             raise Unavailable("an atomic batch was aborted by a group before it was decided; retry")
         if unsettled:
             raise Unavailable(f"batch {batch} is committed; a group posts its part later; retry with the keys")
-        outcomes: list[Any] = [None] * len(commands)
-        for sender, indexes in parts.items():
-            result = prepared[sender]
-            assert isinstance(result, list)
-            new = iter(posted.get(sender, ()))
-            for index, outcome in zip(indexes, result, strict=True):
-                outcomes[index] = next(new) if isinstance(outcome, Held) else outcome
-        return outcomes
+        return _batch_outcomes(len(commands), parts, prepared, posted)
 
     async def _abandon(self, batch: str, coordinator: int, commands: list[Transfer], parts: dict[int, list[int]],
                        credits: list[CreditCheck | None], remotes: dict[int, dict[int, list[int]]]) -> None:

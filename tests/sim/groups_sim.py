@@ -72,7 +72,6 @@ from ledger import (
     CreditReserved,
     DecideBatch,
     Duplicate,
-    Held,
     HoldCaptured,
     HoldVoided,
     Idempotency,
@@ -100,7 +99,7 @@ from ledger import (
 )
 from ledger._messages import BatchReply, Reply
 from server._crossing import Crossing
-from server._groups import _first_failure, _posted_at, group_of
+from server._groups import _batch_outcomes, _posted_at, _prepared_parts, group_of
 from server._member import KIND, log_subject, stream_name
 from tests.sim.cluster_sim import (
     Member,
@@ -610,11 +609,7 @@ class GroupsSimulation(StreamFaults):
         except Unavailable:
             yield from self.abandon(batch, coordinator, commands, parts, credits, remotes)
             raise
-        failure = _first_failure(parts, prepared)
-        aborted = any(isinstance(outcome, Aborted) for result in prepared.values() if isinstance(result, list)
-                      for outcome in result)
-        holding = [sender for sender, result in prepared.items()
-                   if isinstance(result, list) and any(isinstance(outcome, Held) for outcome in result)]
+        failure, aborted, holding = _prepared_parts(parts, prepared)
         committed = False
         if holding:
             committed = yield from self.decide(coordinator, batch, failure is None and not aborted)
@@ -644,14 +639,9 @@ class GroupsSimulation(StreamFaults):
             raise Unavailable("an atomic batch aborted before it was decided")
         if unsettled:
             raise Unavailable("committed; a group posts its part later")
-        outcomes: list[Any] = [None] * len(commands)
-        for sender, indexes in parts.items():
-            new = iter(posted.get(sender, ()))
-            for index, outcome in zip(indexes, prepared[sender], strict=True):
-                outcomes[index] = next(new) if isinstance(outcome, Held) else outcome
         if holding:
             self.stats.atomic_groups += 1
-        return outcomes
+        return _batch_outcomes(len(commands), parts, prepared, posted)
 
     def abandon(self, batch: str, coordinator: int, commands: list[Transfer], parts: dict[int, list[int]],
                 credits: list[Any], remotes: dict[int, dict[int, list[int]]]) -> Generator[Ask, Any, None]:
