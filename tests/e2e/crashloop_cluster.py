@@ -295,7 +295,7 @@ def summary(totals: dict[str, Any]) -> str:
         # Several groups: any request served (the other groups' keep going) counts as served.
         converged = [record for record in records if record.get("checks", 1) > 1]
         lines.append(f"the record matched at the first check after {len(records) - len(converged)} iterations; "
-                     f"after waiting for the owners' finishing in {len(converged)}"
+                     f"after waiting for the owners' finishing in {len(converged)} iterations"
                      + (f" (up to {max(record['settle_s'] for record in converged):.1f} s)" if converged else ""))
     lines.append("served again after each kind of failure:")
     for killed in sorted({record["killed"] for record in records}):
