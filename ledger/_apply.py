@@ -86,7 +86,7 @@ from ledger._model import (
     spend_window,
     treasury_id,
 )
-from ledger._state import Directory, State
+from ledger._state import Directory, State, prepared_effects
 
 
 def apply_directory(directory: Directory, event: Event, lsn: int) -> None:
@@ -448,26 +448,6 @@ def _end_prepared(directory: Directory, batch: str) -> tuple[BatchPrepared, int]
         if row[8] is not None:
             del directory.prepared_keys[(row[8][0], row[8][1])]
     return prepared, lsn
-
-
-def prepared_effects(rows: tuple[TransferRow, ...], here: Callable[[str], bool]) -> tuple[dict[str, int], dict[str, int]]:
-    """What a prepared part of a batch keeps, per wallet of this group (``here``): the amount
-    held on it, the most its balance falls below where it started at any point of the rows in
-    order (a wallet may spend what an earlier row credited it, so only that dip must stay
-    spendable, and the rows then post in order on any balance the holds protected), and the
-    amount reserved on it as a receiver (all it receives; not closable meanwhile)."""
-    moved: dict[str, int] = {}
-    held: dict[str, int] = {}
-    incoming: dict[str, int] = {}
-    for row in rows:
-        sender_id, receiver_id, amount = row[2], row[3], row[5]
-        left = moved[sender_id] = moved.get(sender_id, 0) - amount
-        if -left > held.get(sender_id, 0):
-            held[sender_id] = -left
-        if here(receiver_id):
-            moved[receiver_id] = moved.get(receiver_id, 0) + amount
-            incoming[receiver_id] = incoming.get(receiver_id, 0) + amount
-    return held, incoming
 
 
 def apply_prepared(state: State, reserved: Callable[[str], dict[str, int] | None], rows: tuple[TransferRow, ...],

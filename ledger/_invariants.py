@@ -13,7 +13,6 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from ledger._apply import prepared_effects
 from ledger._model import (
     ALERTS_PER_WALLET_MAX,
     INT64_MAX,
@@ -34,7 +33,7 @@ from ledger._model import (
     is_treasury,
     treasury_id,
 )
-from ledger._state import Directory, State, reserved_in
+from ledger._state import Directory, State, prepared_effects, reserved_in
 
 
 def check_invariants(

@@ -607,16 +607,20 @@ class Ledger:
 
     async def _atomic(self, commands: list[Transfer],
                       credits: list[CreditCheck | None] | None = None) -> list[ItemOutcome] | BatchFailed:
+        reply = BatchReply(len(commands), waiting=1)
+        await self._stepped(self._involved(commands, credits), reply, commands, credits)
+        return await self._wait(reply)
+
+    def _involved(self, commands: list[Transfer], credits: list[CreditCheck | None] | None) -> list[int]:
+        """The shards an atomic step over ``commands`` touches: each sender's, and each
+        receiver's that lives in this group (no verdict in ``credits``)."""
         shards = len(self.shards)
         remote = [False] * len(commands) if credits is None else [credit is not None for credit in credits]
-        involved = sorted(
+        return sorted(
             {shard_of(wallet_id, shards) for command, elsewhere in zip(commands, remote, strict=True)
              for wallet_id in (command.from_wallet_id, None if elsewhere else command.to_wallet_id)
              if wallet_id is not None}
         )
-        reply = BatchReply(len(commands), waiting=1)
-        await self._stepped(involved, reply, commands, credits)
-        return await self._wait(reply)
 
     async def _stepped(self, involved: list[int], reply: BatchReply, commands: list[Transfer],
                        credits: list[CreditCheck | None] | None,
@@ -671,10 +675,7 @@ class Ledger:
         assert self.directory.groups > 1 and len(commands) == len(credits) and commands
         keys = [(c.idempotency.scope, c.idempotency.key) for c in commands if c.idempotency is not None]
         assert len(set(keys)) == len(keys), "idempotency keys repeat within the batch"
-        shards = len(self.shards)
-        involved = sorted({shard_of(wallet_id, shards) for command, credit in zip(commands, credits, strict=True)
-                           for wallet_id in (command.from_wallet_id, None if credit is not None else command.to_wallet_id)
-                           if wallet_id is not None})
+        involved = self._involved(commands, credits)
         reply = BatchReply(len(commands), waiting=1)
 
         def step(shards_: list[Shard]) -> None:

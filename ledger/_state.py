@@ -14,7 +14,7 @@ The state machine around it: ``ledger._decide`` (``decide_*``: pure, total, retu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ledger._model import (
@@ -27,6 +27,7 @@ from ledger._model import (
     RefundTally,
     Reservation,
     Token,
+    TransferRow,
     Wallet,
     Withdrawal,
 )
@@ -138,10 +139,29 @@ def reserved_in(directory: Directory, state: State) -> dict[str, int]:
     for reservation in state.reservations.values():
         reserved[reservation.wallet_id] = reserved.get(reservation.wallet_id, 0) + reservation.amount
     for prepared, _ in directory.prepared.values():
-        for row in prepared.rows:
-            if row[3] in state.wallets:
-                reserved[row[3]] = reserved.get(row[3], 0) + row[5]
+        for wallet_id, amount in prepared_effects(prepared.rows, state.wallets.__contains__)[1].items():
+            reserved[wallet_id] = reserved.get(wallet_id, 0) + amount
     return reserved
+
+
+def prepared_effects(rows: tuple[TransferRow, ...], here: Callable[[str], bool]) -> tuple[dict[str, int], dict[str, int]]:
+    """What a prepared part of a batch keeps, per wallet of this group (``here``): the amount
+    held on it, the most its balance falls below where it started at any point of the rows in
+    order (a wallet may spend what an earlier row credited it, so only that dip must stay
+    spendable, and the rows then post in order on any balance the holds protected), and the
+    amount reserved on it as a receiver (all it receives; not closable meanwhile)."""
+    moved: dict[str, int] = {}
+    held: dict[str, int] = {}
+    incoming: dict[str, int] = {}
+    for row in rows:
+        sender_id, receiver_id, amount = row[2], row[3], row[5]
+        left = moved[sender_id] = moved.get(sender_id, 0) - amount
+        if -left > held.get(sender_id, 0):
+            held[sender_id] = -left
+        if here(receiver_id):
+            moved[receiver_id] = moved.get(receiver_id, 0) + amount
+            incoming[receiver_id] = incoming.get(receiver_id, 0) + amount
+    return held, incoming
 
 
 def new_state() -> State:

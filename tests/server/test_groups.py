@@ -89,6 +89,10 @@ async def two_groups(tmp_path: Path) -> AsyncIterator[tuple[list[Ledger], list[S
         settling.cancel()
 
 
+async def balances_of(router: GroupRouter, *ids: str) -> dict[str, int]:
+    return {wallet_id: (await router.wallet(wallet_id)).balance for wallet_id in ids}  # type: ignore[union-attr]
+
+
 async def wallets(router: GroupRouter, *ids: str, deposit: int = 0) -> None:
     for number, wallet_id in enumerate(ids):
         await router.create_wallet(CreateWallet(wallet_id=wallet_id, owner_id="o", asset="USD", metadata=None,
@@ -241,8 +245,7 @@ async def test_an_atomic_batch_from_one_group_to_several_is_all_or_nothing(tmp_p
         await wallets(router, a1, a2, b1, b2, deposit=100)
 
         async def balances() -> dict[str, int]:
-            return {wallet_id: (await router.wallet(wallet_id)).balance  # type: ignore[union-attr]
-                    for wallet_id in (a1, a2, b1, b2)}
+            return await balances_of(router, a1, a2, b1, b2)
 
         # a2 spends in the batch what a1 sent it (request order, as inside one group).
         items = [transfer(1, a1, a2, 50, key="j1"), transfer(2, a2, b1, 120, key="j2"),
@@ -419,8 +422,7 @@ async def test_an_atomic_batch_of_several_sending_groups_is_all_or_nothing(tmp_p
         await wallets(router, a1, a2, b1, b2, deposit=100)
 
         async def balances() -> dict[str, int]:
-            return {wallet_id: (await router.wallet(wallet_id)).balance  # type: ignore[union-attr]
-                    for wallet_id in (a1, a2, b1, b2)}
+            return await balances_of(router, a1, a2, b1, b2)
 
         def idle() -> None:
             for ledger in ledgers:
